@@ -1,0 +1,35 @@
+// Device helpers shared by every kernel file: loading and storing f32/bf16/f16 as f32.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+#include "params.h"
+
+__device__ __forceinline__ float load_as_f32(const void* p, int64_t i, int dtype) {
+    switch (dtype) {
+        case CASCADE_BF16: return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(p)[i]);
+        case CASCADE_F16: return __half2float(reinterpret_cast<const __half*>(p)[i]);
+        default: return reinterpret_cast<const float*>(p)[i];
+    }
+}
+
+__device__ __forceinline__ void store_from_f32(void* p, int64_t i, int dtype, float v) {
+    switch (dtype) {
+        case CASCADE_BF16: reinterpret_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
+        case CASCADE_F16: reinterpret_cast<__half*>(p)[i] = __float2half_rn(v); break;
+        default: reinterpret_cast<float*>(p)[i] = v;
+    }
+}
+
+// Typed access for kernels templated on the storage type T (float or __nv_bfloat16).
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+
+// Grid-stride loop over [0, n).
+#define GRID_STRIDE(i, n) \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)

@@ -1,0 +1,250 @@
+//! The CUDA backend: one context and one stream per device, the kernel table loaded at
+//! start-up, device buffers, CUDA graphs and cuBLASLt.
+//!
+//! Everything runs on one non-default stream (the legacy default stream cannot be captured
+//! into a graph) with cudarc's event tracking off: ordering on the single stream is the
+//! synchronisation.
+
+pub mod blas;
+pub mod params;
+
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
+
+use crate::{Error, Result};
+
+include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+fn load_module(ctx: &Arc<CudaContext>, file: &str, fatbin: &[u8]) -> Result<Arc<CudaModule>> {
+    ctx.load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
+        .map_err(|e| Error::Cuda(format!("loading kernels/{file}.cu's fatbin: {e} (a GPU older than sm_80, or a driver older than CUDA 13.0?)")))
+}
+
+fn load_function(m: &Arc<CudaModule>, file: &str, name: &str) -> Result<CudaFunction> {
+    m.load_function(name)
+        .map_err(|e| Error::Cuda(format!("kernel `{name}` missing from kernels/{file}.cu's fatbin: {e}")))
+}
+
+/// Maps a driver error to the engine's error, keeping out-of-memory distinct.
+pub(crate) fn driver_err(what: &str, e: DriverError) -> Error {
+    if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+        Error::OutOfMemory(format!("{what}: {e}"))
+    } else {
+        Error::Cuda(format!("{what}: {e}"))
+    }
+}
+
+/// One GPU: its context, its stream, its kernels and its cuBLASLt handle.
+pub struct CudaDevice {
+    ordinal: usize,
+    name: String,
+    compute_capability: (i32, i32),
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    blas: blas::Blas,
+    allow_tf32: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaDevice({}: {})", self.ordinal, self.name)
+    }
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`. Returns [`Error::NoCuda`] when the driver library is absent, no
+    /// GPU is visible, or the ordinal is out of range; never panics.
+    pub fn new(ordinal: usize) -> Result<Arc<Self>> {
+        // CudaContext::new panics when libcuda cannot be loaded: check first.
+        // SAFETY: only tries to dlopen the driver library.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::NoCuda(
+                "the NVIDIA driver library (libcuda.so) is not installed or not on the loader path; use --device cpu".into(),
+            ));
+        }
+        let count = CudaContext::device_count().map_err(|e| Error::NoCuda(format!("the driver reports no usable GPU ({e}); use --device cpu")))?;
+        if count <= 0 {
+            return Err(Error::NoCuda("the driver sees no GPU; use --device cpu".into()));
+        }
+        if ordinal >= count as usize {
+            return Err(Error::NoCuda(format!("asked for GPU {ordinal}, but only {count} GPU(s) are visible (0..{})", count - 1)));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoCuda(format!("cannot open GPU {ordinal}: {e}")))?;
+        // SAFETY: one stream per device, so cudarc's cross-stream events are not needed, and
+        // they would break graph capture.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| driver_err("creating a stream", e))?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let compute_capability = ctx.compute_capability().map_err(|e| driver_err("reading the compute capability", e))?;
+        if compute_capability.0 < 8 {
+            return Err(Error::NoCuda(format!(
+                "{name} has compute capability {}.{}; the kernels need sm_80 (Ampere) or newer",
+                compute_capability.0, compute_capability.1
+            )));
+        }
+        let kernels = Kernels::load(&ctx)?;
+        let blas = blas::Blas::new(&stream)?;
+        Ok(Arc::new(Self { ordinal, name, compute_capability, ctx, stream, kernels, blas, allow_tf32: false.into() }))
+    }
+
+    /// The ordinal this device was opened with.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// The GPU's marketing name, e.g. "NVIDIA H200".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// (major, minor) compute capability.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+
+    /// The device's one stream.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The kernel table.
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    pub(crate) fn blas(&self) -> &blas::Blas {
+        &self.blas
+    }
+
+    /// Lets f32 GEMMs use TF32 tensor cores (about 1e-3 relative error per product). Off by
+    /// default: f32 means strict f32, which is what the fidelity tests compare.
+    pub fn set_allow_tf32(&self, allow: bool) {
+        self.allow_tf32.store(allow, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether f32 GEMMs may use TF32.
+    pub fn allow_tf32(&self) -> bool {
+        self.allow_tf32.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(|e| driver_err("cuMemGetInfo", e))
+    }
+
+    /// Waits until all work queued on the stream has finished; surfaces asynchronous kernel
+    /// errors.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| driver_err("stream synchronize", e))
+    }
+
+    /// Allocates `bytes` of uninitialised device memory.
+    pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<CudaBuffer> {
+        // A zero-byte allocation is legal for the driver, but round up so that every buffer
+        // has a distinct address.
+        let n = bytes.max(1);
+        // SAFETY: the memory is uninitialised; every user writes before reading.
+        let slice = unsafe { self.stream.alloc::<u8>(n) }.map_err(|e| driver_err(&format!("allocating {n} bytes on {}", self.name), e))?;
+        let ptr = slice.device_ptr(&self.stream).0;
+        Ok(CudaBuffer { ptr, bytes: n, _slice: slice })
+    }
+
+    /// Copies host bytes to device address `dst`.
+    pub(crate) fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
+        // SAFETY: `dst` points to at least src.len() bytes of a live buffer (callers check);
+        // a copy from pageable memory has read `src` when the call returns.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("copying to the GPU", e))
+    }
+
+    /// Copies device bytes at `src` to host memory and waits for the copy.
+    pub(crate) fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
+        // SAFETY: `src` points to at least dst.len() bytes of a live buffer (callers check).
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("copying from the GPU", e))?;
+        self.synchronize()
+    }
+
+    /// Copies `bytes` between device addresses.
+    pub(crate) fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
+        // SAFETY: both ranges lie inside live buffers (callers check).
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("copying on the GPU", e))
+    }
+
+    /// Launches `f` with one parameter struct passed by value.
+    pub(crate) fn launch<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32, params: &P) -> Result<()> {
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
+        // SAFETY: every params struct comes from kernels/params.h through bindgen, so its layout
+        // is the kernel's; the launchers check every pointer's buffer size before launching.
+        unsafe { self.stream.launch_builder(f).arg(params).launch(cfg) }.map(|_| ()).map_err(|e| driver_err("kernel launch", e))
+    }
+
+    /// A 1-D grid-stride launch over `n` elements.
+    pub(crate) fn launch_1d<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, n: usize, params: &P) -> Result<()> {
+        let blocks = n.div_ceil(256).clamp(1, 65535 * 8) as u32;
+        self.launch(f, (blocks, 1, 1), (256, 1, 1), 0, params)
+    }
+
+    /// Records everything `body` queues on the stream into a CUDA graph instead of running it.
+    /// The stream is left usable whether `body` succeeds or fails.
+    pub fn capture(&self, body: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| driver_err("beginning graph capture", e))?;
+        let result = body();
+        let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        result?;
+        let graph = graph.map_err(|e| driver_err("instantiating the captured graph", e))?;
+        let graph = graph.ok_or_else(|| Error::Cuda("graph capture recorded nothing".into()))?;
+        graph.upload().map_err(|e| driver_err("uploading the graph", e))?;
+        Ok(Graph { graph })
+    }
+}
+
+/// A captured CUDA graph; [`Graph::replay`] queues it on the stream it was captured on.
+pub struct Graph {
+    graph: cudarc::driver::CudaGraph,
+}
+
+impl Graph {
+    /// Queues one replay (asynchronous).
+    pub fn replay(&self) -> Result<()> {
+        self.graph.launch().map_err(|e| driver_err("replaying a graph", e))
+    }
+}
+
+/// A device allocation. Tensors hold it through an `Arc` with a byte offset, which lets an
+/// arena hand out many tensors from one allocation.
+pub struct CudaBuffer {
+    ptr: u64,
+    bytes: usize,
+    _slice: CudaSlice<u8>,
+}
+
+impl CudaBuffer {
+    /// Device address of the first byte.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+    /// True for an empty buffer (never produced by [`CudaDevice::alloc`]).
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+}
+
+/// Whether a usable CUDA driver and GPU are present (for tests and benches that skip).
+pub fn is_available() -> bool {
+    // SAFETY: only tries to dlopen the driver library.
+    let present = unsafe { sys::is_culib_present() };
+    present && CudaContext::device_count().is_ok_and(|n| n > 0)
+}
