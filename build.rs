@@ -28,7 +28,8 @@ mod cuda {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    const SETUP_HINT: &str = "run `scripts/setup-cuda.sh` (installs the pinned CUDA 13.0 toolchain and libclang), \
+    const SETUP_HINT: &str =
+        "run `scripts/setup-cuda.sh` (installs the pinned CUDA 13.0 toolchain and libclang), \
          or build without `--features cuda`";
     /// SASS targets; the first is also shipped as PTX for newer GPUs.
     const ARCHS: &[u32] = &[80, 86, 89, 90];
@@ -58,7 +59,8 @@ mod cuda {
         let handles: Vec<_> = sources
             .iter()
             .map(|src| {
-                let (nvcc, src, out, inc) = (nvcc.clone(), src.clone(), out.clone(), kernels_dir.clone());
+                let (nvcc, src, out, inc) =
+                    (nvcc.clone(), src.clone(), out.clone(), kernels_dir.clone());
                 std::thread::spawn(move || compile(&nvcc, &src, &out, &inc))
             })
             .collect();
@@ -78,7 +80,12 @@ mod cuda {
     }
 
     fn find_nvcc(root: &Path) -> Option<PathBuf> {
-        let runs = |p: &Path| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success());
+        let runs = |p: &Path| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
         if let Some(p) = env::var_os("NVCC") {
             return Some(PathBuf::from(p)).filter(|p| runs(p));
         }
@@ -104,13 +111,21 @@ mod cuda {
     fn compile(nvcc: &Path, src: &Path, out: &Path, include: &Path) -> Result<(), String> {
         let stem = src.file_stem().unwrap().to_string_lossy().to_string();
         let common = |cmd: &mut Command| {
-            cmd.arg("-std=c++17").arg("-O3").arg("-lineinfo").arg("-I").arg(include).arg(src);
+            cmd.arg("-std=c++17")
+                .arg("-O3")
+                .arg("-lineinfo")
+                .arg("-I")
+                .arg(include)
+                .arg(src);
         };
         // PTX for the oldest target: checked for its ISA version, then embedded in the fatbin.
         let ptx = out.join(format!("{stem}.ptx"));
         let mut cmd = Command::new(nvcc);
         common(&mut cmd);
-        cmd.arg("-ptx").arg(format!("-arch=compute_{}", ARCHS[0])).arg("-o").arg(&ptx);
+        cmd.arg("-ptx")
+            .arg(format!("-arch=compute_{}", ARCHS[0]))
+            .arg("-o")
+            .arg(&ptx);
         run(&mut cmd, src)?;
         let text = fs::read_to_string(&ptx).map_err(|e| format!("{}: {e}", ptx.display()))?;
         let version = text
@@ -137,13 +152,18 @@ mod cuda {
         for a in ARCHS {
             cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
         }
-        cmd.arg(format!("-gencode=arch=compute_{0},code=compute_{0}", ARCHS[0]));
+        cmd.arg(format!(
+            "-gencode=arch=compute_{0},code=compute_{0}",
+            ARCHS[0]
+        ));
         cmd.arg("-o").arg(&fatbin);
         run(&mut cmd, src)
     }
 
     fn run(cmd: &mut Command, src: &Path) -> Result<(), String> {
-        let o = cmd.output().map_err(|e| format!("cannot run nvcc: {e}: {SETUP_HINT}"))?;
+        let o = cmd
+            .output()
+            .map_err(|e| format!("cannot run nvcc: {e}: {SETUP_HINT}"))?;
         if !o.status.success() {
             return Err(format!(
                 "nvcc failed on {}:\n{}{}",
@@ -181,16 +201,22 @@ mod cuda {
 
     /// Every `extern "C" __global__ ... name(` in a kernel file is an entry point.
     fn entry_points(src: &Path) -> Vec<String> {
-        let text = fs::read_to_string(src).unwrap_or_else(|e| fail(&format!("{}: {e}", src.display())));
+        let text =
+            fs::read_to_string(src).unwrap_or_else(|e| fail(&format!("{}: {e}", src.display())));
         let mut names = Vec::new();
         let mut rest = text.as_str();
         while let Some(i) = rest.find("extern \"C\" __global__") {
             rest = &rest[i + 21..];
             let head = &rest[..rest.find('(').unwrap_or(0)];
-            let name = head.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|s| !s.is_empty()).last();
+            let name = head
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .rfind(|s| !s.is_empty());
             match name {
                 Some(n) if n != "void" => names.push(n.to_string()),
-                _ => fail(&format!("{}: cannot read an entry point name near `{head}`", src.display())),
+                _ => fail(&format!(
+                    "{}: cannot read an entry point name near `{head}`",
+                    src.display()
+                )),
             }
         }
         names
@@ -204,13 +230,28 @@ mod cuda {
         for src in sources {
             let stem = src.file_stem().unwrap().to_string_lossy().to_string();
             let fatbin = out.join(format!("{stem}.fatbin"));
-            writeln!(loads, "        let m = load_module(ctx, \"{stem}\", include_bytes!({:?}))?;", fatbin.display()).unwrap();
+            writeln!(
+                loads,
+                "        let m = load_module(ctx, \"{stem}\", include_bytes!({:?}))?;",
+                fatbin.display()
+            )
+            .unwrap();
             for name in entry_points(src) {
                 if !seen.insert(name.clone()) {
-                    fail(&format!("kernel name `{name}` is defined twice in kernels/"));
+                    fail(&format!(
+                        "kernel name `{name}` is defined twice in kernels/"
+                    ));
                 }
-                writeln!(fields, "    /// `{name}` from `kernels/{stem}.cu`.\n    pub {name}: CudaFunction,").unwrap();
-                writeln!(loads, "        let {name} = load_function(&m, \"{stem}\", \"{name}\")?;").unwrap();
+                writeln!(
+                    fields,
+                    "    /// `{name}` from `kernels/{stem}.cu`.\n    pub {name}: CudaFunction,"
+                )
+                .unwrap();
+                writeln!(
+                    loads,
+                    "        let {name} = load_function(&m, \"{stem}\", \"{name}\")?;"
+                )
+                .unwrap();
                 writeln!(names, "    (\"{stem}\", \"{name}\"),").unwrap();
             }
         }

@@ -24,6 +24,7 @@
 pub mod error;
 pub mod ops;
 pub mod runtime;
+pub mod testing;
 pub mod weights;
 
 #[cfg(feature = "cuda")]

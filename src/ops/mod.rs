@@ -13,7 +13,11 @@ use crate::{Device, Error, Result, Tensor};
 pub(crate) fn check_device(op: &str, device: &Device, tensors: &[&Tensor]) -> Result<()> {
     for t in tensors {
         if !t.device().same(device) {
-            return Err(Error::Shape(format!("{op}: tensors on different devices ({} and {})", device.describe(), t.device().describe())));
+            return Err(Error::Shape(format!(
+                "{op}: tensors on different devices ({} and {})",
+                device.describe(),
+                t.device().describe()
+            )));
         }
     }
     Ok(())
@@ -22,7 +26,11 @@ pub(crate) fn check_device(op: &str, device: &Device, tensors: &[&Tensor]) -> Re
 /// Copies `src` into `dst` converting the dtype (shapes must have equal element counts).
 pub fn cast_into(src: &Tensor, dst: &mut Tensor) -> Result<()> {
     if src.numel() != dst.numel() {
-        return Err(Error::Shape(format!("cast: {:?} into {:?}", src.shape(), dst.shape())));
+        return Err(Error::Shape(format!(
+            "cast: {:?} into {:?}",
+            src.shape(),
+            dst.shape()
+        )));
     }
     let device = src.device();
     check_device("cast", &device, &[dst])?;

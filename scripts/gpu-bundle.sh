@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds everything the GPU machine runs (it has no cargo and no network) into the git-ignored
+# folder gpu-bundle/: the test and bench executables built with --features cuda --no-run, the
+# cascade binary, stripped, plus gpu-bundle/run.sh. Carry `gpu-bundle` to the GPU machine and
+# run `gpu-bundle/run.sh` from the repository root there.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+out=gpu-bundle
+rm -rf "$out"
+mkdir -p "$out/tests" "$out/benches" "$out/bin"
+
+executables() { # $@: cargo subcommand and flags; prints "target-name<TAB>path" lines
+    cargo "$@" --features cuda --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"] + "\t" + m["target"]["kind"][0] + "\t" + m["executable"])
+'
+}
+
+cargo build --release --features cuda --bin cascade
+cp target/release/cascade "$out/bin/cascade"
+cargo test --release --features cuda --no-run
+executables test --release | while IFS=$'\t' read -r name kind path; do
+    # The lib and bin unit-test harnesses hold only CPU tests; the GPU tests live in tests/.
+    if [ "$kind" = test ]; then cp "$path" "$out/tests/$name"; fi
+done
+cargo bench --features cuda --no-run
+executables bench | while IFS=$'\t' read -r name kind path; do
+    if [ "$kind" = bench ]; then cp "$path" "$out/benches/$name"; fi
+done
+strip "$out"/bin/* "$out"/tests/* "$out"/benches/* 2>/dev/null || true
+cp scripts/gpu-run.sh "$out/run.sh"
+chmod +x "$out/run.sh"
+size=$(du -sm "$out" | cut -f1)
+echo "gpu-bundle: $(ls "$out/tests" | wc -l) test binaries, $(ls "$out/benches" | wc -l) benches, ${size} MiB" >&2
+if [ "$size" -ge 60 ]; then
+    echo "gpu-bundle: over the 60 MiB limit" >&2
+    exit 1
+fi

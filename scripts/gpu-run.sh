@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repository root, as gpu-bundle/run.sh (see
+# scripts/gpu-bundle.sh). Every test binary runs with --include-ignored (so the GPU tests run),
+# then every bench in its short mode; with SANITIZE=1, compute-sanitizer's memcheck and
+# racecheck run over the kernel tests. Prints the GPU's name and a summary table last; exits
+# non-zero on any failure.
+#   BENCH=0  skip the benches        TESTS=0  skip the tests      SANITIZE=1  add the sanitizer
+set -uo pipefail
+bundle=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+logs=${LOGS:-${OUT:-/tmp}/cascade-gpu-logs}
+mkdir -p "$logs"
+export CASCADE_ROOT=${CASCADE_ROOT:-$(pwd)}
+gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
+echo "GPU: ${gpu:-none found}"
+failed=0
+rows=()
+
+if [ "${TESTS:-1}" = 1 ]; then
+    for t in "$bundle"/tests/*; do
+        name=$(basename "$t")
+        start=$(date +%s)
+        "$t" --include-ignored --nocapture > "$logs/$name.log" 2>&1
+        rc=$?
+        secs=$(( $(date +%s) - start ))
+        result=$(grep -E "^test result:" "$logs/$name.log" | tail -n 1 | sed 's/^test result: //; s/; finished.*//')
+        [ $rc -eq 0 ] || failed=1
+        rows+=("$(printf '%-28s %-4s %4ss  %s' "$name" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$secs" "$result")")
+        if [ $rc -ne 0 ]; then grep -E "panicked|FAILED|error" "$logs/$name.log" | head -n 20; fi
+    done
+fi
+
+if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+    for t in "$bundle"/tests/kernels; do
+        [ -x "$t" ] || continue
+        for tool in memcheck racecheck; do
+            compute-sanitizer --tool "$tool" --error-exitcode 9 "$t" --include-ignored --test-threads=1 > "$logs/sanitize-$tool.log" 2>&1
+            rc=$?
+            summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$logs/sanitize-$tool.log" | tail -n 1)
+            [ $rc -eq 0 ] || failed=1
+            rows+=("$(printf '%-28s %-4s %s' "sanitize-$tool" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$summary")")
+        done
+    done
+fi
+
+if [ "${BENCH:-1}" = 1 ]; then
+    for b in "$bundle"/benches/*; do
+        name=$(basename "$b")
+        CASCADE_BENCH_QUICK=1 "$b" --bench > "$logs/bench-$name.log" 2>&1 || { failed=1; rows+=("bench $name FAILED"); }
+    done
+fi
+
+echo
+echo "== summary (${gpu:-no GPU}) =="
+printf '%s\n' "${rows[@]}"
+cat "$logs"/bench-*.log 2>/dev/null | grep -E "^BENCH|skipped" || true
+[ $failed -eq 0 ] && echo "ALL OK" || echo "FAILURES (logs in $logs)"
+exit $failed

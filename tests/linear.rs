@@ -1,0 +1,193 @@
+//! `linear`: the CPU reference against values computed with PyTorch, and the cuBLASLt path
+//! against the CPU reference over the real layer shapes (GPU tests are ignored without one).
+
+#![allow(clippy::excessive_precision)] // literals are PyTorch's printed values
+
+use cascade::testing::{rel_l2, round_to, TestRng};
+use cascade::{ops, DType, Device, Tensor};
+
+/// Generated with PyTorch 2.15 (CPU):
+/// ```python
+/// import torch
+/// x = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]])
+/// w = torch.tensor([[0.1, 0.2, 0.3], [-0.4, 0.5, -0.6], [0.7, -0.8, 0.9], [1.0, 1.1, -1.2]])
+/// b = torch.tensor([0.01, -0.02, 0.03, -0.04])
+/// print(torch.nn.functional.linear(x, w, b).tolist())
+/// ```
+const TORCH_LINEAR: [[f32; 4]; 2] = [
+    [0.46000001, -1.92000008, 2.97999978, -3.03999996],
+    [-0.01500001, -0.04500001, 0.20500001, 2.63499999],
+];
+
+#[test]
+fn cpu_linear_matches_pytorch() {
+    let x = Tensor::from_f32(
+        &[0.5, -1.0, 2.0, 1.5, 0.25, -0.75],
+        &[2, 3],
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let w = Tensor::from_f32(
+        &[
+            0.1, 0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8, 0.9, 1.0, 1.1, -1.2,
+        ],
+        &[4, 3],
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let b = Tensor::from_f32(&[0.01, -0.02, 0.03, -0.04], &[4], DType::F32, &Device::Cpu).unwrap();
+    let y = ops::linear(&x, &w, Some(&b)).unwrap();
+    assert_eq!(y.shape(), &[2, 4]);
+    let got = y.to_vec_f32().unwrap();
+    for (g, w) in got.iter().zip(TORCH_LINEAR.iter().flatten()) {
+        assert!((g - w).abs() < 1e-6, "{got:?}");
+    }
+}
+
+#[test]
+fn linear_keeps_leading_dims_and_rejects_bad_shapes() {
+    let x = Tensor::zeros(&[2, 5, 3], DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros(&[4, 3], DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(ops::linear(&x, &w, None).unwrap().shape(), &[2, 5, 4]);
+    let bad = Tensor::zeros(&[4, 2], DType::F32, &Device::Cpu).unwrap();
+    let e = ops::linear(&x, &bad, None).unwrap_err().to_string();
+    assert!(e.contains("[4, 2]") && e.contains("[2, 5, 3]"), "{e}");
+    let bias = Tensor::zeros(&[5], DType::F32, &Device::Cpu).unwrap();
+    assert!(ops::linear(&x, &w, Some(&bias))
+        .unwrap_err()
+        .to_string()
+        .contains("bias"));
+    let wb = Tensor::zeros(&[4, 3], DType::BF16, &Device::Cpu).unwrap();
+    assert!(ops::linear(&x, &wb, None)
+        .unwrap_err()
+        .to_string()
+        .contains("mixed dtypes"));
+}
+
+#[test]
+fn cpu_linear_in_bf16_rounds_its_output() {
+    let mut rng = TestRng::new(3);
+    let (m, k, n) = (7, 19, 5);
+    let xv = round_to(&rng.normal(m * k, 1.0), DType::BF16);
+    let wv = round_to(&rng.normal(n * k, 0.2), DType::BF16);
+    let x = Tensor::from_f32(&xv, &[m, k], DType::BF16, &Device::Cpu).unwrap();
+    let w = Tensor::from_f32(&wv, &[n, k], DType::BF16, &Device::Cpu).unwrap();
+    let y = ops::linear(&x, &w, None).unwrap();
+    assert_eq!(y.dtype(), DType::BF16);
+    let want = round_to(&ops::cpu::linear(&xv, &wv, None, m, k, n), DType::BF16);
+    assert_eq!(y.to_vec_f32().unwrap(), want);
+    assert!(rel_l2(&y.to_vec_f32().unwrap(), &want) == 0.0);
+}
+
+#[test]
+fn cuda_without_a_driver_or_feature_is_an_error() {
+    // On a machine with a GPU this opens it; elsewhere it must be a clear error, not a panic.
+    match Device::cuda(0) {
+        Ok(d) => assert!(d.describe().starts_with("cuda:0")),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("CUDA is not available"), "{e}");
+        }
+    }
+    assert!(Device::parse("cuda:9999").is_err());
+    assert!(Device::parse("tpu")
+        .unwrap_err()
+        .to_string()
+        .contains("unknown device"));
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+    use cascade::ops::shapes::LINEAR;
+    use cascade::testing::{check_guard, max_abs_diff, poisoned};
+
+    fn gpu() -> Device {
+        Device::cuda(0).expect("this test needs a CUDA GPU")
+    }
+
+    /// Every shape of the table, f32 (strict, no TF32) and bf16, against the CPU reference
+    /// computed from the same (rounded) inputs.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_linear_matches_cpu_reference() {
+        let dev = gpu();
+        for (i, s) in LINEAR.iter().enumerate() {
+            // CPU reference cost grows as m·k·n: subsample rows of the big shapes.
+            for dtype in [DType::F32, DType::BF16] {
+                let mut rng = TestRng::new(100 + i as u64);
+                let xv = round_to(&rng.normal(s.m * s.k, 1.0), dtype);
+                let wv = round_to(&rng.normal(s.n * s.k, 1.0 / (s.k as f32).sqrt()), dtype);
+                let bv = round_to(&rng.normal(s.n, 0.5), dtype);
+                let x = Tensor::from_f32(&xv, &[s.m, s.k], dtype, &dev).unwrap();
+                let w = Tensor::from_f32(&wv, &[s.n, s.k], dtype, &dev).unwrap();
+                let b = Tensor::from_f32(&bv, &[s.n], dtype, &dev).unwrap();
+                let (mut y, whole) = poisoned(&[s.m, s.n], dtype, &dev).unwrap();
+                ops::linear_into(&x, &w, Some(&b), &mut y).unwrap();
+                let got = y.to_vec_f32().unwrap();
+                check_guard(&whole, s.name).unwrap();
+                let rows: Vec<usize> = (0..s.m).step_by((s.m / 256).max(1)).collect();
+                let mut g = Vec::new();
+                let mut want = Vec::new();
+                for &r in &rows {
+                    g.extend_from_slice(&got[r * s.n..(r + 1) * s.n]);
+                    want.extend(ops::cpu::linear(
+                        &xv[r * s.k..(r + 1) * s.k],
+                        &wv,
+                        Some(&bv),
+                        1,
+                        s.k,
+                        s.n,
+                    ));
+                }
+                let err = rel_l2(&g, &want);
+                let (at, worst) = max_abs_diff(&g, &want);
+                let bound = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+                println!(
+                    "linear {:<16} {dtype:<4} rel_l2 {err:.2e} worst |d| {worst:.2e} at {at}",
+                    s.name
+                );
+                assert!(
+                    err < bound,
+                    "{} {dtype}: rel_l2 {err:.3e} >= {bound:e}",
+                    s.name
+                );
+            }
+        }
+    }
+
+    /// A captured graph replays the same GEMM with new input data.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_linear_replays_in_a_graph_and_arena() {
+        let dev = gpu();
+        let cuda = dev.as_cuda("test").unwrap().clone();
+        let (m, k, n) = (64, 96, 80);
+        let mut arena = cascade::Arena::new(&dev, 1 << 20).unwrap();
+        let mut x = arena.tensor(&[m, k], DType::BF16).unwrap();
+        let w = Tensor::from_f32(
+            &TestRng::new(1).normal(n * k, 0.1),
+            &[n, k],
+            DType::BF16,
+            &dev,
+        )
+        .unwrap();
+        let mut y = arena.tensor(&[m, n], DType::BF16).unwrap();
+        x.fill(0.0).unwrap();
+        let graph = cuda
+            .capture(|| ops::linear_into(&x, &w, None, &mut y))
+            .unwrap();
+        for seed in 0..3 {
+            let xv = round_to(&TestRng::new(seed).normal(m * k, 1.0), DType::BF16);
+            let fresh = Tensor::from_f32(&xv, &[m, k], DType::BF16, &dev).unwrap();
+            ops::cast_into(&fresh, &mut x).unwrap();
+            y.fill(f32::NAN).unwrap();
+            graph.replay().unwrap();
+            let want = ops::cpu::linear(&xv, &w.to_vec_f32().unwrap(), None, m, k, n);
+            let err = rel_l2(&y.to_vec_f32().unwrap(), &want);
+            assert!(err < 1e-2, "replay {seed}: {err}");
+        }
+    }
+}
