@@ -199,25 +199,37 @@ mod cuda {
         }
     }
 
-    /// Every `extern "C" __global__ ... name(` in a kernel file is an entry point.
+    /// Every `extern "C" __global__ void [__launch_bounds__(..)] name(` in a kernel file is an
+    /// entry point.
     fn entry_points(src: &Path) -> Vec<String> {
         let text =
             fs::read_to_string(src).unwrap_or_else(|e| fail(&format!("{}: {e}", src.display())));
         let mut names = Vec::new();
-        let mut rest = text.as_str();
-        while let Some(i) = rest.find("extern \"C\" __global__") {
-            rest = &rest[i + 21..];
-            let head = &rest[..rest.find('(').unwrap_or(0)];
-            let name = head
-                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                .rfind(|s| !s.is_empty());
-            match name {
-                Some(n) if n != "void" => names.push(n.to_string()),
-                _ => fail(&format!(
-                    "{}: cannot read an entry point name near `{head}`",
-                    src.display()
-                )),
+        for (i, _) in text.match_indices("extern \"C\" __global__") {
+            let rest = text[i + 21..].trim_start();
+            let Some(mut rest) = rest.strip_prefix("void") else {
+                fail(&format!(
+                    "{}: an entry point must return void: `{}`",
+                    src.display(),
+                    &rest[..rest.len().min(60)]
+                ))
+            };
+            rest = rest.trim_start();
+            if let Some(r) = rest.strip_prefix("__launch_bounds__") {
+                rest = r[r.find(')').map_or(0, |j| j + 1)..].trim_start();
             }
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if name.is_empty() || !rest[name.len()..].trim_start().starts_with('(') {
+                fail(&format!(
+                    "{}: cannot read an entry point name near `{}`",
+                    src.display(),
+                    &rest[..rest.len().min(60)]
+                ));
+            }
+            names.push(name);
         }
         names
     }

@@ -27,3 +27,202 @@ typedef struct FillParams {
     float value;
     int32_t dtype;
 } FillParams;
+
+// ---- normalisation -------------------------------------------------------------------------
+
+// LayerNorm over the last axis of token-major x: y = (x - mean) / sqrt(var + eps) [* w + b].
+typedef struct LayerNormParams {
+    const void* x;       // [rows, C]
+    void* y;             // [rows, C]
+    const void* weight;  // [C] or NULL (no affine)
+    const void* bias;    // [C] or NULL
+    int64_t rows;
+    int32_t C;
+    float eps;
+} LayerNormParams;
+
+// GlobalResponseNorm, step 1 and 2 (spec §3.3). grn_sumsq: stats[b,d] = sqrt(sum_n x[b,n,d]^2).
+// grn_scale: stats[b,d] = 1 + gamma[d] * stats[b,d] / (mean_d stats[b,:] + 1e-6).
+typedef struct GrnStatsParams {
+    const void* x;       // [B, N, D]
+    float* stats;        // [B, D], f32
+    const void* gamma;   // [D]
+    int32_t B;
+    int32_t N;
+    int32_t D;
+} GrnStatsParams;
+
+// GlobalResponseNorm, step 3: y[b,n,d] = x[b,n,d] * scale[b,d] + beta[d].
+typedef struct GrnApplyParams {
+    const void* x;       // [B, N, D]
+    void* y;             // [B, N, D]
+    const float* scale;  // [B, D], f32 (from grn_scale)
+    const void* beta;    // [D]
+    int32_t B;
+    int64_t N;
+    int32_t D;
+} GrnApplyParams;
+
+// ---- element-wise --------------------------------------------------------------------------
+
+#define CASCADE_ACT_GELU 0   // exact erf GELU
+#define CASCADE_ACT_SILU 1
+#define CASCADE_ACT_NONE 2
+
+// y = act(x + bias[i % C]) (bias optional).
+typedef struct ActParams {
+    const void* x;       // [n / C, C]
+    void* y;             // [n / C, C]
+    const void* bias;    // [C] or NULL
+    int64_t n;
+    int32_t C;
+    int32_t act;         // CASCADE_ACT_*
+} ActParams;
+
+// y = a + b.
+typedef struct AddParams {
+    const void* a;       // [n]
+    const void* b;       // [n]
+    void* y;             // [n] (may alias a or b)
+    int64_t n;
+} AddParams;
+
+// TimestepBlock: y[b,n,c] = x[b,n,c] * (1 + ab[b,c]) + ab[b,C+c].
+typedef struct ModulateParams {
+    const void* x;       // [B, N, C]
+    void* y;             // [B, N, C] (may alias x)
+    const void* ab;      // [B, 2C]: scale a first, shift b second
+    int32_t B;
+    int64_t N;
+    int32_t C;
+} ModulateParams;
+
+// Classifier-free guidance: y[i] = eps[n+i] + w * (eps[i] - eps[n+i]) (cond first, uncond second).
+typedef struct CfgParams {
+    const void* eps;     // [2, n]: cond rows, then uncond rows
+    void* y;             // [n]
+    const float* w;      // [1] on the device, so a captured graph reads the current guidance
+    int64_t n;
+} CfgParams;
+
+// DDPM-Wuerstchen update: y = c[0] * (x - c[1] * eps) + c[2] * noise (noise optional).
+typedef struct DdpmStepParams {
+    const void* x;       // [n]
+    const void* eps;     // [n]
+    const void* noise;   // [n] or NULL (last step)
+    void* y;             // [n] (may alias x)
+    const float* coef;   // [3] on the device: 1/sqrt(alpha), (1-alpha)/sqrt(1-abar_t), sigma
+    int64_t n;
+} DdpmStepParams;
+
+// ---- convolution and resampling (token-major [B, H, W, C]) ----------------------------------
+
+// Depthwise 3x3 convolution with bias, stride 1, padding 1 (zero or replicate), optionally
+// followed by LayerNorm over channels (no affine).
+typedef struct DepthwiseParams {
+    const void* x;       // [B, H, W, C]
+    void* y;             // [B, H, W, C]
+    const void* weight;  // [C, 3, 3] (PyTorch [C, 1, 3, 3])
+    const void* bias;    // [C]
+    int32_t B;
+    int32_t H;
+    int32_t W;
+    int32_t C;
+    int32_t replicate;   // 1: replicate padding (Stage A), 0: zero padding (Stage B/C)
+    int32_t layer_norm;  // 1: y = LN_C(conv(x)) with eps
+    float eps;
+} DepthwiseParams;
+
+// Pixel shuffle (PyTorch order, channel c*r*r + i*r + j):
+//   shuffle:   x [B, H, W, C*r*r] -> y [B, H*r, W*r, C]
+//   unshuffle: x [B, H*r, W*r, C] -> y [B, H, W, C*r*r]
+// H, W, C are always those of the low-resolution side.
+typedef struct PixelShuffleParams {
+    const void* x;
+    void* y;
+    int32_t B;
+    int32_t H;
+    int32_t W;
+    int32_t C;
+    int32_t r;
+    int32_t unshuffle;
+} PixelShuffleParams;
+
+// 3x3 neighbourhoods with zero padding: cols[b,h,w,(dy*3+dx)*C+c] = x[b,h+dy-1,w+dx-1,c].
+typedef struct Im2Col3x3Params {
+    const void* x;       // [B, H, W, C]
+    void* cols;          // [B, H, W, 9C]
+    int32_t B;
+    int32_t H;
+    int32_t W;
+    int32_t C;
+} Im2Col3x3Params;
+
+// Bilinear resize, align_corners=True, f32 arithmetic.
+typedef struct ResizeParams {
+    const void* x;       // [B, H, W, C]
+    void* y;             // [B, Ho, Wo, C]
+    int32_t B;
+    int32_t H;
+    int32_t W;
+    int32_t C;
+    int32_t Ho;
+    int32_t Wo;
+} ResizeParams;
+
+// Concatenation along channels: y[r] = [a[r], b[r]].
+typedef struct ConcatParams {
+    const void* a;       // [rows, Ca]
+    const void* b;       // [rows, Cb]
+    void* y;             // [rows, Ca + Cb]
+    int64_t rows;
+    int32_t Ca;
+    int32_t Cb;
+} ConcatParams;
+
+// ---- attention -----------------------------------------------------------------------------
+
+// o = softmax(q k^T * scale [masked]) v per head; head h uses columns [h*64, h*64+64).
+// Rows are tokens; the strides (in elements) let q, k, v be column slices of wider tensors.
+typedef struct AttentionParams {
+    const void* q;       // [B, Lq, q_stride]
+    const void* k;       // [B, Lk, kv_stride]
+    const void* v;       // [B, Lk, kv_stride]
+    void* o;             // [B, Lq, o_stride]
+    const float* key_mask;// [B, Lk] f32, 1 = attend, 0 = masked; or NULL
+    int32_t B;
+    int32_t H;
+    int32_t Lq;
+    int32_t Lk;
+    int32_t q_stride;
+    int32_t kv_stride;
+    int32_t o_stride;
+    int32_t causal;      // 1: query i sees keys j <= i
+    float scale;
+} AttentionParams;
+
+// ---- embeddings ----------------------------------------------------------------------------
+
+// Timestep-ratio embedding (spec §3.7): y[b] = [sin(r f_0..f_{h-1}), cos(...)] with r = t[b]*max_positions,
+// f_k = exp(-k ln(max_positions)/(h-1)), h = dim/2; then n_extra copies of the embedding of 0.
+typedef struct TimestepEmbedParams {
+    const float* t;      // [B] ratios, f32, on the device (written before each step)
+    void* y;             // [B, dim * (1 + n_extra)]
+    int32_t B;
+    int32_t dim;
+    int32_t n_extra;
+    float max_positions;
+} TimestepEmbedParams;
+
+// Token + position embedding: y[b,l] = tok[ids[b,l]] + pos[l]. ids are exact integers stored
+// as f32 (vocabularies are far below 2^24).
+typedef struct EmbedParams {
+    const float* ids;    // [B, L] f32
+    const void* tok;     // [V, D]
+    const void* pos;     // [>= L, D]
+    void* y;             // [B, L, D]
+    int32_t B;
+    int32_t L;
+    int32_t D;
+    int32_t V;
+} EmbedParams;

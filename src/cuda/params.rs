@@ -18,4 +18,23 @@ macro_rules! device_repr {
     )* };
 }
 
-device_repr!(CastParams, FillParams);
+device_repr!(
+    CastParams,
+    FillParams,
+    LayerNormParams,
+    GrnStatsParams,
+    GrnApplyParams,
+    ActParams,
+    AddParams,
+    ModulateParams,
+    CfgParams,
+    DdpmStepParams,
+    DepthwiseParams,
+    PixelShuffleParams,
+    Im2Col3x3Params,
+    ResizeParams,
+    ConcatParams,
+    AttentionParams,
+    TimestepEmbedParams,
+    EmbedParams,
+);

@@ -1,13 +1,37 @@
-//! Operations. Each public function checks its arguments, then dispatches to the CPU
-//! reference (`ops::cpu`, the spec in code) or to the CUDA launcher beside it.
+//! Operations. Each public function checks its arguments (shapes, dtypes, devices: a bad
+//! argument is an error, never a crash in a kernel), then dispatches to the CPU reference in
+//! [`cpu`] (the spec in code) or to the CUDA launcher beside it. Layouts are token-major:
+//! images `[B, H, W, C]`, sequences `[B, L, C]`.
+//!
+//! Most ops come in two forms: `op_into(…, &mut out)` writes into an existing tensor (arena
+//! buffers, nothing allocated), and `op(…)` returns a new tensor.
 
+pub mod activation;
+pub mod attention;
+pub mod conv;
 pub mod cpu;
+pub mod elementwise;
+pub mod embed;
 pub mod linear;
+pub mod norm;
+pub mod resample;
 pub mod shapes;
 
+pub use activation::{bias_gelu_into, gelu, gelu_into, silu, silu_into};
+pub use attention::{attention, attention_into, AttentionMask};
+pub use conv::{
+    conv2x2_s2, conv_transpose2x2, conv_transpose4x4, depthwise3x3, depthwise3x3_into, im2col3x3,
+    pixel_shuffle, pixel_unshuffle, prepare_conv_transpose2x2, prepare_conv_transpose4x4, Padding,
+};
+pub use elementwise::{
+    add, add_assign, cast_into, cfg_combine_into, ddpm_step_assign, modulate_assign,
+};
+pub use embed::{timestep_embedding_into, token_embedding_into};
 pub use linear::{linear, linear_into};
+pub use norm::{grn, grn_into, layer_norm, layer_norm_into};
+pub use resample::{concat_channels, resize_bilinear};
 
-use crate::{Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 
 /// Checks that every tensor lives on `device`.
 pub(crate) fn check_device(op: &str, device: &Device, tensors: &[&Tensor]) -> Result<()> {
@@ -23,32 +47,71 @@ pub(crate) fn check_device(op: &str, device: &Device, tensors: &[&Tensor]) -> Re
     Ok(())
 }
 
-/// Copies `src` into `dst` converting the dtype (shapes must have equal element counts).
-pub fn cast_into(src: &Tensor, dst: &mut Tensor) -> Result<()> {
-    if src.numel() != dst.numel() {
+/// Checks that every tensor has `dtype`.
+pub(crate) fn check_dtype(op: &str, dtype: DType, tensors: &[&Tensor]) -> Result<()> {
+    for t in tensors {
+        if t.dtype() != dtype {
+            return Err(Error::Shape(format!(
+                "{op}: mixed dtypes ({dtype} and {})",
+                t.dtype()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks `t`'s shape.
+pub(crate) fn check_shape(op: &str, what: &str, t: &Tensor, want: &[usize]) -> Result<()> {
+    if t.shape() != want {
         return Err(Error::Shape(format!(
-            "cast: {:?} into {:?}",
-            src.shape(),
-            dst.shape()
+            "{op}: {what} has shape {:?}, expected {want:?}",
+            t.shape()
         )));
     }
-    let device = src.device();
-    check_device("cast", &device, &[dst])?;
-    match &device {
-        Device::Cpu => {
-            let v = src.cpu_f32()?.into_owned();
-            dst.set_cpu_f32(&v)
-        }
-        #[cfg(feature = "cuda")]
-        Device::Cuda(dev) => {
-            let p = crate::cuda::params::CastParams {
-                src: src.cuda_ptr()? as *const _,
-                dst: dst.cuda_ptr()? as *mut _,
-                n: src.numel() as i64,
-                src_dtype: src.dtype().code(),
-                dst_dtype: dst.dtype().code(),
-            };
-            dev.launch_1d(&dev.kernels().cast, src.numel(), &p)
-        }
+    Ok(())
+}
+
+/// Checks `t`'s element count (for parameters stored with extra unit axes, e.g. GRN's
+/// `[1, 1, 1, D]`).
+pub(crate) fn check_numel(op: &str, what: &str, t: &Tensor, want: usize) -> Result<()> {
+    if t.numel() != want {
+        return Err(Error::Shape(format!(
+            "{op}: {what} has shape {:?} ({} elements), expected {want}",
+            t.shape(),
+            t.numel()
+        )));
     }
+    Ok(())
+}
+
+/// The f32 or bf16 entry point of a kernel.
+#[cfg(feature = "cuda")]
+pub(crate) fn kernel<'a>(
+    op: &str,
+    dtype: DType,
+    f32_kernel: &'a cudarc::driver::CudaFunction,
+    bf16_kernel: &'a cudarc::driver::CudaFunction,
+) -> Result<&'a cudarc::driver::CudaFunction> {
+    match dtype {
+        DType::F32 => Ok(f32_kernel),
+        DType::BF16 => Ok(bf16_kernel),
+        DType::F16 => Err(Error::Shape(format!(
+            "{op}: the GPU kernels run in bf16 or f32, not f16"
+        ))),
+    }
+}
+
+/// Device address of `t` as a kernel pointer argument (`None` → NULL).
+#[cfg(feature = "cuda")]
+pub(crate) fn dptr(t: Option<&Tensor>) -> Result<*const std::ffi::c_void> {
+    Ok(match t {
+        Some(t) => t.cuda_ptr()? as *const std::ffi::c_void,
+        None => std::ptr::null(),
+    })
+}
+
+/// Block size for one-block-per-row kernels: a multiple of 32, at most 256.
+#[cfg(feature = "cuda")]
+pub(crate) fn row_block(c: usize) -> u32 {
+    (c.div_ceil(32) * 32).clamp(32, 256) as u32
 }

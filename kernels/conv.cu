@@ -1,0 +1,88 @@
+// Convolutions on token-major [B, H, W, C] data that are not GEMMs: depthwise 3x3 (with an
+// optional fused channel LayerNorm), pixel shuffle / unshuffle, and 3x3 neighbourhood gathering
+// (im2col) for the Stage A transposed convolution.
+#include "common.cuh"
+
+// One block per pixel, threads over channels. With layer_norm the conv outputs are staged in
+// shared memory (dynamic smem: C floats) and normalised over channels before the store.
+template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
+    extern __shared__ float out[];
+    __shared__ float scratch[32];
+    int64_t pix = blockIdx.x;
+    int w0 = pix % p.W, h0 = (pix / p.W) % p.H;
+    int64_t b = pix / ((int64_t)p.W * p.H);
+    const T* x = (const T*)p.x + b * p.H * p.W * p.C;
+    const T* wt = (const T*)p.weight;
+    float s = 0.f;
+    for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
+        float acc = to_f32(((const T*)p.bias)[c]);
+        for (int ky = 0; ky < 3; ky++) {
+            int h = h0 + ky - 1;
+            if (p.replicate) h = min(max(h, 0), p.H - 1);
+            else if (h < 0 || h >= p.H) continue;
+            for (int kx = 0; kx < 3; kx++) {
+                int w = w0 + kx - 1;
+                if (p.replicate) w = min(max(w, 0), p.W - 1);
+                else if (w < 0 || w >= p.W) continue;
+                acc += to_f32(wt[c * 9 + ky * 3 + kx]) * to_f32(x[((int64_t)h * p.W + w) * p.C + c]);
+            }
+        }
+        if (p.layer_norm) {
+            out[c] = acc;
+            s += acc;
+        } else {
+            ((T*)p.y)[pix * p.C + c] = from_f32<T>(acc);
+        }
+    }
+    if (!p.layer_norm) return;
+    float mean = block_sum(s, scratch) / p.C;
+    float q = 0.f;
+    for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
+        float d = out[c] - mean;
+        q += d * d;
+    }
+    float rstd = rsqrtf(block_sum(q, scratch) / p.C + p.eps);
+    for (int c = threadIdx.x; c < p.C; c += blockDim.x) ((T*)p.y)[pix * p.C + c] = from_f32<T>((out[c] - mean) * rstd);
+}
+extern "C" __global__ void depthwise_f32(DepthwiseParams p) { depthwise_impl<float>(p); }
+extern "C" __global__ void depthwise_bf16(DepthwiseParams p) { depthwise_impl<bf16>(p); }
+
+// One thread per element of the high-resolution side [B, H*r, W*r, C].
+template <typename T> __device__ void pixel_shuffle_impl(const PixelShuffleParams& p) {
+    int r = p.r, Wr = p.W * r, Hr = p.H * r;
+    int64_t total = (int64_t)p.B * Hr * Wr * p.C;
+    GRID_STRIDE(i, total) {
+        int c = i % p.C;
+        int64_t t = i / p.C;
+        int X = t % Wr;
+        t /= Wr;
+        int Y = t % Hr;
+        int64_t b = t / Hr;
+        int h = Y / r, ii = Y % r, w = X / r, jj = X % r;
+        int64_t lo = (((b * p.H + h) * p.W + w) * p.C + c) * r * r + ii * r + jj;
+        if (p.unshuffle) ((T*)p.y)[lo] = ((const T*)p.x)[i];
+        else ((T*)p.y)[i] = ((const T*)p.x)[lo];
+    }
+}
+extern "C" __global__ void pixel_shuffle_f32(PixelShuffleParams p) { pixel_shuffle_impl<float>(p); }
+extern "C" __global__ void pixel_shuffle_bf16(PixelShuffleParams p) { pixel_shuffle_impl<bf16>(p); }
+
+template <typename T> __device__ void im2col3x3_impl(const Im2Col3x3Params& p) {
+    int64_t total = (int64_t)p.B * p.H * p.W * 9 * p.C;
+    GRID_STRIDE(i, total) {
+        int c = i % p.C;
+        int64_t t = i / p.C;
+        int tap = t % 9;
+        t /= 9;
+        int w = t % p.W;
+        t /= p.W;
+        int h = t % p.H;
+        int64_t b = t / p.H;
+        int hs = h + tap / 3 - 1, ws = w + tap % 3 - 1;
+        float v = 0.f;
+        if (hs >= 0 && hs < p.H && ws >= 0 && ws < p.W) v = to_f32(((const T*)p.x)[((b * p.H + hs) * p.W + ws) * p.C + c]);
+        ((T*)p.cols)[i] = from_f32<T>(v);
+    }
+}
+extern "C" __global__ void im2col3x3_f32(Im2Col3x3Params p) { im2col3x3_impl<float>(p); }
+extern "C" __global__ void im2col3x3_bf16(Im2Col3x3Params p) { im2col3x3_impl<bf16>(p); }

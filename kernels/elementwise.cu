@@ -1,0 +1,70 @@
+// Element-wise kernels: dtype casts and fills, activations (optionally after a bias), residual
+// add, TimestepBlock modulation, classifier-free guidance and the DDPM update. All arithmetic
+// in f32; bf16 is a storage type.
+#include "common.cuh"
+
+// Converts n elements; f32 round-trips exactly, narrowing rounds to nearest even.
+extern "C" __global__ void cast(CastParams p) {
+    GRID_STRIDE(i, p.n) { store_from_f32(p.dst, i, p.dst_dtype, load_as_f32(p.src, i, p.src_dtype)); }
+}
+
+// Writes `value` into every element (NaN poisoning in tests, zeroing).
+extern "C" __global__ void fill(FillParams p) {
+    GRID_STRIDE(i, p.n) { store_from_f32(p.dst, i, p.dtype, p.value); }
+}
+
+template <typename T> __device__ void act_impl(const ActParams& p) {
+    const T* x = (const T*)p.x;
+    const T* b = (const T*)p.bias;
+    T* y = (T*)p.y;
+    GRID_STRIDE(i, p.n) {
+        float v = to_f32(x[i]);
+        if (b) v += to_f32(b[i % p.C]);
+        if (p.act == CASCADE_ACT_GELU) v = gelu_erf(v);
+        else if (p.act == CASCADE_ACT_SILU) v = silu(v);
+        y[i] = from_f32<T>(v);
+    }
+}
+extern "C" __global__ void act_f32(ActParams p) { act_impl<float>(p); }
+extern "C" __global__ void act_bf16(ActParams p) { act_impl<bf16>(p); }
+
+template <typename T> __device__ void add_impl(const AddParams& p) {
+    GRID_STRIDE(i, p.n) { ((T*)p.y)[i] = from_f32<T>(to_f32(((const T*)p.a)[i]) + to_f32(((const T*)p.b)[i])); }
+}
+extern "C" __global__ void add_f32(AddParams p) { add_impl<float>(p); }
+extern "C" __global__ void add_bf16(AddParams p) { add_impl<bf16>(p); }
+
+template <typename T> __device__ void modulate_impl(const ModulateParams& p) {
+    const T* x = (const T*)p.x;
+    const T* ab = (const T*)p.ab;
+    int64_t total = (int64_t)p.B * p.N * p.C;
+    GRID_STRIDE(i, total) {
+        int64_t c = i % p.C, b = i / ((int64_t)p.N * p.C);
+        float a = to_f32(ab[b * 2 * p.C + c]), s = to_f32(ab[b * 2 * p.C + p.C + c]);
+        ((T*)p.y)[i] = from_f32<T>(to_f32(x[i]) * (1.f + a) + s);
+    }
+}
+extern "C" __global__ void modulate_f32(ModulateParams p) { modulate_impl<float>(p); }
+extern "C" __global__ void modulate_bf16(ModulateParams p) { modulate_impl<bf16>(p); }
+
+template <typename T> __device__ void cfg_impl(const CfgParams& p) {
+    const T* e = (const T*)p.eps;
+    float w = *p.w;
+    GRID_STRIDE(i, p.n) {
+        float c = to_f32(e[i]), u = to_f32(e[p.n + i]);
+        ((T*)p.y)[i] = from_f32<T>(u + w * (c - u));
+    }
+}
+extern "C" __global__ void cfg_f32(CfgParams p) { cfg_impl<float>(p); }
+extern "C" __global__ void cfg_bf16(CfgParams p) { cfg_impl<bf16>(p); }
+
+template <typename T> __device__ void ddpm_step_impl(const DdpmStepParams& p) {
+    float c0 = p.coef[0], c1 = p.coef[1], c2 = p.coef[2];
+    GRID_STRIDE(i, p.n) {
+        float v = c0 * (to_f32(((const T*)p.x)[i]) - c1 * to_f32(((const T*)p.eps)[i]));
+        if (p.noise) v += c2 * to_f32(((const T*)p.noise)[i]);
+        ((T*)p.y)[i] = from_f32<T>(v);
+    }
+}
+extern "C" __global__ void ddpm_step_f32(DdpmStepParams p) { ddpm_step_impl<float>(p); }
+extern "C" __global__ void ddpm_step_bf16(DdpmStepParams p) { ddpm_step_impl<bf16>(p); }

@@ -1,0 +1,123 @@
+//! Fused multi-head attention with head_dim 64. CPU: [`super::cpu::attention`] (naive, f64);
+//! GPU: `kernels/attention.cu` (flash-style, online softmax in f32).
+
+use super::{check_device, check_dtype, check_shape, cpu};
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// The head width every Stable Cascade attention uses.
+pub const HEAD_DIM: usize = 64;
+
+/// Masking of the attention scores.
+#[derive(Clone, Copy, Debug)]
+pub enum AttentionMask<'a> {
+    /// Every query sees every key (Stage B and C).
+    None,
+    /// Query i sees keys j ≤ i that are not padding: `key_mask [B, Lk]` is an f32 tensor of
+    /// 1 (attend) / 0 (padding) on the same device (CLIP).
+    CausalPadding(&'a Tensor),
+}
+
+/// `o = softmax(q·kᵀ·scale)·v` per head. `q [B, Lq, H·64]`, `k`/`v [B, Lk, H·64]`, `o [B, Lq, H·64]`.
+pub fn attention_into(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    mask: AttentionMask,
+    o: &mut Tensor,
+) -> Result<()> {
+    let &[b, lq, c] = q.shape() else {
+        return Err(Error::Shape(format!(
+            "attention: q must be [B, Lq, C], got {:?}",
+            q.shape()
+        )));
+    };
+    if heads == 0 || c != heads * HEAD_DIM {
+        return Err(Error::Shape(format!(
+            "attention: {c} channels are not {heads} heads of {HEAD_DIM}"
+        )));
+    }
+    let lk = k.shape().get(1).copied().unwrap_or(0);
+    check_shape("attention", "k", k, &[b, lk, c])?;
+    check_shape("attention", "v", v, &[b, lk, c])?;
+    check_shape("attention", "output", o, &[b, lq, c])?;
+    check_dtype("attention", q.dtype(), &[k, v, o])?;
+    check_device("attention", &q.device(), &[k, v, o])?;
+    let key_mask = match mask {
+        AttentionMask::None => None,
+        AttentionMask::CausalPadding(m) => {
+            check_shape("attention", "key mask", m, &[b, lk])?;
+            check_dtype("attention", DType::F32, &[m])?;
+            check_device("attention", &q.device(), &[m])?;
+            Some(m)
+        }
+    };
+    let causal = key_mask.is_some();
+    match q.device() {
+        Device::Cpu => {
+            let m = key_mask.map(|m| m.cpu_f32()).transpose()?;
+            let out = cpu::attention(
+                &q.cpu_f32()?,
+                &k.cpu_f32()?,
+                &v.cpu_f32()?,
+                b,
+                heads,
+                lq,
+                lk,
+                HEAD_DIM,
+                scale,
+                causal,
+                m.as_deref(),
+            );
+            o.set_cpu_f32(&out)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let kt = dev.kernels();
+            let p = crate::cuda::params::AttentionParams {
+                q: q.cuda_ptr()? as *const _,
+                k: k.cuda_ptr()? as *const _,
+                v: v.cuda_ptr()? as *const _,
+                o: o.cuda_ptr()? as *mut _,
+                key_mask: super::dptr(key_mask)? as *const f32,
+                B: b as i32,
+                H: heads as i32,
+                Lq: lq as i32,
+                Lk: lk as i32,
+                q_stride: c as i32,
+                kv_stride: c as i32,
+                o_stride: c as i32,
+                causal: causal as i32,
+                scale,
+            };
+            let f = super::kernel(
+                "attention",
+                q.dtype(),
+                &kt.attention_f32,
+                &kt.attention_bf16,
+            )?;
+            dev.launch(
+                f,
+                (lq.div_ceil(128) as u32, heads as u32, b as u32),
+                (128, 1, 1),
+                0,
+                &p,
+            )
+        }
+    }
+}
+
+/// [`attention_into`] as a new tensor.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    mask: AttentionMask,
+) -> Result<Tensor> {
+    let mut o = Tensor::empty(q.shape(), q.dtype(), &q.device())?;
+    attention_into(q, k, v, heads, scale, mask, &mut o)?;
+    Ok(o)
+}

@@ -1,0 +1,298 @@
+//! Convolutions on token-major `[B, H, W, C]` data, each in its cheapest exact form:
+//! - depthwise 3×3 (zero or replicate padding), optionally fused with a channel LayerNorm;
+//! - 1×1: a plain [`linear`](super::linear);
+//! - 2×2 stride 2: pixel-unshuffle + GEMM ([`conv2x2_s2`]);
+//! - transposed 2×2 stride 2: GEMM + pixel-shuffle ([`conv_transpose2x2`]);
+//! - transposed 4×4 stride 2 pad 1 (Stage A): 3×3 neighbourhoods + one GEMM + pixel-shuffle
+//!   ([`conv_transpose4x4`]).
+//!
+//! CPU references: [`super::cpu::conv2d`], [`super::cpu::conv_transpose2d`] (direct formulas),
+//! and the layout kernels of `super::cpu`; GPU: `kernels/conv.cu` + cuBLASLt.
+
+use super::{check_device, check_dtype, check_numel, check_shape, cpu, linear};
+use crate::{Device, Error, Result, Tensor};
+
+/// Border handling of the depthwise convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// Zeros outside the image (Stage B and C).
+    Zero,
+    /// The nearest edge pixel (Stage A's ReplicationPad2d).
+    Replicate,
+}
+
+fn image_dims(op: &str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    match x.shape() {
+        &[b, h, w, c] => Ok((b, h, w, c)),
+        s => Err(Error::Shape(format!(
+            "{op}: expected a token-major image [B, H, W, C], got {s:?}"
+        ))),
+    }
+}
+
+/// Depthwise 3×3 convolution with bias (weight: C·9 values, PyTorch `[C, 1, 3, 3]`), stride 1,
+/// padding 1; with `layer_norm = Some(eps)` the output is normalised over channels (ResBlock).
+pub fn depthwise3x3_into(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: Padding,
+    layer_norm: Option<f32>,
+    y: &mut Tensor,
+) -> Result<()> {
+    let (b, h, w, c) = image_dims("depthwise3x3", x)?;
+    check_numel("depthwise3x3", "weight", weight, c * 9)?;
+    check_numel("depthwise3x3", "bias", bias, c)?;
+    check_shape("depthwise3x3", "output", y, x.shape())?;
+    check_dtype("depthwise3x3", x.dtype(), &[weight, bias, y])?;
+    check_device("depthwise3x3", &x.device(), &[weight, bias, y])?;
+    match x.device() {
+        Device::Cpu => {
+            let v = cpu::depthwise3x3(
+                &x.cpu_f32()?,
+                b,
+                h,
+                w,
+                c,
+                &weight.cpu_f32()?,
+                &bias.cpu_f32()?,
+                padding == Padding::Replicate,
+                layer_norm,
+            );
+            y.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let p = crate::cuda::params::DepthwiseParams {
+                x: x.cuda_ptr()? as *const _,
+                y: y.cuda_ptr()? as *mut _,
+                weight: weight.cuda_ptr()? as *const _,
+                bias: bias.cuda_ptr()? as *const _,
+                B: b as i32,
+                H: h as i32,
+                W: w as i32,
+                C: c as i32,
+                replicate: (padding == Padding::Replicate) as i32,
+                layer_norm: layer_norm.is_some() as i32,
+                eps: layer_norm.unwrap_or(0.0),
+            };
+            let smem = if layer_norm.is_some() { c * 4 } else { 0 };
+            let f = super::kernel(
+                "depthwise3x3",
+                x.dtype(),
+                &k.depthwise_f32,
+                &k.depthwise_bf16,
+            )?;
+            dev.launch(
+                f,
+                ((b * h * w) as u32, 1, 1),
+                (super::row_block(c), 1, 1),
+                smem as u32,
+                &p,
+            )
+        }
+    }
+}
+
+/// [`depthwise3x3_into`] as a new tensor.
+pub fn depthwise3x3(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: Padding,
+    layer_norm: Option<f32>,
+) -> Result<Tensor> {
+    let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
+    depthwise3x3_into(x, weight, bias, padding, layer_norm, &mut y)?;
+    Ok(y)
+}
+
+fn shuffle(x: &Tensor, r: usize, unshuffle: bool) -> Result<Tensor> {
+    let op = if unshuffle {
+        "pixel_unshuffle"
+    } else {
+        "pixel_shuffle"
+    };
+    let (b, xh, xw, xc) = image_dims(op, x)?;
+    if r == 0 {
+        return Err(Error::Shape(format!("{op}: factor must be positive")));
+    }
+    // (h, w, c): the low-resolution side's sizes with c the per-sub-pixel channel count.
+    let (h, w, c) = if unshuffle {
+        if xh % r != 0 || xw % r != 0 {
+            return Err(Error::Shape(format!(
+                "{op}: {xh}×{xw} is not divisible by {r}"
+            )));
+        }
+        (xh / r, xw / r, xc)
+    } else {
+        if xc % (r * r) != 0 {
+            return Err(Error::Shape(format!(
+                "{op}: {xc} channels are not divisible by {}",
+                r * r
+            )));
+        }
+        (xh, xw, xc / (r * r))
+    };
+    let out_shape = if unshuffle {
+        [b, h, w, c * r * r]
+    } else {
+        [b, h * r, w * r, c]
+    };
+    let mut y = Tensor::empty(&out_shape, x.dtype(), &x.device())?;
+    match x.device() {
+        Device::Cpu => {
+            let xv = x.cpu_f32()?;
+            let v = if unshuffle {
+                cpu::pixel_unshuffle(&xv, b, h, w, c, r)
+            } else {
+                cpu::pixel_shuffle(&xv, b, h, w, c, r)
+            };
+            y.set_cpu_f32(&v)?;
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let p = crate::cuda::params::PixelShuffleParams {
+                x: x.cuda_ptr()? as *const _,
+                y: y.cuda_ptr()? as *mut _,
+                B: b as i32,
+                H: h as i32,
+                W: w as i32,
+                C: c as i32,
+                r: r as i32,
+                unshuffle: unshuffle as i32,
+            };
+            dev.launch_1d(
+                super::kernel(op, x.dtype(), &k.pixel_shuffle_f32, &k.pixel_shuffle_bf16)?,
+                x.numel(),
+                &p,
+            )?;
+        }
+    }
+    Ok(y)
+}
+
+/// PixelShuffle(r): `[B, H, W, C·r²]` → `[B, H·r, W·r, C]` (PyTorch channel order).
+pub fn pixel_shuffle(x: &Tensor, r: usize) -> Result<Tensor> {
+    shuffle(x, r, false)
+}
+
+/// PixelUnshuffle(r): `[B, H·r, W·r, C]` → `[B, H, W, C·r²]` (PyTorch channel order).
+pub fn pixel_unshuffle(x: &Tensor, r: usize) -> Result<Tensor> {
+    shuffle(x, r, true)
+}
+
+/// 3×3 neighbourhoods with zero padding: `[B, H, W, C]` → `[B, H, W, 9C]`, tap-major
+/// (`(dy·3 + dx)·C + c`).
+pub fn im2col3x3(x: &Tensor) -> Result<Tensor> {
+    let (b, h, w, c) = image_dims("im2col3x3", x)?;
+    let mut y = Tensor::empty(&[b, h, w, 9 * c], x.dtype(), &x.device())?;
+    match x.device() {
+        Device::Cpu => y.set_cpu_f32(&cpu::im2col3x3(&x.cpu_f32()?, b, h, w, c))?,
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let p = crate::cuda::params::Im2Col3x3Params {
+                x: x.cuda_ptr()? as *const _,
+                cols: y.cuda_ptr()? as *mut _,
+                B: b as i32,
+                H: h as i32,
+                W: w as i32,
+                C: c as i32,
+            };
+            dev.launch_1d(
+                super::kernel("im2col3x3", x.dtype(), &k.im2col3x3_f32, &k.im2col3x3_bf16)?,
+                y.numel(),
+                &p,
+            )?;
+        }
+    }
+    Ok(y)
+}
+
+/// Conv2d(k=2, s=2, p=0) as pixel-unshuffle + GEMM. `w` is the PyTorch weight `[O, C, 2, 2]`
+/// viewed as `[O, 4C]` (its flattening order is pixel-unshuffle's channel order).
+pub fn conv2x2_s2(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    linear(&pixel_unshuffle(x, 2)?, w, Some(bias))
+}
+
+/// Reorders a ConvTranspose2d(k=2, s=2) weight `[Cin, Cout, 2, 2]` and bias `[Cout]` for
+/// [`conv_transpose2x2`]: `w'[(o·4 + i·2 + j), c] = W[c, o, i, j]`, `b'[o·4 + k] = b[o]`.
+pub fn prepare_conv_transpose2x2(
+    w: &[f32],
+    bias: &[f32],
+    cin: usize,
+    cout: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    if w.len() != cin * cout * 4 || bias.len() != cout {
+        return Err(Error::Shape(format!(
+            "conv_transpose2x2: weight of {} / bias of {} values for {cin}→{cout}",
+            w.len(),
+            bias.len()
+        )));
+    }
+    let mut wp = vec![0f32; w.len()];
+    for c in 0..cin {
+        for o in 0..cout {
+            for k in 0..4 {
+                wp[(o * 4 + k) * cin + c] = w[(c * cout + o) * 4 + k];
+            }
+        }
+    }
+    Ok((wp, bias.iter().flat_map(|&b| [b; 4]).collect()))
+}
+
+/// ConvTranspose2d(k=2, s=2, p=0) as GEMM + pixel-shuffle, with weights from
+/// [`prepare_conv_transpose2x2`].
+pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    pixel_shuffle(&linear(x, w, Some(bias))?, 2)
+}
+
+/// Reorders a ConvTranspose2d(k=4, s=2, p=1) weight `[Cin, Cout, 4, 4]` for
+/// [`conv_transpose4x4`]. Output pixel `(2m + py, 2n + px)` reads input rows `m + dy − 1`
+/// with kernel row `ky = py + 3 − 2·dy` (when 0 ≤ ky < 4), and likewise for columns, so every
+/// output parity is a GEMM over the 3×3 neighbourhood:
+/// `w'[(o·4 + py·2 + px), (dy·3 + dx)·Cin + c] = W[c, o, ky, kx]` (zero where no tap applies).
+pub fn prepare_conv_transpose4x4(
+    w: &[f32],
+    bias: &[f32],
+    cin: usize,
+    cout: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    if w.len() != cin * cout * 16 || bias.len() != cout {
+        return Err(Error::Shape(format!(
+            "conv_transpose4x4: weight of {} / bias of {} values for {cin}→{cout}",
+            w.len(),
+            bias.len()
+        )));
+    }
+    let tap =
+        |p: usize, d: usize| -> Option<usize> { (p + 3).checked_sub(2 * d).filter(|&k| k < 4) };
+    let mut wp = vec![0f32; cout * 4 * 9 * cin];
+    for o in 0..cout {
+        for py in 0..2 {
+            for px in 0..2 {
+                for dy in 0..3 {
+                    for dx in 0..3 {
+                        let (Some(ky), Some(kx)) = (tap(py, dy), tap(px, dx)) else {
+                            continue;
+                        };
+                        for c in 0..cin {
+                            wp[(o * 4 + py * 2 + px) * 9 * cin + (dy * 3 + dx) * cin + c] =
+                                w[((c * cout + o) * 4 + ky) * 4 + kx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((wp, bias.iter().flat_map(|&b| [b; 4]).collect()))
+}
+
+/// ConvTranspose2d(k=4, s=2, p=1): `[B, H, W, Cin]` → `[B, 2H, 2W, Cout]` as 3×3
+/// neighbourhoods + one GEMM + pixel-shuffle, with weights from [`prepare_conv_transpose4x4`].
+pub fn conv_transpose4x4(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    pixel_shuffle(&linear(&im2col3x3(x)?, w, Some(bias))?, 2)
+}

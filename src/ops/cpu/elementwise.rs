@@ -1,0 +1,43 @@
+/// `a + b`.
+pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+/// TimestepBlock modulation on `x` of shape `[b, n, c]` with `ab` of shape `[b, 2c]`:
+/// `x·(1 + a) + s` where `a = ab[:, :c]`, `s = ab[:, c:]`.
+pub fn modulate(x: &[f32], ab: &[f32], b: usize, n: usize, c: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    for s in 0..b {
+        for i in 0..n {
+            for j in 0..c {
+                let k = (s * n + i) * c + j;
+                y[k] = (x[k] as f64 * (1.0 + ab[s * 2 * c + j] as f64)
+                    + ab[s * 2 * c + c + j] as f64) as f32;
+            }
+        }
+    }
+    y
+}
+
+/// Classifier-free guidance on `eps = [cond; uncond]` (two halves of equal length):
+/// `uncond + w·(cond − uncond)` (PyTorch `lerp(uncond, cond, w)`).
+pub fn cfg_combine(eps: &[f32], w: f32) -> Vec<f32> {
+    let n = eps.len() / 2;
+    (0..n)
+        .map(|i| (eps[n + i] as f64 + w as f64 * (eps[i] as f64 - eps[n + i] as f64)) as f32)
+        .collect()
+}
+
+/// DDPM-Würstchen update (spec §5.1) with precomputed coefficients
+/// `coef = [1/√α, (1 − α)/√(1 − ᾱ_t), σ]`: `coef0·(x − coef1·ε) + coef2·z` (no z on the last step).
+pub fn ddpm_step(x: &[f32], eps: &[f32], noise: Option<&[f32]>, coef: [f32; 3]) -> Vec<f32> {
+    (0..x.len())
+        .map(|i| {
+            let mut v = coef[0] as f64 * (x[i] as f64 - coef[1] as f64 * eps[i] as f64);
+            if let Some(z) = noise {
+                v += coef[2] as f64 * z[i] as f64;
+            }
+            v as f32
+        })
+        .collect()
+}

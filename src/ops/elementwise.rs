@@ -1,0 +1,214 @@
+//! Element-wise ops: casts, residual add, TimestepBlock modulation, classifier-free guidance
+//! and the sampler update. CPU: [`super::cpu`]; GPU: `kernels/elementwise.cu`.
+
+use super::{check_device, check_dtype, check_numel, check_shape, cpu};
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// Copies `src` into `dst` converting the dtype (equal element counts).
+pub fn cast_into(src: &Tensor, dst: &mut Tensor) -> Result<()> {
+    check_numel("cast", "destination", dst, src.numel())?;
+    let device = src.device();
+    check_device("cast", &device, &[dst])?;
+    match &device {
+        Device::Cpu => {
+            let v = src.cpu_f32()?.into_owned();
+            dst.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let p = crate::cuda::params::CastParams {
+                src: src.cuda_ptr()? as *const _,
+                dst: dst.cuda_ptr()? as *mut _,
+                n: src.numel() as i64,
+                src_dtype: src.dtype().code(),
+                dst_dtype: dst.dtype().code(),
+            };
+            dev.launch_1d(&dev.kernels().cast, src.numel(), &p)
+        }
+    }
+}
+
+/// `a + b` as a new tensor.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let mut y = Tensor::empty(a.shape(), a.dtype(), &a.device())?;
+    add_impl(Some(a), b, &mut y)?;
+    Ok(y)
+}
+
+/// `x += r` (the residual connection).
+pub fn add_assign(x: &mut Tensor, r: &Tensor) -> Result<()> {
+    add_impl(None, r, x)
+}
+
+/// `y = a + b`, with `a = None` meaning `y` itself (in place: element i is read before it is
+/// written, by the same thread).
+fn add_impl(a: Option<&Tensor>, b: &Tensor, y: &mut Tensor) -> Result<()> {
+    check_shape("add", "second operand", b, y.shape())?;
+    check_dtype("add", y.dtype(), &[b])?;
+    check_device("add", &y.device(), &[b])?;
+    if let Some(a) = a {
+        check_shape("add", "first operand", a, y.shape())?;
+        check_dtype("add", y.dtype(), &[a])?;
+        check_device("add", &y.device(), &[a])?;
+    }
+    match y.device() {
+        Device::Cpu => {
+            let av = match a {
+                Some(a) => a.cpu_f32()?.into_owned(),
+                None => y.cpu_f32()?.into_owned(),
+            };
+            let v = cpu::add(&av, &b.cpu_f32()?);
+            y.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let yp = y.cuda_ptr()?;
+            let ap = match a {
+                Some(a) => a.cuda_ptr()?,
+                None => yp,
+            };
+            let p = crate::cuda::params::AddParams {
+                a: ap as *const _,
+                b: b.cuda_ptr()? as *const _,
+                y: yp as *mut _,
+                n: y.numel() as i64,
+            };
+            dev.launch_1d(
+                super::kernel("add", y.dtype(), &k.add_f32, &k.add_bf16)?,
+                y.numel(),
+                &p,
+            )
+        }
+    }
+}
+
+/// TimestepBlock: `x ← x·(1 + a) + b` for `x [B, N, C]` and `ab [B, 2C]` (a first).
+pub fn modulate_assign(x: &mut Tensor, ab: &Tensor) -> Result<()> {
+    if x.rank() < 2 {
+        return Err(Error::Shape(format!(
+            "modulate: x must be [B, …, C], got {:?}",
+            x.shape()
+        )));
+    }
+    let (b, c) = (x.dim(0), x.dim(-1));
+    let n = x.numel() / (b * c).max(1);
+    check_shape("modulate", "ab", ab, &[b, 2 * c])?;
+    check_dtype("modulate", x.dtype(), &[ab])?;
+    check_device("modulate", &x.device(), &[ab])?;
+    match x.device() {
+        Device::Cpu => {
+            let v = cpu::modulate(&x.cpu_f32()?, &ab.cpu_f32()?, b, n, c);
+            x.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let ptr = x.cuda_ptr()?;
+            let p = crate::cuda::params::ModulateParams {
+                x: ptr as *const _,
+                y: ptr as *mut _,
+                ab: ab.cuda_ptr()? as *const _,
+                B: b as i32,
+                N: n as i64,
+                C: c as i32,
+            };
+            dev.launch_1d(
+                super::kernel("modulate", x.dtype(), &k.modulate_f32, &k.modulate_bf16)?,
+                x.numel(),
+                &p,
+            )
+        }
+    }
+}
+
+/// Classifier-free guidance: `eps [2B, …]` holds the cond half then the uncond half; writes
+/// `uncond + w·(cond − uncond)` into `y [B, …]`. `w` is an f32 tensor of one element on the
+/// same device (a captured graph reads the current value).
+pub fn cfg_combine_into(eps: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
+    if eps.rank() == 0 || eps.dim(0) % 2 != 0 {
+        return Err(Error::Shape(format!(
+            "cfg: eps must be [2B, …] (cond then uncond), got {:?}",
+            eps.shape()
+        )));
+    }
+    let mut half = eps.shape().to_vec();
+    half[0] /= 2;
+    check_shape("cfg", "output", y, &half)?;
+    check_shape("cfg", "guidance scale", w, &[1])?;
+    check_dtype("cfg", eps.dtype(), &[y])?;
+    check_dtype("cfg", DType::F32, &[w])?;
+    check_device("cfg", &eps.device(), &[w, y])?;
+    match eps.device() {
+        Device::Cpu => {
+            let v = cpu::cfg_combine(&eps.cpu_f32()?, w.cpu_f32()?[0]);
+            y.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let p = crate::cuda::params::CfgParams {
+                eps: eps.cuda_ptr()? as *const _,
+                y: y.cuda_ptr()? as *mut _,
+                w: w.cuda_ptr()? as *const f32,
+                n: y.numel() as i64,
+            };
+            dev.launch_1d(
+                super::kernel("cfg", eps.dtype(), &k.cfg_f32, &k.cfg_bf16)?,
+                y.numel(),
+                &p,
+            )
+        }
+    }
+}
+
+/// The DDPM-Würstchen update in place: `x ← coef0·(x − coef1·ε) + coef2·z` with `coef` an f32
+/// tensor `[3]` on the same device (see [`crate::ops::cpu::ddpm_step`]); no `z` on the last step.
+pub fn ddpm_step_assign(
+    x: &mut Tensor,
+    eps: &Tensor,
+    noise: Option<&Tensor>,
+    coef: &Tensor,
+) -> Result<()> {
+    check_shape("ddpm_step", "eps", eps, x.shape())?;
+    check_shape("ddpm_step", "coefficients", coef, &[3])?;
+    check_dtype("ddpm_step", x.dtype(), &[eps])?;
+    check_dtype("ddpm_step", DType::F32, &[coef])?;
+    check_device("ddpm_step", &x.device(), &[eps, coef])?;
+    if let Some(z) = noise {
+        check_shape("ddpm_step", "noise", z, x.shape())?;
+        check_dtype("ddpm_step", x.dtype(), &[z])?;
+        check_device("ddpm_step", &x.device(), &[z])?;
+    }
+    match x.device() {
+        Device::Cpu => {
+            let c = coef.cpu_f32()?;
+            let z = noise.map(|z| z.cpu_f32()).transpose()?;
+            let v = cpu::ddpm_step(
+                &x.cpu_f32()?,
+                &eps.cpu_f32()?,
+                z.as_deref(),
+                [c[0], c[1], c[2]],
+            );
+            x.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let ptr = x.cuda_ptr()?;
+            let p = crate::cuda::params::DdpmStepParams {
+                x: ptr as *const _,
+                eps: eps.cuda_ptr()? as *const _,
+                noise: super::dptr(noise)?,
+                y: ptr as *mut _,
+                coef: coef.cuda_ptr()? as *const f32,
+                n: x.numel() as i64,
+            };
+            dev.launch_1d(
+                super::kernel("ddpm_step", x.dtype(), &k.ddpm_step_f32, &k.ddpm_step_bf16)?,
+                x.numel(),
+                &p,
+            )
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! LayerNorm over channels and GlobalResponseNorm. CPU: [`super::cpu::layer_norm`],
+//! [`super::cpu::grn`]; GPU: `kernels/norm.cu`.
+
+use super::{check_device, check_dtype, check_numel, check_shape, cpu};
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// LayerNorm over the last axis: `(x − mean)/√(var + eps)`, then `·weight + bias` when given
+/// (CLIP: affine, eps 1e-5; UNets and VQGAN: no affine, eps 1e-6).
+pub fn layer_norm_into(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+    y: &mut Tensor,
+) -> Result<()> {
+    let c = x
+        .shape()
+        .last()
+        .copied()
+        .ok_or_else(|| Error::Shape("layer_norm: scalar input".into()))?;
+    check_shape("layer_norm", "output", y, x.shape())?;
+    check_dtype("layer_norm", x.dtype(), &[y])?;
+    check_device("layer_norm", &x.device(), &[y])?;
+    for t in [weight, bias].into_iter().flatten() {
+        check_numel("layer_norm", "affine parameter", t, c)?;
+        check_dtype("layer_norm", x.dtype(), &[t])?;
+        check_device("layer_norm", &x.device(), &[t])?;
+    }
+    match x.device() {
+        Device::Cpu => {
+            let w = weight.map(|t| t.cpu_f32()).transpose()?;
+            let b = bias.map(|t| t.cpu_f32()).transpose()?;
+            let v = cpu::layer_norm(&x.cpu_f32()?, c, w.as_deref(), b.as_deref(), eps);
+            y.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let rows = x.numel() / c.max(1);
+            let p = crate::cuda::params::LayerNormParams {
+                x: x.cuda_ptr()? as *const _,
+                y: y.cuda_ptr()? as *mut _,
+                weight: super::dptr(weight)?,
+                bias: super::dptr(bias)?,
+                rows: rows as i64,
+                C: c as i32,
+                eps,
+            };
+            let f = super::kernel(
+                "layer_norm",
+                x.dtype(),
+                &k.layer_norm_f32,
+                &k.layer_norm_bf16,
+            )?;
+            dev.launch(
+                f,
+                (rows as u32, 1, 1),
+                (super::row_block(c), 1, 1),
+                (c * 4) as u32,
+                &p,
+            )
+        }
+    }
+}
+
+/// [`layer_norm_into`] as a new tensor.
+pub fn layer_norm(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+) -> Result<Tensor> {
+    let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
+    layer_norm_into(x, weight, bias, eps, &mut y)?;
+    Ok(y)
+}
+
+/// GlobalResponseNorm on `x [B, …spatial, D]` (spec §3.3), statistics over all spatial
+/// positions of each sample in f32. `gamma`/`beta` have D elements (stored `[1, 1, 1, D]`).
+/// `stats` is an f32 scratch tensor `[B, D]` (from an arena; its contents are overwritten).
+pub fn grn_into(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    stats: &mut Tensor,
+    y: &mut Tensor,
+) -> Result<()> {
+    if x.rank() < 2 {
+        return Err(Error::Shape(format!(
+            "grn: x must be [B, …, D], got {:?}",
+            x.shape()
+        )));
+    }
+    let (b, d) = (x.dim(0), x.dim(-1));
+    let n = x.numel() / (b * d).max(1);
+    check_shape("grn", "output", y, x.shape())?;
+    check_numel("grn", "gamma", gamma, d)?;
+    check_numel("grn", "beta", beta, d)?;
+    check_shape("grn", "stats", stats, &[b, d])?;
+    check_dtype("grn", x.dtype(), &[gamma, beta, y])?;
+    check_dtype("grn", DType::F32, &[stats])?;
+    check_device("grn", &x.device(), &[gamma, beta, stats, y])?;
+    match x.device() {
+        Device::Cpu => {
+            let v = cpu::grn(&x.cpu_f32()?, b, n, d, &gamma.cpu_f32()?, &beta.cpu_f32()?);
+            y.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            use crate::cuda::params::{GrnApplyParams, GrnStatsParams};
+            let k = dev.kernels();
+            let dt = x.dtype();
+            let sp = GrnStatsParams {
+                x: x.cuda_ptr()? as *const _,
+                stats: stats.cuda_ptr()? as *mut f32,
+                gamma: gamma.cuda_ptr()? as *const _,
+                B: b as i32,
+                N: n as i32,
+                D: d as i32,
+            };
+            dev.launch(
+                super::kernel("grn", dt, &k.grn_sumsq_f32, &k.grn_sumsq_bf16)?,
+                (d.div_ceil(32) as u32, b as u32, 1),
+                (32, 16, 1),
+                0,
+                &sp,
+            )?;
+            dev.launch(
+                super::kernel("grn", dt, &k.grn_scale_f32, &k.grn_scale_bf16)?,
+                (b as u32, 1, 1),
+                (256, 1, 1),
+                0,
+                &sp,
+            )?;
+            let ap = GrnApplyParams {
+                x: x.cuda_ptr()? as *const _,
+                y: y.cuda_ptr()? as *mut _,
+                scale: stats.cuda_ptr()? as *const f32,
+                beta: beta.cuda_ptr()? as *const _,
+                B: b as i32,
+                N: n as i64,
+                D: d as i32,
+            };
+            dev.launch_1d(
+                super::kernel("grn", dt, &k.grn_apply_f32, &k.grn_apply_bf16)?,
+                x.numel(),
+                &ap,
+            )
+        }
+    }
+}
+
+/// [`grn_into`] as a new tensor (allocates its scratch).
+pub fn grn(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
+    let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
+    let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
+    grn_into(x, gamma, beta, &mut stats, &mut y)?;
+    Ok(y)
+}
