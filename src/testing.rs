@@ -75,8 +75,9 @@ pub fn round_to(v: &[f32], dtype: DType) -> Vec<f32> {
 
 /// Elements of guard band behind every poisoned output.
 pub const GUARD: usize = 1024;
-/// The value the guard band holds; a kernel writing past its output changes it.
-pub const GUARD_VALUE: f32 = 12345.0;
+/// The value the guard band holds (exact in f32, bf16 and f16); a kernel writing past its
+/// output changes it.
+pub const GUARD_VALUE: f32 = 12288.0;
 
 /// An output tensor on `device` filled with NaN, followed in the same allocation by a guard
 /// band of [`GUARD`] elements holding [`GUARD_VALUE`]. Returns (output, whole buffer).

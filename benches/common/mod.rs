@@ -1,16 +1,18 @@
-//! Bench plumbing shared by the bench targets: the GPU (or a skip notice), criterion's
-//! configuration (short under CASCADE_BENCH_QUICK=1, as the GPU bundle runs it), and a
-//! one-line summary per measurement that the bundle's table is built from.
+//! Bench plumbing shared by the bench targets: the GPU (or a skip notice), criterion, and a
+//! one-line summary per measurement (`BENCH <name> <ms> <rate>`) that the GPU bundle's table
+//! is built from. With CASCADE_BENCH_QUICK=1 (as the bundle runs them) only the summary
+//! measurement runs, so every bench fits in the GPU machine's short budget.
 
 #![allow(dead_code)]
 
 use std::time::Duration;
 
+use cascade::Device;
 use criterion::Criterion;
 
 /// The CUDA device, or None after printing why the GPU benches are skipped.
-pub fn gpu_or_skip(bench: &str) -> Option<cascade::Device> {
-    match cascade::Device::cuda(0) {
+pub fn gpu_or_skip(bench: &str) -> Option<Device> {
+    match Device::cuda(0) {
         Ok(d) => Some(d),
         Err(e) => {
             println!("{bench}: skipped (no CUDA GPU: {e})");
@@ -19,21 +21,54 @@ pub fn gpu_or_skip(bench: &str) -> Option<cascade::Device> {
     }
 }
 
-/// Criterion configured for the environment.
-pub fn criterion() -> Criterion {
-    let c = Criterion::default().configure_from_args();
-    if std::env::var_os("CASCADE_BENCH_QUICK").is_some() {
-        c.sample_size(10)
-            .warm_up_time(Duration::from_millis(200))
-            .measurement_time(Duration::from_millis(600))
-    } else {
-        c.warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3))
+/// Runs measurements either through criterion or, in quick mode, as the summary alone.
+pub struct Runner {
+    criterion: Criterion,
+    quick: bool,
+    dev: Device,
+}
+
+impl Runner {
+    /// A runner on `dev`, configured from the command line and CASCADE_BENCH_QUICK.
+    pub fn new(dev: Device) -> Self {
+        let criterion = Criterion::default()
+            .configure_from_args()
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        Runner {
+            criterion,
+            quick: std::env::var_os("CASCADE_BENCH_QUICK").is_some(),
+            dev,
+        }
+    }
+
+    /// The device.
+    pub fn dev(&self) -> &Device {
+        &self.dev
+    }
+
+    /// Benchmarks `f` (one call = one launch sequence) as `name`; `flops` or `bytes` (moved to
+    /// and from memory at least once) gives the rate in the summary line.
+    pub fn run(&mut self, name: &str, flops: Option<f64>, bytes: Option<f64>, mut f: impl FnMut()) {
+        let dev = self.dev.clone();
+        if !self.quick {
+            self.criterion.bench_function(name, |b| {
+                b.iter_custom(|iters| time_iters(&dev, iters, &mut f))
+            });
+        }
+        summary(&dev, name, flops, bytes, &mut f);
+    }
+
+    /// Criterion's closing summary.
+    pub fn finish(self) {
+        if !self.quick {
+            self.criterion.final_summary();
+        }
     }
 }
 
 /// Times `iters` calls of `f`, synchronising the device before and after.
-pub fn time_iters(dev: &cascade::Device, iters: u64, mut f: impl FnMut()) -> Duration {
+pub fn time_iters(dev: &Device, iters: u64, mut f: impl FnMut()) -> Duration {
     dev.synchronize().unwrap();
     let t = std::time::Instant::now();
     for _ in 0..iters {
@@ -43,31 +78,19 @@ pub fn time_iters(dev: &cascade::Device, iters: u64, mut f: impl FnMut()) -> Dur
     t.elapsed()
 }
 
-/// Prints the summary line the GPU bundle's table collects:
-/// `BENCH <name> <ms per call> ms <rate>`; `flops` or `bytes` gives the rate.
-pub fn report(name: &str, per_call: Duration, flops: Option<f64>, bytes: Option<f64>) {
-    let s = per_call.as_secs_f64();
-    let rate = match (flops, bytes) {
-        (Some(f), _) => format!("{:.1} TFLOP/s", f / s / 1e12),
-        (None, Some(b)) => format!("{:.0} GB/s", b / s / 1e9),
-        _ => String::new(),
-    };
-    println!("BENCH {name:<44} {:>10.4} ms  {rate}", s * 1e3);
-}
-
-/// Measures `f` once more outside criterion (median of `reps` timed batches) for the summary.
-pub fn summary(
-    dev: &cascade::Device,
-    name: &str,
-    flops: Option<f64>,
-    bytes: Option<f64>,
-    mut f: impl FnMut(),
-) {
-    let reps = 7;
-    let per_batch = 20;
+/// Median over 7 timed batches of 20 calls after a warm-up batch, printed as one line.
+fn summary(dev: &Device, name: &str, flops: Option<f64>, bytes: Option<f64>, mut f: impl FnMut()) {
+    let (reps, per_batch) = (7, 20u32);
+    time_iters(dev, 3, &mut f);
     let mut times: Vec<Duration> = (0..reps)
-        .map(|_| time_iters(dev, per_batch, &mut f) / per_batch as u32)
+        .map(|_| time_iters(dev, per_batch as u64, &mut f) / per_batch)
         .collect();
     times.sort();
-    report(name, times[reps / 2], flops, bytes);
+    let s = times[reps / 2].as_secs_f64();
+    let rate = match (flops, bytes) {
+        (Some(fl), _) => format!("{:8.1} TFLOP/s", fl / s / 1e12),
+        (None, Some(b)) => format!("{:8.0} GB/s", b / s / 1e9),
+        _ => String::new(),
+    };
+    println!("BENCH {name:<56} {:>10.4} ms  {rate}", s * 1e3);
 }

@@ -77,6 +77,11 @@ pub fn depthwise3x3_into(
                 layer_norm: layer_norm.is_some() as i32,
                 eps: layer_norm.unwrap_or(0.0),
             };
+            if layer_norm.is_some() && c * 4 > 48 * 1024 {
+                return Err(Error::Shape(format!(
+                    "depthwise3x3: {c} channels exceed the fused LayerNorm's 12288-channel buffer"
+                )));
+            }
             let smem = if layer_norm.is_some() { c * 4 } else { 0 };
             let f = super::kernel(
                 "depthwise3x3",
@@ -108,39 +113,51 @@ pub fn depthwise3x3(
     Ok(y)
 }
 
-fn shuffle(x: &Tensor, r: usize, unshuffle: bool) -> Result<Tensor> {
+fn shuffle_shape(x: &Tensor, r: usize, unshuffle: bool) -> Result<[usize; 4]> {
     let op = if unshuffle {
         "pixel_unshuffle"
     } else {
         "pixel_shuffle"
     };
-    let (b, xh, xw, xc) = image_dims(op, x)?;
+    let (b, h, w, c) = image_dims(op, x)?;
     if r == 0 {
         return Err(Error::Shape(format!("{op}: factor must be positive")));
     }
-    // (h, w, c): the low-resolution side's sizes with c the per-sub-pixel channel count.
-    let (h, w, c) = if unshuffle {
-        if xh % r != 0 || xw % r != 0 {
+    if unshuffle {
+        if h % r != 0 || w % r != 0 {
             return Err(Error::Shape(format!(
-                "{op}: {xh}×{xw} is not divisible by {r}"
+                "{op}: {h}×{w} is not divisible by {r}"
             )));
         }
-        (xh / r, xw / r, xc)
+        Ok([b, h / r, w / r, c * r * r])
     } else {
-        if xc % (r * r) != 0 {
+        if c % (r * r) != 0 {
             return Err(Error::Shape(format!(
-                "{op}: {xc} channels are not divisible by {}",
+                "{op}: {c} channels are not divisible by {}",
                 r * r
             )));
         }
-        (xh, xw, xc / (r * r))
-    };
-    let out_shape = if unshuffle {
-        [b, h, w, c * r * r]
+        Ok([b, h * r, w * r, c / (r * r)])
+    }
+}
+
+fn shuffle_into(x: &Tensor, r: usize, unshuffle: bool, y: &mut Tensor) -> Result<()> {
+    let op = if unshuffle {
+        "pixel_unshuffle"
     } else {
-        [b, h * r, w * r, c]
+        "pixel_shuffle"
     };
-    let mut y = Tensor::empty(&out_shape, x.dtype(), &x.device())?;
+    let out = shuffle_shape(x, r, unshuffle)?;
+    check_shape(op, "output", y, &out)?;
+    check_dtype(op, x.dtype(), &[y])?;
+    check_device(op, &x.device(), &[y])?;
+    // The low-resolution side's (h, w) and the per-sub-pixel channel count c.
+    let (lo, c) = if unshuffle {
+        (out, x.dim(3))
+    } else {
+        ([0, x.dim(1), x.dim(2), 0], out[3])
+    };
+    let (b, h, w) = (out[0], lo[1], lo[2]);
     match x.device() {
         Device::Cpu => {
             let xv = x.cpu_f32()?;
@@ -149,7 +166,7 @@ fn shuffle(x: &Tensor, r: usize, unshuffle: bool) -> Result<Tensor> {
             } else {
                 cpu::pixel_shuffle(&xv, b, h, w, c, r)
             };
-            y.set_cpu_f32(&v)?;
+            y.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
@@ -164,33 +181,45 @@ fn shuffle(x: &Tensor, r: usize, unshuffle: bool) -> Result<Tensor> {
                 r: r as i32,
                 unshuffle: unshuffle as i32,
             };
-            dev.launch_1d(
-                super::kernel(op, x.dtype(), &k.pixel_shuffle_f32, &k.pixel_shuffle_bf16)?,
-                x.numel(),
-                &p,
-            )?;
+            let f = super::kernel(op, x.dtype(), &k.pixel_shuffle_f32, &k.pixel_shuffle_bf16)?;
+            dev.launch_1d(f, x.numel(), &p)
         }
     }
+}
+
+/// PixelShuffle(r): `[B, H, W, C·r²]` → `y [B, H·r, W·r, C]` (PyTorch channel order).
+pub fn pixel_shuffle_into(x: &Tensor, r: usize, y: &mut Tensor) -> Result<()> {
+    shuffle_into(x, r, false, y)
+}
+
+/// PixelUnshuffle(r): `[B, H·r, W·r, C]` → `y [B, H, W, C·r²]` (PyTorch channel order).
+pub fn pixel_unshuffle_into(x: &Tensor, r: usize, y: &mut Tensor) -> Result<()> {
+    shuffle_into(x, r, true, y)
+}
+
+/// [`pixel_shuffle_into`] as a new tensor.
+pub fn pixel_shuffle(x: &Tensor, r: usize) -> Result<Tensor> {
+    let mut y = Tensor::empty(&shuffle_shape(x, r, false)?, x.dtype(), &x.device())?;
+    shuffle_into(x, r, false, &mut y)?;
     Ok(y)
 }
 
-/// PixelShuffle(r): `[B, H, W, C·r²]` → `[B, H·r, W·r, C]` (PyTorch channel order).
-pub fn pixel_shuffle(x: &Tensor, r: usize) -> Result<Tensor> {
-    shuffle(x, r, false)
-}
-
-/// PixelUnshuffle(r): `[B, H·r, W·r, C]` → `[B, H, W, C·r²]` (PyTorch channel order).
+/// [`pixel_unshuffle_into`] as a new tensor.
 pub fn pixel_unshuffle(x: &Tensor, r: usize) -> Result<Tensor> {
-    shuffle(x, r, true)
+    let mut y = Tensor::empty(&shuffle_shape(x, r, true)?, x.dtype(), &x.device())?;
+    shuffle_into(x, r, true, &mut y)?;
+    Ok(y)
 }
 
-/// 3×3 neighbourhoods with zero padding: `[B, H, W, C]` → `[B, H, W, 9C]`, tap-major
+/// 3×3 neighbourhoods with zero padding: `[B, H, W, C]` → `y [B, H, W, 9C]`, tap-major
 /// (`(dy·3 + dx)·C + c`).
-pub fn im2col3x3(x: &Tensor) -> Result<Tensor> {
+pub fn im2col3x3_into(x: &Tensor, y: &mut Tensor) -> Result<()> {
     let (b, h, w, c) = image_dims("im2col3x3", x)?;
-    let mut y = Tensor::empty(&[b, h, w, 9 * c], x.dtype(), &x.device())?;
+    check_shape("im2col3x3", "output", y, &[b, h, w, 9 * c])?;
+    check_dtype("im2col3x3", x.dtype(), &[y])?;
+    check_device("im2col3x3", &x.device(), &[y])?;
     match x.device() {
-        Device::Cpu => y.set_cpu_f32(&cpu::im2col3x3(&x.cpu_f32()?, b, h, w, c))?,
+        Device::Cpu => y.set_cpu_f32(&cpu::im2col3x3(&x.cpu_f32()?, b, h, w, c)),
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
             let k = dev.kernels();
@@ -202,13 +231,17 @@ pub fn im2col3x3(x: &Tensor) -> Result<Tensor> {
                 W: w as i32,
                 C: c as i32,
             };
-            dev.launch_1d(
-                super::kernel("im2col3x3", x.dtype(), &k.im2col3x3_f32, &k.im2col3x3_bf16)?,
-                y.numel(),
-                &p,
-            )?;
+            let f = super::kernel("im2col3x3", x.dtype(), &k.im2col3x3_f32, &k.im2col3x3_bf16)?;
+            dev.launch_1d(f, y.numel(), &p)
         }
     }
+}
+
+/// [`im2col3x3_into`] as a new tensor.
+pub fn im2col3x3(x: &Tensor) -> Result<Tensor> {
+    let (b, h, w, c) = image_dims("im2col3x3", x)?;
+    let mut y = Tensor::empty(&[b, h, w, 9 * c], x.dtype(), &x.device())?;
+    im2col3x3_into(x, &mut y)?;
     Ok(y)
 }
 

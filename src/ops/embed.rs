@@ -60,8 +60,9 @@ pub fn timestep_embedding_into(
 }
 
 /// `y[b, l] = tok[ids[b, l]] + pos[l]`: `ids` f32 `[B, L]` holding exact integers, `tok [V, D]`,
-/// `pos [≥ L, D]`, `y [B, L, D]`. Ids are validated (read back from the GPU if needed, once
-/// per prompt), so an out-of-range id is an error.
+/// `pos [≥ L, D]`, `y [B, L, D]`. On the CPU an out-of-range id is an error; on the GPU (where
+/// ids sit in a device buffer a captured graph reads, and checking them would need a host
+/// sync) the kernel clamps them into the table, so whoever writes the ids validates them.
 pub fn token_embedding_into(
     ids: &Tensor,
     tok: &Tensor,
@@ -90,17 +91,17 @@ pub fn token_embedding_into(
     check_dtype("token_embedding", tok.dtype(), &[pos, y])?;
     check_shape("token_embedding", "output", y, &[b, l, d])?;
     check_device("token_embedding", &ids.device(), &[tok, pos, y])?;
-    let idv = ids.to_vec_f32()?;
-    if let Some(bad) = idv
-        .iter()
-        .find(|&&i| !(i >= 0.0 && i < v as f32 && i.fract() == 0.0))
-    {
-        return Err(Error::Shape(format!(
-            "token_embedding: id {bad} is not a token of a {v}-entry vocabulary"
-        )));
-    }
     match ids.device() {
         Device::Cpu => {
+            let idv = ids.cpu_f32()?;
+            if let Some(bad) = idv
+                .iter()
+                .find(|&&i| !(i >= 0.0 && i < v as f32 && i.fract() == 0.0))
+            {
+                return Err(Error::Shape(format!(
+                    "token_embedding: id {bad} is not a token of a {v}-entry vocabulary"
+                )));
+            }
             let idu: Vec<u32> = idv.iter().map(|&i| i as u32).collect();
             y.set_cpu_f32(&cpu::token_embedding(
                 &idu,

@@ -21,7 +21,8 @@ pub use activation::{bias_gelu_into, gelu, gelu_into, silu, silu_into};
 pub use attention::{attention, attention_into, AttentionMask};
 pub use conv::{
     conv2x2_s2, conv_transpose2x2, conv_transpose4x4, depthwise3x3, depthwise3x3_into, im2col3x3,
-    pixel_shuffle, pixel_unshuffle, prepare_conv_transpose2x2, prepare_conv_transpose4x4, Padding,
+    im2col3x3_into, pixel_shuffle, pixel_shuffle_into, pixel_unshuffle, pixel_unshuffle_into,
+    prepare_conv_transpose2x2, prepare_conv_transpose4x4, Padding,
 };
 pub use elementwise::{
     add, add_assign, cast_into, cfg_combine_into, ddpm_step_assign, modulate_assign,
@@ -29,7 +30,7 @@ pub use elementwise::{
 pub use embed::{timestep_embedding_into, token_embedding_into};
 pub use linear::{linear, linear_into};
 pub use norm::{grn, grn_into, layer_norm, layer_norm_into};
-pub use resample::{concat_channels, resize_bilinear};
+pub use resample::{concat_channels, concat_channels_into, resize_bilinear, resize_bilinear_into};
 
 use crate::{DType, Device, Error, Result, Tensor};
 

@@ -36,6 +36,11 @@ pub fn layer_norm_into(
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
             let k = dev.kernels();
+            if c * 4 > 48 * 1024 {
+                return Err(Error::Shape(format!(
+                    "layer_norm: {c} channels exceed the kernel's 12288-channel row buffer"
+                )));
+            }
             let rows = x.numel() / c.max(1);
             let p = crate::cuda::params::LayerNormParams {
                 x: x.cuda_ptr()? as *const _,

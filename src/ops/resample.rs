@@ -1,25 +1,30 @@
 //! Bilinear resize (align_corners=True) and channel concatenation. CPU:
 //! [`super::cpu::resize_bilinear`], [`super::cpu::concat_channels`]; GPU: `kernels/resample.cu`.
 
-use super::{check_device, check_dtype, cpu};
+use super::{check_device, check_dtype, check_shape, cpu};
 use crate::{Device, Error, Result, Tensor};
 
-/// Bilinear resize of `x [B, H, W, C]` to `[B, ho, wo, C]`, align_corners=True, f32 arithmetic.
-pub fn resize_bilinear(x: &Tensor, ho: usize, wo: usize) -> Result<Tensor> {
-    let &[b, h, w, c] = x.shape() else {
+/// Bilinear resize of `x [B, H, W, C]` into `y [B, Ho, Wo, C]`, align_corners=True, f32
+/// arithmetic.
+pub fn resize_bilinear_into(x: &Tensor, y: &mut Tensor) -> Result<()> {
+    let (&[b, h, w, c], &[yb, ho, wo, yc]) = (x.shape(), y.shape()) else {
         return Err(Error::Shape(format!(
-            "resize_bilinear: expected [B, H, W, C], got {:?}",
-            x.shape()
+            "resize_bilinear: expected [B, H, W, C] tensors, got {:?} → {:?}",
+            x.shape(),
+            y.shape()
         )));
     };
-    if ho == 0 || wo == 0 || h == 0 || w == 0 {
+    if ho == 0 || wo == 0 || h == 0 || w == 0 || (yb, yc) != (b, c) {
         return Err(Error::Shape(format!(
-            "resize_bilinear: empty size {h}×{w} → {ho}×{wo}"
+            "resize_bilinear: cannot resize {:?} to {:?}",
+            x.shape(),
+            y.shape()
         )));
     }
-    let mut y = Tensor::empty(&[b, ho, wo, c], x.dtype(), &x.device())?;
+    check_dtype("resize_bilinear", x.dtype(), &[y])?;
+    check_device("resize_bilinear", &x.device(), &[y])?;
     match x.device() {
-        Device::Cpu => y.set_cpu_f32(&cpu::resize_bilinear(&x.cpu_f32()?, b, h, w, c, ho, wo))?,
+        Device::Cpu => y.set_cpu_f32(&cpu::resize_bilinear(&x.cpu_f32()?, b, h, w, c, ho, wo)),
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
             let k = dev.kernels();
@@ -33,62 +38,76 @@ pub fn resize_bilinear(x: &Tensor, ho: usize, wo: usize) -> Result<Tensor> {
                 Ho: ho as i32,
                 Wo: wo as i32,
             };
-            dev.launch_1d(
-                super::kernel(
-                    "resize_bilinear",
-                    x.dtype(),
-                    &k.resize_bilinear_f32,
-                    &k.resize_bilinear_bf16,
-                )?,
-                y.numel(),
-                &p,
+            let f = super::kernel(
+                "resize_bilinear",
+                x.dtype(),
+                &k.resize_bilinear_f32,
+                &k.resize_bilinear_bf16,
             )?;
+            dev.launch_1d(f, y.numel(), &p)
         }
     }
+}
+
+/// [`resize_bilinear_into`] as a new tensor `[B, ho, wo, C]`.
+pub fn resize_bilinear(x: &Tensor, ho: usize, wo: usize) -> Result<Tensor> {
+    let &[b, _, _, c] = x.shape() else {
+        return Err(Error::Shape(format!(
+            "resize_bilinear: expected [B, H, W, C], got {:?}",
+            x.shape()
+        )));
+    };
+    let mut y = Tensor::empty(&[b, ho, wo, c], x.dtype(), &x.device())?;
+    resize_bilinear_into(x, &mut y)?;
     Ok(y)
 }
 
-/// `[…, Ca]` and `[…, Cb]` with equal leading dims → `[…, Ca + Cb]` (a first).
-pub fn concat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+fn concat_shape(a: &Tensor, b: &Tensor) -> Result<Vec<usize>> {
     let (ra, rb) = (
         &a.shape()[..a.rank().saturating_sub(1)],
         &b.shape()[..b.rank().saturating_sub(1)],
     );
-    if a.rank() == 0 || ra != rb {
+    if a.rank() == 0 || b.rank() == 0 || ra != rb {
         return Err(Error::Shape(format!(
             "concat_channels: {:?} and {:?} differ before the last axis",
             a.shape(),
             b.shape()
         )));
     }
-    check_dtype("concat_channels", a.dtype(), &[b])?;
-    check_device("concat_channels", &a.device(), &[b])?;
-    let (ca, cb) = (a.dim(-1), b.dim(-1));
     let mut shape = a.shape().to_vec();
-    *shape.last_mut().unwrap() = ca + cb;
-    let mut y = Tensor::empty(&shape, a.dtype(), &a.device())?;
+    *shape.last_mut().expect("rank ≥ 1") += b.dim(-1);
+    Ok(shape)
+}
+
+/// `a [… , Ca]` and `b [… , Cb]` with equal leading dims → `y [… , Ca + Cb]` (a first).
+pub fn concat_channels_into(a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
+    let shape = concat_shape(a, b)?;
+    check_shape("concat_channels", "output", y, &shape)?;
+    check_dtype("concat_channels", a.dtype(), &[b, y])?;
+    check_device("concat_channels", &a.device(), &[b, y])?;
+    let (ca, cb) = (a.dim(-1), b.dim(-1));
     match a.device() {
-        Device::Cpu => {
-            y.set_cpu_f32(&cpu::concat_channels(&a.cpu_f32()?, &b.cpu_f32()?, ca, cb))?
-        }
+        Device::Cpu => y.set_cpu_f32(&cpu::concat_channels(&a.cpu_f32()?, &b.cpu_f32()?, ca, cb)),
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
             let k = dev.kernels();
-            let rows = a.numel() / ca.max(1);
             let p = crate::cuda::params::ConcatParams {
                 a: a.cuda_ptr()? as *const _,
                 b: b.cuda_ptr()? as *const _,
                 y: y.cuda_ptr()? as *mut _,
-                rows: rows as i64,
+                rows: (a.numel() / ca.max(1)) as i64,
                 Ca: ca as i32,
                 Cb: cb as i32,
             };
-            dev.launch_1d(
-                super::kernel("concat_channels", a.dtype(), &k.concat_f32, &k.concat_bf16)?,
-                y.numel(),
-                &p,
-            )?;
+            let f = super::kernel("concat_channels", a.dtype(), &k.concat_f32, &k.concat_bf16)?;
+            dev.launch_1d(f, y.numel(), &p)
         }
     }
+}
+
+/// [`concat_channels_into`] as a new tensor.
+pub fn concat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let mut y = Tensor::empty(&concat_shape(a, b)?, a.dtype(), &a.device())?;
+    concat_channels_into(a, b, &mut y)?;
     Ok(y)
 }
