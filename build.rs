@@ -28,8 +28,7 @@ mod cuda {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    const SETUP_HINT: &str =
-        "run `scripts/setup-cuda.sh` (installs the pinned CUDA 13.0 toolchain and libclang), \
+    const SETUP_HINT: &str = "run `scripts/setup-cuda.sh` (installs the pinned CUDA 13.0 toolchain and libclang), \
          or build without `--features cuda`";
     /// SASS targets; the first is also shipped as PTX for newer GPUs.
     const ARCHS: &[u32] = &[80, 86, 89, 90];
@@ -42,9 +41,8 @@ mod cuda {
         let kernels_dir = root.join("kernels");
         println!("cargo:rerun-if-changed={}", kernels_dir.display());
 
-        let nvcc = find_nvcc(&root).unwrap_or_else(|| {
-            fail(&format!("nvcc not found (looked at $NVCC, $CUDA_HOME/bin, $PATH and .venv-cuda): {SETUP_HINT}"))
-        });
+        let nvcc = find_nvcc(&root)
+            .unwrap_or_else(|| fail(&format!("nvcc not found (looked at $NVCC, $CUDA_HOME/bin, $PATH and .venv-cuda): {SETUP_HINT}")));
         let mut sources: Vec<PathBuf> = fs::read_dir(&kernels_dir)
             .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", kernels_dir.display())))
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -59,8 +57,7 @@ mod cuda {
         let handles: Vec<_> = sources
             .iter()
             .map(|src| {
-                let (nvcc, src, out, inc) =
-                    (nvcc.clone(), src.clone(), out.clone(), kernels_dir.clone());
+                let (nvcc, src, out, inc) = (nvcc.clone(), src.clone(), out.clone(), kernels_dir.clone());
                 std::thread::spawn(move || compile(&nvcc, &src, &out, &inc))
             })
             .collect();
@@ -80,12 +77,7 @@ mod cuda {
     }
 
     fn find_nvcc(root: &Path) -> Option<PathBuf> {
-        let runs = |p: &Path| {
-            Command::new(p)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
+        let runs = |p: &Path| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success());
         if let Some(p) = env::var_os("NVCC") {
             return Some(PathBuf::from(p)).filter(|p| runs(p));
         }
@@ -111,27 +103,17 @@ mod cuda {
     fn compile(nvcc: &Path, src: &Path, out: &Path, include: &Path) -> Result<(), String> {
         let stem = src.file_stem().unwrap().to_string_lossy().to_string();
         let common = |cmd: &mut Command| {
-            cmd.arg("-std=c++17")
-                .arg("-O3")
-                .arg("-lineinfo")
-                .arg("-I")
-                .arg(include)
-                .arg(src);
+            cmd.arg("-std=c++17").arg("-O3").arg("-lineinfo").arg("-I").arg(include).arg(src);
         };
         // PTX for the oldest target: checked for its ISA version, then embedded in the fatbin.
         let ptx = out.join(format!("{stem}.ptx"));
         let mut cmd = Command::new(nvcc);
         common(&mut cmd);
-        cmd.arg("-ptx")
-            .arg(format!("-arch=compute_{}", ARCHS[0]))
-            .arg("-o")
-            .arg(&ptx);
+        cmd.arg("-ptx").arg(format!("-arch=compute_{}", ARCHS[0])).arg("-o").arg(&ptx);
         run(&mut cmd, src)?;
         let text = fs::read_to_string(&ptx).map_err(|e| format!("{}: {e}", ptx.display()))?;
-        let version = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(".version "))
-            .ok_or_else(|| format!("{}: no .version line", ptx.display()))?;
+        let version =
+            text.lines().find_map(|l| l.trim().strip_prefix(".version ")).ok_or_else(|| format!("{}: no .version line", ptx.display()))?;
         let (major, minor) = version
             .trim()
             .split_once('.')
@@ -152,18 +134,13 @@ mod cuda {
         for a in ARCHS {
             cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
         }
-        cmd.arg(format!(
-            "-gencode=arch=compute_{0},code=compute_{0}",
-            ARCHS[0]
-        ));
+        cmd.arg(format!("-gencode=arch=compute_{0},code=compute_{0}", ARCHS[0]));
         cmd.arg("-o").arg(&fatbin);
         run(&mut cmd, src)
     }
 
     fn run(cmd: &mut Command, src: &Path) -> Result<(), String> {
-        let o = cmd
-            .output()
-            .map_err(|e| format!("cannot run nvcc: {e}: {SETUP_HINT}"))?;
+        let o = cmd.output().map_err(|e| format!("cannot run nvcc: {e}: {SETUP_HINT}"))?;
         if !o.status.success() {
             return Err(format!(
                 "nvcc failed on {}:\n{}{}",
@@ -194,7 +171,9 @@ mod cuda {
         });
         match result {
             Ok(Ok(bindings)) => bindings.write_to_file(out).unwrap_or_else(|e| fail(&format!("{}: {e}", out.display()))),
-            Ok(Err(e)) => fail(&format!("bindgen could not parse kernels/params.h ({e}); is libclang-common-14-dev installed? {SETUP_HINT}")),
+            Ok(Err(e)) => {
+                fail(&format!("bindgen could not parse kernels/params.h ({e}); is libclang-common-14-dev installed? {SETUP_HINT}"))
+            }
             Err(_) => fail(&format!("bindgen could not load libclang: {SETUP_HINT}")),
         }
     }
@@ -202,32 +181,20 @@ mod cuda {
     /// Every `extern "C" __global__ void [__launch_bounds__(..)] name(` in a kernel file is an
     /// entry point.
     fn entry_points(src: &Path) -> Vec<String> {
-        let text =
-            fs::read_to_string(src).unwrap_or_else(|e| fail(&format!("{}: {e}", src.display())));
+        let text = fs::read_to_string(src).unwrap_or_else(|e| fail(&format!("{}: {e}", src.display())));
         let mut names = Vec::new();
         for (i, _) in text.match_indices("extern \"C\" __global__") {
             let rest = text[i + 21..].trim_start();
             let Some(mut rest) = rest.strip_prefix("void") else {
-                fail(&format!(
-                    "{}: an entry point must return void: `{}`",
-                    src.display(),
-                    &rest[..rest.len().min(60)]
-                ))
+                fail(&format!("{}: an entry point must return void: `{}`", src.display(), &rest[..rest.len().min(60)]))
             };
             rest = rest.trim_start();
             if let Some(r) = rest.strip_prefix("__launch_bounds__") {
                 rest = r[r.find(')').map_or(0, |j| j + 1)..].trim_start();
             }
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
+            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
             if name.is_empty() || !rest[name.len()..].trim_start().starts_with('(') {
-                fail(&format!(
-                    "{}: cannot read an entry point name near `{}`",
-                    src.display(),
-                    &rest[..rest.len().min(60)]
-                ));
+                fail(&format!("{}: cannot read an entry point name near `{}`", src.display(), &rest[..rest.len().min(60)]));
             }
             names.push(name);
         }
@@ -242,28 +209,13 @@ mod cuda {
         for src in sources {
             let stem = src.file_stem().unwrap().to_string_lossy().to_string();
             let fatbin = out.join(format!("{stem}.fatbin"));
-            writeln!(
-                loads,
-                "        let m = load_module(ctx, \"{stem}\", include_bytes!({:?}))?;",
-                fatbin.display()
-            )
-            .unwrap();
+            writeln!(loads, "        let m = load_module(ctx, \"{stem}\", include_bytes!({:?}))?;", fatbin.display()).unwrap();
             for name in entry_points(src) {
                 if !seen.insert(name.clone()) {
-                    fail(&format!(
-                        "kernel name `{name}` is defined twice in kernels/"
-                    ));
+                    fail(&format!("kernel name `{name}` is defined twice in kernels/"));
                 }
-                writeln!(
-                    fields,
-                    "    /// `{name}` from `kernels/{stem}.cu`.\n    pub {name}: CudaFunction,"
-                )
-                .unwrap();
-                writeln!(
-                    loads,
-                    "        let {name} = load_function(&m, \"{stem}\", \"{name}\")?;"
-                )
-                .unwrap();
+                writeln!(fields, "    /// `{name}` from `kernels/{stem}.cu`.\n    pub {name}: CudaFunction,").unwrap();
+                writeln!(loads, "        let {name} = load_function(&m, \"{stem}\", \"{name}\")?;").unwrap();
                 writeln!(names, "    (\"{stem}\", \"{name}\"),").unwrap();
             }
         }

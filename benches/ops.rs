@@ -16,107 +16,66 @@ fn main() {
     };
     let mut r = common::Runner::new(dev.clone());
     let bf = DType::BF16;
-    let rnd = |shape: &[usize], dtype: DType| {
-        Tensor::from_f32(
-            &TestRng::new(7).normal(shape.iter().product(), 0.5),
-            shape,
-            dtype,
-            &dev,
-        )
-        .unwrap()
-    };
+    let rnd =
+        |shape: &[usize], dtype: DType| Tensor::from_f32(&TestRng::new(7).normal(shape.iter().product(), 0.5), shape, dtype, &dev).unwrap();
     let empty = |shape: &[usize], dtype: DType| Tensor::empty(shape, dtype, &dev).unwrap();
 
     for s in shapes::LINEAR {
         for dtype in [bf, DType::F32] {
-            let (x, w, b) = (
-                rnd(&[s.m, s.k], dtype),
-                rnd(&[s.n, s.k], dtype),
-                rnd(&[s.n], dtype),
-            );
+            let (x, w, b) = (rnd(&[s.m, s.k], dtype), rnd(&[s.n, s.k], dtype), rnd(&[s.n], dtype));
             let mut y = empty(&[s.m, s.n], dtype);
-            r.run(
-                &format!("linear/{}/{}x{}x{}/{dtype}", s.name, s.m, s.k, s.n),
-                Some(s.flops()),
-                None,
-                || ops::linear_into(&x, &w, Some(&b), &mut y).unwrap(),
-            );
+            r.run(&format!("linear/{}/{}x{}x{}/{dtype}", s.name, s.m, s.k, s.n), Some(s.flops()), None, || {
+                ops::linear_into(&x, &w, Some(&b), &mut y).unwrap()
+            });
         }
     }
     for s in shapes::ROWS {
         let x = rnd(&[s.rows, s.c], bf);
         let mut y = empty(&[s.rows, s.c], bf);
         let bytes = Some((4 * s.rows * s.c) as f64);
-        r.run(
-            &format!("layer_norm/{}/{}x{}/bf16", s.name, s.rows, s.c),
-            None,
-            bytes,
-            || ops::layer_norm_into(&x, None, None, 1e-6, &mut y).unwrap(),
-        );
-        r.run(
-            &format!("gelu/{}/{}x{}/bf16", s.name, s.rows, s.c),
-            None,
-            bytes,
-            || ops::gelu_into(&x, &mut y).unwrap(),
-        );
+        r.run(&format!("layer_norm/{}/{}x{}/bf16", s.name, s.rows, s.c), None, bytes, || {
+            ops::layer_norm_into(&x, None, None, 1e-6, &mut y).unwrap()
+        });
+        r.run(&format!("gelu/{}/{}x{}/bf16", s.name, s.rows, s.c), None, bytes, || ops::gelu_into(&x, &mut y).unwrap());
     }
     for s in shapes::GRN {
         let x = rnd(&[s.b, s.n, s.d], bf);
         let (g, be) = (rnd(&[s.d], bf), rnd(&[s.d], bf));
         let mut st = empty(&[s.b, s.d], DType::F32);
         let mut y = empty(&[s.b, s.n, s.d], bf);
-        r.run(
-            &format!("grn/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.d),
-            None,
-            Some((6 * s.b * s.n * s.d) as f64),
-            || ops::grn_into(&x, &g, &be, &mut st, &mut y).unwrap(),
-        );
+        r.run(&format!("grn/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.d), None, Some((6 * s.b * s.n * s.d) as f64), || {
+            ops::grn_into(&x, &g, &be, &mut st, &mut y).unwrap()
+        });
     }
     for (s, replicate, ln) in shapes::DEPTHWISE {
         let shape = [s.b, s.h, s.w, s.c];
         let (x, w, b) = (rnd(&shape, bf), rnd(&[s.c, 9], bf), rnd(&[s.c], bf));
         let mut y = empty(&shape, bf);
-        let pad = if *replicate {
-            Padding::Replicate
-        } else {
-            Padding::Zero
-        };
+        let pad = if *replicate { Padding::Replicate } else { Padding::Zero };
         let eps = ln.then_some(1e-6);
         let what = if *ln { "depthwise+ln" } else { "depthwise" };
-        r.run(
-            &format!("{what}/{}/{}x{}x{}x{}/bf16", s.name, s.b, s.h, s.w, s.c),
-            None,
-            Some((4 * s.numel()) as f64),
-            || ops::depthwise3x3_into(&x, &w, &b, pad, eps, &mut y).unwrap(),
-        );
+        r.run(&format!("{what}/{}/{}x{}x{}x{}/bf16", s.name, s.b, s.h, s.w, s.c), None, Some((4 * s.numel()) as f64), || {
+            ops::depthwise3x3_into(&x, &w, &b, pad, eps, &mut y).unwrap()
+        });
     }
     for s in shapes::UNSHUFFLE {
         let x = rnd(&[s.b, s.h, s.w, s.c], bf);
         let mut lo = empty(&[s.b, s.h / 2, s.w / 2, 4 * s.c], bf);
         let mut hi = empty(&[s.b, s.h, s.w, s.c], bf);
         let bytes = Some((4 * s.numel()) as f64);
-        r.run(
-            &format!("pixel_unshuffle/{}/{}x{}x{}/bf16", s.name, s.h, s.w, s.c),
-            None,
-            bytes,
-            || ops::pixel_unshuffle_into(&x, 2, &mut lo).unwrap(),
-        );
-        r.run(
-            &format!("pixel_shuffle/{}/{}x{}x{}/bf16", s.name, s.h, s.w, s.c),
-            None,
-            bytes,
-            || ops::pixel_shuffle_into(&lo, 2, &mut hi).unwrap(),
-        );
+        r.run(&format!("pixel_unshuffle/{}/{}x{}x{}/bf16", s.name, s.h, s.w, s.c), None, bytes, || {
+            ops::pixel_unshuffle_into(&x, 2, &mut lo).unwrap()
+        });
+        r.run(&format!("pixel_shuffle/{}/{}x{}x{}/bf16", s.name, s.h, s.w, s.c), None, bytes, || {
+            ops::pixel_shuffle_into(&lo, 2, &mut hi).unwrap()
+        });
     }
     for rs in shapes::RESIZE {
         let s = rs.x;
         let x = rnd(&[s.b, s.h, s.w, s.c], bf);
         let mut y = empty(&[s.b, rs.ho, rs.wo, s.c], bf);
         r.run(
-            &format!(
-                "resize_bilinear/{}/{}x{}->{}x{}x{}/bf16",
-                s.name, s.h, s.w, rs.ho, rs.wo, s.c
-            ),
+            &format!("resize_bilinear/{}/{}x{}->{}x{}x{}/bf16", s.name, s.h, s.w, rs.ho, rs.wo, s.c),
             None,
             Some((2 * (s.numel() + y.numel())) as f64),
             || ops::resize_bilinear_into(&x, &mut y).unwrap(),
@@ -125,25 +84,15 @@ fn main() {
     for s in shapes::CONCAT {
         let (a, b) = (rnd(&[s.rows, s.ca], bf), rnd(&[s.rows, s.cb], bf));
         let mut y = empty(&[s.rows, s.ca + s.cb], bf);
-        r.run(
-            &format!("concat/{}/{}x({}+{})/bf16", s.name, s.rows, s.ca, s.cb),
-            None,
-            Some((4 * s.rows * (s.ca + s.cb)) as f64),
-            || ops::concat_channels_into(&a, &b, &mut y).unwrap(),
-        );
+        r.run(&format!("concat/{}/{}x({}+{})/bf16", s.name, s.rows, s.ca, s.cb), None, Some((4 * s.rows * (s.ca + s.cb)) as f64), || {
+            ops::concat_channels_into(&a, &b, &mut y).unwrap()
+        });
     }
     for cs in shapes::CONV2X2 {
         let s = cs.x;
-        let (x, w, b) = (
-            rnd(&[s.b, s.h, s.w, s.c], bf),
-            rnd(&[cs.cout, 4 * s.c], bf),
-            rnd(&[cs.cout], bf),
-        );
+        let (x, w, b) = (rnd(&[s.b, s.h, s.w, s.c], bf), rnd(&[cs.cout, 4 * s.c], bf), rnd(&[cs.cout], bf));
         r.run(
-            &format!(
-                "conv2x2_s2/{}/{}x{}x{}->{}/bf16",
-                s.name, s.h, s.w, s.c, cs.cout
-            ),
+            &format!("conv2x2_s2/{}/{}x{}x{}->{}/bf16", s.name, s.h, s.w, s.c, cs.cout),
             Some(cs.flops(4, s.b * s.h * s.w / 4)),
             None,
             || {
@@ -153,16 +102,9 @@ fn main() {
     }
     for cs in shapes::CONV_T2X2 {
         let s = cs.x;
-        let (x, w, b) = (
-            rnd(&[s.b, s.h, s.w, s.c], bf),
-            rnd(&[4 * cs.cout, s.c], bf),
-            rnd(&[4 * cs.cout], bf),
-        );
+        let (x, w, b) = (rnd(&[s.b, s.h, s.w, s.c], bf), rnd(&[4 * cs.cout, s.c], bf), rnd(&[4 * cs.cout], bf));
         r.run(
-            &format!(
-                "conv_transpose2x2/{}/{}x{}x{}->{}/bf16",
-                s.name, s.h, s.w, s.c, cs.cout
-            ),
+            &format!("conv_transpose2x2/{}/{}x{}x{}->{}/bf16", s.name, s.h, s.w, s.c, cs.cout),
             Some(cs.flops(1, 4 * s.b * s.h * s.w)),
             None,
             || {
@@ -172,17 +114,10 @@ fn main() {
     }
     for cs in shapes::CONV_T4X4 {
         let s = cs.x;
-        let (x, w, b) = (
-            rnd(&[s.b, s.h, s.w, s.c], bf),
-            rnd(&[4 * cs.cout, 9 * s.c], bf),
-            rnd(&[4 * cs.cout], bf),
-        );
+        let (x, w, b) = (rnd(&[s.b, s.h, s.w, s.c], bf), rnd(&[4 * cs.cout, 9 * s.c], bf), rnd(&[4 * cs.cout], bf));
         // Useful FLOPs: each output pixel sums 4 taps (the GEMM form computes 9).
         r.run(
-            &format!(
-                "conv_transpose4x4/{}/{}x{}x{}->{}/bf16",
-                s.name, s.h, s.w, s.c, cs.cout
-            ),
+            &format!("conv_transpose4x4/{}/{}x{}x{}->{}/bf16", s.name, s.h, s.w, s.c, cs.cout),
             Some(cs.flops(4, 4 * s.b * s.h * s.w)),
             None,
             || {
@@ -193,28 +128,13 @@ fn main() {
     for s in shapes::ATTENTION {
         for dtype in [bf, DType::F32] {
             let c = s.heads * 64;
-            let (q, k, v) = (
-                rnd(&[s.b, s.lq, c], dtype),
-                rnd(&[s.b, s.lk, c], dtype),
-                rnd(&[s.b, s.lk, c], dtype),
-            );
-            let mask =
-                Tensor::from_f32(&vec![1.0; s.b * s.lk], &[s.b, s.lk], DType::F32, &dev).unwrap();
+            let (q, k, v) = (rnd(&[s.b, s.lq, c], dtype), rnd(&[s.b, s.lk, c], dtype), rnd(&[s.b, s.lk, c], dtype));
+            let mask = Tensor::from_f32(&vec![1.0; s.b * s.lk], &[s.b, s.lk], DType::F32, &dev).unwrap();
             let mut o = empty(&[s.b, s.lq, c], dtype);
-            let m = if s.masked {
-                AttentionMask::CausalPadding(&mask)
-            } else {
-                AttentionMask::None
-            };
-            r.run(
-                &format!(
-                    "attention/{}/{}x{}x{}x{}/{dtype}",
-                    s.name, s.b, s.heads, s.lq, s.lk
-                ),
-                Some(s.flops()),
-                None,
-                || ops::attention_into(&q, &k, &v, s.heads, 0.125, m, &mut o).unwrap(),
-            );
+            let m = if s.masked { AttentionMask::CausalPadding(&mask) } else { AttentionMask::None };
+            r.run(&format!("attention/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
+                ops::attention_into(&q, &k, &v, s.heads, 0.125, m, &mut o).unwrap()
+            });
         }
     }
     for s in shapes::ELEMENTWISE {
@@ -223,48 +143,24 @@ fn main() {
         let mut y = rnd(&shape, bf);
         let coef = Tensor::from_f32(&[1.0, 0.01, 0.0], &[3], DType::F32, &dev).unwrap();
         let n = s.numel();
-        r.run(
-            &format!("add/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c),
-            None,
-            Some((6 * n) as f64),
-            || ops::add_assign(&mut y, &x).unwrap(),
-        );
-        r.run(
-            &format!("modulate/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c),
-            None,
-            Some((4 * n) as f64),
-            || ops::modulate_assign(&mut y, &ab).unwrap(),
-        );
-        r.run(
-            &format!("ddpm_step/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c),
-            None,
-            Some((8 * n) as f64),
-            || ops::ddpm_step_assign(&mut y, &x, Some(&x), &coef).unwrap(),
-        );
+        r.run(&format!("add/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((6 * n) as f64), || ops::add_assign(&mut y, &x).unwrap());
+        r.run(&format!("modulate/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((4 * n) as f64), || {
+            ops::modulate_assign(&mut y, &ab).unwrap()
+        });
+        r.run(&format!("ddpm_step/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((8 * n) as f64), || {
+            ops::ddpm_step_assign(&mut y, &x, Some(&x), &coef).unwrap()
+        });
     }
     {
         let t = Tensor::from_f32(&[0.5, 0.5], &[2], DType::F32, &dev).unwrap();
         let mut y = empty(&[2, 192], bf);
-        r.run("timestep_embedding/2x192/bf16", None, Some(768.0), || {
-            ops::timestep_embedding_into(&t, 64, 2, 10000.0, &mut y).unwrap()
-        });
-        let ids = Tensor::from_f32(
-            &(0..154)
-                .map(|i| (i * 311 % 49408) as f32)
-                .collect::<Vec<_>>(),
-            &[2, 77],
-            DType::F32,
-            &dev,
-        )
-        .unwrap();
+        r.run("timestep_embedding/2x192/bf16", None, Some(768.0), || ops::timestep_embedding_into(&t, 64, 2, 10000.0, &mut y).unwrap());
+        let ids = Tensor::from_f32(&(0..154).map(|i| (i * 311 % 49408) as f32).collect::<Vec<_>>(), &[2, 77], DType::F32, &dev).unwrap();
         let (tok, pos) = (rnd(&[49408, 1280], bf), rnd(&[77, 1280], bf));
         let mut y = empty(&[2, 77, 1280], bf);
-        r.run(
-            "token_embedding/clip/2x77x1280/bf16",
-            None,
-            Some((3 * 2 * 77 * 1280 * 2) as f64),
-            || ops::token_embedding_into(&ids, &tok, &pos, &mut y).unwrap(),
-        );
+        r.run("token_embedding/clip/2x77x1280/bf16", None, Some((3 * 2 * 77 * 1280 * 2) as f64), || {
+            ops::token_embedding_into(&ids, &tok, &pos, &mut y).unwrap()
+        });
     }
     r.finish();
 }

@@ -47,7 +47,7 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
 extern "C" __global__ void depthwise_f32(DepthwiseParams p) { depthwise_impl<float>(p); }
 extern "C" __global__ void depthwise_bf16(DepthwiseParams p) { depthwise_impl<bf16>(p); }
 
-// One thread per element of the high-resolution side [B, H*r, W*r, C].
+// One thread per element of the used high-resolution region [B, H*r, W*r, C].
 template <typename T> __device__ void pixel_shuffle_impl(const PixelShuffleParams& p) {
     int r = p.r, Wr = p.W * r, Hr = p.H * r;
     int64_t total = (int64_t)p.B * Hr * Wr * p.C;
@@ -60,8 +60,9 @@ template <typename T> __device__ void pixel_shuffle_impl(const PixelShuffleParam
         int64_t b = t / Hr;
         int h = Y / r, ii = Y % r, w = X / r, jj = X % r;
         int64_t lo = (((b * p.H + h) * p.W + w) * p.C + c) * r * r + ii * r + jj;
-        if (p.unshuffle) ((T*)p.y)[lo] = ((const T*)p.x)[i];
-        else ((T*)p.y)[i] = ((const T*)p.x)[lo];
+        int64_t hi = ((b * p.Hs + Y) * p.Ws + X) * p.C + c;
+        if (p.unshuffle) ((T*)p.y)[lo] = ((const T*)p.x)[hi];
+        else ((T*)p.y)[hi] = ((const T*)p.x)[lo];
     }
 }
 extern "C" __global__ void pixel_shuffle_f32(PixelShuffleParams p) { pixel_shuffle_impl<float>(p); }

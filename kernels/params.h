@@ -135,8 +135,9 @@ typedef struct DepthwiseParams {
 
 // Pixel shuffle (PyTorch order, channel c*r*r + i*r + j):
 //   shuffle:   x [B, H, W, C*r*r] -> y [B, H*r, W*r, C]
-//   unshuffle: x [B, H*r, W*r, C] -> y [B, H, W, C*r*r]
-// H, W, C are always those of the low-resolution side.
+//   unshuffle: x [B, Hs, Ws, C]   -> y [B, H, W, C*r*r], reading the top-left H*r x W*r
+//              region (Hs >= H*r: the floor semantics of a stride-r convolution)
+// H, W, C are those of the low-resolution side; Hs, Ws the high-resolution tensor's own size.
 typedef struct PixelShuffleParams {
     const void* x;
     void* y;
@@ -146,6 +147,8 @@ typedef struct PixelShuffleParams {
     int32_t C;
     int32_t r;
     int32_t unshuffle;
+    int32_t Hs;
+    int32_t Ws;
 } PixelShuffleParams;
 
 // 3x3 neighbourhoods with zero padding: cols[b,h,w,(dy*3+dx)*C+c] = x[b,h+dy-1,w+dx-1,c].

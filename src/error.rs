@@ -43,10 +43,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An error about `path`.
     pub fn file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::File {
-            path: path.into(),
-            msg: msg.into(),
-        }
+        Error::File { path: path.into(), msg: msg.into() }
     }
 }
 

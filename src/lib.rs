@@ -25,6 +25,7 @@ pub mod error;
 pub mod ops;
 pub mod runtime;
 pub mod testing;
+pub mod tokenizer;
 pub mod weights;
 
 #[cfg(feature = "cuda")]

@@ -48,11 +48,7 @@ fn info(paths: &[String]) -> Result<()> {
         params += n;
         *by_dtype.entry(format!("{:?}", e.dtype)).or_default() += 1;
     }
-    println!(
-        "{} file(s), {} tensors, {params} parameters",
-        store.files().len(),
-        store.len()
-    );
+    println!("{} file(s), {} tensors, {params} parameters", store.files().len(), store.len());
     for (dtype, count) in by_dtype {
         println!("  {dtype}: {count} tensors");
     }

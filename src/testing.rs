@@ -51,24 +51,14 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
 
 /// Index and size of the worst absolute difference.
 pub fn max_abs_diff(got: &[f32], want: &[f32]) -> (usize, f32) {
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs())
-        .enumerate()
-        .fold(
-            (0, 0.0),
-            |a, (i, d)| if d > a.1 || d.is_nan() { (i, d) } else { a },
-        )
+    got.iter().zip(want).map(|(g, w)| (g - w).abs()).enumerate().fold((0, 0.0), |a, (i, d)| if d > a.1 || d.is_nan() { (i, d) } else { a })
 }
 
 /// Values a bf16 (or f16) tensor would hold: `v` rounded to `dtype` and back.
 pub fn round_to(v: &[f32], dtype: DType) -> Vec<f32> {
     match dtype {
         DType::F32 => v.to_vec(),
-        DType::BF16 => v
-            .iter()
-            .map(|&x| half::bf16::from_f32(x).to_f32())
-            .collect(),
+        DType::BF16 => v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
         DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
     }
 }
@@ -95,10 +85,7 @@ pub fn check_guard(whole: &Tensor, what: &str) -> Result<()> {
     let v = whole.to_vec_f32()?;
     let guard = &v[v.len() - GUARD..];
     if let Some(i) = guard.iter().position(|&x| x != GUARD_VALUE) {
-        return Err(crate::Error::Msg(format!(
-            "{what}: wrote past the end of its output (guard element {i} is {})",
-            guard[i]
-        )));
+        return Err(crate::Error::Msg(format!("{what}: wrote past the end of its output (guard element {i} is {})", guard[i])));
     }
     Ok(())
 }

@@ -19,13 +19,7 @@ fn gpu() -> Device {
 }
 
 /// Random values of `shape` as a GPU tensor of `dtype`, plus the values it holds (rounded).
-fn input(
-    rng: &mut TestRng,
-    shape: &[usize],
-    scale: f32,
-    dtype: DType,
-    dev: &Device,
-) -> (Tensor, Vec<f32>) {
+fn input(rng: &mut TestRng, shape: &[usize], scale: f32, dtype: DType, dev: &Device) -> (Tensor, Vec<f32>) {
     let v = round_to(&rng.normal(shape.iter().product(), scale), dtype);
     (Tensor::from_f32(&v, shape, dtype, dev).unwrap(), v)
 }
@@ -45,18 +39,11 @@ fn verify(op: &str, name: &str, dtype: DType, got: &[f32], whole: Option<&Tensor
     if let Some(whole) = whole {
         check_guard(whole, &format!("{op} {name} {dtype}")).unwrap();
     }
-    assert!(
-        got.iter().all(|v| v.is_finite()),
-        "{op} {name} {dtype}: non-finite output (an element was not written?)"
-    );
+    assert!(got.iter().all(|v| v.is_finite()), "{op} {name} {dtype}: non-finite output (an element was not written?)");
     let err = rel_l2(got, want);
     let (at, worst) = max_abs_diff(got, want);
     println!("{op:<20} {name:<20} {dtype:<4} rel_l2 {err:.2e}  worst |d| {worst:.2e} at {at}");
-    assert!(
-        err <= bound(dtype),
-        "{op} {name} {dtype}: rel_l2 {err:.3e} > {:e}",
-        bound(dtype)
-    );
+    assert!(err <= bound(dtype), "{op} {name} {dtype}: rel_l2 {err:.3e} > {:e}", bound(dtype));
 }
 
 #[test]
@@ -72,25 +59,11 @@ fn layer_norm_kernel() {
                 let (b, bv) = input(&mut rng, &[s.c], 1.0, dtype, &dev);
                 let eps = if affine { 1e-5 } else { 1e-6 };
                 let (mut y, whole) = poisoned(&[s.rows, s.c], dtype, &dev).unwrap();
-                let (wt, bt) = if affine {
-                    (Some(&w), Some(&b))
-                } else {
-                    (None, None)
-                };
+                let (wt, bt) = if affine { (Some(&w), Some(&b)) } else { (None, None) };
                 ops::layer_norm_into(&x, wt, bt, eps, &mut y).unwrap();
-                let want = cpu::layer_norm(
-                    &xv,
-                    s.c,
-                    affine.then_some(&wv[..]),
-                    affine.then_some(&bv[..]),
-                    eps,
-                );
+                let want = cpu::layer_norm(&xv, s.c, affine.then_some(&wv[..]), affine.then_some(&bv[..]), eps);
                 verify(
-                    if affine {
-                        "layer_norm_affine"
-                    } else {
-                        "layer_norm"
-                    },
+                    if affine { "layer_norm_affine" } else { "layer_norm" },
                     s.name,
                     dtype,
                     &y.to_vec_f32().unwrap(),
@@ -113,39 +86,14 @@ fn activation_kernels() {
             let (b, bv) = input(&mut rng, &[s.c], 1.0, dtype, &dev);
             let (mut y, whole) = poisoned(&[s.rows, s.c], dtype, &dev).unwrap();
             ops::gelu_into(&x, &mut y).unwrap();
-            verify(
-                "gelu",
-                s.name,
-                dtype,
-                &y.to_vec_f32().unwrap(),
-                Some(&whole),
-                &xv.iter().map(|&v| cpu::gelu(v)).collect::<Vec<_>>(),
-            );
+            verify("gelu", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &xv.iter().map(|&v| cpu::gelu(v)).collect::<Vec<_>>());
             y.fill(f32::NAN).unwrap();
             ops::silu_into(&x, &mut y).unwrap();
-            verify(
-                "silu",
-                s.name,
-                dtype,
-                &y.to_vec_f32().unwrap(),
-                Some(&whole),
-                &xv.iter().map(|&v| cpu::silu(v)).collect::<Vec<_>>(),
-            );
+            verify("silu", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &xv.iter().map(|&v| cpu::silu(v)).collect::<Vec<_>>());
             y.fill(f32::NAN).unwrap();
             ops::bias_gelu_into(&x, &b, &mut y).unwrap();
-            let want: Vec<f32> = xv
-                .iter()
-                .enumerate()
-                .map(|(k, &v)| cpu::gelu(v + bv[k % s.c]))
-                .collect();
-            verify(
-                "bias_gelu",
-                s.name,
-                dtype,
-                &y.to_vec_f32().unwrap(),
-                Some(&whole),
-                &want,
-            );
+            let want: Vec<f32> = xv.iter().enumerate().map(|(k, &v)| cpu::gelu(v + bv[k % s.c])).collect();
+            verify("bias_gelu", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
         }
     }
 }
@@ -164,14 +112,7 @@ fn grn_kernels() {
             stats.fill(f32::NAN).unwrap();
             let (mut y, whole) = poisoned(&[s.b, s.n, s.d], dtype, &dev).unwrap();
             ops::grn_into(&x, &g, &be, &mut stats, &mut y).unwrap();
-            verify(
-                "grn",
-                s.name,
-                dtype,
-                &y.to_vec_f32().unwrap(),
-                Some(&whole),
-                &cpu::grn(&xv, s.b, s.n, s.d, &gv, &bev),
-            );
+            verify("grn", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &cpu::grn(&xv, s.b, s.n, s.d, &gv, &bev));
         }
     }
 }
@@ -188,23 +129,12 @@ fn depthwise_kernels() {
                 let (x, xv) = input(&mut rng, &shape, 1.0, dtype, &dev);
                 let (w, wv) = input(&mut rng, &[s.c, 1, 3, 3], 0.3, dtype, &dev);
                 let (b, bv) = input(&mut rng, &[s.c], 0.3, dtype, &dev);
-                let pad = if *replicate {
-                    Padding::Replicate
-                } else {
-                    Padding::Zero
-                };
+                let pad = if *replicate { Padding::Replicate } else { Padding::Zero };
                 let eps = fuse.then_some(1e-6);
                 let (mut y, whole) = poisoned(&shape, dtype, &dev).unwrap();
                 ops::depthwise3x3_into(&x, &w, &b, pad, eps, &mut y).unwrap();
                 let want = cpu::depthwise3x3(&xv, s.b, s.h, s.w, s.c, &wv, &bv, *replicate, eps);
-                verify(
-                    if fuse { "depthwise+ln" } else { "depthwise" },
-                    s.name,
-                    dtype,
-                    &y.to_vec_f32().unwrap(),
-                    Some(&whole),
-                    &want,
-                );
+                verify(if fuse { "depthwise+ln" } else { "depthwise" }, s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
             }
         }
     }
@@ -222,14 +152,7 @@ fn shuffle_im2col_resize_concat_kernels() {
             let (mut y, whole) = poisoned(&lo, dtype, &dev).unwrap();
             ops::pixel_unshuffle_into(&x, 2, &mut y).unwrap();
             let got = y.to_vec_f32().unwrap();
-            verify(
-                "pixel_unshuffle",
-                s.name,
-                dtype,
-                &got,
-                Some(&whole),
-                &cpu::pixel_unshuffle(&xv, s.b, s.h / 2, s.w / 2, s.c, 2),
-            );
+            verify("pixel_unshuffle", s.name, dtype, &got, Some(&whole), &cpu::pixel_unshuffle(&xv, s.b, s.h, s.w, s.c, 2));
             let (mut z, whole) = poisoned(&[s.b, s.h, s.w, s.c], dtype, &dev).unwrap();
             ops::pixel_shuffle_into(&y, 2, &mut z).unwrap();
             verify(
@@ -243,14 +166,7 @@ fn shuffle_im2col_resize_concat_kernels() {
             if s.numel() <= 1 << 20 {
                 let (mut cols, whole) = poisoned(&[s.b, s.h, s.w, 9 * s.c], dtype, &dev).unwrap();
                 ops::im2col3x3_into(&x, &mut cols).unwrap();
-                verify(
-                    "im2col3x3",
-                    s.name,
-                    dtype,
-                    &cols.to_vec_f32().unwrap(),
-                    Some(&whole),
-                    &cpu::im2col3x3(&xv, s.b, s.h, s.w, s.c),
-                );
+                verify("im2col3x3", s.name, dtype, &cols.to_vec_f32().unwrap(), Some(&whole), &cpu::im2col3x3(&xv, s.b, s.h, s.w, s.c));
             }
         }
     }
@@ -278,23 +194,14 @@ fn shuffle_im2col_resize_concat_kernels() {
             let (b, bv) = input(&mut rng, &[s.rows, s.cb], 1.0, dtype, &dev);
             let (mut y, whole) = poisoned(&[s.rows, s.ca + s.cb], dtype, &dev).unwrap();
             ops::concat_channels_into(&a, &b, &mut y).unwrap();
-            verify(
-                "concat_channels",
-                s.name,
-                dtype,
-                &y.to_vec_f32().unwrap(),
-                Some(&whole),
-                &cpu::concat_channels(&av, &bv, s.ca, s.cb),
-            );
+            verify("concat_channels", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &cpu::concat_channels(&av, &bv, s.ca, s.cb));
         }
     }
 }
 
 /// The first `rows` rows of an image `[b, h, w, c]` (b = 1 for the real shapes).
 fn crop_rows(v: &[f32], s: &shapes::ImageShape, rows: usize) -> Vec<f32> {
-    (0..s.b)
-        .flat_map(|b| v[b * s.h * s.w * s.c..][..rows * s.w * s.c].to_vec())
-        .collect()
+    (0..s.b).flat_map(|b| v[b * s.h * s.w * s.c..][..rows * s.w * s.c].to_vec()).collect()
 }
 
 /// The GEMM forms of the strided and transposed convolutions against the direct formulas
@@ -309,45 +216,13 @@ fn strided_and_transposed_convolutions() {
             let s = cs.x;
             let mut rng = TestRng::new(6000 + i as u64);
             let (x, xv) = input(&mut rng, &[s.b, s.h, s.w, s.c], 1.0, dtype, &dev);
-            let (w, wv) = input(
-                &mut rng,
-                &[cs.cout, s.c * 4],
-                1.0 / (4.0 * s.c as f32).sqrt(),
-                dtype,
-                &dev,
-            );
+            let (w, wv) = input(&mut rng, &[cs.cout, s.c * 4], 1.0 / (4.0 * s.c as f32).sqrt(), dtype, &dev);
             let (b, bv) = input(&mut rng, &[cs.cout], 0.3, dtype, &dev);
             let got = ops::conv2x2_s2(&x, &w, &b).unwrap().to_vec_f32().unwrap();
             let rows = s.h.min(4);
-            let want = cpu::conv2d(
-                &crop_rows(&xv, &s, rows),
-                s.b,
-                rows,
-                s.w,
-                s.c,
-                &wv,
-                Some(&bv),
-                cs.cout,
-                2,
-                2,
-                2,
-                0,
-                1,
-            );
-            let out = shapes::ImageShape {
-                h: s.h / 2,
-                w: s.w / 2,
-                c: cs.cout,
-                ..s
-            };
-            verify(
-                "conv2x2_s2",
-                s.name,
-                dtype,
-                &crop_rows(&got, &out, rows / 2),
-                None,
-                &want,
-            );
+            let want = cpu::conv2d(&crop_rows(&xv, &s, rows), s.b, rows, s.w, s.c, &wv, Some(&bv), cs.cout, 2, 2, 2, 0, 1);
+            let out = shapes::ImageShape { h: s.h / 2, w: s.w / 2, c: cs.cout, ..s };
+            verify("conv2x2_s2", s.name, dtype, &crop_rows(&got, &out, rows / 2), None, &want);
         }
     }
     for (i, cs) in shapes::CONV_T2X2.iter().enumerate() {
@@ -355,46 +230,16 @@ fn strided_and_transposed_convolutions() {
             let s = cs.x;
             let mut rng = TestRng::new(6100 + i as u64);
             let (x, xv) = input(&mut rng, &[s.b, s.h, s.w, s.c], 1.0, dtype, &dev);
-            let wv = round_to(
-                &rng.normal(s.c * cs.cout * 4, 1.0 / (s.c as f32).sqrt()),
-                dtype,
-            );
+            let wv = round_to(&rng.normal(s.c * cs.cout * 4, 1.0 / (s.c as f32).sqrt()), dtype);
             let bv = round_to(&rng.normal(cs.cout, 0.3), dtype);
             let (wp, bp) = ops::prepare_conv_transpose2x2(&wv, &bv, s.c, cs.cout).unwrap();
             let w = Tensor::from_f32(&wp, &[cs.cout * 4, s.c], dtype, &dev).unwrap();
             let b = Tensor::from_f32(&bp, &[cs.cout * 4], dtype, &dev).unwrap();
-            let got = ops::conv_transpose2x2(&x, &w, &b)
-                .unwrap()
-                .to_vec_f32()
-                .unwrap();
+            let got = ops::conv_transpose2x2(&x, &w, &b).unwrap().to_vec_f32().unwrap();
             let rows = s.h.min(4);
-            let want = cpu::conv_transpose2d(
-                &crop_rows(&xv, &s, rows),
-                s.b,
-                rows,
-                s.w,
-                s.c,
-                &wv,
-                Some(&bv),
-                cs.cout,
-                2,
-                2,
-                0,
-            );
-            let out = shapes::ImageShape {
-                h: s.h * 2,
-                w: s.w * 2,
-                c: cs.cout,
-                ..s
-            };
-            verify(
-                "conv_transpose2x2",
-                s.name,
-                dtype,
-                &crop_rows(&got, &out, rows * 2),
-                None,
-                &want,
-            );
+            let want = cpu::conv_transpose2d(&crop_rows(&xv, &s, rows), s.b, rows, s.w, s.c, &wv, Some(&bv), cs.cout, 2, 2, 0);
+            let out = shapes::ImageShape { h: s.h * 2, w: s.w * 2, c: cs.cout, ..s };
+            verify("conv_transpose2x2", s.name, dtype, &crop_rows(&got, &out, rows * 2), None, &want);
         }
     }
     for (i, cs) in shapes::CONV_T4X4.iter().enumerate() {
@@ -402,54 +247,19 @@ fn strided_and_transposed_convolutions() {
             let s = cs.x;
             let mut rng = TestRng::new(6200 + i as u64);
             let (x, xv) = input(&mut rng, &[s.b, s.h, s.w, s.c], 1.0, dtype, &dev);
-            let wv = round_to(
-                &rng.normal(s.c * cs.cout * 16, 1.0 / (4.0 * s.c as f32).sqrt()),
-                dtype,
-            );
+            let wv = round_to(&rng.normal(s.c * cs.cout * 16, 1.0 / (4.0 * s.c as f32).sqrt()), dtype);
             let bv = round_to(&rng.normal(cs.cout, 0.3), dtype);
             let (wp, bp) = ops::prepare_conv_transpose4x4(&wv, &bv, s.c, cs.cout).unwrap();
             let w = Tensor::from_f32(&wp, &[cs.cout * 4, 9 * s.c], dtype, &dev).unwrap();
             let b = Tensor::from_f32(&bp, &[cs.cout * 4], dtype, &dev).unwrap();
-            let got = ops::conv_transpose4x4(&x, &w, &b)
-                .unwrap()
-                .to_vec_f32()
-                .unwrap();
+            let got = ops::conv_transpose4x4(&x, &w, &b).unwrap().to_vec_f32().unwrap();
             // With padding 1, output rows 0..2·rows−1 depend only on input rows 0..rows.
             let rows = if s.h > 8 { 2 } else { s.h };
             let exact = if rows == s.h { 2 * rows } else { 2 * rows - 1 };
-            let crop = cpu::conv_transpose2d(
-                &crop_rows(&xv, &s, rows),
-                s.b,
-                rows,
-                s.w,
-                s.c,
-                &wv,
-                Some(&bv),
-                cs.cout,
-                4,
-                2,
-                1,
-            );
-            let crop_shape = shapes::ImageShape {
-                h: 2 * rows,
-                w: 2 * s.w,
-                c: cs.cout,
-                ..s
-            };
-            let out = shapes::ImageShape {
-                h: 2 * s.h,
-                w: 2 * s.w,
-                c: cs.cout,
-                ..s
-            };
-            verify(
-                "conv_transpose4x4",
-                s.name,
-                dtype,
-                &crop_rows(&got, &out, exact),
-                None,
-                &crop_rows(&crop, &crop_shape, exact),
-            );
+            let crop = cpu::conv_transpose2d(&crop_rows(&xv, &s, rows), s.b, rows, s.w, s.c, &wv, Some(&bv), cs.cout, 4, 2, 1);
+            let crop_shape = shapes::ImageShape { h: 2 * rows, w: 2 * s.w, c: cs.cout, ..s };
+            let out = shapes::ImageShape { h: 2 * s.h, w: 2 * s.w, c: cs.cout, ..s };
+            verify("conv_transpose4x4", s.name, dtype, &crop_rows(&got, &out, exact), None, &crop_rows(&crop, &crop_shape, exact));
         }
     }
 }
@@ -467,15 +277,9 @@ fn attention_kernel() {
             let (v, vv) = input(&mut rng, &[s.b, s.lk, c], 1.0, dtype, &dev);
             // Padding: sequence b keeps its first lk − 3(b + 1) keys (at least one).
             let valid = |b: usize| s.lk.saturating_sub(3 * (b + 1)).max(1);
-            let mv: Vec<f32> = (0..s.b * s.lk)
-                .map(|j| if j % s.lk < valid(j / s.lk) { 1.0 } else { 0.0 })
-                .collect();
+            let mv: Vec<f32> = (0..s.b * s.lk).map(|j| if j % s.lk < valid(j / s.lk) { 1.0 } else { 0.0 }).collect();
             let mask = Tensor::from_f32(&mv, &[s.b, s.lk], DType::F32, &dev).unwrap();
-            let m = if s.masked {
-                AttentionMask::CausalPadding(&mask)
-            } else {
-                AttentionMask::None
-            };
+            let m = if s.masked { AttentionMask::CausalPadding(&mask) } else { AttentionMask::None };
             let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
             ops::attention_into(&q, &k, &v, s.heads, 0.125, m, &mut o).unwrap();
             let got = o.to_vec_f32().unwrap();
@@ -491,19 +295,7 @@ fn attention_kernel() {
                     gs.extend_from_slice(&got[(b * s.lq + r) * c..][..c]);
                 }
             }
-            let want = cpu::attention(
-                &qs,
-                &kv,
-                &vv,
-                s.b,
-                s.heads,
-                picked.len(),
-                s.lk,
-                64,
-                0.125,
-                s.masked,
-                s.masked.then_some(&mv[..]),
-            );
+            let want = cpu::attention(&qs, &kv, &vv, s.b, s.heads, picked.len(), s.lk, 64, 0.125, s.masked, s.masked.then_some(&mv[..]));
             verify("attention", s.name, dtype, &gs, Some(&whole), &want);
         }
     }
@@ -525,39 +317,18 @@ fn elementwise_kernels() {
             ops::cast_into(&x, &mut y).unwrap();
             ops::add_assign(&mut y, &r).unwrap();
             let want = round_to(&cpu::add(&xv, &rv), dtype);
-            verify(
-                "add",
-                s.name,
-                dtype,
-                &y.to_vec_f32().unwrap(),
-                Some(&whole),
-                &want,
-            );
+            verify("add", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
 
             ops::cast_into(&x, &mut y).unwrap();
             ops::modulate_assign(&mut y, &ab).unwrap();
-            verify(
-                "modulate",
-                s.name,
-                dtype,
-                &y.to_vec_f32().unwrap(),
-                Some(&whole),
-                &cpu::modulate(&xv, &abv, s.b, s.n, s.c),
-            );
+            verify("modulate", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &cpu::modulate(&xv, &abv, s.b, s.n, s.c));
 
             // CFG over x as [cond; uncond] halves (element count is even for b = 2).
             if s.b % 2 == 0 {
                 let w = Tensor::from_f32(&[4.0], &[1], DType::F32, &dev).unwrap();
                 let (mut g, whole) = poisoned(&[s.b / 2, s.n, s.c], dtype, &dev).unwrap();
                 ops::cfg_combine_into(&x, &w, &mut g).unwrap();
-                verify(
-                    "cfg",
-                    s.name,
-                    dtype,
-                    &g.to_vec_f32().unwrap(),
-                    Some(&whole),
-                    &cpu::cfg_combine(&xv, 4.0),
-                );
+                verify("cfg", s.name, dtype, &g.to_vec_f32().unwrap(), Some(&whole), &cpu::cfg_combine(&xv, 4.0));
             }
 
             let coef = [1.0138, 0.0137, 0.0851];
@@ -566,14 +337,7 @@ fn elementwise_kernels() {
                 ops::cast_into(&x, &mut y).unwrap();
                 ops::ddpm_step_assign(&mut y, &r, noise.then_some(&x), &ct).unwrap();
                 let want = cpu::ddpm_step(&xv, &rv, noise.then_some(&xv[..]), coef);
-                verify(
-                    if noise { "ddpm_step" } else { "ddpm_step_last" },
-                    s.name,
-                    dtype,
-                    &y.to_vec_f32().unwrap(),
-                    Some(&whole),
-                    &want,
-                );
+                verify(if noise { "ddpm_step" } else { "ddpm_step_last" }, s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
             }
         }
     }
@@ -589,10 +353,7 @@ fn embedding_kernels() {
         for dtype in DTYPES {
             let (mut y, whole) = poisoned(&[b, dim * (1 + extra)], dtype, &dev).unwrap();
             ops::timestep_embedding_into(&t, dim, extra, 10000.0, &mut y).unwrap();
-            let want = round_to(
-                &cpu::timestep_embedding(&tv[..b], dim, extra, 10000.0),
-                dtype,
-            );
+            let want = round_to(&cpu::timestep_embedding(&tv[..b], dim, extra, 10000.0), dtype);
             // Arguments reach 1e4, where one ulp of f32 is 1e-3: an ulp of difference between
             // CUDA's expf and libm's in a frequency moves sin/cos by up to 1e-3. Hence 5e-4 in
             // f32 (the CPU reference matches PyTorch's CPU values to 2e-5); bf16 rounding
@@ -607,9 +368,7 @@ fn embedding_kernels() {
     for (name, b, l, d, v) in [("clip", 2, 77, 1280, 49408), ("odd", 3, 5, 7, 11)] {
         for dtype in DTYPES {
             let mut rng = TestRng::new(9000);
-            let ids: Vec<f32> = (0..b * l)
-                .map(|_| (rng.next_u64() % v as u64) as f32)
-                .collect();
+            let ids: Vec<f32> = (0..b * l).map(|_| (rng.next_u64() % v as u64) as f32).collect();
             let idt = Tensor::from_f32(&ids, &[b, l], DType::F32, &dev).unwrap();
             let (tok, tokv) = input(&mut rng, &[v, d], 1.0, dtype, &dev);
             let (pos, posv) = input(&mut rng, &[l, d], 1.0, dtype, &dev);
@@ -617,14 +376,7 @@ fn embedding_kernels() {
             ops::token_embedding_into(&idt, &tok, &pos, &mut y).unwrap();
             let idu: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
             let want = round_to(&cpu::token_embedding(&idu, l, &tokv, &posv, d), dtype);
-            verify(
-                "token_embedding",
-                name,
-                dtype,
-                &y.to_vec_f32().unwrap(),
-                Some(&whole),
-                &want,
-            );
+            verify("token_embedding", name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
         }
     }
 }

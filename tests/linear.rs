@@ -14,29 +14,13 @@ use cascade::{ops, DType, Device, Tensor};
 /// b = torch.tensor([0.01, -0.02, 0.03, -0.04])
 /// print(torch.nn.functional.linear(x, w, b).tolist())
 /// ```
-const TORCH_LINEAR: [[f32; 4]; 2] = [
-    [0.46000001, -1.92000008, 2.97999978, -3.03999996],
-    [-0.01500001, -0.04500001, 0.20500001, 2.63499999],
-];
+const TORCH_LINEAR: [[f32; 4]; 2] =
+    [[0.46000001, -1.92000008, 2.97999978, -3.03999996], [-0.01500001, -0.04500001, 0.20500001, 2.63499999]];
 
 #[test]
 fn cpu_linear_matches_pytorch() {
-    let x = Tensor::from_f32(
-        &[0.5, -1.0, 2.0, 1.5, 0.25, -0.75],
-        &[2, 3],
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let w = Tensor::from_f32(
-        &[
-            0.1, 0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8, 0.9, 1.0, 1.1, -1.2,
-        ],
-        &[4, 3],
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let x = Tensor::from_f32(&[0.5, -1.0, 2.0, 1.5, 0.25, -0.75], &[2, 3], DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::from_f32(&[0.1, 0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8, 0.9, 1.0, 1.1, -1.2], &[4, 3], DType::F32, &Device::Cpu).unwrap();
     let b = Tensor::from_f32(&[0.01, -0.02, 0.03, -0.04], &[4], DType::F32, &Device::Cpu).unwrap();
     let y = ops::linear(&x, &w, Some(&b)).unwrap();
     assert_eq!(y.shape(), &[2, 4]);
@@ -55,15 +39,9 @@ fn linear_keeps_leading_dims_and_rejects_bad_shapes() {
     let e = ops::linear(&x, &bad, None).unwrap_err().to_string();
     assert!(e.contains("[4, 2]") && e.contains("[2, 5, 3]"), "{e}");
     let bias = Tensor::zeros(&[5], DType::F32, &Device::Cpu).unwrap();
-    assert!(ops::linear(&x, &w, Some(&bias))
-        .unwrap_err()
-        .to_string()
-        .contains("bias"));
+    assert!(ops::linear(&x, &w, Some(&bias)).unwrap_err().to_string().contains("bias"));
     let wb = Tensor::zeros(&[4, 3], DType::BF16, &Device::Cpu).unwrap();
-    assert!(ops::linear(&x, &wb, None)
-        .unwrap_err()
-        .to_string()
-        .contains("mixed dtypes"));
+    assert!(ops::linear(&x, &wb, None).unwrap_err().to_string().contains("mixed dtypes"));
 }
 
 #[test]
@@ -92,10 +70,7 @@ fn cuda_without_a_driver_or_feature_is_an_error() {
         }
     }
     assert!(Device::parse("cuda:9999").is_err());
-    assert!(Device::parse("tpu")
-        .unwrap_err()
-        .to_string()
-        .contains("unknown device"));
+    assert!(Device::parse("tpu").unwrap_err().to_string().contains("unknown device"));
 }
 
 #[cfg(feature = "cuda")]
@@ -133,27 +108,13 @@ mod gpu {
                 let mut want = Vec::new();
                 for &r in &rows {
                     g.extend_from_slice(&got[r * s.n..(r + 1) * s.n]);
-                    want.extend(ops::cpu::linear(
-                        &xv[r * s.k..(r + 1) * s.k],
-                        &wv,
-                        Some(&bv),
-                        1,
-                        s.k,
-                        s.n,
-                    ));
+                    want.extend(ops::cpu::linear(&xv[r * s.k..(r + 1) * s.k], &wv, Some(&bv), 1, s.k, s.n));
                 }
                 let err = rel_l2(&g, &want);
                 let (at, worst) = max_abs_diff(&g, &want);
                 let bound = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
-                println!(
-                    "linear {:<16} {dtype:<4} rel_l2 {err:.2e} worst |d| {worst:.2e} at {at}",
-                    s.name
-                );
-                assert!(
-                    err < bound,
-                    "{} {dtype}: rel_l2 {err:.3e} >= {bound:e}",
-                    s.name
-                );
+                println!("linear {:<16} {dtype:<4} rel_l2 {err:.2e} worst |d| {worst:.2e} at {at}", s.name);
+                assert!(err < bound, "{} {dtype}: rel_l2 {err:.3e} >= {bound:e}", s.name);
             }
         }
     }
@@ -167,18 +128,10 @@ mod gpu {
         let (m, k, n) = (64, 96, 80);
         let mut arena = cascade::Arena::new(&dev, 1 << 20).unwrap();
         let mut x = arena.tensor(&[m, k], DType::BF16).unwrap();
-        let w = Tensor::from_f32(
-            &TestRng::new(1).normal(n * k, 0.1),
-            &[n, k],
-            DType::BF16,
-            &dev,
-        )
-        .unwrap();
+        let w = Tensor::from_f32(&TestRng::new(1).normal(n * k, 0.1), &[n, k], DType::BF16, &dev).unwrap();
         let mut y = arena.tensor(&[m, n], DType::BF16).unwrap();
         x.fill(0.0).unwrap();
-        let graph = cuda
-            .capture(|| ops::linear_into(&x, &w, None, &mut y))
-            .unwrap();
+        let graph = cuda.capture(|| ops::linear_into(&x, &w, None, &mut y)).unwrap();
         for seed in 0..3 {
             let xv = round_to(&TestRng::new(seed).normal(m * k, 1.0), DType::BF16);
             let fresh = Tensor::from_f32(&xv, &[m, k], DType::BF16, &dev).unwrap();

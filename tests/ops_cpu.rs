@@ -17,29 +17,16 @@ fn close(what: &str, got: &Tensor, want: &[f32], tol: f32) {
     let got = got.to_vec_f32().unwrap();
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * w.abs().max(1.0),
-            "{what}[{i}]: got {g}, PyTorch {w}"
-        );
+        assert!((g - w).abs() <= tol * w.abs().max(1.0), "{what}[{i}]: got {g}, PyTorch {w}");
     }
 }
 
 #[test]
 fn layer_norm_plain_and_affine() {
     let x = t(&g::LN_X, &[3, 7]);
-    close(
-        "layer_norm",
-        &ops::layer_norm(&x, None, None, 1e-6).unwrap(),
-        &g::LN_PLAIN,
-        1e-6,
-    );
+    close("layer_norm", &ops::layer_norm(&x, None, None, 1e-6).unwrap(), &g::LN_PLAIN, 1e-6);
     let (w, b) = (t(&g::LN_W, &[7]), t(&g::LN_B, &[7]));
-    close(
-        "layer_norm affine",
-        &ops::layer_norm(&x, Some(&w), Some(&b), 1e-5).unwrap(),
-        &g::LN_AFFINE,
-        1e-6,
-    );
+    close("layer_norm affine", &ops::layer_norm(&x, Some(&w), Some(&b), 1e-5).unwrap(), &g::LN_AFFINE, 1e-6);
 }
 
 #[test]
@@ -56,12 +43,7 @@ fn gelu_silu_and_bias_gelu() {
 #[test]
 fn global_response_norm() {
     let x = t(&g::GRN_X, &[2, 3, 1, 4]);
-    let y = ops::grn(
-        &x,
-        &t(&g::GRN_GAMMA, &[1, 1, 1, 4]),
-        &t(&g::GRN_BETA, &[1, 1, 1, 4]),
-    )
-    .unwrap();
+    let y = ops::grn(&x, &t(&g::GRN_GAMMA, &[1, 1, 1, 4]), &t(&g::GRN_BETA, &[1, 1, 1, 4])).unwrap();
     close("grn", &y, &g::GRN, 1e-5);
 }
 
@@ -69,165 +51,53 @@ fn global_response_norm() {
 fn depthwise_zero_replicate_and_fused_layer_norm() {
     let x = t(&g::DW_X, &[1, 4, 5, 3]);
     let (w, b) = (t(&g::DW_W, &[3, 1, 3, 3]), t(&g::DW_B, &[3]));
-    close(
-        "depthwise zero",
-        &ops::depthwise3x3(&x, &w, &b, Padding::Zero, None).unwrap(),
-        &g::DW_ZERO,
-        1e-5,
-    );
-    close(
-        "depthwise replicate",
-        &ops::depthwise3x3(&x, &w, &b, Padding::Replicate, None).unwrap(),
-        &g::DW_REPLICATE,
-        1e-5,
-    );
-    close(
-        "depthwise + LN",
-        &ops::depthwise3x3(&x, &w, &b, Padding::Zero, Some(1e-6)).unwrap(),
-        &g::DW_ZERO_LN,
-        1e-4,
-    );
+    close("depthwise zero", &ops::depthwise3x3(&x, &w, &b, Padding::Zero, None).unwrap(), &g::DW_ZERO, 1e-5);
+    close("depthwise replicate", &ops::depthwise3x3(&x, &w, &b, Padding::Replicate, None).unwrap(), &g::DW_REPLICATE, 1e-5);
+    close("depthwise + LN", &ops::depthwise3x3(&x, &w, &b, Padding::Zero, Some(1e-6)).unwrap(), &g::DW_ZERO_LN, 1e-4);
 }
 
 #[test]
 fn strided_and_transposed_convolutions() {
     // 2×2 stride 2: pixel-unshuffle + GEMM with the weight viewed as [O, 4C].
-    let y = ops::conv2x2_s2(
-        &t(&g::C2_X, &[1, 4, 6, 3]),
-        &t(&g::C2_W, &[5, 12]),
-        &t(&g::C2_B, &[5]),
-    )
-    .unwrap();
+    let y = ops::conv2x2_s2(&t(&g::C2_X, &[1, 4, 6, 3]), &t(&g::C2_W, &[5, 12]), &t(&g::C2_B, &[5])).unwrap();
     assert_eq!(y.shape(), &[1, 2, 3, 5]);
     close("conv 2x2 s2", &y, &g::C2, 1e-5);
     // Direct references agree too.
-    let direct = ops::cpu::conv2d(
-        &g::C2_X,
-        1,
-        4,
-        6,
-        3,
-        &g::C2_W,
-        Some(&g::C2_B),
-        5,
-        2,
-        2,
-        2,
-        0,
-        1,
-    );
+    let direct = ops::cpu::conv2d(&g::C2_X, 1, 4, 6, 3, &g::C2_W, Some(&g::C2_B), 5, 2, 2, 2, 0, 1);
     close("cpu::conv2d", &t(&direct, &[direct.len()]), &g::C2, 1e-5);
 
     let (w, b) = ops::prepare_conv_transpose2x2(&g::CT2_W, &g::CT2_B, 3, 4).unwrap();
-    let y = ops::conv_transpose2x2(
-        &t(&g::CT2_X, &[1, 2, 3, 3]),
-        &t(&w, &[16, 3]),
-        &t(&b, &[16]),
-    )
-    .unwrap();
+    let y = ops::conv_transpose2x2(&t(&g::CT2_X, &[1, 2, 3, 3]), &t(&w, &[16, 3]), &t(&b, &[16])).unwrap();
     assert_eq!(y.shape(), &[1, 4, 6, 4]);
     close("conv_transpose 2x2", &y, &g::CT2, 1e-5);
-    let direct = ops::cpu::conv_transpose2d(
-        &g::CT2_X,
-        1,
-        2,
-        3,
-        3,
-        &g::CT2_W,
-        Some(&g::CT2_B),
-        4,
-        2,
-        2,
-        0,
-    );
-    close(
-        "cpu::conv_transpose2d k2",
-        &t(&direct, &[direct.len()]),
-        &g::CT2,
-        1e-5,
-    );
+    let direct = ops::cpu::conv_transpose2d(&g::CT2_X, 1, 2, 3, 3, &g::CT2_W, Some(&g::CT2_B), 4, 2, 2, 0);
+    close("cpu::conv_transpose2d k2", &t(&direct, &[direct.len()]), &g::CT2, 1e-5);
 
     let (w, b) = ops::prepare_conv_transpose4x4(&g::CT4_W, &g::CT4_B, 3, 2).unwrap();
-    let y = ops::conv_transpose4x4(&t(&g::CT4_X, &[1, 3, 2, 3]), &t(&w, &[8, 27]), &t(&b, &[8]))
-        .unwrap();
+    let y = ops::conv_transpose4x4(&t(&g::CT4_X, &[1, 3, 2, 3]), &t(&w, &[8, 27]), &t(&b, &[8])).unwrap();
     assert_eq!(y.shape(), &[1, 6, 4, 2]);
     close("conv_transpose 4x4", &y, &g::CT4, 1e-5);
-    let direct = ops::cpu::conv_transpose2d(
-        &g::CT4_X,
-        1,
-        3,
-        2,
-        3,
-        &g::CT4_W,
-        Some(&g::CT4_B),
-        2,
-        4,
-        2,
-        1,
-    );
-    close(
-        "cpu::conv_transpose2d k4",
-        &t(&direct, &[direct.len()]),
-        &g::CT4,
-        1e-5,
-    );
+    let direct = ops::cpu::conv_transpose2d(&g::CT4_X, 1, 3, 2, 3, &g::CT4_W, Some(&g::CT4_B), 2, 4, 2, 1);
+    close("cpu::conv_transpose2d k4", &t(&direct, &[direct.len()]), &g::CT4, 1e-5);
 }
 
 #[test]
 fn pixel_shuffle_unshuffle_resize_concat() {
-    close(
-        "pixel_shuffle",
-        &ops::pixel_shuffle(&t(&g::PS_X, &[1, 2, 3, 8]), 2).unwrap(),
-        &g::PS,
-        0.0,
-    );
-    close(
-        "pixel_unshuffle",
-        &ops::pixel_unshuffle(&t(&g::PU_X, &[1, 4, 6, 2]), 2).unwrap(),
-        &g::PU,
-        0.0,
-    );
-    close(
-        "resize",
-        &ops::resize_bilinear(&t(&g::RS_X, &[1, 3, 4, 2]), 5, 7).unwrap(),
-        &g::RS,
-        1e-6,
-    );
+    close("pixel_shuffle", &ops::pixel_shuffle(&t(&g::PS_X, &[1, 2, 3, 8]), 2).unwrap(), &g::PS, 0.0);
+    close("pixel_unshuffle", &ops::pixel_unshuffle(&t(&g::PU_X, &[1, 4, 6, 2]), 2).unwrap(), &g::PU, 0.0);
+    close("resize", &ops::resize_bilinear(&t(&g::RS_X, &[1, 3, 4, 2]), 5, 7).unwrap(), &g::RS, 1e-6);
     let a = t(&[1.0, 2.0, 3.0, 4.0], &[2, 2]);
     let b = t(&[5.0, 6.0], &[2, 1]);
-    close(
-        "concat",
-        &ops::concat_channels(&a, &b).unwrap(),
-        &[1.0, 2.0, 5.0, 3.0, 4.0, 6.0],
-        0.0,
-    );
+    close("concat", &ops::concat_channels(&a, &b).unwrap(), &[1.0, 2.0, 5.0, 3.0, 4.0, 6.0], 0.0);
 }
 
 #[test]
 fn attention_plain_and_masked() {
-    let (q, k, v) = (
-        t(&g::AT_Q, &[1, 3, 128]),
-        t(&g::AT_K, &[1, 5, 128]),
-        t(&g::AT_V, &[1, 5, 128]),
-    );
-    close(
-        "attention",
-        &ops::attention(&q, &k, &v, 2, 0.125, AttentionMask::None).unwrap(),
-        &g::AT,
-        1e-5,
-    );
-    let (q, k, v) = (
-        t(&g::ATM_Q, &[1, 4, 64]),
-        t(&g::ATM_K, &[1, 4, 64]),
-        t(&g::ATM_V, &[1, 4, 64]),
-    );
+    let (q, k, v) = (t(&g::AT_Q, &[1, 3, 128]), t(&g::AT_K, &[1, 5, 128]), t(&g::AT_V, &[1, 5, 128]));
+    close("attention", &ops::attention(&q, &k, &v, 2, 0.125, AttentionMask::None).unwrap(), &g::AT, 1e-5);
+    let (q, k, v) = (t(&g::ATM_Q, &[1, 4, 64]), t(&g::ATM_K, &[1, 4, 64]), t(&g::ATM_V, &[1, 4, 64]));
     let mask = t(&[1.0, 1.0, 1.0, 0.0], &[1, 4]);
-    close(
-        "attention masked",
-        &ops::attention(&q, &k, &v, 1, 0.125, AttentionMask::CausalPadding(&mask)).unwrap(),
-        &g::ATM,
-        1e-5,
-    );
+    close("attention masked", &ops::attention(&q, &k, &v, 1, 0.125, AttentionMask::CausalPadding(&mask)).unwrap(), &g::ATM, 1e-5);
 }
 
 #[test]
@@ -253,22 +123,10 @@ fn modulate_cfg_token_embedding() {
 
     let ids = t(&[0.0, 9.0, 3.0, 5.0, 5.0, 1.0], &[2, 3]);
     let mut y = Tensor::empty(&[2, 3, 3], DType::F32, &Device::Cpu).unwrap();
-    ops::token_embedding_into(
-        &ids,
-        &t(&g::EMB_TOK, &[10, 3]),
-        &t(&g::EMB_POS, &[4, 3]),
-        &mut y,
-    )
-    .unwrap();
+    ops::token_embedding_into(&ids, &t(&g::EMB_TOK, &[10, 3]), &t(&g::EMB_POS, &[4, 3]), &mut y).unwrap();
     close("token embedding", &y, &g::EMB, 0.0);
     let bad = t(&[0.0, 10.0, 3.0, 5.0, 5.0, 1.0], &[2, 3]);
-    let e = ops::token_embedding_into(
-        &bad,
-        &t(&g::EMB_TOK, &[10, 3]),
-        &t(&g::EMB_POS, &[4, 3]),
-        &mut y,
-    )
-    .unwrap_err();
+    let e = ops::token_embedding_into(&bad, &t(&g::EMB_TOK, &[10, 3]), &t(&g::EMB_POS, &[4, 3]), &mut y).unwrap_err();
     assert!(e.to_string().contains("id 10"), "{e}");
 }
 
@@ -280,9 +138,7 @@ fn ddpm_step_and_residual_add() {
     let coef = [1.25f32, 0.5, 0.2];
     let mut xt = t(&x, &[3]);
     ops::ddpm_step_assign(&mut xt, &t(&e, &[3]), Some(&t(&z, &[3])), &t(&coef, &[3])).unwrap();
-    let want: Vec<f32> = (0..3)
-        .map(|i| 1.25 * (x[i] - 0.5 * e[i]) + 0.2 * z[i])
-        .collect();
+    let want: Vec<f32> = (0..3).map(|i| 1.25 * (x[i] - 0.5 * e[i]) + 0.2 * z[i]).collect();
     close("ddpm_step", &xt, &want, 1e-6);
     let mut a = t(&x, &[3]);
     ops::add_assign(&mut a, &t(&e, &[3])).unwrap();
@@ -293,26 +149,12 @@ fn ddpm_step_and_residual_add() {
 fn bad_arguments_are_errors() {
     let x = t(&[0.0; 24], &[1, 2, 3, 4]);
     let w = t(&[0.0; 9], &[9]);
-    let e = ops::depthwise3x3(&x, &w, &t(&[0.0; 4], &[4]), Padding::Zero, None)
-        .unwrap_err()
-        .to_string();
+    let e = ops::depthwise3x3(&x, &w, &t(&[0.0; 4], &[4]), Padding::Zero, None).unwrap_err().to_string();
     assert!(e.contains("weight"), "{e}");
-    assert!(ops::pixel_shuffle(&x, 3)
-        .unwrap_err()
-        .to_string()
-        .contains("not divisible"));
-    assert!(ops::pixel_unshuffle(&x, 2)
-        .unwrap_err()
-        .to_string()
-        .contains("not divisible"));
+    assert!(ops::pixel_shuffle(&x, 3).unwrap_err().to_string().contains("not divisible"));
+    assert!(ops::pixel_unshuffle(&x, 2).unwrap_err().to_string().contains("not divisible"));
     let q = t(&[0.0; 100], &[1, 1, 100]);
-    assert!(ops::attention(&q, &q, &q, 2, 1.0, AttentionMask::None)
-        .unwrap_err()
-        .to_string()
-        .contains("heads of 64"));
+    assert!(ops::attention(&q, &q, &q, 2, 1.0, AttentionMask::None).unwrap_err().to_string().contains("heads of 64"));
     let bf = Tensor::zeros(&[1, 2, 3, 4], DType::BF16, &Device::Cpu).unwrap();
-    assert!(ops::concat_channels(&x, &bf)
-        .unwrap_err()
-        .to_string()
-        .contains("mixed dtypes"));
+    assert!(ops::concat_channels(&x, &bf).unwrap_err().to_string().contains("mixed dtypes"));
 }

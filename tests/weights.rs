@@ -27,12 +27,7 @@ fn round_trip_each_dtype_and_conversion() {
     let v = ramp(24);
     let tensors: Vec<(String, Tensor)> = [DType::F32, DType::BF16, DType::F16]
         .iter()
-        .map(|&d| {
-            (
-                format!("w_{d}"),
-                Tensor::from_f32(&v, &[2, 3, 4], d, &Device::Cpu).unwrap(),
-            )
-        })
+        .map(|&d| (format!("w_{d}"), Tensor::from_f32(&v, &[2, 3, 4], d, &Device::Cpu).unwrap()))
         .collect();
     let path = dir.path().join("m.safetensors");
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
@@ -50,25 +45,14 @@ fn round_trip_each_dtype_and_conversion() {
             // Converting to a narrower type rounds; the values here survive f16 and bf16
             // within their precision.
             for (g, w) in got.iter().zip(&want) {
-                let tol = if target == DType::F32 && t.dtype() == DType::F32 {
-                    0.0
-                } else {
-                    w.abs() * 8e-3
-                };
+                let tol = if target == DType::F32 && t.dtype() == DType::F32 { 0.0 } else { w.abs() * 8e-3 };
                 assert!((g - w).abs() <= tol, "{name} as {target}: {g} vs {w}");
             }
         }
     }
     // f32 → bf16 must be round-to-nearest-even, bit-exact with the half crate.
-    let got = store
-        .load("w_f32", DType::BF16, &Device::Cpu)
-        .unwrap()
-        .to_vec_f32()
-        .unwrap();
-    let want: Vec<f32> = v
-        .iter()
-        .map(|&x| half::bf16::from_f32(x).to_f32())
-        .collect();
+    let got = store.load("w_f32", DType::BF16, &Device::Cpu).unwrap().to_vec_f32().unwrap();
+    let want: Vec<f32> = v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
     assert_eq!(got, want);
 }
 
@@ -77,16 +61,8 @@ fn sharded_checkpoint_through_its_index() {
     let dir = tempfile::tempdir().unwrap();
     let a = Tensor::from_f32(&ramp(6), &[2, 3], DType::F32, &Device::Cpu).unwrap();
     let b = Tensor::from_f32(&ramp(4), &[4], DType::BF16, &Device::Cpu).unwrap();
-    save(
-        dir.path().join("model-00001-of-00002.safetensors"),
-        &[("layer.0.weight", &a)],
-    )
-    .unwrap();
-    save(
-        dir.path().join("model-00002-of-00002.safetensors"),
-        &[("layer.1.weight", &b)],
-    )
-    .unwrap();
+    save(dir.path().join("model-00001-of-00002.safetensors"), &[("layer.0.weight", &a)]).unwrap();
+    save(dir.path().join("model-00002-of-00002.safetensors"), &[("layer.1.weight", &b)]).unwrap();
     let index = dir.path().join("model.safetensors.index.json");
     std::fs::write(
         &index,
@@ -99,18 +75,8 @@ fn sharded_checkpoint_through_its_index() {
     assert_eq!(store.files().len(), 2);
     let vb = VarBuilder::new(store, DType::F32, &Device::Cpu);
     let l = vb.pp("layer");
-    assert_eq!(
-        l.pp(0)
-            .get("weight", &[2, 3])
-            .unwrap()
-            .to_vec_f32()
-            .unwrap(),
-        ramp(6)
-    );
-    assert_eq!(
-        l.pp(1).get("weight", &[4]).unwrap().to_vec_f32().unwrap(),
-        b.to_vec_f32().unwrap()
-    );
+    assert_eq!(l.pp(0).get("weight", &[2, 3]).unwrap().to_vec_f32().unwrap(), ramp(6));
+    assert_eq!(l.pp(1).get("weight", &[4]).unwrap().to_vec_f32().unwrap(), b.to_vec_f32().unwrap());
     vb.finish().unwrap();
 }
 
@@ -119,42 +85,21 @@ fn report_lists_missing_wrong_shape_and_unused() {
     let dir = tempfile::tempdir().unwrap();
     let t = Tensor::from_f32(&ramp(6), &[2, 3], DType::F32, &Device::Cpu).unwrap();
     let path = dir.path().join("m.safetensors");
-    save(
-        &path,
-        &[("a.weight", &t), ("a.bias", &t), ("extra.weight", &t)],
-    )
-    .unwrap();
-    let vb = VarBuilder::new(
-        WeightStore::open(&[&path]).unwrap(),
-        DType::F32,
-        &Device::Cpu,
-    );
+    save(&path, &[("a.weight", &t), ("a.bias", &t), ("extra.weight", &t)]).unwrap();
+    let vb = VarBuilder::new(WeightStore::open(&[&path]).unwrap(), DType::F32, &Device::Cpu);
     let a = vb.pp("a");
     let e = a.get("weight", &[3, 2]).unwrap_err().to_string();
-    assert!(
-        e.contains("a.weight") && e.contains("[2, 3]") && e.contains("[3, 2]"),
-        "{e}"
-    );
+    assert!(e.contains("a.weight") && e.contains("[2, 3]") && e.contains("[3, 2]"), "{e}");
     let e = a.get("gamma", &[3]).unwrap_err().to_string();
     assert!(e.contains("a.gamma") && e.contains("missing"), "{e}");
     a.get("bias", &[2, 3]).unwrap();
 
     let report = vb.report();
     assert_eq!(report.missing, vec!["a.gamma".to_string()]);
-    assert_eq!(
-        report.wrong_shape,
-        vec![("a.weight".to_string(), vec![3, 2], vec![2, 3])]
-    );
+    assert_eq!(report.wrong_shape, vec![("a.weight".to_string(), vec![3, 2], vec![2, 3])]);
     assert_eq!(report.unused, vec!["extra.weight".to_string()]);
     let e = vb.finish().unwrap_err().to_string();
-    for needle in [
-        "a.gamma",
-        "a.weight",
-        "extra.weight",
-        "missing",
-        "wrong shape",
-        "unused",
-    ] {
+    for needle in ["a.gamma", "a.weight", "extra.weight", "missing", "wrong shape", "unused"] {
         assert!(e.contains(needle), "finish() message lacks '{needle}': {e}");
     }
 }
@@ -162,21 +107,10 @@ fn report_lists_missing_wrong_shape_and_unused() {
 #[test]
 fn unsupported_dtype_is_an_error_naming_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
-    let p = raw_file(
-        dir.path(),
-        "i64.safetensors",
-        r#"{"n":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#,
-        &[0; 8],
-    );
+    let p = raw_file(dir.path(), "i64.safetensors", r#"{"n":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#, &[0; 8]);
     let store = WeightStore::open(&[&p]).unwrap();
-    let e = store
-        .load("n", DType::F32, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("'n'") && e.contains("I64") && e.contains("i64.safetensors"),
-        "{e}"
-    );
+    let e = store.load("n", DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("'n'") && e.contains("I64") && e.contains("i64.safetensors"), "{e}");
 }
 
 /// Each corruption gives an error naming the file and a phrase describing the problem.
@@ -186,44 +120,14 @@ fn corrupt_files_give_errors_not_panics() {
     let d = dir.path();
     let good_header = r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
     let cases: Vec<(&str, PathBuf, &str)> = vec![
-        (
-            "truncated data",
-            raw_file(d, "trunc.safetensors", good_header, &[0; 5]),
-            "truncated",
-        ),
-        (
-            "trailing bytes",
-            raw_file(d, "trail.safetensors", good_header, &[0; 12]),
-            "trailing",
-        ),
-        (
-            "bad JSON",
-            raw_file(d, "json.safetensors", r#"{"x":{"dtype":"F32","#, &[]),
-            "malformed",
-        ),
-        (
-            "not an object",
-            raw_file(d, "notobj.safetensors", "[1, 2, 3]", &[]),
-            "malformed",
-        ),
-        (
-            "unknown dtype",
-            raw_file(
-                d,
-                "dtype.safetensors",
-                r#"{"x":{"dtype":"F12","shape":[2],"data_offsets":[0,8]}}"#,
-                &[0; 8],
-            ),
-            "dtype",
-        ),
+        ("truncated data", raw_file(d, "trunc.safetensors", good_header, &[0; 5]), "truncated"),
+        ("trailing bytes", raw_file(d, "trail.safetensors", good_header, &[0; 12]), "trailing"),
+        ("bad JSON", raw_file(d, "json.safetensors", r#"{"x":{"dtype":"F32","#, &[]), "malformed"),
+        ("not an object", raw_file(d, "notobj.safetensors", "[1, 2, 3]", &[]), "malformed"),
+        ("unknown dtype", raw_file(d, "dtype.safetensors", r#"{"x":{"dtype":"F12","shape":[2],"data_offsets":[0,8]}}"#, &[0; 8]), "dtype"),
         (
             "offsets out of range",
-            raw_file(
-                d,
-                "range.safetensors",
-                r#"{"x":{"dtype":"F32","shape":[200],"data_offsets":[0,800]}}"#,
-                &[0; 8],
-            ),
+            raw_file(d, "range.safetensors", r#"{"x":{"dtype":"F32","shape":[200],"data_offsets":[0,800]}}"#, &[0; 8]),
             "truncated",
         ),
         (
@@ -238,32 +142,19 @@ fn corrupt_files_give_errors_not_panics() {
         ),
         (
             "length does not match shape",
-            raw_file(
-                d,
-                "len.safetensors",
-                r#"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
-                &[0; 8],
-            ),
+            raw_file(d, "len.safetensors", r#"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &[0; 8]),
             "does not match",
         ),
         (
             "shape overflow",
-            raw_file(
-                d,
-                "ovf.safetensors",
-                r#"{"x":{"dtype":"F32","shape":[18446744073709551615,4],"data_offsets":[0,8]}}"#,
-                &[0; 8],
-            ),
+            raw_file(d, "ovf.safetensors", r#"{"x":{"dtype":"F32","shape":[18446744073709551615,4],"data_offsets":[0,8]}}"#, &[0; 8]),
             "overflow",
         ),
     ];
     for (what, path, needle) in &cases {
         let e = WeightStore::open(&[path]).expect_err(what).to_string();
         let file = path.file_name().unwrap().to_string_lossy();
-        assert!(
-            e.contains(&*file),
-            "{what}: message does not name the file: {e}"
-        );
+        assert!(e.contains(&*file), "{what}: message does not name the file: {e}");
         assert!(e.contains(needle), "{what}: message lacks '{needle}': {e}");
     }
 
@@ -273,24 +164,13 @@ fn corrupt_files_give_errors_not_panics() {
     bytes.extend_from_slice(b"{}");
     std::fs::write(&p, &bytes).unwrap();
     let e = WeightStore::open(&[&p]).unwrap_err().to_string();
-    assert!(
-        e.contains("hdr.safetensors") && e.contains("past the end"),
-        "{e}"
-    );
+    assert!(e.contains("hdr.safetensors") && e.contains("past the end"), "{e}");
     let p = d.join("tiny.safetensors");
     std::fs::write(&p, [1, 2, 3]).unwrap();
     let e = WeightStore::open(&[&p]).unwrap_err().to_string();
-    assert!(
-        e.contains("tiny.safetensors") && e.contains("too small"),
-        "{e}"
-    );
-    let e = WeightStore::open(&[d.join("absent.safetensors")])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("absent.safetensors") && e.contains("cannot open"),
-        "{e}"
-    );
+    assert!(e.contains("tiny.safetensors") && e.contains("too small"), "{e}");
+    let e = WeightStore::open(&[d.join("absent.safetensors")]).unwrap_err().to_string();
+    assert!(e.contains("absent.safetensors") && e.contains("cannot open"), "{e}");
 }
 
 #[test]
@@ -300,16 +180,8 @@ fn corrupt_indexes_give_errors() {
     let cases = [
         ("bad.index.json", "{not json", "invalid JSON"),
         ("nomap.index.json", r#"{"metadata": {}}"#, "weight_map"),
-        (
-            "escape.index.json",
-            r#"{"weight_map": {"a": "../x.safetensors"}}"#,
-            "plain file name",
-        ),
-        (
-            "missing.index.json",
-            r#"{"weight_map": {"a": "gone.safetensors"}}"#,
-            "gone.safetensors",
-        ),
+        ("escape.index.json", r#"{"weight_map": {"a": "../x.safetensors"}}"#, "plain file name"),
+        ("missing.index.json", r#"{"weight_map": {"a": "gone.safetensors"}}"#, "gone.safetensors"),
     ];
     for (name, text, needle) in cases {
         let p = d.join(name);

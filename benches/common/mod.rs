@@ -31,15 +31,9 @@ pub struct Runner {
 impl Runner {
     /// A runner on `dev`, configured from the command line and CASCADE_BENCH_QUICK.
     pub fn new(dev: Device) -> Self {
-        let criterion = Criterion::default()
-            .configure_from_args()
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
-        Runner {
-            criterion,
-            quick: std::env::var_os("CASCADE_BENCH_QUICK").is_some(),
-            dev,
-        }
+        let criterion =
+            Criterion::default().configure_from_args().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+        Runner { criterion, quick: std::env::var_os("CASCADE_BENCH_QUICK").is_some(), dev }
     }
 
     /// The device.
@@ -52,9 +46,7 @@ impl Runner {
     pub fn run(&mut self, name: &str, flops: Option<f64>, bytes: Option<f64>, mut f: impl FnMut()) {
         let dev = self.dev.clone();
         if !self.quick {
-            self.criterion.bench_function(name, |b| {
-                b.iter_custom(|iters| time_iters(&dev, iters, &mut f))
-            });
+            self.criterion.bench_function(name, |b| b.iter_custom(|iters| time_iters(&dev, iters, &mut f)));
         }
         summary(&dev, name, flops, bytes, &mut f);
     }
@@ -82,9 +74,7 @@ pub fn time_iters(dev: &Device, iters: u64, mut f: impl FnMut()) -> Duration {
 fn summary(dev: &Device, name: &str, flops: Option<f64>, bytes: Option<f64>, mut f: impl FnMut()) {
     let (reps, per_batch) = (7, 20u32);
     time_iters(dev, 3, &mut f);
-    let mut times: Vec<Duration> = (0..reps)
-        .map(|_| time_iters(dev, per_batch as u64, &mut f) / per_batch)
-        .collect();
+    let mut times: Vec<Duration> = (0..reps).map(|_| time_iters(dev, per_batch as u64, &mut f) / per_batch).collect();
     times.sort();
     let s = times[reps / 2].as_secs_f64();
     let rate = match (flops, bytes) {

@@ -98,19 +98,9 @@ impl Blas {
             return Err(Error::NoCuda("cuBLASLt (libcublasLt.so) is not on the loader path; install the CUDA runtime libraries".into()));
         }
         let handle = lt::create_handle().map_err(|e| blas_err("create", e))?;
-        let workspace = stream
-            .alloc_zeros::<u8>(WORKSPACE_BYTES)
-            .map_err(|e| super::driver_err("allocating the cuBLASLt workspace", e))?;
+        let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(|e| super::driver_err("allocating the cuBLASLt workspace", e))?;
         let workspace_ptr = workspace.device_ptr(stream).0;
-        Ok(Self {
-            inner: Mutex::new(Inner {
-                handle,
-                plans: HashMap::new(),
-            }),
-            workspace,
-            workspace_ptr,
-            stream: stream.clone(),
-        })
+        Ok(Self { inner: Mutex::new(Inner { handle, plans: HashMap::new() }), workspace, workspace_ptr, stream: stream.clone() })
     }
 
     fn plan(handle: sys::cublasLtHandle_t, key: Key) -> Result<Plan> {
@@ -118,38 +108,21 @@ impl Blas {
             (DType::F32, true) => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
             _ => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
         };
-        let desc = lt::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F)
-            .map_err(|e| blas_err("matmul desc", e))?;
+        let desc = lt::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F).map_err(|e| blas_err("matmul desc", e))?;
         let dt = data_type(key.dtype);
-        let mk = |rows, cols, ld| {
-            lt::create_matrix_layout(dt, rows, cols, ld).map_err(|e| blas_err("matrix layout", e))
-        };
+        let mk = |rows, cols, ld| lt::create_matrix_layout(dt, rows, cols, ld).map_err(|e| blas_err("matrix layout", e));
         let a = mk(key.k, key.n, key.k as i64)?;
         let b = mk(key.k, key.m, key.k as i64)?;
         let d = mk(key.n, key.m, key.n as i64)?;
-        let mut plan = Plan {
-            desc,
-            a,
-            b,
-            d,
-            algo: unsafe { std::mem::zeroed() },
-        };
+        let mut plan = Plan { desc, a, b, d, algo: unsafe { std::mem::zeroed() } };
         let set = |attr, v: *const c_void, size| {
-            unsafe { lt::set_matmul_desc_attribute(desc, attr, v, size) }
-                .map_err(|e| blas_err("desc attribute", e))
+            unsafe { lt::set_matmul_desc_attribute(desc, attr, v, size) }.map_err(|e| blas_err("desc attribute", e))
         };
         // cublasOperation_t is an int32 enum; 1 = CUBLAS_OP_T.
         let trans: i32 = 1;
-        set(
-            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-            &trans as *const _ as _,
-            std::mem::size_of_val(&trans),
-        )?;
-        let epilogue = if key.bias {
-            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
-        } else {
-            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
-        };
+        set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &trans as *const _ as _, std::mem::size_of_val(&trans))?;
+        let epilogue =
+            if key.bias { sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS } else { sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT };
         set(
             sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
             &epilogue as *const _ as _,
@@ -177,15 +150,7 @@ impl Blas {
             let _ = lt::destroy_matmul_pref(pref);
             r
         }
-        .map_err(|e| {
-            blas_err(
-                &format!(
-                    "no algorithm for {}x{}x{} {}",
-                    key.m, key.k, key.n, key.dtype
-                ),
-                e,
-            )
-        })?;
+        .map_err(|e| blas_err(&format!("no algorithm for {}x{}x{} {}", key.m, key.k, key.n, key.dtype), e))?;
         plan.algo = heuristic.algo;
         Ok(plan)
     }
@@ -207,14 +172,7 @@ impl Blas {
         dtype: DType,
         tf32: bool,
     ) -> Result<()> {
-        let key = Key {
-            m: m as u64,
-            n: n as u64,
-            k: k as u64,
-            dtype,
-            bias: bias.is_some(),
-            tf32,
-        };
+        let key = Key { m: m as u64, n: n as u64, k: k as u64, dtype, bias: bias.is_some(), tf32 };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let handle = inner.handle;
         let plan = match inner.plans.entry(key) {

@@ -11,8 +11,7 @@ pub mod params;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
-    LaunchConfig, PushKernelArg,
+    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
 };
 
 use crate::{Error, Result};
@@ -20,16 +19,13 @@ use crate::{Error, Result};
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
 fn load_module(ctx: &Arc<CudaContext>, file: &str, fatbin: &[u8]) -> Result<Arc<CudaModule>> {
-    ctx.load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
-        .map_err(|e| Error::Cuda(format!("loading kernels/{file}.cu's fatbin: {e} (a GPU older than sm_80, or a driver older than CUDA 13.0?)")))
+    ctx.load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec())).map_err(|e| {
+        Error::Cuda(format!("loading kernels/{file}.cu's fatbin: {e} (a GPU older than sm_80, or a driver older than CUDA 13.0?)"))
+    })
 }
 
 fn load_function(m: &Arc<CudaModule>, file: &str, name: &str) -> Result<CudaFunction> {
-    m.load_function(name).map_err(|e| {
-        Error::Cuda(format!(
-            "kernel `{name}` missing from kernels/{file}.cu's fatbin: {e}"
-        ))
-    })
+    m.load_function(name).map_err(|e| Error::Cuda(format!("kernel `{name}` missing from kernels/{file}.cu's fatbin: {e}")))
 }
 
 /// Maps a driver error to the engine's error, keeping out-of-memory distinct.
@@ -70,34 +66,21 @@ impl CudaDevice {
                 "the NVIDIA driver library (libcuda.so) is not installed or not on the loader path; use --device cpu".into(),
             ));
         }
-        let count = CudaContext::device_count().map_err(|e| {
-            Error::NoCuda(format!(
-                "the driver reports no usable GPU ({e}); use --device cpu"
-            ))
-        })?;
+        let count =
+            CudaContext::device_count().map_err(|e| Error::NoCuda(format!("the driver reports no usable GPU ({e}); use --device cpu")))?;
         if count <= 0 {
-            return Err(Error::NoCuda(
-                "the driver sees no GPU; use --device cpu".into(),
-            ));
+            return Err(Error::NoCuda("the driver sees no GPU; use --device cpu".into()));
         }
         if ordinal >= count as usize {
-            return Err(Error::NoCuda(format!(
-                "asked for GPU {ordinal}, but only {count} GPU(s) are visible (0..{})",
-                count - 1
-            )));
+            return Err(Error::NoCuda(format!("asked for GPU {ordinal}, but only {count} GPU(s) are visible (0..{})", count - 1)));
         }
-        let ctx = CudaContext::new(ordinal)
-            .map_err(|e| Error::NoCuda(format!("cannot open GPU {ordinal}: {e}")))?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoCuda(format!("cannot open GPU {ordinal}: {e}")))?;
         // SAFETY: one stream per device, so cudarc's cross-stream events are not needed, and
         // they would break graph capture.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx
-            .new_stream()
-            .map_err(|e| driver_err("creating a stream", e))?;
+        let stream = ctx.new_stream().map_err(|e| driver_err("creating a stream", e))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let compute_capability = ctx
-            .compute_capability()
-            .map_err(|e| driver_err("reading the compute capability", e))?;
+        let compute_capability = ctx.compute_capability().map_err(|e| driver_err("reading the compute capability", e))?;
         if compute_capability.0 < 8 {
             return Err(Error::NoCuda(format!(
                 "{name} has compute capability {}.{}; the kernels need sm_80 (Ampere) or newer",
@@ -106,16 +89,7 @@ impl CudaDevice {
         }
         let kernels = Kernels::load(&ctx)?;
         let blas = blas::Blas::new(&stream)?;
-        Ok(Arc::new(Self {
-            ordinal,
-            name,
-            compute_capability,
-            ctx,
-            stream,
-            kernels,
-            blas,
-            allow_tf32: false.into(),
-        }))
+        Ok(Arc::new(Self { ordinal, name, compute_capability, ctx, stream, kernels, blas, allow_tf32: false.into() }))
     }
 
     /// The ordinal this device was opened with.
@@ -150,8 +124,7 @@ impl CudaDevice {
     /// Lets f32 GEMMs use TF32 tensor cores (about 1e-3 relative error per product). Off by
     /// default: f32 means strict f32, which is what the fidelity tests compare.
     pub fn set_allow_tf32(&self, allow: bool) {
-        self.allow_tf32
-            .store(allow, std::sync::atomic::Ordering::Relaxed);
+        self.allow_tf32.store(allow, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether f32 GEMMs may use TF32.
@@ -161,17 +134,13 @@ impl CudaDevice {
 
     /// (free, total) device memory in bytes.
     pub fn memory_info(&self) -> Result<(usize, usize)> {
-        self.ctx
-            .mem_get_info()
-            .map_err(|e| driver_err("cuMemGetInfo", e))
+        self.ctx.mem_get_info().map_err(|e| driver_err("cuMemGetInfo", e))
     }
 
     /// Waits until all work queued on the stream has finished; surfaces asynchronous kernel
     /// errors.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| driver_err("stream synchronize", e))
+        self.stream.synchronize().map_err(|e| driver_err("stream synchronize", e))
     }
 
     /// Allocates `bytes` of uninitialised device memory.
@@ -180,21 +149,14 @@ impl CudaDevice {
         // has a distinct address.
         let n = bytes.max(1);
         // SAFETY: the memory is uninitialised; every user writes before reading.
-        let slice = unsafe { self.stream.alloc::<u8>(n) }
-            .map_err(|e| driver_err(&format!("allocating {n} bytes on {}", self.name), e))?;
+        let slice = unsafe { self.stream.alloc::<u8>(n) }.map_err(|e| driver_err(&format!("allocating {n} bytes on {}", self.name), e))?;
         let ptr = slice.device_ptr(&self.stream).0;
-        Ok(CudaBuffer {
-            ptr,
-            bytes: n,
-            _slice: slice,
-        })
+        Ok(CudaBuffer { ptr, bytes: n, _slice: slice })
     }
 
     /// Copies host bytes to device address `dst`.
     pub(crate) fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| driver_err("binding the context", e))?;
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
         // SAFETY: `dst` points to at least src.len() bytes of a live buffer (callers check);
         // a copy from pageable memory has read `src` when the call returns.
         unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
@@ -203,9 +165,7 @@ impl CudaDevice {
 
     /// Copies device bytes at `src` to host memory and waits for the copy.
     pub(crate) fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| driver_err("binding the context", e))?;
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
         // SAFETY: `src` points to at least dst.len() bytes of a live buffer (callers check).
         unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
             .map_err(|e| driver_err("copying from the GPU", e))?;
@@ -214,14 +174,10 @@ impl CudaDevice {
 
     /// Copies `bytes` between device addresses.
     pub(crate) fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| driver_err("binding the context", e))?;
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
         // SAFETY: both ranges lie inside live buffers (callers check).
-        unsafe {
-            cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream())
-        }
-        .map_err(|e| driver_err("copying on the GPU", e))
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("copying on the GPU", e))
     }
 
     /// Launches `f` with one parameter struct passed by value.
@@ -233,25 +189,14 @@ impl CudaDevice {
         smem: u32,
         params: &P,
     ) -> Result<()> {
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: block,
-            shared_mem_bytes: smem,
-        };
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
         // SAFETY: every params struct comes from kernels/params.h through bindgen, so its layout
         // is the kernel's; the launchers check every pointer's buffer size before launching.
-        unsafe { self.stream.launch_builder(f).arg(params).launch(cfg) }
-            .map(|_| ())
-            .map_err(|e| driver_err("kernel launch", e))
+        unsafe { self.stream.launch_builder(f).arg(params).launch(cfg) }.map(|_| ()).map_err(|e| driver_err("kernel launch", e))
     }
 
     /// A 1-D grid-stride launch over `n` elements.
-    pub(crate) fn launch_1d<P: cudarc::driver::DeviceRepr>(
-        &self,
-        f: &CudaFunction,
-        n: usize,
-        params: &P,
-    ) -> Result<()> {
+    pub(crate) fn launch_1d<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, n: usize, params: &P) -> Result<()> {
         let blocks = n.div_ceil(256).clamp(1, 65535 * 8) as u32;
         self.launch(f, (blocks, 1, 1), (256, 1, 1), 0, params)
     }
@@ -267,9 +212,7 @@ impl CudaDevice {
         result?;
         let graph = graph.map_err(|e| driver_err("instantiating the captured graph", e))?;
         let graph = graph.ok_or_else(|| Error::Cuda("graph capture recorded nothing".into()))?;
-        graph
-            .upload()
-            .map_err(|e| driver_err("uploading the graph", e))?;
+        graph.upload().map_err(|e| driver_err("uploading the graph", e))?;
         Ok(Graph { graph })
     }
 }
@@ -282,9 +225,7 @@ pub struct Graph {
 impl Graph {
     /// Queues one replay (asynchronous).
     pub fn replay(&self) -> Result<()> {
-        self.graph
-            .launch()
-            .map_err(|e| driver_err("replaying a graph", e))
+        self.graph.launch().map_err(|e| driver_err("replaying a graph", e))
     }
 }
 

@@ -31,12 +31,7 @@ fn act_into(x: &Tensor, bias: Option<&Tensor>, act: Act, y: &mut Tensor) -> Resu
                 Act::Gelu => cpu::gelu,
                 Act::Silu => cpu::silu,
             };
-            let v: Vec<f32> = x
-                .cpu_f32()?
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| f(v + b.as_ref().map_or(0.0, |b| b[i % c])))
-                .collect();
+            let v: Vec<f32> = x.cpu_f32()?.iter().enumerate().map(|(i, &v)| f(v + b.as_ref().map_or(0.0, |b| b[i % c]))).collect();
             y.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
@@ -54,11 +49,7 @@ fn act_into(x: &Tensor, bias: Option<&Tensor>, act: Act, y: &mut Tensor) -> Resu
                 C: c as i32,
                 act: code,
             };
-            dev.launch_1d(
-                super::kernel(op, x.dtype(), &k.act_f32, &k.act_bf16)?,
-                x.numel(),
-                &p,
-            )
+            dev.launch_1d(super::kernel(op, x.dtype(), &k.act_f32, &k.act_bf16)?, x.numel(), &p)
         }
     }
 }

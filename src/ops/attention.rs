@@ -18,25 +18,12 @@ pub enum AttentionMask<'a> {
 }
 
 /// `o = softmax(q·kᵀ·scale)·v` per head. `q [B, Lq, H·64]`, `k`/`v [B, Lk, H·64]`, `o [B, Lq, H·64]`.
-pub fn attention_into(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    scale: f32,
-    mask: AttentionMask,
-    o: &mut Tensor,
-) -> Result<()> {
+pub fn attention_into(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32, mask: AttentionMask, o: &mut Tensor) -> Result<()> {
     let &[b, lq, c] = q.shape() else {
-        return Err(Error::Shape(format!(
-            "attention: q must be [B, Lq, C], got {:?}",
-            q.shape()
-        )));
+        return Err(Error::Shape(format!("attention: q must be [B, Lq, C], got {:?}", q.shape())));
     };
     if heads == 0 || c != heads * HEAD_DIM {
-        return Err(Error::Shape(format!(
-            "attention: {c} channels are not {heads} heads of {HEAD_DIM}"
-        )));
+        return Err(Error::Shape(format!("attention: {c} channels are not {heads} heads of {HEAD_DIM}")));
     }
     let lk = k.shape().get(1).copied().unwrap_or(0);
     check_shape("attention", "k", k, &[b, lk, c])?;
@@ -57,19 +44,7 @@ pub fn attention_into(
     match q.device() {
         Device::Cpu => {
             let m = key_mask.map(|m| m.cpu_f32()).transpose()?;
-            let out = cpu::attention(
-                &q.cpu_f32()?,
-                &k.cpu_f32()?,
-                &v.cpu_f32()?,
-                b,
-                heads,
-                lq,
-                lk,
-                HEAD_DIM,
-                scale,
-                causal,
-                m.as_deref(),
-            );
+            let out = cpu::attention(&q.cpu_f32()?, &k.cpu_f32()?, &v.cpu_f32()?, b, heads, lq, lk, HEAD_DIM, scale, causal, m.as_deref());
             o.set_cpu_f32(&out)
         }
         #[cfg(feature = "cuda")]
@@ -91,32 +66,14 @@ pub fn attention_into(
                 causal: causal as i32,
                 scale,
             };
-            let f = super::kernel(
-                "attention",
-                q.dtype(),
-                &kt.attention_f32,
-                &kt.attention_bf16,
-            )?;
-            dev.launch(
-                f,
-                (lq.div_ceil(128) as u32, heads as u32, b as u32),
-                (128, 1, 1),
-                0,
-                &p,
-            )
+            let f = super::kernel("attention", q.dtype(), &kt.attention_f32, &kt.attention_bf16)?;
+            dev.launch(f, (lq.div_ceil(128) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
         }
     }
 }
 
 /// [`attention_into`] as a new tensor.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    scale: f32,
-    mask: AttentionMask,
-) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32, mask: AttentionMask) -> Result<Tensor> {
     let mut o = Tensor::empty(q.shape(), q.dtype(), &q.device())?;
     attention_into(q, k, v, heads, scale, mask, &mut o)?;
     Ok(o)

@@ -24,9 +24,7 @@ pub enum Padding {
 fn image_dims(op: &str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
     match x.shape() {
         &[b, h, w, c] => Ok((b, h, w, c)),
-        s => Err(Error::Shape(format!(
-            "{op}: expected a token-major image [B, H, W, C], got {s:?}"
-        ))),
+        s => Err(Error::Shape(format!("{op}: expected a token-major image [B, H, W, C], got {s:?}"))),
     }
 }
 
@@ -78,94 +76,55 @@ pub fn depthwise3x3_into(
                 eps: layer_norm.unwrap_or(0.0),
             };
             if layer_norm.is_some() && c * 4 > 48 * 1024 {
-                return Err(Error::Shape(format!(
-                    "depthwise3x3: {c} channels exceed the fused LayerNorm's 12288-channel buffer"
-                )));
+                return Err(Error::Shape(format!("depthwise3x3: {c} channels exceed the fused LayerNorm's 12288-channel buffer")));
             }
             let smem = if layer_norm.is_some() { c * 4 } else { 0 };
-            let f = super::kernel(
-                "depthwise3x3",
-                x.dtype(),
-                &k.depthwise_f32,
-                &k.depthwise_bf16,
-            )?;
-            dev.launch(
-                f,
-                ((b * h * w) as u32, 1, 1),
-                (super::row_block(c), 1, 1),
-                smem as u32,
-                &p,
-            )
+            let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
+            dev.launch(f, ((b * h * w) as u32, 1, 1), (super::row_block(c), 1, 1), smem as u32, &p)
         }
     }
 }
 
 /// [`depthwise3x3_into`] as a new tensor.
-pub fn depthwise3x3(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    padding: Padding,
-    layer_norm: Option<f32>,
-) -> Result<Tensor> {
+pub fn depthwise3x3(x: &Tensor, weight: &Tensor, bias: &Tensor, padding: Padding, layer_norm: Option<f32>) -> Result<Tensor> {
     let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
     depthwise3x3_into(x, weight, bias, padding, layer_norm, &mut y)?;
     Ok(y)
 }
 
-fn shuffle_shape(x: &Tensor, r: usize, unshuffle: bool) -> Result<[usize; 4]> {
-    let op = if unshuffle {
-        "pixel_unshuffle"
-    } else {
-        "pixel_shuffle"
-    };
+fn shuffle_shape(x: &Tensor, r: usize, unshuffle: bool, floor: bool) -> Result<[usize; 4]> {
+    let op = if unshuffle { "pixel_unshuffle" } else { "pixel_shuffle" };
     let (b, h, w, c) = image_dims(op, x)?;
     if r == 0 {
         return Err(Error::Shape(format!("{op}: factor must be positive")));
     }
     if unshuffle {
-        if h % r != 0 || w % r != 0 {
-            return Err(Error::Shape(format!(
-                "{op}: {h}×{w} is not divisible by {r}"
-            )));
+        if !floor && (h % r != 0 || w % r != 0) || h < r || w < r {
+            return Err(Error::Shape(format!("{op}: {h}×{w} is not divisible by {r}")));
         }
         Ok([b, h / r, w / r, c * r * r])
     } else {
         if c % (r * r) != 0 {
-            return Err(Error::Shape(format!(
-                "{op}: {c} channels are not divisible by {}",
-                r * r
-            )));
+            return Err(Error::Shape(format!("{op}: {c} channels are not divisible by {}", r * r)));
         }
         Ok([b, h * r, w * r, c / (r * r)])
     }
 }
 
-fn shuffle_into(x: &Tensor, r: usize, unshuffle: bool, y: &mut Tensor) -> Result<()> {
-    let op = if unshuffle {
-        "pixel_unshuffle"
-    } else {
-        "pixel_shuffle"
-    };
-    let out = shuffle_shape(x, r, unshuffle)?;
+/// `floor`: unshuffle the top-left `⌊H/r⌋·r × ⌊W/r⌋·r` region (a stride-r convolution's view).
+fn shuffle_into(x: &Tensor, r: usize, unshuffle: bool, floor: bool, y: &mut Tensor) -> Result<()> {
+    let op = if unshuffle { "pixel_unshuffle" } else { "pixel_shuffle" };
+    let out = shuffle_shape(x, r, unshuffle, floor)?;
     check_shape(op, "output", y, &out)?;
     check_dtype(op, x.dtype(), &[y])?;
     check_device(op, &x.device(), &[y])?;
-    // The low-resolution side's (h, w) and the per-sub-pixel channel count c.
-    let (lo, c) = if unshuffle {
-        (out, x.dim(3))
-    } else {
-        ([0, x.dim(1), x.dim(2), 0], out[3])
-    };
-    let (b, h, w) = (out[0], lo[1], lo[2]);
+    // Low-resolution (h, w), per-sub-pixel channels c, and the high-resolution tensor's (hs, ws).
+    let (b, h, w, c, hs, ws) =
+        if unshuffle { (out[0], out[1], out[2], x.dim(3), x.dim(1), x.dim(2)) } else { (out[0], x.dim(1), x.dim(2), out[3], out[1], out[2]) };
     match x.device() {
         Device::Cpu => {
             let xv = x.cpu_f32()?;
-            let v = if unshuffle {
-                cpu::pixel_unshuffle(&xv, b, h, w, c, r)
-            } else {
-                cpu::pixel_shuffle(&xv, b, h, w, c, r)
-            };
+            let v = if unshuffle { cpu::pixel_unshuffle(&xv, b, hs, ws, c, r) } else { cpu::pixel_shuffle(&xv, b, h, w, c, r) };
             y.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
@@ -180,34 +139,36 @@ fn shuffle_into(x: &Tensor, r: usize, unshuffle: bool, y: &mut Tensor) -> Result
                 C: c as i32,
                 r: r as i32,
                 unshuffle: unshuffle as i32,
+                Hs: hs as i32,
+                Ws: ws as i32,
             };
             let f = super::kernel(op, x.dtype(), &k.pixel_shuffle_f32, &k.pixel_shuffle_bf16)?;
-            dev.launch_1d(f, x.numel(), &p)
+            dev.launch_1d(f, b * h * w * c * r * r, &p)
         }
     }
 }
 
 /// PixelShuffle(r): `[B, H, W, C·r²]` → `y [B, H·r, W·r, C]` (PyTorch channel order).
 pub fn pixel_shuffle_into(x: &Tensor, r: usize, y: &mut Tensor) -> Result<()> {
-    shuffle_into(x, r, false, y)
+    shuffle_into(x, r, false, false, y)
 }
 
 /// PixelUnshuffle(r): `[B, H·r, W·r, C]` → `y [B, H, W, C·r²]` (PyTorch channel order).
 pub fn pixel_unshuffle_into(x: &Tensor, r: usize, y: &mut Tensor) -> Result<()> {
-    shuffle_into(x, r, true, y)
+    shuffle_into(x, r, true, false, y)
 }
 
 /// [`pixel_shuffle_into`] as a new tensor.
 pub fn pixel_shuffle(x: &Tensor, r: usize) -> Result<Tensor> {
-    let mut y = Tensor::empty(&shuffle_shape(x, r, false)?, x.dtype(), &x.device())?;
-    shuffle_into(x, r, false, &mut y)?;
+    let mut y = Tensor::empty(&shuffle_shape(x, r, false, false)?, x.dtype(), &x.device())?;
+    shuffle_into(x, r, false, false, &mut y)?;
     Ok(y)
 }
 
 /// [`pixel_unshuffle_into`] as a new tensor.
 pub fn pixel_unshuffle(x: &Tensor, r: usize) -> Result<Tensor> {
-    let mut y = Tensor::empty(&shuffle_shape(x, r, true)?, x.dtype(), &x.device())?;
-    shuffle_into(x, r, true, &mut y)?;
+    let mut y = Tensor::empty(&shuffle_shape(x, r, true, false)?, x.dtype(), &x.device())?;
+    shuffle_into(x, r, true, false, &mut y)?;
     Ok(y)
 }
 
@@ -248,23 +209,17 @@ pub fn im2col3x3(x: &Tensor) -> Result<Tensor> {
 /// Conv2d(k=2, s=2, p=0) as pixel-unshuffle + GEMM. `w` is the PyTorch weight `[O, C, 2, 2]`
 /// viewed as `[O, 4C]` (its flattening order is pixel-unshuffle's channel order).
 pub fn conv2x2_s2(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    linear(&pixel_unshuffle(x, 2)?, w, Some(bias))
+    // Odd sizes lose their last row/column, as PyTorch's stride-2 convolution does.
+    let mut cols = Tensor::empty(&shuffle_shape(x, 2, true, true)?, x.dtype(), &x.device())?;
+    shuffle_into(x, 2, true, true, &mut cols)?;
+    linear(&cols, w, Some(bias))
 }
 
 /// Reorders a ConvTranspose2d(k=2, s=2) weight `[Cin, Cout, 2, 2]` and bias `[Cout]` for
 /// [`conv_transpose2x2`]: `w'[(o·4 + i·2 + j), c] = W[c, o, i, j]`, `b'[o·4 + k] = b[o]`.
-pub fn prepare_conv_transpose2x2(
-    w: &[f32],
-    bias: &[f32],
-    cin: usize,
-    cout: usize,
-) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn prepare_conv_transpose2x2(w: &[f32], bias: &[f32], cin: usize, cout: usize) -> Result<(Vec<f32>, Vec<f32>)> {
     if w.len() != cin * cout * 4 || bias.len() != cout {
-        return Err(Error::Shape(format!(
-            "conv_transpose2x2: weight of {} / bias of {} values for {cin}→{cout}",
-            w.len(),
-            bias.len()
-        )));
+        return Err(Error::Shape(format!("conv_transpose2x2: weight of {} / bias of {} values for {cin}→{cout}", w.len(), bias.len())));
     }
     let mut wp = vec![0f32; w.len()];
     for c in 0..cin {
@@ -288,21 +243,11 @@ pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor
 /// with kernel row `ky = py + 3 − 2·dy` (when 0 ≤ ky < 4), and likewise for columns, so every
 /// output parity is a GEMM over the 3×3 neighbourhood:
 /// `w'[(o·4 + py·2 + px), (dy·3 + dx)·Cin + c] = W[c, o, ky, kx]` (zero where no tap applies).
-pub fn prepare_conv_transpose4x4(
-    w: &[f32],
-    bias: &[f32],
-    cin: usize,
-    cout: usize,
-) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn prepare_conv_transpose4x4(w: &[f32], bias: &[f32], cin: usize, cout: usize) -> Result<(Vec<f32>, Vec<f32>)> {
     if w.len() != cin * cout * 16 || bias.len() != cout {
-        return Err(Error::Shape(format!(
-            "conv_transpose4x4: weight of {} / bias of {} values for {cin}→{cout}",
-            w.len(),
-            bias.len()
-        )));
+        return Err(Error::Shape(format!("conv_transpose4x4: weight of {} / bias of {} values for {cin}→{cout}", w.len(), bias.len())));
     }
-    let tap =
-        |p: usize, d: usize| -> Option<usize> { (p + 3).checked_sub(2 * d).filter(|&k| k < 4) };
+    let tap = |p: usize, d: usize| -> Option<usize> { (p + 3).checked_sub(2 * d).filter(|&k| k < 4) };
     let mut wp = vec![0f32; cout * 4 * 9 * cin];
     for o in 0..cout {
         for py in 0..2 {
@@ -313,8 +258,7 @@ pub fn prepare_conv_transpose4x4(
                             continue;
                         };
                         for c in 0..cin {
-                            wp[(o * 4 + py * 2 + px) * 9 * cin + (dy * 3 + dx) * cin + c] =
-                                w[((c * cout + o) * 4 + ky) * 4 + kx];
+                            wp[(o * 4 + py * 2 + px) * 9 * cin + (dy * 3 + dx) * cin + c] = w[((c * cout + o) * 4 + ky) * 4 + kx];
                         }
                     }
                 }

@@ -68,17 +68,9 @@ fn add_impl(a: Option<&Tensor>, b: &Tensor, y: &mut Tensor) -> Result<()> {
                 Some(a) => a.cuda_ptr()?,
                 None => yp,
             };
-            let p = crate::cuda::params::AddParams {
-                a: ap as *const _,
-                b: b.cuda_ptr()? as *const _,
-                y: yp as *mut _,
-                n: y.numel() as i64,
-            };
-            dev.launch_1d(
-                super::kernel("add", y.dtype(), &k.add_f32, &k.add_bf16)?,
-                y.numel(),
-                &p,
-            )
+            let p =
+                crate::cuda::params::AddParams { a: ap as *const _, b: b.cuda_ptr()? as *const _, y: yp as *mut _, n: y.numel() as i64 };
+            dev.launch_1d(super::kernel("add", y.dtype(), &k.add_f32, &k.add_bf16)?, y.numel(), &p)
         }
     }
 }
@@ -86,10 +78,7 @@ fn add_impl(a: Option<&Tensor>, b: &Tensor, y: &mut Tensor) -> Result<()> {
 /// TimestepBlock: `x ← x·(1 + a) + b` for `x [B, N, C]` and `ab [B, 2C]` (a first).
 pub fn modulate_assign(x: &mut Tensor, ab: &Tensor) -> Result<()> {
     if x.rank() < 2 {
-        return Err(Error::Shape(format!(
-            "modulate: x must be [B, …, C], got {:?}",
-            x.shape()
-        )));
+        return Err(Error::Shape(format!("modulate: x must be [B, …, C], got {:?}", x.shape())));
     }
     let (b, c) = (x.dim(0), x.dim(-1));
     let n = x.numel() / (b * c).max(1);
@@ -113,11 +102,7 @@ pub fn modulate_assign(x: &mut Tensor, ab: &Tensor) -> Result<()> {
                 N: n as i64,
                 C: c as i32,
             };
-            dev.launch_1d(
-                super::kernel("modulate", x.dtype(), &k.modulate_f32, &k.modulate_bf16)?,
-                x.numel(),
-                &p,
-            )
+            dev.launch_1d(super::kernel("modulate", x.dtype(), &k.modulate_f32, &k.modulate_bf16)?, x.numel(), &p)
         }
     }
 }
@@ -127,10 +112,7 @@ pub fn modulate_assign(x: &mut Tensor, ab: &Tensor) -> Result<()> {
 /// same device (a captured graph reads the current value).
 pub fn cfg_combine_into(eps: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> {
     if eps.rank() == 0 || eps.dim(0) % 2 != 0 {
-        return Err(Error::Shape(format!(
-            "cfg: eps must be [2B, …] (cond then uncond), got {:?}",
-            eps.shape()
-        )));
+        return Err(Error::Shape(format!("cfg: eps must be [2B, …] (cond then uncond), got {:?}", eps.shape())));
     }
     let mut half = eps.shape().to_vec();
     half[0] /= 2;
@@ -153,23 +135,14 @@ pub fn cfg_combine_into(eps: &Tensor, w: &Tensor, y: &mut Tensor) -> Result<()> 
                 w: w.cuda_ptr()? as *const f32,
                 n: y.numel() as i64,
             };
-            dev.launch_1d(
-                super::kernel("cfg", eps.dtype(), &k.cfg_f32, &k.cfg_bf16)?,
-                y.numel(),
-                &p,
-            )
+            dev.launch_1d(super::kernel("cfg", eps.dtype(), &k.cfg_f32, &k.cfg_bf16)?, y.numel(), &p)
         }
     }
 }
 
 /// The DDPM-Würstchen update in place: `x ← coef0·(x − coef1·ε) + coef2·z` with `coef` an f32
 /// tensor `[3]` on the same device (see [`crate::ops::cpu::ddpm_step`]); no `z` on the last step.
-pub fn ddpm_step_assign(
-    x: &mut Tensor,
-    eps: &Tensor,
-    noise: Option<&Tensor>,
-    coef: &Tensor,
-) -> Result<()> {
+pub fn ddpm_step_assign(x: &mut Tensor, eps: &Tensor, noise: Option<&Tensor>, coef: &Tensor) -> Result<()> {
     check_shape("ddpm_step", "eps", eps, x.shape())?;
     check_shape("ddpm_step", "coefficients", coef, &[3])?;
     check_dtype("ddpm_step", x.dtype(), &[eps])?;
@@ -184,12 +157,7 @@ pub fn ddpm_step_assign(
         Device::Cpu => {
             let c = coef.cpu_f32()?;
             let z = noise.map(|z| z.cpu_f32()).transpose()?;
-            let v = cpu::ddpm_step(
-                &x.cpu_f32()?,
-                &eps.cpu_f32()?,
-                z.as_deref(),
-                [c[0], c[1], c[2]],
-            );
+            let v = cpu::ddpm_step(&x.cpu_f32()?, &eps.cpu_f32()?, z.as_deref(), [c[0], c[1], c[2]]);
             x.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
@@ -204,11 +172,7 @@ pub fn ddpm_step_assign(
                 coef: coef.cuda_ptr()? as *const f32,
                 n: x.numel() as i64,
             };
-            dev.launch_1d(
-                super::kernel("ddpm_step", x.dtype(), &k.ddpm_step_f32, &k.ddpm_step_bf16)?,
-                x.numel(),
-                &p,
-            )
+            dev.launch_1d(super::kernel("ddpm_step", x.dtype(), &k.ddpm_step_f32, &k.ddpm_step_bf16)?, x.numel(), &p)
         }
     }
 }

@@ -6,34 +6,18 @@ use crate::{DType, Device, Error, Result, Tensor};
 
 /// The embedding of each ratio in `t` (f32 `[B]`, on the device so that a captured step reads
 /// the current timestep), followed by `n_extra` embeddings of 0: `y [B, dim·(1 + n_extra)]`.
-pub fn timestep_embedding_into(
-    t: &Tensor,
-    dim: usize,
-    n_extra: usize,
-    max_positions: f32,
-    y: &mut Tensor,
-) -> Result<()> {
+pub fn timestep_embedding_into(t: &Tensor, dim: usize, n_extra: usize, max_positions: f32, y: &mut Tensor) -> Result<()> {
     let &[b] = t.shape() else {
-        return Err(Error::Shape(format!(
-            "timestep_embedding: t must be [B], got {:?}",
-            t.shape()
-        )));
+        return Err(Error::Shape(format!("timestep_embedding: t must be [B], got {:?}", t.shape())));
     };
     if dim < 4 {
-        return Err(Error::Shape(format!(
-            "timestep_embedding: dim {dim} is too small"
-        )));
+        return Err(Error::Shape(format!("timestep_embedding: dim {dim} is too small")));
     }
     check_dtype("timestep_embedding", DType::F32, &[t])?;
     check_shape("timestep_embedding", "output", y, &[b, dim * (1 + n_extra)])?;
     check_device("timestep_embedding", &t.device(), &[y])?;
     match t.device() {
-        Device::Cpu => y.set_cpu_f32(&cpu::timestep_embedding(
-            &t.cpu_f32()?,
-            dim,
-            n_extra,
-            max_positions,
-        )),
+        Device::Cpu => y.set_cpu_f32(&cpu::timestep_embedding(&t.cpu_f32()?, dim, n_extra, max_positions)),
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
             let k = dev.kernels();
@@ -45,16 +29,7 @@ pub fn timestep_embedding_into(
                 n_extra: n_extra as i32,
                 max_positions,
             };
-            dev.launch_1d(
-                super::kernel(
-                    "timestep_embedding",
-                    y.dtype(),
-                    &k.timestep_embed_f32,
-                    &k.timestep_embed_bf16,
-                )?,
-                y.numel(),
-                &p,
-            )
+            dev.launch_1d(super::kernel("timestep_embedding", y.dtype(), &k.timestep_embed_f32, &k.timestep_embed_bf16)?, y.numel(), &p)
         }
     }
 }
@@ -63,29 +38,15 @@ pub fn timestep_embedding_into(
 /// `pos [≥ L, D]`, `y [B, L, D]`. On the CPU an out-of-range id is an error; on the GPU (where
 /// ids sit in a device buffer a captured graph reads, and checking them would need a host
 /// sync) the kernel clamps them into the table, so whoever writes the ids validates them.
-pub fn token_embedding_into(
-    ids: &Tensor,
-    tok: &Tensor,
-    pos: &Tensor,
-    y: &mut Tensor,
-) -> Result<()> {
+pub fn token_embedding_into(ids: &Tensor, tok: &Tensor, pos: &Tensor, y: &mut Tensor) -> Result<()> {
     let &[b, l] = ids.shape() else {
-        return Err(Error::Shape(format!(
-            "token_embedding: ids must be [B, L], got {:?}",
-            ids.shape()
-        )));
+        return Err(Error::Shape(format!("token_embedding: ids must be [B, L], got {:?}", ids.shape())));
     };
     let &[v, d] = tok.shape() else {
-        return Err(Error::Shape(format!(
-            "token_embedding: table must be [V, D], got {:?}",
-            tok.shape()
-        )));
+        return Err(Error::Shape(format!("token_embedding: table must be [V, D], got {:?}", tok.shape())));
     };
     if pos.rank() != 2 || pos.dim(0) < l || pos.dim(1) != d {
-        return Err(Error::Shape(format!(
-            "token_embedding: position table {:?} cannot serve {l} positions of {d}",
-            pos.shape()
-        )));
+        return Err(Error::Shape(format!("token_embedding: position table {:?} cannot serve {l} positions of {d}", pos.shape())));
     }
     check_dtype("token_embedding", DType::F32, &[ids])?;
     check_dtype("token_embedding", tok.dtype(), &[pos, y])?;
@@ -94,22 +55,11 @@ pub fn token_embedding_into(
     match ids.device() {
         Device::Cpu => {
             let idv = ids.cpu_f32()?;
-            if let Some(bad) = idv
-                .iter()
-                .find(|&&i| !(i >= 0.0 && i < v as f32 && i.fract() == 0.0))
-            {
-                return Err(Error::Shape(format!(
-                    "token_embedding: id {bad} is not a token of a {v}-entry vocabulary"
-                )));
+            if let Some(bad) = idv.iter().find(|&&i| !(i >= 0.0 && i < v as f32 && i.fract() == 0.0)) {
+                return Err(Error::Shape(format!("token_embedding: id {bad} is not a token of a {v}-entry vocabulary")));
             }
             let idu: Vec<u32> = idv.iter().map(|&i| i as u32).collect();
-            y.set_cpu_f32(&cpu::token_embedding(
-                &idu,
-                l,
-                &tok.cpu_f32()?,
-                &pos.cpu_f32()?,
-                d,
-            ))
+            y.set_cpu_f32(&cpu::token_embedding(&idu, l, &tok.cpu_f32()?, &pos.cpu_f32()?, d))
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
@@ -124,16 +74,7 @@ pub fn token_embedding_into(
                 D: d as i32,
                 V: v as i32,
             };
-            dev.launch_1d(
-                super::kernel(
-                    "token_embedding",
-                    y.dtype(),
-                    &k.token_embed_f32,
-                    &k.token_embed_bf16,
-                )?,
-                y.numel(),
-                &p,
-            )
+            dev.launch_1d(super::kernel("token_embedding", y.dtype(), &k.token_embed_f32, &k.token_embed_bf16)?, y.numel(), &p)
         }
     }
 }

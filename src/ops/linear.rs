@@ -3,44 +3,24 @@
 
 use crate::{Device, Error, Result, Tensor};
 
-fn check(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    y: &Tensor,
-) -> Result<(usize, usize, usize)> {
+fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<(usize, usize, usize)> {
     let k = x.dim(-1);
     let m = x.numel() / k.max(1);
     if w.rank() != 2 || w.dim(1) != k {
-        return Err(Error::Shape(format!(
-            "linear: weight {:?} does not match input {:?} (want [N, {k}])",
-            w.shape(),
-            x.shape()
-        )));
+        return Err(Error::Shape(format!("linear: weight {:?} does not match input {:?} (want [N, {k}])", w.shape(), x.shape())));
     }
     let n = w.dim(0);
     if let Some(b) = bias {
         if b.numel() != n {
-            return Err(Error::Shape(format!(
-                "linear: bias {:?} does not match weight {:?}",
-                b.shape(),
-                w.shape()
-            )));
+            return Err(Error::Shape(format!("linear: bias {:?} does not match weight {:?}", b.shape(), w.shape())));
         }
     }
     if y.numel() != m * n || y.dim(-1) != n {
-        return Err(Error::Shape(format!(
-            "linear: output {:?} is not [{m}, {n}]",
-            y.shape()
-        )));
+        return Err(Error::Shape(format!("linear: output {:?} is not [{m}, {n}]", y.shape())));
     }
     for t in [Some(w), bias, Some(y)].into_iter().flatten() {
         if t.dtype() != x.dtype() {
-            return Err(Error::Shape(format!(
-                "linear: mixed dtypes ({} and {})",
-                x.dtype(),
-                t.dtype()
-            )));
+            return Err(Error::Shape(format!("linear: mixed dtypes ({} and {})", x.dtype(), t.dtype())));
         }
     }
     super::check_device("linear", &x.device(), &[w, y])?;
@@ -63,19 +43,7 @@ pub fn linear_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor
         Device::Cuda(dev) => {
             let bias_ptr = bias.map(|b| b.cuda_ptr()).transpose()?;
             // SAFETY: `check` verified every buffer's element count against (m, k, n).
-            unsafe {
-                dev.blas().linear(
-                    x.cuda_ptr()?,
-                    w.cuda_ptr()?,
-                    bias_ptr,
-                    y.cuda_ptr()?,
-                    m,
-                    k,
-                    n,
-                    x.dtype(),
-                    dev.allow_tf32(),
-                )
-            }
+            unsafe { dev.blas().linear(x.cuda_ptr()?, w.cuda_ptr()?, bias_ptr, y.cuda_ptr()?, m, k, n, x.dtype(), dev.allow_tf32()) }
         }
     }
 }
@@ -83,15 +51,10 @@ pub fn linear_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor
 /// `x · wᵀ + bias` as a new tensor of shape `[..., N]`.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     if w.rank() != 2 {
-        return Err(Error::Shape(format!(
-            "linear: weight must be [N, K], got {:?}",
-            w.shape()
-        )));
+        return Err(Error::Shape(format!("linear: weight must be [N, K], got {:?}", w.shape())));
     }
     let mut shape = x.shape().to_vec();
-    *shape
-        .last_mut()
-        .ok_or_else(|| Error::Shape("linear: scalar input".into()))? = w.dim(0);
+    *shape.last_mut().ok_or_else(|| Error::Shape("linear: scalar input".into()))? = w.dim(0);
     let mut y = Tensor::empty(&shape, x.dtype(), &x.device())?;
     linear_into(x, w, bias, &mut y)?;
     Ok(y)

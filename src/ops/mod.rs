@@ -20,13 +20,10 @@ pub mod shapes;
 pub use activation::{bias_gelu_into, gelu, gelu_into, silu, silu_into};
 pub use attention::{attention, attention_into, AttentionMask};
 pub use conv::{
-    conv2x2_s2, conv_transpose2x2, conv_transpose4x4, depthwise3x3, depthwise3x3_into, im2col3x3,
-    im2col3x3_into, pixel_shuffle, pixel_shuffle_into, pixel_unshuffle, pixel_unshuffle_into,
-    prepare_conv_transpose2x2, prepare_conv_transpose4x4, Padding,
+    conv2x2_s2, conv_transpose2x2, conv_transpose4x4, depthwise3x3, depthwise3x3_into, im2col3x3, im2col3x3_into, pixel_shuffle,
+    pixel_shuffle_into, pixel_unshuffle, pixel_unshuffle_into, prepare_conv_transpose2x2, prepare_conv_transpose4x4, Padding,
 };
-pub use elementwise::{
-    add, add_assign, cast_into, cfg_combine_into, ddpm_step_assign, modulate_assign,
-};
+pub use elementwise::{add, add_assign, cast_into, cfg_combine_into, ddpm_step_assign, modulate_assign};
 pub use embed::{timestep_embedding_into, token_embedding_into};
 pub use linear::{linear, linear_into};
 pub use norm::{grn, grn_into, layer_norm, layer_norm_into};
@@ -38,11 +35,7 @@ use crate::{DType, Device, Error, Result, Tensor};
 pub(crate) fn check_device(op: &str, device: &Device, tensors: &[&Tensor]) -> Result<()> {
     for t in tensors {
         if !t.device().same(device) {
-            return Err(Error::Shape(format!(
-                "{op}: tensors on different devices ({} and {})",
-                device.describe(),
-                t.device().describe()
-            )));
+            return Err(Error::Shape(format!("{op}: tensors on different devices ({} and {})", device.describe(), t.device().describe())));
         }
     }
     Ok(())
@@ -52,10 +45,7 @@ pub(crate) fn check_device(op: &str, device: &Device, tensors: &[&Tensor]) -> Re
 pub(crate) fn check_dtype(op: &str, dtype: DType, tensors: &[&Tensor]) -> Result<()> {
     for t in tensors {
         if t.dtype() != dtype {
-            return Err(Error::Shape(format!(
-                "{op}: mixed dtypes ({dtype} and {})",
-                t.dtype()
-            )));
+            return Err(Error::Shape(format!("{op}: mixed dtypes ({dtype} and {})", t.dtype())));
         }
     }
     Ok(())
@@ -64,10 +54,7 @@ pub(crate) fn check_dtype(op: &str, dtype: DType, tensors: &[&Tensor]) -> Result
 /// Checks `t`'s shape.
 pub(crate) fn check_shape(op: &str, what: &str, t: &Tensor, want: &[usize]) -> Result<()> {
     if t.shape() != want {
-        return Err(Error::Shape(format!(
-            "{op}: {what} has shape {:?}, expected {want:?}",
-            t.shape()
-        )));
+        return Err(Error::Shape(format!("{op}: {what} has shape {:?}, expected {want:?}", t.shape())));
     }
     Ok(())
 }
@@ -76,11 +63,7 @@ pub(crate) fn check_shape(op: &str, what: &str, t: &Tensor, want: &[usize]) -> R
 /// `[1, 1, 1, D]`).
 pub(crate) fn check_numel(op: &str, what: &str, t: &Tensor, want: usize) -> Result<()> {
     if t.numel() != want {
-        return Err(Error::Shape(format!(
-            "{op}: {what} has shape {:?} ({} elements), expected {want}",
-            t.shape(),
-            t.numel()
-        )));
+        return Err(Error::Shape(format!("{op}: {what} has shape {:?} ({} elements), expected {want}", t.shape(), t.numel())));
     }
     Ok(())
 }
@@ -96,9 +79,7 @@ pub(crate) fn kernel<'a>(
     match dtype {
         DType::F32 => Ok(f32_kernel),
         DType::BF16 => Ok(bf16_kernel),
-        DType::F16 => Err(Error::Shape(format!(
-            "{op}: the GPU kernels run in bf16 or f32, not f16"
-        ))),
+        DType::F16 => Err(Error::Shape(format!("{op}: the GPU kernels run in bf16 or f32, not f16"))),
     }
 }
 

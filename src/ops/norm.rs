@@ -6,18 +6,8 @@ use crate::{DType, Device, Error, Result, Tensor};
 
 /// LayerNorm over the last axis: `(x − mean)/√(var + eps)`, then `·weight + bias` when given
 /// (CLIP: affine, eps 1e-5; UNets and VQGAN: no affine, eps 1e-6).
-pub fn layer_norm_into(
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    eps: f32,
-    y: &mut Tensor,
-) -> Result<()> {
-    let c = x
-        .shape()
-        .last()
-        .copied()
-        .ok_or_else(|| Error::Shape("layer_norm: scalar input".into()))?;
+pub fn layer_norm_into(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32, y: &mut Tensor) -> Result<()> {
+    let c = x.shape().last().copied().ok_or_else(|| Error::Shape("layer_norm: scalar input".into()))?;
     check_shape("layer_norm", "output", y, x.shape())?;
     check_dtype("layer_norm", x.dtype(), &[y])?;
     check_device("layer_norm", &x.device(), &[y])?;
@@ -37,9 +27,7 @@ pub fn layer_norm_into(
         Device::Cuda(dev) => {
             let k = dev.kernels();
             if c * 4 > 48 * 1024 {
-                return Err(Error::Shape(format!(
-                    "layer_norm: {c} channels exceed the kernel's 12288-channel row buffer"
-                )));
+                return Err(Error::Shape(format!("layer_norm: {c} channels exceed the kernel's 12288-channel row buffer")));
             }
             let rows = x.numel() / c.max(1);
             let p = crate::cuda::params::LayerNormParams {
@@ -51,30 +39,14 @@ pub fn layer_norm_into(
                 C: c as i32,
                 eps,
             };
-            let f = super::kernel(
-                "layer_norm",
-                x.dtype(),
-                &k.layer_norm_f32,
-                &k.layer_norm_bf16,
-            )?;
-            dev.launch(
-                f,
-                (rows as u32, 1, 1),
-                (super::row_block(c), 1, 1),
-                (c * 4) as u32,
-                &p,
-            )
+            let f = super::kernel("layer_norm", x.dtype(), &k.layer_norm_f32, &k.layer_norm_bf16)?;
+            dev.launch(f, (rows as u32, 1, 1), (super::row_block(c), 1, 1), (c * 4) as u32, &p)
         }
     }
 }
 
 /// [`layer_norm_into`] as a new tensor.
-pub fn layer_norm(
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    eps: f32,
-) -> Result<Tensor> {
+pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
     let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
     layer_norm_into(x, weight, bias, eps, &mut y)?;
     Ok(y)
@@ -83,18 +55,9 @@ pub fn layer_norm(
 /// GlobalResponseNorm on `x [B, …spatial, D]` (spec §3.3), statistics over all spatial
 /// positions of each sample in f32. `gamma`/`beta` have D elements (stored `[1, 1, 1, D]`).
 /// `stats` is an f32 scratch tensor `[B, D]` (from an arena; its contents are overwritten).
-pub fn grn_into(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    stats: &mut Tensor,
-    y: &mut Tensor,
-) -> Result<()> {
+pub fn grn_into(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, y: &mut Tensor) -> Result<()> {
     if x.rank() < 2 {
-        return Err(Error::Shape(format!(
-            "grn: x must be [B, …, D], got {:?}",
-            x.shape()
-        )));
+        return Err(Error::Shape(format!("grn: x must be [B, …, D], got {:?}", x.shape())));
     }
     let (b, d) = (x.dim(0), x.dim(-1));
     let n = x.numel() / (b * d).max(1);
@@ -130,13 +93,7 @@ pub fn grn_into(
                 0,
                 &sp,
             )?;
-            dev.launch(
-                super::kernel("grn", dt, &k.grn_scale_f32, &k.grn_scale_bf16)?,
-                (b as u32, 1, 1),
-                (256, 1, 1),
-                0,
-                &sp,
-            )?;
+            dev.launch(super::kernel("grn", dt, &k.grn_scale_f32, &k.grn_scale_bf16)?, (b as u32, 1, 1), (256, 1, 1), 0, &sp)?;
             let ap = GrnApplyParams {
                 x: x.cuda_ptr()? as *const _,
                 y: y.cuda_ptr()? as *mut _,
@@ -146,11 +103,7 @@ pub fn grn_into(
                 N: n as i64,
                 D: d as i32,
             };
-            dev.launch_1d(
-                super::kernel("grn", dt, &k.grn_apply_f32, &k.grn_apply_bf16)?,
-                x.numel(),
-                &ap,
-            )
+            dev.launch_1d(super::kernel("grn", dt, &k.grn_apply_f32, &k.grn_apply_bf16)?, x.numel(), &ap)
         }
     }
 }

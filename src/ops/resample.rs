@@ -8,18 +8,10 @@ use crate::{Device, Error, Result, Tensor};
 /// arithmetic.
 pub fn resize_bilinear_into(x: &Tensor, y: &mut Tensor) -> Result<()> {
     let (&[b, h, w, c], &[yb, ho, wo, yc]) = (x.shape(), y.shape()) else {
-        return Err(Error::Shape(format!(
-            "resize_bilinear: expected [B, H, W, C] tensors, got {:?} → {:?}",
-            x.shape(),
-            y.shape()
-        )));
+        return Err(Error::Shape(format!("resize_bilinear: expected [B, H, W, C] tensors, got {:?} → {:?}", x.shape(), y.shape())));
     };
     if ho == 0 || wo == 0 || h == 0 || w == 0 || (yb, yc) != (b, c) {
-        return Err(Error::Shape(format!(
-            "resize_bilinear: cannot resize {:?} to {:?}",
-            x.shape(),
-            y.shape()
-        )));
+        return Err(Error::Shape(format!("resize_bilinear: cannot resize {:?} to {:?}", x.shape(), y.shape())));
     }
     check_dtype("resize_bilinear", x.dtype(), &[y])?;
     check_device("resize_bilinear", &x.device(), &[y])?;
@@ -38,12 +30,7 @@ pub fn resize_bilinear_into(x: &Tensor, y: &mut Tensor) -> Result<()> {
                 Ho: ho as i32,
                 Wo: wo as i32,
             };
-            let f = super::kernel(
-                "resize_bilinear",
-                x.dtype(),
-                &k.resize_bilinear_f32,
-                &k.resize_bilinear_bf16,
-            )?;
+            let f = super::kernel("resize_bilinear", x.dtype(), &k.resize_bilinear_f32, &k.resize_bilinear_bf16)?;
             dev.launch_1d(f, y.numel(), &p)
         }
     }
@@ -52,10 +39,7 @@ pub fn resize_bilinear_into(x: &Tensor, y: &mut Tensor) -> Result<()> {
 /// [`resize_bilinear_into`] as a new tensor `[B, ho, wo, C]`.
 pub fn resize_bilinear(x: &Tensor, ho: usize, wo: usize) -> Result<Tensor> {
     let &[b, _, _, c] = x.shape() else {
-        return Err(Error::Shape(format!(
-            "resize_bilinear: expected [B, H, W, C], got {:?}",
-            x.shape()
-        )));
+        return Err(Error::Shape(format!("resize_bilinear: expected [B, H, W, C], got {:?}", x.shape())));
     };
     let mut y = Tensor::empty(&[b, ho, wo, c], x.dtype(), &x.device())?;
     resize_bilinear_into(x, &mut y)?;
@@ -63,16 +47,9 @@ pub fn resize_bilinear(x: &Tensor, ho: usize, wo: usize) -> Result<Tensor> {
 }
 
 fn concat_shape(a: &Tensor, b: &Tensor) -> Result<Vec<usize>> {
-    let (ra, rb) = (
-        &a.shape()[..a.rank().saturating_sub(1)],
-        &b.shape()[..b.rank().saturating_sub(1)],
-    );
+    let (ra, rb) = (&a.shape()[..a.rank().saturating_sub(1)], &b.shape()[..b.rank().saturating_sub(1)]);
     if a.rank() == 0 || b.rank() == 0 || ra != rb {
-        return Err(Error::Shape(format!(
-            "concat_channels: {:?} and {:?} differ before the last axis",
-            a.shape(),
-            b.shape()
-        )));
+        return Err(Error::Shape(format!("concat_channels: {:?} and {:?} differ before the last axis", a.shape(), b.shape())));
     }
     let mut shape = a.shape().to_vec();
     *shape.last_mut().expect("rank ≥ 1") += b.dim(-1);

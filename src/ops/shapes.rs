@@ -23,72 +23,17 @@ impl LinearShape {
 
 /// Linear layers of Stage C, Stage B, Stage A and CLIP, plus odd sizes.
 pub const LINEAR: &[LinearShape] = &[
-    LinearShape {
-        name: "stage_c.res.fc1",
-        m: 1152,
-        k: 2048,
-        n: 8192,
-    },
-    LinearShape {
-        name: "stage_c.res.fc2",
-        m: 1152,
-        k: 8192,
-        n: 2048,
-    },
-    LinearShape {
-        name: "stage_c.attn.q",
-        m: 1152,
-        k: 2048,
-        n: 2048,
-    },
-    LinearShape {
-        name: "stage_b.l0.fc1",
-        m: 16384,
-        k: 320,
-        n: 1280,
-    },
-    LinearShape {
-        name: "stage_b.l0.fc2",
-        m: 16384,
-        k: 1280,
-        n: 320,
-    },
-    LinearShape {
-        name: "stage_b.l2.fc1",
-        m: 1024,
-        k: 1280,
-        n: 5120,
-    },
-    LinearShape {
-        name: "stage_b.l3.fc1",
-        m: 256,
-        k: 1280,
-        n: 5120,
-    },
-    LinearShape {
-        name: "stage_a.fc1",
-        m: 65536,
-        k: 384,
-        n: 1536,
-    },
-    LinearShape {
-        name: "clip.fc1",
-        m: 154,
-        k: 1280,
-        n: 5120,
-    },
-    LinearShape {
-        name: "odd",
-        m: 77,
-        k: 33,
-        n: 129,
-    },
-    LinearShape {
-        name: "odd_small",
-        m: 3,
-        k: 5,
-        n: 7,
-    },
+    LinearShape { name: "stage_c.res.fc1", m: 1152, k: 2048, n: 8192 },
+    LinearShape { name: "stage_c.res.fc2", m: 1152, k: 8192, n: 2048 },
+    LinearShape { name: "stage_c.attn.q", m: 1152, k: 2048, n: 2048 },
+    LinearShape { name: "stage_b.l0.fc1", m: 16384, k: 320, n: 1280 },
+    LinearShape { name: "stage_b.l0.fc2", m: 16384, k: 1280, n: 320 },
+    LinearShape { name: "stage_b.l2.fc1", m: 1024, k: 1280, n: 5120 },
+    LinearShape { name: "stage_b.l3.fc1", m: 256, k: 1280, n: 5120 },
+    LinearShape { name: "stage_a.fc1", m: 65536, k: 384, n: 1536 },
+    LinearShape { name: "clip.fc1", m: 154, k: 1280, n: 5120 },
+    LinearShape { name: "odd", m: 77, k: 33, n: 129 },
+    LinearShape { name: "odd_small", m: 3, k: 5, n: 7 },
 ];
 
 /// A row-wise op over `rows × c` (LayerNorm, activations): `affine` selects CLIP's LayerNorm.
@@ -104,61 +49,17 @@ pub struct RowShape {
 
 /// LayerNorm / activation shapes.
 pub const ROWS: &[RowShape] = &[
-    RowShape {
-        name: "stage_c",
-        rows: 1152,
-        c: 2048,
-    },
-    RowShape {
-        name: "stage_c.hidden",
-        rows: 1152,
-        c: 8192,
-    },
-    RowShape {
-        name: "stage_b.l0",
-        rows: 16384,
-        c: 320,
-    },
-    RowShape {
-        name: "stage_b.l1",
-        rows: 4096,
-        c: 640,
-    },
-    RowShape {
-        name: "stage_b.l2",
-        rows: 1024,
-        c: 1280,
-    },
-    RowShape {
-        name: "stage_b.l3.hidden",
-        rows: 256,
-        c: 5120,
-    },
-    RowShape {
-        name: "clip",
-        rows: 154,
-        c: 1280,
-    },
-    RowShape {
-        name: "stage_a.l1",
-        rows: 65536,
-        c: 384,
-    },
-    RowShape {
-        name: "stage_a.l0",
-        rows: 262144,
-        c: 192,
-    },
-    RowShape {
-        name: "odd",
-        rows: 77,
-        c: 33,
-    },
-    RowShape {
-        name: "odd_wide",
-        rows: 5,
-        c: 1001,
-    },
+    RowShape { name: "stage_c", rows: 1152, c: 2048 },
+    RowShape { name: "stage_c.hidden", rows: 1152, c: 8192 },
+    RowShape { name: "stage_b.l0", rows: 16384, c: 320 },
+    RowShape { name: "stage_b.l1", rows: 4096, c: 640 },
+    RowShape { name: "stage_b.l2", rows: 1024, c: 1280 },
+    RowShape { name: "stage_b.l3.hidden", rows: 256, c: 5120 },
+    RowShape { name: "clip", rows: 154, c: 1280 },
+    RowShape { name: "stage_a.l1", rows: 65536, c: 384 },
+    RowShape { name: "stage_a.l0", rows: 262144, c: 192 },
+    RowShape { name: "odd", rows: 77, c: 33 },
+    RowShape { name: "odd_wide", rows: 5, c: 1001 },
 ];
 
 /// A GlobalResponseNorm input `[b, n, d]` (n spatial positions, d = 4C).
@@ -176,42 +77,12 @@ pub struct GrnShape {
 
 /// GRN shapes (the 4C-wide hidden layer of every ResBlock).
 pub const GRN: &[GrnShape] = &[
-    GrnShape {
-        name: "stage_c",
-        b: 2,
-        n: 576,
-        d: 8192,
-    },
-    GrnShape {
-        name: "stage_b.l0",
-        b: 1,
-        n: 16384,
-        d: 1280,
-    },
-    GrnShape {
-        name: "stage_b.l1",
-        b: 1,
-        n: 4096,
-        d: 2560,
-    },
-    GrnShape {
-        name: "stage_b.l2",
-        b: 1,
-        n: 1024,
-        d: 5120,
-    },
-    GrnShape {
-        name: "stage_b.l3",
-        b: 1,
-        n: 256,
-        d: 5120,
-    },
-    GrnShape {
-        name: "odd",
-        b: 3,
-        n: 37,
-        d: 100,
-    },
+    GrnShape { name: "stage_c", b: 2, n: 576, d: 8192 },
+    GrnShape { name: "stage_b.l0", b: 1, n: 16384, d: 1280 },
+    GrnShape { name: "stage_b.l1", b: 1, n: 4096, d: 2560 },
+    GrnShape { name: "stage_b.l2", b: 1, n: 1024, d: 5120 },
+    GrnShape { name: "stage_b.l3", b: 1, n: 256, d: 5120 },
+    GrnShape { name: "odd", b: 3, n: 37, d: 100 },
 ];
 
 /// A token-major image `[b, h, w, c]`.
@@ -239,145 +110,25 @@ impl ImageShape {
 /// Depthwise 3×3 shapes with the padding the model uses (`true` = replicate, Stage A) and
 /// whether the ResBlock's LayerNorm is fused.
 pub const DEPTHWISE: &[(ImageShape, bool, bool)] = &[
-    (
-        ImageShape {
-            name: "stage_c",
-            b: 2,
-            h: 24,
-            w: 24,
-            c: 2048,
-        },
-        false,
-        true,
-    ),
-    (
-        ImageShape {
-            name: "stage_b.l0",
-            b: 1,
-            h: 128,
-            w: 128,
-            c: 320,
-        },
-        false,
-        true,
-    ),
-    (
-        ImageShape {
-            name: "stage_b.l1",
-            b: 1,
-            h: 64,
-            w: 64,
-            c: 640,
-        },
-        false,
-        true,
-    ),
-    (
-        ImageShape {
-            name: "stage_b.l2",
-            b: 1,
-            h: 32,
-            w: 32,
-            c: 1280,
-        },
-        false,
-        true,
-    ),
-    (
-        ImageShape {
-            name: "stage_b.l3",
-            b: 1,
-            h: 16,
-            w: 16,
-            c: 1280,
-        },
-        false,
-        true,
-    ),
-    (
-        ImageShape {
-            name: "stage_a.l1",
-            b: 1,
-            h: 256,
-            w: 256,
-            c: 384,
-        },
-        true,
-        false,
-    ),
-    (
-        ImageShape {
-            name: "stage_a.l0",
-            b: 1,
-            h: 512,
-            w: 512,
-            c: 192,
-        },
-        true,
-        false,
-    ),
-    (
-        ImageShape {
-            name: "odd",
-            b: 2,
-            h: 7,
-            w: 9,
-            c: 33,
-        },
-        false,
-        true,
-    ),
-    (
-        ImageShape {
-            name: "odd_replicate",
-            b: 1,
-            h: 5,
-            w: 3,
-            c: 17,
-        },
-        true,
-        false,
-    ),
+    (ImageShape { name: "stage_c", b: 2, h: 24, w: 24, c: 2048 }, false, true),
+    (ImageShape { name: "stage_b.l0", b: 1, h: 128, w: 128, c: 320 }, false, true),
+    (ImageShape { name: "stage_b.l1", b: 1, h: 64, w: 64, c: 640 }, false, true),
+    (ImageShape { name: "stage_b.l2", b: 1, h: 32, w: 32, c: 1280 }, false, true),
+    (ImageShape { name: "stage_b.l3", b: 1, h: 16, w: 16, c: 1280 }, false, true),
+    (ImageShape { name: "stage_a.l1", b: 1, h: 256, w: 256, c: 384 }, true, false),
+    (ImageShape { name: "stage_a.l0", b: 1, h: 512, w: 512, c: 192 }, true, false),
+    (ImageShape { name: "odd", b: 2, h: 7, w: 9, c: 33 }, false, true),
+    (ImageShape { name: "odd_replicate", b: 1, h: 5, w: 3, c: 17 }, true, false),
 ];
 
 /// Pixel-unshuffle inputs (factor 2): Stage B's stem, its down convolutions, odd sizes. The
 /// same rows, unshuffled, are the pixel-shuffle inputs.
 pub const UNSHUFFLE: &[ImageShape] = &[
-    ImageShape {
-        name: "stage_b.stem",
-        b: 1,
-        h: 256,
-        w: 256,
-        c: 4,
-    },
-    ImageShape {
-        name: "stage_b.down1",
-        b: 1,
-        h: 128,
-        w: 128,
-        c: 320,
-    },
-    ImageShape {
-        name: "stage_b.down3",
-        b: 1,
-        h: 32,
-        w: 32,
-        c: 1280,
-    },
-    ImageShape {
-        name: "stage_a.out",
-        b: 1,
-        h: 1024,
-        w: 1024,
-        c: 3,
-    },
-    ImageShape {
-        name: "odd",
-        b: 2,
-        h: 6,
-        w: 10,
-        c: 3,
-    },
+    ImageShape { name: "stage_b.stem", b: 1, h: 256, w: 256, c: 4 },
+    ImageShape { name: "stage_b.down1", b: 1, h: 128, w: 128, c: 320 },
+    ImageShape { name: "stage_b.down3", b: 1, h: 32, w: 32, c: 1280 },
+    ImageShape { name: "stage_a.out", b: 1, h: 1024, w: 1024, c: 3 },
+    ImageShape { name: "odd", b: 2, h: 6, w: 10, c: 3 },
 ];
 
 /// A resize `[b, h, w, c]` → `[b, ho, wo, c]`.
@@ -393,50 +144,10 @@ pub struct ResizeShape {
 
 /// Bilinear resize shapes: Stage B's effnet and pixel conditioning, odd sizes.
 pub const RESIZE: &[ResizeShape] = &[
-    ResizeShape {
-        x: ImageShape {
-            name: "stage_b.effnet",
-            b: 1,
-            h: 24,
-            w: 24,
-            c: 16,
-        },
-        ho: 128,
-        wo: 128,
-    },
-    ResizeShape {
-        x: ImageShape {
-            name: "stage_b.pixels",
-            b: 1,
-            h: 8,
-            w: 8,
-            c: 320,
-        },
-        ho: 128,
-        wo: 128,
-    },
-    ResizeShape {
-        x: ImageShape {
-            name: "odd_up",
-            b: 2,
-            h: 5,
-            w: 7,
-            c: 3,
-        },
-        ho: 11,
-        wo: 4,
-    },
-    ResizeShape {
-        x: ImageShape {
-            name: "odd_1px",
-            b: 1,
-            h: 1,
-            w: 1,
-            c: 5,
-        },
-        ho: 3,
-        wo: 3,
-    },
+    ResizeShape { x: ImageShape { name: "stage_b.effnet", b: 1, h: 24, w: 24, c: 16 }, ho: 128, wo: 128 },
+    ResizeShape { x: ImageShape { name: "stage_b.pixels", b: 1, h: 8, w: 8, c: 320 }, ho: 128, wo: 128 },
+    ResizeShape { x: ImageShape { name: "odd_up", b: 2, h: 5, w: 7, c: 3 }, ho: 11, wo: 4 },
+    ResizeShape { x: ImageShape { name: "odd_1px", b: 1, h: 1, w: 1, c: 5 }, ho: 3, wo: 3 },
 ];
 
 /// A channel concatenation `[rows, ca] ++ [rows, cb]`.
@@ -454,30 +165,10 @@ pub struct ConcatShape {
 
 /// Skip concatenations of the up paths, and odd sizes.
 pub const CONCAT: &[ConcatShape] = &[
-    ConcatShape {
-        name: "stage_c.skip",
-        rows: 1152,
-        ca: 2048,
-        cb: 2048,
-    },
-    ConcatShape {
-        name: "stage_b.l2.skip",
-        rows: 1024,
-        ca: 1280,
-        cb: 1280,
-    },
-    ConcatShape {
-        name: "stage_b.l0.skip",
-        rows: 16384,
-        ca: 320,
-        cb: 320,
-    },
-    ConcatShape {
-        name: "odd",
-        rows: 37,
-        ca: 3,
-        cb: 5,
-    },
+    ConcatShape { name: "stage_c.skip", rows: 1152, ca: 2048, cb: 2048 },
+    ConcatShape { name: "stage_b.l2.skip", rows: 1024, ca: 1280, cb: 1280 },
+    ConcatShape { name: "stage_b.l0.skip", rows: 16384, ca: 320, cb: 320 },
+    ConcatShape { name: "odd", rows: 37, ca: 3, cb: 5 },
 ];
 
 /// A convolution on `x` to `cout` channels (the kind depends on the table).
@@ -496,126 +187,27 @@ impl ConvShape {
     }
 }
 
-/// Conv 2×2 stride 2 (Stage B's downscalers).
+/// Conv 2×2 stride 2 (Stage B's downscalers; odd sizes drop their last row/column).
 pub const CONV2X2: &[ConvShape] = &[
-    ConvShape {
-        x: ImageShape {
-            name: "stage_b.down1",
-            b: 1,
-            h: 128,
-            w: 128,
-            c: 320,
-        },
-        cout: 640,
-    },
-    ConvShape {
-        x: ImageShape {
-            name: "stage_b.down2",
-            b: 1,
-            h: 64,
-            w: 64,
-            c: 640,
-        },
-        cout: 1280,
-    },
-    ConvShape {
-        x: ImageShape {
-            name: "stage_b.down3",
-            b: 1,
-            h: 32,
-            w: 32,
-            c: 1280,
-        },
-        cout: 1280,
-    },
-    ConvShape {
-        x: ImageShape {
-            name: "odd",
-            b: 2,
-            h: 6,
-            w: 10,
-            c: 7,
-        },
-        cout: 5,
-    },
+    ConvShape { x: ImageShape { name: "stage_b.down1", b: 1, h: 128, w: 128, c: 320 }, cout: 640 },
+    ConvShape { x: ImageShape { name: "stage_b.down2", b: 1, h: 64, w: 64, c: 640 }, cout: 1280 },
+    ConvShape { x: ImageShape { name: "stage_b.down3", b: 1, h: 32, w: 32, c: 1280 }, cout: 1280 },
+    ConvShape { x: ImageShape { name: "odd_floor", b: 2, h: 7, w: 9, c: 7 }, cout: 5 },
 ];
 
 /// Transposed conv 2×2 stride 2 (Stage B's upscalers).
 pub const CONV_T2X2: &[ConvShape] = &[
-    ConvShape {
-        x: ImageShape {
-            name: "stage_b.up0",
-            b: 1,
-            h: 16,
-            w: 16,
-            c: 1280,
-        },
-        cout: 1280,
-    },
-    ConvShape {
-        x: ImageShape {
-            name: "stage_b.up1",
-            b: 1,
-            h: 32,
-            w: 32,
-            c: 1280,
-        },
-        cout: 640,
-    },
-    ConvShape {
-        x: ImageShape {
-            name: "stage_b.up2",
-            b: 1,
-            h: 64,
-            w: 64,
-            c: 640,
-        },
-        cout: 320,
-    },
-    ConvShape {
-        x: ImageShape {
-            name: "odd",
-            b: 2,
-            h: 3,
-            w: 5,
-            c: 7,
-        },
-        cout: 5,
-    },
+    ConvShape { x: ImageShape { name: "stage_b.up0", b: 1, h: 16, w: 16, c: 1280 }, cout: 1280 },
+    ConvShape { x: ImageShape { name: "stage_b.up1", b: 1, h: 32, w: 32, c: 1280 }, cout: 640 },
+    ConvShape { x: ImageShape { name: "stage_b.up2", b: 1, h: 64, w: 64, c: 640 }, cout: 320 },
+    ConvShape { x: ImageShape { name: "odd", b: 2, h: 3, w: 5, c: 7 }, cout: 5 },
 ];
 
 /// Transposed conv 4×4 stride 2 pad 1 (Stage A's upsampler; the first row is the real one).
 pub const CONV_T4X4: &[ConvShape] = &[
-    ConvShape {
-        x: ImageShape {
-            name: "stage_a.up",
-            b: 1,
-            h: 256,
-            w: 256,
-            c: 384,
-        },
-        cout: 192,
-    },
-    ConvShape {
-        x: ImageShape {
-            name: "stage_a.up_slice",
-            b: 1,
-            h: 24,
-            w: 40,
-            c: 384,
-        },
-        cout: 192,
-    },
-    ConvShape {
-        x: ImageShape {
-            name: "odd",
-            b: 2,
-            h: 5,
-            w: 7,
-            c: 6,
-        },
-        cout: 3,
-    },
+    ConvShape { x: ImageShape { name: "stage_a.up", b: 1, h: 256, w: 256, c: 384 }, cout: 192 },
+    ConvShape { x: ImageShape { name: "stage_a.up_slice", b: 1, h: 24, w: 40, c: 384 }, cout: 192 },
+    ConvShape { x: ImageShape { name: "odd", b: 2, h: 5, w: 7, c: 6 }, cout: 3 },
 ];
 
 /// An attention problem.
@@ -644,70 +236,14 @@ impl AttentionShape {
 
 /// Attention shapes of the real models, and odd sizes.
 pub const ATTENTION: &[AttentionShape] = &[
-    AttentionShape {
-        name: "stage_c",
-        b: 2,
-        heads: 32,
-        lq: 576,
-        lk: 661,
-        masked: false,
-    },
-    AttentionShape {
-        name: "stage_c_lite",
-        b: 2,
-        heads: 24,
-        lq: 576,
-        lk: 661,
-        masked: false,
-    },
-    AttentionShape {
-        name: "stage_b.l2",
-        b: 1,
-        heads: 20,
-        lq: 1024,
-        lk: 1028,
-        masked: false,
-    },
-    AttentionShape {
-        name: "stage_b.l3",
-        b: 1,
-        heads: 20,
-        lq: 256,
-        lk: 260,
-        masked: false,
-    },
-    AttentionShape {
-        name: "clip",
-        b: 2,
-        heads: 20,
-        lq: 77,
-        lk: 77,
-        masked: true,
-    },
-    AttentionShape {
-        name: "odd",
-        b: 3,
-        heads: 2,
-        lq: 130,
-        lk: 67,
-        masked: false,
-    },
-    AttentionShape {
-        name: "odd_tiny",
-        b: 1,
-        heads: 1,
-        lq: 5,
-        lk: 3,
-        masked: false,
-    },
-    AttentionShape {
-        name: "odd_masked",
-        b: 2,
-        heads: 3,
-        lq: 200,
-        lk: 200,
-        masked: true,
-    },
+    AttentionShape { name: "stage_c", b: 2, heads: 32, lq: 576, lk: 661, masked: false },
+    AttentionShape { name: "stage_c_lite", b: 2, heads: 24, lq: 576, lk: 661, masked: false },
+    AttentionShape { name: "stage_b.l2", b: 1, heads: 20, lq: 1024, lk: 1028, masked: false },
+    AttentionShape { name: "stage_b.l3", b: 1, heads: 20, lq: 256, lk: 260, masked: false },
+    AttentionShape { name: "clip", b: 2, heads: 20, lq: 77, lk: 77, masked: true },
+    AttentionShape { name: "odd", b: 3, heads: 2, lq: 130, lk: 67, masked: false },
+    AttentionShape { name: "odd_tiny", b: 1, heads: 1, lq: 5, lk: 3, masked: false },
+    AttentionShape { name: "odd_masked", b: 2, heads: 3, lq: 200, lk: 200, masked: true },
 ];
 
 /// An element-wise problem of `n` elements (with `c` channels where an op broadcasts).
@@ -732,40 +268,10 @@ impl ElementwiseShape {
 
 /// Residual adds, TimestepBlock modulation, GELU/SiLU, CFG and the sampler update.
 pub const ELEMENTWISE: &[ElementwiseShape] = &[
-    ElementwiseShape {
-        name: "stage_c",
-        b: 2,
-        n: 576,
-        c: 2048,
-    },
-    ElementwiseShape {
-        name: "stage_c.hidden",
-        b: 2,
-        n: 576,
-        c: 8192,
-    },
-    ElementwiseShape {
-        name: "stage_b.l0",
-        b: 1,
-        n: 16384,
-        c: 320,
-    },
-    ElementwiseShape {
-        name: "stage_b.latent",
-        b: 1,
-        n: 65536,
-        c: 4,
-    },
-    ElementwiseShape {
-        name: "stage_c.latent",
-        b: 2,
-        n: 576,
-        c: 16,
-    },
-    ElementwiseShape {
-        name: "odd",
-        b: 3,
-        n: 7,
-        c: 5,
-    },
+    ElementwiseShape { name: "stage_c", b: 2, n: 576, c: 2048 },
+    ElementwiseShape { name: "stage_c.hidden", b: 2, n: 576, c: 8192 },
+    ElementwiseShape { name: "stage_b.l0", b: 1, n: 16384, c: 320 },
+    ElementwiseShape { name: "stage_b.latent", b: 1, n: 65536, c: 4 },
+    ElementwiseShape { name: "stage_c.latent", b: 2, n: 576, c: 16 },
+    ElementwiseShape { name: "odd", b: 3, n: 7, c: 5 },
 ];

@@ -57,13 +57,7 @@ impl Arena {
         match &self.device {
             Device::Cpu => Tensor::empty(shape, dtype, &Device::Cpu),
             #[cfg(feature = "cuda")]
-            Device::Cuda(d) => Tensor::from_cuda_buffer(
-                self.buf.clone().expect("GPU arena has a buffer"),
-                start,
-                shape,
-                dtype,
-                d,
-            ),
+            Device::Cuda(d) => Tensor::from_cuda_buffer(self.buf.clone().expect("GPU arena has a buffer"), start, shape, dtype, d),
         }
     }
 

@@ -37,9 +37,7 @@ impl Device {
             "cuda" | "gpu" => Device::cuda(0),
             other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) => Device::cuda(n),
-                _ => Err(Error::Msg(format!(
-                    "unknown device '{s}': use cpu, cuda or cuda:N"
-                ))),
+                _ => Err(Error::Msg(format!("unknown device '{s}': use cpu, cuda or cuda:N"))),
             },
         }
     }

@@ -47,9 +47,7 @@ impl DType {
             "f32" | "fp32" | "float32" => Ok(DType::F32),
             "bf16" | "bfloat16" => Ok(DType::BF16),
             "f16" | "fp16" | "float16" | "half" => Ok(DType::F16),
-            _ => Err(Error::Msg(format!(
-                "unknown dtype '{s}': use f32, bf16 or f16"
-            ))),
+            _ => Err(Error::Msg(format!("unknown dtype '{s}': use f32, bf16 or f16"))),
         }
     }
 

@@ -52,18 +52,9 @@ impl CpuData {
 /// safetensors data may sit at any offset).
 pub fn decode_le(bytes: &[u8], dtype: DType) -> Vec<f32> {
     match dtype {
-        DType::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
     }
 }
 
@@ -86,13 +77,7 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Tensor({:?}, {}, {})",
-            self.shape,
-            self.dtype,
-            self.device().describe()
-        )
+        write!(f, "Tensor({:?}, {}, {})", self.shape, self.dtype, self.device().describe())
     }
 }
 
@@ -102,18 +87,9 @@ fn numel(shape: &[usize]) -> usize {
 
 impl Tensor {
     /// A tensor of `dtype` holding `data` (converted from f32, rounding to nearest even).
-    pub fn from_f32(
-        data: &[f32],
-        shape: &[usize],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    pub fn from_f32(data: &[f32], shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         if data.len() != numel(shape) {
-            return Err(Error::Shape(format!(
-                "{} values do not fill shape {shape:?} ({} elements)",
-                data.len(),
-                numel(shape)
-            )));
+            return Err(Error::Shape(format!("{} values do not fill shape {shape:?} ({} elements)", data.len(), numel(shape))));
         }
         Tensor::from_cpu(CpuData::from_f32(data, dtype), shape, device)
     }
@@ -126,55 +102,26 @@ impl Tensor {
             CpuData::F16(v) => (DType::F16, v.len()),
         };
         if len != numel(shape) {
-            return Err(Error::Shape(format!(
-                "{len} values do not fill shape {shape:?}"
-            )));
+            return Err(Error::Shape(format!("{len} values do not fill shape {shape:?}")));
         }
-        let cpu = Tensor {
-            shape: shape.to_vec(),
-            dtype,
-            storage: Storage::Cpu(data),
-        };
+        let cpu = Tensor { shape: shape.to_vec(), dtype, storage: Storage::Cpu(data) };
         cpu.to_device(device)
     }
 
     /// A tensor from little-endian bytes of `src` dtype, stored as `dtype` on `device`. On a
     /// GPU the bytes go straight to device memory and are converted there.
-    pub fn from_le_bytes(
-        bytes: &[u8],
-        src: DType,
-        shape: &[usize],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    pub fn from_le_bytes(bytes: &[u8], src: DType, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         if bytes.len() != numel(shape) * src.size() {
-            return Err(Error::Shape(format!(
-                "{} bytes do not hold shape {shape:?} of {src}",
-                bytes.len()
-            )));
+            return Err(Error::Shape(format!("{} bytes do not hold shape {shape:?} of {src}", bytes.len())));
         }
         match device {
             Device::Cpu => {
                 let data = match (src, dtype) {
-                    (DType::BF16, DType::BF16) => CpuData::BF16(
-                        bytes
-                            .chunks_exact(2)
-                            .map(|c| bf16::from_le_bytes([c[0], c[1]]))
-                            .collect(),
-                    ),
-                    (DType::F16, DType::F16) => CpuData::F16(
-                        bytes
-                            .chunks_exact(2)
-                            .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                            .collect(),
-                    ),
+                    (DType::BF16, DType::BF16) => CpuData::BF16(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
+                    (DType::F16, DType::F16) => CpuData::F16(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
                     _ => CpuData::from_f32(&decode_le(bytes, src), dtype),
                 };
-                Ok(Tensor {
-                    shape: shape.to_vec(),
-                    dtype,
-                    storage: Storage::Cpu(data),
-                })
+                Ok(Tensor { shape: shape.to_vec(), dtype, storage: Storage::Cpu(data) })
             }
             #[cfg(feature = "cuda")]
             Device::Cuda(dev) => {
@@ -212,17 +159,9 @@ impl Tensor {
                 DType::F16 => CpuData::F16(vec![f16::ZERO; n]),
             }),
             #[cfg(feature = "cuda")]
-            Device::Cuda(dev) => Storage::Cuda {
-                buf: Arc::new(dev.alloc(n * dtype.size())?),
-                offset: 0,
-                dev: dev.clone(),
-            },
+            Device::Cuda(dev) => Storage::Cuda { buf: Arc::new(dev.alloc(n * dtype.size())?), offset: 0, dev: dev.clone() },
         };
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            dtype,
-            storage,
-        })
+        Ok(Tensor { shape: shape.to_vec(), dtype, storage })
     }
 
     #[cfg(feature = "cuda")]
@@ -235,53 +174,41 @@ impl Tensor {
     ) -> Result<Tensor> {
         let need = offset + numel(shape) * dtype.size();
         if need > buf.len() {
-            return Err(Error::Shape(format!(
-                "a {shape:?} {dtype} view at byte {offset} does not fit a {}-byte buffer",
-                buf.len()
-            )));
+            return Err(Error::Shape(format!("a {shape:?} {dtype} view at byte {offset} does not fit a {}-byte buffer", buf.len())));
         }
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            dtype,
-            storage: Storage::Cuda {
-                buf,
-                offset,
-                dev: dev.clone(),
-            },
-        })
+        Ok(Tensor { shape: shape.to_vec(), dtype, storage: Storage::Cuda { buf, offset, dev: dev.clone() } })
     }
 
-    /// A second tensor over the same device memory, starting `offset` elements in, with
-    /// `shape`. For guard-band tests and arenas; writes through either are visible in both.
+    /// `shape` elements starting `offset` elements in: on a GPU a second tensor over the same
+    /// memory (writes through either are visible in both; arenas and guard-band tests use
+    /// this), on the CPU a copy.
     pub fn alias(&self, offset: usize, shape: &[usize]) -> Result<Tensor> {
+        let n = numel(shape);
+        if offset + n > self.numel() {
+            return Err(Error::Shape(format!("a {shape:?} view at element {offset} exceeds {:?}", self.shape)));
+        }
         match &self.storage {
-            Storage::Cpu(_) => {
-                let _ = (offset, shape);
-                Err(Error::Shape(
-                    "alias is only available for GPU tensors".into(),
-                ))
+            Storage::Cpu(d) => {
+                let data = match d {
+                    CpuData::F32(v) => CpuData::F32(v[offset..offset + n].to_vec()),
+                    CpuData::BF16(v) => CpuData::BF16(v[offset..offset + n].to_vec()),
+                    CpuData::F16(v) => CpuData::F16(v[offset..offset + n].to_vec()),
+                };
+                Ok(Tensor { shape: shape.to_vec(), dtype: self.dtype, storage: Storage::Cpu(data) })
             }
             #[cfg(feature = "cuda")]
-            Storage::Cuda {
-                buf,
-                offset: base,
-                dev,
-            } => {
-                if offset + numel(shape) > self.numel() {
-                    return Err(Error::Shape(format!(
-                        "alias of {shape:?} at {offset} exceeds {:?}",
-                        self.shape
-                    )));
-                }
-                Tensor::from_cuda_buffer(
-                    buf.clone(),
-                    base + offset * self.dtype.size(),
-                    shape,
-                    self.dtype,
-                    dev,
-                )
+            Storage::Cuda { buf, offset: base, dev } => {
+                Tensor::from_cuda_buffer(buf.clone(), base + offset * self.dtype.size(), shape, self.dtype, dev)
             }
         }
+    }
+
+    /// The whole tensor with another shape of the same element count (see [`Tensor::alias`]).
+    pub fn view(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.numel() {
+            return Err(Error::Shape(format!("cannot view {:?} as {shape:?}", self.shape)));
+        }
+        self.alias(0, shape)
     }
 
     /// The shape.
@@ -322,10 +249,7 @@ impl Tensor {
     /// The same data with another shape of the same element count (no copy).
     pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor> {
         if numel(shape) != self.numel() {
-            return Err(Error::Shape(format!(
-                "cannot reshape {:?} to {shape:?}",
-                self.shape
-            )));
+            return Err(Error::Shape(format!("cannot reshape {:?} to {shape:?}", self.shape)));
         }
         self.shape = shape.to_vec();
         Ok(self)
@@ -347,11 +271,7 @@ impl Tensor {
     /// A copy on `device` (same dtype).
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         match (&self.storage, device) {
-            (Storage::Cpu(d), Device::Cpu) => Ok(Tensor {
-                shape: self.shape.clone(),
-                dtype: self.dtype,
-                storage: Storage::Cpu(d.clone()),
-            }),
+            (Storage::Cpu(d), Device::Cpu) => Ok(Tensor { shape: self.shape.clone(), dtype: self.dtype, storage: Storage::Cpu(d.clone()) }),
             #[cfg(feature = "cuda")]
             (Storage::Cpu(d), Device::Cuda(dev)) => {
                 let t = Tensor::empty(&self.shape, self.dtype, device)?;
@@ -377,11 +297,9 @@ impl Tensor {
     /// A copy converted to `dtype` on the same device (round to nearest even).
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         match &self.storage {
-            Storage::Cpu(d) => Ok(Tensor {
-                shape: self.shape.clone(),
-                dtype,
-                storage: Storage::Cpu(CpuData::from_f32(&d.to_f32(), dtype)),
-            }),
+            Storage::Cpu(d) => {
+                Ok(Tensor { shape: self.shape.clone(), dtype, storage: Storage::Cpu(CpuData::from_f32(&d.to_f32(), dtype)) })
+            }
             #[cfg(feature = "cuda")]
             Storage::Cuda { .. } => {
                 let mut out = Tensor::empty(&self.shape, dtype, &self.device())?;
@@ -402,12 +320,7 @@ impl Tensor {
             #[cfg(feature = "cuda")]
             Storage::Cuda { dev, .. } => {
                 let dev = dev.clone();
-                let p = crate::cuda::params::FillParams {
-                    dst: self.cuda_ptr()? as *mut _,
-                    n: n as i64,
-                    value,
-                    dtype: self.dtype.code(),
-                };
+                let p = crate::cuda::params::FillParams { dst: self.cuda_ptr()? as *mut _, n: n as i64, value, dtype: self.dtype.code() };
                 dev.launch_1d(&dev.kernels().fill, n, &p)
             }
         }
@@ -418,9 +331,7 @@ impl Tensor {
         match &self.storage {
             Storage::Cpu(d) => Ok(d),
             #[cfg(feature = "cuda")]
-            Storage::Cuda { .. } => {
-                Err(Error::Shape("expected a CPU tensor, got a GPU one".into()))
-            }
+            Storage::Cuda { .. } => Err(Error::Shape("expected a CPU tensor, got a GPU one".into())),
         }
     }
 
@@ -432,11 +343,7 @@ impl Tensor {
     /// Replaces the host data with `v` converted to this tensor's dtype (CPU tensors only).
     pub fn set_cpu_f32(&mut self, v: &[f32]) -> Result<()> {
         if v.len() != self.numel() {
-            return Err(Error::Shape(format!(
-                "{} values for a tensor of {:?}",
-                v.len(),
-                self.shape
-            )));
+            return Err(Error::Shape(format!("{} values for a tensor of {:?}", v.len(), self.shape)));
         }
         match &mut self.storage {
             Storage::Cpu(d) => {
@@ -444,9 +351,7 @@ impl Tensor {
                 Ok(())
             }
             #[cfg(feature = "cuda")]
-            Storage::Cuda { .. } => {
-                Err(Error::Shape("expected a CPU tensor, got a GPU one".into()))
-            }
+            Storage::Cuda { .. } => Err(Error::Shape("expected a CPU tensor, got a GPU one".into())),
         }
     }
 

@@ -65,10 +65,7 @@ impl fmt::Display for LoadReport {
         list("missing tensors", self.missing.clone())?;
         list(
             "tensors with the wrong shape",
-            self.wrong_shape
-                .iter()
-                .map(|(n, w, g)| format!("{n}: expected {w:?}, file has {g:?}"))
-                .collect(),
+            self.wrong_shape.iter().map(|(n, w, g)| format!("{n}: expected {w:?}, file has {g:?}")).collect(),
         )?;
         list("unused tensors", self.unused.clone())
     }
@@ -92,10 +89,7 @@ impl VarBuilder {
 
     /// The builder one level down: `pp("down_blocks").pp(1)` → prefix `down_blocks.1.`.
     pub fn pp(&self, part: impl fmt::Display) -> VarBuilder {
-        VarBuilder {
-            shared: self.shared.clone(),
-            prefix: format!("{}{part}.", self.prefix),
-        }
+        VarBuilder { shared: self.shared.clone(), prefix: format!("{}{part}.", self.prefix) }
     }
 
     /// The full tensor name of `name` under this prefix.
@@ -125,10 +119,7 @@ impl VarBuilder {
 
     /// The shape of `name` in the file, if present.
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
-        self.shared
-            .store
-            .entry(&self.path(name))
-            .map(|e| e.shape.clone())
+        self.shared.store.entry(&self.path(name)).map(|e| e.shape.clone())
     }
 
     /// Loads `name`, which must have exactly `shape`, as the builder's dtype.
@@ -141,26 +132,14 @@ impl VarBuilder {
     pub fn get_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let full = self.path(name);
         let s = &self.shared;
-        s.used
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(full.clone());
+        s.used.lock().unwrap_or_else(|p| p.into_inner()).insert(full.clone());
         let Some(entry) = s.store.entry(&full) else {
-            s.missing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(full.clone());
-            return Err(Error::Weights(format!(
-                "tensor '{full}' (shape {shape:?}) is missing from {}",
-                s.store.describe_files()
-            )));
+            s.missing.lock().unwrap_or_else(|p| p.into_inner()).insert(full.clone());
+            return Err(Error::Weights(format!("tensor '{full}' (shape {shape:?}) is missing from {}", s.store.describe_files())));
         };
         if entry.shape != shape {
             let got = entry.shape.clone();
-            s.wrong_shape
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((full.clone(), shape.to_vec(), got.clone()));
+            s.wrong_shape.lock().unwrap_or_else(|p| p.into_inner()).push((full.clone(), shape.to_vec(), got.clone()));
             return Err(Error::Weights(format!(
                 "tensor '{full}' in {} has shape {got:?}, expected {shape:?} (does the config match the weights?)",
                 s.store.path_of(entry).display()
@@ -172,18 +151,8 @@ impl VarBuilder {
     /// Marks every tensor under this prefix as used without loading it (parts of a checkpoint
     /// that text-to-image never needs, such as Stage A's encoder).
     pub fn skip_all(&self) {
-        let names: Vec<String> = self
-            .shared
-            .store
-            .names()
-            .filter(|n| n.starts_with(&self.prefix))
-            .map(String::from)
-            .collect();
-        self.shared
-            .used
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(names);
+        let names: Vec<String> = self.shared.store.names().filter(|n| n.starts_with(&self.prefix)).map(String::from).collect();
+        self.shared.used.lock().unwrap_or_else(|p| p.into_inner()).extend(names);
     }
 
     /// What was missing, wrongly shaped or unused so far.
@@ -191,24 +160,9 @@ impl VarBuilder {
         let s = &self.shared;
         let used = s.used.lock().unwrap_or_else(|p| p.into_inner());
         LoadReport {
-            missing: s
-                .missing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect(),
-            wrong_shape: s
-                .wrong_shape
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-            unused: s
-                .store
-                .names()
-                .filter(|n| !used.contains(*n))
-                .map(String::from)
-                .collect(),
+            missing: s.missing.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect(),
+            wrong_shape: s.wrong_shape.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            unused: s.store.names().filter(|n| !used.contains(*n)).map(String::from).collect(),
         }
     }
 
@@ -219,10 +173,7 @@ impl VarBuilder {
         if r.is_clean() {
             Ok(())
         } else {
-            Err(Error::Weights(format!(
-                "weights in {} do not match the model:\n{r}",
-                self.shared.store.describe_files()
-            )))
+            Err(Error::Weights(format!("weights in {} do not match the model:\n{r}", self.shared.store.describe_files())))
         }
     }
 }

@@ -32,33 +32,12 @@ pub fn save(path: impl AsRef<Path>, tensors: &[(&str, &Tensor)]) -> Result<()> {
     for (name, t) in tensors {
         let v = t.to_vec_f32()?;
         let (dtype, bytes) = match t.dtype() {
-            DType::F32 => (
-                safetensors::Dtype::F32,
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ),
-            DType::BF16 => (
-                safetensors::Dtype::BF16,
-                v.iter()
-                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-                    .collect(),
-            ),
-            DType::F16 => (
-                safetensors::Dtype::F16,
-                v.iter()
-                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                    .collect(),
-            ),
+            DType::F32 => (safetensors::Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            DType::BF16 => (safetensors::Dtype::BF16, v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()),
+            DType::F16 => (safetensors::Dtype::F16, v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()),
         };
-        views.push((
-            name.to_string(),
-            HostView {
-                dtype,
-                shape: t.shape().to_vec(),
-                bytes,
-            },
-        ));
+        views.push((name.to_string(), HostView { dtype, shape: t.shape().to_vec(), bytes }));
     }
     let path = path.as_ref();
-    safetensors::serialize_to_file(views, None, path)
-        .map_err(|e| Error::file(path, format!("cannot write safetensors: {e}")))
+    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::file(path, format!("cannot write safetensors: {e}")))
 }

@@ -35,12 +35,7 @@ pub struct WeightStore {
 
 impl std::fmt::Debug for WeightStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "WeightStore({} files, {} tensors)",
-            self.files.len(),
-            self.tensors.len()
-        )
+        write!(f, "WeightStore({} files, {} tensors)", self.files.len(), self.tensors.len())
     }
 }
 
@@ -61,10 +56,7 @@ impl WeightStore {
         if files.is_empty() {
             return Err(Error::Weights("no safetensors files given".into()));
         }
-        let mut store = WeightStore {
-            files: Vec::new(),
-            tensors: BTreeMap::new(),
-        };
+        let mut store = WeightStore { files: Vec::new(), tensors: BTreeMap::new() };
         for path in files {
             store.add_file(&path)?;
         }
@@ -75,15 +67,9 @@ impl WeightStore {
         let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
         // SAFETY: the mapping is read-only; the files are weights nobody writes while the
         // engine runs (a file truncated under us would fault, as for any mmap reader).
-        let map = unsafe { Mmap::map(&file) }
-            .map_err(|e| Error::file(path, format!("cannot memory-map: {e}")))?;
-        let (header_len, meta) =
-            safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| {
-                Error::file(
-                    path,
-                    format!("not a valid safetensors file: {}", describe(&e, map.len())),
-                )
-            })?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::file(path, format!("cannot memory-map: {e}")))?;
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
+            .map_err(|e| Error::file(path, format!("not a valid safetensors file: {}", describe(&e, map.len()))))?;
         let data_start = 8 + header_len;
         let data_len = map.len() - data_start;
         let idx = self.files.len();
@@ -92,31 +78,23 @@ impl WeightStore {
             // provably in bounds whatever a future parser version does.
             let (s, e) = info.data_offsets;
             if s > e || e > data_len {
-                return Err(Error::file(path, format!("truncated: tensor '{name}' ends at byte {e} of the data section, which has only {data_len} bytes")));
+                return Err(Error::file(
+                    path,
+                    format!("truncated: tensor '{name}' ends at byte {e} of the data section, which has only {data_len} bytes"),
+                ));
             }
             if self.tensors.contains_key(&name) {
                 return Err(Error::file(
                     path,
-                    format!(
-                        "tensor '{name}' also appears in {}",
-                        self.files[self.tensors[&name].file].path.display()
-                    ),
+                    format!("tensor '{name}' also appears in {}", self.files[self.tensors[&name].file].path.display()),
                 ));
             }
             self.tensors.insert(
                 name,
-                TensorEntry {
-                    file: idx,
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    range: data_start + s..data_start + e,
-                },
+                TensorEntry { file: idx, dtype: info.dtype, shape: info.shape.clone(), range: data_start + s..data_start + e },
             );
         }
-        self.files.push(Mapped {
-            path: path.to_path_buf(),
-            map,
-        });
+        self.files.push(Mapped { path: path.to_path_buf(), map });
         Ok(())
     }
 
@@ -152,28 +130,15 @@ impl WeightStore {
 
     /// The raw little-endian bytes of `name`, straight from the mapping.
     pub fn bytes(&self, name: &str) -> Option<&[u8]> {
-        self.tensors
-            .get(name)
-            .map(|e| &self.files[e.file].map[e.range.clone()])
+        self.tensors.get(name).map(|e| &self.files[e.file].map[e.range.clone()])
     }
 
     /// Loads `name` as `dtype` on `device`, converting as needed. On a GPU the bytes are
     /// copied from the mapping to device memory directly (no host copy of the file).
     pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
-        let e = self.entry(name).ok_or_else(|| {
-            Error::Weights(format!(
-                "tensor '{name}' not found in {}",
-                self.describe_files()
-            ))
-        })?;
+        let e = self.entry(name).ok_or_else(|| Error::Weights(format!("tensor '{name}' not found in {}", self.describe_files())))?;
         let src = DType::from_safetensors(e.dtype).ok_or_else(|| {
-            Error::file(
-                self.path_of(e),
-                format!(
-                    "tensor '{name}' has dtype {:?}; the engine loads only F32, BF16 and F16",
-                    e.dtype
-                ),
-            )
+            Error::file(self.path_of(e), format!("tensor '{name}' has dtype {:?}; the engine loads only F32, BF16 and F16", e.dtype))
         })?;
         let bytes = &self.files[e.file].map[e.range.clone()];
         Tensor::from_le_bytes(bytes, src, &e.shape, dtype, device)
@@ -191,10 +156,8 @@ impl WeightStore {
 /// Reads a `*.safetensors.index.json` (`{"weight_map": {tensor: shard}}`) and returns the
 /// shard paths, deduplicated, in first-appearance order.
 fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index)
-        .map_err(|e| Error::file(index, format!("cannot read: {e}")))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::file(index, format!("invalid JSON: {e}")))?;
+    let text = std::fs::read_to_string(index).map_err(|e| Error::file(index, format!("cannot read: {e}")))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(index, format!("invalid JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -203,17 +166,9 @@ fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
     let mut seen = HashMap::new();
     let mut out = Vec::new();
     for (tensor, shard) in map {
-        let shard = shard.as_str().ok_or_else(|| {
-            Error::file(
-                index,
-                format!("weight_map entry for '{tensor}' is not a file name"),
-            )
-        })?;
+        let shard = shard.as_str().ok_or_else(|| Error::file(index, format!("weight_map entry for '{tensor}' is not a file name")))?;
         if shard.contains('/') || shard.contains('\\') || shard == ".." {
-            return Err(Error::file(
-                index,
-                format!("shard name '{shard}' must be a plain file name next to the index"),
-            ));
+            return Err(Error::file(index, format!("shard name '{shard}' must be a plain file name next to the index")));
         }
         if seen.insert(shard.to_string(), ()).is_none() {
             out.push(dir.join(shard));
@@ -237,7 +192,9 @@ fn describe(e: &safetensors::SafeTensorError, file_len: usize) -> String {
         E::InvalidHeaderDeserialization(msg) => format!("header JSON is malformed or has an unknown dtype ({msg})"),
         E::InvalidOffset(name) => format!("tensor '{name}' has data offsets that are out of order, overlapping or leave gaps"),
         E::TensorInvalidInfo => "a tensor's byte length does not match its dtype and shape".into(),
-        E::MetadataIncompleteBuffer => "the data section's size does not match what the header describes (truncated file or trailing bytes)".into(),
+        E::MetadataIncompleteBuffer => {
+            "the data section's size does not match what the header describes (truncated file or trailing bytes)".into()
+        }
         E::ValidationOverflow => "a tensor's shape overflows when multiplied out".into(),
         other => format!("{other}"),
     }

@@ -25,15 +25,10 @@ pub fn attention(
                 let qr = &q[(bi * lq + i) * c + h * dh..][..dh];
                 let mut max = f64::NEG_INFINITY;
                 for (j, sj) in s.iter_mut().enumerate() {
-                    let visible =
-                        !(causal && j > i) && key_mask.is_none_or(|m| m[bi * lk + j] != 0.0);
+                    let visible = !(causal && j > i) && key_mask.is_none_or(|m| m[bi * lk + j] != 0.0);
                     *sj = if visible {
                         let kr = &k[(bi * lk + j) * c + h * dh..][..dh];
-                        qr.iter()
-                            .zip(kr)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum::<f64>()
-                            * scale as f64
+                        qr.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64
                     } else {
                         f64::NEG_INFINITY
                     };
@@ -48,9 +43,7 @@ pub fn attention(
                     den += *sj;
                 }
                 for d in 0..dh {
-                    let acc: f64 = (0..lk)
-                        .map(|j| s[j] * v[(bi * lk + j) * c + h * dh + d] as f64)
-                        .sum();
+                    let acc: f64 = (0..lk).map(|j| s[j] * v[(bi * lk + j) * c + h * dh + d] as f64).sum();
                     o[(bi * lq + i) * c + h * dh + d] = (acc / den) as f32;
                 }
             }

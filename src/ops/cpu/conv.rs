@@ -41,9 +41,7 @@ pub fn conv2d(
                                 continue;
                             }
                             for ci in 0..cig {
-                                let xv = x
-                                    [((s * h + iy as usize) * w + ix as usize) * cin + g * cig + ci]
-                                    as f64;
+                                let xv = x[((s * h + iy as usize) * w + ix as usize) * cin + g * cig + ci] as f64;
                                 acc += xv * weight[((o * cig + ci) * kh + ky) * kw + kx] as f64;
                             }
                         }
@@ -93,8 +91,7 @@ pub fn conv_transpose2d(
                             let xv = x[((s * h + iy) * w + ix) * cin + c] as f64;
                             let base = ((s * ho + oy as usize) * wo + ox as usize) * cout;
                             for o in 0..cout {
-                                acc[base + o] +=
-                                    xv * weight[((c * cout + o) * k + ky) * k + kx] as f64;
+                                acc[base + o] += xv * weight[((c * cout + o) * k + ky) * k + kx] as f64;
                             }
                         }
                     }
@@ -102,13 +99,7 @@ pub fn conv_transpose2d(
             }
         }
     }
-    acc.chunks_exact(cout)
-        .flat_map(|px| {
-            px.iter()
-                .enumerate()
-                .map(|(o, v)| (v + bias.map_or(0.0, |bb| bb[o] as f64)) as f32)
-        })
-        .collect()
+    acc.chunks_exact(cout).flat_map(|px| px.iter().enumerate().map(|(o, v)| (v + bias.map_or(0.0, |bb| bb[o] as f64)) as f32)).collect()
 }
 
 /// Depthwise 3×3 convolution (groups = channels, stride 1, padding 1) of `x [b, h, w, c]` with
@@ -160,10 +151,7 @@ pub fn pixel_shuffle(x: &[f32], b: usize, h: usize, w: usize, c: usize, r: usize
             for xx in 0..w * r {
                 for k in 0..c {
                     y[((s * h * r + yy) * w * r + xx) * c + k] =
-                        x[((s * h + yy / r) * w + xx / r) * c * r * r
-                            + k * r * r
-                            + (yy % r) * r
-                            + xx % r];
+                        x[((s * h + yy / r) * w + xx / r) * c * r * r + k * r * r + (yy % r) * r + xx % r];
                 }
             }
         }
@@ -171,18 +159,17 @@ pub fn pixel_shuffle(x: &[f32], b: usize, h: usize, w: usize, c: usize, r: usize
     y
 }
 
-/// PixelUnshuffle(r): the inverse of [`pixel_shuffle`]; `x [b, h·r, w·r, c]` → `[b, h, w, c·r²]`
-/// (`h`, `w`, `c` are the low-resolution sizes).
-pub fn pixel_unshuffle(x: &[f32], b: usize, h: usize, w: usize, c: usize, r: usize) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+/// PixelUnshuffle(r): the inverse of [`pixel_shuffle`]; `x [b, hs, ws, c]` → `[b, h, w, c·r²]`
+/// with `h = hs / r`, `w = ws / r` (rounded down: rows and columns beyond `h·r`, `w·r` are
+/// dropped, as a stride-r convolution drops them).
+pub fn pixel_unshuffle(x: &[f32], b: usize, hs: usize, ws: usize, c: usize, r: usize) -> Vec<f32> {
+    let (h, w) = (hs / r, ws / r);
+    let mut y = vec![0f32; b * h * w * c * r * r];
     for s in 0..b {
         for yy in 0..h * r {
             for xx in 0..w * r {
                 for k in 0..c {
-                    y[((s * h + yy / r) * w + xx / r) * c * r * r
-                        + k * r * r
-                        + (yy % r) * r
-                        + xx % r] = x[((s * h * r + yy) * w * r + xx) * c + k];
+                    y[((s * h + yy / r) * w + xx / r) * c * r * r + k * r * r + (yy % r) * r + xx % r] = x[((s * hs + yy) * ws + xx) * c + k];
                 }
             }
         }
@@ -197,16 +184,12 @@ pub fn im2col3x3(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> Vec<f32> 
         for yy in 0..h {
             for xx in 0..w {
                 for tap in 0..9 {
-                    let (sy, sx) = (
-                        yy as isize + tap as isize / 3 - 1,
-                        xx as isize + tap as isize % 3 - 1,
-                    );
+                    let (sy, sx) = (yy as isize + tap as isize / 3 - 1, xx as isize + tap as isize % 3 - 1);
                     if sy < 0 || sy >= h as isize || sx < 0 || sx >= w as isize {
                         continue;
                     }
                     for k in 0..c {
-                        y[(((s * h + yy) * w + xx) * 9 + tap) * c + k] =
-                            x[((s * h + sy as usize) * w + sx as usize) * c + k];
+                        y[(((s * h + yy) * w + xx) * 9 + tap) * c + k] = x[((s * h + sy as usize) * w + sx as usize) * c + k];
                     }
                 }
             }

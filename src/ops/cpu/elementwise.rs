@@ -11,8 +11,7 @@ pub fn modulate(x: &[f32], ab: &[f32], b: usize, n: usize, c: usize) -> Vec<f32>
         for i in 0..n {
             for j in 0..c {
                 let k = (s * n + i) * c + j;
-                y[k] = (x[k] as f64 * (1.0 + ab[s * 2 * c + j] as f64)
-                    + ab[s * 2 * c + c + j] as f64) as f32;
+                y[k] = (x[k] as f64 * (1.0 + ab[s * 2 * c + j] as f64) + ab[s * 2 * c + c + j] as f64) as f32;
             }
         }
     }
@@ -23,9 +22,7 @@ pub fn modulate(x: &[f32], ab: &[f32], b: usize, n: usize, c: usize) -> Vec<f32>
 /// `uncond + w·(cond − uncond)` (PyTorch `lerp(uncond, cond, w)`).
 pub fn cfg_combine(eps: &[f32], w: f32) -> Vec<f32> {
     let n = eps.len() / 2;
-    (0..n)
-        .map(|i| (eps[n + i] as f64 + w as f64 * (eps[i] as f64 - eps[n + i] as f64)) as f32)
-        .collect()
+    (0..n).map(|i| (eps[n + i] as f64 + w as f64 * (eps[i] as f64 - eps[n + i] as f64)) as f32).collect()
 }
 
 /// DDPM-Würstchen update (spec §5.1) with precomputed coefficients

@@ -1,12 +1,5 @@
 /// `y[m,n] = Σ_k x[m,k]·w[n,k] + bias[n]`, row-major, accumulated in f64.
-pub fn linear(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Vec<f32> {
+pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
     for i in 0..m {
         let xr = &x[i * k..(i + 1) * k];

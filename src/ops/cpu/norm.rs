@@ -1,12 +1,6 @@
 /// LayerNorm over the last axis of `x` (`rows × c`): `(x − mean)/√(var + eps)`, biased
 /// variance, statistics in f64, optional affine `weight`/`bias`.
-pub fn layer_norm(
-    x: &[f32],
-    c: usize,
-    weight: Option<&[f32]>,
-    bias: Option<&[f32]>,
-    eps: f32,
-) -> Vec<f32> {
+pub fn layer_norm(x: &[f32], c: usize, weight: Option<&[f32]>, bias: Option<&[f32]>, eps: f32) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
         let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
@@ -32,14 +26,7 @@ pub fn grn(x: &[f32], b: usize, n: usize, d: usize, gamma: &[f32], beta: &[f32])
     let mut y = vec![0f32; x.len()];
     for s in 0..b {
         let xs = &x[s * n * d..(s + 1) * n * d];
-        let g: Vec<f64> = (0..d)
-            .map(|j| {
-                (0..n)
-                    .map(|i| (xs[i * d + j] as f64).powi(2))
-                    .sum::<f64>()
-                    .sqrt()
-            })
-            .collect();
+        let g: Vec<f64> = (0..d).map(|j| (0..n).map(|i| (xs[i * d + j] as f64).powi(2)).sum::<f64>().sqrt()).collect();
         let mean = g.iter().sum::<f64>() / d as f64;
         for i in 0..n {
             for j in 0..d {

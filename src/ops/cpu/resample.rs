@@ -1,24 +1,8 @@
 /// Bilinear resize of `x` `[b, h, w, c]` to `[b, ho, wo, c]` with `align_corners=True`, in f32
 /// with PyTorch's order of operations (scale computed once, `src = scale·dst`).
-pub fn resize_bilinear(
-    x: &[f32],
-    b: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    ho: usize,
-    wo: usize,
-) -> Vec<f32> {
-    let sh = if ho > 1 {
-        (h - 1) as f32 / (ho - 1) as f32
-    } else {
-        0.0
-    };
-    let sw = if wo > 1 {
-        (w - 1) as f32 / (wo - 1) as f32
-    } else {
-        0.0
-    };
+pub fn resize_bilinear(x: &[f32], b: usize, h: usize, w: usize, c: usize, ho: usize, wo: usize) -> Vec<f32> {
+    let sh = if ho > 1 { (h - 1) as f32 / (ho - 1) as f32 } else { 0.0 };
+    let sw = if wo > 1 { (w - 1) as f32 / (wo - 1) as f32 } else { 0.0 };
     let mut y = vec![0f32; b * ho * wo * c];
     for s in 0..b {
         for oy in 0..ho {
@@ -33,9 +17,8 @@ pub fn resize_bilinear(
                 let lx = fx - x0 as f32;
                 for k in 0..c {
                     let at = |yy: usize, xx: usize| x[((s * h + yy) * w + xx) * c + k];
-                    y[((s * ho + oy) * wo + ox) * c + k] = (1.0 - ly)
-                        * ((1.0 - lx) * at(y0, x0) + lx * at(y0, x1))
-                        + ly * ((1.0 - lx) * at(y1, x0) + lx * at(y1, x1));
+                    y[((s * ho + oy) * wo + ox) * c + k] =
+                        (1.0 - ly) * ((1.0 - lx) * at(y0, x0) + lx * at(y0, x1)) + ly * ((1.0 - lx) * at(y1, x0) + lx * at(y1, x1));
                 }
             }
         }
@@ -45,8 +28,5 @@ pub fn resize_bilinear(
 
 /// Concatenation along the last axis: rows of `a` (`ca` wide) then rows of `b` (`cb` wide).
 pub fn concat_channels(a: &[f32], b: &[f32], ca: usize, cb: usize) -> Vec<f32> {
-    a.chunks_exact(ca)
-        .zip(b.chunks_exact(cb))
-        .flat_map(|(x, y)| x.iter().chain(y).copied())
-        .collect()
+    a.chunks_exact(ca).zip(b.chunks_exact(cb)).flat_map(|(x, y)| x.iter().chain(y).copied()).collect()
 }
