@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod models;
 pub mod ops;
 pub mod runtime;
 pub mod testing;

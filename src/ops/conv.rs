@@ -119,8 +119,11 @@ fn shuffle_into(x: &Tensor, r: usize, unshuffle: bool, floor: bool, y: &mut Tens
     check_dtype(op, x.dtype(), &[y])?;
     check_device(op, &x.device(), &[y])?;
     // Low-resolution (h, w), per-sub-pixel channels c, and the high-resolution tensor's (hs, ws).
-    let (b, h, w, c, hs, ws) =
-        if unshuffle { (out[0], out[1], out[2], x.dim(3), x.dim(1), x.dim(2)) } else { (out[0], x.dim(1), x.dim(2), out[3], out[1], out[2]) };
+    let (b, h, w, c, hs, ws) = if unshuffle {
+        (out[0], out[1], out[2], x.dim(3), x.dim(1), x.dim(2))
+    } else {
+        (out[0], x.dim(1), x.dim(2), out[3], out[1], out[2])
+    };
     match x.device() {
         Device::Cpu => {
             let xv = x.cpu_f32()?;

@@ -144,6 +144,30 @@ impl WeightStore {
         Tensor::from_le_bytes(bytes, src, &e.shape, dtype, device)
     }
 
+    /// Loads an integer tensor (token ids, masks) stored as I64, I32, U8, BOOL or exact-integer
+    /// floats, with its shape.
+    pub fn load_integers(&self, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
+        use safetensors::Dtype as D;
+        let e = self.entry(name).ok_or_else(|| Error::Weights(format!("tensor '{name}' not found in {}", self.describe_files())))?;
+        let bytes = &self.files[e.file].map[e.range.clone()];
+        let v: Vec<i64> = match e.dtype {
+            D::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            D::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
+            D::U8 | D::BOOL => bytes.iter().map(|&b| b as i64).collect(),
+            d => match DType::from_safetensors(d) {
+                Some(dt) => {
+                    let f = crate::runtime::tensor::decode_le(bytes, dt);
+                    if let Some(bad) = f.iter().find(|x| x.fract() != 0.0) {
+                        return Err(Error::file(self.path_of(e), format!("tensor '{name}' should hold integers but has {bad}")));
+                    }
+                    f.iter().map(|&x| x as i64).collect()
+                }
+                None => return Err(Error::file(self.path_of(e), format!("tensor '{name}' has dtype {d:?}, not an integer type"))),
+            },
+        };
+        Ok((v, e.shape.clone()))
+    }
+
     /// The file names, for messages.
     pub fn describe_files(&self) -> String {
         match self.files.len() {

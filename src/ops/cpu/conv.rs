@@ -169,7 +169,8 @@ pub fn pixel_unshuffle(x: &[f32], b: usize, hs: usize, ws: usize, c: usize, r: u
         for yy in 0..h * r {
             for xx in 0..w * r {
                 for k in 0..c {
-                    y[((s * h + yy / r) * w + xx / r) * c * r * r + k * r * r + (yy % r) * r + xx % r] = x[((s * hs + yy) * ws + xx) * c + k];
+                    y[((s * h + yy / r) * w + xx / r) * c * r * r + k * r * r + (yy % r) * r + xx % r] =
+                        x[((s * hs + yy) * ws + xx) * c + k];
                 }
             }
         }

@@ -1,0 +1,160 @@
+//! The CLIP text encoder (transformers `CLIPTextModelWithProjection`, spec §2.1): token +
+//! position embedding, pre-LN transformer layers with causal + key-padding masked attention,
+//! final LayerNorm, projection of the first end-of-text token.
+
+use std::path::Path;
+
+use super::config::ClipTextConfig;
+use super::{concat_batch, Linear};
+use crate::ops::{self, AttentionMask};
+use crate::weights::VarBuilder;
+use crate::{DType, Device, Error, Result, Tensor};
+
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Norm {
+    fn load(vb: &VarBuilder, name: &str, d: usize) -> Result<Norm> {
+        let vb = vb.pp(name);
+        Ok(Norm { weight: vb.get("weight", &[d])?, bias: vb.get("bias", &[d])? })
+    }
+    fn forward(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
+        ops::layer_norm(x, Some(&self.weight), Some(&self.bias), eps)
+    }
+}
+
+struct Layer {
+    ln1: Norm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    ln2: Norm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// What the text encoder returns for a batch of prompts.
+pub struct ClipOutput {
+    /// The last layer's output before the final LayerNorm, `[B, L, D]` (Stage C's `clip_text`).
+    pub hidden_states_last: Tensor,
+    /// After the final LayerNorm, `[B, L, D]`.
+    pub last_hidden_state: Tensor,
+    /// The projected end-of-text state, `[B, P]` (`clip_text_pooled`).
+    pub text_embeds: Tensor,
+}
+
+/// The CLIP text tower with its projection.
+pub struct ClipTextModel {
+    cfg: ClipTextConfig,
+    token_embedding: Tensor,
+    position_embedding: Tensor,
+    layers: Vec<Layer>,
+    final_norm: Norm,
+    projection: Linear,
+    device: Device,
+}
+
+impl ClipTextModel {
+    /// Loads a `text_encoder/` folder (config.json + model[.bf16].safetensors).
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<ClipTextModel> {
+        let (cfg, vb) = super::open_component::<ClipTextConfig>(dir, "model", dtype, device)?;
+        let model = Self::new(cfg, &vb)?;
+        vb.finish()?;
+        Ok(model)
+    }
+
+    /// Builds the model from its config and weights (`text_model.*`, `text_projection.weight`).
+    pub fn new(cfg: ClipTextConfig, vb: &VarBuilder) -> Result<ClipTextModel> {
+        if cfg.hidden_act != "gelu" {
+            return Err(Error::Msg(format!(
+                "CLIP hidden_act '{}' is not supported (the Stable Cascade text encoder uses exact 'gelu')",
+                cfg.hidden_act
+            )));
+        }
+        let d = cfg.hidden_size;
+        let tm = vb.pp("text_model");
+        let emb = tm.pp("embeddings");
+        let token_embedding = emb.pp("token_embedding").get("weight", &[cfg.vocab_size, d])?;
+        let position_embedding = emb.pp("position_embedding").get("weight", &[cfg.max_position_embeddings, d])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = tm.pp("encoder").pp("layers").pp(i);
+            let at = l.pp("self_attn");
+            layers.push(Layer {
+                ln1: Norm::load(&l, "layer_norm1", d)?,
+                q: Linear::load(&at, "q_proj", d, d, true)?,
+                k: Linear::load(&at, "k_proj", d, d, true)?,
+                v: Linear::load(&at, "v_proj", d, d, true)?,
+                out: Linear::load(&at, "out_proj", d, d, true)?,
+                ln2: Norm::load(&l, "layer_norm2", d)?,
+                fc1: Linear::load(&l.pp("mlp"), "fc1", cfg.intermediate_size, d, true)?,
+                fc2: Linear::load(&l.pp("mlp"), "fc2", d, cfg.intermediate_size, true)?,
+            });
+        }
+        let final_norm = Norm::load(&tm, "final_layer_norm", d)?;
+        let projection = Linear::load(vb, "text_projection", cfg.projection_dim, d, false)?;
+        Ok(ClipTextModel { cfg, token_embedding, position_embedding, layers, final_norm, projection, device: vb.device().clone() })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ClipTextConfig {
+        &self.cfg
+    }
+
+    /// Encodes `ids` (`B` sequences of equal length ≤ the context) with their attention masks
+    /// (1 = token, 0 = padding; None = all tokens).
+    pub fn forward(&self, ids: &[Vec<u32>], mask: Option<&[Vec<u32>]>) -> Result<ClipOutput> {
+        let b = ids.len();
+        let l = ids.first().map_or(0, |s| s.len());
+        if b == 0 || l == 0 || ids.iter().any(|s| s.len() != l) || l > self.cfg.max_position_embeddings {
+            return Err(Error::Shape(format!("text encoder: need 1+ sequences of equal length ≤ {}", self.cfg.max_position_embeddings)));
+        }
+        if let Some(bad) = ids.iter().flatten().find(|&&i| i as usize >= self.cfg.vocab_size) {
+            return Err(Error::Shape(format!("text encoder: token id {bad} is outside the {}-token vocabulary", self.cfg.vocab_size)));
+        }
+        let m: Vec<f32> = match mask {
+            Some(m) if m.len() == b && m.iter().all(|r| r.len() == l) => m.iter().flatten().map(|&x| (x != 0) as u8 as f32).collect(),
+            Some(_) => return Err(Error::Shape("text encoder: the attention mask does not match the ids".into())),
+            None => vec![1.0; b * l],
+        };
+        let d = self.cfg.hidden_size;
+        let heads = self.cfg.num_attention_heads;
+        let eps = self.cfg.layer_norm_eps as f32;
+        let scale = ((d / heads) as f32).powf(-0.5);
+        let idf: Vec<f32> = ids.iter().flatten().map(|&i| i as f32).collect();
+        let id_t = Tensor::from_f32(&idf, &[b, l], DType::F32, &self.device)?;
+        let mask_t = Tensor::from_f32(&m, &[b, l], DType::F32, &self.device)?;
+        let mut h = Tensor::empty(&[b, l, d], self.token_embedding.dtype(), &self.device)?;
+        ops::token_embedding_into(&id_t, &self.token_embedding, &self.position_embedding, &mut h)?;
+        for layer in &self.layers {
+            let x = layer.ln1.forward(&h, eps)?;
+            let (q, k, v) = (layer.q.forward(&x)?, layer.k.forward(&x)?, layer.v.forward(&x)?);
+            let o = ops::attention(&q, &k, &v, heads, scale, AttentionMask::CausalPadding(&mask_t))?;
+            ops::add_assign(&mut h, &layer.out.forward(&o)?)?;
+            let x = layer.ln2.forward(&h, eps)?;
+            let x = ops::gelu(&layer.fc1.forward(&x)?)?;
+            ops::add_assign(&mut h, &layer.fc2.forward(&x)?)?;
+        }
+        let last = self.final_norm.forward(&h, eps)?;
+        // Pooling: the first end-of-text token (transformers' rule; the legacy argmax rule when
+        // the config's eos id is 2).
+        let mut pooled: Option<Tensor> = None;
+        for (s, seq) in ids.iter().enumerate() {
+            let pos = if self.cfg.eos_token_id == 2 {
+                seq.iter().enumerate().max_by_key(|&(i, &t)| (t, std::cmp::Reverse(i))).map_or(0, |(i, _)| i)
+            } else {
+                seq.iter().position(|&t| t as i64 == self.cfg.eos_token_id).unwrap_or(0)
+            };
+            let row = last.alias((s * l + pos) * d, &[1, d])?;
+            pooled = Some(match pooled {
+                None => row,
+                Some(p) => concat_batch(&p, &row)?,
+            });
+        }
+        let text_embeds = self.projection.forward(&pooled.expect("b ≥ 1"))?;
+        Ok(ClipOutput { hidden_states_last: h, last_hidden_state: last, text_embeds })
+    }
+}

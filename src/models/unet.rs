@@ -1,0 +1,488 @@
+//! `StableCascadeUNet` (spec §3–4): Stage C and Stage B are this one network with different
+//! configs. Token-major throughout: images are `[B, H, W, C]`, condition tokens `[B, T, c_cond]`.
+
+use std::path::Path;
+
+use super::config::UNetConfig;
+use super::{concat_tokens, Linear};
+use crate::ops::{self, AttentionMask, Padding};
+use crate::weights::VarBuilder;
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// LayerNorm epsilon of every UNet norm (no affine).
+const EPS: f32 = 1e-6;
+
+/// ResBlock (spec §3.2): depthwise 3×3 + channel LayerNorm, [skip concat], Linear → GELU → GRN →
+/// Linear, residual.
+struct ResBlock {
+    dw_weight: Tensor,
+    dw_bias: Tensor,
+    fc1: Linear,
+    gamma: Tensor,
+    beta: Tensor,
+    fc2: Linear,
+}
+
+impl ResBlock {
+    fn load(vb: &VarBuilder, c: usize, c_skip: usize, k: usize) -> Result<ResBlock> {
+        if k != 3 {
+            return Err(Error::Msg(format!("kernel_size {k} is not supported (Stable Cascade uses 3)")));
+        }
+        let cw = vb.pp("channelwise");
+        Ok(ResBlock {
+            dw_weight: vb.pp("depthwise").get("weight", &[c, 1, 3, 3])?,
+            dw_bias: vb.pp("depthwise").get("bias", &[c])?,
+            fc1: Linear::load(&cw, "0", 4 * c, c + c_skip, true)?,
+            gamma: cw.pp("2").get("gamma", &[1, 1, 1, 4 * c])?,
+            beta: cw.pp("2").get("beta", &[1, 1, 1, 4 * c])?,
+            fc2: Linear::load(&cw, "4", c, 4 * c, true)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, skip: Option<&Tensor>) -> Result<Tensor> {
+        let mut y = ops::depthwise3x3(x, &self.dw_weight, &self.dw_bias, Padding::Zero, Some(EPS))?;
+        if let Some(s) = skip {
+            y = ops::concat_channels(&y, s)?;
+        }
+        let u = ops::gelu(&self.fc1.forward(&y)?)?;
+        let u = ops::grn(&u, &self.gamma, &self.beta)?;
+        let mut out = self.fc2.forward(&u)?;
+        ops::add_assign(&mut out, x)?;
+        Ok(out)
+    }
+}
+
+/// TimestepBlock (spec §3.4): `x·(1 + a) + b` with `[a, b] = mapper(emb(t)) + Σ mapper_c(emb(0))`.
+struct TimestepBlock {
+    mapper: Linear,
+    cond_mappers: Vec<Linear>,
+}
+
+impl TimestepBlock {
+    fn load(vb: &VarBuilder, c: usize, c_r: usize, conds: &[String]) -> Result<TimestepBlock> {
+        Ok(TimestepBlock {
+            mapper: Linear::load(vb, "mapper", 2 * c, c_r, true)?,
+            cond_mappers: conds.iter().map(|n| Linear::load(vb, &format!("mapper_{n}"), 2 * c, c_r, true)).collect::<Result<_>>()?,
+        })
+    }
+
+    /// `[B, 2C]` scale and shift for this step.
+    fn modulation(&self, r_emb: &Tensor, zero_emb: &Tensor) -> Result<Tensor> {
+        let mut ab = self.mapper.forward(r_emb)?;
+        for m in &self.cond_mappers {
+            ops::add_assign(&mut ab, &m.forward(zero_emb)?)?;
+        }
+        Ok(ab)
+    }
+}
+
+/// AttnBlock (spec §3.5): LayerNorm, attention of the image tokens to [image tokens; SiLU-mapped
+/// condition tokens], residual.
+struct AttnBlock {
+    kv_mapper: Linear,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    self_attn: bool,
+}
+
+impl AttnBlock {
+    fn load(vb: &VarBuilder, c: usize, c_cond: usize, heads: usize, self_attn: bool) -> Result<AttnBlock> {
+        if heads == 0 || c % heads != 0 || c / heads != ops::attention::HEAD_DIM {
+            return Err(Error::Msg(format!(
+                "attention with {c} channels and {heads} heads: the engine's attention needs heads of {} channels",
+                ops::attention::HEAD_DIM
+            )));
+        }
+        let at = vb.pp("attention");
+        Ok(AttnBlock {
+            kv_mapper: Linear::load(&vb.pp("kv_mapper"), "1", c, c_cond, true)?,
+            q: Linear::load(&at, "to_q", c, c, true)?,
+            k: Linear::load(&at, "to_k", c, c, true)?,
+            v: Linear::load(&at, "to_v", c, c, true)?,
+            out: Linear::load(&at.pp("to_out"), "0", c, c, true)?,
+            heads,
+            self_attn,
+        })
+    }
+
+    fn forward(&self, x: &mut Tensor, cond: &Tensor) -> Result<()> {
+        let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
+        let kv = self.kv_mapper.forward(&ops::silu(cond)?)?;
+        let n = ops::layer_norm(x, None, None, EPS)?.reshape(&[b, h * w, c])?;
+        let kv = if self.self_attn { concat_tokens(&n, &kv)? } else { kv };
+        let (q, k, v) = (self.q.forward(&n)?, self.k.forward(&kv)?, self.v.forward(&kv)?);
+        let o = ops::attention(&q, &k, &v, self.heads, (c as f32 / self.heads as f32).powf(-0.5), AttentionMask::None)?;
+        let o = self.out.forward(&o)?.reshape(&[b, h, w, c])?;
+        ops::add_assign(x, &o)
+    }
+}
+
+enum Block {
+    Res(ResBlock),
+    Timestep(TimestepBlock),
+    Attn(AttnBlock),
+}
+
+/// A level transition: LayerNorm, then a strided (transposed) convolution or a 1×1 convolution
+/// with optional bilinear resampling.
+enum Transition {
+    Identity,
+    /// Conv2d(k=2, s=2): weight viewed as `[C', 4C]`.
+    Down2x2(Linear),
+    /// ConvTranspose2d(k=2, s=2): weight reordered by [`ops::prepare_conv_transpose2x2`].
+    Up2x2(Linear),
+    /// UpDownBlock2d: 1×1 convolution, resampled by 2 (up: before, down: after) when enabled.
+    Conv1x1 {
+        conv: Linear,
+        resample: bool,
+        up: bool,
+    },
+}
+
+impl Transition {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let n = match self {
+            Transition::Identity => return x.view(x.shape()),
+            _ => ops::layer_norm(x, None, None, EPS)?,
+        };
+        match self {
+            Transition::Identity => unreachable!(),
+            Transition::Down2x2(l) => ops::conv2x2_s2(&n, &l.weight, l.bias.as_ref().expect("conv bias")),
+            Transition::Up2x2(l) => ops::conv_transpose2x2(&n, &l.weight, l.bias.as_ref().expect("conv bias")),
+            Transition::Conv1x1 { conv, resample, up } => {
+                let (h, w) = (n.dim(1), n.dim(2));
+                if !resample {
+                    conv.forward(&n)
+                } else if *up {
+                    conv.forward(&ops::resize_bilinear(&n, h * 2, w * 2)?)
+                } else {
+                    let y = conv.forward(&n)?;
+                    ops::resize_bilinear(&y, h / 2, w / 2)
+                }
+            }
+        }
+    }
+}
+
+struct Level {
+    blocks: Vec<Block>,
+    repeat_mappers: Vec<Linear>,
+}
+
+/// Conv1×1 → GELU → Conv1×1 → LayerNorm (Stage B's effnet and pixel mappers).
+struct Mapper {
+    a: Linear,
+    b: Linear,
+}
+
+impl Mapper {
+    fn load(vb: &VarBuilder, cin: usize, c: usize) -> Result<Mapper> {
+        Ok(Mapper { a: Linear::conv1x1(vb, "0", 4 * c, cin, true)?, b: Linear::conv1x1(vb, "2", c, 4 * c, true)? })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(&self.b.forward(&ops::gelu(&self.a.forward(x)?)?)?, None, None, EPS)
+    }
+}
+
+/// The inputs of one forward call, token-major (`[B, H, W, C]` images).
+pub struct UNetInputs<'a> {
+    /// The noisy latent `[B, H, W, in_channels]`.
+    pub sample: &'a Tensor,
+    /// The timestep ratios, f32 `[B]`.
+    pub timestep_ratio: &'a Tensor,
+    /// Pooled CLIP embedding `[B, 1, P]`.
+    pub clip_text_pooled: &'a Tensor,
+    /// CLIP hidden states `[B, 77, T]` (Stage C).
+    pub clip_text: Option<&'a Tensor>,
+    /// CLIP image embedding `[B, 1, I]` (Stage C).
+    pub clip_img: Option<&'a Tensor>,
+    /// Image embeddings `[B, h, w, effnet_in_channels]` (Stage B).
+    pub effnet: Option<&'a Tensor>,
+    /// Pixel conditioning `[B, 8, 8, 3]` (Stage B; zeros when None, as diffusers).
+    pub pixels: Option<&'a Tensor>,
+}
+
+/// Stage C or Stage B.
+pub struct StableCascadeUNet {
+    cfg: UNetConfig,
+    dtype: DType,
+    device: Device,
+    clip_txt_pooled_mapper: Linear,
+    clip_txt_mapper: Option<Linear>,
+    clip_img_mapper: Option<Linear>,
+    embedding: Linear,
+    effnet_mapper: Option<Mapper>,
+    pixels_mapper: Option<Mapper>,
+    down_scalers: Vec<Transition>,
+    down: Vec<Level>,
+    /// Deepest level first, as the module lists.
+    up_scalers: Vec<Transition>,
+    up: Vec<Level>,
+    clf: Linear,
+}
+
+fn heads_of(cfg: &UNetConfig, i: usize) -> usize {
+    cfg.num_attention_heads.get(i).copied().unwrap_or(0).max(0) as usize
+}
+
+impl StableCascadeUNet {
+    /// Loads a `prior/`, `decoder/` (or lite) folder: config.json + diffusion_pytorch_model weights.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<StableCascadeUNet> {
+        let (cfg, vb) = super::open_component::<UNetConfig>(dir, "diffusion_pytorch_model", dtype, device)?;
+        let model = Self::new(cfg, &vb)?;
+        vb.finish()?;
+        Ok(model)
+    }
+
+    /// Builds the network from its config and weights.
+    pub fn new(cfg: UNetConfig, vb: &VarBuilder) -> Result<StableCascadeUNet> {
+        let levels = cfg.block_out_channels.len();
+        let per_level = [
+            cfg.num_attention_heads.len(),
+            cfg.down_num_layers_per_block.len(),
+            cfg.up_num_layers_per_block.len(),
+            cfg.block_types_per_layer.len(),
+        ];
+        if levels == 0 || per_level.iter().any(|&n| n != levels) {
+            return Err(Error::Msg(format!("UNet config: per-level lists have lengths {per_level:?}, expected {levels} each")));
+        }
+        let ch = &cfg.block_out_channels;
+        let (c_r, c_cond, seq) = (cfg.timestep_ratio_embedding_dim, cfg.conditioning_dim, cfg.clip_seq);
+        let down_reps = cfg.down_blocks_repeat_mappers.clone().unwrap_or(vec![1; levels]);
+        let up_reps: Vec<usize> = cfg.up_blocks_repeat_mappers.clone().unwrap_or(vec![1; levels]).into_iter().rev().collect();
+        let up_layers: Vec<usize> = cfg.up_num_layers_per_block.iter().rev().copied().collect();
+        if down_reps.len() != levels || up_reps.len() != levels {
+            return Err(Error::Msg(format!("UNet config: repeat mapper lists must have {levels} entries")));
+        }
+
+        let block = |vb: &VarBuilder, kind: &str, i: usize, c_skip: usize| -> Result<Block> {
+            match kind {
+                "SDCascadeResBlock" => Ok(Block::Res(ResBlock::load(vb, ch[i], c_skip, cfg.kernel_size)?)),
+                "SDCascadeTimestepBlock" => Ok(Block::Timestep(TimestepBlock::load(vb, ch[i], c_r, &cfg.timestep_conditioning_type)?)),
+                "SDCascadeAttnBlock" => Ok(Block::Attn(AttnBlock::load(vb, ch[i], c_cond, heads_of(&cfg, i), cfg.self_attn.get(i))?)),
+                other => Err(Error::Msg(format!("UNet config: unknown block type '{other}'"))),
+            }
+        };
+        let mappers = |vb: &VarBuilder, n: usize, c: usize| -> Result<Vec<Linear>> {
+            (0..n.saturating_sub(1)).map(|r| Linear::conv1x1(vb, &r.to_string(), c, c, true)).collect()
+        };
+
+        let mut down_scalers = Vec::new();
+        let mut down = Vec::new();
+        for i in 0..levels {
+            let ds = vb.pp("down_downscalers").pp(i);
+            down_scalers.push(if i == 0 {
+                Transition::Identity
+            } else if let Some(sw) = &cfg.switch_level {
+                let conv = Linear::conv1x1(&ds.pp("1").pp("blocks"), "0", ch[i], ch[i - 1], true)?;
+                Transition::Conv1x1 { conv, resample: sw.get(i - 1).copied().unwrap_or(false), up: false }
+            } else {
+                let l = ds.pp("1");
+                Transition::Down2x2(Linear {
+                    weight: l.get("weight", &[ch[i], ch[i - 1], 2, 2])?.reshape(&[ch[i], 4 * ch[i - 1]])?,
+                    bias: Some(l.get("bias", &[ch[i]])?),
+                })
+            });
+            let types = &cfg.block_types_per_layer[i];
+            let mut blocks = Vec::new();
+            for j in 0..cfg.down_num_layers_per_block[i] {
+                for (k, kind) in types.iter().enumerate() {
+                    blocks.push(block(&vb.pp("down_blocks").pp(i).pp(j * types.len() + k), kind, i, 0)?);
+                }
+            }
+            down.push(Level { blocks, repeat_mappers: mappers(&vb.pp("down_repeat_mappers").pp(i), down_reps[i], ch[i])? });
+        }
+
+        let mut up_scalers = Vec::new();
+        let mut up = Vec::new();
+        for (k, i) in (0..levels).rev().enumerate() {
+            let us = vb.pp("up_upscalers").pp(k);
+            up_scalers.push(if i == 0 {
+                Transition::Identity
+            } else if let Some(sw) = &cfg.switch_level {
+                let conv = Linear::conv1x1(&us.pp("1").pp("blocks"), "1", ch[i - 1], ch[i], true)?;
+                Transition::Conv1x1 { conv, resample: sw.get(i - 1).copied().unwrap_or(false), up: true }
+            } else {
+                let l = us.pp("1");
+                let (w, b) = (l.get_as("weight", &[ch[i], ch[i - 1], 2, 2], DType::F32)?, l.get_as("bias", &[ch[i - 1]], DType::F32)?);
+                let (wp, bp) = ops::prepare_conv_transpose2x2(&w.to_vec_f32()?, &b.to_vec_f32()?, ch[i], ch[i - 1])?;
+                Transition::Up2x2(Linear {
+                    weight: Tensor::from_f32(&wp, &[4 * ch[i - 1], ch[i]], vb.dtype(), vb.device())?,
+                    bias: Some(Tensor::from_f32(&bp, &[4 * ch[i - 1]], vb.dtype(), vb.device())?),
+                })
+            });
+            let types = &cfg.block_types_per_layer[i];
+            let mut blocks = Vec::new();
+            for j in 0..up_layers[i] {
+                for (t, kind) in types.iter().enumerate() {
+                    let c_skip = if i < levels - 1 && j == 0 && t == 0 { ch[i] } else { 0 };
+                    blocks.push(block(&vb.pp("up_blocks").pp(k).pp(j * types.len() + t), kind, i, c_skip)?);
+                }
+            }
+            up.push(Level { blocks, repeat_mappers: mappers(&vb.pp("up_repeat_mappers").pp(k), up_reps[i], ch[i])? });
+        }
+
+        let p = cfg.patch_size;
+        Ok(StableCascadeUNet {
+            clip_txt_pooled_mapper: Linear::load(vb, "clip_txt_pooled_mapper", c_cond * seq, cfg.clip_text_pooled_in_channels, true)?,
+            clip_txt_mapper: cfg.clip_text_in_channels.map(|t| Linear::load(vb, "clip_txt_mapper", c_cond, t, true)).transpose()?,
+            clip_img_mapper: cfg.clip_image_in_channels.map(|n| Linear::load(vb, "clip_img_mapper", c_cond * seq, n, true)).transpose()?,
+            embedding: Linear::conv1x1(&vb.pp("embedding"), "1", ch[0], cfg.in_channels * p * p, true)?,
+            effnet_mapper: cfg.effnet_in_channels.map(|e| Mapper::load(&vb.pp("effnet_mapper"), e, ch[0])).transpose()?,
+            pixels_mapper: cfg.pixel_mapper_in_channels.map(|e| Mapper::load(&vb.pp("pixels_mapper"), e, ch[0])).transpose()?,
+            clf: Linear::conv1x1(&vb.pp("clf"), "1", cfg.out_channels * p * p, ch[0], true)?,
+            down_scalers,
+            down,
+            up_scalers,
+            up,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+            cfg,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &UNetConfig {
+        &self.cfg
+    }
+
+    /// The condition tokens (spec §3.8): Stage C `LN([txt(77); pooled(4); img(4)])`, Stage B
+    /// `LN(pooled(4))`. Constant over a run: compute once.
+    pub fn condition(&self, clip_text_pooled: &Tensor, clip_text: Option<&Tensor>, clip_img: Option<&Tensor>) -> Result<Tensor> {
+        let b = clip_text_pooled.dim(0);
+        let c = self.cfg.conditioning_dim;
+        let pooled = self.clip_txt_pooled_mapper.forward(clip_text_pooled)?;
+        let n = pooled.numel() / (b * c);
+        let pooled = pooled.reshape(&[b, n, c])?;
+        let tokens = match (clip_text, clip_img, &self.clip_txt_mapper, &self.clip_img_mapper) {
+            (Some(txt), Some(img), Some(tm), Some(im)) => {
+                let img = im.forward(img)?;
+                let n = img.numel() / (b * c);
+                let img = img.reshape(&[b, n, c])?;
+                concat_tokens(&concat_tokens(&tm.forward(txt)?, &pooled)?, &img)?
+            }
+            (None, None, _, _) | (_, _, None, _) | (_, _, _, None) => pooled,
+            _ => return Err(Error::Shape("UNet: clip_text and clip_img must be given together".into())),
+        };
+        ops::layer_norm(&tokens, None, None, EPS)
+    }
+
+    /// One forward pass: the ε prediction `[B, H, W, out_channels]`.
+    pub fn forward(&self, inp: &UNetInputs) -> Result<Tensor> {
+        let cond = self.condition(inp.clip_text_pooled, inp.clip_text, inp.clip_img)?;
+        self.forward_with_condition(inp.sample, inp.timestep_ratio, &cond, inp.effnet, inp.pixels)
+    }
+
+    /// One forward pass with precomputed condition tokens (see [`StableCascadeUNet::condition`]).
+    pub fn forward_with_condition(
+        &self,
+        sample: &Tensor,
+        timestep_ratio: &Tensor,
+        cond: &Tensor,
+        effnet: Option<&Tensor>,
+        pixels: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let &[b, h, w, cin] = sample.shape() else {
+            return Err(Error::Shape(format!("UNet: sample must be [B, H, W, C], got {:?}", sample.shape())));
+        };
+        let p = self.cfg.patch_size;
+        if cin != self.cfg.in_channels || h % p != 0 || w % p != 0 {
+            return Err(Error::Shape(format!(
+                "UNet: sample {:?} needs {} channels and a size divisible by the patch size {p}",
+                sample.shape(),
+                self.cfg.in_channels
+            )));
+        }
+        if timestep_ratio.shape() != [b] {
+            return Err(Error::Shape(format!("UNet: timestep_ratio must be [{b}], got {:?}", timestep_ratio.shape())));
+        }
+        // Timestep embeddings: emb(t), and emb(0) for every extra condition.
+        let c_r = self.cfg.timestep_ratio_embedding_dim;
+        let mut r_emb = Tensor::empty(&[b, c_r], self.dtype, &self.device)?;
+        ops::timestep_embedding_into(&timestep_ratio.to_dtype(DType::F32)?, c_r, 0, 10000.0, &mut r_emb)?;
+        let mut zero_emb = Tensor::empty(&[b, c_r], self.dtype, &self.device)?;
+        ops::timestep_embedding_into(&Tensor::zeros(&[b], DType::F32, &self.device)?, c_r, 0, 10000.0, &mut zero_emb)?;
+
+        // Stem.
+        let x = if p > 1 { ops::pixel_unshuffle(sample, p)? } else { sample.view(sample.shape())? };
+        let mut x = ops::layer_norm(&self.embedding.forward(&x)?, None, None, EPS)?;
+        let (h0, w0) = (x.dim(1), x.dim(2));
+        if let (Some(m), Some(e)) = (&self.effnet_mapper, effnet) {
+            ops::add_assign(&mut x, &m.forward(&ops::resize_bilinear(e, h0, w0)?)?)?;
+        }
+        if let Some(m) = &self.pixels_mapper {
+            let zeros;
+            let px = match pixels {
+                Some(px) => px,
+                None => {
+                    zeros = Tensor::zeros(&[b, 8, 8, self.cfg.pixel_mapper_in_channels.unwrap_or(3)], self.dtype, &self.device)?;
+                    &zeros
+                }
+            };
+            ops::add_assign(&mut x, &ops::resize_bilinear(&m.forward(px)?, h0, w0)?)?;
+        }
+
+        // Down path; level_outputs[0] is the deepest.
+        let mut level_outputs: Vec<Tensor> = Vec::new();
+        for (level, scaler) in self.down.iter().zip(&self.down_scalers) {
+            x = scaler.forward(&x)?;
+            for rep in 0..=level.repeat_mappers.len() {
+                for blk in &level.blocks {
+                    x = self.apply(blk, x, None, &r_emb, &zero_emb, cond)?;
+                }
+                if let Some(m) = level.repeat_mappers.get(rep) {
+                    x = m.forward(&x)?;
+                }
+            }
+            level_outputs.insert(0, x.view(x.shape())?);
+        }
+
+        // Up path, deepest level first; the first ResBlock of every repetition takes the skip.
+        let mut x = level_outputs[0].view(level_outputs[0].shape())?;
+        for (k, (level, scaler)) in self.up.iter().zip(&self.up_scalers).enumerate() {
+            for rep in 0..=level.repeat_mappers.len() {
+                for (m, blk) in level.blocks.iter().enumerate() {
+                    let skip = if m == 0 && k > 0 { Some(&level_outputs[k]) } else { None };
+                    if let (Some(s), Block::Res(_)) = (skip, blk) {
+                        if (x.dim(1), x.dim(2)) != (s.dim(1), s.dim(2)) {
+                            // diffusers resizes in f32 and casts back.
+                            let xf = ops::resize_bilinear(&x.to_dtype(DType::F32)?, s.dim(1), s.dim(2))?;
+                            x = xf.to_dtype(self.dtype)?;
+                        }
+                    }
+                    let skip = if matches!(blk, Block::Res(_)) { skip } else { None };
+                    x = self.apply(blk, x, skip, &r_emb, &zero_emb, cond)?;
+                }
+                if let Some(m) = level.repeat_mappers.get(rep) {
+                    x = m.forward(&x)?;
+                }
+            }
+            x = scaler.forward(&x)?;
+        }
+
+        let y = self.clf.forward(&ops::layer_norm(&x, None, None, EPS)?)?;
+        if p > 1 {
+            ops::pixel_shuffle(&y, p)
+        } else {
+            Ok(y)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply(&self, blk: &Block, mut x: Tensor, skip: Option<&Tensor>, r_emb: &Tensor, zero_emb: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        match blk {
+            Block::Res(r) => r.forward(&x, skip),
+            Block::Timestep(t) => {
+                ops::modulate_assign(&mut x, &t.modulation(r_emb, zero_emb)?)?;
+                Ok(x)
+            }
+            Block::Attn(a) => {
+                a.forward(&mut x, cond)?;
+                Ok(x)
+            }
+        }
+    }
+}
