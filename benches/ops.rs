@@ -147,6 +147,9 @@ fn main() {
         r.run(&format!("modulate/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((4 * n) as f64), || {
             ops::modulate_assign(&mut y, &ab).unwrap()
         });
+        r.run(&format!("affine/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((4 * n) as f64), || {
+            ops::affine_assign(&mut y, 1.0, 0.0).unwrap()
+        });
         r.run(&format!("ddpm_step/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((8 * n) as f64), || {
             ops::ddpm_step_assign(&mut y, &x, Some(&x), &coef).unwrap()
         });

@@ -68,3 +68,9 @@ template <typename T> __device__ void ddpm_step_impl(const DdpmStepParams& p) {
 }
 extern "C" __global__ void ddpm_step_f32(DdpmStepParams p) { ddpm_step_impl<float>(p); }
 extern "C" __global__ void ddpm_step_bf16(DdpmStepParams p) { ddpm_step_impl<bf16>(p); }
+
+template <typename T> __device__ void affine_impl(const AffineParams& p) {
+    GRID_STRIDE(i, p.n) { ((T*)p.y)[i] = from_f32<T>(p.a * to_f32(((const T*)p.x)[i]) + p.b); }
+}
+extern "C" __global__ void affine_f32(AffineParams p) { affine_impl<float>(p); }
+extern "C" __global__ void affine_bf16(AffineParams p) { affine_impl<bf16>(p); }

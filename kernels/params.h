@@ -229,3 +229,12 @@ typedef struct EmbedParams {
     int32_t D;
     int32_t V;
 } EmbedParams;
+
+// y = a * x + b (Stage A's latent scale, image range mapping).
+typedef struct AffineParams {
+    const void* x;       // [n]
+    void* y;             // [n] (may alias x)
+    int64_t n;
+    float a;
+    float b;
+} AffineParams;

@@ -24,7 +24,9 @@
 pub mod error;
 pub mod models;
 pub mod ops;
+pub mod pipeline;
 pub mod runtime;
+pub mod sampling;
 pub mod testing;
 pub mod tokenizer;
 pub mod weights;

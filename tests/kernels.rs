@@ -331,6 +331,10 @@ fn elementwise_kernels() {
                 verify("cfg", s.name, dtype, &g.to_vec_f32().unwrap(), Some(&whole), &cpu::cfg_combine(&xv, 4.0));
             }
 
+            ops::cast_into(&x, &mut y).unwrap();
+            ops::affine_assign(&mut y, 0.3764, -0.25).unwrap();
+            verify("affine", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &cpu::affine(&xv, 0.3764, -0.25));
+
             let coef = [1.0138, 0.0137, 0.0851];
             let ct = Tensor::from_f32(&coef, &[3], DType::F32, &dev).unwrap();
             for noise in [true, false] {

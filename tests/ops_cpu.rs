@@ -140,6 +140,9 @@ fn ddpm_step_and_residual_add() {
     ops::ddpm_step_assign(&mut xt, &t(&e, &[3]), Some(&t(&z, &[3])), &t(&coef, &[3])).unwrap();
     let want: Vec<f32> = (0..3).map(|i| 1.25 * (x[i] - 0.5 * e[i]) + 0.2 * z[i]).collect();
     close("ddpm_step", &xt, &want, 1e-6);
+    let mut s = t(&x, &[3]);
+    ops::affine_assign(&mut s, 0.3764, 0.5).unwrap();
+    close("affine", &s, &[0.8764, -0.2528, 0.6882], 1e-6);
     let mut a = t(&x, &[3]);
     ops::add_assign(&mut a, &t(&e, &[3])).unwrap();
     close("add_assign", &a, &[1.1, -1.8, 0.2], 1e-6);

@@ -30,4 +30,5 @@ device_repr!(
     AttentionParams,
     TimestepEmbedParams,
     EmbedParams,
+    AffineParams,
 );

@@ -176,3 +176,20 @@ pub fn ddpm_step_assign(x: &mut Tensor, eps: &Tensor, noise: Option<&Tensor>, co
         }
     }
 }
+
+/// `x ← a·x + b` (Stage A's latent scale).
+pub fn affine_assign(x: &mut Tensor, a: f32, b: f32) -> Result<()> {
+    match x.device() {
+        Device::Cpu => {
+            let v = cpu::affine(&x.cpu_f32()?, a, b);
+            x.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let ptr = x.cuda_ptr()?;
+            let p = crate::cuda::params::AffineParams { x: ptr as *const _, y: ptr as *mut _, n: x.numel() as i64, a, b };
+            dev.launch_1d(super::kernel("affine", x.dtype(), &k.affine_f32, &k.affine_bf16)?, x.numel(), &p)
+        }
+    }
+}

@@ -38,3 +38,8 @@ pub fn ddpm_step(x: &[f32], eps: &[f32], noise: Option<&[f32]>, coef: [f32; 3]) 
         })
         .collect()
 }
+
+/// `a·x + b`.
+pub fn affine(x: &[f32], a: f32, b: f32) -> Vec<f32> {
+    x.iter().map(|&v| (a as f64 * v as f64 + b as f64) as f32).collect()
+}

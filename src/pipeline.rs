@@ -1,0 +1,391 @@
+//! Text to image (spec §5): tokenizer → CLIP → Stage C with classifier-free guidance → Stage B →
+//! Stage A, as diffusers' `StableCascadePriorPipeline` + `StableCascadeDecoderPipeline` run it.
+
+use std::path::{Path, PathBuf};
+
+use crate::models::clip::ClipTextModel;
+use crate::models::unet::StableCascadeUNet;
+use crate::models::vqgan::Vqgan;
+use crate::models::{concat_batch, nchw_to_nhwc, nhwc_to_nchw};
+use crate::sampling::DdpmWuerstchen;
+use crate::tokenizer::ClipTokenizer;
+use crate::{ops, DType, Device, Error, Result, Tensor};
+
+/// Stage C's latent is `ceil(size / 42.67)` (model_index.json `resolution_multiple`).
+pub const RESOLUTION_MULTIPLE: f64 = 42.67;
+/// Stage B's latent is `int(stage_c_size · 10.67)` (model_index.json `latent_dim_scale`).
+pub const LATENT_DIM_SCALE: f64 = 10.67;
+
+/// Where each component lives.
+#[derive(Clone, Debug)]
+pub struct ModelPaths {
+    /// `text_encoder/`.
+    pub text_encoder: PathBuf,
+    /// `tokenizer/`.
+    pub tokenizer: PathBuf,
+    /// `prior/` or `prior_lite/`.
+    pub prior: PathBuf,
+    /// `decoder/` or `decoder_lite/`.
+    pub decoder: PathBuf,
+    /// `vqgan/`.
+    pub vqgan: PathBuf,
+    /// The prior snapshot's `scheduler/`, if any.
+    pub prior_scheduler: Option<PathBuf>,
+    /// The decoder snapshot's `scheduler/`, if any.
+    pub decoder_scheduler: Option<PathBuf>,
+}
+
+impl ModelPaths {
+    /// Finds the components in one directory holding all of them, or in the two Hugging Face
+    /// snapshots (`stable-cascade-prior`, `stable-cascade`) given separately. `lite_*` selects
+    /// `prior_lite/` / `decoder_lite/`.
+    pub fn find(dirs: &[PathBuf], lite_prior: bool, lite_decoder: bool) -> Result<ModelPaths> {
+        if dirs.is_empty() {
+            return Err(Error::Msg("no model directory given (--model-dir)".into()));
+        }
+        for d in dirs {
+            if !d.is_dir() {
+                return Err(Error::file(d, "model directory not found"));
+            }
+        }
+        let find = |name: &str| dirs.iter().map(|d| d.join(name)).find(|p| p.is_dir());
+        let mut missing = Vec::new();
+        let mut need = |name: &str| {
+            find(name).unwrap_or_else(|| {
+                missing.push(name.to_string());
+                PathBuf::new()
+            })
+        };
+        let prior_name = if lite_prior { "prior_lite" } else { "prior" };
+        let decoder_name = if lite_decoder { "decoder_lite" } else { "decoder" };
+        let paths = ModelPaths {
+            text_encoder: need("text_encoder"),
+            tokenizer: need("tokenizer"),
+            prior: need(prior_name),
+            decoder: need(decoder_name),
+            vqgan: need("vqgan"),
+            prior_scheduler: None,
+            decoder_scheduler: None,
+        };
+        if !missing.is_empty() {
+            let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            return Err(Error::Msg(format!(
+                "missing component folder(s) {} in {}: give one directory holding all components, or both the stable-cascade-prior and stable-cascade snapshots",
+                missing.join(", "),
+                list.join(" and ")
+            )));
+        }
+        let sched_beside = |component: &Path| component.parent().map(|p| p.join("scheduler")).filter(|p| p.is_dir());
+        Ok(ModelPaths { prior_scheduler: sched_beside(&paths.prior), decoder_scheduler: sched_beside(&paths.decoder), ..paths })
+    }
+}
+
+/// A text-to-image request.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt ("" as diffusers' default).
+    pub negative_prompt: String,
+    /// Image width in pixels.
+    pub width: usize,
+    /// Image height in pixels.
+    pub height: usize,
+    /// Images per prompt.
+    pub num_images: usize,
+    /// Stage C steps (20).
+    pub prior_steps: usize,
+    /// Stage C guidance (4.0; guidance applies when > 1).
+    pub prior_guidance: f32,
+    /// Stage B steps (10).
+    pub decoder_steps: usize,
+    /// Stage B guidance (0.0: none, as diffusers; the official notebook uses 1.1).
+    pub decoder_guidance: f32,
+    /// Seed of the default noise source.
+    pub seed: u64,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            width: 1024,
+            height: 1024,
+            num_images: 1,
+            prior_steps: 20,
+            prior_guidance: 4.0,
+            decoder_steps: 10,
+            decoder_guidance: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Where the random draws come from. Names follow `--noise`: `noise_prior_init`,
+/// `noise_prior_step{i}`, `noise_decoder_init`, `noise_decoder_step{i}`; shapes are NCHW.
+pub trait NoiseSource {
+    /// A standard normal tensor of `shape` (NCHW) as f32 values.
+    fn draw(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+}
+
+/// Noise read from a safetensors file (every draw diffusers made, by name).
+pub struct FileNoise(pub std::sync::Arc<crate::weights::WeightStore>);
+
+impl NoiseSource for FileNoise {
+    fn draw(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let e = self.0.entry(name).ok_or_else(|| Error::Msg(format!("the noise file lacks '{name}' (shape {shape:?})")))?;
+        if e.shape != shape {
+            return Err(Error::Shape(format!("noise '{name}' has shape {:?}, the pipeline needs {shape:?}", e.shape)));
+        }
+        self.0.load(name, DType::F32, &Device::Cpu)?.to_vec_f32()
+    }
+}
+
+/// Seeded Gaussian noise (SplitMix64 + Box–Muller): reproducible per seed, not PyTorch's stream.
+pub struct SeededNoise(crate::testing::TestRng);
+
+impl SeededNoise {
+    /// A source for `seed`.
+    pub fn new(seed: u64) -> Self {
+        SeededNoise(crate::testing::TestRng::new(seed))
+    }
+}
+
+impl NoiseSource for SeededNoise {
+    fn draw(&mut self, _name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Ok(self.0.normal(shape.iter().product(), 1.0))
+    }
+}
+
+/// The images and, for checking against diffusers, the intermediate tensors (NCHW / as diffusers
+/// names them, f32 on the host).
+pub struct Output {
+    /// RGB images.
+    pub images: Vec<image::RgbImage>,
+    /// `prompt_embeds`, `prompt_embeds_pooled`, `negative_prompt_embeds`,
+    /// `negative_prompt_embeds_pooled` (with guidance), `image_embeddings`, `decoder_latents`,
+    /// `images_unclamped`, `images`.
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// The loaded pipeline.
+pub struct Pipeline {
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextModel,
+    prior: StableCascadeUNet,
+    decoder: StableCascadeUNet,
+    vqgan: Vqgan,
+    prior_scheduler: DdpmWuerstchen,
+    decoder_scheduler: DdpmWuerstchen,
+    dtype: DType,
+    device: Device,
+}
+
+fn scheduler(path: &Option<PathBuf>) -> Result<DdpmWuerstchen> {
+    match path {
+        Some(p) if p.join("scheduler_config.json").is_file() => DdpmWuerstchen::from_config(&p.join("scheduler_config.json")),
+        _ => Ok(DdpmWuerstchen::default()),
+    }
+}
+
+impl Pipeline {
+    /// Loads every component in `dtype` onto `device`.
+    pub fn load(paths: &ModelPaths, dtype: DType, device: &Device) -> Result<Pipeline> {
+        Ok(Pipeline {
+            tokenizer: ClipTokenizer::from_dir(&paths.tokenizer)?,
+            text_encoder: ClipTextModel::load(&paths.text_encoder, dtype, device)?,
+            prior: StableCascadeUNet::load(&paths.prior, dtype, device)?,
+            decoder: StableCascadeUNet::load(&paths.decoder, dtype, device)?,
+            vqgan: Vqgan::load(&paths.vqgan, dtype, device)?,
+            prior_scheduler: scheduler(&paths.prior_scheduler)?,
+            decoder_scheduler: scheduler(&paths.decoder_scheduler)?,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+
+    /// (Stage C latent, Stage B latent, image) sizes as (height, width) for a request's size, or
+    /// an error naming the nearest sizes that work.
+    pub fn sizes(&self, width: usize, height: usize) -> Result<[(usize, usize); 3]> {
+        let c = |s: usize| (s as f64 / RESOLUTION_MULTIPLE).ceil() as usize;
+        let b = |s: usize| (c(s) as f64 * LATENT_DIM_SCALE) as usize;
+        let p = self.decoder.config().patch_size.max(1);
+        let ok = |s: usize| s > 0 && b(s) > 0 && b(s) % p == 0;
+        for (what, s) in [("width", width), ("height", height)] {
+            if !ok(s) {
+                let below = (1..s).rev().find(|&x| ok(x));
+                let above = (s + 1..s + 512).find(|&x| ok(x));
+                return Err(Error::Shape(format!(
+                    "{what} {s} gives a Stage B latent of {} which Stage B cannot take (it must be divisible by {p}); nearest valid: {}{} (multiples of 128 always work)",
+                    b(s),
+                    below.map_or(String::new(), |x| format!("{x}, ")),
+                    above.map_or("none".into(), |x| x.to_string())
+                )));
+            }
+        }
+        let up = 4; // Stage A: ×2 transposed conv, ×2 pixel shuffle.
+        Ok([(c(height), c(width)), (b(height), b(width)), (b(height) * up, b(width) * up)])
+    }
+
+    /// Runs the whole pipeline.
+    pub fn generate(&self, req: &Request, noise: &mut dyn NoiseSource) -> Result<Output> {
+        if req.prior_steps == 0 || req.decoder_steps == 0 || req.num_images == 0 {
+            return Err(Error::Shape("steps and the number of images must be at least 1".into()));
+        }
+        for (what, g) in [("prior guidance", req.prior_guidance), ("decoder guidance", req.decoder_guidance)] {
+            if !g.is_finite() || g < 0.0 {
+                return Err(Error::Shape(format!("{what} must be a finite number ≥ 0, got {g}")));
+            }
+        }
+        let [(hc, wc), (hb, wb), _] = self.sizes(req.width, req.height)?;
+        let n = req.num_images;
+        let mut tensors = Vec::new();
+        let cpu_copy = |t: &Tensor| -> Result<Tensor> { Tensor::from_f32(&t.to_vec_f32()?, t.shape(), DType::F32, &Device::Cpu) };
+
+        // Text: the prompt, and the negative prompt when any stage uses guidance.
+        let prior_cfg = req.prior_guidance > 1.0;
+        let decoder_cfg = req.decoder_guidance > 1.0;
+        let encode = |prompt: &str| -> Result<(Tensor, Tensor)> {
+            let t = self.tokenizer.encode(prompt)?;
+            let o = self.text_encoder.forward(&[t.input_ids], Some(&[t.attention_mask]))?;
+            let pooled = o.text_embeds.reshape(&[1, 1, self.text_encoder.config().projection_dim])?;
+            Ok((o.hidden_states_last, pooled))
+        };
+        let repeat = |t: &Tensor| -> Result<Tensor> { (1..n).try_fold(t.view(t.shape())?, |acc, _| concat_batch(&acc, t)) };
+        let (text, pooled) = encode(&req.prompt)?;
+        let (text, pooled) = (repeat(&text)?, repeat(&pooled)?);
+        tensors.push(("prompt_embeds".to_string(), cpu_copy(&text)?));
+        tensors.push(("prompt_embeds_pooled".to_string(), cpu_copy(&pooled)?));
+        let negative = if prior_cfg || decoder_cfg {
+            let (nt, np) = encode(&req.negative_prompt)?;
+            let (nt, np) = (repeat(&nt)?, repeat(&np)?);
+            tensors.push(("negative_prompt_embeds".to_string(), cpu_copy(&nt)?));
+            tensors.push(("negative_prompt_embeds_pooled".to_string(), cpu_copy(&np)?));
+            Some((nt, np))
+        } else {
+            None
+        };
+
+        // Stage C.
+        let pc = self.prior.config();
+        let img_w = pc.clip_image_in_channels.unwrap_or(768);
+        let (clip_text, clip_pooled, clip_img) = match (&negative, prior_cfg) {
+            (Some((nt, np)), true) => {
+                (concat_batch(&text, nt)?, concat_batch(&pooled, np)?, Tensor::zeros(&[2 * n, 1, img_w], self.dtype, &self.device)?)
+            }
+            _ => (text.view(text.shape())?, pooled.view(pooled.shape())?, Tensor::zeros(&[n, 1, img_w], self.dtype, &self.device)?),
+        };
+        let cond = self.prior.condition(&clip_pooled, Some(&clip_text), Some(&clip_img))?;
+        let prior_latent = [n, pc.in_channels, hc, wc];
+        let x = self.denoise(
+            &self.prior,
+            &self.prior_scheduler,
+            "prior",
+            prior_latent,
+            req.prior_steps,
+            req.prior_guidance,
+            &cond,
+            None,
+            noise,
+        )?;
+        tensors.push(("image_embeddings".to_string(), cpu_copy(&nhwc_to_nchw(&x)?)?));
+
+        // Stage B.
+        let dc = self.decoder.config();
+        let (dec_pooled, effnet) = match (&negative, decoder_cfg) {
+            (Some((_, np)), true) => (concat_batch(&pooled, np)?, concat_batch(&x, &Tensor::zeros(x.shape(), self.dtype, &self.device)?)?),
+            _ => (pooled.view(pooled.shape())?, x.view(x.shape())?),
+        };
+        let cond = self.decoder.condition(&dec_pooled, None, None)?;
+        let dec_latent = [n, dc.in_channels, hb, wb];
+        let mut latents = self.denoise(
+            &self.decoder,
+            &self.decoder_scheduler,
+            "decoder",
+            dec_latent,
+            req.decoder_steps,
+            req.decoder_guidance,
+            &cond,
+            Some(&effnet),
+            noise,
+        )?;
+        tensors.push(("decoder_latents".to_string(), cpu_copy(&nhwc_to_nchw(&latents)?)?));
+
+        // Stage A.
+        ops::affine_assign(&mut latents, self.vqgan.config().scale_factor as f32, 0.0)?;
+        let images = nhwc_to_nchw(&self.vqgan.decode(&latents)?)?;
+        let unclamped = cpu_copy(&images)?;
+        let v: Vec<f32> = unclamped.to_vec_f32()?.iter().map(|x| x.clamp(0.0, 1.0)).collect();
+        let clamped = Tensor::from_f32(&v, unclamped.shape(), DType::F32, &Device::Cpu)?;
+        let &[_, c, h, w] = clamped.shape() else { unreachable!("images are 4-D") };
+        if c != 3 {
+            return Err(Error::Shape(format!("Stage A produced {c} channels; an RGB image needs 3")));
+        }
+        let rgb = (0..n)
+            .map(|i| {
+                let plane = &v[i * 3 * h * w..(i + 1) * 3 * h * w];
+                image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                    // numpy's round half to even, as diffusers' numpy_to_pil.
+                    let px = |ch: usize| (plane[ch * h * w + y as usize * w + x as usize] * 255.0).round_ties_even() as u8;
+                    image::Rgb([px(0), px(1), px(2)])
+                })
+            })
+            .collect();
+        tensors.push(("images_unclamped".to_string(), unclamped));
+        tensors.push(("images".to_string(), clamped));
+        Ok(Output { images: rgb, tensors })
+    }
+
+    /// One stage's denoising loop; returns the final latent `[n, h, w, c]`.
+    #[allow(clippy::too_many_arguments)]
+    fn denoise(
+        &self,
+        model: &StableCascadeUNet,
+        sched: &DdpmWuerstchen,
+        stage: &str,
+        shape: [usize; 4],
+        steps: usize,
+        guidance: f32,
+        cond: &Tensor,
+        effnet: Option<&Tensor>,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
+        let cfg = guidance > 1.0;
+        let n = shape[0];
+        let draw = |noise: &mut dyn NoiseSource, name: &str| -> Result<Tensor> {
+            let v = noise.draw(name, &shape)?;
+            nchw_to_nhwc(&Tensor::from_f32(&v, &shape, self.dtype, &self.device)?)
+        };
+        let mut x = draw(noise, &format!("noise_{stage}_init"))?;
+        let grid = sched.timesteps(steps);
+        let w = Tensor::from_f32(&[guidance], &[1], DType::F32, &self.device)?;
+        for i in 0..steps {
+            let (t, t_prev) = (grid[i], grid[i + 1]);
+            let batch = if cfg { 2 * n } else { n };
+            // The model sees t in its own dtype (diffusers casts the ratio to the model dtype).
+            let t_model = Tensor::from_f32(&vec![t; batch], &[batch], self.dtype, &self.device)?.to_dtype(DType::F32)?;
+            let t_model_val = t_model.to_vec_f32()?[0];
+            let eps = if cfg {
+                let both = concat_batch(&x, &x)?;
+                let e = model.forward_with_condition(&both, &t_model, cond, effnet, None)?;
+                let mut g = Tensor::empty(x.shape(), x.dtype(), &self.device)?;
+                ops::cfg_combine_into(&e, &w, &mut g)?;
+                g
+            } else {
+                model.forward_with_condition(&x, &t_model, cond, effnet, None)?
+            };
+            // diffusers draws the step noise every step and multiplies the last one by zero.
+            let z = draw(noise, &format!("noise_{stage}_step{i}"))?;
+            let coef = sched.coefficients(t_model_val, t_prev);
+            let coef = Tensor::from_f32(&coef, &[3], DType::F32, &self.device)?;
+            ops::ddpm_step_assign(&mut x, &eps, (t_prev != 0.0).then_some(&z), &coef)?;
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,70 @@
+//! The whole pipeline on the tiny fixture against diffusers (prior 3 steps with guidance 4,
+//! decoder 2 steps), with every random draw injected from the noise diffusers drew.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use cascade::pipeline::{FileNoise, ModelPaths, Pipeline, Request};
+use cascade::testing::rel_l2;
+use cascade::weights::WeightStore;
+use cascade::{DType, Device};
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
+}
+
+fn request() -> Request {
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tiny().join("reference/pipeline.json")).unwrap()).unwrap();
+    Request {
+        prompt: s["prompt"].as_str().unwrap().into(),
+        negative_prompt: s["negative_prompt"].as_str().unwrap().into(),
+        width: s["width"].as_u64().unwrap() as usize,
+        height: s["height"].as_u64().unwrap() as usize,
+        num_images: 1,
+        prior_steps: s["prior_steps"].as_u64().unwrap() as usize,
+        prior_guidance: s["prior_guidance"].as_f64().unwrap() as f32,
+        decoder_steps: s["decoder_steps"].as_u64().unwrap() as usize,
+        decoder_guidance: s["decoder_guidance"].as_f64().unwrap() as f32,
+        seed: s["seed"].as_u64().unwrap(),
+    }
+}
+
+#[test]
+fn tiny_pipeline_matches_diffusers() {
+    let start = Instant::now();
+    let paths = ModelPaths::find(&[tiny()], false, false).unwrap();
+    let pipe = Pipeline::load(&paths, DType::F32, &Device::Cpu).unwrap();
+    let noise = WeightStore::open(&[tiny().join("reference/pipeline_noise.safetensors")]).unwrap();
+    let out = pipe.generate(&request(), &mut FileNoise(noise)).unwrap();
+    let want = WeightStore::open(&[tiny().join("reference/pipeline_out.safetensors")]).unwrap();
+    for (name, got) in &out.tensors {
+        let w = want.load(name, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(got.shape(), w.shape(), "{name}");
+        let err = rel_l2(&got.to_vec_f32().unwrap(), &w.to_vec_f32().unwrap());
+        let bound = if name.contains("prompt") { 1e-5 } else { 1e-4 };
+        println!("{name:<32} rel_l2 {err:.2e}");
+        assert!(err <= bound, "{name}: relative L2 error {err:.3e} > {bound:e}");
+    }
+    assert_eq!(out.tensors.len(), want.len(), "every reference tensor is produced");
+    let img = &out.images[0];
+    assert_eq!((img.width(), img.height()), (256, 128));
+    let secs = start.elapsed().as_secs_f64();
+    println!("tiny pipeline: {secs:.2} s");
+    assert!(secs < 10.0, "the tiny pipeline took {secs:.1} s");
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let pipe = Pipeline::load(&ModelPaths::find(&[tiny()], false, false).unwrap(), DType::F32, &Device::Cpu).unwrap();
+    let mut noise = cascade::pipeline::SeededNoise::new(0);
+    // 720 → Stage C 17 → Stage B 181: odd, which the patch-2 stem cannot take (diffusers #7644).
+    let e = pipe.generate(&Request { width: 720, ..request() }, &mut noise).err().unwrap().to_string();
+    assert!(e.contains("width 720") && e.contains("181") && e.contains("nearest valid"), "{e}");
+    println!("{e}");
+    let e = pipe.generate(&Request { prior_steps: 0, ..request() }, &mut noise).err().unwrap().to_string();
+    assert!(e.contains("at least 1"), "{e}");
+    let e = pipe.generate(&Request { prior_guidance: f32::NAN, ..request() }, &mut noise).err().unwrap().to_string();
+    assert!(e.contains("finite"), "{e}");
+    let e = ModelPaths::find(&[tiny().join("prior")], false, false).unwrap_err().to_string();
+    assert!(e.contains("missing component") && e.contains("text_encoder"), "{e}");
+}
