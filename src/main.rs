@@ -1,34 +1,124 @@
 //! The `cascade` command line: one user of the library.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cascade::weights::WeightStore;
-use cascade::{Device, Result};
+use cascade::models::clip::ClipTextModel;
+use cascade::models::unet::{StableCascadeUNet, UNetInputs};
+use cascade::models::vqgan::Vqgan;
+use cascade::models::{nchw_to_nhwc, nhwc_to_nchw};
+use cascade::pipeline::{FileNoise, ModelPaths, NoiseSource, Pipeline, Request, SeededNoise};
+use cascade::tokenizer::ClipTokenizer;
+use cascade::weights::{save, WeightStore};
+use cascade::{DType, Device, Error, Result, Tensor};
 
 const USAGE: &str = "\
 cascade: Stable Cascade inference engine
 
 usage:
-  cascade info FILE...     list the tensors of safetensors files (or a *.safetensors.index.json):
-                           count, dtypes, parameters
-  cascade device [DEVICE]  open a device (cpu, cuda, cuda:N) and describe it
-  cascade help             this text
+  cascade generate [--model-dir DIR]... --prompt P [--negative-prompt N] [--width W] [--height H]
+                   [--images N] [--prior-steps N] [--prior-guidance G] [--decoder-steps M]
+                   [--decoder-guidance G2] [--seed S] [--noise NOISE.safetensors]
+                   [--dump-tensors OUT.safetensors] [--output IMAGE.png] [--lite-prior] [--lite-decoder]
+                   [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
+      text to image. --model-dir: one folder holding every component, or the two snapshots
+      (stable-cascade-prior, stable-cascade); default: the tiny random-weight model in the repo.
+      --noise supplies every random draw (noise_prior_init, noise_prior_step{i},
+      noise_decoder_init, noise_decoder_step{i}); --dump-tensors writes the intermediate tensors.
+  cascade forward [--model-dir DIR]... --component {text_encoder,prior,prior_lite,decoder,decoder_lite,vqgan}
+                  --inputs IN.safetensors --output OUT.safetensors [--device ..] [--dtype ..]
+      one component's forward pass with diffusers' argument names as tensor names.
+  cascade tokenize [--model-dir DIR]... PROMPT...
+      one JSON line per prompt: {\"input_ids\": [...], \"attention_mask\": [...]}
+  cascade info FILE...      the tensors of safetensors files (or a *.safetensors.index.json)
+  cascade device [DEVICE]   open a device (cpu, cuda, cuda:N) and describe it
+  cascade help              this text
 ";
 
+/// Parsed `--flag value` pairs, repeated flags kept in order, and positional arguments.
+struct Args {
+    flags: HashMap<String, Vec<String>>,
+    switches: Vec<String>,
+    positional: Vec<String>,
+}
+
+const SWITCHES: &[&str] = &["--lite-prior", "--lite-decoder"];
+
+impl Args {
+    fn parse(args: &[String]) -> Result<Args> {
+        let mut a = Args { flags: HashMap::new(), switches: Vec::new(), positional: Vec::new() };
+        let mut it = args.iter();
+        while let Some(x) = it.next() {
+            if SWITCHES.contains(&x.as_str()) {
+                a.switches.push(x.clone());
+            } else if x.starts_with("--") {
+                let v = it.next().ok_or_else(|| Error::Msg(format!("{x} needs a value")))?;
+                a.flags.entry(x.clone()).or_default().push(v.clone());
+            } else {
+                a.positional.push(x.clone());
+            }
+        }
+        Ok(a)
+    }
+    fn one(&self, name: &str) -> Option<&str> {
+        self.flags.get(name).and_then(|v| v.last()).map(String::as_str)
+    }
+    fn need(&self, name: &str) -> Result<&str> {
+        self.one(name).ok_or_else(|| Error::Msg(format!("{name} is required (see `cascade help`)")))
+    }
+    fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
+        match self.one(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| Error::Msg(format!("{name}: '{v}' is not a valid number"))),
+        }
+    }
+    fn switch(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+    fn model_dirs(&self) -> Result<Vec<PathBuf>> {
+        match self.flags.get("--model-dir") {
+            Some(v) => Ok(v.iter().map(PathBuf::from).collect()),
+            None => {
+                let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+                if tiny.is_dir() {
+                    Ok(vec![tiny])
+                } else {
+                    Err(Error::Msg("--model-dir is required (the built-in tiny model lives in the source tree, which is not here)".into()))
+                }
+            }
+        }
+    }
+    fn device(&self) -> Result<Device> {
+        Device::parse(self.one("--device").unwrap_or("cpu"))
+    }
+    fn dtype(&self, device: &Device) -> Result<DType> {
+        match self.one("--dtype") {
+            Some(d) => DType::parse(d),
+            None => Ok(if device.is_cpu() { DType::F32 } else { DType::BF16 }),
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("info") if args.len() > 1 => info(&args[1..]),
-        Some("device") => device(args.get(1).map(String::as_str).unwrap_or("cuda")),
-        Some("help") | Some("--help") | Some("-h") => {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = argv.first().map(String::as_str) else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &argv[1..];
+    let result = Args::parse(rest).and_then(|a| match cmd {
+        "generate" => generate(&a),
+        "forward" => forward(&a),
+        "tokenize" => tokenize(&a),
+        "info" if !a.positional.is_empty() => info(&a.positional),
+        "device" => device(a.positional.first().map(String::as_str).unwrap_or("cuda")),
+        "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
         }
-        _ => {
-            eprint!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+        _ => Err(Error::Msg(format!("unknown command '{cmd}'\n\n{USAGE}"))),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -38,14 +128,159 @@ fn main() -> ExitCode {
     }
 }
 
+fn generate(a: &Args) -> Result<()> {
+    let device = a.device()?;
+    let dtype = a.dtype(&device)?;
+    let paths = ModelPaths::find(&a.model_dirs()?, a.switch("--lite-prior"), a.switch("--lite-decoder"))?;
+    let pipe = Pipeline::load(&paths, dtype, &device)?;
+    let d = Request::default();
+    let req = Request {
+        prompt: a.need("--prompt")?.to_string(),
+        negative_prompt: a.one("--negative-prompt").unwrap_or("").to_string(),
+        width: a.num("--width", d.width)?,
+        height: a.num("--height", d.height)?,
+        num_images: a.num("--images", d.num_images)?,
+        prior_steps: a.num("--prior-steps", d.prior_steps)?,
+        prior_guidance: a.num("--prior-guidance", d.prior_guidance)?,
+        decoder_steps: a.num("--decoder-steps", d.decoder_steps)?,
+        decoder_guidance: a.num("--decoder-guidance", d.decoder_guidance)?,
+        seed: a.num("--seed", d.seed)?,
+    };
+    if pipe.tokenizer().encode(&req.prompt)?.truncated {
+        eprintln!("warning: the prompt is longer than 75 tokens; CLIP sees only the first 75");
+    }
+    let mut noise: Box<dyn NoiseSource> = match a.one("--noise") {
+        Some(f) => Box::new(FileNoise(WeightStore::open(&[f])?)),
+        None => Box::new(SeededNoise::new(req.seed)),
+    };
+    let start = std::time::Instant::now();
+    let out = pipe.generate(&req, noise.as_mut())?;
+    eprintln!(
+        "generated {} image(s) of {}×{} in {:.2} s on {}",
+        out.images.len(),
+        out.images[0].width(),
+        out.images[0].height(),
+        start.elapsed().as_secs_f64(),
+        device.describe()
+    );
+    if let Some(f) = a.one("--dump-tensors") {
+        let refs: Vec<(&str, &Tensor)> = out.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        save(f, &refs)?;
+    }
+    let output = PathBuf::from(a.one("--output").unwrap_or("cascade.png"));
+    for (i, img) in out.images.iter().enumerate() {
+        let path = if out.images.len() == 1 {
+            output.clone()
+        } else {
+            output.with_file_name(format!("{}_{i}.png", output.file_stem().unwrap_or_default().to_string_lossy()))
+        };
+        img.save(&path).map_err(|e| Error::file(&path, format!("cannot write the image: {e}")))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn find_component(dirs: &[PathBuf], name: &str) -> Result<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| [d.join(name), d.clone()])
+        .find(|p| p.join("config.json").is_file() && (p.ends_with(name) || dirs.len() == 1 && p == &dirs[0]))
+        .ok_or_else(|| Error::Msg(format!("no '{name}' folder with a config.json in the model directories")))
+}
+
+fn forward(a: &Args) -> Result<()> {
+    let device = a.device()?;
+    let dtype = a.dtype(&device)?;
+    let component = a.need("--component")?;
+    let dir = find_component(&a.model_dirs()?, component)?;
+    let inputs = WeightStore::open(&[a.need("--inputs")?])?;
+    let input = |name: &str| -> Result<Tensor> { inputs.load(name, dtype, &device) };
+    let optional = |name: &str| -> Result<Option<Tensor>> { inputs.entry(name).map(|_| input(name)).transpose() };
+    let outputs: Vec<(String, Tensor)> = match component {
+        "text_encoder" => {
+            let model = ClipTextModel::load(&dir, dtype, &device)?;
+            let (ids, shape) = inputs.load_integers("input_ids")?;
+            if shape.len() != 2 {
+                return Err(Error::Shape(format!("input_ids must be [B, L], got {shape:?}")));
+            }
+            let rows = |v: &[i64]| -> Result<Vec<Vec<u32>>> {
+                v.chunks(shape[1])
+                    .map(|r| {
+                        r.iter()
+                            .map(|&x| u32::try_from(x).map_err(|_| Error::Shape(format!("token id {x} is negative or too large"))))
+                            .collect()
+                    })
+                    .collect()
+            };
+            let ids = rows(&ids)?;
+            let mask = inputs
+                .entry("attention_mask")
+                .map(|_| inputs.load_integers("attention_mask"))
+                .transpose()?
+                .map(|(m, _)| rows(&m))
+                .transpose()?;
+            let o = model.forward(&ids, mask.as_deref())?;
+            vec![
+                ("hidden_states_last".into(), o.hidden_states_last),
+                ("last_hidden_state".into(), o.last_hidden_state),
+                ("text_embeds".into(), o.text_embeds),
+            ]
+        }
+        "prior" | "prior_lite" | "decoder" | "decoder_lite" => {
+            let model = StableCascadeUNet::load(&dir, dtype, &device)?;
+            let nhwc = |name: &str| -> Result<Option<Tensor>> { optional(name)?.map(|t| nchw_to_nhwc(&t)).transpose() };
+            let sample = nhwc("sample")?.ok_or_else(|| Error::Msg("the inputs lack 'sample'".into()))?;
+            let t = inputs.load("timestep_ratio", DType::F32, &device)?;
+            let pooled = input("clip_text_pooled")?;
+            let (text, img, effnet, pixels) = (optional("clip_text")?, optional("clip_img")?, nhwc("effnet")?, nhwc("pixels")?);
+            let out = model.forward(&UNetInputs {
+                sample: &sample,
+                timestep_ratio: &t,
+                clip_text_pooled: &pooled,
+                clip_text: text.as_ref(),
+                clip_img: img.as_ref(),
+                effnet: effnet.as_ref(),
+                pixels: pixels.as_ref(),
+            })?;
+            vec![("out".into(), nhwc_to_nchw(&out)?)]
+        }
+        "vqgan" => {
+            let model = Vqgan::load(&dir, dtype, &device)?;
+            let latents = nchw_to_nhwc(&input("latents")?)?;
+            vec![("image".into(), nhwc_to_nchw(&model.decode(&latents)?)?)]
+        }
+        other => {
+            return Err(Error::Msg(format!(
+                "unknown component '{other}': use text_encoder, prior, prior_lite, decoder, decoder_lite or vqgan"
+            )))
+        }
+    };
+    // Outputs are written as f32 whatever the compute dtype.
+    let f32s: Vec<(String, Tensor)> = outputs
+        .into_iter()
+        .map(|(n, t)| Ok((n, Tensor::from_f32(&t.to_vec_f32()?, t.shape(), DType::F32, &Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    let refs: Vec<(&str, &Tensor)> = f32s.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save(a.need("--output")?, &refs)
+}
+
+fn tokenize(a: &Args) -> Result<()> {
+    let dirs = a.model_dirs()?;
+    let dir = dirs.iter().map(|d| d.join("tokenizer")).find(|p| p.is_dir()).unwrap_or_else(|| dirs[0].clone());
+    let tok = ClipTokenizer::from_dir(&dir)?;
+    for p in &a.positional {
+        let t = tok.encode(p)?;
+        println!("{}", serde_json::json!({"input_ids": t.input_ids, "attention_mask": t.attention_mask}));
+    }
+    Ok(())
+}
+
 fn info(paths: &[String]) -> Result<()> {
     let store = WeightStore::open(paths)?;
     let mut params = 0usize;
     let mut by_dtype = std::collections::BTreeMap::<String, usize>::new();
     for name in store.names() {
         let e = store.entry(name).expect("listed name exists");
-        let n: usize = e.shape.iter().product();
-        params += n;
+        params += e.shape.iter().product::<usize>();
         *by_dtype.entry(format!("{:?}", e.dtype)).or_default() += 1;
     }
     println!("{} file(s), {} tensors, {params} parameters", store.files().len(), store.len());

@@ -68,3 +68,27 @@ fn bad_requests_are_errors() {
     let e = ModelPaths::find(&[tiny().join("prior")], false, false).unwrap_err().to_string();
     assert!(e.contains("missing component") && e.contains("text_encoder"), "{e}");
 }
+
+/// The two Hugging Face snapshots given separately (stable-cascade-prior: prior, text encoder,
+/// tokenizer, scheduler; stable-cascade: decoder, vqgan, text encoder, tokenizer, scheduler).
+#[test]
+fn two_snapshots_given_separately() {
+    let root = tempfile::tempdir().unwrap();
+    let (prior_snap, decoder_snap) = (root.path().join("stable-cascade-prior"), root.path().join("stable-cascade"));
+    for (snap, parts) in [
+        (&prior_snap, &["prior", "text_encoder", "tokenizer", "scheduler"][..]),
+        (&decoder_snap, &["decoder", "vqgan", "text_encoder", "tokenizer", "scheduler"][..]),
+    ] {
+        std::fs::create_dir_all(snap).unwrap();
+        for p in parts {
+            std::os::unix::fs::symlink(tiny().join(p), snap.join(p)).unwrap();
+        }
+    }
+    let paths = ModelPaths::find(&[prior_snap.clone(), decoder_snap.clone()], false, false).unwrap();
+    assert!(paths.prior.starts_with(&prior_snap) && paths.decoder.starts_with(&decoder_snap));
+    assert!(paths.decoder_scheduler.as_ref().unwrap().starts_with(&decoder_snap));
+    let pipe = Pipeline::load(&paths, DType::F32, &Device::Cpu).unwrap();
+    let noise = WeightStore::open(&[tiny().join("reference/pipeline_noise.safetensors")]).unwrap();
+    let out = pipe.generate(&request(), &mut FileNoise(noise)).unwrap();
+    assert_eq!(out.images.len(), 1);
+}

@@ -63,7 +63,7 @@ impl MixBlock {
 }
 
 enum Stage {
-    Mix(MixBlock),
+    Mix(Box<MixBlock>),
     /// ConvTranspose2d(k=4, s=2, p=1), weights reordered by [`ops::prepare_conv_transpose4x4`].
     Up(Linear),
 }
@@ -102,7 +102,7 @@ impl Vqgan {
         for i in 0..levels {
             let c = c_levels[levels - 1 - i];
             for _ in 0..if i == 0 { cfg.bottleneck_blocks } else { 1 } {
-                stages.push(Stage::Mix(MixBlock::load(&ub.pp(m), c)?));
+                stages.push(Stage::Mix(Box::new(MixBlock::load(&ub.pp(m), c)?)));
                 m += 1;
             }
             if i < levels - 1 {
