@@ -24,6 +24,11 @@ fn get(s: &WeightStore, name: &str) -> Tensor {
     s.load(name, DType::F32, &Device::Cpu).unwrap()
 }
 
+/// An input on the device under test, in its dtype.
+fn input(s: &WeightStore, name: &str, dev: &Device, dtype: DType) -> Tensor {
+    s.load(name, dtype, dev).unwrap()
+}
+
 fn check(what: &str, got: &Tensor, want: &Tensor, bound: f64) {
     assert_eq!(got.shape(), want.shape(), "{what}: shape");
     let err = rel_l2(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap());
@@ -33,23 +38,31 @@ fn check(what: &str, got: &Tensor, want: &Tensor, bound: f64) {
 
 #[test]
 fn text_encoder_matches_transformers() {
-    let model = ClipTextModel::load(&tiny().join("text_encoder"), DType::F32, &Device::Cpu).unwrap();
+    text_encoder_case(&Device::Cpu, DType::F32, 1e-5);
+}
+
+fn text_encoder_case(dev: &Device, dtype: DType, bound: f64) {
+    let model = ClipTextModel::load(&tiny().join("text_encoder"), dtype, dev).unwrap();
     let inp = reference("text_encoder_in");
     let out = reference("text_encoder_out");
     let (ids, shape) = inp.load_integers("input_ids").unwrap();
     let (mask, _) = inp.load_integers("attention_mask").unwrap();
     let rows = |v: &[i64]| v.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect::<Vec<Vec<u32>>>();
     let o = model.forward(&rows(&ids), Some(&rows(&mask))).unwrap();
-    check("hidden_states_last", &o.hidden_states_last, &get(&out, "hidden_states_last"), 1e-5);
-    check("last_hidden_state", &o.last_hidden_state, &get(&out, "last_hidden_state"), 1e-5);
-    check("text_embeds", &o.text_embeds, &get(&out, "text_embeds"), 1e-5);
+    check("hidden_states_last", &o.hidden_states_last, &get(&out, "hidden_states_last"), bound);
+    check("last_hidden_state", &o.last_hidden_state, &get(&out, "last_hidden_state"), bound);
+    check("text_embeds", &o.text_embeds, &get(&out, "text_embeds"), bound);
 }
 
 fn unet_case(dir: &str, case: &str) {
-    let model = StableCascadeUNet::load(&tiny().join(dir), DType::F32, &Device::Cpu).unwrap();
+    unet_case_on(dir, case, &Device::Cpu, DType::F32, 1e-5);
+}
+
+fn unet_case_on(dir: &str, case: &str, dev: &Device, dtype: DType, bound: f64) {
+    let model = StableCascadeUNet::load(&tiny().join(dir), dtype, dev).unwrap();
     let inp = reference(&format!("{case}_in"));
-    let nhwc = |name: &str| inp.entry(name).map(|_| nchw_to_nhwc(&get(&inp, name)).unwrap());
-    let plain = |name: &str| inp.entry(name).map(|_| get(&inp, name));
+    let nhwc = |name: &str| inp.entry(name).map(|_| nchw_to_nhwc(&input(&inp, name, dev, dtype)).unwrap());
+    let plain = |name: &str| inp.entry(name).map(|_| input(&inp, name, dev, dtype));
     let (sample, t, pooled, text, img, effnet, pixels) = (
         nhwc("sample").unwrap(),
         plain("timestep_ratio").unwrap(),
@@ -70,7 +83,7 @@ fn unet_case(dir: &str, case: &str) {
             pixels: pixels.as_ref(),
         })
         .unwrap();
-    check(case, &nhwc_to_nchw(&out).unwrap(), &get(&reference(&format!("{case}_out")), "out"), 1e-5);
+    check(case, &nhwc_to_nchw(&out).unwrap(), &get(&reference(&format!("{case}_out")), "out"), bound);
 }
 
 #[test]
@@ -100,10 +113,40 @@ fn decoder_lite_matches_diffusers() {
 
 #[test]
 fn vqgan_decode_matches_diffusers() {
-    let model = Vqgan::load(&tiny().join("vqgan"), DType::F32, &Device::Cpu).unwrap();
-    let latents = nchw_to_nhwc(&get(&reference("vqgan_in"), "latents")).unwrap();
+    vqgan_case(&Device::Cpu, DType::F32, 1e-5);
+}
+
+fn vqgan_case(dev: &Device, dtype: DType, bound: f64) {
+    let model = Vqgan::load(&tiny().join("vqgan"), dtype, dev).unwrap();
+    let latents = nchw_to_nhwc(&input(&reference("vqgan_in"), "latents", dev, dtype)).unwrap();
     let image = nhwc_to_nchw(&model.decode(&latents).unwrap()).unwrap();
-    check("vqgan", &image, &get(&reference("vqgan_out"), "image"), 1e-5);
+    check("vqgan", &image, &get(&reference("vqgan_out"), "image"), bound);
+}
+
+/// The same fixtures through the CUDA kernels: f32 within 1e-4, bf16 within 2e-2.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn tiny_components_on_the_gpu() {
+        let dev = Device::cuda(0).expect("this test needs a CUDA GPU");
+        for (dtype, bound) in [(DType::F32, 1e-4), (DType::BF16, 2e-2)] {
+            println!("-- {dtype}");
+            text_encoder_case(&dev, dtype, bound);
+            for (dir, case) in [
+                ("prior", "prior"),
+                ("prior_lite", "prior_lite"),
+                ("decoder", "decoder"),
+                ("decoder", "decoder_pixels"),
+                ("decoder_lite", "decoder_lite"),
+            ] {
+                unet_case_on(dir, case, &dev, dtype, bound);
+            }
+            vqgan_case(&dev, dtype, bound);
+        }
+    }
 }
 
 #[test]
