@@ -163,6 +163,7 @@ fn generate(a: &Args) -> Result<()> {
         start.elapsed().as_secs_f64(),
         device.describe()
     );
+    eprint!("{}", out.timings.summary());
     if let Some(f) = a.one("--dump-tensors") {
         let refs: Vec<(&str, &Tensor)> = out.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         save(f, &refs)?;

@@ -2,6 +2,7 @@
 //! Stage A, as diffusers' `StableCascadePriorPipeline` + `StableCascadeDecoderPipeline` run it.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::models::clip::ClipTextModel;
 use crate::models::unet::StableCascadeUNet;
@@ -158,11 +159,53 @@ impl NoiseSource for SeededNoise {
     }
 }
 
+/// Where the time of one [`Pipeline::generate`] went.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    /// Tokenizing and encoding the prompt (and the negative prompt).
+    pub text_encode: Duration,
+    /// Each Stage C step (model call with guidance, and the sampler update).
+    pub prior_steps: Vec<Duration>,
+    /// Each Stage B step.
+    pub decoder_steps: Vec<Duration>,
+    /// Stage A's decode and the conversion to 8-bit images.
+    pub stage_a: Duration,
+    /// End to end.
+    pub total: Duration,
+    /// Peak bytes of the engine's GPU buffers during the call (None on the CPU).
+    pub peak_gpu_bytes: Option<usize>,
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut s = v.to_vec();
+    s.sort();
+    s.get(s.len() / 2).copied().unwrap_or_default()
+}
+
+impl Timings {
+    /// A few readable lines: every stage's total, per-step median, and the peak GPU memory.
+    pub fn summary(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let mut out = format!("text encode   {:9.1} ms\n", ms(self.text_encode));
+        for (name, steps) in [("stage C", &self.prior_steps), ("stage B", &self.decoder_steps)] {
+            let total: Duration = steps.iter().sum();
+            out += &format!("{name}       {:9.1} ms  ({} steps, median {:.1} ms/step)\n", ms(total), steps.len(), ms(median(steps)));
+        }
+        out += &format!("stage A       {:9.1} ms\nend to end    {:9.1} ms\n", ms(self.stage_a), ms(self.total));
+        if let Some(b) = self.peak_gpu_bytes {
+            out += &format!("peak GPU memory {:.2} GiB (engine buffers, weights included)\n", b as f64 / (1u64 << 30) as f64);
+        }
+        out
+    }
+}
+
 /// The images and, for checking against diffusers, the intermediate tensors (NCHW / as diffusers
 /// names them, f32 on the host).
 pub struct Output {
     /// RGB images.
     pub images: Vec<image::RgbImage>,
+    /// Where the time went.
+    pub timings: Timings,
     /// `prompt_embeds`, `prompt_embeds_pooled`, `negative_prompt_embeds`,
     /// `negative_prompt_embeds_pooled` (with guidance), `image_embeddings`, `decoder_latents`,
     /// `images_unclamped`, `images`.
@@ -245,6 +288,12 @@ impl Pipeline {
         }
         let [(hc, wc), (hb, wb), _] = self.sizes(req.width, req.height)?;
         let n = req.num_images;
+        let start = Instant::now();
+        let mut timings = Timings::default();
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = &self.device {
+            d.reset_peak_memory();
+        }
         let mut tensors = Vec::new();
         let cpu_copy = |t: &Tensor| -> Result<Tensor> { Tensor::from_f32(&t.to_vec_f32()?, t.shape(), DType::F32, &Device::Cpu) };
 
@@ -272,6 +321,9 @@ impl Pipeline {
             None
         };
 
+        self.device.synchronize()?;
+        timings.text_encode = start.elapsed();
+
         // Stage C.
         let pc = self.prior.config();
         let img_w = pc.clip_image_in_channels.unwrap_or(768);
@@ -283,7 +335,7 @@ impl Pipeline {
         };
         let cond = self.prior.condition(&clip_pooled, Some(&clip_text), Some(&clip_img))?;
         let prior_latent = [n, pc.in_channels, hc, wc];
-        let x = self.denoise(
+        let (x, prior_steps) = self.denoise(
             &self.prior,
             &self.prior_scheduler,
             "prior",
@@ -294,6 +346,7 @@ impl Pipeline {
             None,
             noise,
         )?;
+        timings.prior_steps = prior_steps;
         tensors.push(("image_embeddings".to_string(), cpu_copy(&nhwc_to_nchw(&x)?)?));
 
         // Stage B.
@@ -304,7 +357,7 @@ impl Pipeline {
         };
         let cond = self.decoder.condition(&dec_pooled, None, None)?;
         let dec_latent = [n, dc.in_channels, hb, wb];
-        let mut latents = self.denoise(
+        let (mut latents, decoder_steps) = self.denoise(
             &self.decoder,
             &self.decoder_scheduler,
             "decoder",
@@ -315,9 +368,11 @@ impl Pipeline {
             Some(&effnet),
             noise,
         )?;
+        timings.decoder_steps = decoder_steps;
         tensors.push(("decoder_latents".to_string(), cpu_copy(&nhwc_to_nchw(&latents)?)?));
 
         // Stage A.
+        let stage_a = Instant::now();
         ops::affine_assign(&mut latents, self.vqgan.config().scale_factor as f32, 0.0)?;
         let images = nhwc_to_nchw(&self.vqgan.decode(&latents)?)?;
         let unclamped = cpu_copy(&images)?;
@@ -339,10 +394,16 @@ impl Pipeline {
             .collect();
         tensors.push(("images_unclamped".to_string(), unclamped));
         tensors.push(("images".to_string(), clamped));
-        Ok(Output { images: rgb, tensors })
+        timings.stage_a = stage_a.elapsed();
+        timings.total = start.elapsed();
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = &self.device {
+            timings.peak_gpu_bytes = Some(d.memory_stats().1);
+        }
+        Ok(Output { images: rgb, timings, tensors })
     }
 
-    /// One stage's denoising loop; returns the final latent `[n, h, w, c]`.
+    /// One stage's denoising loop; returns the final latent `[n, h, w, c]` and each step's time.
     #[allow(clippy::too_many_arguments)]
     fn denoise(
         &self,
@@ -355,8 +416,9 @@ impl Pipeline {
         cond: &Tensor,
         effnet: Option<&Tensor>,
         noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Vec<Duration>)> {
         let cfg = guidance > 1.0;
+        let mut times = Vec::with_capacity(steps);
         let n = shape[0];
         let draw = |noise: &mut dyn NoiseSource, name: &str| -> Result<Tensor> {
             let v = noise.draw(name, &shape)?;
@@ -366,6 +428,7 @@ impl Pipeline {
         let grid = sched.timesteps(steps);
         let w = Tensor::from_f32(&[guidance], &[1], DType::F32, &self.device)?;
         for i in 0..steps {
+            let step_start = Instant::now();
             let (t, t_prev) = (grid[i], grid[i + 1]);
             let batch = if cfg { 2 * n } else { n };
             // The model sees t in its own dtype (diffusers casts the ratio to the model dtype).
@@ -385,7 +448,9 @@ impl Pipeline {
             let coef = sched.coefficients(t_model_val, t_prev);
             let coef = Tensor::from_f32(&coef, &[3], DType::F32, &self.device)?;
             ops::ddpm_step_assign(&mut x, &eps, (t_prev != 0.0).then_some(&z), &coef)?;
+            self.device.synchronize()?;
+            times.push(step_start.elapsed());
         }
-        Ok(x)
+        Ok((x, times))
     }
 }

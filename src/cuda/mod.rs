@@ -47,6 +47,25 @@ pub struct CudaDevice {
     kernels: Kernels,
     blas: blas::Blas,
     allow_tf32: std::sync::atomic::AtomicBool,
+    memory: Arc<MemStats>,
+}
+
+/// Bytes held by the engine's own device buffers (current and peak since the last reset).
+#[derive(Default, Debug)]
+pub struct MemStats {
+    current: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl MemStats {
+    fn add(&self, n: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.current.fetch_add(n, Relaxed) + n;
+        self.peak.fetch_max(now, Relaxed);
+    }
+    fn sub(&self, n: usize) {
+        self.current.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -89,7 +108,7 @@ impl CudaDevice {
         }
         let kernels = Kernels::load(&ctx)?;
         let blas = blas::Blas::new(&stream)?;
-        Ok(Arc::new(Self { ordinal, name, compute_capability, ctx, stream, kernels, blas, allow_tf32: false.into() }))
+        Ok(Arc::new(Self { ordinal, name, compute_capability, ctx, stream, kernels, blas, allow_tf32: false.into(), memory: Arc::default() }))
     }
 
     /// The ordinal this device was opened with.
@@ -132,6 +151,19 @@ impl CudaDevice {
         self.allow_tf32.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// (current, peak) bytes in the engine's buffers (weights, activations, arenas); the peak
+    /// counts since the last [`CudaDevice::reset_peak_memory`].
+    pub fn memory_stats(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.memory.current.load(Relaxed), self.memory.peak.load(Relaxed))
+    }
+
+    /// Restarts peak tracking from the current usage.
+    pub fn reset_peak_memory(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.memory.peak.store(self.memory.current.load(Relaxed), Relaxed);
+    }
+
     /// (free, total) device memory in bytes.
     pub fn memory_info(&self) -> Result<(usize, usize)> {
         self.ctx.mem_get_info().map_err(|e| driver_err("cuMemGetInfo", e))
@@ -151,7 +183,8 @@ impl CudaDevice {
         // SAFETY: the memory is uninitialised; every user writes before reading.
         let slice = unsafe { self.stream.alloc::<u8>(n) }.map_err(|e| driver_err(&format!("allocating {n} bytes on {}", self.name), e))?;
         let ptr = slice.device_ptr(&self.stream).0;
-        Ok(CudaBuffer { ptr, bytes: n, _slice: slice })
+        self.memory.add(n);
+        Ok(CudaBuffer { ptr, bytes: n, stats: self.memory.clone(), _slice: slice })
     }
 
     /// Copies host bytes to device address `dst`.
@@ -234,7 +267,14 @@ impl Graph {
 pub struct CudaBuffer {
     ptr: u64,
     bytes: usize,
+    stats: Arc<MemStats>,
     _slice: CudaSlice<u8>,
+}
+
+impl Drop for CudaBuffer {
+    fn drop(&mut self) {
+        self.stats.sub(self.bytes);
+    }
 }
 
 impl CudaBuffer {
