@@ -74,3 +74,21 @@ template <typename T> __device__ void affine_impl(const AffineParams& p) {
 }
 extern "C" __global__ void affine_f32(AffineParams p) { affine_impl<float>(p); }
 extern "C" __global__ void affine_bf16(AffineParams p) { affine_impl<bf16>(p); }
+
+__device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// Random weights for benchmarks and full-size checks, generated where they are used.
+extern "C" __global__ void fill_random(RandomParams p) {
+    GRID_STRIDE(i, p.n) {
+        uint64_t h = splitmix64(p.seed ^ splitmix64((uint64_t)i));
+        float u1 = ((float)(h >> 40) + 1.f) * (1.f / 16777216.f);  // (0, 1]
+        float u2 = (float)((h >> 16) & 0xFFFFFF) * (1.f / 16777216.f);
+        float z = sqrtf(-2.f * logf(u1)) * cospif(2.f * u2);
+        store_from_f32(p.y, i, p.dtype, p.mean + p.scale * z);
+    }
+}

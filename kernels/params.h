@@ -238,3 +238,14 @@ typedef struct AffineParams {
     float a;
     float b;
 } AffineParams;
+
+// Seeded normal noise, counter-based so every element is independent of the launch shape:
+// y[i] = mean + scale * N(0,1) from a SplitMix64 hash of (seed, i) and Box-Muller.
+typedef struct RandomParams {
+    void* y;             // [n]
+    int64_t n;
+    uint64_t seed;
+    float mean;
+    float scale;
+    int32_t dtype;       // CASCADE_*
+} RandomParams;

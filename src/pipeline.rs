@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::models::clip::ClipTextModel;
 use crate::models::unet::StableCascadeUNet;
 use crate::models::vqgan::Vqgan;
-use crate::models::{concat_batch, nchw_to_nhwc, nhwc_to_nchw};
+use crate::models::{concat_batch, nhwc_to_nchw};
 use crate::sampling::DdpmWuerstchen;
 use crate::tokenizer::ClipTokenizer;
 use crate::{ops, DType, Device, Error, Result, Tensor};
@@ -223,6 +223,7 @@ pub struct Pipeline {
     decoder_scheduler: DdpmWuerstchen,
     dtype: DType,
     device: Device,
+    cuda_graphs: bool,
 }
 
 fn scheduler(path: &Option<PathBuf>) -> Result<DdpmWuerstchen> {
@@ -245,7 +246,14 @@ impl Pipeline {
             decoder_scheduler: scheduler(&paths.decoder_scheduler)?,
             dtype,
             device: device.clone(),
+            cuda_graphs: true,
         })
+    }
+
+    /// Whether GPU steps are captured as CUDA graphs and replayed (default) or launched
+    /// kernel by kernel.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.cuda_graphs = on;
     }
 
     /// The tokenizer.
@@ -404,6 +412,11 @@ impl Pipeline {
     }
 
     /// One stage's denoising loop; returns the final latent `[n, h, w, c]` and each step's time.
+    ///
+    /// Every per-step value (the latent, the timestep, the sampler coefficients, the noise) lives
+    /// in a device buffer that is rewritten in place before the step, so on a GPU the step is
+    /// captured once as a CUDA graph and replayed (falling back to direct launches, with a
+    /// warning, if capture fails).
     #[allow(clippy::too_many_arguments)]
     fn denoise(
         &self,
@@ -418,36 +431,56 @@ impl Pipeline {
         noise: &mut dyn NoiseSource,
     ) -> Result<(Tensor, Vec<Duration>)> {
         let cfg = guidance > 1.0;
+        let [n, c, h, w] = shape;
+        let batch = if cfg { 2 * n } else { n };
         let mut times = Vec::with_capacity(steps);
-        let n = shape[0];
-        let draw = |noise: &mut dyn NoiseSource, name: &str| -> Result<Tensor> {
-            let v = noise.draw(name, &shape)?;
-            nchw_to_nhwc(&Tensor::from_f32(&v, &shape, self.dtype, &self.device)?)
-        };
-        let mut x = draw(noise, &format!("noise_{stage}_init"))?;
-        let grid = sched.timesteps(steps);
+        let nhwc = [n, h, w, c];
+        let mut x = Tensor::empty(&nhwc, self.dtype, &self.device)?;
+        x.write_f32(&crate::models::nchw_to_nhwc_host(&noise.draw(&format!("noise_{stage}_init"), &shape)?, shape))?;
+        let mut z = Tensor::zeros(&nhwc, self.dtype, &self.device)?;
+        let mut t_buf = Tensor::zeros(&[batch], DType::F32, &self.device)?;
+        let mut coef = Tensor::zeros(&[3], DType::F32, &self.device)?;
         let w = Tensor::from_f32(&[guidance], &[1], DType::F32, &self.device)?;
-        for i in 0..steps {
-            let step_start = Instant::now();
-            let (t, t_prev) = (grid[i], grid[i + 1]);
-            let batch = if cfg { 2 * n } else { n };
-            // The model sees t in its own dtype (diffusers casts the ratio to the model dtype).
-            let t_model = Tensor::from_f32(&vec![t; batch], &[batch], self.dtype, &self.device)?.to_dtype(DType::F32)?;
-            let t_model_val = t_model.to_vec_f32()?[0];
+        let step = |x: &mut Tensor, t: &Tensor, coef: &Tensor, z: &Tensor| -> Result<()> {
             let eps = if cfg {
-                let both = concat_batch(&x, &x)?;
-                let e = model.forward_with_condition(&both, &t_model, cond, effnet, None)?;
+                let e = model.forward_with_condition(&concat_batch(x, x)?, t, cond, effnet, None)?;
                 let mut g = Tensor::empty(x.shape(), x.dtype(), &self.device)?;
                 ops::cfg_combine_into(&e, &w, &mut g)?;
                 g
             } else {
-                model.forward_with_condition(&x, &t_model, cond, effnet, None)?
+                model.forward_with_condition(x, t, cond, effnet, None)?
             };
-            // diffusers draws the step noise every step and multiplies the last one by zero.
-            let z = draw(noise, &format!("noise_{stage}_step{i}"))?;
-            let coef = sched.coefficients(t_model_val, t_prev);
-            let coef = Tensor::from_f32(&coef, &[3], DType::F32, &self.device)?;
-            ops::ddpm_step_assign(&mut x, &eps, (t_prev != 0.0).then_some(&z), &coef)?;
+            ops::ddpm_step_assign(x, &eps, Some(z), coef)
+        };
+        #[cfg(feature = "cuda")]
+        let graph = match &self.device {
+            Device::Cuda(d) if self.cuda_graphs => match d.capture(|| step(&mut x, &t_buf, &coef, &z)) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    eprintln!("warning: capturing the {stage} step as a CUDA graph failed ({e}); launching kernels directly");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let grid = sched.timesteps(steps);
+        for i in 0..steps {
+            let step_start = Instant::now();
+            // The model sees t in its own dtype (diffusers casts the ratio), and so does ᾱ(t).
+            let t = crate::testing::round_to(&[grid[i]], self.dtype)[0];
+            t_buf.write_f32(&vec![t; batch])?;
+            // diffusers draws the step noise every step and multiplies the last one by zero
+            // (σ = 0 when the next grid value is 0).
+            z.write_f32(&crate::models::nchw_to_nhwc_host(&noise.draw(&format!("noise_{stage}_step{i}"), &shape)?, shape))?;
+            coef.write_f32(&sched.coefficients(t, grid[i + 1]))?;
+            #[cfg(feature = "cuda")]
+            if let Some(g) = &graph {
+                g.replay()?;
+                self.device.synchronize()?;
+                times.push(step_start.elapsed());
+                continue;
+            }
+            step(&mut x, &t_buf, &coef, &z)?;
             self.device.synchronize()?;
             times.push(step_start.elapsed());
         }

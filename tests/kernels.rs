@@ -335,6 +335,16 @@ fn elementwise_kernels() {
             ops::affine_assign(&mut y, 0.3764, -0.25).unwrap();
             verify("affine", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &cpu::affine(&xv, 0.3764, -0.25));
 
+            ops::fill_random(&mut y, 99 + i as u64, 0.5, 2.0).unwrap();
+            verify(
+                "fill_random",
+                s.name,
+                dtype,
+                &y.to_vec_f32().unwrap(),
+                Some(&whole),
+                &round_to(&cpu::random_normal(s.numel(), 99 + i as u64, 0.5, 2.0), dtype),
+            );
+
             let coef = [1.0138, 0.0137, 0.0851];
             let ct = Tensor::from_f32(&coef, &[3], DType::F32, &dev).unwrap();
             for noise in [true, false] {

@@ -161,3 +161,39 @@ fn a_config_that_does_not_match_its_weights_is_an_error_naming_tensors() {
     let e = StableCascadeUNet::load(Path::new("/nonexistent/prior"), DType::F32, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("not found"), "{e}");
 }
+
+/// The spec's lite layouts with random weights (no files): they build and run. At tiny widths
+/// (the real widths would not fit a CPU test), keeping the lite depth and repeat structure.
+#[test]
+fn lite_shaped_configs_build_and_run_with_random_weights() {
+    use cascade::models::config::UNetConfig;
+    use cascade::weights::VarBuilder;
+    let vb = VarBuilder::random(7, DType::F32, &Device::Cpu);
+    let mut b = UNetConfig::stage_b_lite();
+    b.block_out_channels = vec![16, 24, 64, 64];
+    b.num_attention_heads = vec![0, 0, 1, 1];
+    b.conditioning_dim = 64;
+    b.clip_text_pooled_in_channels = 32;
+    b.down_num_layers_per_block = vec![1, 1, 2, 1];
+    b.up_num_layers_per_block = vec![1, 2, 1, 1];
+    let model = StableCascadeUNet::new(b, &vb).unwrap();
+    let sample =
+        Tensor::from_f32(&cascade::testing::TestRng::new(1).normal(32 * 32 * 4, 1.0), &[1, 32, 32, 4], DType::F32, &Device::Cpu).unwrap();
+    let t = Tensor::from_f32(&[0.5], &[1], DType::F32, &Device::Cpu).unwrap();
+    let pooled = Tensor::zeros(&[1, 1, 32], DType::F32, &Device::Cpu).unwrap();
+    let effnet = Tensor::zeros(&[1, 3, 3, 16], DType::F32, &Device::Cpu).unwrap();
+    let out = model
+        .forward(&UNetInputs {
+            sample: &sample,
+            timestep_ratio: &t,
+            clip_text_pooled: &pooled,
+            clip_text: None,
+            clip_img: None,
+            effnet: Some(&effnet),
+            pixels: None,
+        })
+        .unwrap();
+    assert_eq!(out.shape(), &[1, 32, 32, 4]);
+    let v = out.to_vec_f32().unwrap();
+    assert!(v.iter().all(|x| x.is_finite()) && v.iter().any(|&x| x != 0.0));
+}

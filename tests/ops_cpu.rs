@@ -161,3 +161,17 @@ fn bad_arguments_are_errors() {
     let bf = Tensor::zeros(&[1, 2, 3, 4], DType::BF16, &Device::Cpu).unwrap();
     assert!(ops::concat_channels(&x, &bf).unwrap_err().to_string().contains("mixed dtypes"));
 }
+
+#[test]
+fn random_normal_is_deterministic_and_standard() {
+    let a = ops::cpu::random_normal(100_000, 42, 0.0, 1.0);
+    assert_eq!(a, ops::cpu::random_normal(100_000, 42, 0.0, 1.0));
+    assert_ne!(a[..10], ops::cpu::random_normal(10, 43, 0.0, 1.0)[..]);
+    let mean = a.iter().map(|&x| x as f64).sum::<f64>() / a.len() as f64;
+    let var = a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / a.len() as f64;
+    assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.02, "mean {mean}, var {var}");
+    let mut t = Tensor::zeros(&[1000], DType::F32, &Device::Cpu).unwrap();
+    ops::fill_random(&mut t, 42, 1.0, 0.5).unwrap();
+    let want: Vec<f32> = a[..1000].iter().map(|x| 1.0 + 0.5 * x).collect();
+    close("fill_random", &t, &want, 1e-6);
+}

@@ -44,6 +44,25 @@ fn tiny_pipeline_on_the_gpu() {
     pipeline_case(&dev, DType::BF16, 2e-2);
 }
 
+/// Graph replay computes exactly what direct launches compute.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_graph_steps_equal_direct_launches() {
+    let dev = Device::cuda(0).expect("this test needs a CUDA GPU");
+    let paths = ModelPaths::find(&[tiny()], false, false).unwrap();
+    let mut pipe = Pipeline::load(&paths, DType::BF16, &dev).unwrap();
+    let run = |pipe: &Pipeline| {
+        let noise = WeightStore::open(&[tiny().join("reference/pipeline_noise.safetensors")]).unwrap();
+        let out = pipe.generate(&request(), &mut FileNoise(noise)).unwrap();
+        out.tensors.into_iter().find(|(n, _)| n == "images_unclamped").unwrap().1.to_vec_f32().unwrap()
+    };
+    let graphs = run(&pipe);
+    pipe.set_cuda_graphs(false);
+    let direct = run(&pipe);
+    assert_eq!(graphs, direct, "graph replay and direct launches differ");
+}
+
 fn pipeline_case(dev: &Device, dtype: DType, bound: f64) {
     let start = Instant::now();
     let paths = ModelPaths::find(&[tiny()], false, false).unwrap();

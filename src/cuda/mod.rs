@@ -108,7 +108,17 @@ impl CudaDevice {
         }
         let kernels = Kernels::load(&ctx)?;
         let blas = blas::Blas::new(&stream)?;
-        Ok(Arc::new(Self { ordinal, name, compute_capability, ctx, stream, kernels, blas, allow_tf32: false.into(), memory: Arc::default() }))
+        Ok(Arc::new(Self {
+            ordinal,
+            name,
+            compute_capability,
+            ctx,
+            stream,
+            kernels,
+            blas,
+            allow_tf32: false.into(),
+            memory: Arc::default(),
+        }))
     }
 
     /// The ordinal this device was opened with.

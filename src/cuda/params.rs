@@ -31,4 +31,5 @@ device_repr!(
     TimestepEmbedParams,
     EmbedParams,
     AffineParams,
+    RandomParams,
 );

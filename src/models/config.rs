@@ -173,3 +173,126 @@ fn embed() -> usize {
 fn scale() -> f64 {
     0.3764
 }
+
+fn strings(v: &[&[&str]]) -> Vec<Vec<String>> {
+    v.iter().map(|l| l.iter().map(|s| s.to_string()).collect()).collect()
+}
+
+const RTA: &[&str] = &["SDCascadeResBlock", "SDCascadeTimestepBlock", "SDCascadeAttnBlock"];
+const RT: &[&str] = &["SDCascadeResBlock", "SDCascadeTimestepBlock"];
+
+impl UNetConfig {
+    /// Stage C, 3.6B (spec §2.2; HF `prior/config.json`).
+    pub fn stage_c() -> UNetConfig {
+        UNetConfig {
+            in_channels: 16,
+            out_channels: 16,
+            timestep_ratio_embedding_dim: 64,
+            patch_size: 1,
+            conditioning_dim: 2048,
+            block_out_channels: vec![2048, 2048],
+            num_attention_heads: vec![32, 32],
+            down_num_layers_per_block: vec![8, 24],
+            up_num_layers_per_block: vec![24, 8],
+            down_blocks_repeat_mappers: Some(vec![1, 1]),
+            up_blocks_repeat_mappers: Some(vec![1, 1]),
+            block_types_per_layer: strings(&[RTA, RTA]),
+            clip_text_in_channels: Some(1280),
+            clip_text_pooled_in_channels: 1280,
+            clip_image_in_channels: Some(768),
+            clip_seq: 4,
+            effnet_in_channels: None,
+            pixel_mapper_in_channels: None,
+            kernel_size: 3,
+            self_attn: PerLevelBool::One(true),
+            timestep_conditioning_type: vec!["sca".into(), "crp".into()],
+            switch_level: Some(vec![false]),
+        }
+    }
+
+    /// Stage C lite, 1B (HF `prior_lite/config.json`).
+    pub fn stage_c_lite() -> UNetConfig {
+        UNetConfig {
+            conditioning_dim: 1536,
+            block_out_channels: vec![1536, 1536],
+            num_attention_heads: vec![24, 24],
+            down_num_layers_per_block: vec![4, 12],
+            up_num_layers_per_block: vec![12, 4],
+            ..Self::stage_c()
+        }
+    }
+
+    /// Stage B, 1.5B (spec §2.3; HF `decoder/config.json`).
+    pub fn stage_b() -> UNetConfig {
+        UNetConfig {
+            in_channels: 4,
+            out_channels: 4,
+            timestep_ratio_embedding_dim: 64,
+            patch_size: 2,
+            conditioning_dim: 1280,
+            block_out_channels: vec![320, 640, 1280, 1280],
+            num_attention_heads: vec![0, 0, 20, 20],
+            down_num_layers_per_block: vec![2, 6, 28, 6],
+            up_num_layers_per_block: vec![6, 28, 6, 2],
+            down_blocks_repeat_mappers: Some(vec![1, 1, 1, 1]),
+            up_blocks_repeat_mappers: Some(vec![3, 3, 2, 2]),
+            block_types_per_layer: strings(&[RT, RT, RTA, RTA]),
+            clip_text_in_channels: None,
+            clip_text_pooled_in_channels: 1280,
+            clip_image_in_channels: None,
+            clip_seq: 4,
+            effnet_in_channels: Some(16),
+            pixel_mapper_in_channels: Some(3),
+            kernel_size: 3,
+            self_attn: PerLevelBool::One(true),
+            timestep_conditioning_type: vec!["sca".into()],
+            switch_level: None,
+        }
+    }
+
+    /// Stage B lite, 700M (HF `decoder_lite/config.json`).
+    pub fn stage_b_lite() -> UNetConfig {
+        UNetConfig {
+            block_out_channels: vec![320, 576, 1152, 1152],
+            num_attention_heads: vec![0, 9, 18, 18],
+            down_num_layers_per_block: vec![2, 4, 14, 4],
+            up_num_layers_per_block: vec![4, 14, 4, 2],
+            up_blocks_repeat_mappers: Some(vec![2, 2, 2, 2]),
+            ..Self::stage_b()
+        }
+    }
+}
+
+impl ClipTextConfig {
+    /// The OpenCLIP ViT-bigG/14 text tower (spec §2.1; HF `text_encoder/config.json`).
+    pub fn bigg() -> ClipTextConfig {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 1280,
+            intermediate_size: 5120,
+            num_hidden_layers: 32,
+            num_attention_heads: 20,
+            max_position_embeddings: 77,
+            hidden_act: "gelu".into(),
+            layer_norm_eps: 1e-5,
+            projection_dim: 1280,
+            eos_token_id: 49407,
+        }
+    }
+}
+
+impl Default for VqganConfig {
+    /// Stage A as shipped (spec §2.4).
+    fn default() -> Self {
+        VqganConfig {
+            in_channels: 3,
+            out_channels: 3,
+            up_down_scale_factor: 2,
+            levels: 2,
+            bottleneck_blocks: 12,
+            embed_dim: 384,
+            latent_channels: 4,
+            scale_factor: 0.3764,
+        }
+    }
+}

@@ -41,6 +41,11 @@ impl Linear {
     }
 }
 
+/// `[B, C, H, W]` host data → `[B, H, W, C]`.
+pub fn nchw_to_nhwc_host(v: &[f32], d: [usize; 4]) -> Vec<f32> {
+    permute4(v, d, [0, 2, 3, 1])
+}
+
 fn permute4(v: &[f32], d: [usize; 4], order: [usize; 4]) -> Vec<f32> {
     // out[i0, i1, i2, i3] = in[...] with out axis k being in axis order[k].
     let od = [d[order[0]], d[order[1]], d[order[2]], d[order[3]]];

@@ -193,3 +193,26 @@ pub fn affine_assign(x: &mut Tensor, a: f32, b: f32) -> Result<()> {
         }
     }
 }
+
+/// Fills `x` with `mean + scale·N(0, 1)` from a counter-based stream of `seed` (element i is
+/// the same on every device and launch shape, up to f32 rounding of log/cos on the GPU).
+pub fn fill_random(x: &mut Tensor, seed: u64, mean: f32, scale: f32) -> Result<()> {
+    match x.device() {
+        Device::Cpu => {
+            let v = cpu::random_normal(x.numel(), seed, mean, scale);
+            x.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let p = crate::cuda::params::RandomParams {
+                y: x.cuda_ptr()? as *mut _,
+                n: x.numel() as i64,
+                seed,
+                mean,
+                scale,
+                dtype: x.dtype().code(),
+            };
+            dev.launch_1d(&dev.kernels().fill_random, x.numel(), &p)
+        }
+    }
+}

@@ -23,7 +23,7 @@ pub use conv::{
     conv2x2_s2, conv_transpose2x2, conv_transpose4x4, depthwise3x3, depthwise3x3_into, im2col3x3, im2col3x3_into, pixel_shuffle,
     pixel_shuffle_into, pixel_unshuffle, pixel_unshuffle_into, prepare_conv_transpose2x2, prepare_conv_transpose4x4, Padding,
 };
-pub use elementwise::{add, add_assign, affine_assign, cast_into, cfg_combine_into, ddpm_step_assign, modulate_assign};
+pub use elementwise::{add, add_assign, affine_assign, cast_into, cfg_combine_into, ddpm_step_assign, fill_random, modulate_assign};
 pub use embed::{timestep_embedding_into, token_embedding_into};
 pub use linear::{linear, linear_into};
 pub use norm::{grn, grn_into, layer_norm, layer_norm_into};

@@ -355,6 +355,19 @@ impl Tensor {
         }
     }
 
+    /// Overwrites the contents with `v` (converted to this tensor's dtype) from the host,
+    /// in place: the buffer, and so every captured graph that reads it, stays the same.
+    pub fn write_f32(&mut self, v: &[f32]) -> Result<()> {
+        if v.len() != self.numel() {
+            return Err(Error::Shape(format!("{} values for a tensor of {:?}", v.len(), self.shape)));
+        }
+        match &self.storage {
+            Storage::Cpu(_) => self.set_cpu_f32(v),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda { dev, .. } => dev.htod(&CpuData::from_f32(v, self.dtype).le_bytes(), self.cuda_ptr()?),
+        }
+    }
+
     /// The device address of the first element (GPU tensors only).
     #[cfg(feature = "cuda")]
     pub fn cuda_ptr(&self) -> Result<u64> {

@@ -14,7 +14,9 @@ use crate::{DType, Device, Error, Result, Tensor};
 type ShapeMismatch = (String, Vec<usize>, Vec<usize>);
 
 struct Shared {
-    store: Arc<WeightStore>,
+    /// The files, or None for random weights (see [`VarBuilder::random`]).
+    store: Option<Arc<WeightStore>>,
+    seed: u64,
     dtype: DType,
     device: Device,
     used: Mutex<BTreeSet<String>>,
@@ -74,9 +76,21 @@ impl fmt::Display for LoadReport {
 impl VarBuilder {
     /// A builder at the root of `store`, loading as `dtype` onto `device`.
     pub fn new(store: Arc<WeightStore>, dtype: DType, device: &Device) -> VarBuilder {
+        Self::with_source(Some(store), 0, dtype, device)
+    }
+
+    /// A builder that makes up every tensor it is asked for: seeded normal values scaled
+    /// `1/√fan_in` for matrices and convolutions, 0.02 for vectors, and `1 ± 0.02` for norm
+    /// weights. For benchmarks of the real architectures without files (nothing is read).
+    pub fn random(seed: u64, dtype: DType, device: &Device) -> VarBuilder {
+        Self::with_source(None, seed, dtype, device)
+    }
+
+    fn with_source(store: Option<Arc<WeightStore>>, seed: u64, dtype: DType, device: &Device) -> VarBuilder {
         VarBuilder {
             shared: Arc::new(Shared {
                 store,
+                seed,
                 dtype,
                 device: device.clone(),
                 used: Mutex::default(),
@@ -107,19 +121,19 @@ impl VarBuilder {
         &self.shared.device
     }
 
-    /// The underlying store.
-    pub fn store(&self) -> &Arc<WeightStore> {
-        &self.shared.store
+    /// The underlying store (None for random weights).
+    pub fn store(&self) -> Option<&Arc<WeightStore>> {
+        self.shared.store.as_ref()
     }
 
-    /// Whether `name` exists under this prefix.
+    /// Whether `name` exists under this prefix (always, for random weights).
     pub fn contains(&self, name: &str) -> bool {
-        self.shared.store.entry(&self.path(name)).is_some()
+        self.shared.store.as_ref().is_none_or(|s| s.entry(&self.path(name)).is_some())
     }
 
     /// The shape of `name` in the file, if present.
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
-        self.shared.store.entry(&self.path(name)).map(|e| e.shape.clone())
+        self.shared.store.as_ref()?.entry(&self.path(name)).map(|e| e.shape.clone())
     }
 
     /// Loads `name`, which must have exactly `shape`, as the builder's dtype.
@@ -132,26 +146,28 @@ impl VarBuilder {
     pub fn get_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let full = self.path(name);
         let s = &self.shared;
+        let Some(store) = &s.store else { return random_tensor(&full, shape, s.seed, dtype, &s.device) };
         s.used.lock().unwrap_or_else(|p| p.into_inner()).insert(full.clone());
-        let Some(entry) = s.store.entry(&full) else {
+        let Some(entry) = store.entry(&full) else {
             s.missing.lock().unwrap_or_else(|p| p.into_inner()).insert(full.clone());
-            return Err(Error::Weights(format!("tensor '{full}' (shape {shape:?}) is missing from {}", s.store.describe_files())));
+            return Err(Error::Weights(format!("tensor '{full}' (shape {shape:?}) is missing from {}", store.describe_files())));
         };
         if entry.shape != shape {
             let got = entry.shape.clone();
             s.wrong_shape.lock().unwrap_or_else(|p| p.into_inner()).push((full.clone(), shape.to_vec(), got.clone()));
             return Err(Error::Weights(format!(
                 "tensor '{full}' in {} has shape {got:?}, expected {shape:?} (does the config match the weights?)",
-                s.store.path_of(entry).display()
+                store.path_of(entry).display()
             )));
         }
-        s.store.load(&full, dtype, &s.device)
+        store.load(&full, dtype, &s.device)
     }
 
     /// Marks every tensor under this prefix as used without loading it (parts of a checkpoint
     /// that text-to-image never needs, such as Stage A's encoder).
     pub fn skip_all(&self) {
-        let names: Vec<String> = self.shared.store.names().filter(|n| n.starts_with(&self.prefix)).map(String::from).collect();
+        let Some(store) = &self.shared.store else { return };
+        let names: Vec<String> = store.names().filter(|n| n.starts_with(&self.prefix)).map(String::from).collect();
         self.shared.used.lock().unwrap_or_else(|p| p.into_inner()).extend(names);
     }
 
@@ -162,7 +178,7 @@ impl VarBuilder {
         LoadReport {
             missing: s.missing.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect(),
             wrong_shape: s.wrong_shape.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            unused: s.store.names().filter(|n| !used.contains(*n)).map(String::from).collect(),
+            unused: s.store.iter().flat_map(|st| st.names()).filter(|n| !used.contains(*n)).map(String::from).collect(),
         }
     }
 
@@ -173,7 +189,27 @@ impl VarBuilder {
         if r.is_clean() {
             Ok(())
         } else {
-            Err(Error::Weights(format!("weights in {} do not match the model:\n{r}", self.shared.store.describe_files())))
+            let files = self.shared.store.as_ref().map_or("random weights".into(), |s| s.describe_files());
+            Err(Error::Weights(format!("weights in {files} do not match the model:\n{r}")))
         }
     }
+}
+
+/// A made-up tensor for [`VarBuilder::random`], seeded by its name.
+fn random_tensor(name: &str, shape: &[usize], seed: u64, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mut t = Tensor::empty(shape, dtype, device)?;
+    let n: usize = shape.iter().product();
+    let norm_weight = shape.len() == 1 && name.ends_with(".weight") && (name.contains("norm") || name.contains("layer_norm"));
+    let (mean, scale) = if norm_weight {
+        (1.0, 0.02)
+    } else if shape.len() >= 2 {
+        let fan_in = n / shape[0].max(1);
+        (0.0, 1.0 / (fan_in.max(1) as f32).sqrt())
+    } else {
+        (0.0, 0.02)
+    };
+    // FNV-1a of the name: every tensor gets its own stream.
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    crate::ops::fill_random(&mut t, seed ^ h, mean, scale)?;
+    Ok(t)
 }

@@ -43,3 +43,24 @@ pub fn ddpm_step(x: &[f32], eps: &[f32], noise: Option<&[f32]>, coef: [f32; 3]) 
 pub fn affine(x: &[f32], a: f32, b: f32) -> Vec<f32> {
     x.iter().map(|&v| (a as f64 * v as f64 + b as f64) as f32).collect()
 }
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Seeded normal values, element i from a SplitMix64 hash of (seed, i) and Box–Muller:
+/// `mean + scale·z` (the kernel computes the same stream in f32).
+pub fn random_normal(n: usize, seed: u64, mean: f32, scale: f32) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let h = splitmix64(seed ^ splitmix64(i));
+            let u1 = ((h >> 40) as f64 + 1.0) / 16_777_216.0;
+            let u2 = ((h >> 16) & 0xFF_FFFF) as f64 / 16_777_216.0;
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            (mean as f64 + scale as f64 * z) as f32
+        })
+        .collect()
+}
