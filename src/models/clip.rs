@@ -120,34 +120,52 @@ impl ClipTextModel {
             Some(_) => return Err(Error::Shape("text encoder: the attention mask does not match the ids".into())),
             None => vec![1.0; b * l],
         };
+        let idf: Vec<f32> = ids.iter().flatten().map(|&i| i as f32).collect();
+        let id_t = Tensor::from_f32(&idf, &[b, l], DType::F32, &self.device)?;
+        let mask_t = Tensor::from_f32(&m, &[b, l], DType::F32, &self.device)?;
+        // Pooling: the first end-of-text token (transformers' rule; the legacy argmax rule when
+        // the config's eos id is 2).
+        let eos: Vec<usize> = ids
+            .iter()
+            .map(|seq| {
+                if self.cfg.eos_token_id == 2 {
+                    seq.iter().enumerate().max_by_key(|&(i, &t)| (t, std::cmp::Reverse(i))).map_or(0, |(i, _)| i)
+                } else {
+                    seq.iter().position(|&t| t as i64 == self.cfg.eos_token_id).unwrap_or(0)
+                }
+            })
+            .collect();
+        self.encode(&id_t, &mask_t, &eos)
+    }
+
+    /// The encoder on ids and mask already on the device (f32 `[B, L]`, ids validated) with the
+    /// pooling positions given: nothing here touches the host, so it can be captured as a
+    /// CUDA graph.
+    pub fn encode(&self, id_t: &Tensor, mask_t: &Tensor, eos: &[usize]) -> Result<ClipOutput> {
+        let &[b, l] = id_t.shape() else {
+            return Err(Error::Shape(format!("text encoder: ids must be [B, L], got {:?}", id_t.shape())));
+        };
+        if eos.len() != b || eos.iter().any(|&p| p >= l) {
+            return Err(Error::Shape(format!("text encoder: {} pooling positions for {b} sequences of {l}", eos.len())));
+        }
         let d = self.cfg.hidden_size;
         let heads = self.cfg.num_attention_heads;
         let eps = self.cfg.layer_norm_eps as f32;
         let scale = ((d / heads) as f32).powf(-0.5);
-        let idf: Vec<f32> = ids.iter().flatten().map(|&i| i as f32).collect();
-        let id_t = Tensor::from_f32(&idf, &[b, l], DType::F32, &self.device)?;
-        let mask_t = Tensor::from_f32(&m, &[b, l], DType::F32, &self.device)?;
         let mut h = Tensor::empty(&[b, l, d], self.token_embedding.dtype(), &self.device)?;
-        ops::token_embedding_into(&id_t, &self.token_embedding, &self.position_embedding, &mut h)?;
+        ops::token_embedding_into(id_t, &self.token_embedding, &self.position_embedding, &mut h)?;
         for layer in &self.layers {
             let x = layer.ln1.forward(&h, eps)?;
             let (q, k, v) = (layer.q.forward(&x)?, layer.k.forward(&x)?, layer.v.forward(&x)?);
-            let o = ops::attention(&q, &k, &v, heads, scale, AttentionMask::CausalPadding(&mask_t))?;
+            let o = ops::attention(&q, &k, &v, heads, scale, AttentionMask::CausalPadding(mask_t))?;
             ops::add_assign(&mut h, &layer.out.forward(&o)?)?;
             let x = layer.ln2.forward(&h, eps)?;
             let x = ops::gelu(&layer.fc1.forward(&x)?)?;
             ops::add_assign(&mut h, &layer.fc2.forward(&x)?)?;
         }
         let last = self.final_norm.forward(&h, eps)?;
-        // Pooling: the first end-of-text token (transformers' rule; the legacy argmax rule when
-        // the config's eos id is 2).
         let mut pooled: Option<Tensor> = None;
-        for (s, seq) in ids.iter().enumerate() {
-            let pos = if self.cfg.eos_token_id == 2 {
-                seq.iter().enumerate().max_by_key(|&(i, &t)| (t, std::cmp::Reverse(i))).map_or(0, |(i, _)| i)
-            } else {
-                seq.iter().position(|&t| t as i64 == self.cfg.eos_token_id).unwrap_or(0)
-            };
+        for (s, &pos) in eos.iter().enumerate() {
             let row = last.alias((s * l + pos) * d, &[1, d])?;
             pooled = Some(match pooled {
                 None => row,

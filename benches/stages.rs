@@ -1,0 +1,87 @@
+//! Per-stage GPU benchmarks on the real architectures with random weights built in memory (no
+//! files): CLIP encode (batch 2), one Stage C step (batch 2 for guidance, 24×24), one Stage B
+//! step (batch 1, 256×256 latent), one Stage A decode (to 1024²), for the full and lite
+//! configs, bf16, each captured once as a CUDA graph and replayed. Reports ms per call and
+//! TFLOP/s from the spec's FLOP counts (§7). Without a GPU it says it skipped.
+
+mod common;
+
+#[cfg(feature = "cuda")]
+fn main() {
+    use cascade::models::clip::ClipTextModel;
+    use cascade::models::config::{ClipTextConfig, UNetConfig, VqganConfig};
+    use cascade::models::unet::StableCascadeUNet;
+    use cascade::models::vqgan::Vqgan;
+    use cascade::weights::VarBuilder;
+    use cascade::{ops, DType, Tensor};
+
+    let Some(dev) = common::gpu_or_skip("stages bench") else { return };
+    let cuda = dev.as_cuda("stages bench").unwrap().clone();
+    let mut r = common::Runner::new(dev.clone());
+    let dt = DType::BF16;
+    let vb = VarBuilder::random(2024, dt, &dev);
+    let rnd = |shape: &[usize], seed: u64| {
+        let mut t = Tensor::empty(shape, dt, &dev).unwrap();
+        ops::fill_random(&mut t, seed, 0.0, 1.0).unwrap();
+        t
+    };
+    // Only the selected stages run when CASCADE_BENCH_STAGES lists them (e.g. "clip,stage_c").
+    let wanted = |name: &str| std::env::var("CASCADE_BENCH_STAGES").map_or(true, |s| s.split(',').any(|x| name.starts_with(x.trim())));
+
+    if wanted("clip") {
+        let clip = ClipTextModel::new(ClipTextConfig::bigg(), &vb).unwrap();
+        let ids: Vec<f32> = (0..154)
+            .map(|i| {
+                if i % 77 == 0 {
+                    49406.0
+                } else if i % 77 < 12 {
+                    (i * 97 % 49000) as f32
+                } else {
+                    49407.0
+                }
+            })
+            .collect();
+        let id_t = Tensor::from_f32(&ids, &[2, 77], DType::F32, &dev).unwrap();
+        let mask: Vec<f32> = (0..154).map(|i| if i % 77 <= 12 { 1.0 } else { 0.0 }).collect();
+        let mask_t = Tensor::from_f32(&mask, &[2, 77], DType::F32, &dev).unwrap();
+        let graph = cuda.capture(|| clip.encode(&id_t, &mask_t, &[12, 12]).map(|_| ())).unwrap();
+        r.run("stage/clip_bigg/encode/batch2", Some(195.8e9), None, || graph.replay().unwrap());
+    }
+    for (name, cfg, flops) in [("stage_c", UNetConfig::stage_c(), 8156.7e9), ("stage_c_lite", UNetConfig::stage_c_lite(), 2348.6e9)] {
+        if !wanted(name) {
+            continue;
+        }
+        let prior = StableCascadeUNet::new(cfg, &vb).unwrap();
+        let cond = prior
+            .condition(&rnd(&[2, 1, 1280], 1), Some(&rnd(&[2, 77, 1280], 2)), Some(&Tensor::zeros(&[2, 1, 768], dt, &dev).unwrap()))
+            .unwrap();
+        let x = rnd(&[2, 24, 24, 16], 3);
+        let t = Tensor::from_f32(&[0.5, 0.5], &[2], DType::F32, &dev).unwrap();
+        let graph = cuda.capture(|| prior.forward_with_condition(&x, &t, &cond, None, None).map(|_| ())).unwrap();
+        r.run(&format!("stage/{name}/step/batch2_24x24"), Some(flops), None, || graph.replay().unwrap());
+    }
+    for (name, cfg, flops) in [("stage_b", UNetConfig::stage_b(), 6174.1e9), ("stage_b_lite", UNetConfig::stage_b_lite(), 2223.5e9)] {
+        if !wanted(name) {
+            continue;
+        }
+        let decoder = StableCascadeUNet::new(cfg, &vb).unwrap();
+        let cond = decoder.condition(&rnd(&[1, 1, 1280], 4), None, None).unwrap();
+        let (x, effnet) = (rnd(&[1, 256, 256, 4], 5), rnd(&[1, 24, 24, 16], 6));
+        let t = Tensor::from_f32(&[0.5], &[1], DType::F32, &dev).unwrap();
+        let graph = cuda.capture(|| decoder.forward_with_condition(&x, &t, &cond, Some(&effnet), None).map(|_| ())).unwrap();
+        r.run(&format!("stage/{name}/step/batch1_256x256"), Some(flops), None, || graph.replay().unwrap());
+    }
+    if wanted("stage_a") {
+        let vqgan = Vqgan::new(VqganConfig::default(), &vb).unwrap();
+        let latents = rnd(&[1, 256, 256, 4], 7);
+        let graph = cuda.capture(|| vqgan.decode(&latents).map(|_| ())).unwrap();
+        r.run("stage/stage_a/decode/1024x1024", Some(2172.4e9), None, || graph.replay().unwrap());
+    }
+    r.finish();
+}
+
+#[cfg(not(feature = "cuda"))]
+fn main() {
+    let _ = common::gpu_or_skip;
+    println!("stages bench: skipped (built without the `cuda` feature)");
+}
