@@ -5,6 +5,8 @@
 # racecheck run over the kernel tests. Prints the GPU's name and a summary table last; exits
 # non-zero on any failure.
 #   BENCH=0  skip the benches        TESTS=0  skip the tests      SANITIZE=1  add the sanitizer
+#   FIDELITY=1  full-size fidelity against diffusers (tools/gpu/fidelity.py, a few minutes)
+#   SIDE_BY_SIDE=1  diffusers and the engine timed in this run (tools/gpu/side_by_side.py)
 set -uo pipefail
 bundle=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 logs=${LOGS:-${OUT:-/tmp}/cascade-gpu-logs}
@@ -47,6 +49,20 @@ if [ "${BENCH:-1}" = 1 ]; then
         name=$(basename "$b")
         CASCADE_BENCH_QUICK=1 "$b" --bench > "$logs/bench-$name.log" 2>&1 || { failed=1; rows+=("bench $name FAILED"); }
     done
+fi
+
+if [ "${FIDELITY:-0}" = 1 ] || [ "${SIDE_BY_SIDE:-0}" = 1 ]; then
+    pydeps=/tmp/cascade-pydeps
+    python3 -m pip install --quiet --no-index --no-deps --target "$pydeps" "$bundle"/wheels/*.whl > "$logs/pip.log" 2>&1
+    export PYTHONPATH="$pydeps${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if [ "${FIDELITY:-0}" = 1 ]; then
+    python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} > "$logs/fidelity.log" 2>&1 || failed=1
+    rows+=("$(sed -n '/== fidelity/,$p' "$logs/fidelity.log")")
+fi
+if [ "${SIDE_BY_SIDE:-0}" = 1 ]; then
+    python3 tools/gpu/side_by_side.py --bench "$bundle/benches/stages" ${SIDE_BY_SIDE_ARGS:-} > "$logs/side_by_side.log" 2>&1 || failed=1
+    rows+=("$(sed -n '/== side by side/,$p' "$logs/side_by_side.log")")
 fi
 
 echo

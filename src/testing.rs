@@ -89,3 +89,13 @@ pub fn check_guard(whole: &Tensor, what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The repository's `tests/fixtures` folder: `$CASCADE_ROOT/tests/fixtures` when that variable
+/// is set (the GPU bundle runs test binaries in another checkout), else the source tree this
+/// crate was built from.
+pub fn fixtures_dir() -> std::path::PathBuf {
+    let root = std::env::var_os("CASCADE_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.join("tests/fixtures")
+}

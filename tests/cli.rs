@@ -9,7 +9,7 @@ use cascade::weights::WeightStore;
 use cascade::{DType, Device};
 
 fn tiny() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
+    cascade::testing::fixtures_dir().join("tiny")
 }
 
 fn cascade(args: &[&str]) -> String {

@@ -13,7 +13,7 @@ use cascade::weights::WeightStore;
 use cascade::{DType, Device, Tensor};
 
 fn tiny() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
+    cascade::testing::fixtures_dir().join("tiny")
 }
 
 fn reference(name: &str) -> std::sync::Arc<WeightStore> {

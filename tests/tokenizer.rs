@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use cascade::tokenizer::{ClipTokenizer, MAX_LENGTH};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    cascade::testing::fixtures_dir()
 }
 
 #[test]
