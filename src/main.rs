@@ -8,7 +8,7 @@ use cascade::models::clip::ClipTextModel;
 use cascade::models::unet::{StableCascadeUNet, UNetInputs};
 use cascade::models::vqgan::Vqgan;
 use cascade::models::{nchw_to_nhwc, nhwc_to_nchw};
-use cascade::pipeline::{FileNoise, ModelPaths, NoiseSource, Pipeline, Request, SeededNoise};
+use cascade::pipeline::{FileNoise, ModelPaths, NoiseSource, Pipeline, Request, Residency, SeededNoise};
 use cascade::tokenizer::ClipTokenizer;
 use cascade::weights::{save, WeightStore};
 use cascade::{DType, Device, Error, Result, Tensor};
@@ -21,11 +21,12 @@ usage:
                    [--images N] [--prior-steps N] [--prior-guidance G] [--decoder-steps M]
                    [--decoder-guidance G2] [--seed S] [--noise NOISE.safetensors]
                    [--dump-tensors OUT.safetensors] [--output IMAGE.png] [--lite-prior] [--lite-decoder]
-                   [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
+                   [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--one-stage-resident] [--no-cuda-graphs]
       text to image. --model-dir: one folder holding every component, or the two snapshots
       (stable-cascade-prior, stable-cascade); default: the tiny random-weight model in the repo.
       --noise supplies every random draw (noise_prior_init, noise_prior_step{i},
       noise_decoder_init, noise_decoder_step{i}); --dump-tensors writes the intermediate tensors.
+      --one-stage-resident keeps one network in GPU memory at a time (smaller cards).
   cascade forward [--model-dir DIR]... --component {text_encoder,prior,prior_lite,decoder,decoder_lite,vqgan}
                   --inputs IN.safetensors --output OUT.safetensors [--device ..] [--dtype ..]
       one component's forward pass with diffusers' argument names as tensor names.
@@ -43,7 +44,7 @@ struct Args {
     positional: Vec<String>,
 }
 
-const SWITCHES: &[&str] = &["--lite-prior", "--lite-decoder"];
+const SWITCHES: &[&str] = &["--lite-prior", "--lite-decoder", "--one-stage-resident", "--no-cuda-graphs"];
 
 impl Args {
     fn parse(args: &[String]) -> Result<Args> {
@@ -132,7 +133,9 @@ fn generate(a: &Args) -> Result<()> {
     let device = a.device()?;
     let dtype = a.dtype(&device)?;
     let paths = ModelPaths::find(&a.model_dirs()?, a.switch("--lite-prior"), a.switch("--lite-decoder"))?;
-    let pipe = Pipeline::load(&paths, dtype, &device)?;
+    let residency = if a.switch("--one-stage-resident") { Residency::OneStage } else { Residency::All };
+    let mut pipe = Pipeline::load_with(&paths, dtype, &device, residency)?;
+    pipe.set_cuda_graphs(!a.switch("--no-cuda-graphs"));
     let d = Request::default();
     let req = Request {
         prompt: a.need("--prompt")?.to_string(),

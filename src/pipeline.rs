@@ -212,13 +212,58 @@ pub struct Output {
     pub tensors: Vec<(String, Tensor)>,
 }
 
+/// Which networks stay in device memory between calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Residency {
+    /// All four networks loaded once (about 13 GB in bf16 at full size).
+    #[default]
+    All,
+    /// Each network loaded when its stage starts and freed when it ends: the peak is the
+    /// largest single network (Stage C) plus activations, for smaller cards; every call
+    /// reloads from the (memory-mapped, usually cached) files.
+    OneStage,
+}
+
+/// A network held for the whole pipeline, or loaded for one stage.
+enum Held<T> {
+    Resident(T),
+    OnDemand(PathBuf),
+}
+
+impl<T> Held<T> {
+    /// The network: borrowed if resident, else freshly loaded (dropped by the caller).
+    fn get(&self, load: impl FnOnce(&Path) -> Result<T>) -> Result<Stage<'_, T>> {
+        match self {
+            Held::Resident(t) => Ok(Stage::Borrowed(t)),
+            Held::OnDemand(p) => Ok(Stage::Owned(load(p)?)),
+        }
+    }
+}
+
+enum Stage<'a, T> {
+    Borrowed(&'a T),
+    Owned(T),
+}
+
+impl<T> std::ops::Deref for Stage<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Stage::Borrowed(t) => t,
+            Stage::Owned(t) => t,
+        }
+    }
+}
+
 /// The loaded pipeline.
 pub struct Pipeline {
     tokenizer: ClipTokenizer,
-    text_encoder: ClipTextModel,
-    prior: StableCascadeUNet,
-    decoder: StableCascadeUNet,
-    vqgan: Vqgan,
+    text_encoder: Held<ClipTextModel>,
+    prior: Held<StableCascadeUNet>,
+    decoder: Held<StableCascadeUNet>,
+    vqgan: Held<Vqgan>,
+    /// Stage B's patch size, known without loading it (size validation).
+    decoder_patch: usize,
     prior_scheduler: DdpmWuerstchen,
     decoder_scheduler: DdpmWuerstchen,
     dtype: DType,
@@ -236,12 +281,46 @@ fn scheduler(path: &Option<PathBuf>) -> Result<DdpmWuerstchen> {
 impl Pipeline {
     /// Loads every component in `dtype` onto `device`.
     pub fn load(paths: &ModelPaths, dtype: DType, device: &Device) -> Result<Pipeline> {
+        Self::load_with(paths, dtype, device, Residency::All)
+    }
+
+    /// Loads with a choice of what stays resident. With [`Residency::OneStage`] every
+    /// component's config and weight files are still checked now, so a bad model fails here.
+    pub fn load_with(paths: &ModelPaths, dtype: DType, device: &Device, residency: Residency) -> Result<Pipeline> {
+        let decoder_cfg: crate::models::config::UNetConfig = crate::models::config::read_config(&paths.decoder.join("config.json"))?;
+        let (text_encoder, prior, decoder, vqgan) = match residency {
+            Residency::All => (
+                Held::Resident(ClipTextModel::load(&paths.text_encoder, dtype, device)?),
+                Held::Resident(StableCascadeUNet::load(&paths.prior, dtype, device)?),
+                Held::Resident(StableCascadeUNet::load(&paths.decoder, dtype, device)?),
+                Held::Resident(Vqgan::load(&paths.vqgan, dtype, device)?),
+            ),
+            Residency::OneStage => {
+                // Validate everything on the CPU without keeping it: cheap for the mapped files'
+                // headers, and the same completeness check as a resident load.
+                for (dir, base) in [
+                    (&paths.text_encoder, "model"),
+                    (&paths.prior, "diffusion_pytorch_model"),
+                    (&paths.decoder, "diffusion_pytorch_model"),
+                    (&paths.vqgan, "diffusion_pytorch_model"),
+                ] {
+                    crate::models::weight_files(dir, base, dtype != DType::F32)?;
+                }
+                (
+                    Held::OnDemand(paths.text_encoder.clone()),
+                    Held::OnDemand(paths.prior.clone()),
+                    Held::OnDemand(paths.decoder.clone()),
+                    Held::OnDemand(paths.vqgan.clone()),
+                )
+            }
+        };
         Ok(Pipeline {
             tokenizer: ClipTokenizer::from_dir(&paths.tokenizer)?,
-            text_encoder: ClipTextModel::load(&paths.text_encoder, dtype, device)?,
-            prior: StableCascadeUNet::load(&paths.prior, dtype, device)?,
-            decoder: StableCascadeUNet::load(&paths.decoder, dtype, device)?,
-            vqgan: Vqgan::load(&paths.vqgan, dtype, device)?,
+            text_encoder,
+            prior,
+            decoder,
+            vqgan,
+            decoder_patch: decoder_cfg.patch_size.max(1),
             prior_scheduler: scheduler(&paths.prior_scheduler)?,
             decoder_scheduler: scheduler(&paths.decoder_scheduler)?,
             dtype,
@@ -266,7 +345,7 @@ impl Pipeline {
     pub fn sizes(&self, width: usize, height: usize) -> Result<[(usize, usize); 3]> {
         let c = |s: usize| (s as f64 / RESOLUTION_MULTIPLE).ceil() as usize;
         let b = |s: usize| (c(s) as f64 * LATENT_DIM_SCALE) as usize;
-        let p = self.decoder.config().patch_size.max(1);
+        let p = self.decoder_patch;
         let ok = |s: usize| s > 0 && b(s) > 0 && b(s) % p == 0;
         for (what, s) in [("width", width), ("height", height)] {
             if !ok(s) {
@@ -308,10 +387,12 @@ impl Pipeline {
         // Text: the prompt, and the negative prompt when any stage uses guidance.
         let prior_cfg = req.prior_guidance > 1.0;
         let decoder_cfg = req.decoder_guidance > 1.0;
+        let (dtype, device) = (self.dtype, &self.device);
+        let text_encoder = self.text_encoder.get(|p| ClipTextModel::load(p, dtype, device))?;
         let encode = |prompt: &str| -> Result<(Tensor, Tensor)> {
             let t = self.tokenizer.encode(prompt)?;
-            let o = self.text_encoder.forward(&[t.input_ids], Some(&[t.attention_mask]))?;
-            let pooled = o.text_embeds.reshape(&[1, 1, self.text_encoder.config().projection_dim])?;
+            let o = text_encoder.forward(&[t.input_ids], Some(&[t.attention_mask]))?;
+            let pooled = o.text_embeds.reshape(&[1, 1, text_encoder.config().projection_dim])?;
             Ok((o.hidden_states_last, pooled))
         };
         let repeat = |t: &Tensor| -> Result<Tensor> { (1..n).try_fold(t.view(t.shape())?, |acc, _| concat_batch(&acc, t)) };
@@ -329,11 +410,13 @@ impl Pipeline {
             None
         };
 
+        drop(text_encoder);
         self.device.synchronize()?;
         timings.text_encode = start.elapsed();
 
         // Stage C.
-        let pc = self.prior.config();
+        let prior = self.prior.get(|p| StableCascadeUNet::load(p, dtype, device))?;
+        let pc = prior.config();
         let img_w = pc.clip_image_in_channels.unwrap_or(768);
         let (clip_text, clip_pooled, clip_img) = match (&negative, prior_cfg) {
             (Some((nt, np)), true) => {
@@ -341,32 +424,26 @@ impl Pipeline {
             }
             _ => (text.view(text.shape())?, pooled.view(pooled.shape())?, Tensor::zeros(&[n, 1, img_w], self.dtype, &self.device)?),
         };
-        let cond = self.prior.condition(&clip_pooled, Some(&clip_text), Some(&clip_img))?;
+        let cond = prior.condition(&clip_pooled, Some(&clip_text), Some(&clip_img))?;
         let prior_latent = [n, pc.in_channels, hc, wc];
-        let (x, prior_steps) = self.denoise(
-            &self.prior,
-            &self.prior_scheduler,
-            "prior",
-            prior_latent,
-            req.prior_steps,
-            req.prior_guidance,
-            &cond,
-            None,
-            noise,
-        )?;
+        let (x, prior_steps) =
+            self.denoise(&prior, &self.prior_scheduler, "prior", prior_latent, req.prior_steps, req.prior_guidance, &cond, None, noise)?;
         timings.prior_steps = prior_steps;
         tensors.push(("image_embeddings".to_string(), cpu_copy(&nhwc_to_nchw(&x)?)?));
 
+        drop(prior);
+
         // Stage B.
-        let dc = self.decoder.config();
+        let decoder = self.decoder.get(|p| StableCascadeUNet::load(p, dtype, device))?;
+        let dc = decoder.config();
         let (dec_pooled, effnet) = match (&negative, decoder_cfg) {
             (Some((_, np)), true) => (concat_batch(&pooled, np)?, concat_batch(&x, &Tensor::zeros(x.shape(), self.dtype, &self.device)?)?),
             _ => (pooled.view(pooled.shape())?, x.view(x.shape())?),
         };
-        let cond = self.decoder.condition(&dec_pooled, None, None)?;
+        let cond = decoder.condition(&dec_pooled, None, None)?;
         let dec_latent = [n, dc.in_channels, hb, wb];
         let (mut latents, decoder_steps) = self.denoise(
-            &self.decoder,
+            &decoder,
             &self.decoder_scheduler,
             "decoder",
             dec_latent,
@@ -379,10 +456,14 @@ impl Pipeline {
         timings.decoder_steps = decoder_steps;
         tensors.push(("decoder_latents".to_string(), cpu_copy(&nhwc_to_nchw(&latents)?)?));
 
+        drop(decoder);
+
         // Stage A.
         let stage_a = Instant::now();
-        ops::affine_assign(&mut latents, self.vqgan.config().scale_factor as f32, 0.0)?;
-        let images = nhwc_to_nchw(&self.vqgan.decode(&latents)?)?;
+        let vqgan = self.vqgan.get(|p| Vqgan::load(p, dtype, device))?;
+        ops::affine_assign(&mut latents, vqgan.config().scale_factor as f32, 0.0)?;
+        let images = nhwc_to_nchw(&vqgan.decode(&latents)?)?;
+        drop(vqgan);
         let unclamped = cpu_copy(&images)?;
         let v: Vec<f32> = unclamped.to_vec_f32()?.iter().map(|x| x.clamp(0.0, 1.0)).collect();
         let clamped = Tensor::from_f32(&v, unclamped.shape(), DType::F32, &Device::Cpu)?;

@@ -125,3 +125,16 @@ fn two_snapshots_given_separately() {
     let out = pipe.generate(&request(), &mut FileNoise(noise)).unwrap();
     assert_eq!(out.images.len(), 1);
 }
+
+/// Loading each network only for its stage gives the same images as keeping all resident.
+#[test]
+fn one_stage_resident_matches_all_resident() {
+    use cascade::pipeline::Residency;
+    let paths = ModelPaths::find(&[tiny()], false, false).unwrap();
+    let run = |r: Residency| {
+        let pipe = Pipeline::load_with(&paths, DType::F32, &Device::Cpu, r).unwrap();
+        let noise = WeightStore::open(&[tiny().join("reference/pipeline_noise.safetensors")]).unwrap();
+        pipe.generate(&request(), &mut FileNoise(noise)).unwrap().images
+    };
+    assert_eq!(run(Residency::All), run(Residency::OneStage));
+}
