@@ -8,7 +8,7 @@ use cascade::models::clip::ClipTextModel;
 use cascade::models::unet::{StableCascadeUNet, UNetInputs};
 use cascade::models::vqgan::Vqgan;
 use cascade::models::{nchw_to_nhwc, nhwc_to_nchw};
-use cascade::pipeline::{FileNoise, ModelPaths, NoiseSource, Pipeline, Request, Residency, SeededNoise};
+use cascade::pipeline::{FileNoise, ModelPaths, NoiseSource, Pipeline, Request, Residency, TorchNoise};
 use cascade::tokenizer::ClipTokenizer;
 use cascade::weights::{save, WeightStore};
 use cascade::{DType, Device, Error, Result, Tensor};
@@ -154,7 +154,7 @@ fn generate(a: &Args) -> Result<()> {
     }
     let mut noise: Box<dyn NoiseSource> = match a.one("--noise") {
         Some(f) => Box::new(FileNoise(WeightStore::open(&[f])?)),
-        None => Box::new(SeededNoise::new(req.seed)),
+        None => Box::new(TorchNoise::new(req.seed)),
     };
     let start = std::time::Instant::now();
     let out = pipe.generate(&req, noise.as_mut())?;

@@ -143,19 +143,23 @@ impl NoiseSource for FileNoise {
     }
 }
 
-/// Seeded Gaussian noise (SplitMix64 + Box–Muller): reproducible per seed, not PyTorch's stream.
-pub struct SeededNoise(crate::testing::TestRng);
+/// The default noise: PyTorch's CPU generator seeded with `seed`, drawn in diffusers' order
+/// (prior latents, every prior step, decoder latents, every decoder step) from one generator,
+/// as `generator=torch.Generator("cpu").manual_seed(seed)` shared by both pipelines draws it.
+/// So a seed reproduces diffusers' f32 images (bf16 draws are f32 draws rounded, whereas
+/// PyTorch's bf16 Box–Muller rounds every intermediate: not bit-identical there).
+pub struct TorchNoise(crate::sampling::torch_rng::TorchGenerator);
 
-impl SeededNoise {
+impl TorchNoise {
     /// A source for `seed`.
     pub fn new(seed: u64) -> Self {
-        SeededNoise(crate::testing::TestRng::new(seed))
+        TorchNoise(crate::sampling::torch_rng::TorchGenerator::new(seed))
     }
 }
 
-impl NoiseSource for SeededNoise {
+impl NoiseSource for TorchNoise {
     fn draw(&mut self, _name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        Ok(self.0.normal(shape.iter().product(), 1.0))
+        Ok(self.0.randn(shape.iter().product()))
     }
 }
 

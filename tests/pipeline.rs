@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use cascade::pipeline::{FileNoise, ModelPaths, Pipeline, Request};
+use cascade::pipeline::{FileNoise, ModelPaths, Pipeline, Request, TorchNoise};
 use cascade::testing::rel_l2;
 use cascade::weights::WeightStore;
 use cascade::{DType, Device};
@@ -89,7 +89,7 @@ fn pipeline_case(dev: &Device, dtype: DType, bound: f64) {
 #[test]
 fn bad_requests_are_errors() {
     let pipe = Pipeline::load(&ModelPaths::find(&[tiny()], false, false).unwrap(), DType::F32, &Device::Cpu).unwrap();
-    let mut noise = cascade::pipeline::SeededNoise::new(0);
+    let mut noise = cascade::pipeline::TorchNoise::new(0);
     // 720 → Stage C 17 → Stage B 181: odd, which the patch-2 stem cannot take (diffusers #7644).
     let e = pipe.generate(&Request { width: 720, ..request() }, &mut noise).err().unwrap().to_string();
     assert!(e.contains("width 720") && e.contains("181") && e.contains("nearest valid"), "{e}");
@@ -137,4 +137,17 @@ fn one_stage_resident_matches_all_resident() {
         pipe.generate(&request(), &mut FileNoise(noise)).unwrap().images
     };
     assert_eq!(run(Residency::All), run(Residency::OneStage));
+}
+
+/// Without a noise file the seed alone reproduces diffusers' images: the default noise is
+/// PyTorch's CPU generator, drawn in diffusers' order.
+#[test]
+fn the_seed_alone_reproduces_diffusers() {
+    let pipe = Pipeline::load(&ModelPaths::find(&[tiny()], false, false).unwrap(), DType::F32, &Device::Cpu).unwrap();
+    let req = request();
+    let out = pipe.generate(&req, &mut TorchNoise::new(req.seed)).unwrap();
+    let want = WeightStore::open(&[tiny().join("reference/pipeline_out.safetensors")]).unwrap();
+    let (_, got) = out.tensors.iter().find(|(n, _)| n == "images_unclamped").unwrap();
+    let err = rel_l2(&got.to_vec_f32().unwrap(), &want.load("images_unclamped", DType::F32, &Device::Cpu).unwrap().to_vec_f32().unwrap());
+    assert!(err < 1e-4, "{err}");
 }

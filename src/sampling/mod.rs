@@ -2,6 +2,8 @@
 //! updates with no noise on the last step. Coefficients are computed on the host in f32 with
 //! diffusers' order of operations; the update itself is [`crate::ops::ddpm_step_assign`].
 
+pub mod torch_rng;
+
 use std::path::Path;
 
 use crate::{Error, Result};
