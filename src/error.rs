@@ -29,6 +29,9 @@ pub enum Error {
     /// A device buffer could not be allocated.
     #[error("out of GPU memory: {0}")]
     OutOfMemory(String),
+    /// The caller cancelled the request (between steps); the engine is ready for the next one.
+    #[error("cancelled")]
+    Cancelled,
     /// Anything else, with a message.
     #[error("{0}")]
     Msg(String),

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod engine;
 pub mod error;
 pub mod models;
 pub mod ops;

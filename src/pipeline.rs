@@ -216,6 +216,87 @@ pub struct Output {
     pub tensors: Vec<(String, Tensor)>,
 }
 
+/// The phases of a generation, as reported to observers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Tokenizing and encoding the prompts (one step).
+    TextEncode,
+    /// Stage C's denoising steps.
+    Prior,
+    /// Stage B's denoising steps.
+    Decoder,
+    /// Stage A's decode (one step).
+    StageA,
+}
+
+/// One progress report: `step` of `total` of `phase` is done, `elapsed` since the call began.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// The phase.
+    pub phase: Phase,
+    /// Steps of the phase done (1-based).
+    pub step: usize,
+    /// Steps in the phase.
+    pub total: usize,
+    /// Time since the call began.
+    pub elapsed: Duration,
+}
+
+/// Cancels a running [`Pipeline::generate_with`] (or `Engine::generate`) at the next step
+/// boundary; clone it to hand it to another thread.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Requests cancellation.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What a generation reports to and checks with its caller between steps.
+pub struct Hooks<'o, 'c> {
+    observer: Option<&'o mut (dyn FnMut(&Progress) + Send + 'o)>,
+    cancel: Option<&'c CancelToken>,
+    start: Instant,
+}
+
+impl<'o, 'c> Hooks<'o, 'c> {
+    /// An observer called after every step, and a cancellation token checked between steps.
+    pub fn new(observer: Option<&'o mut (dyn FnMut(&Progress) + Send + 'o)>, cancel: Option<&'c CancelToken>) -> Self {
+        Hooks { observer, cancel, start: Instant::now() }
+    }
+
+    /// No observer, no cancellation.
+    pub fn none() -> Hooks<'static, 'static> {
+        Hooks { observer: None, cancel: None, start: Instant::now() }
+    }
+
+    /// Checks cancellation, then reports a finished step. A panic in the observer is contained
+    /// and becomes an error (the engine stays usable).
+    fn step_done(&mut self, phase: Phase, step: usize, total: usize) -> Result<()> {
+        if self.cancel.is_some_and(|c| c.is_cancelled()) {
+            return Err(Error::Cancelled);
+        }
+        if let Some(obs) = self.observer.as_mut() {
+            let p = Progress { phase, step, total, elapsed: self.start.elapsed() };
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obs(&p))).map_err(|e| {
+                let what = e.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| e.downcast_ref::<String>().cloned()).unwrap_or_default();
+                Error::Msg(format!("the progress observer panicked ({what}); the request was stopped"))
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// Which networks stay in device memory between calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Residency {
@@ -236,25 +317,25 @@ enum Held<T> {
 
 impl<T> Held<T> {
     /// The network: borrowed if resident, else freshly loaded (dropped by the caller).
-    fn get(&self, load: impl FnOnce(&Path) -> Result<T>) -> Result<Stage<'_, T>> {
+    fn get(&self, load: impl FnOnce(&Path) -> Result<T>) -> Result<Loaded<'_, T>> {
         match self {
-            Held::Resident(t) => Ok(Stage::Borrowed(t)),
-            Held::OnDemand(p) => Ok(Stage::Owned(load(p)?)),
+            Held::Resident(t) => Ok(Loaded::Borrowed(t)),
+            Held::OnDemand(p) => Ok(Loaded::Owned(load(p)?)),
         }
     }
 }
 
-enum Stage<'a, T> {
+enum Loaded<'a, T> {
     Borrowed(&'a T),
     Owned(T),
 }
 
-impl<T> std::ops::Deref for Stage<'_, T> {
+impl<T> std::ops::Deref for Loaded<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
         match self {
-            Stage::Borrowed(t) => t,
-            Stage::Owned(t) => t,
+            Loaded::Borrowed(t) => t,
+            Loaded::Owned(t) => t,
         }
     }
 }
@@ -339,6 +420,78 @@ impl Pipeline {
         self.cuda_graphs = on;
     }
 
+    /// The built-in model: the tiny architecture of the test fixtures (every structural feature,
+    /// head width 64) with deterministic random weights made on the device, and an embedded
+    /// 1514-token vocabulary. Runs anywhere with no files; its pictures are noise.
+    pub fn builtin(dtype: DType, device: &Device) -> Result<Pipeline> {
+        use crate::models::config::{ClipTextConfig, UNetConfig, VqganConfig};
+        use crate::weights::VarBuilder;
+        let parse = |what: &str, text: &str| -> Result<serde_json::Value> { serde_json::from_str(text).map_err(|e| Error::Msg(format!("built-in {what} config: {e}"))) };
+        let cfg = |what: &str, text: &str| parse(what, text).map(|v| v.to_string());
+        let vb = VarBuilder::random(0x5eed, dtype, device);
+        let text_cfg: ClipTextConfig = serde_json::from_str(&cfg("text encoder", include_str!("../tests/fixtures/tiny/text_encoder/config.json"))?).map_err(|e| Error::Msg(e.to_string()))?;
+        let prior_cfg: UNetConfig = serde_json::from_str(&cfg("prior", include_str!("../tests/fixtures/tiny/prior/config.json"))?).map_err(|e| Error::Msg(e.to_string()))?;
+        let decoder_cfg: UNetConfig = serde_json::from_str(&cfg("decoder", include_str!("../tests/fixtures/tiny/decoder/config.json"))?).map_err(|e| Error::Msg(e.to_string()))?;
+        let vqgan_cfg: VqganConfig = serde_json::from_str(&cfg("vqgan", include_str!("../tests/fixtures/tiny/vqgan/config.json"))?).map_err(|e| Error::Msg(e.to_string()))?;
+        let decoder_patch = decoder_cfg.patch_size.max(1);
+        Ok(Pipeline {
+            tokenizer: ClipTokenizer::from_vocab_and_merges(include_str!("../tests/fixtures/tiny/tokenizer/vocab.json"), include_str!("../tests/fixtures/tiny/tokenizer/merges.txt"))?,
+            text_encoder: Held::Resident(ClipTextModel::new(text_cfg, &vb.pp("text_encoder"))?),
+            prior: Held::Resident(StableCascadeUNet::new(prior_cfg, &vb.pp("prior"))?),
+            decoder: Held::Resident(StableCascadeUNet::new(decoder_cfg, &vb.pp("decoder"))?),
+            vqgan: Held::Resident(Vqgan::new(vqgan_cfg, &vb.pp("vqgan"))?),
+            decoder_patch,
+            prior_scheduler: DdpmWuerstchen::default(),
+            decoder_scheduler: DdpmWuerstchen::default(),
+            dtype,
+            device: device.clone(),
+            cuda_graphs: true,
+        })
+    }
+
+    /// The dtype the networks run in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Stage-level entry point: the prompt's CLIP hidden states `[1, 77, D]` (Stage C's
+    /// `clip_text`) and pooled embedding `[1, 1, P]`.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<(Tensor, Tensor)> {
+        let text_encoder = self.text_encoder.get(|p| ClipTextModel::load(p, self.dtype, &self.device))?;
+        let t = self.tokenizer.encode(prompt)?;
+        let o = text_encoder.forward(&[t.input_ids], Some(&[t.attention_mask]))?;
+        let pooled = o.text_embeds.reshape(&[1, 1, text_encoder.config().projection_dim])?;
+        Ok((o.hidden_states_last, pooled))
+    }
+
+    /// Stage-level entry point: one Stage C model call, the ε prediction for `sample`
+    /// `[B, h, w, 16]` at ratios `t` (f32 `[B]`) given the CLIP outputs (`clip_img`: zeros for
+    /// text to image).
+    pub fn prior_step(&self, sample: &Tensor, t: &Tensor, clip_text_pooled: &Tensor, clip_text: &Tensor, clip_img: &Tensor) -> Result<Tensor> {
+        let prior = self.prior.get(|p| StableCascadeUNet::load(p, self.dtype, &self.device))?;
+        let cond = prior.condition(clip_text_pooled, Some(clip_text), Some(clip_img))?;
+        prior.forward_with_condition(sample, t, &cond, None, None)
+    }
+
+    /// Stage-level entry point: one Stage B model call for `sample` `[B, H, W, 4]` given the
+    /// pooled text embedding and Stage C's image embeddings `[B, h, w, 16]`.
+    pub fn decoder_step(&self, sample: &Tensor, t: &Tensor, clip_text_pooled: &Tensor, effnet: &Tensor) -> Result<Tensor> {
+        let decoder = self.decoder.get(|p| StableCascadeUNet::load(p, self.dtype, &self.device))?;
+        let cond = decoder.condition(clip_text_pooled, None, None)?;
+        decoder.forward_with_condition(sample, t, &cond, Some(effnet), None)
+    }
+
+    /// Stage-level entry point: Stage A's decode of (already scaled) latents `[B, h, w, 4]` to an
+    /// unclamped image `[B, 4h, 4w, 3]`.
+    pub fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
+        self.vqgan.get(|p| Vqgan::load(p, self.dtype, &self.device))?.decode(latents)
+    }
+
     /// The tokenizer.
     pub fn tokenizer(&self) -> &ClipTokenizer {
         &self.tokenizer
@@ -369,6 +522,12 @@ impl Pipeline {
 
     /// Runs the whole pipeline.
     pub fn generate(&self, req: &Request, noise: &mut dyn NoiseSource) -> Result<Output> {
+        self.generate_with(req, noise, &mut Hooks::none())
+    }
+
+    /// Runs the whole pipeline, reporting every step to `hooks` and stopping with
+    /// [`Error::Cancelled`] at the first step boundary after cancellation.
+    pub fn generate_with(&self, req: &Request, noise: &mut dyn NoiseSource, hooks: &mut Hooks<'_, '_>) -> Result<Output> {
         if req.prior_steps == 0 || req.decoder_steps == 0 || req.num_images == 0 {
             return Err(Error::Shape("steps and the number of images must be at least 1".into()));
         }
@@ -417,6 +576,7 @@ impl Pipeline {
         drop(text_encoder);
         self.device.synchronize()?;
         timings.text_encode = start.elapsed();
+        hooks.step_done(Phase::TextEncode, 1, 1)?;
 
         // Stage C.
         let prior = self.prior.get(|p| StableCascadeUNet::load(p, dtype, device))?;
@@ -431,7 +591,7 @@ impl Pipeline {
         let cond = prior.condition(&clip_pooled, Some(&clip_text), Some(&clip_img))?;
         let prior_latent = [n, pc.in_channels, hc, wc];
         let (x, prior_steps) =
-            self.denoise(&prior, &self.prior_scheduler, "prior", prior_latent, req.prior_steps, req.prior_guidance, &cond, None, noise)?;
+            self.denoise(&prior, &self.prior_scheduler, "prior", prior_latent, req.prior_steps, req.prior_guidance, &cond, None, noise, hooks)?;
         timings.prior_steps = prior_steps;
         tensors.push(("image_embeddings".to_string(), cpu_copy(&nhwc_to_nchw(&x)?)?));
 
@@ -456,6 +616,7 @@ impl Pipeline {
             &cond,
             Some(&effnet),
             noise,
+            hooks,
         )?;
         timings.decoder_steps = decoder_steps;
         tensors.push(("decoder_latents".to_string(), cpu_copy(&nhwc_to_nchw(&latents)?)?));
@@ -488,6 +649,7 @@ impl Pipeline {
         tensors.push(("images_unclamped".to_string(), unclamped));
         tensors.push(("images".to_string(), clamped));
         timings.stage_a = stage_a.elapsed();
+        hooks.step_done(Phase::StageA, 1, 1)?;
         timings.total = start.elapsed();
         #[cfg(feature = "cuda")]
         if let Device::Cuda(d) = &self.device {
@@ -514,7 +676,9 @@ impl Pipeline {
         cond: &Tensor,
         effnet: Option<&Tensor>,
         noise: &mut dyn NoiseSource,
+        hooks: &mut Hooks<'_, '_>,
     ) -> Result<(Tensor, Vec<Duration>)> {
+        let phase = if stage == "prior" { Phase::Prior } else { Phase::Decoder };
         let cfg = guidance > 1.0;
         let [n, c, h, w] = shape;
         let batch = if cfg { 2 * n } else { n };
@@ -559,15 +723,18 @@ impl Pipeline {
             z.write_f32(&crate::models::nchw_to_nhwc_host(&noise.draw(&format!("noise_{stage}_step{i}"), &shape)?, shape))?;
             coef.write_f32(&sched.coefficients(t, grid[i + 1]))?;
             #[cfg(feature = "cuda")]
-            if let Some(g) = &graph {
-                g.replay()?;
-                self.device.synchronize()?;
-                times.push(step_start.elapsed());
-                continue;
+            let replayed = match &graph {
+                Some(g) => g.replay().map(|_| true)?,
+                None => false,
+            };
+            #[cfg(not(feature = "cuda"))]
+            let replayed = false;
+            if !replayed {
+                step(&mut x, &t_buf, &coef, &z)?;
             }
-            step(&mut x, &t_buf, &coef, &z)?;
             self.device.synchronize()?;
             times.push(step_start.elapsed());
+            hooks.step_done(phase, i + 1, steps)?;
         }
         Ok((x, times))
     }

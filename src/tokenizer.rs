@@ -54,64 +54,78 @@ impl ClipTokenizer {
             tokenizers::Tokenizer::from_file(&json).map_err(|e| Error::file(&json, format!("invalid tokenizer.json: {e}")))?
         } else {
             let (vocab_path, merges_path) = (dir.join("vocab.json"), dir.join("merges.txt"));
-            let vocab: serde_json::Value =
-                serde_json::from_str(&read(&vocab_path)?).map_err(|e| Error::file(&vocab_path, format!("invalid JSON: {e}")))?;
-            if !vocab.is_object() {
-                return Err(Error::file(&vocab_path, "expected an object of token → id"));
-            }
-            let merges: Vec<String> =
-                read(&merges_path)?.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).map(String::from).collect();
-            if let Some(bad) = merges.iter().find(|m| m.split(' ').count() != 2) {
-                return Err(Error::file(&merges_path, format!("a merge must be two tokens separated by one space, got '{bad}'")));
-            }
-            let id_of = |t: &str| {
-                vocab.get(t).and_then(|v| v.as_u64()).ok_or_else(|| Error::file(&vocab_path, format!("the vocabulary lacks '{t}'")))
-            };
-            let (bos, eos) = (id_of("<|startoftext|>")?, id_of("<|endoftext|>")?);
-            let spec = serde_json::json!({
-                "version": "1.0",
-                "added_tokens": [
-                    {"id": bos, "content": "<|startoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-                    {"id": eos, "content": "<|endoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
-                ],
-                "normalizer": {"type": "Sequence", "normalizers": [
-                    {"type": "NFC"},
-                    {"type": "Replace", "pattern": {"Regex": r"\s+"}, "content": " "},
-                    {"type": "Lowercase"}
-                ]},
-                "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": CLIP_PATTERN}, "behavior": "Removed", "invert": true},
-                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
-                ]},
-                "post_processor": null,
-                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-                "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>", "continuing_subword_prefix": "", "end_of_word_suffix": "</w>",
-                          "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
-            });
-            spec.to_string()
-                .parse::<tokenizers::Tokenizer>()
-                .map_err(|e| Error::file(&vocab_path, format!("cannot build the BPE tokenizer from vocab.json + merges.txt: {e}")))?
+            Self::bpe(&read(&vocab_path)?, &read(&merges_path)?, &vocab_path, &merges_path)?
         };
+        Self::with_specials(inner, Some(dir))
+    }
+
+    /// A tokenizer from the text of `vocab.json` and `merges.txt` (the built-in model embeds its
+    /// small vocabulary this way), with CLIP's default special tokens.
+    pub fn from_vocab_and_merges(vocab_json: &str, merges_txt: &str) -> Result<ClipTokenizer> {
+        let inner = Self::bpe(vocab_json, merges_txt, Path::new("vocab.json"), Path::new("merges.txt"))?;
+        Self::with_specials(inner, None)
+    }
+
+    /// CLIP's byte-level BPE pipeline over a vocabulary and merge list.
+    fn bpe(vocab_text: &str, merges_text: &str, vocab_path: &Path, merges_path: &Path) -> Result<tokenizers::Tokenizer> {
+        let vocab: serde_json::Value = serde_json::from_str(vocab_text).map_err(|e| Error::file(vocab_path, format!("invalid JSON: {e}")))?;
+        if !vocab.is_object() {
+            return Err(Error::file(vocab_path, "expected an object of token → id"));
+        }
+        let merges: Vec<String> = merges_text.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).map(String::from).collect();
+        if let Some(bad) = merges.iter().find(|m| m.split(' ').count() != 2) {
+            return Err(Error::file(merges_path, format!("a merge must be two tokens separated by one space, got '{bad}'")));
+        }
+        let id_of = |t: &str| vocab.get(t).and_then(|v| v.as_u64()).ok_or_else(|| Error::file(vocab_path, format!("the vocabulary lacks '{t}'")));
+        let (bos, eos) = (id_of("<|startoftext|>")?, id_of("<|endoftext|>")?);
+        let spec = serde_json::json!({
+            "version": "1.0",
+            "added_tokens": [
+                {"id": bos, "content": "<|startoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": eos, "content": "<|endoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+            ],
+            "normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "NFC"},
+                {"type": "Replace", "pattern": {"Regex": r"\s+"}, "content": " "},
+                {"type": "Lowercase"}
+            ]},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": CLIP_PATTERN}, "behavior": "Removed", "invert": true},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+            ]},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>", "continuing_subword_prefix": "", "end_of_word_suffix": "</w>",
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
+        });
+        spec.to_string()
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| Error::file(vocab_path, format!("cannot build the BPE tokenizer from vocab.json + merges.txt: {e}")))
+    }
+
+    /// Looks up BOS, EOS and PAD, as named by the folder's special_tokens_map.json or
+    /// tokenizer_config.json when present (CLIP's defaults otherwise).
+    fn with_specials(inner: tokenizers::Tokenizer, dir: Option<&Path>) -> Result<ClipTokenizer> {
         let special = |name: &str, default: &str| -> String {
-            // special_tokens_map.json or tokenizer_config.json may name the token ({"content": …} or a string).
+            // The files name a token as a string or as {"content": …}.
             for f in ["special_tokens_map.json", "tokenizer_config.json"] {
-                if let Ok(text) = std::fs::read_to_string(dir.join(f)) {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                        match v.get(name) {
-                            Some(serde_json::Value::String(s)) => return s.clone(),
-                            Some(o) => {
-                                if let Some(s) = o.get("content").and_then(|c| c.as_str()) {
-                                    return s.to_string();
-                                }
+                let Some(text) = dir.and_then(|d| std::fs::read_to_string(d.join(f)).ok()) else { continue };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    match v.get(name) {
+                        Some(serde_json::Value::String(s)) => return s.clone(),
+                        Some(o) => {
+                            if let Some(s) = o.get("content").and_then(|c| c.as_str()) {
+                                return s.to_string();
                             }
-                            None => {}
                         }
+                        None => {}
                     }
                 }
             }
             default.to_string()
         };
-        let id = |tok: String| inner.token_to_id(&tok).ok_or_else(|| Error::file(dir, format!("the tokenizer has no token '{tok}'")));
+        let where_ = dir.map_or_else(|| Path::new("tokenizer").to_path_buf(), Path::to_path_buf);
+        let id = |tok: String| inner.token_to_id(&tok).ok_or_else(|| Error::file(&where_, format!("the tokenizer has no token '{tok}'")));
         let bos = id(special("bos_token", "<|startoftext|>"))?;
         let eos = id(special("eos_token", "<|endoftext|>"))?;
         let pad = id(special("pad_token", "<|endoftext|>"))?;

@@ -1,0 +1,98 @@
+//! The library API on the built-in tiny model (CPU): progress reports, cancellation, a
+//! panicking observer, and many threads at once giving the same images as sequential calls.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cascade::engine::{Engine, EngineConfig};
+use cascade::pipeline::{CancelToken, Phase, Progress, Request};
+use cascade::Error;
+
+fn engine() -> Engine {
+    Engine::load(EngineConfig { device: "cpu".into(), ..Default::default() }).unwrap()
+}
+
+fn request(seed: u64) -> Request {
+    Request { prompt: "a red fox".into(), width: 128, height: 128, prior_steps: 3, decoder_steps: 2, seed, ..Default::default() }
+}
+
+#[test]
+fn progress_is_reported_after_every_step() {
+    let e = engine();
+    assert!(e.is_builtin());
+    let mut seen: Vec<Progress> = Vec::new();
+    let mut obs = |p: &Progress| seen.push(*p);
+    let out = e.generate(&request(1), Some(&mut obs), None).unwrap();
+    assert_eq!(out.images.len(), 1);
+    assert_eq!((out.images[0].width(), out.images[0].height()), (128, 128));
+    assert_eq!(out.seed, 1);
+    let phases: Vec<(Phase, usize, usize)> = seen.iter().map(|p| (p.phase, p.step, p.total)).collect();
+    assert_eq!(
+        phases,
+        vec![(Phase::TextEncode, 1, 1), (Phase::Prior, 1, 3), (Phase::Prior, 2, 3), (Phase::Prior, 3, 3), (Phase::Decoder, 1, 2), (Phase::Decoder, 2, 2), (Phase::StageA, 1, 1)]
+    );
+    assert!(seen.windows(2).all(|w| w[0].elapsed <= w[1].elapsed));
+}
+
+#[test]
+fn cancellation_mid_run_then_a_successful_call() {
+    let e = engine();
+    let cancel = CancelToken::new();
+    let c2 = cancel.clone();
+    let mut obs = move |p: &Progress| {
+        if p.phase == Phase::Prior && p.step == 2 {
+            c2.cancel();
+        }
+    };
+    let err = e.generate(&request(2), Some(&mut obs), Some(&cancel)).err().expect("cancelled");
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    // A token cancelled before the call starts stops it at once.
+    assert!(matches!(e.generate(&request(2), None, Some(&cancel)).err(), Some(Error::Cancelled)));
+    // The engine is ready for the next request.
+    let out = e.generate(&request(2), None, Some(&CancelToken::new())).unwrap();
+    assert_eq!(out.images.len(), 1);
+}
+
+#[test]
+fn a_panicking_observer_is_contained() {
+    let e = engine();
+    let mut obs = |p: &Progress| {
+        if p.phase == Phase::Decoder {
+            panic!("observer bug");
+        }
+    };
+    let err = e.generate(&request(3), Some(&mut obs), None).err().expect("error").to_string();
+    assert!(err.contains("observer panicked") && err.contains("observer bug"), "{err}");
+    assert!(e.generate(&request(3), None, None).is_ok());
+}
+
+#[test]
+fn eight_threads_give_the_same_images_as_sequential_calls() {
+    let e = Arc::new(engine());
+    let sequential: Vec<_> = (0..8).map(|s| e.generate(&request(100 + s), None, None).unwrap().images).collect();
+    let done = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..8)
+        .map(|s| {
+            let (e, done) = (e.clone(), done.clone());
+            std::thread::spawn(move || {
+                let out = e.generate(&request(100 + s), None, None).unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+                out.images
+            })
+        })
+        .collect();
+    for (s, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), sequential[s], "seed {}", 100 + s);
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 8);
+    // Different seeds give different images.
+    assert_ne!(sequential[0], sequential[1]);
+}
+
+#[test]
+fn stage_level_entry_points() {
+    let e = engine();
+    let (hidden, pooled) = e.with_pipeline(|p| p.encode_prompt("a red fox")).unwrap();
+    assert_eq!(hidden.shape(), &[1, 77, 64]);
+    assert_eq!(pooled.shape(), &[1, 1, 64]);
+}
