@@ -46,7 +46,15 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { model_dirs: Vec::new(), lite_prior: false, lite_decoder: false, device: "auto".into(), dtype: None, residency: Residency::All, cuda_graphs: true }
+        EngineConfig {
+            model_dirs: Vec::new(),
+            lite_prior: false,
+            lite_decoder: false,
+            device: "auto".into(),
+            dtype: None,
+            residency: Residency::All,
+            cuda_graphs: true,
+        }
     }
 }
 
@@ -127,7 +135,12 @@ impl Engine {
     /// Generates `request.num_images` images. Waits for earlier calls (first come, first
     /// served). `observer` is called after every step (a panic in it stops this call with an
     /// error; the engine stays usable); `cancel` is checked while waiting and between steps.
-    pub fn generate(&self, request: &Request, observer: Option<&mut (dyn FnMut(&Progress) + Send)>, cancel: Option<&CancelToken>) -> Result<GenerateOutput> {
+    pub fn generate(
+        &self,
+        request: &Request,
+        observer: Option<&mut (dyn FnMut(&Progress) + Send)>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<GenerateOutput> {
         let _turn = self.queue.enter();
         if cancel.is_some_and(|c| c.is_cancelled()) {
             return Err(Error::Cancelled);

@@ -26,6 +26,7 @@ pub mod error;
 pub mod models;
 pub mod ops;
 pub mod pipeline;
+pub mod png_out;
 pub mod runtime;
 pub mod sampling;
 pub mod testing;

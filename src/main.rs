@@ -8,7 +8,8 @@ use cascade::models::clip::ClipTextModel;
 use cascade::models::unet::{StableCascadeUNet, UNetInputs};
 use cascade::models::vqgan::Vqgan;
 use cascade::models::{nchw_to_nhwc, nhwc_to_nchw};
-use cascade::pipeline::{FileNoise, ModelPaths, NoiseSource, Pipeline, Request, Residency, TorchNoise};
+use cascade::pipeline::{FileNoise, Hooks, ModelPaths, NoiseSource, Phase, Pipeline, Progress, Request, Residency, TorchNoise};
+use cascade::png_out::{encode_png, write_atomic};
 use cascade::tokenizer::ClipTokenizer;
 use cascade::weights::{save, WeightStore};
 use cascade::{DType, Device, Error, Result, Tensor};
@@ -18,12 +19,14 @@ cascade: Stable Cascade inference engine
 
 usage:
   cascade generate [--model-dir DIR]... --prompt P [--negative-prompt N] [--width W] [--height H]
-                   [--images N] [--prior-steps N] [--prior-guidance G] [--decoder-steps M]
+                   [--num-images N] [--prior-steps N] [--prior-guidance G] [--decoder-steps M]
                    [--decoder-guidance G2] [--seed S] [--noise NOISE.safetensors]
                    [--dump-tensors OUT.safetensors] [--output IMAGE.png] [--lite-prior] [--lite-decoder]
-                   [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--one-stage-resident] [--no-cuda-graphs]
+                   [--device auto|cpu|cuda|cuda:N] [--dtype f32|bf16] [--one-stage-resident] [--no-cuda-graphs] [--force]
       text to image. --model-dir: one folder holding every component, or the two snapshots
-      (stable-cascade-prior, stable-cascade); default: the tiny random-weight model in the repo.
+      (stable-cascade-prior, stable-cascade); without it, a built-in tiny model with random
+      weights (the picture is noise). Images get their parameters as PNG text chunks; several
+      images are numbered (OUT_0.png, …); existing files are kept unless --force.
       --noise supplies every random draw (noise_prior_init, noise_prior_step{i},
       noise_decoder_init, noise_decoder_step{i}); --dump-tensors writes the intermediate tensors.
       --one-stage-resident keeps one network in GPU memory at a time (smaller cards).
@@ -44,7 +47,7 @@ struct Args {
     positional: Vec<String>,
 }
 
-const SWITCHES: &[&str] = &["--lite-prior", "--lite-decoder", "--one-stage-resident", "--no-cuda-graphs"];
+const SWITCHES: &[&str] = &["--lite-prior", "--lite-decoder", "--one-stage-resident", "--no-cuda-graphs", "--force"];
 
 impl Args {
     fn parse(args: &[String]) -> Result<Args> {
@@ -130,11 +133,20 @@ fn main() -> ExitCode {
 }
 
 fn generate(a: &Args) -> Result<()> {
-    let device = a.device()?;
+    let device = match a.one("--device") {
+        None | Some("auto") => Device::cuda(0).unwrap_or(Device::Cpu),
+        Some(d) => Device::parse(d)?,
+    };
     let dtype = a.dtype(&device)?;
-    let paths = ModelPaths::find(&a.model_dirs()?, a.switch("--lite-prior"), a.switch("--lite-decoder"))?;
-    let residency = if a.switch("--one-stage-resident") { Residency::OneStage } else { Residency::All };
-    let mut pipe = Pipeline::load_with(&paths, dtype, &device, residency)?;
+    let builtin = !a.flags.contains_key("--model-dir");
+    let mut pipe = if builtin {
+        eprintln!("note: no --model-dir given: running the built-in tiny model with random weights; the picture is noise until real weights are given");
+        Pipeline::builtin(dtype, &device)?
+    } else {
+        let paths = ModelPaths::find(&a.model_dirs()?, a.switch("--lite-prior"), a.switch("--lite-decoder"))?;
+        let residency = if a.switch("--one-stage-resident") { Residency::OneStage } else { Residency::All };
+        Pipeline::load_with(&paths, dtype, &device, residency)?
+    };
     pipe.set_cuda_graphs(!a.switch("--no-cuda-graphs"));
     let d = Request::default();
     let req = Request {
@@ -142,7 +154,7 @@ fn generate(a: &Args) -> Result<()> {
         negative_prompt: a.one("--negative-prompt").unwrap_or("").to_string(),
         width: a.num("--width", d.width)?,
         height: a.num("--height", d.height)?,
-        num_images: a.num("--images", d.num_images)?,
+        num_images: a.num("--num-images", a.num("--images", d.num_images)?)?,
         prior_steps: a.num("--prior-steps", d.prior_steps)?,
         prior_guidance: a.num("--prior-guidance", d.prior_guidance)?,
         decoder_steps: a.num("--decoder-steps", d.decoder_steps)?,
@@ -152,36 +164,78 @@ fn generate(a: &Args) -> Result<()> {
     if pipe.tokenizer().encode(&req.prompt)?.truncated {
         eprintln!("warning: the prompt is longer than 75 tokens; CLIP sees only the first 75");
     }
+    // Refuse to overwrite before spending any time.
+    let output = PathBuf::from(a.one("--output").unwrap_or("cascade.png"));
+    let outputs: Vec<PathBuf> = (0..req.num_images)
+        .map(|i| {
+            if req.num_images == 1 {
+                output.clone()
+            } else {
+                output.with_file_name(format!("{}_{i}.png", output.file_stem().unwrap_or_default().to_string_lossy()))
+            }
+        })
+        .collect();
+    let force = a.switch("--force");
+    if let Some(p) = outputs.iter().find(|p| p.exists() && !force) {
+        return Err(Error::file(p, "already exists (use --force to replace it)"));
+    }
     let mut noise: Box<dyn NoiseSource> = match a.one("--noise") {
         Some(f) => Box::new(FileNoise(WeightStore::open(&[f])?)),
         None => Box::new(TorchNoise::new(req.seed)),
     };
-    let start = std::time::Instant::now();
-    let out = pipe.generate(&req, noise.as_mut())?;
-    eprintln!(
-        "generated {} image(s) of {}×{} in {:.2} s on {}",
-        out.images.len(),
-        out.images[0].width(),
-        out.images[0].height(),
-        start.elapsed().as_secs_f64(),
-        device.describe()
-    );
-    eprint!("{}", out.timings.summary());
+    let mut bar = |p: &Progress| progress_bar(p);
+    let out = pipe.generate_with(&req, noise.as_mut(), &mut Hooks::new(Some(&mut bar), None))?;
     if let Some(f) = a.one("--dump-tensors") {
         let refs: Vec<(&str, &Tensor)> = out.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         save(f, &refs)?;
     }
-    let output = PathBuf::from(a.one("--output").unwrap_or("cascade.png"));
-    for (i, img) in out.images.iter().enumerate() {
-        let path = if out.images.len() == 1 {
-            output.clone()
-        } else {
-            output.with_file_name(format!("{}_{i}.png", output.file_stem().unwrap_or_default().to_string_lossy()))
-        };
-        img.save(&path).map_err(|e| Error::file(&path, format!("cannot write the image: {e}")))?;
+    let model = if builtin {
+        "built-in tiny model (random weights)".to_string()
+    } else {
+        a.model_dirs()?.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" + ")
+    };
+    for (img, path) in out.images.iter().zip(&outputs) {
+        let text = [
+            ("prompt", req.prompt.clone()),
+            ("negative_prompt", req.negative_prompt.clone()),
+            ("seed", req.seed.to_string()),
+            ("prior_steps", req.prior_steps.to_string()),
+            ("prior_guidance", req.prior_guidance.to_string()),
+            ("decoder_steps", req.decoder_steps.to_string()),
+            ("decoder_guidance", req.decoder_guidance.to_string()),
+            ("size", format!("{}x{}", img.width(), img.height())),
+            ("model", model.clone()),
+            ("Software", format!("cascade {}", env!("CARGO_PKG_VERSION"))),
+        ];
+        write_atomic(path, &encode_png(img, &text)?, force)?;
         eprintln!("wrote {}", path.display());
     }
+    eprintln!(
+        "{} image(s) of {}×{} on {} ({}):",
+        out.images.len(),
+        out.images[0].width(),
+        out.images[0].height(),
+        device.describe(),
+        dtype
+    );
+    eprint!("{}", out.timings.summary());
     Ok(())
+}
+
+/// A one-line progress bar per phase on stderr.
+fn progress_bar(p: &Progress) {
+    let name = match p.phase {
+        Phase::TextEncode => "text encode",
+        Phase::Prior => "stage C",
+        Phase::Decoder => "stage B",
+        Phase::StageA => "stage A",
+    };
+    let width = 30;
+    let filled = p.step * width / p.total.max(1);
+    eprint!("\r{name:<12} [{}{}] {}/{} {:6.1} s", "#".repeat(filled), ".".repeat(width - filled), p.step, p.total, p.elapsed.as_secs_f64());
+    if p.step == p.total {
+        eprintln!();
+    }
 }
 
 fn find_component(dirs: &[PathBuf], name: &str) -> Result<PathBuf> {

@@ -289,7 +289,8 @@ impl<'o, 'c> Hooks<'o, 'c> {
         if let Some(obs) = self.observer.as_mut() {
             let p = Progress { phase, step, total, elapsed: self.start.elapsed() };
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obs(&p))).map_err(|e| {
-                let what = e.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| e.downcast_ref::<String>().cloned()).unwrap_or_default();
+                let what =
+                    e.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| e.downcast_ref::<String>().cloned()).unwrap_or_default();
                 Error::Msg(format!("the progress observer panicked ({what}); the request was stopped"))
             })?;
         }
@@ -426,16 +427,26 @@ impl Pipeline {
     pub fn builtin(dtype: DType, device: &Device) -> Result<Pipeline> {
         use crate::models::config::{ClipTextConfig, UNetConfig, VqganConfig};
         use crate::weights::VarBuilder;
-        let parse = |what: &str, text: &str| -> Result<serde_json::Value> { serde_json::from_str(text).map_err(|e| Error::Msg(format!("built-in {what} config: {e}"))) };
+        let parse = |what: &str, text: &str| -> Result<serde_json::Value> {
+            serde_json::from_str(text).map_err(|e| Error::Msg(format!("built-in {what} config: {e}")))
+        };
         let cfg = |what: &str, text: &str| parse(what, text).map(|v| v.to_string());
         let vb = VarBuilder::random(0x5eed, dtype, device);
-        let text_cfg: ClipTextConfig = serde_json::from_str(&cfg("text encoder", include_str!("../tests/fixtures/tiny/text_encoder/config.json"))?).map_err(|e| Error::Msg(e.to_string()))?;
-        let prior_cfg: UNetConfig = serde_json::from_str(&cfg("prior", include_str!("../tests/fixtures/tiny/prior/config.json"))?).map_err(|e| Error::Msg(e.to_string()))?;
-        let decoder_cfg: UNetConfig = serde_json::from_str(&cfg("decoder", include_str!("../tests/fixtures/tiny/decoder/config.json"))?).map_err(|e| Error::Msg(e.to_string()))?;
-        let vqgan_cfg: VqganConfig = serde_json::from_str(&cfg("vqgan", include_str!("../tests/fixtures/tiny/vqgan/config.json"))?).map_err(|e| Error::Msg(e.to_string()))?;
+        let text_cfg: ClipTextConfig =
+            serde_json::from_str(&cfg("text encoder", include_str!("../tests/fixtures/tiny/text_encoder/config.json"))?)
+                .map_err(|e| Error::Msg(e.to_string()))?;
+        let prior_cfg: UNetConfig = serde_json::from_str(&cfg("prior", include_str!("../tests/fixtures/tiny/prior/config.json"))?)
+            .map_err(|e| Error::Msg(e.to_string()))?;
+        let decoder_cfg: UNetConfig = serde_json::from_str(&cfg("decoder", include_str!("../tests/fixtures/tiny/decoder/config.json"))?)
+            .map_err(|e| Error::Msg(e.to_string()))?;
+        let vqgan_cfg: VqganConfig = serde_json::from_str(&cfg("vqgan", include_str!("../tests/fixtures/tiny/vqgan/config.json"))?)
+            .map_err(|e| Error::Msg(e.to_string()))?;
         let decoder_patch = decoder_cfg.patch_size.max(1);
         Ok(Pipeline {
-            tokenizer: ClipTokenizer::from_vocab_and_merges(include_str!("../tests/fixtures/tiny/tokenizer/vocab.json"), include_str!("../tests/fixtures/tiny/tokenizer/merges.txt"))?,
+            tokenizer: ClipTokenizer::from_vocab_and_merges(
+                include_str!("../tests/fixtures/tiny/tokenizer/vocab.json"),
+                include_str!("../tests/fixtures/tiny/tokenizer/merges.txt"),
+            )?,
             text_encoder: Held::Resident(ClipTextModel::new(text_cfg, &vb.pp("text_encoder"))?),
             prior: Held::Resident(StableCascadeUNet::new(prior_cfg, &vb.pp("prior"))?),
             decoder: Held::Resident(StableCascadeUNet::new(decoder_cfg, &vb.pp("decoder"))?),
@@ -472,7 +483,14 @@ impl Pipeline {
     /// Stage-level entry point: one Stage C model call, the ε prediction for `sample`
     /// `[B, h, w, 16]` at ratios `t` (f32 `[B]`) given the CLIP outputs (`clip_img`: zeros for
     /// text to image).
-    pub fn prior_step(&self, sample: &Tensor, t: &Tensor, clip_text_pooled: &Tensor, clip_text: &Tensor, clip_img: &Tensor) -> Result<Tensor> {
+    pub fn prior_step(
+        &self,
+        sample: &Tensor,
+        t: &Tensor,
+        clip_text_pooled: &Tensor,
+        clip_text: &Tensor,
+        clip_img: &Tensor,
+    ) -> Result<Tensor> {
         let prior = self.prior.get(|p| StableCascadeUNet::load(p, self.dtype, &self.device))?;
         let cond = prior.condition(clip_text_pooled, Some(clip_text), Some(clip_img))?;
         prior.forward_with_condition(sample, t, &cond, None, None)
@@ -590,8 +608,18 @@ impl Pipeline {
         };
         let cond = prior.condition(&clip_pooled, Some(&clip_text), Some(&clip_img))?;
         let prior_latent = [n, pc.in_channels, hc, wc];
-        let (x, prior_steps) =
-            self.denoise(&prior, &self.prior_scheduler, "prior", prior_latent, req.prior_steps, req.prior_guidance, &cond, None, noise, hooks)?;
+        let (x, prior_steps) = self.denoise(
+            &prior,
+            &self.prior_scheduler,
+            "prior",
+            prior_latent,
+            req.prior_steps,
+            req.prior_guidance,
+            &cond,
+            None,
+            noise,
+            hooks,
+        )?;
         timings.prior_steps = prior_steps;
         tensors.push(("image_embeddings".to_string(), cpu_copy(&nhwc_to_nchw(&x)?)?));
 

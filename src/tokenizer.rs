@@ -68,15 +68,18 @@ impl ClipTokenizer {
 
     /// CLIP's byte-level BPE pipeline over a vocabulary and merge list.
     fn bpe(vocab_text: &str, merges_text: &str, vocab_path: &Path, merges_path: &Path) -> Result<tokenizers::Tokenizer> {
-        let vocab: serde_json::Value = serde_json::from_str(vocab_text).map_err(|e| Error::file(vocab_path, format!("invalid JSON: {e}")))?;
+        let vocab: serde_json::Value =
+            serde_json::from_str(vocab_text).map_err(|e| Error::file(vocab_path, format!("invalid JSON: {e}")))?;
         if !vocab.is_object() {
             return Err(Error::file(vocab_path, "expected an object of token → id"));
         }
-        let merges: Vec<String> = merges_text.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).map(String::from).collect();
+        let merges: Vec<String> =
+            merges_text.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).map(String::from).collect();
         if let Some(bad) = merges.iter().find(|m| m.split(' ').count() != 2) {
             return Err(Error::file(merges_path, format!("a merge must be two tokens separated by one space, got '{bad}'")));
         }
-        let id_of = |t: &str| vocab.get(t).and_then(|v| v.as_u64()).ok_or_else(|| Error::file(vocab_path, format!("the vocabulary lacks '{t}'")));
+        let id_of =
+            |t: &str| vocab.get(t).and_then(|v| v.as_u64()).ok_or_else(|| Error::file(vocab_path, format!("the vocabulary lacks '{t}'")));
         let (bos, eos) = (id_of("<|startoftext|>")?, id_of("<|endoftext|>")?);
         let spec = serde_json::json!({
             "version": "1.0",

@@ -110,3 +110,49 @@ fn errors_are_messages_not_panics() {
     let out = Command::new(env!("CARGO_BIN_EXE_cascade")).args(["generate", "--prompt", "x", "--device", "tpu"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device"));
 }
+
+#[test]
+fn builtin_model_png_metadata_and_no_silent_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("fox.png");
+    let p = png.to_str().unwrap();
+    let args = [
+        "generate",
+        "--device",
+        "cpu",
+        "--prompt",
+        "a red fox",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        "--prior-steps",
+        "2",
+        "--decoder-steps",
+        "1",
+        "--seed",
+        "7",
+        "--output",
+        p,
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_cascade")).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("noise until real weights") && stderr.contains("end to end"), "{stderr}");
+    let text = cascade::png_out::read_png_text(&png).unwrap();
+    let get = |k: &str| text.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    assert_eq!(get("prompt").as_deref(), Some("a red fox"));
+    assert_eq!(get("seed").as_deref(), Some("7"));
+    assert_eq!(get("prior_steps").as_deref(), Some("2"));
+    assert_eq!(get("size").as_deref(), Some("128x128"));
+    // An existing file is kept unless --force.
+    let again = Command::new(env!("CARGO_BIN_EXE_cascade")).args(args).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let forced = Command::new(env!("CARGO_BIN_EXE_cascade")).args(args).arg("--force").output().unwrap();
+    assert!(forced.status.success());
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")),
+        "temporary files left behind"
+    );
+}

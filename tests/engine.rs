@@ -29,7 +29,15 @@ fn progress_is_reported_after_every_step() {
     let phases: Vec<(Phase, usize, usize)> = seen.iter().map(|p| (p.phase, p.step, p.total)).collect();
     assert_eq!(
         phases,
-        vec![(Phase::TextEncode, 1, 1), (Phase::Prior, 1, 3), (Phase::Prior, 2, 3), (Phase::Prior, 3, 3), (Phase::Decoder, 1, 2), (Phase::Decoder, 2, 2), (Phase::StageA, 1, 1)]
+        vec![
+            (Phase::TextEncode, 1, 1),
+            (Phase::Prior, 1, 3),
+            (Phase::Prior, 2, 3),
+            (Phase::Prior, 3, 3),
+            (Phase::Decoder, 1, 2),
+            (Phase::Decoder, 2, 2),
+            (Phase::StageA, 1, 1)
+        ]
     );
     assert!(seen.windows(2).all(|w| w[0].elapsed <= w[1].elapsed));
 }
