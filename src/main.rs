@@ -35,7 +35,9 @@ usage:
       one component's forward pass with diffusers' argument names as tensor names.
   cascade tokenize [--model-dir DIR]... PROMPT...
       one JSON line per prompt: {\"input_ids\": [...], \"attention_mask\": [...]}
-  cascade info FILE...      the tensors of safetensors files (or a *.safetensors.index.json)
+  cascade info PATH...      a model folder: its components, formats, variants, dtypes, sizes and
+                            what is missing; or safetensors files: tensors, dtypes, parameters,
+                            and which Stable Cascade stage an original single file holds
   cascade device [DEVICE]   open a device (cpu, cuda, cuda:N) and describe it
   cascade help              this text
 ";
@@ -333,7 +335,22 @@ fn tokenize(a: &Args) -> Result<()> {
 }
 
 fn info(paths: &[String]) -> Result<()> {
+    if paths.len() == 1 && Path::new(&paths[0]).is_dir() {
+        return info_dir(Path::new(&paths[0]));
+    }
     let store = WeightStore::open(paths)?;
+    summarize("", &store);
+    if let Ok(orig) = WeightStore::open_original(paths) {
+        match cascade::models::OriginalKind::detect(&orig) {
+            Ok(kind) => println!("  original single-file checkpoint: {}", kind.describe()),
+            Err(_) => println!("  not an original Stable Cascade stage checkpoint"),
+        }
+    }
+    Ok(())
+}
+
+/// Tensor count, parameters and dtypes of a store, on one line.
+fn summarize(label: &str, store: &WeightStore) {
     let mut params = 0usize;
     let mut by_dtype = std::collections::BTreeMap::<String, usize>::new();
     for name in store.names() {
@@ -341,9 +358,94 @@ fn info(paths: &[String]) -> Result<()> {
         params += e.shape.iter().product::<usize>();
         *by_dtype.entry(format!("{:?}", e.dtype)).or_default() += 1;
     }
-    println!("{} file(s), {} tensors, {params} parameters", store.files().len(), store.len());
-    for (dtype, count) in by_dtype {
-        println!("  {dtype}: {count} tensors");
+    let dtypes: Vec<String> = by_dtype.iter().map(|(d, n)| format!("{n} {d}")).collect();
+    println!(
+        "{label}{} tensors, {:.1}M parameters ({}) in {} file(s)",
+        store.len(),
+        params as f64 / 1e6,
+        dtypes.join(", "),
+        store.files().len()
+    );
+}
+
+/// What a model folder holds: each component, its format, variant, dtype and size, and what
+/// is missing for text to image.
+fn info_dir(dir: &Path) -> Result<()> {
+    println!("{}:", dir.display());
+    let mut missing = Vec::new();
+    for (name, base) in [
+        ("text_encoder", "model"),
+        ("tokenizer", ""),
+        ("prior", "diffusion_pytorch_model"),
+        ("prior_lite", "diffusion_pytorch_model"),
+        ("decoder", "diffusion_pytorch_model"),
+        ("decoder_lite", "diffusion_pytorch_model"),
+        ("vqgan", "diffusion_pytorch_model"),
+        ("scheduler", ""),
+    ] {
+        let sub = dir.join(name);
+        if !sub.is_dir() {
+            if !name.ends_with("_lite") && name != "scheduler" {
+                missing.push(name);
+            }
+            continue;
+        }
+        if base.is_empty() {
+            println!("  {name:<13} present");
+            continue;
+        }
+        let mut variants = Vec::new();
+        for bf16 in [false, true] {
+            if let Ok(files) = cascade::models::weight_files(&sub, base, bf16) {
+                let v = if files[0].to_string_lossy().contains(".bf16.") { "bf16 variant" } else { "default" };
+                if !variants.iter().any(|(x, _)| *x == v) {
+                    variants.push((v, files));
+                }
+            }
+        }
+        if variants.is_empty() {
+            println!("  {name:<13} folder without weights");
+            missing.push(name);
+        }
+        for (v, files) in variants {
+            match WeightStore::open(&files) {
+                Ok(store) => summarize(&format!("  {name:<13} diffusers, {v}: "), &store),
+                Err(e) => println!("  {name:<13} {v}: unreadable: {e}"),
+            }
+        }
+    }
+    for f in [
+        "stage_a",
+        "stage_b",
+        "stage_b_bf16",
+        "stage_b_lite",
+        "stage_b_lite_bf16",
+        "stage_c",
+        "stage_c_bf16",
+        "stage_c_lite",
+        "stage_c_lite_bf16",
+    ] {
+        let p = dir.join(format!("{f}.safetensors"));
+        if p.is_file() {
+            match WeightStore::open_original(&[&p]) {
+                Ok(store) => {
+                    let kind =
+                        cascade::models::OriginalKind::detect(&store).map(|k| k.describe().to_string()).unwrap_or_else(|e| e.to_string());
+                    summarize(&format!("  {f:<13} original file, {kind}: "), &store);
+                    for stage in [("prior", "stage_c"), ("decoder", "stage_b"), ("vqgan", "stage_a")] {
+                        if f.starts_with(stage.1) {
+                            missing.retain(|m| *m != stage.0);
+                        }
+                    }
+                }
+                Err(e) => println!("  {f:<13} unreadable: {e}"),
+            }
+        }
+    }
+    if missing.is_empty() {
+        println!("  complete for text to image");
+    } else {
+        println!("  missing for text to image: {} (a two-snapshot setup gives the other folder too)", missing.join(", "));
     }
     Ok(())
 }

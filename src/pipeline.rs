@@ -38,8 +38,11 @@ pub struct ModelPaths {
 
 impl ModelPaths {
     /// Finds the components in one directory holding all of them, or in the two Hugging Face
-    /// snapshots (`stable-cascade-prior`, `stable-cascade`) given separately. `lite_*` selects
-    /// `prior_lite/` / `decoder_lite/`.
+    /// snapshots (`stable-cascade-prior`, `stable-cascade`) given separately. Stage A, B and C
+    /// may also be the original single files (`stage_a.safetensors`,
+    /// `stage_b[_lite][_bf16].safetensors`, `stage_c[_lite][_bf16].safetensors`) in any of the
+    /// directories, with the text encoder and tokenizer from their own folders. `lite_*` selects
+    /// `prior_lite/` / `decoder_lite/` (or the `_lite` files).
     pub fn find(dirs: &[PathBuf], lite_prior: bool, lite_decoder: bool) -> Result<ModelPaths> {
         if dirs.is_empty() {
             return Err(Error::Msg("no model directory given (--model-dir)".into()));
@@ -49,7 +52,24 @@ impl ModelPaths {
                 return Err(Error::file(d, "model directory not found"));
             }
         }
-        let find = |name: &str| dirs.iter().map(|d| d.join(name)).find(|p| p.is_dir());
+        // A diffusers component folder, else an original single file (f32 preferred over the
+        // _bf16 file: f32 runs see the exact weights).
+        let original = |name: &str| -> Option<&'static [&'static str]> {
+            Some(match name {
+                "prior" => &["stage_c.safetensors", "stage_c_bf16.safetensors"],
+                "prior_lite" => &["stage_c_lite.safetensors", "stage_c_lite_bf16.safetensors"],
+                "decoder" => &["stage_b.safetensors", "stage_b_bf16.safetensors"],
+                "decoder_lite" => &["stage_b_lite.safetensors", "stage_b_lite_bf16.safetensors"],
+                "vqgan" => &["stage_a.safetensors"],
+                _ => return None,
+            })
+        };
+        let find = |name: &str| {
+            dirs.iter().map(|d| d.join(name)).find(|p| p.is_dir()).or_else(|| {
+                let files = original(name)?;
+                dirs.iter().flat_map(|d| files.iter().map(move |f| d.join(f))).find(|p| p.is_file())
+            })
+        };
         let mut missing = Vec::new();
         let mut need = |name: &str| {
             find(name).unwrap_or_else(|| {
@@ -373,7 +393,7 @@ impl Pipeline {
     /// Loads with a choice of what stays resident. With [`Residency::OneStage`] every
     /// component's config and weight files are still checked now, so a bad model fails here.
     pub fn load_with(paths: &ModelPaths, dtype: DType, device: &Device, residency: Residency) -> Result<Pipeline> {
-        let decoder_cfg: crate::models::config::UNetConfig = crate::models::config::read_config(&paths.decoder.join("config.json"))?;
+        let decoder_cfg = StableCascadeUNet::config_at(&paths.decoder)?;
         let (text_encoder, prior, decoder, vqgan) = match residency {
             Residency::All => (
                 Held::Resident(ClipTextModel::load(&paths.text_encoder, dtype, device)?),

@@ -156,3 +156,15 @@ fn builtin_model_png_metadata_and_no_silent_overwrite() {
         "temporary files left behind"
     );
 }
+
+#[test]
+fn info_describes_a_model_folder() {
+    let out = cascade(&["info", tiny().to_str().unwrap()]);
+    for needle in ["text_encoder", "prior_lite", "bf16 variant", "parameters", "complete for text to image"] {
+        assert!(out.contains(needle), "info lacks '{needle}':\n{out}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(tiny().join("prior"), dir.path().join("prior")).unwrap();
+    let out = cascade(&["info", dir.path().to_str().unwrap()]);
+    assert!(out.contains("missing for text to image") && out.contains("decoder") && out.contains("vqgan"), "{out}");
+}

@@ -143,3 +143,73 @@ pub fn open_component<C: for<'de> serde::Deserialize<'de>>(
     let store = crate::weights::WeightStore::open(&weight_files(dir, base, dtype != crate::DType::F32)?)?;
     Ok((cfg, VarBuilder::new(store, dtype, device)))
 }
+
+/// What an original Stability single-file checkpoint holds, told from its tensors (spec §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OriginalKind {
+    /// `stage_c[_bf16].safetensors`: Stage C, 3.6B.
+    StageC,
+    /// `stage_c_lite[_bf16].safetensors`: Stage C lite, 1B.
+    StageCLite,
+    /// `stage_b[_bf16].safetensors`: Stage B, 1.5B.
+    StageB,
+    /// `stage_b_lite[_bf16].safetensors`: Stage B lite, 700M.
+    StageBLite,
+    /// `stage_a.safetensors`: the VQGAN.
+    StageA,
+}
+
+impl OriginalKind {
+    /// Detects the stage of a store opened with [`crate::weights::WeightStore::open_original`].
+    pub fn detect(store: &crate::weights::WeightStore) -> Result<OriginalKind> {
+        if let Some(e) = store.entry("clip_txt_mapper.weight") {
+            return match e.shape.first() {
+                Some(2048) => Ok(OriginalKind::StageC),
+                Some(1536) => Ok(OriginalKind::StageCLite),
+                other => Err(Error::Weights(format!(
+                    "{}: a Stage C checkpoint of unknown width {other:?} (2048: full, 1536: lite)",
+                    store.describe_files()
+                ))),
+            };
+        }
+        if let Some(e) = store.entry("down_blocks.1.0.channelwise.0.weight") {
+            return match e.shape.last() {
+                Some(640) => Ok(OriginalKind::StageB),
+                Some(576) => Ok(OriginalKind::StageBLite),
+                other => Err(Error::Weights(format!(
+                    "{}: a Stage B checkpoint of unknown width {other:?} (640: full, 576: lite)",
+                    store.describe_files()
+                ))),
+            };
+        }
+        if store.entry("out_block.0.weight").is_some() && store.entry("up_blocks.0.0.weight").is_some() {
+            return Ok(OriginalKind::StageA);
+        }
+        Err(Error::Weights(format!(
+            "{}: not a Stable Cascade checkpoint (no clip_txt_mapper, down_blocks.1.0.channelwise.0 or out_block tensors)",
+            store.describe_files()
+        )))
+    }
+
+    /// The UNet config of a Stage B or C checkpoint.
+    pub fn unet_config(self) -> Option<config::UNetConfig> {
+        match self {
+            OriginalKind::StageC => Some(config::UNetConfig::stage_c()),
+            OriginalKind::StageCLite => Some(config::UNetConfig::stage_c_lite()),
+            OriginalKind::StageB => Some(config::UNetConfig::stage_b()),
+            OriginalKind::StageBLite => Some(config::UNetConfig::stage_b_lite()),
+            OriginalKind::StageA => None,
+        }
+    }
+
+    /// Human-readable name.
+    pub fn describe(self) -> &'static str {
+        match self {
+            OriginalKind::StageC => "Stage C (prior, 3.6B)",
+            OriginalKind::StageCLite => "Stage C lite (prior, 1B)",
+            OriginalKind::StageB => "Stage B (decoder, 1.5B)",
+            OriginalKind::StageBLite => "Stage B lite (decoder, 700M)",
+            OriginalKind::StageA => "Stage A (VQGAN)",
+        }
+    }
+}

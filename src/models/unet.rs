@@ -229,12 +229,44 @@ fn heads_of(cfg: &UNetConfig, i: usize) -> usize {
 }
 
 impl StableCascadeUNet {
-    /// Loads a `prior/`, `decoder/` (or lite) folder: config.json + diffusion_pytorch_model weights.
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<StableCascadeUNet> {
-        let (cfg, vb) = super::open_component::<UNetConfig>(dir, "diffusion_pytorch_model", dtype, device)?;
+    /// Loads a `prior/`, `decoder/` (or lite) folder (config.json + diffusion_pytorch_model
+    /// weights), or an original single file (`stage_b*.safetensors`, `stage_c*.safetensors`),
+    /// whose stage and size are told from its tensors.
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<StableCascadeUNet> {
+        if path.is_file() {
+            return Self::load_original(path, None, dtype, device);
+        }
+        let (cfg, vb) = super::open_component::<UNetConfig>(path, "diffusion_pytorch_model", dtype, device)?;
         let model = Self::new(cfg, &vb)?;
         vb.finish()?;
         Ok(model)
+    }
+
+    /// Loads an original single-file checkpoint, with `cfg` or the detected stage's config.
+    pub fn load_original(file: &Path, cfg: Option<UNetConfig>, dtype: DType, device: &Device) -> Result<StableCascadeUNet> {
+        let store = crate::weights::WeightStore::open_original(&[file])?;
+        let cfg = match cfg {
+            Some(c) => c,
+            None => super::OriginalKind::detect(&store)?
+                .unet_config()
+                .ok_or_else(|| Error::file(file, "this is Stage A, not a Stage B or C checkpoint"))?,
+        };
+        let vb = VarBuilder::new(store, dtype, device);
+        let model = Self::new(cfg, &vb)?;
+        vb.finish()?;
+        Ok(model)
+    }
+
+    /// The config of a component folder or original single file, without loading weights.
+    pub fn config_at(path: &Path) -> Result<UNetConfig> {
+        if path.is_file() {
+            let store = crate::weights::WeightStore::open_original(&[path])?;
+            super::OriginalKind::detect(&store)?
+                .unet_config()
+                .ok_or_else(|| Error::file(path, "this is Stage A, not a Stage B or C checkpoint"))
+        } else {
+            super::config::read_config(&path.join("config.json"))
+        }
     }
 
     /// Builds the network from its config and weights.

@@ -77,9 +77,26 @@ pub struct Vqgan {
 }
 
 impl Vqgan {
-    /// Loads a `vqgan/` folder.
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Vqgan> {
+    /// Loads a `vqgan/` folder, or the original `stage_a.safetensors` (whose own code scales
+    /// latents by 0.43, not diffusers' 0.3764: spec §2.4; that file's scale is used).
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Vqgan> {
+        if path.is_file() {
+            return Self::load_original(path, VqganConfig { scale_factor: 0.43, ..VqganConfig::default() }, dtype, device);
+        }
+        let dir = path;
         let (cfg, vb) = super::open_component::<VqganConfig>(dir, "diffusion_pytorch_model", dtype, device)?;
+        let model = Self::new(cfg, &vb)?;
+        vb.finish()?;
+        Ok(model)
+    }
+
+    /// Loads an original single file (`vquantizer.codebook` naming) with `cfg`.
+    pub fn load_original(file: &Path, cfg: VqganConfig, dtype: DType, device: &Device) -> Result<Vqgan> {
+        let store = crate::weights::WeightStore::open_original(&[file])?;
+        if super::OriginalKind::detect(&store)? != super::OriginalKind::StageA {
+            return Err(Error::file(file, "not a Stage A checkpoint"));
+        }
+        let vb = VarBuilder::new(store, dtype, device);
         let model = Self::new(cfg, &vb)?;
         vb.finish()?;
         Ok(model)

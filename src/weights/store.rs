@@ -44,6 +44,60 @@ impl WeightStore {
     /// list of such files. Every header is validated up front (offsets in range, contiguous,
     /// not overlapping, sizes matching dtype × shape); any problem is an error naming the file.
     pub fn open(paths: &[impl AsRef<Path>]) -> Result<Arc<WeightStore>> {
+        Self::open_unshared(paths).map(Arc::new)
+    }
+
+    /// An original Stability checkpoint (`stage_a/b/c*.safetensors`) seen under diffusers' names
+    /// (spec §6.3): each packed attention `in_proj_weight [3C, C]` / `in_proj_bias [3C]` becomes
+    /// `to_q`, `to_k`, `to_v` (row thirds: contiguous byte ranges, no copy), `attn.out_proj`
+    /// becomes `to_out.0`, Stage B's `clip_mapper` becomes `clip_txt_pooled_mapper`, and Stage A's
+    /// `vquantizer.codebook` becomes `vquantizer.embedding`.
+    pub fn open_original(paths: &[impl AsRef<Path>]) -> Result<Arc<WeightStore>> {
+        let mut store = Self::open_unshared(paths)?;
+        store.rename_original();
+        Ok(Arc::new(store))
+    }
+
+    fn rename_original(&mut self) {
+        let names: Vec<String> = self.tensors.keys().cloned().collect();
+        for name in names {
+            let e = self.tensors[&name].clone();
+            if let Some(base) =
+                name.strip_suffix(".attention.attn.in_proj_weight").or_else(|| name.strip_suffix(".attention.attn.in_proj_bias"))
+            {
+                let is_weight = name.ends_with("weight");
+                let rows = e.shape[0] / 3;
+                let row_bytes = (e.range.end - e.range.start) / 3;
+                if e.shape[0] % 3 != 0 {
+                    continue; // not a packed projection; leave it to be reported as unused
+                }
+                self.tensors.remove(&name);
+                for (i, which) in ["to_q", "to_k", "to_v"].iter().enumerate() {
+                    let mut shape = e.shape.clone();
+                    shape[0] = rows;
+                    let start = e.range.start + i * row_bytes;
+                    let new = format!("{base}.attention.{which}.{}", if is_weight { "weight" } else { "bias" });
+                    self.tensors.insert(new, TensorEntry { shape, range: start..start + row_bytes, ..e.clone() });
+                }
+                continue;
+            }
+            let renamed = if let Some(base) = name.strip_suffix(".attention.attn.out_proj.weight") {
+                Some(format!("{base}.attention.to_out.0.weight"))
+            } else if let Some(base) = name.strip_suffix(".attention.attn.out_proj.bias") {
+                Some(format!("{base}.attention.to_out.0.bias"))
+            } else if let Some(rest) = name.strip_prefix("clip_mapper.") {
+                Some(format!("clip_txt_pooled_mapper.{rest}"))
+            } else {
+                name.strip_prefix("vquantizer.codebook.").map(|rest| format!("vquantizer.embedding.{rest}"))
+            };
+            if let Some(new) = renamed {
+                self.tensors.remove(&name);
+                self.tensors.insert(new, e);
+            }
+        }
+    }
+
+    fn open_unshared(paths: &[impl AsRef<Path>]) -> Result<WeightStore> {
         let mut files = Vec::new();
         for p in paths {
             let p = p.as_ref();
@@ -60,7 +114,7 @@ impl WeightStore {
         for path in files {
             store.add_file(&path)?;
         }
-        Ok(Arc::new(store))
+        Ok(store)
     }
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
