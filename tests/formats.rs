@@ -112,7 +112,8 @@ fn original_files_load_to_the_same_outputs_as_their_diffusers_twins() {
 fn each_stage_is_told_from_its_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let t = |shape: &[usize]| Tensor::zeros(shape, DType::BF16, &Device::Cpu).unwrap();
-    let cases: Vec<(&str, Vec<(&str, Tensor)>, Option<OriginalKind>)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, Tensor)>, Option<OriginalKind>);
+    let cases: Vec<Case> = vec![
         ("c", vec![("clip_txt_mapper.weight", t(&[2048, 1]))], Some(OriginalKind::StageC)),
         ("c_lite", vec![("clip_txt_mapper.weight", t(&[1536, 1]))], Some(OriginalKind::StageCLite)),
         ("b", vec![("down_blocks.1.0.channelwise.0.weight", t(&[1, 640])), ("clip_mapper.weight", t(&[1, 1]))], Some(OriginalKind::StageB)),
