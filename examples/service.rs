@@ -19,9 +19,12 @@ use cascade::pipeline::{CancelToken, Progress, Request};
 use cascade::png_out::encode_png;
 use cascade::Error;
 
-/// Running requests by id: their cancellation token and latest progress line.
+/// A running request: its cancellation token and latest progress line.
+type Job = (CancelToken, Arc<Mutex<String>>);
+
+/// Running requests by id.
 #[derive(Default)]
-struct Jobs(Mutex<HashMap<String, (CancelToken, Arc<Mutex<String>>)>>);
+struct Jobs(Mutex<HashMap<String, Job>>);
 
 struct Service {
     engine: Engine,
