@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
-use crate::pipeline::{CancelToken, Hooks, ModelPaths, Pipeline, Progress, Request, Residency, Timings, TorchNoise};
+use crate::pipeline::{CancelToken, Hooks, LoadOptions, ModelPaths, Pipeline, Progress, Request, Residency, Timings, TorchNoise};
 use crate::{DType, Device, Error, Result};
 
 /// How to load an [`Engine`].
@@ -42,6 +42,8 @@ pub struct EngineConfig {
     pub residency: Residency,
     /// Capture each denoising step as a CUDA graph (GPU only).
     pub cuda_graphs: bool,
+    /// Scan every weight for NaN/Inf while loading.
+    pub check_weights: bool,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +56,7 @@ impl Default for EngineConfig {
             dtype: None,
             residency: Residency::All,
             cuda_graphs: true,
+            check_weights: false,
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct GenerateOutput {
     pub seed: u64,
     /// Where the time went.
     pub timings: Timings,
+    /// Things the caller should know (a prompt cut to CLIP's 75 tokens, …).
+    pub warnings: Vec<String>,
 }
 
 /// First come, first served: a ticket lock.
@@ -116,7 +121,7 @@ impl Engine {
             Pipeline::builtin(dtype, &device)?
         } else {
             let paths = ModelPaths::find(&config.model_dirs, config.lite_prior, config.lite_decoder)?;
-            Pipeline::load_with(&paths, dtype, &device, config.residency)?
+            Pipeline::load_with(&paths, dtype, &device, LoadOptions { residency: config.residency, check_weights: config.check_weights })?
         };
         pipeline.set_cuda_graphs(config.cuda_graphs);
         Ok(Engine { pipeline, queue: FairQueue::default(), builtin })
@@ -147,7 +152,7 @@ impl Engine {
         }
         let mut hooks = Hooks::new(observer, cancel);
         let out = self.pipeline.generate_with(request, &mut TorchNoise::new(request.seed), &mut hooks)?;
-        Ok(GenerateOutput { images: out.images, seed: request.seed, timings: out.timings })
+        Ok(GenerateOutput { images: out.images, seed: request.seed, timings: out.timings, warnings: out.warnings })
     }
 
     /// Runs `f` on the pipeline in turn with other calls: the stage-level entry points

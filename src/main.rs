@@ -8,7 +8,9 @@ use cascade::models::clip::ClipTextModel;
 use cascade::models::unet::{StableCascadeUNet, UNetInputs};
 use cascade::models::vqgan::Vqgan;
 use cascade::models::{nchw_to_nhwc, nhwc_to_nchw};
-use cascade::pipeline::{FileNoise, Hooks, ModelPaths, NoiseSource, Phase, Pipeline, Progress, Request, Residency, TorchNoise};
+use cascade::pipeline::{
+    FileNoise, Hooks, LoadOptions, ModelPaths, NoiseSource, Phase, Pipeline, Progress, Request, Residency, TorchNoise,
+};
 use cascade::png_out::{encode_png, write_atomic};
 use cascade::tokenizer::ClipTokenizer;
 use cascade::weights::{save, WeightStore};
@@ -23,6 +25,7 @@ usage:
                    [--decoder-guidance G2] [--seed S] [--noise NOISE.safetensors]
                    [--dump-tensors OUT.safetensors] [--output IMAGE.png] [--lite-prior] [--lite-decoder]
                    [--device auto|cpu|cuda|cuda:N] [--dtype f32|bf16] [--one-stage-resident] [--no-cuda-graphs] [--force]
+                   [--check-weights]
       text to image. --model-dir: one folder holding every component, or the two snapshots
       (stable-cascade-prior, stable-cascade); without it, a built-in tiny model with random
       weights (the picture is noise). Images get their parameters as PNG text chunks; several
@@ -49,7 +52,7 @@ struct Args {
     positional: Vec<String>,
 }
 
-const SWITCHES: &[&str] = &["--lite-prior", "--lite-decoder", "--one-stage-resident", "--no-cuda-graphs", "--force"];
+const SWITCHES: &[&str] = &["--lite-prior", "--lite-decoder", "--one-stage-resident", "--no-cuda-graphs", "--force", "--check-weights"];
 
 impl Args {
     fn parse(args: &[String]) -> Result<Args> {
@@ -147,7 +150,7 @@ fn generate(a: &Args) -> Result<()> {
     } else {
         let paths = ModelPaths::find(&a.model_dirs()?, a.switch("--lite-prior"), a.switch("--lite-decoder"))?;
         let residency = if a.switch("--one-stage-resident") { Residency::OneStage } else { Residency::All };
-        Pipeline::load_with(&paths, dtype, &device, residency)?
+        Pipeline::load_with(&paths, dtype, &device, LoadOptions { residency, check_weights: a.switch("--check-weights") })?
     };
     pipe.set_cuda_graphs(!a.switch("--no-cuda-graphs"));
     let d = Request::default();
@@ -163,9 +166,6 @@ fn generate(a: &Args) -> Result<()> {
         decoder_guidance: a.num("--decoder-guidance", d.decoder_guidance)?,
         seed: a.num("--seed", d.seed)?,
     };
-    if pipe.tokenizer().encode(&req.prompt)?.truncated {
-        eprintln!("warning: the prompt is longer than 75 tokens; CLIP sees only the first 75");
-    }
     // Refuse to overwrite before spending any time.
     let output = PathBuf::from(a.one("--output").unwrap_or("cascade.png"));
     let outputs: Vec<PathBuf> = (0..req.num_images)
@@ -187,6 +187,9 @@ fn generate(a: &Args) -> Result<()> {
     };
     let mut bar = |p: &Progress| progress_bar(p);
     let out = pipe.generate_with(&req, noise.as_mut(), &mut Hooks::new(Some(&mut bar), None))?;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
     if let Some(f) = a.one("--dump-tensors") {
         let refs: Vec<(&str, &Tensor)> = out.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         save(f, &refs)?;

@@ -230,6 +230,8 @@ pub struct Output {
     pub images: Vec<image::RgbImage>,
     /// Where the time went.
     pub timings: Timings,
+    /// Things the caller should know (a prompt cut to CLIP's 75 tokens, …).
+    pub warnings: Vec<String>,
     /// `prompt_embeds`, `prompt_embeds_pooled`, `negative_prompt_embeds`,
     /// `negative_prompt_embeds_pooled` (with guidance), `image_embeddings`, `decoder_latents`,
     /// `images_unclamped`, `images`.
@@ -361,6 +363,19 @@ impl<T> std::ops::Deref for Loaded<'_, T> {
     }
 }
 
+/// Largest width or height accepted: beyond this the models leave what they were trained for
+/// and the activations outgrow most cards.
+pub const MAX_SIDE: usize = 4096;
+
+/// How to load a [`Pipeline`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// What stays resident between calls.
+    pub residency: Residency,
+    /// Scan every weight for NaN/Inf while loading (reads all the data once more).
+    pub check_weights: bool,
+}
+
 /// The loaded pipeline.
 pub struct Pipeline {
     tokenizer: ClipTokenizer,
@@ -368,13 +383,33 @@ pub struct Pipeline {
     prior: Held<StableCascadeUNet>,
     decoder: Held<StableCascadeUNet>,
     vqgan: Held<Vqgan>,
-    /// Stage B's patch size, known without loading it (size validation).
+    /// Stage B's patch size and total downsampling, known without loading it (size validation).
     decoder_patch: usize,
+    decoder_min_latent: usize,
     prior_scheduler: DdpmWuerstchen,
     decoder_scheduler: DdpmWuerstchen,
     dtype: DType,
     device: Device,
     cuda_graphs: bool,
+}
+
+/// The cheap check after each stage: its output (the last tensor kept) must be finite.
+fn check_finite(tensors: &[(String, Tensor)], stage: &str, steps: usize) -> Result<()> {
+    let (name, t) = tensors.last().expect("a stage output was kept");
+    let v = t.to_vec_f32()?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::Msg(format!(
+            "{stage} produced {} in its output ({name}, element {i}) after {steps} step(s): its weights or inputs hold NaN/Inf (load with --check-weights to find the tensor), or the dtype overflows (Stage C needs bf16 or f32, never f16)",
+            v[i]
+        )));
+    }
+    Ok(())
+}
+
+/// The smallest Stage B latent side the UNet takes: the patch size times 2 per strided level.
+fn min_latent(cfg: &crate::models::config::UNetConfig) -> usize {
+    let strided = if cfg.switch_level.is_none() { cfg.block_out_channels.len().saturating_sub(1) } else { 0 };
+    cfg.patch_size.max(1) << strided
 }
 
 fn scheduler(path: &Option<PathBuf>) -> Result<DdpmWuerstchen> {
@@ -387,12 +422,24 @@ fn scheduler(path: &Option<PathBuf>) -> Result<DdpmWuerstchen> {
 impl Pipeline {
     /// Loads every component in `dtype` onto `device`.
     pub fn load(paths: &ModelPaths, dtype: DType, device: &Device) -> Result<Pipeline> {
-        Self::load_with(paths, dtype, device, Residency::All)
+        Self::load_with(paths, dtype, device, LoadOptions::default())
     }
 
-    /// Loads with a choice of what stays resident. With [`Residency::OneStage`] every
-    /// component's config and weight files are still checked now, so a bad model fails here.
-    pub fn load_with(paths: &ModelPaths, dtype: DType, device: &Device, residency: Residency) -> Result<Pipeline> {
+    /// Loads with options. With [`Residency::OneStage`] every component's config and weight
+    /// files are still checked now, so a bad model fails here.
+    pub fn load_with(paths: &ModelPaths, dtype: DType, device: &Device, options: LoadOptions) -> Result<Pipeline> {
+        let residency = options.residency;
+        if options.check_weights {
+            for (path, base) in [
+                (&paths.text_encoder, "model"),
+                (&paths.prior, "diffusion_pytorch_model"),
+                (&paths.decoder, "diffusion_pytorch_model"),
+                (&paths.vqgan, "diffusion_pytorch_model"),
+            ] {
+                let files = if path.is_file() { vec![path.clone()] } else { crate::models::weight_files(path, base, dtype != DType::F32)? };
+                crate::weights::WeightStore::open(&files)?.check_finite()?;
+            }
+        }
         let decoder_cfg = StableCascadeUNet::config_at(&paths.decoder)?;
         let (text_encoder, prior, decoder, vqgan) = match residency {
             Residency::All => (
@@ -427,6 +474,7 @@ impl Pipeline {
             decoder,
             vqgan,
             decoder_patch: decoder_cfg.patch_size.max(1),
+            decoder_min_latent: min_latent(&decoder_cfg),
             prior_scheduler: scheduler(&paths.prior_scheduler)?,
             decoder_scheduler: scheduler(&paths.decoder_scheduler)?,
             dtype,
@@ -462,6 +510,7 @@ impl Pipeline {
         let vqgan_cfg: VqganConfig = serde_json::from_str(&cfg("vqgan", include_str!("../tests/fixtures/tiny/vqgan/config.json"))?)
             .map_err(|e| Error::Msg(e.to_string()))?;
         let decoder_patch = decoder_cfg.patch_size.max(1);
+        let decoder_min_latent = min_latent(&decoder_cfg);
         Ok(Pipeline {
             tokenizer: ClipTokenizer::from_vocab_and_merges(
                 include_str!("../tests/fixtures/tiny/tokenizer/vocab.json"),
@@ -472,6 +521,7 @@ impl Pipeline {
             decoder: Held::Resident(StableCascadeUNet::new(decoder_cfg, &vb.pp("decoder"))?),
             vqgan: Held::Resident(Vqgan::new(vqgan_cfg, &vb.pp("vqgan"))?),
             decoder_patch,
+            decoder_min_latent,
             prior_scheduler: DdpmWuerstchen::default(),
             decoder_scheduler: DdpmWuerstchen::default(),
             dtype,
@@ -541,8 +591,20 @@ impl Pipeline {
         let c = |s: usize| (s as f64 / RESOLUTION_MULTIPLE).ceil() as usize;
         let b = |s: usize| (c(s) as f64 * LATENT_DIM_SCALE) as usize;
         let p = self.decoder_patch;
-        let ok = |s: usize| s > 0 && b(s) > 0 && b(s) % p == 0;
+        let ok = |s: usize| (1..=MAX_SIDE).contains(&s) && b(s) >= self.decoder_min_latent && b(s) % p == 0;
         for (what, s) in [("width", width), ("height", height)] {
+            if !(1..=MAX_SIDE).contains(&s) {
+                return Err(Error::Shape(format!(
+                    "{what} {s} is out of range: use 128 to {MAX_SIDE} pixels (multiples of 128 always work)"
+                )));
+            }
+            if b(s) < self.decoder_min_latent {
+                let min = (1..=MAX_SIDE).find(|&x| ok(x)).unwrap_or(128);
+                return Err(Error::Shape(format!(
+                    "{what} {s} is too small: Stage B needs a latent of at least {} (from {min} pixels)",
+                    self.decoder_min_latent
+                )));
+            }
             if !ok(s) {
                 let below = (1..s).rev().find(|&x| ok(x));
                 let above = (s + 1..s + 512).find(|&x| ok(x));
@@ -577,6 +639,12 @@ impl Pipeline {
         let [(hc, wc), (hb, wb), _] = self.sizes(req.width, req.height)?;
         let n = req.num_images;
         let start = Instant::now();
+        let mut warnings = Vec::new();
+        for (what, p) in [("prompt", &req.prompt), ("negative prompt", &req.negative_prompt)] {
+            if self.tokenizer.encode(p)?.truncated {
+                warnings.push(format!("the {what} is longer than CLIP's 75 tokens and was cut"));
+            }
+        }
         let mut timings = Timings::default();
         #[cfg(feature = "cuda")]
         if let Device::Cuda(d) = &self.device {
@@ -642,6 +710,7 @@ impl Pipeline {
         )?;
         timings.prior_steps = prior_steps;
         tensors.push(("image_embeddings".to_string(), cpu_copy(&nhwc_to_nchw(&x)?)?));
+        check_finite(&tensors, "Stage C (the prior)", req.prior_steps)?;
 
         drop(prior);
 
@@ -668,6 +737,7 @@ impl Pipeline {
         )?;
         timings.decoder_steps = decoder_steps;
         tensors.push(("decoder_latents".to_string(), cpu_copy(&nhwc_to_nchw(&latents)?)?));
+        check_finite(&tensors, "Stage B (the decoder)", req.decoder_steps)?;
 
         drop(decoder);
 
@@ -695,6 +765,7 @@ impl Pipeline {
             })
             .collect();
         tensors.push(("images_unclamped".to_string(), unclamped));
+        check_finite(&tensors, "Stage A (the VQGAN)", 1)?;
         tensors.push(("images".to_string(), clamped));
         timings.stage_a = stage_a.elapsed();
         hooks.step_done(Phase::StageA, 1, 1)?;
@@ -703,7 +774,7 @@ impl Pipeline {
         if let Device::Cuda(d) = &self.device {
             timings.peak_gpu_bytes = Some(d.memory_stats().1);
         }
-        Ok(Output { images: rgb, timings, tensors })
+        Ok(Output { images: rgb, timings, warnings, tensors })
     }
 
     /// One stage's denoising loop; returns the final latent `[n, h, w, c]` and each step's time.

@@ -132,7 +132,13 @@ fn one_stage_resident_matches_all_resident() {
     use cascade::pipeline::Residency;
     let paths = ModelPaths::find(&[tiny()], false, false).unwrap();
     let run = |r: Residency| {
-        let pipe = Pipeline::load_with(&paths, DType::F32, &Device::Cpu, r).unwrap();
+        let pipe = Pipeline::load_with(
+            &paths,
+            DType::F32,
+            &Device::Cpu,
+            cascade::pipeline::LoadOptions { residency: r, check_weights: r == Residency::OneStage },
+        )
+        .unwrap();
         let noise = WeightStore::open(&[tiny().join("reference/pipeline_noise.safetensors")]).unwrap();
         pipe.generate(&request(), &mut FileNoise(noise)).unwrap().images
     };

@@ -222,6 +222,23 @@ impl WeightStore {
         Ok((v, e.shape.clone()))
     }
 
+    /// Scans every floating-point tensor for NaN and ±Inf (reads all the data once; for
+    /// `--check-weights`). The error names the tensor, the file and the first bad element.
+    pub fn check_finite(&self) -> Result<()> {
+        for (name, e) in &self.tensors {
+            let Some(dtype) = DType::from_safetensors(e.dtype) else { continue };
+            let bytes = &self.files[e.file].map[e.range.clone()];
+            let v = crate::runtime::tensor::decode_le(bytes, dtype);
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::file(
+                    self.path_of(e),
+                    format!("tensor '{name}' holds {} at element {i}: the checkpoint is corrupt", v[i]),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The file names, for messages.
     pub fn describe_files(&self) -> String {
         match self.files.len() {
