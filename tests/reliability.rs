@@ -172,7 +172,7 @@ fn bad_models_are_reported_by_name() {
     std::fs::copy(tiny().join("vqgan/config.json"), nan_root.join("vqgan/config.json")).unwrap();
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     save(nan_root.join("vqgan/diffusion_pytorch_model.safetensors"), &refs).unwrap();
-    let paths = ModelPaths::find(&[nan_root.clone()], false, false).unwrap();
+    let paths = ModelPaths::find(std::slice::from_ref(&nan_root), false, false).unwrap();
     let e = Pipeline::load_with(&paths, DType::F32, &Device::Cpu, LoadOptions { check_weights: true, ..Default::default() })
         .err()
         .unwrap()
