@@ -367,6 +367,9 @@ impl<T> std::ops::Deref for Loaded<'_, T> {
 /// and the activations outgrow most cards.
 pub const MAX_SIDE: usize = 4096;
 
+/// Most images one call may request (they run as one batch).
+pub const MAX_IMAGES: usize = 16;
+
 /// How to load a [`Pipeline`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
@@ -630,6 +633,9 @@ impl Pipeline {
     pub fn generate_with(&self, req: &Request, noise: &mut dyn NoiseSource, hooks: &mut Hooks<'_, '_>) -> Result<Output> {
         if req.prior_steps == 0 || req.decoder_steps == 0 || req.num_images == 0 {
             return Err(Error::Shape("steps and the number of images must be at least 1".into()));
+        }
+        if req.num_images > MAX_IMAGES {
+            return Err(Error::Shape(format!("{} images in one call is more than {MAX_IMAGES}: split the request", req.num_images)));
         }
         for (what, g) in [("prior guidance", req.prior_guidance), ("decoder guidance", req.decoder_guidance)] {
             if !g.is_finite() || g < 0.0 {

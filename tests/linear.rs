@@ -119,6 +119,26 @@ mod gpu {
         }
     }
 
+    /// Operands that are views at odd offsets (2-byte aligned bf16) still multiply correctly:
+    /// the plan is chosen for the actual alignment, not cuBLASLt's default of 256 bytes.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_linear_on_misaligned_views() {
+        let dev = gpu();
+        let (m, k, n) = (5, 64, 48);
+        let xv = round_to(&TestRng::new(5).normal(m * k + 1, 1.0), DType::BF16);
+        let wv = round_to(&TestRng::new(6).normal(n * k, 0.1), DType::BF16);
+        let big = Tensor::from_f32(&xv, &[m * k + 1], DType::BF16, &dev).unwrap();
+        let x = big.alias(1, &[m, k]).unwrap();
+        let w = Tensor::from_f32(&wv, &[n, k], DType::BF16, &dev).unwrap();
+        let (mut y, whole) = poisoned(&[m, n], DType::BF16, &dev).unwrap();
+        ops::linear_into(&x, &w, None, &mut y).unwrap();
+        check_guard(&whole, "misaligned").unwrap();
+        let want = ops::cpu::linear(&xv[1..], &wv, None, m, k, n);
+        let err = rel_l2(&y.to_vec_f32().unwrap(), &want);
+        assert!(err < 1e-2, "{err}");
+    }
+
     /// A captured graph replays the same GEMM with new input data.
     #[test]
     #[ignore = "needs a CUDA GPU"]

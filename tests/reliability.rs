@@ -121,6 +121,7 @@ fn bad_requests_give_clear_errors_and_warnings() {
         (Request { prior_steps: 0, ..ok.clone() }, "at least 1"),
         (Request { decoder_steps: 0, ..ok.clone() }, "at least 1"),
         (Request { num_images: 0, ..ok.clone() }, "at least 1"),
+        (Request { num_images: 1000, ..ok.clone() }, "split the request"),
         (Request { prior_guidance: f32::NAN, ..ok.clone() }, "finite"),
         (Request { decoder_guidance: f32::INFINITY, ..ok.clone() }, "finite"),
         (Request { prior_guidance: -1.0, ..ok.clone() }, "≥ 0"),
@@ -244,4 +245,33 @@ fn many_threads_with_cancellation_no_deadlock_and_steady_memory() {
     let growth = rss_kib().saturating_sub(before);
     println!("requests under load: 16 threaded ({done} done, {cancelled} cancelled) + 30 sequential; RSS growth {growth} KiB");
     assert!(growth < 16 * 1024, "resident memory grew by {growth} KiB over 30 requests");
+}
+
+/// On the GPU: a batch too large for the card is an out-of-memory error and the next normal
+/// request succeeds; device memory is the same after every request of a long run.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn out_of_memory_then_a_normal_request_and_steady_device_memory() {
+        let engine = Engine::load(EngineConfig { device: "cuda".into(), dtype: Some(DType::F32), ..Default::default() }).unwrap();
+        let dev = engine.device().as_cuda("test").unwrap().clone();
+        let normal = Request { prompt: "a red fox".into(), width: 256, height: 256, prior_steps: 2, decoder_steps: 2, seed: 1, ..Default::default() };
+        let first = engine.generate(&normal, None, None).unwrap().images;
+        // 16 images at 4096²: Stage B alone needs several times a card's memory.
+        let huge = Request { num_images: 16, width: 4096, height: 4096, ..normal.clone() };
+        match engine.generate(&huge, None, None) {
+            Err(Error::OutOfMemory(m)) => println!("out of memory, as expected: {m}"),
+            Err(e) => panic!("expected an out-of-memory error, got: {e}"),
+            Ok(_) => println!("the card held the huge batch; the out-of-memory path was not exercised"),
+        }
+        assert_eq!(engine.generate(&normal, None, None).unwrap().images, first, "the engine recovers and gives the same image");
+        let baseline = dev.memory_stats().0;
+        for s in 0..10 {
+            engine.generate(&Request { seed: s, ..normal.clone() }, None, None).unwrap();
+            assert_eq!(dev.memory_stats().0, baseline, "device memory changed after request {s}");
+        }
+    }
 }

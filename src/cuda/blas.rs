@@ -31,6 +31,14 @@ struct Key {
     dtype: DType,
     bias: bool,
     tf32: bool,
+    /// The smallest alignment (bytes, a power of two ≤ 256) of the operand addresses: views into
+    /// larger buffers can be less aligned than cuBLASLt's default assumption of 256.
+    align: u32,
+}
+
+/// The largest power of two ≤ 256 dividing every address.
+fn alignment(ptrs: &[u64]) -> u32 {
+    ptrs.iter().map(|&p| if p == 0 { 256 } else { (p.trailing_zeros().min(8)) as u32 }).min().map_or(256, |z| 1 << z)
 }
 
 /// Descriptors and the chosen algorithm for one [`Key`].
@@ -140,13 +148,15 @@ impl Blas {
         let ws = WORKSPACE_BYTES;
         // SAFETY: all descriptors are live; the preference is destroyed right after.
         let heuristic = unsafe {
-            let r = lt::set_matmul_pref_attribute(
-                pref,
-                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const _ as _,
-                std::mem::size_of_val(&ws),
-            )
-            .and_then(|_| lt::get_matmul_algo_heuristic(handle, desc, a, b, d, d, pref));
+            use sys::cublasLtMatmulPreferenceAttributes_t as P;
+            let set = |attr, v: *const c_void, size| lt::set_matmul_pref_attribute(pref, attr, v, size);
+            let r = set(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const _ as _, std::mem::size_of_val(&ws))
+                .and_then(|_| {
+                    [P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES]
+                        .into_iter()
+                        .try_for_each(|attr| set(attr, &key.align as *const u32 as _, 4))
+                })
+                .and_then(|_| lt::get_matmul_algo_heuristic(handle, desc, a, b, d, d, pref));
             let _ = lt::destroy_matmul_pref(pref);
             r
         }
@@ -172,7 +182,8 @@ impl Blas {
         dtype: DType,
         tf32: bool,
     ) -> Result<()> {
-        let key = Key { m: m as u64, n: n as u64, k: k as u64, dtype, bias: bias.is_some(), tf32 };
+        let align = alignment(&[x, w, y, bias.unwrap_or(0)]);
+        let key = Key { m: m as u64, n: n as u64, k: k as u64, dtype, bias: bias.is_some(), tf32, align };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let handle = inner.handle;
         let plan = match inner.plans.entry(key) {
