@@ -133,8 +133,13 @@ fn main() {
             let mut o = empty(&[s.b, s.lq, c], dtype);
             let m = if s.masked { AttentionMask::CausalPadding(&mask) } else { AttentionMask::None };
             r.run(&format!("attention/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
-                ops::attention_into(&q, &k, &v, s.heads, 0.125, m, &mut o).unwrap()
+                ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Simple, &mut o).unwrap()
             });
+            if dtype == bf && !s.masked {
+                r.run(&format!("attention_tc/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
+                    ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::TensorCore, &mut o).unwrap()
+                });
+            }
         }
     }
     for s in shapes::ELEMENTWISE {

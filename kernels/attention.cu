@@ -72,3 +72,128 @@ template <typename T> __device__ void attention_impl(const AttentionParams& p) {
 }
 extern "C" __global__ void __launch_bounds__(Q_TILE) attention_f32(AttentionParams p) { attention_impl<float>(p); }
 extern "C" __global__ void __launch_bounds__(Q_TILE) attention_bf16(AttentionParams p) { attention_impl<bf16>(p); }
+
+// ---- Tensor-core version (bf16, no mask: Stage B and C) ---------------------------------------
+// Four warps per block, 16 query rows each (64 queries per block). K and V stream through
+// shared memory in tiles of 64 keys; every product runs on the tensor cores through WMMA
+// (16×16×16, bf16 in, f32 accumulate). Online softmax in f32: after S = Q·Kᵀ is stored to shared
+// memory, two lanes per row find the row maximum, write P = exp(S − max) as bf16, and rescale the
+// running output (held in accumulator fragments, round-tripped through shared memory to reach
+// its rows) before O += P·V.
+#include <mma.h>
+
+#define TC_WARPS 4
+#define TC_ROWS 16
+#define TC_KT 64
+#define TC_LD 72   // bf16 row pitch (multiple of 8; the padding spreads shared-memory banks)
+#define TC_LDF 68  // f32 row pitch (multiple of 4)
+
+extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(AttentionParams p) {
+    using namespace nvcuda;
+    __shared__ __align__(32) bf16 ks[TC_KT][TC_LD];
+    __shared__ __align__(32) bf16 vs[TC_KT][TC_LD];
+    __shared__ __align__(32) float sbuf[TC_WARPS][TC_ROWS][TC_LDF];
+    __shared__ __align__(32) bf16 pbuf[TC_WARPS][TC_ROWS][TC_LD];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int q0 = blockIdx.x * (TC_WARPS * TC_ROWS) + warp * TC_ROWS;
+    const bf16* q = (const bf16*)p.q;
+    const bf16* k = (const bf16*)p.k;
+    const bf16* v = (const bf16*)p.v;
+
+    // Stage this warp's 16 query rows (zeros past Lq) in its P buffer, then keep them as fragments.
+    for (int e = lane; e < TC_ROWS * HEAD_DIM; e += 32) {
+        int r = e / HEAD_DIM, d = e % HEAD_DIM, qi = q0 + r;
+        pbuf[warp][r][d] = qi < p.Lq ? q[((int64_t)b * p.Lq + qi) * p.q_stride + h * HEAD_DIM + d] : __float2bfloat16_rn(0.f);
+    }
+    __syncwarp();
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qf[HEAD_DIM / 16];
+    for (int kk = 0; kk < HEAD_DIM / 16; kk++) wmma::load_matrix_sync(qf[kk], &pbuf[warp][0][kk * 16], TC_LD);
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[HEAD_DIM / 16];
+    for (int n = 0; n < HEAD_DIM / 16; n++) wmma::fill_fragment(of[n], 0.f);
+
+    // Two lanes per row: row = lane / 2, columns [half * 32, half * 32 + 32).
+    const int row = lane >> 1, half = lane & 1;
+    float m = -INFINITY, l = 0.f;
+
+    for (int k0 = 0; k0 < p.Lk; k0 += TC_KT) {
+        __syncthreads();  // the previous tile is no longer read
+        for (int e = threadIdx.x; e < TC_KT * HEAD_DIM; e += TC_WARPS * 32) {
+            int j = e / HEAD_DIM, d = e % HEAD_DIM, kj = k0 + j;
+            bf16 kv = __float2bfloat16_rn(0.f), vv = kv;
+            if (kj < p.Lk) {
+                int64_t off = ((int64_t)b * p.Lk + kj) * p.kv_stride + h * HEAD_DIM + d;
+                kv = k[off];
+                vv = v[off];
+            }
+            ks[j][d] = kv;
+            vs[j][d] = vv;
+        }
+        __syncthreads();
+
+        // S = Q · Kᵀ (16 × 64) into this warp's f32 buffer.
+        for (int n = 0; n < TC_KT / 16; n++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
+            wmma::fill_fragment(sf, 0.f);
+            for (int kk = 0; kk < HEAD_DIM / 16; kk++) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> kf;
+                wmma::load_matrix_sync(kf, &ks[n * 16][kk * 16], TC_LD);
+                wmma::mma_sync(sf, qf[kk], kf, sf);
+            }
+            wmma::store_matrix_sync(&sbuf[warp][0][n * 16], sf, TC_LDF, wmma::mem_row_major);
+        }
+        __syncwarp();
+
+        // Online softmax for this row's 32 columns; the partner lane holds the other 32.
+        float tile_max = -INFINITY;
+        for (int c = half * 32; c < half * 32 + 32; c++) {
+            float s = k0 + c < p.Lk ? sbuf[warp][row][c] * p.scale : -INFINITY;
+            sbuf[warp][row][c] = s;
+            tile_max = fmaxf(tile_max, s);
+        }
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffff, tile_max, 1));
+        float m_new = fmaxf(m, tile_max);
+        float corr = m_new == -INFINITY ? 1.f : expf(m - m_new);
+        float sum = 0.f;
+        for (int c = half * 32; c < half * 32 + 32; c++) {
+            float s = sbuf[warp][row][c];
+            float e = s == -INFINITY ? 0.f : expf(s - m_new);
+            bf16 eb = __float2bfloat16_rn(e);
+            pbuf[warp][row][c] = eb;
+            sum += __bfloat162float(eb);  // the normaliser sums what P·V will use
+        }
+        sum += __shfl_xor_sync(0xffffffff, sum, 1);
+        l = l * corr + sum;
+        m = m_new;
+        __syncwarp();
+
+        // O *= corr (per row), through shared memory.
+        for (int n = 0; n < HEAD_DIM / 16; n++) wmma::store_matrix_sync(&sbuf[warp][0][n * 16], of[n], TC_LDF, wmma::mem_row_major);
+        __syncwarp();
+        for (int c = half * 32; c < half * 32 + 32; c++) sbuf[warp][row][c] *= corr;
+        __syncwarp();
+        for (int n = 0; n < HEAD_DIM / 16; n++) wmma::load_matrix_sync(of[n], &sbuf[warp][0][n * 16], TC_LDF, wmma::mem_row_major);
+
+        // O += P · V.
+        for (int n = 0; n < HEAD_DIM / 16; n++) {
+            for (int kc = 0; kc < TC_KT / 16; kc++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> pf;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> vf;
+                wmma::load_matrix_sync(pf, &pbuf[warp][0][kc * 16], TC_LD);
+                wmma::load_matrix_sync(vf, &vs[kc * 16][n * 16], TC_LD);
+                wmma::mma_sync(of[n], pf, vf, of[n]);
+            }
+        }
+        __syncwarp();
+    }
+
+    // O / l, rows below Lq only.
+    for (int n = 0; n < HEAD_DIM / 16; n++) wmma::store_matrix_sync(&sbuf[warp][0][n * 16], of[n], TC_LDF, wmma::mem_row_major);
+    __syncwarp();
+    const int qi = q0 + row;
+    if (qi < p.Lq) {
+        float inv = l > 0.f ? 1.f / l : 0.f;
+        bf16* orow = (bf16*)p.o + ((int64_t)b * p.Lq + qi) * p.o_stride + h * HEAD_DIM;
+        for (int c = half * 32; c < half * 32 + 32; c++) orow[c] = __float2bfloat16_rn(sbuf[warp][row][c] * inv);
+    }
+}

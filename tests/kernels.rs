@@ -280,23 +280,31 @@ fn attention_kernel() {
             let mv: Vec<f32> = (0..s.b * s.lk).map(|j| if j % s.lk < valid(j / s.lk) { 1.0 } else { 0.0 }).collect();
             let mask = Tensor::from_f32(&mv, &[s.b, s.lk], DType::F32, &dev).unwrap();
             let m = if s.masked { AttentionMask::CausalPadding(&mask) } else { AttentionMask::None };
-            let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
-            ops::attention_into(&q, &k, &v, s.heads, 0.125, m, &mut o).unwrap();
-            let got = o.to_vec_f32().unwrap();
-            check_guard(&whole, s.name).unwrap();
-            // Unmasked queries are independent: check every 8th on the big shapes.
-            let step = if s.masked || s.lq < 300 { 1 } else { 8 };
-            let picked: Vec<usize> = (0..s.lq).step_by(step).collect();
-            let mut qs = Vec::new();
-            let mut gs = Vec::new();
-            for b in 0..s.b {
-                for &r in &picked {
-                    qs.extend_from_slice(&qv[(b * s.lq + r) * c..][..c]);
-                    gs.extend_from_slice(&got[(b * s.lq + r) * c..][..c]);
+            let kernels: &[(ops::AttentionKernel, &str)] = if dtype == DType::BF16 && !s.masked {
+                &[(ops::AttentionKernel::Simple, "attention"), (ops::AttentionKernel::TensorCore, "attention_tc")]
+            } else {
+                &[(ops::AttentionKernel::Simple, "attention")]
+            };
+            for &(kernel, label) in kernels {
+                let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
+                ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, kernel, &mut o).unwrap();
+                let got = o.to_vec_f32().unwrap();
+                check_guard(&whole, s.name).unwrap();
+                // Unmasked queries are independent: check every 8th on the big shapes.
+                let step = if s.masked || s.lq < 300 { 1 } else { 8 };
+                let picked: Vec<usize> = (0..s.lq).step_by(step).collect();
+                let mut qs = Vec::new();
+                let mut gs = Vec::new();
+                for b in 0..s.b {
+                    for &r in &picked {
+                        qs.extend_from_slice(&qv[(b * s.lq + r) * c..][..c]);
+                        gs.extend_from_slice(&got[(b * s.lq + r) * c..][..c]);
+                    }
                 }
+                let want =
+                    cpu::attention(&qs, &kv, &vv, s.b, s.heads, picked.len(), s.lk, 64, 0.125, s.masked, s.masked.then_some(&mv[..]));
+                verify(label, s.name, dtype, &gs, Some(&whole), &want);
             }
-            let want = cpu::attention(&qs, &kv, &vv, s.b, s.heads, picked.len(), s.lk, 64, 0.125, s.masked, s.masked.then_some(&mv[..]));
-            verify("attention", s.name, dtype, &gs, Some(&whole), &want);
         }
     }
 }

@@ -258,7 +258,15 @@ mod gpu {
     fn out_of_memory_then_a_normal_request_and_steady_device_memory() {
         let engine = Engine::load(EngineConfig { device: "cuda".into(), dtype: Some(DType::F32), ..Default::default() }).unwrap();
         let dev = engine.device().as_cuda("test").unwrap().clone();
-        let normal = Request { prompt: "a red fox".into(), width: 256, height: 256, prior_steps: 2, decoder_steps: 2, seed: 1, ..Default::default() };
+        let normal = Request {
+            prompt: "a red fox".into(),
+            width: 256,
+            height: 256,
+            prior_steps: 2,
+            decoder_steps: 2,
+            seed: 1,
+            ..Default::default()
+        };
         let first = engine.generate(&normal, None, None).unwrap().images;
         // 16 images at 4096²: Stage B alone needs several times a card's memory.
         let huge = Request { num_images: 16, width: 4096, height: 4096, ..normal.clone() };

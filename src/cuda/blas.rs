@@ -38,7 +38,7 @@ struct Key {
 
 /// The largest power of two ≤ 256 dividing every address.
 fn alignment(ptrs: &[u64]) -> u32 {
-    ptrs.iter().map(|&p| if p == 0 { 256 } else { (p.trailing_zeros().min(8)) as u32 }).min().map_or(256, |z| 1 << z)
+    ptrs.iter().map(|&p| if p == 0 { 8 } else { p.trailing_zeros().min(8) }).min().map_or(256, |z| 1 << z)
 }
 
 /// Descriptors and the chosen algorithm for one [`Key`].
@@ -152,9 +152,14 @@ impl Blas {
             let set = |attr, v: *const c_void, size| lt::set_matmul_pref_attribute(pref, attr, v, size);
             let r = set(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const _ as _, std::mem::size_of_val(&ws))
                 .and_then(|_| {
-                    [P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES]
-                        .into_iter()
-                        .try_for_each(|attr| set(attr, &key.align as *const u32 as _, 4))
+                    [
+                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                    ]
+                    .into_iter()
+                    .try_for_each(|attr| set(attr, &key.align as *const u32 as _, 4))
                 })
                 .and_then(|_| lt::get_matmul_algo_heuristic(handle, desc, a, b, d, d, pref));
             let _ = lt::destroy_matmul_pref(pref);
@@ -220,5 +225,16 @@ impl Blas {
             self.stream.cu_stream() as sys::cudaStream_t,
         )
         .map_err(|e| blas_err(&format!("matmul {m}x{k}x{n} {dtype}"), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn alignment_of_operand_addresses() {
+        assert_eq!(super::alignment(&[0x1000, 0x2000]), 256);
+        assert_eq!(super::alignment(&[0x1000, 0x1002]), 2);
+        assert_eq!(super::alignment(&[0x1080, 0]), 128);
+        assert_eq!(super::alignment(&[]), 256);
     }
 }

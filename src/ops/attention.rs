@@ -17,8 +17,35 @@ pub enum AttentionMask<'a> {
     CausalPadding(&'a Tensor),
 }
 
+/// Which GPU kernel runs attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The tensor-core kernel for bf16 without a mask (Stage B and C), the CUDA-core kernel
+    /// otherwise; `CASCADE_ATTENTION=simple` in the environment forces the CUDA-core one.
+    Auto,
+    /// The CUDA-core kernel (one thread per query; any dtype, masks).
+    Simple,
+    /// The tensor-core kernel (WMMA; bf16, no mask).
+    TensorCore,
+}
+
 /// `o = softmax(q·kᵀ·scale)·v` per head. `q [B, Lq, H·64]`, `k`/`v [B, Lk, H·64]`, `o [B, Lq, H·64]`.
 pub fn attention_into(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32, mask: AttentionMask, o: &mut Tensor) -> Result<()> {
+    attention_into_with(q, k, v, heads, scale, mask, AttentionKernel::Auto, o)
+}
+
+/// [`attention_into`] with the GPU kernel chosen by the caller (tests and benches compare them).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_into_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    mask: AttentionMask,
+    kernel: AttentionKernel,
+    o: &mut Tensor,
+) -> Result<()> {
     let &[b, lq, c] = q.shape() else {
         return Err(Error::Shape(format!("attention: q must be [B, Lq, C], got {:?}", q.shape())));
     };
@@ -43,6 +70,7 @@ pub fn attention_into(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f
     let causal = key_mask.is_some();
     match q.device() {
         Device::Cpu => {
+            let _ = kernel;
             let m = key_mask.map(|m| m.cpu_f32()).transpose()?;
             let out = cpu::attention(&q.cpu_f32()?, &k.cpu_f32()?, &v.cpu_f32()?, b, heads, lq, lk, HEAD_DIM, scale, causal, m.as_deref());
             o.set_cpu_f32(&out)
@@ -66,8 +94,21 @@ pub fn attention_into(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f
                 causal: causal as i32,
                 scale,
             };
-            let f = super::kernel("attention", q.dtype(), &kt.attention_f32, &kt.attention_bf16)?;
-            dev.launch(f, (lq.div_ceil(128) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
+            let tc_ok = q.dtype() == DType::BF16 && !causal;
+            let use_tc = match kernel {
+                AttentionKernel::Auto => tc_ok && std::env::var("CASCADE_ATTENTION").map_or(true, |v| v != "simple"),
+                AttentionKernel::Simple => false,
+                AttentionKernel::TensorCore if tc_ok => true,
+                AttentionKernel::TensorCore => {
+                    return Err(Error::Shape("attention: the tensor-core kernel takes bf16 without a mask".into()))
+                }
+            };
+            if use_tc {
+                dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
+            } else {
+                let f = super::kernel("attention", q.dtype(), &kt.attention_f32, &kt.attention_bf16)?;
+                dev.launch(f, (lq.div_ceil(128) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
+            }
         }
     }
 }
