@@ -57,7 +57,8 @@ fn main() {
             .unwrap();
         let x = rnd(&[2, 24, 24, 16], 3);
         let t = Tensor::from_f32(&[0.5, 0.5], &[2], DType::F32, &dev).unwrap();
-        let graph = cuda.capture(|| prior.forward_with_condition(&x, &t, &cond, None, None).map(|_| ())).unwrap();
+        let prepared = prior.prepare(&cond, None, None, 2, 24, 24).unwrap();
+        let graph = cuda.capture(|| prior.forward_prepared(&x, &t, &prepared).map(|_| ())).unwrap();
         r.run(&format!("stage/{name}/step/batch2_24x24"), Some(flops), None, || graph.replay().unwrap());
     }
     for (name, cfg, flops) in [("stage_b", UNetConfig::stage_b(), 6174.1e9), ("stage_b_lite", UNetConfig::stage_b_lite(), 2223.5e9)] {
@@ -68,7 +69,8 @@ fn main() {
         let cond = decoder.condition(&rnd(&[1, 1, 1280], 4), None, None).unwrap();
         let (x, effnet) = (rnd(&[1, 256, 256, 4], 5), rnd(&[1, 24, 24, 16], 6));
         let t = Tensor::from_f32(&[0.5], &[1], DType::F32, &dev).unwrap();
-        let graph = cuda.capture(|| decoder.forward_with_condition(&x, &t, &cond, Some(&effnet), None).map(|_| ())).unwrap();
+        let prepared = decoder.prepare(&cond, Some(&effnet), None, 1, 256, 256).unwrap();
+        let graph = cuda.capture(|| decoder.forward_prepared(&x, &t, &prepared).map(|_| ())).unwrap();
         r.run(&format!("stage/{name}/step/batch1_256x256"), Some(flops), None, || graph.replay().unwrap());
     }
     if wanted("stage_a") {

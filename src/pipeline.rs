@@ -814,15 +814,17 @@ impl Pipeline {
         let mut z = Tensor::zeros(&nhwc, self.dtype, &self.device)?;
         let mut t_buf = Tensor::zeros(&[batch], DType::F32, &self.device)?;
         let mut coef = Tensor::zeros(&[3], DType::F32, &self.device)?;
-        let w = Tensor::from_f32(&[guidance], &[1], DType::F32, &self.device)?;
+        let guidance_t = Tensor::from_f32(&[guidance], &[1], DType::F32, &self.device)?;
+        // Constant over the run: condition K/V rows, Stage B's effnet and pixel terms.
+        let prepared = model.prepare(cond, effnet, None, batch, h, w)?;
         let step = |x: &mut Tensor, t: &Tensor, coef: &Tensor, z: &Tensor| -> Result<()> {
             let eps = if cfg {
-                let e = model.forward_with_condition(&concat_batch(x, x)?, t, cond, effnet, None)?;
+                let e = model.forward_prepared(&concat_batch(x, x)?, t, &prepared)?;
                 let mut g = Tensor::empty(x.shape(), x.dtype(), &self.device)?;
-                ops::cfg_combine_into(&e, &w, &mut g)?;
+                ops::cfg_combine_into(&e, &guidance_t, &mut g)?;
                 g
             } else {
-                model.forward_with_condition(x, t, cond, effnet, None)?
+                model.forward_prepared(x, t, &prepared)?
             };
             ops::ddpm_step_assign(x, &eps, Some(z), coef)
         };

@@ -187,6 +187,8 @@ impl Blas {
         dtype: DType,
         tf32: bool,
     ) -> Result<()> {
+        // A thread that has made no other CUDA call yet must have the context current.
+        self.stream.context().bind_to_thread().map_err(|e| super::driver_err("binding the context", e))?;
         let align = alignment(&[x, w, y, bias.unwrap_or(0)]);
         let key = Key { m: m as u64, n: n as u64, k: k as u64, dtype, bias: bias.is_some(), tf32, align };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -86,10 +86,12 @@ struct AttnBlock {
     out: Linear,
     heads: usize,
     self_attn: bool,
+    /// Position among the network's attention blocks (indexes [`Conditioning`]'s K/V rows).
+    id: usize,
 }
 
 impl AttnBlock {
-    fn load(vb: &VarBuilder, c: usize, c_cond: usize, heads: usize, self_attn: bool) -> Result<AttnBlock> {
+    fn load(vb: &VarBuilder, c: usize, c_cond: usize, heads: usize, self_attn: bool, id: usize) -> Result<AttnBlock> {
         if heads == 0 || c % heads != 0 || c / heads != ops::attention::HEAD_DIM {
             return Err(Error::Msg(format!(
                 "attention with {c} channels and {heads} heads: the engine's attention needs heads of {} channels",
@@ -105,15 +107,28 @@ impl AttnBlock {
             out: Linear::load(&at.pp("to_out"), "0", c, c, true)?,
             heads,
             self_attn,
+            id,
         })
     }
 
-    fn forward(&self, x: &mut Tensor, cond: &Tensor) -> Result<()> {
-        let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
+    /// The condition tokens' key and value rows: `to_k(kv_mapper(SiLU(cond)))`, same for v.
+    /// Constant over a run, so computed once (spec §7.6).
+    fn condition_kv(&self, cond: &Tensor) -> Result<(Tensor, Tensor)> {
         let kv = self.kv_mapper.forward(&ops::silu(cond)?)?;
+        Ok((self.k.forward(&kv)?, self.v.forward(&kv)?))
+    }
+
+    /// Keys and values are the image tokens' projections followed by the cached condition rows,
+    /// exactly `to_k([n; kv])` since every row is projected on its own.
+    fn forward(&self, x: &mut Tensor, cond_k: &Tensor, cond_v: &Tensor) -> Result<()> {
+        let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
         let n = ops::layer_norm(x, None, None, EPS)?.reshape(&[b, h * w, c])?;
-        let kv = if self.self_attn { concat_tokens(&n, &kv)? } else { kv };
-        let (q, k, v) = (self.q.forward(&n)?, self.k.forward(&kv)?, self.v.forward(&kv)?);
+        let (k, v) = if self.self_attn {
+            (concat_tokens(&self.k.forward(&n)?, cond_k)?, concat_tokens(&self.v.forward(&n)?, cond_v)?)
+        } else {
+            (cond_k.view(cond_k.shape())?, cond_v.view(cond_v.shape())?)
+        };
+        let q = self.q.forward(&n)?;
         let o = ops::attention(&q, &k, &v, self.heads, (c as f32 / self.heads as f32).powf(-0.5), AttentionMask::None)?;
         let o = self.out.forward(&o)?.reshape(&[b, h, w, c])?;
         ops::add_assign(x, &o)
@@ -205,6 +220,16 @@ pub struct UNetInputs<'a> {
     pub pixels: Option<&'a Tensor>,
 }
 
+/// Everything a forward pass needs that is constant over a run (spec §7.6): the condition
+/// tokens' key/value rows of every attention block, and Stage B's effnet and pixel terms at the
+/// stem's resolution. Made by [`StableCascadeUNet::prepare`].
+pub struct Conditioning {
+    attn_kv: Vec<(Tensor, Tensor)>,
+    image_terms: Vec<Tensor>,
+    stem_hw: (usize, usize),
+    batch: usize,
+}
+
 /// Stage C or Stage B.
 pub struct StableCascadeUNet {
     cfg: UNetConfig,
@@ -290,11 +315,15 @@ impl StableCascadeUNet {
             return Err(Error::Msg(format!("UNet config: repeat mapper lists must have {levels} entries")));
         }
 
+        let attn_count = std::cell::Cell::new(0usize);
         let block = |vb: &VarBuilder, kind: &str, i: usize, c_skip: usize| -> Result<Block> {
             match kind {
                 "SDCascadeResBlock" => Ok(Block::Res(ResBlock::load(vb, ch[i], c_skip, cfg.kernel_size)?)),
                 "SDCascadeTimestepBlock" => Ok(Block::Timestep(TimestepBlock::load(vb, ch[i], c_r, &cfg.timestep_conditioning_type)?)),
-                "SDCascadeAttnBlock" => Ok(Block::Attn(AttnBlock::load(vb, ch[i], c_cond, heads_of(&cfg, i), cfg.self_attn.get(i))?)),
+                "SDCascadeAttnBlock" => {
+                    let id = attn_count.replace(attn_count.get() + 1);
+                    Ok(Block::Attn(AttnBlock::load(vb, ch[i], c_cond, heads_of(&cfg, i), cfg.self_attn.get(i), id)?))
+                }
                 other => Err(Error::Msg(format!("UNet config: unknown block type '{other}'"))),
             }
         };
@@ -417,6 +446,54 @@ impl StableCascadeUNet {
         effnet: Option<&Tensor>,
         pixels: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let &[b, h, w, _] = sample.shape() else {
+            return Err(Error::Shape(format!("UNet: sample must be [B, H, W, C], got {:?}", sample.shape())));
+        };
+        let prepared = self.prepare(cond, effnet, pixels, b, h, w)?;
+        self.forward_prepared(sample, timestep_ratio, &prepared)
+    }
+
+    /// The per-run constants for samples of `batch × h × w` (see [`Conditioning`]).
+    pub fn prepare(
+        &self,
+        cond: &Tensor,
+        effnet: Option<&Tensor>,
+        pixels: Option<&Tensor>,
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Conditioning> {
+        let p = self.cfg.patch_size.max(1);
+        let (h0, w0) = (h / p, w / p);
+        let mut attn: Vec<&AttnBlock> = self
+            .down
+            .iter()
+            .chain(&self.up)
+            .flat_map(|l| &l.blocks)
+            .filter_map(|b| if let Block::Attn(a) = b { Some(a) } else { None })
+            .collect();
+        attn.sort_by_key(|a| a.id);
+        let attn_kv = attn.iter().map(|a| a.condition_kv(cond)).collect::<Result<Vec<_>>>()?;
+        let mut image_terms = Vec::new();
+        if let (Some(m), Some(e)) = (&self.effnet_mapper, effnet) {
+            image_terms.push(m.forward(&ops::resize_bilinear(e, h0, w0)?)?);
+        }
+        if let Some(m) = &self.pixels_mapper {
+            let zeros;
+            let px = match pixels {
+                Some(px) => px,
+                None => {
+                    zeros = Tensor::zeros(&[batch, 8, 8, self.cfg.pixel_mapper_in_channels.unwrap_or(3)], self.dtype, &self.device)?;
+                    &zeros
+                }
+            };
+            image_terms.push(ops::resize_bilinear(&m.forward(px)?, h0, w0)?);
+        }
+        Ok(Conditioning { attn_kv, image_terms, stem_hw: (h0, w0), batch })
+    }
+
+    /// One forward pass with the run's constants (see [`StableCascadeUNet::prepare`]).
+    pub fn forward_prepared(&self, sample: &Tensor, timestep_ratio: &Tensor, prepared: &Conditioning) -> Result<Tensor> {
         let &[b, h, w, cin] = sample.shape() else {
             return Err(Error::Shape(format!("UNet: sample must be [B, H, W, C], got {:?}", sample.shape())));
         };
@@ -441,21 +518,18 @@ impl StableCascadeUNet {
         // Stem.
         let x = if p > 1 { ops::pixel_unshuffle(sample, p)? } else { sample.view(sample.shape())? };
         let mut x = ops::layer_norm(&self.embedding.forward(&x)?, None, None, EPS)?;
-        let (h0, w0) = (x.dim(1), x.dim(2));
-        if let (Some(m), Some(e)) = (&self.effnet_mapper, effnet) {
-            ops::add_assign(&mut x, &m.forward(&ops::resize_bilinear(e, h0, w0)?)?)?;
+        if (x.dim(1), x.dim(2)) != prepared.stem_hw || b != prepared.batch {
+            return Err(Error::Shape(format!(
+                "UNet: the run was prepared for {}×{:?} at the stem, the sample gives {b}×{:?}",
+                prepared.batch,
+                prepared.stem_hw,
+                (x.dim(1), x.dim(2))
+            )));
         }
-        if let Some(m) = &self.pixels_mapper {
-            let zeros;
-            let px = match pixels {
-                Some(px) => px,
-                None => {
-                    zeros = Tensor::zeros(&[b, 8, 8, self.cfg.pixel_mapper_in_channels.unwrap_or(3)], self.dtype, &self.device)?;
-                    &zeros
-                }
-            };
-            ops::add_assign(&mut x, &ops::resize_bilinear(&m.forward(px)?, h0, w0)?)?;
+        for term in &prepared.image_terms {
+            ops::add_assign(&mut x, term)?;
         }
+        let cond = &prepared.attn_kv;
 
         // Down path; level_outputs[0] is the deepest.
         let mut level_outputs: Vec<Tensor> = Vec::new();
@@ -503,8 +577,15 @@ impl StableCascadeUNet {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn apply(&self, blk: &Block, mut x: Tensor, skip: Option<&Tensor>, r_emb: &Tensor, zero_emb: &Tensor, cond: &Tensor) -> Result<Tensor> {
+    fn apply(
+        &self,
+        blk: &Block,
+        mut x: Tensor,
+        skip: Option<&Tensor>,
+        r_emb: &Tensor,
+        zero_emb: &Tensor,
+        kv: &[(Tensor, Tensor)],
+    ) -> Result<Tensor> {
         match blk {
             Block::Res(r) => r.forward(&x, skip),
             Block::Timestep(t) => {
@@ -512,7 +593,8 @@ impl StableCascadeUNet {
                 Ok(x)
             }
             Block::Attn(a) => {
-                a.forward(&mut x, cond)?;
+                let (k, v) = &kv[a.id];
+                a.forward(&mut x, k, v)?;
                 Ok(x)
             }
         }
