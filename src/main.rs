@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cascade::models::clip::ClipTextModel;
-use cascade::models::unet::{StableCascadeUNet, UNetInputs};
+use cascade::models::unet::{StableCascadeUNet, UNetInputTensors};
 use cascade::models::vqgan::Vqgan;
 use cascade::models::{nchw_to_nhwc, nhwc_to_nchw};
 use cascade::pipeline::{
@@ -257,7 +257,6 @@ fn forward(a: &Args) -> Result<()> {
     let dir = find_component(&a.model_dirs()?, component)?;
     let inputs = WeightStore::open(&[a.need("--inputs")?])?;
     let input = |name: &str| -> Result<Tensor> { inputs.load(name, dtype, &device) };
-    let optional = |name: &str| -> Result<Option<Tensor>> { inputs.entry(name).map(|_| input(name)).transpose() };
     let outputs: Vec<(String, Tensor)> = match component {
         "text_encoder" => {
             let model = ClipTextModel::load(&dir, dtype, &device)?;
@@ -290,20 +289,7 @@ fn forward(a: &Args) -> Result<()> {
         }
         "prior" | "prior_lite" | "decoder" | "decoder_lite" => {
             let model = StableCascadeUNet::load(&dir, dtype, &device)?;
-            let nhwc = |name: &str| -> Result<Option<Tensor>> { optional(name)?.map(|t| nchw_to_nhwc(&t)).transpose() };
-            let sample = nhwc("sample")?.ok_or_else(|| Error::Msg("the inputs lack 'sample'".into()))?;
-            let t = inputs.load("timestep_ratio", DType::F32, &device)?;
-            let pooled = input("clip_text_pooled")?;
-            let (text, img, effnet, pixels) = (optional("clip_text")?, optional("clip_img")?, nhwc("effnet")?, nhwc("pixels")?);
-            let out = model.forward(&UNetInputs {
-                sample: &sample,
-                timestep_ratio: &t,
-                clip_text_pooled: &pooled,
-                clip_text: text.as_ref(),
-                clip_img: img.as_ref(),
-                effnet: effnet.as_ref(),
-                pixels: pixels.as_ref(),
-            })?;
+            let out = model.forward(&UNetInputTensors::from_store(&inputs, dtype, &device)?.inputs())?;
             vec![("out".into(), nhwc_to_nchw(&out)?)]
         }
         "vqgan" => {

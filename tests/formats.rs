@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cascade::models::config::{read_config, UNetConfig, VqganConfig};
-use cascade::models::unet::{StableCascadeUNet, UNetInputs};
+use cascade::models::unet::{StableCascadeUNet, UNetInputTensors};
 use cascade::models::vqgan::Vqgan;
 use cascade::models::{nchw_to_nhwc, OriginalKind};
 use cascade::pipeline::ModelPaths;
@@ -59,26 +59,8 @@ fn write(path: &Path, tensors: &BTreeMap<String, Tensor>) {
 
 fn unet_out(model: &StableCascadeUNet, case: &str) -> Vec<f32> {
     let inp = WeightStore::open(&[tiny().join(format!("reference/{case}_in.safetensors"))]).unwrap();
-    let get = |n: &str| inp.entry(n).map(|_| inp.load(n, DType::F32, &Device::Cpu).unwrap());
-    let nhwc = |n: &str| get(n).map(|t| nchw_to_nhwc(&t).unwrap());
-    let (sample, t, pooled, text, img, effnet) = (
-        nhwc("sample").unwrap(),
-        get("timestep_ratio").unwrap(),
-        get("clip_text_pooled").unwrap(),
-        get("clip_text"),
-        get("clip_img"),
-        nhwc("effnet"),
-    );
-    let inputs = UNetInputs {
-        sample: &sample,
-        timestep_ratio: &t,
-        clip_text_pooled: &pooled,
-        clip_text: text.as_ref(),
-        clip_img: img.as_ref(),
-        effnet: effnet.as_ref(),
-        pixels: None,
-    };
-    model.forward(&inputs).unwrap().to_vec_f32().unwrap()
+    let inputs = UNetInputTensors::from_store(&inp, DType::F32, &Device::Cpu).unwrap();
+    model.forward(&inputs.inputs()).unwrap().to_vec_f32().unwrap()
 }
 
 #[test]

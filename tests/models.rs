@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use cascade::models::clip::ClipTextModel;
-use cascade::models::unet::{StableCascadeUNet, UNetInputs};
+use cascade::models::unet::{StableCascadeUNet, UNetInputTensors, UNetInputs};
 use cascade::models::vqgan::Vqgan;
 use cascade::models::{nchw_to_nhwc, nhwc_to_nchw};
 use cascade::testing::rel_l2;
@@ -60,29 +60,8 @@ fn unet_case(dir: &str, case: &str) {
 
 fn unet_case_on(dir: &str, case: &str, dev: &Device, dtype: DType, bound: f64) {
     let model = StableCascadeUNet::load(&tiny().join(dir), dtype, dev).unwrap();
-    let inp = reference(&format!("{case}_in"));
-    let nhwc = |name: &str| inp.entry(name).map(|_| nchw_to_nhwc(&input(&inp, name, dev, dtype)).unwrap());
-    let plain = |name: &str| inp.entry(name).map(|_| input(&inp, name, dev, dtype));
-    let (sample, t, pooled, text, img, effnet, pixels) = (
-        nhwc("sample").unwrap(),
-        plain("timestep_ratio").unwrap(),
-        plain("clip_text_pooled").unwrap(),
-        plain("clip_text"),
-        plain("clip_img"),
-        nhwc("effnet"),
-        nhwc("pixels"),
-    );
-    let out = model
-        .forward(&UNetInputs {
-            sample: &sample,
-            timestep_ratio: &t,
-            clip_text_pooled: &pooled,
-            clip_text: text.as_ref(),
-            clip_img: img.as_ref(),
-            effnet: effnet.as_ref(),
-            pixels: pixels.as_ref(),
-        })
-        .unwrap();
+    let inputs = UNetInputTensors::from_store(&reference(&format!("{case}_in")), dtype, dev).unwrap();
+    let out = model.forward(&inputs.inputs()).unwrap();
     check(case, &nhwc_to_nchw(&out).unwrap(), &get(&reference(&format!("{case}_out")), "out"), bound);
 }
 

@@ -228,3 +228,19 @@ fn mutated_files_never_panic() {
         }
     }
 }
+
+#[test]
+fn arena_enforces_its_capacity_and_resets() {
+    let mut arena = cascade::Arena::new(&Device::Cpu, 4096).unwrap();
+    let a = arena.tensor(&[100], DType::F32).unwrap();
+    assert_eq!(a.shape(), &[100]);
+    assert_eq!(arena.used(), 400);
+    let _b = arena.tensor(&[10], DType::BF16).unwrap();
+    assert_eq!(arena.used(), 256 + 20, "buffers start on 256-byte boundaries");
+    let e = arena.tensor(&[2000], DType::F32).unwrap_err();
+    assert!(matches!(e, cascade::Error::OutOfMemory(_)) && e.to_string().contains("arena exhausted"), "{e}");
+    arena.reset();
+    assert_eq!(arena.used(), 0);
+    assert_eq!(arena.high_water(), 276);
+    arena.tensor(&[1024], DType::F32).unwrap();
+}

@@ -600,3 +600,49 @@ impl StableCascadeUNet {
         }
     }
 }
+
+/// A forward pass's inputs read from a safetensors file under diffusers' argument names
+/// (`sample`, `timestep_ratio`, `clip_text_pooled`, optional `clip_text`, `clip_img`, `effnet`,
+/// `pixels`; images NCHW as diffusers takes them), converted to the engine's layout.
+pub struct UNetInputTensors {
+    sample: Tensor,
+    timestep_ratio: Tensor,
+    clip_text_pooled: Tensor,
+    clip_text: Option<Tensor>,
+    clip_img: Option<Tensor>,
+    effnet: Option<Tensor>,
+    pixels: Option<Tensor>,
+}
+
+impl UNetInputTensors {
+    /// Reads the inputs as `dtype` on `device` (the timestep ratios as f32).
+    pub fn from_store(store: &crate::weights::WeightStore, dtype: DType, device: &Device) -> Result<Self> {
+        let optional = |name: &str| store.entry(name).map(|_| store.load(name, dtype, device)).transpose();
+        let image = |name: &str| optional(name)?.map(|t| super::nchw_to_nhwc(&t)).transpose();
+        let need = |t: Option<Tensor>, name: &str| {
+            t.ok_or_else(|| Error::Weights(format!("the inputs lack '{name}' ({})", store.describe_files())))
+        };
+        Ok(UNetInputTensors {
+            sample: need(image("sample")?, "sample")?,
+            timestep_ratio: store.load("timestep_ratio", DType::F32, device)?,
+            clip_text_pooled: need(optional("clip_text_pooled")?, "clip_text_pooled")?,
+            clip_text: optional("clip_text")?,
+            clip_img: optional("clip_img")?,
+            effnet: image("effnet")?,
+            pixels: image("pixels")?,
+        })
+    }
+
+    /// The borrowed view a forward pass takes.
+    pub fn inputs(&self) -> UNetInputs<'_> {
+        UNetInputs {
+            sample: &self.sample,
+            timestep_ratio: &self.timestep_ratio,
+            clip_text_pooled: &self.clip_text_pooled,
+            clip_text: self.clip_text.as_ref(),
+            clip_img: self.clip_img.as_ref(),
+            effnet: self.effnet.as_ref(),
+            pixels: self.pixels.as_ref(),
+        }
+    }
+}
