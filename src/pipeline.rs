@@ -166,8 +166,9 @@ impl NoiseSource for FileNoise {
 /// The default noise: PyTorch's CPU generator seeded with `seed`, drawn in diffusers' order
 /// (prior latents, every prior step, decoder latents, every decoder step) from one generator,
 /// as `generator=torch.Generator("cpu").manual_seed(seed)` shared by both pipelines draws it.
-/// So a seed reproduces diffusers' f32 images (bf16 draws are f32 draws rounded, whereas
-/// PyTorch's bf16 Box–Muller rounds every intermediate: not bit-identical there).
+/// So a seed reproduces diffusers' images. For a bf16 model the draws are the f32 draws rounded
+/// to bf16, which is exactly what PyTorch's bf16 `randn` gives for tensors whose size is a
+/// multiple of 16 (every latent the pipeline draws).
 pub struct TorchNoise(crate::sampling::torch_rng::TorchGenerator);
 
 impl TorchNoise {

@@ -44,3 +44,18 @@ fn the_pipeline_fixture_noise_comes_from_its_seed() {
         assert_close(&name, &g.randn(want.len()), &want);
     }
 }
+
+/// For a bf16 model diffusers draws in bf16; for tensors whose size is a multiple of 16 (every
+/// latent: 16 or 4 channels times an even size) PyTorch's bf16 values are its f32 values rounded.
+#[test]
+fn bf16_draws_are_the_f32_draws_rounded() {
+    let store = WeightStore::open(&[cascade::testing::fixtures_dir().join("torch_randn.safetensors")]).unwrap();
+    for seed in [0u64, 1234] {
+        let mut g = TorchGenerator::new(seed);
+        for (k, n) in [288usize, 8192].iter().enumerate() {
+            let want = store.load(&format!("bf16_seed{seed}_draw{k}"), DType::F32, &Device::Cpu).unwrap().to_vec_f32().unwrap();
+            let got = cascade::testing::round_to(&g.randn(*n), DType::BF16);
+            assert_eq!(got, want, "seed {seed} draw {k}");
+        }
+    }
+}

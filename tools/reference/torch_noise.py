@@ -12,4 +12,9 @@ for seed in [0, 1234, 98765, 2**40 + 7]:
     g = torch.Generator("cpu").manual_seed(seed)
     for k, shape in enumerate(SIZES):
         out[f"seed{seed}_draw{k}"] = torch.randn(shape, generator=g).reshape(-1)
+# bf16 draws (what diffusers makes for a bf16 model) of latent-like sizes, stored as f32.
+for seed in [0, 1234]:
+    g = torch.Generator("cpu").manual_seed(seed)
+    for k, shape in enumerate([(1, 16, 3, 6), (1, 4, 32, 64)]):
+        out[f"bf16_seed{seed}_draw{k}"] = torch.randn(shape, generator=g, dtype=torch.bfloat16).reshape(-1).float()
 save_file(out, str(Path(__file__).resolve().parents[2] / "tests/fixtures/torch_randn.safetensors"))
