@@ -6,6 +6,8 @@
 # non-zero on any failure.
 #   BENCH=0  skip the benches        TESTS=0  skip the tests      SANITIZE=1  add the sanitizer
 #   FIDELITY=1  full-size fidelity against diffusers (tools/gpu/fidelity.py, a few minutes)
+#   TEST_TIMEOUT / BENCH_TIMEOUT  seconds per binary (300); CASCADE_BENCH_STAGES=clip,stage_c,…
+#   narrows the stage bench; SANITIZE_STAGES picks the stages run once under memcheck
 #   SIDE_BY_SIDE=1  diffusers and the engine timed in this run (tools/gpu/side_by_side.py)
 set -uo pipefail
 bundle=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,8 +23,9 @@ if [ "${TESTS:-1}" = 1 ]; then
     for t in "$bundle"/tests/*; do
         name=$(basename "$t")
         start=$(date +%s)
-        "$t" --include-ignored --nocapture > "$logs/$name.log" 2>&1
+        timeout "${TEST_TIMEOUT:-300}" "$t" --include-ignored --nocapture > "$logs/$name.log" 2>&1
         rc=$?
+        [ $rc -eq 124 ] && echo "$name: timed out after ${TEST_TIMEOUT:-300} s" >> "$logs/$name.log"
         secs=$(( $(date +%s) - start ))
         result=$(grep -E "^test result:" "$logs/$name.log" | tail -n 1 | sed 's/^test result: //; s/; finished.*//')
         [ $rc -eq 0 ] || failed=1
@@ -32,22 +35,25 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 
 if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
-    for t in "$bundle"/tests/kernels; do
-        [ -x "$t" ] || continue
-        for tool in memcheck racecheck; do
-            compute-sanitizer --tool "$tool" --error-exitcode 9 "$t" --include-ignored --test-threads=1 > "$logs/sanitize-$tool.log" 2>&1
-            rc=$?
-            summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$logs/sanitize-$tool.log" | tail -n 1)
-            [ $rc -eq 0 ] || failed=1
-            rows+=("$(printf '%-28s %-4s %s' "sanitize-$tool" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$summary")")
-        done
+    # The kernel tests (small shapes are enough for the sanitizer: SANITIZE_FILTER narrows them),
+    # then one graph-replayed step of each stage (the stages bench, each case run once).
+    for tool in memcheck racecheck; do
+        compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=1 ${SANITIZE_FILTER:-} > "$logs/sanitize-$tool.log" 2>&1
+        rc=$?
+        summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$logs/sanitize-$tool.log" | tail -n 1)
+        [ $rc -eq 0 ] || failed=1
+        rows+=("$(printf '%-28s %-4s %s' "sanitize-$tool kernels" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$summary")")
     done
+    CASCADE_BENCH_ONCE=1 CASCADE_BENCH_STAGES=${SANITIZE_STAGES:-stage_c_lite,stage_b_lite} compute-sanitizer --tool memcheck --error-exitcode 9 "$bundle/benches/stages" --bench > "$logs/sanitize-stages.log" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || failed=1
+    rows+=("$(printf '%-28s %-4s %s' "sanitize-memcheck stages" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$(grep -E "ERROR SUMMARY" "$logs/sanitize-stages.log" | tail -n 1)")")
 fi
 
 if [ "${BENCH:-1}" = 1 ]; then
     for b in "$bundle"/benches/*; do
         name=$(basename "$b")
-        CASCADE_BENCH_QUICK=1 "$b" --bench > "$logs/bench-$name.log" 2>&1 || { failed=1; rows+=("bench $name FAILED"); }
+        CASCADE_BENCH_QUICK=1 timeout "${BENCH_TIMEOUT:-300}" "$b" --bench > "$logs/bench-$name.log" 2>&1 || { failed=1; rows+=("bench $name FAILED (see $logs/bench-$name.log)"); }
     done
 fi
 

@@ -1,7 +1,8 @@
 //! Bench plumbing shared by the bench targets: the GPU (or a skip notice), criterion, and a
 //! one-line summary per measurement (`BENCH <name> <ms> <rate>`) that the GPU bundle's table
 //! is built from. With CASCADE_BENCH_QUICK=1 (as the bundle runs them) only the summary
-//! measurement runs, so every bench fits in the GPU machine's short budget.
+//! measurement runs, so every bench fits in the GPU machine's short budget; with
+//! CASCADE_BENCH_ONCE=1 every case runs exactly once (under compute-sanitizer).
 
 #![allow(dead_code)]
 
@@ -45,6 +46,13 @@ impl Runner {
     /// and from memory at least once) gives the rate in the summary line.
     pub fn run(&mut self, name: &str, flops: Option<f64>, bytes: Option<f64>, mut f: impl FnMut()) {
         let dev = self.dev.clone();
+        if std::env::var_os("CASCADE_BENCH_ONCE").is_some() {
+            // One call, synchronised: for compute-sanitizer runs, where speed means nothing.
+            f();
+            dev.synchronize().unwrap();
+            println!("BENCH {name:<56} ran once");
+            return;
+        }
         if !self.quick {
             self.criterion.bench_function(name, |b| b.iter_custom(|iters| time_iters(&dev, iters, &mut f)));
         }
