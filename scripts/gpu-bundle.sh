@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything the GPU machine runs (it has no cargo and no network) into the git-ignored
 # folder gpu-bundle/: the test and bench executables built with --features cuda --no-run, the
-# cascade binary, stripped, plus gpu-bundle/run.sh. Carry `gpu-bundle` to the GPU machine and
+# cascade binary, stripped and xz-compressed, diffusers wheels, plus gpu-bundle/run.sh. Carry `gpu-bundle` to the GPU machine and
 # run `gpu-bundle/run.sh` from the repository root there.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,6 +35,8 @@ executables bench | while IFS=$'\t' read -r name kind path; do
     if [ "$kind" = bench ]; then cp "$path" "$out/benches/$name"; fi
 done
 strip "$out"/bin/* "$out"/tests/* "$out"/benches/* 2>/dev/null || true
+# xz shrinks the executables about fourfold (run.sh unpacks them with Python's lzma).
+xz -T0 -6 "$out"/bin/* "$out"/tests/* "$out"/benches/*
 cp scripts/gpu-run.sh "$out/run.sh"
 # diffusers for the fidelity and side-by-side scripts (the GPU machine has torch and
 # transformers but no network): wheels for its Python 3.12.

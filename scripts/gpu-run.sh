@@ -10,9 +10,21 @@
 #   narrows the stage bench; SANITIZE_STAGES picks the stages run once under memcheck
 #   SIDE_BY_SIDE=1  diffusers and the engine timed in this run (tools/gpu/side_by_side.py)
 set -uo pipefail
-bundle=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+packed=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 logs=${LOGS:-${OUT:-/tmp}/cascade-gpu-logs}
 mkdir -p "$logs"
+# Unpack the xz-compressed executables (Python's lzma: no xz binary needed).
+bundle=${BUNDLE_DIR:-/tmp/cascade-bundle}
+mkdir -p "$bundle/tests" "$bundle/benches" "$bundle/bin"
+python3 - "$packed" "$bundle" <<'PY'
+import lzma, os, pathlib, sys
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for f in src.glob("*/*.xz"):
+    out = dst / f.parent.name / f.stem
+    out.write_bytes(lzma.decompress(f.read_bytes()))
+    os.chmod(out, 0o755)
+PY
+[ -d "$packed/wheels" ] && ln -sfn "$packed/wheels" "$bundle/wheels"
 export CASCADE_ROOT=${CASCADE_ROOT:-$(pwd)}
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
 echo "GPU: ${gpu:-none found}"
