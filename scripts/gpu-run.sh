@@ -7,7 +7,8 @@
 #   BENCH=0  skip the benches        TESTS=0  skip the tests      SANITIZE=1  add the sanitizer
 #   FIDELITY=1  full-size fidelity against diffusers (tools/gpu/fidelity.py, a few minutes)
 #   TEST_TIMEOUT / BENCH_TIMEOUT  seconds per binary (300); CASCADE_BENCH_STAGES=clip,stage_c,…
-#   narrows the stage bench; SANITIZE_STAGES picks the stages run once under memcheck
+#   narrows the stage bench; SANITIZE_STAGES picks the stages run once under memcheck;
+#   CASCADE_SHAPES=odd,clip narrows the kernel tests to shapes whose names contain those words
 #   SIDE_BY_SIDE=1  diffusers and the engine timed in this run (tools/gpu/side_by_side.py)
 set -uo pipefail
 packed=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -47,10 +48,11 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 
 if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
-    # The kernel tests (small shapes are enough for the sanitizer: SANITIZE_FILTER narrows them),
+    # The kernel tests on the small odd shapes (SANITIZE_SHAPES=… picks others: the sanitizer is
+    # slow on the real sizes),
     # then one graph-replayed step of each stage (the stages bench, each case run once).
     for tool in memcheck racecheck; do
-        compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=1 ${SANITIZE_FILTER:-} > "$logs/sanitize-$tool.log" 2>&1
+        CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=1 > "$logs/sanitize-$tool.log" 2>&1
         rc=$?
         summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$logs/sanitize-$tool.log" | tail -n 1)
         [ $rc -eq 0 ] || failed=1

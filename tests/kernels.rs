@@ -24,6 +24,12 @@ fn input(rng: &mut TestRng, shape: &[usize], scale: f32, dtype: DType, dev: &Dev
     (Tensor::from_f32(&v, shape, dtype, dev).unwrap(), v)
 }
 
+/// Shapes to run: all, or those whose name contains one of the comma-separated words in
+/// CASCADE_SHAPES (the sanitizer runs use the small odd shapes).
+fn wanted(name: &str) -> bool {
+    std::env::var("CASCADE_SHAPES").map_or(true, |f| f.split(',').any(|w| name.contains(w.trim())))
+}
+
 fn bound(dtype: DType) -> f64 {
     if dtype == DType::F32 {
         1e-5
@@ -51,6 +57,9 @@ fn verify(op: &str, name: &str, dtype: DType, got: &[f32], whole: Option<&Tensor
 fn layer_norm_kernel() {
     let dev = gpu();
     for (i, s) in shapes::ROWS.iter().enumerate() {
+        if !wanted(s.name) {
+            continue;
+        }
         for dtype in DTYPES {
             for affine in [false, true] {
                 let mut rng = TestRng::new(1000 + i as u64);
@@ -80,6 +89,9 @@ fn layer_norm_kernel() {
 fn activation_kernels() {
     let dev = gpu();
     for (i, s) in shapes::ROWS.iter().enumerate() {
+        if !wanted(s.name) {
+            continue;
+        }
         for dtype in DTYPES {
             let mut rng = TestRng::new(2000 + i as u64);
             let (x, xv) = input(&mut rng, &[s.rows, s.c], 2.0, dtype, &dev);
@@ -103,6 +115,9 @@ fn activation_kernels() {
 fn grn_kernels() {
     let dev = gpu();
     for (i, s) in shapes::GRN.iter().enumerate() {
+        if !wanted(s.name) {
+            continue;
+        }
         for dtype in DTYPES {
             let mut rng = TestRng::new(3000 + i as u64);
             let (x, xv) = input(&mut rng, &[s.b, s.n, s.d], 1.0, dtype, &dev);
@@ -122,6 +137,9 @@ fn grn_kernels() {
 fn depthwise_kernels() {
     let dev = gpu();
     for (i, (s, replicate, ln)) in shapes::DEPTHWISE.iter().enumerate() {
+        if !wanted(s.name) {
+            continue;
+        }
         for dtype in DTYPES {
             for fuse in [false, *ln] {
                 let mut rng = TestRng::new(4000 + i as u64);
@@ -145,6 +163,9 @@ fn depthwise_kernels() {
 fn shuffle_im2col_resize_concat_kernels() {
     let dev = gpu();
     for (i, s) in shapes::UNSHUFFLE.iter().enumerate() {
+        if !wanted(s.name) {
+            continue;
+        }
         for dtype in DTYPES {
             let mut rng = TestRng::new(5000 + i as u64);
             let (x, xv) = input(&mut rng, &[s.b, s.h, s.w, s.c], 1.0, dtype, &dev);
@@ -171,6 +192,9 @@ fn shuffle_im2col_resize_concat_kernels() {
         }
     }
     for (i, r) in shapes::RESIZE.iter().enumerate() {
+        if !wanted(r.x.name) {
+            continue;
+        }
         for dtype in DTYPES {
             let s = r.x;
             let mut rng = TestRng::new(5100 + i as u64);
@@ -188,6 +212,9 @@ fn shuffle_im2col_resize_concat_kernels() {
         }
     }
     for (i, s) in shapes::CONCAT.iter().enumerate() {
+        if !wanted(s.name) {
+            continue;
+        }
         for dtype in DTYPES {
             let mut rng = TestRng::new(5200 + i as u64);
             let (a, av) = input(&mut rng, &[s.rows, s.ca], 1.0, dtype, &dev);
@@ -212,6 +239,9 @@ fn crop_rows(v: &[f32], s: &shapes::ImageShape, rows: usize) -> Vec<f32> {
 fn strided_and_transposed_convolutions() {
     let dev = gpu();
     for (i, cs) in shapes::CONV2X2.iter().enumerate() {
+        if !wanted(cs.x.name) {
+            continue;
+        }
         for dtype in DTYPES {
             let s = cs.x;
             let mut rng = TestRng::new(6000 + i as u64);
@@ -226,6 +256,9 @@ fn strided_and_transposed_convolutions() {
         }
     }
     for (i, cs) in shapes::CONV_T2X2.iter().enumerate() {
+        if !wanted(cs.x.name) {
+            continue;
+        }
         for dtype in DTYPES {
             let s = cs.x;
             let mut rng = TestRng::new(6100 + i as u64);
@@ -243,6 +276,9 @@ fn strided_and_transposed_convolutions() {
         }
     }
     for (i, cs) in shapes::CONV_T4X4.iter().enumerate() {
+        if !wanted(cs.x.name) {
+            continue;
+        }
         for dtype in DTYPES {
             let s = cs.x;
             let mut rng = TestRng::new(6200 + i as u64);
@@ -269,6 +305,9 @@ fn strided_and_transposed_convolutions() {
 fn attention_kernel() {
     let dev = gpu();
     for (i, s) in shapes::ATTENTION.iter().enumerate() {
+        if !wanted(s.name) {
+            continue;
+        }
         for dtype in DTYPES {
             let c = s.heads * 64;
             let mut rng = TestRng::new(7000 + i as u64);
@@ -314,6 +353,9 @@ fn attention_kernel() {
 fn elementwise_kernels() {
     let dev = gpu();
     for (i, s) in shapes::ELEMENTWISE.iter().enumerate() {
+        if !wanted(s.name) {
+            continue;
+        }
         for dtype in DTYPES {
             let mut rng = TestRng::new(8000 + i as u64);
             let shape = [s.b, s.n, s.c];
