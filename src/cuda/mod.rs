@@ -48,6 +48,7 @@ pub struct CudaDevice {
     blas: blas::Blas,
     allow_tf32: std::sync::atomic::AtomicBool,
     memory: Arc<MemStats>,
+    tensor_core_attention: std::sync::atomic::AtomicBool,
 }
 
 /// Bytes held by the engine's own device buffers (current and peak since the last reset).
@@ -108,7 +109,7 @@ impl CudaDevice {
         }
         let kernels = Kernels::load(&ctx)?;
         let blas = blas::Blas::new(&stream)?;
-        Ok(Arc::new(Self {
+        let dev = Arc::new(Self {
             ordinal,
             name,
             compute_capability,
@@ -118,7 +119,11 @@ impl CudaDevice {
             blas,
             allow_tf32: false.into(),
             memory: Arc::default(),
-        }))
+            tensor_core_attention: false.into(),
+        });
+        let ok = check_tensor_core_attention(&dev);
+        dev.tensor_core_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+        Ok(dev)
     }
 
     /// The ordinal this device was opened with.
@@ -154,6 +159,12 @@ impl CudaDevice {
     /// default: f32 means strict f32, which is what the fidelity tests compare.
     pub fn set_allow_tf32(&self, allow: bool) {
         self.allow_tf32.store(allow, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the tensor-core attention kernel agreed with the CUDA-core one when the device
+    /// was opened (if not, attention falls back to the CUDA-core kernel).
+    pub fn tensor_core_attention(&self) -> bool {
+        self.tensor_core_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether f32 GEMMs may use TF32.
@@ -307,4 +318,38 @@ pub fn is_available() -> bool {
     // SAFETY: only tries to dlopen the driver library.
     let present = unsafe { sys::is_culib_present() };
     present && CudaContext::device_count().is_ok_and(|n| n > 0)
+}
+
+/// Runs the tensor-core attention kernel once beside the CUDA-core kernel on a small problem
+/// with odd sizes; a disagreement disables it with a warning rather than giving wrong images.
+fn check_tensor_core_attention(dev: &Arc<CudaDevice>) -> bool {
+    use crate::ops::{attention_into_with, AttentionKernel, AttentionMask};
+    use crate::{DType, Device, Tensor};
+    let device = Device::Cuda(dev.clone());
+    let run = || -> Result<f64> {
+        let (b, heads, lq, lk) = (1, 2, 70, 91);
+        let mut rng = crate::testing::TestRng::new(5);
+        let mut t = |l: usize| Tensor::from_f32(&rng.normal(b * l * heads * 64, 1.0), &[b, l, heads * 64], DType::BF16, &device);
+        let (q, k, v) = (t(lq)?, t(lk)?, t(lk)?);
+        let mut simple = Tensor::empty(&[b, lq, heads * 64], DType::BF16, &device)?;
+        let mut tc = Tensor::empty(&[b, lq, heads * 64], DType::BF16, &device)?;
+        attention_into_with(&q, &k, &v, heads, 0.125, AttentionMask::None, AttentionKernel::Simple, &mut simple)?;
+        attention_into_with(&q, &k, &v, heads, 0.125, AttentionMask::None, AttentionKernel::TensorCore, &mut tc)?;
+        let (a, b) = (simple.to_vec_f32()?, tc.to_vec_f32()?);
+        if b.iter().any(|x| !x.is_finite()) {
+            return Ok(f64::INFINITY);
+        }
+        Ok(crate::testing::rel_l2(&b, &a))
+    };
+    match run() {
+        Ok(err) if err < 2e-2 => true,
+        Ok(err) => {
+            eprintln!("warning: the tensor-core attention kernel disagrees with the reference kernel on {} (relative error {err:.2e}); using the CUDA-core kernel", dev.name);
+            false
+        }
+        Err(e) => {
+            eprintln!("warning: the tensor-core attention kernel failed its start-up check on {} ({e}); using the CUDA-core kernel", dev.name);
+            false
+        }
+    }
 }

@@ -21,7 +21,8 @@ pub enum AttentionMask<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
     /// The tensor-core kernel for bf16 without a mask (Stage B and C), the CUDA-core kernel
-    /// otherwise; `CASCADE_ATTENTION=simple` in the environment forces the CUDA-core one.
+    /// otherwise; `CASCADE_ATTENTION=simple` in the environment forces the CUDA-core one, and so
+    /// does a failed start-up check of the tensor-core kernel on this device.
     Auto,
     /// The CUDA-core kernel (one thread per query; any dtype, masks).
     Simple,
@@ -96,7 +97,7 @@ pub fn attention_into_with(
             };
             let tc_ok = q.dtype() == DType::BF16 && !causal;
             let use_tc = match kernel {
-                AttentionKernel::Auto => tc_ok && std::env::var("CASCADE_ATTENTION").map_or(true, |v| v != "simple"),
+                AttentionKernel::Auto => tc_ok && dev.tensor_core_attention() && std::env::var("CASCADE_ATTENTION").map_or(true, |v| v != "simple"),
                 AttentionKernel::Simple => false,
                 AttentionKernel::TensorCore if tc_ok => true,
                 AttentionKernel::TensorCore => {
