@@ -665,19 +665,27 @@ impl Pipeline {
         let decoder_cfg = req.decoder_guidance > 1.0;
         let (dtype, device) = (self.dtype, &self.device);
         let text_encoder = self.text_encoder.get(|p| ClipTextModel::load(p, dtype, device))?;
-        let encode = |prompt: &str| -> Result<(Tensor, Tensor)> {
-            let t = self.tokenizer.encode(prompt)?;
-            let o = text_encoder.forward(&[t.input_ids], Some(&[t.attention_mask]))?;
-            let pooled = o.text_embeds.reshape(&[1, 1, text_encoder.config().projection_dim])?;
-            Ok((o.hidden_states_last, pooled))
+        // The prompt and the negative prompt go through the encoder as one batch of two (diffusers
+        // makes two calls; every sequence is encoded on its own, so the values are the same).
+        let mut prompts = vec![self.tokenizer.encode(&req.prompt)?];
+        if prior_cfg || decoder_cfg {
+            prompts.push(self.tokenizer.encode(&req.negative_prompt)?);
+        }
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|t| t.input_ids.clone()).collect();
+        let masks: Vec<Vec<u32>> = prompts.iter().map(|t| t.attention_mask.clone()).collect();
+        let encoded = text_encoder.forward(&ids, Some(&masks))?;
+        let (len, width, proj) =
+            (encoded.hidden_states_last.dim(1), encoded.hidden_states_last.dim(2), text_encoder.config().projection_dim);
+        let row = |i: usize| -> Result<(Tensor, Tensor)> {
+            Ok((encoded.hidden_states_last.alias(i * len * width, &[1, len, width])?, encoded.text_embeds.alias(i * proj, &[1, 1, proj])?))
         };
         let repeat = |t: &Tensor| -> Result<Tensor> { (1..n).try_fold(t.view(t.shape())?, |acc, _| concat_batch(&acc, t)) };
-        let (text, pooled) = encode(&req.prompt)?;
+        let (text, pooled) = row(0)?;
         let (text, pooled) = (repeat(&text)?, repeat(&pooled)?);
         tensors.push(("prompt_embeds".to_string(), cpu_copy(&text)?));
         tensors.push(("prompt_embeds_pooled".to_string(), cpu_copy(&pooled)?));
-        let negative = if prior_cfg || decoder_cfg {
-            let (nt, np) = encode(&req.negative_prompt)?;
+        let negative = if prompts.len() == 2 {
+            let (nt, np) = row(1)?;
             let (nt, np) = (repeat(&nt)?, repeat(&np)?);
             tensors.push(("negative_prompt_embeds".to_string(), cpu_copy(&nt)?));
             tensors.push(("negative_prompt_embeds_pooled".to_string(), cpu_copy(&np)?));

@@ -348,7 +348,10 @@ fn check_tensor_core_attention(dev: &Arc<CudaDevice>) -> bool {
             false
         }
         Err(e) => {
-            eprintln!("warning: the tensor-core attention kernel failed its start-up check on {} ({e}); using the CUDA-core kernel", dev.name);
+            eprintln!(
+                "warning: the tensor-core attention kernel failed its start-up check on {} ({e}); using the CUDA-core kernel",
+                dev.name
+            );
             false
         }
     }

@@ -97,7 +97,9 @@ pub fn attention_into_with(
             };
             let tc_ok = q.dtype() == DType::BF16 && !causal;
             let use_tc = match kernel {
-                AttentionKernel::Auto => tc_ok && dev.tensor_core_attention() && std::env::var("CASCADE_ATTENTION").map_or(true, |v| v != "simple"),
+                AttentionKernel::Auto => {
+                    tc_ok && dev.tensor_core_attention() && std::env::var("CASCADE_ATTENTION").map_or(true, |v| v != "simple")
+                }
                 AttentionKernel::Simple => false,
                 AttentionKernel::TensorCore if tc_ok => true,
                 AttentionKernel::TensorCore => {
