@@ -199,6 +199,9 @@ pub struct Timings {
     pub total: Duration,
     /// Peak bytes of the engine's GPU buffers during the call (None on the CPU).
     pub peak_gpu_bytes: Option<usize>,
+    /// Peak device memory in use as the driver sees it (total − free, sampled after every step:
+    /// includes CUDA graphs' memory pools, cuBLASLt's workspace and the context), None on the CPU.
+    pub peak_device_used_bytes: Option<usize>,
 }
 
 fn median(v: &[Duration]) -> Duration {
@@ -217,8 +220,13 @@ impl Timings {
             out += &format!("{name}       {:9.1} ms  ({} steps, median {:.1} ms/step)\n", ms(total), steps.len(), ms(median(steps)));
         }
         out += &format!("stage A       {:9.1} ms\nend to end    {:9.1} ms\n", ms(self.stage_a), ms(self.total));
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
         if let Some(b) = self.peak_gpu_bytes {
-            out += &format!("peak GPU memory {:.2} GiB (engine buffers, weights included)\n", b as f64 / (1u64 << 30) as f64);
+            out += &format!("peak GPU memory {:.2} GiB in engine buffers (weights included)", gib(b));
+            match self.peak_device_used_bytes {
+                Some(d) => out += &format!(", {:.2} GiB in use on the device\n", gib(d)),
+                None => out += "\n",
+            }
         }
         out
     }
@@ -395,6 +403,9 @@ pub struct Pipeline {
     dtype: DType,
     device: Device,
     cuda_graphs: bool,
+    /// Highest device memory in use seen during the current call (the engine serialises calls).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    device_peak: std::sync::atomic::AtomicUsize,
 }
 
 /// The cheap check after each stage: its output (the last tensor kept) must be finite.
@@ -484,7 +495,18 @@ impl Pipeline {
             dtype,
             device: device.clone(),
             cuda_graphs: true,
+            device_peak: 0.into(),
         })
+    }
+
+    /// Samples the device memory in use (total − free) into the call's peak (GPU only).
+    fn sample_device_used(&self) {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = &self.device {
+            if let Ok((free, total)) = d.memory_info() {
+                self.device_peak.fetch_max(total - free, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     /// Whether GPU steps are captured as CUDA graphs and replayed (default) or launched
@@ -531,6 +553,7 @@ impl Pipeline {
             dtype,
             device: device.clone(),
             cuda_graphs: true,
+            device_peak: 0.into(),
         })
     }
 
@@ -656,6 +679,7 @@ impl Pipeline {
         #[cfg(feature = "cuda")]
         if let Device::Cuda(d) = &self.device {
             d.reset_peak_memory();
+            self.device_peak.store(0, std::sync::atomic::Ordering::Relaxed);
         }
         let mut tensors = Vec::new();
         let cpu_copy = |t: &Tensor| -> Result<Tensor> { Tensor::from_f32(&t.to_vec_f32()?, t.shape(), DType::F32, &Device::Cpu) };
@@ -788,6 +812,8 @@ impl Pipeline {
         #[cfg(feature = "cuda")]
         if let Device::Cuda(d) = &self.device {
             timings.peak_gpu_bytes = Some(d.memory_stats().1);
+            self.sample_device_used();
+            timings.peak_device_used_bytes = Some(self.device_peak.load(std::sync::atomic::Ordering::Relaxed));
         }
         Ok(Output { images: rgb, timings, warnings, tensors })
     }
@@ -870,6 +896,7 @@ impl Pipeline {
             }
             self.device.synchronize()?;
             times.push(step_start.elapsed());
+            self.sample_device_used();
             hooks.step_done(phase, i + 1, steps)?;
         }
         Ok((x, times))
