@@ -7,5 +7,6 @@ set -x
 cargo fmt --check
 cargo test --release
 cargo test --release --features cuda
+cargo clippy --all-targets -- -D warnings
 cargo clippy --all-targets --all-features -- -D warnings
 cargo bench --features cuda --no-run
