@@ -14,7 +14,12 @@ fn tiny() -> PathBuf {
 }
 
 fn request() -> Request {
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tiny().join("reference/pipeline.json")).unwrap()).unwrap();
+    request_from("pipeline.json")
+}
+
+/// The request a reference run was made with (its settings file under reference/).
+fn request_from(settings: &str) -> Request {
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tiny().join("reference").join(settings)).unwrap()).unwrap();
     Request {
         prompt: s["prompt"].as_str().unwrap().into(),
         negative_prompt: s["negative_prompt"].as_str().unwrap().into(),
@@ -146,14 +151,20 @@ fn one_stage_resident_matches_all_resident() {
 }
 
 /// Without a noise file the seed alone reproduces diffusers' images: the default noise is
-/// PyTorch's CPU generator, drawn in diffusers' order.
+/// PyTorch's CPU generator, drawn in diffusers' order. Two seeds, two prompts and sizes.
 #[test]
 fn the_seed_alone_reproduces_diffusers() {
     let pipe = Pipeline::load(&ModelPaths::find(&[tiny()], false, false).unwrap(), DType::F32, &Device::Cpu).unwrap();
-    let req = request();
-    let out = pipe.generate(&req, &mut TorchNoise::new(req.seed)).unwrap();
-    let want = WeightStore::open(&[tiny().join("reference/pipeline_out.safetensors")]).unwrap();
-    let (_, got) = out.tensors.iter().find(|(n, _)| n == "images_unclamped").unwrap();
-    let err = rel_l2(&got.to_vec_f32().unwrap(), &want.load("images_unclamped", DType::F32, &Device::Cpu).unwrap().to_vec_f32().unwrap());
-    assert!(err < 1e-4, "{err}");
+    for (settings, reference) in [("pipeline.json", "pipeline_out.safetensors"), ("pipeline_seed2.json", "pipeline_seed2_out.safetensors")]
+    {
+        let req = request_from(settings);
+        let out = pipe.generate(&req, &mut TorchNoise::new(req.seed)).unwrap();
+        let want = WeightStore::open(&[tiny().join("reference").join(reference)]).unwrap();
+        for name in ["image_embeddings", "images_unclamped"] {
+            let (_, got) = out.tensors.iter().find(|(n, _)| n == name).unwrap();
+            let err = rel_l2(&got.to_vec_f32().unwrap(), &want.load(name, DType::F32, &Device::Cpu).unwrap().to_vec_f32().unwrap());
+            println!("seed {}: {name} rel_l2 {err:.2e}", req.seed);
+            assert!(err < 1e-4, "seed {} {name}: {err}", req.seed);
+        }
+    }
 }

@@ -252,6 +252,15 @@ def main():
             "images_unclamped": unclamped, "images": unclamped.clamp(0, 1),
         })
         (ref / "pipeline.json").write_text(json.dumps(settings, indent=1))
+
+        # A second seed, no injected noise: the engine must reproduce it from the seed alone.
+        seed2 = settings["seed"] + 4242
+        g = torch.Generator("cpu").manual_seed(seed2)
+        p2 = prior_pipe(prompt="a lighthouse at dusk", height=128, width=128, num_inference_steps=2, guidance_scale=4.0, generator=g, output_type="pt")
+        lat2 = decoder_pipe(image_embeddings=p2.image_embeddings, prompt="a lighthouse at dusk", num_inference_steps=2, guidance_scale=0.0, generator=g, output_type="latent").images
+        img2 = vqgan.decode(vqgan.config.scale_factor * lat2).sample
+        save_tensors(ref / "pipeline_seed2_out.safetensors", {"image_embeddings": p2.image_embeddings, "images_unclamped": img2})
+        (ref / "pipeline_seed2.json").write_text(json.dumps(dict(prompt="a lighthouse at dusk", negative_prompt="", width=128, height=128, prior_steps=2, prior_guidance=4.0, decoder_steps=2, decoder_guidance=0.0, seed=seed2), indent=1))
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"fixtures: {total / 1e6:.2f} MB under {OUT}")
 
