@@ -51,5 +51,19 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return t;
 }
 
+// Mean and 1/sqrt(var + eps) of row[0..C) in shared memory, two-pass (exact variance). Every
+// thread of the block calls it; each reads back only the elements it wrote itself.
+__device__ __forceinline__ void row_mean_rstd(const float* row, int C, float eps, float* scratch, float& mean, float& rstd) {
+    float s = 0.f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) s += row[c];
+    mean = block_sum(s, scratch) / C;
+    float q = 0.f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float d = row[c] - mean;
+        q += d * d;
+    }
+    rstd = rsqrtf(block_sum(q, scratch) / C + eps);
+}
+
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 __device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }

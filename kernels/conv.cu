@@ -13,7 +13,6 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
     int64_t b = pix / ((int64_t)p.W * p.H);
     const T* x = (const T*)p.x + b * p.H * p.W * p.C;
     const T* wt = (const T*)p.weight;
-    float s = 0.f;
     for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
         float acc = to_f32(((const T*)p.bias)[c]);
         for (int ky = 0; ky < 3; ky++) {
@@ -29,19 +28,13 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
         }
         if (p.layer_norm) {
             out[c] = acc;
-            s += acc;
         } else {
             ((T*)p.y)[pix * p.C + c] = from_f32<T>(acc);
         }
     }
     if (!p.layer_norm) return;
-    float mean = block_sum(s, scratch) / p.C;
-    float q = 0.f;
-    for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
-        float d = out[c] - mean;
-        q += d * d;
-    }
-    float rstd = rsqrtf(block_sum(q, scratch) / p.C + p.eps);
+    float mean, rstd;
+    row_mean_rstd(out, p.C, p.eps, scratch, mean, rstd);
     for (int c = threadIdx.x; c < p.C; c += blockDim.x) ((T*)p.y)[pix * p.C + c] = from_f32<T>((out[c] - mean) * rstd);
 }
 extern "C" __global__ void depthwise_f32(DepthwiseParams p) { depthwise_impl<float>(p); }

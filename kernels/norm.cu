@@ -10,19 +10,9 @@ template <typename T> __device__ void layer_norm_impl(const LayerNormParams& p) 
     int64_t r = blockIdx.x;
     const T* x = (const T*)p.x + r * p.C;
     T* y = (T*)p.y + r * p.C;
-    float s = 0.f;
-    for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
-        float v = to_f32(x[c]);
-        row[c] = v;
-        s += v;
-    }
-    float mean = block_sum(s, scratch) / p.C;
-    float q = 0.f;
-    for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
-        float d = row[c] - mean;
-        q += d * d;
-    }
-    float rstd = rsqrtf(block_sum(q, scratch) / p.C + p.eps);
+    for (int c = threadIdx.x; c < p.C; c += blockDim.x) row[c] = to_f32(x[c]);
+    float mean, rstd;
+    row_mean_rstd(row, p.C, p.eps, scratch, mean, rstd);
     const T* w = (const T*)p.weight;
     const T* b = (const T*)p.bias;
     for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
