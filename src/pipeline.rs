@@ -408,9 +408,8 @@ pub struct Pipeline {
     device_peak: std::sync::atomic::AtomicUsize,
 }
 
-/// The cheap check after each stage: its output (the last tensor kept) must be finite.
-fn check_finite(tensors: &[(String, Tensor)], stage: &str, steps: usize) -> Result<()> {
-    let (name, t) = tensors.last().expect("a stage output was kept");
+/// The cheap check after each stage: its output `t` (kept as `name`) must be finite.
+fn check_finite(name: &str, t: &Tensor, stage: &str, steps: usize) -> Result<()> {
     let v = t.to_vec_f32()?;
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         return Err(Error::Msg(format!(
@@ -748,8 +747,9 @@ impl Pipeline {
             hooks,
         )?;
         timings.prior_steps = prior_steps;
-        tensors.push(("image_embeddings".to_string(), cpu_copy(&nhwc_to_nchw(&x)?)?));
-        check_finite(&tensors, "Stage C (the prior)", req.prior_steps)?;
+        let image_embeddings = cpu_copy(&nhwc_to_nchw(&x)?)?;
+        check_finite("image_embeddings", &image_embeddings, "Stage C (the prior)", req.prior_steps)?;
+        tensors.push(("image_embeddings".to_string(), image_embeddings));
 
         drop(prior);
 
@@ -775,8 +775,9 @@ impl Pipeline {
             hooks,
         )?;
         timings.decoder_steps = decoder_steps;
-        tensors.push(("decoder_latents".to_string(), cpu_copy(&nhwc_to_nchw(&latents)?)?));
-        check_finite(&tensors, "Stage B (the decoder)", req.decoder_steps)?;
+        let decoder_latents = cpu_copy(&nhwc_to_nchw(&latents)?)?;
+        check_finite("decoder_latents", &decoder_latents, "Stage B (the decoder)", req.decoder_steps)?;
+        tensors.push(("decoder_latents".to_string(), decoder_latents));
 
         drop(decoder);
 
@@ -787,6 +788,7 @@ impl Pipeline {
         let images = nhwc_to_nchw(&vqgan.decode(&latents)?)?;
         drop(vqgan);
         let unclamped = cpu_copy(&images)?;
+        check_finite("images_unclamped", &unclamped, "Stage A (the VQGAN)", 1)?;
         let v: Vec<f32> = unclamped.to_vec_f32()?.iter().map(|x| x.clamp(0.0, 1.0)).collect();
         let clamped = Tensor::from_f32(&v, unclamped.shape(), DType::F32, &Device::Cpu)?;
         let &[_, c, h, w] = clamped.shape() else { unreachable!("images are 4-D") };
@@ -804,7 +806,6 @@ impl Pipeline {
             })
             .collect();
         tensors.push(("images_unclamped".to_string(), unclamped));
-        check_finite(&tensors, "Stage A (the VQGAN)", 1)?;
         tensors.push(("images".to_string(), clamped));
         timings.stage_a = stage_a.elapsed();
         hooks.step_done(Phase::StageA, 1, 1)?;

@@ -199,7 +199,7 @@ impl VarBuilder {
 fn random_tensor(name: &str, shape: &[usize], seed: u64, dtype: DType, device: &Device) -> Result<Tensor> {
     let mut t = Tensor::empty(shape, dtype, device)?;
     let n: usize = shape.iter().product();
-    let norm_weight = shape.len() == 1 && name.ends_with(".weight") && (name.contains("norm") || name.contains("layer_norm"));
+    let norm_weight = shape.len() == 1 && name.ends_with(".weight") && name.contains("norm");
     let (mean, scale) = if norm_weight {
         (1.0, 0.02)
     } else if shape.len() >= 2 {
