@@ -868,6 +868,8 @@ impl Pipeline {
         let graph = match &self.device {
             Device::Cuda(d) if self.cuda_graphs => match d.capture(|| step(&mut x, &t_buf, &coef, &z)) {
                 Ok(g) => Some(g),
+                // Direct launches need the same memory: report it rather than fail twice.
+                Err(e @ Error::OutOfMemory(_)) => return Err(e),
                 Err(e) => {
                     eprintln!("warning: capturing the {stage} step as a CUDA graph failed ({e}); launching kernels directly");
                     None

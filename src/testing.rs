@@ -99,3 +99,10 @@ pub fn fixtures_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     root.join("tests/fixtures")
 }
+
+/// Whether a shape-table entry should run: all of them, or those whose name contains one of
+/// the comma-separated words in CASCADE_SHAPES (the sanitizer and emulator runs use the small
+/// odd shapes).
+pub fn shape_wanted(name: &str) -> bool {
+    std::env::var("CASCADE_SHAPES").map_or(true, |f| f.split(',').any(|w| name.contains(w.trim())))
+}

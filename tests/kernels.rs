@@ -24,10 +24,8 @@ fn input(rng: &mut TestRng, shape: &[usize], scale: f32, dtype: DType, dev: &Dev
     (Tensor::from_f32(&v, shape, dtype, dev).unwrap(), v)
 }
 
-/// Shapes to run: all, or those whose name contains one of the comma-separated words in
-/// CASCADE_SHAPES (the sanitizer runs use the small odd shapes).
 fn wanted(name: &str) -> bool {
-    std::env::var("CASCADE_SHAPES").map_or(true, |f| f.split(',').any(|w| name.contains(w.trim())))
+    cascade::testing::shape_wanted(name)
 }
 
 fn bound(dtype: DType) -> f64 {

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the GPU tests (the ones marked "needs a CUDA GPU") on the CPU, through the CUDA emulator
+# in tools/emu: the real kernels, launchers, cuBLASLt calls and graph captures, with device
+# memory guarded against out-of-bounds access and barriers checked for deadlock. It proves the
+# GPU code paths run as written on a machine without a GPU; it measures no speed and it is not
+# a GPU result. Small shapes only (CASCADE_SHAPES=odd), emulated memory of 2 GiB (so the
+# out-of-memory test fails fast).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+python3 tools/emu/build.py
+export LD_LIBRARY_PATH="$PWD/target/emu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CASCADE_EMU=1 CASCADE_SHAPES="${CASCADE_SHAPES:-odd}" CASCADE_EMU_MEMORY_GIB="${CASCADE_EMU_MEMORY_GIB:-2}"
+cargo test --release --features cuda -- --ignored "$@"

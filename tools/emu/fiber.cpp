@@ -1,0 +1,149 @@
+// The block scheduler of the emulator: each CUDA thread of a block is a fiber (ucontext) with
+// its own stack; fibers run in turn until they finish or wait at a barrier, and a barrier opens
+// when every live thread of its scope (warp or block) waits at it. If every live thread waits
+// and no barrier can open, the kernel has a barrier that some threads never reach: on a GPU
+// that hangs or corrupts, here it is reported.
+#include "fiber.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <ucontext.h>
+
+#include <string>
+#include <vector>
+
+#include "include/cuda_emu.h"
+
+namespace emu {
+
+enum State { READY, WAIT_BLOCK, WAIT_WARP, DONE };
+
+struct Fiber {
+    ucontext_t ctx;
+    uint3 tid;
+    int linear;
+    State state;
+    char* stack;
+};
+
+static const size_t STACK_BYTES = 256 << 10;
+
+thread_local uint3 block_idx, block_dim, grid_dim;
+thread_local Fiber* current;
+
+namespace {
+struct Runner {
+    ucontext_t sched;
+    std::vector<Fiber> fibers;
+    std::vector<char*> stacks;
+    std::vector<uint64_t> slots;  // 32 per warp
+    std::vector<char> smem;
+    void (*body)(void*) = nullptr;
+    void* params = nullptr;
+    ~Runner() {
+        for (char* s : stacks) free(s);
+    }
+};
+thread_local Runner runner;
+
+void trampoline() {
+    Fiber* f = current;
+    runner.body(runner.params);
+    f->state = DONE;
+    // uc_link returns to the scheduler.
+}
+
+void yield() { swapcontext(&current->ctx, &runner.sched); }
+}  // namespace
+
+const uint3& thread_idx() { return current->tid; }
+int lane_id() { return current->linear & 31; }
+int warp_id() { return current->linear >> 5; }
+void sync_block() {
+    current->state = WAIT_BLOCK;
+    yield();
+}
+void sync_warp() {
+    current->state = WAIT_WARP;
+    yield();
+}
+void* dynamic_smem() { return runner.smem.data(); }
+uint64_t* warp_slots() { return &runner.slots[(size_t)warp_id() * 32]; }
+
+std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block, size_t smem_bytes) {
+    Runner& r = runner;
+    size_t n = (size_t)block.x * block.y * block.z;
+    while (r.stacks.size() < n) {
+        char* s = (char*)malloc(STACK_BYTES);
+        if (!s) return "out of host memory for fiber stacks";
+        r.stacks.push_back(s);
+    }
+    r.fibers.assign(n, Fiber());
+    r.slots.assign(((n + 31) / 32) * 32, 0);
+    r.body = body;
+    r.params = params;
+    grid_dim = grid;
+    block_dim = block;
+    size_t warps = (n + 31) / 32;
+    for (unsigned bz = 0; bz < grid.z; bz++)
+        for (unsigned by = 0; by < grid.y; by++)
+            for (unsigned bx = 0; bx < grid.x; bx++) {
+                block_idx = uint3{bx, by, bz};
+                // Fresh shared memory per block, filled with a pattern (reading shared memory
+                // before writing it is a bug; NaN-like bytes make it show).
+                r.smem.assign(smem_bytes + 16, (char)0xff);
+                for (size_t i = 0; i < n; i++) {
+                    Fiber& f = r.fibers[i];
+                    f.linear = (int)i;
+                    f.tid = uint3{(unsigned)(i % block.x), (unsigned)((i / block.x) % block.y), (unsigned)(i / ((size_t)block.x * block.y))};
+                    f.state = READY;
+                    f.stack = r.stacks[i];
+                    getcontext(&f.ctx);
+                    f.ctx.uc_stack.ss_sp = f.stack;
+                    f.ctx.uc_stack.ss_size = STACK_BYTES;
+                    f.ctx.uc_link = &r.sched;
+                    makecontext(&f.ctx, trampoline, 0);
+                }
+                for (;;) {
+                    for (size_t i = 0; i < n; i++) {
+                        if (r.fibers[i].state != READY) continue;
+                        current = &r.fibers[i];
+                        swapcontext(&r.sched, &current->ctx);
+                    }
+                    current = nullptr;
+                    // Open every warp barrier whose live lanes all wait at it.
+                    bool opened = false, any_live = false, all_block = true;
+                    for (size_t w = 0; w < warps; w++) {
+                        size_t lo = w * 32, hi = lo + 32 < n ? lo + 32 : n;
+                        bool live = false, all_warp = true;
+                        for (size_t i = lo; i < hi; i++) {
+                            State s = r.fibers[i].state;
+                            if (s == DONE) continue;
+                            live = true;
+                            if (s != WAIT_WARP) all_warp = false;
+                            if (s != WAIT_BLOCK) all_block = false;
+                        }
+                        any_live |= live;
+                        if (live && all_warp) {
+                            for (size_t i = lo; i < hi; i++)
+                                if (r.fibers[i].state == WAIT_WARP) r.fibers[i].state = READY;
+                            opened = true;
+                        }
+                    }
+                    if (!any_live) break;
+                    if (opened) continue;
+                    if (all_block) {
+                        for (size_t i = 0; i < n; i++)
+                            if (r.fibers[i].state == WAIT_BLOCK) r.fibers[i].state = READY;
+                        continue;
+                    }
+                    char msg[200];
+                    snprintf(msg, sizeof msg, "barrier deadlock in block (%u, %u, %u): some threads wait at __syncthreads, others at a warp barrier",
+                             bx, by, bz);
+                    return msg;
+                }
+            }
+    return "";
+}
+
+}  // namespace emu

@@ -1,0 +1,12 @@
+// Runs a kernel body over a grid, one block at a time, the block's threads as fibers.
+#pragma once
+#include <stddef.h>
+
+#include <string>
+
+#include "include/cuda_emu.h"
+
+namespace emu {
+// Returns "" on success, else what went wrong (a barrier deadlock).
+std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block, size_t smem_bytes);
+}  // namespace emu
