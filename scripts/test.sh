@@ -10,3 +10,4 @@ cargo test --release --features cuda
 cargo clippy --all-targets -- -D warnings
 cargo clippy --all-targets --all-features -- -D warnings
 cargo bench --features cuda --no-run
+scripts/emu-test.sh

@@ -46,6 +46,10 @@ impl Runner {
     /// and from memory at least once) gives the rate in the summary line.
     pub fn run(&mut self, name: &str, flops: Option<f64>, bytes: Option<f64>, mut f: impl FnMut()) {
         let dev = self.dev.clone();
+        // CASCADE_SHAPES picks table rows by name, as in the GPU tests.
+        if !cascade::testing::shape_wanted(name) {
+            return;
+        }
         if std::env::var_os("CASCADE_BENCH_ONCE").is_some() {
             // One call, synchronised: for compute-sanitizer runs, where speed means nothing.
             f();

@@ -14,12 +14,53 @@
 
 #include "include/cuda_emu.h"
 
+// Switching between fibers. On x86-64 a few instructions that save the callee-saved registers
+// and the FP control words (glibc's swapcontext also saves the signal mask, a system call per
+// switch, which made it most of the emulator's time); ucontext elsewhere.
+#if defined(__x86_64__)
+extern "C" void emu_switch(void** save_sp, void* load_sp);
+extern "C" void emu_fiber_entry();
+asm(R"(
+    .text
+    .globl emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+#define EMU_ASM_SWITCH 1
+#endif
+
 namespace emu {
 
 enum State { READY, WAIT_BLOCK, WAIT_WARP, DONE };
 
 struct Fiber {
+#if EMU_ASM_SWITCH
+    void* sp;
+#else
     ucontext_t ctx;
+#endif
     uint3 tid;
     int linear;
     State state;
@@ -33,7 +74,11 @@ thread_local Fiber* current;
 
 namespace {
 struct Runner {
+#if EMU_ASM_SWITCH
+    void* sched_sp;
+#else
     ucontext_t sched;
+#endif
     std::vector<Fiber> fibers;
     std::vector<char*> stacks;
     std::vector<uint64_t> slots;  // 32 per warp
@@ -46,14 +91,39 @@ struct Runner {
 };
 thread_local Runner runner;
 
+#if EMU_ASM_SWITCH
+void yield() { emu_switch(&current->sp, runner.sched_sp); }
+void resume(Fiber* f) { emu_switch(&runner.sched_sp, f->sp); }
+void start(Fiber* f) {
+    // A stack that emu_switch can "return" into: the FP control words, six zeroed registers,
+    // then the entry point as the return address, aligned as if the entry had been called.
+    uint64_t mxcsr_fpucw[1];
+    asm volatile("stmxcsr (%0)\n fnstcw 4(%0)" : : "r"(mxcsr_fpucw) : "memory");
+    uintptr_t top = ((uintptr_t)f->stack + STACK_BYTES) & ~(uintptr_t)15;
+    uint64_t* sp = (uint64_t*)top;
+    *--sp = 0;  // padding: at the entry rsp % 16 == 8, as after a call
+    *--sp = (uint64_t)(uintptr_t)emu_fiber_entry;
+    for (int i = 0; i < 6; i++) *--sp = 0;
+    *--sp = mxcsr_fpucw[0];
+    f->sp = sp;
+}
+#else
 void trampoline() {
     Fiber* f = current;
     runner.body(runner.params);
     f->state = DONE;
     // uc_link returns to the scheduler.
 }
-
 void yield() { swapcontext(&current->ctx, &runner.sched); }
+void resume(Fiber* f) { swapcontext(&runner.sched, &f->ctx); }
+void start(Fiber* f) {
+    getcontext(&f->ctx);
+    f->ctx.uc_stack.ss_sp = f->stack;
+    f->ctx.uc_stack.ss_size = STACK_BYTES;
+    f->ctx.uc_link = &runner.sched;
+    makecontext(&f->ctx, trampoline, 0);
+}
+#endif
 }  // namespace
 
 const uint3& thread_idx() { return current->tid; }
@@ -98,17 +168,13 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
                     f.tid = uint3{(unsigned)(i % block.x), (unsigned)((i / block.x) % block.y), (unsigned)(i / ((size_t)block.x * block.y))};
                     f.state = READY;
                     f.stack = r.stacks[i];
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = f.stack;
-                    f.ctx.uc_stack.ss_size = STACK_BYTES;
-                    f.ctx.uc_link = &r.sched;
-                    makecontext(&f.ctx, trampoline, 0);
+                    start(&f);
                 }
                 for (;;) {
                     for (size_t i = 0; i < n; i++) {
                         if (r.fibers[i].state != READY) continue;
                         current = &r.fibers[i];
-                        swapcontext(&r.sched, &current->ctx);
+                        resume(current);
                     }
                     current = nullptr;
                     // Open every warp barrier whose live lanes all wait at it.
@@ -147,3 +213,14 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
 }
 
 }  // namespace emu
+
+#if EMU_ASM_SWITCH
+// Where a new fiber starts: run the kernel body, then hand back to the scheduler for good.
+extern "C" void emu_fiber_entry() {
+    emu::Fiber* f = emu::current;
+    emu::runner.body(emu::runner.params);
+    f->state = emu::DONE;
+    emu_switch(&f->sp, emu::runner.sched_sp);
+    __builtin_unreachable();
+}
+#endif
