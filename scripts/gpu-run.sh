@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, as gpu-bundle/run.sh (see
 # scripts/gpu-bundle.sh). Every test binary runs with --include-ignored (so the GPU tests run),
-# then every bench in its short mode; with SANITIZE=1, compute-sanitizer's memcheck and
-# racecheck run over the kernel tests. Prints the GPU's name and a summary table last; exits
+# then every bench in its short mode; with SANITIZE=1, compute-sanitizer's memcheck, racecheck
+# and initcheck run over the kernel tests and one step of Stage C lite and Stage B lite. Prints the GPU's name and a summary table last; exits
 # non-zero on any failure.
 #   BENCH=0  skip the benches        TESTS=0  skip the tests      SANITIZE=1  add the sanitizer
 #   FIDELITY=1  full-size fidelity against diffusers (tools/gpu/fidelity.py, a few minutes)
@@ -47,21 +47,26 @@ if [ "${TESTS:-1}" = 1 ]; then
     done
 fi
 
-if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+if [ "${SANITIZE:-0}" = 1 ] && ! command -v compute-sanitizer >/dev/null; then
+    failed=1
+    rows+=("sanitize                     FAIL compute-sanitizer is not on PATH")
+elif [ "${SANITIZE:-0}" = 1 ]; then
     # The kernel tests on the small odd shapes (SANITIZE_SHAPES=… picks others: the sanitizer is
-    # slow on the real sizes),
-    # then one graph-replayed step of each stage (the stages bench, each case run once).
-    for tool in memcheck racecheck; do
+    # slow on the real sizes), then one graph-replayed step of each stage (the stages bench,
+    # each case run once), under memcheck, racecheck and initcheck.
+    for tool in memcheck racecheck initcheck; do
         CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=1 > "$logs/sanitize-$tool.log" 2>&1
         rc=$?
         summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$logs/sanitize-$tool.log" | tail -n 1)
         [ $rc -eq 0 ] || failed=1
         rows+=("$(printf '%-28s %-4s %s' "sanitize-$tool kernels" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$summary")")
     done
-    CASCADE_BENCH_ONCE=1 CASCADE_BENCH_STAGES=${SANITIZE_STAGES:-stage_c_lite,stage_b_lite} compute-sanitizer --tool memcheck --error-exitcode 9 "$bundle/benches/stages" --bench > "$logs/sanitize-stages.log" 2>&1
-    rc=$?
-    [ $rc -eq 0 ] || failed=1
-    rows+=("$(printf '%-28s %-4s %s' "sanitize-memcheck stages" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$(grep -E "ERROR SUMMARY" "$logs/sanitize-stages.log" | tail -n 1)")")
+    for tool in memcheck racecheck initcheck; do
+        CASCADE_BENCH_ONCE=1 CASCADE_BENCH_STAGES=${SANITIZE_STAGES:-stage_c_lite,stage_b_lite} compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/benches/stages" --bench > "$logs/sanitize-$tool-stages.log" 2>&1
+        rc=$?
+        [ $rc -eq 0 ] || failed=1
+        rows+=("$(printf '%-28s %-4s %s' "sanitize-$tool stages" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$logs/sanitize-$tool-stages.log" | tail -n 1)")")
+    done
 fi
 
 if [ "${BENCH:-1}" = 1 ]; then

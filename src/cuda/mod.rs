@@ -196,6 +196,11 @@ impl CudaDevice {
         self.stream.synchronize().map_err(|e| driver_err("stream synchronize", e))
     }
 
+    /// An event recorded on the stream after the work queued so far (no timing: cheaper).
+    pub fn marker(&self) -> Result<cudarc::driver::CudaEvent> {
+        self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(|e| driver_err("recording an event", e))
+    }
+
     /// Allocates `bytes` of uninitialised device memory.
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<CudaBuffer> {
         // A zero-byte allocation is legal for the driver, but round up so that every buffer

@@ -65,6 +65,19 @@ impl Device {
         }
     }
 
+    /// A marker after the work queued so far: [`Marker::wait`] returns once that work is done,
+    /// without waiting for anything queued later (on the CPU, work is done when queued).
+    pub fn marker(&self) -> Result<Marker> {
+        match self {
+            Device::Cpu => Ok(Marker {
+                #[cfg(feature = "cuda")]
+                event: None,
+            }),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => d.marker().map(|e| Marker { event: Some(e) }),
+        }
+    }
+
     /// The CUDA device, or an error naming `what` needs one.
     #[cfg(feature = "cuda")]
     pub fn as_cuda(&self, what: &str) -> Result<&Arc<crate::cuda::CudaDevice>> {
@@ -83,5 +96,22 @@ impl Device {
             #[cfg(feature = "cuda")]
             _ => false,
         }
+    }
+}
+
+/// A point in a device's queue of work (a CUDA event on a GPU); see [`Device::marker`].
+pub struct Marker {
+    #[cfg(feature = "cuda")]
+    event: Option<cudarc::driver::CudaEvent>,
+}
+
+impl Marker {
+    /// Blocks until the work queued before the marker has finished; surfaces its errors.
+    pub fn wait(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(e) = &self.event {
+            return e.synchronize().map_err(|e| crate::cuda::driver_err("waiting for queued work", e));
+        }
+        Ok(())
     }
 }
