@@ -139,6 +139,9 @@ fn main() {
                 r.run(&format!("attention_tc/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
                     ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::TensorCore, &mut o).unwrap()
                 });
+                r.run(&format!("attention_mma/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
+                    ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma, &mut o).unwrap()
+                });
             }
         }
     }

@@ -197,3 +197,140 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
         for (int c = half * 32; c < half * 32 + 32; c++) orow[c] = __float2bfloat16_rn(sbuf[warp][row][c] * inv);
     }
 }
+
+// ---- Tensor-core version with register-resident softmax (mma.sync; bf16, no mask) -----------
+// Four warps per block, 16 query rows each (64 queries per block); K and V stream through
+// shared memory in tiles of 64 keys. Each warp keeps Q, the scores S = Q·Kᵀ, the probabilities P
+// and the output O in registers: the accumulator layout of S·(16 × 8 keys) is exactly the A
+// layout P needs for O += P·V, so nothing round-trips through shared memory (unlike the WMMA
+// kernel above, whose fragment layout is opaque). V is stored transposed in shared memory so that
+// each B fragment is one 32-bit read. The online softmax runs in base 2 with the scale folded in;
+// each lane holds two rows (g and g + 8) and shares their maxima with the three other lanes of its
+// group. The launcher requires 16-byte aligned q, k, v, o and strides that are multiples of 8.
+#define MMA_WARPS 4
+#define MMA_KT 64
+#define MMA_LD 72  // bf16 pitch of the shared tiles (36 words: conflict-free fragment reads)
+
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(AttentionParams p) {
+    __shared__ __align__(16) bf16 ks[MMA_KT][MMA_LD];       // [key][dim]
+    __shared__ __align__(16) bf16 vt[HEAD_DIM][MMA_LD];     // [dim][key]
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int q0 = blockIdx.x * (MMA_WARPS * 16) + warp * 16;
+    const float scale = p.scale * 1.4426950408889634f;  // scores in base 2
+
+    // Q fragments for this warp's 16 rows (rows past Lq read as zeros and are never stored).
+    uint32_t qa[HEAD_DIM / 16][4];
+    {
+        const bf16* q = (const bf16*)p.q + ((int64_t)b * p.Lq) * p.q_stride + h * HEAD_DIM;
+        const int r0 = q0 + g, r1 = q0 + g + 8;
+        for (int kc = 0; kc < HEAD_DIM / 16; kc++) {
+            const int d0 = kc * 16 + 2 * t, d1 = d0 + 8;
+            qa[kc][0] = r0 < p.Lq ? *(const uint32_t*)(q + (int64_t)r0 * p.q_stride + d0) : 0u;
+            qa[kc][1] = r1 < p.Lq ? *(const uint32_t*)(q + (int64_t)r1 * p.q_stride + d0) : 0u;
+            qa[kc][2] = r0 < p.Lq ? *(const uint32_t*)(q + (int64_t)r0 * p.q_stride + d1) : 0u;
+            qa[kc][3] = r1 < p.Lq ? *(const uint32_t*)(q + (int64_t)r1 * p.q_stride + d1) : 0u;
+        }
+    }
+    float o[HEAD_DIM / 8][4];
+    for (int nd = 0; nd < HEAD_DIM / 8; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY;  // running maxima of rows g and g + 8 (base 2)
+    float l0 = 0.f, l1 = 0.f;              // this lane's part of the running sums
+
+    const bf16* kbase = (const bf16*)p.k + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
+    const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
+    for (int k0 = 0; k0 < p.Lk; k0 += MMA_KT) {
+        __syncthreads();  // the previous tile is no longer read
+        // 64 keys × 64 dims of K and of V: 512 pieces of 8 bf16 each, four per thread.
+        for (int e = threadIdx.x; e < MMA_KT * HEAD_DIM / 8; e += MMA_WARPS * 32) {
+            const int j = e >> 3, d = (e & 7) * 8, kj = k0 + j;
+            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
+            if (kj < p.Lk) {
+                kv = *(const uint4*)(kbase + (int64_t)kj * p.kv_stride + d);
+                vv = *(const uint4*)(vbase + (int64_t)kj * p.kv_stride + d);
+            }
+            *(uint4*)&ks[j][d] = kv;
+            const bf16* vp = (const bf16*)&vv;
+            for (int i = 0; i < 8; i++) vt[d + i][j] = vp[i];
+        }
+        __syncthreads();
+
+        // S = Q·Kᵀ for 64 keys: eight 16 × 8 accumulators.
+        float s[MMA_KT / 8][4];
+        for (int nc = 0; nc < MMA_KT / 8; nc++) {
+            s[nc][0] = s[nc][1] = s[nc][2] = s[nc][3] = 0.f;
+            for (int kc = 0; kc < HEAD_DIM / 16; kc++) {
+                uint32_t kb[2] = {*(const uint32_t*)&ks[nc * 8 + g][kc * 16 + 2 * t], *(const uint32_t*)&ks[nc * 8 + g][kc * 16 + 2 * t + 8]};
+                mma_m16n8k16_bf16(s[nc], qa[kc], kb, s[nc]);
+            }
+        }
+        // Scale, mask keys past Lk, and find the tile's row maxima.
+        float t0 = -INFINITY, t1 = -INFINITY;
+        for (int nc = 0; nc < MMA_KT / 8; nc++) {
+            for (int i = 0; i < 4; i++) {
+                const int key = k0 + nc * 8 + 2 * t + (i & 1);
+                s[nc][i] = key < p.Lk ? s[nc][i] * scale : -INFINITY;
+            }
+            t0 = fmaxf(t0, fmaxf(s[nc][0], s[nc][1]));
+            t1 = fmaxf(t1, fmaxf(s[nc][2], s[nc][3]));
+        }
+        for (int off = 1; off < 4; off <<= 1) {
+            t0 = fmaxf(t0, __shfl_xor_sync(0xffffffff, t0, off));
+            t1 = fmaxf(t1, __shfl_xor_sync(0xffffffff, t1, off));
+        }
+        // Every tile holds at least one key < Lk, so the new maxima are finite.
+        const float n0 = fmaxf(m0, t0), n1 = fmaxf(m1, t1);
+        const float c0 = exp2f(m0 - n0), c1 = exp2f(m1 - n1);
+        m0 = n0;
+        m1 = n1;
+        l0 *= c0;
+        l1 *= c1;
+        for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
+            o[nd][0] *= c0;
+            o[nd][1] *= c0;
+            o[nd][2] *= c1;
+            o[nd][3] *= c1;
+        }
+        // P = 2^(S − max) as bf16 A fragments; the sums add what P·V will use (the rounded P).
+        uint32_t pa[MMA_KT / 16][4];
+        for (int kc = 0; kc < MMA_KT / 16; kc++) {
+            float e[8];
+            for (int i = 0; i < 4; i++) {
+                e[i] = exp2f(s[2 * kc][i] - (i < 2 ? n0 : n1));
+                e[4 + i] = exp2f(s[2 * kc + 1][i] - (i < 2 ? n0 : n1));
+            }
+            pa[kc][0] = pack_bf16x2(e[0], e[1]);
+            pa[kc][1] = pack_bf16x2(e[2], e[3]);
+            pa[kc][2] = pack_bf16x2(e[4], e[5]);
+            pa[kc][3] = pack_bf16x2(e[6], e[7]);
+            for (int r = 0; r < 4; r++) {
+                const float lo = __bfloat162float(__ushort_as_bfloat16((unsigned short)(pa[kc][r] & 0xffffu)));
+                const float hi = __bfloat162float(__ushort_as_bfloat16((unsigned short)(pa[kc][r] >> 16)));
+                if (r & 1) l1 += lo + hi;
+                else l0 += lo + hi;
+            }
+        }
+        // O += P·V: eight 16 × 8 output blocks over the tile's four 16-key chunks.
+        for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
+            for (int kc = 0; kc < MMA_KT / 16; kc++) {
+                uint32_t vb[2] = {*(const uint32_t*)&vt[nd * 8 + g][kc * 16 + 2 * t], *(const uint32_t*)&vt[nd * 8 + g][kc * 16 + 2 * t + 8]};
+                mma_m16n8k16_bf16(o[nd], pa[kc], vb, o[nd]);
+            }
+        }
+    }
+
+    // Full row sums from the group's four lanes, then O / l as bf16 pairs.
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffff, l0, off);
+        l1 += __shfl_xor_sync(0xffffffff, l1, off);
+    }
+    const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    bf16* out = (bf16*)p.o + ((int64_t)b * p.Lq) * p.o_stride + h * HEAD_DIM;
+    const int r0 = q0 + g, r1 = q0 + g + 8;
+    for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
+        const int d = nd * 8 + 2 * t;
+        if (r0 < p.Lq) *(uint32_t*)(out + (int64_t)r0 * p.o_stride + d) = pack_bf16x2(o[nd][0] * i0, o[nd][1] * i0);
+        if (r1 < p.Lq) *(uint32_t*)(out + (int64_t)r1 * p.o_stride + d) = pack_bf16x2(o[nd][2] * i1, o[nd][3] * i1);
+    }
+}

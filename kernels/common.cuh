@@ -67,3 +67,27 @@ __device__ __forceinline__ void row_mean_rstd(const float* row, int C, float eps
 
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 __device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
+
+// One warp-wide tensor-core product D = A·B + C, m16n8k16, bf16 inputs, f32 accumulators, in
+// the PTX ISA's fragment layouts (groupID g = lane / 4, t = lane % 4; in each 32-bit register
+// the lower-indexed bf16 sits in the low half):
+//   A 16×16 (row-major): a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]
+//   B 16×8 (k × n):      b[0] = B[2t..2t+1][g], b[1] = B[2t+8..2t+9][g]
+//   C, D 16×8:           c[0], c[1] = C[g][2t], C[g][2t+1]; c[2], c[3] = C[g+8][2t], C[g+8][2t+1]
+// The CPU emulator (tools/emu) implements the same layouts from the same description.
+__device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+#ifdef CASCADE_EMU
+    emu_mma_m16n8k16_bf16(d, a, b, c);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#endif
+}
+
+// Two floats as a bf16 pair in one register (lo in the low half), rounded to nearest even.
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    uint32_t l = __bfloat16_as_ushort(__float2bfloat16_rn(lo)), h = __bfloat16_as_ushort(__float2bfloat16_rn(hi));
+    return l | (h << 16);
+}

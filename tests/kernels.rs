@@ -318,7 +318,11 @@ fn attention_kernel() {
             let mask = Tensor::from_f32(&mv, &[s.b, s.lk], DType::F32, &dev).unwrap();
             let m = if s.masked { AttentionMask::CausalPadding(&mask) } else { AttentionMask::None };
             let kernels: &[(ops::AttentionKernel, &str)] = if dtype == DType::BF16 && !s.masked {
-                &[(ops::AttentionKernel::Simple, "attention"), (ops::AttentionKernel::TensorCore, "attention_tc")]
+                &[
+                    (ops::AttentionKernel::Simple, "attention"),
+                    (ops::AttentionKernel::TensorCore, "attention_tc"),
+                    (ops::AttentionKernel::Mma, "attention_mma"),
+                ]
             } else {
                 &[(ops::AttentionKernel::Simple, "attention")]
             };

@@ -49,6 +49,7 @@ pub struct CudaDevice {
     allow_tf32: std::sync::atomic::AtomicBool,
     memory: Arc<MemStats>,
     tensor_core_attention: std::sync::atomic::AtomicBool,
+    mma_attention: std::sync::atomic::AtomicBool,
 }
 
 /// Bytes held by the engine's own device buffers (current and peak since the last reset).
@@ -120,9 +121,13 @@ impl CudaDevice {
             allow_tf32: false.into(),
             memory: Arc::default(),
             tensor_core_attention: false.into(),
+            mma_attention: false.into(),
         });
-        let ok = check_tensor_core_attention(&dev);
+        use crate::ops::AttentionKernel;
+        let ok = check_attention_kernel(&dev, AttentionKernel::TensorCore, "tensor-core (WMMA)");
         dev.tensor_core_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+        let ok = check_attention_kernel(&dev, AttentionKernel::Mma, "tensor-core (mma.sync)");
+        dev.mma_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
         Ok(dev)
     }
 
@@ -165,6 +170,12 @@ impl CudaDevice {
     /// was opened (if not, attention falls back to the CUDA-core kernel).
     pub fn tensor_core_attention(&self) -> bool {
         self.tensor_core_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the mma.sync attention kernel agreed with the CUDA-core one when the device was
+    /// opened.
+    pub fn mma_attention(&self) -> bool {
+        self.mma_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether f32 GEMMs may use TF32.
@@ -325,9 +336,9 @@ pub fn is_available() -> bool {
     present && CudaContext::device_count().is_ok_and(|n| n > 0)
 }
 
-/// Runs the tensor-core attention kernel once beside the CUDA-core kernel on a small problem
-/// with odd sizes; a disagreement disables it with a warning rather than giving wrong images.
-fn check_tensor_core_attention(dev: &Arc<CudaDevice>) -> bool {
+/// Runs a tensor-core attention kernel once beside the CUDA-core kernel on a small problem with
+/// odd sizes; a disagreement disables it with a warning rather than giving wrong images.
+fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKernel, what: &str) -> bool {
     use crate::ops::{attention_into_with, AttentionKernel, AttentionMask};
     use crate::{DType, Device, Tensor};
     let device = Device::Cuda(dev.clone());
@@ -337,10 +348,10 @@ fn check_tensor_core_attention(dev: &Arc<CudaDevice>) -> bool {
         let mut t = |l: usize| Tensor::from_f32(&rng.normal(b * l * heads * 64, 1.0), &[b, l, heads * 64], DType::BF16, &device);
         let (q, k, v) = (t(lq)?, t(lk)?, t(lk)?);
         let mut simple = Tensor::empty(&[b, lq, heads * 64], DType::BF16, &device)?;
-        let mut tc = Tensor::empty(&[b, lq, heads * 64], DType::BF16, &device)?;
+        let mut fast = Tensor::empty(&[b, lq, heads * 64], DType::BF16, &device)?;
         attention_into_with(&q, &k, &v, heads, 0.125, AttentionMask::None, AttentionKernel::Simple, &mut simple)?;
-        attention_into_with(&q, &k, &v, heads, 0.125, AttentionMask::None, AttentionKernel::TensorCore, &mut tc)?;
-        let (a, b) = (simple.to_vec_f32()?, tc.to_vec_f32()?);
+        attention_into_with(&q, &k, &v, heads, 0.125, AttentionMask::None, kernel, &mut fast)?;
+        let (a, b) = (simple.to_vec_f32()?, fast.to_vec_f32()?);
         if b.iter().any(|x| !x.is_finite()) {
             return Ok(f64::INFINITY);
         }
@@ -349,14 +360,14 @@ fn check_tensor_core_attention(dev: &Arc<CudaDevice>) -> bool {
     match run() {
         Ok(err) if err < 2e-2 => true,
         Ok(err) => {
-            eprintln!("warning: the tensor-core attention kernel disagrees with the reference kernel on {} (relative error {err:.2e}); using the CUDA-core kernel", dev.name);
+            eprintln!(
+                "warning: the {what} attention kernel disagrees with the reference kernel on {} (relative error {err:.2e}); not using it",
+                dev.name
+            );
             false
         }
         Err(e) => {
-            eprintln!(
-                "warning: the tensor-core attention kernel failed its start-up check on {} ({e}); using the CUDA-core kernel",
-                dev.name
-            );
+            eprintln!("warning: the {what} attention kernel failed its start-up check on {} ({e}); not using it", dev.name);
             false
         }
     }

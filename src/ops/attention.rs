@@ -20,14 +20,18 @@ pub enum AttentionMask<'a> {
 /// Which GPU kernel runs attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// The tensor-core kernel for bf16 without a mask (Stage B and C), the CUDA-core kernel
-    /// otherwise; `CASCADE_ATTENTION=simple` in the environment forces the CUDA-core one, and so
-    /// does a failed start-up check of the tensor-core kernel on this device.
+    /// For bf16 without a mask (Stage B and C): the mma.sync kernel where its operands are
+    /// 16-byte aligned, else the WMMA kernel; the CUDA-core kernel otherwise. A tensor-core
+    /// kernel that failed its start-up check on this device is skipped.
+    /// `CASCADE_ATTENTION=simple|wmma|mma` in the environment picks one.
     Auto,
     /// The CUDA-core kernel (one thread per query; any dtype, masks).
     Simple,
-    /// The tensor-core kernel (WMMA; bf16, no mask).
+    /// The tensor-core kernel through WMMA (bf16, no mask; shared-memory softmax).
     TensorCore,
+    /// The tensor-core kernel through mma.sync (bf16, no mask; softmax in registers; operands
+    /// 16-byte aligned with strides a multiple of 8).
+    Mma,
 }
 
 /// `o = softmax(q·kᵀ·scale)·v` per head. `q [B, Lq, H·64]`, `k`/`v [B, Lk, H·64]`, `o [B, Lq, H·64]`.
@@ -96,21 +100,38 @@ pub fn attention_into_with(
                 scale,
             };
             let tc_ok = q.dtype() == DType::BF16 && !causal;
-            let use_tc = match kernel {
-                AttentionKernel::Auto => {
-                    tc_ok && dev.tensor_core_attention() && std::env::var("CASCADE_ATTENTION").map_or(true, |v| v != "simple")
+            // The mma kernel moves 16 bytes (8 bf16) per load and 4 per store.
+            let aligned = [p.q as u64, p.k as u64, p.v as u64, p.o as u64].iter().all(|a| a % 16 == 0) && c % 8 == 0;
+            let forced = std::env::var("CASCADE_ATTENTION").ok();
+            let chosen = match kernel {
+                AttentionKernel::Auto if !tc_ok => AttentionKernel::Simple,
+                AttentionKernel::Auto => match forced.as_deref() {
+                    Some("simple") => AttentionKernel::Simple,
+                    Some("wmma") => AttentionKernel::TensorCore,
+                    Some("mma") if aligned => AttentionKernel::Mma,
+                    _ if aligned && dev.mma_attention() => AttentionKernel::Mma,
+                    _ if dev.tensor_core_attention() => AttentionKernel::TensorCore,
+                    _ => AttentionKernel::Simple,
+                },
+                AttentionKernel::TensorCore | AttentionKernel::Mma if !tc_ok => {
+                    return Err(Error::Shape("attention: the tensor-core kernels take bf16 without a mask".into()))
                 }
-                AttentionKernel::Simple => false,
-                AttentionKernel::TensorCore if tc_ok => true,
-                AttentionKernel::TensorCore => {
-                    return Err(Error::Shape("attention: the tensor-core kernel takes bf16 without a mask".into()))
+                AttentionKernel::Mma if !aligned => {
+                    return Err(Error::Shape("attention: the mma kernel needs 16-byte aligned operands and rows".into()))
                 }
+                other => other,
             };
-            if use_tc {
-                dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
-            } else {
-                let f = super::kernel("attention", q.dtype(), &kt.attention_f32, &kt.attention_bf16)?;
-                dev.launch(f, (lq.div_ceil(128) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
+            match chosen {
+                AttentionKernel::Mma => {
+                    dev.launch(&kt.attention_mma_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
+                }
+                AttentionKernel::TensorCore => {
+                    dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
+                }
+                _ => {
+                    let f = super::kernel("attention", q.dtype(), &kt.attention_f32, &kt.attention_bf16)?;
+                    dev.launch(f, (lq.div_ceil(128) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
+                }
             }
         }
     }

@@ -13,7 +13,7 @@ EMU = os.path.join(ROOT, "tools", "emu")
 OUT = os.path.join(ROOT, "target", "emu")
 KERNELS = os.path.join(ROOT, "kernels")
 CXX = os.environ.get("CXX", "g++")
-FLAGS = ["-std=c++17", "-O2", "-g", "-fPIC", "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unknown-pragmas"]
+FLAGS = ["-std=c++17", "-O2", "-g", "-fPIC", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unknown-pragmas"]
 
 ENTRY = re.compile(r'^extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\((\w+) \w+\)')
 DYN_SMEM = re.compile(r"extern __shared__ (\w+) (\w+)\[\];")

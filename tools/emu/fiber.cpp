@@ -82,6 +82,7 @@ struct Runner {
     std::vector<Fiber> fibers;
     std::vector<char*> stacks;
     std::vector<uint64_t> slots;  // 32 per warp
+    std::vector<char> fragments;  // 32 × 64 bytes per warp
     std::vector<char> smem;
     void (*body)(void*) = nullptr;
     void* params = nullptr;
@@ -139,6 +140,7 @@ void sync_warp() {
 }
 void* dynamic_smem() { return runner.smem.data(); }
 uint64_t* warp_slots() { return &runner.slots[(size_t)warp_id() * 32]; }
+void* warp_fragments() { return &runner.fragments[(size_t)warp_id() * 32 * 64]; }
 
 std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block, size_t smem_bytes) {
     Runner& r = runner;
@@ -150,6 +152,7 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
     }
     r.fibers.assign(n, Fiber());
     r.slots.assign(((n + 31) / 32) * 32, 0);
+    r.fragments.assign(((n + 31) / 32) * 32 * 64, 0);
     r.body = body;
     r.params = params;
     grid_dim = grid;

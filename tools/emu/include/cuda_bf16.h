@@ -25,3 +25,9 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     return h;
 }
 inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.x; }
+inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) {
+    __nv_bfloat16 h;
+    h.x = u;
+    return h;
+}

@@ -14,6 +14,10 @@
 struct uint3 {
     unsigned x, y, z;
 };
+struct __attribute__((aligned(16))) uint4 {
+    unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 
 namespace emu {
 struct Fiber;
@@ -28,6 +32,8 @@ void sync_warp();
 void* dynamic_smem();
 // 32 slots of 8 bytes for the current warp's shuffle exchange.
 uint64_t* warp_slots();
+// 32 slots of 64 bytes for the current warp's matrix-fragment exchange.
+void* warp_fragments();
 }  // namespace emu
 
 #define threadIdx (emu::thread_idx())
@@ -97,4 +103,57 @@ template <typename T> inline T atomicAdd(T* p, T v) {
     T old = *p;
     *p = old + v;
     return old;
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, with the fragment layouts of the PTX ISA
+// (groupID = lane / 4, t = lane % 4; the lower-indexed element in a register's low half):
+//   A 16×16: a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..), a[3] = (g+8, 2t+8..)
+//   B 16×8 (k × n): b[0] = (k 2t..2t+1, n g), b[1] = (k 2t+8..2t+9, n g)
+//   C, D 16×8: c[0..1] = (g, 2t..2t+1), c[2..3] = (g+8, 2t..2t+1)
+// Every lane posts its fragments, every lane then computes its own four outputs.
+inline float emu_bf16_lo(uint32_t r) {
+    uint32_t u = r << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline float emu_bf16_hi(uint32_t r) {
+    uint32_t u = r & 0xffff0000u;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline void emu_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    struct Frag {
+        uint32_t a[4], b[2];
+        float c[4];
+    };
+    static_assert(sizeof(Frag) <= 64, "fragment slot");
+    Frag* x = (Frag*)emu::warp_fragments();
+    int lane = emu::lane_id();
+    memcpy(x[lane].a, a, 16);
+    memcpy(x[lane].b, b, 8);
+    memcpy(x[lane].c, c, 16);
+    emu::sync_warp();
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; l++) {
+        int g = l >> 2, t = l & 3;
+        const Frag& f = x[l];
+        A[g][2 * t] = emu_bf16_lo(f.a[0]), A[g][2 * t + 1] = emu_bf16_hi(f.a[0]);
+        A[g + 8][2 * t] = emu_bf16_lo(f.a[1]), A[g + 8][2 * t + 1] = emu_bf16_hi(f.a[1]);
+        A[g][2 * t + 8] = emu_bf16_lo(f.a[2]), A[g][2 * t + 9] = emu_bf16_hi(f.a[2]);
+        A[g + 8][2 * t + 8] = emu_bf16_lo(f.a[3]), A[g + 8][2 * t + 9] = emu_bf16_hi(f.a[3]);
+        B[2 * t][g] = emu_bf16_lo(f.b[0]), B[2 * t + 1][g] = emu_bf16_hi(f.b[0]);
+        B[2 * t + 8][g] = emu_bf16_lo(f.b[1]), B[2 * t + 9][g] = emu_bf16_hi(f.b[1]);
+    }
+    int g = lane >> 2, t = lane & 3;
+    float out[4];
+    for (int i = 0; i < 4; i++) {
+        int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+        float acc = x[lane].c[i];
+        for (int k = 0; k < 16; k++) acc += A[row][k] * B[k][col];
+        out[i] = acc;
+    }
+    emu::sync_warp();  // every lane has read the posted fragments
+    memcpy(d, out, 16);
 }
