@@ -200,25 +200,43 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
 
 // ---- Tensor-core version with register-resident softmax (mma.sync; bf16, no mask) -----------
 // Four warps per block, 16 query rows each (64 queries per block); K and V stream through
-// shared memory in tiles of 64 keys. Each warp keeps Q, the scores S = Q·Kᵀ, the probabilities P
-// and the output O in registers: the accumulator layout of S·(16 × 8 keys) is exactly the A
-// layout P needs for O += P·V, so nothing round-trips through shared memory (unlike the WMMA
-// kernel above, whose fragment layout is opaque). V is stored transposed in shared memory so that
-// each B fragment is one 32-bit read. The online softmax runs in base 2 with the scale folded in;
-// each lane holds two rows (g and g + 8) and shares their maxima with the three other lanes of its
-// group. The launcher requires 16-byte aligned q, k, v, o and strides that are multiples of 8.
+// shared memory in tiles of 64 keys, double-buffered with cp.async so that tile i + 1 loads while
+// tile i is multiplied. Each warp keeps Q, the scores S = Q·Kᵀ, the probabilities P and the output
+// O in registers: the accumulator layout of S (16 × 8 keys) is exactly the A layout P needs for
+// O += P·V, so nothing round-trips through shared memory (unlike the WMMA kernel above, whose
+// fragment layout is opaque). V's B fragments pair two keys of one dim, gathered with two 16-bit
+// reads (conflict-free at this pitch). The online softmax runs in base 2 with the scale folded
+// in; each lane holds two rows (g and g + 8) and shares their maxima with the three other lanes
+// of its group. The launcher requires 16-byte aligned q, k, v, o and strides that are multiples
+// of 8.
 #define MMA_WARPS 4
 #define MMA_KT 64
 #define MMA_LD 72  // bf16 pitch of the shared tiles (36 words: conflict-free fragment reads)
 
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(AttentionParams p) {
-    __shared__ __align__(16) bf16 ks[MMA_KT][MMA_LD];       // [key][dim]
-    __shared__ __align__(16) bf16 vt[HEAD_DIM][MMA_LD];     // [dim][key]
+    __shared__ __align__(16) bf16 ks[2][MMA_KT][MMA_LD];  // [stage][key][dim]
+    __shared__ __align__(16) bf16 vs[2][MMA_KT][MMA_LD];  // [stage][key][dim]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y;
     const int q0 = blockIdx.x * (MMA_WARPS * 16) + warp * 16;
     const float scale = p.scale * 1.4426950408889634f;  // scores in base 2
+
+    const bf16* kbase = (const bf16*)p.k + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
+    const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
+    // 64 keys × 64 dims of K and of V: 512 pieces of 16 bytes each, four per thread; keys past
+    // Lk are zero-filled.
+    auto load_tile = [&](int stage, int k0) {
+        for (int e = threadIdx.x; e < MMA_KT * HEAD_DIM / 8; e += MMA_WARPS * 32) {
+            const int j = e >> 3, d = (e & 7) * 8, kj = k0 + j;
+            const bool valid = kj < p.Lk;
+            const int64_t off = (int64_t)(valid ? kj : 0) * p.kv_stride + d;
+            cp_async16(&ks[stage][j][d], kbase + off, valid);
+            cp_async16(&vs[stage][j][d], vbase + off, valid);
+        }
+        cp_async_commit();
+    };
+    load_tile(0, 0);
 
     // Q fragments for this warp's 16 rows (rows past Lq read as zeros and are never stored).
     uint32_t qa[HEAD_DIM / 16][4];
@@ -238,30 +256,25 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
     float m0 = -INFINITY, m1 = -INFINITY;  // running maxima of rows g and g + 8 (base 2)
     float l0 = 0.f, l1 = 0.f;              // this lane's part of the running sums
 
-    const bf16* kbase = (const bf16*)p.k + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
-    const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
-    for (int k0 = 0; k0 < p.Lk; k0 += MMA_KT) {
-        __syncthreads();  // the previous tile is no longer read
-        // 64 keys × 64 dims of K and of V: 512 pieces of 8 bf16 each, four per thread.
-        for (int e = threadIdx.x; e < MMA_KT * HEAD_DIM / 8; e += MMA_WARPS * 32) {
-            const int j = e >> 3, d = (e & 7) * 8, kj = k0 + j;
-            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
-            if (kj < p.Lk) {
-                kv = *(const uint4*)(kbase + (int64_t)kj * p.kv_stride + d);
-                vv = *(const uint4*)(vbase + (int64_t)kj * p.kv_stride + d);
-            }
-            *(uint4*)&ks[j][d] = kv;
-            const bf16* vp = (const bf16*)&vv;
-            for (int i = 0; i < 8; i++) vt[d + i][j] = vp[i];
+    const int tiles = (p.Lk + MMA_KT - 1) / MMA_KT;
+    for (int tile = 0; tile < tiles; tile++) {
+        const int stage = tile & 1, k0 = tile * MMA_KT;
+        if (tile + 1 < tiles) {
+            load_tile(stage ^ 1, k0 + MMA_KT);  // its buffer was released by the last barrier
+            cp_async_wait<1>();                 // this tile's group has landed
+        } else {
+            cp_async_wait<0>();
         }
-        __syncthreads();
+        __syncthreads();  // ... for every thread's copies
+        const bf16(*kt)[MMA_LD] = ks[stage];
+        const bf16(*vt)[MMA_LD] = vs[stage];
 
         // S = Q·Kᵀ for 64 keys: eight 16 × 8 accumulators.
         float s[MMA_KT / 8][4];
         for (int nc = 0; nc < MMA_KT / 8; nc++) {
             s[nc][0] = s[nc][1] = s[nc][2] = s[nc][3] = 0.f;
             for (int kc = 0; kc < HEAD_DIM / 16; kc++) {
-                uint32_t kb[2] = {*(const uint32_t*)&ks[nc * 8 + g][kc * 16 + 2 * t], *(const uint32_t*)&ks[nc * 8 + g][kc * 16 + 2 * t + 8]};
+                uint32_t kb[2] = {*(const uint32_t*)&kt[nc * 8 + g][kc * 16 + 2 * t], *(const uint32_t*)&kt[nc * 8 + g][kc * 16 + 2 * t + 8]};
                 mma_m16n8k16_bf16(s[nc], qa[kc], kb, s[nc]);
             }
         }
@@ -311,13 +324,18 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
                 else l0 += lo + hi;
             }
         }
-        // O += P·V: eight 16 × 8 output blocks over the tile's four 16-key chunks.
+        // O += P·V: eight 16 × 8 output blocks over the tile's four 16-key chunks. B pairs keys
+        // 2t, 2t + 1 (and 2t + 8, 2t + 9) of dim nd·8 + g.
+        const unsigned short(*vu)[MMA_LD] = (const unsigned short(*)[MMA_LD])vt;
         for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
+            const int d = nd * 8 + g;
             for (int kc = 0; kc < MMA_KT / 16; kc++) {
-                uint32_t vb[2] = {*(const uint32_t*)&vt[nd * 8 + g][kc * 16 + 2 * t], *(const uint32_t*)&vt[nd * 8 + g][kc * 16 + 2 * t + 8]};
+                const int j = kc * 16 + 2 * t;
+                uint32_t vb[2] = {(uint32_t)vu[j][d] | ((uint32_t)vu[j + 1][d] << 16), (uint32_t)vu[j + 8][d] | ((uint32_t)vu[j + 9][d] << 16)};
                 mma_m16n8k16_bf16(o[nd], pa[kc], vb, o[nd]);
             }
         }
+        __syncthreads();  // this stage is read: the next iteration may refill it
     }
 
     // Full row sums from the group's four lanes, then O / l as bf16 pairs.

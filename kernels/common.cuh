@@ -91,3 +91,27 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     uint32_t l = __bfloat16_as_ushort(__float2bfloat16_rn(lo)), h = __bfloat16_as_ushort(__float2bfloat16_rn(hi));
     return l | (h << 16);
 }
+
+// Asynchronous 16-byte copies global → shared (sm_80 cp.async): `valid` false writes zeros and
+// reads nothing. commit closes a group of copies; wait<N> blocks until at most N groups are in
+// flight (the caller then needs __syncthreads before other threads read the data). The emulator
+// copies at once.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#ifdef CASCADE_EMU
+    if (valid) memcpy(smem, gmem, 16);
+    else memset(smem, 0, 16);
+#else
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifndef CASCADE_EMU
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#ifndef CASCADE_EMU
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}

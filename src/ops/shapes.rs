@@ -243,6 +243,7 @@ pub const ATTENTION: &[AttentionShape] = &[
     AttentionShape { name: "clip", b: 2, heads: 20, lq: 77, lk: 77, masked: true },
     AttentionShape { name: "odd", b: 3, heads: 2, lq: 130, lk: 67, masked: false },
     AttentionShape { name: "odd_tiny", b: 1, heads: 1, lq: 5, lk: 3, masked: false },
+    AttentionShape { name: "odd_long", b: 2, heads: 3, lq: 77, lk: 333, masked: false },
     AttentionShape { name: "odd_masked", b: 2, heads: 3, lq: 200, lk: 200, masked: true },
 ];
 
