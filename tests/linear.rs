@@ -73,6 +73,21 @@ fn cuda_without_a_driver_or_feature_is_an_error() {
     assert!(Device::parse("tpu").unwrap_err().to_string().contains("unknown device"));
 }
 
+/// `y += x·wᵀ + b` equals the linear layer plus the old y.
+#[test]
+fn linear_accumulate_adds_to_the_output() {
+    let (m, k, n) = (5, 7, 3);
+    let mut rng = TestRng::new(9);
+    let (xv, wv, bv, yv) = (rng.normal(m * k, 1.0), rng.normal(n * k, 0.5), rng.normal(n, 0.5), rng.normal(m * n, 1.0));
+    let x = Tensor::from_f32(&xv, &[m, k], DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::from_f32(&wv, &[n, k], DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::from_f32(&bv, &[n], DType::F32, &Device::Cpu).unwrap();
+    let mut y = Tensor::from_f32(&yv, &[m, n], DType::F32, &Device::Cpu).unwrap();
+    ops::linear_accumulate_into(&x, &w, Some(&b), &mut y).unwrap();
+    let want: Vec<f32> = ops::cpu::linear(&xv, &wv, Some(&bv), m, k, n).iter().zip(&yv).map(|(l, r)| l + r).collect();
+    assert_eq!(y.to_vec_f32().unwrap(), want);
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     use super::*;
@@ -119,6 +134,31 @@ mod gpu {
                 println!("linear {:<16} {dtype:<4} rel_l2 {err:.2e} worst |d| {worst:.2e} at {at}", s.name);
                 assert!(err < bound, "{} {dtype}: rel_l2 {err:.3e} >= {bound:e}", s.name);
             }
+        }
+    }
+
+    /// `y += x·wᵀ + b` in place (cuBLASLt's β = 1 with C = D), f32 and bf16, against the CPU.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_linear_accumulate_matches_cpu_reference() {
+        let dev = gpu();
+        for dtype in [DType::F32, DType::BF16] {
+            let (m, k, n) = (67, 96, 40);
+            let mut rng = TestRng::new(31);
+            let xv = round_to(&rng.normal(m * k, 1.0), dtype);
+            let wv = round_to(&rng.normal(n * k, 0.1), dtype);
+            let bv = round_to(&rng.normal(n, 0.5), dtype);
+            let yv = round_to(&rng.normal(m * n, 1.0), dtype);
+            let x = Tensor::from_f32(&xv, &[m, k], dtype, &dev).unwrap();
+            let w = Tensor::from_f32(&wv, &[n, k], dtype, &dev).unwrap();
+            let b = Tensor::from_f32(&bv, &[n], dtype, &dev).unwrap();
+            let mut y = Tensor::from_f32(&yv, &[m, n], dtype, &dev).unwrap();
+            ops::linear_accumulate_into(&x, &w, Some(&b), &mut y).unwrap();
+            let want: Vec<f32> = ops::cpu::linear(&xv, &wv, Some(&bv), m, k, n).iter().zip(&yv).map(|(l, r)| l + r).collect();
+            let err = rel_l2(&y.to_vec_f32().unwrap(), &want);
+            let bound = if dtype == DType::F32 { 1e-6 } else { 5e-3 };
+            println!("linear_accumulate {dtype:<4} rel_l2 {err:.2e}");
+            assert!(err < bound, "{dtype}: {err}");
         }
     }
 

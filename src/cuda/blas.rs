@@ -170,7 +170,8 @@ impl Blas {
         Ok(plan)
     }
 
-    /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`, all row-major of `dtype`, queued on the stream.
+    /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`, all row-major of `dtype`, queued on the stream;
+    /// with `accumulate`, `y += …` instead (β = 1 with C = D = y: one rounding, no extra pass).
     ///
     /// # Safety
     /// Every address must point to a live device buffer of at least the size the shape implies.
@@ -186,6 +187,7 @@ impl Blas {
         n: usize,
         dtype: DType,
         tf32: bool,
+        accumulate: bool,
     ) -> Result<()> {
         // A thread that has made no other CUDA call yet must have the context current.
         self.stream.context().bind_to_thread().map_err(|e| super::driver_err("binding the context", e))?;
@@ -206,7 +208,7 @@ impl Blas {
             )
             .map_err(|e| blas_err("bias pointer", e))?;
         }
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         let _ = &self.workspace;
         lt::matmul(
             handle,

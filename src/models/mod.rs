@@ -39,6 +39,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::linear(x, &self.weight, self.bias.as_ref())
     }
+
+    /// `y += layer(x)` (a residual connection folded into the GEMM).
+    pub fn forward_accumulate(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
+        ops::linear_accumulate_into(x, &self.weight, self.bias.as_ref(), y)
+    }
 }
 
 /// `[B, C, H, W]` host data → `[B, H, W, C]`.

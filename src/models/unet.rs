@@ -39,16 +39,15 @@ impl ResBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, skip: Option<&Tensor>) -> Result<Tensor> {
+    /// `x += fc2(GRN(GELU(fc1([dwconv+LN(x); skip]))))`, the residual added by fc2's GEMM.
+    fn forward(&self, x: &mut Tensor, skip: Option<&Tensor>) -> Result<()> {
         let mut y = ops::depthwise3x3(x, &self.dw_weight, &self.dw_bias, Padding::Zero, Some(EPS))?;
         if let Some(s) = skip {
             y = ops::concat_channels(&y, s)?;
         }
         let u = ops::gelu(&self.fc1.forward(&y)?)?;
         let u = ops::grn(&u, &self.gamma, &self.beta)?;
-        let mut out = self.fc2.forward(&u)?;
-        ops::add_assign(&mut out, x)?;
-        Ok(out)
+        self.fc2.forward_accumulate(&u, x)
     }
 }
 
@@ -130,8 +129,8 @@ impl AttnBlock {
         };
         let q = self.q.forward(&n)?;
         let o = ops::attention(&q, &k, &v, self.heads, (c as f32 / self.heads as f32).powf(-0.5), AttentionMask::None)?;
-        let o = self.out.forward(&o)?.reshape(&[b, h, w, c])?;
-        ops::add_assign(x, &o)
+        // x += out(o): the projection's GEMM adds the residual (x is [B, H, W, C], o [B, HW, C]).
+        self.out.forward_accumulate(&o, x)
     }
 }
 
@@ -587,7 +586,10 @@ impl StableCascadeUNet {
         kv: &[(Tensor, Tensor)],
     ) -> Result<Tensor> {
         match blk {
-            Block::Res(r) => r.forward(&x, skip),
+            Block::Res(r) => {
+                r.forward(&mut x, skip)?;
+                Ok(x)
+            }
             Block::Timestep(t) => {
                 ops::modulate_assign(&mut x, &t.modulation(r_emb, zero_emb)?)?;
                 Ok(x)

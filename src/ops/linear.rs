@@ -32,18 +32,35 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<(u
 
 /// `y = x · wᵀ + bias` into an existing `y` of shape `[..., N]` (leading dims of x kept).
 pub fn linear_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
+    linear_impl(x, w, bias, y, false)
+}
+
+/// `y += x · wᵀ + bias`: a linear layer followed by a residual connection, in one pass (on a GPU
+/// the GEMM adds y in its epilogue, rounding once).
+pub fn linear_accumulate_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
+    linear_impl(x, w, bias, y, true)
+}
+
+fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, accumulate: bool) -> Result<()> {
     let (m, k, n) = check(x, w, bias, y)?;
     match x.device() {
         Device::Cpu => {
             let b = bias.map(|b| b.cpu_f32()).transpose()?;
-            let out = super::cpu::linear(&x.cpu_f32()?, &w.cpu_f32()?, b.as_deref(), m, k, n);
+            let mut out = super::cpu::linear(&x.cpu_f32()?, &w.cpu_f32()?, b.as_deref(), m, k, n);
+            if accumulate {
+                for (o, r) in out.iter_mut().zip(y.cpu_f32()?.iter()) {
+                    *o += r;
+                }
+            }
             y.set_cpu_f32(&out)
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
             let bias_ptr = bias.map(|b| b.cuda_ptr()).transpose()?;
             // SAFETY: `check` verified every buffer's element count against (m, k, n).
-            unsafe { dev.blas().linear(x.cuda_ptr()?, w.cuda_ptr()?, bias_ptr, y.cuda_ptr()?, m, k, n, x.dtype(), dev.allow_tf32()) }
+            unsafe {
+                dev.blas().linear(x.cuda_ptr()?, w.cuda_ptr()?, bias_ptr, y.cuda_ptr()?, m, k, n, x.dtype(), dev.allow_tf32(), accumulate)
+            }
         }
     }
 }
