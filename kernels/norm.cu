@@ -1,5 +1,6 @@
 // Normalisations: LayerNorm over channels of token-major rows, and GlobalResponseNorm in
-// three steps (spatial sum of squares, per-sample scale, apply). Statistics in f32.
+// four steps (chunked sums of squares, optionally after GELU; their total; per-sample scale;
+// apply). Statistics in f32.
 #include "common.cuh"
 
 // One block per row; the row is staged in shared memory as f32 (dynamic smem: C floats), so
@@ -25,30 +26,59 @@ template <typename T> __device__ void layer_norm_impl(const LayerNormParams& p) 
 extern "C" __global__ void layer_norm_f32(LayerNormParams p) { layer_norm_impl<float>(p); }
 extern "C" __global__ void layer_norm_bf16(LayerNormParams p) { layer_norm_impl<bf16>(p); }
 
-// Block (32, 16) per (32 channels, sample): threads stride over positions, then reduce the 16
-// partial sums per channel in shared memory. Deterministic (no atomics).
-template <typename T> __device__ void grn_sumsq_impl(const GrnStatsParams& p) {
-    __shared__ float part[16][33];
-    int d = blockIdx.x * 32 + threadIdx.x;
-    int b = blockIdx.y;
-    float s = 0.f;
-    if (d < p.D) {
-        const T* x = (const T*)p.x + (int64_t)b * p.N * p.D + d;
-        for (int n = threadIdx.y; n < p.N; n += blockDim.y) {
-            float v = to_f32(x[(int64_t)n * p.D]);
-            s += v * v;
+// Block (32, 8) per (64 channels, chunk of CASCADE_GRN_CHUNK positions, sample): each thread
+// takes two channels 32 apart (so each warp load covers 32 consecutive channels) and every 8th
+// position of the chunk, then the 8 partial sums per channel are added in shared memory. Many
+// chunks keep the GPU busy when B·D is small (Stage B's first level: 1 × 1280 channels over
+// 16384 positions); deterministic, no atomics.
+template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p) {
+    __shared__ float part[8][65];
+    const int lane = threadIdx.x, ry = threadIdx.y;
+    const int c = blockIdx.y, b = blockIdx.z;
+    const int d0 = blockIdx.x * 64 + lane;
+    const T* x = (const T*)p.x;
+    T* y = (T*)p.y;
+    float s[2] = {0.f, 0.f};
+    const int n_end = min(p.N, (c + 1) * CASCADE_GRN_CHUNK);
+    for (int n = c * CASCADE_GRN_CHUNK + ry; n < n_end; n += blockDim.y) {
+        const int64_t row = ((int64_t)b * p.N + n) * p.D;
+        for (int j = 0; j < 2; j++) {
+            const int d = d0 + 32 * j;
+            if (d >= p.D) continue;
+            float v = to_f32(x[row + d]);
+            if (p.gelu) {
+                const T r = from_f32<T>(gelu_erf(v));
+                y[row + d] = r;
+                v = to_f32(r);
+            }
+            s[j] += v * v;
         }
     }
-    part[threadIdx.y][threadIdx.x] = s;
+    part[ry][lane] = s[0];
+    part[ry][lane + 32] = s[1];
     __syncthreads();
-    if (threadIdx.y == 0 && d < p.D) {
+    if (ry != 0) return;
+    for (int j = 0; j < 2; j++) {
+        const int d = d0 + 32 * j;
+        if (d >= p.D) continue;
         float t = 0.f;
-        for (int k = 0; k < (int)blockDim.y; k++) t += part[k][threadIdx.x];
-        p.stats[(int64_t)b * p.D + d] = sqrtf(t);
+        for (int k = 0; k < (int)blockDim.y; k++) t += part[k][lane + 32 * j];
+        p.part[((int64_t)b * p.chunks + c) * p.D + d] = t;
     }
 }
-extern "C" __global__ void grn_sumsq_f32(GrnStatsParams p) { grn_sumsq_impl<float>(p); }
-extern "C" __global__ void grn_sumsq_bf16(GrnStatsParams p) { grn_sumsq_impl<bf16>(p); }
+extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { grn_partial_impl<float>(p); }
+extern "C" __global__ void grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16>(p); }
+
+// The chunks' sums per (sample, channel), then the norm.
+extern "C" __global__ void grn_reduce(GrnStatsParams p) {
+    GRID_STRIDE(i, (int64_t)p.B * p.D) {
+        const int64_t b = i / p.D, d = i % p.D;
+        const float* part = p.part + b * p.chunks * p.D + d;
+        float t = 0.f;
+        for (int c = 0; c < p.chunks; c++) t += part[(int64_t)c * p.D];
+        p.stats[i] = sqrtf(t);
+    }
+}
 
 // One block per sample: mean of the norms over channels, then the per-channel scale.
 template <typename T> __device__ void grn_scale_impl(const GrnStatsParams& p) {

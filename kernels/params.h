@@ -41,15 +41,30 @@ typedef struct LayerNormParams {
     float eps;
 } LayerNormParams;
 
-// GlobalResponseNorm, step 1 and 2 (spec §3.3). grn_sumsq: stats[b,d] = sqrt(sum_n x[b,n,d]^2).
-// grn_scale: stats[b,d] = 1 + gamma[d] * stats[b,d] / (mean_d stats[b,:] + 1e-6).
-typedef struct GrnStatsParams {
+// GlobalResponseNorm (spec §3.3) in four steps. grn_partial: sums of squares over chunks of
+// CASCADE_GRN_CHUNK positions, part[b, c, d] = sum_{n in chunk c} v[b,n,d]^2, where v = x, or with
+// gelu != 0 v = GELU(x), written to y (in bf16 the sum is over the rounded values stored).
+#define CASCADE_GRN_CHUNK 64
+typedef struct GrnPartialParams {
     const void* x;       // [B, N, D]
-    float* stats;        // [B, D], f32
-    const void* gamma;   // [D]
+    void* y;             // [B, N, D] (may be x), or NULL without gelu
+    float* part;         // [B, chunks, D], f32
     int32_t B;
     int32_t N;
     int32_t D;
+    int32_t chunks;      // ceil(N / CASCADE_GRN_CHUNK)
+    int32_t gelu;
+} GrnPartialParams;
+
+// grn_reduce: stats[b,d] = sqrt(sum_c part[b,c,d]).
+// grn_scale: stats[b,d] = 1 + gamma[d] * stats[b,d] / (mean_d stats[b,:] + 1e-6).
+typedef struct GrnStatsParams {
+    const float* part;   // [B, chunks, D], f32 (grn_reduce)
+    float* stats;        // [B, D], f32
+    const void* gamma;   // [D] (grn_scale)
+    int32_t B;
+    int32_t D;
+    int32_t chunks;
 } GrnStatsParams;
 
 // GlobalResponseNorm, step 3: y[b,n,d] = x[b,n,d] * scale[b,d] + beta[d].

@@ -126,6 +126,14 @@ fn grn_kernels() {
             let (mut y, whole) = poisoned(&[s.b, s.n, s.d], dtype, &dev).unwrap();
             ops::grn_into(&x, &g, &be, &mut stats, &mut y).unwrap();
             verify("grn", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &cpu::grn(&xv, s.b, s.n, s.d, &gv, &bev));
+
+            // GELU then GRN in place (the ResBlock's middle): the reference sums the stored
+            // (rounded) GELU values, as the kernel does.
+            let (mut u, whole) = poisoned(&[s.b, s.n, s.d], dtype, &dev).unwrap();
+            ops::cast_into(&x, &mut u).unwrap();
+            ops::gelu_grn_assign(&mut u, &g, &be).unwrap();
+            let gelu = round_to(&xv.iter().map(|&v| cpu::gelu(v)).collect::<Vec<_>>(), dtype);
+            verify("gelu+grn", s.name, dtype, &u.to_vec_f32().unwrap(), Some(&whole), &cpu::grn(&gelu, s.b, s.n, s.d, &gv, &bev));
         }
     }
 }

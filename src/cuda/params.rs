@@ -15,6 +15,7 @@ device_repr!(
     CastParams,
     FillParams,
     LayerNormParams,
+    GrnPartialParams,
     GrnStatsParams,
     GrnApplyParams,
     ActParams,

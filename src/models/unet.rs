@@ -45,8 +45,8 @@ impl ResBlock {
         if let Some(s) = skip {
             y = ops::concat_channels(&y, s)?;
         }
-        let u = ops::gelu(&self.fc1.forward(&y)?)?;
-        let u = ops::grn(&u, &self.gamma, &self.beta)?;
+        let mut u = self.fc1.forward(&y)?;
+        ops::gelu_grn_assign(&mut u, &self.gamma, &self.beta)?;
         self.fc2.forward_accumulate(&u, x)
     }
 }

@@ -52,50 +52,95 @@ pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, ep
     Ok(y)
 }
 
-/// GlobalResponseNorm on `x [B, …spatial, D]` (spec §3.3), statistics over all spatial
-/// positions of each sample in f32. `gamma`/`beta` have D elements (stored `[1, 1, 1, D]`).
-/// `stats` is an f32 scratch tensor `[B, D]` (from an arena; its contents are overwritten).
+/// GlobalResponseNorm (spec §3.3) of `x [B, …, D]` into `y`; `stats [B, D]` (f32) is scratch
+/// that ends up holding the per-channel scale `1 + γ·N`.
 pub fn grn_into(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, y: &mut Tensor) -> Result<()> {
+    check_shape("grn", "output", y, x.shape())?;
+    grn_impl(x, gamma, beta, stats, GrnOutput::Separate(y))
+}
+
+/// `x ← GRN(GELU(x))` in place (the ResBlock's middle): the GELU, its write and the sums of
+/// squares are one pass over x, then the scale is applied in place.
+pub fn gelu_grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
+    let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
+    grn_impl(&x.view(x.shape())?, gamma, beta, &mut stats, GrnOutput::GeluInPlace(x))
+}
+
+enum GrnOutput<'a> {
+    /// y = GRN(x).
+    Separate(&'a mut Tensor),
+    /// x = GRN(GELU(x)); the input argument is a view of the same tensor.
+    GeluInPlace(&'a mut Tensor),
+}
+
+fn grn_impl(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, out: GrnOutput) -> Result<()> {
     if x.rank() < 2 {
         return Err(Error::Shape(format!("grn: x must be [B, …, D], got {:?}", x.shape())));
     }
     let (b, d) = (x.dim(0), x.dim(-1));
     let n = x.numel() / (b * d).max(1);
-    check_shape("grn", "output", y, x.shape())?;
     check_numel("grn", "gamma", gamma, d)?;
     check_numel("grn", "beta", beta, d)?;
     check_shape("grn", "stats", stats, &[b, d])?;
-    check_dtype("grn", x.dtype(), &[gamma, beta, y])?;
+    check_dtype("grn", x.dtype(), &[gamma, beta])?;
     check_dtype("grn", DType::F32, &[stats])?;
-    check_device("grn", &x.device(), &[gamma, beta, stats, y])?;
+    check_device("grn", &x.device(), &[gamma, beta, stats])?;
+    let (y, gelu) = match out {
+        GrnOutput::Separate(y) => (y, false),
+        GrnOutput::GeluInPlace(y) => (y, true),
+    };
+    check_dtype("grn", x.dtype(), &[y])?;
+    check_device("grn", &x.device(), &[y])?;
     match x.device() {
         Device::Cpu => {
-            let v = cpu::grn(&x.cpu_f32()?, b, n, d, &gamma.cpu_f32()?, &beta.cpu_f32()?);
+            let mut v = x.cpu_f32()?.into_owned();
+            if gelu {
+                v = crate::testing::round_to(&v.iter().map(|&a| cpu::gelu(a)).collect::<Vec<_>>(), x.dtype());
+            }
+            let v = cpu::grn(&v, b, n, d, &gamma.cpu_f32()?, &beta.cpu_f32()?);
             y.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
-            use crate::cuda::params::{GrnApplyParams, GrnStatsParams};
+            use crate::cuda::params::{GrnApplyParams, GrnPartialParams, GrnStatsParams, CASCADE_GRN_CHUNK};
+            if b > 65535 || n > i32::MAX as usize || d > i32::MAX as usize {
+                return Err(Error::Shape(format!("grn: {b}×{n}×{d} is beyond the kernels' grid")));
+            }
             let k = dev.kernels();
             let dt = x.dtype();
-            let sp = GrnStatsParams {
+            let chunks = n.div_ceil(CASCADE_GRN_CHUNK as usize).max(1);
+            let part = Tensor::empty(&[b, chunks, d], DType::F32, &x.device())?;
+            let pp = GrnPartialParams {
                 x: x.cuda_ptr()? as *const _,
-                stats: stats.cuda_ptr()? as *mut f32,
-                gamma: gamma.cuda_ptr()? as *const _,
+                y: if gelu { y.cuda_ptr()? as *mut _ } else { std::ptr::null_mut() },
+                part: part.cuda_ptr()? as *mut f32,
                 B: b as i32,
                 N: n as i32,
                 D: d as i32,
+                chunks: chunks as i32,
+                gelu: gelu as i32,
             };
             dev.launch(
-                super::kernel("grn", dt, &k.grn_sumsq_f32, &k.grn_sumsq_bf16)?,
-                (d.div_ceil(32) as u32, b as u32, 1),
-                (32, 16, 1),
+                super::kernel("grn", dt, &k.grn_partial_f32, &k.grn_partial_bf16)?,
+                (d.div_ceil(64) as u32, chunks as u32, b as u32),
+                (32, 8, 1),
                 0,
-                &sp,
+                &pp,
             )?;
+            let sp = GrnStatsParams {
+                part: part.cuda_ptr()? as *const f32,
+                stats: stats.cuda_ptr()? as *mut f32,
+                gamma: gamma.cuda_ptr()? as *const _,
+                B: b as i32,
+                D: d as i32,
+                chunks: chunks as i32,
+            };
+            dev.launch_1d(&k.grn_reduce, b * d, &sp)?;
             dev.launch(super::kernel("grn", dt, &k.grn_scale_f32, &k.grn_scale_bf16)?, (b as u32, 1, 1), (256, 1, 1), 0, &sp)?;
+            // Applied from y when GELU wrote it there, else from x.
+            let src = if gelu { y.cuda_ptr()? } else { x.cuda_ptr()? };
             let ap = GrnApplyParams {
-                x: x.cuda_ptr()? as *const _,
+                x: src as *const _,
                 y: y.cuda_ptr()? as *mut _,
                 scale: stats.cuda_ptr()? as *const f32,
                 beta: beta.cuda_ptr()? as *const _,

@@ -83,6 +83,8 @@ pub const GRN: &[GrnShape] = &[
     GrnShape { name: "stage_b.l2", b: 1, n: 1024, d: 5120 },
     GrnShape { name: "stage_b.l3", b: 1, n: 256, d: 5120 },
     GrnShape { name: "odd", b: 3, n: 37, d: 100 },
+    // Several position chunks, the last one partial.
+    GrnShape { name: "odd_chunks", b: 2, n: 200, d: 70 },
 ];
 
 /// A token-major image `[b, h, w, c]`.
