@@ -109,6 +109,9 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, out: 
             let k = dev.kernels();
             let dt = x.dtype();
             let chunks = n.div_ceil(CASCADE_GRN_CHUNK as usize).max(1);
+            if chunks > 65535 {
+                return Err(Error::Shape(format!("grn: {n} positions are more than the kernels' grid takes (65535 × 64)")));
+            }
             let part = Tensor::empty(&[b, chunks, d], DType::F32, &x.device())?;
             let pp = GrnPartialParams {
                 x: x.cuda_ptr()? as *const _,
