@@ -145,6 +145,7 @@ typedef struct DepthwiseParams {
     int32_t C;
     int32_t replicate;   // 1: replicate padding (Stage A), 0: zero padding (Stage B/C)
     int32_t layer_norm;  // 1: y = LN_C(conv(x)) with eps
+    int32_t accumulate;  // 1: y += conv(x) (no layer_norm; x and y distinct)
     float eps;
 } DepthwiseParams;
 

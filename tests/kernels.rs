@@ -160,6 +160,20 @@ fn depthwise_kernels() {
                 let want = cpu::depthwise3x3(&xv, s.b, s.h, s.w, s.c, &wv, &bv, *replicate, eps);
                 verify(if fuse { "depthwise+ln" } else { "depthwise" }, s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
             }
+            // y += conv(x) (Stage A's residual), onto a residual r of fresh values.
+            let mut rng = TestRng::new(4500 + i as u64);
+            let shape = [s.b, s.h, s.w, s.c];
+            let (x, xv) = input(&mut rng, &shape, 1.0, dtype, &dev);
+            let (w, wv) = input(&mut rng, &[s.c, 1, 3, 3], 0.3, dtype, &dev);
+            let (b, bv) = input(&mut rng, &[s.c], 0.3, dtype, &dev);
+            let (r, rv) = input(&mut rng, &shape, 1.0, dtype, &dev);
+            let pad = if *replicate { Padding::Replicate } else { Padding::Zero };
+            let (mut y, whole) = poisoned(&shape, dtype, &dev).unwrap();
+            ops::cast_into(&r, &mut y).unwrap();
+            ops::depthwise3x3_accumulate_into(&x, &w, &b, pad, &mut y).unwrap();
+            let conv = cpu::depthwise3x3(&xv, s.b, s.h, s.w, s.c, &wv, &bv, *replicate, None);
+            let want: Vec<f32> = conv.iter().zip(&rv).map(|(c, r)| c + r).collect();
+            verify("depthwise+=", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
         }
     }
 }

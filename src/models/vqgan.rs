@@ -54,11 +54,13 @@ impl MixBlock {
         })
     }
 
+    /// Both residual connections are folded into the op before them: the depthwise kernel and
+    /// fc2's GEMM add to x in place.
     fn forward(&self, x: &mut Tensor) -> Result<()> {
         let t = ops::layer_norm(x, Some(&self.ln1_w), Some(&self.ln1_b), EPS)?;
-        ops::add_assign(x, &ops::depthwise3x3(&t, &self.dw_w, &self.dw_b, Padding::Replicate, None)?)?;
+        ops::depthwise3x3_accumulate_into(&t, &self.dw_w, &self.dw_b, Padding::Replicate, x)?;
         let t = ops::layer_norm(x, Some(&self.ln2_w), Some(&self.ln2_b), EPS)?;
-        ops::add_assign(x, &self.fc2.forward(&ops::gelu(&self.fc1.forward(&t)?)?)?)
+        self.fc2.forward_accumulate(&ops::gelu(&self.fc1.forward(&t)?)?, x)
     }
 }
 

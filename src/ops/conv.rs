@@ -38,6 +38,24 @@ pub fn depthwise3x3_into(
     layer_norm: Option<f32>,
     y: &mut Tensor,
 ) -> Result<()> {
+    depthwise3x3_impl(x, weight, bias, padding, layer_norm, false, y)
+}
+
+/// `y += depthwise3x3(x)`: the convolution and a residual connection in one pass (Stage A's
+/// MixBlock). `x` and `y` must be different tensors.
+pub fn depthwise3x3_accumulate_into(x: &Tensor, weight: &Tensor, bias: &Tensor, padding: Padding, y: &mut Tensor) -> Result<()> {
+    depthwise3x3_impl(x, weight, bias, padding, None, true, y)
+}
+
+fn depthwise3x3_impl(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: Padding,
+    layer_norm: Option<f32>,
+    accumulate: bool,
+    y: &mut Tensor,
+) -> Result<()> {
     let (b, h, w, c) = image_dims("depthwise3x3", x)?;
     check_numel("depthwise3x3", "weight", weight, c * 9)?;
     check_numel("depthwise3x3", "bias", bias, c)?;
@@ -57,10 +75,17 @@ pub fn depthwise3x3_into(
                 padding == Padding::Replicate,
                 layer_norm,
             );
+            if accumulate {
+                let sum: Vec<f32> = v.iter().zip(y.cpu_f32()?.iter()).map(|(a, r)| a + r).collect();
+                return y.set_cpu_f32(&sum);
+            }
             y.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
+            if accumulate && x.cuda_ptr()? == y.cuda_ptr()? {
+                return Err(Error::Shape("depthwise3x3: accumulating into the input itself is not supported".into()));
+            }
             let k = dev.kernels();
             let p = crate::cuda::params::DepthwiseParams {
                 x: x.cuda_ptr()? as *const _,
@@ -73,6 +98,7 @@ pub fn depthwise3x3_into(
                 C: c as i32,
                 replicate: (padding == Padding::Replicate) as i32,
                 layer_norm: layer_norm.is_some() as i32,
+                accumulate: accumulate as i32,
                 eps: layer_norm.unwrap_or(0.0),
             };
             if layer_norm.is_some() && c * 4 > 48 * 1024 {
