@@ -158,10 +158,11 @@ impl ClipTextModel {
             let x = layer.ln1.forward(&h, eps)?;
             let (q, k, v) = (layer.q.forward(&x)?, layer.k.forward(&x)?, layer.v.forward(&x)?);
             let o = ops::attention(&q, &k, &v, heads, scale, AttentionMask::CausalPadding(mask_t))?;
-            ops::add_assign(&mut h, &layer.out.forward(&o)?)?;
+            // Both residuals are added by the GEMMs (β = 1), not by separate passes.
+            layer.out.forward_accumulate(&o, &mut h)?;
             let x = layer.ln2.forward(&h, eps)?;
             let x = ops::gelu(&layer.fc1.forward(&x)?)?;
-            ops::add_assign(&mut h, &layer.fc2.forward(&x)?)?;
+            layer.fc2.forward_accumulate(&x, &mut h)?;
         }
         let last = self.final_norm.forward(&h, eps)?;
         let mut pooled: Option<Tensor> = None;
