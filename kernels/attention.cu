@@ -222,17 +222,21 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
     const int q0 = blockIdx.x * (MMA_WARPS * 16) + warp * 16;
     const float scale = p.scale * 1.4426950408889634f;  // scores in base 2
 
+    // Keys [0, Lk) from k/v, then [Lk, Lk + Lk2) from k2/v2.
+    const int total = p.Lk + p.Lk2;
     const bf16* kbase = (const bf16*)p.k + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
     const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
+    const bf16* kbase2 = p.Lk2 ? (const bf16*)p.k2 + (int64_t)b * p.Lk2 * p.kv_stride + h * HEAD_DIM : kbase;
+    const bf16* vbase2 = p.Lk2 ? (const bf16*)p.v2 + (int64_t)b * p.Lk2 * p.kv_stride + h * HEAD_DIM : vbase;
     // 64 keys × 64 dims of K and of V: 512 pieces of 16 bytes each, four per thread; keys past
-    // Lk are zero-filled.
+    // the last are zero-filled.
     auto load_tile = [&](int stage, int k0) {
         for (int e = threadIdx.x; e < MMA_KT * HEAD_DIM / 8; e += MMA_WARPS * 32) {
             const int j = e >> 3, d = (e & 7) * 8, kj = k0 + j;
-            const bool valid = kj < p.Lk;
-            const int64_t off = (int64_t)(valid ? kj : 0) * p.kv_stride + d;
-            cp_async16(&ks[stage][j][d], kbase + off, valid);
-            cp_async16(&vs[stage][j][d], vbase + off, valid);
+            const bool first = kj < p.Lk, valid = kj < total;
+            const int64_t off = (int64_t)(first ? kj : valid ? kj - p.Lk : 0) * p.kv_stride + d;
+            cp_async16(&ks[stage][j][d], (first || !valid ? kbase : kbase2) + off, valid);
+            cp_async16(&vs[stage][j][d], (first || !valid ? vbase : vbase2) + off, valid);
         }
         cp_async_commit();
     };
@@ -256,7 +260,7 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
     float m0 = -INFINITY, m1 = -INFINITY;  // running maxima of rows g and g + 8 (base 2)
     float l0 = 0.f, l1 = 0.f;              // this lane's part of the running sums
 
-    const int tiles = (p.Lk + MMA_KT - 1) / MMA_KT;
+    const int tiles = (total + MMA_KT - 1) / MMA_KT;
     for (int tile = 0; tile < tiles; tile++) {
         const int stage = tile & 1, k0 = tile * MMA_KT;
         if (tile + 1 < tiles) {
@@ -283,7 +287,7 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
         for (int nc = 0; nc < MMA_KT / 8; nc++) {
             for (int i = 0; i < 4; i++) {
                 const int key = k0 + nc * 8 + 2 * t + (i & 1);
-                s[nc][i] = key < p.Lk ? s[nc][i] * scale : -INFINITY;
+                s[nc][i] = key < total ? s[nc][i] * scale : -INFINITY;
             }
             t0 = fmaxf(t0, fmaxf(s[nc][0], s[nc][1]));
             t1 = fmaxf(t1, fmaxf(s[nc][2], s[nc][3]));
@@ -292,7 +296,7 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
             t0 = fmaxf(t0, __shfl_xor_sync(0xffffffff, t0, off));
             t1 = fmaxf(t1, __shfl_xor_sync(0xffffffff, t1, off));
         }
-        // Every tile holds at least one key < Lk, so the new maxima are finite.
+        // Every tile holds at least one real key, so the new maxima are finite.
         const float n0 = fmaxf(m0, t0), n1 = fmaxf(m1, t1);
         const float c0 = exp2f(m0 - n0), c1 = exp2f(m1 - n1);
         m0 = n0;

@@ -218,6 +218,11 @@ typedef struct AttentionParams {
     int32_t o_stride;
     int32_t causal;      // 1: query i sees keys j <= i
     float scale;
+    // Keys Lk .. Lk + Lk2 - 1 continue in k2/v2 [B, Lk2, kv_stride] (the UNets' condition rows,
+    // so image and condition keys need no concatenation). attention_mma_bf16 only; 0 elsewhere.
+    const void* k2;
+    const void* v2;
+    int32_t Lk2;
 } AttentionParams;
 
 // ---- embeddings ----------------------------------------------------------------------------

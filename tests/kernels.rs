@@ -368,6 +368,32 @@ fn attention_kernel() {
                     cpu::attention(&qs, &kv, &vv, s.b, s.heads, picked.len(), s.lk, 64, 0.125, s.masked, s.masked.then_some(&mv[..]));
                 verify(label, s.name, dtype, &gs, Some(&whole), &want);
             }
+            if !s.masked {
+                // Image keys plus 7 condition keys from a second pair of tensors (the UNets'
+                // layout): read in place by the mma kernel, concatenated for the others.
+                let (k2, k2v) = input(&mut rng, &[s.b, 7, c], 1.0, dtype, &dev);
+                let (v2, v2v) = input(&mut rng, &[s.b, 7, c], 1.0, dtype, &dev);
+                let cat = |a: &[f32], b2: &[f32]| -> Vec<f32> {
+                    (0..s.b)
+                        .flat_map(|i| a[i * s.lk * c..(i + 1) * s.lk * c].iter().chain(&b2[i * 7 * c..(i + 1) * 7 * c]).copied())
+                        .collect()
+                };
+                let (kc, vc) = (cat(&kv, &k2v), cat(&vv, &v2v));
+                let want = cpu::attention(&qv, &kc, &vc, s.b, s.heads, s.lq, s.lk + 7, 64, 0.125, false, None);
+                let two: &[(ops::AttentionKernel, &str)] = if dtype == DType::BF16 {
+                    &[(ops::AttentionKernel::Mma, "attention_mma 2 src"), (ops::AttentionKernel::Simple, "attention 2 src")]
+                } else {
+                    &[(ops::AttentionKernel::Simple, "attention 2 src")]
+                };
+                for &(kernel, label) in two {
+                    if s.lq >= 300 {
+                        continue; // the full CPU reference is slow on the big shapes; covered above
+                    }
+                    let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
+                    ops::attention_two_sources_into(&q, (&k, &v), (&k2, &v2), s.heads, 0.125, kernel, &mut o).unwrap();
+                    verify(label, s.name, dtype, &o.to_vec_f32().unwrap(), Some(&whole), &want);
+                }
+            }
         }
     }
 }

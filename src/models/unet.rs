@@ -122,13 +122,16 @@ impl AttnBlock {
     fn forward(&self, x: &mut Tensor, cond_k: &Tensor, cond_v: &Tensor) -> Result<()> {
         let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
         let n = ops::layer_norm(x, None, None, EPS)?.reshape(&[b, h * w, c])?;
-        let (k, v) = if self.self_attn {
-            (concat_tokens(&self.k.forward(&n)?, cond_k)?, concat_tokens(&self.v.forward(&n)?, cond_v)?)
-        } else {
-            (cond_k.view(cond_k.shape())?, cond_v.view(cond_v.shape())?)
-        };
         let q = self.q.forward(&n)?;
-        let o = ops::attention(&q, &k, &v, self.heads, (c as f32 / self.heads as f32).powf(-0.5), AttentionMask::None)?;
+        let scale = (c as f32 / self.heads as f32).powf(-0.5);
+        let mut o = Tensor::empty(q.shape(), q.dtype(), &q.device())?;
+        if self.self_attn {
+            // Image keys then the cached condition rows; the mma kernel reads the two in place.
+            let (k, v) = (self.k.forward(&n)?, self.v.forward(&n)?);
+            ops::attention_two_sources_into(&q, (&k, &v), (cond_k, cond_v), self.heads, scale, ops::AttentionKernel::Auto, &mut o)?;
+        } else {
+            ops::attention_into(&q, cond_k, cond_v, self.heads, scale, AttentionMask::None, &mut o)?;
+        }
         // x += out(o): the projection's GEMM adds the residual (x is [B, H, W, C], o [B, HW, C]).
         self.out.forward_accumulate(&o, x)
     }

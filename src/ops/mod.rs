@@ -18,7 +18,7 @@ pub mod resample;
 pub mod shapes;
 
 pub use activation::{bias_gelu_into, gelu, gelu_into, silu, silu_into};
-pub use attention::{attention, attention_into, attention_into_with, AttentionKernel, AttentionMask};
+pub use attention::{attention, attention_into, attention_into_with, attention_two_sources_into, AttentionKernel, AttentionMask};
 pub use conv::{
     conv2x2_s2, conv_transpose2x2, conv_transpose4x4, depthwise3x3, depthwise3x3_accumulate_into, depthwise3x3_into, im2col3x3,
     im2col3x3_into, pixel_shuffle, pixel_shuffle_into, pixel_unshuffle, pixel_unshuffle_into, prepare_conv_transpose2x2,
