@@ -152,13 +152,14 @@ def main():
     ap.add_argument("--work", default="/tmp/cascade-fidelity")
     ap.add_argument("--components", default="text_encoder,prior,decoder,vqgan")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--engine-device", default=None, help="the engine's device when it differs from the reference's (e.g. the CUDA emulator against a CPU reference)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--dtypes", default="bf16,f32")
     args = ap.parse_args()
     work = Path(args.work)
     gen = torch.Generator().manual_seed(4321)
     wgen = torch.Generator(args.device).manual_seed(1234)
-    engine_device = "cuda" if args.device.startswith("cuda") else "cpu"
+    engine_device = args.engine_device or ("cuda" if args.device.startswith("cuda") else "cpu")
     rows = []
     for component in args.components.split(","):
         t0 = time.time()
