@@ -13,8 +13,10 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
     int64_t b = pix / ((int64_t)p.W * p.H);
     const T* x = (const T*)p.x + b * p.H * p.W * p.C;
     const T* wt = (const T*)p.weight;
+    const float* st = p.in_stats ? p.in_stats + 2 * b * p.H * p.W : nullptr;
     for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
         float acc = to_f32(((const T*)p.bias)[c]);
+        const float lw = st ? to_f32(((const T*)p.in_weight)[c]) : 1.f, lb = st ? to_f32(((const T*)p.in_bias)[c]) : 0.f;
         for (int ky = 0; ky < 3; ky++) {
             int h = h0 + ky - 1;
             if (p.replicate) h = min(max(h, 0), p.H - 1);
@@ -23,9 +25,13 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
                 int w = w0 + kx - 1;
                 if (p.replicate) w = min(max(w, 0), p.W - 1);
                 else if (w < 0 || w >= p.W) continue;
-                acc += to_f32(wt[c * 9 + ky * 3 + kx]) * to_f32(x[((int64_t)h * p.W + w) * p.C + c]);
+                const int64_t q = (int64_t)h * p.W + w;
+                float v = to_f32(x[q * p.C + c]);
+                if (st) v = (v - st[2 * q]) * st[2 * q + 1] * lw + lb;
+                acc += to_f32(wt[c * 9 + ky * 3 + kx]) * v;
             }
         }
+        if (p.residual) acc += to_f32(((const T*)p.residual)[pix * p.C + c]);
         if (p.layer_norm) {
             out[c] = acc;
         } else if (p.accumulate) {

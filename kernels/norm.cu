@@ -23,6 +23,21 @@ template <typename T> __device__ void layer_norm_impl(const LayerNormParams& p) 
         y[c] = from_f32<T>(v);
     }
 }
+template <typename T> __device__ void row_stats_impl(const LayerNormParams& p) {
+    extern __shared__ float row[];
+    __shared__ float scratch[32];
+    int64_t r = blockIdx.x;
+    const T* x = (const T*)p.x + r * p.C;
+    for (int c = threadIdx.x; c < p.C; c += blockDim.x) row[c] = to_f32(x[c]);
+    float mean, rstd;
+    row_mean_rstd(row, p.C, p.eps, scratch, mean, rstd);
+    if (threadIdx.x == 0) {
+        ((float*)p.y)[2 * r] = mean;
+        ((float*)p.y)[2 * r + 1] = rstd;
+    }
+}
+extern "C" __global__ void row_stats_f32(LayerNormParams p) { row_stats_impl<float>(p); }
+extern "C" __global__ void row_stats_bf16(LayerNormParams p) { row_stats_impl<bf16>(p); }
 extern "C" __global__ void layer_norm_f32(LayerNormParams p) { layer_norm_impl<float>(p); }
 extern "C" __global__ void layer_norm_bf16(LayerNormParams p) { layer_norm_impl<bf16>(p); }
 

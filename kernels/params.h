@@ -31,6 +31,8 @@ typedef struct FillParams {
 // ---- normalisation -------------------------------------------------------------------------
 
 // LayerNorm over the last axis of token-major x: y = (x - mean) / sqrt(var + eps) [* w + b].
+// row_stats takes the same struct and writes only (mean, 1/sqrt(var + eps)) per row, as f32
+// pairs to y.
 typedef struct LayerNormParams {
     const void* x;       // [rows, C]
     void* y;             // [rows, C]
@@ -147,6 +149,12 @@ typedef struct DepthwiseParams {
     int32_t layer_norm;  // 1: y = LN_C(conv(x)) with eps
     int32_t accumulate;  // 1: y += conv(x) (no layer_norm; x and y distinct)
     float eps;
+    // Optional LayerNorm of the input, applied as the taps are read (Stage A's MixBlock):
+    // tap = (x - mean) * rstd * in_weight[c] + in_bias[c] with (mean, rstd) = in_stats[pixel].
+    const float* in_stats;   // [B*H*W, 2] f32 (row_stats), or NULL
+    const void* in_weight;   // [C]
+    const void* in_bias;     // [C]
+    const void* residual;    // [B, H, W, C] added to the output (may be x; not y), or NULL
 } DepthwiseParams;
 
 // Pixel shuffle (PyTorch order, channel c*r*r + i*r + j):

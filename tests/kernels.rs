@@ -174,6 +174,15 @@ fn depthwise_kernels() {
             let conv = cpu::depthwise3x3(&xv, s.b, s.h, s.w, s.c, &wv, &bv, *replicate, None);
             let want: Vec<f32> = conv.iter().zip(&rv).map(|(c, r)| c + r).collect();
             verify("depthwise+=", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
+
+            // x + conv(LayerNorm(x)) with the LayerNorm applied as the taps are read (Stage A).
+            let (lw, lwv) = input(&mut rng, &[s.c], 0.5, dtype, &dev);
+            let (lb, lbv) = input(&mut rng, &[s.c], 0.5, dtype, &dev);
+            let got = ops::depthwise3x3_prenorm_residual(&r, &lw, &lb, 1e-6, &w, &b, pad).unwrap();
+            let t = cpu::layer_norm(&rv, s.c, Some(&lwv), Some(&lbv), 1e-6);
+            let conv = cpu::depthwise3x3(&t, s.b, s.h, s.w, s.c, &wv, &bv, *replicate, None);
+            let want: Vec<f32> = conv.iter().zip(&rv).map(|(c, r)| c + r).collect();
+            verify("ln→depthwise+x", s.name, dtype, &got.to_vec_f32().unwrap(), None, &want);
         }
     }
 }

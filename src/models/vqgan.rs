@@ -54,11 +54,10 @@ impl MixBlock {
         })
     }
 
-    /// Both residual connections are folded into the op before them: the depthwise kernel and
-    /// fc2's GEMM add to x in place.
+    /// Both residual connections are folded into the op before them: the depthwise kernel (which
+    /// also applies the first LayerNorm as it reads) and fc2's GEMM, which adds to x in place.
     fn forward(&self, x: &mut Tensor) -> Result<()> {
-        let t = ops::layer_norm(x, Some(&self.ln1_w), Some(&self.ln1_b), EPS)?;
-        ops::depthwise3x3_accumulate_into(&t, &self.dw_w, &self.dw_b, Padding::Replicate, x)?;
+        *x = ops::depthwise3x3_prenorm_residual(x, &self.ln1_w, &self.ln1_b, EPS, &self.dw_w, &self.dw_b, Padding::Replicate)?;
         let t = ops::layer_norm(x, Some(&self.ln2_w), Some(&self.ln2_b), EPS)?;
         self.fc2.forward_accumulate(&ops::gelu(&self.fc1.forward(&t)?)?, x)
     }

@@ -100,6 +100,10 @@ fn depthwise3x3_impl(
                 layer_norm: layer_norm.is_some() as i32,
                 accumulate: accumulate as i32,
                 eps: layer_norm.unwrap_or(0.0),
+                in_stats: std::ptr::null(),
+                in_weight: std::ptr::null(),
+                in_bias: std::ptr::null(),
+                residual: std::ptr::null(),
             };
             if layer_norm.is_some() && c * 4 > 48 * 1024 {
                 return Err(Error::Shape(format!("depthwise3x3: {c} channels exceed the fused LayerNorm's 12288-channel buffer")));
@@ -107,6 +111,67 @@ fn depthwise3x3_impl(
             let smem = if layer_norm.is_some() { c * 4 } else { 0 };
             let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
             dev.launch(f, ((b * h * w) as u32, 1, 1), (super::row_block(c), 1, 1), smem as u32, &p)
+        }
+    }
+}
+
+/// `x + depthwise3x3(LayerNorm(x))` as a new tensor, the LayerNorm (affine, over channels)
+/// applied as the convolution reads its taps: Stage A's MixBlock token mixing. On a GPU this is
+/// one pass for the per-pixel statistics and one for the convolution, instead of a LayerNorm
+/// pass, a convolution pass and an add pass.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise3x3_prenorm_residual(
+    x: &Tensor,
+    ln_weight: &Tensor,
+    ln_bias: &Tensor,
+    eps: f32,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: Padding,
+) -> Result<Tensor> {
+    let c = image_dims("depthwise3x3_prenorm_residual", x)?.3;
+    check_numel("depthwise3x3_prenorm_residual", "LayerNorm weight", ln_weight, c)?;
+    check_numel("depthwise3x3_prenorm_residual", "LayerNorm bias", ln_bias, c)?;
+    match x.device() {
+        Device::Cpu => {
+            let t = super::layer_norm(x, Some(ln_weight), Some(ln_bias), eps)?;
+            let mut y = x.view(x.shape())?;
+            depthwise3x3_accumulate_into(&t, weight, bias, padding, &mut y)?;
+            Ok(y)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            check_numel("depthwise3x3", "weight", weight, c * 9)?;
+            check_numel("depthwise3x3", "bias", bias, c)?;
+            check_dtype("depthwise3x3", x.dtype(), &[weight, bias, ln_weight, ln_bias])?;
+            check_device("depthwise3x3", &x.device(), &[weight, bias, ln_weight, ln_bias])?;
+            let (b, h, w, _) = image_dims("depthwise3x3_prenorm_residual", x)?;
+            let rows = b * h * w;
+            let stats = Tensor::empty(&[rows, 2], crate::DType::F32, &x.device())?;
+            super::norm::row_stats_into(x, eps, &stats)?;
+            let y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
+            let k = dev.kernels();
+            let p = crate::cuda::params::DepthwiseParams {
+                x: x.cuda_ptr()? as *const _,
+                y: y.cuda_ptr()? as *mut _,
+                weight: weight.cuda_ptr()? as *const _,
+                bias: bias.cuda_ptr()? as *const _,
+                B: b as i32,
+                H: h as i32,
+                W: w as i32,
+                C: c as i32,
+                replicate: (padding == Padding::Replicate) as i32,
+                layer_norm: 0,
+                accumulate: 0,
+                eps,
+                in_stats: stats.cuda_ptr()? as *const f32,
+                in_weight: ln_weight.cuda_ptr()? as *const _,
+                in_bias: ln_bias.cuda_ptr()? as *const _,
+                residual: x.cuda_ptr()? as *const _,
+            };
+            let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
+            dev.launch(f, (rows as u32, 1, 1), (super::row_block(c), 1, 1), 0, &p)?;
+            Ok(y)
         }
     }
 }

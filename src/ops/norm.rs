@@ -52,6 +52,33 @@ pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, ep
     Ok(y)
 }
 
+/// Per-row (mean, 1/√(var + eps)) of `x [rows, C]` as f32 pairs into `stats [rows, 2]` (GPU only:
+/// the fused LayerNorm-on-read of [`super::depthwise3x3_prenorm_residual`]).
+#[cfg(feature = "cuda")]
+pub(crate) fn row_stats_into(x: &Tensor, eps: f32, stats: &Tensor) -> Result<()> {
+    let c = x.dim(-1);
+    let rows = x.numel() / c.max(1);
+    check_shape("row_stats", "stats", stats, &[rows, 2])?;
+    check_dtype("row_stats", DType::F32, &[stats])?;
+    let dev = x.device();
+    let dev = dev.as_cuda("row_stats")?;
+    if c * 4 > 48 * 1024 {
+        return Err(Error::Shape(format!("row_stats: {c} channels exceed the 12288-channel row buffer")));
+    }
+    let k = dev.kernels();
+    let p = crate::cuda::params::LayerNormParams {
+        x: x.cuda_ptr()? as *const _,
+        y: stats.cuda_ptr()? as *mut _,
+        weight: std::ptr::null(),
+        bias: std::ptr::null(),
+        rows: rows as i64,
+        C: c as i32,
+        eps,
+    };
+    let f = super::kernel("row_stats", x.dtype(), &k.row_stats_f32, &k.row_stats_bf16)?;
+    dev.launch(f, (rows as u32, 1, 1), (super::row_block(c), 1, 1), (c * 4) as u32, &p)
+}
+
 /// GlobalResponseNorm (spec §3.3) of `x [B, …, D]` into `y`; `stats [B, D]` (f32) is scratch
 /// that ends up holding the per-channel scale `1 + γ·N`.
 pub fn grn_into(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, y: &mut Tensor) -> Result<()> {
