@@ -63,6 +63,17 @@ fn main() {
         r.run(&format!("{what}/{}/{}x{}x{}x{}/bf16", s.name, s.b, s.h, s.w, s.c), None, Some((4 * s.numel()) as f64), || {
             ops::depthwise3x3_into(&x, &w, &b, pad, eps, &mut y).unwrap()
         });
+        if !*ln {
+            // y += conv(x): reads x and y, writes y.
+            r.run(&format!("depthwise+=/{}/{}x{}x{}x{}/bf16", s.name, s.b, s.h, s.w, s.c), None, Some((6 * s.numel()) as f64), || {
+                ops::depthwise3x3_accumulate_into(&x, &w, &b, pad, &mut y).unwrap()
+            });
+            // x + conv(LN(x)): the statistics pass reads x, the convolution reads x and writes y.
+            let (lw, lb) = (rnd(&[s.c], bf), rnd(&[s.c], bf));
+            r.run(&format!("ln+depthwise+x/{}/{}x{}x{}x{}/bf16", s.name, s.b, s.h, s.w, s.c), None, Some((6 * s.numel()) as f64), || {
+                ops::depthwise3x3_prenorm_residual(&x, &lw, &lb, 1e-6, &w, &b, pad).unwrap();
+            });
+        }
     }
     for s in shapes::UNSHUFFLE {
         let x = rnd(&[s.b, s.h, s.w, s.c], bf);
@@ -148,6 +159,21 @@ fn main() {
                 r.run(&format!("attention_mma/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
                     ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma, &mut o).unwrap()
                 });
+                // The same keys split as the UNets hold them: all but the last 77 from one pair of
+                // tensors, the rest (the condition rows) from another.
+                if s.lk > 77 {
+                    let (k1, k2) = (rnd(&[s.b, s.lk - 77, c], dtype), rnd(&[s.b, 77, c], dtype));
+                    let (v1, v2) = (rnd(&[s.b, s.lk - 77, c], dtype), rnd(&[s.b, 77, c], dtype));
+                    r.run(
+                        &format!("attention_mma_2src/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                        Some(s.flops()),
+                        None,
+                        || {
+                            ops::attention_two_sources_into(&q, (&k1, &v1), (&k2, &v2), s.heads, 0.125, ops::AttentionKernel::Mma, &mut o)
+                                .unwrap()
+                        },
+                    );
+                }
             }
         }
     }

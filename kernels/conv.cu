@@ -34,9 +34,6 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
         if (p.residual) acc += to_f32(((const T*)p.residual)[pix * p.C + c]);
         if (p.layer_norm) {
             out[c] = acc;
-        } else if (p.accumulate) {
-            T* y = (T*)p.y + pix * p.C + c;
-            *y = from_f32<T>(to_f32(*y) + acc);
         } else {
             ((T*)p.y)[pix * p.C + c] = from_f32<T>(acc);
         }

@@ -147,14 +147,14 @@ typedef struct DepthwiseParams {
     int32_t C;
     int32_t replicate;   // 1: replicate padding (Stage A), 0: zero padding (Stage B/C)
     int32_t layer_norm;  // 1: y = LN_C(conv(x)) with eps
-    int32_t accumulate;  // 1: y += conv(x) (no layer_norm; x and y distinct)
     float eps;
     // Optional LayerNorm of the input, applied as the taps are read (Stage A's MixBlock):
     // tap = (x - mean) * rstd * in_weight[c] + in_bias[c] with (mean, rstd) = in_stats[pixel].
     const float* in_stats;   // [B*H*W, 2] f32 (row_stats), or NULL
     const void* in_weight;   // [C]
     const void* in_bias;     // [C]
-    const void* residual;    // [B, H, W, C] added to the output (may be x; not y), or NULL
+    const void* residual;    // [B, H, W, C] added to the conv output (may be x, or y itself when
+                             // y is not x: y += conv(x)), or NULL
 } DepthwiseParams;
 
 // Pixel shuffle (PyTorch order, channel c*r*r + i*r + j):

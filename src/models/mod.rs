@@ -105,17 +105,6 @@ pub fn concat_batch(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     y.reshape(&shape)
 }
 
-/// Concatenation along the token axis: `[B, La, C] ++ [B, Lb, C]` → `[B, La + Lb, C]`.
-pub fn concat_tokens(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (&[ba, la, c], &[bb, lb, cb]) = (a.shape(), b.shape()) else {
-        return Err(Error::Shape(format!("concat_tokens: expected [B, L, C] tensors, got {:?} and {:?}", a.shape(), b.shape())));
-    };
-    if ba != bb || c != cb {
-        return Err(Error::Shape(format!("concat_tokens: {:?} and {:?} do not match", a.shape(), b.shape())));
-    }
-    ops::concat_channels(&a.view(&[ba, la * c])?, &b.view(&[ba, lb * c])?)?.reshape(&[ba, la + lb, c])
-}
-
 /// The weight files of a component folder: `{base}.safetensors` (or its sharded index), or the
 /// `{base}.bf16.safetensors` variant; `prefer_bf16` picks the variant first when both exist.
 pub fn weight_files(dir: &std::path::Path, base: &str, prefer_bf16: bool) -> Result<Vec<std::path::PathBuf>> {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::config::UNetConfig;
-use super::{concat_tokens, Linear};
+use super::Linear;
 use crate::ops::{self, AttentionMask, Padding};
 use crate::weights::VarBuilder;
 use crate::{DType, Device, Error, Result, Tensor};
@@ -425,7 +425,7 @@ impl StableCascadeUNet {
                 let img = im.forward(img)?;
                 let n = img.numel() / (b * c);
                 let img = img.reshape(&[b, n, c])?;
-                concat_tokens(&concat_tokens(&tm.forward(txt)?, &pooled)?, &img)?
+                ops::concat_tokens(&ops::concat_tokens(&tm.forward(txt)?, &pooled)?, &img)?
             }
             (None, None, _, _) | (_, _, None, _) | (_, _, _, None) => pooled,
             _ => return Err(Error::Shape("UNet: clip_text and clip_img must be given together".into())),

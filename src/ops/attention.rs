@@ -51,6 +51,38 @@ pub fn attention_into_with(
     kernel: AttentionKernel,
     o: &mut Tensor,
 ) -> Result<()> {
+    attention_impl(q, k, v, None, heads, scale, mask, kernel, o)
+}
+
+/// Attention over the keys of `k`/`v` followed by those of `k2`/`v2` (`[B, Lk2, C]`): the
+/// UNets' image tokens and their condition rows. The mma kernel reads both sources directly;
+/// every other path concatenates them first.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_two_sources_into(
+    q: &Tensor,
+    (k, v): (&Tensor, &Tensor),
+    (k2, v2): (&Tensor, &Tensor),
+    heads: usize,
+    scale: f32,
+    kernel: AttentionKernel,
+    o: &mut Tensor,
+) -> Result<()> {
+    attention_impl(q, k, v, Some((k2, v2)), heads, scale, AttentionMask::None, kernel, o)
+}
+
+/// Keys `k`/`v`, then those of `extra` when given; checks every shape, picks the kernel.
+#[allow(clippy::too_many_arguments)]
+fn attention_impl(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    extra: Option<(&Tensor, &Tensor)>,
+    heads: usize,
+    scale: f32,
+    mask: AttentionMask,
+    kernel: AttentionKernel,
+    o: &mut Tensor,
+) -> Result<()> {
     let &[b, lq, c] = q.shape() else {
         return Err(Error::Shape(format!("attention: q must be [B, Lq, C], got {:?}", q.shape())));
     };
@@ -63,6 +95,18 @@ pub fn attention_into_with(
     check_shape("attention", "output", o, &[b, lq, c])?;
     check_dtype("attention", q.dtype(), &[k, v, o])?;
     check_device("attention", &q.device(), &[k, v, o])?;
+    if let Some((k2, v2)) = extra {
+        let lk2 = k2.shape().get(1).copied().unwrap_or(0);
+        check_shape("attention", "second keys", k2, &[b, lk2, c])?;
+        check_shape("attention", "second values", v2, &[b, lk2, c])?;
+        check_dtype("attention", q.dtype(), &[k2, v2])?;
+        check_device("attention", &q.device(), &[k2, v2])?;
+    }
+    // Every kernel but the mma one takes a single key tensor.
+    let concatenated = |kernel, o: &mut Tensor| -> Result<()> {
+        let (k2, v2) = extra.expect("only called with second keys");
+        attention_impl(q, &super::concat_tokens(k, k2)?, &super::concat_tokens(v, v2)?, None, heads, scale, mask, kernel, o)
+    };
     let key_mask = match mask {
         AttentionMask::None => None,
         AttentionMask::CausalPadding(m) => {
@@ -74,6 +118,7 @@ pub fn attention_into_with(
     };
     let causal = key_mask.is_some();
     match q.device() {
+        Device::Cpu if extra.is_some() => concatenated(kernel, o),
         Device::Cpu => {
             let _ = kernel;
             let m = key_mask.map(|m| m.cpu_f32()).transpose()?;
@@ -98,13 +143,14 @@ pub fn attention_into_with(
                 o_stride: c as i32,
                 causal: causal as i32,
                 scale,
-                k2: std::ptr::null(),
-                v2: std::ptr::null(),
-                Lk2: 0,
+                k2: super::dptr(extra.map(|e| e.0))? as *const _,
+                v2: super::dptr(extra.map(|e| e.1))? as *const _,
+                Lk2: extra.map_or(0, |e| e.0.dim(1)) as i32,
             };
             let tc_ok = q.dtype() == DType::BF16 && !causal;
             // The mma kernel moves 16 bytes (8 bf16) per load and 4 per store.
-            let aligned = [p.q as u64, p.k as u64, p.v as u64, p.o as u64].iter().all(|a| a % 16 == 0) && c % 8 == 0;
+            let aligned =
+                [p.q as u64, p.k as u64, p.v as u64, p.o as u64, p.k2 as u64, p.v2 as u64].iter().all(|a| a % 16 == 0) && c % 8 == 0;
             let forced = std::env::var("CASCADE_ATTENTION").ok();
             let chosen = match kernel {
                 AttentionKernel::Auto if !tc_ok => AttentionKernel::Simple,
@@ -124,6 +170,9 @@ pub fn attention_into_with(
                 }
                 other => other,
             };
+            if extra.is_some() && chosen != AttentionKernel::Mma {
+                return concatenated(chosen, o);
+            }
             match chosen {
                 AttentionKernel::Mma => {
                     dev.launch(&kt.attention_mma_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
@@ -138,105 +187,6 @@ pub fn attention_into_with(
             }
         }
     }
-}
-
-/// Attention over the keys of `k`/`v` followed by those of `k2`/`v2` (`[B, Lk2, C]`): the
-/// UNets' image tokens and their condition rows. The mma kernel reads both sources directly;
-/// every other path concatenates them first.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_two_sources_into(
-    q: &Tensor,
-    (k, v): (&Tensor, &Tensor),
-    (k2, v2): (&Tensor, &Tensor),
-    heads: usize,
-    scale: f32,
-    kernel: AttentionKernel,
-    o: &mut Tensor,
-) -> Result<()> {
-    let (&[b, _, c], &[b2, lk2, c2]) = (k.shape(), k2.shape()) else {
-        return Err(Error::Shape(format!("attention: keys must be [B, L, C], got {:?} and {:?}", k.shape(), k2.shape())));
-    };
-    if (b2, c2) != (b, c) {
-        return Err(Error::Shape(format!("attention: second keys {:?} do not match {:?}", k2.shape(), k.shape())));
-    }
-    check_shape("attention", "second values", v2, &[b, lk2, c])?;
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(dev) = q.device() {
-        let use_mma = match kernel {
-            AttentionKernel::Mma => true,
-            AttentionKernel::Auto => match std::env::var("CASCADE_ATTENTION").ok().as_deref() {
-                Some("mma") => true,
-                Some(_) => false,
-                None => dev.mma_attention(),
-            },
-            _ => false,
-        };
-        let direct = use_mma
-            && q.dtype() == DType::BF16
-            && [q, k, v, k2, v2, &*o].iter().all(|t| t.cuda_ptr().is_ok_and(|p| p % 16 == 0))
-            && c % 8 == 0;
-        if direct {
-            check_dtype("attention", q.dtype(), &[k2, v2])?;
-            check_device("attention", &q.device(), &[k2, v2])?;
-            return attention_launch(q, k, v, Some((k2, v2)), heads, scale, o);
-        }
-    }
-    let cat = |a: &Tensor, b2: &Tensor| -> Result<Tensor> {
-        let (la, lb) = (a.dim(1), b2.dim(1));
-        super::concat_channels(&a.view(&[b, la * c])?, &b2.view(&[b, lb * c])?)?.reshape(&[b, la + lb, c])
-    };
-    attention_into_with(q, &cat(k, k2)?, &cat(v, v2)?, heads, scale, AttentionMask::None, kernel, o)
-}
-
-/// The mma kernel with the keys of `k`/`v` and then of `extra` (shapes checked here).
-#[cfg(feature = "cuda")]
-fn attention_launch(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    extra: Option<(&Tensor, &Tensor)>,
-    heads: usize,
-    scale: f32,
-    o: &mut Tensor,
-) -> Result<()> {
-    let &[b, lq, c] = q.shape() else {
-        return Err(Error::Shape(format!("attention: q must be [B, Lq, C], got {:?}", q.shape())));
-    };
-    if heads == 0 || c != heads * HEAD_DIM {
-        return Err(Error::Shape(format!("attention: {c} channels are not {heads} heads of {HEAD_DIM}")));
-    }
-    let lk = k.shape().get(1).copied().unwrap_or(0);
-    check_shape("attention", "k", k, &[b, lk, c])?;
-    check_shape("attention", "v", v, &[b, lk, c])?;
-    check_shape("attention", "output", o, &[b, lq, c])?;
-    check_dtype("attention", DType::BF16, &[q, k, v, o])?;
-    check_device("attention", &q.device(), &[k, v, o])?;
-    let dev = q.device();
-    let dev = dev.as_cuda("attention")?;
-    let (k2, v2, lk2) = match extra {
-        Some((k2, v2)) => (k2.cuda_ptr()? as *const _, v2.cuda_ptr()? as *const _, k2.dim(1)),
-        None => (std::ptr::null(), std::ptr::null(), 0),
-    };
-    let p = crate::cuda::params::AttentionParams {
-        q: q.cuda_ptr()? as *const _,
-        k: k.cuda_ptr()? as *const _,
-        v: v.cuda_ptr()? as *const _,
-        o: o.cuda_ptr()? as *mut _,
-        key_mask: std::ptr::null(),
-        B: b as i32,
-        H: heads as i32,
-        Lq: lq as i32,
-        Lk: lk as i32,
-        q_stride: c as i32,
-        kv_stride: c as i32,
-        o_stride: c as i32,
-        causal: 0,
-        scale,
-        k2,
-        v2,
-        Lk2: lk2 as i32,
-    };
-    dev.launch(&dev.kernels().attention_mma_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
 }
 
 /// [`attention_into`] as a new tensor.

@@ -38,81 +38,13 @@ pub fn depthwise3x3_into(
     layer_norm: Option<f32>,
     y: &mut Tensor,
 ) -> Result<()> {
-    depthwise3x3_impl(x, weight, bias, padding, layer_norm, false, y)
+    depthwise3x3_impl(x, weight, bias, padding, layer_norm, None, Residual::None, y)
 }
 
-/// `y += depthwise3x3(x)`: the convolution and a residual connection in one pass (Stage A's
-/// MixBlock). `x` and `y` must be different tensors.
+/// `y += depthwise3x3(x)`: the convolution and a residual connection in one pass. `x` and `y`
+/// must be different tensors.
 pub fn depthwise3x3_accumulate_into(x: &Tensor, weight: &Tensor, bias: &Tensor, padding: Padding, y: &mut Tensor) -> Result<()> {
-    depthwise3x3_impl(x, weight, bias, padding, None, true, y)
-}
-
-fn depthwise3x3_impl(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    padding: Padding,
-    layer_norm: Option<f32>,
-    accumulate: bool,
-    y: &mut Tensor,
-) -> Result<()> {
-    let (b, h, w, c) = image_dims("depthwise3x3", x)?;
-    check_numel("depthwise3x3", "weight", weight, c * 9)?;
-    check_numel("depthwise3x3", "bias", bias, c)?;
-    check_shape("depthwise3x3", "output", y, x.shape())?;
-    check_dtype("depthwise3x3", x.dtype(), &[weight, bias, y])?;
-    check_device("depthwise3x3", &x.device(), &[weight, bias, y])?;
-    match x.device() {
-        Device::Cpu => {
-            let v = cpu::depthwise3x3(
-                &x.cpu_f32()?,
-                b,
-                h,
-                w,
-                c,
-                &weight.cpu_f32()?,
-                &bias.cpu_f32()?,
-                padding == Padding::Replicate,
-                layer_norm,
-            );
-            if accumulate {
-                let sum: Vec<f32> = v.iter().zip(y.cpu_f32()?.iter()).map(|(a, r)| a + r).collect();
-                return y.set_cpu_f32(&sum);
-            }
-            y.set_cpu_f32(&v)
-        }
-        #[cfg(feature = "cuda")]
-        Device::Cuda(dev) => {
-            if accumulate && x.cuda_ptr()? == y.cuda_ptr()? {
-                return Err(Error::Shape("depthwise3x3: accumulating into the input itself is not supported".into()));
-            }
-            let k = dev.kernels();
-            let p = crate::cuda::params::DepthwiseParams {
-                x: x.cuda_ptr()? as *const _,
-                y: y.cuda_ptr()? as *mut _,
-                weight: weight.cuda_ptr()? as *const _,
-                bias: bias.cuda_ptr()? as *const _,
-                B: b as i32,
-                H: h as i32,
-                W: w as i32,
-                C: c as i32,
-                replicate: (padding == Padding::Replicate) as i32,
-                layer_norm: layer_norm.is_some() as i32,
-                accumulate: accumulate as i32,
-                eps: layer_norm.unwrap_or(0.0),
-                in_stats: std::ptr::null(),
-                in_weight: std::ptr::null(),
-                in_bias: std::ptr::null(),
-                residual: std::ptr::null(),
-            };
-            if layer_norm.is_some() && c * 4 > 48 * 1024 {
-                return Err(Error::Shape(format!("depthwise3x3: {c} channels exceed the fused LayerNorm's 12288-channel buffer")));
-            }
-            let smem = if layer_norm.is_some() { c * 4 } else { 0 };
-            let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
-            dev.launch(f, ((b * h * w) as u32, 1, 1), (super::row_block(c), 1, 1), smem as u32, &p)
-        }
-    }
+    depthwise3x3_impl(x, weight, bias, padding, None, None, Residual::Output, y)
 }
 
 /// `x + depthwise3x3(LayerNorm(x))` as a new tensor, the LayerNorm (affine, over channels)
@@ -132,24 +64,101 @@ pub fn depthwise3x3_prenorm_residual(
     let c = image_dims("depthwise3x3_prenorm_residual", x)?.3;
     check_numel("depthwise3x3_prenorm_residual", "LayerNorm weight", ln_weight, c)?;
     check_numel("depthwise3x3_prenorm_residual", "LayerNorm bias", ln_bias, c)?;
+    let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
     match x.device() {
         Device::Cpu => {
             let t = super::layer_norm(x, Some(ln_weight), Some(ln_bias), eps)?;
-            let mut y = x.view(x.shape())?;
-            depthwise3x3_accumulate_into(&t, weight, bias, padding, &mut y)?;
-            Ok(y)
+            depthwise3x3_impl(&t, weight, bias, padding, None, None, Residual::Tensor(x), &mut y)?;
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => {
+            check_dtype("depthwise3x3_prenorm_residual", x.dtype(), &[ln_weight, ln_bias])?;
+            check_device("depthwise3x3_prenorm_residual", &x.device(), &[ln_weight, ln_bias])?;
+            let stats = Tensor::empty(&[x.numel() / c.max(1), 2], crate::DType::F32, &x.device())?;
+            super::norm::row_stats_into(x, eps, &stats)?;
+            depthwise3x3_impl(x, weight, bias, padding, None, Some((&stats, ln_weight, ln_bias)), Residual::Tensor(x), &mut y)?;
+        }
+    }
+    Ok(y)
+}
+
+/// What the depthwise convolution's output adds.
+enum Residual<'a> {
+    None,
+    /// The output's own previous values (`y += conv`).
+    Output,
+    /// Another tensor of the output's shape (may be the input).
+    Tensor(&'a Tensor),
+}
+
+/// The depthwise convolution with its options: a LayerNorm of the output (`layer_norm`), one of
+/// the input applied as taps are read (`input_norm`: per-pixel (mean, rstd) f32 pairs, weight,
+/// bias; GPU only) and a residual.
+#[allow(clippy::too_many_arguments)]
+fn depthwise3x3_impl(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: Padding,
+    layer_norm: Option<f32>,
+    input_norm: Option<(&Tensor, &Tensor, &Tensor)>,
+    residual: Residual,
+    y: &mut Tensor,
+) -> Result<()> {
+    let (b, h, w, c) = image_dims("depthwise3x3", x)?;
+    check_numel("depthwise3x3", "weight", weight, c * 9)?;
+    check_numel("depthwise3x3", "bias", bias, c)?;
+    check_shape("depthwise3x3", "output", y, x.shape())?;
+    check_dtype("depthwise3x3", x.dtype(), &[weight, bias, y])?;
+    check_device("depthwise3x3", &x.device(), &[weight, bias, y])?;
+    if let Residual::Tensor(r) = residual {
+        check_shape("depthwise3x3", "residual", r, x.shape())?;
+        check_dtype("depthwise3x3", x.dtype(), &[r])?;
+        check_device("depthwise3x3", &x.device(), &[r])?;
+    }
+    match x.device() {
+        Device::Cpu => {
+            if input_norm.is_some() {
+                return Err(Error::Shape("depthwise3x3: a LayerNorm of the input from statistics is a GPU path".into()));
+            }
+            let mut v = cpu::depthwise3x3(
+                &x.cpu_f32()?,
+                b,
+                h,
+                w,
+                c,
+                &weight.cpu_f32()?,
+                &bias.cpu_f32()?,
+                padding == Padding::Replicate,
+                layer_norm,
+            );
+            let r = match residual {
+                Residual::None => None,
+                Residual::Output => Some(y.cpu_f32()?.into_owned()),
+                Residual::Tensor(r) => Some(r.cpu_f32()?.into_owned()),
+            };
+            if let Some(r) = r {
+                v.iter_mut().zip(&r).for_each(|(a, r)| *a += r);
+            }
+            y.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
-            check_numel("depthwise3x3", "weight", weight, c * 9)?;
-            check_numel("depthwise3x3", "bias", bias, c)?;
-            check_dtype("depthwise3x3", x.dtype(), &[weight, bias, ln_weight, ln_bias])?;
-            check_device("depthwise3x3", &x.device(), &[weight, bias, ln_weight, ln_bias])?;
-            let (b, h, w, _) = image_dims("depthwise3x3_prenorm_residual", x)?;
-            let rows = b * h * w;
-            let stats = Tensor::empty(&[rows, 2], crate::DType::F32, &x.device())?;
-            super::norm::row_stats_into(x, eps, &stats)?;
-            let y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
+            if !matches!(residual, Residual::None) && x.cuda_ptr()? == y.cuda_ptr()? {
+                return Err(Error::Shape("depthwise3x3: with a residual the output cannot be the input itself".into()));
+            }
+            if layer_norm.is_some() && c * 4 > 48 * 1024 {
+                return Err(Error::Shape(format!("depthwise3x3: {c} channels exceed the fused LayerNorm's 12288-channel buffer")));
+            }
+            let (in_stats, in_weight, in_bias) = match input_norm {
+                Some((s, w, b)) => (s.cuda_ptr()? as *const f32, w.cuda_ptr()? as *const _, b.cuda_ptr()? as *const _),
+                None => (std::ptr::null(), std::ptr::null(), std::ptr::null()),
+            };
+            let residual = match residual {
+                Residual::None => std::ptr::null(),
+                Residual::Output => y.cuda_ptr()? as *const _,
+                Residual::Tensor(r) => r.cuda_ptr()? as *const _,
+            };
             let k = dev.kernels();
             let p = crate::cuda::params::DepthwiseParams {
                 x: x.cuda_ptr()? as *const _,
@@ -161,17 +170,16 @@ pub fn depthwise3x3_prenorm_residual(
                 W: w as i32,
                 C: c as i32,
                 replicate: (padding == Padding::Replicate) as i32,
-                layer_norm: 0,
-                accumulate: 0,
-                eps,
-                in_stats: stats.cuda_ptr()? as *const f32,
-                in_weight: ln_weight.cuda_ptr()? as *const _,
-                in_bias: ln_bias.cuda_ptr()? as *const _,
-                residual: x.cuda_ptr()? as *const _,
+                layer_norm: layer_norm.is_some() as i32,
+                eps: layer_norm.unwrap_or(0.0),
+                in_stats,
+                in_weight,
+                in_bias,
+                residual,
             };
+            let smem = if layer_norm.is_some() { c * 4 } else { 0 };
             let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
-            dev.launch(f, (rows as u32, 1, 1), (super::row_block(c), 1, 1), 0, &p)?;
-            Ok(y)
+            dev.launch(f, ((b * h * w) as u32, 1, 1), (super::row_block(c), 1, 1), smem as u32, &p)
         }
     }
 }

@@ -82,6 +82,17 @@ pub fn concat_channels_into(a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()
     }
 }
 
+/// `a [B, La, C]` and `b [B, Lb, C]` → `[B, La + Lb, C]` (tokens of a, then of b, per sample).
+pub fn concat_tokens(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (&[ba, la, c], &[bb, lb, cb]) = (a.shape(), b.shape()) else {
+        return Err(Error::Shape(format!("concat_tokens: expected [B, L, C] tensors, got {:?} and {:?}", a.shape(), b.shape())));
+    };
+    if ba != bb || c != cb {
+        return Err(Error::Shape(format!("concat_tokens: {:?} and {:?} do not match", a.shape(), b.shape())));
+    }
+    concat_channels(&a.view(&[ba, la * c])?, &b.view(&[ba, lb * c])?)?.reshape(&[ba, la + lb, c])
+}
+
 /// [`concat_channels_into`] as a new tensor.
 pub fn concat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let mut y = Tensor::empty(&concat_shape(a, b)?, a.dtype(), &a.device())?;
