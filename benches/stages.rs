@@ -1,7 +1,7 @@
 //! Per-stage GPU benchmarks on the real architectures with random weights built in memory (no
 //! files): CLIP encode (batch 2), one Stage C step (batch 2 for guidance, 24×24), one Stage B
 //! step (batch 1, 256×256 latent), one Stage A decode (to 1024²), for the full and lite
-//! configs, bf16, each captured once as a CUDA graph and replayed. Reports ms per call and
+//! configs, bf16, each captured once as a CUDA graph (GEMM algorithms tuned first) and replayed. Reports ms per call and
 //! TFLOP/s from the spec's FLOP counts (§7). Without a GPU it says it skipped.
 
 mod common;
@@ -44,7 +44,8 @@ fn main() {
         let id_t = Tensor::from_f32(&ids, &[2, 77], DType::F32, &dev).unwrap();
         let mask: Vec<f32> = (0..154).map(|i| if i % 77 <= 12 { 1.0 } else { 0.0 }).collect();
         let mask_t = Tensor::from_f32(&mask, &[2, 77], DType::F32, &dev).unwrap();
-        let graph = cuda.capture(|| clip.encode(&id_t, &mask_t, &[12, 12]).map(|_| ())).unwrap();
+        let encode = || clip.encode(&id_t, &mask_t, &[12, 12]).map(|_| ());
+        let graph = cuda.capture_tuned(encode, encode).unwrap();
         r.run("stage/clip_bigg/encode/batch2", Some(195.8e9), None, || graph.replay().unwrap());
     }
     for (name, cfg, flops) in [("stage_c", UNetConfig::stage_c(), 8156.7e9), ("stage_c_lite", UNetConfig::stage_c_lite(), 2348.6e9)] {
@@ -58,7 +59,8 @@ fn main() {
         let x = rnd(&[2, 24, 24, 16], 3);
         let t = Tensor::from_f32(&[0.5, 0.5], &[2], DType::F32, &dev).unwrap();
         let prepared = prior.prepare(&cond, None, None, 2, 24, 24).unwrap();
-        let graph = cuda.capture(|| prior.forward_prepared(&x, &t, &prepared).map(|_| ())).unwrap();
+        let step = || prior.forward_prepared(&x, &t, &prepared).map(|_| ());
+        let graph = cuda.capture_tuned(step, step).unwrap();
         r.run(&format!("stage/{name}/step/batch2_24x24"), Some(flops), None, || graph.replay().unwrap());
     }
     for (name, cfg, flops) in [("stage_b", UNetConfig::stage_b(), 6174.1e9), ("stage_b_lite", UNetConfig::stage_b_lite(), 2223.5e9)] {
@@ -70,13 +72,15 @@ fn main() {
         let (x, effnet) = (rnd(&[1, 256, 256, 4], 5), rnd(&[1, 24, 24, 16], 6));
         let t = Tensor::from_f32(&[0.5], &[1], DType::F32, &dev).unwrap();
         let prepared = decoder.prepare(&cond, Some(&effnet), None, 1, 256, 256).unwrap();
-        let graph = cuda.capture(|| decoder.forward_prepared(&x, &t, &prepared).map(|_| ())).unwrap();
+        let step = || decoder.forward_prepared(&x, &t, &prepared).map(|_| ());
+        let graph = cuda.capture_tuned(step, step).unwrap();
         r.run(&format!("stage/{name}/step/batch1_256x256"), Some(flops), None, || graph.replay().unwrap());
     }
     if wanted("stage_a") {
         let vqgan = Vqgan::new(VqganConfig::default(), &vb).unwrap();
         let latents = rnd(&[1, 256, 256, 4], 7);
-        let graph = cuda.capture(|| vqgan.decode(&latents).map(|_| ())).unwrap();
+        let decode = || vqgan.decode(&latents).map(|_| ());
+        let graph = cuda.capture_tuned(decode, decode).unwrap();
         r.run("stage/stage_a/decode/1024x1024", Some(2172.4e9), None, || graph.replay().unwrap());
     }
     r.finish();

@@ -10,6 +10,8 @@
 #   narrows the stage bench; SANITIZE_STAGES picks the stages run once under memcheck;
 #   CASCADE_SHAPES=odd,clip narrows the kernel tests to shapes whose names contain those words
 #   SIDE_BY_SIDE=1  diffusers and the engine timed in this run (tools/gpu/side_by_side.py)
+#   GEMM_TUNE_AB=1  the stage bench again with CASCADE_GEMM_TUNE=0 (cuBLASLt's heuristic choice),
+#   printed as "BENCH untuned …" lines beside the tuned ones
 set -uo pipefail
 packed=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 logs=${LOGS:-${OUT:-/tmp}/cascade-gpu-logs}
@@ -74,6 +76,11 @@ if [ "${BENCH:-1}" = 1 ]; then
         name=$(basename "$b")
         CASCADE_BENCH_QUICK=1 timeout "${BENCH_TIMEOUT:-300}" "$b" --bench > "$logs/bench-$name.log" 2>&1 || { failed=1; rows+=("bench $name FAILED (see $logs/bench-$name.log)"); }
     done
+fi
+
+if [ "${GEMM_TUNE_AB:-0}" = 1 ]; then
+    CASCADE_GEMM_TUNE=0 CASCADE_BENCH_QUICK=1 timeout "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench > "$logs/stages-untuned.log" 2>&1 || { failed=1; rows+=("bench stages (untuned) FAILED (see $logs/stages-untuned.log)"); }
+    sed 's/^BENCH /BENCH untuned /' "$logs/stages-untuned.log" > "$logs/bench-stages-untuned.log"
 fi
 
 if [ "${FIDELITY:-0}" = 1 ] || [ "${SIDE_BY_SIDE:-0}" = 1 ]; then

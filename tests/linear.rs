@@ -182,6 +182,48 @@ mod gpu {
         assert!(err < 1e-2, "{err}");
     }
 
+    /// A GEMM shape first met inside a capture is tuned by `capture_tuned`'s warm-up, and the
+    /// graph it keeps holds no untuned GEMM; the tuned algorithm computes the same product.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_linear_capture_tuned_times_new_shapes_first() {
+        let dev = gpu();
+        let cuda = dev.as_cuda("test").unwrap().clone();
+        let tuning = std::env::var("CASCADE_GEMM_TUNE").map_or(true, |v| v != "0" && v != "off");
+        // A shape no other test uses, so that it is new to this process.
+        let (m, k, n) = (37, 88, 72);
+        let xv = round_to(&TestRng::new(11).normal(m * k, 1.0), DType::BF16);
+        let wv = round_to(&TestRng::new(12).normal(n * k, 0.1), DType::BF16);
+        let x = Tensor::from_f32(&xv, &[m, k], DType::BF16, &dev).unwrap();
+        let w = Tensor::from_f32(&wv, &[n, k], DType::BF16, &dev).unwrap();
+        let y = Tensor::empty(&[m, n], DType::BF16, &dev).unwrap();
+        let mut y_read = y.view(&[m, n]).unwrap();
+        let mut y = y;
+        let before = cuda.untuned_gemms_captured();
+        let mut warmups = 0;
+        let graph = cuda
+            .capture_tuned(
+                || {
+                    warmups += 1;
+                    ops::linear(&x, &w, None).map(drop)
+                },
+                || ops::linear_into(&x, &w, None, &mut y),
+            )
+            .unwrap();
+        // Only the first capture met the shape untuned; the kept one did not.
+        assert_eq!(cuda.untuned_gemms_captured() - before, usize::from(tuning));
+        assert_eq!(warmups, usize::from(tuning));
+        // Known now: a second capture needs no warm-up.
+        let again = cuda.capture_tuned(|| panic!("no warm-up expected"), || ops::linear_into(&x, &w, None, &mut y)).unwrap();
+        assert_eq!(cuda.untuned_gemms_captured() - before, usize::from(tuning));
+        for g in [&graph, &again] {
+            y_read.fill(f32::NAN).unwrap();
+            g.replay().unwrap();
+            let err = rel_l2(&y_read.to_vec_f32().unwrap(), &ops::cpu::linear(&xv, &wv, None, m, k, n));
+            assert!(err < 1e-2, "{err}");
+        }
+    }
+
     /// A captured graph replays the same GEMM with new input data.
     #[test]
     #[ignore = "needs a CUDA GPU"]

@@ -5,9 +5,19 @@
 //! `yᵀ[N,M] = w[N,K] · xᵀ[K,M]`: A = w read transposed (column-major K×N, ld K), B = x (column-major
 //! K×M, ld K), D = y (column-major N×M, ld N). This swap is written here once.
 //! The bias epilogue adds a vector over D's rows, which are y's columns: exactly bias[N].
+//!
+//! Algorithm choice: cuBLASLt's heuristic ranks a handful of candidate kernels per shape, and its
+//! first choice is not always the fastest on the card at hand. The first time a shape runs outside
+//! a graph capture, every candidate is timed on the real operands (into a scratch output) and the
+//! fastest is kept for the rest of the process; the heuristic's first choice stays unless another
+//! is clearly faster, so near-ties do not flip between runs. A shape first met inside a capture
+//! uses the first choice there and is timed at its next direct use: [`super::CudaDevice::capture_tuned`]
+//! arranges that before a graph is kept. `CASCADE_GEMM_TUNE=0` keeps the heuristic's first choice
+//! everywhere (bitwise repeatable across processes); `CASCADE_GEMM_TUNE=log` prints each choice.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublaslt::result as lt;
@@ -17,6 +27,12 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use crate::{DType, Error, Result};
 
 const WORKSPACE_BYTES: usize = 32 << 20;
+/// Candidates asked of the heuristic per shape.
+const CANDIDATES: usize = 8;
+/// Timed launches per candidate (after one untimed launch).
+const TIMED_LAUNCHES: usize = 5;
+/// Another candidate replaces the heuristic's first choice only when at least this much faster.
+const MIN_GAIN: f32 = 0.03;
 
 fn blas_err(what: &str, e: lt::CublasError) -> Error {
     Error::Cuda(format!("cuBLASLt {what}: {e}"))
@@ -41,13 +57,17 @@ fn alignment(ptrs: &[u64]) -> u32 {
     ptrs.iter().map(|&p| if p == 0 { 8 } else { p.trailing_zeros().min(8) }).min().map_or(256, |z| 1 << z)
 }
 
-/// Descriptors and the chosen algorithm for one [`Key`].
+/// Descriptors, the heuristic's candidates and the chosen one for one [`Key`].
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     a: sys::cublasLtMatrixLayout_t,
     b: sys::cublasLtMatrixLayout_t,
     d: sys::cublasLtMatrixLayout_t,
-    algo: sys::cublasLtMatmulAlgo_t,
+    /// In the heuristic's order, best first; never empty.
+    candidates: Vec<sys::cublasLtMatmulAlgo_t>,
+    chosen: usize,
+    /// False until the candidates have been timed (or there is nothing to time).
+    tuned: bool,
 }
 
 // SAFETY: the descriptors are plain host objects, used only under the Blas mutex.
@@ -83,12 +103,43 @@ impl Drop for Inner {
     }
 }
 
+/// Whether and how loudly to time the candidates (`CASCADE_GEMM_TUNE`: `0`, `1` default, `log`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tuning {
+    Off,
+    On,
+    Log,
+}
+
+impl Tuning {
+    fn from_env() -> Tuning {
+        match std::env::var("CASCADE_GEMM_TUNE").as_deref().map(str::trim) {
+            Ok("0") | Ok("off") => Tuning::Off,
+            Ok("log") => Tuning::Log,
+            _ => Tuning::On,
+        }
+    }
+}
+
 /// A cuBLASLt handle, its workspace and the per-shape plan cache.
 pub(crate) struct Blas {
     inner: Mutex<Inner>,
     workspace: CudaSlice<u8>,
     workspace_ptr: u64,
     stream: Arc<CudaStream>,
+    tuning: Tuning,
+    /// GEMMs recorded into a graph capture with a not-yet-timed plan (only ever grows).
+    untuned_in_capture: AtomicUsize,
+}
+
+/// Which candidate to keep, from each one's time (None: it failed to launch). The first
+/// candidate (the heuristic's choice) stays unless another is at least [`MIN_GAIN`] faster.
+fn choose(times_ms: &[Option<f32>]) -> Option<usize> {
+    let best = times_ms.iter().enumerate().filter_map(|(i, t)| t.map(|t| (i, t))).min_by(|a, b| a.1.total_cmp(&b.1))?;
+    match times_ms.first().copied().flatten() {
+        Some(first) if best.1 > first * (1.0 - MIN_GAIN) => Some(0),
+        _ => Some(best.0),
+    }
 }
 
 fn data_type(d: DType) -> sys::cudaDataType {
@@ -108,7 +159,19 @@ impl Blas {
         let handle = lt::create_handle().map_err(|e| blas_err("create", e))?;
         let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(|e| super::driver_err("allocating the cuBLASLt workspace", e))?;
         let workspace_ptr = workspace.device_ptr(stream).0;
-        Ok(Self { inner: Mutex::new(Inner { handle, plans: HashMap::new() }), workspace, workspace_ptr, stream: stream.clone() })
+        Ok(Self {
+            inner: Mutex::new(Inner { handle, plans: HashMap::new() }),
+            workspace,
+            workspace_ptr,
+            stream: stream.clone(),
+            tuning: Tuning::from_env(),
+            untuned_in_capture: AtomicUsize::new(0),
+        })
+    }
+
+    /// How many GEMMs so far were recorded into a graph capture before their shape was tuned.
+    pub(crate) fn untuned_in_capture(&self) -> usize {
+        self.untuned_in_capture.load(Ordering::Relaxed)
     }
 
     fn plan(handle: sys::cublasLtHandle_t, key: Key) -> Result<Plan> {
@@ -122,7 +185,7 @@ impl Blas {
         let a = mk(key.k, key.n, key.k as i64)?;
         let b = mk(key.k, key.m, key.k as i64)?;
         let d = mk(key.n, key.m, key.n as i64)?;
-        let mut plan = Plan { desc, a, b, d, algo: unsafe { std::mem::zeroed() } };
+        let mut plan = Plan { desc, a, b, d, candidates: Vec::new(), chosen: 0, tuned: false };
         let set = |attr, v: *const c_void, size| {
             unsafe { lt::set_matmul_desc_attribute(desc, attr, v, size) }.map_err(|e| blas_err("desc attribute", e))
         };
@@ -146,8 +209,11 @@ impl Blas {
         }
         let pref = lt::create_matmul_pref().map_err(|e| blas_err("preference", e))?;
         let ws = WORKSPACE_BYTES;
-        // SAFETY: all descriptors are live; the preference is destroyed right after.
-        let heuristic = unsafe {
+        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(CANDIDATES);
+        let mut count = 0i32;
+        // SAFETY: all descriptors are live; `results` has room for CANDIDATES entries, of which
+        // the call initialises `count`; the preference is destroyed right after.
+        let status = unsafe {
             use sys::cublasLtMatmulPreferenceAttributes_t as P;
             let set = |attr, v: *const c_void, size| lt::set_matmul_pref_attribute(pref, attr, v, size);
             let r = set(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const _ as _, std::mem::size_of_val(&ws))
@@ -161,13 +227,109 @@ impl Blas {
                     .into_iter()
                     .try_for_each(|attr| set(attr, &key.align as *const u32 as _, 4))
                 })
-                .and_then(|_| lt::get_matmul_algo_heuristic(handle, desc, a, b, d, d, pref));
+                .and_then(|_| {
+                    sys::cublasLtMatmulAlgoGetHeuristic(handle, desc, a, b, d, d, pref, CANDIDATES as i32, results.as_mut_ptr(), &mut count)
+                        .result()
+                });
+            if r.is_ok() {
+                results.set_len((count.max(0) as usize).min(CANDIDATES));
+            }
             let _ = lt::destroy_matmul_pref(pref);
             r
+        };
+        let no_algo = |e| blas_err(&format!("no algorithm for {}x{}x{} {}", key.m, key.k, key.n, key.dtype), e);
+        status.map_err(no_algo)?;
+        plan.candidates = results.iter().filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).map(|r| r.algo).collect();
+        if plan.candidates.is_empty() {
+            return Err(no_algo(lt::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)));
         }
-        .map_err(|e| blas_err(&format!("no algorithm for {}x{}x{} {}", key.m, key.k, key.n, key.dtype), e))?;
-        plan.algo = heuristic.algo;
         Ok(plan)
+    }
+
+    /// Queues `d = x·wᵀ (+ bias) + beta·c` with one candidate algorithm of `plan`.
+    ///
+    /// # Safety
+    /// As for [`Blas::linear`]; `c` and `d` span the plan's output shape.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn matmul(
+        &self,
+        handle: sys::cublasLtHandle_t,
+        plan: &Plan,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        x: u64,
+        w: u64,
+        c: u64,
+        d: u64,
+        beta: f32,
+    ) -> std::result::Result<(), lt::CublasError> {
+        let alpha = 1.0f32;
+        lt::matmul(
+            handle,
+            plan.desc,
+            &alpha as *const f32 as _,
+            &beta as *const f32 as _,
+            w as *const c_void,
+            plan.a,
+            x as *const c_void,
+            plan.b,
+            c as *const c_void,
+            plan.d,
+            d as *mut c_void,
+            plan.d,
+            algo,
+            self.workspace_ptr as *mut c_void,
+            WORKSPACE_BYTES,
+            self.stream.cu_stream() as sys::cudaStream_t,
+        )
+    }
+
+    /// Times every candidate of `plan` on the real operands, writing into a scratch output (so
+    /// `y`, which may be accumulated into, is untouched), and keeps the fastest.
+    ///
+    /// # Safety
+    /// As for [`Blas::linear`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tune(&self, handle: sys::cublasLtHandle_t, plan: &mut Plan, key: Key, x: u64, w: u64, beta: f32) -> Result<()> {
+        plan.tuned = true;
+        let bytes = (key.m * key.n) as usize * key.dtype.size();
+        // Without room for a scratch output the heuristic's choice stands.
+        let Ok(scratch) = self.stream.alloc_zeros::<u8>(bytes) else { return Ok(()) };
+        let out = scratch.device_ptr(&self.stream).0;
+        let ctx = self.stream.context();
+        let event = || ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT));
+        let timing_err = |e| super::driver_err("timing GEMM candidates", e);
+        let mut times = Vec::with_capacity(plan.candidates.len());
+        for algo in &plan.candidates {
+            // One untimed launch; a candidate that will not launch is skipped.
+            if self.matmul(handle, plan, algo, x, w, out, out, beta).is_err() {
+                times.push(None);
+                continue;
+            }
+            let (start, end) = (event().map_err(timing_err)?, event().map_err(timing_err)?);
+            start.record(&self.stream).map_err(timing_err)?;
+            let launched = (0..TIMED_LAUNCHES).try_for_each(|_| self.matmul(handle, plan, algo, x, w, out, out, beta));
+            end.record(&self.stream).map_err(timing_err)?;
+            let ms = start.elapsed_ms(&end).map_err(timing_err)?;
+            times.push(launched.ok().map(|_| ms / TIMED_LAUNCHES as f32));
+        }
+        drop(scratch);
+        if let Some(i) = choose(&times) {
+            plan.chosen = i;
+        }
+        if self.tuning == Tuning::Log {
+            let us: Vec<String> = times.iter().map(|t| t.map_or("failed".into(), |t| format!("{:.1}", t * 1e3))).collect();
+            eprintln!(
+                "cascade: GEMM {}x{}x{} {}{}: candidates [{}] µs, kept #{}",
+                key.m,
+                key.k,
+                key.n,
+                key.dtype,
+                if beta != 0.0 { " +=" } else { "" },
+                us.join(", "),
+                plan.chosen
+            );
+        }
+        Ok(())
     }
 
     /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`, all row-major of `dtype`, queued on the stream;
@@ -197,7 +359,11 @@ impl Blas {
         let handle = inner.handle;
         let plan = match inner.plans.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(Self::plan(handle, key)?),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut plan = Self::plan(handle, key)?;
+                plan.tuned = self.tuning == Tuning::Off || plan.candidates.len() == 1;
+                e.insert(plan)
+            }
         };
         if let Some(b) = bias {
             lt::set_matmul_desc_attribute(
@@ -208,27 +374,19 @@ impl Blas {
             )
             .map_err(|e| blas_err("bias pointer", e))?;
         }
-        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+        let beta = if accumulate { 1.0f32 } else { 0.0 };
+        if !plan.tuned {
+            let capturing = self.stream.capture_status().map_err(|e| super::driver_err("querying the capture status", e))?
+                != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+            if capturing {
+                self.untuned_in_capture.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.tune(handle, plan, key, x, w, beta)?;
+            }
+        }
         let _ = &self.workspace;
-        lt::matmul(
-            handle,
-            plan.desc,
-            &alpha as *const f32 as _,
-            &beta as *const f32 as _,
-            w as *const c_void,
-            plan.a,
-            x as *const c_void,
-            plan.b,
-            y as *const c_void,
-            plan.d,
-            y as *mut c_void,
-            plan.d,
-            &plan.algo,
-            self.workspace_ptr as *mut c_void,
-            WORKSPACE_BYTES,
-            self.stream.cu_stream() as sys::cudaStream_t,
-        )
-        .map_err(|e| blas_err(&format!("matmul {m}x{k}x{n} {dtype}"), e))
+        self.matmul(handle, plan, &plan.candidates[plan.chosen], x, w, y, y, beta)
+            .map_err(|e| blas_err(&format!("matmul {m}x{k}x{n} {dtype}"), e))
     }
 }
 
@@ -240,5 +398,17 @@ mod tests {
         assert_eq!(super::alignment(&[0x1000, 0x1002]), 2);
         assert_eq!(super::alignment(&[0x1080, 0]), 128);
         assert_eq!(super::alignment(&[]), 256);
+    }
+
+    #[test]
+    fn the_heuristic_choice_stays_unless_another_is_clearly_faster() {
+        use super::choose;
+        assert_eq!(choose(&[]), None);
+        assert_eq!(choose(&[None, None]), None);
+        assert_eq!(choose(&[Some(10.0), Some(9.8), Some(11.0)]), Some(0));
+        assert_eq!(choose(&[Some(10.0), Some(9.0), Some(8.0)]), Some(2));
+        assert_eq!(choose(&[None, Some(9.0), Some(8.0)]), Some(2));
+        assert_eq!(choose(&[Some(10.0), None, Some(9.6)]), Some(2));
+        assert_eq!(choose(&[Some(10.0), Some(f32::NAN)]), Some(0));
     }
 }

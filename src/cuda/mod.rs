@@ -156,6 +156,12 @@ impl CudaDevice {
         &self.kernels
     }
 
+    /// How many GEMMs so far were recorded into graph captures before their cuBLASLt algorithm
+    /// was tuned (see [`CudaDevice::capture_tuned`]); never decreases.
+    pub fn untuned_gemms_captured(&self) -> usize {
+        self.blas.untuned_in_capture()
+    }
+
     pub(crate) fn blas(&self) -> &blas::Blas {
         &self.blas
     }
@@ -284,6 +290,23 @@ impl CudaDevice {
         let graph = graph.ok_or_else(|| Error::Cuda("graph capture recorded nothing".into()))?;
         graph.upload().map_err(|e| driver_err("uploading the graph", e))?;
         Ok(Graph { graph })
+    }
+
+    /// [`CudaDevice::capture`], with every GEMM in the graph on its tuned cuBLASLt algorithm.
+    ///
+    /// A GEMM shape met for the first time inside a capture cannot be timed there, so it is
+    /// recorded with the heuristic's first choice. When that happened, `warmup` runs directly
+    /// (it must issue the same GEMMs as `body`, and its results are discarded), which times those
+    /// shapes, and `body` is captured again. On later calls with known shapes this is one capture.
+    pub fn capture_tuned(&self, warmup: impl FnOnce() -> Result<()>, mut body: impl FnMut() -> Result<()>) -> Result<Graph> {
+        let before = self.untuned_gemms_captured();
+        let graph = self.capture(&mut body)?;
+        if self.untuned_gemms_captured() == before {
+            return Ok(graph);
+        }
+        drop(graph);
+        warmup()?;
+        self.capture(body)
     }
 }
 
