@@ -185,7 +185,11 @@ fn main() {
         let n = s.numel();
         r.run(&format!("add/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((6 * n) as f64), || ops::add_assign(&mut y, &x).unwrap());
         r.run(&format!("modulate/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((4 * n) as f64), || {
-            ops::modulate_assign(&mut y, &ab).unwrap()
+            ops::modulate_assign(&mut y, &ab, 0).unwrap()
+        });
+        // Read x, write x and its LayerNorm (the separate ops: 4n + 4n bytes).
+        r.run(&format!("modulate+ln/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((6 * n) as f64), || {
+            ops::modulate_layer_norm(&mut y, &ab, 0, 1e-6).map(drop).unwrap()
         });
         r.run(&format!("affine/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((4 * n) as f64), || {
             ops::affine_assign(&mut y, 1.0, 0.0).unwrap()

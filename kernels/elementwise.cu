@@ -40,7 +40,7 @@ template <typename T> __device__ void modulate_impl(const ModulateParams& p) {
     int64_t total = (int64_t)p.B * p.N * p.C;
     GRID_STRIDE(i, total) {
         int64_t c = i % p.C, b = i / ((int64_t)p.N * p.C);
-        float a = to_f32(ab[b * 2 * p.C + c]), s = to_f32(ab[b * 2 * p.C + p.C + c]);
+        float a = to_f32(ab[b * p.ab_stride + c]), s = to_f32(ab[b * p.ab_stride + p.C + c]);
         ((T*)p.y)[i] = from_f32<T>(to_f32(x[i]) * (1.f + a) + s);
     }
 }

@@ -11,7 +11,18 @@ template <typename T> __device__ void layer_norm_impl(const LayerNormParams& p) 
     int64_t r = blockIdx.x;
     const T* x = (const T*)p.x + r * p.C;
     T* y = (T*)p.y + r * p.C;
-    for (int c = threadIdx.x; c < p.C; c += blockDim.x) row[c] = to_f32(x[c]);
+    if (p.ab) {
+        // Each thread rewrites only the elements it read, so x_out may be x.
+        const T* a = (const T*)p.ab + (r / p.rows_per_sample) * p.ab_stride;
+        T* xo = (T*)p.x_out + r * p.C;
+        for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
+            const T v = from_f32<T>(to_f32(x[c]) * (1.f + to_f32(a[c])) + to_f32(a[p.C + c]));
+            xo[c] = v;
+            row[c] = to_f32(v);
+        }
+    } else {
+        for (int c = threadIdx.x; c < p.C; c += blockDim.x) row[c] = to_f32(x[c]);
+    }
     float mean, rstd;
     row_mean_rstd(row, p.C, p.eps, scratch, mean, rstd);
     const T* w = (const T*)p.weight;

@@ -33,6 +33,9 @@ typedef struct FillParams {
 // LayerNorm over the last axis of token-major x: y = (x - mean) / sqrt(var + eps) [* w + b].
 // row_stats takes the same struct and writes only (mean, 1/sqrt(var + eps)) per row, as f32
 // pairs to y.
+// With ab (layer_norm only): x is first modulated as a TimestepBlock does, x*(1 + a) + s with
+// a = ab[r / rows_per_sample, 0..C) and s the next C values; the modulated row, rounded to x's
+// type, is written to x_out and is what gets normalised.
 typedef struct LayerNormParams {
     const void* x;       // [rows, C]
     void* y;             // [rows, C]
@@ -41,6 +44,10 @@ typedef struct LayerNormParams {
     int64_t rows;
     int32_t C;
     float eps;
+    const void* ab;      // NULL, or scale then shift of sample 0, samples ab_stride elements apart
+    void* x_out;         // [rows, C] (may be x), with ab
+    int64_t ab_stride;
+    int64_t rows_per_sample;
 } LayerNormParams;
 
 // GlobalResponseNorm (spec §3.3) in four steps. grn_partial: sums of squares over chunks of
@@ -104,14 +111,16 @@ typedef struct AddParams {
     int64_t n;
 } AddParams;
 
-// TimestepBlock: y[b,n,c] = x[b,n,c] * (1 + ab[b,c]) + ab[b,C+c].
+// TimestepBlock: y[b,n,c] = x[b,n,c] * (1 + ab[b*S + c]) + ab[b*S + C + c], S = ab_stride
+// (2C for a [B, 2C] tensor; more when ab is a column range of every block's terms).
 typedef struct ModulateParams {
     const void* x;       // [B, N, C]
     void* y;             // [B, N, C] (may alias x)
-    const void* ab;      // [B, 2C]: scale a first, shift b second
+    const void* ab;      // scale a first, shift b second, per sample
     int32_t B;
     int64_t N;
     int32_t C;
+    int64_t ab_stride;
 } ModulateParams;
 
 // Classifier-free guidance: y[i] = eps[n+i] + w * (eps[i] - eps[n+i]) (cond first, uncond second).

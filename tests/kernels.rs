@@ -421,6 +421,9 @@ fn elementwise_kernels() {
             let (x, xv) = input(&mut rng, &shape, 1.0, dtype, &dev);
             let (r, rv) = input(&mut rng, &shape, 1.0, dtype, &dev);
             let (ab, abv) = input(&mut rng, &[s.b, 2 * s.c], 0.5, dtype, &dev);
+            // A block's terms as a column range of every block's (3 columns in, 5 spare after).
+            let (ab_all, ab_all_v) = input(&mut rng, &[s.b, 2 * s.c + 8], 0.5, dtype, &dev);
+            let ab_cols: Vec<f32> = (0..s.b).flat_map(|b| ab_all_v[b * (2 * s.c + 8) + 3..][..2 * s.c].to_vec()).collect();
 
             let (mut y, whole) = poisoned(&shape, dtype, &dev).unwrap();
             ops::cast_into(&x, &mut y).unwrap();
@@ -429,8 +432,21 @@ fn elementwise_kernels() {
             verify("add", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
 
             ops::cast_into(&x, &mut y).unwrap();
-            ops::modulate_assign(&mut y, &ab).unwrap();
+            ops::modulate_assign(&mut y, &ab, 0).unwrap();
             verify("modulate", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &cpu::modulate(&xv, &abv, s.b, s.n, s.c));
+
+            ops::cast_into(&x, &mut y).unwrap();
+            ops::modulate_assign(&mut y, &ab_all, 3).unwrap();
+            let modulated = cpu::modulate(&xv, &ab_cols, s.b, s.n, s.c);
+            verify("modulate_cols", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &modulated);
+
+            // Modulation then LayerNorm in one pass: x is modulated in place (rounded to its
+            // type, as the separate op stores it) and the result's LayerNorm returned.
+            ops::cast_into(&x, &mut y).unwrap();
+            let n = ops::modulate_layer_norm(&mut y, &ab_all, 3, 1e-6).unwrap();
+            verify("modulate+ln x", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &modulated);
+            let want = cpu::layer_norm(&round_to(&modulated, dtype), s.c, None, None, 1e-6);
+            verify("modulate+ln", s.name, dtype, &n.to_vec_f32().unwrap(), None, &want);
 
             // CFG over x as [cond; uncond] halves (element count is even for b = 2).
             if s.b % 2 == 0 {

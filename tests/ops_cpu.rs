@@ -112,7 +112,7 @@ fn timestep_embedding_matches_diffusers() {
 #[test]
 fn modulate_cfg_token_embedding() {
     let mut x = t(&g::MOD_X, &[2, 3, 4]);
-    ops::modulate_assign(&mut x, &t(&g::MOD_AB, &[2, 8])).unwrap();
+    ops::modulate_assign(&mut x, &t(&g::MOD_AB, &[2, 8]), 0).unwrap();
     close("modulate", &x, &g::MOD, 1e-6);
 
     let eps = t(&g::CFG_EPS, &[4, 3]);

@@ -52,26 +52,72 @@ impl ResBlock {
 }
 
 /// TimestepBlock (spec §3.4): `x·(1 + a) + b` with `[a, b] = mapper(emb(t)) + Σ mapper_c(emb(0))`.
+/// Every block's mapper is part of one stacked layer ([`TimestepMappers`]); the block keeps
+/// where its `[a, b]` lie among that layer's outputs.
 struct TimestepBlock {
+    col: usize,
+}
+
+/// One TimestepBlock's weights as loaded, before [`TimestepMappers::stack`].
+struct TimestepWeights {
+    col: usize,
     mapper: Linear,
     cond_mappers: Vec<Linear>,
 }
 
-impl TimestepBlock {
-    fn load(vb: &VarBuilder, c: usize, c_r: usize, conds: &[String]) -> Result<TimestepBlock> {
-        Ok(TimestepBlock {
+impl TimestepWeights {
+    fn load(vb: &VarBuilder, c: usize, c_r: usize, conds: &[String], col: usize) -> Result<TimestepWeights> {
+        Ok(TimestepWeights {
+            col,
             mapper: Linear::load(vb, "mapper", 2 * c, c_r, true)?,
             cond_mappers: conds.iter().map(|n| Linear::load(vb, &format!("mapper_{n}"), 2 * c, c_r, true)).collect::<Result<_>>()?,
         })
     }
+}
 
-    /// `[B, 2C]` scale and shift for this step.
-    fn modulation(&self, r_emb: &Tensor, zero_emb: &Tensor) -> Result<Tensor> {
-        let mut ab = self.mapper.forward(r_emb)?;
-        for m in &self.cond_mappers {
-            ops::add_assign(&mut ab, &m.forward(zero_emb)?)?;
+/// Every TimestepBlock's mapper as one linear layer, weights stacked by rows: one GEMM per step
+/// gives all blocks' `[a, b]`, instead of three small GEMMs and two adds per block. The extra
+/// conditions' terms `mapper_c(emb(0))` depend on neither the step nor the sample (the engine,
+/// like diffusers' pipelines, always conditions `sca` and `crp` on 0), so they are folded into
+/// the bias once, at load, in f64.
+struct TimestepMappers {
+    stacked: Linear,
+}
+
+impl TimestepMappers {
+    fn stack(blocks: Vec<TimestepWeights>, c_r: usize, dtype: DType, device: &Device) -> Result<TimestepMappers> {
+        let total: usize = blocks.iter().map(|b| b.mapper.weight.dim(0)).sum();
+        let mut weight = vec![0f32; total * c_r];
+        let mut bias = vec![0f32; total];
+        let mut emb0 = Tensor::empty(&[1, c_r], DType::F32, &Device::Cpu)?;
+        ops::timestep_embedding_into(&Tensor::zeros(&[1], DType::F32, &Device::Cpu)?, c_r, 0, 10000.0, &mut emb0)?;
+        let emb0 = emb0.to_vec_f32()?;
+        let bias_of = |l: &Linear| l.bias.as_ref().map_or(Ok(vec![0f32; l.weight.dim(0)]), |b| b.to_vec_f32());
+        for b in &blocks {
+            let rows = b.mapper.weight.dim(0);
+            weight[b.col * c_r..(b.col + rows) * c_r].copy_from_slice(&b.mapper.weight.to_vec_f32()?);
+            let mut acc: Vec<f64> = bias_of(&b.mapper)?.iter().map(|&v| v as f64).collect();
+            for m in &b.cond_mappers {
+                let (w, mb) = (m.weight.to_vec_f32()?, bias_of(m)?);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a += mb[j] as f64 + (0..c_r).map(|k| w[j * c_r + k] as f64 * emb0[k] as f64).sum::<f64>();
+                }
+            }
+            for (j, a) in acc.into_iter().enumerate() {
+                bias[b.col + j] = a as f32;
+            }
         }
-        Ok(ab)
+        Ok(TimestepMappers {
+            stacked: Linear {
+                weight: Tensor::from_f32(&weight, &[total, c_r], dtype, device)?,
+                bias: Some(Tensor::from_f32(&bias, &[total], dtype, device)?),
+            },
+        })
+    }
+
+    /// `[B, Σ 2C]`: every TimestepBlock's `[a, b]` for this step's timestep embedding.
+    fn forward(&self, r_emb: &Tensor) -> Result<Tensor> {
+        self.stacked.forward(r_emb)
     }
 }
 
@@ -118,10 +164,16 @@ impl AttnBlock {
     }
 
     /// Keys and values are the image tokens' projections followed by the cached condition rows,
-    /// exactly `to_k([n; kv])` since every row is projected on its own.
-    fn forward(&self, x: &mut Tensor, cond_k: &Tensor, cond_v: &Tensor) -> Result<()> {
+    /// exactly `to_k([n; kv])` since every row is projected on its own. With `modulation` (the
+    /// preceding TimestepBlock's columns of the step's `[a, b]`), x is modulated in the same pass
+    /// as the LayerNorm reads it.
+    fn forward(&self, x: &mut Tensor, modulation: Option<(&Tensor, usize)>, cond_k: &Tensor, cond_v: &Tensor) -> Result<()> {
         let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
-        let n = ops::layer_norm(x, None, None, EPS)?.reshape(&[b, h * w, c])?;
+        let n = match modulation {
+            Some((ab, col)) => ops::modulate_layer_norm(x, ab, col, EPS)?,
+            None => ops::layer_norm(x, None, None, EPS)?,
+        };
+        let n = n.reshape(&[b, h * w, c])?;
         let q = self.q.forward(&n)?;
         let scale = (c as f32 / self.heads as f32).powf(-0.5);
         let mut o = Tensor::empty(q.shape(), q.dtype(), &q.device())?;
@@ -232,6 +284,13 @@ pub struct Conditioning {
     batch: usize,
 }
 
+/// Per-step values every block reads: the stacked TimestepBlock terms and the run's condition
+/// keys and values.
+struct StepTerms<'a> {
+    ab: &'a Tensor,
+    kv: &'a [(Tensor, Tensor)],
+}
+
 /// Stage C or Stage B.
 pub struct StableCascadeUNet {
     cfg: UNetConfig,
@@ -248,6 +307,7 @@ pub struct StableCascadeUNet {
     /// Deepest level first, as the module lists.
     up_scalers: Vec<Transition>,
     up: Vec<Level>,
+    timestep_mappers: TimestepMappers,
     clf: Linear,
 }
 
@@ -318,10 +378,16 @@ impl StableCascadeUNet {
         }
 
         let attn_count = std::cell::Cell::new(0usize);
+        let timestep_weights = std::cell::RefCell::new(Vec::<TimestepWeights>::new());
+        let timestep_cols = std::cell::Cell::new(0usize);
         let block = |vb: &VarBuilder, kind: &str, i: usize, c_skip: usize| -> Result<Block> {
             match kind {
                 "SDCascadeResBlock" => Ok(Block::Res(ResBlock::load(vb, ch[i], c_skip, cfg.kernel_size)?)),
-                "SDCascadeTimestepBlock" => Ok(Block::Timestep(TimestepBlock::load(vb, ch[i], c_r, &cfg.timestep_conditioning_type)?)),
+                "SDCascadeTimestepBlock" => {
+                    let col = timestep_cols.replace(timestep_cols.get() + 2 * ch[i]);
+                    timestep_weights.borrow_mut().push(TimestepWeights::load(vb, ch[i], c_r, &cfg.timestep_conditioning_type, col)?);
+                    Ok(Block::Timestep(TimestepBlock { col }))
+                }
                 "SDCascadeAttnBlock" => {
                     let id = attn_count.replace(attn_count.get() + 1);
                     Ok(Block::Attn(AttnBlock::load(vb, ch[i], c_cond, heads_of(&cfg, i), cfg.self_attn.get(i), id)?))
@@ -389,6 +455,7 @@ impl StableCascadeUNet {
         }
 
         let p = cfg.patch_size;
+        let timestep_mappers = TimestepMappers::stack(timestep_weights.into_inner(), c_r, vb.dtype(), vb.device())?;
         Ok(StableCascadeUNet {
             clip_txt_pooled_mapper: Linear::load(vb, "clip_txt_pooled_mapper", c_cond * seq, cfg.clip_text_pooled_in_channels, true)?,
             clip_txt_mapper: cfg.clip_text_in_channels.map(|t| Linear::load(vb, "clip_txt_mapper", c_cond, t, true)).transpose()?,
@@ -401,6 +468,7 @@ impl StableCascadeUNet {
             down,
             up_scalers,
             up,
+            timestep_mappers,
             dtype: vb.dtype(),
             device: vb.device().clone(),
             cfg,
@@ -510,12 +578,11 @@ impl StableCascadeUNet {
         if timestep_ratio.shape() != [b] {
             return Err(Error::Shape(format!("UNet: timestep_ratio must be [{b}], got {:?}", timestep_ratio.shape())));
         }
-        // Timestep embeddings: emb(t), and emb(0) for every extra condition.
+        // The timestep embedding emb(t), and from it every TimestepBlock's [a, b] in one GEMM.
         let c_r = self.cfg.timestep_ratio_embedding_dim;
         let mut r_emb = Tensor::empty(&[b, c_r], self.dtype, &self.device)?;
         ops::timestep_embedding_into(&timestep_ratio.to_dtype(DType::F32)?, c_r, 0, 10000.0, &mut r_emb)?;
-        let mut zero_emb = Tensor::empty(&[b, c_r], self.dtype, &self.device)?;
-        ops::timestep_embedding_into(&Tensor::zeros(&[b], DType::F32, &self.device)?, c_r, 0, 10000.0, &mut zero_emb)?;
+        let ab = self.timestep_mappers.forward(&r_emb)?;
 
         // Stem.
         let x = if p > 1 { ops::pixel_unshuffle(sample, p)? } else { sample.view(sample.shape())? };
@@ -531,16 +598,14 @@ impl StableCascadeUNet {
         for term in &prepared.image_terms {
             ops::add_assign(&mut x, term)?;
         }
-        let cond = &prepared.attn_kv;
+        let terms = StepTerms { ab: &ab, kv: &prepared.attn_kv };
 
         // Down path; level_outputs[0] is the deepest.
         let mut level_outputs: Vec<Tensor> = Vec::new();
         for (level, scaler) in self.down.iter().zip(&self.down_scalers) {
             x = scaler.forward(&x)?;
             for rep in 0..=level.repeat_mappers.len() {
-                for blk in &level.blocks {
-                    x = self.apply(blk, x, None, &r_emb, &zero_emb, cond)?;
-                }
+                x = self.run_blocks(&level.blocks, x, None, &terms)?;
                 if let Some(m) = level.repeat_mappers.get(rep) {
                     x = m.forward(&x)?;
                 }
@@ -552,18 +617,8 @@ impl StableCascadeUNet {
         let mut x = level_outputs[0].view(level_outputs[0].shape())?;
         for (k, (level, scaler)) in self.up.iter().zip(&self.up_scalers).enumerate() {
             for rep in 0..=level.repeat_mappers.len() {
-                for (m, blk) in level.blocks.iter().enumerate() {
-                    let skip = if m == 0 && k > 0 { Some(&level_outputs[k]) } else { None };
-                    if let (Some(s), Block::Res(_)) = (skip, blk) {
-                        if (x.dim(1), x.dim(2)) != (s.dim(1), s.dim(2)) {
-                            // diffusers resizes in f32 and casts back.
-                            let xf = ops::resize_bilinear(&x.to_dtype(DType::F32)?, s.dim(1), s.dim(2))?;
-                            x = xf.to_dtype(self.dtype)?;
-                        }
-                    }
-                    let skip = if matches!(blk, Block::Res(_)) { skip } else { None };
-                    x = self.apply(blk, x, skip, &r_emb, &zero_emb, cond)?;
-                }
+                let skip = if k > 0 { Some(&level_outputs[k]) } else { None };
+                x = self.run_blocks(&level.blocks, x, skip, &terms)?;
                 if let Some(m) = level.repeat_mappers.get(rep) {
                     x = m.forward(&x)?;
                 }
@@ -579,30 +634,38 @@ impl StableCascadeUNet {
         }
     }
 
-    fn apply(
-        &self,
-        blk: &Block,
-        mut x: Tensor,
-        skip: Option<&Tensor>,
-        r_emb: &Tensor,
-        zero_emb: &Tensor,
-        kv: &[(Tensor, Tensor)],
-    ) -> Result<Tensor> {
-        match blk {
-            Block::Res(r) => {
-                r.forward(&mut x, skip)?;
-                Ok(x)
+    /// One level's blocks in order; `skip` goes to the first block when it is a ResBlock. A
+    /// TimestepBlock followed by an AttnBlock is applied inside the attention block's LayerNorm
+    /// pass (Stage C's levels and Stage B's deeper ones); otherwise on its own.
+    fn run_blocks(&self, blocks: &[Block], mut x: Tensor, skip: Option<&Tensor>, terms: &StepTerms) -> Result<Tensor> {
+        let mut i = 0;
+        while i < blocks.len() {
+            match (&blocks[i], blocks.get(i + 1)) {
+                (Block::Res(r), _) => {
+                    let skip = if i == 0 { skip } else { None };
+                    if let Some(s) = skip {
+                        if (x.dim(1), x.dim(2)) != (s.dim(1), s.dim(2)) {
+                            // diffusers resizes in f32 and casts back.
+                            let xf = ops::resize_bilinear(&x.to_dtype(DType::F32)?, s.dim(1), s.dim(2))?;
+                            x = xf.to_dtype(self.dtype)?;
+                        }
+                    }
+                    r.forward(&mut x, skip)?;
+                }
+                (Block::Timestep(t), Some(Block::Attn(a))) => {
+                    let (k, v) = &terms.kv[a.id];
+                    a.forward(&mut x, Some((terms.ab, t.col)), k, v)?;
+                    i += 1;
+                }
+                (Block::Timestep(t), _) => ops::modulate_assign(&mut x, terms.ab, t.col)?,
+                (Block::Attn(a), _) => {
+                    let (k, v) = &terms.kv[a.id];
+                    a.forward(&mut x, None, k, v)?;
+                }
             }
-            Block::Timestep(t) => {
-                ops::modulate_assign(&mut x, &t.modulation(r_emb, zero_emb)?)?;
-                Ok(x)
-            }
-            Block::Attn(a) => {
-                let (k, v) = &kv[a.id];
-                a.forward(&mut x, k, v)?;
-                Ok(x)
-            }
+            i += 1;
         }
+        Ok(x)
     }
 }
 

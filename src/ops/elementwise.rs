@@ -75,19 +75,14 @@ fn add_impl(a: Option<&Tensor>, b: &Tensor, y: &mut Tensor) -> Result<()> {
     }
 }
 
-/// TimestepBlock: `x ← x·(1 + a) + b` for `x [B, N, C]` and `ab [B, 2C]` (a first).
-pub fn modulate_assign(x: &mut Tensor, ab: &Tensor) -> Result<()> {
-    if x.rank() < 2 {
-        return Err(Error::Shape(format!("modulate: x must be [B, …, C], got {:?}", x.shape())));
-    }
-    let (b, c) = (x.dim(0), x.dim(-1));
-    let n = x.numel() / (b * c).max(1);
-    check_shape("modulate", "ab", ab, &[b, 2 * c])?;
-    check_dtype("modulate", x.dtype(), &[ab])?;
-    check_device("modulate", &x.device(), &[ab])?;
+/// TimestepBlock: `x ← x·(1 + a) + s` for `x [B, N, C]`, where `a` and `s` are the columns
+/// `[col, col + C)` and `[col + C, col + 2C)` of `ab [B, S]`: a `[B, 2C]` tensor with `col` 0, or
+/// one block's range of every block's terms computed by one GEMM.
+pub fn modulate_assign(x: &mut Tensor, ab: &Tensor, col: usize) -> Result<()> {
+    let (b, n, c) = modulation_shape("modulate", x, ab, col)?;
     match x.device() {
         Device::Cpu => {
-            let v = cpu::modulate(&x.cpu_f32()?, &ab.cpu_f32()?, b, n, c);
+            let v = cpu::modulate(&x.cpu_f32()?, &modulation_columns(ab, col, c)?, b, n, c);
             x.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
@@ -97,14 +92,35 @@ pub fn modulate_assign(x: &mut Tensor, ab: &Tensor) -> Result<()> {
             let p = crate::cuda::params::ModulateParams {
                 x: ptr as *const _,
                 y: ptr as *mut _,
-                ab: ab.cuda_ptr()? as *const _,
+                ab: (ab.cuda_ptr()? + (col * ab.dtype().size()) as u64) as *const _,
                 B: b as i32,
                 N: n as i64,
                 C: c as i32,
+                ab_stride: ab.dim(1) as i64,
             };
             dev.launch_1d(super::kernel("modulate", x.dtype(), &k.modulate_f32, &k.modulate_bf16)?, x.numel(), &p)
         }
     }
+}
+
+/// Checks `x [B, …, C]` against `ab [B, S]` with `col + 2C ≤ S`; returns (B, N, C).
+pub(crate) fn modulation_shape(op: &str, x: &Tensor, ab: &Tensor, col: usize) -> Result<(usize, usize, usize)> {
+    if x.rank() < 2 {
+        return Err(Error::Shape(format!("{op}: x must be [B, …, C], got {:?}", x.shape())));
+    }
+    let (b, c) = (x.dim(0), x.dim(-1));
+    if ab.rank() != 2 || ab.dim(0) != b || col + 2 * c > ab.dim(1) {
+        return Err(Error::Shape(format!("{op}: ab must be [{b}, S] with columns {col}..{} inside S, got {:?}", col + 2 * c, ab.shape())));
+    }
+    check_dtype(op, x.dtype(), &[ab])?;
+    check_device(op, &x.device(), &[ab])?;
+    Ok((b, x.numel() / (b * c).max(1), c))
+}
+
+/// The `[B, 2C]` values of columns `[col, col + 2C)` of `ab [B, S]` (CPU paths).
+pub(crate) fn modulation_columns(ab: &Tensor, col: usize, c: usize) -> Result<Vec<f32>> {
+    let (v, s) = (ab.cpu_f32()?, ab.dim(1));
+    Ok((0..ab.dim(0)).flat_map(|b| v[b * s + col..b * s + col + 2 * c].to_vec()).collect())
 }
 
 /// Classifier-free guidance: `eps [2B, …]` holds the cond half then the uncond half; writes

@@ -7,6 +7,33 @@ use crate::{DType, Device, Error, Result, Tensor};
 /// LayerNorm over the last axis: `(x − mean)/√(var + eps)`, then `·weight + bias` when given
 /// (CLIP: affine, eps 1e-5; UNets and VQGAN: no affine, eps 1e-6).
 pub fn layer_norm_into(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32, y: &mut Tensor) -> Result<()> {
+    layer_norm_impl(x, weight, bias, eps, y, None)
+}
+
+/// A TimestepBlock followed by the attention block's LayerNorm, in one pass: `x ← x·(1 + a) + s`
+/// (as [`super::modulate_assign`], columns `col..` of `ab`), and returns `LayerNorm(x)` without
+/// affine. Each row is read once; the modulated row is written back and normalised.
+pub fn modulate_layer_norm(x: &mut Tensor, ab: &Tensor, col: usize, eps: f32) -> Result<Tensor> {
+    super::elementwise::modulation_shape("modulate_layer_norm", x, ab, col)?;
+    let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
+    if x.device().is_cpu() {
+        super::modulate_assign(x, ab, col)?;
+        layer_norm_into(x, None, None, eps, &mut y)?;
+    } else {
+        let input = x.view(x.shape())?;
+        layer_norm_impl(&input, None, None, eps, &mut y, Some((ab, col, x)))?;
+    }
+    Ok(y)
+}
+
+fn layer_norm_impl(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+    y: &mut Tensor,
+    modulation: Option<(&Tensor, usize, &mut Tensor)>,
+) -> Result<()> {
     let c = x.shape().last().copied().ok_or_else(|| Error::Shape("layer_norm: scalar input".into()))?;
     check_shape("layer_norm", "output", y, x.shape())?;
     check_dtype("layer_norm", x.dtype(), &[y])?;
@@ -18,6 +45,7 @@ pub fn layer_norm_into(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor
     }
     match x.device() {
         Device::Cpu => {
+            debug_assert!(modulation.is_none(), "the CPU path modulates separately");
             let w = weight.map(|t| t.cpu_f32()).transpose()?;
             let b = bias.map(|t| t.cpu_f32()).transpose()?;
             let v = cpu::layer_norm(&x.cpu_f32()?, c, w.as_deref(), b.as_deref(), eps);
@@ -30,6 +58,15 @@ pub fn layer_norm_into(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor
                 return Err(Error::Shape(format!("layer_norm: {c} channels exceed the kernel's 12288-channel row buffer")));
             }
             let rows = x.numel() / c.max(1);
+            let (ab, x_out, ab_stride, rows_per_sample) = match modulation {
+                Some((ab, col, x_out)) => (
+                    (ab.cuda_ptr()? + (col * ab.dtype().size()) as u64) as *const _,
+                    x_out.cuda_ptr()? as *mut _,
+                    ab.dim(1) as i64,
+                    (rows / x.dim(0).max(1)) as i64,
+                ),
+                None => (std::ptr::null(), std::ptr::null_mut(), 0, 1),
+            };
             let p = crate::cuda::params::LayerNormParams {
                 x: x.cuda_ptr()? as *const _,
                 y: y.cuda_ptr()? as *mut _,
@@ -38,6 +75,10 @@ pub fn layer_norm_into(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor
                 rows: rows as i64,
                 C: c as i32,
                 eps,
+                ab,
+                x_out,
+                ab_stride,
+                rows_per_sample,
             };
             let f = super::kernel("layer_norm", x.dtype(), &k.layer_norm_f32, &k.layer_norm_bf16)?;
             dev.launch(f, (rows as u32, 1, 1), (super::row_block(c), 1, 1), (c * 4) as u32, &p)
@@ -74,6 +115,10 @@ pub(crate) fn row_stats_into(x: &Tensor, eps: f32, stats: &Tensor) -> Result<()>
         rows: rows as i64,
         C: c as i32,
         eps,
+        ab: std::ptr::null(),
+        x_out: std::ptr::null_mut(),
+        ab_stride: 0,
+        rows_per_sample: 1,
     };
     let f = super::kernel("row_stats", x.dtype(), &k.row_stats_f32, &k.row_stats_bf16)?;
     dev.launch(f, (rows as u32, 1, 1), (super::row_block(c), 1, 1), (c * 4) as u32, &p)
