@@ -104,6 +104,9 @@ fn main() {
         r.run(&format!("concat/{}/{}x({}+{})/bf16", s.name, s.rows, s.ca, s.cb), None, Some((4 * s.rows * (s.ca + s.cb)) as f64), || {
             ops::concat_channels_into(&a, &b, &mut y).unwrap()
         });
+        r.run(&format!("columns/{}/{}x{}[{}..]/bf16", s.name, s.rows, s.ca + s.cb, s.ca), None, Some((4 * s.rows * s.cb) as f64), || {
+            ops::columns(&y, s.ca, s.cb).map(drop).unwrap()
+        });
     }
     for cs in shapes::CONV2X2 {
         let s = cs.x;
@@ -172,6 +175,18 @@ fn main() {
                             ops::attention_two_sources_into(&q, (&k1, &v1), (&k2, &v2), s.heads, 0.125, ops::AttentionKernel::Mma, &mut o)
                                 .unwrap()
                         },
+                    );
+                }
+                // As the UNets run it: q, k, v packed in one GEMM's rows (row stride 3C), the
+                // keys beyond the queries' own from a second packed tensor (the condition rows).
+                if s.lk >= s.lq {
+                    let qkv = rnd(&[s.b, s.lq, 3 * c], dtype);
+                    let second = (s.lk > s.lq).then(|| rnd(&[s.b, s.lk - s.lq, 3 * c], dtype));
+                    r.run(
+                        &format!("attention_mma_packed/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                        Some(s.flops()),
+                        None,
+                        || ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, ops::AttentionKernel::Mma, &mut o).unwrap(),
                     );
                 }
             }

@@ -27,6 +27,15 @@ fn main() {
     };
     // Only the selected stages run when CASCADE_BENCH_STAGES lists them (e.g. "clip,stage_c").
     let wanted = |name: &str| std::env::var("CASCADE_BENCH_STAGES").map_or(true, |s| s.split(',').any(|x| name.starts_with(x.trim())));
+    // CASCADE_BENCH_CAPTURE_ONLY=1 prints each graph's node count and times nothing (with
+    // CASCADE_GEMM_TUNE=0 nothing runs but the weight fill: the CUDA emulator can count nodes).
+    let capture_only = std::env::var("CASCADE_BENCH_CAPTURE_ONLY").is_ok_and(|v| v == "1");
+    let mut bench = |name: &str, flops: f64, graph: cascade::cuda::Graph| {
+        println!("GRAPH {name} {} nodes", graph.node_count().unwrap());
+        if !capture_only {
+            r.run(name, Some(flops), None, || graph.replay().unwrap());
+        }
+    };
 
     if wanted("clip") {
         let clip = ClipTextModel::new(ClipTextConfig::bigg(), &vb).unwrap();
@@ -46,7 +55,7 @@ fn main() {
         let mask_t = Tensor::from_f32(&mask, &[2, 77], DType::F32, &dev).unwrap();
         let encode = || clip.encode(&id_t, &mask_t, &[12, 12]).map(|_| ());
         let graph = cuda.capture_tuned(encode, encode).unwrap();
-        r.run("stage/clip_bigg/encode/batch2", Some(195.8e9), None, || graph.replay().unwrap());
+        bench("stage/clip_bigg/encode/batch2", 195.8e9, graph);
     }
     for (name, cfg, flops) in [("stage_c", UNetConfig::stage_c(), 8156.7e9), ("stage_c_lite", UNetConfig::stage_c_lite(), 2348.6e9)] {
         if !wanted(name) {
@@ -61,7 +70,7 @@ fn main() {
         let prepared = prior.prepare(&cond, None, None, 2, 24, 24).unwrap();
         let step = || prior.forward_prepared(&x, &t, &prepared).map(|_| ());
         let graph = cuda.capture_tuned(step, step).unwrap();
-        r.run(&format!("stage/{name}/step/batch2_24x24"), Some(flops), None, || graph.replay().unwrap());
+        bench(&format!("stage/{name}/step/batch2_24x24"), flops, graph);
     }
     for (name, cfg, flops) in [("stage_b", UNetConfig::stage_b(), 6174.1e9), ("stage_b_lite", UNetConfig::stage_b_lite(), 2223.5e9)] {
         if !wanted(name) {
@@ -74,14 +83,14 @@ fn main() {
         let prepared = decoder.prepare(&cond, Some(&effnet), None, 1, 256, 256).unwrap();
         let step = || decoder.forward_prepared(&x, &t, &prepared).map(|_| ());
         let graph = cuda.capture_tuned(step, step).unwrap();
-        r.run(&format!("stage/{name}/step/batch1_256x256"), Some(flops), None, || graph.replay().unwrap());
+        bench(&format!("stage/{name}/step/batch1_256x256"), flops, graph);
     }
     if wanted("stage_a") {
         let vqgan = Vqgan::new(VqganConfig::default(), &vb).unwrap();
         let latents = rnd(&[1, 256, 256, 4], 7);
         let decode = || vqgan.decode(&latents).map(|_| ());
         let graph = cuda.capture_tuned(decode, decode).unwrap();
-        r.run("stage/stage_a/decode/1024x1024", Some(2172.4e9), None, || graph.replay().unwrap());
+        bench("stage/stage_a/decode/1024x1024", 2172.4e9, graph);
     }
     r.finish();
 }

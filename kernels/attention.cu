@@ -226,15 +226,15 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
     const int total = p.Lk + p.Lk2;
     const bf16* kbase = (const bf16*)p.k + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
     const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
-    const bf16* kbase2 = p.Lk2 ? (const bf16*)p.k2 + (int64_t)b * p.Lk2 * p.kv_stride + h * HEAD_DIM : kbase;
-    const bf16* vbase2 = p.Lk2 ? (const bf16*)p.v2 + (int64_t)b * p.Lk2 * p.kv_stride + h * HEAD_DIM : vbase;
+    const bf16* kbase2 = p.Lk2 ? (const bf16*)p.k2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : kbase;
+    const bf16* vbase2 = p.Lk2 ? (const bf16*)p.v2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : vbase;
     // 64 keys × 64 dims of K and of V: 512 pieces of 16 bytes each, four per thread; keys past
     // the last are zero-filled.
     auto load_tile = [&](int stage, int k0) {
         for (int e = threadIdx.x; e < MMA_KT * HEAD_DIM / 8; e += MMA_WARPS * 32) {
             const int j = e >> 3, d = (e & 7) * 8, kj = k0 + j;
             const bool first = kj < p.Lk, valid = kj < total;
-            const int64_t off = (int64_t)(first ? kj : valid ? kj - p.Lk : 0) * p.kv_stride + d;
+            const int64_t off = first ? (int64_t)kj * p.kv_stride + d : valid ? (int64_t)(kj - p.Lk) * p.kv2_stride + d : d;
             cp_async16(&ks[stage][j][d], (first || !valid ? kbase : kbase2) + off, valid);
             cp_async16(&vs[stage][j][d], (first || !valid ? vbase : vbase2) + off, valid);
         }

@@ -216,6 +216,17 @@ typedef struct ConcatParams {
     int32_t Cb;
 } ConcatParams;
 
+// Columns [col, col + width) of every row of x [rows, C] into y [rows, width] (the q, k or v
+// part of a packed projection, where a kernel needs it on its own).
+typedef struct ColumnsParams {
+    const void* x;       // [rows, C]
+    void* y;             // [rows, width]
+    int64_t rows;
+    int32_t C;
+    int32_t col;
+    int32_t width;
+} ColumnsParams;
+
 // ---- attention -----------------------------------------------------------------------------
 
 // o = softmax(q k^T * scale [masked]) v per head; head h uses columns [h*64, h*64+64).
@@ -235,11 +246,12 @@ typedef struct AttentionParams {
     int32_t o_stride;
     int32_t causal;      // 1: query i sees keys j <= i
     float scale;
-    // Keys Lk .. Lk + Lk2 - 1 continue in k2/v2 [B, Lk2, kv_stride] (the UNets' condition rows,
+    // Keys Lk .. Lk + Lk2 - 1 continue in k2/v2 [B, Lk2, kv2_stride] (the UNets' condition rows,
     // so image and condition keys need no concatenation). attention_mma_bf16 only; 0 elsewhere.
     const void* k2;
     const void* v2;
     int32_t Lk2;
+    int32_t kv2_stride;  // row stride of k2/v2 (elements)
 } AttentionParams;
 
 // ---- embeddings ----------------------------------------------------------------------------

@@ -38,3 +38,13 @@ template <typename T> __device__ void concat_impl(const ConcatParams& p) {
 }
 extern "C" __global__ void concat_f32(ConcatParams p) { concat_impl<float>(p); }
 extern "C" __global__ void concat_bf16(ConcatParams p) { concat_impl<bf16>(p); }
+
+template <typename T> __device__ void columns_impl(const ColumnsParams& p) {
+    GRID_STRIDE(i, p.rows * p.width) {
+        int64_t r = i / p.width;
+        int c = i % p.width;
+        ((T*)p.y)[i] = ((const T*)p.x)[r * p.C + p.col + c];
+    }
+}
+extern "C" __global__ void columns_f32(ColumnsParams p) { columns_impl<float>(p); }
+extern "C" __global__ void columns_bf16(ColumnsParams p) { columns_impl<bf16>(p); }

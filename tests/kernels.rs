@@ -251,6 +251,10 @@ fn shuffle_im2col_resize_concat_kernels() {
             let (mut y, whole) = poisoned(&[s.rows, s.ca + s.cb], dtype, &dev).unwrap();
             ops::concat_channels_into(&a, &b, &mut y).unwrap();
             verify("concat_channels", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &cpu::concat_channels(&av, &bv, s.ca, s.cb));
+            // And back: the columns of b inside the concatenation (an offset, a width and a
+            // stride that differ).
+            let cols = ops::columns(&y, s.ca, s.cb).unwrap();
+            verify("columns", s.name, dtype, &cols.to_vec_f32().unwrap(), None, &bv);
         }
     }
 }
@@ -401,6 +405,33 @@ fn attention_kernel() {
                     let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
                     ops::attention_two_sources_into(&q, (&k, &v), (&k2, &v2), s.heads, 0.125, kernel, &mut o).unwrap();
                     verify(label, s.name, dtype, &o.to_vec_f32().unwrap(), Some(&whole), &want);
+                }
+            }
+            // Packed projections: rows of [q | k | v] (one GEMM's output) read in place through
+            // row strides, the queries' own tokens as keys, plus (unmasked) the k and v columns
+            // of a second packed source of 7 rows, as the UNets' condition rows are stored.
+            if s.lq < 300 && (!s.masked || s.lq == s.lk) {
+                let (qkv, qkvv) = input(&mut rng, &[s.b, s.lq, 3 * c], 1.0, dtype, &dev);
+                let (second, secondv) = input(&mut rng, &[s.b, 7, 3 * c], 1.0, dtype, &dev);
+                let part = |v: &[f32], i: usize| cpu::columns(v, 3 * c, i * c, c);
+                let (pq, pk, pv) = (part(&qkvv, 0), part(&qkvv, 1), part(&qkvv, 2));
+                let one = cpu::attention(&pq, &pk, &pv, s.b, s.heads, s.lq, s.lq, 64, 0.125, s.masked, s.masked.then_some(&mv[..]));
+                let cat = |a: &[f32], b2: &[f32]| -> Vec<f32> {
+                    (0..s.b)
+                        .flat_map(|i| a[i * s.lq * c..(i + 1) * s.lq * c].iter().chain(&b2[i * 7 * c..(i + 1) * 7 * c]).copied())
+                        .collect()
+                };
+                let (kc, vc) = (cat(&pk, &part(&secondv, 1)), cat(&pv, &part(&secondv, 2)));
+                let two = cpu::attention(&pq, &kc, &vc, s.b, s.heads, s.lq, s.lq + 7, 64, 0.125, false, None);
+                for &(kernel, label) in kernels {
+                    let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
+                    ops::attention_packed_into(&qkv, None, s.heads, 0.125, m, kernel, &mut o).unwrap();
+                    verify(&format!("{label} packed"), s.name, dtype, &o.to_vec_f32().unwrap(), Some(&whole), &one);
+                    if !s.masked {
+                        let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
+                        ops::attention_packed_into(&qkv, Some(&second), s.heads, 0.125, m, kernel, &mut o).unwrap();
+                        verify(&format!("{label} packed 2 src"), s.name, dtype, &o.to_vec_f32().unwrap(), Some(&whole), &two);
+                    }
                 }
             }
         }

@@ -100,6 +100,23 @@ fn attention_plain_and_masked() {
     close("attention masked", &ops::attention(&q, &k, &v, 1, 0.125, AttentionMask::CausalPadding(&mask)).unwrap(), &g::ATM, 1e-5);
 }
 
+/// The masked PyTorch case again with q, k and v packed side by side in each row (one GEMM's
+/// `[q | k | v]`), and the columns op that takes them apart.
+#[test]
+fn attention_on_packed_projections() {
+    let packed: Vec<f32> =
+        (0..4).flat_map(|r| [&g::ATM_Q, &g::ATM_K, &g::ATM_V].into_iter().flat_map(move |m| m[r * 64..(r + 1) * 64].to_vec())).collect();
+    let qkv = t(&packed, &[1, 4, 192]);
+    close("columns", &ops::columns(&qkv, 64, 64).unwrap(), &g::ATM_K, 0.0);
+    let mask = t(&[1.0, 1.0, 1.0, 0.0], &[1, 4]);
+    let mut o = Tensor::empty(&[1, 4, 64], DType::F32, &Device::Cpu).unwrap();
+    ops::attention_packed_into(&qkv, None, 1, 0.125, AttentionMask::CausalPadding(&mask), ops::AttentionKernel::Auto, &mut o).unwrap();
+    close("attention packed", &o, &g::ATM, 1e-5);
+    // A packed source whose q columns are wrong-sized is refused with a shape error.
+    let bad = t(&packed[..4 * 128], &[1, 4, 128]);
+    assert!(ops::attention_packed_into(&bad, None, 1, 0.125, AttentionMask::None, ops::AttentionKernel::Auto, &mut o).is_err());
+}
+
 #[test]
 fn timestep_embedding_matches_diffusers() {
     let tt = t(&g::TE_T, &[3]);

@@ -320,6 +320,16 @@ impl Graph {
     pub fn replay(&self) -> Result<()> {
         self.graph.launch().map_err(|e| driver_err("replaying a graph", e))
     }
+
+    /// How many nodes the graph has (kernels, GEMMs, memory nodes): what one replay launches.
+    pub fn node_count(&self) -> Result<usize> {
+        let mut n = 0usize;
+        // SAFETY: the graph is live; a null node array asks only for the count.
+        unsafe { sys::cuGraphGetNodes(self.graph.cu_graph(), std::ptr::null_mut(), &mut n) }
+            .result()
+            .map_err(|e| driver_err("counting graph nodes", e))?;
+        Ok(n)
+    }
 }
 
 /// A device allocation. Tensors hold it through an `Arc` with a byte offset, which lets an

@@ -28,6 +28,7 @@ device_repr!(
     Im2Col3x3Params,
     ResizeParams,
     ConcatParams,
+    ColumnsParams,
     AttentionParams,
     TimestepEmbedParams,
     EmbedParams,

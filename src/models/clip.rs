@@ -27,9 +27,8 @@ impl Norm {
 
 struct Layer {
     ln1: Norm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q_proj, k_proj and v_proj stacked: one GEMM gives `[q | k | v]`.
+    qkv: Linear,
     out: Linear,
     ln2: Norm,
     fc1: Linear,
@@ -85,9 +84,11 @@ impl ClipTextModel {
             let at = l.pp("self_attn");
             layers.push(Layer {
                 ln1: Norm::load(&l, "layer_norm1", d)?,
-                q: Linear::load(&at, "q_proj", d, d, true)?,
-                k: Linear::load(&at, "k_proj", d, d, true)?,
-                v: Linear::load(&at, "v_proj", d, d, true)?,
+                qkv: Linear::stack(&[
+                    &Linear::load(&at, "q_proj", d, d, true)?,
+                    &Linear::load(&at, "k_proj", d, d, true)?,
+                    &Linear::load(&at, "v_proj", d, d, true)?,
+                ])?,
                 out: Linear::load(&at, "out_proj", d, d, true)?,
                 ln2: Norm::load(&l, "layer_norm2", d)?,
                 fc1: Linear::load(&l.pp("mlp"), "fc1", cfg.intermediate_size, d, true)?,
@@ -156,8 +157,11 @@ impl ClipTextModel {
         ops::token_embedding_into(id_t, &self.token_embedding, &self.position_embedding, &mut h)?;
         for layer in &self.layers {
             let x = layer.ln1.forward(&h, eps)?;
-            let (q, k, v) = (layer.q.forward(&x)?, layer.k.forward(&x)?, layer.v.forward(&x)?);
-            let o = ops::attention(&q, &k, &v, heads, scale, AttentionMask::CausalPadding(mask_t))?;
+            // q, k and v from one GEMM, read in place by the attention kernel.
+            let qkv = layer.qkv.forward(&x)?;
+            let mut o = Tensor::empty(&[b, l, d], qkv.dtype(), &self.device)?;
+            let mask = AttentionMask::CausalPadding(mask_t);
+            ops::attention_packed_into(&qkv, None, heads, scale, mask, ops::AttentionKernel::Auto, &mut o)?;
             // Both residuals are added by the GEMMs (β = 1), not by separate passes.
             layer.out.forward_accumulate(&o, &mut h)?;
             let x = layer.ln2.forward(&h, eps)?;

@@ -40,6 +40,28 @@ impl Linear {
         ops::linear(x, &self.weight, self.bias.as_ref())
     }
 
+    /// Several layers on the same input as one: weights (and biases) stacked by output rows, so
+    /// one GEMM computes all their outputs side by side (`[…, Σ out]`). Exact copies.
+    pub fn stack(parts: &[&Linear]) -> Result<Linear> {
+        let first = parts.first().ok_or_else(|| crate::Error::Msg("stacking no linear layers".into()))?;
+        let inp = first.weight.dim(1);
+        if parts.iter().any(|p| p.weight.dim(1) != inp || p.bias.is_some() != first.bias.is_some()) {
+            return Err(crate::Error::Msg("stacked linear layers need the same input width and all or no biases".into()));
+        }
+        // Each tensor as one row: concatenating rows' channels appends the tensors.
+        let cat = |ts: Vec<&Tensor>| -> Result<Tensor> {
+            let flat = |t: &Tensor| t.view(&[1, t.numel()]);
+            ts[1..].iter().try_fold(flat(ts[0])?, |acc, t| ops::concat_channels(&acc, &flat(t)?))
+        };
+        let rows: usize = parts.iter().map(|p| p.weight.dim(0)).sum();
+        let weight = cat(parts.iter().map(|p| &p.weight).collect())?.reshape(&[rows, inp])?;
+        let bias = match first.bias {
+            Some(_) => Some(cat(parts.iter().map(|p| p.bias.as_ref().expect("checked above")).collect())?.reshape(&[rows])?),
+            None => None,
+        };
+        Ok(Linear { weight, bias })
+    }
+
     /// `y += layer(x)` (a residual connection folded into the GEMM).
     pub fn forward_accumulate(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
         ops::linear_accumulate_into(x, &self.weight, self.bias.as_ref(), y)

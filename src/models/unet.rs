@@ -125,9 +125,8 @@ impl TimestepMappers {
 /// condition tokens], residual.
 struct AttnBlock {
     kv_mapper: Linear,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// to_q, to_k and to_v stacked: one GEMM gives `[q | k | v]` per token.
+    qkv: Linear,
     out: Linear,
     heads: usize,
     self_attn: bool,
@@ -146,9 +145,11 @@ impl AttnBlock {
         let at = vb.pp("attention");
         Ok(AttnBlock {
             kv_mapper: Linear::load(&vb.pp("kv_mapper"), "1", c, c_cond, true)?,
-            q: Linear::load(&at, "to_q", c, c, true)?,
-            k: Linear::load(&at, "to_k", c, c, true)?,
-            v: Linear::load(&at, "to_v", c, c, true)?,
+            qkv: Linear::stack(&[
+                &Linear::load(&at, "to_q", c, c, true)?,
+                &Linear::load(&at, "to_k", c, c, true)?,
+                &Linear::load(&at, "to_v", c, c, true)?,
+            ])?,
             out: Linear::load(&at.pp("to_out"), "0", c, c, true)?,
             heads,
             self_attn,
@@ -156,33 +157,33 @@ impl AttnBlock {
         })
     }
 
-    /// The condition tokens' key and value rows: `to_k(kv_mapper(SiLU(cond)))`, same for v.
-    /// Constant over a run, so computed once (spec §7.6).
-    fn condition_kv(&self, cond: &Tensor) -> Result<(Tensor, Tensor)> {
-        let kv = self.kv_mapper.forward(&ops::silu(cond)?)?;
-        Ok((self.k.forward(&kv)?, self.v.forward(&kv)?))
+    /// The condition tokens' key and value rows, `to_k(kv_mapper(SiLU(cond)))` and the same for
+    /// v, packed as `[B, Lc, 3C]` (the q columns are computed and unused: this runs once per
+    /// run, spec §7.6, and the packing lets the step's attention read them in place).
+    fn condition_kv(&self, cond: &Tensor) -> Result<Tensor> {
+        self.qkv.forward(&self.kv_mapper.forward(&ops::silu(cond)?)?)
     }
 
     /// Keys and values are the image tokens' projections followed by the cached condition rows,
     /// exactly `to_k([n; kv])` since every row is projected on its own. With `modulation` (the
     /// preceding TimestepBlock's columns of the step's `[a, b]`), x is modulated in the same pass
     /// as the LayerNorm reads it.
-    fn forward(&self, x: &mut Tensor, modulation: Option<(&Tensor, usize)>, cond_k: &Tensor, cond_v: &Tensor) -> Result<()> {
+    fn forward(&self, x: &mut Tensor, modulation: Option<(&Tensor, usize)>, cond_kv: &Tensor) -> Result<()> {
         let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
         let n = match modulation {
             Some((ab, col)) => ops::modulate_layer_norm(x, ab, col, EPS)?,
             None => ops::layer_norm(x, None, None, EPS)?,
         };
-        let n = n.reshape(&[b, h * w, c])?;
-        let q = self.q.forward(&n)?;
+        let qkv = self.qkv.forward(&n.reshape(&[b, h * w, c])?)?;
         let scale = (c as f32 / self.heads as f32).powf(-0.5);
-        let mut o = Tensor::empty(q.shape(), q.dtype(), &q.device())?;
+        let mut o = Tensor::empty(&[b, h * w, c], qkv.dtype(), &qkv.device())?;
         if self.self_attn {
-            // Image keys then the cached condition rows; the mma kernel reads the two in place.
-            let (k, v) = (self.k.forward(&n)?, self.v.forward(&n)?);
-            ops::attention_two_sources_into(&q, (&k, &v), (cond_k, cond_v), self.heads, scale, ops::AttentionKernel::Auto, &mut o)?;
+            // Image keys then the cached condition rows, both read in place from the packed
+            // projections (by the mma kernel; others get copies).
+            ops::attention_packed_into(&qkv, Some(cond_kv), self.heads, scale, AttentionMask::None, ops::AttentionKernel::Auto, &mut o)?;
         } else {
-            ops::attention_into(&q, cond_k, cond_v, self.heads, scale, AttentionMask::None, &mut o)?;
+            let (q, k, v) = (ops::columns(&qkv, 0, c)?, ops::columns(cond_kv, c, c)?, ops::columns(cond_kv, 2 * c, c)?);
+            ops::attention_into(&q, &k, &v, self.heads, scale, AttentionMask::None, &mut o)?;
         }
         // x += out(o): the projection's GEMM adds the residual (x is [B, H, W, C], o [B, HW, C]).
         self.out.forward_accumulate(&o, x)
@@ -278,7 +279,8 @@ pub struct UNetInputs<'a> {
 /// tokens' key/value rows of every attention block, and Stage B's effnet and pixel terms at the
 /// stem's resolution. Made by [`StableCascadeUNet::prepare`].
 pub struct Conditioning {
-    attn_kv: Vec<(Tensor, Tensor)>,
+    /// Per attention block, the condition rows' packed `[q | k | v]` projections.
+    attn_kv: Vec<Tensor>,
     image_terms: Vec<Tensor>,
     stem_hw: (usize, usize),
     batch: usize,
@@ -288,7 +290,7 @@ pub struct Conditioning {
 /// keys and values.
 struct StepTerms<'a> {
     ab: &'a Tensor,
-    kv: &'a [(Tensor, Tensor)],
+    kv: &'a [Tensor],
 }
 
 /// Stage C or Stage B.
@@ -653,15 +655,11 @@ impl StableCascadeUNet {
                     r.forward(&mut x, skip)?;
                 }
                 (Block::Timestep(t), Some(Block::Attn(a))) => {
-                    let (k, v) = &terms.kv[a.id];
-                    a.forward(&mut x, Some((terms.ab, t.col)), k, v)?;
+                    a.forward(&mut x, Some((terms.ab, t.col)), &terms.kv[a.id])?;
                     i += 1;
                 }
                 (Block::Timestep(t), _) => ops::modulate_assign(&mut x, terms.ab, t.col)?,
-                (Block::Attn(a), _) => {
-                    let (k, v) = &terms.kv[a.id];
-                    a.forward(&mut x, None, k, v)?;
-                }
+                (Block::Attn(a), _) => a.forward(&mut x, None, &terms.kv[a.id])?,
             }
             i += 1;
         }

@@ -51,7 +51,7 @@ pub fn attention_into_with(
     kernel: AttentionKernel,
     o: &mut Tensor,
 ) -> Result<()> {
-    attention_impl(q, k, v, None, heads, scale, mask, kernel, o)
+    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, o)
 }
 
 /// Attention over the keys of `k`/`v` followed by those of `k2`/`v2` (`[B, Lk2, C]`): the
@@ -67,90 +67,164 @@ pub fn attention_two_sources_into(
     kernel: AttentionKernel,
     o: &mut Tensor,
 ) -> Result<()> {
-    attention_impl(q, k, v, Some((k2, v2)), heads, scale, AttentionMask::None, kernel, o)
+    let second = Some((Part::whole(k2), Part::whole(v2)));
+    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), second, heads, scale, AttentionMask::None, kernel, o)
 }
 
-/// Keys `k`/`v`, then those of `extra` when given; checks every shape, picks the kernel.
-#[allow(clippy::too_many_arguments)]
-fn attention_impl(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    extra: Option<(&Tensor, &Tensor)>,
+/// Attention on packed projections: `qkv [B, L, 3C]` holds q, k and v side by side (one GEMM
+/// with the three weights stacked), and `second`, when given, is another packed `[B, L2, 3C]`
+/// whose k and v columns are further keys (the UNets' condition rows; its q columns are unused).
+/// Every kernel reads q, k and v in place through row strides; only a second key source on a
+/// kernel other than mma makes contiguous copies.
+pub fn attention_packed_into(
+    qkv: &Tensor,
+    second: Option<&Tensor>,
     heads: usize,
     scale: f32,
     mask: AttentionMask,
     kernel: AttentionKernel,
     o: &mut Tensor,
 ) -> Result<()> {
-    let &[b, lq, c] = q.shape() else {
-        return Err(Error::Shape(format!("attention: q must be [B, Lq, C], got {:?}", q.shape())));
+    let c = heads * HEAD_DIM;
+    for t in std::iter::once(qkv).chain(second) {
+        if t.rank() != 3 || t.dim(2) != 3 * c {
+            return Err(Error::Shape(format!("attention: a packed projection must be [B, L, 3·{c}], got {:?}", t.shape())));
+        }
+    }
+    let part = |t, i: usize| Part { t, col: i * c };
+    let second = second.map(|s| (part(s, 1), part(s, 2)));
+    attention_impl(part(qkv, 0), part(qkv, 1), part(qkv, 2), second, heads, scale, mask, kernel, o)
+}
+
+/// One attention operand: columns `[col, col + C)` of the rows of `t [B, L, S]` (S = C and col 0
+/// for a plain tensor; S = 3C for a packed projection).
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    t: &'a Tensor,
+    col: usize,
+}
+
+impl<'a> Part<'a> {
+    fn whole(t: &'a Tensor) -> Self {
+        Part { t, col: 0 }
+    }
+    /// Elements between consecutive rows.
+    fn stride(&self) -> usize {
+        self.t.dim(-1)
+    }
+    /// `[B, L, C]` with the given batch and width, if `len` is None any length; returns L.
+    fn check(&self, what: &str, b: usize, len: Option<usize>, c: usize) -> Result<usize> {
+        let t = self.t;
+        if t.rank() != 3 || t.dim(0) != b || self.col + c > t.dim(2) || len.is_some_and(|l| l != t.dim(1)) {
+            return Err(Error::Shape(format!(
+                "attention: {what} must be [{b}, {}, {c}] (columns {}.. of its rows), got {:?}",
+                len.map_or("L".to_string(), |l| l.to_string()),
+                self.col,
+                t.shape()
+            )));
+        }
+        Ok(t.dim(1))
+    }
+    /// The operand as a contiguous `[B, L, C]` tensor (a copy unless it already is one).
+    fn dense(&self, c: usize) -> Result<Tensor> {
+        if self.col == 0 && self.stride() == c {
+            self.t.view(self.t.shape())
+        } else {
+            super::columns(self.t, self.col, c)
+        }
+    }
+    #[cfg(feature = "cuda")]
+    fn ptr(&self) -> Result<u64> {
+        Ok(self.t.cuda_ptr()? + (self.col * self.t.dtype().size()) as u64)
+    }
+}
+
+/// Keys `k`/`v`, then those of `extra` when given; checks every shape, picks the kernel.
+#[allow(clippy::too_many_arguments)]
+fn attention_impl(
+    q: Part,
+    k: Part,
+    v: Part,
+    extra: Option<(Part, Part)>,
+    heads: usize,
+    scale: f32,
+    mask: AttentionMask,
+    kernel: AttentionKernel,
+    o: &mut Tensor,
+) -> Result<()> {
+    let &[b, lq, c] = o.shape() else {
+        return Err(Error::Shape(format!("attention: the output must be [B, Lq, C], got {:?}", o.shape())));
     };
     if heads == 0 || c != heads * HEAD_DIM {
         return Err(Error::Shape(format!("attention: {c} channels are not {heads} heads of {HEAD_DIM}")));
     }
-    let lk = k.shape().get(1).copied().unwrap_or(0);
-    check_shape("attention", "k", k, &[b, lk, c])?;
-    check_shape("attention", "v", v, &[b, lk, c])?;
-    check_shape("attention", "output", o, &[b, lq, c])?;
-    check_dtype("attention", q.dtype(), &[k, v, o])?;
-    check_device("attention", &q.device(), &[k, v, o])?;
+    q.check("q", b, Some(lq), c)?;
+    let lk = k.check("k", b, None, c)?;
+    v.check("v", b, Some(lk), c)?;
+    check_dtype("attention", q.t.dtype(), &[k.t, v.t, o])?;
+    check_device("attention", &q.t.device(), &[k.t, v.t, o])?;
     if let Some((k2, v2)) = extra {
-        let lk2 = k2.shape().get(1).copied().unwrap_or(0);
-        check_shape("attention", "second keys", k2, &[b, lk2, c])?;
-        check_shape("attention", "second values", v2, &[b, lk2, c])?;
-        check_dtype("attention", q.dtype(), &[k2, v2])?;
-        check_device("attention", &q.device(), &[k2, v2])?;
+        let lk2 = k2.check("second keys", b, None, c)?;
+        v2.check("second values", b, Some(lk2), c)?;
+        check_dtype("attention", q.t.dtype(), &[k2.t, v2.t])?;
+        check_device("attention", &q.t.device(), &[k2.t, v2.t])?;
     }
-    // Every kernel but the mma one takes a single key tensor.
+    // Every kernel but the mma one takes a single key source.
     let concatenated = |kernel, o: &mut Tensor| -> Result<()> {
         let (k2, v2) = extra.expect("only called with second keys");
-        attention_impl(q, &super::concat_tokens(k, k2)?, &super::concat_tokens(v, v2)?, None, heads, scale, mask, kernel, o)
+        let (kc, vc) = (super::concat_tokens(&k.dense(c)?, &k2.dense(c)?)?, super::concat_tokens(&v.dense(c)?, &v2.dense(c)?)?);
+        attention_impl(q, Part::whole(&kc), Part::whole(&vc), None, heads, scale, mask, kernel, o)
     };
     let key_mask = match mask {
         AttentionMask::None => None,
         AttentionMask::CausalPadding(m) => {
             check_shape("attention", "key mask", m, &[b, lk])?;
             check_dtype("attention", DType::F32, &[m])?;
-            check_device("attention", &q.device(), &[m])?;
+            check_device("attention", &q.t.device(), &[m])?;
             Some(m)
         }
     };
     let causal = key_mask.is_some();
-    match q.device() {
+    match q.t.device() {
         Device::Cpu if extra.is_some() => concatenated(kernel, o),
         Device::Cpu => {
             let _ = kernel;
             let m = key_mask.map(|m| m.cpu_f32()).transpose()?;
-            let out = cpu::attention(&q.cpu_f32()?, &k.cpu_f32()?, &v.cpu_f32()?, b, heads, lq, lk, HEAD_DIM, scale, causal, m.as_deref());
+            let (qd, kd, vd) = (q.dense(c)?.to_vec_f32()?, k.dense(c)?.to_vec_f32()?, v.dense(c)?.to_vec_f32()?);
+            let out = cpu::attention(&qd, &kd, &vd, b, heads, lq, lk, HEAD_DIM, scale, causal, m.as_deref());
             o.set_cpu_f32(&out)
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
             let kt = dev.kernels();
+            let second_stride = extra.map_or(c, |e| e.0.stride());
+            if extra.is_some_and(|(k2, v2)| k2.stride() != v2.stride()) || k.stride() != v.stride() {
+                return Err(Error::Shape("attention: keys and values must have the same row stride".into()));
+            }
             let p = crate::cuda::params::AttentionParams {
-                q: q.cuda_ptr()? as *const _,
-                k: k.cuda_ptr()? as *const _,
-                v: v.cuda_ptr()? as *const _,
+                q: q.ptr()? as *const _,
+                k: k.ptr()? as *const _,
+                v: v.ptr()? as *const _,
                 o: o.cuda_ptr()? as *mut _,
                 key_mask: super::dptr(key_mask)? as *const f32,
                 B: b as i32,
                 H: heads as i32,
                 Lq: lq as i32,
                 Lk: lk as i32,
-                q_stride: c as i32,
-                kv_stride: c as i32,
+                q_stride: q.stride() as i32,
+                kv_stride: k.stride() as i32,
                 o_stride: c as i32,
                 causal: causal as i32,
                 scale,
-                k2: super::dptr(extra.map(|e| e.0))? as *const _,
-                v2: super::dptr(extra.map(|e| e.1))? as *const _,
-                Lk2: extra.map_or(0, |e| e.0.dim(1)) as i32,
+                k2: extra.map(|e| e.0.ptr()).transpose()?.unwrap_or(0) as *const _,
+                v2: extra.map(|e| e.1.ptr()).transpose()?.unwrap_or(0) as *const _,
+                Lk2: extra.map_or(0, |e| e.0.t.dim(1)) as i32,
+                kv2_stride: second_stride as i32,
             };
-            let tc_ok = q.dtype() == DType::BF16 && !causal;
+            let tc_ok = q.t.dtype() == DType::BF16 && !causal;
             // The mma kernel moves 16 bytes (8 bf16) per load and 4 per store.
-            let aligned =
-                [p.q as u64, p.k as u64, p.v as u64, p.o as u64, p.k2 as u64, p.v2 as u64].iter().all(|a| a % 16 == 0) && c % 8 == 0;
+            let aligned = [p.q as u64, p.k as u64, p.v as u64, p.o as u64, p.k2 as u64, p.v2 as u64].iter().all(|a| a % 16 == 0)
+                && [q.stride(), k.stride(), second_stride, c].iter().all(|s| s % 8 == 0);
             let forced = std::env::var("CASCADE_ATTENTION").ok();
             let chosen = match kernel {
                 AttentionKernel::Auto if !tc_ok => AttentionKernel::Simple,
@@ -181,7 +255,7 @@ fn attention_impl(
                     dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
                 }
                 _ => {
-                    let f = super::kernel("attention", q.dtype(), &kt.attention_f32, &kt.attention_bf16)?;
+                    let f = super::kernel("attention", q.t.dtype(), &kt.attention_f32, &kt.attention_bf16)?;
                     dev.launch(f, (lq.div_ceil(128) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
                 }
             }

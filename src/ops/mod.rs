@@ -18,7 +18,9 @@ pub mod resample;
 pub mod shapes;
 
 pub use activation::{bias_gelu_into, gelu, gelu_into, silu, silu_into};
-pub use attention::{attention, attention_into, attention_into_with, attention_two_sources_into, AttentionKernel, AttentionMask};
+pub use attention::{
+    attention, attention_into, attention_into_with, attention_packed_into, attention_two_sources_into, AttentionKernel, AttentionMask,
+};
 pub use conv::{
     conv2x2_s2, conv_transpose2x2, conv_transpose4x4, depthwise3x3, depthwise3x3_accumulate_into, depthwise3x3_into,
     depthwise3x3_prenorm_residual, im2col3x3, im2col3x3_into, pixel_shuffle, pixel_shuffle_into, pixel_unshuffle, pixel_unshuffle_into,
@@ -28,7 +30,7 @@ pub use elementwise::{add, add_assign, affine_assign, cast_into, cfg_combine_int
 pub use embed::{timestep_embedding_into, token_embedding_into};
 pub use linear::{linear, linear_accumulate_into, linear_into};
 pub use norm::{gelu_grn_assign, grn, grn_into, layer_norm, layer_norm_into, modulate_layer_norm};
-pub use resample::{concat_channels, concat_channels_into, concat_tokens, resize_bilinear, resize_bilinear_into};
+pub use resample::{columns, concat_channels, concat_channels_into, concat_tokens, resize_bilinear, resize_bilinear_into};
 
 use crate::{DType, Device, Error, Result, Tensor};
 

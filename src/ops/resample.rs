@@ -82,6 +82,38 @@ pub fn concat_channels_into(a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()
     }
 }
 
+/// Columns `[col, col + width)` of the last axis of `x [..., C]` as a new `[..., width]` tensor
+/// (one part of a packed projection, for a kernel that needs it on its own).
+pub fn columns(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
+    let c = x.shape().last().copied().ok_or_else(|| Error::Shape("columns: scalar input".into()))?;
+    if col + width > c {
+        return Err(Error::Shape(format!("columns: {col}..{} of {:?}", col + width, x.shape())));
+    }
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank ≥ 1") = width;
+    let mut y = Tensor::empty(&shape, x.dtype(), &x.device())?;
+    match x.device() {
+        Device::Cpu => y.set_cpu_f32(&cpu::columns(&x.cpu_f32()?, c, col, width))?,
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let p = crate::cuda::params::ColumnsParams {
+                x: x.cuda_ptr()? as *const _,
+                y: y.cuda_ptr()? as *mut _,
+                rows: (x.numel() / c.max(1)) as i64,
+                C: c as i32,
+                col: col as i32,
+                width: width as i32,
+            };
+            let f = super::kernel("columns", x.dtype(), &k.columns_f32, &k.columns_bf16)?;
+            if y.numel() > 0 {
+                dev.launch_1d(f, y.numel(), &p)?;
+            }
+        }
+    }
+    Ok(y)
+}
+
 /// `a [B, La, C]` and `b [B, Lb, C]` → `[B, La + Lb, C]` (tokens of a, then of b, per sample).
 pub fn concat_tokens(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (&[ba, la, c], &[bb, lb, cb]) = (a.shape(), b.shape()) else {

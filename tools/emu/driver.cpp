@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <functional>
@@ -181,6 +182,7 @@ struct Stream {
     bool capturing = false;
     bool invalidated = false;
     std::vector<Op> recorded;
+    std::vector<std::string> kinds;  // what each recorded op is (CASCADE_EMU_GRAPH_STATS)
     std::shared_ptr<GraphMemory> memory;
 };
 struct Graph {
@@ -197,10 +199,11 @@ GraphMemory::~GraphMemory() {
 Stream* stream_of(void* s) { return s ? (Stream*)s : &default_stream; }
 
 // Runs `op` now, or records it while the stream is capturing.
-CUresult enqueue(void* s, Op op) {
+CUresult enqueue(void* s, Op op, const char* kind = "other") {
     Stream* st = stream_of(s);
     if (st->capturing) {
         st->recorded.push_back(std::move(op));
+        st->kinds.push_back(kind);
     } else {
         op();
     }
@@ -317,6 +320,7 @@ CUresult cuMemAllocAsync(CUdeviceptr* p, size_t n, void* s) {
     CUdeviceptr ptr = *p;
     size_t bytes = (n + 255) / 256 * 256;
     st->recorded.push_back([=] { memset((void*)(uintptr_t)ptr, 0xff, bytes); });
+    st->kinds.push_back("alloc");
     return CUDA_SUCCESS;
 }
 CUresult cuMemFree_v2(CUdeviceptr p) { return mem_free(p); }
@@ -335,7 +339,7 @@ CUresult cuMemFreeAsync(CUdeviceptr p, void* s) {
 }
 CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, void* s) {
     if (!valid_range(p, n)) return CUDA_ERROR_INVALID_VALUE;
-    return enqueue(s, [=] { memset((void*)(uintptr_t)p, v, n); });
+    return enqueue(s, [=] { memset((void*)(uintptr_t)p, v, n); }, "memset");
 }
 CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) { return cuMemsetD8Async(p, v, n, nullptr); }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void* s) {
@@ -355,7 +359,7 @@ CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, void* s) {
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) { return cuMemcpyDtoHAsync_v2(dst, src, n, nullptr); }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, void* s) {
     if (!valid_range(dst, n) || !valid_range(src, n)) return CUDA_ERROR_INVALID_VALUE;
-    return enqueue(s, [=] { memmove((void*)(uintptr_t)dst, (const void*)(uintptr_t)src, n); });
+    return enqueue(s, [=] { memmove((void*)(uintptr_t)dst, (const void*)(uintptr_t)src, n); }, "memcpy");
 }
 
 // ---- streams -------------------------------------------------------------------------------------
@@ -376,6 +380,7 @@ CUresult cuStreamBeginCapture_v2(void* s, int) {
     st->capturing = true;
     st->invalidated = false;
     st->recorded.clear();
+    st->kinds.clear();
     st->memory = std::make_shared<GraphMemory>();
     return CUDA_SUCCESS;
 }
@@ -394,6 +399,17 @@ CUresult cuStreamEndCapture(void* s, void** graph) {
         *graph = nullptr;
         return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
     }
+    if (getenv("CASCADE_EMU_GRAPH_STATS")) {
+        // The graph's nodes by kind, most frequent first: what a replay launches.
+        std::map<std::string, int> count;
+        for (auto& k : st->kinds) count[k]++;
+        std::vector<std::pair<int, std::string>> rows;
+        for (auto& kv : count) rows.push_back({-kv.second, kv.first});
+        std::sort(rows.begin(), rows.end());
+        fprintf(stderr, "cuda emulator: captured graph of %zu nodes:", st->kinds.size());
+        for (auto& r : rows) fprintf(stderr, " %s %d,", r.second.c_str(), -r.first);
+        fprintf(stderr, "\n");
+    }
     Graph* g = new Graph();
     g->ops.swap(st->recorded);
     g->memory = std::move(st->memory);
@@ -405,6 +421,12 @@ CUresult cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long lon
     return CUDA_SUCCESS;
 }
 CUresult cuGraphUpload(void*, void*) { return CUDA_SUCCESS; }
+CUresult cuGraphGetNodes(void* graph, void** nodes, size_t* count) {
+    Graph* g = (Graph*)graph;
+    if (nodes) return CUDA_ERROR_NOT_SUPPORTED;  // only the count is emulated
+    *count = g->ops.size();
+    return CUDA_SUCCESS;
+}
 CUresult cuGraphLaunch(void* exec, void* s) {
     Graph* g = (Graph*)exec;
     Stream* st = stream_of(s);
@@ -500,7 +522,7 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
             fprintf(stderr, "\ncuda emulator: kernel %s: %s\n", k->name, err.c_str());
             abort();
         }
-    });
+    }, k->name);
 }
 
 // ---- cuBLASLt ------------------------------------------------------------------------------------
@@ -682,7 +704,7 @@ cublasStatus_t cublasLtMatmul(void*, void* descp, const void* alpha, const void*
             }
         }
         running_kernel = nullptr;
-    });
+    }, "cublasLtMatmul");
     return r == CUDA_SUCCESS ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
 }
 }  // extern "C"

@@ -18,4 +18,4 @@ pub use elementwise::{add, affine, cfg_combine, ddpm_step, modulate, random_norm
 pub use embed::{timestep_embedding, token_embedding};
 pub use linear::linear;
 pub use norm::{grn, layer_norm};
-pub use resample::{concat_channels, resize_bilinear};
+pub use resample::{columns, concat_channels, resize_bilinear};

@@ -30,3 +30,8 @@ pub fn resize_bilinear(x: &[f32], b: usize, h: usize, w: usize, c: usize, ho: us
 pub fn concat_channels(a: &[f32], b: &[f32], ca: usize, cb: usize) -> Vec<f32> {
     a.chunks_exact(ca).zip(b.chunks_exact(cb)).flat_map(|(x, y)| x.iter().chain(y).copied()).collect()
 }
+
+/// Columns `[col, col + width)` of every `c`-wide row of `x`.
+pub fn columns(x: &[f32], c: usize, col: usize, width: usize) -> Vec<f32> {
+    x.chunks_exact(c).flat_map(|r| r[col..col + width].iter().copied()).collect()
+}
