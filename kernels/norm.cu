@@ -56,11 +56,15 @@ extern "C" __global__ void layer_norm_bf16(LayerNormParams p) { layer_norm_impl<
 // takes two channels 32 apart (so each warp load covers 32 consecutive channels) and every 8th
 // position of the chunk, then the 8 partial sums per channel are added in shared memory. Many
 // chunks keep the GPU busy when B·D is small (Stage B's first level: 1 × 1280 channels over
-// 16384 positions); deterministic, no atomics.
+// 16384 positions). The counters only decide which block finishes the statistics (the last to
+// arrive, so every sum it reads is written); every sum is added in a fixed order, so results are
+// deterministic.
 template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p) {
     __shared__ float part[8][65];
-    const int lane = threadIdx.x, ry = threadIdx.y;
-    const int c = blockIdx.y, b = blockIdx.z;
+    __shared__ float scratch[8];
+    __shared__ bool last;
+    const int lane = threadIdx.x, ry = threadIdx.y, tid = ry * 32 + lane;
+    const int c = blockIdx.y, b = blockIdx.z, groups = gridDim.x;
     const int d0 = blockIdx.x * 64 + lane;
     const T* x = (const T*)p.x;
     T* y = (T*)p.y;
@@ -83,41 +87,71 @@ template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p
     part[ry][lane] = s[0];
     part[ry][lane + 32] = s[1];
     __syncthreads();
-    if (ry != 0) return;
-    for (int j = 0; j < 2; j++) {
-        const int d = d0 + 32 * j;
-        if (d >= p.D) continue;
-        float t = 0.f;
-        for (int k = 0; k < (int)blockDim.y; k++) t += part[k][lane + 32 * j];
-        p.part[((int64_t)b * p.chunks + c) * p.D + d] = t;
+    if (ry == 0) {
+        for (int j = 0; j < 2; j++) {
+            const int d = d0 + 32 * j;
+            if (d >= p.D) continue;
+            float t = 0.f;
+            for (int k = 0; k < (int)blockDim.y; k++) t += part[k][lane + 32 * j];
+            p.part[((int64_t)b * p.chunks + c) * p.D + d] = t;
+        }
+        __threadfence();  // the sums are visible device-wide before this block is counted
     }
+    __syncthreads();
+
+    // Last chunk of this (sample, channel group) to finish: the group's norms.
+    unsigned int* group_count = p.counters + (int64_t)b * groups + blockIdx.x;
+    if (tid == 0) last = atomicAdd(group_count, 1u) == (unsigned int)p.chunks - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (tid == 0) *group_count = 0;  // ready for the next launch
+    // Each thread sums every 8th chunk for two channels (read through L2: other blocks wrote
+    // them), then row 0 adds the 8 partial sums in order: deterministic.
+    s[0] = s[1] = 0.f;
+    for (int k = ry; k < p.chunks; k += blockDim.y) {
+        for (int j = 0; j < 2; j++) {
+            const int d = d0 + 32 * j;
+            if (d < p.D) s[j] += __ldcg(&p.part[((int64_t)b * p.chunks + k) * p.D + d]);
+        }
+    }
+    __syncthreads();  // part[][] is reused
+    part[ry][lane] = s[0];
+    part[ry][lane + 32] = s[1];
+    __syncthreads();
+    if (ry == 0) {
+        for (int j = 0; j < 2; j++) {
+            const int d = d0 + 32 * j;
+            if (d >= p.D) continue;
+            float t = 0.f;
+            for (int k = 0; k < (int)blockDim.y; k++) t += part[k][lane + 32 * j];
+            p.scale[(int64_t)b * p.D + d] = sqrtf(t);
+        }
+        __threadfence();
+    }
+    __syncthreads();
+
+    // Last channel group of this sample to finish: mean of the norms, then the scale.
+    unsigned int* sample_count = p.counters + (int64_t)p.B * groups + b;
+    if (tid == 0) last = atomicAdd(sample_count, 1u) == (unsigned int)groups - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (tid == 0) *sample_count = 0;
+    float* g = p.scale + (int64_t)b * p.D;
+    float t = 0.f;
+    for (int d = tid; d < p.D; d += 256) t += __ldcg(&g[d]);
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
+    if (lane == 0) scratch[ry] = t;
+    __syncthreads();
+    float total = 0.f;
+    for (int k = 0; k < 8; k++) total += scratch[k];
+    const float denom = total / p.D + 1e-6f;
+    const T* gamma = (const T*)p.gamma;
+    for (int d = tid; d < p.D; d += 256) g[d] = 1.f + to_f32(gamma[d]) * (__ldcg(&g[d]) / denom);
 }
 extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { grn_partial_impl<float>(p); }
 extern "C" __global__ void grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16>(p); }
-
-// The chunks' sums per (sample, channel), then the norm.
-extern "C" __global__ void grn_reduce(GrnStatsParams p) {
-    GRID_STRIDE(i, (int64_t)p.B * p.D) {
-        const int64_t b = i / p.D, d = i % p.D;
-        const float* part = p.part + b * p.chunks * p.D + d;
-        float t = 0.f;
-        for (int c = 0; c < p.chunks; c++) t += part[(int64_t)c * p.D];
-        p.stats[i] = sqrtf(t);
-    }
-}
-
-// One block per sample: mean of the norms over channels, then the per-channel scale.
-template <typename T> __device__ void grn_scale_impl(const GrnStatsParams& p) {
-    __shared__ float scratch[32];
-    float* g = p.stats + (int64_t)blockIdx.x * p.D;
-    float s = 0.f;
-    for (int d = threadIdx.x; d < p.D; d += blockDim.x) s += g[d];
-    float denom = block_sum(s, scratch) / p.D + 1e-6f;
-    const T* gamma = (const T*)p.gamma;
-    for (int d = threadIdx.x; d < p.D; d += blockDim.x) g[d] = 1.f + to_f32(gamma[d]) * (g[d] / denom);
-}
-extern "C" __global__ void grn_scale_f32(GrnStatsParams p) { grn_scale_impl<float>(p); }
-extern "C" __global__ void grn_scale_bf16(GrnStatsParams p) { grn_scale_impl<bf16>(p); }
 
 template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
     int64_t total = (int64_t)p.B * p.N * p.D;

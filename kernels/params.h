@@ -50,14 +50,22 @@ typedef struct LayerNormParams {
     int64_t rows_per_sample;
 } LayerNormParams;
 
-// GlobalResponseNorm (spec §3.3) in four steps. grn_partial: sums of squares over chunks of
+// GlobalResponseNorm (spec §3.3) in two kernels. grn_partial: sums of squares over chunks of
 // CASCADE_GRN_CHUNK positions, part[b, c, d] = sum_{n in chunk c} v[b,n,d]^2, where v = x, or with
-// gelu != 0 v = GELU(x), written to y (in bf16 the sum is over the rounded values stored).
+// gelu != 0 v = GELU(x), written to y (in bf16 the sum is over the rounded values stored). The
+// same launch finishes the statistics: the last block of each (sample, 64-channel group) to
+// finish turns that group's chunk sums into norms, scale[b, d] = sqrt(sum_c part[b, c, d]), and
+// the last group of each sample to finish turns the sample's norms into
+// scale[b, d] = 1 + gamma[d] * norm[b, d] / (mean_d norm[b, :] + 1e-6). Completion is counted in
+// counters (zero on entry, left zero).
 #define CASCADE_GRN_CHUNK 64
 typedef struct GrnPartialParams {
     const void* x;       // [B, N, D]
     void* y;             // [B, N, D] (may be x), or NULL without gelu
     float* part;         // [B, chunks, D], f32
+    float* scale;        // [B, D], f32
+    const void* gamma;   // [D]
+    unsigned int* counters; // [B * ceil(D / 64) + B]
     int32_t B;
     int32_t N;
     int32_t D;
@@ -65,22 +73,11 @@ typedef struct GrnPartialParams {
     int32_t gelu;
 } GrnPartialParams;
 
-// grn_reduce: stats[b,d] = sqrt(sum_c part[b,c,d]).
-// grn_scale: stats[b,d] = 1 + gamma[d] * stats[b,d] / (mean_d stats[b,:] + 1e-6).
-typedef struct GrnStatsParams {
-    const float* part;   // [B, chunks, D], f32 (grn_reduce)
-    float* stats;        // [B, D], f32
-    const void* gamma;   // [D] (grn_scale)
-    int32_t B;
-    int32_t D;
-    int32_t chunks;
-} GrnStatsParams;
-
-// GlobalResponseNorm, step 3: y[b,n,d] = x[b,n,d] * scale[b,d] + beta[d].
+// GlobalResponseNorm, second kernel: y[b,n,d] = x[b,n,d] * scale[b,d] + beta[d].
 typedef struct GrnApplyParams {
     const void* x;       // [B, N, D]
     void* y;             // [B, N, D]
-    const float* scale;  // [B, D], f32 (from grn_scale)
+    const float* scale;  // [B, D], f32 (from grn_partial)
     const void* beta;    // [D]
     int32_t B;
     int64_t N;

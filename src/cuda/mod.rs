@@ -50,7 +50,13 @@ pub struct CudaDevice {
     memory: Arc<MemStats>,
     tensor_core_attention: std::sync::atomic::AtomicBool,
     mma_attention: std::sync::atomic::AtomicBool,
+    /// GlobalResponseNorm's completion counters: zeroed once here, and every kernel that counts
+    /// with them leaves them zero (one stream, so launches never overlap).
+    grn_counters: CudaSlice<u32>,
 }
+
+/// How many GRN completion counters a device keeps (256 KiB).
+const GRN_COUNTERS: usize = 1 << 16;
 
 /// Bytes held by the engine's own device buffers (current and peak since the last reset).
 #[derive(Default, Debug)]
@@ -110,6 +116,7 @@ impl CudaDevice {
         }
         let kernels = Kernels::load(&ctx)?;
         let blas = blas::Blas::new(&stream)?;
+        let grn_counters = stream.alloc_zeros::<u32>(GRN_COUNTERS).map_err(|e| driver_err("allocating the GRN counters", e))?;
         let dev = Arc::new(Self {
             ordinal,
             name,
@@ -122,6 +129,7 @@ impl CudaDevice {
             memory: Arc::default(),
             tensor_core_attention: false.into(),
             mma_attention: false.into(),
+            grn_counters,
         });
         use crate::ops::AttentionKernel;
         let ok = check_attention_kernel(&dev, AttentionKernel::TensorCore, "tensor-core (WMMA)");
@@ -160,6 +168,11 @@ impl CudaDevice {
     /// was tuned (see [`CudaDevice::capture_tuned`]); never decreases.
     pub fn untuned_gemms_captured(&self) -> usize {
         self.blas.untuned_in_capture()
+    }
+
+    /// The GRN completion counters' address and count (see `kernels/params.h`).
+    pub(crate) fn grn_counters(&self) -> (u64, usize) {
+        (self.grn_counters.device_ptr(&self.stream).0, GRN_COUNTERS)
     }
 
     pub(crate) fn blas(&self) -> &blas::Blas {

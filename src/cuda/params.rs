@@ -16,7 +16,6 @@ device_repr!(
     FillParams,
     LayerNormParams,
     GrnPartialParams,
-    GrnStatsParams,
     GrnApplyParams,
     ActParams,
     AddParams,

@@ -174,7 +174,7 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, out: 
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
-            use crate::cuda::params::{GrnApplyParams, GrnPartialParams, GrnStatsParams, CASCADE_GRN_CHUNK};
+            use crate::cuda::params::{GrnApplyParams, GrnPartialParams, CASCADE_GRN_CHUNK};
             if b > 65535 || n > i32::MAX as usize || d > i32::MAX as usize {
                 return Err(Error::Shape(format!("grn: {b}×{n}×{d} is beyond the kernels' grid")));
             }
@@ -184,34 +184,39 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, out: 
             if chunks > 65535 {
                 return Err(Error::Shape(format!("grn: {n} positions are more than the kernels' grid takes (65535 × 64)")));
             }
-            let part = Tensor::empty(&[b, chunks, d], DType::F32, &x.device())?;
-            let pp = GrnPartialParams {
-                x: x.cuda_ptr()? as *const _,
-                y: if gelu { y.cuda_ptr()? as *mut _ } else { std::ptr::null_mut() },
-                part: part.cuda_ptr()? as *mut f32,
-                B: b as i32,
-                N: n as i32,
-                D: d as i32,
-                chunks: chunks as i32,
-                gelu: gelu as i32,
-            };
-            dev.launch(
-                super::kernel("grn", dt, &k.grn_partial_f32, &k.grn_partial_bf16)?,
-                (d.div_ceil(64) as u32, chunks as u32, b as u32),
-                (32, 8, 1),
-                0,
-                &pp,
-            )?;
-            let sp = GrnStatsParams {
-                part: part.cuda_ptr()? as *const f32,
-                stats: stats.cuda_ptr()? as *mut f32,
-                gamma: gamma.cuda_ptr()? as *const _,
-                B: b as i32,
-                D: d as i32,
-                chunks: chunks as i32,
-            };
-            dev.launch_1d(&k.grn_reduce, b * d, &sp)?;
-            dev.launch(super::kernel("grn", dt, &k.grn_scale_f32, &k.grn_scale_bf16)?, (b as u32, 1, 1), (256, 1, 1), 0, &sp)?;
+            let groups = d.div_ceil(64);
+            let (counters, capacity) = dev.grn_counters();
+            // The samples are independent: as many per launch as the completion counters cover.
+            let per_launch = (capacity / (groups + 1)).max(1);
+            if groups + 1 > capacity {
+                return Err(Error::Shape(format!("grn: {d} channels need more completion counters than the device keeps")));
+            }
+            let part = Tensor::empty(&[b.min(per_launch), chunks, d], DType::F32, &x.device())?;
+            let elt = dt.size() as u64;
+            let (x0, y0, s0) = (x.cuda_ptr()?, y.cuda_ptr()?, stats.cuda_ptr()?);
+            for first in (0..b).step_by(per_launch) {
+                let bs = per_launch.min(b - first);
+                let pp = GrnPartialParams {
+                    x: (x0 + (first * n * d) as u64 * elt) as *const _,
+                    y: if gelu { (y0 + (first * n * d) as u64 * elt) as *mut _ } else { std::ptr::null_mut() },
+                    part: part.cuda_ptr()? as *mut f32,
+                    scale: (s0 + (first * d * 4) as u64) as *mut f32,
+                    gamma: gamma.cuda_ptr()? as *const _,
+                    counters: counters as *mut u32,
+                    B: bs as i32,
+                    N: n as i32,
+                    D: d as i32,
+                    chunks: chunks as i32,
+                    gelu: gelu as i32,
+                };
+                dev.launch(
+                    super::kernel("grn", dt, &k.grn_partial_f32, &k.grn_partial_bf16)?,
+                    (groups as u32, chunks as u32, bs as u32),
+                    (32, 8, 1),
+                    0,
+                    &pp,
+                )?;
+            }
             // Applied from y when GELU wrote it there, else from x.
             let src = if gelu { y.cuda_ptr()? } else { x.cuda_ptr()? };
             let ap = GrnApplyParams {

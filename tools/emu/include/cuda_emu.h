@@ -98,6 +98,10 @@ inline float __fdividef(float a, float b) { return a / b; }
 inline float cospif(float x) { return (float)std::cos(M_PI * (double)x); }
 inline float sinpif(float x) { return (float)std::sin(M_PI * (double)x); }
 
+// Blocks run one after another, so every write is visible to the blocks after it.
+inline void __threadfence() {}
+template <typename T> inline T __ldcg(const T* p) { return *p; }
+
 template <typename T> inline T atomicAdd(T* p, T v) {
     // Blocks of one launch run one after another on one OS thread: no race to guard.
     T old = *p;
