@@ -281,7 +281,8 @@ pub struct UNetInputs<'a> {
 pub struct Conditioning {
     /// Per attention block, the condition rows' packed `[q | k | v]` projections.
     attn_kv: Vec<Tensor>,
-    image_terms: Vec<Tensor>,
+    /// Stage B's effnet and pixel terms at the stem's resolution, already summed.
+    image_term: Option<Tensor>,
     stem_hw: (usize, usize),
     batch: usize,
 }
@@ -561,7 +562,19 @@ impl StableCascadeUNet {
             };
             image_terms.push(ops::resize_bilinear(&m.forward(px)?, h0, w0)?);
         }
-        Ok(Conditioning { attn_kv, image_terms, stem_hw: (h0, w0), batch })
+        // Stage B adds both terms to every step's stem output: add them to each other once here.
+        let image_term = match image_terms.len() {
+            0 => None,
+            _ => {
+                let mut terms = image_terms.into_iter();
+                let mut sum = terms.next().expect("one term at least");
+                for t in terms {
+                    ops::add_assign(&mut sum, &t)?;
+                }
+                Some(sum)
+            }
+        };
+        Ok(Conditioning { attn_kv, image_term, stem_hw: (h0, w0), batch })
     }
 
     /// One forward pass with the run's constants (see [`StableCascadeUNet::prepare`]).
@@ -597,7 +610,7 @@ impl StableCascadeUNet {
                 (x.dim(1), x.dim(2))
             )));
         }
-        for term in &prepared.image_terms {
+        if let Some(term) = &prepared.image_term {
             ops::add_assign(&mut x, term)?;
         }
         let terms = StepTerms { ab: &ab, kv: &prepared.attn_kv };
