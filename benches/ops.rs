@@ -52,6 +52,19 @@ fn main() {
             ops::cast_into(&x, &mut y).unwrap();
             ops::gelu_grn_assign(&mut y, &g, &be).unwrap()
         });
+        // The weight path (one sample): copy, GELU + the factor only, then fc2's [D/4, D]
+        // weight scaled by it. Bytes: the copy and the GELU pass (8 per element) and the weight.
+        let w = rnd(&[s.d / 4, s.d], bf);
+        r.run(
+            &format!("copy+gelu+grn_factor+scale_w/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.d),
+            None,
+            Some((8 * s.b * s.n * s.d + 4 * w.numel()) as f64),
+            || {
+                ops::cast_into(&x, &mut y).unwrap();
+                let f = ops::gelu_grn_factor(&mut y, &g).unwrap();
+                ops::scale_columns(&w, &f.alias(0, &[1, s.d]).unwrap()).map(drop).unwrap()
+            },
+        );
     }
     for (s, replicate, ln) in shapes::DEPTHWISE {
         let shape = [s.b, s.h, s.w, s.c];

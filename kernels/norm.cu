@@ -157,7 +157,8 @@ template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
     int64_t total = (int64_t)p.B * p.N * p.D;
     GRID_STRIDE(i, total) {
         int64_t d = i % p.D, b = i / (p.N * p.D);
-        float v = to_f32(((const T*)p.x)[i]) * p.scale[b * p.D + d] + to_f32(((const T*)p.beta)[d]);
+        float v = to_f32(((const T*)p.x)[i]) * p.scale[b * p.D + d];
+        if (p.beta) v += to_f32(((const T*)p.beta)[d]);
         ((T*)p.y)[i] = from_f32<T>(v);
     }
 }

@@ -78,7 +78,7 @@ typedef struct GrnApplyParams {
     const void* x;       // [B, N, D]
     void* y;             // [B, N, D]
     const float* scale;  // [B, D], f32 (from grn_partial)
-    const void* beta;    // [D]
+    const void* beta;    // [D], or NULL for none (then this scales columns: a weight by GRN's factor)
     int32_t B;
     int64_t N;
     int32_t D;

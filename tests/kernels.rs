@@ -134,6 +134,20 @@ fn grn_kernels() {
             ops::gelu_grn_assign(&mut u, &g, &be).unwrap();
             let gelu = round_to(&xv.iter().map(|&v| cpu::gelu(v)).collect::<Vec<_>>(), dtype);
             verify("gelu+grn", s.name, dtype, &u.to_vec_f32().unwrap(), Some(&whole), &cpu::grn(&gelu, s.b, s.n, s.d, &gv, &bev));
+
+            // GELU in place and GRN's factor only (f32 [B, D]), then a weight scaled by one
+            // sample's factor: the ResBlock's path when fc2's weight is smaller than u.
+            let (mut u, whole) = poisoned(&[s.b, s.n, s.d], dtype, &dev).unwrap();
+            ops::cast_into(&x, &mut u).unwrap();
+            let factor = ops::gelu_grn_factor(&mut u, &g).unwrap();
+            verify("gelu (factor path)", s.name, dtype, &u.to_vec_f32().unwrap(), Some(&whole), &gelu);
+            let want_f = cpu::grn_scale(&gelu, s.b, s.n, s.d, &gv);
+            // The factor is f32 whatever the dtype: held to the f32 bound.
+            verify("grn factor", s.name, DType::F32, &factor.to_vec_f32().unwrap(), None, &want_f);
+            let (w, wv) = input(&mut rng, &[7, s.d], 1.0, dtype, &dev);
+            let f0 = factor.alias(0, &[1, s.d]).unwrap();
+            let scaled = ops::scale_columns(&w, &f0).unwrap();
+            verify("scale_columns", s.name, dtype, &scaled.to_vec_f32().unwrap(), None, &cpu::scale_columns(&wv, s.d, &want_f[..s.d]));
         }
     }
 }

@@ -21,6 +21,9 @@ struct ResBlock {
     gamma: Tensor,
     beta: Tensor,
     fc2: Linear,
+    /// fc2's bias plus fc2 applied to GRN's β, `b₂ + W₂·β`: the bias when GRN's factor is
+    /// applied to fc2's weight columns instead of to the activations.
+    fc2_bias_with_beta: Tensor,
 }
 
 impl ResBlock {
@@ -29,13 +32,17 @@ impl ResBlock {
             return Err(Error::Msg(format!("kernel_size {k} is not supported (Stable Cascade uses 3)")));
         }
         let cw = vb.pp("channelwise");
+        let beta = cw.pp("2").get("beta", &[1, 1, 1, 4 * c])?;
+        let fc2 = Linear::load(&cw, "4", c, 4 * c, true)?;
+        let fc2_bias_with_beta = fc2.forward(&beta.view(&[1, 4 * c])?)?.reshape(&[c])?;
         Ok(ResBlock {
             dw_weight: vb.pp("depthwise").get("weight", &[c, 1, 3, 3])?,
             dw_bias: vb.pp("depthwise").get("bias", &[c])?,
             fc1: Linear::load(&cw, "0", 4 * c, c + c_skip, true)?,
             gamma: cw.pp("2").get("gamma", &[1, 1, 1, 4 * c])?,
-            beta: cw.pp("2").get("beta", &[1, 1, 1, 4 * c])?,
-            fc2: Linear::load(&cw, "4", c, 4 * c, true)?,
+            beta,
+            fc2,
+            fc2_bias_with_beta,
         })
     }
 
@@ -46,8 +53,18 @@ impl ResBlock {
             y = ops::concat_channels(&y, s)?;
         }
         let mut u = self.fc1.forward(&y)?;
-        ops::gelu_grn_assign(&mut u, &self.gamma, &self.beta)?;
-        self.fc2.forward_accumulate(&u, x)
+        let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
+        if b == 1 && h * w > c {
+            // GRN(u) = u·f + β with a per-channel factor f. With one sample and more positions
+            // than channels, fc2's weight [C, 4C] is smaller than u [HW, 4C]: scale its columns
+            // by f (W₂·(u⊙f + β) = (W₂⊙f)·u + W₂·β) instead of making a pass over u.
+            let f = ops::gelu_grn_factor(&mut u, &self.gamma)?;
+            let w2 = ops::scale_columns(&self.fc2.weight, &f)?;
+            ops::linear_accumulate_into(&u, &w2, Some(&self.fc2_bias_with_beta), x)
+        } else {
+            ops::gelu_grn_assign(&mut u, &self.gamma, &self.beta)?;
+            self.fc2.forward_accumulate(&u, x)
+        }
     }
 }
 

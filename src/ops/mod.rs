@@ -29,7 +29,7 @@ pub use conv::{
 pub use elementwise::{add, add_assign, affine_assign, cast_into, cfg_combine_into, ddpm_step_assign, fill_random, modulate_assign};
 pub use embed::{timestep_embedding_into, token_embedding_into};
 pub use linear::{linear, linear_accumulate_into, linear_into};
-pub use norm::{gelu_grn_assign, grn, grn_into, layer_norm, layer_norm_into, modulate_layer_norm};
+pub use norm::{gelu_grn_assign, gelu_grn_factor, grn, grn_into, layer_norm, layer_norm_into, modulate_layer_norm, scale_columns};
 pub use resample::{columns, concat_channels, concat_channels_into, concat_tokens, resize_bilinear, resize_bilinear_into};
 
 use crate::{DType, Device, Error, Result, Tensor};

@@ -128,14 +128,57 @@ pub(crate) fn row_stats_into(x: &Tensor, eps: f32, stats: &Tensor) -> Result<()>
 /// that ends up holding the per-channel scale `1 + γ·N`.
 pub fn grn_into(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, y: &mut Tensor) -> Result<()> {
     check_shape("grn", "output", y, x.shape())?;
-    grn_impl(x, gamma, beta, stats, GrnOutput::Separate(y))
+    grn_impl(x, gamma, Some(beta), stats, GrnOutput::Separate(y))
 }
 
 /// `x ← GRN(GELU(x))` in place (the ResBlock's middle): the GELU, its write and the sums of
 /// squares are one pass over x, then the scale is applied in place.
 pub fn gelu_grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
-    grn_impl(&x.view(x.shape())?, gamma, beta, &mut stats, GrnOutput::GeluInPlace(x))
+    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::GeluInPlace(x))
+}
+
+/// `x ← GELU(x)` in place, returning GRN's factor `1 + γ·N` of the result (f32 `[B, D]`) without
+/// applying it: `GRN(GELU(x)) = GELU(x)·factor + β`, and a caller whose next step is a linear
+/// layer can scale that layer's weight columns by the factor instead of x's
+/// (see [`scale_columns`]), when the weight is the smaller of the two.
+pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
+    let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
+    grn_impl(&x.view(x.shape())?, gamma, None, &mut stats, GrnOutput::GeluFactorOnly(x))?;
+    Ok(stats)
+}
+
+/// `w [rows, cols]` with column j multiplied by `factor[0, j]` (f32 `[1, cols]`, e.g. from
+/// [`gelu_grn_factor`] for one sample): `x·(w⊙factor)ᵀ = (x⊙factor)·wᵀ`.
+pub fn scale_columns(w: &Tensor, factor: &Tensor) -> Result<Tensor> {
+    let &[rows, cols] = w.shape() else {
+        return Err(Error::Shape(format!("scale_columns: w must be [rows, cols], got {:?}", w.shape())));
+    };
+    check_shape("scale_columns", "factor", factor, &[1, cols])?;
+    check_dtype("scale_columns", DType::F32, &[factor])?;
+    check_device("scale_columns", &w.device(), &[factor])?;
+    let mut y = Tensor::empty(w.shape(), w.dtype(), &w.device())?;
+    match w.device() {
+        Device::Cpu => y.set_cpu_f32(&cpu::scale_columns(&w.cpu_f32()?, cols, &factor.cpu_f32()?))?,
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            // grn_apply without β over one "sample" of `rows` positions.
+            let ap = crate::cuda::params::GrnApplyParams {
+                x: w.cuda_ptr()? as *const _,
+                y: y.cuda_ptr()? as *mut _,
+                scale: factor.cuda_ptr()? as *const f32,
+                beta: std::ptr::null(),
+                B: 1,
+                N: rows as i64,
+                D: cols as i32,
+            };
+            if w.numel() > 0 {
+                dev.launch_1d(super::kernel("scale_columns", w.dtype(), &k.grn_apply_f32, &k.grn_apply_bf16)?, w.numel(), &ap)?;
+            }
+        }
+    }
+    Ok(y)
 }
 
 enum GrnOutput<'a> {
@@ -143,23 +186,35 @@ enum GrnOutput<'a> {
     Separate(&'a mut Tensor),
     /// x = GRN(GELU(x)); the input argument is a view of the same tensor.
     GeluInPlace(&'a mut Tensor),
+    /// x = GELU(x), stats = the factor, nothing applied; the input is a view of the same tensor.
+    GeluFactorOnly(&'a mut Tensor),
 }
 
-fn grn_impl(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, out: GrnOutput) -> Result<()> {
+fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tensor, out: GrnOutput) -> Result<()> {
     if x.rank() < 2 {
         return Err(Error::Shape(format!("grn: x must be [B, …, D], got {:?}", x.shape())));
     }
     let (b, d) = (x.dim(0), x.dim(-1));
     let n = x.numel() / (b * d).max(1);
     check_numel("grn", "gamma", gamma, d)?;
-    check_numel("grn", "beta", beta, d)?;
     check_shape("grn", "stats", stats, &[b, d])?;
-    check_dtype("grn", x.dtype(), &[gamma, beta])?;
+    check_dtype("grn", x.dtype(), &[gamma])?;
     check_dtype("grn", DType::F32, &[stats])?;
-    check_device("grn", &x.device(), &[gamma, beta, stats])?;
-    let (y, gelu) = match out {
-        GrnOutput::Separate(y) => (y, false),
-        GrnOutput::GeluInPlace(y) => (y, true),
+    check_device("grn", &x.device(), &[gamma, stats])?;
+    if let Some(beta) = beta {
+        check_numel("grn", "beta", beta, d)?;
+        check_dtype("grn", x.dtype(), &[beta])?;
+        check_device("grn", &x.device(), &[beta])?;
+    }
+    let (y, gelu, apply) = match out {
+        GrnOutput::Separate(y) => (y, false, true),
+        GrnOutput::GeluInPlace(y) => (y, true, true),
+        GrnOutput::GeluFactorOnly(y) => (y, true, false),
+    };
+    let beta = match (apply, beta) {
+        (true, Some(b)) => Some(b),
+        (true, None) => return Err(Error::Shape("grn: applying needs beta".into())),
+        (false, _) => None,
     };
     check_dtype("grn", x.dtype(), &[y])?;
     check_device("grn", &x.device(), &[y])?;
@@ -169,8 +224,13 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, out: 
             if gelu {
                 v = crate::testing::round_to(&v.iter().map(|&a| cpu::gelu(a)).collect::<Vec<_>>(), x.dtype());
             }
-            let v = cpu::grn(&v, b, n, d, &gamma.cpu_f32()?, &beta.cpu_f32()?);
-            y.set_cpu_f32(&v)
+            match beta {
+                Some(beta) => y.set_cpu_f32(&cpu::grn(&v, b, n, d, &gamma.cpu_f32()?, &beta.cpu_f32()?)),
+                None => {
+                    stats.set_cpu_f32(&cpu::grn_scale(&v, b, n, d, &gamma.cpu_f32()?))?;
+                    y.set_cpu_f32(&v)
+                }
+            }
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
@@ -217,6 +277,7 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, out: 
                     &pp,
                 )?;
             }
+            let Some(beta) = beta else { return Ok(()) };
             // Applied from y when GELU wrote it there, else from x.
             let src = if gelu { y.cuda_ptr()? } else { x.cuda_ptr()? };
             let ap = GrnApplyParams {
