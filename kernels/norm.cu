@@ -78,7 +78,7 @@ template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p
             float v = to_f32(x[row + d]);
             if (p.gelu) {
                 const T r = from_f32<T>(gelu_erf(v));
-                y[row + d] = r;
+                if (y) y[row + d] = r;
                 v = to_f32(r);
             }
             s[j] += v * v;
@@ -157,7 +157,9 @@ template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
     int64_t total = (int64_t)p.B * p.N * p.D;
     GRID_STRIDE(i, total) {
         int64_t d = i % p.D, b = i / (p.N * p.D);
-        float v = to_f32(((const T*)p.x)[i]) * p.scale[b * p.D + d];
+        float v = to_f32(((const T*)p.x)[i]);
+        if (p.gelu) v = to_f32(from_f32<T>(gelu_erf(v)));  // the value grn_partial summed
+        v *= p.scale[b * p.D + d];
         if (p.beta) v += to_f32(((const T*)p.beta)[d]);
         ((T*)p.y)[i] = from_f32<T>(v);
     }

@@ -52,7 +52,8 @@ typedef struct LayerNormParams {
 
 // GlobalResponseNorm (spec §3.3) in two kernels. grn_partial: sums of squares over chunks of
 // CASCADE_GRN_CHUNK positions, part[b, c, d] = sum_{n in chunk c} v[b,n,d]^2, where v = x, or with
-// gelu != 0 v = GELU(x), written to y (in bf16 the sum is over the rounded values stored). The
+// gelu != 0 v = GELU(x) rounded to x's type (the sum is over the rounded values), written to y
+// when y is not NULL (else grn_apply recomputes it: one write of x fewer). The
 // same launch finishes the statistics: the last block of each (sample, 64-channel group) to
 // finish turns that group's chunk sums into norms, scale[b, d] = sqrt(sum_c part[b, c, d]), and
 // the last group of each sample to finish turns the sample's norms into
@@ -61,7 +62,7 @@ typedef struct LayerNormParams {
 #define CASCADE_GRN_CHUNK 64
 typedef struct GrnPartialParams {
     const void* x;       // [B, N, D]
-    void* y;             // [B, N, D] (may be x), or NULL without gelu
+    void* y;             // [B, N, D] (may be x), or NULL
     float* part;         // [B, chunks, D], f32
     float* scale;        // [B, D], f32
     const void* gamma;   // [D]
@@ -73,7 +74,7 @@ typedef struct GrnPartialParams {
     int32_t gelu;
 } GrnPartialParams;
 
-// GlobalResponseNorm, second kernel: y[b,n,d] = x[b,n,d] * scale[b,d] + beta[d].
+// GlobalResponseNorm, second kernel: y[b,n,d] = v[b,n,d] * scale[b,d] + beta[d], v = x or GELU(x).
 typedef struct GrnApplyParams {
     const void* x;       // [B, N, D]
     void* y;             // [B, N, D]
@@ -82,6 +83,7 @@ typedef struct GrnApplyParams {
     int32_t B;
     int64_t N;
     int32_t D;
+    int32_t gelu;        // 1: x is GRN's input before GELU, applied here first (rounded to x's type)
 } GrnApplyParams;
 
 // ---- element-wise --------------------------------------------------------------------------

@@ -131,8 +131,9 @@ pub fn grn_into(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, y
     grn_impl(x, gamma, Some(beta), stats, GrnOutput::Separate(y))
 }
 
-/// `x ← GRN(GELU(x))` in place (the ResBlock's middle): the GELU, its write and the sums of
-/// squares are one pass over x, then the scale is applied in place.
+/// `x ← GRN(GELU(x))` in place (the ResBlock's middle): one pass reads x for the sums of squares
+/// of GELU(x), then one pass recomputes GELU(x) (rounded as the sums saw it), applies the factor
+/// and writes x.
 pub fn gelu_grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
     grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::GeluInPlace(x))
@@ -172,6 +173,7 @@ pub fn scale_columns(w: &Tensor, factor: &Tensor) -> Result<Tensor> {
                 B: 1,
                 N: rows as i64,
                 D: cols as i32,
+                gelu: 0,
             };
             if w.numel() > 0 {
                 dev.launch_1d(super::kernel("scale_columns", w.dtype(), &k.grn_apply_f32, &k.grn_apply_bf16)?, w.numel(), &ap)?;
@@ -258,7 +260,9 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                 let bs = per_launch.min(b - first);
                 let pp = GrnPartialParams {
                     x: (x0 + (first * n * d) as u64 * elt) as *const _,
-                    y: if gelu { (y0 + (first * n * d) as u64 * elt) as *mut _ } else { std::ptr::null_mut() },
+                    // GELU's output is written here only when nothing follows; the apply kernel
+                    // recomputes it from x otherwise (one write of the whole tensor fewer).
+                    y: if gelu && !apply { (y0 + (first * n * d) as u64 * elt) as *mut _ } else { std::ptr::null_mut() },
                     part: part.cuda_ptr()? as *mut f32,
                     scale: (s0 + (first * d * 4) as u64) as *mut f32,
                     gamma: gamma.cuda_ptr()? as *const _,
@@ -278,16 +282,16 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                 )?;
             }
             let Some(beta) = beta else { return Ok(()) };
-            // Applied from y when GELU wrote it there, else from x.
-            let src = if gelu { y.cuda_ptr()? } else { x.cuda_ptr()? };
+            // From x (GELU, when asked, recomputed exactly as grn_partial rounded it); x may be y.
             let ap = GrnApplyParams {
-                x: src as *const _,
+                x: x.cuda_ptr()? as *const _,
                 y: y.cuda_ptr()? as *mut _,
                 scale: stats.cuda_ptr()? as *const f32,
                 beta: beta.cuda_ptr()? as *const _,
                 B: b as i32,
                 N: n as i64,
                 D: d as i32,
+                gelu: gelu as i32,
             };
             dev.launch_1d(super::kernel("grn", dt, &k.grn_apply_f32, &k.grn_apply_bf16)?, x.numel(), &ap)
         }
