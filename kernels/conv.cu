@@ -17,6 +17,8 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
     for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
         float acc = to_f32(((const T*)p.bias)[c]);
         const float lw = st ? to_f32(((const T*)p.in_weight)[c]) : 1.f, lb = st ? to_f32(((const T*)p.in_bias)[c]) : 0.f;
+        const T* ab = p.in_ab ? (const T*)p.in_ab + b * p.in_ab_stride : nullptr;
+        const float ma = ab ? 1.f + to_f32(ab[c]) : 1.f, ms = ab ? to_f32(ab[p.C + c]) : 0.f;
         for (int ky = 0; ky < 3; ky++) {
             int h = h0 + ky - 1;
             if (p.replicate) h = min(max(h, 0), p.H - 1);
@@ -28,6 +30,11 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
                 const int64_t q = (int64_t)h * p.W + w;
                 float v = to_f32(x[q * p.C + c]);
                 if (st) v = (v - st[2 * q]) * st[2 * q + 1] * lw + lb;
+                if (ab) {
+                    const T m = from_f32<T>(v * ma + ms);
+                    if (ky == 1 && kx == 1) ((T*)p.x_out)[pix * p.C + c] = m;
+                    v = to_f32(m);
+                }
                 acc += to_f32(wt[c * 9 + ky * 3 + kx]) * v;
             }
         }

@@ -163,6 +163,12 @@ typedef struct DepthwiseParams {
     const void* in_bias;     // [C]
     const void* residual;    // [B, H, W, C] added to the conv output (may be x, or y itself when
                              // y is not x: y += conv(x)), or NULL
+    // Optional TimestepBlock modulation of the input, applied as the taps are read (before the
+    // zero padding): tap = x * (1 + a[c]) + s[c] rounded to x's type, with a and s the C values
+    // at in_ab + b * in_ab_stride and C further; the modulated centre taps are written to x_out.
+    const void* in_ab;       // or NULL
+    void* x_out;             // [B, H, W, C], not x
+    int64_t in_ab_stride;
 } DepthwiseParams;
 
 // Pixel shuffle (PyTorch order, channel c*r*r + i*r + j):

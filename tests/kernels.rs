@@ -197,6 +197,21 @@ fn depthwise_kernels() {
             let conv = cpu::depthwise3x3(&t, s.b, s.h, s.w, s.c, &wv, &bv, *replicate, None);
             let want: Vec<f32> = conv.iter().zip(&rv).map(|(c, r)| c + r).collect();
             verify("ln→depthwise+x", s.name, dtype, &got.to_vec_f32().unwrap(), None, &want);
+
+            // A TimestepBlock's modulation applied as the taps are read, then the conv and its
+            // LayerNorm (Stage B's first levels): ab is a column range 5 in of a wider tensor;
+            // the modulated x comes back in place of x, rounded as the separate op stores it.
+            if !*replicate {
+                let (ab, abv) = input(&mut rng, &[s.b, 2 * s.c + 9], 0.5, dtype, &dev);
+                let cols: Vec<f32> = (0..s.b).flat_map(|k| abv[k * (2 * s.c + 9) + 5..][..2 * s.c].to_vec()).collect();
+                let modulated = round_to(&cpu::modulate(&rv, &cols, s.b, s.h * s.w, s.c), dtype);
+                let mut xm = Tensor::empty(&shape, dtype, &dev).unwrap();
+                ops::cast_into(&r, &mut xm).unwrap();
+                let got = ops::modulate_depthwise3x3_ln(&mut xm, &ab, 5, &w, &b, pad, 1e-6).unwrap();
+                verify("modulate→depthwise x", s.name, dtype, &xm.to_vec_f32().unwrap(), None, &modulated);
+                let want = cpu::depthwise3x3(&modulated, s.b, s.h, s.w, s.c, &wv, &bv, false, Some(1e-6));
+                verify("modulate→depthwise+ln", s.name, dtype, &got.to_vec_f32().unwrap(), None, &want);
+            }
         }
     }
 }

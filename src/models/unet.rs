@@ -46,9 +46,14 @@ impl ResBlock {
         })
     }
 
-    /// `x += fc2(GRN(GELU(fc1([dwconv+LN(x); skip]))))`, the residual added by fc2's GEMM.
-    fn forward(&self, x: &mut Tensor, skip: Option<&Tensor>) -> Result<()> {
-        let mut y = ops::depthwise3x3(x, &self.dw_weight, &self.dw_bias, Padding::Zero, Some(EPS))?;
+    /// `x += fc2(GRN(GELU(fc1([dwconv+LN(x); skip]))))`, the residual added by fc2's GEMM. With
+    /// `modulation` (the preceding TimestepBlock's columns of the step's `[a, b]`), x is
+    /// modulated in the same pass as the convolution reads it.
+    fn forward(&self, x: &mut Tensor, skip: Option<&Tensor>, modulation: Option<(&Tensor, usize)>) -> Result<()> {
+        let mut y = match modulation {
+            Some((ab, col)) => ops::modulate_depthwise3x3_ln(x, ab, col, &self.dw_weight, &self.dw_bias, Padding::Zero, EPS)?,
+            None => ops::depthwise3x3(x, &self.dw_weight, &self.dw_bias, Padding::Zero, Some(EPS))?,
+        };
         if let Some(s) = skip {
             y = ops::concat_channels(&y, s)?;
         }
@@ -667,8 +672,9 @@ impl StableCascadeUNet {
     }
 
     /// One level's blocks in order; `skip` goes to the first block when it is a ResBlock. A
-    /// TimestepBlock followed by an AttnBlock is applied inside the attention block's LayerNorm
-    /// pass (Stage C's levels and Stage B's deeper ones); otherwise on its own.
+    /// TimestepBlock is applied inside the next block's first pass: the attention block's
+    /// LayerNorm (Stage C's levels and Stage B's deeper ones) or the ResBlock's depthwise
+    /// convolution (Stage B's first two levels); on its own only at a level's end.
     fn run_blocks(&self, blocks: &[Block], mut x: Tensor, skip: Option<&Tensor>, terms: &StepTerms) -> Result<Tensor> {
         let mut i = 0;
         while i < blocks.len() {
@@ -682,10 +688,15 @@ impl StableCascadeUNet {
                             x = xf.to_dtype(self.dtype)?;
                         }
                     }
-                    r.forward(&mut x, skip)?;
+                    r.forward(&mut x, skip, None)?;
                 }
                 (Block::Timestep(t), Some(Block::Attn(a))) => {
                     a.forward(&mut x, Some((terms.ab, t.col)), &terms.kv[a.id])?;
+                    i += 1;
+                }
+                // Never the level's first block, so no skip (Stage B's first two levels).
+                (Block::Timestep(t), Some(Block::Res(r))) => {
+                    r.forward(&mut x, None, Some((terms.ab, t.col)))?;
                     i += 1;
                 }
                 (Block::Timestep(t), _) => ops::modulate_assign(&mut x, terms.ab, t.col)?,

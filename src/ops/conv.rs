@@ -38,13 +38,13 @@ pub fn depthwise3x3_into(
     layer_norm: Option<f32>,
     y: &mut Tensor,
 ) -> Result<()> {
-    depthwise3x3_impl(x, weight, bias, padding, layer_norm, None, Residual::None, y)
+    depthwise3x3_impl(x, weight, bias, padding, layer_norm, None, None, Residual::None, y)
 }
 
 /// `y += depthwise3x3(x)`: the convolution and a residual connection in one pass. `x` and `y`
 /// must be different tensors.
 pub fn depthwise3x3_accumulate_into(x: &Tensor, weight: &Tensor, bias: &Tensor, padding: Padding, y: &mut Tensor) -> Result<()> {
-    depthwise3x3_impl(x, weight, bias, padding, None, None, Residual::Output, y)
+    depthwise3x3_impl(x, weight, bias, padding, None, None, None, Residual::Output, y)
 }
 
 /// `x + depthwise3x3(LayerNorm(x))` as a new tensor, the LayerNorm (affine, over channels)
@@ -68,7 +68,7 @@ pub fn depthwise3x3_prenorm_residual(
     match x.device() {
         Device::Cpu => {
             let t = super::layer_norm(x, Some(ln_weight), Some(ln_bias), eps)?;
-            depthwise3x3_impl(&t, weight, bias, padding, None, None, Residual::Tensor(x), &mut y)?;
+            depthwise3x3_impl(&t, weight, bias, padding, None, None, None, Residual::Tensor(x), &mut y)?;
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => {
@@ -76,7 +76,7 @@ pub fn depthwise3x3_prenorm_residual(
             check_device("depthwise3x3_prenorm_residual", &x.device(), &[ln_weight, ln_bias])?;
             let stats = Tensor::empty(&[x.numel() / c.max(1), 2], crate::DType::F32, &x.device())?;
             super::norm::row_stats_into(x, eps, &stats)?;
-            depthwise3x3_impl(x, weight, bias, padding, None, Some((&stats, ln_weight, ln_bias)), Residual::Tensor(x), &mut y)?;
+            depthwise3x3_impl(x, weight, bias, padding, None, Some((&stats, ln_weight, ln_bias)), None, Residual::Tensor(x), &mut y)?;
         }
     }
     Ok(y)
@@ -93,7 +93,9 @@ enum Residual<'a> {
 
 /// The depthwise convolution with its options: a LayerNorm of the output (`layer_norm`), one of
 /// the input applied as taps are read (`input_norm`: per-pixel (mean, rstd) f32 pairs, weight,
-/// bias; GPU only) and a residual.
+/// bias; GPU only), a TimestepBlock modulation of the input applied as taps are read
+/// (`input_modulation`: ab, its first column, and where the modulated input goes; GPU only) and a
+/// residual.
 #[allow(clippy::too_many_arguments)]
 fn depthwise3x3_impl(
     x: &Tensor,
@@ -102,6 +104,7 @@ fn depthwise3x3_impl(
     padding: Padding,
     layer_norm: Option<f32>,
     input_norm: Option<(&Tensor, &Tensor, &Tensor)>,
+    input_modulation: Option<(&Tensor, usize, &Tensor)>,
     residual: Residual,
     y: &mut Tensor,
 ) -> Result<()> {
@@ -118,8 +121,8 @@ fn depthwise3x3_impl(
     }
     match x.device() {
         Device::Cpu => {
-            if input_norm.is_some() {
-                return Err(Error::Shape("depthwise3x3: a LayerNorm of the input from statistics is a GPU path".into()));
+            if input_norm.is_some() || input_modulation.is_some() {
+                return Err(Error::Shape("depthwise3x3: a LayerNorm or modulation of the input as it is read is a GPU path".into()));
             }
             let mut v = cpu::depthwise3x3(
                 &x.cpu_f32()?,
@@ -154,6 +157,15 @@ fn depthwise3x3_impl(
                 Some((s, w, b)) => (s.cuda_ptr()? as *const f32, w.cuda_ptr()? as *const _, b.cuda_ptr()? as *const _),
                 None => (std::ptr::null(), std::ptr::null(), std::ptr::null()),
             };
+            let (in_ab, x_out, in_ab_stride) = match input_modulation {
+                Some((ab, col, out)) => {
+                    if out.cuda_ptr()? == x.cuda_ptr()? {
+                        return Err(Error::Shape("depthwise3x3: the modulated input cannot overwrite the input".into()));
+                    }
+                    ((ab.cuda_ptr()? + (col * ab.dtype().size()) as u64) as *const _, out.cuda_ptr()? as *mut _, ab.dim(1) as i64)
+                }
+                None => (std::ptr::null(), std::ptr::null_mut(), 0),
+            };
             let residual = match residual {
                 Residual::None => std::ptr::null(),
                 Residual::Output => y.cuda_ptr()? as *const _,
@@ -176,12 +188,42 @@ fn depthwise3x3_impl(
                 in_weight,
                 in_bias,
                 residual,
+                in_ab,
+                x_out,
+                in_ab_stride,
             };
             let smem = if layer_norm.is_some() { c * 4 } else { 0 };
             let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
             dev.launch(f, ((b * h * w) as u32, 1, 1), (super::row_block(c), 1, 1), smem as u32, &p)
         }
     }
+}
+
+/// A TimestepBlock followed by a ResBlock's depthwise convolution and channel LayerNorm:
+/// `x ← x·(1 + a) + s` (columns `col..` of `ab`, as [`super::modulate_assign`]), and returns
+/// `LayerNorm(dwconv(x))` (no affine). On a GPU this is one pass: the modulation is applied as
+/// the taps are read and the modulated centre taps go to a new tensor that replaces `x` (the
+/// neighbouring pixels still read the old values, so it cannot be written in place).
+#[allow(clippy::too_many_arguments)]
+pub fn modulate_depthwise3x3_ln(
+    x: &mut Tensor,
+    ab: &Tensor,
+    col: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: Padding,
+    eps: f32,
+) -> Result<Tensor> {
+    super::elementwise::modulation_shape("modulate_depthwise3x3", x, ab, col)?;
+    if x.device().is_cpu() {
+        super::modulate_assign(x, ab, col)?;
+        return depthwise3x3(x, weight, bias, padding, Some(eps));
+    }
+    let modulated = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
+    let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
+    depthwise3x3_impl(x, weight, bias, padding, Some(eps), None, Some((ab, col, &modulated)), Residual::None, &mut y)?;
+    *x = modulated;
+    Ok(y)
 }
 
 /// [`depthwise3x3_into`] as a new tensor.

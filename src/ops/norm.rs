@@ -152,7 +152,7 @@ pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
 /// `w [rows, cols]` with column j multiplied by `factor[0, j]` (f32 `[1, cols]`, e.g. from
 /// [`gelu_grn_factor`] for one sample): `x·(w⊙factor)ᵀ = (x⊙factor)·wᵀ`.
 pub fn scale_columns(w: &Tensor, factor: &Tensor) -> Result<Tensor> {
-    let &[rows, cols] = w.shape() else {
+    let &[_, cols] = w.shape() else {
         return Err(Error::Shape(format!("scale_columns: w must be [rows, cols], got {:?}", w.shape())));
     };
     check_shape("scale_columns", "factor", factor, &[1, cols])?;
@@ -171,7 +171,7 @@ pub fn scale_columns(w: &Tensor, factor: &Tensor) -> Result<Tensor> {
                 scale: factor.cuda_ptr()? as *const f32,
                 beta: std::ptr::null(),
                 B: 1,
-                N: rows as i64,
+                N: w.dim(0) as i64,
                 D: cols as i32,
                 gelu: 0,
             };
