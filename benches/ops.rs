@@ -76,6 +76,17 @@ fn main() {
         r.run(&format!("{what}/{}/{}x{}x{}x{}/bf16", s.name, s.b, s.h, s.w, s.c), None, Some((4 * s.numel()) as f64), || {
             ops::depthwise3x3_into(&x, &w, &b, pad, eps, &mut y).unwrap()
         });
+        if *ln && !*replicate {
+            // A TimestepBlock's modulation read with the taps: reads x, writes the modulated x
+            // (which replaces x) and the convolution's LayerNorm.
+            let (mut xm, ab) = (rnd(&shape, bf), rnd(&[s.b, 2 * s.c], bf));
+            r.run(
+                &format!("modulate+depthwise+ln/{}/{}x{}x{}x{}/bf16", s.name, s.b, s.h, s.w, s.c),
+                None,
+                Some((6 * s.numel()) as f64),
+                || ops::modulate_depthwise3x3_ln(&mut xm, &ab, 0, &w, &b, pad, 1e-6).map(drop).unwrap(),
+            );
+        }
         if !*ln {
             // y += conv(x): reads x and y, writes y.
             r.run(&format!("depthwise+=/{}/{}x{}x{}x{}/bf16", s.name, s.b, s.h, s.w, s.c), None, Some((6 * s.numel()) as f64), || {
