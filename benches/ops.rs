@@ -97,6 +97,15 @@ fn main() {
             r.run(&format!("ln+depthwise+x/{}/{}x{}x{}x{}/bf16", s.name, s.b, s.h, s.w, s.c), None, Some((6 * s.numel()) as f64), || {
                 ops::depthwise3x3_prenorm_residual(&x, &lw, &lb, 1e-6, &w, &b, pad).unwrap();
             });
+            // And the result's LayerNorm written beside it (one more write).
+            r.run(
+                &format!("ln+depthwise+x+ln/{}/{}x{}x{}x{}/bf16", s.name, s.b, s.h, s.w, s.c),
+                None,
+                Some((8 * s.numel()) as f64),
+                || {
+                    ops::depthwise3x3_prenorm_residual_ln(&x, &lw, &lb, 1e-6, &w, &b, pad, (&lw, &lb)).map(drop).unwrap();
+                },
+            );
         }
     }
     for s in shapes::UNSHUFFLE {

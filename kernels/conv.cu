@@ -42,13 +42,21 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
         if (p.layer_norm) {
             out[c] = acc;
         } else {
-            ((T*)p.y)[pix * p.C + c] = from_f32<T>(acc);
+            const T v = from_f32<T>(acc);
+            ((T*)p.y)[pix * p.C + c] = v;
+            if (p.y_norm) out[c] = to_f32(v);
         }
     }
-    if (!p.layer_norm) return;
+    if (!p.layer_norm && !p.y_norm) return;
     float mean, rstd;
     row_mean_rstd(out, p.C, p.eps, scratch, mean, rstd);
-    for (int c = threadIdx.x; c < p.C; c += blockDim.x) ((T*)p.y)[pix * p.C + c] = from_f32<T>((out[c] - mean) * rstd);
+    if (p.layer_norm) {
+        for (int c = threadIdx.x; c < p.C; c += blockDim.x) ((T*)p.y)[pix * p.C + c] = from_f32<T>((out[c] - mean) * rstd);
+    } else {
+        const T *ow = (const T*)p.out_weight, *ob = (const T*)p.out_bias;
+        for (int c = threadIdx.x; c < p.C; c += blockDim.x)
+            ((T*)p.y_norm)[pix * p.C + c] = from_f32<T>((out[c] - mean) * rstd * to_f32(ow[c]) + to_f32(ob[c]));
+    }
 }
 extern "C" __global__ void depthwise_f32(DepthwiseParams p) { depthwise_impl<float>(p); }
 extern "C" __global__ void depthwise_bf16(DepthwiseParams p) { depthwise_impl<bf16>(p); }

@@ -169,6 +169,11 @@ typedef struct DepthwiseParams {
     const void* in_ab;       // or NULL
     void* x_out;             // [B, H, W, C], not x
     int64_t in_ab_stride;
+    // Optional second output (Stage A's MixBlock): y_norm = LayerNorm(y) * out_weight + out_bias
+    // over channels with eps, computed from y as stored (rounded); y itself is written as usual.
+    void* y_norm;            // [B, H, W, C], or NULL
+    const void* out_weight;  // [C]
+    const void* out_bias;    // [C]
 } DepthwiseParams;
 
 // Pixel shuffle (PyTorch order, channel c*r*r + i*r + j):

@@ -197,6 +197,15 @@ fn depthwise_kernels() {
             let conv = cpu::depthwise3x3(&t, s.b, s.h, s.w, s.c, &wv, &bv, *replicate, None);
             let want: Vec<f32> = conv.iter().zip(&rv).map(|(c, r)| c + r).collect();
             verify("ln→depthwise+x", s.name, dtype, &got.to_vec_f32().unwrap(), None, &want);
+            // The same, also writing the result's affine LayerNorm (Stage A's MixBlock), from the
+            // result as stored.
+            let (ow, owv) = input(&mut rng, &[s.c], 0.5, dtype, &dev);
+            let (ob, obv) = input(&mut rng, &[s.c], 0.5, dtype, &dev);
+            let (got, n) = ops::depthwise3x3_prenorm_residual_ln(&r, &lw, &lb, 1e-6, &w, &b, pad, (&ow, &ob)).unwrap();
+            verify("ln→depthwise+x (2 out)", s.name, dtype, &got.to_vec_f32().unwrap(), None, &want);
+            let stored = got.to_vec_f32().unwrap();
+            let want_n = cpu::layer_norm(&stored, s.c, Some(&owv), Some(&obv), 1e-6);
+            verify("ln→depthwise+x→ln", s.name, dtype, &n.to_vec_f32().unwrap(), None, &want_n);
 
             // A TimestepBlock's modulation applied as the taps are read, then the conv and its
             // LayerNorm (Stage B's first levels): ab is a column range 5 in of a wider tensor;

@@ -55,10 +55,20 @@ impl MixBlock {
     }
 
     /// Both residual connections are folded into the op before them: the depthwise kernel (which
-    /// also applies the first LayerNorm as it reads) and fc2's GEMM, which adds to x in place.
+    /// also applies the first LayerNorm as it reads, and writes the second LayerNorm of its
+    /// result beside it) and fc2's GEMM, which adds to x in place.
     fn forward(&self, x: &mut Tensor) -> Result<()> {
-        *x = ops::depthwise3x3_prenorm_residual(x, &self.ln1_w, &self.ln1_b, EPS, &self.dw_w, &self.dw_b, Padding::Replicate)?;
-        let t = ops::layer_norm(x, Some(&self.ln2_w), Some(&self.ln2_b), EPS)?;
+        let (y, t) = ops::depthwise3x3_prenorm_residual_ln(
+            x,
+            &self.ln1_w,
+            &self.ln1_b,
+            EPS,
+            &self.dw_w,
+            &self.dw_b,
+            Padding::Replicate,
+            (&self.ln2_w, &self.ln2_b),
+        )?;
+        *x = y;
         self.fc2.forward_accumulate(&ops::gelu(&self.fc1.forward(&t)?)?, x)
     }
 }

@@ -38,13 +38,13 @@ pub fn depthwise3x3_into(
     layer_norm: Option<f32>,
     y: &mut Tensor,
 ) -> Result<()> {
-    depthwise3x3_impl(x, weight, bias, padding, layer_norm, None, None, Residual::None, y)
+    depthwise3x3_impl(x, weight, bias, padding, layer_norm, Fused::default(), Residual::None, y)
 }
 
 /// `y += depthwise3x3(x)`: the convolution and a residual connection in one pass. `x` and `y`
 /// must be different tensors.
 pub fn depthwise3x3_accumulate_into(x: &Tensor, weight: &Tensor, bias: &Tensor, padding: Padding, y: &mut Tensor) -> Result<()> {
-    depthwise3x3_impl(x, weight, bias, padding, None, None, None, Residual::Output, y)
+    depthwise3x3_impl(x, weight, bias, padding, None, Fused::default(), Residual::Output, y)
 }
 
 /// `x + depthwise3x3(LayerNorm(x))` as a new tensor, the LayerNorm (affine, over channels)
@@ -61,6 +61,39 @@ pub fn depthwise3x3_prenorm_residual(
     bias: &Tensor,
     padding: Padding,
 ) -> Result<Tensor> {
+    Ok(prenorm_residual(x, ln_weight, ln_bias, eps, weight, bias, padding, None)?.0)
+}
+
+/// [`depthwise3x3_prenorm_residual`] that also returns the result's affine LayerNorm
+/// (`out_weight`, `out_bias`, the same eps), with which Stage A's MixBlock starts its channel
+/// mixing. On a GPU the convolution pass writes both, the LayerNorm computed from the result as
+/// stored, which saves a LayerNorm pass over the result.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise3x3_prenorm_residual_ln(
+    x: &Tensor,
+    ln_weight: &Tensor,
+    ln_bias: &Tensor,
+    eps: f32,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: Padding,
+    (out_weight, out_bias): (&Tensor, &Tensor),
+) -> Result<(Tensor, Tensor)> {
+    let (y, t) = prenorm_residual(x, ln_weight, ln_bias, eps, weight, bias, padding, Some((out_weight, out_bias)))?;
+    Ok((y, t.expect("asked for")))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prenorm_residual(
+    x: &Tensor,
+    ln_weight: &Tensor,
+    ln_bias: &Tensor,
+    eps: f32,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: Padding,
+    out_norm: Option<(&Tensor, &Tensor)>,
+) -> Result<(Tensor, Option<Tensor>)> {
     let c = image_dims("depthwise3x3_prenorm_residual", x)?.3;
     check_numel("depthwise3x3_prenorm_residual", "LayerNorm weight", ln_weight, c)?;
     check_numel("depthwise3x3_prenorm_residual", "LayerNorm bias", ln_bias, c)?;
@@ -68,18 +101,30 @@ pub fn depthwise3x3_prenorm_residual(
     match x.device() {
         Device::Cpu => {
             let t = super::layer_norm(x, Some(ln_weight), Some(ln_bias), eps)?;
-            depthwise3x3_impl(&t, weight, bias, padding, None, None, None, Residual::Tensor(x), &mut y)?;
+            depthwise3x3_impl(&t, weight, bias, padding, None, Fused::default(), Residual::Tensor(x), &mut y)?;
+            let n = out_norm.map(|(w, b)| super::layer_norm(&y, Some(w), Some(b), eps)).transpose()?;
+            Ok((y, n))
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => {
             check_dtype("depthwise3x3_prenorm_residual", x.dtype(), &[ln_weight, ln_bias])?;
             check_device("depthwise3x3_prenorm_residual", &x.device(), &[ln_weight, ln_bias])?;
+            for t in out_norm.iter().flat_map(|(w, b)| [*w, *b]) {
+                check_dtype("depthwise3x3_prenorm_residual", x.dtype(), &[t])?;
+                check_device("depthwise3x3_prenorm_residual", &x.device(), &[t])?;
+            }
             let stats = Tensor::empty(&[x.numel() / c.max(1), 2], crate::DType::F32, &x.device())?;
             super::norm::row_stats_into(x, eps, &stats)?;
-            depthwise3x3_impl(x, weight, bias, padding, None, Some((&stats, ln_weight, ln_bias)), None, Residual::Tensor(x), &mut y)?;
+            let n = out_norm.map(|_| Tensor::empty(x.shape(), x.dtype(), &x.device())).transpose()?;
+            let fused = Fused {
+                input_norm: Some((&stats, ln_weight, ln_bias)),
+                output_norm: n.as_ref().zip(out_norm).map(|(n, (w, b))| (n, w, b, eps)),
+                ..Fused::default()
+            };
+            depthwise3x3_impl(x, weight, bias, padding, None, fused, Residual::Tensor(x), &mut y)?;
+            Ok((y, n))
         }
     }
-    Ok(y)
 }
 
 /// What the depthwise convolution's output adds.
@@ -91,11 +136,22 @@ enum Residual<'a> {
     Tensor(&'a Tensor),
 }
 
-/// The depthwise convolution with its options: a LayerNorm of the output (`layer_norm`), one of
-/// the input applied as taps are read (`input_norm`: per-pixel (mean, rstd) f32 pairs, weight,
-/// bias; GPU only), a TimestepBlock modulation of the input applied as taps are read
-/// (`input_modulation`: ab, its first column, and where the modulated input goes; GPU only) and a
-/// residual.
+/// What the GPU depthwise kernel can do besides the convolution, each optional.
+#[derive(Default)]
+struct Fused<'a> {
+    /// A LayerNorm of the input applied as taps are read: per-pixel (mean, rstd) f32 pairs,
+    /// weight, bias.
+    input_norm: Option<(&'a Tensor, &'a Tensor, &'a Tensor)>,
+    /// A TimestepBlock modulation of the input applied as taps are read: ab, its first column,
+    /// and where the modulated input goes.
+    input_modulation: Option<(&'a Tensor, usize, &'a Tensor)>,
+    /// A second output, the affine LayerNorm of the output (weight, bias; eps of `layer_norm`'s
+    /// argument): where it goes, weight, bias, eps.
+    output_norm: Option<(&'a Tensor, &'a Tensor, &'a Tensor, f32)>,
+}
+
+/// The depthwise convolution with its options: a LayerNorm of the output (`layer_norm`), the
+/// GPU-only fusions of [`Fused`], and a residual.
 #[allow(clippy::too_many_arguments)]
 fn depthwise3x3_impl(
     x: &Tensor,
@@ -103,11 +159,11 @@ fn depthwise3x3_impl(
     bias: &Tensor,
     padding: Padding,
     layer_norm: Option<f32>,
-    input_norm: Option<(&Tensor, &Tensor, &Tensor)>,
-    input_modulation: Option<(&Tensor, usize, &Tensor)>,
+    fused: Fused,
     residual: Residual,
     y: &mut Tensor,
 ) -> Result<()> {
+    let Fused { input_norm, input_modulation, output_norm } = fused;
     let (b, h, w, c) = image_dims("depthwise3x3", x)?;
     check_numel("depthwise3x3", "weight", weight, c * 9)?;
     check_numel("depthwise3x3", "bias", bias, c)?;
@@ -121,7 +177,7 @@ fn depthwise3x3_impl(
     }
     match x.device() {
         Device::Cpu => {
-            if input_norm.is_some() || input_modulation.is_some() {
+            if input_norm.is_some() || input_modulation.is_some() || output_norm.is_some() {
                 return Err(Error::Shape("depthwise3x3: a LayerNorm or modulation of the input as it is read is a GPU path".into()));
             }
             let mut v = cpu::depthwise3x3(
@@ -150,7 +206,7 @@ fn depthwise3x3_impl(
             if !matches!(residual, Residual::None) && x.cuda_ptr()? == y.cuda_ptr()? {
                 return Err(Error::Shape("depthwise3x3: with a residual the output cannot be the input itself".into()));
             }
-            if layer_norm.is_some() && c * 4 > 48 * 1024 {
+            if (layer_norm.is_some() || output_norm.is_some()) && c * 4 > 48 * 1024 {
                 return Err(Error::Shape(format!("depthwise3x3: {c} channels exceed the fused LayerNorm's 12288-channel buffer")));
             }
             let (in_stats, in_weight, in_bias) = match input_norm {
@@ -165,6 +221,15 @@ fn depthwise3x3_impl(
                     ((ab.cuda_ptr()? + (col * ab.dtype().size()) as u64) as *const _, out.cuda_ptr()? as *mut _, ab.dim(1) as i64)
                 }
                 None => (std::ptr::null(), std::ptr::null_mut(), 0),
+            };
+            let (y_norm, out_weight, out_bias) = match output_norm {
+                Some((t, w, b, _)) => {
+                    check_shape("depthwise3x3", "normalised output", t, x.shape())?;
+                    check_numel("depthwise3x3", "output LayerNorm weight", w, c)?;
+                    check_numel("depthwise3x3", "output LayerNorm bias", b, c)?;
+                    (t.cuda_ptr()? as *mut _, w.cuda_ptr()? as *const _, b.cuda_ptr()? as *const _)
+                }
+                None => (std::ptr::null_mut(), std::ptr::null(), std::ptr::null()),
             };
             let residual = match residual {
                 Residual::None => std::ptr::null(),
@@ -191,8 +256,15 @@ fn depthwise3x3_impl(
                 in_ab,
                 x_out,
                 in_ab_stride,
+                y_norm,
+                out_weight,
+                out_bias,
             };
-            let smem = if layer_norm.is_some() { c * 4 } else { 0 };
+            if layer_norm.is_some() && output_norm.is_some() {
+                return Err(Error::Shape("depthwise3x3: a normalised output and a second normalised output together".into()));
+            }
+            let p = crate::cuda::params::DepthwiseParams { eps: output_norm.map_or(p.eps, |o| o.3), ..p };
+            let smem = if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 };
             let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
             dev.launch(f, ((b * h * w) as u32, 1, 1), (super::row_block(c), 1, 1), smem as u32, &p)
         }
@@ -221,7 +293,8 @@ pub fn modulate_depthwise3x3_ln(
     }
     let modulated = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
     let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
-    depthwise3x3_impl(x, weight, bias, padding, Some(eps), None, Some((ab, col, &modulated)), Residual::None, &mut y)?;
+    let fused = Fused { input_modulation: Some((ab, col, &modulated)), ..Fused::default() };
+    depthwise3x3_impl(x, weight, bias, padding, Some(eps), fused, Residual::None, &mut y)?;
     *x = modulated;
     Ok(y)
 }
