@@ -59,6 +59,32 @@ extern "C" __global__ void layer_norm_bf16(LayerNormParams p) { layer_norm_impl<
 // 16384 positions). The counters only decide which block finishes the statistics (the last to
 // arrive, so every sum it reads is written); every sum is added in a fixed order, so results are
 // deterministic.
+// Each thread of a (32, 8) block holds sums for channels lane and lane + 32; returns the totals
+// over the block's 8 rows for those two channels, added in row order (deterministic).
+__device__ __forceinline__ void grn_rows_total(float (*part)[65], const float s[2], float total[2]) {
+    __syncthreads();  // part may still be read from a previous call
+    part[threadIdx.y][threadIdx.x] = s[0];
+    part[threadIdx.y][threadIdx.x + 32] = s[1];
+    __syncthreads();
+    for (int j = 0; j < 2; j++) {
+        total[j] = 0.f;
+        for (int k = 0; k < (int)blockDim.y; k++) total[j] += part[k][threadIdx.x + 32 * j];
+    }
+}
+
+// Counts this block in `count` once its writes are fenced; true in every thread of the block
+// that arrives last of `expected`, which also resets the counter for the next launch.
+__device__ __forceinline__ bool grn_arrived_last(unsigned int* count, unsigned int expected, bool* flag) {
+    __threadfence();  // this block's writes are visible device-wide before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) *flag = atomicAdd(count, 1u) == expected - 1;
+    __syncthreads();
+    if (!*flag) return false;
+    __threadfence();
+    if (threadIdx.x == 0 && threadIdx.y == 0) *count = 0;
+    return true;
+}
+
 template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p) {
     __shared__ float part[8][65];
     __shared__ float scratch[8];
@@ -68,7 +94,7 @@ template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p
     const int d0 = blockIdx.x * 64 + lane;
     const T* x = (const T*)p.x;
     T* y = (T*)p.y;
-    float s[2] = {0.f, 0.f};
+    float s[2] = {0.f, 0.f}, total[2];
     const int n_end = min(p.N, (c + 1) * CASCADE_GRN_CHUNK);
     for (int n = c * CASCADE_GRN_CHUNK + ry; n < n_end; n += blockDim.y) {
         const int64_t row = ((int64_t)b * p.N + n) * p.D;
@@ -84,30 +110,13 @@ template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p
             s[j] += v * v;
         }
     }
-    part[ry][lane] = s[0];
-    part[ry][lane + 32] = s[1];
-    __syncthreads();
-    if (ry == 0) {
-        for (int j = 0; j < 2; j++) {
-            const int d = d0 + 32 * j;
-            if (d >= p.D) continue;
-            float t = 0.f;
-            for (int k = 0; k < (int)blockDim.y; k++) t += part[k][lane + 32 * j];
-            p.part[((int64_t)b * p.chunks + c) * p.D + d] = t;
-        }
-        __threadfence();  // the sums are visible device-wide before this block is counted
-    }
-    __syncthreads();
+    grn_rows_total(part, s, total);
+    for (int j = 0; j < 2 && ry == 0; j++)
+        if (d0 + 32 * j < p.D) p.part[((int64_t)b * p.chunks + c) * p.D + d0 + 32 * j] = total[j];
 
-    // Last chunk of this (sample, channel group) to finish: the group's norms.
-    unsigned int* group_count = p.counters + (int64_t)b * groups + blockIdx.x;
-    if (tid == 0) last = atomicAdd(group_count, 1u) == (unsigned int)p.chunks - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    if (tid == 0) *group_count = 0;  // ready for the next launch
-    // Each thread sums every 8th chunk for two channels (read through L2: other blocks wrote
-    // them), then row 0 adds the 8 partial sums in order: deterministic.
+    // Last chunk of this (sample, channel group) to finish: the group's norms, from every 8th
+    // chunk per thread (read through L2: other blocks wrote them).
+    if (!grn_arrived_last(p.counters + (int64_t)b * groups + blockIdx.x, p.chunks, &last)) return;
     s[0] = s[1] = 0.f;
     for (int k = ry; k < p.chunks; k += blockDim.y) {
         for (int j = 0; j < 2; j++) {
@@ -115,38 +124,21 @@ template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p
             if (d < p.D) s[j] += __ldcg(&p.part[((int64_t)b * p.chunks + k) * p.D + d]);
         }
     }
-    __syncthreads();  // part[][] is reused
-    part[ry][lane] = s[0];
-    part[ry][lane + 32] = s[1];
-    __syncthreads();
-    if (ry == 0) {
-        for (int j = 0; j < 2; j++) {
-            const int d = d0 + 32 * j;
-            if (d >= p.D) continue;
-            float t = 0.f;
-            for (int k = 0; k < (int)blockDim.y; k++) t += part[k][lane + 32 * j];
-            p.scale[(int64_t)b * p.D + d] = sqrtf(t);
-        }
-        __threadfence();
-    }
-    __syncthreads();
+    grn_rows_total(part, s, total);
+    for (int j = 0; j < 2 && ry == 0; j++)
+        if (d0 + 32 * j < p.D) p.scale[(int64_t)b * p.D + d0 + 32 * j] = sqrtf(total[j]);
 
-    // Last channel group of this sample to finish: mean of the norms, then the scale.
-    unsigned int* sample_count = p.counters + (int64_t)p.B * groups + b;
-    if (tid == 0) last = atomicAdd(sample_count, 1u) == (unsigned int)groups - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    if (tid == 0) *sample_count = 0;
+    // Last channel group of this sample to finish: mean of the norms, then the factor.
+    if (!grn_arrived_last(p.counters + (int64_t)p.B * groups + b, groups, &last)) return;
     float* g = p.scale + (int64_t)b * p.D;
     float t = 0.f;
     for (int d = tid; d < p.D; d += 256) t += __ldcg(&g[d]);
     for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
     if (lane == 0) scratch[ry] = t;
     __syncthreads();
-    float total = 0.f;
-    for (int k = 0; k < 8; k++) total += scratch[k];
-    const float denom = total / p.D + 1e-6f;
+    float sum = 0.f;
+    for (int k = 0; k < 8; k++) sum += scratch[k];
+    const float denom = sum / p.D + 1e-6f;
     const T* gamma = (const T*)p.gamma;
     for (int d = tid; d < p.D; d += 256) g[d] = 1.f + to_f32(gamma[d]) * (__ldcg(&g[d]) / denom);
 }
