@@ -618,7 +618,11 @@ impl StableCascadeUNet {
         // The timestep embedding emb(t), and from it every TimestepBlock's [a, b] in one GEMM.
         let c_r = self.cfg.timestep_ratio_embedding_dim;
         let mut r_emb = Tensor::empty(&[b, c_r], self.dtype, &self.device)?;
-        ops::timestep_embedding_into(&timestep_ratio.to_dtype(DType::F32)?, c_r, 0, 10000.0, &mut r_emb)?;
+        let ratio = match timestep_ratio.dtype() {
+            DType::F32 => timestep_ratio.view(&[b])?,
+            _ => timestep_ratio.to_dtype(DType::F32)?,
+        };
+        ops::timestep_embedding_into(&ratio, c_r, 0, 10000.0, &mut r_emb)?;
         let ab = self.timestep_mappers.forward(&r_emb)?;
 
         // Stem.
