@@ -188,12 +188,15 @@ fn main() {
             r.run(&format!("attention/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
                 ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Simple, &mut o).unwrap()
             });
+            if dtype == bf {
+                // With CLIP's causal and padding masks too (FLOPs counted as if unmasked).
+                r.run(&format!("attention_mma/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
+                    ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma, &mut o).unwrap()
+                });
+            }
             if dtype == bf && !s.masked {
                 r.run(&format!("attention_tc/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
                     ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::TensorCore, &mut o).unwrap()
-                });
-                r.run(&format!("attention_mma/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
-                    ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma, &mut o).unwrap()
                 });
                 // The same keys split as the UNets hold them: all but the last 77 from one pair of
                 // tensors, the rest (the condition rows) from another.

@@ -198,7 +198,7 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
     }
 }
 
-// ---- Tensor-core version with register-resident softmax (mma.sync; bf16, no mask) -----------
+// ---- Tensor-core version with register-resident softmax (mma.sync; bf16) ---------------------
 // Four warps per block, 16 query rows each (64 queries per block); K and V stream through
 // shared memory in tiles of 64 keys, double-buffered with cp.async so that tile i + 1 loads while
 // tile i is multiplied. Each warp keeps Q, the scores S = Q·Kᵀ, the probabilities P and the output
@@ -208,7 +208,9 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
 // reads (conflict-free at this pitch). The online softmax runs in base 2 with the scale folded
 // in; each lane holds two rows (g and g + 8) and shares their maxima with the three other lanes
 // of its group. The launcher requires 16-byte aligned q, k, v, o and strides that are multiples
-// of 8.
+// of 8. Optional causal and key-padding masks (CLIP; one key source): a masked score is −∞, and a
+// row whose keys so far are all masked keeps a running maximum of −∞ without producing NaNs (a
+// row with no visible key at all gives zeros, as the CUDA-core kernel does).
 #define MMA_WARPS 4
 #define MMA_KT 64
 #define MMA_LD 72  // bf16 pitch of the shared tiles (36 words: conflict-free fragment reads)
@@ -260,7 +262,10 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
     float m0 = -INFINITY, m1 = -INFINITY;  // running maxima of rows g and g + 8 (base 2)
     float l0 = 0.f, l1 = 0.f;              // this lane's part of the running sums
 
-    const int tiles = (total + MMA_KT - 1) / MMA_KT;
+    // With a causal mask, keys past the block's last query are never needed.
+    const int last_key = p.causal ? min(total, (blockIdx.x + 1) * MMA_WARPS * 16) : total;
+    const int tiles = (last_key + MMA_KT - 1) / MMA_KT;
+    const float* key_mask = p.key_mask ? p.key_mask + (int64_t)b * p.Lk : nullptr;
     for (int tile = 0; tile < tiles; tile++) {
         const int stage = tile & 1, k0 = tile * MMA_KT;
         if (tile + 1 < tiles) {
@@ -282,12 +287,14 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
                 mma_m16n8k16_bf16(s[nc], qa[kc], kb, s[nc]);
             }
         }
-        // Scale, mask keys past Lk, and find the tile's row maxima.
+        // Scale, mask keys past the last (and, when asked, later than the row or padding), and
+        // find the tile's row maxima.
         float t0 = -INFINITY, t1 = -INFINITY;
         for (int nc = 0; nc < MMA_KT / 8; nc++) {
             for (int i = 0; i < 4; i++) {
-                const int key = k0 + nc * 8 + 2 * t + (i & 1);
-                s[nc][i] = key < total ? s[nc][i] * scale : -INFINITY;
+                const int key = k0 + nc * 8 + 2 * t + (i & 1), row = q0 + g + (i < 2 ? 0 : 8);
+                const bool visible = key < total && !(p.causal && key > row) && !(key_mask && key < p.Lk && key_mask[key] == 0.f);
+                s[nc][i] = visible ? s[nc][i] * scale : -INFINITY;
             }
             t0 = fmaxf(t0, fmaxf(s[nc][0], s[nc][1]));
             t1 = fmaxf(t1, fmaxf(s[nc][2], s[nc][3]));
@@ -296,9 +303,11 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
             t0 = fmaxf(t0, __shfl_xor_sync(0xffffffff, t0, off));
             t1 = fmaxf(t1, __shfl_xor_sync(0xffffffff, t1, off));
         }
-        // Every tile holds at least one real key, so the new maxima are finite.
+        // Without masks every tile holds a real key, so the maxima are finite. With masks a row
+        // may have seen none yet: exponents are then taken against 0 (2^(−∞ − 0) = 0, no NaN).
         const float n0 = fmaxf(m0, t0), n1 = fmaxf(m1, t1);
-        const float c0 = exp2f(m0 - n0), c1 = exp2f(m1 - n1);
+        const float b0 = n0 == -INFINITY ? 0.f : n0, b1 = n1 == -INFINITY ? 0.f : n1;
+        const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
         m0 = n0;
         m1 = n1;
         l0 *= c0;
@@ -314,8 +323,8 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
         for (int kc = 0; kc < MMA_KT / 16; kc++) {
             float e[8];
             for (int i = 0; i < 4; i++) {
-                e[i] = exp2f(s[2 * kc][i] - (i < 2 ? n0 : n1));
-                e[4 + i] = exp2f(s[2 * kc + 1][i] - (i < 2 ? n0 : n1));
+                e[i] = exp2f(s[2 * kc][i] - (i < 2 ? b0 : b1));
+                e[4 + i] = exp2f(s[2 * kc + 1][i] - (i < 2 ? b0 : b1));
             }
             pa[kc][0] = pack_bf16x2(e[0], e[1]);
             pa[kc][1] = pack_bf16x2(e[2], e[3]);

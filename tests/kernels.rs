@@ -396,6 +396,9 @@ fn attention_kernel() {
                     (ops::AttentionKernel::TensorCore, "attention_tc"),
                     (ops::AttentionKernel::Mma, "attention_mma"),
                 ]
+            } else if dtype == DType::BF16 {
+                // Causal with padding: the CUDA-core kernel and the mma one.
+                &[(ops::AttentionKernel::Simple, "attention"), (ops::AttentionKernel::Mma, "attention_mma")]
             } else {
                 &[(ops::AttentionKernel::Simple, "attention")]
             };
@@ -418,6 +421,18 @@ fn attention_kernel() {
                 let want =
                     cpu::attention(&qs, &kv, &vv, s.b, s.heads, picked.len(), s.lk, 64, 0.125, s.masked, s.masked.then_some(&mv[..]));
                 verify(label, s.name, dtype, &gs, Some(&whole), &want);
+            }
+            if s.masked && s.lk > 64 {
+                // Leading padding over the whole first key tile: rows before key 64 see no key
+                // at all (zeros) and later rows start from a fully masked tile.
+                let lead: Vec<f32> = (0..s.b * s.lk).map(|j| if j % s.lk < 64 { 0.0 } else { 1.0 }).collect();
+                let lead_t = Tensor::from_f32(&lead, &[s.b, s.lk], DType::F32, &dev).unwrap();
+                let want = cpu::attention(&qv, &kv, &vv, s.b, s.heads, s.lq, s.lk, 64, 0.125, true, Some(&lead));
+                for &(kernel, label) in kernels {
+                    let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
+                    ops::attention_into_with(&q, &k, &v, s.heads, 0.125, AttentionMask::CausalPadding(&lead_t), kernel, &mut o).unwrap();
+                    verify(&format!("{label} lead pad"), s.name, dtype, &o.to_vec_f32().unwrap(), Some(&whole), &want);
+                }
             }
             if !s.masked {
                 // Image keys plus 7 condition keys from a second pair of tensors (the UNets'

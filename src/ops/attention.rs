@@ -20,8 +20,8 @@ pub enum AttentionMask<'a> {
 /// Which GPU kernel runs attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// For bf16 without a mask (Stage B and C): the mma.sync kernel where its operands are
-    /// 16-byte aligned, else the WMMA kernel; the CUDA-core kernel otherwise. A tensor-core
+    /// For bf16: the mma.sync kernel where its operands are 16-byte aligned (with or without a
+    /// mask), else the WMMA kernel without a mask; the CUDA-core kernel otherwise. A tensor-core
     /// kernel that failed its start-up check on this device is skipped.
     /// `CASCADE_ATTENTION=simple|wmma|mma` in the environment picks one.
     Auto,
@@ -29,8 +29,8 @@ pub enum AttentionKernel {
     Simple,
     /// The tensor-core kernel through WMMA (bf16, no mask; shared-memory softmax).
     TensorCore,
-    /// The tensor-core kernel through mma.sync (bf16, no mask; softmax in registers; operands
-    /// 16-byte aligned with strides a multiple of 8).
+    /// The tensor-core kernel through mma.sync (bf16, masks allowed; softmax in registers;
+    /// operands 16-byte aligned with strides a multiple of 8).
     Mma,
 }
 
@@ -177,6 +177,9 @@ fn attention_impl(
     };
     let key_mask = match mask {
         AttentionMask::None => None,
+        AttentionMask::CausalPadding(_) if extra.is_some() => {
+            return Err(Error::Shape("attention: a mask with a second key source is not supported".into()))
+        }
         AttentionMask::CausalPadding(m) => {
             check_shape("attention", "key mask", m, &[b, lk])?;
             check_dtype("attention", DType::F32, &[m])?;
@@ -221,24 +224,27 @@ fn attention_impl(
                 Lk2: extra.map_or(0, |e| e.0.t.dim(1)) as i32,
                 kv2_stride: second_stride as i32,
             };
-            let tc_ok = q.t.dtype() == DType::BF16 && !causal;
+            // Both tensor-core kernels take bf16; only the mma one takes masks.
+            let bf16 = q.t.dtype() == DType::BF16;
+            let wmma_ok = bf16 && !causal;
             // The mma kernel moves 16 bytes (8 bf16) per load and 4 per store.
             let aligned = [p.q as u64, p.k as u64, p.v as u64, p.o as u64, p.k2 as u64, p.v2 as u64].iter().all(|a| a % 16 == 0)
                 && [q.stride(), k.stride(), second_stride, c].iter().all(|s| s % 8 == 0);
             let forced = std::env::var("CASCADE_ATTENTION").ok();
             let chosen = match kernel {
-                AttentionKernel::Auto if !tc_ok => AttentionKernel::Simple,
+                AttentionKernel::Auto if !bf16 => AttentionKernel::Simple,
                 AttentionKernel::Auto => match forced.as_deref() {
                     Some("simple") => AttentionKernel::Simple,
-                    Some("wmma") => AttentionKernel::TensorCore,
+                    Some("wmma") if wmma_ok => AttentionKernel::TensorCore,
                     Some("mma") if aligned => AttentionKernel::Mma,
                     _ if aligned && dev.mma_attention() => AttentionKernel::Mma,
-                    _ if dev.tensor_core_attention() => AttentionKernel::TensorCore,
+                    _ if wmma_ok && dev.tensor_core_attention() => AttentionKernel::TensorCore,
                     _ => AttentionKernel::Simple,
                 },
-                AttentionKernel::TensorCore | AttentionKernel::Mma if !tc_ok => {
-                    return Err(Error::Shape("attention: the tensor-core kernels take bf16 without a mask".into()))
+                AttentionKernel::TensorCore if !wmma_ok => {
+                    return Err(Error::Shape("attention: the WMMA kernel takes bf16 without a mask".into()))
                 }
+                AttentionKernel::Mma if !bf16 => return Err(Error::Shape("attention: the mma kernel takes bf16".into())),
                 AttentionKernel::Mma if !aligned => {
                     return Err(Error::Shape("attention: the mma kernel needs 16-byte aligned operands and rows".into()))
                 }
