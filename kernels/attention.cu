@@ -204,8 +204,8 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
 // tile i is multiplied. Each warp keeps Q, the scores S = Q·Kᵀ, the probabilities P and the output
 // O in registers: the accumulator layout of S (16 × 8 keys) is exactly the A layout P needs for
 // O += P·V, so nothing round-trips through shared memory (unlike the WMMA kernel above, whose
-// fragment layout is opaque). V's B fragments pair two keys of one dim, gathered with two 16-bit
-// reads (conflict-free at this pitch). The online softmax runs in base 2 with the scale folded
+// fragment layout is opaque). V's B fragments pair two keys of one dim: a transposing ldmatrix
+// loads four of them at once (rows 16-byte aligned and conflict-free at this pitch). The online softmax runs in base 2 with the scale folded
 // in; each lane holds two rows (g and g + 8) and shares their maxima with the three other lanes
 // of its group. The launcher requires 16-byte aligned q, k, v, o and strides that are multiples
 // of 8. Optional causal and key-padding masks (CLIP; one key source): a masked score is −∞, and a
@@ -338,14 +338,17 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
             }
         }
         // O += P·V: eight 16 × 8 output blocks over the tile's four 16-key chunks. B pairs keys
-        // 2t, 2t + 1 (and 2t + 8, 2t + 9) of dim nd·8 + g.
-        const unsigned short(*vu)[MMA_LD] = (const unsigned short(*)[MMA_LD])vt;
-        for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
-            const int d = nd * 8 + g;
-            for (int kc = 0; kc < MMA_KT / 16; kc++) {
-                const int j = kc * 16 + 2 * t;
-                uint32_t vb[2] = {(uint32_t)vu[j][d] | ((uint32_t)vu[j + 1][d] << 16), (uint32_t)vu[j + 8][d] | ((uint32_t)vu[j + 9][d] << 16)};
+        // 2t, 2t + 1 (and 2t + 8, 2t + 9) of dim nd·8 + g: one transposing ldmatrix gives both
+        // registers for two neighbouring dim blocks (lanes 8i..8i+7 point at the rows of keys
+        // kc·16 + 8(i & 1) .. + 7, dims (nd + i / 2)·8 .. + 7). Each o[nd] still accumulates
+        // the chunks in order.
+        for (int kc = 0; kc < MMA_KT / 16; kc++) {
+            const int mi = lane >> 3, key = kc * 16 + (mi & 1) * 8 + (lane & 7);
+            for (int nd = 0; nd < HEAD_DIM / 8; nd += 2) {
+                uint32_t vb[4];
+                ldmatrix_x4_trans(vb, &vt[key][(nd + (mi >> 1)) * 8]);
                 mma_m16n8k16_bf16(o[nd], pa[kc], vb, o[nd]);
+                mma_m16n8k16_bf16(o[nd + 1], pa[kc], vb + 2, o[nd + 1]);
             }
         }
         __syncthreads();  // this stage is read: the next iteration may refill it

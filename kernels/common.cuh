@@ -86,6 +86,21 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4
 #endif
 }
 
+// Four 8×8 matrices of 16-bit elements from shared memory in one warp-wide load (sm_75
+// ldmatrix): lanes 8i..8i+7 give the addresses of matrix i's 8 rows (16 bytes each, 16-byte
+// aligned). With trans lane l receives in d[i] the pair (M_i[2(l%4)][l/4], M_i[2(l%4)+1][l/4]):
+// for a [key][dim] tile that is exactly an mma B fragment pairing two keys of one dim.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t d[4], const void* row) {
+#ifdef CASCADE_EMU
+    emu_ldmatrix_x4(d, row, true);
+#else
+    unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(a));
+#endif
+}
+
 // Two floats as a bf16 pair in one register (lo in the low half), rounded to nearest even.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     uint32_t l = __bfloat16_as_ushort(__float2bfloat16_rn(lo)), h = __bfloat16_as_ushort(__float2bfloat16_rn(hi));

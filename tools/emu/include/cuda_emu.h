@@ -161,3 +161,28 @@ inline void emu_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_
     emu::sync_warp();  // every lane has read the posted fragments
     memcpy(d, out, 16);
 }
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8i..8i+7 give the row addresses of
+// 8×8 matrix i (8 consecutive 16-bit elements a row); lane l receives in d[i] the pair
+// M_i[l/4][2(l%4)], M_i[l/4][2(l%4)+1], or with trans M_i[2(l%4)][l/4], M_i[2(l%4)+1][l/4]
+// (the lower-indexed element in the low half).
+inline void emu_ldmatrix_x4(uint32_t d[4], const void* row, bool trans) {
+    const uint16_t** rows = (const uint16_t**)emu::warp_fragments();
+    int lane = emu::lane_id();
+    rows[lane * 8] = (const uint16_t*)row;  // one pointer per 64-byte slot
+    emu::sync_warp();
+    int g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; i++) {
+        const uint16_t* const* m = &rows[(8 * i) * 8];
+        uint16_t lo, hi;
+        if (trans) {
+            lo = m[(2 * t) * 8][g];
+            hi = m[(2 * t + 1) * 8][g];
+        } else {
+            lo = m[g * 8][2 * t];
+            hi = m[g * 8][2 * t + 1];
+        }
+        d[i] = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
+    emu::sync_warp();  // every lane has read the posted addresses
+}
