@@ -212,7 +212,7 @@ fn depthwise_kernels() {
             // the modulated x comes back in place of x, rounded as the separate op stores it.
             if !*replicate {
                 let (ab, abv) = input(&mut rng, &[s.b, 2 * s.c + 9], 0.5, dtype, &dev);
-                let cols: Vec<f32> = (0..s.b).flat_map(|k| abv[k * (2 * s.c + 9) + 5..][..2 * s.c].to_vec()).collect();
+                let cols = cpu::columns(&abv, 2 * s.c + 9, 5, 2 * s.c);
                 let modulated = round_to(&cpu::modulate(&rv, &cols, s.b, s.h * s.w, s.c), dtype);
                 let mut xm = Tensor::empty(&shape, dtype, &dev).unwrap();
                 ops::cast_into(&r, &mut xm).unwrap();
@@ -507,7 +507,7 @@ fn elementwise_kernels() {
             let (ab, abv) = input(&mut rng, &[s.b, 2 * s.c], 0.5, dtype, &dev);
             // A block's terms as a column range of every block's (3 columns in, 5 spare after).
             let (ab_all, ab_all_v) = input(&mut rng, &[s.b, 2 * s.c + 8], 0.5, dtype, &dev);
-            let ab_cols: Vec<f32> = (0..s.b).flat_map(|b| ab_all_v[b * (2 * s.c + 8) + 3..][..2 * s.c].to_vec()).collect();
+            let ab_cols = cpu::columns(&ab_all_v, 2 * s.c + 8, 3, 2 * s.c);
 
             let (mut y, whole) = poisoned(&shape, dtype, &dev).unwrap();
             ops::cast_into(&x, &mut y).unwrap();

@@ -585,16 +585,15 @@ impl StableCascadeUNet {
             image_terms.push(ops::resize_bilinear(&m.forward(px)?, h0, w0)?);
         }
         // Stage B adds both terms to every step's stem output: add them to each other once here.
-        let image_term = match image_terms.len() {
-            0 => None,
-            _ => {
-                let mut terms = image_terms.into_iter();
-                let mut sum = terms.next().expect("one term at least");
+        let mut terms = image_terms.into_iter();
+        let image_term = match terms.next() {
+            Some(mut sum) => {
                 for t in terms {
                     ops::add_assign(&mut sum, &t)?;
                 }
                 Some(sum)
             }
+            None => None,
         };
         Ok(Conditioning { attn_kv, image_term, stem_hw: (h0, w0), batch })
     }

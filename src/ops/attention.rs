@@ -86,40 +86,36 @@ pub fn attention_packed_into(
     o: &mut Tensor,
 ) -> Result<()> {
     let c = heads * HEAD_DIM;
-    for t in std::iter::once(qkv).chain(second) {
-        if t.rank() != 3 || t.dim(2) != 3 * c {
-            return Err(Error::Shape(format!("attention: a packed projection must be [B, L, 3·{c}], got {:?}", t.shape())));
-        }
-    }
-    let part = |t, i: usize| Part { t, col: i * c };
+    let part = |t, i: usize| Part { t, col: i * c, parts: 3 };
     let second = second.map(|s| (part(s, 1), part(s, 2)));
     attention_impl(part(qkv, 0), part(qkv, 1), part(qkv, 2), second, heads, scale, mask, kernel, o)
 }
 
-/// One attention operand: columns `[col, col + C)` of the rows of `t [B, L, S]` (S = C and col 0
-/// for a plain tensor; S = 3C for a packed projection).
+/// One attention operand: columns `[col, col + C)` of the rows of `t [B, L, parts·C]` (one part
+/// and col 0 for a plain tensor; three for a packed projection).
 #[derive(Clone, Copy)]
 struct Part<'a> {
     t: &'a Tensor,
     col: usize,
+    parts: usize,
 }
 
 impl<'a> Part<'a> {
     fn whole(t: &'a Tensor) -> Self {
-        Part { t, col: 0 }
+        Part { t, col: 0, parts: 1 }
     }
     /// Elements between consecutive rows.
     fn stride(&self) -> usize {
         self.t.dim(-1)
     }
-    /// `[B, L, C]` with the given batch and width, if `len` is None any length; returns L.
+    /// `[B, L, parts·C]` with the given batch, and length when given; returns L.
     fn check(&self, what: &str, b: usize, len: Option<usize>, c: usize) -> Result<usize> {
         let t = self.t;
-        if t.rank() != 3 || t.dim(0) != b || self.col + c > t.dim(2) || len.is_some_and(|l| l != t.dim(1)) {
+        if t.rank() != 3 || t.dim(0) != b || t.dim(2) != self.parts * c || len.is_some_and(|l| l != t.dim(1)) {
+            let width = if self.parts == 1 { c.to_string() } else { format!("{}·{c}", self.parts) };
             return Err(Error::Shape(format!(
-                "attention: {what} must be [{b}, {}, {c}] (columns {}.. of its rows), got {:?}",
+                "attention: {what} must be [{b}, {}, {width}], got {:?}",
                 len.map_or("L".to_string(), |l| l.to_string()),
-                self.col,
                 t.shape()
             )));
         }

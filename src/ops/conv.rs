@@ -178,7 +178,7 @@ fn depthwise3x3_impl(
     match x.device() {
         Device::Cpu => {
             if input_norm.is_some() || input_modulation.is_some() || output_norm.is_some() {
-                return Err(Error::Shape("depthwise3x3: a LayerNorm or modulation of the input as it is read is a GPU path".into()));
+                return Err(Error::Shape("depthwise3x3: the fused input LayerNorm, modulation and second output are GPU paths".into()));
             }
             let mut v = cpu::depthwise3x3(
                 &x.cpu_f32()?,
@@ -205,6 +205,9 @@ fn depthwise3x3_impl(
         Device::Cuda(dev) => {
             if !matches!(residual, Residual::None) && x.cuda_ptr()? == y.cuda_ptr()? {
                 return Err(Error::Shape("depthwise3x3: with a residual the output cannot be the input itself".into()));
+            }
+            if layer_norm.is_some() && output_norm.is_some() {
+                return Err(Error::Shape("depthwise3x3: a normalised output and a second normalised output together".into()));
             }
             if (layer_norm.is_some() || output_norm.is_some()) && c * 4 > 48 * 1024 {
                 return Err(Error::Shape(format!("depthwise3x3: {c} channels exceed the fused LayerNorm's 12288-channel buffer")));
@@ -248,7 +251,7 @@ fn depthwise3x3_impl(
                 C: c as i32,
                 replicate: (padding == Padding::Replicate) as i32,
                 layer_norm: layer_norm.is_some() as i32,
-                eps: layer_norm.unwrap_or(0.0),
+                eps: output_norm.map_or(layer_norm.unwrap_or(0.0), |o| o.3),
                 in_stats,
                 in_weight,
                 in_bias,
@@ -260,10 +263,6 @@ fn depthwise3x3_impl(
                 out_weight,
                 out_bias,
             };
-            if layer_norm.is_some() && output_norm.is_some() {
-                return Err(Error::Shape("depthwise3x3: a normalised output and a second normalised output together".into()));
-            }
-            let p = crate::cuda::params::DepthwiseParams { eps: output_norm.map_or(p.eps, |o| o.3), ..p };
             let smem = if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 };
             let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
             dev.launch(f, ((b * h * w) as u32, 1, 1), (super::row_block(c), 1, 1), smem as u32, &p)

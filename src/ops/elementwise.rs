@@ -82,7 +82,7 @@ pub fn modulate_assign(x: &mut Tensor, ab: &Tensor, col: usize) -> Result<()> {
     let (b, n, c) = modulation_shape("modulate", x, ab, col)?;
     match x.device() {
         Device::Cpu => {
-            let v = cpu::modulate(&x.cpu_f32()?, &modulation_columns(ab, col, c)?, b, n, c);
+            let v = cpu::modulate(&x.cpu_f32()?, &cpu::columns(&ab.cpu_f32()?, ab.dim(1), col, 2 * c), b, n, c);
             x.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
@@ -115,12 +115,6 @@ pub(crate) fn modulation_shape(op: &str, x: &Tensor, ab: &Tensor, col: usize) ->
     check_dtype(op, x.dtype(), &[ab])?;
     check_device(op, &x.device(), &[ab])?;
     Ok((b, x.numel() / (b * c).max(1), c))
-}
-
-/// The `[B, 2C]` values of columns `[col, col + 2C)` of `ab [B, S]` (CPU paths).
-pub(crate) fn modulation_columns(ab: &Tensor, col: usize, c: usize) -> Result<Vec<f32>> {
-    let (v, s) = (ab.cpu_f32()?, ab.dim(1));
-    Ok((0..ab.dim(0)).flat_map(|b| v[b * s + col..b * s + col + 2 * c].to_vec()).collect())
 }
 
 /// Classifier-free guidance: `eps [2B, …]` holds the cond half then the uncond half; writes

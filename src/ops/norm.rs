@@ -248,11 +248,11 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             }
             let groups = d.div_ceil(64);
             let (counters, capacity) = dev.grn_counters();
-            // The samples are independent: as many per launch as the completion counters cover.
-            let per_launch = (capacity / (groups + 1)).max(1);
             if groups + 1 > capacity {
                 return Err(Error::Shape(format!("grn: {d} channels need more completion counters than the device keeps")));
             }
+            // The samples are independent: as many per launch as the completion counters cover.
+            let per_launch = capacity / (groups + 1);
             let part = Tensor::empty(&[b.min(per_launch), chunks, d], DType::F32, &x.device())?;
             let elt = dt.size() as u64;
             let (x0, y0, s0) = (x.cuda_ptr()?, y.cuda_ptr()?, stats.cuda_ptr()?);
