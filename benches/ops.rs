@@ -20,6 +20,16 @@ fn main() {
         |shape: &[usize], dtype: DType| Tensor::from_f32(&TestRng::new(7).normal(shape.iter().product(), 0.5), shape, dtype, &dev).unwrap();
     let empty = |shape: &[usize], dtype: DType| Tensor::empty(shape, dtype, &dev).unwrap();
 
+    {
+        // The card's matrix ceiling through the engine's own cuBLASLt path (not a model shape):
+        // the rate every GEMM row below is read against.
+        let n = 8192;
+        let (x, w) = (rnd(&[n, n], bf), rnd(&[n, n], bf));
+        let mut y = empty(&[n, n], bf);
+        r.run(&format!("linear/ceiling/{n}x{n}x{n}/bf16"), Some(2.0 * (n * n * n) as f64), None, || {
+            ops::linear_into(&x, &w, None, &mut y).unwrap()
+        });
+    }
     for s in shapes::LINEAR {
         for dtype in [bf, DType::F32] {
             let (x, w, b) = (rnd(&[s.m, s.k], dtype), rnd(&[s.n, s.k], dtype), rnd(&[s.n], dtype));

@@ -204,13 +204,18 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
 // tile i is multiplied. Each warp keeps Q, the scores S = Q·Kᵀ, the probabilities P and the output
 // O in registers: the accumulator layout of S (16 × 8 keys) is exactly the A layout P needs for
 // O += P·V, so nothing round-trips through shared memory (unlike the WMMA kernel above, whose
-// fragment layout is opaque). V's B fragments pair two keys of one dim: a transposing ldmatrix
-// loads four of them at once (rows 16-byte aligned and conflict-free at this pitch). The online softmax runs in base 2 with the scale folded
-// in; each lane holds two rows (g and g + 8) and shares their maxima with the three other lanes
-// of its group. The launcher requires 16-byte aligned q, k, v, o and strides that are multiples
-// of 8. Optional causal and key-padding masks (CLIP; one key source): a masked score is −∞, and a
-// row whose keys so far are all masked keeps a running maximum of −∞ without producing NaNs (a
-// row with no visible key at all gives zeros, as the CUDA-core kernel does).
+// fragment layout is opaque). K's and V's B fragments come from shared memory by ldmatrix (V's
+// transposed); rows are 16-byte aligned and conflict-free at this pitch. The online softmax runs
+// in base 2 on the unscaled scores, the scale folded into each exponent's FFMA; each lane holds
+// two rows (g and g + 8) and shares their maxima with the three other lanes of its group; the
+// row sums come from the tensor cores (P times a fragment of ones). The loop is written for few
+// instructions per tile besides the 68 mma (issue slots, not the tensor cores, bounded the first
+// version): tiles inside one key source load through one pointer, and only tiles with masked or
+// missing keys run the masking code. The launcher requires 16-byte aligned q, k, v, o, strides
+// that are multiples of 8 and a positive scale. Optional causal and key-padding masks (CLIP; one
+// key source): a masked score is −∞, and a row whose keys so far are all masked keeps a running
+// maximum of −∞ without producing NaNs (a row with no visible key at all gives zeros, as the
+// CUDA-core kernel does).
 #define MMA_WARPS 4
 #define MMA_KT 64
 #define MMA_LD 72  // bf16 pitch of the shared tiles (36 words: conflict-free fragment reads)
@@ -222,7 +227,7 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
     const int g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y;
     const int q0 = blockIdx.x * (MMA_WARPS * 16) + warp * 16;
-    const float scale = p.scale * 1.4426950408889634f;  // scores in base 2
+    const float scale = p.scale * 1.4426950408889634f;  // scores in base 2 (p.scale > 0: the launcher checks)
 
     // Keys [0, Lk) from k/v, then [Lk, Lk + Lk2) from k2/v2.
     const int total = p.Lk + p.Lk2;
@@ -230,15 +235,31 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
     const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
     const bf16* kbase2 = p.Lk2 ? (const bf16*)p.k2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : kbase;
     const bf16* vbase2 = p.Lk2 ? (const bf16*)p.v2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : vbase;
-    // 64 keys × 64 dims of K and of V: 512 pieces of 16 bytes each, four per thread; keys past
-    // the last are zero-filled.
+    // 64 keys × 64 dims of K and of V: 512 pieces of 16 bytes each, four per thread: thread i
+    // copies dims (i % 8)·8 .. + 7 of keys i / 8 + 16·r, r = 0..3. A tile inside one source (all
+    // but at most two per block) takes one pointer and a stride; the others pick the source per
+    // key, and keys past the last are zero-filled.
+    static_assert(MMA_KT * HEAD_DIM / 8 == 4 * MMA_WARPS * 32, "four 16-byte pieces per thread");
+    const int lj = threadIdx.x >> 3, ld = (threadIdx.x & 7) * 8;
     auto load_tile = [&](int stage, int k0) {
-        for (int e = threadIdx.x; e < MMA_KT * HEAD_DIM / 8; e += MMA_WARPS * 32) {
-            const int j = e >> 3, d = (e & 7) * 8, kj = k0 + j;
-            const bool first = kj < p.Lk, valid = kj < total;
-            const int64_t off = first ? (int64_t)kj * p.kv_stride + d : valid ? (int64_t)(kj - p.Lk) * p.kv2_stride + d : d;
-            cp_async16(&ks[stage][j][d], (first || !valid ? kbase : kbase2) + off, valid);
-            cp_async16(&vs[stage][j][d], (first || !valid ? vbase : vbase2) + off, valid);
+        const bool in_first = k0 + MMA_KT <= p.Lk, in_second = k0 >= p.Lk && k0 + MMA_KT <= total;
+        if (in_first || in_second) {
+            const int64_t stride = in_first ? p.kv_stride : p.kv2_stride;
+            const int64_t off = (int64_t)((in_first ? k0 : k0 - p.Lk) + lj) * stride + ld;
+            const bf16* kp = (in_first ? kbase : kbase2) + off;
+            const bf16* vp = (in_first ? vbase : vbase2) + off;
+            for (int r = 0; r < 4; r++) {
+                cp_async16(&ks[stage][lj + 16 * r][ld], kp + 16 * r * stride, true);
+                cp_async16(&vs[stage][lj + 16 * r][ld], vp + 16 * r * stride, true);
+            }
+        } else {
+            for (int r = 0; r < 4; r++) {
+                const int j = lj + 16 * r, kj = k0 + j;
+                const bool first = kj < p.Lk, valid = kj < total;
+                const int64_t off = first ? (int64_t)kj * p.kv_stride + ld : valid ? (int64_t)(kj - p.Lk) * p.kv2_stride + ld : ld;
+                cp_async16(&ks[stage][j][ld], (first || !valid ? kbase : kbase2) + off, valid);
+                cp_async16(&vs[stage][j][ld], (first || !valid ? vbase : vbase2) + off, valid);
+            }
         }
         cp_async_commit();
     };
@@ -259,8 +280,13 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
     }
     float o[HEAD_DIM / 8][4];
     for (int nd = 0; nd < HEAD_DIM / 8; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
-    float m0 = -INFINITY, m1 = -INFINITY;  // running maxima of rows g and g + 8 (base 2)
-    float l0 = 0.f, l1 = 0.f;              // this lane's part of the running sums
+    // Running maxima of rows g and g + 8, on the unscaled scores (the scale is positive).
+    float m0 = -INFINITY, m1 = -INFINITY;
+    // Running row sums, accumulated by the tensor cores as P·1 (a B fragment of ones): every
+    // column of this 16 × 8 block holds its row's sum of the rounded P that P·V uses, so
+    // l[0] is row g's and l[2] row g + 8's, with no shuffles and no unpacking of P.
+    float l[4] = {0.f, 0.f, 0.f, 0.f};
+    const uint32_t ones[2] = {0x3f803f80u, 0x3f803f80u};  // bf16 1.0 pairs
 
     // With a causal mask, keys past the block's last query are never needed.
     const int last_key = p.causal ? min(total, (blockIdx.x + 1) * MMA_WARPS * 16) : total;
@@ -278,24 +304,33 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
         const bf16(*kt)[MMA_LD] = ks[stage];
         const bf16(*vt)[MMA_LD] = vs[stage];
 
-        // S = Q·Kᵀ for 64 keys: eight 16 × 8 accumulators.
+        // S = Q·Kᵀ for 64 keys: eight 16 × 8 accumulators. Kᵀ's B fragments pair two dims of one
+        // key: one ldmatrix gives them for 32 dims of 8 keys (lanes 8i..8i+7 point at keys
+        // nc·8 .. + 7, dims 32·half + 8i .. + 7).
         float s[MMA_KT / 8][4];
         for (int nc = 0; nc < MMA_KT / 8; nc++) {
             s[nc][0] = s[nc][1] = s[nc][2] = s[nc][3] = 0.f;
-            for (int kc = 0; kc < HEAD_DIM / 16; kc++) {
-                uint32_t kb[2] = {*(const uint32_t*)&kt[nc * 8 + g][kc * 16 + 2 * t], *(const uint32_t*)&kt[nc * 8 + g][kc * 16 + 2 * t + 8]};
-                mma_m16n8k16_bf16(s[nc], qa[kc], kb, s[nc]);
+            for (int half = 0; half < 2; half++) {
+                uint32_t kb[4];
+                ldmatrix_x4(kb, &kt[nc * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
+                mma_m16n8k16_bf16(s[nc], qa[2 * half], kb, s[nc]);
+                mma_m16n8k16_bf16(s[nc], qa[2 * half + 1], kb + 2, s[nc]);
             }
         }
-        // Scale, mask keys past the last (and, when asked, later than the row or padding), and
-        // find the tile's row maxima.
+        // The tile's row maxima. A tile of real keys only and no mask (all but the last tile or
+        // two without masks) needs nothing else; otherwise keys past the last, later than the
+        // row (causal) or padded out become −∞ first.
         float t0 = -INFINITY, t1 = -INFINITY;
-        for (int nc = 0; nc < MMA_KT / 8; nc++) {
-            for (int i = 0; i < 4; i++) {
-                const int key = k0 + nc * 8 + 2 * t + (i & 1), row = q0 + g + (i < 2 ? 0 : 8);
-                const bool visible = key < total && !(p.causal && key > row) && !(key_mask && key < p.Lk && key_mask[key] == 0.f);
-                s[nc][i] = visible ? s[nc][i] * scale : -INFINITY;
+        if (k0 + MMA_KT > total || p.causal || key_mask) {
+            for (int nc = 0; nc < MMA_KT / 8; nc++) {
+                for (int i = 0; i < 4; i++) {
+                    const int key = k0 + nc * 8 + 2 * t + (i & 1), row = q0 + g + (i < 2 ? 0 : 8);
+                    const bool visible = key < total && !(p.causal && key > row) && !(key_mask && key < p.Lk && key_mask[key] == 0.f);
+                    if (!visible) s[nc][i] = -INFINITY;
+                }
             }
+        }
+        for (int nc = 0; nc < MMA_KT / 8; nc++) {
             t0 = fmaxf(t0, fmaxf(s[nc][0], s[nc][1]));
             t1 = fmaxf(t1, fmaxf(s[nc][2], s[nc][3]));
         }
@@ -305,37 +340,35 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
         }
         // Without masks every tile holds a real key, so the maxima are finite. With masks a row
         // may have seen none yet: exponents are then taken against 0 (2^(−∞ − 0) = 0, no NaN).
+        // Exponents are (s − max)·scale in base 2, one FFMA each against the scaled maximum.
         const float n0 = fmaxf(m0, t0), n1 = fmaxf(m1, t1);
-        const float b0 = n0 == -INFINITY ? 0.f : n0, b1 = n1 == -INFINITY ? 0.f : n1;
-        const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
+        const float b0 = n0 == -INFINITY ? 0.f : n0 * scale, b1 = n1 == -INFINITY ? 0.f : n1 * scale;
+        const float c0 = ex2_approx(fmaf(m0, scale, -b0)), c1 = ex2_approx(fmaf(m1, scale, -b1));
         m0 = n0;
         m1 = n1;
-        l0 *= c0;
-        l1 *= c1;
+        l[0] *= c0;
+        l[1] *= c0;
+        l[2] *= c1;
+        l[3] *= c1;
         for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
             o[nd][0] *= c0;
             o[nd][1] *= c0;
             o[nd][2] *= c1;
             o[nd][3] *= c1;
         }
-        // P = 2^(S − max) as bf16 A fragments; the sums add what P·V will use (the rounded P).
+        // P = 2^((S − max)·scale) as bf16 A fragments.
         uint32_t pa[MMA_KT / 16][4];
         for (int kc = 0; kc < MMA_KT / 16; kc++) {
             float e[8];
             for (int i = 0; i < 4; i++) {
-                e[i] = exp2f(s[2 * kc][i] - (i < 2 ? b0 : b1));
-                e[4 + i] = exp2f(s[2 * kc + 1][i] - (i < 2 ? b0 : b1));
+                e[i] = ex2_approx(fmaf(s[2 * kc][i], scale, -(i < 2 ? b0 : b1)));
+                e[4 + i] = ex2_approx(fmaf(s[2 * kc + 1][i], scale, -(i < 2 ? b0 : b1)));
             }
             pa[kc][0] = pack_bf16x2(e[0], e[1]);
             pa[kc][1] = pack_bf16x2(e[2], e[3]);
             pa[kc][2] = pack_bf16x2(e[4], e[5]);
             pa[kc][3] = pack_bf16x2(e[6], e[7]);
-            for (int r = 0; r < 4; r++) {
-                const float lo = __bfloat162float(__ushort_as_bfloat16((unsigned short)(pa[kc][r] & 0xffffu)));
-                const float hi = __bfloat162float(__ushort_as_bfloat16((unsigned short)(pa[kc][r] >> 16)));
-                if (r & 1) l1 += lo + hi;
-                else l0 += lo + hi;
-            }
+            mma_m16n8k16_bf16(l, pa[kc], ones, l);
         }
         // O += P·V: eight 16 × 8 output blocks over the tile's four 16-key chunks. B pairs keys
         // 2t, 2t + 1 (and 2t + 8, 2t + 9) of dim nd·8 + g: one transposing ldmatrix gives both
@@ -354,12 +387,8 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
         __syncthreads();  // this stage is read: the next iteration may refill it
     }
 
-    // Full row sums from the group's four lanes, then O / l as bf16 pairs.
-    for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffff, l0, off);
-        l1 += __shfl_xor_sync(0xffffffff, l1, off);
-    }
-    const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    // O / l as bf16 pairs.
+    const float i0 = l[0] > 0.f ? 1.f / l[0] : 0.f, i1 = l[2] > 0.f ? 1.f / l[2] : 0.f;
     bf16* out = (bf16*)p.o + ((int64_t)b * p.Lq) * p.o_stride + h * HEAD_DIM;
     const int r0 = q0 + g, r1 = q0 + g + 8;
     for (int nd = 0; nd < HEAD_DIM / 8; nd++) {

@@ -101,10 +101,45 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t d[4], const void* row
 #endif
 }
 
-// Two floats as a bf16 pair in one register (lo in the low half), rounded to nearest even.
+// The same four matrices without transposition: lane l receives in d[i] the pair
+// (M_i[l/4][2(l%4)], M_i[l/4][2(l%4)+1]). For a [key][dim] tile that is an mma B fragment of Kᵀ
+// (two neighbouring dims of one key).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t d[4], const void* row) {
+#ifdef CASCADE_EMU
+    emu_ldmatrix_x4(d, row, false);
+#else
+    unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(a));
+#endif
+}
+
+// Two floats as a bf16 pair in one register (lo in the low half), rounded to nearest even: one
+// cvt.rn.bf16x2.f32 (sm_80) instead of two conversions, a shift and an or.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+#ifdef CASCADE_EMU
     uint32_t l = __bfloat16_as_ushort(__float2bfloat16_rn(lo)), h = __bfloat16_as_ushort(__float2bfloat16_rn(hi));
     return l | (h << 16);
+#else
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
+// 2^x by the special-function unit alone (ex2.approx.ftz: about 2 ulp, results below 2^-126
+// flushed to zero, 2^-inf = 0). exp2f adds a range reduction around it for denormal results,
+// which a softmax whose terms are at most 1 and rounded to bf16 does not need.
+__device__ __forceinline__ float ex2_approx(float x) {
+#ifdef CASCADE_EMU
+    const float y = exp2f(x);
+    return y < 1.17549435e-38f ? 0.f : y;
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+#endif
 }
 
 // Asynchronous 16-byte copies global → shared (sm_80 cp.async): `valid` false writes zeros and

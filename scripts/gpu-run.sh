@@ -10,6 +10,7 @@
 #   narrows the stage bench; SANITIZE_STAGES picks the stages run once under memcheck;
 #   CASCADE_SHAPES=odd,clip narrows the kernel tests to shapes whose names contain those words
 #   SIDE_BY_SIDE=1  diffusers and the engine timed in this run (tools/gpu/side_by_side.py)
+#   (BENCH also times PyTorch's SDPA on the attention shapes: tools/gpu/sdpa_bench.py)
 #   GEMM_TUNE_AB=1  the stage bench again with CASCADE_GEMM_TUNE=0 (cuBLASLt's heuristic choice),
 #   printed as "BENCH untuned …" lines beside the tuned ones
 set -uo pipefail
@@ -76,6 +77,12 @@ if [ "${BENCH:-1}" = 1 ]; then
         name=$(basename "$b")
         CASCADE_BENCH_QUICK=1 timeout "${BENCH_TIMEOUT:-300}" "$b" --bench > "$logs/bench-$name.log" 2>&1 || { failed=1; rows+=("bench $name FAILED (see $logs/bench-$name.log)"); }
     done
+    # PyTorch's SDPA on the same attention shapes, and the card's copy and matrix ceilings, in
+    # this run (tools/gpu/sdpa_bench.py reads the shapes from the ops bench's lines).
+    if [ -s "$logs/bench-ops.log" ]; then
+        timeout "${BENCH_TIMEOUT:-300}" python3 tools/gpu/sdpa_bench.py "$logs/bench-ops.log" > "$logs/bench-sdpa.log" 2>&1 || { failed=1; rows+=("bench sdpa FAILED (see $logs/bench-sdpa.log)"); }
+        rows+=("$(sed -n '/== attention beside SDPA/,$p' "$logs/bench-sdpa.log")")
+    fi
 fi
 
 if [ "${GEMM_TUNE_AB:-0}" = 1 ]; then

@@ -374,6 +374,7 @@ fn strided_and_transposed_convolutions() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_kernel() {
+    const L2: usize = 130;
     let dev = gpu();
     for (i, s) in shapes::ATTENTION.iter().enumerate() {
         if !wanted(s.name) {
@@ -435,17 +436,19 @@ fn attention_kernel() {
                 }
             }
             if !s.masked {
-                // Image keys plus 7 condition keys from a second pair of tensors (the UNets'
-                // layout): read in place by the mma kernel, concatenated for the others.
-                let (k2, k2v) = input(&mut rng, &[s.b, 7, c], 1.0, dtype, &dev);
-                let (v2, v2v) = input(&mut rng, &[s.b, 7, c], 1.0, dtype, &dev);
+                // Image keys plus L2 condition keys from a second pair of tensors (the UNets'
+                // layout): read in place by the mma kernel, concatenated for the others. L2 = 130
+                // puts at least one whole 64-key tile inside the second source for every shape
+                // (the mma kernel's one-source fast path), and a tile straddling the two.
+                let (k2, k2v) = input(&mut rng, &[s.b, L2, c], 1.0, dtype, &dev);
+                let (v2, v2v) = input(&mut rng, &[s.b, L2, c], 1.0, dtype, &dev);
                 let cat = |a: &[f32], b2: &[f32]| -> Vec<f32> {
                     (0..s.b)
-                        .flat_map(|i| a[i * s.lk * c..(i + 1) * s.lk * c].iter().chain(&b2[i * 7 * c..(i + 1) * 7 * c]).copied())
+                        .flat_map(|i| a[i * s.lk * c..(i + 1) * s.lk * c].iter().chain(&b2[i * L2 * c..(i + 1) * L2 * c]).copied())
                         .collect()
                 };
                 let (kc, vc) = (cat(&kv, &k2v), cat(&vv, &v2v));
-                let want = cpu::attention(&qv, &kc, &vc, s.b, s.heads, s.lq, s.lk + 7, 64, 0.125, false, None);
+                let want = cpu::attention(&qv, &kc, &vc, s.b, s.heads, s.lq, s.lk + L2, 64, 0.125, false, None);
                 let two: &[(ops::AttentionKernel, &str)] = if dtype == DType::BF16 {
                     &[(ops::AttentionKernel::Mma, "attention_mma 2 src"), (ops::AttentionKernel::Simple, "attention 2 src")]
                 } else {
@@ -462,20 +465,20 @@ fn attention_kernel() {
             }
             // Packed projections: rows of [q | k | v] (one GEMM's output) read in place through
             // row strides, the queries' own tokens as keys, plus (unmasked) the k and v columns
-            // of a second packed source of 7 rows, as the UNets' condition rows are stored.
+            // of a second packed source of L2 rows, as the UNets' condition rows are stored.
             if s.lq < 300 && (!s.masked || s.lq == s.lk) {
                 let (qkv, qkvv) = input(&mut rng, &[s.b, s.lq, 3 * c], 1.0, dtype, &dev);
-                let (second, secondv) = input(&mut rng, &[s.b, 7, 3 * c], 1.0, dtype, &dev);
+                let (second, secondv) = input(&mut rng, &[s.b, L2, 3 * c], 1.0, dtype, &dev);
                 let part = |v: &[f32], i: usize| cpu::columns(v, 3 * c, i * c, c);
                 let (pq, pk, pv) = (part(&qkvv, 0), part(&qkvv, 1), part(&qkvv, 2));
                 let one = cpu::attention(&pq, &pk, &pv, s.b, s.heads, s.lq, s.lq, 64, 0.125, s.masked, s.masked.then_some(&mv[..]));
                 let cat = |a: &[f32], b2: &[f32]| -> Vec<f32> {
                     (0..s.b)
-                        .flat_map(|i| a[i * s.lq * c..(i + 1) * s.lq * c].iter().chain(&b2[i * 7 * c..(i + 1) * 7 * c]).copied())
+                        .flat_map(|i| a[i * s.lq * c..(i + 1) * s.lq * c].iter().chain(&b2[i * L2 * c..(i + 1) * L2 * c]).copied())
                         .collect()
                 };
                 let (kc, vc) = (cat(&pk, &part(&secondv, 1)), cat(&pv, &part(&secondv, 2)));
-                let two = cpu::attention(&pq, &kc, &vc, s.b, s.heads, s.lq, s.lq + 7, 64, 0.125, false, None);
+                let two = cpu::attention(&pq, &kc, &vc, s.b, s.heads, s.lq, s.lq + L2, 64, 0.125, false, None);
                 for &(kernel, label) in kernels {
                     let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
                     ops::attention_packed_into(&qkv, None, s.heads, 0.125, m, kernel, &mut o).unwrap();

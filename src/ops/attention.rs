@@ -154,6 +154,10 @@ fn attention_impl(
     if heads == 0 || c != heads * HEAD_DIM {
         return Err(Error::Shape(format!("attention: {c} channels are not {heads} heads of {HEAD_DIM}")));
     }
+    // The tensor-core kernel takes row maxima of the unscaled scores (scale > 0 keeps the order).
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::Shape(format!("attention: the scale must be positive and finite, got {scale}")));
+    }
     q.check("q", b, Some(lq), c)?;
     let lk = k.check("k", b, None, c)?;
     v.check("v", b, Some(lk), c)?;

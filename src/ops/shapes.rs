@@ -26,12 +26,18 @@ pub const LINEAR: &[LinearShape] = &[
     LinearShape { name: "stage_c.res.fc1", m: 1152, k: 2048, n: 8192 },
     LinearShape { name: "stage_c.res.fc2", m: 1152, k: 8192, n: 2048 },
     LinearShape { name: "stage_c.attn.q", m: 1152, k: 2048, n: 2048 },
+    // q, k and v from one stacked layer (as the attention blocks run them).
+    LinearShape { name: "stage_c.attn.qkv", m: 1152, k: 2048, n: 6144 },
+    // Every TimestepBlock's mapper stacked (64 blocks × [a, b] of 2048): one GEMM per step.
+    LinearShape { name: "stage_c.mappers", m: 2, k: 64, n: 262144 },
     LinearShape { name: "stage_b.l0.fc1", m: 16384, k: 320, n: 1280 },
     LinearShape { name: "stage_b.l0.fc2", m: 16384, k: 1280, n: 320 },
     LinearShape { name: "stage_b.l2.fc1", m: 1024, k: 1280, n: 5120 },
+    LinearShape { name: "stage_b.l2.qkv", m: 1024, k: 1280, n: 3840 },
     LinearShape { name: "stage_b.l3.fc1", m: 256, k: 1280, n: 5120 },
     LinearShape { name: "stage_a.fc1", m: 65536, k: 384, n: 1536 },
     LinearShape { name: "clip.fc1", m: 154, k: 1280, n: 5120 },
+    LinearShape { name: "clip.qkv", m: 154, k: 1280, n: 3840 },
     LinearShape { name: "odd", m: 77, k: 33, n: 129 },
     LinearShape { name: "odd_small", m: 3, k: 5, n: 7 },
 ];
