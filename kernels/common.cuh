@@ -142,6 +142,42 @@ __device__ __forceinline__ float ex2_approx(float x) {
 #endif
 }
 
+// ---- Eight consecutive elements per access -------------------------------------------------
+// Memory-bound kernels move 16 bytes per load or store instruction (eight bf16, or four f32
+// twice) instead of one element: with 2-byte accesses and per-element index arithmetic those
+// kernels are bound by instruction issue, several times below memory bandwidth. The pointer must
+// be 16-byte aligned; the unpacking of bf16 is exact (a shift), as __bfloat162float is.
+__device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+__device__ __forceinline__ void unpack_bf16x2(uint32_t w, float& lo, float& hi) {
+    lo = __uint_as_float(w << 16);
+    hi = __uint_as_float(w & 0xffff0000u);
+}
+__device__ __forceinline__ void load8(const bf16* p, float v[8]) {
+    const uint4 a = *(const uint4*)p;
+    unpack_bf16x2(a.x, v[0], v[1]);
+    unpack_bf16x2(a.y, v[2], v[3]);
+    unpack_bf16x2(a.z, v[4], v[5]);
+    unpack_bf16x2(a.w, v[6], v[7]);
+}
+__device__ __forceinline__ void load8(const float* p, float v[8]) {
+    const uint4 a = ((const uint4*)p)[0], b = ((const uint4*)p)[1];
+    v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.y), v[2] = __uint_as_float(a.z), v[3] = __uint_as_float(a.w);
+    v[4] = __uint_as_float(b.x), v[5] = __uint_as_float(b.y), v[6] = __uint_as_float(b.z), v[7] = __uint_as_float(b.w);
+}
+__device__ __forceinline__ void store8(bf16* p, const float v[8]) {
+    *(uint4*)p = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+}
+__device__ __forceinline__ void store8(float* p, const float v[8]) {
+    ((uint4*)p)[0] = make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
+    ((uint4*)p)[1] = make_uint4(__float_as_uint(v[4]), __float_as_uint(v[5]), __float_as_uint(v[6]), __float_as_uint(v[7]));
+}
+// A value as T stores it (f32: itself; bf16: rounded to nearest even).
+template <typename T> __device__ __forceinline__ float rounded(float v) { return to_f32(from_f32<T>(v)); }
+
+// Grid-stride loop over [0, n) in 32-bit arithmetic (callers keep n below 2^31).
+#define GRID_STRIDE32(i, n) \
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < (uint32_t)(n); i += gridDim.x * blockDim.x)
+
 // Asynchronous 16-byte copies global → shared (sm_80 cp.async): `valid` false writes zeros and
 // reads nothing. commit closes a group of copies; wait<N> blocks until at most N groups are in
 // flight (the caller then needs __syncthreads before other threads read the data). The emulator

@@ -3,14 +3,100 @@
 // (im2col) for the Stage A transposed convolution.
 #include "common.cuh"
 
-// One block per pixel, threads over channels. With layer_norm the conv outputs are staged in
-// shared memory (dynamic smem: C floats) and normalised over channels before the store.
+// One block per pixel (grid: W, H, B), threads over channels. With layer_norm the conv outputs
+// are normalised over the pixel's channels before the store. Two paths: eight consecutive
+// channels per thread with 16-byte loads and stores (vec8: the launcher's choice when C is a
+// multiple of 8, C / 8 fits one block and every operand is 16-byte aligned), else one channel
+// per thread with the outputs staged in shared memory (dynamic smem: C floats).
+template <typename T> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
+    const int w0 = blockIdx.x, h0 = blockIdx.y;
+    const int64_t b = blockIdx.z, pix = ((int64_t)b * p.H + h0) * p.W + w0;
+    const int c = 8 * threadIdx.x;
+    const bool active = c < p.C;
+    const T* x = (const T*)p.x + b * p.H * p.W * p.C;
+    const float* st = p.in_stats ? p.in_stats + 2 * b * p.H * p.W : nullptr;
+    const T* ab = p.in_ab ? (const T*)p.in_ab + b * p.in_ab_stride : nullptr;
+    float acc[8];
+    if (active) {
+        // The 9 taps of 8 channels: 72 consecutive weights ([C, 9]), nine 16-byte loads.
+        float wv[72];
+        for (int i = 0; i < 9; i++) load8((const T*)p.weight + (int64_t)c * 9 + 8 * i, &wv[8 * i]);
+        load8((const T*)p.bias + c, acc);
+        float lw[8], lb[8], ma[8], ms[8];
+        if (st) {
+            load8((const T*)p.in_weight + c, lw);
+            load8((const T*)p.in_bias + c, lb);
+        }
+        if (ab) {
+            load8(ab + c, ma);
+            load8(ab + p.C + c, ms);
+            for (int j = 0; j < 8; j++) ma[j] += 1.f;
+        }
+        for (int ky = 0; ky < 3; ky++) {
+            int h = h0 + ky - 1;
+            if (p.replicate) h = min(max(h, 0), p.H - 1);
+            else if (h < 0 || h >= p.H) continue;
+            for (int kx = 0; kx < 3; kx++) {
+                int w = w0 + kx - 1;
+                if (p.replicate) w = min(max(w, 0), p.W - 1);
+                else if (w < 0 || w >= p.W) continue;
+                const int64_t q = (int64_t)h * p.W + w;
+                float v[8];
+                load8(x + q * p.C + c, v);
+                if (st) {
+                    const float mean = st[2 * q], rstd = st[2 * q + 1];
+                    for (int j = 0; j < 8; j++) v[j] = (v[j] - mean) * rstd * lw[j] + lb[j];
+                }
+                if (ab) {
+                    for (int j = 0; j < 8; j++) v[j] = rounded<T>(v[j] * ma[j] + ms[j]);
+                    if (ky == 1 && kx == 1) store8((T*)p.x_out + pix * p.C + c, v);
+                }
+                for (int j = 0; j < 8; j++) acc[j] += wv[j * 9 + ky * 3 + kx] * v[j];
+            }
+        }
+        if (p.residual) {
+            float r[8];
+            load8((const T*)p.residual + pix * p.C + c, r);
+            for (int j = 0; j < 8; j++) acc[j] += r[j];
+        }
+        if (!p.layer_norm) {
+            for (int j = 0; j < 8; j++) acc[j] = rounded<T>(acc[j]);  // y as stored (y_norm reads it)
+            store8((T*)p.y + pix * p.C + c, acc);
+        }
+    }
+    if (!p.layer_norm && !p.y_norm) return;
+    // Mean and 1/sqrt(var + eps) over the pixel's channels, two-pass as row_mean_rstd.
+    float s = 0.f;
+    if (active)
+        for (int j = 0; j < 8; j++) s += acc[j];
+    const float mean = block_sum(s, scratch) / p.C;
+    float q = 0.f;
+    if (active)
+        for (int j = 0; j < 8; j++) q += (acc[j] - mean) * (acc[j] - mean);
+    const float rstd = rsqrtf(block_sum(q, scratch) / p.C + p.eps);
+    if (!active) return;
+    float o[8];
+    for (int j = 0; j < 8; j++) o[j] = (acc[j] - mean) * rstd;
+    if (p.layer_norm) {
+        store8((T*)p.y + pix * p.C + c, o);
+    } else {
+        float ow[8], ob[8];
+        load8((const T*)p.out_weight + c, ow);
+        load8((const T*)p.out_bias + c, ob);
+        for (int j = 0; j < 8; j++) o[j] = o[j] * ow[j] + ob[j];
+        store8((T*)p.y_norm + pix * p.C + c, o);
+    }
+}
+
 template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
     extern __shared__ float out[];
     __shared__ float scratch[32];
-    int64_t pix = blockIdx.x;
-    int w0 = pix % p.W, h0 = (pix / p.W) % p.H;
-    int64_t b = pix / ((int64_t)p.W * p.H);
+    if (p.vec8) {
+        depthwise_vec8<T>(p, scratch);
+        return;
+    }
+    const int w0 = blockIdx.x, h0 = blockIdx.y;
+    const int64_t b = blockIdx.z, pix = ((int64_t)b * p.H + h0) * p.W + w0;
     const T* x = (const T*)p.x + b * p.H * p.W * p.C;
     const T* wt = (const T*)p.weight;
     const float* st = p.in_stats ? p.in_stats + 2 * b * p.H * p.W : nullptr;

@@ -5,9 +5,70 @@
 
 // One block per row; the row is staged in shared memory as f32 (dynamic smem: C floats), so
 // the variance is the exact two-pass one, not E[x^2] - E[x]^2.
+// The row held in registers, eight channels per vector, up to LN_MAX_VECS vectors per thread
+// (C ≤ 8192 at 256 threads): 16-byte loads and stores, no shared-memory staging. The same
+// arithmetic as the general path below (the two-pass variance), summed in another order.
+#define LN_MAX_VECS 4
+template <typename T> __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch) {
+    const int cv = p.C / 8;
+    const int64_t r = blockIdx.x;
+    const T* x = (const T*)p.x + r * p.C;
+    T* y = (T*)p.y + r * p.C;
+    const T* a = p.ab ? (const T*)p.ab + (r / p.rows_per_sample) * p.ab_stride : nullptr;
+    T* xo = p.ab ? (T*)p.x_out + r * p.C : nullptr;
+    float v[LN_MAX_VECS][8];
+    float s = 0.f;
+    for (int k = 0; k < LN_MAX_VECS; k++) {
+        const int c8 = threadIdx.x + k * blockDim.x;
+        if (c8 >= cv) continue;
+        load8(x + 8 * c8, v[k]);
+        if (a) {
+            // Each thread rewrites only the elements it read, so x_out may be x.
+            float am[8], as[8];
+            load8(a + 8 * c8, am);
+            load8(a + p.C + 8 * c8, as);
+            for (int j = 0; j < 8; j++) v[k][j] = rounded<T>(v[k][j] * (1.f + am[j]) + as[j]);
+            store8(xo + 8 * c8, v[k]);
+        }
+        for (int j = 0; j < 8; j++) s += v[k][j];
+    }
+    const float mean = block_sum(s, scratch) / p.C;
+    float q = 0.f;
+    for (int k = 0; k < LN_MAX_VECS; k++) {
+        if ((int)(threadIdx.x + k * blockDim.x) >= cv) continue;
+        for (int j = 0; j < 8; j++) {
+            const float d = v[k][j] - mean;
+            q += d * d;
+        }
+    }
+    const float rstd = rsqrtf(block_sum(q, scratch) / p.C + p.eps);
+    const T* w = (const T*)p.weight;
+    const T* b = (const T*)p.bias;
+    for (int k = 0; k < LN_MAX_VECS; k++) {
+        const int c8 = threadIdx.x + k * blockDim.x;
+        if (c8 >= cv) continue;
+        float o[8], e[8];
+        for (int j = 0; j < 8; j++) o[j] = (v[k][j] - mean) * rstd;
+        if (w) {
+            load8(w + 8 * c8, e);
+            for (int j = 0; j < 8; j++) o[j] *= e[j];
+        }
+        if (b) {
+            load8(b + 8 * c8, e);
+            for (int j = 0; j < 8; j++) o[j] += e[j];
+        }
+        store8(y + 8 * c8, o);
+    }
+}
+
 template <typename T> __device__ void layer_norm_impl(const LayerNormParams& p) {
     extern __shared__ float row[];
     __shared__ float scratch[32];
+    if (p.C % 8 == 0 && p.C <= 8 * LN_MAX_VECS * (int)blockDim.x && p.ab_stride % 8 == 0 && aligned16(p.x) && aligned16(p.y) &&
+        (!p.ab || (aligned16(p.ab) && aligned16(p.x_out))) && (!p.weight || aligned16(p.weight)) && (!p.bias || aligned16(p.bias))) {
+        layer_norm_vec8<T>(p, scratch);
+        return;
+    }
     int64_t r = blockIdx.x;
     const T* x = (const T*)p.x + r * p.C;
     T* y = (T*)p.y + r * p.C;
@@ -52,23 +113,26 @@ extern "C" __global__ void row_stats_bf16(LayerNormParams p) { row_stats_impl<bf
 extern "C" __global__ void layer_norm_f32(LayerNormParams p) { layer_norm_impl<float>(p); }
 extern "C" __global__ void layer_norm_bf16(LayerNormParams p) { layer_norm_impl<bf16>(p); }
 
-// Block (32, 8) per (64 channels, chunk of CASCADE_GRN_CHUNK positions, sample): each thread
-// takes two channels 32 apart (so each warp load covers 32 consecutive channels) and every 8th
-// position of the chunk, then the 8 partial sums per channel are added in shared memory. Many
-// chunks keep the GPU busy when B·D is small (Stage B's first level: 1 × 1280 channels over
+// Block (32, 8) per (channel group, chunk of CASCADE_GRN_CHUNK positions, sample). With vec8
+// (D a multiple of 8, x and y 16-byte aligned) each thread takes 8 consecutive channels (one
+// 16-byte load per position), so a group is 256 channels; otherwise two channels 32 apart, a
+// group of 64. Either way each warp load covers consecutive channels and each thread takes every
+// 8th position of the chunk, then the 8 partial sums per channel are added in shared memory.
+// Many chunks keep the GPU busy when B·D is small (Stage B's first level: 1 × 1280 channels over
 // 16384 positions). The counters only decide which block finishes the statistics (the last to
 // arrive, so every sum it reads is written); every sum is added in a fixed order, so results are
 // deterministic.
-// Each thread of a (32, 8) block holds sums for channels lane and lane + 32; returns the totals
-// over the block's 8 rows for those two channels, added in row order (deterministic).
-__device__ __forceinline__ void grn_rows_total(float (*part)[65], const float s[2], float total[2]) {
+#define GRN_MAX_PER_THREAD 8
+// Each thread of a (32, 8) block holds sums s[0..K) for its K channels (at channel offsets
+// off[k] within the group); returns the totals over the block's 8 rows, added in row order.
+template <int K>
+__device__ __forceinline__ void grn_rows_total(float (*part)[32 * GRN_MAX_PER_THREAD + 1], const float s[K], const int off[K], float total[K]) {
     __syncthreads();  // part may still be read from a previous call
-    part[threadIdx.y][threadIdx.x] = s[0];
-    part[threadIdx.y][threadIdx.x + 32] = s[1];
+    for (int k = 0; k < K; k++) part[threadIdx.y][off[k]] = s[k];
     __syncthreads();
-    for (int j = 0; j < 2; j++) {
-        total[j] = 0.f;
-        for (int k = 0; k < (int)blockDim.y; k++) total[j] += part[k][threadIdx.x + 32 * j];
+    for (int k = 0; k < K; k++) {
+        total[k] = 0.f;
+        for (int r = 0; r < (int)blockDim.y; r++) total[k] += part[r][off[k]];
     }
 }
 
@@ -85,48 +149,63 @@ __device__ __forceinline__ bool grn_arrived_last(unsigned int* count, unsigned i
     return true;
 }
 
-template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p) {
-    __shared__ float part[8][65];
+// The sums of squares of one (chunk, channel group) and, for the last blocks to arrive, the
+// statistics. K channels per thread at group offsets off[k]: K = 8 consecutive (vec8) or 2.
+template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParams& p, const int off[K]) {
+    __shared__ float part[8][32 * GRN_MAX_PER_THREAD + 1];
     __shared__ float scratch[8];
     __shared__ bool last;
     const int lane = threadIdx.x, ry = threadIdx.y, tid = ry * 32 + lane;
     const int c = blockIdx.y, b = blockIdx.z, groups = gridDim.x;
-    const int d0 = blockIdx.x * 64 + lane;
+    const int g0 = blockIdx.x * 32 * K;  // the group's first channel
     const T* x = (const T*)p.x;
     T* y = (T*)p.y;
-    float s[2] = {0.f, 0.f}, total[2];
+    float s[K], total[K];
+    for (int k = 0; k < K; k++) s[k] = 0.f;
     const int n_end = min(p.N, (c + 1) * CASCADE_GRN_CHUNK);
     for (int n = c * CASCADE_GRN_CHUNK + ry; n < n_end; n += blockDim.y) {
         const int64_t row = ((int64_t)b * p.N + n) * p.D;
-        for (int j = 0; j < 2; j++) {
-            const int d = d0 + 32 * j;
+        if (K == 8) {
+            const int d = g0 + off[0];
             if (d >= p.D) continue;
-            float v = to_f32(x[row + d]);
+            float v[8];
+            load8(x + row + d, v);
             if (p.gelu) {
-                const T r = from_f32<T>(gelu_erf(v));
-                if (y) y[row + d] = r;
-                v = to_f32(r);
+                for (int k = 0; k < 8; k++) v[k] = rounded<T>(gelu_erf(v[k]));
+                if (y) store8(y + row + d, v);
             }
-            s[j] += v * v;
+            for (int k = 0; k < 8; k++) s[k] += v[k] * v[k];
+        } else {
+            for (int k = 0; k < K; k++) {
+                const int d = g0 + off[k];
+                if (d >= p.D) continue;
+                float v = to_f32(x[row + d]);
+                if (p.gelu) {
+                    const T r = from_f32<T>(gelu_erf(v));
+                    if (y) y[row + d] = r;
+                    v = to_f32(r);
+                }
+                s[k] += v * v;
+            }
         }
     }
-    grn_rows_total(part, s, total);
-    for (int j = 0; j < 2 && ry == 0; j++)
-        if (d0 + 32 * j < p.D) p.part[((int64_t)b * p.chunks + c) * p.D + d0 + 32 * j] = total[j];
+    grn_rows_total<K>(part, s, off, total);
+    for (int k = 0; k < K && ry == 0; k++)
+        if (g0 + off[k] < p.D) p.part[((int64_t)b * p.chunks + c) * p.D + g0 + off[k]] = total[k];
 
     // Last chunk of this (sample, channel group) to finish: the group's norms, from every 8th
     // chunk per thread (read through L2: other blocks wrote them).
     if (!grn_arrived_last(p.counters + (int64_t)b * groups + blockIdx.x, p.chunks, &last)) return;
-    s[0] = s[1] = 0.f;
-    for (int k = ry; k < p.chunks; k += blockDim.y) {
-        for (int j = 0; j < 2; j++) {
-            const int d = d0 + 32 * j;
-            if (d < p.D) s[j] += __ldcg(&p.part[((int64_t)b * p.chunks + k) * p.D + d]);
+    for (int k = 0; k < K; k++) s[k] = 0.f;
+    for (int ch = ry; ch < p.chunks; ch += blockDim.y) {
+        for (int k = 0; k < K; k++) {
+            const int d = g0 + off[k];
+            if (d < p.D) s[k] += __ldcg(&p.part[((int64_t)b * p.chunks + ch) * p.D + d]);
         }
     }
-    grn_rows_total(part, s, total);
-    for (int j = 0; j < 2 && ry == 0; j++)
-        if (d0 + 32 * j < p.D) p.scale[(int64_t)b * p.D + d0 + 32 * j] = sqrtf(total[j]);
+    grn_rows_total<K>(part, s, off, total);
+    for (int k = 0; k < K && ry == 0; k++)
+        if (g0 + off[k] < p.D) p.scale[(int64_t)b * p.D + g0 + off[k]] = sqrtf(total[k]);
 
     // Last channel group of this sample to finish: mean of the norms, then the factor.
     if (!grn_arrived_last(p.counters + (int64_t)p.B * groups + b, groups, &last)) return;
@@ -142,11 +221,42 @@ template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p
     const T* gamma = (const T*)p.gamma;
     for (int d = tid; d < p.D; d += 256) g[d] = 1.f + to_f32(gamma[d]) * (__ldcg(&g[d]) / denom);
 }
+template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p) {
+    if (p.vec8) {
+        int off[8];
+        for (int k = 0; k < 8; k++) off[k] = threadIdx.x * 8 + k;
+        grn_partial_k<T, 8>(p, off);
+    } else {
+        const int off[2] = {(int)threadIdx.x, (int)threadIdx.x + 32};
+        grn_partial_k<T, 2>(p, off);
+    }
+}
 extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { grn_partial_impl<float>(p); }
 extern "C" __global__ void grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16>(p); }
 
 template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
     int64_t total = (int64_t)p.B * p.N * p.D;
+    const T* x = (const T*)p.x;
+    const T* beta = (const T*)p.beta;
+    if (p.D % 8 == 0 && total / 8 < (1ll << 31) && aligned16(x) && aligned16(p.y) && aligned16(p.scale) && (!beta || aligned16(beta))) {
+        // Eight channels per thread and step; the same arithmetic as below.
+        const uint32_t dv = p.D / 8, per_sample = (uint32_t)(p.N * dv);
+        GRID_STRIDE32(v, total / 8) {
+            const uint32_t d = (v % dv) * 8, b = v / per_sample;
+            float e[8], s[8], be[8];
+            load8(x + 8 * (int64_t)v, e);
+            load8(p.scale + (int64_t)b * p.D + d, s);
+            if (p.gelu)
+                for (int j = 0; j < 8; j++) e[j] = rounded<T>(gelu_erf(e[j]));
+            for (int j = 0; j < 8; j++) e[j] *= s[j];
+            if (beta) {
+                load8(beta + d, be);
+                for (int j = 0; j < 8; j++) e[j] += be[j];
+            }
+            store8((T*)p.y + 8 * (int64_t)v, e);
+        }
+        return;
+    }
     GRID_STRIDE(i, total) {
         int64_t d = i % p.D, b = i / (p.N * p.D);
         float v = to_f32(((const T*)p.x)[i]);

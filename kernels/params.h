@@ -54,7 +54,7 @@ typedef struct LayerNormParams {
 // CASCADE_GRN_CHUNK positions, part[b, c, d] = sum_{n in chunk c} v[b,n,d]^2, where v = x, or with
 // gelu != 0 v = GELU(x) rounded to x's type (the sum is over the rounded values), written to y
 // when y is not NULL (else grn_apply recomputes it: one write of x fewer). The
-// same launch finishes the statistics: the last block of each (sample, 64-channel group) to
+// same launch finishes the statistics: the last block of each (sample, channel group) to
 // finish turns that group's chunk sums into norms, scale[b, d] = sqrt(sum_c part[b, c, d]), and
 // the last group of each sample to finish turns the sample's norms into
 // scale[b, d] = 1 + gamma[d] * norm[b, d] / (mean_d norm[b, :] + 1e-6). Completion is counted in
@@ -72,6 +72,8 @@ typedef struct GrnPartialParams {
     int32_t D;
     int32_t chunks;      // ceil(N / CASCADE_GRN_CHUNK)
     int32_t gelu;
+    int32_t vec8;        // 1: 8 consecutive channels per thread, groups of 256 (D % 8 == 0, x and y
+                         // 16-byte aligned); 0: groups of 64. gridDim.x is the number of groups.
 } GrnPartialParams;
 
 // GlobalResponseNorm, second kernel: y[b,n,d] = v[b,n,d] * scale[b,d] + beta[d], v = x or GELU(x).
@@ -174,6 +176,8 @@ typedef struct DepthwiseParams {
     void* y_norm;            // [B, H, W, C], or NULL
     const void* out_weight;  // [C]
     const void* out_bias;    // [C]
+    int32_t vec8;            // 1: eight channels per thread (C % 8 == 0, C / 8 <= blockDim.x, every
+                             // operand 16-byte aligned); 0: one. The grid is (W, H, B).
 } DepthwiseParams;
 
 // Pixel shuffle (PyTorch order, channel c*r*r + i*r + j):

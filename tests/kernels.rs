@@ -77,6 +77,13 @@ fn layer_norm_kernel() {
                     Some(&whole),
                     &want,
                 );
+                // x one element past a 16-byte boundary: the one-element-per-access path.
+                let (big, bigv) = input(&mut rng, &[s.rows * s.c + 1], 2.0, dtype, &dev);
+                let xm = big.alias(1, &[s.rows, s.c]).unwrap();
+                y.fill(f32::NAN).unwrap();
+                ops::layer_norm_into(&xm, wt, bt, eps, &mut y).unwrap();
+                let want = cpu::layer_norm(&bigv[1..], s.c, affine.then_some(&wv[..]), affine.then_some(&bv[..]), eps);
+                verify("layer_norm unaligned", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
             }
         }
     }
@@ -104,6 +111,13 @@ fn activation_kernels() {
             ops::bias_gelu_into(&x, &b, &mut y).unwrap();
             let want: Vec<f32> = xv.iter().enumerate().map(|(k, &v)| cpu::gelu(v + bv[k % s.c])).collect();
             verify("bias_gelu", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
+            // x one element past a 16-byte boundary: the one-element-per-access path.
+            let (big, bigv) = input(&mut rng, &[s.rows * s.c + 1], 2.0, dtype, &dev);
+            let xm = big.alias(1, &[s.rows, s.c]).unwrap();
+            y.fill(f32::NAN).unwrap();
+            ops::bias_gelu_into(&xm, &b, &mut y).unwrap();
+            let want: Vec<f32> = bigv[1..].iter().enumerate().map(|(k, &v)| cpu::gelu(v + bv[k % s.c])).collect();
+            verify("bias_gelu unaligned", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
         }
     }
 }
@@ -126,6 +140,13 @@ fn grn_kernels() {
             let (mut y, whole) = poisoned(&[s.b, s.n, s.d], dtype, &dev).unwrap();
             ops::grn_into(&x, &g, &be, &mut stats, &mut y).unwrap();
             verify("grn", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &cpu::grn(&xv, s.b, s.n, s.d, &gv, &bev));
+            // x one element past a 16-byte boundary: two channels per thread, one per access.
+            let (big, bigv) = input(&mut rng, &[s.b * s.n * s.d + 1], 1.0, dtype, &dev);
+            let xm = big.alias(1, &[s.b, s.n, s.d]).unwrap();
+            y.fill(f32::NAN).unwrap();
+            ops::grn_into(&xm, &g, &be, &mut stats, &mut y).unwrap();
+            let want = cpu::grn(&bigv[1..], s.b, s.n, s.d, &gv, &bev);
+            verify("grn unaligned", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &want);
 
             // GELU then GRN in place (the ResBlock's middle): the reference sums the stored
             // (rounded) GELU values, as the kernel does.
@@ -208,15 +229,20 @@ fn depthwise_kernels() {
             verify("ln→depthwise+x→ln", s.name, dtype, &n.to_vec_f32().unwrap(), None, &want_n);
 
             // A TimestepBlock's modulation applied as the taps are read, then the conv and its
-            // LayerNorm (Stage B's first levels): ab is a column range 5 in of a wider tensor;
-            // the modulated x comes back in place of x, rounded as the separate op stores it.
-            if !*replicate {
-                let (ab, abv) = input(&mut rng, &[s.b, 2 * s.c + 9], 0.5, dtype, &dev);
-                let cols = cpu::columns(&abv, 2 * s.c + 9, 5, 2 * s.c);
+            // LayerNorm (Stage B's first levels): ab is a column range of a wider tensor, 5 in
+            // (unaligned: one channel per thread) or 8 in (aligned when C is a multiple of 8:
+            // eight per thread); the modulated x comes back in place of x, rounded as the
+            // separate op stores it.
+            for col in [5, 8] {
+                if *replicate {
+                    break;
+                }
+                let (ab, abv) = input(&mut rng, &[s.b, 2 * s.c + 16], 0.5, dtype, &dev);
+                let cols = cpu::columns(&abv, 2 * s.c + 16, col, 2 * s.c);
                 let modulated = round_to(&cpu::modulate(&rv, &cols, s.b, s.h * s.w, s.c), dtype);
                 let mut xm = Tensor::empty(&shape, dtype, &dev).unwrap();
                 ops::cast_into(&r, &mut xm).unwrap();
-                let got = ops::modulate_depthwise3x3_ln(&mut xm, &ab, 5, &w, &b, pad, 1e-6).unwrap();
+                let got = ops::modulate_depthwise3x3_ln(&mut xm, &ab, col, &w, &b, pad, 1e-6).unwrap();
                 verify("modulate→depthwise x", s.name, dtype, &xm.to_vec_f32().unwrap(), None, &modulated);
                 let want = cpu::depthwise3x3(&modulated, s.b, s.h, s.w, s.c, &wv, &bv, false, Some(1e-6));
                 verify("modulate→depthwise+ln", s.name, dtype, &got.to_vec_f32().unwrap(), None, &want);

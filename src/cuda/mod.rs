@@ -290,6 +290,14 @@ impl CudaDevice {
         self.launch(f, (blocks, 1, 1), (256, 1, 1), 0, params)
     }
 
+    /// A 1-D grid-stride launch sized for kernels that take eight elements per thread and step
+    /// when their operands allow it (kernels/common.cuh `load8`): one thread per eight of the `n`
+    /// elements. Kernels that fall back to one element per step still cover all `n`, in more
+    /// steps.
+    pub(crate) fn launch_vec8<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, n: usize, params: &P) -> Result<()> {
+        self.launch_1d(f, n.div_ceil(8), params)
+    }
+
     /// Records everything `body` queues on the stream into a CUDA graph instead of running it.
     /// The stream is left usable whether `body` succeeds or fails.
     pub fn capture(&self, body: impl FnOnce() -> Result<()>) -> Result<Graph> {

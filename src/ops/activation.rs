@@ -49,7 +49,7 @@ fn act_into(x: &Tensor, bias: Option<&Tensor>, act: Act, y: &mut Tensor) -> Resu
                 C: c as i32,
                 act: code,
             };
-            dev.launch_1d(super::kernel(op, x.dtype(), &k.act_f32, &k.act_bf16)?, x.numel(), &p)
+            dev.launch_vec8(super::kernel(op, x.dtype(), &k.act_f32, &k.act_bf16)?, x.numel(), &p)
         }
     }
 }

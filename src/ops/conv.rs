@@ -240,7 +240,10 @@ fn depthwise3x3_impl(
                 Residual::Tensor(r) => r.cuda_ptr()? as *const _,
             };
             let k = dev.kernels();
-            let p = crate::cuda::params::DepthwiseParams {
+            if h > 65535 || b > 65535 {
+                return Err(Error::Shape(format!("depthwise3x3: {b}×{h} rows are beyond the kernel's grid (65535 each)")));
+            }
+            let mut p = crate::cuda::params::DepthwiseParams {
                 x: x.cuda_ptr()? as *const _,
                 y: y.cuda_ptr()? as *mut _,
                 weight: weight.cuda_ptr()? as *const _,
@@ -262,10 +265,33 @@ fn depthwise3x3_impl(
                 y_norm,
                 out_weight,
                 out_bias,
+                vec8: 0,
             };
-            let smem = if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 };
+            // Eight channels per thread when one block holds them all and every operand is
+            // 16-byte aligned (then no shared-memory staging either).
+            let operands = [
+                p.x as u64,
+                p.y as u64,
+                p.weight as u64,
+                p.bias as u64,
+                p.in_weight as u64,
+                p.in_bias as u64,
+                p.residual as u64,
+                p.in_ab as u64,
+                p.x_out as u64,
+                p.y_norm as u64,
+                p.out_weight as u64,
+                p.out_bias as u64,
+            ];
+            let vec8 = c % 8 == 0 && c / 8 <= 256 && in_ab_stride % 8 == 0 && operands.iter().all(|a| a % 16 == 0);
+            p.vec8 = vec8 as i32;
+            let (block, smem) = if vec8 {
+                (super::row_block(c / 8), 0)
+            } else {
+                (super::row_block(c), if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 })
+            };
             let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
-            dev.launch(f, ((b * h * w) as u32, 1, 1), (super::row_block(c), 1, 1), smem as u32, &p)
+            dev.launch(f, (w as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p)
         }
     }
 }

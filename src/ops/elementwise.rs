@@ -70,7 +70,7 @@ fn add_impl(a: Option<&Tensor>, b: &Tensor, y: &mut Tensor) -> Result<()> {
             };
             let p =
                 crate::cuda::params::AddParams { a: ap as *const _, b: b.cuda_ptr()? as *const _, y: yp as *mut _, n: y.numel() as i64 };
-            dev.launch_1d(super::kernel("add", y.dtype(), &k.add_f32, &k.add_bf16)?, y.numel(), &p)
+            dev.launch_vec8(super::kernel("add", y.dtype(), &k.add_f32, &k.add_bf16)?, y.numel(), &p)
         }
     }
 }
@@ -98,7 +98,7 @@ pub fn modulate_assign(x: &mut Tensor, ab: &Tensor, col: usize) -> Result<()> {
                 C: c as i32,
                 ab_stride: ab.dim(1) as i64,
             };
-            dev.launch_1d(super::kernel("modulate", x.dtype(), &k.modulate_f32, &k.modulate_bf16)?, x.numel(), &p)
+            dev.launch_vec8(super::kernel("modulate", x.dtype(), &k.modulate_f32, &k.modulate_bf16)?, x.numel(), &p)
         }
     }
 }

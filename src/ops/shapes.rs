@@ -66,6 +66,10 @@ pub const ROWS: &[RowShape] = &[
     RowShape { name: "stage_a.l0", rows: 262144, c: 192 },
     RowShape { name: "odd", rows: 77, c: 33 },
     RowShape { name: "odd_wide", rows: 5, c: 1001 },
+    // Channels a multiple of 8 (the kernels' eight-per-access paths), rows not; the wide one
+    // gives some threads of a 256-thread row block two vectors.
+    RowShape { name: "odd_vec", rows: 37, c: 264 },
+    RowShape { name: "odd_vec_wide", rows: 3, c: 2456 },
 ];
 
 /// A GlobalResponseNorm input `[b, n, d]` (n spatial positions, d = 4C).
@@ -91,6 +95,8 @@ pub const GRN: &[GrnShape] = &[
     GrnShape { name: "odd", b: 3, n: 37, d: 100 },
     // Several position chunks, the last one partial.
     GrnShape { name: "odd_chunks", b: 2, n: 200, d: 70 },
+    // Eight channels per thread: a full group of 256 and a partial one, three chunks.
+    GrnShape { name: "odd_vec", b: 2, n: 150, d: 264 },
 ];
 
 /// A token-major image `[b, h, w, c]`.
@@ -127,6 +133,9 @@ pub const DEPTHWISE: &[(ImageShape, bool, bool)] = &[
     (ImageShape { name: "stage_a.l0", b: 1, h: 512, w: 512, c: 192 }, true, false),
     (ImageShape { name: "odd", b: 2, h: 7, w: 9, c: 33 }, false, true),
     (ImageShape { name: "odd_replicate", b: 1, h: 5, w: 3, c: 17 }, true, false),
+    // Channels a multiple of 8 (eight per thread), odd sizes otherwise.
+    (ImageShape { name: "odd_vec", b: 2, h: 7, w: 9, c: 40 }, false, true),
+    (ImageShape { name: "odd_vec_replicate", b: 1, h: 5, w: 3, c: 24 }, true, false),
 ];
 
 /// Pixel-unshuffle inputs (factor 2): Stage B's stem, its down convolutions, odd sizes. The
@@ -283,4 +292,5 @@ pub const ELEMENTWISE: &[ElementwiseShape] = &[
     ElementwiseShape { name: "stage_b.latent", b: 1, n: 65536, c: 4 },
     ElementwiseShape { name: "stage_c.latent", b: 2, n: 576, c: 16 },
     ElementwiseShape { name: "odd", b: 3, n: 7, c: 5 },
+    ElementwiseShape { name: "odd_vec", b: 3, n: 11, c: 24 },
 ];

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 struct uint3 {
@@ -18,6 +19,16 @@ struct __attribute__((aligned(16))) uint4 {
     unsigned x, y, z, w;
 };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    memcpy(&u, &f, 4);
+    return u;
+}
 
 namespace emu {
 struct Fiber;
