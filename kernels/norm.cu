@@ -9,7 +9,7 @@
 // (C ≤ 8192 at 256 threads): 16-byte loads and stores, no shared-memory staging. The same
 // arithmetic as the general path below (the two-pass variance), summed in another order.
 #define LN_MAX_VECS 4
-template <typename T> __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch) {
+template <typename T> __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool stats_only = false) {
     const int cv = p.C / 8;
     const int64_t r = blockIdx.x;
     const T* x = (const T*)p.x + r * p.C;
@@ -42,6 +42,13 @@ template <typename T> __device__ void layer_norm_vec8(const LayerNormParams& p, 
         }
     }
     const float rstd = rsqrtf(block_sum(q, scratch) / p.C + p.eps);
+    if (stats_only) {
+        if (threadIdx.x == 0) {
+            ((float*)p.y)[2 * r] = mean;
+            ((float*)p.y)[2 * r + 1] = rstd;
+        }
+        return;
+    }
     const T* w = (const T*)p.weight;
     const T* b = (const T*)p.bias;
     for (int k = 0; k < LN_MAX_VECS; k++) {
@@ -64,8 +71,7 @@ template <typename T> __device__ void layer_norm_vec8(const LayerNormParams& p, 
 template <typename T> __device__ void layer_norm_impl(const LayerNormParams& p) {
     extern __shared__ float row[];
     __shared__ float scratch[32];
-    if (p.C % 8 == 0 && p.C <= 8 * LN_MAX_VECS * (int)blockDim.x && p.ab_stride % 8 == 0 && aligned16(p.x) && aligned16(p.y) &&
-        (!p.ab || (aligned16(p.ab) && aligned16(p.x_out))) && (!p.weight || aligned16(p.weight)) && (!p.bias || aligned16(p.bias))) {
+    if (p.vec8) {
         layer_norm_vec8<T>(p, scratch);
         return;
     }
@@ -98,6 +104,10 @@ template <typename T> __device__ void layer_norm_impl(const LayerNormParams& p) 
 template <typename T> __device__ void row_stats_impl(const LayerNormParams& p) {
     extern __shared__ float row[];
     __shared__ float scratch[32];
+    if (p.vec8) {
+        layer_norm_vec8<T>(p, scratch, true);
+        return;
+    }
     int64_t r = blockIdx.x;
     const T* x = (const T*)p.x + r * p.C;
     for (int c = threadIdx.x; c < p.C; c += blockDim.x) row[c] = to_f32(x[c]);

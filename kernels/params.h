@@ -48,6 +48,9 @@ typedef struct LayerNormParams {
     void* x_out;         // [rows, C] (may be x), with ab
     int64_t ab_stride;
     int64_t rows_per_sample;
+    int32_t vec8;        // 1: the row in registers, eight channels per access (C % 8 == 0,
+                         // C <= 32 * blockDim.x, every operand 16-byte aligned, ab_stride % 8 == 0);
+                         // 0: staged in shared memory (dynamic smem: C floats)
 } LayerNormParams;
 
 // GlobalResponseNorm (spec §3.3) in two kernels. grn_partial: sums of squares over chunks of

@@ -67,7 +67,7 @@ fn layer_norm_impl(
                 ),
                 None => (std::ptr::null(), std::ptr::null_mut(), 0, 1),
             };
-            let p = crate::cuda::params::LayerNormParams {
+            let mut p = crate::cuda::params::LayerNormParams {
                 x: x.cuda_ptr()? as *const _,
                 y: y.cuda_ptr()? as *mut _,
                 weight: super::dptr(weight)?,
@@ -79,9 +79,12 @@ fn layer_norm_impl(
                 x_out,
                 ab_stride,
                 rows_per_sample,
+                vec8: 0,
             };
+            let ptrs = [p.x as u64, p.y as u64, p.weight as u64, p.bias as u64, p.ab as u64, p.x_out as u64];
+            let (block, smem) = row_launch(c, ab_stride as usize, &ptrs, &mut p.vec8);
             let f = super::kernel("layer_norm", x.dtype(), &k.layer_norm_f32, &k.layer_norm_bf16)?;
-            dev.launch(f, (rows as u32, 1, 1), (super::row_block(c), 1, 1), (c * 4) as u32, &p)
+            dev.launch(f, (rows as u32, 1, 1), (block, 1, 1), smem, &p)
         }
     }
 }
@@ -107,7 +110,7 @@ pub(crate) fn row_stats_into(x: &Tensor, eps: f32, stats: &Tensor) -> Result<()>
         return Err(Error::Shape(format!("row_stats: {c} channels exceed the 12288-channel row buffer")));
     }
     let k = dev.kernels();
-    let p = crate::cuda::params::LayerNormParams {
+    let mut p = crate::cuda::params::LayerNormParams {
         x: x.cuda_ptr()? as *const _,
         y: stats.cuda_ptr()? as *mut _,
         weight: std::ptr::null(),
@@ -119,9 +122,27 @@ pub(crate) fn row_stats_into(x: &Tensor, eps: f32, stats: &Tensor) -> Result<()>
         x_out: std::ptr::null_mut(),
         ab_stride: 0,
         rows_per_sample: 1,
+        vec8: 0,
     };
+    let (block, smem) = row_launch(c, 0, &[p.x as u64], &mut p.vec8);
     let f = super::kernel("row_stats", x.dtype(), &k.row_stats_f32, &k.row_stats_bf16)?;
-    dev.launch(f, (rows as u32, 1, 1), (super::row_block(c), 1, 1), (c * 4) as u32, &p)
+    dev.launch(f, (rows as u32, 1, 1), (block, 1, 1), smem, &p)
+}
+
+/// Block size and dynamic shared memory of a one-block-per-row kernel (layer_norm, row_stats),
+/// and whether it holds the row in registers eight channels per access (`vec8`, kernels/norm.cu):
+/// when C is a multiple of 8, at most 4 vectors per thread of a 256-thread block, and every
+/// non-null operand (`ptrs`) and the modulation stride keep 16-byte alignment. Else one channel
+/// per thread with the row staged in shared memory.
+#[cfg(feature = "cuda")]
+fn row_launch(c: usize, ab_stride: usize, ptrs: &[u64], vec8: &mut i32) -> (u32, u32) {
+    let ok = c % 8 == 0 && c / 8 <= 4 * 256 && ab_stride % 8 == 0 && ptrs.iter().all(|&a| a % 16 == 0);
+    *vec8 = ok as i32;
+    if ok {
+        (super::row_block(c / 8), 0)
+    } else {
+        (super::row_block(c), (c * 4) as u32)
+    }
 }
 
 /// GlobalResponseNorm (spec §3.3) of `x [B, …, D]` into `y`; `stats [B, D]` (f32) is scratch
