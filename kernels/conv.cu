@@ -170,6 +170,33 @@ extern "C" __global__ void pixel_shuffle_bf16(PixelShuffleParams p) { pixel_shuf
 
 template <typename T> __device__ void im2col3x3_impl(const Im2Col3x3Params& p) {
     int64_t total = (int64_t)p.B * p.H * p.W * 9 * p.C;
+    if (p.C % 8 == 0 && total / 72 < (1ll << 31) && aligned16(p.x) && aligned16(p.cols)) {
+        // One thread per (pixel, 8 channels): the pixel's position once (32-bit), then its 9 taps
+        // as 16-byte copies (zeros outside the image).
+        const uint32_t cv = p.C / 8;
+        GRID_STRIDE32(v, total / 72) {
+            const uint32_t c = (v % cv) * 8, pix = v / cv;
+            const uint32_t w = pix % p.W, h = (pix / p.W) % p.H, b = pix / ((uint32_t)p.W * p.H);
+            T* out = (T*)p.cols + (int64_t)pix * 9 * p.C + c;
+            for (int tap = 0; tap < 9; tap++) {
+                const int hs = (int)h + tap / 3 - 1, ws = (int)w + tap % 3 - 1;
+                uint4 v8 = make_uint4(0u, 0u, 0u, 0u);
+                if (hs >= 0 && hs < p.H && ws >= 0 && ws < p.W) {
+                    const T* src = (const T*)p.x + (((int64_t)b * p.H + hs) * p.W + ws) * p.C + c;
+                    if (sizeof(T) == 2) {
+                        v8 = *(const uint4*)src;
+                    } else {
+                        *(uint4*)(out + tap * p.C + 4) = ((const uint4*)src)[1];
+                        v8 = ((const uint4*)src)[0];
+                    }
+                } else if (sizeof(T) == 4) {
+                    *(uint4*)(out + tap * p.C + 4) = v8;
+                }
+                *(uint4*)(out + tap * p.C) = v8;
+            }
+        }
+        return;
+    }
     GRID_STRIDE(i, total) {
         int c = i % p.C;
         int64_t t = i / p.C;

@@ -146,6 +146,8 @@ pub const UNSHUFFLE: &[ImageShape] = &[
     ImageShape { name: "stage_b.down3", b: 1, h: 32, w: 32, c: 1280 },
     ImageShape { name: "stage_a.out", b: 1, h: 1024, w: 1024, c: 3 },
     ImageShape { name: "odd", b: 2, h: 6, w: 10, c: 3 },
+    // Channels a multiple of 8: im2col copies 16 bytes at a time.
+    ImageShape { name: "odd_vec", b: 2, h: 6, w: 10, c: 16 },
 ];
 
 /// A resize `[b, h, w, c]` → `[b, ho, wo, c]`.
