@@ -3,25 +3,44 @@
 // (im2col) for the Stage A transposed convolution.
 #include "common.cuh"
 
-// One block per pixel (grid: W, H, B), threads over channels. With layer_norm the conv outputs
-// are normalised over the pixel's channels before the store. Two paths: eight consecutive
-// channels per thread with 16-byte loads and stores (vec8: the launcher's choice when C is a
-// multiple of 8, C / 8 fits one block and every operand is 16-byte aligned), else one channel
-// per thread with the outputs staged in shared memory (dynamic smem: C floats).
+// Two paths. With vec8 (the launcher's choice: C a multiple of 8, C / 8 threads fit one block,
+// every operand 16-byte aligned) a block takes a strip of CASCADE_DW_STRIP pixels of one row (grid:
+// ceil(W / CASCADE_DW_STRIP), H, B) and each thread 8 consecutive channels of all of them: the 72 weights
+// are loaded and unpacked once per strip, and each input pixel once per row of taps (3 ·
+// (CASCADE_DW_STRIP + 2) 16-byte loads for CASCADE_DW_STRIP outputs instead of 9 each). Otherwise one block per
+// pixel (grid: W, H, B) and one channel per thread, the outputs staged in shared memory (dynamic
+// smem: C floats) when a LayerNorm follows. Either way an output LayerNorm is over the pixel's
+// channels.
+// Sums of N values over the block, each thread getting all N (scratch: 32 · N floats).
+template <int N> __device__ __forceinline__ void block_sums(float v[N], float* scratch) {
+    for (int n = 0; n < N; n++)
+        for (int o = 16; o > 0; o >>= 1) v[n] += __shfl_xor_sync(0xffffffff, v[n], o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    __syncthreads();  // scratch may still be read from a previous call
+    if (lane == 0)
+        for (int n = 0; n < N; n++) scratch[n * 32 + warp] = v[n];
+    __syncthreads();
+    for (int n = 0; n < N; n++) {
+        float t = lane < warps ? scratch[n * 32 + lane] : 0.f;
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
+        v[n] = t;
+    }
+}
+
 template <typename T> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
-    const int w0 = blockIdx.x, h0 = blockIdx.y;
-    const int64_t b = blockIdx.z, pix = ((int64_t)b * p.H + h0) * p.W + w0;
+    const int w0 = blockIdx.x * CASCADE_DW_STRIP, h0 = blockIdx.y;
+    const int64_t b = blockIdx.z, row0 = ((int64_t)b * p.H + h0) * p.W;  // pixel index of (h0, 0)
     const int c = 8 * threadIdx.x;
     const bool active = c < p.C;
     const T* x = (const T*)p.x + b * p.H * p.W * p.C;
     const float* st = p.in_stats ? p.in_stats + 2 * b * p.H * p.W : nullptr;
     const T* ab = p.in_ab ? (const T*)p.in_ab + b * p.in_ab_stride : nullptr;
-    float acc[8];
+    float acc[CASCADE_DW_STRIP][8];
     if (active) {
         // The 9 taps of 8 channels: 72 consecutive weights ([C, 9]), nine 16-byte loads.
         float wv[72];
+        #pragma unroll
         for (int i = 0; i < 9; i++) load8((const T*)p.weight + (int64_t)c * 9 + 8 * i, &wv[8 * i]);
-        load8((const T*)p.bias + c, acc);
         float lw[8], lb[8], ma[8], ms[8];
         if (st) {
             load8((const T*)p.in_weight + c, lw);
@@ -30,67 +49,109 @@ template <typename T> __device__ void depthwise_vec8(const DepthwiseParams& p, f
         if (ab) {
             load8(ab + c, ma);
             load8(ab + p.C + c, ms);
+            #pragma unroll
             for (int j = 0; j < 8; j++) ma[j] += 1.f;
         }
+        #pragma unroll
+        for (int s = 0; s < CASCADE_DW_STRIP; s++) load8((const T*)p.bias + c, acc[s]);
+        #pragma unroll
         for (int ky = 0; ky < 3; ky++) {
             int h = h0 + ky - 1;
             if (p.replicate) h = min(max(h, 0), p.H - 1);
             else if (h < 0 || h >= p.H) continue;
-            for (int kx = 0; kx < 3; kx++) {
-                int w = w0 + kx - 1;
+            // Input columns w0 − 1 .. w0 + CASCADE_DW_STRIP: column i feeds outputs s = i − 2 .. i with
+            // tap kx = i − s.
+            #pragma unroll
+            for (int i = 0; i < CASCADE_DW_STRIP + 2; i++) {
+                int w = w0 + i - 1;
                 if (p.replicate) w = min(max(w, 0), p.W - 1);
                 else if (w < 0 || w >= p.W) continue;
+                if (w0 + i - 1 > p.W) continue;  // past the strip's last pixel + 1 (a partial strip)
                 const int64_t q = (int64_t)h * p.W + w;
                 float v[8];
                 load8(x + q * p.C + c, v);
                 if (st) {
                     const float mean = st[2 * q], rstd = st[2 * q + 1];
+                    #pragma unroll
                     for (int j = 0; j < 8; j++) v[j] = (v[j] - mean) * rstd * lw[j] + lb[j];
                 }
                 if (ab) {
+                    #pragma unroll
                     for (int j = 0; j < 8; j++) v[j] = rounded<T>(v[j] * ma[j] + ms[j]);
-                    if (ky == 1 && kx == 1) store8((T*)p.x_out + pix * p.C + c, v);
+                    // The centre row's columns 1 .. CASCADE_DW_STRIP are this strip's own pixels.
+                    if (ky == 1 && i >= 1 && i <= CASCADE_DW_STRIP && w0 + i - 1 < p.W) store8((T*)p.x_out + (row0 + w0 + i - 1) * p.C + c, v);
                 }
-                for (int j = 0; j < 8; j++) acc[j] += wv[j * 9 + ky * 3 + kx] * v[j];
+                #pragma unroll
+                for (int s = 0; s < CASCADE_DW_STRIP; s++) {
+                    const int kx = i - s;
+                    if (kx < 0 || kx > 2) continue;
+                    #pragma unroll
+                    for (int j = 0; j < 8; j++) acc[s][j] += wv[j * 9 + ky * 3 + kx] * v[j];
+                }
             }
         }
-        if (p.residual) {
-            float r[8];
-            load8((const T*)p.residual + pix * p.C + c, r);
-            for (int j = 0; j < 8; j++) acc[j] += r[j];
-        }
-        if (!p.layer_norm) {
-            for (int j = 0; j < 8; j++) acc[j] = rounded<T>(acc[j]);  // y as stored (y_norm reads it)
-            store8((T*)p.y + pix * p.C + c, acc);
+        #pragma unroll
+        for (int s = 0; s < CASCADE_DW_STRIP; s++) {
+            if (w0 + s >= p.W) continue;
+            const int64_t pix = row0 + w0 + s;
+            if (p.residual) {
+                float r[8];
+                load8((const T*)p.residual + pix * p.C + c, r);
+                #pragma unroll
+                for (int j = 0; j < 8; j++) acc[s][j] += r[j];
+            }
+            if (!p.layer_norm) {
+                #pragma unroll
+                for (int j = 0; j < 8; j++) acc[s][j] = rounded<T>(acc[s][j]);  // y as stored (y_norm reads it)
+                store8((T*)p.y + pix * p.C + c, acc[s]);
+            }
         }
     }
     if (!p.layer_norm && !p.y_norm) return;
-    // Mean and 1/sqrt(var + eps) over the pixel's channels, two-pass as row_mean_rstd.
-    float s = 0.f;
-    if (active)
-        for (int j = 0; j < 8; j++) s += acc[j];
-    const float mean = block_sum(s, scratch) / p.C;
-    float q = 0.f;
-    if (active)
-        for (int j = 0; j < 8; j++) q += (acc[j] - mean) * (acc[j] - mean);
-    const float rstd = rsqrtf(block_sum(q, scratch) / p.C + p.eps);
+    // Mean and 1/sqrt(var + eps) over each pixel's channels, two-pass as row_mean_rstd.
+    float mean[CASCADE_DW_STRIP], rstd[CASCADE_DW_STRIP];
+    #pragma unroll
+    for (int s = 0; s < CASCADE_DW_STRIP; s++) {
+        mean[s] = 0.f;
+        if (active)
+            #pragma unroll
+            for (int j = 0; j < 8; j++) mean[s] += acc[s][j];
+    }
+    block_sums<CASCADE_DW_STRIP>(mean, scratch);
+    #pragma unroll
+    for (int s = 0; s < CASCADE_DW_STRIP; s++) {
+        mean[s] /= p.C;
+        rstd[s] = 0.f;
+        if (active)
+            #pragma unroll
+            for (int j = 0; j < 8; j++) rstd[s] += (acc[s][j] - mean[s]) * (acc[s][j] - mean[s]);
+    }
+    block_sums<CASCADE_DW_STRIP>(rstd, scratch);
     if (!active) return;
-    float o[8];
-    for (int j = 0; j < 8; j++) o[j] = (acc[j] - mean) * rstd;
-    if (p.layer_norm) {
-        store8((T*)p.y + pix * p.C + c, o);
-    } else {
-        float ow[8], ob[8];
-        load8((const T*)p.out_weight + c, ow);
-        load8((const T*)p.out_bias + c, ob);
-        for (int j = 0; j < 8; j++) o[j] = o[j] * ow[j] + ob[j];
-        store8((T*)p.y_norm + pix * p.C + c, o);
+    #pragma unroll
+    for (int s = 0; s < CASCADE_DW_STRIP; s++) {
+        if (w0 + s >= p.W) continue;
+        const int64_t pix = row0 + w0 + s;
+        const float r = rsqrtf(rstd[s] / p.C + p.eps);
+        float o[8];
+        #pragma unroll
+        for (int j = 0; j < 8; j++) o[j] = (acc[s][j] - mean[s]) * r;
+        if (p.layer_norm) {
+            store8((T*)p.y + pix * p.C + c, o);
+        } else {
+            float ow[8], ob[8];
+            load8((const T*)p.out_weight + c, ow);
+            load8((const T*)p.out_bias + c, ob);
+            #pragma unroll
+            for (int j = 0; j < 8; j++) o[j] = o[j] * ow[j] + ob[j];
+            store8((T*)p.y_norm + pix * p.C + c, o);
+        }
     }
 }
 
 template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
     extern __shared__ float out[];
-    __shared__ float scratch[32];
+    __shared__ float scratch[32 * CASCADE_DW_STRIP];
     if (p.vec8) {
         depthwise_vec8<T>(p, scratch);
         return;

@@ -149,6 +149,9 @@ typedef struct DdpmStepParams {
 
 // Depthwise 3x3 convolution with bias, stride 1, padding 1 (zero or replicate), optionally
 // followed by LayerNorm over channels (no affine).
+// Pixels of one row per block on the depthwise kernel's eight-channel path.
+#define CASCADE_DW_STRIP 4
+
 typedef struct DepthwiseParams {
     const void* x;       // [B, H, W, C]
     void* y;             // [B, H, W, C]
@@ -179,8 +182,9 @@ typedef struct DepthwiseParams {
     void* y_norm;            // [B, H, W, C], or NULL
     const void* out_weight;  // [C]
     const void* out_bias;    // [C]
-    int32_t vec8;            // 1: eight channels per thread (C % 8 == 0, C / 8 <= blockDim.x, every
-                             // operand 16-byte aligned); 0: one. The grid is (W, H, B).
+    int32_t vec8;            // 1: eight channels per thread, CASCADE_DW_STRIP pixels per block (C % 8 == 0,
+                             // C / 8 <= blockDim.x, every operand 16-byte aligned; grid
+                             // (ceil(W / CASCADE_DW_STRIP), H, B)); 0: one channel, one pixel (grid (W, H, B))
 } DepthwiseParams;
 
 // Pixel shuffle (PyTorch order, channel c*r*r + i*r + j):

@@ -285,13 +285,14 @@ fn depthwise3x3_impl(
             ];
             let vec8 = c % 8 == 0 && c / 8 <= 256 && in_ab_stride % 8 == 0 && operands.iter().all(|a| a % 16 == 0);
             p.vec8 = vec8 as i32;
-            let (block, smem) = if vec8 {
-                (super::row_block(c / 8), 0)
+            // vec8: a strip of CASCADE_DW_STRIP pixels per block (kernels/conv.cu); else one pixel.
+            let (columns, block, smem) = if vec8 {
+                (w.div_ceil(crate::cuda::params::CASCADE_DW_STRIP as usize), super::row_block(c / 8), 0)
             } else {
-                (super::row_block(c), if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 })
+                (w, super::row_block(c), if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 })
             };
             let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
-            dev.launch(f, (w as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p)
+            dev.launch(f, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p)
         }
     }
 }
