@@ -312,7 +312,7 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
             s[nc][0] = s[nc][1] = s[nc][2] = s[nc][3] = 0.f;
             for (int half = 0; half < 2; half++) {
                 uint32_t kb[4];
-                ldmatrix_x4(kb, &kt[nc * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
+                ldmatrix_x4<false>(kb, &kt[nc * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
                 mma_m16n8k16_bf16(s[nc], qa[2 * half], kb, s[nc]);
                 mma_m16n8k16_bf16(s[nc], qa[2 * half + 1], kb + 2, s[nc]);
             }
@@ -379,7 +379,7 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
             const int mi = lane >> 3, key = kc * 16 + (mi & 1) * 8 + (lane & 7);
             for (int nd = 0; nd < HEAD_DIM / 8; nd += 2) {
                 uint32_t vb[4];
-                ldmatrix_x4_trans(vb, &vt[key][(nd + (mi >> 1)) * 8]);
+                ldmatrix_x4<true>(vb, &vt[key][(nd + (mi >> 1)) * 8]);
                 mma_m16n8k16_bf16(o[nd], pa[kc], vb, o[nd]);
                 mma_m16n8k16_bf16(o[nd + 1], pa[kc], vb + 2, o[nd + 1]);
             }

@@ -88,30 +88,23 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4
 
 // Four 8×8 matrices of 16-bit elements from shared memory in one warp-wide load (sm_75
 // ldmatrix): lanes 8i..8i+7 give the addresses of matrix i's 8 rows (16 bytes each, 16-byte
-// aligned). With trans lane l receives in d[i] the pair (M_i[2(l%4)][l/4], M_i[2(l%4)+1][l/4]):
-// for a [key][dim] tile that is exactly an mma B fragment pairing two keys of one dim.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t d[4], const void* row) {
+// aligned). Lane l receives in d[i] the pair (M_i[l/4][2(l%4)], M_i[l/4][2(l%4)+1]), or with
+// TRANS the pair (M_i[2(l%4)][l/4], M_i[2(l%4)+1][l/4]). For a [key][dim] tile the first is an
+// mma B fragment of Kᵀ (two neighbouring dims of one key), the second one of V (two keys of one
+// dim).
+template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t d[4], const void* row) {
 #ifdef CASCADE_EMU
-    emu_ldmatrix_x4(d, row, true);
+    emu_ldmatrix_x4(d, row, TRANS);
 #else
     unsigned a = (unsigned)__cvta_generic_to_shared(row);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-                 : "r"(a));
-#endif
-}
-
-// The same four matrices without transposition: lane l receives in d[i] the pair
-// (M_i[l/4][2(l%4)], M_i[l/4][2(l%4)+1]). For a [key][dim] tile that is an mma B fragment of Kᵀ
-// (two neighbouring dims of one key).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t d[4], const void* row) {
-#ifdef CASCADE_EMU
-    emu_ldmatrix_x4(d, row, false);
-#else
-    unsigned a = (unsigned)__cvta_generic_to_shared(row);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-                 : "r"(a));
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                     : "r"(a));
 #endif
 }
 
@@ -170,6 +163,10 @@ __device__ __forceinline__ void store8(bf16* p, const float v[8]) {
 __device__ __forceinline__ void store8(float* p, const float v[8]) {
     ((uint4*)p)[0] = make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
     ((uint4*)p)[1] = make_uint4(__float_as_uint(v[4]), __float_as_uint(v[5]), __float_as_uint(v[6]), __float_as_uint(v[7]));
+}
+// Eight elements copied as they are (16 bytes of bf16, 32 of f32); both 16-byte aligned.
+template <typename T> __device__ __forceinline__ void copy8(T* dst, const T* src) {
+    for (int i = 0; i < (int)sizeof(T) / 2; i++) ((uint4*)dst)[i] = ((const uint4*)src)[i];
 }
 // A value as T stores it (f32: itself; bf16: rounded to nearest even).
 template <typename T> __device__ __forceinline__ float rounded(float v) { return to_f32(from_f32<T>(v)); }

@@ -209,22 +209,27 @@ extern "C" __global__ void depthwise_f32(DepthwiseParams p) { depthwise_impl<flo
 extern "C" __global__ void depthwise_bf16(DepthwiseParams p) { depthwise_impl<bf16>(p); }
 
 // One thread per element of the used high-resolution region [B, H*r, W*r, C].
-template <typename T> __device__ void pixel_shuffle_impl(const PixelShuffleParams& p) {
-    int r = p.r, Wr = p.W * r, Hr = p.H * r;
-    int64_t total = (int64_t)p.B * Hr * Wr * p.C;
-    GRID_STRIDE(i, total) {
-        int c = i % p.C;
-        int64_t t = i / p.C;
-        int X = t % Wr;
+// Index arithmetic in I: 32-bit when the tensor has fewer than 2^31 elements (a division by a
+// run-time value costs several times more in 64 bits).
+template <typename T, typename I> __device__ void pixel_shuffle_loop(const PixelShuffleParams& p) {
+    const I r = p.r, Wr = (I)p.W * r, Hr = (I)p.H * r, C = p.C;
+    const I total = (I)p.B * Hr * Wr * C;
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+        const I c = i % C;
+        I t = i / C;
+        const I X = t % Wr;
         t /= Wr;
-        int Y = t % Hr;
-        int64_t b = t / Hr;
-        int h = Y / r, ii = Y % r, w = X / r, jj = X % r;
-        int64_t lo = (((b * p.H + h) * p.W + w) * p.C + c) * r * r + ii * r + jj;
-        int64_t hi = ((b * p.Hs + Y) * p.Ws + X) * p.C + c;
+        const I Y = t % Hr, b = t / Hr;
+        const I h = Y / r, ii = Y % r, w = X / r, jj = X % r;
+        const int64_t lo = ((((int64_t)b * p.H + h) * p.W + w) * C + c) * r * r + ii * r + jj;
+        const int64_t hi = (((int64_t)b * p.Hs + Y) * p.Ws + X) * C + c;
         if (p.unshuffle) ((T*)p.y)[lo] = ((const T*)p.x)[hi];
         else ((T*)p.y)[hi] = ((const T*)p.x)[lo];
     }
+}
+template <typename T> __device__ void pixel_shuffle_impl(const PixelShuffleParams& p) {
+    if ((int64_t)p.B * p.H * p.W * p.C * p.r * p.r < (1ll << 31)) pixel_shuffle_loop<T, uint32_t>(p);
+    else pixel_shuffle_loop<T, int64_t>(p);
 }
 extern "C" __global__ void pixel_shuffle_f32(PixelShuffleParams p) { pixel_shuffle_impl<float>(p); }
 extern "C" __global__ void pixel_shuffle_bf16(PixelShuffleParams p) { pixel_shuffle_impl<bf16>(p); }

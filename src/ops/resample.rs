@@ -77,7 +77,7 @@ pub fn concat_channels_into(a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()
                 Cb: cb as i32,
             };
             let f = super::kernel("concat_channels", a.dtype(), &k.concat_f32, &k.concat_bf16)?;
-            dev.launch_1d(f, y.numel(), &p)
+            dev.launch_vec8(f, y.numel(), &p)
         }
     }
 }

@@ -188,6 +188,7 @@ pub const CONCAT: &[ConcatShape] = &[
     ConcatShape { name: "stage_b.l2.skip", rows: 1024, ca: 1280, cb: 1280 },
     ConcatShape { name: "stage_b.l0.skip", rows: 16384, ca: 320, cb: 320 },
     ConcatShape { name: "odd", rows: 37, ca: 3, cb: 5 },
+    ConcatShape { name: "odd_vec", rows: 37, ca: 24, cb: 8 },
 ];
 
 /// A convolution on `x` to `cout` channels (the kind depends on the table).

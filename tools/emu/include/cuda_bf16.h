@@ -7,12 +7,7 @@ struct __nv_bfloat16 {
 };
 typedef __nv_bfloat16 __nv_bfloat16_raw;
 
-inline float __bfloat162float(__nv_bfloat16 h) {
-    uint32_t u = (uint32_t)h.x << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float((uint32_t)h.x << 16); }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
