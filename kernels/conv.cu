@@ -205,8 +205,10 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
             ((T*)p.y_norm)[pix * p.C + c] = from_f32<T>((out[c] - mean) * rstd * to_f32(ow[c]) + to_f32(ob[c]));
     }
 }
+// bf16: at most 128 registers (ptxas: no spills), so two 256-thread blocks (C = 2048) fit an SM;
+// f32 would spill under that cap and keeps its 167.
 extern "C" __global__ void depthwise_f32(DepthwiseParams p) { depthwise_impl<float>(p); }
-extern "C" __global__ void depthwise_bf16(DepthwiseParams p) { depthwise_impl<bf16>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16(DepthwiseParams p) { depthwise_impl<bf16>(p); }
 
 // One thread per element of the used high-resolution region [B, H*r, W*r, C].
 // Index arithmetic in I: 32-bit when the tensor has fewer than 2^31 elements (a division by a
