@@ -3,11 +3,11 @@
 // apply). Statistics in f32.
 #include "common.cuh"
 
-// One block per row; the row is staged in shared memory as f32 (dynamic smem: C floats), so
-// the variance is the exact two-pass one, not E[x^2] - E[x]^2.
-// The row held in registers, eight channels per vector, up to LN_MAX_VECS vectors per thread
-// (C ≤ 8192 at 256 threads): 16-byte loads and stores, no shared-memory staging. The same
-// arithmetic as the general path below (the two-pass variance), summed in another order.
+// One block per row, in one of two ways (the launcher's vec8 flag). With vec8 the row is held
+// in registers, eight channels per vector, up to LN_MAX_VECS vectors per thread (C ≤ 8192 at
+// 256 threads): 16-byte loads and stores, no shared-memory staging. Otherwise it is staged in
+// shared memory as f32 (dynamic smem: C floats). Either way the variance is the exact two-pass
+// one, not E[x^2] - E[x]^2; the two paths sum in different orders.
 #define LN_MAX_VECS 4
 template <typename T> __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool stats_only = false) {
     const int cv = p.C / 8;
