@@ -4,13 +4,14 @@
 #include "common.cuh"
 
 // Two paths. With vec8 (the launcher's choice: C a multiple of 8, C / 8 threads fit one block,
-// every operand 16-byte aligned) a block takes a strip of CASCADE_DW_STRIP pixels of one row (grid:
-// ceil(W / CASCADE_DW_STRIP), H, B) and each thread 8 consecutive channels of all of them: the 72 weights
-// are loaded and unpacked once per strip, and each input pixel once per row of taps (3 ·
-// (CASCADE_DW_STRIP + 2) 16-byte loads for CASCADE_DW_STRIP outputs instead of 9 each). Otherwise one block per
-// pixel (grid: W, H, B) and one channel per thread, the outputs staged in shared memory (dynamic
-// smem: C floats) when a LayerNorm follows. Either way an output LayerNorm is over the pixel's
-// channels.
+// every operand 16-byte aligned) a block takes a strip of CASCADE_DW_STRIP pixels of one row
+// (grid: ceil(W / CASCADE_DW_STRIP), H, B) and each thread 8 consecutive channels of all of them:
+// the 72 weights are loaded and unpacked once per strip, and each input pixel once per row of
+// taps (3 · (CASCADE_DW_STRIP + 2) 16-byte loads for CASCADE_DW_STRIP outputs instead of 9 each).
+// Otherwise one block per pixel (grid: W, H, B) and one channel per thread, the outputs staged in
+// shared memory (dynamic smem: C floats) when a LayerNorm follows. Either way an output
+// LayerNorm is over the pixel's channels.
+
 // Sums of N values over the block, each thread getting all N (scratch: 32 · N floats).
 template <int N> __device__ __forceinline__ void block_sums(float v[N], float* scratch) {
     for (int n = 0; n < N; n++)
