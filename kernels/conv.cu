@@ -224,14 +224,27 @@ template <typename T, typename I> __device__ void pixel_shuffle_loop(const Pixel
         t /= Wr;
         const I Y = t % Hr, b = t / Hr;
         const I h = Y / r, ii = Y % r, w = X / r, jj = X % r;
-        const int64_t lo = ((((int64_t)b * p.H + h) * p.W + w) * C + c) * r * r + ii * r + jj;
+        const int64_t lo = p.phase_major ? ((((int64_t)b * p.H + h) * p.W + w) * r * r + ii * r + jj) * C + c
+                                         : ((((int64_t)b * p.H + h) * p.W + w) * C + c) * r * r + ii * r + jj;
         const int64_t hi = (((int64_t)b * p.Hs + Y) * p.Ws + X) * C + c;
         if (p.unshuffle) ((T*)p.y)[lo] = ((const T*)p.x)[hi];
         else ((T*)p.y)[hi] = ((const T*)p.x)[lo];
     }
 }
 template <typename T> __device__ void pixel_shuffle_impl(const PixelShuffleParams& p) {
-    if ((int64_t)p.B * p.H * p.W * p.C * p.r * p.r < (1ll << 31)) pixel_shuffle_loop<T, uint32_t>(p);
+    const int64_t total = (int64_t)p.B * p.H * p.W * p.C * p.r * p.r;
+    if (p.phase_major && !p.unshuffle && p.C % 8 == 0 && total / 8 < (1ll << 31) && aligned16(p.x) && aligned16(p.y)) {
+        // Each sub-pixel's channels are contiguous on both sides: one thread per output pixel
+        // and 8 channels, 16-byte copies.
+        const uint32_t cv = p.C / 8, Wr = p.W * p.r, Hr = p.H * p.r;
+        GRID_STRIDE32(v, total / 8) {
+            const uint32_t c = (v % cv) * 8, pix = v / cv, X = pix % Wr, Y = (pix / Wr) % Hr, b = pix / (Wr * Hr);
+            const int64_t lo = ((((int64_t)b * p.H + Y / p.r) * p.W + X / p.r) * p.r * p.r + (Y % p.r) * p.r + X % p.r) * p.C + c;
+            copy8((T*)p.y + (int64_t)pix * p.C + c, (const T*)p.x + lo);
+        }
+        return;
+    }
+    if (total < (1ll << 31)) pixel_shuffle_loop<T, uint32_t>(p);
     else pixel_shuffle_loop<T, int64_t>(p);
 }
 extern "C" __global__ void pixel_shuffle_f32(PixelShuffleParams p) { pixel_shuffle_impl<float>(p); }

@@ -192,6 +192,8 @@ typedef struct DepthwiseParams {
 //   unshuffle: x [B, Hs, Ws, C]   -> y [B, H, W, C*r*r], reading the top-left H*r x W*r
 //              region (Hs >= H*r: the floor semantics of a stride-r convolution)
 // H, W, C are those of the low-resolution side; Hs, Ws the high-resolution tensor's own size.
+// phase_major (shuffle only): channel (i*r + j)*C + c instead, each sub-pixel's C channels
+// contiguous (the layout of one GEMM per output phase, as the 4x4 transposed convolution writes).
 typedef struct PixelShuffleParams {
     const void* x;
     void* y;
@@ -203,6 +205,7 @@ typedef struct PixelShuffleParams {
     int32_t unshuffle;
     int32_t Hs;
     int32_t Ws;
+    int32_t phase_major;
 } PixelShuffleParams;
 
 // 3x3 neighbourhoods with zero padding: cols[b,h,w,(dy*3+dx)*C+c] = x[b,h+dy-1,w+dx-1,c].

@@ -277,6 +277,16 @@ fn shuffle_im2col_resize_concat_kernels() {
                 Some(&whole),
                 &cpu::pixel_shuffle(&got, s.b, s.h / 2, s.w / 2, s.c, 2),
             );
+            // The same input read sub-pixel-major (the transposed convolution's phase GEMMs).
+            let z = ops::pixel_shuffle_phases(&y, 2).unwrap();
+            verify(
+                "pixel_shuffle_phases",
+                s.name,
+                dtype,
+                &z.to_vec_f32().unwrap(),
+                None,
+                &cpu::pixel_shuffle_phases(&got, s.b, s.h / 2, s.w / 2, s.c, 2),
+            );
             if s.numel() <= 1 << 20 {
                 let (mut cols, whole) = poisoned(&[s.b, s.h, s.w, 9 * s.c], dtype, &dev).unwrap();
                 ops::im2col3x3_into(&x, &mut cols).unwrap();
@@ -383,8 +393,8 @@ fn strided_and_transposed_convolutions() {
             let wv = round_to(&rng.normal(s.c * cs.cout * 16, 1.0 / (4.0 * s.c as f32).sqrt()), dtype);
             let bv = round_to(&rng.normal(cs.cout, 0.3), dtype);
             let (wp, bp) = ops::prepare_conv_transpose4x4(&wv, &bv, s.c, cs.cout).unwrap();
-            let w = Tensor::from_f32(&wp, &[cs.cout * 4, 9 * s.c], dtype, &dev).unwrap();
-            let b = Tensor::from_f32(&bp, &[cs.cout * 4], dtype, &dev).unwrap();
+            let w = Tensor::from_f32(&wp, &[cs.cout * 8, 2 * s.c], dtype, &dev).unwrap();
+            let b = Tensor::from_f32(&bp, &[cs.cout], dtype, &dev).unwrap();
             let got = ops::conv_transpose4x4(&x, &w, &b).unwrap().to_vec_f32().unwrap();
             // With padding 1, output rows 0..2·rows−1 depend only on input rows 0..rows.
             let rows = if s.h > 8 { 2 } else { s.h };

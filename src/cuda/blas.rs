@@ -50,6 +50,9 @@ struct Key {
     /// The smallest alignment (bytes, a power of two ≤ 256) of the operand addresses: views into
     /// larger buffers can be less aligned than cuBLASLt's default assumption of 256.
     align: u32,
+    /// Row strides (elements) of x (≥ k) and y (≥ n): column ranges of wider tensors.
+    ldx: u64,
+    ldy: u64,
 }
 
 /// The largest power of two ≤ 256 dividing every address.
@@ -183,8 +186,8 @@ impl Blas {
         let dt = data_type(key.dtype);
         let mk = |rows, cols, ld| lt::create_matrix_layout(dt, rows, cols, ld).map_err(|e| blas_err("matrix layout", e));
         let a = mk(key.k, key.n, key.k as i64)?;
-        let b = mk(key.k, key.m, key.k as i64)?;
-        let d = mk(key.n, key.m, key.n as i64)?;
+        let b = mk(key.k, key.m, key.ldx as i64)?;
+        let d = mk(key.n, key.m, key.ldy as i64)?;
         let mut plan = Plan { desc, a, b, d, candidates: Vec::new(), chosen: 0, tuned: false };
         let set = |attr, v: *const c_void, size| {
             unsafe { lt::set_matmul_desc_attribute(desc, attr, v, size) }.map_err(|e| blas_err("desc attribute", e))
@@ -291,7 +294,7 @@ impl Blas {
     #[allow(clippy::too_many_arguments)]
     unsafe fn tune(&self, handle: sys::cublasLtHandle_t, plan: &mut Plan, key: Key, x: u64, w: u64, beta: f32) -> Result<()> {
         plan.tuned = true;
-        let bytes = (key.m * key.n) as usize * key.dtype.size();
+        let bytes = (key.m * key.ldy) as usize * key.dtype.size();
         // Without room for a scratch output the heuristic's choice stands.
         let Ok(scratch) = self.stream.alloc_zeros::<u8>(bytes) else { return Ok(()) };
         let out = scratch.device_ptr(&self.stream).0;
@@ -334,9 +337,12 @@ impl Blas {
 
     /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`, all row-major of `dtype`, queued on the stream;
     /// with `accumulate`, `y += …` instead (β = 1 with C = D = y: one rounding, no extra pass).
+    /// Rows of x are `ldx` elements apart and rows of y `ldy` (≥ k and ≥ n: column ranges of
+    /// wider tensors).
     ///
     /// # Safety
-    /// Every address must point to a live device buffer of at least the size the shape implies.
+    /// Every address must point to a live device buffer of at least the size the shape and
+    /// strides imply.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn linear(
         &self,
@@ -344,9 +350,8 @@ impl Blas {
         w: u64,
         bias: Option<u64>,
         y: u64,
-        m: usize,
-        k: usize,
-        n: usize,
+        (m, k, n): (usize, usize, usize),
+        (ldx, ldy): (usize, usize),
         dtype: DType,
         tf32: bool,
         accumulate: bool,
@@ -354,7 +359,7 @@ impl Blas {
         // A thread that has made no other CUDA call yet must have the context current.
         self.stream.context().bind_to_thread().map_err(|e| super::driver_err("binding the context", e))?;
         let align = alignment(&[x, w, y, bias.unwrap_or(0)]);
-        let key = Key { m: m as u64, n: n as u64, k: k as u64, dtype, bias: bias.is_some(), tf32, align };
+        let key = Key { m: m as u64, n: n as u64, k: k as u64, dtype, bias: bias.is_some(), tf32, align, ldx: ldx as u64, ldy: ldy as u64 };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let handle = inner.handle;
         let plan = match inner.plans.entry(key) {

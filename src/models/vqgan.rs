@@ -139,8 +139,8 @@ impl Vqgan {
                 let (w, b) = (host(&l, "weight", &[c, co, 4, 4])?, host(&l, "bias", &[co])?);
                 let (wp, bp) = ops::prepare_conv_transpose4x4(&w, &b, c, co)?;
                 stages.push(Stage::Up(Linear {
-                    weight: Tensor::from_f32(&wp, &[4 * co, 9 * c], vb.dtype(), vb.device())?,
-                    bias: Some(Tensor::from_f32(&bp, &[4 * co], vb.dtype(), vb.device())?),
+                    weight: Tensor::from_f32(&wp, &[8 * co, 2 * c], vb.dtype(), vb.device())?,
+                    bias: Some(Tensor::from_f32(&bp, &[co], vb.dtype(), vb.device())?),
                 }));
                 m += 1;
             }

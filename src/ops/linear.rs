@@ -59,8 +59,79 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
             let bias_ptr = bias.map(|b| b.cuda_ptr()).transpose()?;
             // SAFETY: `check` verified every buffer's element count against (m, k, n).
             unsafe {
-                dev.blas().linear(x.cuda_ptr()?, w.cuda_ptr()?, bias_ptr, y.cuda_ptr()?, m, k, n, x.dtype(), dev.allow_tf32(), accumulate)
+                dev.blas().linear(
+                    x.cuda_ptr()?,
+                    w.cuda_ptr()?,
+                    bias_ptr,
+                    y.cuda_ptr()?,
+                    (m, k, n),
+                    (k, n),
+                    x.dtype(),
+                    dev.allow_tf32(),
+                    accumulate,
+                )
             }
+        }
+    }
+}
+
+/// `y[:, y_col..y_col + N] = x[:, x_col..x_col + K] · wᵀ + bias` (with `accumulate`, `+=`) on
+/// column ranges of wider row-major tensors `x [M, Kx]` and `y [M, Ny]`, for `w [N, K]`; the other
+/// columns of y are left as they are. On a GPU one GEMM over the strided rows, no copies.
+pub fn linear_columns_into(
+    x: &Tensor,
+    x_col: usize,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &mut Tensor,
+    y_col: usize,
+    accumulate: bool,
+) -> Result<()> {
+    if w.rank() != 2 || x.rank() == 0 || y.rank() == 0 {
+        return Err(Error::Shape(format!("linear_columns: weight {:?}, input {:?}, output {:?}", w.shape(), x.shape(), y.shape())));
+    }
+    let (n, k, kx, ny) = (w.dim(0), w.dim(1), x.dim(-1), y.dim(-1));
+    let m = x.numel() / kx.max(1);
+    if x_col + k > kx || y_col + n > ny || y.numel() != m * ny {
+        return Err(Error::Shape(format!(
+            "linear_columns: columns {x_col}..{} of {:?} times {:?} into columns {y_col}..{} of {:?}",
+            x_col + k,
+            x.shape(),
+            w.shape(),
+            y_col + n,
+            y.shape()
+        )));
+    }
+    if let Some(b) = bias {
+        if b.numel() != n {
+            return Err(Error::Shape(format!("linear_columns: bias {:?} does not match weight {:?}", b.shape(), w.shape())));
+        }
+        super::check_dtype("linear_columns", x.dtype(), &[b])?;
+        super::check_device("linear_columns", &x.device(), &[b])?;
+    }
+    super::check_dtype("linear_columns", x.dtype(), &[w, y])?;
+    super::check_device("linear_columns", &x.device(), &[w, y])?;
+    match x.device() {
+        Device::Cpu => {
+            let b = bias.map(|b| b.cpu_f32()).transpose()?;
+            let xs = super::cpu::columns(&x.cpu_f32()?, kx, x_col, k);
+            let out = super::cpu::linear(&xs, &w.cpu_f32()?, b.as_deref(), m, k, n);
+            let mut yv = y.cpu_f32()?.into_owned();
+            for (r, row) in out.chunks(n.max(1)).enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    let t = &mut yv[r * ny + y_col + j];
+                    *t = if accumulate { *t + v } else { *v };
+                }
+            }
+            y.set_cpu_f32(&yv)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let elt = x.dtype().size() as u64;
+            let bias_ptr = bias.map(|b| b.cuda_ptr()).transpose()?;
+            let (xp, yp) = (x.cuda_ptr()? + x_col as u64 * elt, y.cuda_ptr()? + y_col as u64 * elt);
+            // SAFETY: the checks above keep every row's columns inside x and y.
+            unsafe { dev.blas().linear(xp, w.cuda_ptr()?, bias_ptr, yp, (m, k, n), (kx, ny), x.dtype(), dev.allow_tf32(), accumulate) }
         }
     }
 }

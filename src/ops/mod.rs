@@ -24,11 +24,12 @@ pub use attention::{
 pub use conv::{
     conv2x2_s2, conv_transpose2x2, conv_transpose4x4, depthwise3x3, depthwise3x3_accumulate_into, depthwise3x3_into,
     depthwise3x3_prenorm_residual, depthwise3x3_prenorm_residual_ln, im2col3x3, im2col3x3_into, modulate_depthwise3x3_ln, pixel_shuffle,
-    pixel_shuffle_into, pixel_unshuffle, pixel_unshuffle_into, prepare_conv_transpose2x2, prepare_conv_transpose4x4, Padding,
+    pixel_shuffle_into, pixel_shuffle_phases, pixel_unshuffle, pixel_unshuffle_into, prepare_conv_transpose2x2, prepare_conv_transpose4x4,
+    Padding,
 };
 pub use elementwise::{add, add_assign, affine_assign, cast_into, cfg_combine_into, ddpm_step_assign, fill_random, modulate_assign};
 pub use embed::{timestep_embedding_into, token_embedding_into};
-pub use linear::{linear, linear_accumulate_into, linear_into};
+pub use linear::{linear, linear_accumulate_into, linear_columns_into, linear_into};
 pub use norm::{gelu_grn_assign, gelu_grn_factor, grn, grn_into, layer_norm, layer_norm_into, modulate_layer_norm, scale_columns};
 pub use resample::{columns, concat_channels, concat_channels_into, concat_tokens, resize_bilinear, resize_bilinear_into};
 

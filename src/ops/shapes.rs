@@ -228,6 +228,8 @@ pub const CONV_T4X4: &[ConvShape] = &[
     ConvShape { x: ImageShape { name: "stage_a.up", b: 1, h: 256, w: 256, c: 384 }, cout: 192 },
     ConvShape { x: ImageShape { name: "stage_a.up_slice", b: 1, h: 24, w: 40, c: 384 }, cout: 192 },
     ConvShape { x: ImageShape { name: "odd", b: 2, h: 5, w: 7, c: 6 }, cout: 3 },
+    // Channels multiples of 8: aligned phase GEMMs and 16-byte interleaving.
+    ConvShape { x: ImageShape { name: "odd_vec", b: 2, h: 5, w: 7, c: 16 }, cout: 8 },
 ];
 
 /// An attention problem.

@@ -159,6 +159,23 @@ pub fn pixel_shuffle(x: &[f32], b: usize, h: usize, w: usize, c: usize, r: usize
     y
 }
 
+/// [`pixel_shuffle`] with the sub-pixel outer and the channel inner: channel `(i·r + j)·c + k` of
+/// `x [b, h, w, r²·c]` goes to channel `k` of sub-pixel `(i, j)`.
+pub fn pixel_shuffle_phases(x: &[f32], b: usize, h: usize, w: usize, c: usize, r: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    for s in 0..b {
+        for yy in 0..h * r {
+            for xx in 0..w * r {
+                for k in 0..c {
+                    y[((s * h * r + yy) * w * r + xx) * c + k] =
+                        x[((s * h + yy / r) * w + xx / r) * c * r * r + ((yy % r) * r + xx % r) * c + k];
+                }
+            }
+        }
+    }
+    y
+}
+
 /// PixelUnshuffle(r): the inverse of [`pixel_shuffle`]; `x [b, hs, ws, c]` → `[b, h, w, c·r²]`
 /// with `h = hs / r`, `w = ws / r` (rounded down: rows and columns beyond `h·r`, `w·r` are
 /// dropped, as a stride-r convolution drops them).
