@@ -88,6 +88,33 @@ fn linear_accumulate_adds_to_the_output() {
     assert_eq!(y.to_vec_f32().unwrap(), want);
 }
 
+/// `linear_columns_into` on the CPU: column ranges of wider x and y, the other columns of y
+/// untouched, with and without accumulation, against the plain linear of the gathered columns.
+#[test]
+fn linear_on_column_ranges() {
+    let (m, kx, ny, k, n, xc, yc) = (7, 11, 9, 4, 3, 5, 2);
+    let mut rng = TestRng::new(41);
+    let (xv, wv, bv, yv) = (rng.normal(m * kx, 1.0), rng.normal(n * k, 1.0), rng.normal(n, 1.0), rng.normal(m * ny, 1.0));
+    let t = |v: &[f32], s: &[usize]| Tensor::from_f32(v, s, DType::F32, &Device::Cpu).unwrap();
+    let part = ops::cpu::linear(&ops::cpu::columns(&xv, kx, xc, k), &wv, Some(&bv), m, k, n);
+    for accumulate in [false, true] {
+        let mut y = t(&yv, &[m, ny]);
+        ops::linear_columns_into(&t(&xv, &[m, kx]), xc, &t(&wv, &[n, k]), Some(&t(&bv, &[n])), &mut y, yc, accumulate).unwrap();
+        let got = y.to_vec_f32().unwrap();
+        for r in 0..m {
+            for j in 0..ny {
+                let old = yv[r * ny + j];
+                let want = if (yc..yc + n).contains(&j) { part[r * n + j - yc] + if accumulate { old } else { 0.0 } } else { old };
+                assert!((got[r * ny + j] - want).abs() < 1e-5, "row {r} col {j}: {} vs {want}", got[r * ny + j]);
+            }
+        }
+    }
+    // Column ranges past either edge are shape errors.
+    let mut y = t(&yv, &[m, ny]);
+    assert!(ops::linear_columns_into(&t(&xv, &[m, kx]), 8, &t(&wv, &[n, k]), None, &mut y, 0, false).is_err());
+    assert!(ops::linear_columns_into(&t(&xv, &[m, kx]), 0, &t(&wv, &[n, k]), None, &mut y, 7, false).is_err());
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     use super::*;
@@ -180,6 +207,49 @@ mod gpu {
         let want = ops::cpu::linear(&xv[1..], &wv, None, m, k, n);
         let err = rel_l2(&y.to_vec_f32().unwrap(), &want);
         assert!(err < 1e-2, "{err}");
+    }
+
+    /// `linear_columns_into` on the GPU (strided rows through cuBLASLt's leading dimensions, an
+    /// unaligned column start) against the CPU, accumulating into a y whose other columns stay.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_linear_on_column_ranges() {
+        let dev = gpu();
+        let (m, kx, ny, k, n, xc, yc) = (37, 100, 72, 32, 24, 7, 16);
+        let mut rng = TestRng::new(43);
+        for dtype in [DType::F32, DType::BF16] {
+            let r = |len: usize, s: f32, rng: &mut TestRng| round_to(&rng.normal(len, s), dtype);
+            let (xv, wv, bv, yv) = (r(m * kx, 1.0, &mut rng), r(n * k, 0.2, &mut rng), r(n, 0.5, &mut rng), r(m * ny, 1.0, &mut rng));
+            let t = |v: &[f32], s: &[usize], d: &Device| Tensor::from_f32(v, s, dtype, d).unwrap();
+            for accumulate in [false, true] {
+                let mut want = t(&yv, &[m, ny], &Device::Cpu);
+                ops::linear_columns_into(
+                    &t(&xv, &[m, kx], &Device::Cpu),
+                    xc,
+                    &t(&wv, &[n, k], &Device::Cpu),
+                    Some(&t(&bv, &[n], &Device::Cpu)),
+                    &mut want,
+                    yc,
+                    accumulate,
+                )
+                .unwrap();
+                let mut y = t(&yv, &[m, ny], &dev);
+                ops::linear_columns_into(
+                    &t(&xv, &[m, kx], &dev),
+                    xc,
+                    &t(&wv, &[n, k], &dev),
+                    Some(&t(&bv, &[n], &dev)),
+                    &mut y,
+                    yc,
+                    accumulate,
+                )
+                .unwrap();
+                let err = rel_l2(&y.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap());
+                let bound = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+                println!("linear columns {dtype} accumulate {accumulate}: rel_l2 {err:.2e}");
+                assert!(err < bound, "{dtype} accumulate {accumulate}: rel_l2 {err:.3e}");
+            }
+        }
     }
 
     /// A GEMM shape first met inside a capture is tuned by `capture_tuned`'s warm-up, and the
