@@ -3,8 +3,8 @@
 //! - 1×1: a plain [`linear`](super::linear);
 //! - 2×2 stride 2: pixel-unshuffle + GEMM ([`conv2x2_s2`]);
 //! - transposed 2×2 stride 2: GEMM + pixel-shuffle ([`conv_transpose2x2`]);
-//! - transposed 4×4 stride 2 pad 1 (Stage A): 3×3 neighbourhoods + one GEMM + pixel-shuffle
-//!   ([`conv_transpose4x4`]).
+//! - transposed 4×4 stride 2 pad 1 (Stage A): 3×3 neighbourhoods, then per output phase two
+//!   GEMMs over its own 2×2 taps, interleaved by a pixel-shuffle ([`conv_transpose4x4`]).
 //!
 //! CPU references: [`super::cpu::conv2d`], [`super::cpu::conv_transpose2d`] (direct formulas),
 //! and the layout kernels of `super::cpu`; GPU: `kernels/conv.cu` + cuBLASLt.
