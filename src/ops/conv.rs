@@ -1,6 +1,6 @@
 //! Convolutions on token-major `[B, H, W, C]` data, each in its cheapest exact form:
 //! - depthwise 3×3 (zero or replicate padding), optionally fused with a channel LayerNorm;
-//! - 1×1: a plain [`linear`](super::linear);
+//! - 1×1: a plain [`linear()`];
 //! - 2×2 stride 2: pixel-unshuffle + GEMM ([`conv2x2_s2`]);
 //! - transposed 2×2 stride 2: GEMM + pixel-shuffle ([`conv_transpose2x2`]);
 //! - transposed 4×4 stride 2 pad 1 (Stage A): 3×3 neighbourhoods, then per output phase two
