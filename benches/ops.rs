@@ -126,6 +126,10 @@ fn main() {
         r.run(&format!("pixel_unshuffle/{}/{}x{}x{}/bf16", s.name, s.h, s.w, s.c), None, bytes, || {
             ops::pixel_unshuffle_into(&x, 2, &mut lo).unwrap()
         });
+        // The same data read sub-pixel-major (Stage A's transposed convolution).
+        r.run(&format!("pixel_shuffle_phases/{}/{}x{}x{}/bf16", s.name, s.h, s.w, s.c), None, bytes, || {
+            ops::pixel_shuffle_phases(&lo, 2).map(drop).unwrap()
+        });
         r.run(&format!("pixel_shuffle/{}/{}x{}x{}/bf16", s.name, s.h, s.w, s.c), None, bytes, || {
             ops::pixel_shuffle_into(&lo, 2, &mut hi).unwrap()
         });
@@ -178,6 +182,11 @@ fn main() {
     for cs in shapes::CONV_T4X4 {
         let s = cs.x;
         let (x, w, b) = (rnd(&[s.b, s.h, s.w, s.c], bf), rnd(&[8 * cs.cout, 2 * s.c], bf), rnd(&[cs.cout], bf));
+        // Its first pass alone: the 3×3 neighbourhoods (read once, written nine times).
+        let mut cols = empty(&[s.b, s.h, s.w, 9 * s.c], bf);
+        r.run(&format!("im2col3x3/{}/{}x{}x{}/bf16", s.name, s.h, s.w, s.c), None, Some((20 * s.numel()) as f64), || {
+            ops::im2col3x3_into(&x, &mut cols).unwrap()
+        });
         // FLOPs: each output pixel sums 4 taps (what the phase GEMMs compute).
         r.run(
             &format!("conv_transpose4x4/{}/{}x{}x{}->{}/bf16", s.name, s.h, s.w, s.c, cs.cout),

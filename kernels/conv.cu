@@ -262,19 +262,11 @@ template <typename T> __device__ void im2col3x3_impl(const Im2Col3x3Params& p) {
             T* out = (T*)p.cols + (int64_t)pix * 9 * p.C + c;
             for (int tap = 0; tap < 9; tap++) {
                 const int hs = (int)h + tap / 3 - 1, ws = (int)w + tap % 3 - 1;
-                uint4 v8 = make_uint4(0u, 0u, 0u, 0u);
                 if (hs >= 0 && hs < p.H && ws >= 0 && ws < p.W) {
-                    const T* src = (const T*)p.x + (((int64_t)b * p.H + hs) * p.W + ws) * p.C + c;
-                    if (sizeof(T) == 2) {
-                        v8 = *(const uint4*)src;
-                    } else {
-                        *(uint4*)(out + tap * p.C + 4) = ((const uint4*)src)[1];
-                        v8 = ((const uint4*)src)[0];
-                    }
-                } else if (sizeof(T) == 4) {
-                    *(uint4*)(out + tap * p.C + 4) = v8;
+                    copy8(out + tap * p.C, (const T*)p.x + (((int64_t)b * p.H + hs) * p.W + ws) * p.C + c);
+                } else {
+                    for (int i = 0; i < (int)sizeof(T) / 2; i++) ((uint4*)(out + tap * p.C))[i] = make_uint4(0u, 0u, 0u, 0u);
                 }
-                *(uint4*)(out + tap * p.C) = v8;
             }
         }
         return;

@@ -145,30 +145,25 @@ pub fn depthwise3x3(
 /// PixelShuffle(r) on `x [b, h, w, c·r²]` → `[b, h·r, w·r, c]`, channel `c·r² + i·r + j` going to
 /// sub-pixel `(i, j)` (PyTorch's order).
 pub fn pixel_shuffle(x: &[f32], b: usize, h: usize, w: usize, c: usize, r: usize) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    for s in 0..b {
-        for yy in 0..h * r {
-            for xx in 0..w * r {
-                for k in 0..c {
-                    y[((s * h * r + yy) * w * r + xx) * c + k] =
-                        x[((s * h + yy / r) * w + xx / r) * c * r * r + k * r * r + (yy % r) * r + xx % r];
-                }
-            }
-        }
-    }
-    y
+    shuffle_gather(x, b, h, w, c, r, |k, sub| k * r * r + sub)
 }
 
 /// [`pixel_shuffle`] with the sub-pixel outer and the channel inner: channel `(i·r + j)·c + k` of
 /// `x [b, h, w, r²·c]` goes to channel `k` of sub-pixel `(i, j)`.
 pub fn pixel_shuffle_phases(x: &[f32], b: usize, h: usize, w: usize, c: usize, r: usize) -> Vec<f32> {
+    shuffle_gather(x, b, h, w, c, r, |k, sub| sub * c + k)
+}
+
+/// `y [b, h·r, w·r, c]` from `x [b, h, w, c·r²]`: output channel `k` of sub-pixel `sub = i·r + j`
+/// reads low-resolution channel `channel(k, sub)`.
+fn shuffle_gather(x: &[f32], b: usize, h: usize, w: usize, c: usize, r: usize, channel: impl Fn(usize, usize) -> usize) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     for s in 0..b {
         for yy in 0..h * r {
             for xx in 0..w * r {
                 for k in 0..c {
                     y[((s * h * r + yy) * w * r + xx) * c + k] =
-                        x[((s * h + yy / r) * w + xx / r) * c * r * r + ((yy % r) * r + xx % r) * c + k];
+                        x[((s * h + yy / r) * w + xx / r) * c * r * r + channel(k, (yy % r) * r + xx % r)];
                 }
             }
         }
