@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::models::clip::ClipTextModel;
-use crate::models::unet::StableCascadeUNet;
+use crate::models::unet::{Conditioning, StableCascadeUNet};
 use crate::models::vqgan::Vqgan;
 use crate::models::{concat_batch, nhwc_to_nchw};
 use crate::sampling::DdpmWuerstchen;
@@ -362,6 +362,13 @@ enum Loaded<'a, T> {
     Owned(T),
 }
 
+impl<T> Loaded<'_, T> {
+    /// Whether the network stays loaded after this call (so state tied to its weights may be kept).
+    fn is_resident(&self) -> bool {
+        matches!(self, Loaded::Borrowed(_))
+    }
+}
+
 impl<T> std::ops::Deref for Loaded<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
@@ -403,6 +410,9 @@ pub struct Pipeline {
     dtype: DType,
     device: Device,
     cuda_graphs: bool,
+    /// The captured denoising steps of resident networks, one per stage, kept for the next call
+    /// with the same shapes (see [`StepGraph`]).
+    step_graphs: std::sync::Mutex<Vec<StepGraph>>,
     /// Highest device memory in use seen during the current call (the engine serialises calls).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     device_peak: std::sync::atomic::AtomicUsize,
@@ -494,6 +504,7 @@ impl Pipeline {
             dtype,
             device: device.clone(),
             cuda_graphs: true,
+            step_graphs: Default::default(),
             device_peak: 0.into(),
         })
     }
@@ -512,6 +523,7 @@ impl Pipeline {
     /// kernel by kernel.
     pub fn set_cuda_graphs(&mut self, on: bool) {
         self.cuda_graphs = on;
+        self.step_graphs.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// The built-in model: the tiny architecture of the test fixtures (every structural feature,
@@ -552,6 +564,7 @@ impl Pipeline {
             dtype,
             device: device.clone(),
             cuda_graphs: true,
+            step_graphs: Default::default(),
             device_peak: 0.into(),
         })
     }
@@ -743,6 +756,7 @@ impl Pipeline {
             req.prior_guidance,
             &cond,
             None,
+            prior.is_resident(),
             noise,
             hooks,
         )?;
@@ -771,6 +785,7 @@ impl Pipeline {
             req.decoder_guidance,
             &cond,
             Some(&effnet),
+            decoder.is_resident(),
             noise,
             hooks,
         )?;
@@ -819,12 +834,25 @@ impl Pipeline {
         Ok(Output { images: rgb, timings, warnings, tensors })
     }
 
+    /// The stage's kept step graph if it was captured for `key`. A graph kept for other shapes
+    /// is freed here, with its buffers, before the caller allocates new ones. (Without CUDA no
+    /// graph exists and `StepGraph` is an empty type.)
+    #[cfg_attr(not(feature = "cuda"), allow(unreachable_code, unused_variables))]
+    fn take_step_graph(&self, key: &StepKey) -> Option<StepGraph> {
+        let mut kept = self.step_graphs.lock().unwrap_or_else(|e| e.into_inner());
+        let i = kept.iter().position(|g| g.key.stage == key.stage)?;
+        let g = kept.swap_remove(i);
+        (g.key == *key).then_some(g)
+    }
+
     /// One stage's denoising loop; returns the final latent `[n, h, w, c]` and each step's time.
     ///
     /// Every per-step value (the latent, the timestep, the sampler coefficients, the noise) lives
     /// in a device buffer that is rewritten in place before the step, so on a GPU the step is
     /// captured once as a CUDA graph and replayed (falling back to direct launches, with a
-    /// warning, if capture fails).
+    /// warning, if capture fails). For a `resident` network the graph and its buffers are kept
+    /// after the call: the next call with the same batch and latent size only rewrites the
+    /// buffers (the run's constants included) and replays it.
     #[allow(clippy::too_many_arguments)]
     fn denoise(
         &self,
@@ -836,6 +864,7 @@ impl Pipeline {
         guidance: f32,
         cond: &Tensor,
         effnet: Option<&Tensor>,
+        resident: bool,
         noise: &mut dyn NoiseSource,
         hooks: &mut Hooks<'_, '_>,
     ) -> Result<(Tensor, Vec<Duration>)> {
@@ -845,49 +874,57 @@ impl Pipeline {
         let batch = if cfg { 2 * n } else { n };
         let mut times = Vec::with_capacity(steps);
         let nhwc = [n, h, w, c];
-        let mut x = Tensor::empty(&nhwc, self.dtype, &self.device)?;
-        x.write_f32(&crate::models::nchw_to_nhwc_host(&noise.draw(&format!("noise_{stage}_init"), &shape)?, shape))?;
-        let mut z = Tensor::zeros(&nhwc, self.dtype, &self.device)?;
-        let mut t_buf = Tensor::zeros(&[batch], DType::F32, &self.device)?;
-        let mut coef = Tensor::zeros(&[3], DType::F32, &self.device)?;
-        let guidance_t = Tensor::from_f32(&[guidance], &[1], DType::F32, &self.device)?;
+        let init = crate::models::nchw_to_nhwc_host(&noise.draw(&format!("noise_{stage}_init"), &shape)?, shape);
         // Constant over the run: condition K/V rows, Stage B's effnet and pixel terms.
         let prepared = model.prepare(cond, effnet, None, batch, h, w)?;
+        let key = StepKey { stage: stage.to_string(), latent: nhwc, batch };
+        let keep = resident && self.cuda_graphs && !self.device.is_cpu();
+        #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+        let (mut bufs, mut graph) = match keep.then(|| self.take_step_graph(&key)).flatten() {
+            Some(kept) => {
+                let mut bufs = kept.bufs;
+                bufs.prepared.assign(&prepared)?;
+                drop(prepared);
+                (bufs, Some(kept.graph))
+            }
+            None => (StepBuffers::new(nhwc, batch, self.dtype, &self.device, prepared)?, None),
+        };
+        bufs.x.write_f32(&init)?;
+        bufs.guidance.write_f32(&[guidance])?;
+        let (prepared, guidance_t) = (&bufs.prepared, &bufs.guidance);
         // The network's output for the batch (doubled for guidance); reads x only.
         let forward = |x: &Tensor, t: &Tensor| -> Result<Tensor> {
             if cfg {
-                model.forward_prepared(&concat_batch(x, x)?, t, &prepared)
+                model.forward_prepared(&concat_batch(x, x)?, t, prepared)
             } else {
-                model.forward_prepared(x, t, &prepared)
+                model.forward_prepared(x, t, prepared)
             }
         };
         let step = |x: &mut Tensor, t: &Tensor, coef: &Tensor, z: &Tensor| -> Result<()> {
             let mut eps = forward(x, t)?;
             if cfg {
                 let mut g = Tensor::empty(x.shape(), x.dtype(), &self.device)?;
-                ops::cfg_combine_into(&eps, &guidance_t, &mut g)?;
+                ops::cfg_combine_into(&eps, guidance_t, &mut g)?;
                 eps = g;
             }
             ops::ddpm_step_assign(x, &eps, Some(z), coef)
         };
         #[cfg(feature = "cuda")]
-        let graph = match &self.device {
-            // The warm-up forward (only when the capture met new GEMM shapes) tunes their
-            // algorithms; it reads the latent through a second handle on the same memory.
-            Device::Cuda(d) if self.cuda_graphs => match x
-                .view(x.shape())
-                .and_then(|x_read| d.capture_tuned(|| forward(&x_read, &t_buf).map(drop), || step(&mut x, &t_buf, &coef, &z)))
-            {
-                Ok(g) => Some(g),
-                // Direct launches need the same memory: report it rather than fail twice.
-                Err(e @ Error::OutOfMemory(_)) => return Err(e),
-                Err(e) => {
-                    eprintln!("warning: capturing the {stage} step as a CUDA graph failed ({e}); launching kernels directly");
-                    None
+        if graph.is_none() {
+            if let Device::Cuda(d) = &self.device {
+                if self.cuda_graphs {
+                    // The warm-up forward (only when the capture met new GEMM shapes) tunes their
+                    // algorithms; it reads the latent through a second handle on the same memory.
+                    let (x, t, coef, z) = (&mut bufs.x, &bufs.t, &bufs.coef, &bufs.z);
+                    match x.view(x.shape()).and_then(|x_read| d.capture_tuned(|| forward(&x_read, t).map(drop), || step(x, t, coef, z))) {
+                        Ok(g) => graph = Some(g),
+                        // Direct launches need the same memory: report it rather than fail twice.
+                        Err(e @ Error::OutOfMemory(_)) => return Err(e),
+                        Err(e) => eprintln!("warning: capturing the {stage} step as a CUDA graph failed ({e}); launching kernels directly"),
+                    }
                 }
-            },
-            _ => None,
-        };
+            }
+        }
         let grid = sched.timesteps(steps);
         // The host prepares step i (its noise draw is the slowest host work: about 2.7 ms for a
         // 256×256 Stage B latent on a 2-core CI machine) while the device still runs step i − 1.
@@ -911,18 +948,15 @@ impl Pipeline {
                 // diffusers draws the step noise every step and multiplies the last one by zero
                 // (σ = 0 when the next grid value is 0).
                 let zi = crate::models::nchw_to_nhwc_host(&noise.draw(&format!("noise_{stage}_step{i}"), &shape)?, shape);
-                t_buf.write_f32(&vec![t; batch])?;
-                z.write_f32(&zi)?;
-                coef.write_f32(&sched.coefficients(t, grid[i + 1]))?;
-                #[cfg(feature = "cuda")]
-                let replayed = match &graph {
-                    Some(g) => g.replay().map(|_| true)?,
-                    None => false,
-                };
-                #[cfg(not(feature = "cuda"))]
-                let replayed = false;
-                if !replayed {
-                    step(&mut x, &t_buf, &coef, &z)?;
+                bufs.t.write_f32(&vec![t; batch])?;
+                bufs.z.write_f32(&zi)?;
+                bufs.coef.write_f32(&sched.coefficients(t, grid[i + 1]))?;
+                match &graph {
+                    #[cfg(feature = "cuda")]
+                    Some(g) => g.replay()?,
+                    #[cfg(not(feature = "cuda"))]
+                    Some(never) => match *never {},
+                    None => step(&mut bufs.x, &bufs.t, &bufs.coef, &bufs.z)?,
                 }
                 if let Some(previous) = pending.replace(self.device.marker()?) {
                     finish(previous, i, hooks)?;
@@ -935,10 +969,68 @@ impl Pipeline {
         };
         if let Err(e) = run() {
             // A step may still be running (cancelled, or a failing callback): let it finish before
-            // its buffers are released.
+            // its buffers are released. The graph is not kept: the next call captures afresh.
             let _ = self.device.synchronize();
             return Err(e);
         }
-        Ok((x, times))
+        match graph {
+            Some(graph) if keep => {
+                // The kept buffers are the next call's: hand back a copy of the latent.
+                let mut x = Tensor::empty(&nhwc, self.dtype, &self.device)?;
+                ops::cast_into(&bufs.x, &mut x)?;
+                self.step_graphs.lock().unwrap_or_else(|e| e.into_inner()).push(StepGraph { key, bufs, graph });
+                Ok((x, times))
+            }
+            _ => Ok((bufs.x, times)),
+        }
     }
+}
+
+/// What a kept step graph was captured for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StepKey {
+    stage: String,
+    /// The latent `[n, h, w, c]`.
+    latent: [usize; 4],
+    /// The network's batch: `n`, or `2n` with guidance.
+    batch: usize,
+}
+
+/// The device buffers one denoising step reads and writes. A run rewrites each of them in place
+/// (latent, timestep, sampler coefficients, noise, guidance scale, the run's constants), so a step
+/// captured as a CUDA graph replays on them.
+struct StepBuffers {
+    x: Tensor,
+    z: Tensor,
+    t: Tensor,
+    coef: Tensor,
+    guidance: Tensor,
+    prepared: Conditioning,
+}
+
+impl StepBuffers {
+    fn new(latent: [usize; 4], batch: usize, dtype: DType, device: &Device, prepared: Conditioning) -> Result<StepBuffers> {
+        Ok(StepBuffers {
+            x: Tensor::empty(&latent, dtype, device)?,
+            z: Tensor::zeros(&latent, dtype, device)?,
+            t: Tensor::zeros(&[batch], DType::F32, device)?,
+            coef: Tensor::zeros(&[3], DType::F32, device)?,
+            guidance: Tensor::zeros(&[1], DType::F32, device)?,
+            prepared,
+        })
+    }
+}
+
+/// A captured step: a CUDA graph (never made without CUDA).
+#[cfg(feature = "cuda")]
+type CapturedStep = crate::cuda::Graph;
+#[cfg(not(feature = "cuda"))]
+type CapturedStep = std::convert::Infallible;
+
+/// A resident network's denoising step, captured as a CUDA graph, with the buffers it reads and
+/// writes. The pipeline keeps one per stage, so repeated calls at the same size capture once.
+struct StepGraph {
+    key: StepKey,
+    bufs: StepBuffers,
+    graph: CapturedStep,
 }

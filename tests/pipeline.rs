@@ -72,6 +72,39 @@ fn cuda_graph_steps_equal_direct_launches() {
     assert_eq!(graphs, direct, "graph replay and direct launches differ");
 }
 
+/// A resident pipeline keeps each stage's captured step: a second call at the same size captures
+/// nothing and computes exactly what direct launches compute for its own prompt, guidance and
+/// noise; a call at another size captures again, and so does the return to the first size (one
+/// graph is kept per stage).
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn kept_step_graphs_replay_new_requests() {
+    let dev = Device::cuda(0).expect("this test needs a CUDA GPU");
+    let cuda = dev.as_cuda("test").unwrap().clone();
+    let paths = ModelPaths::find(&[tiny()], false, false).unwrap();
+    let mut pipe = Pipeline::load(&paths, DType::BF16, &dev).unwrap();
+    let image = |pipe: &Pipeline, req: &Request| {
+        let out = pipe.generate(req, &mut TorchNoise::new(req.seed)).unwrap();
+        out.tensors.into_iter().find(|(n, _)| n == "images_unclamped").unwrap().1.to_vec_f32().unwrap()
+    };
+    let first = request();
+    let second = Request { prompt: "a different prompt, with more words in it".into(), prior_guidance: 2.5, seed: 77, ..request() };
+    let other_size = Request { width: first.width + 128, ..request() };
+    image(&pipe, &first);
+    let captured = cuda.graphs_captured();
+    let replayed = image(&pipe, &second);
+    assert_eq!(cuda.graphs_captured(), captured, "the same size captured again");
+    image(&pipe, &other_size);
+    let after_other = cuda.graphs_captured();
+    assert!(after_other > captured, "another size replayed the kept graphs");
+    image(&pipe, &second);
+    assert!(cuda.graphs_captured() > after_other, "one graph per stage is kept: the first size needs a new capture");
+    pipe.set_cuda_graphs(false);
+    let direct = image(&pipe, &second);
+    assert_eq!(replayed, direct, "a kept graph replayed for a new request differs from direct launches");
+}
+
 fn pipeline_case(dev: &Device, dtype: DType, bound: f64) {
     let start = Instant::now();
     let paths = ModelPaths::find(&[tiny()], false, false).unwrap();

@@ -53,6 +53,8 @@ pub struct CudaDevice {
     /// GlobalResponseNorm's completion counters: zeroed once here, and every kernel that counts
     /// with them leaves them zero (one stream, so launches never overlap).
     grn_counters: CudaSlice<u32>,
+    /// Graphs captured so far (see [`CudaDevice::graphs_captured`]).
+    captures: std::sync::atomic::AtomicUsize,
 }
 
 /// How many GRN completion counters a device keeps (256 KiB).
@@ -130,6 +132,7 @@ impl CudaDevice {
             tensor_core_attention: false.into(),
             mma_attention: false.into(),
             grn_counters,
+            captures: 0.into(),
         });
         use crate::ops::AttentionKernel;
         let ok = check_attention_kernel(&dev, AttentionKernel::TensorCore, "tensor-core (WMMA)");
@@ -298,9 +301,16 @@ impl CudaDevice {
         self.launch_1d(f, n.div_ceil(8), params)
     }
 
+    /// How many graph captures were begun on this device so far: lets callers and tests see
+    /// whether a step graph was kept or captured again.
+    pub fn graphs_captured(&self) -> usize {
+        self.captures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Records everything `body` queues on the stream into a CUDA graph instead of running it.
     /// The stream is left usable whether `body` succeeds or fails.
     pub fn capture(&self, body: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        self.captures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| driver_err("beginning graph capture", e))?;
@@ -335,6 +345,12 @@ impl CudaDevice {
 pub struct Graph {
     graph: cudarc::driver::CudaGraph,
 }
+
+// SAFETY: driver handles are not tied to the thread that made them (every call binds the
+// context first); what the driver forbids is concurrent use of one graph, and `Graph` is not
+// `Sync`, so a graph moved to another thread (a pipeline behind a mutex) is still used by one
+// thread at a time.
+unsafe impl Send for Graph {}
 
 impl Graph {
     /// Queues one replay (asynchronous).

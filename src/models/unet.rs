@@ -309,6 +309,34 @@ pub struct Conditioning {
     batch: usize,
 }
 
+impl Conditioning {
+    /// Overwrites these constants in place with `other`'s (made for the same batch and
+    /// resolution by the same network): a captured step graph reads them at fixed addresses,
+    /// so a new run rewrites them instead of replacing them.
+    pub fn assign(&mut self, other: &Conditioning) -> Result<()> {
+        let same_terms = match (&self.image_term, &other.image_term) {
+            (Some(a), Some(b)) => a.shape() == b.shape() && a.dtype() == b.dtype(),
+            (None, None) => true,
+            _ => false,
+        };
+        let same_kv = self.attn_kv.len() == other.attn_kv.len()
+            && self.attn_kv.iter().zip(&other.attn_kv).all(|(a, b)| a.shape() == b.shape() && a.dtype() == b.dtype());
+        if self.batch != other.batch || self.stem_hw != other.stem_hw || !same_terms || !same_kv {
+            return Err(Error::Shape(format!(
+                "UNet: cannot overwrite the run constants for batch {} at {:?} with ones for batch {} at {:?} (or another network's)",
+                self.batch, self.stem_hw, other.batch, other.stem_hw
+            )));
+        }
+        for (dst, src) in self.attn_kv.iter_mut().zip(&other.attn_kv) {
+            ops::cast_into(src, dst)?;
+        }
+        if let (Some(dst), Some(src)) = (&mut self.image_term, &other.image_term) {
+            ops::cast_into(src, dst)?;
+        }
+        Ok(())
+    }
+}
+
 /// Per-step values every block reads: the stacked TimestepBlock terms and the run's condition
 /// keys and values.
 struct StepTerms<'a> {
