@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::models::clip::ClipTextModel;
+use crate::models::config::{ClipTextConfig, UNetConfig, VqganConfig};
 use crate::models::unet::{Conditioning, StableCascadeUNet};
 use crate::models::vqgan::Vqgan;
 use crate::models::{concat_batch, nhwc_to_nchw};
@@ -16,6 +17,45 @@ use crate::{ops, DType, Device, Error, Result, Tensor};
 pub const RESOLUTION_MULTIPLE: f64 = 42.67;
 /// Stage B's latent is `int(stage_c_size · 10.67)` (model_index.json `latent_dim_scale`).
 pub const LATENT_DIM_SCALE: f64 = 10.67;
+
+/// The four networks' configurations, for [`Pipeline::random`].
+#[derive(Clone, Debug)]
+pub struct Architectures {
+    /// The CLIP text encoder.
+    pub text_encoder: ClipTextConfig,
+    /// Stage C.
+    pub prior: UNetConfig,
+    /// Stage B.
+    pub decoder: UNetConfig,
+    /// Stage A.
+    pub vqgan: VqganConfig,
+}
+
+impl Architectures {
+    /// The tiny test architecture (tests/fixtures/tiny, embedded in the binary).
+    pub fn tiny() -> Result<Architectures> {
+        fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
+            serde_json::from_str(text).map_err(|e| Error::Msg(format!("built-in {what} config: {e}")))
+        }
+        Ok(Architectures {
+            text_encoder: parse("text encoder", include_str!("../tests/fixtures/tiny/text_encoder/config.json"))?,
+            prior: parse("prior", include_str!("../tests/fixtures/tiny/prior/config.json"))?,
+            decoder: parse("decoder", include_str!("../tests/fixtures/tiny/decoder/config.json"))?,
+            vqgan: parse("vqgan", include_str!("../tests/fixtures/tiny/vqgan/config.json"))?,
+        })
+    }
+
+    /// The released models: CLIP ViT-bigG, Stage C (3.6B, or the 1B lite), Stage B (1.5B, or
+    /// the 700M lite), Stage A.
+    pub fn released(lite_prior: bool, lite_decoder: bool) -> Architectures {
+        Architectures {
+            text_encoder: ClipTextConfig::bigg(),
+            prior: if lite_prior { UNetConfig::stage_c_lite() } else { UNetConfig::stage_c() },
+            decoder: if lite_decoder { UNetConfig::stage_b_lite() } else { UNetConfig::stage_b() },
+            vqgan: VqganConfig::default(),
+        }
+    }
+}
 
 /// Where each component lives.
 #[derive(Clone, Debug)]
@@ -530,35 +570,26 @@ impl Pipeline {
     /// head width 64) with deterministic random weights made on the device, and an embedded
     /// 1514-token vocabulary. Runs anywhere with no files; its pictures are noise.
     pub fn builtin(dtype: DType, device: &Device) -> Result<Pipeline> {
-        use crate::models::config::{ClipTextConfig, UNetConfig, VqganConfig};
+        Self::random(&Architectures::tiny()?, 0x5eed, dtype, device)
+    }
+
+    /// The four networks of `arch` with seeded random weights made on the device (see
+    /// [`crate::weights::VarBuilder::random`]), all resident, and the built-in vocabulary: for
+    /// end-to-end benchmarks of the real architectures without files. Its pictures are noise.
+    pub fn random(arch: &Architectures, seed: u64, dtype: DType, device: &Device) -> Result<Pipeline> {
         use crate::weights::VarBuilder;
-        let parse = |what: &str, text: &str| -> Result<serde_json::Value> {
-            serde_json::from_str(text).map_err(|e| Error::Msg(format!("built-in {what} config: {e}")))
-        };
-        let cfg = |what: &str, text: &str| parse(what, text).map(|v| v.to_string());
-        let vb = VarBuilder::random(0x5eed, dtype, device);
-        let text_cfg: ClipTextConfig =
-            serde_json::from_str(&cfg("text encoder", include_str!("../tests/fixtures/tiny/text_encoder/config.json"))?)
-                .map_err(|e| Error::Msg(e.to_string()))?;
-        let prior_cfg: UNetConfig = serde_json::from_str(&cfg("prior", include_str!("../tests/fixtures/tiny/prior/config.json"))?)
-            .map_err(|e| Error::Msg(e.to_string()))?;
-        let decoder_cfg: UNetConfig = serde_json::from_str(&cfg("decoder", include_str!("../tests/fixtures/tiny/decoder/config.json"))?)
-            .map_err(|e| Error::Msg(e.to_string()))?;
-        let vqgan_cfg: VqganConfig = serde_json::from_str(&cfg("vqgan", include_str!("../tests/fixtures/tiny/vqgan/config.json"))?)
-            .map_err(|e| Error::Msg(e.to_string()))?;
-        let decoder_patch = decoder_cfg.patch_size.max(1);
-        let decoder_min_latent = min_latent(&decoder_cfg);
+        let vb = VarBuilder::random(seed, dtype, device);
         Ok(Pipeline {
             tokenizer: ClipTokenizer::from_vocab_and_merges(
                 include_str!("../tests/fixtures/tiny/tokenizer/vocab.json"),
                 include_str!("../tests/fixtures/tiny/tokenizer/merges.txt"),
             )?,
-            text_encoder: Held::Resident(ClipTextModel::new(text_cfg, &vb.pp("text_encoder"))?),
-            prior: Held::Resident(StableCascadeUNet::new(prior_cfg, &vb.pp("prior"))?),
-            decoder: Held::Resident(StableCascadeUNet::new(decoder_cfg, &vb.pp("decoder"))?),
-            vqgan: Held::Resident(Vqgan::new(vqgan_cfg, &vb.pp("vqgan"))?),
-            decoder_patch,
-            decoder_min_latent,
+            text_encoder: Held::Resident(ClipTextModel::new(arch.text_encoder.clone(), &vb.pp("text_encoder"))?),
+            prior: Held::Resident(StableCascadeUNet::new(arch.prior.clone(), &vb.pp("prior"))?),
+            decoder: Held::Resident(StableCascadeUNet::new(arch.decoder.clone(), &vb.pp("decoder"))?),
+            vqgan: Held::Resident(Vqgan::new(arch.vqgan.clone(), &vb.pp("vqgan"))?),
+            decoder_patch: arch.decoder.patch_size.max(1),
+            decoder_min_latent: min_latent(&arch.decoder),
             prior_scheduler: DdpmWuerstchen::default(),
             decoder_scheduler: DdpmWuerstchen::default(),
             dtype,
