@@ -32,7 +32,12 @@ fn main() {
     // CASCADE_GEMM_TUNE=0 nothing runs but the weight fill: the CUDA emulator can count nodes).
     let capture_only = std::env::var("CASCADE_BENCH_CAPTURE_ONLY").is_ok_and(|v| v == "1");
     let mut bench = |name: &str, flops: f64, graph: cascade::cuda::Graph| {
-        println!("GRAPH {name} {} nodes", graph.node_count().unwrap());
+        println!(
+            "GRAPH {name} {} nodes, arena {:.1} MiB{}",
+            graph.node_count().unwrap(),
+            graph.arena_bytes() as f64 / (1u64 << 20) as f64,
+            if graph.has_memory_nodes() { " (plus memory nodes)" } else { "" }
+        );
         if !capture_only {
             r.run(name, Some(flops), None, || graph.replay().unwrap());
         }

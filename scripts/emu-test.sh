@@ -10,6 +10,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python3 tools/emu/build.py
 export LD_LIBRARY_PATH="$PWD/target/emu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CASCADE_EMU=1 CASCADE_SHAPES="${CASCADE_SHAPES:-odd}" CASCADE_EMU_MEMORY_GIB="${CASCADE_EMU_MEMORY_GIB:-2}"
+# Graph buffers are filled with 0xff where each replay first gets them (as the emulator does for
+# memory nodes): a captured step that reads memory it never wrote gives NaN.
+export CASCADE_POISON_GRAPH_MEMORY=1
 cargo test --release --features cuda -- --ignored "$@"
 # The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here).
 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops

@@ -294,6 +294,60 @@ mod gpu {
         }
     }
 
+    /// The buffers a captured body allocates live in the graph's own arena: the graph holds the
+    /// GEMM and the copy only (no memory nodes), two buffers with disjoint lifetimes share arena
+    /// memory, and replays compute the right result. With poisoning on, a body that reads a
+    /// buffer it never wrote gives NaN on every replay, however the previous replay left it.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_graph_buffers_live_in_the_graph_arena() {
+        let dev = gpu();
+        let cuda = dev.as_cuda("test").unwrap().clone();
+        let (m, k, n) = (64, 96, 80);
+        let xv = round_to(&TestRng::new(4).normal(m * k, 1.0), DType::BF16);
+        let x = Tensor::from_f32(&xv, &[m, k], DType::BF16, &dev).unwrap();
+        let w = Tensor::from_f32(&TestRng::new(5).normal(n * k, 0.1), &[n, k], DType::BF16, &dev).unwrap();
+        let mut y = Tensor::empty(&[m, n], DType::F32, &dev).unwrap();
+        let before = cuda.graphs_captured();
+        let graph = cuda
+            .capture(|| {
+                // The first buffer is dead before the second is allocated: the arena reuses it.
+                let mut scratch = Tensor::empty(&[m, n], DType::BF16, &dev)?;
+                ops::linear_into(&x, &w, None, &mut scratch)?;
+                drop(scratch);
+                let mut h = Tensor::empty(&[m, n], DType::BF16, &dev)?;
+                ops::linear_into(&x, &w, None, &mut h)?;
+                ops::cast_into(&h, &mut y)
+            })
+            .unwrap();
+        assert_eq!(cuda.graphs_captured() - before, 2, "one capture to size the arena, one into it");
+        assert!(!graph.has_memory_nodes());
+        // The emulator records a cuBLASLt call as one node; a GPU's cuBLASLt may launch more.
+        if std::env::var_os("CASCADE_EMU").is_some() {
+            assert_eq!(graph.node_count().unwrap(), 3, "two GEMMs and a cast, nothing else");
+        }
+        assert_eq!(graph.arena_bytes(), (m * n * 2).div_ceil(256) * 256, "the two buffers share one range");
+        let want = ops::cpu::linear(&xv, &w.to_vec_f32().unwrap(), None, m, k, n);
+        for _ in 0..2 {
+            y.fill(f32::NAN).unwrap();
+            graph.replay().unwrap();
+            let err = rel_l2(&y.to_vec_f32().unwrap(), &want);
+            assert!(err < 1e-2, "{err}");
+        }
+        cuda.set_poison_graph_memory(true);
+        let unwritten = cuda
+            .capture(|| {
+                let h = Tensor::empty(&[m, n], DType::BF16, &dev)?;
+                ops::cast_into(&h, &mut y)
+            })
+            .unwrap();
+        for _ in 0..2 {
+            y.fill(0.0).unwrap();
+            unwritten.replay().unwrap();
+            assert!(y.to_vec_f32().unwrap().iter().all(|v| v.is_nan()), "an unwritten graph buffer read as numbers");
+        }
+    }
+
     /// A captured graph replays the same GEMM with new input data.
     #[test]
     #[ignore = "needs a CUDA GPU"]

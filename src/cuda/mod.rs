@@ -7,6 +7,7 @@
 
 pub mod blas;
 pub mod params;
+mod pool;
 
 use std::sync::Arc;
 
@@ -55,6 +56,21 @@ pub struct CudaDevice {
     grn_counters: CudaSlice<u32>,
     /// Graphs captured so far (see [`CudaDevice::graphs_captured`]).
     captures: std::sync::atomic::AtomicUsize,
+    /// The arena of the capture in progress, and the thread capturing: that thread's
+    /// allocations come from it (see [`pool`]).
+    capture_pool: std::sync::Mutex<Option<(std::thread::ThreadId, Arc<pool::GraphPool>)>>,
+    /// `CASCADE_POISON_GRAPH_MEMORY=1`: graph buffers are filled with 0xff bytes where a replay
+    /// first gets them (tests: a read of memory the step never wrote then shows as NaN).
+    poison_graph_memory: std::sync::atomic::AtomicBool,
+}
+
+/// Clears the capturing arena when a capture's body returns or unwinds.
+struct CapturePoolGuard<'a>(&'a std::sync::Mutex<Option<(std::thread::ThreadId, Arc<pool::GraphPool>)>>);
+
+impl Drop for CapturePoolGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 /// How many GRN completion counters a device keeps (256 KiB).
@@ -133,6 +149,8 @@ impl CudaDevice {
             mma_attention: false.into(),
             grn_counters,
             captures: 0.into(),
+            capture_pool: Default::default(),
+            poison_graph_memory: std::env::var("CASCADE_POISON_GRAPH_MEMORY").is_ok_and(|v| v == "1").into(),
         });
         use crate::ops::AttentionKernel;
         let ok = check_attention_kernel(&dev, AttentionKernel::TensorCore, "tensor-core (WMMA)");
@@ -200,6 +218,14 @@ impl CudaDevice {
         self.mma_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Fills every buffer of graphs captured from now on with 0xff bytes where each replay first
+    /// gets it (one memset node per buffer), so that a step reading memory it never wrote shows
+    /// NaN instead of the previous replay's values. For tests; also set by
+    /// `CASCADE_POISON_GRAPH_MEMORY=1` when the device is opened.
+    pub fn set_poison_graph_memory(&self, on: bool) {
+        self.poison_graph_memory.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether f32 GEMMs may use TF32.
     pub fn allow_tf32(&self) -> bool {
         self.allow_tf32.load(std::sync::atomic::Ordering::Relaxed)
@@ -234,8 +260,24 @@ impl CudaDevice {
         self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(|e| driver_err("recording an event", e))
     }
 
-    /// Allocates `bytes` of uninitialised device memory.
+    /// Allocates `bytes` of uninitialised device memory: from the graph's arena while this
+    /// thread captures a graph, else from the stream's memory pool.
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<CudaBuffer> {
+        let pool = {
+            let held = self.capture_pool.lock().unwrap_or_else(|e| e.into_inner());
+            match &*held {
+                Some((thread, pool)) if *thread == std::thread::current().id() => Some(pool.clone()),
+                _ => None,
+            }
+        };
+        match pool {
+            Some(pool) => pool.alloc(self, bytes),
+            None => self.alloc_stream(bytes),
+        }
+    }
+
+    /// Allocates `bytes` from the stream's memory pool (a memory node when captured).
+    fn alloc_stream(self: &Arc<Self>, bytes: usize) -> Result<CudaBuffer> {
         // A zero-byte allocation is legal for the driver, but round up so that every buffer
         // has a distinct address.
         let n = bytes.max(1);
@@ -243,7 +285,15 @@ impl CudaDevice {
         let slice = unsafe { self.stream.alloc::<u8>(n) }.map_err(|e| driver_err(&format!("allocating {n} bytes on {}", self.name), e))?;
         let ptr = slice.device_ptr(&self.stream).0;
         self.memory.add(n);
-        Ok(CudaBuffer { ptr, bytes: n, stats: self.memory.clone(), _slice: slice })
+        Ok(CudaBuffer { ptr, bytes: n, backing: Backing::Own { stats: self.memory.clone(), _slice: slice } })
+    }
+
+    /// Sets `bytes` bytes at device address `dst` to `value` (queued on the stream).
+    pub(crate) fn memset(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
+        // SAFETY: `dst` points to at least `bytes` bytes of a live buffer (callers check).
+        unsafe { cudarc::driver::result::memset_d8_async(dst, value, bytes, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("setting device memory", e))
     }
 
     /// Copies host bytes to device address `dst`.
@@ -309,18 +359,13 @@ impl CudaDevice {
 
     /// Records everything `body` queues on the stream into a CUDA graph instead of running it.
     /// The stream is left usable whether `body` succeeds or fails.
-    pub fn capture(&self, body: impl FnOnce() -> Result<()>) -> Result<Graph> {
-        self.captures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| driver_err("beginning graph capture", e))?;
-        let result = body();
-        let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
-        result?;
-        let graph = graph.map_err(|e| driver_err("instantiating the captured graph", e))?;
-        let graph = graph.ok_or_else(|| Error::Cuda("graph capture recorded nothing".into()))?;
-        graph.upload().map_err(|e| driver_err("uploading the graph", e))?;
-        Ok(Graph { graph })
+    ///
+    /// The buffers `body` allocates come from an arena that the graph owns (see [`pool`]), so
+    /// the graph holds no memory nodes. The first capture learns the arena's size, so `body`
+    /// runs twice when it allocates anything; it must allocate the same sizes in the same order
+    /// each time (a model's forward pass does).
+    pub fn capture(self: &Arc<Self>, mut body: impl FnMut() -> Result<()>) -> Result<Graph> {
+        self.capture_sized(0, &mut body)
     }
 
     /// [`CudaDevice::capture`], with every GEMM in the graph on its tuned cuBLASLt algorithm.
@@ -328,22 +373,65 @@ impl CudaDevice {
     /// A GEMM shape met for the first time inside a capture cannot be timed there, so it is
     /// recorded with the heuristic's first choice. When that happened, `warmup` runs directly
     /// (it must issue the same GEMMs as `body`, and its results are discarded), which times those
-    /// shapes, and `body` is captured again. On later calls with known shapes this is one capture.
-    pub fn capture_tuned(&self, warmup: impl FnOnce() -> Result<()>, mut body: impl FnMut() -> Result<()>) -> Result<Graph> {
+    /// shapes, before `body` is captured again (as it is anyway to size the arena).
+    pub fn capture_tuned(self: &Arc<Self>, warmup: impl FnOnce() -> Result<()>, mut body: impl FnMut() -> Result<()>) -> Result<Graph> {
         let before = self.untuned_gemms_captured();
-        let graph = self.capture(&mut body)?;
-        if self.untuned_gemms_captured() == before {
-            return Ok(graph);
+        let (graph, pool) = self.capture_in(0, &mut body)?;
+        let untuned = self.untuned_gemms_captured() != before;
+        if !untuned && !pool.overflowed() {
+            return Graph::ready(graph, pool);
         }
         drop(graph);
-        warmup()?;
-        self.capture(body)
+        if untuned {
+            warmup()?;
+        }
+        self.capture_sized(pool.high_water(), &mut body)
+    }
+
+    /// Captures `body` with an arena of `capacity` bytes, again with a larger one if some buffer
+    /// did not fit (a third try that still overflows keeps the graph: its extra buffers are
+    /// memory nodes, which are correct, only slower).
+    fn capture_sized(self: &Arc<Self>, mut capacity: usize, body: &mut dyn FnMut() -> Result<()>) -> Result<Graph> {
+        for attempt in 0.. {
+            let (graph, pool) = self.capture_in(capacity, body)?;
+            if !pool.overflowed() || attempt == 2 {
+                return Graph::ready(graph, pool);
+            }
+            capacity = pool.high_water();
+        }
+        unreachable!("the loop returns by its third attempt")
+    }
+
+    /// One capture of `body` into a fresh arena of `capacity` bytes.
+    fn capture_in(
+        self: &Arc<Self>,
+        capacity: usize,
+        body: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<(cudarc::driver::CudaGraph, Arc<pool::GraphPool>)> {
+        let poison = self.poison_graph_memory.load(std::sync::atomic::Ordering::Relaxed);
+        let pool = pool::GraphPool::new(self, capacity, poison)?;
+        self.captures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| driver_err("beginning graph capture", e))?;
+        let result = {
+            *self.capture_pool.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::thread::current().id(), pool.clone()));
+            let _guard = CapturePoolGuard(&self.capture_pool);
+            body()
+        };
+        let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        result?;
+        let graph = graph.map_err(|e| driver_err("instantiating the captured graph", e))?;
+        let graph = graph.ok_or_else(|| Error::Cuda("graph capture recorded nothing".into()))?;
+        Ok((graph, pool))
     }
 }
 
 /// A captured CUDA graph; [`Graph::replay`] queues it on the stream it was captured on.
 pub struct Graph {
     graph: cudarc::driver::CudaGraph,
+    /// The arena the graph's buffers live in (freed after the graph).
+    pool: Arc<pool::GraphPool>,
 }
 
 // SAFETY: driver handles are not tied to the thread that made them (every call binds the
@@ -353,6 +441,23 @@ pub struct Graph {
 unsafe impl Send for Graph {}
 
 impl Graph {
+    /// The kept capture, uploaded so that its first replay has no set-up cost.
+    fn ready(graph: cudarc::driver::CudaGraph, pool: Arc<pool::GraphPool>) -> Result<Graph> {
+        graph.upload().map_err(|e| driver_err("uploading the graph", e))?;
+        Ok(Graph { graph, pool })
+    }
+
+    /// Bytes of the arena that holds the graph's intermediate buffers.
+    pub fn arena_bytes(&self) -> usize {
+        self.pool.capacity()
+    }
+
+    /// Whether some buffer of the graph lies outside its arena (a memory node in the graph):
+    /// never, unless the captured code allocated differently on each capture.
+    pub fn has_memory_nodes(&self) -> bool {
+        self.pool.overflowed()
+    }
+
     /// Queues one replay (asynchronous).
     pub fn replay(&self) -> Result<()> {
         self.graph.launch().map_err(|e| driver_err("replaying a graph", e))
@@ -374,13 +479,23 @@ impl Graph {
 pub struct CudaBuffer {
     ptr: u64,
     bytes: usize,
-    stats: Arc<MemStats>,
-    _slice: CudaSlice<u8>,
+    backing: Backing,
+}
+
+/// Where a buffer's memory comes from.
+enum Backing {
+    /// Its own allocation from the stream's pool.
+    Own { stats: Arc<MemStats>, _slice: CudaSlice<u8> },
+    /// A range of a graph's arena; `overflow` holds the memory when the range fell outside it.
+    Pool { pool: Arc<pool::GraphPool>, offset: usize, _overflow: Option<Box<CudaBuffer>> },
 }
 
 impl Drop for CudaBuffer {
     fn drop(&mut self) {
-        self.stats.sub(self.bytes);
+        match &self.backing {
+            Backing::Own { stats, .. } => stats.sub(self.bytes),
+            Backing::Pool { pool, offset, .. } => pool.release(*offset, self.bytes),
+        }
     }
 }
 
