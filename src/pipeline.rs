@@ -1009,7 +1009,10 @@ impl Pipeline {
                 // The kept buffers are the next call's: hand back a copy of the latent.
                 let mut x = Tensor::empty(&nhwc, self.dtype, &self.device)?;
                 ops::cast_into(&bufs.x, &mut x)?;
-                self.step_graphs.lock().unwrap_or_else(|e| e.into_inner()).push(StepGraph { key, bufs, graph });
+                let mut kept = self.step_graphs.lock().unwrap_or_else(|e| e.into_inner());
+                // One per stage, even if calls on this pipeline ran side by side.
+                kept.retain(|g| g.key.stage != key.stage);
+                kept.push(StepGraph { key, bufs, graph });
                 Ok((x, times))
             }
             _ => Ok((bufs.x, times)),
