@@ -11,6 +11,7 @@ use crate::models::vqgan::Vqgan;
 use crate::models::{concat_batch, nhwc_to_nchw};
 use crate::sampling::DdpmWuerstchen;
 use crate::tokenizer::ClipTokenizer;
+use crate::runtime::tensor::CpuData;
 use crate::{ops, DType, Device, Error, Result, Tensor};
 
 /// Stage C's latent is `ceil(size / 42.67)` (model_index.json `resolution_multiple`).
@@ -460,7 +461,8 @@ pub struct Pipeline {
 
 /// The cheap check after each stage: its output `t` (kept as `name`) must be finite.
 fn check_finite(name: &str, t: &Tensor, stage: &str, steps: usize) -> Result<()> {
-    let v = t.to_vec_f32()?;
+    // A host f32 tensor: read in place.
+    let v = t.cpu_f32()?;
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         return Err(Error::Msg(format!(
             "{stage} produced {} in its output ({name}, element {i}) after {steps} step(s): its weights or inputs hold NaN/Inf (load with --check-weights to find the tensor), or the dtype overflows (Stage C needs bf16 or f32, never f16)",
@@ -725,7 +727,8 @@ impl Pipeline {
             self.device_peak.store(0, std::sync::atomic::Ordering::Relaxed);
         }
         let mut tensors = Vec::new();
-        let cpu_copy = |t: &Tensor| -> Result<Tensor> { Tensor::from_f32(&t.to_vec_f32()?, t.shape(), DType::F32, &Device::Cpu) };
+        // The intermediates on the host in f32 (one copy from the device, converted on the way).
+        let cpu_copy = |t: &Tensor| -> Result<Tensor> { Tensor::from_cpu(CpuData::F32(t.to_vec_f32()?), t.shape(), &Device::Cpu) };
 
         // Text: the prompt, and the negative prompt when any stage uses guidance.
         let prior_cfg = req.prior_guidance > 1.0;
@@ -835,9 +838,8 @@ impl Pipeline {
         drop(vqgan);
         let unclamped = cpu_copy(&images)?;
         check_finite("images_unclamped", &unclamped, "Stage A (the VQGAN)", 1)?;
-        let v: Vec<f32> = unclamped.to_vec_f32()?.iter().map(|x| x.clamp(0.0, 1.0)).collect();
-        let clamped = Tensor::from_f32(&v, unclamped.shape(), DType::F32, &Device::Cpu)?;
-        let &[_, c, h, w] = clamped.shape() else { unreachable!("images are 4-D") };
+        let v: Vec<f32> = unclamped.cpu_f32()?.iter().map(|x| x.clamp(0.0, 1.0)).collect();
+        let &[_, c, h, w] = unclamped.shape() else { unreachable!("images are 4-D") };
         if c != 3 {
             return Err(Error::Shape(format!("Stage A produced {c} channels; an RGB image needs 3")));
         }
@@ -851,6 +853,7 @@ impl Pipeline {
                 })
             })
             .collect();
+        let clamped = Tensor::from_cpu(CpuData::F32(v), unclamped.shape(), &Device::Cpu)?;
         tensors.push(("images_unclamped".to_string(), unclamped));
         tensors.push(("images".to_string(), clamped));
         timings.stage_a = stage_a.elapsed();

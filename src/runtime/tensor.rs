@@ -105,6 +105,10 @@ impl Tensor {
             return Err(Error::Shape(format!("{len} values do not fill shape {shape:?}")));
         }
         let cpu = Tensor { shape: shape.to_vec(), dtype, storage: Storage::Cpu(data) };
+        // On the CPU the data becomes the tensor's: no copy.
+        if device.is_cpu() {
+            return Ok(cpu);
+        }
         cpu.to_device(device)
     }
 
