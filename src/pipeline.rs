@@ -9,9 +9,9 @@ use crate::models::config::{ClipTextConfig, UNetConfig, VqganConfig};
 use crate::models::unet::{Conditioning, StableCascadeUNet};
 use crate::models::vqgan::Vqgan;
 use crate::models::{concat_batch, nhwc_to_nchw};
+use crate::runtime::tensor::CpuData;
 use crate::sampling::DdpmWuerstchen;
 use crate::tokenizer::ClipTokenizer;
-use crate::runtime::tensor::CpuData;
 use crate::{ops, DType, Device, Error, Result, Tensor};
 
 /// Stage C's latent is `ceil(size / 42.67)` (model_index.json `resolution_multiple`).
