@@ -115,7 +115,10 @@ fn main() {
 fn end_to_end(name: &str, lite: bool, dev: &cascade::Device) {
     use cascade::pipeline::{Architectures, Pipeline, Request, TorchNoise};
     use std::time::Instant;
+    let cuda = dev.as_cuda("stages bench").unwrap().clone();
+    let held_before = cuda.memory_stats().0;
     let pipe = Pipeline::random(&Architectures::released(lite, lite), 2024, cascade::DType::BF16, dev).unwrap();
+    let weights = cuda.memory_stats().0 - held_before;
     let req = Request { prompt: "a photograph of an astronaut riding a horse on the moon".into(), ..Request::default() };
     let call = || {
         let t = Instant::now();
@@ -133,6 +136,15 @@ fn end_to_end(name: &str, lite: bool, dev: &cascade::Device) {
     let (median, timings) = &runs[runs.len() / 2];
     println!("PIPELINE {name}: first call {:.1} ms (captures the step graphs); the median call:", cold.as_secs_f64() * 1e3);
     print!("{}", timings.summary());
+    // The target's memory row: what a call needs beyond the resident weights (activations, the
+    // kept step graphs' arenas and buffers). The last call's peak is the engine's peak now.
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    let peak = cuda.memory_stats().1;
+    println!(
+        "PIPELINE {name}: weights {:.2} GiB; peak {:.2} GiB above the weights",
+        gib(weights),
+        gib(peak.saturating_sub(weights + held_before))
+    );
     println!("BENCH {label:<56} {:>10.4} ms", median.as_secs_f64() * 1e3);
 }
 

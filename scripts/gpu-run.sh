@@ -108,6 +108,6 @@ fi
 echo
 echo "== summary (${gpu:-no GPU}) =="
 printf '%s\n' "${rows[@]}"
-cat "$logs"/bench-*.log 2>/dev/null | grep -E "^BENCH|^GRAPH|skipped" || true
+cat "$logs"/bench-*.log 2>/dev/null | grep -E "^BENCH|^GRAPH|^PIPELINE|skipped" || true
 [ $failed -eq 0 ] && echo "ALL OK" || echo "FAILURES (logs in $logs)"
 exit $failed
