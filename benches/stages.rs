@@ -27,7 +27,13 @@ fn main() {
         t
     };
     // Only the selected stages run when CASCADE_BENCH_STAGES lists them (e.g. "clip,stage_c").
-    let wanted = |name: &str| std::env::var("CASCADE_BENCH_STAGES").map_or(true, |s| s.split(',').any(|x| name.starts_with(x.trim())));
+    // CASCADE_BENCH_PROFILE=1 replays each selected graph once inside a profiler range and times
+    // nothing (`PROFILE=1 gpu-bundle/run.sh` runs it under ncu); stages are then matched exactly.
+    let profile = std::env::var("CASCADE_BENCH_PROFILE").is_ok_and(|v| v == "1");
+    let wanted = |name: &str| {
+        std::env::var("CASCADE_BENCH_STAGES")
+            .map_or(true, |s| s.split(',').any(|x| if profile { name == x.trim() } else { name.starts_with(x.trim()) }))
+    };
     // CASCADE_BENCH_CAPTURE_ONLY=1 prints each graph's node count and times nothing (with
     // CASCADE_GEMM_TUNE=0 nothing runs but the weight fill: the CUDA emulator can count nodes).
     let capture_only = std::env::var("CASCADE_BENCH_CAPTURE_ONLY").is_ok_and(|v| v == "1");
@@ -38,7 +44,10 @@ fn main() {
             graph.arena_bytes() as f64 / (1u64 << 20) as f64,
             if graph.has_memory_nodes() { " (plus memory nodes)" } else { "" }
         );
-        if !capture_only {
+        if profile {
+            cuda.profile(|| graph.replay()).unwrap();
+            println!("PROFILED {name}");
+        } else if !capture_only {
             r.run(name, Some(flops), None, || graph.replay().unwrap());
         }
     };
@@ -100,7 +109,7 @@ fn main() {
     }
     r.finish();
     for (name, lite) in [("pipeline_full", false), ("pipeline_lite", true)] {
-        if wanted(name) && !capture_only && cascade::testing::shape_wanted(name) {
+        if wanted(name) && !capture_only && !profile && cascade::testing::shape_wanted(name) {
             end_to_end(name, lite, &dev);
         }
     }

@@ -13,6 +13,8 @@
 #   (BENCH also times PyTorch's SDPA on the attention shapes: tools/gpu/sdpa_bench.py)
 #   GEMM_TUNE_AB=1  the stage bench again with CASCADE_GEMM_TUNE=0 (cuBLASLt's heuristic choice),
 #   printed as "BENCH untuned …" lines beside the tuned ones
+#   PROFILE=1  one graph-replayed step of each of PROFILE_STAGES (clip,stage_c,stage_b,stage_a)
+#   under Nsight Compute, kernel by kernel: where the step's time goes (tools/gpu/ncu_summary.py)
 set -uo pipefail
 packed=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 logs=${LOGS:-${OUT:-/tmp}/cascade-gpu-logs}
@@ -89,6 +91,24 @@ fi
 if [ "${GEMM_TUNE_AB:-0}" = 1 ]; then
     CASCADE_GEMM_TUNE=0 CASCADE_BENCH_QUICK=1 timeout "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench > "$logs/stages-untuned.log" 2>&1 || { failed=1; rows+=("bench stages (untuned) FAILED (see $logs/stages-untuned.log)"); }
     sed 's/^BENCH /BENCH untuned /' "$logs/stages-untuned.log" > "$logs/bench-stages-untuned.log"
+fi
+
+if [ "${PROFILE:-0}" = 1 ]; then
+    ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | tail -n 1)
+    if [ -z "$ncu_bin" ]; then
+        failed=1
+        rows+=("profile                      FAIL ncu (Nsight Compute) was not found")
+    else
+        for stage in ${PROFILE_STAGES:-clip stage_c stage_b stage_a}; do
+            # Only the profiled range (one replay) is measured; the clocks are left alone and L2
+            # keeps its contents between kernels, as in a real replay.
+            CASCADE_BENCH_PROFILE=1 CASCADE_BENCH_STAGES=$stage timeout "${PROFILE_TIMEOUT:-300}" "$ncu_bin" --profile-from-start off \
+                --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --log-file "$logs/ncu-$stage.csv" \
+                "$bundle/benches/stages" --bench > "$logs/profile-$stage.log" 2>&1 || { failed=1; rows+=("profile $stage FAILED (see $logs/profile-$stage.log)"); }
+            python3 tools/gpu/ncu_summary.py "$logs/ncu-$stage.csv" --title "$stage" > "$logs/profile-$stage.txt" 2>&1 || failed=1
+            rows+=("$(cat "$logs/profile-$stage.txt")")
+        done
+    fi
 fi
 
 if [ "${FIDELITY:-0}" = 1 ] || [ "${SIDE_BY_SIDE:-0}" = 1 ]; then

@@ -255,6 +255,22 @@ impl CudaDevice {
         self.stream.synchronize().map_err(|e| driver_err("stream synchronize", e))
     }
 
+    /// Runs `f` inside a profiler range: under `ncu --profile-from-start off` only the kernels
+    /// `f` queues are profiled (the stages bench's `CASCADE_BENCH_PROFILE=1`). Waits for the
+    /// device before the range starts and before it stops.
+    pub fn profile<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.synchronize()?;
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
+        // SAFETY: no arguments; the context is current on this thread.
+        unsafe { sys::cuProfilerStart() }.result().map_err(|e| driver_err("starting a profiler range", e))?;
+        let out = f();
+        let done = self.synchronize();
+        // SAFETY: as above.
+        unsafe { sys::cuProfilerStop() }.result().map_err(|e| driver_err("stopping a profiler range", e))?;
+        done?;
+        out
+    }
+
     /// An event recorded on the stream after the work queued so far (no timing: cheaper).
     pub fn marker(&self) -> Result<cudarc::driver::CudaEvent> {
         self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(|e| driver_err("recording an event", e))
