@@ -240,8 +240,9 @@ pub struct Timings {
     pub total: Duration,
     /// Peak bytes of the engine's GPU buffers during the call (None on the CPU).
     pub peak_gpu_bytes: Option<usize>,
-    /// Peak device memory in use as the driver sees it (total − free, sampled after every step:
-    /// includes CUDA graphs' memory pools, cuBLASLt's workspace and the context), None on the CPU.
+    /// Peak device memory taken as the driver sees it (total − free, sampled after every step:
+    /// includes the allocator's cache of freed memory, cuBLASLt's workspace, the context and any
+    /// other process on the card), None on the CPU.
     pub peak_device_used_bytes: Option<usize>,
 }
 
@@ -265,7 +266,7 @@ impl Timings {
         if let Some(b) = self.peak_gpu_bytes {
             out += &format!("peak GPU memory {:.2} GiB in engine buffers (weights included)", gib(b));
             match self.peak_device_used_bytes {
-                Some(d) => out += &format!(", {:.2} GiB in use on the device\n", gib(d)),
+                Some(d) => out += &format!(", {:.2} GiB held on the device (with the allocator's cache and other processes)\n", gib(d)),
                 None => out += "\n",
             }
         }

@@ -62,6 +62,44 @@ pub struct CudaDevice {
     /// `CASCADE_POISON_GRAPH_MEMORY=1`: graph buffers are filled with 0xff bytes where a replay
     /// first gets them (tests: a read of memory the step never wrote then shows as NaN).
     poison_graph_memory: std::sync::atomic::AtomicBool,
+    /// The stream allocator's pool (the device's default), when its handle could be read.
+    mem_pool: Option<MemPool>,
+}
+
+/// A driver memory-pool handle.
+struct MemPool(sys::CUmemoryPool);
+
+// SAFETY: a pool handle is a plain driver object, usable from any thread.
+unsafe impl Send for MemPool {}
+unsafe impl Sync for MemPool {}
+
+/// Makes the stream allocator keep the memory freed back to its pool, instead of returning
+/// everything beyond 0 bytes (the driver's default) to the driver at each synchronisation: every
+/// call would otherwise map its activations afresh (a 1024² Stage A decode alone goes through
+/// gigabytes). The memory stays the process's, for its next allocations; an allocation that
+/// finds the card full trims the pool and tries again ([`CudaDevice::alloc`]). Returns the pool,
+/// or None (with a warning) when the driver refuses, which only costs speed.
+fn keep_freed_memory(ctx: &Arc<CudaContext>) -> Option<MemPool> {
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: out-pointers to live locals; the attribute takes a u64.
+    let set = unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().and_then(|_| {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            )
+            .result()
+        })
+    };
+    match set {
+        Ok(()) => Some(MemPool(pool)),
+        Err(e) => {
+            eprintln!("warning: could not make the GPU allocator keep freed memory ({e}); each call will map its memory afresh");
+            None
+        }
+    }
 }
 
 /// Clears the capturing arena when a capture's body returns or unwinds.
@@ -124,6 +162,7 @@ impl CudaDevice {
         // they would break graph capture.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| driver_err("creating a stream", e))?;
+        let mem_pool = keep_freed_memory(&ctx);
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let compute_capability = ctx.compute_capability().map_err(|e| driver_err("reading the compute capability", e))?;
         if compute_capability.0 < 8 {
@@ -150,6 +189,7 @@ impl CudaDevice {
             grn_counters,
             captures: 0.into(),
             capture_pool: Default::default(),
+            mem_pool,
             poison_graph_memory: std::env::var("CASCADE_POISON_GRAPH_MEMORY").is_ok_and(|v| v == "1").into(),
         });
         use crate::ops::AttentionKernel;
@@ -298,10 +338,37 @@ impl CudaDevice {
         // has a distinct address.
         let n = bytes.max(1);
         // SAFETY: the memory is uninitialised; every user writes before reading.
-        let slice = unsafe { self.stream.alloc::<u8>(n) }.map_err(|e| driver_err(&format!("allocating {n} bytes on {}", self.name), e))?;
+        let slice = match unsafe { self.stream.alloc::<u8>(n) } {
+            Ok(s) => s,
+            // The pool keeps freed memory, possibly in pieces too small for this request: give it
+            // back to the driver and try once more (not while capturing: a synchronisation would
+            // end the capture).
+            Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY && self.mem_pool.is_some() && !self.is_capturing() => {
+                self.trim_pool()?;
+                // SAFETY: as above.
+                unsafe { self.stream.alloc::<u8>(n) }.map_err(|e| driver_err(&format!("allocating {n} bytes on {}", self.name), e))?
+            }
+            Err(e) => return Err(driver_err(&format!("allocating {n} bytes on {}", self.name), e)),
+        };
         let ptr = slice.device_ptr(&self.stream).0;
         self.memory.add(n);
         Ok(CudaBuffer { ptr, bytes: n, backing: Backing::Own { stats: self.memory.clone(), _slice: slice } })
+    }
+
+    /// Returns the memory the stream allocator holds unused to the driver, after the work that
+    /// freed it has finished.
+    fn trim_pool(&self) -> Result<()> {
+        self.synchronize()?;
+        if let Some(pool) = &self.mem_pool {
+            // SAFETY: a live pool handle of this device.
+            unsafe { sys::cuMemPoolTrimTo(pool.0, 0) }.result().map_err(|e| driver_err("trimming the memory pool", e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the stream is being captured into a graph.
+    fn is_capturing(&self) -> bool {
+        !matches!(self.stream.capture_status(), Ok(sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE))
     }
 
     /// Sets `bytes` bytes at device address `dst` to `value` (queued on the stream).

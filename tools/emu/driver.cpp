@@ -288,6 +288,15 @@ CUresult cuCtxGetCurrent(void** ctx) {
     return CUDA_SUCCESS;
 }
 CUresult cuCtxSynchronize() { return CUDA_SUCCESS; }
+// The stream allocator's pool: the emulator's allocations are plain ones, so its settings and
+// trimming change nothing.
+static int the_mem_pool;
+CUresult cuDeviceGetDefaultMemPool(void** pool, int) {
+    *pool = &the_mem_pool;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemPoolSetAttribute(void*, int, void*) { return CUDA_SUCCESS; }
+CUresult cuMemPoolTrimTo(void*, size_t) { return CUDA_SUCCESS; }
 // Profiler ranges (ncu --profile-from-start off): nothing to profile here.
 CUresult cuProfilerStart() { return CUDA_SUCCESS; }
 CUresult cuProfilerStop() { return CUDA_SUCCESS; }
