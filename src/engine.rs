@@ -155,6 +155,18 @@ impl Engine {
         Ok(GenerateOutput { images: out.images, seed: request.seed, timings: out.timings, warnings: out.warnings })
     }
 
+    /// Prepares the engine for requests shaped like `request` (size, number of images, whether
+    /// each stage uses guidance) before the first real one arrives: one call with a single step
+    /// per stage, whose images are discarded. On a GPU that call captures each stage's step
+    /// graph, which the engine keeps, and times every GEMM shape the stages use, so the first
+    /// real request at that shape pays neither. Returns how long the warm-up took.
+    pub fn warm_up(&self, request: &Request) -> Result<std::time::Duration> {
+        let start = std::time::Instant::now();
+        let one_step = Request { prior_steps: 1, decoder_steps: 1, ..request.clone() };
+        self.generate(&one_step, None, None)?;
+        Ok(start.elapsed())
+    }
+
     /// Runs `f` on the pipeline in turn with other calls: the stage-level entry points
     /// ([`Pipeline::encode_prompt`], [`Pipeline::prior_step`], [`Pipeline::decoder_step`],
     /// [`Pipeline::decode_latents`]) for benchmarks and tests of one piece.

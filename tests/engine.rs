@@ -104,3 +104,29 @@ fn stage_level_entry_points() {
     assert_eq!(hidden.shape(), &[1, 77, 64]);
     assert_eq!(pooled.shape(), &[1, 1, 64]);
 }
+
+/// A warm-up call runs one step per stage and leaves the engine ready: the request it was
+/// shaped like then gives the same images as on a fresh engine.
+#[test]
+fn warm_up_then_the_same_images() {
+    let e = engine();
+    let took = e.warm_up(&request(3)).unwrap();
+    println!("warm-up: {:.1} ms", took.as_secs_f64() * 1e3);
+    assert_eq!(e.generate(&request(3), None, None).unwrap().images, engine().generate(&request(3), None, None).unwrap().images);
+}
+
+/// On the GPU the warm-up captures each stage's step graph and the engine keeps it: the real
+/// request that follows captures nothing, at any number of steps.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_warm_up_captures_the_step_graphs_once() {
+    let e = Engine::load(EngineConfig { device: "cuda".into(), ..Default::default() }).unwrap();
+    let cuda = e.device().as_cuda("test").unwrap().clone();
+    let req = Request { prior_steps: 3, decoder_steps: 2, ..request(5) };
+    e.warm_up(&req).unwrap();
+    let captured = cuda.graphs_captured();
+    assert!(captured > 0, "the warm-up captured no graph");
+    e.generate(&req, None, None).unwrap();
+    assert_eq!(cuda.graphs_captured(), captured, "the request after the warm-up captured again");
+}
