@@ -179,6 +179,14 @@ fn main() {
     if engine.is_builtin() {
         eprintln!("serving the built-in tiny model with random weights (pictures are noise); pass model folders to serve real weights");
     }
+    // On a GPU, capture the default request's step graphs and tune its GEMMs before listening,
+    // so the first client does not wait for them.
+    if !engine.device().is_cpu() {
+        match engine.warm_up(&Request::default()) {
+            Ok(t) => eprintln!("warmed up for 1024² requests in {:.1} s", t.as_secs_f64()),
+            Err(e) => eprintln!("warning: the warm-up failed ({e}); the first request will capture and tune instead"),
+        }
+    }
     let listener = TcpListener::bind(&addr).unwrap_or_else(|e| {
         eprintln!("error: cannot listen on {addr}: {e}");
         std::process::exit(1)
