@@ -124,6 +124,8 @@ impl Engine {
             Pipeline::load_with(&paths, dtype, &device, LoadOptions { residency: config.residency, check_weights: config.check_weights })?
         };
         pipeline.set_cuda_graphs(config.cuda_graphs);
+        // Callers get images only: no host copies of the intermediates.
+        pipeline.set_keep_tensors(false);
         Ok(Engine { pipeline, queue: FairQueue::default(), builtin })
     }
 

@@ -285,7 +285,7 @@ pub struct Output {
     pub warnings: Vec<String>,
     /// `prompt_embeds`, `prompt_embeds_pooled`, `negative_prompt_embeds`,
     /// `negative_prompt_embeds_pooled` (with guidance), `image_embeddings`, `decoder_latents`,
-    /// `images_unclamped`, `images`.
+    /// `images_unclamped`, `images`; empty after [`Pipeline::set_keep_tensors`]`(false)`.
     pub tensors: Vec<(String, Tensor)>,
 }
 
@@ -452,6 +452,8 @@ pub struct Pipeline {
     dtype: DType,
     device: Device,
     cuda_graphs: bool,
+    /// Whether [`Output::tensors`] is filled (see [`Pipeline::set_keep_tensors`]).
+    keep_tensors: bool,
     /// The captured denoising steps of resident networks, one per stage, kept for the next call
     /// with the same shapes (see [`StepGraph`]).
     step_graphs: std::sync::Mutex<Vec<StepGraph>>,
@@ -471,6 +473,35 @@ fn check_finite(name: &str, t: &Tensor, stage: &str, steps: usize) -> Result<()>
         )));
     }
     Ok(())
+}
+
+/// `x` clamped to [0, 1] and scaled to 0..=255, rounded half to even as numpy's `round` (which
+/// diffusers' `numpy_to_pil` uses). Adding and subtracting 2²³ rounds to an integer in the
+/// default rounding mode (to nearest, ties to even) for 0 ≤ y < 2²²: exact, and cheaper than a
+/// call to `rintf`.
+fn quantize_u8(x: f32) -> u8 {
+    const ROUND: f32 = 8_388_608.0; // 2^23
+    let y = x.clamp(0.0, 1.0) * 255.0;
+    ((y + ROUND) - ROUND) as u8
+}
+
+/// `n` images from NCHW planes in [0, 1] (values outside are clamped): one pass that reads the
+/// three planes side by side and writes interleaved RGB bytes.
+fn to_rgb8(v: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<image::RgbImage>> {
+    let hw = h * w;
+    (0..n)
+        .map(|i| {
+            let (r, rest) = v[i * 3 * hw..(i + 1) * 3 * hw].split_at(hw);
+            let (g, b) = rest.split_at(hw);
+            let mut raw = vec![0u8; 3 * hw];
+            for (p, px) in raw.chunks_exact_mut(3).enumerate() {
+                px[0] = quantize_u8(r[p]);
+                px[1] = quantize_u8(g[p]);
+                px[2] = quantize_u8(b[p]);
+            }
+            image::RgbImage::from_raw(w as u32, h as u32, raw).ok_or_else(|| Error::Shape(format!("cannot make a {w} × {h} RGB image")))
+        })
+        .collect()
 }
 
 /// The smallest Stage B latent side the UNet takes: the patch size times 2 per strided level.
@@ -547,6 +578,7 @@ impl Pipeline {
             dtype,
             device: device.clone(),
             cuda_graphs: true,
+            keep_tensors: true,
             step_graphs: Default::default(),
             device_peak: 0.into(),
         })
@@ -567,6 +599,14 @@ impl Pipeline {
     pub fn set_cuda_graphs(&mut self, on: bool) {
         self.cuda_graphs = on;
         self.step_graphs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Whether `generate` returns the intermediate tensors in [`Output::tensors`] (default: yes;
+    /// the CLI's `--dump-tensors` and the comparisons with diffusers read them). Without them a
+    /// call makes no host copies beyond the two small latents its finiteness checks read, and
+    /// turns the decoded image into pixels in one pass ([`crate::engine::Engine`] turns them off).
+    pub fn set_keep_tensors(&mut self, on: bool) {
+        self.keep_tensors = on;
     }
 
     /// The built-in model: the tiny architecture of the test fixtures (every structural feature,
@@ -598,6 +638,7 @@ impl Pipeline {
             dtype,
             device: device.clone(),
             cuda_graphs: true,
+            keep_tensors: true,
             step_graphs: Default::default(),
             device_peak: 0.into(),
         })
@@ -753,13 +794,17 @@ impl Pipeline {
         let repeat = |t: &Tensor| -> Result<Tensor> { (1..n).try_fold(t.view(t.shape())?, |acc, _| concat_batch(&acc, t)) };
         let (text, pooled) = row(0)?;
         let (text, pooled) = (repeat(&text)?, repeat(&pooled)?);
-        tensors.push(("prompt_embeds".to_string(), cpu_copy(&text)?));
-        tensors.push(("prompt_embeds_pooled".to_string(), cpu_copy(&pooled)?));
+        if self.keep_tensors {
+            tensors.push(("prompt_embeds".to_string(), cpu_copy(&text)?));
+            tensors.push(("prompt_embeds_pooled".to_string(), cpu_copy(&pooled)?));
+        }
         let negative = if prompts.len() == 2 {
             let (nt, np) = row(1)?;
             let (nt, np) = (repeat(&nt)?, repeat(&np)?);
-            tensors.push(("negative_prompt_embeds".to_string(), cpu_copy(&nt)?));
-            tensors.push(("negative_prompt_embeds_pooled".to_string(), cpu_copy(&np)?));
+            if self.keep_tensors {
+                tensors.push(("negative_prompt_embeds".to_string(), cpu_copy(&nt)?));
+                tensors.push(("negative_prompt_embeds_pooled".to_string(), cpu_copy(&np)?));
+            }
             Some((nt, np))
         } else {
             None
@@ -798,7 +843,9 @@ impl Pipeline {
         timings.prior_steps = prior_steps;
         let image_embeddings = cpu_copy(&nhwc_to_nchw(&x)?)?;
         check_finite("image_embeddings", &image_embeddings, "Stage C (the prior)", req.prior_steps)?;
-        tensors.push(("image_embeddings".to_string(), image_embeddings));
+        if self.keep_tensors {
+            tensors.push(("image_embeddings".to_string(), image_embeddings));
+        }
 
         drop(prior);
 
@@ -827,7 +874,9 @@ impl Pipeline {
         timings.decoder_steps = decoder_steps;
         let decoder_latents = cpu_copy(&nhwc_to_nchw(&latents)?)?;
         check_finite("decoder_latents", &decoder_latents, "Stage B (the decoder)", req.decoder_steps)?;
-        tensors.push(("decoder_latents".to_string(), decoder_latents));
+        if self.keep_tensors {
+            tensors.push(("decoder_latents".to_string(), decoder_latents));
+        }
 
         drop(decoder);
 
@@ -839,24 +888,17 @@ impl Pipeline {
         drop(vqgan);
         let unclamped = cpu_copy(&images)?;
         check_finite("images_unclamped", &unclamped, "Stage A (the VQGAN)", 1)?;
-        let v: Vec<f32> = unclamped.cpu_f32()?.iter().map(|x| x.clamp(0.0, 1.0)).collect();
         let &[_, c, h, w] = unclamped.shape() else { unreachable!("images are 4-D") };
         if c != 3 {
             return Err(Error::Shape(format!("Stage A produced {c} channels; an RGB image needs 3")));
         }
-        let rgb = (0..n)
-            .map(|i| {
-                let plane = &v[i * 3 * h * w..(i + 1) * 3 * h * w];
-                image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
-                    // numpy's round half to even, as diffusers' numpy_to_pil.
-                    let px = |ch: usize| (plane[ch * h * w + y as usize * w + x as usize] * 255.0).round_ties_even() as u8;
-                    image::Rgb([px(0), px(1), px(2)])
-                })
-            })
-            .collect();
-        let clamped = Tensor::from_cpu(CpuData::F32(v), unclamped.shape(), &Device::Cpu)?;
-        tensors.push(("images_unclamped".to_string(), unclamped));
-        tensors.push(("images".to_string(), clamped));
+        let rgb = to_rgb8(&unclamped.cpu_f32()?, n, h, w)?;
+        if self.keep_tensors {
+            let v: Vec<f32> = unclamped.cpu_f32()?.iter().map(|x| x.clamp(0.0, 1.0)).collect();
+            let clamped = Tensor::from_cpu(CpuData::F32(v), unclamped.shape(), &Device::Cpu)?;
+            tensors.push(("images_unclamped".to_string(), unclamped));
+            tensors.push(("images".to_string(), clamped));
+        }
         timings.stage_a = stage_a.elapsed();
         hooks.step_done(Phase::StageA, 1, 1)?;
         timings.total = start.elapsed();
@@ -1071,4 +1113,37 @@ struct StepGraph {
     key: StepKey,
     bufs: StepBuffers,
     graph: CapturedStep,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 2²³ trick rounds exactly as `round_ties_even` on [0, 255], ties included, and clamps.
+    #[test]
+    fn quantize_matches_round_half_to_even() {
+        let mut xs: Vec<f32> = (0..=100_000).map(|i| i as f32 / 100_000.0).collect();
+        xs.extend((0..=255).map(|k| (k as f32 + 0.5) / 255.0));
+        xs.extend([-1.0, -0.0, 1.0, 1.5, f32::INFINITY, f32::NEG_INFINITY]);
+        for x in xs {
+            let want = (x.clamp(0.0, 1.0) * 255.0).round_ties_even() as u8;
+            assert_eq!(quantize_u8(x), want, "x = {x}");
+        }
+    }
+
+    /// Planes in, interleaved pixels out, image by image.
+    #[test]
+    fn rgb_interleaves_the_planes() {
+        let (n, h, w) = (2, 2, 3);
+        let v: Vec<f32> = (0..n * 3 * h * w).map(|i| i as f32 / 35.0).collect();
+        let imgs = to_rgb8(&v, n, h, w).unwrap();
+        for (i, img) in imgs.iter().enumerate() {
+            for y in 0..h {
+                for x in 0..w {
+                    let at = |c: usize| quantize_u8(v[((i * 3 + c) * h + y) * w + x]);
+                    assert_eq!(img.get_pixel(x as u32, y as u32).0, [at(0), at(1), at(2)]);
+                }
+            }
+        }
+    }
 }

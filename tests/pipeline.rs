@@ -105,6 +105,29 @@ fn kept_step_graphs_replay_new_requests() {
     assert_eq!(replayed, direct, "a kept graph replayed for a new request differs from direct launches");
 }
 
+/// Without the intermediates a call returns the same pixels (and no tensors); the pixels are the
+/// clamped image tensor times 255, rounded half to even.
+#[test]
+fn images_without_the_intermediates() {
+    let paths = ModelPaths::find(&[tiny()], false, false).unwrap();
+    let mut pipe = Pipeline::load(&paths, DType::F32, &Device::Cpu).unwrap();
+    let run = |pipe: &Pipeline| pipe.generate(&request(), &mut TorchNoise::new(3)).unwrap();
+    let with = run(&pipe);
+    pipe.set_keep_tensors(false);
+    let without = run(&pipe);
+    assert!(without.tensors.is_empty());
+    assert_eq!(with.images, without.images);
+    let clamped = with.tensors.iter().find(|(n, _)| n == "images").unwrap().1.to_vec_f32().unwrap();
+    let img = &with.images[0];
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            let want = (clamped[c * h * w + i] * 255.0).round_ties_even() as u8;
+            assert_eq!(px.0[c], want, "pixel {i} channel {c}");
+        }
+    }
+}
+
 fn pipeline_case(dev: &Device, dtype: DType, bound: f64) {
     let start = Instant::now();
     let paths = ModelPaths::find(&[tiny()], false, false).unwrap();
