@@ -153,6 +153,8 @@ fn generate(a: &Args) -> Result<()> {
         Pipeline::load_with(&paths, dtype, &device, LoadOptions { residency, check_weights: a.switch("--check-weights") })?
     };
     pipe.set_cuda_graphs(!a.switch("--no-cuda-graphs"));
+    // The intermediates are copied to the host only when they are written out.
+    pipe.set_keep_tensors(a.one("--dump-tensors").is_some());
     let d = Request::default();
     let req = Request {
         prompt: a.need("--prompt")?.to_string(),
