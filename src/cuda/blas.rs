@@ -4,7 +4,7 @@
 //! cuBLASLt is column-major, and a row-major matrix is its own transpose in column-major, so
 //! `yᵀ[N,M] = w[N,K] · xᵀ[K,M]`: A = w read transposed (column-major K×N, ld K), B = x (column-major
 //! K×M, ld K), D = y (column-major N×M, ld N). This swap is written here once.
-//! The bias epilogue adds a vector over D's rows, which are y's columns: exactly bias[N].
+//! The bias epilogue adds a vector over D's rows, which are y's columns: exactly `bias[N]`.
 //!
 //! Algorithm choice: cuBLASLt's heuristic ranks a handful of candidate kernels per shape, and its
 //! first choice is not always the fastest on the card at hand. The first time a shape runs outside

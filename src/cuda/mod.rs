@@ -443,7 +443,7 @@ impl CudaDevice {
     /// Records everything `body` queues on the stream into a CUDA graph instead of running it.
     /// The stream is left usable whether `body` succeeds or fails.
     ///
-    /// The buffers `body` allocates come from an arena that the graph owns (see [`pool`]), so
+    /// The buffers `body` allocates come from an arena that the graph owns (`src/cuda/pool.rs`), so
     /// the graph holds no memory nodes. The first capture learns the arena's size, so `body`
     /// runs twice when it allocates anything; it must allocate the same sizes in the same order
     /// each time (a model's forward pass does).
