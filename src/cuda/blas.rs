@@ -381,9 +381,7 @@ impl Blas {
         }
         let beta = if accumulate { 1.0f32 } else { 0.0 };
         if !plan.tuned {
-            let capturing = self.stream.capture_status().map_err(|e| super::driver_err("querying the capture status", e))?
-                != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
-            if capturing {
+            if super::capturing(&self.stream)? {
                 self.untuned_in_capture.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.tune(handle, plan, key, x, w, beta)?;

@@ -29,6 +29,12 @@ fn load_function(m: &Arc<CudaModule>, file: &str, name: &str) -> Result<CudaFunc
     m.load_function(name).map_err(|e| Error::Cuda(format!("kernel `{name}` missing from kernels/{file}.cu's fatbin: {e}")))
 }
 
+/// Whether `stream` is being captured into a graph.
+pub(crate) fn capturing(stream: &CudaStream) -> Result<bool> {
+    let status = stream.capture_status().map_err(|e| driver_err("querying the capture status", e))?;
+    Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+}
+
 /// Maps a driver error to the engine's error, keeping out-of-memory distinct.
 pub(crate) fn driver_err(what: &str, e: DriverError) -> Error {
     if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
@@ -343,7 +349,7 @@ impl CudaDevice {
             // The pool keeps freed memory, possibly in pieces too small for this request: give it
             // back to the driver and try once more (not while capturing: a synchronisation would
             // end the capture).
-            Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY && self.mem_pool.is_some() && !self.is_capturing() => {
+            Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY && self.mem_pool.is_some() && !capturing(&self.stream)? => {
                 self.trim_pool()?;
                 // SAFETY: as above.
                 unsafe { self.stream.alloc::<u8>(n) }.map_err(|e| driver_err(&format!("allocating {n} bytes on {}", self.name), e))?
@@ -364,11 +370,6 @@ impl CudaDevice {
             unsafe { sys::cuMemPoolTrimTo(pool.0, 0) }.result().map_err(|e| driver_err("trimming the memory pool", e))?;
         }
         Ok(())
-    }
-
-    /// Whether the stream is being captured into a graph.
-    fn is_capturing(&self) -> bool {
-        !matches!(self.stream.capture_status(), Ok(sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE))
     }
 
     /// Sets `bytes` bytes at device address `dst` to `value` (queued on the stream).
@@ -475,14 +476,15 @@ impl CudaDevice {
     /// did not fit (a third try that still overflows keeps the graph: its extra buffers are
     /// memory nodes, which are correct, only slower).
     fn capture_sized(self: &Arc<Self>, mut capacity: usize, body: &mut dyn FnMut() -> Result<()>) -> Result<Graph> {
-        for attempt in 0.. {
+        let mut tries = 0;
+        loop {
             let (graph, pool) = self.capture_in(capacity, body)?;
-            if !pool.overflowed() || attempt == 2 {
+            tries += 1;
+            if !pool.overflowed() || tries == 3 {
                 return Graph::ready(graph, pool);
             }
             capacity = pool.high_water();
         }
-        unreachable!("the loop returns by its third attempt")
     }
 
     /// One capture of `body` into a fresh arena of `capacity` bytes.

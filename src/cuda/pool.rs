@@ -116,23 +116,19 @@ impl GraphPool {
     pub fn alloc(self: &Arc<Self>, dev: &Arc<CudaDevice>, bytes: usize) -> Result<CudaBuffer> {
         let offset = self.lock().alloc(bytes);
         let len = RangeAllocator::rounded(bytes);
-        let overflow = match &self.arena {
-            Some(_) if offset + len <= self.capacity => None,
+        let (ptr, overflow) = match &self.arena {
+            Some(arena) if offset + len <= self.capacity => (arena.ptr() + offset as u64, None),
+            // Beyond the arena (or no arena yet: the sizing capture): a stream allocation.
             _ => {
                 self.overflowed.store(true, std::sync::atomic::Ordering::Relaxed);
                 match dev.alloc_stream(bytes) {
-                    Ok(b) => Some(Box::new(b)),
+                    Ok(b) => (b.ptr(), Some(Box::new(b))),
                     Err(e) => {
                         self.lock().free(offset, bytes);
                         return Err(e);
                     }
                 }
             }
-        };
-        let ptr = match (&overflow, &self.arena) {
-            (Some(own), _) => own.ptr(),
-            (None, Some(arena)) => arena.ptr() + offset as u64,
-            (None, None) => unreachable!("a buffer inside an arena of capacity zero"),
         };
         if self.poison {
             dev.memset(ptr, 0xff, bytes.max(1))?;
