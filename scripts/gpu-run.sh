@@ -1,24 +1,35 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, as gpu-bundle/run.sh (see
-# scripts/gpu-bundle.sh). Every test binary runs with --include-ignored (so the GPU tests run),
-# then every bench in its short mode; with SANITIZE=1, compute-sanitizer's memcheck, racecheck
-# and initcheck run over the kernel tests and one step of Stage C lite and Stage B lite. Prints the GPU's name and a summary table last; exits
-# non-zero on any failure.
-#   BENCH=0  skip the benches        TESTS=0  skip the tests      SANITIZE=1  add the sanitizer
-#   FIDELITY=1  full-size fidelity against diffusers (tools/gpu/fidelity.py, a few minutes)
-#   TEST_TIMEOUT / BENCH_TIMEOUT  seconds per binary (300); CASCADE_BENCH_STAGES=clip,stage_c,…
-#   narrows the stage bench; SANITIZE_STAGES picks the stages run once under memcheck;
-#   CASCADE_SHAPES=odd,clip narrows the kernel tests to shapes whose names contain those words
-#   SIDE_BY_SIDE=1  diffusers and the engine timed in this run (tools/gpu/side_by_side.py)
-#   (BENCH also times PyTorch's SDPA on the attention shapes: tools/gpu/sdpa_bench.py)
-#   GEMM_TUNE_AB=1  the stage bench again with CASCADE_GEMM_TUNE=0 (cuBLASLt's heuristic choice),
-#   printed as "BENCH untuned …" lines beside the tuned ones
-#   PROFILE=1  one graph-replayed step of each of PROFILE_STAGES (clip,stage_c,stage_b,stage_a)
-#   under Nsight Compute, kernel by kernel: where the step's time goes (tools/gpu/ncu_summary.py)
+# scripts/gpu-bundle.sh). Two phases, so that one call of the lease does all GPU work:
+#
+#  1. correctness (processes side by side; timings here mean nothing): the reliability tests
+#     alone first (one of them takes all but 1 GiB of the card), then every other test binary
+#     with --include-ignored (so the GPU tests run), full-size fidelity against diffusers and
+#     compute-sanitizer, all at once;
+#  2. timing (one process on the card at a time): the ops and stages benches in their short
+#     mode, PyTorch's SDPA and the card's ceilings, diffusers side by side, the Nsight Compute
+#     profile, and the stages bench with cuBLASLt's untuned choice.
+#
+# Switches (1 runs, 0 skips): TESTS=1 BENCH=1 FIDELITY=0 SANITIZE=0 SIDE_BY_SIDE=0 PROFILE=0
+# GEMM_TUNE_AB=0; ALL=1 turns every one on. DEADLINE=seconds bounds the whole run: each step is
+# cut to what is left and a step that would start too late is reported as skipped, so the
+# summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT cap one step (300 s);
+# CASCADE_BENCH_STAGES narrows the stage bench; SANITIZE_STAGES picks the stages run once under
+# the sanitizer; CASCADE_SHAPES=odd,clip narrows the kernel tests; PROFILE_STAGES picks the
+# profiled stages. Logs go to $LOGS (default /tmp/cascade-gpu-logs) and, packed, to
+# $OUT/cascade-gpu-logs.tar.gz. Prints the GPU's name and a summary table last; exits non-zero
+# on any failure.
 set -uo pipefail
+start_ts=$(date +%s)
+deadline=$((start_ts + ${DEADLINE:-100000}))
+# Phase 1 ends by PHASE1_SECONDS after the start (when a DEADLINE is set: the timings need the rest).
+phase_end=$deadline
+[ -n "${DEADLINE:-}" ] && phase_end=$((start_ts + ${PHASE1_SECONDS:-270}))
 packed=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-logs=${LOGS:-${OUT:-/tmp}/cascade-gpu-logs}
+logs=${LOGS:-/tmp/cascade-gpu-logs}
+rm -rf "$logs"
 mkdir -p "$logs"
+on() { [ "${ALL:-0}" = 1 ] || [ "${!1:-$2}" = 1 ]; }
 # Unpack the xz-compressed executables (Python's lzma: no xz binary needed).
 bundle=${BUNDLE_DIR:-/tmp/cascade-bundle}
 mkdir -p "$bundle/tests" "$bundle/benches" "$bundle/bin"
@@ -30,104 +41,171 @@ for f in src.glob("*/*.xz"):
     out.write_bytes(lzma.decompress(f.read_bytes()))
     os.chmod(out, 0o755)
 PY
-[ -d "$packed/wheels" ] && ln -sfn "$packed/wheels" "$bundle/wheels"
 export CASCADE_ROOT=${CASCADE_ROOT:-$(pwd)}
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
 echo "GPU: ${gpu:-none found}"
-failed=0
-rows=()
-
-if [ "${TESTS:-1}" = 1 ]; then
-    for t in "$bundle"/tests/*; do
-        name=$(basename "$t")
-        start=$(date +%s)
-        # Graph buffers poisoned at each replay: a step reading memory it never wrote shows NaN.
-        CASCADE_POISON_GRAPH_MEMORY=1 timeout "${TEST_TIMEOUT:-300}" "$t" --include-ignored --nocapture > "$logs/$name.log" 2>&1
-        rc=$?
-        [ $rc -eq 124 ] && echo "$name: timed out after ${TEST_TIMEOUT:-300} s" >> "$logs/$name.log"
-        secs=$(( $(date +%s) - start ))
-        result=$(grep -E "^test result:" "$logs/$name.log" | tail -n 1 | sed 's/^test result: //; s/; finished.*//')
-        [ $rc -eq 0 ] || failed=1
-        rows+=("$(printf '%-28s %-4s %4ss  %s' "$name" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$secs" "$result")")
-        if [ $rc -ne 0 ]; then grep -E "panicked|FAILED|error" "$logs/$name.log" | head -n 20; fi
-    done
+# The engine dlopens libcuda and libcublasLt by bare name. Where cuBLASLt is not on the loader
+# path, take the first copy found in a CUDA install or PyTorch's wheels.
+if ! ldconfig -p 2> /dev/null | grep -q 'libcublasLt\.so'; then
+    lt=$(ls /usr/local/cuda*/lib64/libcublasLt.so* /usr/local/cuda*/targets/*/lib/libcublasLt.so* \
+        /opt/*/.venv/lib/python3*/site-packages/nvidia/cu13/lib/libcublasLt.so* \
+        /opt/*/.venv/lib/python3*/site-packages/nvidia/cublas/lib/libcublasLt.so* 2> /dev/null | head -n 1)
+    [ -n "$lt" ] && export LD_LIBRARY_PATH="$(dirname "$lt")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "cuBLASLt: ${lt:-not found}"
 fi
 
-if [ "${SANITIZE:-0}" = 1 ] && ! command -v compute-sanitizer >/dev/null; then
-    failed=1
-    rows+=("sanitize                     FAIL compute-sanitizer is not on PATH")
-elif [ "${SANITIZE:-0}" = 1 ]; then
-    # The kernel tests on the small odd shapes (SANITIZE_SHAPES=… picks others: the sanitizer is
-    # slow on the real sizes), then one graph-replayed step of each stage (the stages bench,
-    # each case run once), under memcheck, racecheck and initcheck.
-    for tool in memcheck racecheck initcheck; do
-        CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=1 > "$logs/sanitize-$tool.log" 2>&1
-        rc=$?
-        summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$logs/sanitize-$tool.log" | tail -n 1)
-        [ $rc -eq 0 ] || failed=1
-        rows+=("$(printf '%-28s %-4s %s' "sanitize-$tool kernels" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$summary")")
-    done
-    for tool in memcheck racecheck initcheck; do
-        CASCADE_BENCH_ONCE=1 CASCADE_BENCH_STAGES=${SANITIZE_STAGES:-stage_c_lite,stage_b_lite} compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/benches/stages" --bench > "$logs/sanitize-$tool-stages.log" 2>&1
-        rc=$?
-        [ $rc -eq 0 ] || failed=1
-        rows+=("$(printf '%-28s %-4s %s' "sanitize-$tool stages" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$logs/sanitize-$tool-stages.log" | tail -n 1)")")
-    done
-fi
-
-if [ "${BENCH:-1}" = 1 ]; then
-    for b in "$bundle"/benches/*; do
-        name=$(basename "$b")
-        CASCADE_BENCH_QUICK=1 timeout "${BENCH_TIMEOUT:-300}" "$b" --bench > "$logs/bench-$name.log" 2>&1 || { failed=1; rows+=("bench $name FAILED (see $logs/bench-$name.log)"); }
-    done
-    # PyTorch's SDPA on the same attention shapes, and the card's copy and matrix ceilings, in
-    # this run (tools/gpu/sdpa_bench.py reads the shapes from the ops bench's lines).
-    if [ -s "$logs/bench-ops.log" ]; then
-        timeout "${BENCH_TIMEOUT:-300}" python3 tools/gpu/sdpa_bench.py "$logs/bench-ops.log" > "$logs/bench-sdpa.log" 2>&1 || { failed=1; rows+=("bench sdpa FAILED (see $logs/bench-sdpa.log)"); }
-        rows+=("$(sed -n '/== attention beside SDPA/,$p' "$logs/bench-sdpa.log")")
+# step NAME CAP CMD...: runs CMD with its output in $logs/NAME.log, for at most CAP seconds and
+# never past the deadline (less 20 s for the summary); its exit status goes to $logs/NAME.rc
+# (124: cut off, 125: skipped, too late to start).
+step() {
+    local name=$1 cap=$2
+    shift 2
+    local end=$deadline
+    [ "$phase_end" -lt "$end" ] && end=$phase_end
+    local left=$((end - $(date +%s) - 20))
+    [ "$left" -lt "$cap" ] && cap=$left
+    if [ "$cap" -lt 15 ]; then
+        echo 125 > "$logs/$name.rc"
+        echo "skipped: the deadline was too near" > "$logs/$name.log"
+        return 125
     fi
-fi
+    local t0=$(date +%s)
+    echo "[$((t0 - start_ts))s] $name: start (cap ${cap}s)"
+    timeout -k 10 "$cap" "$@" > "$logs/$name.log" 2>&1
+    local rc=$?
+    echo $rc > "$logs/$name.rc"
+    echo $(($(date +%s) - t0)) > "$logs/$name.secs"
+    echo "[$(($(date +%s) - start_ts))s] $name: rc $rc"
+    return $rc
+}
+row() { # NAME [DETAIL]: one summary line from the step's files
+    local name=$1 detail=${2:-} rc secs
+    rc=$(cat "$logs/$name.rc" 2>/dev/null || echo "?")
+    secs=$(cat "$logs/$name.secs" 2>/dev/null || echo "-")
+    case $rc in 0) status=ok ;; 124) status=TIMEOUT ;; 125) status=skipped ;; *) status=FAIL ;; esac
+    printf '%-30s %-7s %5ss  %s\n' "$name" "$status" "$secs" "$detail"
+}
 
-if [ "${GEMM_TUNE_AB:-0}" = 1 ]; then
-    CASCADE_GEMM_TUNE=0 CASCADE_BENCH_QUICK=1 timeout "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench > "$logs/stages-untuned.log" 2>&1 || { failed=1; rows+=("bench stages (untuned) FAILED (see $logs/stages-untuned.log)"); }
-    sed 's/^BENCH /BENCH untuned /' "$logs/stages-untuned.log" > "$logs/bench-stages-untuned.log"
-fi
-
-if [ "${PROFILE:-0}" = 1 ]; then
-    ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | tail -n 1)
-    if [ -z "$ncu_bin" ]; then
-        failed=1
-        rows+=("profile                      FAIL ncu (Nsight Compute) was not found")
-    else
-        for stage in ${PROFILE_STAGES:-clip stage_c stage_b stage_a}; do
-            # Only the profiled range (one replay) is measured; the clocks are left alone and L2
-            # keeps its contents between kernels, as in a real replay.
-            CASCADE_BENCH_PROFILE=1 CASCADE_BENCH_STAGES=$stage timeout "${PROFILE_TIMEOUT:-300}" "$ncu_bin" --profile-from-start off \
-                --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --log-file "$logs/ncu-$stage.csv" \
-                "$bundle/benches/stages" --bench > "$logs/profile-$stage.log" 2>&1 || { failed=1; rows+=("profile $stage FAILED (see $logs/profile-$stage.log)"); }
-            python3 tools/gpu/ncu_summary.py "$logs/ncu-$stage.csv" --title "$stage" > "$logs/profile-$stage.txt" 2>&1 || failed=1
-            rows+=("$(cat "$logs/profile-$stage.txt")")
-        done
-    fi
-fi
-
-if [ "${FIDELITY:-0}" = 1 ] || [ "${SIDE_BY_SIDE:-0}" = 1 ]; then
+# ---- phase 1: correctness ----
+if on FIDELITY 0 || on SIDE_BY_SIDE 0; then
     pydeps=/tmp/cascade-pydeps
-    python3 -m pip install --quiet --no-index --no-deps --target "$pydeps" "$bundle"/wheels/*.whl > "$logs/pip.log" 2>&1
+    python3 -m pip install --quiet --no-index --no-deps --target "$pydeps" "$packed"/wheels/*.whl > "$logs/pip.log" 2>&1
     export PYTHONPATH="$pydeps${PYTHONPATH:+:$PYTHONPATH}"
 fi
-if [ "${FIDELITY:-0}" = 1 ]; then
-    python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} > "$logs/fidelity.log" 2>&1 || failed=1
-    rows+=("$(sed -n '/== fidelity/,$p' "$logs/fidelity.log")")
+tests=()
+if on TESTS 1; then
+    for t in "$bundle"/tests/*; do tests+=("$(basename "$t")"); done
+    # Graph buffers poisoned at each replay: a step reading memory it never wrote shows NaN.
+    export CASCADE_POISON_GRAPH_MEMORY=1
+    [ -x "$bundle/tests/reliability" ] && step test-reliability "${TEST_TIMEOUT:-300}" "$bundle/tests/reliability" --include-ignored --nocapture
 fi
-if [ "${SIDE_BY_SIDE:-0}" = 1 ]; then
-    python3 tools/gpu/side_by_side.py --bench "$bundle/benches/stages" ${SIDE_BY_SIDE_ARGS:-} > "$logs/side_by_side.log" 2>&1 || failed=1
-    rows+=("$(sed -n '/== side by side/,$p' "$logs/side_by_side.log")")
+pids=()
+for name in "${tests[@]}"; do
+    [ "$name" = reliability ] && continue
+    step "test-$name" "${TEST_TIMEOUT:-300}" "$bundle/tests/$name" --include-ignored --nocapture &
+    pids+=($!)
+done
+if on FIDELITY 0; then
+    step fidelity "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
+    pids+=($!)
+fi
+sanitize_runs=()
+if on SANITIZE 0; then
+    if ! command -v compute-sanitizer > /dev/null; then
+        echo 1 > "$logs/sanitize.rc"
+        echo "compute-sanitizer is not on PATH" > "$logs/sanitize.log"
+        sanitize_runs+=(sanitize)
+    else
+        # The kernel tests on the small odd shapes (the sanitizer is slow on the real sizes), then
+        # one graph-replayed step of each of SANITIZE_STAGES (the stages bench, each case once,
+        # cuBLASLt's heuristic choice: no tuning under the sanitizer). Tools in sequence, the
+        # kernels and the stages side by side.
+        (for tool in memcheck initcheck racecheck; do
+            CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-kernels" "${SANITIZE_TIMEOUT:-240}" \
+                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=4
+        done) &
+        pids+=($!)
+        (for tool in memcheck initcheck racecheck; do
+            CASCADE_GEMM_TUNE=0 CASCADE_BENCH_ONCE=1 CASCADE_BENCH_STAGES=${SANITIZE_STAGES:-clip,stage_c_lite,stage_b_lite,stage_a} step "sanitize-$tool-stages" \
+                "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/benches/stages" --bench
+        done) &
+        pids+=($!)
+        for tool in memcheck initcheck racecheck; do sanitize_runs+=("sanitize-$tool-kernels" "sanitize-$tool-stages"); done
+    fi
+fi
+for p in "${pids[@]}"; do wait "$p"; done
+phase_end=$deadline
+
+# ---- phase 2: timing, one process on the card at a time ----
+benches=()
+if on BENCH 1; then
+    for b in "$bundle"/benches/*; do
+        name=$(basename "$b")
+        benches+=("bench-$name")
+        CASCADE_BENCH_QUICK=1 step "bench-$name" "${BENCH_TIMEOUT:-300}" "$b" --bench
+    done
+    # PyTorch's SDPA on the same attention shapes, and the card's copy and matrix ceilings.
+    if [ -s "$logs/bench-ops.log" ]; then
+        step sdpa "${BENCH_TIMEOUT:-300}" python3 tools/gpu/sdpa_bench.py "$logs/bench-ops.log"
+    fi
+fi
+if on SIDE_BY_SIDE 0; then
+    # The engine's figures from this run's stages bench when there is one (same card, same run).
+    if [ -s "$logs/bench-stages.log" ]; then src=(--bench-log "$logs/bench-stages.log"); else src=(--bench "$bundle/benches/stages"); fi
+    step side_by_side "${BENCH_TIMEOUT:-300}" python3 tools/gpu/side_by_side.py "${src[@]}" ${SIDE_BY_SIDE_ARGS:-}
+fi
+profiled=()
+if on PROFILE 0; then
+    ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2> /dev/null | tail -n 1)
+    for stage in ${PROFILE_STAGES:-stage_c stage_b stage_a clip}; do
+        profiled+=("profile-$stage")
+        if [ -z "$ncu_bin" ]; then
+            echo 1 > "$logs/profile-$stage.rc"
+            continue
+        fi
+        # Only the profiled range (one replay) is measured; the clocks are left alone and L2
+        # keeps its contents between kernels, as in a real replay.
+        CASCADE_BENCH_PROFILE=1 CASCADE_BENCH_STAGES=$stage step "profile-$stage" "${PROFILE_TIMEOUT:-180}" "$ncu_bin" --profile-from-start off \
+            --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --log-file "$logs/ncu-$stage.csv" \
+            "$bundle/benches/stages" --bench
+        [ -s "$logs/ncu-$stage.csv" ] && python3 tools/gpu/ncu_summary.py "$logs/ncu-$stage.csv" --title "$stage" > "$logs/profile-$stage.txt" 2>&1
+    done
+fi
+if on GEMM_TUNE_AB 0; then
+    CASCADE_GEMM_TUNE=0 CASCADE_BENCH_QUICK=1 step stages-untuned "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench
+    sed 's/^BENCH /BENCH untuned /' "$logs/stages-untuned.log" > "$logs/bench-stages-untuned.txt" 2> /dev/null
 fi
 
-echo
-echo "== summary (${gpu:-no GPU}) =="
-printf '%s\n' "${rows[@]}"
-cat "$logs"/bench-*.log 2>/dev/null | grep -E "^BENCH|^GRAPH|^PIPELINE|skipped" || true
-[ $failed -eq 0 ] && echo "ALL OK" || echo "FAILURES (logs in $logs)"
+# ---- summary ----
+failed=0
+for f in "$logs"/*.rc; do
+    rc=$(cat "$f")
+    [ "$rc" = 0 ] || [ "$rc" = 125 ] || failed=1
+done
+if [ -n "${OUT:-}" ]; then
+    tar -czf "$OUT/cascade-gpu-logs.tar.gz" -C "$(dirname "$logs")" "$(basename "$logs")" 2> /dev/null
+fi
+{
+    echo
+    echo "== summary (${gpu:-no GPU}; $(($(date +%s) - start_ts)) s) =="
+    for name in "${tests[@]}"; do
+        row "test-$name" "$(grep -E '^test result:' "$logs/test-$name.log" 2> /dev/null | tail -n 1 | sed 's/^test result: //; s/; finished.*//')"
+        [ "$(cat "$logs/test-$name.rc" 2> /dev/null)" = 0 ] || grep -E "panicked|FAILED|^error" "$logs/test-$name.log" 2> /dev/null | head -n 8
+    done
+    for name in "${sanitize_runs[@]}"; do
+        row "$name" "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/$name.log" 2> /dev/null | tail -n 1)"
+    done
+    for name in "${benches[@]}"; do row "$name"; done
+    [ -f "$logs/sdpa.rc" ] && row sdpa
+    [ -f "$logs/fidelity.rc" ] && { row fidelity; sed -n '/== fidelity/,$p' "$logs/fidelity.log"; }
+    [ -f "$logs/fidelity.rc" ] && [ "$(cat "$logs/fidelity.rc")" != 0 ] && tail -n 6 "$logs/fidelity.log"
+    [ -f "$logs/side_by_side.rc" ] && { row side_by_side; sed -n '/== side by side/,$p' "$logs/side_by_side.log"; }
+    [ -f "$logs/side_by_side.rc" ] && [ "$(cat "$logs/side_by_side.rc")" != 0 ] && tail -n 6 "$logs/side_by_side.log"
+    for name in "${profiled[@]}"; do row "$name"; cat "$logs/$name.txt" 2> /dev/null; done
+    [ -f "$logs/stages-untuned.rc" ] && row stages-untuned
+    [ -f "$logs/sdpa.log" ] && sed -n '/== attention beside SDPA/,$p' "$logs/sdpa.log"
+    cat "$logs"/bench-*.log "$logs"/bench-stages-untuned.txt "$logs"/sdpa.log 2> /dev/null | grep -E "^BENCH|^GRAPH|^PIPELINE|skipped" || true
+    [ $failed -eq 0 ] && echo "ALL OK" || echo "FAILURES (logs in $logs and \$OUT/cascade-gpu-logs.tar.gz)"
+} | tee "$logs/summary.txt"
+[ -n "${OUT:-}" ] && cp "$logs/summary.txt" "$OUT/summary.txt"
 exit $failed

@@ -81,9 +81,12 @@ def diffusers_stages(compile_, budget):
     return out
 
 
-def engine_stages(bench):
-    env = dict(os.environ, CASCADE_BENCH_QUICK="1", CASCADE_BENCH_STAGES="clip,stage_c,stage_b,stage_a,pipeline_full")
-    text = subprocess.run([bench, "--bench"], capture_output=True, text=True, env=env).stdout
+def engine_stages(bench, log=None):
+    if log:  # the stages bench already ran in this call, on this card
+        text = Path(log).read_text()
+    else:
+        env = dict(os.environ, CASCADE_BENCH_QUICK="1", CASCADE_BENCH_STAGES="clip,stage_c,stage_b,stage_a,pipeline_full")
+        text = subprocess.run([bench, "--bench"], capture_output=True, text=True, env=env).stdout
     out = {}
     for line in text.splitlines():
         m = re.match(r"BENCH stage/(\S+?)/\S+\s+([\d.]+) ms", line)
@@ -98,10 +101,11 @@ def engine_stages(bench):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", default="gpu-bundle/benches/stages")
+    ap.add_argument("--bench-log", help="the output of a stages bench run earlier on the same card, instead of running --bench")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--compile-budget", type=float, default=300)
     args = ap.parse_args()
-    eng = engine_stages(args.bench)
+    eng = engine_stages(args.bench, args.bench_log)
     ref = diffusers_stages(args.compile, args.compile_budget)
     print(f"\n== side by side on {torch.cuda.get_device_name()} (bf16, ms per call) ==")
     print(f"{'stage':<12}{'engine':>10}{'SDPA':>10}{'ratio':>8}{'compile':>10}{'ratio':>8}")
