@@ -374,4 +374,51 @@ mod gpu {
             assert!(err < 1e-2, "replay {seed}: {err}");
         }
     }
+
+    /// Devices opened and dropped on another thread while this one captures (their module
+    /// loads and unloads may make the driver synchronise the GPU) leave the captures intact, and
+    /// each graph computes its GEMM. Every shape is new, so each capture also makes its cuBLASLt
+    /// plan inside the capture.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_captures_survive_devices_opened_and_dropped_on_other_threads() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let dev = gpu();
+        let cuda = dev.as_cuda("test").unwrap().clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let churn = {
+            let (stop, opened) = (stop.clone(), opened.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let other = gpu();
+                    let t = Tensor::from_f32(&[1.0; 64], &[8, 8], DType::BF16, &other).unwrap();
+                    drop((t, other));
+                    opened.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        let start = std::time::Instant::now();
+        let mut captures = 0;
+        while (opened.load(Ordering::Relaxed) < 8 || captures < 20) && start.elapsed().as_secs() < 20 {
+            let (m, k, n) = (8 + captures, 64, 40 + 8 * (captures % 7));
+            let xv = round_to(&TestRng::new(captures as u64).normal(m * k, 1.0), DType::BF16);
+            let wv = round_to(&TestRng::new(1000 + captures as u64).normal(n * k, 0.1), DType::BF16);
+            let x = Tensor::from_f32(&xv, &[m, k], DType::BF16, &dev).unwrap();
+            let w = Tensor::from_f32(&wv, &[n, k], DType::BF16, &dev).unwrap();
+            let mut y = Tensor::empty(&[m, n], DType::BF16, &dev).unwrap();
+            let graph = cuda.capture(|| ops::linear_into(&x, &w, None, &mut y)).unwrap_or_else(|e| panic!("capture {captures}: {e}"));
+            y.fill(f32::NAN).unwrap();
+            graph.replay().unwrap();
+            let err = rel_l2(&y.to_vec_f32().unwrap(), &ops::cpu::linear(&xv, &wv, None, m, k, n));
+            assert!(err < 1e-2, "capture {captures}: rel_l2 {err}");
+            captures += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        churn.join().unwrap();
+        let opened = opened.load(Ordering::Relaxed);
+        println!("{captures} captures while another thread opened and dropped {opened} devices");
+        assert!(opened >= 8 && captures >= 20, "too little overlap: {captures} captures, {opened} devices");
+    }
 }

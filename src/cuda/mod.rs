@@ -44,6 +44,46 @@ pub(crate) fn driver_err(what: &str, e: DriverError) -> Error {
     }
 }
 
+/// Opening and closing a device (module loads and unloads, cuBLASLt handles, contexts) may make
+/// the driver synchronise the whole GPU, and a graph capture that another thread of the process
+/// runs at that moment is then invalidated: on an H200, tests that opened and dropped devices
+/// while another thread captured saw cuBLASLt fail inside the capture
+/// (CUBLAS_STATUS_EXECUTION_FAILED). Captures hold this lock shared (they do not disturb one
+/// another: each thread captures its own stream in thread-local mode); opening and closing hold
+/// it alone.
+static SETUP: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+thread_local! {
+    /// Whether this thread holds [`SETUP`] shared for a capture.
+    static CAPTURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`SETUP`] held shared by a capturing thread, which is marked so in [`CAPTURING`] meanwhile.
+struct CaptureLock(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>);
+
+impl CaptureLock {
+    fn take() -> Self {
+        let shared = SETUP.read().unwrap_or_else(|e| e.into_inner());
+        CAPTURING.with(|c| c.set(true));
+        CaptureLock(shared)
+    }
+}
+
+impl Drop for CaptureLock {
+    fn drop(&mut self) {
+        CAPTURING.with(|c| c.set(false));
+    }
+}
+
+/// [`SETUP`] held alone; nothing when this thread is itself capturing (it holds the lock shared
+/// then, so waiting would never end, and its own capture is the one it would protect).
+fn setup_alone() -> Option<std::sync::RwLockWriteGuard<'static, ()>> {
+    if CAPTURING.with(|c| c.get()) {
+        return None;
+    }
+    Some(SETUP.write().unwrap_or_else(|e| e.into_inner()))
+}
+
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.
 pub struct CudaDevice {
     ordinal: usize,
@@ -51,8 +91,10 @@ pub struct CudaDevice {
     compute_capability: (i32, i32),
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    kernels: Kernels,
-    blas: blas::Blas,
+    /// Dropped in `Drop`, under [`SETUP`] (module unloads may synchronise the device).
+    kernels: std::mem::ManuallyDrop<Kernels>,
+    /// Dropped in `Drop`, under [`SETUP`] (destroys the cuBLASLt handle).
+    blas: std::mem::ManuallyDrop<blas::Blas>,
     allow_tf32: std::sync::atomic::AtomicBool,
     memory: Arc<MemStats>,
     tensor_core_attention: std::sync::atomic::AtomicBool,
@@ -144,10 +186,24 @@ impl std::fmt::Debug for CudaDevice {
     }
 }
 
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        let _alone = setup_alone();
+        // Work still queued may use the kernels: let it finish before their modules go.
+        let _ = self.stream.synchronize();
+        // SAFETY: each is dropped exactly once, here, and never used afterwards.
+        unsafe {
+            std::mem::ManuallyDrop::drop(&mut self.blas);
+            std::mem::ManuallyDrop::drop(&mut self.kernels);
+        }
+    }
+}
+
 impl CudaDevice {
     /// Opens GPU `ordinal`. Returns [`Error::NoCuda`] when the driver library is absent, no
     /// GPU is visible, or the ordinal is out of range; never panics.
     pub fn new(ordinal: usize) -> Result<Arc<Self>> {
+        let _alone = setup_alone();
         // CudaContext::new panics when libcuda cannot be loaded: check first.
         // SAFETY: only tries to dlopen the driver library.
         if !unsafe { sys::is_culib_present() } {
@@ -186,8 +242,8 @@ impl CudaDevice {
             compute_capability,
             ctx,
             stream,
-            kernels,
-            blas,
+            kernels: std::mem::ManuallyDrop::new(kernels),
+            blas: std::mem::ManuallyDrop::new(blas),
             allow_tf32: false.into(),
             memory: Arc::default(),
             tensor_core_attention: false.into(),
@@ -496,6 +552,7 @@ impl CudaDevice {
         let poison = self.poison_graph_memory.load(std::sync::atomic::Ordering::Relaxed);
         let pool = pool::GraphPool::new(self, capacity, poison)?;
         self.captures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shared = CaptureLock::take();
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| driver_err("beginning graph capture", e))?;
@@ -505,6 +562,13 @@ impl CudaDevice {
             body()
         };
         let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        drop(shared);
+        if result.is_err() || graph.is_err() {
+            // A failed capture leaves errors that cudarc recorded in drops (buffers freed into
+            // the invalidated capture), which it would report from the next unrelated call: the
+            // caller may go on without a graph, so they are cleared here.
+            let _ = self.ctx.check_err();
+        }
         result?;
         let graph = graph.map_err(|e| driver_err("instantiating the captured graph", e))?;
         let graph = graph.ok_or_else(|| Error::Cuda("graph capture recorded nothing".into()))?;
@@ -514,7 +578,8 @@ impl CudaDevice {
 
 /// A captured CUDA graph; [`Graph::replay`] queues it on the stream it was captured on.
 pub struct Graph {
-    graph: cudarc::driver::CudaGraph,
+    /// Dropped in `Drop`, under [`SETUP`] (destroying an executable graph may synchronise).
+    graph: std::mem::ManuallyDrop<cudarc::driver::CudaGraph>,
     /// The arena the graph's buffers live in (freed after the graph).
     pool: Arc<pool::GraphPool>,
 }
@@ -525,11 +590,19 @@ pub struct Graph {
 // thread at a time.
 unsafe impl Send for Graph {}
 
+impl Drop for Graph {
+    fn drop(&mut self) {
+        let _alone = setup_alone();
+        // SAFETY: dropped exactly once, here, and never used afterwards.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.graph) };
+    }
+}
+
 impl Graph {
     /// The kept capture, uploaded so that its first replay has no set-up cost.
     fn ready(graph: cudarc::driver::CudaGraph, pool: Arc<pool::GraphPool>) -> Result<Graph> {
         graph.upload().map_err(|e| driver_err("uploading the graph", e))?;
-        Ok(Graph { graph, pool })
+        Ok(Graph { graph: std::mem::ManuallyDrop::new(graph), pool })
     }
 
     /// Bytes of the arena that holds the graph's intermediate buffers.
