@@ -125,11 +125,17 @@ def build(component, tiny, work, gen, wgen, device):
     return model.to(torch.float32), inputs
 
 
-def reference(component, model, inputs, device):
+def reference(component, model, inputs, device, dtype=torch.float32):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    model = model.to(device)
-    dev_inputs = {k: v.to(device) for k, v in inputs.items()}
+    model = model.to(device=device, dtype=dtype)
+    dev_inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+    if dtype != torch.float32 and "timestep_ratio" in inputs:
+        # As the engine does: the timestep's sinusoidal embedding from the f32 ratio, then cast
+        # (a bf16 ratio alone moves the high frequencies by whole radians).
+        dev_inputs["timestep_ratio"] = inputs["timestep_ratio"].to(device)
+        embed = type(model).get_timestep_ratio_embedding
+        model.get_timestep_ratio_embedding = lambda r, max_positions=10000: embed(model, r.float(), max_positions).to(dtype)
     with torch.no_grad():
         if component == "text_encoder":
             o = model(dev_inputs["input_ids"], attention_mask=dev_inputs["attention_mask"], output_hidden_states=True)
@@ -139,6 +145,7 @@ def reference(component, model, inputs, device):
         else:
             out = {"out": model(**dev_inputs, return_dict=False)[0]}
     model.to("cpu")
+    model.__dict__.pop("get_timestep_ratio_embedding", None)
     return {k: v.float().cpu() for k, v in out.items()}
 
 
@@ -166,6 +173,8 @@ def main():
         model, inputs = build(component, args.tiny, work, gen, wgen, args.device)
         save_file({k: v.contiguous() for k, v in inputs.items()}, str(work / f"{component}_in.safetensors"))
         want = reference(component, model, inputs, args.device)
+        # For scale: diffusers itself in bf16 (the same bf16 weights) against its f32 output.
+        theirs = reference(component, model, inputs, args.device, torch.bfloat16) if "bf16" in args.dtypes else {}
         del model
         for dtype in args.dtypes.split(","):
             out = work / f"{component}_{dtype}.safetensors"
@@ -173,21 +182,24 @@ def main():
             proc = subprocess.run([args.engine, "forward", "--model-dir", str(work), "--component", component, "--inputs", str(work / f"{component}_in.safetensors"),
                                    "--output", str(out), "--device", engine_device, "--dtype", dtype], capture_output=True, text=True)
             if proc.returncode != 0:
-                rows.append((component, dtype, "-", "-", float("nan"), "ERROR: " + proc.stderr.strip().splitlines()[-1] if proc.stderr else "ERROR"))
+                rows.append((component, dtype, "-", "-", float("nan"), None, "ERROR: " + proc.stderr.strip().splitlines()[-1] if proc.stderr else "ERROR"))
                 continue
             got = load_file(str(out))
             for name, w in want.items():
                 err = rel_l2(got[name], w)
                 bound = BOUNDS["bfloat16" if dtype == "bf16" else "float32"]
-                rows.append((component, dtype, name, f"{torch.linalg.vector_norm(w).item():.3e}", err, "ok" if err <= bound else f"FAIL (> {bound:g})"))
+                own = rel_l2(theirs[name], w) if dtype == "bf16" and name in theirs else None
+                rows.append((component, dtype, name, f"{torch.linalg.vector_norm(w).item():.3e}", err, own, "ok" if err <= bound else f"FAIL (> {bound:g})"))
             print(f"{component} {dtype}: engine {time.time() - t1:.1f} s", file=sys.stderr)
         print(f"{component}: {time.time() - t0:.1f} s", file=sys.stderr)
     print("\n== fidelity (engine vs diffusers f32 reference) ==")
-    print(f"{'component':<14}{'dtype':<6}{'output':<20}{'|ref|':>11}{'rel L2':>11}  verdict")
+    print(f"{'component':<14}{'dtype':<6}{'output':<20}{'|ref|':>11}{'rel L2':>11}{'diffusers':>11}  verdict")
+    print(f"{'':<51}{'in bf16':>11}")
     failed = False
-    for c, d, n, norm, err, verdict in rows:
+    for c, d, n, norm, err, own, verdict in rows:
         failed |= verdict != "ok"
-        print(f"{c:<14}{d:<6}{n:<20}{norm:>11}{err:>11.2e}  {verdict}")
+        own = f"{own:11.2e}" if own is not None else f"{'-':>11}"
+        print(f"{c:<14}{d:<6}{n:<20}{norm:>11}{err:>11.2e}{own}  {verdict}")
     sys.exit(1 if failed else 0)
 
 
