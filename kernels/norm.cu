@@ -161,6 +161,10 @@ __device__ __forceinline__ bool grn_arrived_last(unsigned int* count, unsigned i
 
 // The sums of squares of one (chunk, channel group) and, for the last blocks to arrive, the
 // statistics. K channels per thread at group offsets off[k]: K = 8 consecutive (vec8) or 2.
+// Rows per batch of loads in grn_partial: a thread issues GRN_BATCH loads before it uses any of
+// them (loads in flight, not one at a time), and the serial reductions read GRN_BATCH values
+// ahead. Sums are still added in the same fixed order.
+#define GRN_BATCH 4
 template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParams& p, const int off[K]) {
     __shared__ float part[8][32 * GRN_MAX_PER_THREAD + 1];
     __shared__ float scratch[8];
@@ -172,56 +176,81 @@ template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParam
     T* y = (T*)p.y;
     float s[K], total[K];
     for (int k = 0; k < K; k++) s[k] = 0.f;
+    bool in[K];  // which of this thread's channels exist
+    for (int k = 0; k < K; k++) in[k] = g0 + off[k] < p.D;
+    // One row's K values: GELU applied (and stored) when asked, then squared into s.
+    auto add_row = [&](int64_t row, float v[K]) {
+        if (p.gelu) {
+            for (int k = 0; k < K; k++) v[k] = rounded<T>(gelu_erf(v[k]));
+            if (y) {
+                if (K == 8) store8(y + row + g0 + off[0], v);
+                else
+                    for (int k = 0; k < K; k++)
+                        if (in[k]) y[row + g0 + off[k]] = from_f32<T>(v[k]);
+            }
+        }
+        for (int k = 0; k < K; k++) s[k] += v[k] * v[k];
+    };
+    auto load_row = [&](int64_t row, float v[K]) {
+        if (K == 8) load8(x + row + g0 + off[0], v);
+        else
+            for (int k = 0; k < K; k++) v[k] = in[k] ? to_f32(x[row + g0 + off[k]]) : 0.f;
+    };
     const int n_end = min(p.N, (c + 1) * CASCADE_GRN_CHUNK);
-    for (int n = c * CASCADE_GRN_CHUNK + ry; n < n_end; n += blockDim.y) {
-        const int64_t row = ((int64_t)b * p.N + n) * p.D;
-        if (K == 8) {
-            const int d = g0 + off[0];
-            if (d >= p.D) continue;
-            float v[8];
-            load8(x + row + d, v);
-            if (p.gelu) {
-                for (int k = 0; k < 8; k++) v[k] = rounded<T>(gelu_erf(v[k]));
-                if (y) store8(y + row + d, v);
-            }
-            for (int k = 0; k < 8; k++) s[k] += v[k] * v[k];
-        } else {
-            for (int k = 0; k < K; k++) {
-                const int d = g0 + off[k];
-                if (d >= p.D) continue;
-                float v = to_f32(x[row + d]);
-                if (p.gelu) {
-                    const T r = from_f32<T>(gelu_erf(v));
-                    if (y) y[row + d] = r;
-                    v = to_f32(r);
-                }
-                s[k] += v * v;
-            }
+    int n = c * CASCADE_GRN_CHUNK + ry;
+    if (K != 8 || in[0]) {
+        for (; n + (GRN_BATCH - 1) * 8 < n_end; n += GRN_BATCH * 8) {
+            float v[GRN_BATCH][K];
+            #pragma unroll
+            for (int u = 0; u < GRN_BATCH; u++) load_row(((int64_t)b * p.N + n + 8 * u) * p.D, v[u]);
+            #pragma unroll
+            for (int u = 0; u < GRN_BATCH; u++) add_row(((int64_t)b * p.N + n + 8 * u) * p.D, v[u]);
+        }
+        for (; n < n_end; n += 8) {
+            float v[K];
+            load_row(((int64_t)b * p.N + n) * p.D, v);
+            add_row(((int64_t)b * p.N + n) * p.D, v);
         }
     }
     grn_rows_total<K>(part, s, off, total);
     for (int k = 0; k < K && ry == 0; k++)
-        if (g0 + off[k] < p.D) p.part[((int64_t)b * p.chunks + c) * p.D + g0 + off[k]] = total[k];
+        if (in[k]) p.part[((int64_t)b * p.chunks + c) * p.D + g0 + off[k]] = total[k];
 
     // Last chunk of this (sample, channel group) to finish: the group's norms, from every 8th
     // chunk per thread (read through L2: other blocks wrote them).
     if (!grn_arrived_last(p.counters + (int64_t)b * groups + blockIdx.x, p.chunks, &last)) return;
     for (int k = 0; k < K; k++) s[k] = 0.f;
-    for (int ch = ry; ch < p.chunks; ch += blockDim.y) {
-        for (int k = 0; k < K; k++) {
-            const int d = g0 + off[k];
-            if (d < p.D) s[k] += __ldcg(&p.part[((int64_t)b * p.chunks + ch) * p.D + d]);
-        }
+    const float* pb = p.part + (int64_t)b * p.chunks * p.D + g0;
+    int ch = ry;
+    for (; ch + (GRN_BATCH - 1) * 8 < p.chunks; ch += GRN_BATCH * 8) {
+        float t[GRN_BATCH][K];
+        #pragma unroll
+        for (int u = 0; u < GRN_BATCH; u++)
+            for (int k = 0; k < K; k++) t[u][k] = in[k] ? __ldcg(&pb[(int64_t)(ch + 8 * u) * p.D + off[k]]) : 0.f;
+        #pragma unroll
+        for (int u = 0; u < GRN_BATCH; u++)
+            for (int k = 0; k < K; k++) s[k] += t[u][k];
     }
+    for (; ch < p.chunks; ch += 8)
+        for (int k = 0; k < K; k++)
+            if (in[k]) s[k] += __ldcg(&pb[(int64_t)ch * p.D + off[k]]);
     grn_rows_total<K>(part, s, off, total);
     for (int k = 0; k < K && ry == 0; k++)
-        if (g0 + off[k] < p.D) p.scale[(int64_t)b * p.D + g0 + off[k]] = sqrtf(total[k]);
+        if (in[k]) p.scale[(int64_t)b * p.D + g0 + off[k]] = sqrtf(total[k]);
 
     // Last channel group of this sample to finish: mean of the norms, then the factor.
     if (!grn_arrived_last(p.counters + (int64_t)p.B * groups + b, groups, &last)) return;
     float* g = p.scale + (int64_t)b * p.D;
     float t = 0.f;
-    for (int d = tid; d < p.D; d += 256) t += __ldcg(&g[d]);
+    int d = tid;
+    for (; d + (2 * GRN_BATCH - 1) * 256 < p.D; d += 2 * GRN_BATCH * 256) {
+        float u[2 * GRN_BATCH];
+        #pragma unroll
+        for (int i = 0; i < 2 * GRN_BATCH; i++) u[i] = __ldcg(&g[d + 256 * i]);
+        #pragma unroll
+        for (int i = 0; i < 2 * GRN_BATCH; i++) t += u[i];
+    }
+    for (; d < p.D; d += 256) t += __ldcg(&g[d]);
     for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
     if (lane == 0) scratch[ry] = t;
     __syncthreads();
@@ -229,7 +258,18 @@ template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParam
     for (int k = 0; k < 8; k++) sum += scratch[k];
     const float denom = sum / p.D + 1e-6f;
     const T* gamma = (const T*)p.gamma;
-    for (int d = tid; d < p.D; d += 256) g[d] = 1.f + to_f32(gamma[d]) * (__ldcg(&g[d]) / denom);
+    d = tid;
+    for (; d + (2 * GRN_BATCH - 1) * 256 < p.D; d += 2 * GRN_BATCH * 256) {
+        float u[2 * GRN_BATCH], gm[2 * GRN_BATCH];
+        #pragma unroll
+        for (int i = 0; i < 2 * GRN_BATCH; i++) {
+            u[i] = __ldcg(&g[d + 256 * i]);
+            gm[i] = to_f32(gamma[d + 256 * i]);
+        }
+        #pragma unroll
+        for (int i = 0; i < 2 * GRN_BATCH; i++) g[d + 256 * i] = 1.f + gm[i] * (u[i] / denom);
+    }
+    for (; d < p.D; d += 256) g[d] = 1.f + to_f32(gamma[d]) * (__ldcg(&g[d]) / denom);
 }
 template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p) {
     if (p.vec8) {
