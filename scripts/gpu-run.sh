@@ -119,18 +119,24 @@ if on SANITIZE 0; then
         # The kernel tests on the small odd shapes (the sanitizer is slow on the real sizes), then
         # one graph-replayed step of each of SANITIZE_STAGES (the stages bench, each case once,
         # cuBLASLt's heuristic choice: no tuning under the sanitizer). Tools in sequence, the
-        # kernels and the stages side by side.
-        (for tool in memcheck initcheck racecheck; do
+        # kernels and the stages side by side. initcheck reports every read of a buffer that a
+        # cuBLASLt kernel wrote on this card (seen on an H200: it does not see those stores), so it
+        # runs on the kernel tests without the one that reads GEMM outputs, and not on the stages
+        # (docs/reliability.md).
+        (for tool in ${SANITIZE_KERNEL_TOOLS:-memcheck initcheck racecheck}; do
+            skip=()
+            [ "$tool" = initcheck ] && skip=(--skip strided_and_transposed_convolutions)
             CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-kernels" "${SANITIZE_TIMEOUT:-240}" \
-                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=4
+                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=4 "${skip[@]}"
         done) &
         pids+=($!)
-        (for tool in memcheck initcheck racecheck; do
+        (for tool in ${SANITIZE_STAGE_TOOLS:-memcheck racecheck}; do
             CASCADE_GEMM_TUNE=0 CASCADE_BENCH_ONCE=1 CASCADE_BENCH_STAGES=${SANITIZE_STAGES:-clip,stage_c_lite,stage_b_lite,stage_a} step "sanitize-$tool-stages" \
                 "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/benches/stages" --bench
         done) &
         pids+=($!)
-        for tool in memcheck initcheck racecheck; do sanitize_runs+=("sanitize-$tool-kernels" "sanitize-$tool-stages"); done
+        for tool in ${SANITIZE_KERNEL_TOOLS:-memcheck initcheck racecheck}; do sanitize_runs+=("sanitize-$tool-kernels"); done
+        for tool in ${SANITIZE_STAGE_TOOLS:-memcheck racecheck}; do sanitize_runs+=("sanitize-$tool-stages"); done
     fi
 fi
 for p in "${pids[@]}"; do wait "$p"; done

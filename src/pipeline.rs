@@ -236,6 +236,9 @@ pub struct Timings {
     pub decoder_steps: Vec<Duration>,
     /// Stage A's decode and the conversion to 8-bit images.
     pub stage_a: Duration,
+    /// The part of `stage_a` after the decode's kernels: the copy to the host (which waits for
+    /// them), the finiteness check and the conversion to 8-bit images.
+    pub images: Duration,
     /// End to end.
     pub total: Duration,
     /// Peak bytes of the engine's GPU buffers during the call (None on the CPU).
@@ -261,7 +264,12 @@ impl Timings {
             let total: Duration = steps.iter().sum();
             out += &format!("{name}       {:9.1} ms  ({} steps, median {:.1} ms/step)\n", ms(total), steps.len(), ms(median(steps)));
         }
-        out += &format!("stage A       {:9.1} ms\nend to end    {:9.1} ms\n", ms(self.stage_a), ms(self.total));
+        out += &format!(
+            "stage A       {:9.1} ms  (of which {:.1} ms to the host and to 8-bit images)\nend to end    {:9.1} ms\n",
+            ms(self.stage_a),
+            ms(self.images),
+            ms(self.total)
+        );
         let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
         if let Some(b) = self.peak_gpu_bytes {
             out += &format!("peak GPU memory {:.2} GiB in engine buffers (weights included)", gib(b));
@@ -886,6 +894,11 @@ impl Pipeline {
         ops::affine_assign(&mut latents, vqgan.config().scale_factor as f32, 0.0)?;
         let images = nhwc_to_nchw(&vqgan.decode(&latents)?)?;
         drop(vqgan);
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = &device {
+            dev.synchronize()?;
+        }
+        let to_images = Instant::now();
         let unclamped = cpu_copy(&images)?;
         check_finite("images_unclamped", &unclamped, "Stage A (the VQGAN)", 1)?;
         let &[_, c, h, w] = unclamped.shape() else { unreachable!("images are 4-D") };
@@ -900,6 +913,7 @@ impl Pipeline {
             tensors.push(("images".to_string(), clamped));
         }
         timings.stage_a = stage_a.elapsed();
+        timings.images = to_images.elapsed();
         hooks.step_done(Phase::StageA, 1, 1)?;
         timings.total = start.elapsed();
         #[cfg(feature = "cuda")]
