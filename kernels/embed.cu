@@ -4,15 +4,13 @@
 
 template <typename T> __device__ void timestep_embed_impl(const TimestepEmbedParams& p) {
     int half = p.dim / 2, width = p.dim * (1 + p.n_extra);
-    // PyTorch: f_k = exp(-(ln(max)/(half-1)) * k) with the factor rounded to f32 first.
-    float step = -(float)(log((double)p.max_positions) / (double)(half - 1));
     GRID_STRIDE(i, (int64_t)p.B * width) {
         int b = i / width, j = i % width;
         int part = j / p.dim, k = j % p.dim;
         float r = part == 0 ? p.t[b] * p.max_positions : 0.f;
         float v;
         if (k < 2 * half) {
-            float arg = r * expf(step * (float)(k % half));
+            float arg = r * p.freqs[k % half];
             v = k < half ? sinf(arg) : cosf(arg);
         } else {
             v = 0.f;  // odd dim: one trailing zero

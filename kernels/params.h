@@ -282,6 +282,9 @@ typedef struct AttentionParams {
 
 // Timestep-ratio embedding (spec §3.7): y[b] = [sin(r f_0..f_{h-1}), cos(...)] with r = t[b]*max_positions,
 // f_k = exp(-k ln(max_positions)/(h-1)), h = dim/2; then n_extra copies of the embedding of 0.
+// Frequencies come from the host (computed as PyTorch computes them): the arguments reach
+// r · f ≈ 10^4 radians, where one ulp of a frequency moves the sine by ~5e-4.
+#define CASCADE_TIMESTEP_MAX_HALF 256
 typedef struct TimestepEmbedParams {
     const float* t;      // [B] ratios, f32, on the device (written before each step)
     void* y;             // [B, dim * (1 + n_extra)]
@@ -289,6 +292,7 @@ typedef struct TimestepEmbedParams {
     int32_t dim;
     int32_t n_extra;
     float max_positions;
+    float freqs[CASCADE_TIMESTEP_MAX_HALF];  // f_k for k < dim / 2
 } TimestepEmbedParams;
 
 // Token + position embedding: y[b,l] = tok[ids[b,l]] + pos[l]. ids are exact integers stored

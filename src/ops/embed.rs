@@ -20,7 +20,18 @@ pub fn timestep_embedding_into(t: &Tensor, dim: usize, n_extra: usize, max_posit
         Device::Cpu => y.set_cpu_f32(&cpu::timestep_embedding(&t.cpu_f32()?, dim, n_extra, max_positions)),
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
+            use crate::cuda::params::CASCADE_TIMESTEP_MAX_HALF;
             let k = dev.kernels();
+            if dim / 2 > CASCADE_TIMESTEP_MAX_HALF as usize {
+                return Err(Error::Shape(format!(
+                    "timestep_embedding: dim {dim} is more than the kernel takes ({})",
+                    2 * CASCADE_TIMESTEP_MAX_HALF
+                )));
+            }
+            let mut freqs = [0f32; CASCADE_TIMESTEP_MAX_HALF as usize];
+            for (f, v) in freqs.iter_mut().zip(cpu::timestep_frequencies(dim, max_positions)) {
+                *f = v;
+            }
             let p = crate::cuda::params::TimestepEmbedParams {
                 t: t.cuda_ptr()? as *const f32,
                 y: y.cuda_ptr()? as *mut _,
@@ -28,6 +39,7 @@ pub fn timestep_embedding_into(t: &Tensor, dim: usize, n_extra: usize, max_posit
                 dim: dim as i32,
                 n_extra: n_extra as i32,
                 max_positions,
+                freqs,
             };
             dev.launch_1d(super::kernel("timestep_embedding", y.dtype(), &k.timestep_embed_f32, &k.timestep_embed_bf16)?, y.numel(), &p)
         }

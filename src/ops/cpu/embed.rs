@@ -3,9 +3,7 @@
 /// `n_extra` copies of the embedding of 0. Computed in f32 in PyTorch's order, since the
 /// models were trained on exactly these values.
 pub fn timestep_embedding(t: &[f32], dim: usize, n_extra: usize, max_positions: f32) -> Vec<f32> {
-    let half = dim / 2;
-    let step = -((max_positions as f64).ln() / (half as f64 - 1.0)) as f32;
-    let freqs: Vec<f32> = (0..half).map(|k| (k as f32 * step).exp()).collect();
+    let freqs = timestep_frequencies(dim, max_positions);
     let one = |r: f32| -> Vec<f32> {
         let mut e: Vec<f32> = freqs.iter().map(|f| (r * f).sin()).collect();
         e.extend(freqs.iter().map(|f| (r * f).cos()));
@@ -20,6 +18,16 @@ pub fn timestep_embedding(t: &[f32], dim: usize, n_extra: usize, max_positions: 
         }
     }
     out
+}
+
+/// The `dim / 2` frequencies of the timestep embedding as PyTorch computes them in f32:
+/// `f_k = exp(k · step)` with `step = −ln(max_positions) / (half − 1)` rounded to f32 first.
+/// The GPU kernel takes these from the host: at arguments near 10^4 radians a frequency one ulp
+/// off (a device `expf`) moves the sine by ~5e-4.
+pub fn timestep_frequencies(dim: usize, max_positions: f32) -> Vec<f32> {
+    let half = dim / 2;
+    let step = -((max_positions as f64).ln() / (half as f64 - 1.0)) as f32;
+    (0..half).map(|k| (k as f32 * step).exp()).collect()
 }
 
 /// Token + position embedding: `y[b, l] = tok[ids[b, l]] + pos[l]` for ids `[b, l]`, tables
