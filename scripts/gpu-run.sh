@@ -131,7 +131,7 @@ if on SANITIZE 0; then
         done) &
         pids+=($!)
         (for tool in ${SANITIZE_STAGE_TOOLS:-memcheck racecheck}; do
-            CASCADE_GEMM_TUNE=0 CASCADE_BENCH_ONCE=1 CASCADE_BENCH_STAGES=${SANITIZE_STAGES:-clip,stage_c_lite,stage_b_lite,stage_a} step "sanitize-$tool-stages" \
+            CASCADE_GEMM_TUNE=0 CASCADE_BENCH_ONCE=1 CASCADE_BENCH_STAGES=${SANITIZE_STAGES:-clip,stage_c,stage_b,stage_a} step "sanitize-$tool-stages" \
                 "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/benches/stages" --bench
         done) &
         pids+=($!)
