@@ -144,3 +144,14 @@ extern "C" __global__ void fill_random(RandomParams p) {
         store_from_f32(p.y, i, p.dtype, p.mean + p.scale * z);
     }
 }
+
+// The arithmetic of the host's `cpu::quantize_u8`: one f32 product, then round half to even.
+template <typename T> __device__ void to_rgb8_impl(const ToRgb8Params& p) {
+    GRID_STRIDE(i, p.n) {
+        const float v = to_f32(((const T*)p.x)[i]);
+        if (!isfinite(v)) atomicMin(p.first_bad, (uint32_t)i);
+        p.y[i] = (uint8_t)rintf(fminf(fmaxf(v, 0.f), 1.f) * 255.f);
+    }
+}
+extern "C" __global__ void to_rgb8_f32(ToRgb8Params p) { to_rgb8_impl<float>(p); }
+extern "C" __global__ void to_rgb8_bf16(ToRgb8Params p) { to_rgb8_impl<bf16>(p); }

@@ -309,6 +309,16 @@ typedef struct EmbedParams {
 } EmbedParams;
 
 // y = a * x + b (Stage A's latent scale, image range mapping).
+// Images to 8-bit: y[i] = round_half_even(clamp(x[i], 0, 1) * 255), x an NHWC image batch (RGB
+// interleaved, the order image files take); *first_bad becomes the lowest index of a non-finite
+// value (the caller sets it to 0xffffffff first).
+typedef struct ToRgb8Params {
+    const void* x;       // [n]
+    uint8_t* y;          // [n]
+    uint32_t* first_bad; // one word
+    int64_t n;           // < 2^32
+} ToRgb8Params;
+
 typedef struct AffineParams {
     const void* x;       // [n]
     void* y;             // [n] (may alias x)

@@ -475,22 +475,27 @@ fn check_finite(name: &str, t: &Tensor, stage: &str, steps: usize) -> Result<()>
     // A host f32 tensor: read in place.
     let v = t.cpu_f32()?;
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(Error::Msg(format!(
-            "{stage} produced {} in its output ({name}, element {i}) after {steps} step(s): its weights or inputs hold NaN/Inf (load with --check-weights to find the tensor), or the dtype overflows (Stage C needs bf16 or f32, never f16)",
-            v[i]
-        )));
+        return Err(non_finite(name, stage, steps, i, &v[i].to_string()));
     }
     Ok(())
 }
 
-/// `x` clamped to [0, 1] and scaled to 0..=255, rounded half to even as numpy's `round` (which
-/// diffusers' `numpy_to_pil` uses). Adding and subtracting 2²³ rounds to an integer in the
-/// default rounding mode (to nearest, ties to even) for 0 ≤ y < 2²²: exact, and cheaper than a
-/// call to `rintf`.
-fn quantize_u8(x: f32) -> u8 {
-    const ROUND: f32 = 8_388_608.0; // 2^23
-    let y = x.clamp(0.0, 1.0) * 255.0;
-    ((y + ROUND) - ROUND) as u8
+/// The error for a non-finite `value` at element `i` of a stage's output `name`.
+fn non_finite(name: &str, stage: &str, steps: usize, i: usize, value: &str) -> Error {
+    Error::Msg(format!(
+        "{stage} produced {value} in its output ({name}, element {i}) after {steps} step(s): its weights or inputs hold NaN/Inf (load with --check-weights to find the tensor), or the dtype overflows (Stage C needs bf16 or f32, never f16)"
+    ))
+}
+
+/// `n` images from interleaved RGB bytes, `h × w` each.
+fn rgb8_images(mut bytes: Vec<u8>, n: usize, h: usize, w: usize) -> Result<Vec<image::RgbImage>> {
+    let size = 3 * h * w;
+    let make = |raw: Vec<u8>| image::RgbImage::from_raw(w as u32, h as u32, raw).ok_or_else(|| Error::Shape(format!("cannot make a {w} × {h} RGB image")));
+    if n == 1 {
+        bytes.truncate(size);
+        return Ok(vec![make(bytes)?]);
+    }
+    bytes.chunks_exact(size).take(n).map(|raw| make(raw.to_vec())).collect()
 }
 
 /// `n` images from NCHW planes in [0, 1] (values outside are clamped): one pass that reads the
@@ -503,9 +508,9 @@ fn to_rgb8(v: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<image::RgbImag
             let (g, b) = rest.split_at(hw);
             let mut raw = vec![0u8; 3 * hw];
             for (p, px) in raw.chunks_exact_mut(3).enumerate() {
-                px[0] = quantize_u8(r[p]);
-                px[1] = quantize_u8(g[p]);
-                px[2] = quantize_u8(b[p]);
+                px[0] = ops::cpu::quantize_u8(r[p]);
+                px[1] = ops::cpu::quantize_u8(g[p]);
+                px[2] = ops::cpu::quantize_u8(b[p]);
             }
             image::RgbImage::from_raw(w as u32, h as u32, raw).ok_or_else(|| Error::Shape(format!("cannot make a {w} × {h} RGB image")))
         })
@@ -892,26 +897,39 @@ impl Pipeline {
         let stage_a = Instant::now();
         let vqgan = self.vqgan.get(|p| Vqgan::load(p, dtype, device))?;
         ops::affine_assign(&mut latents, vqgan.config().scale_factor as f32, 0.0)?;
-        let images = nhwc_to_nchw(&vqgan.decode(&latents)?)?;
+        let decoded = vqgan.decode(&latents)?;
         drop(vqgan);
         #[cfg(feature = "cuda")]
         if let Device::Cuda(dev) = &device {
             dev.synchronize()?;
         }
         let to_images = Instant::now();
-        let unclamped = cpu_copy(&images)?;
-        check_finite("images_unclamped", &unclamped, "Stage A (the VQGAN)", 1)?;
-        let &[_, c, h, w] = unclamped.shape() else { unreachable!("images are 4-D") };
+        let &[_, h, w, c] = decoded.shape() else { unreachable!("images are 4-D") };
         if c != 3 {
             return Err(Error::Shape(format!("Stage A produced {c} channels; an RGB image needs 3")));
         }
-        let rgb = to_rgb8(&unclamped.cpu_f32()?, n, h, w)?;
-        if self.keep_tensors {
-            let v: Vec<f32> = unclamped.cpu_f32()?.iter().map(|x| x.clamp(0.0, 1.0)).collect();
-            let clamped = Tensor::from_cpu(CpuData::F32(v), unclamped.shape(), &Device::Cpu)?;
-            tensors.push(("images_unclamped".to_string(), unclamped));
-            tensors.push(("images".to_string(), clamped));
-        }
+        let rgb = if self.keep_tensors || device.is_cpu() {
+            let unclamped = cpu_copy(&nhwc_to_nchw(&decoded)?)?;
+            check_finite("images_unclamped", &unclamped, "Stage A (the VQGAN)", 1)?;
+            let rgb = to_rgb8(&unclamped.cpu_f32()?, n, h, w)?;
+            if self.keep_tensors {
+                let v: Vec<f32> = unclamped.cpu_f32()?.iter().map(|x| x.clamp(0.0, 1.0)).collect();
+                let clamped = Tensor::from_cpu(CpuData::F32(v), unclamped.shape(), &Device::Cpu)?;
+                tensors.push(("images_unclamped".to_string(), unclamped));
+                tensors.push(("images".to_string(), clamped));
+            }
+            rgb
+        } else {
+            // The 8-bit pixels made on the GPU: a third of the bytes to copy (bf16) and no pass
+            // over the floats on the host. The same rounding as `to_rgb8` (tests/pipeline.rs).
+            let (bytes, bad) = ops::to_rgb8(&decoded)?;
+            if let Some(i) = bad {
+                // Reported at its NCHW index, as the host check reports it.
+                let (b, p, ch) = (i / (3 * h * w), i % (3 * h * w) / 3, i % 3);
+                return Err(non_finite("images_unclamped", "Stage A (the VQGAN)", 1, (b * 3 + ch) * h * w + p, "a non-finite value"));
+            }
+            rgb8_images(bytes, n, h, w)?
+        };
         timings.stage_a = stage_a.elapsed();
         timings.images = to_images.elapsed();
         hooks.step_done(Phase::StageA, 1, 1)?;
@@ -1141,7 +1159,7 @@ mod tests {
         xs.extend([-1.0, -0.0, 1.0, 1.5, f32::INFINITY, f32::NEG_INFINITY]);
         for x in xs {
             let want = (x.clamp(0.0, 1.0) * 255.0).round_ties_even() as u8;
-            assert_eq!(quantize_u8(x), want, "x = {x}");
+            assert_eq!(ops::cpu::quantize_u8(x), want, "x = {x}");
         }
     }
 
@@ -1154,7 +1172,7 @@ mod tests {
         for (i, img) in imgs.iter().enumerate() {
             for y in 0..h {
                 for x in 0..w {
-                    let at = |c: usize| quantize_u8(v[((i * 3 + c) * h + y) * w + x]);
+                    let at = |c: usize| ops::cpu::quantize_u8(v[((i * 3 + c) * h + y) * w + x]);
                     assert_eq!(img.get_pixel(x as u32, y as u32).0, [at(0), at(1), at(2)]);
                 }
             }

@@ -642,3 +642,36 @@ fn embedding_kernels() {
         }
     }
 }
+
+/// Images to 8-bit pixels on the device against `cpu::quantize_u8`, byte for byte, with values
+/// outside [0, 1] and exact ties; the first non-finite value's index is reported.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn to_rgb8_kernel() {
+    let dev = gpu();
+    for (i, n) in [3 * 37 * 41, 3 * 5, 3 * 256 * 256].into_iter().enumerate() {
+        for dtype in DTYPES {
+            let mut rng = TestRng::new(9500 + i as u64);
+            let mut v: Vec<f32> = rng.normal(n, 0.6).iter().map(|x| x + 0.5).collect();
+            // Halfway values of the 255 steps (ties to even after the f32 product).
+            for (k, x) in v.iter_mut().enumerate().step_by(7) {
+                *x = ((k % 255) as f32 + 0.5) / 255.0;
+            }
+            let v = round_to(&v, dtype);
+            let x = Tensor::from_f32(&v, &[n], dtype, &dev).unwrap();
+            let (got, bad) = ops::to_rgb8(&x).unwrap();
+            let (want, want_bad) = cpu::to_rgb8(&v);
+            assert_eq!(bad, None);
+            assert_eq!(want_bad, None);
+            let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            println!("to_rgb8              n{n:<8}            {dtype:<4} {differ} bytes differ");
+            assert_eq!(got, want, "to_rgb8 n{n} {dtype}");
+            // A NaN and a later infinity: the NaN's index comes back.
+            let mut poisoned_v = v.clone();
+            poisoned_v[n / 2] = f32::NAN;
+            poisoned_v[n - 1] = f32::INFINITY;
+            let x = Tensor::from_f32(&poisoned_v, &[n], dtype, &dev).unwrap();
+            assert_eq!(ops::to_rgb8(&x).unwrap().1, Some(n / 2));
+        }
+    }
+}

@@ -109,8 +109,23 @@ fn kept_step_graphs_replay_new_requests() {
 /// clamped image tensor times 255, rounded half to even.
 #[test]
 fn images_without_the_intermediates() {
+    images_with_and_without_intermediates(&Device::Cpu, DType::F32);
+}
+
+/// On a GPU, without the intermediates the pixels are made on the device (`ops::to_rgb8`): the
+/// same bytes as the host's conversion of the image tensor.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn images_made_on_the_gpu_equal_the_host_conversion() {
+    let dev = Device::cuda(0).expect("this test needs a CUDA GPU");
+    images_with_and_without_intermediates(&dev, DType::F32);
+    images_with_and_without_intermediates(&dev, DType::BF16);
+}
+
+fn images_with_and_without_intermediates(dev: &Device, dtype: DType) {
     let paths = ModelPaths::find(&[tiny()], false, false).unwrap();
-    let mut pipe = Pipeline::load(&paths, DType::F32, &Device::Cpu).unwrap();
+    let mut pipe = Pipeline::load(&paths, dtype, dev).unwrap();
     let run = |pipe: &Pipeline| pipe.generate(&request(), &mut TorchNoise::new(3)).unwrap();
     let with = run(&pipe);
     pipe.set_keep_tensors(false);

@@ -32,5 +32,6 @@ device_repr!(
     TimestepEmbedParams,
     EmbedParams,
     AffineParams,
+    ToRgb8Params,
     RandomParams,
 );

@@ -226,3 +226,39 @@ pub fn fill_random(x: &mut Tensor, seed: u64, mean: f32, scale: f32) -> Result<(
         }
     }
 }
+
+/// 8-bit pixels of an image batch `x` (NHWC, RGB interleaved: the order image files take):
+/// [`cpu::quantize_u8`] of every value, as bytes in `x`'s order, and the index of the first
+/// non-finite value, if any. On a GPU only the bytes and one word come back to the host.
+pub fn to_rgb8(x: &Tensor) -> Result<(Vec<u8>, Option<usize>)> {
+    match x.device() {
+        Device::Cpu => Ok(cpu::to_rgb8(&x.cpu_f32()?)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let n = x.numel();
+            if n >= u32::MAX as usize {
+                return Err(Error::Shape(format!("to_rgb8: {n} values are more than the kernel indexes")));
+            }
+            let mut bytes = vec![0u8; n];
+            if n == 0 {
+                return Ok((bytes, None));
+            }
+            let y = dev.alloc(n)?;
+            let first_bad = dev.alloc(4)?;
+            dev.htod(&u32::MAX.to_le_bytes(), first_bad.ptr())?;
+            let k = dev.kernels();
+            let p = crate::cuda::params::ToRgb8Params {
+                x: x.cuda_ptr()? as *const _,
+                y: y.ptr() as *mut u8,
+                first_bad: first_bad.ptr() as *mut u32,
+                n: n as i64,
+            };
+            dev.launch_1d(super::kernel("to_rgb8", x.dtype(), &k.to_rgb8_f32, &k.to_rgb8_bf16)?, n, &p)?;
+            let mut bad = [0u8; 4];
+            dev.dtoh(first_bad.ptr(), &mut bad)?;
+            dev.dtoh(y.ptr(), &mut bytes)?;
+            let bad = u32::from_le_bytes(bad);
+            Ok((bytes, (bad != u32::MAX).then_some(bad as usize)))
+        }
+    }
+}

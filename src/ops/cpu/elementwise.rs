@@ -64,3 +64,18 @@ pub fn random_normal(n: usize, seed: u64, mean: f32, scale: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// `x` clamped to [0, 1] and scaled to 0..=255, rounded half to even as numpy's `round` (which
+/// diffusers' `numpy_to_pil` uses). Adding and subtracting 2²³ rounds to an integer in the
+/// default rounding mode (to nearest, ties to even) for 0 ≤ y < 2²²: exact, and cheaper than a
+/// call to `rintf`.
+pub fn quantize_u8(x: f32) -> u8 {
+    const ROUND: f32 = 8_388_608.0; // 2^23
+    let y = x.clamp(0.0, 1.0) * 255.0;
+    ((y + ROUND) - ROUND) as u8
+}
+
+/// Every value of `x` through [`quantize_u8`], and the index of the first non-finite value.
+pub fn to_rgb8(x: &[f32]) -> (Vec<u8>, Option<usize>) {
+    (x.iter().map(|&v| quantize_u8(v)).collect(), x.iter().position(|v| !v.is_finite()))
+}

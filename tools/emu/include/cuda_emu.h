@@ -120,6 +120,12 @@ template <typename T> inline T atomicAdd(T* p, T v) {
     return old;
 }
 
+template <typename T> inline T atomicMin(T* p, T v) {
+    T old = *p;
+    if (v < old) *p = v;
+    return old;
+}
+
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, with the fragment layouts of the PTX ISA
 // (groupID = lane / 4, t = lane % 4; the lower-indexed element in a register's low half):
 //   A 16×16: a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..), a[3] = (g+8, 2t+8..)
