@@ -490,7 +490,9 @@ fn non_finite(name: &str, stage: &str, steps: usize, i: usize, value: &str) -> E
 /// `n` images from interleaved RGB bytes, `h × w` each.
 fn rgb8_images(mut bytes: Vec<u8>, n: usize, h: usize, w: usize) -> Result<Vec<image::RgbImage>> {
     let size = 3 * h * w;
-    let make = |raw: Vec<u8>| image::RgbImage::from_raw(w as u32, h as u32, raw).ok_or_else(|| Error::Shape(format!("cannot make a {w} × {h} RGB image")));
+    let make = |raw: Vec<u8>| {
+        image::RgbImage::from_raw(w as u32, h as u32, raw).ok_or_else(|| Error::Shape(format!("cannot make a {w} × {h} RGB image")))
+    };
     if n == 1 {
         bytes.truncate(size);
         return Ok(vec![make(bytes)?]);

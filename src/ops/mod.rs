@@ -27,7 +27,9 @@ pub use conv::{
     pixel_shuffle_into, pixel_shuffle_phases, pixel_unshuffle, pixel_unshuffle_into, prepare_conv_transpose2x2, prepare_conv_transpose4x4,
     Padding,
 };
-pub use elementwise::{add, add_assign, affine_assign, cast_into, cfg_combine_into, ddpm_step_assign, fill_random, modulate_assign, to_rgb8};
+pub use elementwise::{
+    add, add_assign, affine_assign, cast_into, cfg_combine_into, ddpm_step_assign, fill_random, modulate_assign, to_rgb8,
+};
 pub use embed::{timestep_embedding_into, token_embedding_into};
 pub use linear::{linear, linear_accumulate_into, linear_columns_into, linear_into};
 pub use norm::{gelu_grn_assign, gelu_grn_factor, grn, grn_into, layer_norm, layer_norm_into, modulate_layer_norm, scale_columns};
