@@ -278,6 +278,11 @@ fn main() {
         r.run("token_embedding/clip/2x77x1280/bf16", None, Some((3 * 2 * 77 * 1280 * 2) as f64), || {
             ops::token_embedding_into(&ids, &tok, &pos, &mut y).unwrap()
         });
+        // Stage A's 1024² output to 8-bit pixels, the bytes copied to the host included (what
+        // the pipeline pays): 2 bytes read and 1 written on the device, 1 copied, per value.
+        let img = rnd(&[1, 1024, 1024, 3], bf);
+        let n = 1024 * 1024 * 3;
+        r.run("to_rgb8+copy/stage_a.out/1x1024x1024x3/bf16", None, Some((4 * n) as f64), || ops::to_rgb8(&img).map(drop).unwrap());
     }
     r.finish();
 }

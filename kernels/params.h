@@ -308,7 +308,6 @@ typedef struct EmbedParams {
     int32_t V;
 } EmbedParams;
 
-// y = a * x + b (Stage A's latent scale, image range mapping).
 // Images to 8-bit: y[i] = round_half_even(clamp(x[i], 0, 1) * 255), x an NHWC image batch (RGB
 // interleaved, the order image files take); *first_bad becomes the lowest index of a non-finite
 // value (the caller sets it to 0xffffffff first).
@@ -319,6 +318,7 @@ typedef struct ToRgb8Params {
     int64_t n;           // < 2^32
 } ToRgb8Params;
 
+// y = a * x + b (Stage A's latent scale, image range mapping).
 typedef struct AffineParams {
     const void* x;       // [n]
     void* y;             // [n] (may alias x)
