@@ -11,7 +11,7 @@
 #     profile, and the stages bench with cuBLASLt's untuned choice.
 #
 # Switches (1 runs, 0 skips): TESTS=1 BENCH=1 FIDELITY=0 SANITIZE=0 SIDE_BY_SIDE=0 PROFILE=0
-# GEMM_TUNE_AB=0; ALL=1 turns every one on. DEADLINE=seconds bounds the whole run: each step is
+# GEMM_TUNE_AB=0 REDUCTION_AB=0; ALL=1 turns every one on. DEADLINE=seconds bounds the whole run: each step is
 # cut to what is left and a step that would start too late is reported as skipped, so the
 # summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT cap one step (300 s);
 # CASCADE_BENCH_STAGES narrows the stage bench; SANITIZE_STAGES picks the stages run once under
@@ -130,13 +130,33 @@ if on SANITIZE 0; then
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=4 "${skip[@]}"
         done) &
         pids+=($!)
-        (for tool in ${SANITIZE_STAGE_TOOLS:-memcheck racecheck}; do
-            CASCADE_GEMM_TUNE=0 CASCADE_BENCH_ONCE=1 CASCADE_BENCH_STAGES=${SANITIZE_STAGES:-clip,stage_c,stage_b,stage_a} step "sanitize-$tool-stages" \
-                "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/benches/stages" --bench
+        # racecheck takes one stage per process (a run over all of them ended after CLIP's step
+        # with no report); SANITIZE_RACECHECK_ARGS adds flags (e.g. a kernel-name filter).
+        stage_runs=()
+        for tool in ${SANITIZE_STAGE_TOOLS:-memcheck racecheck}; do
+            if [ "$tool" = racecheck ]; then
+                for s in $(echo "${SANITIZE_STAGES:-clip,stage_c,stage_b,stage_a}" | tr , ' '); do stage_runs+=("$tool:$s"); done
+            else
+                stage_runs+=("$tool:${SANITIZE_STAGES:-clip,stage_c,stage_b,stage_a}")
+            fi
+        done
+        (for run in "${stage_runs[@]}"; do
+            tool=${run%%:*} stages=${run#*:}
+            name="sanitize-$tool-stages"
+            extra=()
+            if [ "$tool" = racecheck ]; then
+                name="sanitize-racecheck-$stages"
+                extra=(${SANITIZE_RACECHECK_ARGS:-})
+            fi
+            CASCADE_GEMM_TUNE=0 CASCADE_BENCH_ONCE=1 CASCADE_BENCH_STAGES=$stages step "$name" \
+                "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 9 "$bundle/benches/stages" --bench
         done) &
         pids+=($!)
         for tool in ${SANITIZE_KERNEL_TOOLS:-memcheck initcheck racecheck}; do sanitize_runs+=("sanitize-$tool-kernels"); done
-        for tool in ${SANITIZE_STAGE_TOOLS:-memcheck racecheck}; do sanitize_runs+=("sanitize-$tool-stages"); done
+        for run in "${stage_runs[@]}"; do
+            tool=${run%%:*}
+            if [ "$tool" = racecheck ]; then sanitize_runs+=("sanitize-racecheck-${run#*:}"); else sanitize_runs+=("sanitize-$tool-stages"); fi
+        done
     fi
 fi
 for p in "${pids[@]}"; do wait "$p"; done
@@ -147,6 +167,8 @@ benches=()
 if on BENCH 1; then
     for b in "$bundle"/benches/*; do
         name=$(basename "$b")
+        # BENCHES="stages" (names, space-separated) runs only those.
+        [ -n "${BENCHES:-}" ] && [[ " $BENCHES " != *" $name "* ]] && continue
         benches+=("bench-$name")
         CASCADE_BENCH_QUICK=1 step "bench-$name" "${BENCH_TIMEOUT:-300}" "$b" --bench
     done
@@ -182,6 +204,13 @@ if on GEMM_TUNE_AB 0; then
     sed 's/^BENCH /BENCH untuned /' "$logs/stages-untuned.log" > "$logs/bench-stages-untuned.txt" 2> /dev/null
 fi
 
+if on REDUCTION_AB 0; then
+    # The same stages with cuBLASLt's split-K algorithms that add partial sums in bf16 allowed
+    # (each GEMM's candidates, their split-K and reduction scheme, logged).
+    CASCADE_GEMM_TUNE=log CASCADE_GEMM_REDUCTION=any CASCADE_BENCH_QUICK=1 step stages-any-reduction "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench
+    sed 's/^BENCH /BENCH any-reduction /' "$logs/stages-any-reduction.log" > "$logs/bench-stages-any-reduction.txt" 2> /dev/null
+fi
+
 # ---- summary ----
 failed=0
 for f in "$logs"/*.rc; do
@@ -209,8 +238,9 @@ fi
     [ -f "$logs/side_by_side.rc" ] && [ "$(cat "$logs/side_by_side.rc")" != 0 ] && tail -n 6 "$logs/side_by_side.log"
     for name in "${profiled[@]}"; do row "$name"; cat "$logs/$name.txt" 2> /dev/null; done
     [ -f "$logs/stages-untuned.rc" ] && row stages-untuned
+    [ -f "$logs/stages-any-reduction.rc" ] && row stages-any-reduction
     [ -f "$logs/sdpa.log" ] && sed -n '/== attention beside SDPA/,$p' "$logs/sdpa.log"
-    cat "$logs"/bench-*.log "$logs"/bench-stages-untuned.txt "$logs"/sdpa.log 2> /dev/null | grep -E "^BENCH|^GRAPH|^PIPELINE|skipped" || true
+    cat "$logs"/bench-*.log "$logs"/bench-stages-untuned.txt "$logs"/bench-stages-any-reduction.txt "$logs"/sdpa.log 2> /dev/null | grep -E "^BENCH|^GRAPH|^PIPELINE|skipped" || true
     [ $failed -eq 0 ] && echo "ALL OK" || echo "FAILURES (logs in $logs and \$OUT/cascade-gpu-logs.tar.gz)"
 } | tee "$logs/summary.txt"
 [ -n "${OUT:-}" ] && cp "$logs/summary.txt" "$OUT/summary.txt"

@@ -35,7 +35,9 @@ usage:
       --one-stage-resident keeps one network in GPU memory at a time (smaller cards).
   cascade forward [--model-dir DIR]... --component {text_encoder,prior,prior_lite,decoder,decoder_lite,vqgan}
                   --inputs IN.safetensors --output OUT.safetensors [--device ..] [--dtype ..]
+                  [--trace-blocks BLOCKS.safetensors]
       one component's forward pass with diffusers' argument names as tensor names.
+      --trace-blocks (prior, decoder): every block's output, named as diffusers' modules.
   cascade tokenize [--model-dir DIR]... PROMPT...
       one JSON line per prompt: {\"input_ids\": [...], \"attention_mask\": [...]}
   cascade info PATH...      a model folder: its components, formats, variants, dtypes, sizes and
@@ -291,7 +293,19 @@ fn forward(a: &Args) -> Result<()> {
         }
         "prior" | "prior_lite" | "decoder" | "decoder_lite" => {
             let model = StableCascadeUNet::load(&dir, dtype, &device)?;
-            let out = model.forward(&UNetInputTensors::from_store(&inputs, dtype, &device)?.inputs())?;
+            let inputs = UNetInputTensors::from_store(&inputs, dtype, &device)?;
+            // --trace-blocks: every block's output too (NCHW, f32), under diffusers' module names.
+            let mut blocks: Vec<(String, Tensor)> = Vec::new();
+            let mut keep = |name: &str, x: &Tensor| -> Result<()> {
+                blocks.push((name.to_string(), nhwc_to_nchw(x)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?));
+                Ok(())
+            };
+            let trace: cascade::models::unet::BlockTrace = if a.one("--trace-blocks").is_some() { Some(&mut keep) } else { None };
+            let out = model.forward_inputs_traced(&inputs.inputs(), trace)?;
+            if let Some(path) = a.one("--trace-blocks") {
+                let refs: Vec<(&str, &Tensor)> = blocks.iter().map(|(n, t)| (n.as_str(), t)).collect();
+                save(path, &refs)?;
+            }
             vec![("out".into(), nhwc_to_nchw(&out)?)]
         }
         "vqgan" => {

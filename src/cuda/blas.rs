@@ -14,6 +14,12 @@
 //! uses the first choice there and is timed at its next direct use: [`super::CudaDevice::capture_tuned`]
 //! arranges that before a graph is kept. `CASCADE_GEMM_TUNE=0` keeps the heuristic's first choice
 //! everywhere (bitwise repeatable across processes); `CASCADE_GEMM_TUNE=log` prints each choice.
+//!
+//! Split-K reductions: only algorithms that add their partial sums in f32 (or do not split K) are
+//! asked for. cuBLASLt's other schemes add the partial products in the output type: in bf16, an
+//! extra rounding of every output per split, and for the residual GEMMs (β = 1, C = D = the
+//! residual stream) an extra rounding of the stream itself in every block.
+//! `CASCADE_GEMM_REDUCTION=any` lifts the restriction (for measuring what it costs).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -103,6 +109,33 @@ impl Drop for Inner {
         unsafe {
             let _ = lt::destroy_handle(self.handle);
         }
+    }
+}
+
+/// The split-K reduction schemes the heuristic may offer (`CASCADE_GEMM_REDUCTION`: `f32`
+/// default, or `any`; see the module comment).
+fn reduction_mask() -> u32 {
+    use sys::cublasLtReductionScheme_t as R;
+    static MASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MASK.get_or_init(|| match std::env::var("CASCADE_GEMM_REDUCTION").as_deref().map(str::trim) {
+        Ok("any") => R::CUBLASLT_REDUCTION_SCHEME_MASK as u32,
+        _ => R::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32,
+    })
+}
+
+/// An algorithm's split-K count and reduction scheme, as `CASCADE_GEMM_TUNE=log` prints them.
+fn split_k_of(algo: &sys::cublasLtMatmulAlgo_t) -> String {
+    use sys::cublasLtMatmulAlgoConfigAttributes_t as A;
+    let get = |attr| {
+        let (mut v, mut written) = (0u32, 0usize);
+        // SAFETY: reads one u32 attribute of an initialised algorithm into `v`.
+        let st = unsafe { sys::cublasLtMatmulAlgoConfigGetAttribute(algo, attr, &mut v as *mut u32 as *mut c_void, 4, &mut written) };
+        (st == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && written == 4).then_some(v)
+    };
+    match (get(A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM), get(A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME)) {
+        (Some(k), Some(r)) if k > 1 => format!("k/{k} r{r}"),
+        (Some(_), _) => "k/1".into(),
+        _ => "?".into(),
     }
 }
 
@@ -231,6 +264,10 @@ impl Blas {
                     .try_for_each(|attr| set(attr, &key.align as *const u32 as _, 4))
                 })
                 .and_then(|_| {
+                    let mask = reduction_mask();
+                    set(P::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &mask as *const u32 as _, 4)
+                })
+                .and_then(|_| {
                     sys::cublasLtMatmulAlgoGetHeuristic(handle, desc, a, b, d, d, pref, CANDIDATES as i32, results.as_mut_ptr(), &mut count)
                         .result()
                 });
@@ -320,7 +357,11 @@ impl Blas {
             plan.chosen = i;
         }
         if self.tuning == Tuning::Log {
-            let us: Vec<String> = times.iter().map(|t| t.map_or("failed".into(), |t| format!("{:.1}", t * 1e3))).collect();
+            let us: Vec<String> = times
+                .iter()
+                .zip(&plan.candidates)
+                .map(|(t, a)| format!("{} ({})", t.map_or("failed".into(), |t| format!("{:.1}", t * 1e3)), split_k_of(a)))
+                .collect();
             eprintln!(
                 "cascade: GEMM {}x{}x{} {}{}: candidates [{}] µs, kept #{}",
                 key.m,

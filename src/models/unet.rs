@@ -339,6 +339,9 @@ impl Conditioning {
 
 /// Per-step values every block reads: the stacked TimestepBlock terms and the run's condition
 /// keys and values.
+/// Receives each block's name and output (see [`StableCascadeUNet::forward_traced`]).
+pub type BlockTrace<'a> = Option<&'a mut dyn FnMut(&str, &Tensor) -> Result<()>>;
+
 struct StepTerms<'a> {
     ab: &'a Tensor,
     kv: &'a [Tensor],
@@ -556,8 +559,18 @@ impl StableCascadeUNet {
 
     /// One forward pass: the ε prediction `[B, H, W, out_channels]`.
     pub fn forward(&self, inp: &UNetInputs) -> Result<Tensor> {
+        self.forward_inputs_traced(inp, None)
+    }
+
+    /// [`StableCascadeUNet::forward`] with every block's output handed to `trace` (see
+    /// [`StableCascadeUNet::forward_traced`]).
+    pub fn forward_inputs_traced(&self, inp: &UNetInputs, trace: BlockTrace) -> Result<Tensor> {
         let cond = self.condition(inp.clip_text_pooled, inp.clip_text, inp.clip_img)?;
-        self.forward_with_condition(inp.sample, inp.timestep_ratio, &cond, inp.effnet, inp.pixels)
+        let &[b, h, w, _] = inp.sample.shape() else {
+            return Err(Error::Shape(format!("UNet: sample must be [B, H, W, C], got {:?}", inp.sample.shape())));
+        };
+        let prepared = self.prepare(&cond, inp.effnet, inp.pixels, b, h, w)?;
+        self.forward_traced(inp.sample, inp.timestep_ratio, &prepared, trace)
     }
 
     /// One forward pass with precomputed condition tokens (see [`StableCascadeUNet::condition`]).
@@ -628,6 +641,21 @@ impl StableCascadeUNet {
 
     /// One forward pass with the run's constants (see [`StableCascadeUNet::prepare`]).
     pub fn forward_prepared(&self, sample: &Tensor, timestep_ratio: &Tensor, prepared: &Conditioning) -> Result<Tensor> {
+        self.forward_traced(sample, timestep_ratio, prepared, None)
+    }
+
+    /// [`StableCascadeUNet::forward_prepared`], handing `trace` every block's output as it is made
+    /// (for locating where two implementations part). Names follow diffusers' modules:
+    /// `down_blocks.{level}.{block}`, `up_blocks.{level}.{block}`, with `@{r}` for a level's
+    /// repetition r > 0. A TimestepBlock applied inside the next block's pass gives no output of
+    /// its own: the next block's output follows from it.
+    pub fn forward_traced(
+        &self,
+        sample: &Tensor,
+        timestep_ratio: &Tensor,
+        prepared: &Conditioning,
+        mut trace: BlockTrace,
+    ) -> Result<Tensor> {
         let &[b, h, w, cin] = sample.shape() else {
             return Err(Error::Shape(format!("UNet: sample must be [B, H, W, C], got {:?}", sample.shape())));
         };
@@ -670,10 +698,10 @@ impl StableCascadeUNet {
 
         // Down path; level_outputs[0] is the deepest.
         let mut level_outputs: Vec<Tensor> = Vec::new();
-        for (level, scaler) in self.down.iter().zip(&self.down_scalers) {
+        for (li, (level, scaler)) in self.down.iter().zip(&self.down_scalers).enumerate() {
             x = scaler.forward(&x)?;
             for rep in 0..=level.repeat_mappers.len() {
-                x = self.run_blocks(&level.blocks, x, None, &terms)?;
+                x = self.run_blocks(&level.blocks, x, None, &terms, &format!("down_blocks.{li}"), rep, &mut trace)?;
                 if let Some(m) = level.repeat_mappers.get(rep) {
                     x = m.forward(&x)?;
                 }
@@ -686,7 +714,7 @@ impl StableCascadeUNet {
         for (k, (level, scaler)) in self.up.iter().zip(&self.up_scalers).enumerate() {
             for rep in 0..=level.repeat_mappers.len() {
                 let skip = if k > 0 { Some(&level_outputs[k]) } else { None };
-                x = self.run_blocks(&level.blocks, x, skip, &terms)?;
+                x = self.run_blocks(&level.blocks, x, skip, &terms, &format!("up_blocks.{k}"), rep, &mut trace)?;
                 if let Some(m) = level.repeat_mappers.get(rep) {
                     x = m.forward(&x)?;
                 }
@@ -706,7 +734,17 @@ impl StableCascadeUNet {
     /// TimestepBlock is applied inside the next block's first pass: the attention block's
     /// LayerNorm (Stage C's levels and Stage B's deeper ones) or the ResBlock's depthwise
     /// convolution (Stage B's first two levels); on its own only at a level's end.
-    fn run_blocks(&self, blocks: &[Block], mut x: Tensor, skip: Option<&Tensor>, terms: &StepTerms) -> Result<Tensor> {
+    #[allow(clippy::too_many_arguments)]
+    fn run_blocks(
+        &self,
+        blocks: &[Block],
+        mut x: Tensor,
+        skip: Option<&Tensor>,
+        terms: &StepTerms,
+        at: &str,
+        rep: usize,
+        trace: &mut BlockTrace,
+    ) -> Result<Tensor> {
         let mut i = 0;
         while i < blocks.len() {
             match (&blocks[i], blocks.get(i + 1)) {
@@ -732,6 +770,10 @@ impl StableCascadeUNet {
                 }
                 (Block::Timestep(t), _) => ops::modulate_assign(&mut x, terms.ab, t.col)?,
                 (Block::Attn(a), _) => a.forward(&mut x, None, &terms.kv[a.id])?,
+            }
+            if let Some(t) = trace.as_mut() {
+                let name = if rep == 0 { format!("{at}.{i}") } else { format!("{at}.{i}@{rep}") };
+                t(&name, &x)?;
             }
             i += 1;
         }

@@ -605,6 +605,8 @@ cublasStatus_t cublasLtMatmulPreferenceDestroy(void* p) {
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(void*, int, const void*, size_t) { return CUBLAS_STATUS_SUCCESS; }
+// The emulator's one algorithm has no configuration to report (the engine then prints "?").
+cublasStatus_t cublasLtMatmulAlgoConfigGetAttribute(const void*, int, void*, size_t, size_t*) { return CUBLAS_STATUS_NOT_SUPPORTED; }
 
 struct HeuristicResult {
     uint64_t algo[8];

@@ -4,12 +4,12 @@ random weights, on the GPU machine (or, with --tiny, on tiny shapes anywhere).
 For each component (text_encoder, prior, decoder, vqgan) it builds the diffusers/transformers
 model with random weights, writes it in the diffusers layout under --work, runs the reference
 forward in f32 (TF32 off), runs `cascade forward` on the same files and inputs in bf16 and f32,
-and prints the relative L2 error of each, with the reference output's norm (a saturated or
-exploding reference would prove nothing).
+and prints the relative L2 error of each, with the reference output's norm and, for the UNets,
+the range of their blocks' output RMS (a saturated or exploding reference would prove nothing).
 
 Weights are drawn N(0, 1/fan_in), and every residual branch's output projection (ResBlock fc2,
-attention out, CLIP fc2/out_proj, Stage A fc2) is further scaled by 1/sqrt(2·blocks), so
-activations stay O(1) through all 64 Stage C blocks. Values are rounded to bf16 and stored as the
+attention out, CLIP fc2/out_proj, Stage A fc2) and every TimestepBlock mapper is further scaled
+by 1/sqrt(2·blocks), so activations stay O(1) through all 64 Stage C blocks. Values are rounded to bf16 and stored as the
 bf16 variant (half the disk; the f32 paths see exactly the same numbers).
 
     python tools/gpu/fidelity.py --engine gpu-bundle/bin/cascade [--tiny] [--device cuda] [--components prior,decoder]
@@ -17,6 +17,8 @@ bf16 variant (half the disk; the f32 paths see exactly the same numbers).
 import argparse
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 import time
@@ -54,6 +56,10 @@ def unet_config(kind, tiny):
 
 
 BRANCH_OUT = ("channelwise.4.weight", "to_out.0.weight", "mlp.fc2.weight", "out_proj.weight", "channelwise.2.weight")
+# A TimestepBlock's mappers (`mapper`, `mapper_sca`, `mapper_crp`): x·(1 + a) + b with a, b of
+# unit scale would multiply the residual stream by up to ~2 at every block (seen: its RMS went
+# from 1 to 4e4 through Stage C), so they are scaled like the branch outputs.
+MODULATION = re.compile(r"\.mapper(_[a-z]+)?\.weight$")
 
 
 def randomize(model, gen, blocks):
@@ -68,7 +74,7 @@ def randomize(model, gen, blocks):
                 transposed = "up_upscalers" in name or ("up_blocks" in name and p.ndim == 4 and p.shape[-1] == 4)
                 fan_in = p.shape[0] * p[0, 0].numel() if transposed else p[0].numel()
                 v = randn(p.shape) / math.sqrt(fan_in)
-                if name.endswith(BRANCH_OUT):
+                if name.endswith(BRANCH_OUT) or MODULATION.search(name):
                     v /= math.sqrt(2 * blocks)
             elif "norm" in name and name.endswith("weight"):
                 v = 1 + 0.1 * randn(p.shape)
@@ -79,7 +85,7 @@ def randomize(model, gen, blocks):
             p.copy_(v.to(torch.bfloat16).to(p.dtype))
 
 
-def build(component, tiny, work, gen, wgen, device):
+def build(component, tiny, work, gen, wgen, device, prior_layers=None):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
     from diffusers import StableCascadeUNet
     from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
@@ -102,6 +108,10 @@ def build(component, tiny, work, gen, wgen, device):
         inputs = {"input_ids": ids, "attention_mask": mask}
     elif component in ("prior", "decoder"):
         cfg = unet_config(component, tiny)
+        if component == "prior" and prior_layers:
+            # Full width, fewer blocks: the full prior's numerics where its depth does not fit.
+            down = [int(n) for n in prior_layers.split(",")]
+            cfg.update(down_num_layers_per_block=down, up_num_layers_per_block=down[::-1])
         with torch.device(device):
             model = StableCascadeUNet(**cfg).eval()
         randomize(model, wgen, sum(cfg["down_num_layers_per_block"]) + sum(cfg["up_num_layers_per_block"]))
@@ -125,17 +135,41 @@ def build(component, tiny, work, gen, wgen, device):
     return model.to(torch.float32), inputs
 
 
-def reference(component, model, inputs, device, dtype=torch.float32):
+def hook_blocks(model, trace, rms_only=False):
+    """Record every UNet block's output in `trace` (or with rms_only its RMS), named as the
+    engine's --trace-blocks names them (`down_blocks.1.5`, `@r` for a level's repetition r > 0)."""
+    handles = []
+    for group in ("down_blocks", "up_blocks"):
+        for li, level in enumerate(getattr(model, group)):
+            for bi, block in enumerate(level):
+                name = f"{group}.{li}.{bi}"
+
+                def keep(_m, _inp, out, name=name):
+                    n = sum(1 for k in trace if k == name or k.startswith(name + "@"))
+                    key = name if n == 0 else f"{name}@{n}"
+                    trace[key] = out.float().pow(2).mean().sqrt().item() if rms_only else out.float().cpu()
+
+                handles.append(block.register_forward_hook(keep))
+    return handles
+
+
+def reference(component, model, inputs, device, dtype=torch.float32, trace=None, rms=None):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     model = model.to(device=device, dtype=dtype)
     dev_inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
-    if dtype != torch.float32 and "timestep_ratio" in inputs:
-        # As the engine does: the timestep's sinusoidal embedding from the f32 ratio, then cast
-        # (a bf16 ratio alone moves the high frequencies by whole radians).
+    if "timestep_ratio" in inputs:
+        # The timestep's sinusoidal embedding computed on the CPU from the f32 ratio, then moved
+        # and cast, as the engine does. On the CPU the frequencies exp(-k·ln(10⁴)/(half − 1)) are
+        # correctly rounded; CUDA's expf is an ulp off for some, which at arguments near 10⁴ rad
+        # moves sin and cos by ~1e-3 and the whole network's output by ~2e-4 (measured on an
+        # H200). A bf16 ratio alone would move the high frequencies by whole radians.
         dev_inputs["timestep_ratio"] = inputs["timestep_ratio"].to(device)
         embed = type(model).get_timestep_ratio_embedding
-        model.get_timestep_ratio_embedding = lambda r, max_positions=10000: embed(model, r.float(), max_positions).to(dtype)
+        model.get_timestep_ratio_embedding = lambda r, max_positions=10000: embed(model, r.float().cpu(), max_positions).to(device=r.device, dtype=dtype)
+    handles = hook_blocks(model, trace) if trace is not None else []
+    if rms is not None and hasattr(model, "down_blocks"):
+        handles += hook_blocks(model, rms, rms_only=True)
     with torch.no_grad():
         if component == "text_encoder":
             o = model(dev_inputs["input_ids"], attention_mask=dev_inputs["attention_mask"], output_hidden_states=True)
@@ -144,6 +178,8 @@ def reference(component, model, inputs, device, dtype=torch.float32):
             out = {"image": model.decode(dev_inputs["latents"]).sample}
         else:
             out = {"out": model(**dev_inputs, return_dict=False)[0]}
+    for h in handles:
+        h.remove()
     model.to("cpu")
     model.__dict__.pop("get_timestep_ratio_embedding", None)
     return {k: v.float().cpu() for k, v in out.items()}
@@ -151,6 +187,27 @@ def reference(component, model, inputs, device, dtype=torch.float32):
 
 def rel_l2(got, want):
     return (torch.linalg.vector_norm(got.double() - want.double()) / torch.linalg.vector_norm(want.double())).item()
+
+
+def print_trace(component, want, theirs, engine):
+    """Block by block, in execution order: each output's relative L2 error against diffusers' f32,
+    for the engine in each dtype and for diffusers' own bf16; and the growth of the bf16 errors
+    over the previous block (where a block adds more error than its neighbours, look there)."""
+    dtypes = list(engine)
+    print(f"\n== {component}: error after each block against diffusers f32 ==")
+    print(f"{'block':<22}{'ref RMS':>10}" + "".join(f"{'engine ' + (d if ':' not in d else 'bf16 ' + d.split('=')[-1]):>13}" for d in dtypes) + f"{'diffusers bf16':>16}{'Δ engine bf16':>15}{'Δ diffusers':>13}")
+    prev = (0.0, 0.0)
+    for name, w in want.items():
+        if not any(name in engine[d] for d in dtypes):
+            continue  # a TimestepBlock the engine applies inside the next block's pass
+        errs = [rel_l2(engine[d][name], w) if name in engine[d] else float("nan") for d in dtypes]
+        own = rel_l2(theirs[name], w) if theirs and name in theirs else float("nan")
+        eb = errs[dtypes.index("bf16")] if "bf16" in dtypes else float("nan")
+        print(f"{name:<22}{torch.linalg.vector_norm(w).item() / math.sqrt(w.numel()):>10.3e}" + "".join(f"{e:>13.2e}" for e in errs) + f"{own:>16.2e}{eb - prev[0]:>+15.2e}{own - prev[1]:>+13.2e}")
+        prev = (eb, own)
+    missing = [n for d in dtypes for n in engine[d] if n not in want]
+    if missing:
+        print(f"engine blocks without a diffusers match: {missing[:8]}")
 
 
 def main():
@@ -162,35 +219,58 @@ def main():
     ap.add_argument("--engine-device", default=None, help="the engine's device when it differs from the reference's (e.g. the CUDA emulator against a CPU reference)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--dtypes", default="bf16,f32")
+    ap.add_argument("--bf16-variant", action="append", default=[], metavar="NAME=VALUE",
+                    help="run the engine's bf16 again with this environment variable set (repeatable), e.g. CASCADE_GEMM_REDUCTION=any")
+    ap.add_argument("--prior-layers", default=None, help="the prior's blocks per level, down (up mirrors it), e.g. 2,2 for a shallow full-width prior")
+    ap.add_argument("--trace", default="", help="UNet components (prior,decoder) whose every block's error is printed, engine and diffusers bf16")
     args = ap.parse_args()
     work = Path(args.work)
     gen = torch.Generator().manual_seed(4321)
     wgen = torch.Generator(args.device).manual_seed(1234)
     engine_device = args.engine_device or ("cuda" if args.device.startswith("cuda") else "cpu")
-    rows = []
+    rows, scales = [], []
     for component in args.components.split(","):
         t0 = time.time()
-        model, inputs = build(component, args.tiny, work, gen, wgen, args.device)
+        model, inputs = build(component, args.tiny, work, gen, wgen, args.device, args.prior_layers)
         save_file({k: v.contiguous() for k, v in inputs.items()}, str(work / f"{component}_in.safetensors"))
-        want = reference(component, model, inputs, args.device)
+        tracing = component in args.trace.split(",")
+        want_blocks, their_blocks = ({}, {}) if tracing else (None, None)
+        block_rms = {}
+        want = reference(component, model, inputs, args.device, trace=want_blocks, rms=block_rms)
+        if block_rms:
+            lo, hi = min(block_rms.values()), max(block_rms.values())
+            scales.append(f"{component}: the f32 reference's block outputs have RMS {lo:.3g} to {hi:.3g} over {len(block_rms)} blocks")
         # For scale: diffusers itself in bf16 (the same bf16 weights) against its f32 output.
-        theirs = reference(component, model, inputs, args.device, torch.bfloat16) if "bf16" in args.dtypes else {}
+        theirs = reference(component, model, inputs, args.device, torch.bfloat16, trace=their_blocks) if "bf16" in args.dtypes else {}
         del model
-        for dtype in args.dtypes.split(","):
-            out = work / f"{component}_{dtype}.safetensors"
+        engine_blocks = {}
+        # Each dtype, then bf16 again under each --bf16-variant's environment (rows "bf16:NAME=VALUE").
+        runs = args.dtypes.split(",") + [f"bf16:{v}" for v in args.bf16_variant if "bf16" in args.dtypes]
+        for dtype in runs:
+            label = dtype.replace(":", "_").replace("=", "-")
+            out = work / f"{component}_{label}.safetensors"
+            env = dict(os.environ)
+            if ":" in dtype:
+                name, _, value = dtype.split(":", 1)[1].partition("=")
+                env[name] = value
             t1 = time.time()
             proc = subprocess.run([args.engine, "forward", "--model-dir", str(work), "--component", component, "--inputs", str(work / f"{component}_in.safetensors"),
-                                   "--output", str(out), "--device", engine_device, "--dtype", dtype], capture_output=True, text=True)
+                                   "--output", str(out), "--device", engine_device, "--dtype", dtype.split(":")[0]]
+                                  + (["--trace-blocks", str(work / f"{component}_{label}_blocks.safetensors")] if tracing else []), capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 rows.append((component, dtype, "-", "-", float("nan"), None, "ERROR: " + proc.stderr.strip().splitlines()[-1] if proc.stderr else "ERROR"))
                 continue
             got = load_file(str(out))
             for name, w in want.items():
                 err = rel_l2(got[name], w)
-                bound = BOUNDS["bfloat16" if dtype == "bf16" else "float32"]
-                own = rel_l2(theirs[name], w) if dtype == "bf16" and name in theirs else None
+                bound = BOUNDS["bfloat16" if dtype.startswith("bf16") else "float32"]
+                own = rel_l2(theirs[name], w) if dtype.startswith("bf16") and name in theirs else None
                 rows.append((component, dtype, name, f"{torch.linalg.vector_norm(w).item():.3e}", err, own, "ok" if err <= bound else f"FAIL (> {bound:g})"))
             print(f"{component} {dtype}: engine {time.time() - t1:.1f} s", file=sys.stderr)
+            if tracing:
+                engine_blocks[dtype] = load_file(str(work / f"{component}_{label}_blocks.safetensors"))
+        if tracing:
+            print_trace(component, want_blocks, their_blocks, engine_blocks)
         print(f"{component}: {time.time() - t0:.1f} s", file=sys.stderr)
     print("\n== fidelity (engine vs diffusers f32 reference) ==")
     print(f"{'component':<14}{'dtype':<6}{'output':<20}{'|ref|':>11}{'rel L2':>11}{'diffusers':>11}  verdict")
@@ -199,7 +279,12 @@ def main():
     for c, d, n, norm, err, own, verdict in rows:
         failed |= verdict != "ok"
         own = f"{own:11.2e}" if own is not None else f"{'-':>11}"
+        if ":" in d:
+            print(f"  (bf16 with {d.split(':', 1)[1]}:)")
+            d = "bf16"
         print(f"{c:<14}{d:<6}{n:<20}{norm:>11}{err:>11.2e}{own}  {verdict}")
+    for line in scales:
+        print(line)
     sys.exit(1 if failed else 0)
 
 
