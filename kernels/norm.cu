@@ -123,7 +123,7 @@ extern "C" __global__ void row_stats_bf16(LayerNormParams p) { row_stats_impl<bf
 extern "C" __global__ void layer_norm_f32(LayerNormParams p) { layer_norm_impl<float>(p); }
 extern "C" __global__ void layer_norm_bf16(LayerNormParams p) { layer_norm_impl<bf16>(p); }
 
-// Block (32, 8) per (channel group, chunk of CASCADE_GRN_CHUNK positions, sample). With vec8
+// Block (32, 8) per (channel group, chunk of chunk_rows positions, sample). With vec8
 // (D a multiple of 8, x and y 16-byte aligned) each thread takes 8 consecutive channels (one
 // 16-byte load per position), so a group is 256 channels; otherwise two channels 32 apart, a
 // group of 64. Either way each warp load covers consecutive channels and each thread takes every
@@ -196,8 +196,8 @@ template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParam
         else
             for (int k = 0; k < K; k++) v[k] = in[k] ? to_f32(x[row + g0 + off[k]]) : 0.f;
     };
-    const int n_end = min(p.N, (c + 1) * CASCADE_GRN_CHUNK);
-    int n = c * CASCADE_GRN_CHUNK + ry;
+    const int n_end = min(p.N, (c + 1) * p.chunk_rows);
+    int n = c * p.chunk_rows + ry;
     if (K != 8 || in[0]) {
         for (; n + (GRN_BATCH - 1) * 8 < n_end; n += GRN_BATCH * 8) {
             float v[GRN_BATCH][K];

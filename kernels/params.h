@@ -54,7 +54,7 @@ typedef struct LayerNormParams {
 } LayerNormParams;
 
 // GlobalResponseNorm (spec §3.3) in two kernels. grn_partial: sums of squares over chunks of
-// CASCADE_GRN_CHUNK positions, part[b, c, d] = sum_{n in chunk c} v[b,n,d]^2, where v = x, or with
+// chunk_rows positions, part[b, c, d] = sum_{n in chunk c} v[b,n,d]^2, where v = x, or with
 // gelu != 0 v = GELU(x) rounded to x's type (the sum is over the rounded values), written to y
 // when y is not NULL (else grn_apply recomputes it: one write of x fewer). The
 // same launch finishes the statistics: the last block of each (sample, channel group) to
@@ -62,6 +62,7 @@ typedef struct LayerNormParams {
 // the last group of each sample to finish turns the sample's norms into
 // scale[b, d] = 1 + gamma[d] * norm[b, d] / (mean_d norm[b, :] + 1e-6). Completion is counted in
 // counters (zero on entry, left zero).
+// The default chunk_rows (CASCADE_GRN_CHUNK in the environment overrides it, for measuring).
 #define CASCADE_GRN_CHUNK 64
 typedef struct GrnPartialParams {
     const void* x;       // [B, N, D]
@@ -73,7 +74,8 @@ typedef struct GrnPartialParams {
     int32_t B;
     int32_t N;
     int32_t D;
-    int32_t chunks;      // ceil(N / CASCADE_GRN_CHUNK)
+    int32_t chunk_rows;  // positions per chunk, a multiple of 8
+    int32_t chunks;      // ceil(N / chunk_rows)
     int32_t gelu;
     int32_t vec8;        // 1: 8 consecutive channels per thread, groups of 256 (D % 8 == 0, x and y
                          // 16-byte aligned); 0: groups of 64. gridDim.x is the number of groups.
@@ -149,8 +151,10 @@ typedef struct DdpmStepParams {
 
 // Depthwise 3x3 convolution with bias, stride 1, padding 1 (zero or replicate), optionally
 // followed by LayerNorm over channels (no affine).
-// Pixels of one row per block on the depthwise kernel's eight-channel path.
+// Pixels of one row per block on the depthwise kernel's eight-channel path (depthwise_narrow_*:
+// CASCADE_DW_STRIP_NARROW).
 #define CASCADE_DW_STRIP 4
+#define CASCADE_DW_STRIP_NARROW 2
 
 typedef struct DepthwiseParams {
     const void* x;       // [B, H, W, C]

@@ -11,7 +11,7 @@
 #     profile, and the stages bench with cuBLASLt's untuned choice.
 #
 # Switches (1 runs, 0 skips): TESTS=1 BENCH=1 FIDELITY=0 SANITIZE=0 SIDE_BY_SIDE=0 PROFILE=0
-# GEMM_TUNE_AB=0 REDUCTION_AB=0; ALL=1 turns every one on. DEADLINE=seconds bounds the whole run: each step is
+# GEMM_TUNE_AB=0; ALL=1 turns every one on (STAGE_VARIANTS, below, lists A/B environments). DEADLINE=seconds bounds the whole run: each step is
 # cut to what is left and a step that would start too late is reported as skipped, so the
 # summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT cap one step (300 s);
 # CASCADE_BENCH_STAGES narrows the stage bench; SANITIZE_STAGES picks the stages run once under
@@ -204,12 +204,16 @@ if on GEMM_TUNE_AB 0; then
     sed 's/^BENCH /BENCH untuned /' "$logs/stages-untuned.log" > "$logs/bench-stages-untuned.txt" 2> /dev/null
 fi
 
-if on REDUCTION_AB 0; then
-    # The same stages with cuBLASLt's split-K algorithms that add partial sums in bf16 allowed
-    # (each GEMM's candidates, their split-K and reduction scheme, logged).
-    CASCADE_GEMM_TUNE=log CASCADE_GEMM_REDUCTION=any CASCADE_BENCH_QUICK=1 step stages-any-reduction "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench
-    sed 's/^BENCH /BENCH any-reduction /' "$logs/stages-any-reduction.log" > "$logs/bench-stages-any-reduction.txt" 2> /dev/null
-fi
+# STAGE_VARIANTS="CASCADE_GRN_CHUNK=32 CASCADE_GEMM_REDUCTION=any,CASCADE_GEMM_TUNE=0": the stages
+# bench again under each variant's environment (NAME=VALUE pairs joined by commas), its rows
+# labelled with the variant, for A/B measurements in the same run (CASCADE_BENCH_STAGES applies).
+variants=()
+for v in ${STAGE_VARIANTS:-}; do
+    label=$(echo "$v" | tr -c 'A-Za-z0-9_=\n' _)
+    variants+=("stages-$label")
+    (IFS=,; for kv in $v; do export "$kv"; done; CASCADE_BENCH_QUICK=1 step "stages-$label" "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench)
+    sed "s/^BENCH /BENCH [$v] /" "$logs/stages-$label.log" > "$logs/bench-stages-$label.txt" 2> /dev/null
+done
 
 # ---- summary ----
 failed=0
@@ -238,9 +242,9 @@ fi
     [ -f "$logs/side_by_side.rc" ] && [ "$(cat "$logs/side_by_side.rc")" != 0 ] && tail -n 6 "$logs/side_by_side.log"
     for name in "${profiled[@]}"; do row "$name"; cat "$logs/$name.txt" 2> /dev/null; done
     [ -f "$logs/stages-untuned.rc" ] && row stages-untuned
-    [ -f "$logs/stages-any-reduction.rc" ] && row stages-any-reduction
+    for name in "${variants[@]}"; do row "$name"; done
     [ -f "$logs/sdpa.log" ] && sed -n '/== attention beside SDPA/,$p' "$logs/sdpa.log"
-    cat "$logs"/bench-*.log "$logs"/bench-stages-untuned.txt "$logs"/bench-stages-any-reduction.txt "$logs"/sdpa.log 2> /dev/null | grep -E "^BENCH|^GRAPH|^PIPELINE|skipped" || true
+    cat "$logs"/bench-*.log "$logs"/bench-stages-untuned.txt "$logs"/bench-stages-*=*.txt "$logs"/sdpa.log 2> /dev/null | grep -E "^BENCH|^GRAPH|^PIPELINE|skipped" || true
     [ $failed -eq 0 ] && echo "ALL OK" || echo "FAILURES (logs in $logs and \$OUT/cascade-gpu-logs.tar.gz)"
 } | tee "$logs/summary.txt"
 [ -n "${OUT:-}" ] && cp "$logs/summary.txt" "$OUT/summary.txt"

@@ -152,9 +152,8 @@ pub fn grn_into(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, y
     grn_impl(x, gamma, Some(beta), stats, GrnOutput::Separate(y))
 }
 
-/// `x ← GRN(GELU(x))` in place (the ResBlock's middle): one pass reads x for the sums of squares
-/// of GELU(x), then one pass recomputes GELU(x) (rounded as the sums saw it), applies the factor
-/// and writes x.
+/// `x ← GRN(GELU(x))` in place (the ResBlock's middle): one pass turns x into GELU(x) (rounded to
+/// x's type) and sums its squares, then one pass applies the factor and β.
 pub fn gelu_grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
     grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::GeluInPlace(x))
@@ -263,9 +262,10 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             }
             let k = dev.kernels();
             let dt = x.dtype();
-            let chunks = n.div_ceil(CASCADE_GRN_CHUNK as usize).max(1);
+            let chunk_rows = grn_chunk_rows(CASCADE_GRN_CHUNK as usize);
+            let chunks = n.div_ceil(chunk_rows).max(1);
             if chunks > 65535 {
-                return Err(Error::Shape(format!("grn: {n} positions are more than the kernels' grid takes (65535 × 64)")));
+                return Err(Error::Shape(format!("grn: {n} positions are more than the kernels' grid takes (65535 × {chunk_rows})")));
             }
             // Eight consecutive channels per thread (groups of 256) when every row of x and y
             // starts 16-byte aligned; else two per thread (groups of 64).
@@ -285,9 +285,10 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                 let bs = per_launch.min(b - first);
                 let pp = GrnPartialParams {
                     x: (x0 + (first * n * d) as u64 * elt) as *const _,
-                    // GELU's output is written here only when nothing follows; the apply kernel
-                    // recomputes it from x otherwise (one write of the whole tensor fewer).
-                    y: if gelu && !apply { (y0 + (first * n * d) as u64 * elt) as *mut _ } else { std::ptr::null_mut() },
+                    // GELU's output is written here (in place: x is a view of y), so the apply
+                    // pass only streams: recomputing the erf there cost more than this write
+                    // (measured on an H200, docs/performance.md).
+                    y: if gelu { (y0 + (first * n * d) as u64 * elt) as *mut _ } else { std::ptr::null_mut() },
                     part: part.cuda_ptr()? as *mut f32,
                     scale: (s0 + (first * d * 4) as u64) as *mut f32,
                     gamma: gamma.cuda_ptr()? as *const _,
@@ -295,6 +296,7 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                     B: bs as i32,
                     N: n as i32,
                     D: d as i32,
+                    chunk_rows: chunk_rows as i32,
                     chunks: chunks as i32,
                     gelu: gelu as i32,
                     vec8: vec8 as i32,
@@ -308,20 +310,35 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                 )?;
             }
             let Some(beta) = beta else { return Ok(()) };
-            // From x (GELU, when asked, recomputed exactly as grn_partial rounded it); x may be y.
+            // From y, which holds GELU(x) when GELU was asked (grn_partial wrote it), else from x.
             let ap = GrnApplyParams {
-                x: x.cuda_ptr()? as *const _,
+                x: if gelu { y.cuda_ptr()? } else { x.cuda_ptr()? } as *const _,
                 y: y.cuda_ptr()? as *mut _,
                 scale: stats.cuda_ptr()? as *const f32,
                 beta: beta.cuda_ptr()? as *const _,
                 B: b as i32,
                 N: n as i64,
                 D: d as i32,
-                gelu: gelu as i32,
+                gelu: 0,
             };
             dev.launch_vec8(super::kernel("grn", dt, &k.grn_apply_f32, &k.grn_apply_bf16)?, x.numel(), &ap)
         }
     }
+}
+
+/// Positions per chunk of grn_partial: `default`, or `CASCADE_GRN_CHUNK` from the environment (a
+/// multiple of 8 from 8 to 4096; read once), for measuring the choice on a card.
+#[cfg(feature = "cuda")]
+fn grn_chunk_rows(default: usize) -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| match std::env::var("CASCADE_GRN_CHUNK").ok().map(|v| v.trim().parse::<usize>()) {
+        Some(Ok(r)) if r % 8 == 0 && (8..=4096).contains(&r) => r,
+        Some(_) => {
+            eprintln!("warning: CASCADE_GRN_CHUNK must be a multiple of 8 from 8 to 4096; using {default}");
+            default
+        }
+        None => default,
+    })
 }
 
 /// [`grn_into`] as a new tensor (allocates its scratch).
