@@ -5,10 +5,9 @@
 
 // Two paths. With vec8 (the launcher's choice: C a multiple of 8, C / 8 threads fit one block,
 // every operand 16-byte aligned) a block takes a strip of CASCADE_DW_STRIP pixels of one row
-// (grid: ceil(W / CASCADE_DW_STRIP), H, B; the narrow kernels: CASCADE_DW_STRIP_NARROW) and each
-// thread 8 consecutive channels of all of them: the 72 weights are loaded and unpacked once per
-// strip, and each input pixel once per row of taps (3 · (S + 2) 16-byte loads for S outputs
-// instead of 9 each).
+// (grid: ceil(W / CASCADE_DW_STRIP), H, B) and each thread 8 consecutive channels of all of them:
+// the 72 weights are loaded and unpacked once per strip, and each input pixel once per row of
+// taps (3 · (CASCADE_DW_STRIP + 2) 16-byte loads for CASCADE_DW_STRIP outputs instead of 9 each).
 // Otherwise one block per pixel (grid: W, H, B) and one channel per thread, the outputs staged in
 // shared memory (dynamic smem: C floats) when a LayerNorm follows. Either way an output
 // LayerNorm is over the pixel's channels.
@@ -29,15 +28,15 @@ template <int N> __device__ __forceinline__ void block_sums(float v[N], float* s
     }
 }
 
-template <typename T, int STRIP> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
-    const int w0 = blockIdx.x * STRIP, h0 = blockIdx.y;
+template <typename T> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
+    const int w0 = blockIdx.x * CASCADE_DW_STRIP, h0 = blockIdx.y;
     const int64_t b = blockIdx.z, row0 = ((int64_t)b * p.H + h0) * p.W;  // pixel index of (h0, 0)
     const int c = 8 * threadIdx.x;
     const bool active = c < p.C;
     const T* x = (const T*)p.x + b * p.H * p.W * p.C;
     const float* st = p.in_stats ? p.in_stats + 2 * b * p.H * p.W : nullptr;
     const T* ab = p.in_ab ? (const T*)p.in_ab + b * p.in_ab_stride : nullptr;
-    float acc[STRIP][8];
+    float acc[CASCADE_DW_STRIP][8];
     if (active) {
         // The 9 taps of 8 channels: 72 consecutive weights ([C, 9]), nine 16-byte loads.
         float wv[72];
@@ -55,16 +54,16 @@ template <typename T, int STRIP> __device__ void depthwise_vec8(const DepthwiseP
             for (int j = 0; j < 8; j++) ma[j] += 1.f;
         }
         #pragma unroll
-        for (int s = 0; s < STRIP; s++) load8((const T*)p.bias + c, acc[s]);
+        for (int s = 0; s < CASCADE_DW_STRIP; s++) load8((const T*)p.bias + c, acc[s]);
         #pragma unroll
         for (int ky = 0; ky < 3; ky++) {
             int h = h0 + ky - 1;
             if (p.replicate) h = min(max(h, 0), p.H - 1);
             else if (h < 0 || h >= p.H) continue;
-            // Input columns w0 − 1 .. w0 + STRIP: column i feeds outputs s = i − 2 .. i with
+            // Input columns w0 − 1 .. w0 + CASCADE_DW_STRIP: column i feeds outputs s = i − 2 .. i with
             // tap kx = i − s.
             #pragma unroll
-            for (int i = 0; i < STRIP + 2; i++) {
+            for (int i = 0; i < CASCADE_DW_STRIP + 2; i++) {
                 int w = w0 + i - 1;
                 if (p.replicate) w = min(max(w, 0), p.W - 1);
                 else if (w < 0 || w >= p.W) continue;
@@ -80,11 +79,11 @@ template <typename T, int STRIP> __device__ void depthwise_vec8(const DepthwiseP
                 if (ab) {
                     #pragma unroll
                     for (int j = 0; j < 8; j++) v[j] = rounded<T>(v[j] * ma[j] + ms[j]);
-                    // The centre row's columns 1 .. STRIP are this strip's own pixels.
-                    if (ky == 1 && i >= 1 && i <= STRIP && w0 + i - 1 < p.W) store8((T*)p.x_out + (row0 + w0 + i - 1) * p.C + c, v);
+                    // The centre row's columns 1 .. CASCADE_DW_STRIP are this strip's own pixels.
+                    if (ky == 1 && i >= 1 && i <= CASCADE_DW_STRIP && w0 + i - 1 < p.W) store8((T*)p.x_out + (row0 + w0 + i - 1) * p.C + c, v);
                 }
                 #pragma unroll
-                for (int s = 0; s < STRIP; s++) {
+                for (int s = 0; s < CASCADE_DW_STRIP; s++) {
                     const int kx = i - s;
                     if (kx < 0 || kx > 2) continue;
                     #pragma unroll
@@ -93,7 +92,7 @@ template <typename T, int STRIP> __device__ void depthwise_vec8(const DepthwiseP
             }
         }
         #pragma unroll
-        for (int s = 0; s < STRIP; s++) {
+        for (int s = 0; s < CASCADE_DW_STRIP; s++) {
             if (w0 + s >= p.W) continue;
             const int64_t pix = row0 + w0 + s;
             if (p.residual) {
@@ -111,27 +110,27 @@ template <typename T, int STRIP> __device__ void depthwise_vec8(const DepthwiseP
     }
     if (!p.layer_norm && !p.y_norm) return;
     // Mean and 1/sqrt(var + eps) over each pixel's channels, two-pass as row_mean_rstd.
-    float mean[STRIP], rstd[STRIP];
+    float mean[CASCADE_DW_STRIP], rstd[CASCADE_DW_STRIP];
     #pragma unroll
-    for (int s = 0; s < STRIP; s++) {
+    for (int s = 0; s < CASCADE_DW_STRIP; s++) {
         mean[s] = 0.f;
         if (active)
             #pragma unroll
             for (int j = 0; j < 8; j++) mean[s] += acc[s][j];
     }
-    block_sums<STRIP>(mean, scratch);
+    block_sums<CASCADE_DW_STRIP>(mean, scratch);
     #pragma unroll
-    for (int s = 0; s < STRIP; s++) {
+    for (int s = 0; s < CASCADE_DW_STRIP; s++) {
         mean[s] /= p.C;
         rstd[s] = 0.f;
         if (active)
             #pragma unroll
             for (int j = 0; j < 8; j++) rstd[s] += (acc[s][j] - mean[s]) * (acc[s][j] - mean[s]);
     }
-    block_sums<STRIP>(rstd, scratch);
+    block_sums<CASCADE_DW_STRIP>(rstd, scratch);
     if (!active) return;
     #pragma unroll
-    for (int s = 0; s < STRIP; s++) {
+    for (int s = 0; s < CASCADE_DW_STRIP; s++) {
         if (w0 + s >= p.W) continue;
         const int64_t pix = row0 + w0 + s;
         const float r = rsqrtf(rstd[s] / p.C + p.eps);
@@ -151,11 +150,11 @@ template <typename T, int STRIP> __device__ void depthwise_vec8(const DepthwiseP
     }
 }
 
-template <typename T, int STRIP = CASCADE_DW_STRIP> __device__ void depthwise_impl(const DepthwiseParams& p) {
+template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
     extern __shared__ float out[];
-    __shared__ float scratch[32 * STRIP];
+    __shared__ float scratch[32 * CASCADE_DW_STRIP];
     if (p.vec8) {
-        depthwise_vec8<T, STRIP>(p, scratch);
+        depthwise_vec8<T>(p, scratch);
         return;
     }
     const int w0 = blockIdx.x, h0 = blockIdx.y;
@@ -211,12 +210,6 @@ template <typename T, int STRIP = CASCADE_DW_STRIP> __device__ void depthwise_im
 // f32 would spill under that cap and keeps its 167.
 extern "C" __global__ void depthwise_f32(DepthwiseParams p) { depthwise_impl<float>(p); }
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16(DepthwiseParams p) { depthwise_impl<bf16>(p); }
-// Strips of CASCADE_DW_STRIP_NARROW pixels (vec8 only): twice the blocks, fewer registers each,
-// for grids that would not fill the card about twice over with full strips (Stage C's 24×24, the
-// deep levels of Stage B). bf16: two 256-thread blocks per SM, as the full strips (a bound of
-// three spills: the 72 weights stay in registers).
-extern "C" __global__ void depthwise_narrow_f32(DepthwiseParams p) { depthwise_impl<float, CASCADE_DW_STRIP_NARROW>(p); }
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_narrow_bf16(DepthwiseParams p) { depthwise_impl<bf16, CASCADE_DW_STRIP_NARROW>(p); }
 
 // One thread per element of the used high-resolution region [B, H*r, W*r, C].
 // Index arithmetic in I: 32-bit when the tensor has fewer than 2^31 elements (a division by a

@@ -296,8 +296,6 @@ template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
             float e[8], s[8], be[8];
             load8(x + 8 * (int64_t)v, e);
             load8(p.scale + (int64_t)b * p.D + d, s);
-            if (p.gelu)
-                for (int j = 0; j < 8; j++) e[j] = rounded<T>(gelu_erf(e[j]));
             for (int j = 0; j < 8; j++) e[j] *= s[j];
             if (beta) {
                 load8(beta + d, be);
@@ -310,7 +308,6 @@ template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
     GRID_STRIDE(i, total) {
         int64_t d = i % p.D, b = i / (p.N * p.D);
         float v = to_f32(((const T*)p.x)[i]);
-        if (p.gelu) v = to_f32(from_f32<T>(gelu_erf(v)));  // the value grn_partial summed
         v *= p.scale[b * p.D + d];
         if (p.beta) v += to_f32(((const T*)p.beta)[d]);
         ((T*)p.y)[i] = from_f32<T>(v);

@@ -56,7 +56,7 @@ typedef struct LayerNormParams {
 // GlobalResponseNorm (spec §3.3) in two kernels. grn_partial: sums of squares over chunks of
 // chunk_rows positions, part[b, c, d] = sum_{n in chunk c} v[b,n,d]^2, where v = x, or with
 // gelu != 0 v = GELU(x) rounded to x's type (the sum is over the rounded values), written to y
-// when y is not NULL (else grn_apply recomputes it: one write of x fewer). The
+// when y is not NULL (y may be x: each element is read and written by one thread). The
 // same launch finishes the statistics: the last block of each (sample, channel group) to
 // finish turns that group's chunk sums into norms, scale[b, d] = sqrt(sum_c part[b, c, d]), and
 // the last group of each sample to finish turns the sample's norms into
@@ -81,7 +81,8 @@ typedef struct GrnPartialParams {
                          // 16-byte aligned); 0: groups of 64. gridDim.x is the number of groups.
 } GrnPartialParams;
 
-// GlobalResponseNorm, second kernel: y[b,n,d] = v[b,n,d] * scale[b,d] + beta[d], v = x or GELU(x).
+// GlobalResponseNorm, second kernel: y[b,n,d] = x[b,n,d] * scale[b,d] + beta[d] (with GELU, x is
+// the GELU output grn_partial stored).
 typedef struct GrnApplyParams {
     const void* x;       // [B, N, D]
     void* y;             // [B, N, D]
@@ -90,7 +91,6 @@ typedef struct GrnApplyParams {
     int32_t B;
     int64_t N;
     int32_t D;
-    int32_t gelu;        // 1: x is GRN's input before GELU, applied here first (rounded to x's type)
 } GrnApplyParams;
 
 // ---- element-wise --------------------------------------------------------------------------
@@ -151,10 +151,8 @@ typedef struct DdpmStepParams {
 
 // Depthwise 3x3 convolution with bias, stride 1, padding 1 (zero or replicate), optionally
 // followed by LayerNorm over channels (no affine).
-// Pixels of one row per block on the depthwise kernel's eight-channel path (depthwise_narrow_*:
-// CASCADE_DW_STRIP_NARROW).
+// Pixels of one row per block on the depthwise kernel's eight-channel path.
 #define CASCADE_DW_STRIP 4
-#define CASCADE_DW_STRIP_NARROW 2
 
 typedef struct DepthwiseParams {
     const void* x;       // [B, H, W, C]

@@ -14,7 +14,5 @@ export CASCADE_EMU=1 CASCADE_SHAPES="${CASCADE_SHAPES:-odd}" CASCADE_EMU_MEMORY_
 # memory nodes): a captured step that reads memory it never wrote gives NaN.
 export CASCADE_POISON_GRAPH_MEMORY=1
 cargo test --release --features cuda -- --ignored "$@"
-# The depthwise kernels once more with each strip width forced (the grid picks one per shape).
-for narrow in 0 1; do CASCADE_DW_NARROW=$narrow cargo test --release --features cuda --test kernels -- --ignored depthwise; done
 # The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here).
 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops

@@ -130,11 +130,15 @@ if on SANITIZE 0; then
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=4 "${skip[@]}"
         done) &
         pids+=($!)
-        # racecheck takes one stage per process (SANITIZE_RACECHECK_STAGES, default
-        # SANITIZE_STAGES): over cuBLASLt's kernels it is slow (the full Stage C step did not finish
-        # in 225 s on an H200); SANITIZE_RACECHECK_ARGS adds flags (e.g. a kernel-name filter).
+        # racecheck over the stage steps is not run by default: on an H200 it stops inside
+        # cuBLASLt's GEMMs at these shapes ("Internal Sanitizer Error: The Sanitizer failed to
+        # handle a hardware exception", then CUDA_ERROR_ILLEGAL_ADDRESS), also with the nvjet
+        # kernels excluded, and without the exclusion the full Stage C step ran past 225 s
+        # (docs/reliability.md). SANITIZE_STAGE_TOOLS="memcheck racecheck" asks for it, one stage
+        # per process (SANITIZE_RACECHECK_STAGES, default SANITIZE_STAGES), with
+        # SANITIZE_RACECHECK_ARGS added (e.g. --kernel-name-exclude kns=nvjet).
         stage_runs=()
-        for tool in ${SANITIZE_STAGE_TOOLS:-memcheck racecheck}; do
+        for tool in ${SANITIZE_STAGE_TOOLS:-memcheck}; do
             if [ "$tool" = racecheck ]; then
                 for s in $(echo "${SANITIZE_RACECHECK_STAGES:-${SANITIZE_STAGES:-clip,stage_c,stage_b,stage_a}}" | tr , ' '); do stage_runs+=("$tool:$s"); done
             else

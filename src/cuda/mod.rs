@@ -89,8 +89,6 @@ pub struct CudaDevice {
     ordinal: usize,
     name: String,
     compute_capability: (i32, i32),
-    /// Streaming multiprocessors (launch shapes are chosen to fill them).
-    sm_count: usize,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     /// Dropped in `Drop`, under [`SETUP`] (module unloads may synchronise the device).
@@ -235,10 +233,6 @@ impl CudaDevice {
                 compute_capability.0, compute_capability.1
             )));
         }
-        let sm_count = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| driver_err("reading the multiprocessor count", e))?
-            .max(1) as usize;
         let kernels = Kernels::load(&ctx)?;
         let blas = blas::Blas::new(&stream)?;
         let grn_counters = stream.alloc_zeros::<u32>(GRN_COUNTERS).map_err(|e| driver_err("allocating the GRN counters", e))?;
@@ -246,7 +240,6 @@ impl CudaDevice {
             ordinal,
             name,
             compute_capability,
-            sm_count,
             ctx,
             stream,
             kernels: std::mem::ManuallyDrop::new(kernels),
@@ -282,11 +275,6 @@ impl CudaDevice {
     /// (major, minor) compute capability.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
-    }
-
-    /// Streaming multiprocessors on the card.
-    pub fn sm_count(&self) -> usize {
-        self.sm_count
     }
 
     /// The device's one stream.

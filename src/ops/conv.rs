@@ -286,44 +286,15 @@ fn depthwise3x3_impl(
             let vec8 = c % 8 == 0 && c / 8 <= 256 && in_ab_stride % 8 == 0 && operands.iter().all(|a| a % 16 == 0);
             p.vec8 = vec8 as i32;
             // vec8: a strip of CASCADE_DW_STRIP pixels per block (kernels/conv.cu); else one pixel.
-            // Narrow strips when full ones would not fill the card twice over: at most 512 threads
-            // of the full-strip kernel fit an SM (128 registers each), and a grid of just over one
-            // wave (Stage C's 24×24: 288 blocks of 256 threads on 132 SMs) leaves half the second
-            // wave idle.
-            use crate::cuda::params::{CASCADE_DW_STRIP, CASCADE_DW_STRIP_NARROW};
-            let full_strip_threads = w.div_ceil(CASCADE_DW_STRIP as usize) * h * b * (super::row_block(c / 8) as usize);
-            let narrow = vec8
-                && match narrow_strips() {
-                    Some(forced) => forced,
-                    None => full_strip_threads < 2 * 512 * dev.sm_count(),
-                };
-            let strip = (if narrow { CASCADE_DW_STRIP_NARROW } else { CASCADE_DW_STRIP }) as usize;
             let (columns, block, smem) = if vec8 {
-                (w.div_ceil(strip), super::row_block(c / 8), 0)
+                (w.div_ceil(crate::cuda::params::CASCADE_DW_STRIP as usize), super::row_block(c / 8), 0)
             } else {
                 (w, super::row_block(c), if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 })
             };
-            let f = if narrow {
-                super::kernel("depthwise3x3", x.dtype(), &k.depthwise_narrow_f32, &k.depthwise_narrow_bf16)?
-            } else {
-                super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?
-            };
+            let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
             dev.launch(f, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p)
         }
     }
-}
-
-/// The depthwise launcher's strips forced by `CASCADE_DW_NARROW` (`0`: full strips only, for
-/// measuring what the narrow ones gain; `1`: narrow whenever the eight-channel path runs, for
-/// testing them on small shapes); otherwise chosen by the grid (read once).
-#[cfg(feature = "cuda")]
-fn narrow_strips() -> Option<bool> {
-    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| match std::env::var("CASCADE_DW_NARROW").as_deref().map(str::trim) {
-        Ok("0") => Some(false),
-        Ok("1") => Some(true),
-        _ => None,
-    })
 }
 
 /// A TimestepBlock followed by a ResBlock's depthwise convolution and channel LayerNorm:

@@ -193,7 +193,6 @@ pub fn scale_columns(w: &Tensor, factor: &Tensor) -> Result<Tensor> {
                 B: 1,
                 N: w.dim(0) as i64,
                 D: cols as i32,
-                gelu: 0,
             };
             if w.numel() > 0 {
                 dev.launch_vec8(super::kernel("scale_columns", w.dtype(), &k.grn_apply_f32, &k.grn_apply_bf16)?, w.numel(), &ap)?;
@@ -263,9 +262,6 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             let k = dev.kernels();
             let dt = x.dtype();
             let chunk_rows = grn_chunk_rows(CASCADE_GRN_CHUNK as usize);
-            // CASCADE_GRN_RECOMPUTE_GELU=1: the apply pass recomputes GELU from x instead of
-            // grn_partial storing it (the earlier scheme, kept for measuring the two).
-            let recompute_gelu = gelu && apply && grn_recompute_gelu();
             let chunks = n.div_ceil(chunk_rows).max(1);
             if chunks > 65535 {
                 return Err(Error::Shape(format!("grn: {n} positions are more than the kernels' grid takes (65535 × {chunk_rows})")));
@@ -290,8 +286,8 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                     x: (x0 + (first * n * d) as u64 * elt) as *const _,
                     // GELU's output is written here (in place: x is a view of y), so the apply
                     // pass only streams: recomputing the erf there cost more than this write
-                    // (measured on an H200, docs/performance.md).
-                    y: if gelu && !recompute_gelu { (y0 + (first * n * d) as u64 * elt) as *mut _ } else { std::ptr::null_mut() },
+                    // (0.36 ms per Stage C step on an H200, docs/performance.md).
+                    y: if gelu { (y0 + (first * n * d) as u64 * elt) as *mut _ } else { std::ptr::null_mut() },
                     part: part.cuda_ptr()? as *mut f32,
                     scale: (s0 + (first * d * 4) as u64) as *mut f32,
                     gamma: gamma.cuda_ptr()? as *const _,
@@ -315,14 +311,13 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             let Some(beta) = beta else { return Ok(()) };
             // From y, which holds GELU(x) when GELU was asked (grn_partial wrote it), else from x.
             let ap = GrnApplyParams {
-                x: if gelu && !recompute_gelu { y.cuda_ptr()? } else { x.cuda_ptr()? } as *const _,
+                x: if gelu { y.cuda_ptr()? } else { x.cuda_ptr()? } as *const _,
                 y: y.cuda_ptr()? as *mut _,
                 scale: stats.cuda_ptr()? as *const f32,
                 beta: beta.cuda_ptr()? as *const _,
                 B: b as i32,
                 N: n as i64,
                 D: d as i32,
-                gelu: recompute_gelu as i32,
             };
             dev.launch_vec8(super::kernel("grn", dt, &k.grn_apply_f32, &k.grn_apply_bf16)?, x.numel(), &ap)
         }
@@ -342,13 +337,6 @@ fn grn_chunk_rows(default: usize) -> usize {
         }
         None => default,
     })
-}
-
-/// `CASCADE_GRN_RECOMPUTE_GELU=1` (read once): see [`grn_impl`].
-#[cfg(feature = "cuda")]
-fn grn_recompute_gelu() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CASCADE_GRN_RECOMPUTE_GELU").is_ok_and(|v| v.trim() == "1"))
 }
 
 /// [`grn_into`] as a new tensor (allocates its scratch).

@@ -168,7 +168,7 @@ def reference(component, model, inputs, device, dtype=torch.float32, trace=None,
         embed = type(model).get_timestep_ratio_embedding
         model.get_timestep_ratio_embedding = lambda r, max_positions=10000: embed(model, r.float().cpu(), max_positions).to(device=r.device, dtype=dtype)
     handles = hook_blocks(model, trace) if trace is not None else []
-    if rms is not None and hasattr(model, "down_blocks"):
+    if rms is not None and component in ("prior", "decoder"):
         handles += hook_blocks(model, rms, rms_only=True)
     with torch.no_grad():
         if component == "text_encoder":
