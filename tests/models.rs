@@ -176,3 +176,33 @@ fn lite_shaped_configs_build_and_run_with_random_weights() {
     let v = out.to_vec_f32().unwrap();
     assert!(v.iter().all(|x| x.is_finite()) && v.iter().any(|&x| x != 0.0));
 }
+
+/// `forward_inputs_traced` hands over every block's output under diffusers' module names (the
+/// names `tools/gpu/fidelity.py --trace` matches against diffusers' hooks) without changing the
+/// result. The tiny decoder has TimestepBlocks folded into the next block and repeated up levels.
+#[test]
+fn traced_forward_names_blocks_as_diffusers_and_changes_nothing() {
+    let model = StableCascadeUNet::load(&tiny().join("decoder"), DType::F32, &Device::Cpu).unwrap();
+    let inputs = UNetInputTensors::from_store(&reference("decoder_in"), DType::F32, &Device::Cpu).unwrap();
+    let plain = model.forward(&inputs.inputs()).unwrap().to_vec_f32().unwrap();
+    let mut seen: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut keep = |name: &str, x: &Tensor| -> cascade::Result<()> {
+        seen.push((name.to_string(), x.shape().to_vec()));
+        Ok(())
+    };
+    let traced = model.forward_inputs_traced(&inputs.inputs(), Some(&mut keep)).unwrap().to_vec_f32().unwrap();
+    assert_eq!(plain, traced, "tracing changed the output");
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"down_blocks.0.0"));
+    // diffusers' last block: the shallowest up level's last block, in its second repetition.
+    assert_eq!(names.last(), Some(&"up_blocks.3.1@1"));
+    let unique: std::collections::HashSet<&&str> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "a block name repeats: {names:?}");
+    for (name, shape) in &seen {
+        let (group, rest) = name.split_once('.').unwrap();
+        assert!(group == "down_blocks" || group == "up_blocks", "{name}");
+        let index = rest.split('@').next().unwrap();
+        assert!(index.split('.').all(|p| p.parse::<usize>().is_ok()), "{name}");
+        assert_eq!(shape.len(), 4, "{name}: images are [B, H, W, C]");
+    }
+}
