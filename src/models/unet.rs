@@ -337,11 +337,11 @@ impl Conditioning {
     }
 }
 
-/// Per-step values every block reads: the stacked TimestepBlock terms and the run's condition
-/// keys and values.
 /// Receives each block's name and output (see [`StableCascadeUNet::forward_traced`]).
 pub type BlockTrace<'a> = Option<&'a mut dyn FnMut(&str, &Tensor) -> Result<()>>;
 
+/// Per-step values every block reads: the stacked TimestepBlock terms and the run's condition
+/// keys and values.
 struct StepTerms<'a> {
     ab: &'a Tensor,
     kv: &'a [Tensor],

@@ -9,8 +9,9 @@ the range of their blocks' output RMS (a saturated or exploding reference would 
 
 Weights are drawn N(0, 1/fan_in), and every residual branch's output projection (ResBlock fc2,
 attention out, CLIP fc2/out_proj, Stage A fc2) and every TimestepBlock mapper is further scaled
-by 1/sqrt(2·blocks), so activations stay O(1) through all 64 Stage C blocks. Values are rounded to bf16 and stored as the
-bf16 variant (half the disk; the f32 paths see exactly the same numbers).
+by 1/sqrt(2·blocks), so activations stay O(1) through all 64 Stage C blocks. Values are rounded
+to bf16 and stored as the bf16 variant (half the disk; the f32 paths see exactly the same
+numbers). --trace prior prints the error after every block (docs/fidelity.md).
 
     python tools/gpu/fidelity.py --engine gpu-bundle/bin/cascade [--tiny] [--device cuda] [--components prior,decoder]
 """
