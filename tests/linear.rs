@@ -88,6 +88,29 @@ fn linear_accumulate_adds_to_the_output() {
     assert_eq!(y.to_vec_f32().unwrap(), want);
 }
 
+/// bf16 products added to an f32 output (a residual stream kept in f32): the sum is not rounded
+/// to bf16, and a bf16 bias or mixed output types are refused.
+#[test]
+fn bf16_products_accumulate_into_f32() {
+    let (m, k, n) = (5, 7, 3);
+    let mut rng = TestRng::new(19);
+    let (xv, wv) = (round_to(&rng.normal(m * k, 1.0), DType::BF16), round_to(&rng.normal(n * k, 0.5), DType::BF16));
+    let (bv, yv) = (rng.normal(n, 0.5), rng.normal(m * n, 1.0));
+    let x = Tensor::from_f32(&xv, &[m, k], DType::BF16, &Device::Cpu).unwrap();
+    let w = Tensor::from_f32(&wv, &[n, k], DType::BF16, &Device::Cpu).unwrap();
+    let b = Tensor::from_f32(&bv, &[n], DType::F32, &Device::Cpu).unwrap();
+    let mut y = Tensor::from_f32(&yv, &[m, n], DType::F32, &Device::Cpu).unwrap();
+    ops::linear_accumulate_into(&x, &w, Some(&b), &mut y).unwrap();
+    let want: Vec<f32> = ops::cpu::linear(&xv, &wv, Some(&bv), m, k, n).iter().zip(&yv).map(|(l, r)| l + r).collect();
+    assert_eq!(y.to_vec_f32().unwrap(), want);
+    assert_ne!(round_to(&want, DType::BF16), want, "the check needs sums that bf16 would round");
+    let b16 = Tensor::from_f32(&bv, &[n], DType::BF16, &Device::Cpu).unwrap();
+    let e = ops::linear_accumulate_into(&x, &w, Some(&b16), &mut y).unwrap_err().to_string();
+    assert!(e.contains("bf16 inputs cannot give f32"), "{e}");
+    let xf = Tensor::from_f32(&xv, &[m, k], DType::F32, &Device::Cpu).unwrap();
+    assert!(ops::linear_accumulate_into(&xf, &w, Some(&b), &mut y).is_err(), "f32 x with bf16 w");
+}
+
 /// `linear_columns_into` on the CPU: column ranges of wider x and y, the other columns of y
 /// untouched, with and without accumulation, against the plain linear of the gathered columns.
 #[test]
@@ -186,6 +209,32 @@ mod gpu {
             let bound = if dtype == DType::F32 { 1e-6 } else { 5e-3 };
             println!("linear_accumulate {dtype:<4} rel_l2 {err:.2e}");
             assert!(err < bound, "{dtype}: {err}");
+        }
+    }
+
+    /// bf16 products added to an f32 output in place (cuBLASLt with A, B bf16 and C, D f32, the
+    /// bias f32): the residual GEMMs of a stream kept in f32. Against the CPU, held to the f32
+    /// bound: nothing is rounded to bf16 after the products.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_bf16_products_accumulate_into_f32() {
+        let dev = gpu();
+        // Stage C's attention output projection too, where there is a real GPU.
+        let real = std::env::var("CASCADE_EMU").is_err();
+        for (m, k, n) in [(67, 96, 40), (1152, 2048, 2048)].into_iter().filter(|&(m, _, _)| real || m < 100) {
+            let mut rng = TestRng::new(37);
+            let xv = round_to(&rng.normal(m * k, 1.0), DType::BF16);
+            let wv = round_to(&rng.normal(n * k, 0.05), DType::BF16);
+            let (bv, yv) = (rng.normal(n, 0.5), rng.normal(m * n, 1.0));
+            let x = Tensor::from_f32(&xv, &[m, k], DType::BF16, &dev).unwrap();
+            let w = Tensor::from_f32(&wv, &[n, k], DType::BF16, &dev).unwrap();
+            let b = Tensor::from_f32(&bv, &[n], DType::F32, &dev).unwrap();
+            let mut y = Tensor::from_f32(&yv, &[m, n], DType::F32, &dev).unwrap();
+            ops::linear_accumulate_into(&x, &w, Some(&b), &mut y).unwrap();
+            let want: Vec<f32> = ops::cpu::linear(&xv, &wv, Some(&bv), m, k, n).iter().zip(&yv).map(|(l, r)| l + r).collect();
+            let err = rel_l2(&y.to_vec_f32().unwrap(), &want);
+            println!("linear_accumulate bf16 into f32 {m}x{k}x{n} rel_l2 {err:.2e}");
+            assert!(err < 1e-5, "{m}x{k}x{n}: {err}");
         }
     }
 

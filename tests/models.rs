@@ -102,6 +102,39 @@ fn vqgan_case(dev: &Device, dtype: DType, bound: f64) {
     check("vqgan", &image, &get(&reference("vqgan_out"), "image"), bound);
 }
 
+/// A bf16 UNet with its residual stream in f32 (`set_f32_residual`) on each tiny UNet fixture:
+/// within the bf16 bound of diffusers' f32 output, and about as close as with a bf16 stream (the
+/// tiny UNets have too few blocks for the stream's roundings to dominate: the gain shows at full
+/// depth, `fidelity.py --medium --bf16-variant CASCADE_F32_RESIDUAL=1`). Returns the outputs
+/// with a bf16 and with an f32 stream, for comparing devices.
+fn f32_residual_case(dev: &Device) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let mut outs = Vec::new();
+    for (dir, case) in [("prior", "prior"), ("decoder", "decoder"), ("decoder", "decoder_pixels")] {
+        let mut model = StableCascadeUNet::load(&tiny().join(dir), DType::BF16, dev).unwrap();
+        let inputs = UNetInputTensors::from_store(&reference(&format!("{case}_in")), DType::BF16, dev).unwrap();
+        let want = get(&reference(&format!("{case}_out")), "out").to_vec_f32().unwrap();
+        let run = |m: &StableCascadeUNet| nhwc_to_nchw(&m.forward(&inputs.inputs()).unwrap()).unwrap().to_vec_f32().unwrap();
+        let plain = run(&model);
+        model.set_f32_residual(true).unwrap();
+        assert_eq!(model.stream_dtype(), DType::F32);
+        let stream = run(&model);
+        let (e_plain, e_stream) = (rel_l2(&plain, &want), rel_l2(&stream, &want));
+        println!("{case}: bf16 rel_l2 {e_plain:.2e}, with the f32 residual stream {e_stream:.2e}");
+        assert!(e_stream < 1e-2 && e_stream < 1.1 * e_plain, "{case}: {e_stream:.3e} with the f32 stream against {e_plain:.3e}");
+        outs.push((plain, stream));
+    }
+    outs
+}
+
+#[test]
+fn an_f32_residual_stream_keeps_bf16_within_its_bound() {
+    f32_residual_case(&Device::Cpu);
+    // f32 weights: nothing to change.
+    let mut model = StableCascadeUNet::load(&tiny().join("prior"), DType::F32, &Device::Cpu).unwrap();
+    model.set_f32_residual(true).unwrap();
+    assert_eq!(model.stream_dtype(), DType::F32);
+}
+
 /// The same fixtures through the CUDA kernels: f32 within 1e-4, bf16 within 2e-2.
 #[cfg(feature = "cuda")]
 mod gpu {
@@ -124,6 +157,21 @@ mod gpu {
                 unet_case_on(dir, case, &dev, dtype, bound);
             }
             vqgan_case(&dev, dtype, bound);
+        }
+    }
+
+    /// The f32 residual stream on the GPU (bf16 products added in f32 by cuBLASLt): within the
+    /// bf16 bound, and as near the CPU's f32-stream output as the two devices' bf16 streams are
+    /// to each other (their kernels round at different points: fused passes, GRN's folding).
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn f32_residual_stream_on_the_gpu() {
+        let dev = Device::cuda(0).expect("this test needs a CUDA GPU");
+        let (gpu, cpu) = (f32_residual_case(&dev), f32_residual_case(&Device::Cpu));
+        for ((gp, gs), (cp, cs)) in gpu.iter().zip(&cpu) {
+            let (plain, stream) = (rel_l2(gp, cp), rel_l2(gs, cs));
+            println!("GPU against CPU: bf16 stream rel_l2 {plain:.2e}, f32 stream {stream:.2e}");
+            assert!(stream < 1.5 * plain + 1e-4, "f32 stream: GPU and CPU {stream:.3e} apart, bf16 stream {plain:.3e}");
         }
     }
 }

@@ -50,7 +50,10 @@ struct Key {
     m: u64,
     n: u64,
     k: u64,
+    /// The type of x and w (A and B).
     dtype: DType,
+    /// The type of y and the bias (C and D): `dtype`, or f32 for bf16 products written in f32.
+    out: DType,
     bias: bool,
     tf32: bool,
     /// The smallest alignment (bytes, a power of two ≤ 256) of the operand addresses: views into
@@ -216,11 +219,11 @@ impl Blas {
             _ => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
         };
         let desc = lt::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F).map_err(|e| blas_err("matmul desc", e))?;
-        let dt = data_type(key.dtype);
-        let mk = |rows, cols, ld| lt::create_matrix_layout(dt, rows, cols, ld).map_err(|e| blas_err("matrix layout", e));
-        let a = mk(key.k, key.n, key.k as i64)?;
-        let b = mk(key.k, key.m, key.ldx as i64)?;
-        let d = mk(key.n, key.m, key.ldy as i64)?;
+        let (dt, out) = (data_type(key.dtype), data_type(key.out));
+        let mk = |t, rows, cols, ld| lt::create_matrix_layout(t, rows, cols, ld).map_err(|e| blas_err("matrix layout", e));
+        let a = mk(dt, key.k, key.n, key.k as i64)?;
+        let b = mk(dt, key.k, key.m, key.ldx as i64)?;
+        let d = mk(out, key.n, key.m, key.ldy as i64)?;
         let mut plan = Plan { desc, a, b, d, candidates: Vec::new(), chosen: 0, tuned: false };
         let set = |attr, v: *const c_void, size| {
             unsafe { lt::set_matmul_desc_attribute(desc, attr, v, size) }.map_err(|e| blas_err("desc attribute", e))
@@ -236,7 +239,7 @@ impl Blas {
             std::mem::size_of_val(&epilogue),
         )?;
         if key.bias {
-            let bias_type = dt;
+            let bias_type = out;
             set(
                 sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
                 &bias_type as *const _ as _,
@@ -331,7 +334,7 @@ impl Blas {
     #[allow(clippy::too_many_arguments)]
     unsafe fn tune(&self, handle: sys::cublasLtHandle_t, plan: &mut Plan, key: Key, x: u64, w: u64, beta: f32) -> Result<()> {
         plan.tuned = true;
-        let bytes = (key.m * key.ldy) as usize * key.dtype.size();
+        let bytes = (key.m * key.ldy) as usize * key.out.size();
         // Without room for a scratch output the heuristic's choice stands.
         let Ok(scratch) = self.stream.alloc_zeros::<u8>(bytes) else { return Ok(()) };
         let out = scratch.device_ptr(&self.stream).0;
@@ -376,8 +379,9 @@ impl Blas {
         Ok(())
     }
 
-    /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`, all row-major of `dtype`, queued on the stream;
-    /// with `accumulate`, `y += …` instead (β = 1 with C = D = y: one rounding, no extra pass).
+    /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`, all row-major, x and w of `dtype`, y and the bias
+    /// of `out` (`dtype`, or f32 for bf16 products kept in f32), queued on the stream; with
+    /// `accumulate`, `y += …` instead (β = 1 with C = D = y: one rounding, no extra pass).
     /// Rows of x are `ldx` elements apart and rows of y `ldy` (≥ k and ≥ n: column ranges of
     /// wider tensors).
     ///
@@ -393,14 +397,15 @@ impl Blas {
         y: u64,
         (m, k, n): (usize, usize, usize),
         (ldx, ldy): (usize, usize),
-        dtype: DType,
+        (dtype, out): (DType, DType),
         tf32: bool,
         accumulate: bool,
     ) -> Result<()> {
         // A thread that has made no other CUDA call yet must have the context current.
         self.stream.context().bind_to_thread().map_err(|e| super::driver_err("binding the context", e))?;
         let align = alignment(&[x, w, y, bias.unwrap_or(0)]);
-        let key = Key { m: m as u64, n: n as u64, k: k as u64, dtype, bias: bias.is_some(), tf32, align, ldx: ldx as u64, ldy: ldy as u64 };
+        let key =
+            Key { m: m as u64, n: n as u64, k: k as u64, dtype, out, bias: bias.is_some(), tf32, align, ldx: ldx as u64, ldy: ldy as u64 };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let handle = inner.handle;
         let plan = match inner.plans.entry(key) {
@@ -429,8 +434,9 @@ impl Blas {
             }
         }
         let _ = &self.workspace;
-        self.matmul(handle, plan, &plan.candidates[plan.chosen], x, w, y, y, beta)
-            .map_err(|e| blas_err(&format!("matmul {m}x{k}x{n} {dtype}"), e))
+        self.matmul(handle, plan, &plan.candidates[plan.chosen], x, w, y, y, beta).map_err(|e| {
+            blas_err(&format!("matmul {m}x{k}x{n} {dtype}{}", if out != dtype { format!(" into {out}") } else { String::new() }), e)
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! The linear layer `y[M,N] = x[M,K] · w[N,K]ᵀ + bias[N]` (PyTorch `nn.Linear` and every
 //! 1×1 convolution on token-major data). CPU: [`super::cpu::linear`]; GPU: cuBLASLt.
 
-use crate::{Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 
 fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<(usize, usize, usize)> {
     let k = x.dim(-1);
@@ -18,9 +18,15 @@ fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<(u
     if y.numel() != m * n || y.dim(-1) != n {
         return Err(Error::Shape(format!("linear: output {:?} is not [{m}, {n}]", y.shape())));
     }
-    for t in [Some(w), bias, Some(y)].into_iter().flatten() {
-        if t.dtype() != x.dtype() {
-            return Err(Error::Shape(format!("linear: mixed dtypes ({} and {})", x.dtype(), t.dtype())));
+    if w.dtype() != x.dtype() {
+        return Err(Error::Shape(format!("linear: mixed dtypes ({} and {})", x.dtype(), w.dtype())));
+    }
+    // The output (and the bias, which is added in the output's type) is x's type, or f32 for
+    // bf16 products kept in f32 (a residual stream held in f32).
+    let out_ok = |t: &Tensor| t.dtype() == x.dtype() || (x.dtype() == DType::BF16 && t.dtype() == DType::F32);
+    for t in [bias, Some(y)].into_iter().flatten() {
+        if !out_ok(t) || t.dtype() != y.dtype() {
+            return Err(Error::Shape(format!("linear: {} inputs cannot give {} (bias {})", x.dtype(), y.dtype(), t.dtype())));
         }
     }
     super::check_device("linear", &x.device(), &[w, y])?;
@@ -66,7 +72,7 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
                     y.cuda_ptr()?,
                     (m, k, n),
                     (k, n),
-                    x.dtype(),
+                    (x.dtype(), y.dtype()),
                     dev.allow_tf32(),
                     accumulate,
                 )
@@ -131,7 +137,19 @@ pub fn linear_columns_into(
             let bias_ptr = bias.map(|b| b.cuda_ptr()).transpose()?;
             let (xp, yp) = (x.cuda_ptr()? + x_col as u64 * elt, y.cuda_ptr()? + y_col as u64 * elt);
             // SAFETY: the checks above keep every row's columns inside x and y.
-            unsafe { dev.blas().linear(xp, w.cuda_ptr()?, bias_ptr, yp, (m, k, n), (kx, ny), x.dtype(), dev.allow_tf32(), accumulate) }
+            unsafe {
+                dev.blas().linear(
+                    xp,
+                    w.cuda_ptr()?,
+                    bias_ptr,
+                    yp,
+                    (m, k, n),
+                    (kx, ny),
+                    (x.dtype(), x.dtype()),
+                    dev.allow_tf32(),
+                    accumulate,
+                )
+            }
         }
     }
 }

@@ -86,7 +86,18 @@ def randomize(model, gen, blocks):
             p.copy_(v.to(torch.bfloat16).to(p.dtype))
 
 
-def build(component, tiny, work, gen, wgen, device, prior_layers=None):
+def medium(kind, cfg):
+    """Full depth at medium widths (prior 256 channels, decoder 64–256): the depth's numerics on a
+    CPU in minutes."""
+    cfg.update(conditioning_dim=256, clip_text_pooled_in_channels=256)
+    if kind == "prior":
+        cfg.update(block_out_channels=[256, 256], num_attention_heads=[4, 4], clip_text_in_channels=256, clip_image_in_channels=64)
+    else:
+        cfg.update(block_out_channels=[64, 128, 256, 256], num_attention_heads=[0, 0, 4, 4])
+    return cfg
+
+
+def build(component, tiny, work, gen, wgen, device, prior_layers=None, medium_width=False):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
     from diffusers import StableCascadeUNet
     from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
@@ -109,6 +120,8 @@ def build(component, tiny, work, gen, wgen, device, prior_layers=None):
         inputs = {"input_ids": ids, "attention_mask": mask}
     elif component in ("prior", "decoder"):
         cfg = unet_config(component, tiny)
+        if medium_width and not tiny:
+            cfg = medium(component, cfg)
         if component == "prior" and prior_layers:
             # Full width, fewer blocks: the full prior's numerics where its depth does not fit.
             down = [int(n) for n in prior_layers.split(",")]
@@ -122,9 +135,9 @@ def build(component, tiny, work, gen, wgen, device, prior_layers=None):
             inputs = dict(sample=r(2, 16, *hw), timestep_ratio=torch.tensor([0.73, 0.21]), clip_text_pooled=r(2, 1, cfg["clip_text_pooled_in_channels"]),
                           clip_text=r(2, 77, c), clip_img=torch.zeros(2, 1, cfg["clip_image_in_channels"]))
         else:
-            hw = (32, 32) if tiny else (256, 256)
+            hw = (32, 32) if tiny else (64, 64) if medium_width else (256, 256)
             inputs = dict(sample=r(1, 4, *hw), timestep_ratio=torch.tensor([0.41]), clip_text_pooled=r(1, 1, cfg["clip_text_pooled_in_channels"]),
-                          effnet=r(1, 16, *((3, 3) if tiny else (24, 24))))
+                          effnet=r(1, 16, *((3, 3) if tiny else (6, 6) if medium_width else (24, 24))))
     else:
         with torch.device(device):
             model = PaellaVQModel(levels=2, bottleneck_blocks=2 if tiny else 12, embed_dim=32 if tiny else 384, num_vq_embeddings=16 if tiny else 8192).eval()
@@ -219,6 +232,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--engine-device", default=None, help="the engine's device when it differs from the reference's (e.g. the CUDA emulator against a CPU reference)")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--medium", action="store_true", help="UNets at full depth and medium widths (a CPU can run them)")
     ap.add_argument("--dtypes", default="bf16,f32")
     ap.add_argument("--bf16-variant", action="append", default=[], metavar="NAME=VALUE",
                     help="run the engine's bf16 again with this environment variable set (repeatable), e.g. CASCADE_GEMM_REDUCTION=any")
@@ -232,7 +246,7 @@ def main():
     rows, scales = [], []
     for component in args.components.split(","):
         t0 = time.time()
-        model, inputs = build(component, args.tiny, work, gen, wgen, args.device, args.prior_layers)
+        model, inputs = build(component, args.tiny, work, gen, wgen, args.device, args.prior_layers, args.medium)
         save_file({k: v.contiguous() for k, v in inputs.items()}, str(work / f"{component}_in.safetensors"))
         tracing = component in args.trace.split(",")
         want_blocks, their_blocks = ({}, {}) if tracing else (None, None)
