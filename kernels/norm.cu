@@ -9,11 +9,15 @@
 // shared memory as f32 (dynamic smem: C floats). Either way the variance is the exact two-pass
 // one, not E[x^2] - E[x]^2; the two paths sum in different orders.
 #define LN_MAX_VECS 4
-template <typename T> __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool stats_only = false) {
+// TO is y's type (and the affine parameters'): T, or bf16 for an f32 residual stream (T = f32),
+// whose LayerNorm is of the stream's bf16 copy: the values are rounded to TO before the
+// statistics, exactly as a cast followed by a bf16 LayerNorm (x_out keeps the f32 values).
+template <typename T, typename TO = T>
+__device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool stats_only = false) {
     const int cv = p.C / 8;
     const int64_t r = blockIdx.x;
     const T* x = (const T*)p.x + r * p.C;
-    T* y = (T*)p.y + r * p.C;
+    TO* y = (TO*)p.y + r * p.C;
     const T* a = p.ab ? (const T*)p.ab + (r / p.rows_per_sample) * p.ab_stride : nullptr;
     T* xo = p.ab ? (T*)p.x_out + r * p.C : nullptr;
     float v[LN_MAX_VECS][8];
@@ -30,6 +34,7 @@ template <typename T> __device__ void layer_norm_vec8(const LayerNormParams& p, 
             for (int j = 0; j < 8; j++) v[k][j] = rounded<T>(v[k][j] * (1.f + am[j]) + as[j]);
             store8(xo + 8 * c8, v[k]);
         }
+        for (int j = 0; j < 8; j++) v[k][j] = rounded<TO>(v[k][j]);  // a no-op when TO is T
         for (int j = 0; j < 8; j++) s += v[k][j];
     }
     const float mean = block_sum(s, scratch) / p.C;
@@ -49,8 +54,8 @@ template <typename T> __device__ void layer_norm_vec8(const LayerNormParams& p, 
         }
         return;
     }
-    const T* w = (const T*)p.weight;
-    const T* b = (const T*)p.bias;
+    const TO* w = (const TO*)p.weight;
+    const TO* b = (const TO*)p.bias;
     for (int k = 0; k < LN_MAX_VECS; k++) {
         const int c8 = threadIdx.x + k * blockDim.x;
         if (c8 >= cv) continue;
@@ -68,16 +73,16 @@ template <typename T> __device__ void layer_norm_vec8(const LayerNormParams& p, 
     }
 }
 
-template <typename T> __device__ void layer_norm_impl(const LayerNormParams& p) {
+template <typename T, typename TO = T> __device__ void layer_norm_impl(const LayerNormParams& p) {
     extern __shared__ float row[];
     __shared__ float scratch[32];
     if (p.vec8) {
-        layer_norm_vec8<T>(p, scratch);
+        layer_norm_vec8<T, TO>(p, scratch);
         return;
     }
     int64_t r = blockIdx.x;
     const T* x = (const T*)p.x + r * p.C;
-    T* y = (T*)p.y + r * p.C;
+    TO* y = (TO*)p.y + r * p.C;
     if (p.ab) {
         // Each thread rewrites only the elements it read, so x_out may be x.
         const T* a = (const T*)p.ab + (r / p.rows_per_sample) * p.ab_stride;
@@ -85,20 +90,20 @@ template <typename T> __device__ void layer_norm_impl(const LayerNormParams& p) 
         for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
             const T v = from_f32<T>(to_f32(x[c]) * (1.f + to_f32(a[c])) + to_f32(a[p.C + c]));
             xo[c] = v;
-            row[c] = to_f32(v);
+            row[c] = rounded<TO>(to_f32(v));
         }
     } else {
-        for (int c = threadIdx.x; c < p.C; c += blockDim.x) row[c] = to_f32(x[c]);
+        for (int c = threadIdx.x; c < p.C; c += blockDim.x) row[c] = rounded<TO>(to_f32(x[c]));
     }
     float mean, rstd;
     row_mean_rstd(row, p.C, p.eps, scratch, mean, rstd);
-    const T* w = (const T*)p.weight;
-    const T* b = (const T*)p.bias;
+    const TO* w = (const TO*)p.weight;
+    const TO* b = (const TO*)p.bias;
     for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
         float v = (row[c] - mean) * rstd;
         if (w) v *= to_f32(w[c]);
         if (b) v += to_f32(b[c]);
-        y[c] = from_f32<T>(v);
+        y[c] = from_f32<TO>(v);
     }
 }
 template <typename T> __device__ void row_stats_impl(const LayerNormParams& p) {
@@ -122,6 +127,8 @@ extern "C" __global__ void row_stats_f32(LayerNormParams p) { row_stats_impl<flo
 extern "C" __global__ void row_stats_bf16(LayerNormParams p) { row_stats_impl<bf16>(p); }
 extern "C" __global__ void layer_norm_f32(LayerNormParams p) { layer_norm_impl<float>(p); }
 extern "C" __global__ void layer_norm_bf16(LayerNormParams p) { layer_norm_impl<bf16>(p); }
+// An f32 residual stream (modulated in place when ab is set) normalised into bf16.
+extern "C" __global__ void layer_norm_f32_bf16(LayerNormParams p) { layer_norm_impl<float, bf16>(p); }
 
 // Block (32, 8) per (channel group, chunk of chunk_rows positions, sample). With vec8
 // (D a multiple of 8, x and y 16-byte aligned) each thread takes 8 consecutive channels (one

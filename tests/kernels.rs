@@ -571,6 +571,35 @@ fn elementwise_kernels() {
             let want = cpu::layer_norm(&round_to(&modulated, dtype), s.c, None, None, 1e-6);
             verify("modulate+ln", s.name, dtype, &n.to_vec_f32().unwrap(), None, &want);
 
+            // An f32 residual stream: modulated in f32, its LayerNorm taken of the bf16 copy and
+            // written as bf16, in one pass. Held tighter than the bf16 bound: a kernel that
+            // skipped the rounding before the statistics would be about 1.5e-3 off.
+            if dtype == DType::F32 {
+                ops::cast_into(&x, &mut y).unwrap();
+                let n = ops::modulate_layer_norm_as(&mut y, &ab_all, 3, 1e-6, DType::BF16).unwrap();
+                assert_eq!(n.dtype(), DType::BF16);
+                verify("modulate+ln f32>bf16 x", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &modulated);
+                let want = round_to(&cpu::layer_norm(&round_to(&modulated, DType::BF16), s.c, None, None, 1e-6), DType::BF16);
+                let got = n.to_vec_f32().unwrap();
+                verify("modulate+ln f32>bf16", s.name, DType::BF16, &got, None, &want);
+                assert!(rel_l2(&got, &want) < 5e-4, "modulate+ln f32>bf16 {}: {:.3e}", s.name, rel_l2(&got, &want));
+                // The terms at column 0 (16-byte aligned: the eight-channel path where C allows).
+                ops::cast_into(&x, &mut y).unwrap();
+                let n = ops::modulate_layer_norm_as(&mut y, &ab, 0, 1e-6, DType::BF16).unwrap();
+                let modulated0 = cpu::modulate(&xv, &abv, s.b, s.n, s.c);
+                verify("modulate0+ln f32>bf16 x", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &modulated0);
+                let want = round_to(&cpu::layer_norm(&round_to(&modulated0, DType::BF16), s.c, None, None, 1e-6), DType::BF16);
+                let got = n.to_vec_f32().unwrap();
+                verify("modulate0+ln f32>bf16", s.name, DType::BF16, &got, None, &want);
+                assert!(rel_l2(&got, &want) < 5e-4, "modulate0+ln f32>bf16 {}: {:.3e}", s.name, rel_l2(&got, &want));
+                let mut n = Tensor::empty(&shape, DType::BF16, &dev).unwrap();
+                ops::layer_norm_into(&x, None, None, 1e-6, &mut n).unwrap();
+                let want = round_to(&cpu::layer_norm(&round_to(&xv, DType::BF16), s.c, None, None, 1e-6), DType::BF16);
+                let got = n.to_vec_f32().unwrap();
+                verify("ln f32>bf16", s.name, DType::BF16, &got, None, &want);
+                assert!(rel_l2(&got, &want) < 5e-4, "ln f32>bf16 {}: {:.3e}", s.name, rel_l2(&got, &want));
+            }
+
             // CFG over x as [cond; uncond] halves (element count is even for b = 2).
             if s.b % 2 == 0 {
                 let w = Tensor::from_f32(&[4.0], &[1], DType::F32, &dev).unwrap();

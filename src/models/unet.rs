@@ -217,11 +217,16 @@ impl AttnBlock {
         let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
         let wdt = self.out.weight.dtype();
         let n = if x.dtype() != wdt {
-            // The residual stream in f32: modulated in f32, normalised from a bf16 copy.
-            if let Some((ab, col)) = modulation {
-                ops::modulate_assign(x, ab, col)?;
+            // The residual stream in f32: modulated in f32 and normalised from its bf16 copy, in
+            // one pass that writes the LayerNorm in bf16.
+            match modulation {
+                Some((ab, col)) => ops::modulate_layer_norm_as(x, ab, col, EPS, wdt)?,
+                None => {
+                    let mut n = Tensor::empty(x.shape(), wdt, &x.device())?;
+                    ops::layer_norm_into(x, None, None, EPS, &mut n)?;
+                    n
+                }
             }
-            ops::layer_norm(&x.to_dtype(wdt)?, None, None, EPS)?
         } else {
             match modulation {
                 Some((ab, col)) => ops::modulate_layer_norm(x, ab, col, EPS)?,
@@ -834,10 +839,10 @@ impl StableCascadeUNet {
             }
         }
 
-        if x.dtype() != self.dtype {
-            x = x.to_dtype(self.dtype)?;
-        }
-        let y = self.clf.forward(&ops::layer_norm(&x, None, None, EPS)?)?;
+        // The head's LayerNorm, in the weights' dtype (from an f32 stream's bf16 copy).
+        let mut n = Tensor::empty(x.shape(), self.dtype, &self.device)?;
+        ops::layer_norm_into(&x, None, None, EPS, &mut n)?;
+        let y = self.clf.forward(&n)?;
         if p > 1 {
             ops::pixel_shuffle(&y, p)
         } else {

@@ -32,7 +32,10 @@ pub use elementwise::{
 };
 pub use embed::{timestep_embedding_into, token_embedding_into};
 pub use linear::{linear, linear_accumulate_into, linear_columns_into, linear_into};
-pub use norm::{gelu_grn_assign, gelu_grn_factor, grn, grn_into, layer_norm, layer_norm_into, modulate_layer_norm, scale_columns};
+pub use norm::{
+    gelu_grn_assign, gelu_grn_factor, grn, grn_into, layer_norm, layer_norm_into, modulate_layer_norm, modulate_layer_norm_as,
+    scale_columns,
+};
 pub use resample::{columns, concat_channels, concat_channels_into, concat_tokens, resize_bilinear, resize_bilinear_into};
 
 use crate::{DType, Device, Error, Result, Tensor};

@@ -5,7 +5,9 @@ use super::{check_device, check_dtype, check_numel, check_shape, cpu};
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// LayerNorm over the last axis: `(x − mean)/√(var + eps)`, then `·weight + bias` when given
-/// (CLIP: affine, eps 1e-5; UNets and VQGAN: no affine, eps 1e-6).
+/// (CLIP: affine, eps 1e-5; UNets and VQGAN: no affine, eps 1e-6). `y` has x's dtype, or is
+/// bf16 for an f32 x (a residual stream kept in f32): then it is the LayerNorm of x rounded to
+/// bf16, as a cast followed by a bf16 LayerNorm, in one pass (the affine parameters bf16 too).
 pub fn layer_norm_into(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32, y: &mut Tensor) -> Result<()> {
     layer_norm_impl(x, weight, bias, eps, y, None)
 }
@@ -14,8 +16,16 @@ pub fn layer_norm_into(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor
 /// (as [`super::modulate_assign`], columns `col..` of `ab`), and returns `LayerNorm(x)` without
 /// affine. Each row is read once; the modulated row is written back and normalised.
 pub fn modulate_layer_norm(x: &mut Tensor, ab: &Tensor, col: usize, eps: f32) -> Result<Tensor> {
+    let dtype = x.dtype();
+    modulate_layer_norm_as(x, ab, col, eps, dtype)
+}
+
+/// [`modulate_layer_norm`] with the LayerNorm given as `dtype`: x's, or bf16 for an f32 x (an f32
+/// residual stream: x is modulated in f32, and the LayerNorm is of its bf16 copy, see
+/// [`layer_norm_into`]).
+pub fn modulate_layer_norm_as(x: &mut Tensor, ab: &Tensor, col: usize, eps: f32, dtype: DType) -> Result<Tensor> {
     super::elementwise::modulation_shape("modulate_layer_norm", x, ab, col)?;
-    let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
+    let mut y = Tensor::empty(x.shape(), dtype, &x.device())?;
     if x.device().is_cpu() {
         super::modulate_assign(x, ab, col)?;
         layer_norm_into(x, None, None, eps, &mut y)?;
@@ -36,11 +46,14 @@ fn layer_norm_impl(
 ) -> Result<()> {
     let c = x.shape().last().copied().ok_or_else(|| Error::Shape("layer_norm: scalar input".into()))?;
     check_shape("layer_norm", "output", y, x.shape())?;
-    check_dtype("layer_norm", x.dtype(), &[y])?;
+    let mixed = x.dtype() == DType::F32 && y.dtype() == DType::BF16;
+    if !mixed {
+        check_dtype("layer_norm", x.dtype(), &[y])?;
+    }
     check_device("layer_norm", &x.device(), &[y])?;
     for t in [weight, bias].into_iter().flatten() {
         check_numel("layer_norm", "affine parameter", t, c)?;
-        check_dtype("layer_norm", x.dtype(), &[t])?;
+        check_dtype("layer_norm", y.dtype(), &[t])?;
         check_device("layer_norm", &x.device(), &[t])?;
     }
     match x.device() {
@@ -48,7 +61,9 @@ fn layer_norm_impl(
             debug_assert!(modulation.is_none(), "the CPU path modulates separately");
             let w = weight.map(|t| t.cpu_f32()).transpose()?;
             let b = bias.map(|t| t.cpu_f32()).transpose()?;
-            let v = cpu::layer_norm(&x.cpu_f32()?, c, w.as_deref(), b.as_deref(), eps);
+            let xv = x.cpu_f32()?;
+            let xv = if mixed { std::borrow::Cow::Owned(crate::testing::round_to(&xv, y.dtype())) } else { xv };
+            let v = cpu::layer_norm(&xv, c, w.as_deref(), b.as_deref(), eps);
             y.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
@@ -83,7 +98,8 @@ fn layer_norm_impl(
             };
             let ptrs = [p.x as u64, p.y as u64, p.weight as u64, p.bias as u64, p.ab as u64, p.x_out as u64];
             let (block, smem) = row_launch(c, ab_stride as usize, &ptrs, &mut p.vec8);
-            let f = super::kernel("layer_norm", x.dtype(), &k.layer_norm_f32, &k.layer_norm_bf16)?;
+            let f =
+                if mixed { &k.layer_norm_f32_bf16 } else { super::kernel("layer_norm", x.dtype(), &k.layer_norm_f32, &k.layer_norm_bf16)? };
             dev.launch(f, (rows as u32, 1, 1), (block, 1, 1), smem, &p)
         }
     }
