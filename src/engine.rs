@@ -44,6 +44,9 @@ pub struct EngineConfig {
     pub cuda_graphs: bool,
     /// Scan every weight for NaN/Inf while loading.
     pub check_weights: bool,
+    /// Keep the UNets' residual stream in f32 with bf16 weights (see
+    /// [`crate::pipeline::LoadOptions::f32_residual`]).
+    pub f32_residual: bool,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             residency: Residency::All,
             cuda_graphs: true,
             check_weights: false,
+            f32_residual: false,
         }
     }
 }
@@ -121,9 +125,17 @@ impl Engine {
             Pipeline::builtin(dtype, &device)?
         } else {
             let paths = ModelPaths::find(&config.model_dirs, config.lite_prior, config.lite_decoder)?;
-            Pipeline::load_with(&paths, dtype, &device, LoadOptions { residency: config.residency, check_weights: config.check_weights })?
+            Pipeline::load_with(
+                &paths,
+                dtype,
+                &device,
+                LoadOptions { residency: config.residency, check_weights: config.check_weights, f32_residual: config.f32_residual },
+            )?
         };
         pipeline.set_cuda_graphs(config.cuda_graphs);
+        if config.f32_residual {
+            pipeline.set_f32_residual(true)?;
+        }
         // Callers get images only: no host copies of the intermediates.
         pipeline.set_keep_tensors(false);
         Ok(Engine { pipeline, queue: FairQueue::default(), builtin })

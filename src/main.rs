@@ -25,7 +25,7 @@ usage:
                    [--decoder-guidance G2] [--seed S] [--noise NOISE.safetensors]
                    [--dump-tensors OUT.safetensors] [--output IMAGE.png] [--lite-prior] [--lite-decoder]
                    [--device auto|cpu|cuda|cuda:N] [--dtype f32|bf16] [--one-stage-resident] [--no-cuda-graphs] [--force]
-                   [--check-weights]
+                   [--check-weights] [--f32-residual]
       text to image. --model-dir: one folder holding every component, or the two snapshots
       (stable-cascade-prior, stable-cascade); without it, a built-in tiny model with random
       weights (the picture is noise). Images get their parameters as PNG text chunks; several
@@ -33,9 +33,10 @@ usage:
       --noise supplies every random draw (noise_prior_init, noise_prior_step{i},
       noise_decoder_init, noise_decoder_step{i}); --dump-tensors writes the intermediate tensors.
       --one-stage-resident keeps one network in GPU memory at a time (smaller cards).
+      --f32-residual keeps the UNets' residual stream in f32 with bf16 weights (closer to f32).
   cascade forward [--model-dir DIR]... --component {text_encoder,prior,prior_lite,decoder,decoder_lite,vqgan}
                   --inputs IN.safetensors --output OUT.safetensors [--device ..] [--dtype ..]
-                  [--trace-blocks BLOCKS.safetensors]
+                  [--trace-blocks BLOCKS.safetensors] [--f32-residual]
       one component's forward pass with diffusers' argument names as tensor names.
       --trace-blocks (prior, decoder): every block's output, named as diffusers' modules.
   cascade tokenize [--model-dir DIR]... PROMPT...
@@ -54,7 +55,8 @@ struct Args {
     positional: Vec<String>,
 }
 
-const SWITCHES: &[&str] = &["--lite-prior", "--lite-decoder", "--one-stage-resident", "--no-cuda-graphs", "--force", "--check-weights"];
+const SWITCHES: &[&str] =
+    &["--lite-prior", "--lite-decoder", "--one-stage-resident", "--no-cuda-graphs", "--force", "--check-weights", "--f32-residual"];
 
 impl Args {
     fn parse(args: &[String]) -> Result<Args> {
@@ -152,9 +154,17 @@ fn generate(a: &Args) -> Result<()> {
     } else {
         let paths = ModelPaths::find(&a.model_dirs()?, a.switch("--lite-prior"), a.switch("--lite-decoder"))?;
         let residency = if a.switch("--one-stage-resident") { Residency::OneStage } else { Residency::All };
-        Pipeline::load_with(&paths, dtype, &device, LoadOptions { residency, check_weights: a.switch("--check-weights") })?
+        Pipeline::load_with(
+            &paths,
+            dtype,
+            &device,
+            LoadOptions { residency, check_weights: a.switch("--check-weights"), f32_residual: a.switch("--f32-residual") },
+        )?
     };
     pipe.set_cuda_graphs(!a.switch("--no-cuda-graphs"));
+    if a.switch("--f32-residual") {
+        pipe.set_f32_residual(true)?;
+    }
     // The intermediates are copied to the host only when they are written out.
     pipe.set_keep_tensors(a.one("--dump-tensors").is_some());
     let d = Request::default();
@@ -292,7 +302,10 @@ fn forward(a: &Args) -> Result<()> {
             ]
         }
         "prior" | "prior_lite" | "decoder" | "decoder_lite" => {
-            let model = StableCascadeUNet::load(&dir, dtype, &device)?;
+            let mut model = StableCascadeUNet::load(&dir, dtype, &device)?;
+            if a.switch("--f32-residual") {
+                model.set_f32_residual(true)?;
+            }
             let inputs = UNetInputTensors::from_store(&inputs, dtype, &device)?;
             // --trace-blocks: every block's output too (NCHW, f32), under diffusers' module names.
             let mut blocks: Vec<(String, Tensor)> = Vec::new();

@@ -443,6 +443,10 @@ pub struct LoadOptions {
     pub residency: Residency,
     /// Scan every weight for NaN/Inf while loading (reads all the data once more).
     pub check_weights: bool,
+    /// Keep the UNets' residual stream in f32 with bf16 weights
+    /// ([`StableCascadeUNet::set_f32_residual`]: about four times less bf16 error at full depth,
+    /// for more memory traffic per step).
+    pub f32_residual: bool,
 }
 
 /// The loaded pipeline.
@@ -460,6 +464,8 @@ pub struct Pipeline {
     dtype: DType,
     device: Device,
     cuda_graphs: bool,
+    /// The UNets' residual stream in f32 (see [`LoadOptions::f32_residual`]).
+    f32_residual: bool,
     /// Whether [`Output::tensors`] is filled (see [`Pipeline::set_keep_tensors`]).
     keep_tensors: bool,
     /// The captured denoising steps of resident networks, one per stage, kept for the next call
@@ -520,6 +526,15 @@ fn to_rgb8(v: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<image::RgbImag
 }
 
 /// The smallest Stage B latent side the UNet takes: the patch size times 2 per strided level.
+/// A UNet, with its residual stream in f32 when asked (or when `CASCADE_F32_RESIDUAL=1` made it so).
+fn load_unet(path: &Path, dtype: DType, device: &Device, f32_residual: bool) -> Result<StableCascadeUNet> {
+    let mut model = StableCascadeUNet::load(path, dtype, device)?;
+    if f32_residual {
+        model.set_f32_residual(true)?;
+    }
+    Ok(model)
+}
+
 fn min_latent(cfg: &crate::models::config::UNetConfig) -> usize {
     let strided = if cfg.switch_level.is_none() { cfg.block_out_channels.len().saturating_sub(1) } else { 0 };
     cfg.patch_size.max(1) << strided
@@ -557,8 +572,8 @@ impl Pipeline {
         let (text_encoder, prior, decoder, vqgan) = match residency {
             Residency::All => (
                 Held::Resident(ClipTextModel::load(&paths.text_encoder, dtype, device)?),
-                Held::Resident(StableCascadeUNet::load(&paths.prior, dtype, device)?),
-                Held::Resident(StableCascadeUNet::load(&paths.decoder, dtype, device)?),
+                Held::Resident(load_unet(&paths.prior, dtype, device, options.f32_residual)?),
+                Held::Resident(load_unet(&paths.decoder, dtype, device, options.f32_residual)?),
                 Held::Resident(Vqgan::load(&paths.vqgan, dtype, device)?),
             ),
             Residency::OneStage => {
@@ -580,7 +595,7 @@ impl Pipeline {
                 )
             }
         };
-        Ok(Pipeline {
+        let mut pipeline = Pipeline {
             tokenizer: ClipTokenizer::from_dir(&paths.tokenizer)?,
             text_encoder,
             prior,
@@ -593,10 +608,13 @@ impl Pipeline {
             dtype,
             device: device.clone(),
             cuda_graphs: true,
+            f32_residual: false,
             keep_tensors: true,
             step_graphs: Default::default(),
             device_peak: 0.into(),
-        })
+        };
+        pipeline.f32_residual = options.f32_residual;
+        Ok(pipeline)
     }
 
     /// Samples the device memory in use (total − free) into the call's peak (GPU only).
@@ -614,6 +632,20 @@ impl Pipeline {
     pub fn set_cuda_graphs(&mut self, on: bool) {
         self.cuda_graphs = on;
         self.step_graphs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Keeps the UNets' residual stream in f32 (`on`) or in the compute dtype (see
+    /// [`LoadOptions::f32_residual`]); kept step graphs are dropped (their run constants hold the
+    /// stream's dtype).
+    pub fn set_f32_residual(&mut self, on: bool) -> Result<()> {
+        for held in [&mut self.prior, &mut self.decoder] {
+            if let Held::Resident(m) = held {
+                m.set_f32_residual(on)?;
+            }
+        }
+        self.f32_residual = on;
+        self.step_graphs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
     }
 
     /// Whether `generate` returns the intermediate tensors in [`Output::tensors`] (default: yes;
@@ -653,6 +685,7 @@ impl Pipeline {
             dtype,
             device: device.clone(),
             cuda_graphs: true,
+            f32_residual: false,
             keep_tensors: true,
             step_graphs: Default::default(),
             device_peak: 0.into(),
@@ -690,7 +723,7 @@ impl Pipeline {
         clip_text: &Tensor,
         clip_img: &Tensor,
     ) -> Result<Tensor> {
-        let prior = self.prior.get(|p| StableCascadeUNet::load(p, self.dtype, &self.device))?;
+        let prior = self.prior.get(|p| load_unet(p, self.dtype, &self.device, self.f32_residual))?;
         let cond = prior.condition(clip_text_pooled, Some(clip_text), Some(clip_img))?;
         prior.forward_with_condition(sample, t, &cond, None, None)
     }
@@ -698,7 +731,7 @@ impl Pipeline {
     /// Stage-level entry point: one Stage B model call for `sample` `[B, H, W, 4]` given the
     /// pooled text embedding and Stage C's image embeddings `[B, h, w, 16]`.
     pub fn decoder_step(&self, sample: &Tensor, t: &Tensor, clip_text_pooled: &Tensor, effnet: &Tensor) -> Result<Tensor> {
-        let decoder = self.decoder.get(|p| StableCascadeUNet::load(p, self.dtype, &self.device))?;
+        let decoder = self.decoder.get(|p| load_unet(p, self.dtype, &self.device, self.f32_residual))?;
         let cond = decoder.condition(clip_text_pooled, None, None)?;
         decoder.forward_with_condition(sample, t, &cond, Some(effnet), None)
     }
@@ -831,7 +864,7 @@ impl Pipeline {
         hooks.step_done(Phase::TextEncode, 1, 1)?;
 
         // Stage C.
-        let prior = self.prior.get(|p| StableCascadeUNet::load(p, dtype, device))?;
+        let prior = self.prior.get(|p| load_unet(p, dtype, device, self.f32_residual))?;
         let pc = prior.config();
         let img_w = pc.clip_image_in_channels.unwrap_or(768);
         let (clip_text, clip_pooled, clip_img) = match (&negative, prior_cfg) {
@@ -865,7 +898,7 @@ impl Pipeline {
         drop(prior);
 
         // Stage B.
-        let decoder = self.decoder.get(|p| StableCascadeUNet::load(p, dtype, device))?;
+        let decoder = self.decoder.get(|p| load_unet(p, dtype, device, self.f32_residual))?;
         let dc = decoder.config();
         let (dec_pooled, effnet) = match (&negative, decoder_cfg) {
             (Some((_, np)), true) => (concat_batch(&pooled, np)?, concat_batch(&x, &Tensor::zeros(x.shape(), self.dtype, &self.device)?)?),

@@ -130,3 +130,21 @@ fn gpu_warm_up_captures_the_step_graphs_once() {
     e.generate(&req, None, None).unwrap();
     assert_eq!(cuda.graphs_captured(), captured, "the request after the warm-up captured again");
 }
+
+/// `EngineConfig::f32_residual` in bf16: the call works, gives an image of the asked size, and it
+/// differs from the bf16 stream's only by rounding (the same weights, noise and steps).
+#[test]
+fn an_f32_residual_stream_gives_nearly_the_same_image() {
+    let load = |f32_residual| {
+        Engine::load(EngineConfig { device: "cpu".into(), dtype: Some(cascade::DType::BF16), f32_residual, ..Default::default() }).unwrap()
+    };
+    let (plain, stream) = (load(false), load(true));
+    let a = plain.generate(&request(5), None, None).unwrap();
+    let b = stream.generate(&request(5), None, None).unwrap();
+    assert_eq!((b.images[0].width(), b.images[0].height()), (128, 128));
+    let (pa, pb) = (a.images[0].as_raw(), b.images[0].as_raw());
+    let mean_diff = pa.iter().zip(pb).map(|(x, y)| (*x as f64 - *y as f64).abs()).sum::<f64>() / pa.len() as f64;
+    println!("mean |difference| per byte: {mean_diff:.3}");
+    assert!(mean_diff > 0.0, "the option changed nothing");
+    assert!(mean_diff < 8.0, "mean |difference| {mean_diff:.3} per byte");
+}

@@ -231,7 +231,7 @@ fn one_stage_resident_matches_all_resident() {
             &paths,
             DType::F32,
             &Device::Cpu,
-            cascade::pipeline::LoadOptions { residency: r, check_weights: r == Residency::OneStage },
+            cascade::pipeline::LoadOptions { residency: r, check_weights: r == Residency::OneStage, f32_residual: false },
         )
         .unwrap();
         let noise = WeightStore::open(&[tiny().join("reference/pipeline_noise.safetensors")]).unwrap();
