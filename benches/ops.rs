@@ -261,6 +261,11 @@ fn main() {
         r.run(&format!("modulate+ln/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((6 * n) as f64), || {
             ops::modulate_layer_norm(&mut y, &ab, 0, 1e-6).map(drop).unwrap()
         });
+        // An f32 residual stream: read and write it in f32, write its LayerNorm in bf16.
+        let (mut y32, ab32) = (rnd(&shape, DType::F32), rnd(&[s.b, 2 * s.c], DType::F32));
+        r.run(&format!("modulate+ln/{}/{}x{}x{}/f32>bf16", s.name, s.b, s.n, s.c), None, Some((10 * n) as f64), || {
+            ops::modulate_layer_norm_as(&mut y32, &ab32, 0, 1e-6, bf).map(drop).unwrap()
+        });
         r.run(&format!("affine/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((4 * n) as f64), || {
             ops::affine_assign(&mut y, 1.0, 0.0).unwrap()
         });

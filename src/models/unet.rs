@@ -215,22 +215,15 @@ impl AttnBlock {
     /// as the LayerNorm reads it.
     fn forward(&self, x: &mut Tensor, modulation: Option<(&Tensor, usize)>, cond_kv: &Tensor) -> Result<()> {
         let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
+        // The LayerNorm in the weights' dtype: from an f32 residual stream, the stream is
+        // modulated in f32 and normalised from its bf16 copy, in the same one pass.
         let wdt = self.out.weight.dtype();
-        let n = if x.dtype() != wdt {
-            // The residual stream in f32: modulated in f32 and normalised from its bf16 copy, in
-            // one pass that writes the LayerNorm in bf16.
-            match modulation {
-                Some((ab, col)) => ops::modulate_layer_norm_as(x, ab, col, EPS, wdt)?,
-                None => {
-                    let mut n = Tensor::empty(x.shape(), wdt, &x.device())?;
-                    ops::layer_norm_into(x, None, None, EPS, &mut n)?;
-                    n
-                }
-            }
-        } else {
-            match modulation {
-                Some((ab, col)) => ops::modulate_layer_norm(x, ab, col, EPS)?,
-                None => ops::layer_norm(x, None, None, EPS)?,
+        let n = match modulation {
+            Some((ab, col)) => ops::modulate_layer_norm_as(x, ab, col, EPS, wdt)?,
+            None => {
+                let mut n = Tensor::empty(x.shape(), wdt, &x.device())?;
+                ops::layer_norm_into(x, None, None, EPS, &mut n)?;
+                n
             }
         };
         let qkv = self.qkv.forward(&n.reshape(&[b, h * w, c])?)?;
@@ -670,11 +663,7 @@ impl StableCascadeUNet {
     /// [`StableCascadeUNet::forward_traced`]).
     pub fn forward_inputs_traced(&self, inp: &UNetInputs, trace: BlockTrace) -> Result<Tensor> {
         let cond = self.condition(inp.clip_text_pooled, inp.clip_text, inp.clip_img)?;
-        let &[b, h, w, _] = inp.sample.shape() else {
-            return Err(Error::Shape(format!("UNet: sample must be [B, H, W, C], got {:?}", inp.sample.shape())));
-        };
-        let prepared = self.prepare(&cond, inp.effnet, inp.pixels, b, h, w)?;
-        self.forward_traced(inp.sample, inp.timestep_ratio, &prepared, trace)
+        self.forward_with_condition_traced(inp.sample, inp.timestep_ratio, &cond, inp.effnet, inp.pixels, trace)
     }
 
     /// One forward pass with precomputed condition tokens (see [`StableCascadeUNet::condition`]).
@@ -686,11 +675,23 @@ impl StableCascadeUNet {
         effnet: Option<&Tensor>,
         pixels: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.forward_with_condition_traced(sample, timestep_ratio, cond, effnet, pixels, None)
+    }
+
+    fn forward_with_condition_traced(
+        &self,
+        sample: &Tensor,
+        timestep_ratio: &Tensor,
+        cond: &Tensor,
+        effnet: Option<&Tensor>,
+        pixels: Option<&Tensor>,
+        trace: BlockTrace,
+    ) -> Result<Tensor> {
         let &[b, h, w, _] = sample.shape() else {
             return Err(Error::Shape(format!("UNet: sample must be [B, H, W, C], got {:?}", sample.shape())));
         };
         let prepared = self.prepare(cond, effnet, pixels, b, h, w)?;
-        self.forward_prepared(sample, timestep_ratio, &prepared)
+        self.forward_traced(sample, timestep_ratio, &prepared, trace)
     }
 
     /// The per-run constants for samples of `batch × h × w` (see [`Conditioning`]).
@@ -873,11 +874,14 @@ impl StableCascadeUNet {
                     if let Some(s) = skip {
                         if (x.dim(1), x.dim(2)) != (s.dim(1), s.dim(2)) {
                             // diffusers resizes in f32 and casts back (an f32 stream stays f32).
-                            let xf = match x.dtype() {
-                                DType::F32 => ops::resize_bilinear(&x, s.dim(1), s.dim(2))?,
-                                _ => ops::resize_bilinear(&x.to_dtype(DType::F32)?, s.dim(1), s.dim(2))?,
-                            };
-                            x = if x.dtype() == DType::F32 { xf } else { xf.to_dtype(x.dtype())? };
+                            let dtype = x.dtype();
+                            if dtype != DType::F32 {
+                                x = x.to_dtype(DType::F32)?;
+                            }
+                            x = ops::resize_bilinear(&x, s.dim(1), s.dim(2))?;
+                            if dtype != DType::F32 {
+                                x = x.to_dtype(dtype)?;
+                            }
                         }
                     }
                     r.forward(&mut x, skip, None)?;
