@@ -96,6 +96,14 @@ fn main() {
                 Some((6 * s.numel()) as f64),
                 || ops::modulate_depthwise3x3_ln(&mut xm, &ab, 0, &w, &b, pad, 1e-6).map(drop).unwrap(),
             );
+            // The same from an f32 residual stream: reads and writes x in f32, the LayerNorm in bf16.
+            let (mut x32, ab32) = (rnd(&shape, DType::F32), rnd(&[s.b, 2 * s.c], DType::F32));
+            r.run(
+                &format!("modulate+depthwise+ln/{}/{}x{}x{}x{}/f32>bf16", s.name, s.b, s.h, s.w, s.c),
+                None,
+                Some((10 * s.numel()) as f64),
+                || ops::stream_depthwise3x3_ln(&mut x32, Some((&ab32, 0)), &w, &b, pad, 1e-6).map(drop).unwrap(),
+            );
         }
         if !*ln {
             // y += conv(x): reads x and y, writes y.

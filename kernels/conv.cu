@@ -11,6 +11,11 @@
 // Otherwise one block per pixel (grid: W, H, B) and one channel per thread, the outputs staged in
 // shared memory (dynamic smem: C floats) when a LayerNorm follows. Either way an output
 // LayerNorm is over the pixel's channels.
+//
+// T is the type of the weights and outputs; TI that of the input x (with its modulation terms
+// and modulated copy x_out): T, or f32 for an f32 residual stream with bf16 weights, which is
+// modulated in f32 and convolved as its bf16 copy (each tap rounded to T as it is read, exactly
+// a cast followed by the bf16 convolution).
 
 // Sums of N values over the block, each thread getting all N (scratch: 32 · N floats).
 template <int N> __device__ __forceinline__ void block_sums(float v[N], float* scratch) {
@@ -28,14 +33,14 @@ template <int N> __device__ __forceinline__ void block_sums(float v[N], float* s
     }
 }
 
-template <typename T> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
+template <typename T, typename TI> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
     const int w0 = blockIdx.x * CASCADE_DW_STRIP, h0 = blockIdx.y;
     const int64_t b = blockIdx.z, row0 = ((int64_t)b * p.H + h0) * p.W;  // pixel index of (h0, 0)
     const int c = 8 * threadIdx.x;
     const bool active = c < p.C;
-    const T* x = (const T*)p.x + b * p.H * p.W * p.C;
+    const TI* x = (const TI*)p.x + b * p.H * p.W * p.C;
     const float* st = p.in_stats ? p.in_stats + 2 * b * p.H * p.W : nullptr;
-    const T* ab = p.in_ab ? (const T*)p.in_ab + b * p.in_ab_stride : nullptr;
+    const TI* ab = p.in_ab ? (const TI*)p.in_ab + b * p.in_ab_stride : nullptr;
     float acc[CASCADE_DW_STRIP][8];
     if (active) {
         // The 9 taps of 8 channels: 72 consecutive weights ([C, 9]), nine 16-byte loads.
@@ -78,10 +83,13 @@ template <typename T> __device__ void depthwise_vec8(const DepthwiseParams& p, f
                 }
                 if (ab) {
                     #pragma unroll
-                    for (int j = 0; j < 8; j++) v[j] = rounded<T>(v[j] * ma[j] + ms[j]);
+                    for (int j = 0; j < 8; j++) v[j] = rounded<TI>(v[j] * ma[j] + ms[j]);
                     // The centre row's columns 1 .. CASCADE_DW_STRIP are this strip's own pixels.
-                    if (ky == 1 && i >= 1 && i <= CASCADE_DW_STRIP && w0 + i - 1 < p.W) store8((T*)p.x_out + (row0 + w0 + i - 1) * p.C + c, v);
+                    if (ky == 1 && i >= 1 && i <= CASCADE_DW_STRIP && w0 + i - 1 < p.W) store8((TI*)p.x_out + (row0 + w0 + i - 1) * p.C + c, v);
                 }
+                if (sizeof(TI) != sizeof(T))
+                    #pragma unroll
+                    for (int j = 0; j < 8; j++) v[j] = rounded<T>(v[j]);  // the stream's copy in T
                 #pragma unroll
                 for (int s = 0; s < CASCADE_DW_STRIP; s++) {
                     const int kx = i - s;
@@ -150,22 +158,22 @@ template <typename T> __device__ void depthwise_vec8(const DepthwiseParams& p, f
     }
 }
 
-template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
+template <typename T, typename TI = T> __device__ void depthwise_impl(const DepthwiseParams& p) {
     extern __shared__ float out[];
     __shared__ float scratch[32 * CASCADE_DW_STRIP];
     if (p.vec8) {
-        depthwise_vec8<T>(p, scratch);
+        depthwise_vec8<T, TI>(p, scratch);
         return;
     }
     const int w0 = blockIdx.x, h0 = blockIdx.y;
     const int64_t b = blockIdx.z, pix = ((int64_t)b * p.H + h0) * p.W + w0;
-    const T* x = (const T*)p.x + b * p.H * p.W * p.C;
+    const TI* x = (const TI*)p.x + b * p.H * p.W * p.C;
     const T* wt = (const T*)p.weight;
     const float* st = p.in_stats ? p.in_stats + 2 * b * p.H * p.W : nullptr;
     for (int c = threadIdx.x; c < p.C; c += blockDim.x) {
         float acc = to_f32(((const T*)p.bias)[c]);
         const float lw = st ? to_f32(((const T*)p.in_weight)[c]) : 1.f, lb = st ? to_f32(((const T*)p.in_bias)[c]) : 0.f;
-        const T* ab = p.in_ab ? (const T*)p.in_ab + b * p.in_ab_stride : nullptr;
+        const TI* ab = p.in_ab ? (const TI*)p.in_ab + b * p.in_ab_stride : nullptr;
         const float ma = ab ? 1.f + to_f32(ab[c]) : 1.f, ms = ab ? to_f32(ab[p.C + c]) : 0.f;
         for (int ky = 0; ky < 3; ky++) {
             int h = h0 + ky - 1;
@@ -179,10 +187,11 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
                 float v = to_f32(x[q * p.C + c]);
                 if (st) v = (v - st[2 * q]) * st[2 * q + 1] * lw + lb;
                 if (ab) {
-                    const T m = from_f32<T>(v * ma + ms);
-                    if (ky == 1 && kx == 1) ((T*)p.x_out)[pix * p.C + c] = m;
+                    const TI m = from_f32<TI>(v * ma + ms);
+                    if (ky == 1 && kx == 1) ((TI*)p.x_out)[pix * p.C + c] = m;
                     v = to_f32(m);
                 }
+                if (sizeof(TI) != sizeof(T)) v = rounded<T>(v);  // the stream's copy in T
                 acc += to_f32(wt[c * 9 + ky * 3 + kx]) * v;
             }
         }
@@ -210,6 +219,8 @@ template <typename T> __device__ void depthwise_impl(const DepthwiseParams& p) {
 // f32 would spill under that cap and keeps its 167.
 extern "C" __global__ void depthwise_f32(DepthwiseParams p) { depthwise_impl<float>(p); }
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16(DepthwiseParams p) { depthwise_impl<bf16>(p); }
+// An f32 residual stream (modulated in f32 when in_ab is set) convolved as its bf16 copy.
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16(DepthwiseParams p) { depthwise_impl<bf16, float>(p); }
 
 // One thread per element of the used high-resolution region [B, H*r, W*r, C].
 // Index arithmetic in I: 32-bit when the tensor has fewer than 2^31 elements (a division by a

@@ -155,7 +155,8 @@ typedef struct DdpmStepParams {
 #define CASCADE_DW_STRIP 4
 
 typedef struct DepthwiseParams {
-    const void* x;       // [B, H, W, C]
+    const void* x;       // [B, H, W, C]; f32 with everything else bf16 in depthwise_f32_bf16 (an f32
+                         // residual stream, read as its bf16 copy; in_ab and x_out are f32 too)
     void* y;             // [B, H, W, C]
     const void* weight;  // [C, 3, 3] (PyTorch [C, 1, 3, 3])
     const void* bias;    // [C]

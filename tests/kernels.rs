@@ -247,6 +247,33 @@ fn depthwise_kernels() {
                 let want = cpu::depthwise3x3(&modulated, s.b, s.h, s.w, s.c, &wv, &bv, false, Some(1e-6));
                 verify("modulate→depthwise+ln", s.name, dtype, &got.to_vec_f32().unwrap(), None, &want);
             }
+            // An f32 residual stream with bf16 weights (the ResBlock's first pass): x modulated in
+            // f32 (or not at all), convolved as its bf16 copy, the LayerNorm written as bf16, in
+            // one pass. Held tighter than the bf16 bound: a kernel that skipped the rounding of
+            // the taps would be about 2.5e-3 off.
+            if dtype == DType::F32 && !*replicate {
+                let (wh, whv) = input(&mut rng, &[s.c, 1, 3, 3], 0.3, DType::BF16, &dev);
+                let (bh, bhv) = input(&mut rng, &[s.c], 0.3, DType::BF16, &dev);
+                let (ab, abv) = input(&mut rng, &[s.b, 2 * s.c + 16], 0.5, dtype, &dev);
+                for col in [None, Some(5), Some(8)] {
+                    let mut xm = Tensor::empty(&shape, dtype, &dev).unwrap();
+                    ops::cast_into(&r, &mut xm).unwrap();
+                    let got = ops::stream_depthwise3x3_ln(&mut xm, col.map(|c| (&ab, c)), &wh, &bh, pad, 1e-6).unwrap();
+                    assert_eq!(got.dtype(), DType::BF16);
+                    let what = format!("f32>bf16 depthwise+ln (modulation at {col:?})");
+                    let modulated = match col {
+                        Some(c) => cpu::modulate(&rv, &cpu::columns(&abv, 2 * s.c + 16, c, 2 * s.c), s.b, s.h * s.w, s.c),
+                        None => rv.clone(),
+                    };
+                    verify(&format!("{what} x"), s.name, dtype, &xm.to_vec_f32().unwrap(), None, &modulated);
+                    let conv = cpu::depthwise3x3(&round_to(&modulated, DType::BF16), s.b, s.h, s.w, s.c, &whv, &bhv, false, Some(1e-6));
+                    let want = round_to(&conv, DType::BF16);
+                    let got = got.to_vec_f32().unwrap();
+                    verify(&what, s.name, DType::BF16, &got, None, &want);
+                    let err = rel_l2(&got, &want);
+                    assert!(err < 5e-4, "{what} {}: {err:.3e}", s.name);
+                }
+            }
         }
     }
 }

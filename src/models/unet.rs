@@ -54,21 +54,12 @@ impl ResBlock {
     /// `modulation` (the preceding TimestepBlock's columns of the step's `[a, b]`), x is
     /// modulated in the same pass as the convolution reads it.
     ///
-    /// With the residual stream in f32 (x f32, the weights bf16), the branch reads a bf16 copy of
-    /// x (modulated first, in f32), and fc2's GEMM adds its bf16 product to x in f32.
+    /// With the residual stream in f32 (x f32, the weights bf16), the convolution reads x's bf16
+    /// copy (x modulated first, in f32, in the same pass), and fc2's GEMM adds its bf16 product
+    /// to x in f32.
     fn forward(&self, x: &mut Tensor, skip: Option<&Tensor>, modulation: Option<(&Tensor, usize)>) -> Result<()> {
         let wdt = self.dw_weight.dtype();
-        let mut y = if x.dtype() != wdt {
-            if let Some((ab, col)) = modulation {
-                ops::modulate_assign(x, ab, col)?;
-            }
-            ops::depthwise3x3(&x.to_dtype(wdt)?, &self.dw_weight, &self.dw_bias, Padding::Zero, Some(EPS))?
-        } else {
-            match modulation {
-                Some((ab, col)) => ops::modulate_depthwise3x3_ln(x, ab, col, &self.dw_weight, &self.dw_bias, Padding::Zero, EPS)?,
-                None => ops::depthwise3x3(x, &self.dw_weight, &self.dw_bias, Padding::Zero, Some(EPS))?,
-            }
-        };
+        let mut y = ops::stream_depthwise3x3_ln(x, modulation, &self.dw_weight, &self.dw_bias, Padding::Zero, EPS)?;
         if let Some(s) = skip {
             y = if s.dtype() != wdt { ops::concat_channels(&y, &s.to_dtype(wdt)?)? } else { ops::concat_channels(&y, s)? };
         }

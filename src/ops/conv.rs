@@ -10,7 +10,7 @@
 //! and the layout kernels of `super::cpu`; GPU: `kernels/conv.cu` + cuBLASLt.
 
 use super::{check_device, check_dtype, check_numel, check_shape, cpu, linear};
-use crate::{Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 
 /// Border handling of the depthwise convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +30,7 @@ fn image_dims(op: &str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
 
 /// Depthwise 3×3 convolution with bias (weight: C·9 values, PyTorch `[C, 1, 3, 3]`), stride 1,
 /// padding 1; with `layer_norm = Some(eps)` the output is normalised over channels (ResBlock).
+/// x may be f32 with bf16 weights and output (an f32 residual stream, convolved as its bf16 copy).
 pub fn depthwise3x3_into(
     x: &Tensor,
     weight: &Tensor,
@@ -168,29 +169,34 @@ fn depthwise3x3_impl(
     check_numel("depthwise3x3", "weight", weight, c * 9)?;
     check_numel("depthwise3x3", "bias", bias, c)?;
     check_shape("depthwise3x3", "output", y, x.shape())?;
-    check_dtype("depthwise3x3", x.dtype(), &[weight, bias, y])?;
+    check_dtype("depthwise3x3", weight.dtype(), &[bias, y])?;
+    // An f32 x with bf16 weights is an f32 residual stream, convolved as its bf16 copy.
+    let mixed = x.dtype() == DType::F32 && weight.dtype() == DType::BF16;
+    if !mixed {
+        check_dtype("depthwise3x3", x.dtype(), &[weight])?;
+    } else if input_norm.is_some() || output_norm.is_some() || !matches!(residual, Residual::None) {
+        return Err(Error::Shape(
+            "depthwise3x3: an f32 input with bf16 weights takes no input LayerNorm, second output or residual".into(),
+        ));
+    }
     check_device("depthwise3x3", &x.device(), &[weight, bias, y])?;
     if let Residual::Tensor(r) = residual {
         check_shape("depthwise3x3", "residual", r, x.shape())?;
         check_dtype("depthwise3x3", x.dtype(), &[r])?;
         check_device("depthwise3x3", &x.device(), &[r])?;
     }
+    if let Some((ab, _, out)) = input_modulation {
+        check_dtype("depthwise3x3", x.dtype(), &[ab, out])?;
+        check_shape("depthwise3x3", "modulated input", out, x.shape())?;
+    }
     match x.device() {
         Device::Cpu => {
             if input_norm.is_some() || input_modulation.is_some() || output_norm.is_some() {
                 return Err(Error::Shape("depthwise3x3: the fused input LayerNorm, modulation and second output are GPU paths".into()));
             }
-            let mut v = cpu::depthwise3x3(
-                &x.cpu_f32()?,
-                b,
-                h,
-                w,
-                c,
-                &weight.cpu_f32()?,
-                &bias.cpu_f32()?,
-                padding == Padding::Replicate,
-                layer_norm,
-            );
+            let xv = x.cpu_f32()?;
+            let xv = if mixed { std::borrow::Cow::Owned(crate::testing::round_to(&xv, weight.dtype())) } else { xv };
+            let mut v = cpu::depthwise3x3(&xv, b, h, w, c, &weight.cpu_f32()?, &bias.cpu_f32()?, padding == Padding::Replicate, layer_norm);
             let r = match residual {
                 Residual::None => None,
                 Residual::Output => Some(y.cpu_f32()?.into_owned()),
@@ -291,7 +297,8 @@ fn depthwise3x3_impl(
             } else {
                 (w, super::row_block(c), if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 })
             };
-            let f = super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?;
+            let f =
+                if mixed { &k.depthwise_f32_bf16 } else { super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)? };
             dev.launch(f, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p)
         }
     }
@@ -312,16 +319,40 @@ pub fn modulate_depthwise3x3_ln(
     padding: Padding,
     eps: f32,
 ) -> Result<Tensor> {
-    super::elementwise::modulation_shape("modulate_depthwise3x3", x, ab, col)?;
-    if x.device().is_cpu() {
-        super::modulate_assign(x, ab, col)?;
-        return depthwise3x3(x, weight, bias, padding, Some(eps));
+    stream_depthwise3x3_ln(x, Some((ab, col)), weight, bias, padding, eps)
+}
+
+/// A ResBlock's first pass over the residual stream x: `x ← x·(1 + a) + s` when `modulation`
+/// is given (as [`modulate_depthwise3x3_ln`]), and returns `LayerNorm(dwconv(x))` (no affine)
+/// in the weights' dtype. x may be f32 with bf16 weights (an f32 residual stream): it is then
+/// modulated in f32 and convolved as its bf16 copy, exactly a cast followed by the bf16
+/// convolution, in the same one GPU pass (no cast of the stream of its own).
+#[allow(clippy::too_many_arguments)]
+pub fn stream_depthwise3x3_ln(
+    x: &mut Tensor,
+    modulation: Option<(&Tensor, usize)>,
+    weight: &Tensor,
+    bias: &Tensor,
+    padding: Padding,
+    eps: f32,
+) -> Result<Tensor> {
+    if let Some((ab, col)) = modulation {
+        super::elementwise::modulation_shape("modulate_depthwise3x3", x, ab, col)?;
     }
-    let modulated = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
-    let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
-    let fused = Fused { input_modulation: Some((ab, col, &modulated)), ..Fused::default() };
-    depthwise3x3_impl(x, weight, bias, padding, Some(eps), fused, Residual::None, &mut y)?;
-    *x = modulated;
+    let mut y = Tensor::empty(x.shape(), weight.dtype(), &x.device())?;
+    match modulation {
+        Some((ab, col)) if x.device().is_cpu() => {
+            super::modulate_assign(x, ab, col)?;
+            depthwise3x3_into(x, weight, bias, padding, Some(eps), &mut y)?;
+        }
+        Some((ab, col)) => {
+            let modulated = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
+            let fused = Fused { input_modulation: Some((ab, col, &modulated)), ..Fused::default() };
+            depthwise3x3_impl(x, weight, bias, padding, Some(eps), fused, Residual::None, &mut y)?;
+            *x = modulated;
+        }
+        None => depthwise3x3_into(x, weight, bias, padding, Some(eps), &mut y)?,
+    }
     Ok(y)
 }
 
