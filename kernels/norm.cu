@@ -3,19 +3,30 @@
 // apply). Statistics in f32.
 #include "common.cuh"
 
-// One block per row, in one of two ways (the launcher's vec8 flag). With vec8 the row is held
+// One block (or, for short rows, one warp) per row, in one of two ways (the launcher's vec8
+// flag). With vec8 the row is held
 // in registers, eight channels per vector, up to LN_MAX_VECS vectors per thread (C ≤ 8192 at
 // 256 threads): 16-byte loads and stores, no shared-memory staging. Otherwise it is staged in
 // shared memory as f32 (dynamic smem: C floats). Either way the variance is the exact two-pass
 // one, not E[x^2] - E[x]^2; the two paths sum in different orders.
 #define LN_MAX_VECS 4
+// Short rows (C <= 32 * 8 * LN_MAX_VECS = 1024, the launcher's choice) go one warp per row,
+// blockDim.y rows per block: the sums are warp shuffles, with no block barrier, and a block moves
+// blockDim.y rows instead of one short one (Stage A's 384- and 192-channel rows: one row per
+// 64-thread block left the launch bound by block turnover, not by memory).
+__device__ __forceinline__ float row_sum(float v, float* scratch) {
+    if (blockDim.y == 1) return block_sum(v, scratch);
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
 // TO is y's type (and the affine parameters'): T, or bf16 for an f32 residual stream (T = f32),
 // whose LayerNorm is of the stream's bf16 copy: the values are rounded to TO before the
 // statistics, exactly as a cast followed by a bf16 LayerNorm (x_out keeps the f32 values).
 template <typename T, typename TO = T>
 __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool stats_only = false) {
     const int cv = p.C / 8;
-    const int64_t r = blockIdx.x;
+    const int64_t r = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
+    if (r >= p.rows) return;  // a warp-per-row block's last rows (no block barrier in that mode)
     const T* x = (const T*)p.x + r * p.C;
     TO* y = (TO*)p.y + r * p.C;
     const T* a = p.ab ? (const T*)p.ab + (r / p.rows_per_sample) * p.ab_stride : nullptr;
@@ -37,7 +48,7 @@ __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool s
         for (int j = 0; j < 8; j++) v[k][j] = rounded<TO>(v[k][j]);  // a no-op when TO is T
         for (int j = 0; j < 8; j++) s += v[k][j];
     }
-    const float mean = block_sum(s, scratch) / p.C;
+    const float mean = row_sum(s, scratch) / p.C;
     float q = 0.f;
     for (int k = 0; k < LN_MAX_VECS; k++) {
         if ((int)(threadIdx.x + k * blockDim.x) >= cv) continue;
@@ -46,7 +57,7 @@ __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool s
             q += d * d;
         }
     }
-    const float rstd = rsqrtf(block_sum(q, scratch) / p.C + p.eps);
+    const float rstd = rsqrtf(row_sum(q, scratch) / p.C + p.eps);
     if (stats_only) {
         if (threadIdx.x == 0) {
             ((float*)p.y)[2 * r] = mean;

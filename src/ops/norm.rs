@@ -97,10 +97,10 @@ fn layer_norm_impl(
                 vec8: 0,
             };
             let ptrs = [p.x as u64, p.y as u64, p.weight as u64, p.bias as u64, p.ab as u64, p.x_out as u64];
-            let (block, smem) = row_launch(c, ab_stride as usize, &ptrs, &mut p.vec8);
+            let (grid, block, smem) = row_launch(rows, c, ab_stride as usize, &ptrs, &mut p.vec8);
             let f =
                 if mixed { &k.layer_norm_f32_bf16 } else { super::kernel("layer_norm", x.dtype(), &k.layer_norm_f32, &k.layer_norm_bf16)? };
-            dev.launch(f, (rows as u32, 1, 1), (block, 1, 1), smem, &p)
+            dev.launch(f, grid, block, smem, &p)
         }
     }
 }
@@ -140,24 +140,29 @@ pub(crate) fn row_stats_into(x: &Tensor, eps: f32, stats: &Tensor) -> Result<()>
         rows_per_sample: 1,
         vec8: 0,
     };
-    let (block, smem) = row_launch(c, 0, &[p.x as u64], &mut p.vec8);
+    let (grid, block, smem) = row_launch(rows, c, 0, &[p.x as u64], &mut p.vec8);
     let f = super::kernel("row_stats", x.dtype(), &k.row_stats_f32, &k.row_stats_bf16)?;
-    dev.launch(f, (rows as u32, 1, 1), (block, 1, 1), smem, &p)
+    dev.launch(f, grid, block, smem, &p)
 }
 
-/// Block size and dynamic shared memory of a one-block-per-row kernel (layer_norm, row_stats),
-/// and whether it holds the row in registers eight channels per access (`vec8`, kernels/norm.cu):
-/// when C is a multiple of 8, at most 4 vectors per thread of a 256-thread block, and every
-/// non-null operand (`ptrs`) and the modulation stride keep 16-byte alignment. Else one channel
-/// per thread with the row staged in shared memory.
+/// Grid, block and dynamic shared memory of a row kernel (layer_norm, row_stats), and whether it
+/// holds the row in registers eight channels per access (`vec8`, kernels/norm.cu): when C is a
+/// multiple of 8, at most 4 vectors per thread of a 256-thread block, and every non-null operand
+/// (`ptrs`) and the modulation stride keep 16-byte alignment. Else one channel per thread with
+/// the row staged in shared memory. With vec8, rows of at most 4 vectors per lane (C ≤ 1024) go
+/// one warp per row, 8 rows per block; longer ones one block per row.
 #[cfg(feature = "cuda")]
-fn row_launch(c: usize, ab_stride: usize, ptrs: &[u64], vec8: &mut i32) -> (u32, u32) {
+fn row_launch(rows: usize, c: usize, ab_stride: usize, ptrs: &[u64], vec8: &mut i32) -> ((u32, u32, u32), (u32, u32, u32), u32) {
+    /// Rows (warps) per block of the warp-per-row mode.
+    const WARP_ROWS: usize = 8;
     let ok = c % 8 == 0 && c / 8 <= 4 * 256 && ab_stride % 8 == 0 && ptrs.iter().all(|&a| a % 16 == 0);
     *vec8 = ok as i32;
-    if ok {
-        (super::row_block(c / 8), 0)
+    if ok && c / 8 <= 4 * 32 {
+        ((rows.div_ceil(WARP_ROWS) as u32, 1, 1), (32, WARP_ROWS as u32, 1), 0)
+    } else if ok {
+        ((rows as u32, 1, 1), (super::row_block(c / 8), 1, 1), 0)
     } else {
-        (super::row_block(c), (c * 4) as u32)
+        ((rows as u32, 1, 1), (super::row_block(c), 1, 1), (c * 4) as u32)
     }
 }
 
