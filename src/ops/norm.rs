@@ -150,15 +150,24 @@ pub(crate) fn row_stats_into(x: &Tensor, eps: f32, stats: &Tensor) -> Result<()>
 /// multiple of 8, at most 4 vectors per thread of a 256-thread block, and every non-null operand
 /// (`ptrs`) and the modulation stride keep 16-byte alignment. Else one channel per thread with
 /// the row staged in shared memory. With vec8, rows of at most 4 vectors per lane (C ≤ 1024) go
-/// one warp per row, 8 rows per block; longer ones one block per row.
+/// one warp per row, 8 rows per block (`CASCADE_LN_WARP_ROWS` from the environment: 2 to 32
+/// rows, or 0 for a block per row whatever the length; read once, for measuring); longer ones
+/// one block per row.
 #[cfg(feature = "cuda")]
 fn row_launch(rows: usize, c: usize, ab_stride: usize, ptrs: &[u64], vec8: &mut i32) -> ((u32, u32, u32), (u32, u32, u32), u32) {
-    /// Rows (warps) per block of the warp-per-row mode.
-    const WARP_ROWS: usize = 8;
+    static WARP_ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let warp_rows = *WARP_ROWS.get_or_init(|| match std::env::var("CASCADE_LN_WARP_ROWS").ok().map(|v| v.trim().parse::<usize>()) {
+        Some(Ok(r)) if r == 0 || (2..=32).contains(&r) => r,
+        Some(_) => {
+            eprintln!("warning: CASCADE_LN_WARP_ROWS must be 0 or from 2 to 32; using 8");
+            8
+        }
+        None => 8,
+    });
     let ok = c % 8 == 0 && c / 8 <= 4 * 256 && ab_stride % 8 == 0 && ptrs.iter().all(|&a| a % 16 == 0);
     *vec8 = ok as i32;
-    if ok && c / 8 <= 4 * 32 {
-        ((rows.div_ceil(WARP_ROWS) as u32, 1, 1), (32, WARP_ROWS as u32, 1), 0)
+    if ok && c / 8 <= 4 * 32 && warp_rows > 0 {
+        ((rows.div_ceil(warp_rows) as u32, 1, 1), (32, warp_rows as u32, 1), 0)
     } else if ok {
         ((rows as u32, 1, 1), (super::row_block(c / 8), 1, 1), 0)
     } else {
