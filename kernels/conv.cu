@@ -33,7 +33,13 @@ template <int N> __device__ __forceinline__ void block_sums(float v[N], float* s
     }
 }
 
-template <typename T, typename TI> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
+// SW (bf16 weights only): each thread's 72 weights are not held in registers but parked, tap-major,
+// in its own column of the block's dynamic shared memory (9 × 16 bytes per thread; no other
+// thread reads them, so no barrier), and each tap's eight are read back as they are used. That
+// frees about 60 registers, so three 256-thread blocks fit an SM instead of two: Stage C's
+// 288-block launch is one wave instead of two, Stage A's 64-thread blocks 12 per SM instead of 8.
+template <typename T, typename TI, bool SW> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
+    static_assert(!SW || sizeof(T) == 2, "weights parked in shared memory are bf16");
     const int w0 = blockIdx.x * CASCADE_DW_STRIP, h0 = blockIdx.y;
     const int64_t b = blockIdx.z, row0 = ((int64_t)b * p.H + h0) * p.W;  // pixel index of (h0, 0)
     const int c = 8 * threadIdx.x;
@@ -44,19 +50,51 @@ template <typename T, typename TI> __device__ void depthwise_vec8(const Depthwis
     float acc[CASCADE_DW_STRIP][8];
     if (active) {
         // The 9 taps of 8 channels: 72 consecutive weights ([C, 9]), nine 16-byte loads.
-        float wv[72];
-        #pragma unroll
-        for (int i = 0; i < 9; i++) load8((const T*)p.weight + (int64_t)c * 9 + 8 * i, &wv[8 * i]);
-        float lw[8], lb[8], ma[8], ms[8];
-        if (st) {
-            load8((const T*)p.in_weight + c, lw);
-            load8((const T*)p.in_bias + c, lb);
-        }
-        if (ab) {
-            load8(ab + c, ma);
-            load8(ab + p.C + c, ms);
+        float wv[SW ? 1 : 72];
+        extern __shared__ uint4 parked[];  // SW: [9 taps][blockDim.x threads], 8 channels each
+        if (!SW) {
             #pragma unroll
-            for (int j = 0; j < 8; j++) ma[j] += 1.f;
+            for (int i = 0; i < 9; i++) load8((const T*)p.weight + (int64_t)c * 9 + 8 * i, &wv[8 * i]);
+        } else {
+            // Word k of raw holds weights 2k (low half) and 2k + 1; weight 9j + t is channel j's
+            // tap t. Tap t's word m pairs channels 2m and 2m + 1.
+            uint32_t raw[36];
+            #pragma unroll
+            for (int i = 0; i < 9; i++) {
+                const uint4 a = *(const uint4*)((const T*)p.weight + (int64_t)c * 9 + 8 * i);
+                raw[4 * i] = a.x, raw[4 * i + 1] = a.y, raw[4 * i + 2] = a.z, raw[4 * i + 3] = a.w;
+            }
+            auto half = [&](int e) { return (e & 1) ? raw[e >> 1] >> 16 : raw[e >> 1] & 0xffffu; };
+            #pragma unroll
+            for (int t = 0; t < 9; t++)
+                parked[t * blockDim.x + threadIdx.x] = make_uint4(half(t) | half(9 + t) << 16, half(18 + t) | half(27 + t) << 16,
+                                                                  half(36 + t) | half(45 + t) << 16, half(54 + t) | half(63 + t) << 16);
+        }
+        // Tap `tap`'s weights of the thread's 8 channels.
+        auto tap_weights = [&](int tap, float w[8]) {
+            if (SW) {
+                const uint4 q = parked[tap * blockDim.x + threadIdx.x];
+                unpack_bf16x2(q.x, w[0], w[1]);
+                unpack_bf16x2(q.y, w[2], w[3]);
+                unpack_bf16x2(q.z, w[4], w[5]);
+                unpack_bf16x2(q.w, w[6], w[7]);
+            } else {
+                #pragma unroll
+                for (int j = 0; j < 8; j++) w[j] = wv[SW ? 0 : j * 9 + tap];
+            }
+        };
+        // The taps' per-channel affine map, one pair of registers for either input fusion (the
+        // launcher never sets both): the input LayerNorm's weight and bias, or the modulation's
+        // 1 + a and s.
+        float fa[8], fb[8];
+        if (st) {
+            load8((const T*)p.in_weight + c, fa);
+            load8((const T*)p.in_bias + c, fb);
+        } else if (ab) {
+            load8(ab + c, fa);
+            load8(ab + p.C + c, fb);
+            #pragma unroll
+            for (int j = 0; j < 8; j++) fa[j] += 1.f;
         }
         #pragma unroll
         for (int s = 0; s < CASCADE_DW_STRIP; s++) load8((const T*)p.bias + c, acc[s]);
@@ -79,11 +117,11 @@ template <typename T, typename TI> __device__ void depthwise_vec8(const Depthwis
                 if (st) {
                     const float mean = st[2 * q], rstd = st[2 * q + 1];
                     #pragma unroll
-                    for (int j = 0; j < 8; j++) v[j] = (v[j] - mean) * rstd * lw[j] + lb[j];
+                    for (int j = 0; j < 8; j++) v[j] = (v[j] - mean) * rstd * fa[j] + fb[j];
                 }
                 if (ab) {
                     #pragma unroll
-                    for (int j = 0; j < 8; j++) v[j] = rounded<TI>(v[j] * ma[j] + ms[j]);
+                    for (int j = 0; j < 8; j++) v[j] = rounded<TI>(v[j] * fa[j] + fb[j]);
                     // The centre row's columns 1 .. CASCADE_DW_STRIP are this strip's own pixels.
                     if (ky == 1 && i >= 1 && i <= CASCADE_DW_STRIP && w0 + i - 1 < p.W) store8((TI*)p.x_out + (row0 + w0 + i - 1) * p.C + c, v);
                 }
@@ -94,8 +132,10 @@ template <typename T, typename TI> __device__ void depthwise_vec8(const Depthwis
                 for (int s = 0; s < CASCADE_DW_STRIP; s++) {
                     const int kx = i - s;
                     if (kx < 0 || kx > 2) continue;
+                    float w[8];
+                    tap_weights(ky * 3 + kx, w);
                     #pragma unroll
-                    for (int j = 0; j < 8; j++) acc[s][j] += wv[j * 9 + ky * 3 + kx] * v[j];
+                    for (int j = 0; j < 8; j++) acc[s][j] += w[j] * v[j];
                 }
             }
         }
@@ -158,11 +198,11 @@ template <typename T, typename TI> __device__ void depthwise_vec8(const Depthwis
     }
 }
 
-template <typename T, typename TI = T> __device__ void depthwise_impl(const DepthwiseParams& p) {
+template <typename T, typename TI = T, bool SW = false> __device__ void depthwise_impl(const DepthwiseParams& p) {
     extern __shared__ float out[];
     __shared__ float scratch[32 * CASCADE_DW_STRIP];
     if (p.vec8) {
-        depthwise_vec8<T, TI>(p, scratch);
+        depthwise_vec8<T, TI, SW>(p, scratch);
         return;
     }
     const int w0 = blockIdx.x, h0 = blockIdx.y;
@@ -221,6 +261,10 @@ extern "C" __global__ void depthwise_f32(DepthwiseParams p) { depthwise_impl<flo
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16(DepthwiseParams p) { depthwise_impl<bf16>(p); }
 // An f32 residual stream (modulated in f32 when in_ab is set) convolved as its bf16 copy.
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16(DepthwiseParams p) { depthwise_impl<bf16, float>(p); }
+// The same two with the weights parked in shared memory (vec8 launches: 144 bytes of dynamic
+// shared memory per thread), three blocks per SM.
+extern "C" __global__ void __launch_bounds__(256, 3) depthwise_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, bf16, true>(p); }
+extern "C" __global__ void __launch_bounds__(256, 3) depthwise_f32_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, float, true>(p); }
 
 // One thread per element of the used high-resolution region [B, H*r, W*r, C].
 // Index arithmetic in I: 32-bit when the tensor has fewer than 2^31 elements (a division by a
