@@ -300,7 +300,12 @@ template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p
     }
 }
 extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { grn_partial_impl<float>(p); }
-extern "C" __global__ void grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16>(p); }
+// bf16 under four blocks per SM (64 registers; the 24 bytes ptxas spills are pointers stored at
+// entry and read back after the sums loop): the launch is bound by each thread's chain of loads
+// and erf, so more blocks in flight is more speed. grn_partial_bf16_unbound keeps the 79
+// registers and three blocks per SM (CASCADE_GRN_BOUND=0, for measuring).
+extern "C" __global__ void __launch_bounds__(256, 4) grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16>(p); }
+extern "C" __global__ void grn_partial_bf16_unbound(GrnPartialParams p) { grn_partial_impl<bf16>(p); }
 
 template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
     int64_t total = (int64_t)p.B * p.N * p.D;

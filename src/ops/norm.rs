@@ -330,8 +330,9 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                     gelu: gelu as i32,
                     vec8: vec8 as i32,
                 };
+                let bf16_kernel = if grn_bound() { &k.grn_partial_bf16 } else { &k.grn_partial_bf16_unbound };
                 dev.launch(
-                    super::kernel("grn", dt, &k.grn_partial_f32, &k.grn_partial_bf16)?,
+                    super::kernel("grn", dt, &k.grn_partial_f32, bf16_kernel)?,
                     (groups as u32, chunks as u32, bs as u32),
                     (32, 8, 1),
                     0,
@@ -352,6 +353,14 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             dev.launch_vec8(super::kernel("grn", dt, &k.grn_apply_f32, &k.grn_apply_bf16)?, x.numel(), &ap)
         }
     }
+}
+
+/// Whether bf16 grn_partial runs under its bound of four blocks per SM (kernels/norm.cu): yes
+/// unless `CASCADE_GRN_BOUND=0` (read once, for measuring).
+#[cfg(feature = "cuda")]
+fn grn_bound() -> bool {
+    static BOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BOUND.get_or_init(|| std::env::var("CASCADE_GRN_BOUND").map_or(true, |v| v.trim() != "0"))
 }
 
 /// Positions per chunk of grn_partial: `default`, or `CASCADE_GRN_CHUNK` from the environment (a
