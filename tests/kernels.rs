@@ -107,6 +107,17 @@ fn activation_kernels() {
             y.fill(f32::NAN).unwrap();
             ops::silu_into(&x, &mut y).unwrap();
             verify("silu", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &xv.iter().map(|&v| cpu::silu(v)).collect::<Vec<_>>());
+            // In place (the MLPs' GELU): x's values, overwritten.
+            ops::cast_into(&x, &mut y).unwrap();
+            ops::gelu_assign(&mut y).unwrap();
+            verify(
+                "gelu in place",
+                s.name,
+                dtype,
+                &y.to_vec_f32().unwrap(),
+                Some(&whole),
+                &xv.iter().map(|&v| cpu::gelu(v)).collect::<Vec<_>>(),
+            );
             y.fill(f32::NAN).unwrap();
             ops::bias_gelu_into(&x, &b, &mut y).unwrap();
             let want: Vec<f32> = xv.iter().enumerate().map(|(k, &v)| cpu::gelu(v + bv[k % s.c])).collect();

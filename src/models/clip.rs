@@ -165,7 +165,8 @@ impl ClipTextModel {
             // Both residuals are added by the GEMMs (β = 1), not by separate passes.
             layer.out.forward_accumulate(&o, &mut h)?;
             let x = layer.ln2.forward(&h, eps)?;
-            let x = ops::gelu(&layer.fc1.forward(&x)?)?;
+            let mut x = layer.fc1.forward(&x)?;
+            ops::gelu_assign(&mut x)?;
             layer.fc2.forward_accumulate(&x, &mut h)?;
         }
         let last = self.final_norm.forward(&h, eps)?;

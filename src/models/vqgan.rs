@@ -69,7 +69,9 @@ impl MixBlock {
             (&self.ln2_w, &self.ln2_b),
         )?;
         *x = y;
-        self.fc2.forward_accumulate(&ops::gelu(&self.fc1.forward(&t)?)?, x)
+        let mut h = self.fc1.forward(&t)?;
+        ops::gelu_assign(&mut h)?;
+        self.fc2.forward_accumulate(&h, x)
     }
 }
 

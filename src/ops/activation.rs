@@ -69,6 +69,12 @@ pub fn silu_into(x: &Tensor, y: &mut Tensor) -> Result<()> {
     act_into(x, None, Act::Silu, y)
 }
 
+/// `x ← gelu(x)` in place (each element is read and written by the same thread): no second
+/// buffer the size of a 4×-wide MLP activation.
+pub fn gelu_assign(x: &mut Tensor) -> Result<()> {
+    act_into(&x.view(x.shape())?, None, Act::Gelu, x)
+}
+
 /// `gelu(x)` as a new tensor.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;

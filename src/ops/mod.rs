@@ -17,7 +17,7 @@ pub mod norm;
 pub mod resample;
 pub mod shapes;
 
-pub use activation::{bias_gelu_into, gelu, gelu_into, silu, silu_into};
+pub use activation::{bias_gelu_into, gelu, gelu_assign, gelu_into, silu, silu_into};
 pub use attention::{
     attention, attention_into, attention_into_with, attention_packed_into, attention_two_sources_into, AttentionKernel, AttentionMask,
 };
