@@ -10,19 +10,21 @@
 // shared memory as f32 (dynamic smem: C floats). Either way the variance is the exact two-pass
 // one, not E[x^2] - E[x]^2; the two paths sum in different orders.
 #define LN_MAX_VECS 4
-// Short rows (C <= 32 * 8 * LN_MAX_VECS = 1024, the launcher's choice) go one warp per row,
-// blockDim.y rows per block: the sums are warp shuffles, with no block barrier, and a block moves
-// blockDim.y rows instead of one short one (Stage A's 384- and 192-channel rows: one row per
-// 64-thread block left the launch bound by block turnover, not by memory).
+// Rows of up to 2048 channels (the launcher's choice) go one warp per row, blockDim.y rows per
+// block (blockDim.x = 32): the sums are warp shuffles, with no block barrier, and a block moves
+// several rows instead of one short one (Stage A's 384- and 192-channel rows: one row per 64-thread
+// block left the launch bound by block turnover, not by memory). Up to 1024 channels the kernels
+// below take them (4 vectors per lane); from 1025 to 2048 the layer_norm_warp_* kernels (8).
+#define LN_WARP_MAX_VECS 8
 __device__ __forceinline__ float row_sum(float v, float* scratch) {
-    if (blockDim.y == 1) return block_sum(v, scratch);
+    if (blockDim.x != 32) return block_sum(v, scratch);
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
     return v;
 }
 // TO is y's type (and the affine parameters'): T, or bf16 for an f32 residual stream (T = f32),
 // whose LayerNorm is of the stream's bf16 copy: the values are rounded to TO before the
 // statistics, exactly as a cast followed by a bf16 LayerNorm (x_out keeps the f32 values).
-template <typename T, typename TO = T>
+template <typename T, typename TO = T, int MAXV = LN_MAX_VECS>
 __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool stats_only = false) {
     const int cv = p.C / 8;
     const int64_t r = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
@@ -31,9 +33,9 @@ __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool s
     TO* y = (TO*)p.y + r * p.C;
     const T* a = p.ab ? (const T*)p.ab + (r / p.rows_per_sample) * p.ab_stride : nullptr;
     T* xo = p.ab ? (T*)p.x_out + r * p.C : nullptr;
-    float v[LN_MAX_VECS][8];
+    float v[MAXV][8];
     float s = 0.f;
-    for (int k = 0; k < LN_MAX_VECS; k++) {
+    for (int k = 0; k < MAXV; k++) {
         const int c8 = threadIdx.x + k * blockDim.x;
         if (c8 >= cv) continue;
         load8(x + 8 * c8, v[k]);
@@ -50,7 +52,7 @@ __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool s
     }
     const float mean = row_sum(s, scratch) / p.C;
     float q = 0.f;
-    for (int k = 0; k < LN_MAX_VECS; k++) {
+    for (int k = 0; k < MAXV; k++) {
         if ((int)(threadIdx.x + k * blockDim.x) >= cv) continue;
         for (int j = 0; j < 8; j++) {
             const float d = v[k][j] - mean;
@@ -67,7 +69,7 @@ __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool s
     }
     const TO* w = (const TO*)p.weight;
     const TO* b = (const TO*)p.bias;
-    for (int k = 0; k < LN_MAX_VECS; k++) {
+    for (int k = 0; k < MAXV; k++) {
         const int c8 = threadIdx.x + k * blockDim.x;
         if (c8 >= cv) continue;
         float o[8], e[8];
@@ -140,6 +142,19 @@ extern "C" __global__ void layer_norm_f32(LayerNormParams p) { layer_norm_impl<f
 extern "C" __global__ void layer_norm_bf16(LayerNormParams p) { layer_norm_impl<bf16>(p); }
 // An f32 residual stream (modulated in place when ab is set) normalised into bf16.
 extern "C" __global__ void layer_norm_f32_bf16(LayerNormParams p) { layer_norm_impl<float, bf16>(p); }
+// Rows of 1025 to 2048 channels one warp each (vec8 launches only; see LN_WARP_MAX_VECS).
+extern "C" __global__ void layer_norm_warp_f32(LayerNormParams p) {
+    __shared__ float scratch[32];
+    layer_norm_vec8<float, float, LN_WARP_MAX_VECS>(p, scratch);
+}
+extern "C" __global__ void layer_norm_warp_bf16(LayerNormParams p) {
+    __shared__ float scratch[32];
+    layer_norm_vec8<bf16, bf16, LN_WARP_MAX_VECS>(p, scratch);
+}
+extern "C" __global__ void layer_norm_warp_f32_bf16(LayerNormParams p) {
+    __shared__ float scratch[32];
+    layer_norm_vec8<float, bf16, LN_WARP_MAX_VECS>(p, scratch);
+}
 
 // Block (32, 8) per (channel group, chunk of chunk_rows positions, sample). With vec8
 // (D a multiple of 8, x and y 16-byte aligned) each thread takes 8 consecutive channels (one

@@ -97,9 +97,13 @@ fn layer_norm_impl(
                 vec8: 0,
             };
             let ptrs = [p.x as u64, p.y as u64, p.weight as u64, p.bias as u64, p.ab as u64, p.x_out as u64];
-            let (grid, block, smem) = row_launch(rows, c, ab_stride as usize, &ptrs, &mut p.vec8);
-            let f =
-                if mixed { &k.layer_norm_f32_bf16 } else { super::kernel("layer_norm", x.dtype(), &k.layer_norm_f32, &k.layer_norm_bf16)? };
+            let (grid, block, smem, wide) = row_launch(rows, c, ab_stride as usize, &ptrs, true, &mut p.vec8);
+            let f = match (mixed, wide) {
+                (true, false) => &k.layer_norm_f32_bf16,
+                (true, true) => &k.layer_norm_warp_f32_bf16,
+                (false, false) => super::kernel("layer_norm", x.dtype(), &k.layer_norm_f32, &k.layer_norm_bf16)?,
+                (false, true) => super::kernel("layer_norm", x.dtype(), &k.layer_norm_warp_f32, &k.layer_norm_warp_bf16)?,
+            };
             dev.launch(f, grid, block, smem, &p)
         }
     }
@@ -140,7 +144,7 @@ pub(crate) fn row_stats_into(x: &Tensor, eps: f32, stats: &Tensor) -> Result<()>
         rows_per_sample: 1,
         vec8: 0,
     };
-    let (grid, block, smem) = row_launch(rows, c, 0, &[p.x as u64], &mut p.vec8);
+    let (grid, block, smem, _) = row_launch(rows, c, 0, &[p.x as u64], false, &mut p.vec8);
     let f = super::kernel("row_stats", x.dtype(), &k.row_stats_f32, &k.row_stats_bf16)?;
     dev.launch(f, grid, block, smem, &p)
 }
@@ -151,10 +155,20 @@ pub(crate) fn row_stats_into(x: &Tensor, eps: f32, stats: &Tensor) -> Result<()>
 /// (`ptrs`) and the modulation stride keep 16-byte alignment. Else one channel per thread with
 /// the row staged in shared memory. With vec8, rows of at most 4 vectors per lane (C ≤ 1024) go
 /// one warp per row, 8 rows per block (`CASCADE_LN_WARP_ROWS` from the environment: 2 to 32
-/// rows, or 0 for a block per row whatever the length; read once, for measuring); longer ones
-/// one block per row.
+/// rows, or 0 for a block per row whatever the length; read once, for measuring); with `wide`
+/// (the caller has the `*_warp_*` kernels) rows of 1025 to 2048 channels one warp each too, 4 rows
+/// per block, and the last value says so; longer ones one block per row.
 #[cfg(feature = "cuda")]
-fn row_launch(rows: usize, c: usize, ab_stride: usize, ptrs: &[u64], vec8: &mut i32) -> ((u32, u32, u32), (u32, u32, u32), u32) {
+fn row_launch(
+    rows: usize,
+    c: usize,
+    ab_stride: usize,
+    ptrs: &[u64],
+    wide: bool,
+    vec8: &mut i32,
+) -> ((u32, u32, u32), (u32, u32, u32), u32, bool) {
+    /// Rows per block of the wide warp-per-row kernels (94–104 registers: 5 such blocks per SM).
+    const WIDE_ROWS: usize = 4;
     static WARP_ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let warp_rows = *WARP_ROWS.get_or_init(|| match std::env::var("CASCADE_LN_WARP_ROWS").ok().map(|v| v.trim().parse::<usize>()) {
         Some(Ok(r)) if r == 0 || (2..=32).contains(&r) => r,
@@ -167,11 +181,13 @@ fn row_launch(rows: usize, c: usize, ab_stride: usize, ptrs: &[u64], vec8: &mut 
     let ok = c % 8 == 0 && c / 8 <= 4 * 256 && ab_stride % 8 == 0 && ptrs.iter().all(|&a| a % 16 == 0);
     *vec8 = ok as i32;
     if ok && c / 8 <= 4 * 32 && warp_rows > 0 {
-        ((rows.div_ceil(warp_rows) as u32, 1, 1), (32, warp_rows as u32, 1), 0)
+        ((rows.div_ceil(warp_rows) as u32, 1, 1), (32, warp_rows as u32, 1), 0, false)
+    } else if ok && wide && c / 8 <= 8 * 32 && warp_rows > 0 {
+        ((rows.div_ceil(WIDE_ROWS) as u32, 1, 1), (32, WIDE_ROWS as u32, 1), 0, true)
     } else if ok {
-        ((rows as u32, 1, 1), (super::row_block(c / 8), 1, 1), 0)
+        ((rows as u32, 1, 1), (super::row_block(c / 8), 1, 1), 0, false)
     } else {
-        ((rows as u32, 1, 1), (super::row_block(c), 1, 1), (c * 4) as u32)
+        ((rows as u32, 1, 1), (super::row_block(c), 1, 1), (c * 4) as u32, false)
     }
 }
 

@@ -66,9 +66,11 @@ pub const ROWS: &[RowShape] = &[
     RowShape { name: "stage_a.l0", rows: 262144, c: 192 },
     RowShape { name: "odd", rows: 77, c: 33 },
     RowShape { name: "odd_wide", rows: 5, c: 1001 },
-    // Channels a multiple of 8 (the kernels' eight-per-access paths), rows not; the wide one
+    // Channels a multiple of 8 (the kernels' eight-per-access paths), rows not; the mid one is
+    // a warp per row with 4 or 5 vectors per lane over a partial block of rows; the wide one
     // gives some threads of a 256-thread row block two vectors.
     RowShape { name: "odd_vec", rows: 37, c: 264 },
+    RowShape { name: "odd_vec_mid", rows: 7, c: 1096 },
     RowShape { name: "odd_vec_wide", rows: 3, c: 2456 },
 ];
 
