@@ -97,14 +97,14 @@ fn layer_norm_impl(
                 vec8: 0,
             };
             let ptrs = [p.x as u64, p.y as u64, p.weight as u64, p.bias as u64, p.ab as u64, p.x_out as u64];
-            let (grid, block, smem, wide) = row_launch(rows, c, ab_stride as usize, &ptrs, true, &mut p.vec8);
-            let f = match (mixed, wide) {
+            let l = row_launch(rows, c, ab_stride as usize, &ptrs, true, &mut p.vec8);
+            let f = match (mixed, l.wide) {
                 (true, false) => &k.layer_norm_f32_bf16,
                 (true, true) => &k.layer_norm_warp_f32_bf16,
                 (false, false) => super::kernel("layer_norm", x.dtype(), &k.layer_norm_f32, &k.layer_norm_bf16)?,
                 (false, true) => super::kernel("layer_norm", x.dtype(), &k.layer_norm_warp_f32, &k.layer_norm_warp_bf16)?,
             };
-            dev.launch(f, grid, block, smem, &p)
+            dev.launch(f, l.grid, l.block, l.smem, &p)
         }
     }
 }
@@ -144,9 +144,9 @@ pub(crate) fn row_stats_into(x: &Tensor, eps: f32, stats: &Tensor) -> Result<()>
         rows_per_sample: 1,
         vec8: 0,
     };
-    let (grid, block, smem, _) = row_launch(rows, c, 0, &[p.x as u64], false, &mut p.vec8);
+    let l = row_launch(rows, c, 0, &[p.x as u64], false, &mut p.vec8);
     let f = super::kernel("row_stats", x.dtype(), &k.row_stats_f32, &k.row_stats_bf16)?;
-    dev.launch(f, grid, block, smem, &p)
+    dev.launch(f, l.grid, l.block, l.smem, &p)
 }
 
 /// Grid, block and dynamic shared memory of a row kernel (layer_norm, row_stats), and whether it
@@ -159,14 +159,7 @@ pub(crate) fn row_stats_into(x: &Tensor, eps: f32, stats: &Tensor) -> Result<()>
 /// (the caller has the `*_warp_*` kernels) rows of 1025 to 2048 channels one warp each too, 4 rows
 /// per block, and the last value says so; longer ones one block per row.
 #[cfg(feature = "cuda")]
-fn row_launch(
-    rows: usize,
-    c: usize,
-    ab_stride: usize,
-    ptrs: &[u64],
-    wide: bool,
-    vec8: &mut i32,
-) -> ((u32, u32, u32), (u32, u32, u32), u32, bool) {
+fn row_launch(rows: usize, c: usize, ab_stride: usize, ptrs: &[u64], wide: bool, vec8: &mut i32) -> RowLaunch {
     /// Rows per block of the wide warp-per-row kernels (94–104 registers: 5 such blocks per SM).
     const WIDE_ROWS: usize = 4;
     static WARP_ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -180,15 +173,26 @@ fn row_launch(
     });
     let ok = c % 8 == 0 && c / 8 <= 4 * 256 && ab_stride % 8 == 0 && ptrs.iter().all(|&a| a % 16 == 0);
     *vec8 = ok as i32;
-    if ok && c / 8 <= 4 * 32 && warp_rows > 0 {
-        ((rows.div_ceil(warp_rows) as u32, 1, 1), (32, warp_rows as u32, 1), 0, false)
+    let (grid, block, smem, wide) = if ok && c / 8 <= 4 * 32 && warp_rows > 0 {
+        (rows.div_ceil(warp_rows), (32, warp_rows as u32), 0, false)
     } else if ok && wide && c / 8 <= 8 * 32 && warp_rows > 0 {
-        ((rows.div_ceil(WIDE_ROWS) as u32, 1, 1), (32, WIDE_ROWS as u32, 1), 0, true)
+        (rows.div_ceil(WIDE_ROWS), (32, WIDE_ROWS as u32), 0, true)
     } else if ok {
-        ((rows as u32, 1, 1), (super::row_block(c / 8), 1, 1), 0, false)
+        (rows, (super::row_block(c / 8), 1), 0, false)
     } else {
-        ((rows as u32, 1, 1), (super::row_block(c), 1, 1), (c * 4) as u32, false)
-    }
+        (rows, (super::row_block(c), 1), (c * 4) as u32, false)
+    };
+    RowLaunch { grid: (grid as u32, 1, 1), block: (block.0, block.1, 1), smem, wide }
+}
+
+/// A row kernel's launch (see [`row_launch`]).
+#[cfg(feature = "cuda")]
+struct RowLaunch {
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    smem: u32,
+    /// The `*_warp_*` kernels (rows of 1025 to 2048 channels, a warp each).
+    wide: bool,
 }
 
 /// GlobalResponseNorm (spec §3.3) of `x [B, …, D]` into `y`; `stats [B, D]` (f32) is scratch
