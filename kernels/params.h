@@ -155,8 +155,8 @@ typedef struct DdpmStepParams {
 #define CASCADE_DW_STRIP 4
 
 typedef struct DepthwiseParams {
-    const void* x;       // [B, H, W, C]; f32 with everything else bf16 in depthwise_f32_bf16 (an f32
-                         // residual stream, read as its bf16 copy; in_ab and x_out are f32 too)
+    const void* x;       // [B, H, W, C]; f32 with everything else bf16 in depthwise_f32_bf16(_sw) (an
+                         // f32 residual stream, read as its bf16 copy; in_ab and x_out are f32 too)
     void* y;             // [B, H, W, C]
     const void* weight;  // [C, 3, 3] (PyTorch [C, 1, 3, 3])
     const void* bias;    // [C]
@@ -177,6 +177,7 @@ typedef struct DepthwiseParams {
     // Optional TimestepBlock modulation of the input, applied as the taps are read (before the
     // zero padding): tap = x * (1 + a[c]) + s[c] rounded to x's type, with a and s the C values
     // at in_ab + b * in_ab_stride and C further; the modulated centre taps are written to x_out.
+    // Never together with in_stats (the two share the kernel's registers).
     const void* in_ab;       // or NULL
     void* x_out;             // [B, H, W, C], not x
     int64_t in_ab_stride;
