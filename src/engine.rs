@@ -122,7 +122,12 @@ impl Engine {
         let dtype = config.dtype.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
         let builtin = config.model_dirs.is_empty();
         let mut pipeline = if builtin {
-            Pipeline::builtin(dtype, &device)?
+            let mut pipeline = Pipeline::builtin(dtype, &device)?;
+            // (load_with takes the option itself.)
+            if config.f32_residual {
+                pipeline.set_f32_residual(true)?;
+            }
+            pipeline
         } else {
             let paths = ModelPaths::find(&config.model_dirs, config.lite_prior, config.lite_decoder)?;
             Pipeline::load_with(
@@ -133,9 +138,6 @@ impl Engine {
             )?
         };
         pipeline.set_cuda_graphs(config.cuda_graphs);
-        if config.f32_residual {
-            pipeline.set_f32_residual(true)?;
-        }
         // Callers get images only: no host copies of the intermediates.
         pipeline.set_keep_tensors(false);
         Ok(Engine { pipeline, queue: FairQueue::default(), builtin })

@@ -150,7 +150,12 @@ fn generate(a: &Args) -> Result<()> {
     let builtin = !a.flags.contains_key("--model-dir");
     let mut pipe = if builtin {
         eprintln!("note: no --model-dir given: running the built-in tiny model with random weights; the picture is noise until real weights are given");
-        Pipeline::builtin(dtype, &device)?
+        let mut pipe = Pipeline::builtin(dtype, &device)?;
+        // (load_with takes the option itself.)
+        if a.switch("--f32-residual") {
+            pipe.set_f32_residual(true)?;
+        }
+        pipe
     } else {
         let paths = ModelPaths::find(&a.model_dirs()?, a.switch("--lite-prior"), a.switch("--lite-decoder"))?;
         let residency = if a.switch("--one-stage-resident") { Residency::OneStage } else { Residency::All };
@@ -162,9 +167,6 @@ fn generate(a: &Args) -> Result<()> {
         )?
     };
     pipe.set_cuda_graphs(!a.switch("--no-cuda-graphs"));
-    if a.switch("--f32-residual") {
-        pipe.set_f32_residual(true)?;
-    }
     // The intermediates are copied to the host only when they are written out.
     pipe.set_keep_tensors(a.one("--dump-tensors").is_some());
     let d = Request::default();

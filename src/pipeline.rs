@@ -525,7 +525,6 @@ fn to_rgb8(v: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<image::RgbImag
         .collect()
 }
 
-/// The smallest Stage B latent side the UNet takes: the patch size times 2 per strided level.
 /// A UNet, with its residual stream in f32 when asked (or when `CASCADE_F32_RESIDUAL=1` made it so).
 fn load_unet(path: &Path, dtype: DType, device: &Device, f32_residual: bool) -> Result<StableCascadeUNet> {
     let mut model = StableCascadeUNet::load(path, dtype, device)?;
@@ -535,6 +534,7 @@ fn load_unet(path: &Path, dtype: DType, device: &Device, f32_residual: bool) -> 
     Ok(model)
 }
 
+/// The smallest Stage B latent side the UNet takes: the patch size times 2 per strided level.
 fn min_latent(cfg: &crate::models::config::UNetConfig) -> usize {
     let strided = if cfg.switch_level.is_none() { cfg.block_out_channels.len().saturating_sub(1) } else { 0 };
     cfg.patch_size.max(1) << strided
@@ -595,7 +595,7 @@ impl Pipeline {
                 )
             }
         };
-        let mut pipeline = Pipeline {
+        Ok(Pipeline {
             tokenizer: ClipTokenizer::from_dir(&paths.tokenizer)?,
             text_encoder,
             prior,
@@ -608,13 +608,11 @@ impl Pipeline {
             dtype,
             device: device.clone(),
             cuda_graphs: true,
-            f32_residual: false,
+            f32_residual: options.f32_residual,
             keep_tensors: true,
             step_graphs: Default::default(),
             device_peak: 0.into(),
-        };
-        pipeline.f32_residual = options.f32_residual;
-        Ok(pipeline)
+        })
     }
 
     /// Samples the device memory in use (total − free) into the call's peak (GPU only).

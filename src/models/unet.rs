@@ -571,9 +571,9 @@ impl StableCascadeUNet {
     /// every TimestepBlock's `x·(1 + a) + b` rounds the stream, and over Stage C's 192 blocks and
     /// Stage B's 456 block calls those roundings are most of bf16's error
     /// (`tools/reference/bf16_residual_stream.py`: about four times less error with the stream
-    /// in f32). The blocks still compute in bf16, from a bf16 copy of the stream; the residual
-    /// GEMMs add their bf16 products to the f32 stream. Costs the stream's traffic in f32 and a
-    /// copy per block. Set it before the first forward of a run (prepared run constants and
+    /// in f32). The blocks still compute in bf16, from the stream's bf16 copy (read by each
+    /// block's first pass, which writes its LayerNorm in bf16); the residual GEMMs add their bf16
+    /// products to the f32 stream. Costs the stream's traffic in f32. Set it before the first forward of a run (prepared run constants and
     /// captured step graphs hold the stream's dtype).
     pub fn set_f32_residual(&mut self, on: bool) -> Result<()> {
         let on = on && self.dtype == DType::BF16;

@@ -345,7 +345,6 @@ pub fn modulate_depthwise3x3_ln(
 /// in the weights' dtype. x may be f32 with bf16 weights (an f32 residual stream): it is then
 /// modulated in f32 and convolved as its bf16 copy, exactly a cast followed by the bf16
 /// convolution, in the same one GPU pass (no cast of the stream of its own).
-#[allow(clippy::too_many_arguments)]
 pub fn stream_depthwise3x3_ln(
     x: &mut Tensor,
     modulation: Option<(&Tensor, usize)>,
