@@ -36,9 +36,9 @@ template <int N> __device__ __forceinline__ void block_sums(float v[N], float* s
 // SW (bf16 weights only): each thread's 72 weights are not held in registers but parked, tap-major,
 // in its own column of the block's dynamic shared memory (9 × 16 bytes per thread; no other
 // thread reads them, so no barrier), and each tap's eight are read back as they are used. That
-// frees about 60 registers, so three 256-thread blocks fit an SM instead of two: Stage C's
-// 288-block launch is one wave instead of two, Stage A's 64-thread blocks 12 per SM instead of 8.
-template <typename T, typename TI, bool SW> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
+// frees about 60 registers: for loads in flight (BATCH, below), or for three 256-thread blocks
+// per SM instead of two (the _serial kernels).
+template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
     static_assert(!SW || sizeof(T) == 2, "weights parked in shared memory are bf16");
     const int w0 = blockIdx.x * CASCADE_DW_STRIP, h0 = blockIdx.y;
     const int64_t b = blockIdx.z, row0 = ((int64_t)b * p.H + h0) * p.W;  // pixel index of (h0, 0)
@@ -98,44 +98,89 @@ template <typename T, typename TI, bool SW> __device__ void depthwise_vec8(const
         }
         #pragma unroll
         for (int s = 0; s < CASCADE_DW_STRIP; s++) load8((const T*)p.bias + c, acc[s]);
+        // One input pixel's 8 channels v, read from row tap ky, column i of the strip's
+        // window: the input fusions, then its share of each output.
+        auto use_tap = [&](int ky, int i, const float* stats, float v[8]) {
+            if (st) {
+                #pragma unroll
+                for (int j = 0; j < 8; j++) v[j] = (v[j] - stats[0]) * stats[1] * fa[j] + fb[j];
+            }
+            if (ab) {
+                #pragma unroll
+                for (int j = 0; j < 8; j++) v[j] = rounded<TI>(v[j] * fa[j] + fb[j]);
+                // The centre row's columns 1 .. CASCADE_DW_STRIP are this strip's own pixels.
+                if (ky == 1 && i >= 1 && i <= CASCADE_DW_STRIP && w0 + i - 1 < p.W) store8((TI*)p.x_out + (row0 + w0 + i - 1) * p.C + c, v);
+            }
+            if (sizeof(TI) != sizeof(T))
+                #pragma unroll
+                for (int j = 0; j < 8; j++) v[j] = rounded<T>(v[j]);  // the stream's copy in T
+            #pragma unroll
+            for (int s = 0; s < CASCADE_DW_STRIP; s++) {
+                const int kx = i - s;
+                if (kx < 0 || kx > 2) continue;
+                float w[8];
+                tap_weights(ky * 3 + kx, w);
+                #pragma unroll
+                for (int j = 0; j < 8; j++) acc[s][j] += w[j] * v[j];
+            }
+        };
+        // Input columns w0 − 1 .. w0 + CASCADE_DW_STRIP: column i feeds outputs s = i − 2 .. i with
+        // tap kx = i − s. A column is skipped when zero padding makes it zero, or when it lies
+        // past the strip's last pixel + 1 (a partial strip); both are the same for the whole block.
+        auto column_used = [&](int i) {
+            const int w = w0 + i - 1;
+            return (p.replicate || (w >= 0 && w < p.W)) && w <= p.W;
+        };
         #pragma unroll
         for (int ky = 0; ky < 3; ky++) {
             int h = h0 + ky - 1;
             if (p.replicate) h = min(max(h, 0), p.H - 1);
             else if (h < 0 || h >= p.H) continue;
-            // Input columns w0 − 1 .. w0 + CASCADE_DW_STRIP: column i feeds outputs s = i − 2 .. i with
-            // tap kx = i − s.
-            #pragma unroll
-            for (int i = 0; i < CASCADE_DW_STRIP + 2; i++) {
-                int w = w0 + i - 1;
-                if (p.replicate) w = min(max(w, 0), p.W - 1);
-                else if (w < 0 || w >= p.W) continue;
-                if (w0 + i - 1 > p.W) continue;  // past the strip's last pixel + 1 (a partial strip)
-                const int64_t q = (int64_t)h * p.W + w;
-                float v[8];
-                load8(x + q * p.C + c, v);
-                if (st) {
-                    const float mean = st[2 * q], rstd = st[2 * q + 1];
-                    #pragma unroll
-                    for (int j = 0; j < 8; j++) v[j] = (v[j] - mean) * rstd * fa[j] + fb[j];
-                }
-                if (ab) {
-                    #pragma unroll
-                    for (int j = 0; j < 8; j++) v[j] = rounded<TI>(v[j] * fa[j] + fb[j]);
-                    // The centre row's columns 1 .. CASCADE_DW_STRIP are this strip's own pixels.
-                    if (ky == 1 && i >= 1 && i <= CASCADE_DW_STRIP && w0 + i - 1 < p.W) store8((TI*)p.x_out + (row0 + w0 + i - 1) * p.C + c, v);
-                }
-                if (sizeof(TI) != sizeof(T))
-                    #pragma unroll
-                    for (int j = 0; j < 8; j++) v[j] = rounded<T>(v[j]);  // the stream's copy in T
+            if (BATCH) {
+                // Every column's loads issued before any is used: one round trip to memory per
+                // row of taps instead of one per tap (with each load behind its own bounds branch,
+                // ptxas cannot hoist it, and the launch waits on 18 loads in a row). Addresses are
+                // clamped into the row, so the loads need no branch; unused columns are dropped
+                // after.
+                constexpr int NC = CASCADE_DW_STRIP + 2, WORDS = sizeof(TI) / 2;  // uint4 per 8 channels
+                uint4 raw[NC][WORDS];
+                float2 stats[NC];
                 #pragma unroll
-                for (int s = 0; s < CASCADE_DW_STRIP; s++) {
-                    const int kx = i - s;
-                    if (kx < 0 || kx > 2) continue;
-                    float w[8];
-                    tap_weights(ky * 3 + kx, w);
+                for (int i = 0; i < NC; i++) {
+                    const int w = min(max(w0 + i - 1, 0), p.W - 1);
+                    const int64_t q = (int64_t)h * p.W + w;
                     #pragma unroll
-                    for (int j = 0; j < 8; j++) acc[s][j] += w[j] * v[j];
+                    for (int k = 0; k < WORDS; k++) raw[i][k] = ((const uint4*)(x + q * p.C + c))[k];
+                    stats[i] = st ? *(const float2*)(st + 2 * q) : make_float2(0.f, 0.f);
+                }
+                #pragma unroll
+                for (int i = 0; i < NC; i++) {
+                    if (!column_used(i)) continue;
+                    float v[8];
+                    if (WORDS == 1) {
+                        unpack_bf16x2(raw[i][0].x, v[0], v[1]);
+                        unpack_bf16x2(raw[i][0].y, v[2], v[3]);
+                        unpack_bf16x2(raw[i][0].z, v[4], v[5]);
+                        unpack_bf16x2(raw[i][0].w, v[6], v[7]);
+                    } else {
+                        const uint4 a = raw[i][0], b = raw[i][WORDS - 1];
+                        v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.y), v[2] = __uint_as_float(a.z), v[3] = __uint_as_float(a.w);
+                        v[4] = __uint_as_float(b.x), v[5] = __uint_as_float(b.y), v[6] = __uint_as_float(b.z), v[7] = __uint_as_float(b.w);
+                    }
+                    const float sv[2] = {stats[i].x, stats[i].y};
+                    use_tap(ky, i, sv, v);
+                }
+            } else {
+                #pragma unroll
+                for (int i = 0; i < CASCADE_DW_STRIP + 2; i++) {
+                    if (!column_used(i)) continue;
+                    const int w = min(max(w0 + i - 1, 0), p.W - 1);
+                    const int64_t q = (int64_t)h * p.W + w;
+                    float v[8];
+                    load8(x + q * p.C + c, v);
+                    float sv[2] = {0.f, 0.f};
+                    if (st) sv[0] = st[2 * q], sv[1] = st[2 * q + 1];
+                    use_tap(ky, i, sv, v);
                 }
             }
         }
@@ -198,11 +243,11 @@ template <typename T, typename TI, bool SW> __device__ void depthwise_vec8(const
     }
 }
 
-template <typename T, typename TI = T, bool SW = false> __device__ void depthwise_impl(const DepthwiseParams& p) {
+template <typename T, typename TI = T, bool SW = false, bool BATCH = false> __device__ void depthwise_impl(const DepthwiseParams& p) {
     extern __shared__ float out[];
     __shared__ float scratch[32 * CASCADE_DW_STRIP];
     if (p.vec8) {
-        depthwise_vec8<T, TI, SW>(p, scratch);
+        depthwise_vec8<T, TI, SW, BATCH>(p, scratch);
         return;
     }
     const int w0 = blockIdx.x, h0 = blockIdx.y;
@@ -262,9 +307,14 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16(DepthwisePar
 // An f32 residual stream (modulated in f32 when in_ab is set) convolved as its bf16 copy.
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16(DepthwiseParams p) { depthwise_impl<bf16, float>(p); }
 // The same two with the weights parked in shared memory (vec8 launches: 144 bytes of dynamic
-// shared memory per thread), three blocks per SM.
-extern "C" __global__ void __launch_bounds__(256, 3) depthwise_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, bf16, true>(p); }
-extern "C" __global__ void __launch_bounds__(256, 3) depthwise_f32_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, float, true>(p); }
+// shared memory per thread). The default ones (BATCH) spend the freed registers on loads in
+// flight: each row of taps' 6 pixels (and their input statistics) are loaded before any is used,
+// 126 registers (f32 input: 128, 24 bytes spilled), two blocks per SM. The _serial ones load tap
+// by tap under three blocks per SM (80 registers; CASCADE_DW_BATCH=0, for measuring).
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, bf16, true, true>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, float, true, true>(p); }
+extern "C" __global__ void __launch_bounds__(256, 3) depthwise_bf16_sw_serial(DepthwiseParams p) { depthwise_impl<bf16, bf16, true, false>(p); }
+extern "C" __global__ void __launch_bounds__(256, 3) depthwise_f32_bf16_sw_serial(DepthwiseParams p) { depthwise_impl<bf16, float, true, false>(p); }
 
 // One thread per element of the used high-resolution region [B, H*r, W*r, C].
 // Index arithmetic in I: 32-bit when the tensor has fewer than 2^31 elements (a division by a

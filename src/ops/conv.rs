@@ -285,6 +285,7 @@ fn depthwise3x3_impl(
                 p.bias as u64,
                 p.in_weight as u64,
                 p.in_bias as u64,
+                p.in_stats as u64,
                 p.residual as u64,
                 p.in_ab as u64,
                 p.x_out as u64,
@@ -303,11 +304,14 @@ fn depthwise3x3_impl(
             } else {
                 (w, super::row_block(c), if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 })
             };
-            let f = match (mixed, parked) {
-                (true, true) => &k.depthwise_f32_bf16_sw,
-                (true, false) => &k.depthwise_f32_bf16,
-                (false, true) => &k.depthwise_bf16_sw,
-                (false, false) => super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?,
+            let batched = depthwise_batched_loads();
+            let f = match (mixed, parked, batched) {
+                (true, true, true) => &k.depthwise_f32_bf16_sw,
+                (true, true, false) => &k.depthwise_f32_bf16_sw_serial,
+                (true, false, _) => &k.depthwise_f32_bf16,
+                (false, true, true) => &k.depthwise_bf16_sw,
+                (false, true, false) => &k.depthwise_bf16_sw_serial,
+                (false, false, _) => super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?,
             };
             dev.launch(f, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p)
         }
@@ -320,6 +324,16 @@ fn depthwise3x3_impl(
 fn depthwise_parked_weights() -> bool {
     static PARKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PARKED.get_or_init(|| std::env::var("CASCADE_DW_SMEM").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Whether the parked-weight depthwise kernels issue a whole row of taps' loads before using
+/// any (one round trip to memory per row of taps instead of one per tap, two blocks per SM):
+/// yes unless `CASCADE_DW_BATCH=0`, which takes the `_serial` kernels (three blocks per SM, loads
+/// one at a time; read once, for measuring).
+#[cfg(feature = "cuda")]
+fn depthwise_batched_loads() -> bool {
+    static BATCHED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BATCHED.get_or_init(|| std::env::var("CASCADE_DW_BATCH").map_or(true, |v| v.trim() != "0"))
 }
 
 /// A TimestepBlock followed by a ResBlock's depthwise convolution and channel LayerNorm:

@@ -19,6 +19,10 @@ struct __attribute__((aligned(16))) uint4 {
     unsigned x, y, z, w;
 };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+struct __attribute__((aligned(8))) float2 {
+    float x, y;
+};
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 inline float __uint_as_float(unsigned u) {
     float f;
     memcpy(&f, &u, 4);
