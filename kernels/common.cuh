@@ -164,6 +164,41 @@ __device__ __forceinline__ void store8(float* p, const float v[8]) {
     ((uint4*)p)[0] = make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
     ((uint4*)p)[1] = make_uint4(__float_as_uint(v[4]), __float_as_uint(v[5]), __float_as_uint(v[6]), __float_as_uint(v[7]));
 }
+// The same through the read-only path (ld.global.nc): for operands no thread of the launch
+// writes (weights, biases, modulation terms). Besides the cache, it tells the compiler that no
+// store of the kernel can change them, so it may issue such loads ahead of earlier stores.
+__device__ __forceinline__ void ldg8(const bf16* p, float v[8]) {
+    const uint4 a = __ldg((const uint4*)p);
+    unpack_bf16x2(a.x, v[0], v[1]);
+    unpack_bf16x2(a.y, v[2], v[3]);
+    unpack_bf16x2(a.z, v[4], v[5]);
+    unpack_bf16x2(a.w, v[6], v[7]);
+}
+__device__ __forceinline__ void ldg8(const float* p, float v[8]) {
+    const uint4 a = __ldg((const uint4*)p), b = __ldg((const uint4*)p + 1);
+    v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.y), v[2] = __uint_as_float(a.z), v[3] = __uint_as_float(a.w);
+    v[4] = __uint_as_float(b.x), v[5] = __uint_as_float(b.y), v[6] = __uint_as_float(b.z), v[7] = __uint_as_float(b.w);
+}
+// Eight elements of T as raw 16-byte words (1 for bf16, 2 for f32), to be unpacked later: loads
+// held this way can all be issued before the first is used.
+template <typename T> struct Raw8 {
+    uint4 w[sizeof(T) / 2];
+    __device__ __forceinline__ void load(const T* p) {
+        for (int i = 0; i < (int)sizeof(T) / 2; i++) w[i] = ((const uint4*)p)[i];
+    }
+    __device__ __forceinline__ void unpack(float v[8]) const {
+        if (sizeof(T) == 2) {
+            unpack_bf16x2(w[0].x, v[0], v[1]);
+            unpack_bf16x2(w[0].y, v[2], v[3]);
+            unpack_bf16x2(w[0].z, v[4], v[5]);
+            unpack_bf16x2(w[0].w, v[6], v[7]);
+        } else {
+            const uint4 a = w[0], b = w[sizeof(T) / 2 - 1];
+            v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.y), v[2] = __uint_as_float(a.z), v[3] = __uint_as_float(a.w);
+            v[4] = __uint_as_float(b.x), v[5] = __uint_as_float(b.y), v[6] = __uint_as_float(b.z), v[7] = __uint_as_float(b.w);
+        }
+    }
+};
 // Eight elements copied as they are (16 bytes of bf16, 32 of f32); both 16-byte aligned.
 template <typename T> __device__ __forceinline__ void copy8(T* dst, const T* src) {
     for (int i = 0; i < (int)sizeof(T) / 2; i++) ((uint4*)dst)[i] = ((const uint4*)src)[i];

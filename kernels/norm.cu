@@ -33,17 +33,26 @@ __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool s
     TO* y = (TO*)p.y + r * p.C;
     const T* a = p.ab ? (const T*)p.ab + (r / p.rows_per_sample) * p.ab_stride : nullptr;
     T* xo = p.ab ? (T*)p.x_out + r * p.C : nullptr;
+    // Every vector of the row is loaded before any is used: one round trip to memory per row.
+    // (With each load behind its own bounds check and followed by its use, ptxas issued them one
+    // round trip after another; a branch between loads, with no use of them, is no such wait.)
+    Raw8<T> raw[MAXV];
+    #pragma unroll
+    for (int k = 0; k < MAXV; k++)
+        if ((int)(threadIdx.x + k * blockDim.x) < cv) raw[k].load(x + 8 * (threadIdx.x + k * blockDim.x));
     float v[MAXV][8];
     float s = 0.f;
+    #pragma unroll
     for (int k = 0; k < MAXV; k++) {
         const int c8 = threadIdx.x + k * blockDim.x;
         if (c8 >= cv) continue;
-        load8(x + 8 * c8, v[k]);
+        raw[k].unpack(v[k]);
         if (a) {
-            // Each thread rewrites only the elements it read, so x_out may be x.
+            // Each thread rewrites only the elements it read (all loaded above), so x_out may be
+            // x. The terms come through the read-only path, so they need not wait for the stores.
             float am[8], as[8];
-            load8(a + 8 * c8, am);
-            load8(a + p.C + 8 * c8, as);
+            ldg8(a + 8 * c8, am);
+            ldg8(a + p.C + 8 * c8, as);
             for (int j = 0; j < 8; j++) v[k][j] = rounded<T>(v[k][j] * (1.f + am[j]) + as[j]);
             store8(xo + 8 * c8, v[k]);
         }
@@ -75,11 +84,11 @@ __device__ void layer_norm_vec8(const LayerNormParams& p, float* scratch, bool s
         float o[8], e[8];
         for (int j = 0; j < 8; j++) o[j] = (v[k][j] - mean) * rstd;
         if (w) {
-            load8(w + 8 * c8, e);
+            ldg8(w + 8 * c8, e);
             for (int j = 0; j < 8; j++) o[j] *= e[j];
         }
         if (b) {
-            load8(b + 8 * c8, e);
+            ldg8(b + 8 * c8, e);
             for (int j = 0; j < 8; j++) o[j] += e[j];
         }
         store8(y + 8 * c8, o);

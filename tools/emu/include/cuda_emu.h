@@ -116,6 +116,7 @@ inline float sinpif(float x) { return (float)std::sin(M_PI * (double)x); }
 // Blocks run one after another, so every write is visible to the blocks after it.
 inline void __threadfence() {}
 template <typename T> inline T __ldcg(const T* p) { return *p; }
+template <typename T> inline T __ldg(const T* p) { return *p; }
 
 template <typename T> inline T atomicAdd(T* p, T v) {
     // Blocks of one launch run one after another on one OS thread: no race to guard.
