@@ -1,7 +1,9 @@
 """Static facts about every kernel, no GPU needed: registers, spills and shared memory from
 ptxas, and from the SASS (when cuobjdump and nvdisasm are at hand) the instruction count, the
-tensor-core instructions, how wide the global loads and stores are, and the size of the
-largest loop. These are the numbers behind docs/performance.md's instruction counts.
+tensor-core instructions, how wide the global loads and stores are, the size of the largest
+loop, and how many global loads are waited on before the next is issued ("serial", over every
+code path of the kernel, scalar fallbacks included: compare a kernel with its variants, not
+kernels with each other). These are the numbers behind docs/performance.md's instruction counts.
 
     python3 tools/sass_report.py [--arch sm_90] [--install-tools] [--kernel NAME ...]
 
@@ -93,7 +95,45 @@ def sass_stats(cuobjdump, cubin, kernel):
         if m and int(m.group(1), 16) < addr:
             loop = max(loop, (addr - int(m.group(1), 16)) // 16 + 1)
     mma = sum(n for op, n in ops.items() if op.startswith(("HMMA", "HGMMA")))
-    return len(ins), mma, f"{wide}/{loads}", f"{wide_st}/{stores}", loop
+    return len(ins), mma, f"{wide}/{loads}", f"{wide_st}/{stores}", loop, serial_loads(ins)
+
+
+def serial_loads(ins):
+    """Global loads whose value is read before the next global load is issued, in program
+    order: each is a round trip to memory the thread sits out before it can issue more. A kernel
+    that loads several values per thread should have few (docs/performance.md: the depthwise and
+    LayerNorm kernels had one per tap and per vector, each load behind its own bounds branch). A
+    grid-stride loop of one load per step counts one, correctly: that is its structure. Program
+    order stands in for control flow, so the count is a comparison between versions of a kernel,
+    not an exact number of round trips."""
+
+    def parse(text):
+        words = text.split(None, 2) if text.startswith("@") else [None] + text.split(None, 1)
+        op = words[1] if len(words) > 1 else ""
+        operands = [o.strip() for o in words[2].split(",")] if len(words) > 2 else []
+        return op, operands
+
+    def regs(operand, width=1):
+        m = re.search(r"\bR(\d+)\b", operand)
+        return {int(m.group(1)) + k for k in range(width)} if m else set()
+
+    decoded = [parse(text) for _, text in ins]
+    count = 0
+    for i, (op, operands) in enumerate(decoded):
+        if op.split(".")[0] != "LDG" or not operands:
+            continue
+        width = 4 if op.endswith(".128") else 2 if op.endswith(".64") else 1
+        dest = regs(operands[0], width)
+        for op2, operands2 in decoded[i + 1:]:
+            if op2.split(".")[0] == "LDG":
+                break  # the next load was issued first
+            stores = op2.split(".")[0] in ("STG", "STS", "ST", "STL", "RED", "ATOM", "ATOMG")
+            sources = operands2 if stores else operands2[1:]
+            if any(regs(o) & dest for o in sources):
+                # read before any further load; counts only if another load follows somewhere
+                count += any(o.split(".")[0] == "LDG" for o, _ in decoded[i + 1:])
+                break
+    return count
 
 
 def main():
@@ -111,7 +151,7 @@ def main():
     if cuobjdump and not (Path(cuobjdump).parent / "nvdisasm").exists() and not shutil.which("nvdisasm"):
         cuobjdump = None
     print(f"{'kernel':<26}{'regs':>5}{'spill':>7}{'smem':>7}", end="")
-    print(f"{'instrs':>8}{'mma':>6}{'LDG.128':>10}{'STG.128':>10}{'loop':>6}" if cuobjdump else "   (no cuobjdump: --install-tools for the SASS columns)")
+    print(f"{'instrs':>8}{'mma':>6}{'LDG.128':>10}{'STG.128':>10}{'loop':>6}{'serial':>8}" if cuobjdump else "   (no cuobjdump: --install-tools for the SASS columns)")
     with tempfile.TemporaryDirectory() as d:
         for src in sorted(glob.glob(str(ROOT / "kernels" / "*.cu"))):
             cubin = os.path.join(d, Path(src).stem + ".cubin")
@@ -120,8 +160,8 @@ def main():
                     continue
                 line = f"{kernel:<26}{regs:>5}{spill:>7}{smem:>7}"
                 if cuobjdump:
-                    n, mma, ldg, stg, loop = sass_stats(cuobjdump, cubin, kernel)
-                    line += f"{n:>8}{mma:>6}{ldg:>10}{stg:>10}{loop:>6}"
+                    n, mma, ldg, stg, loop, serial = sass_stats(cuobjdump, cubin, kernel)
+                    line += f"{n:>8}{mma:>6}{ldg:>10}{stg:>10}{loop:>6}{serial:>8}"
                 print(line)
 
 
