@@ -62,8 +62,8 @@ typedef struct LayerNormParams {
 // the last group of each sample to finish turns the sample's norms into
 // scale[b, d] = 1 + gamma[d] * norm[b, d] / (mean_d norm[b, :] + 1e-6). Completion is counted in
 // counters (zero on entry, left zero).
-// The default chunk_rows (CASCADE_GRN_CHUNK in the environment overrides it, for measuring).
-#define CASCADE_GRN_CHUNK 64
+// chunk_rows: the launcher sizes it so that the launch is one wave on the card (src/ops/norm.rs
+// grn_wave_chunk_rows; CASCADE_GRN_CHUNK in the environment fixes it, for measuring).
 typedef struct GrnPartialParams {
     const void* x;       // [B, N, D]
     void* y;             // [B, N, D] (may be x), or NULL

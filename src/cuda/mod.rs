@@ -89,6 +89,7 @@ pub struct CudaDevice {
     ordinal: usize,
     name: String,
     compute_capability: (i32, i32),
+    multiprocessors: usize,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     /// Dropped in `Drop`, under [`SETUP`] (module unloads may synchronise the device).
@@ -233,6 +234,10 @@ impl CudaDevice {
                 compute_capability.0, compute_capability.1
             )));
         }
+        let multiprocessors = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| driver_err("reading the multiprocessor count", e))?
+            .max(1) as usize;
         let kernels = Kernels::load(&ctx)?;
         let blas = blas::Blas::new(&stream)?;
         let grn_counters = stream.alloc_zeros::<u32>(GRN_COUNTERS).map_err(|e| driver_err("allocating the GRN counters", e))?;
@@ -240,6 +245,7 @@ impl CudaDevice {
             ordinal,
             name,
             compute_capability,
+            multiprocessors,
             ctx,
             stream,
             kernels: std::mem::ManuallyDrop::new(kernels),
@@ -275,6 +281,11 @@ impl CudaDevice {
     /// (major, minor) compute capability.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
+    }
+
+    /// How many SMs the GPU has (132 on an H100 SXM or H200): launches sized to fill them.
+    pub fn multiprocessors(&self) -> usize {
+        self.multiprocessors
     }
 
     /// The device's one stream.

@@ -305,17 +305,12 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
-            use crate::cuda::params::{GrnApplyParams, GrnPartialParams, CASCADE_GRN_CHUNK};
+            use crate::cuda::params::{GrnApplyParams, GrnPartialParams};
             if b > 65535 || n > i32::MAX as usize || d > i32::MAX as usize {
                 return Err(Error::Shape(format!("grn: {b}×{n}×{d} is beyond the kernels' grid")));
             }
             let k = dev.kernels();
             let dt = x.dtype();
-            let chunk_rows = grn_chunk_rows(CASCADE_GRN_CHUNK as usize);
-            let chunks = n.div_ceil(chunk_rows).max(1);
-            if chunks > 65535 {
-                return Err(Error::Shape(format!("grn: {n} positions are more than the kernels' grid takes (65535 × {chunk_rows})")));
-            }
             // Eight consecutive channels per thread (groups of 256) when every row of x and y
             // starts 16-byte aligned; else two per thread (groups of 64).
             let (x0, y0) = (x.cuda_ptr()?, y.cuda_ptr()?);
@@ -327,6 +322,24 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             }
             // The samples are independent: as many per launch as the completion counters cover.
             let per_launch = capacity / (groups + 1);
+            let bound = grn_bound();
+            let chunk_rows = match grn_chunk_rows() {
+                Some(rows) => rows,
+                None => {
+                    // Blocks per SM: the bf16 kernels' launch bounds (ptxas: 64 and 79
+                    // registers); the f32 kernel is not tuned.
+                    let per_sm = match (dt, bound) {
+                        (DType::BF16, true) => 4,
+                        (DType::BF16, false) => 3,
+                        _ => 2,
+                    };
+                    grn_wave_chunk_rows(n, groups * b.min(per_launch), dev.multiprocessors() * per_sm)
+                }
+            };
+            let chunks = n.div_ceil(chunk_rows).max(1);
+            if chunks > 65535 {
+                return Err(Error::Shape(format!("grn: {n} positions are more than the kernels' grid takes (65535 × {chunk_rows})")));
+            }
             let part = Tensor::empty(&[b.min(per_launch), chunks, d], DType::F32, &x.device())?;
             let elt = dt.size() as u64;
             let s0 = stats.cuda_ptr()?;
@@ -350,7 +363,7 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                     gelu: gelu as i32,
                     vec8: vec8 as i32,
                 };
-                let bf16_kernel = if grn_bound() { &k.grn_partial_bf16 } else { &k.grn_partial_bf16_unbound };
+                let bf16_kernel = if bound { &k.grn_partial_bf16 } else { &k.grn_partial_bf16_unbound };
                 dev.launch(
                     super::kernel("grn", dt, &k.grn_partial_f32, bf16_kernel)?,
                     (groups as u32, chunks as u32, bs as u32),
@@ -383,19 +396,33 @@ fn grn_bound() -> bool {
     *BOUND.get_or_init(|| std::env::var("CASCADE_GRN_BOUND").map_or(true, |v| v.trim() != "0"))
 }
 
-/// Positions per chunk of grn_partial: `default`, or `CASCADE_GRN_CHUNK` from the environment (a
-/// multiple of 8 from 8 to 4096; read once), for measuring the choice on a card.
+/// Positions per chunk of grn_partial when `CASCADE_GRN_CHUNK` in the environment fixes them (a
+/// multiple of 8 from 8 to 4096; read once), for measuring; else None: sized to the card by
+/// [`grn_wave_chunk_rows`].
 #[cfg(feature = "cuda")]
-fn grn_chunk_rows(default: usize) -> usize {
-    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+fn grn_chunk_rows() -> Option<usize> {
+    static ROWS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *ROWS.get_or_init(|| match std::env::var("CASCADE_GRN_CHUNK").ok().map(|v| v.trim().parse::<usize>()) {
-        Some(Ok(r)) if r % 8 == 0 && (8..=4096).contains(&r) => r,
+        Some(Ok(r)) if r % 8 == 0 && (8..=4096).contains(&r) => Some(r),
         Some(_) => {
-            eprintln!("warning: CASCADE_GRN_CHUNK must be a multiple of 8 from 8 to 4096; using {default}");
-            default
+            eprintln!("warning: CASCADE_GRN_CHUNK must be a multiple of 8 from 8 to 4096; sizing the chunks to the card");
+            None
         }
-        None => default,
+        None => None,
     })
+}
+
+/// Positions per grn_partial block so that the launch is one wave: the `slots` blocks the card
+/// holds at once (SMs × blocks per SM) shared between the `columns` (sample, channel group)
+/// pairs, each column's `n` positions split evenly between its blocks (rounded up to a multiple
+/// of 8, the block's rows of warps; at least 16). A fixed chunk left a partial second wave: Stage
+/// C's 576 blocks of 64 positions on an H200's 528 slots ran 48 blocks, a whole block's time, on
+/// a nearly idle card. Now 72 positions, 512 blocks. Where there are too few positions to fill
+/// the card (Stage B's deepest level: 256) the blocks get fewer rows and more of them run at once.
+#[cfg(feature = "cuda")]
+fn grn_wave_chunk_rows(n: usize, columns: usize, slots: usize) -> usize {
+    let chunks = (slots / columns.max(1)).max(1);
+    (n.div_ceil(chunks).div_ceil(8) * 8).max(16)
 }
 
 /// [`grn_into`] as a new tensor (allocates its scratch).
@@ -404,4 +431,25 @@ pub fn grn(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
     grn_into(x, gamma, beta, &mut stats, &mut y)?;
     Ok(y)
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use super::grn_wave_chunk_rows;
+
+    #[test]
+    fn grn_chunks_fill_one_wave() {
+        // (positions, sample × channel-group columns) of Stage C, C lite, Stage B's four levels
+        // and a batch of 8, on an H200's 132 SMs × 4 blocks.
+        for (n, columns) in [(576, 64), (576, 48), (16384, 5), (4096, 10), (1024, 20), (256, 20), (576, 256), (77, 1)] {
+            let rows = grn_wave_chunk_rows(n, columns, 528);
+            let blocks = columns * n.div_ceil(rows);
+            assert!(rows % 8 == 0 && rows >= 16, "{n}×{columns}: {rows} rows");
+            assert!(blocks <= 528, "{n}×{columns}: {blocks} blocks are more than one wave");
+            // No fewer blocks than a wave holds unless the rows ran out or hit the minimum.
+            assert!(blocks * 10 >= 528 * 8 || rows == 16 || columns * 2 > 528, "{n}×{columns}: {blocks} blocks leave the card idle");
+        }
+        assert_eq!(grn_wave_chunk_rows(576, 64, 528), 72);
+        assert_eq!(grn_wave_chunk_rows(576, 600, 528), 576);
+    }
 }

@@ -267,7 +267,7 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int) {
         case 76: *v = 0; break;   // minor
         case 1: *v = 1024; break; // max threads per block
         case 8: *v = 48 << 10; break;   // max shared memory per block
-        case 16: *v = 1; break;   // multiprocessors
+        case 16: *v = 132; break; // multiprocessors (an H100 SXM's or H200's: launches sized by it match theirs)
         default: *v = 1;          // memory pools supported, and anything else asked
     }
     return CUDA_SUCCESS;
