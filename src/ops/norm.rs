@@ -322,15 +322,15 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             }
             // The samples are independent: as many per launch as the completion counters cover.
             let per_launch = capacity / (groups + 1);
-            let bound = grn_bound();
+            let choice = grn_kernel();
             let chunk_rows = match grn_chunk_rows() {
                 Some(rows) => rows,
                 None => {
-                    // Blocks per SM: the bf16 kernels' launch bounds (ptxas: 64 and 79
+                    // Blocks per SM: the bf16 kernels' launch bounds (ptxas: 80, 64 and 79
                     // registers); the f32 kernel is not tuned.
-                    let per_sm = match (dt, bound) {
-                        (DType::BF16, true) => 4,
-                        (DType::BF16, false) => 3,
+                    let per_sm = match (dt, choice) {
+                        (DType::BF16, GrnKernel::Bound) => 4,
+                        (DType::BF16, _) => 3,
                         _ => 2,
                     };
                     grn_wave_chunk_rows(n, groups * b.min(per_launch), dev.multiprocessors() * per_sm)
@@ -363,7 +363,11 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                     gelu: gelu as i32,
                     vec8: vec8 as i32,
                 };
-                let bf16_kernel = if bound { &k.grn_partial_bf16 } else { &k.grn_partial_bf16_unbound };
+                let bf16_kernel = match choice {
+                    GrnKernel::Pipelined => &k.grn_partial_bf16,
+                    GrnKernel::Bound => &k.grn_partial_bf16_bound,
+                    GrnKernel::Unbound => &k.grn_partial_bf16_unbound,
+                };
                 dev.launch(
                     super::kernel("grn", dt, &k.grn_partial_f32, bf16_kernel)?,
                     (groups as u32, chunks as u32, bs as u32),
@@ -388,12 +392,32 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
     }
 }
 
-/// Whether bf16 grn_partial runs under its bound of four blocks per SM (kernels/norm.cu): yes
-/// unless `CASCADE_GRN_BOUND=0` (read once, for measuring).
+/// Which bf16 grn_partial kernel runs (kernels/norm.cu): `Pipelined` unless `CASCADE_GRN_KERNEL`
+/// is `bound` or `unbound` (read once, for measuring).
 #[cfg(feature = "cuda")]
-fn grn_bound() -> bool {
-    static BOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *BOUND.get_or_init(|| std::env::var("CASCADE_GRN_BOUND").map_or(true, |v| v.trim() != "0"))
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum GrnKernel {
+    /// `grn_partial_bf16`: a batch's loads in flight while the previous batch is worked, three
+    /// blocks per SM.
+    Pipelined,
+    /// `grn_partial_bf16_bound`: four blocks per SM, loads and work in turn.
+    Bound,
+    /// `grn_partial_bf16_unbound`: three blocks per SM, loads and work in turn.
+    Unbound,
+}
+
+#[cfg(feature = "cuda")]
+fn grn_kernel() -> GrnKernel {
+    static KERNEL: std::sync::OnceLock<GrnKernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| match std::env::var("CASCADE_GRN_KERNEL").as_deref().map(str::trim) {
+        Err(_) | Ok("pipelined") => GrnKernel::Pipelined,
+        Ok("bound") => GrnKernel::Bound,
+        Ok("unbound") => GrnKernel::Unbound,
+        Ok(other) => {
+            eprintln!("warning: CASCADE_GRN_KERNEL must be pipelined, bound or unbound (not {other:?}); using pipelined");
+            GrnKernel::Pipelined
+        }
+    })
 }
 
 /// Positions per chunk of grn_partial when `CASCADE_GRN_CHUNK` in the environment fixes them (a
