@@ -207,6 +207,8 @@ __device__ __forceinline__ bool grn_arrived_last(unsigned int* count, unsigned i
 // them (loads in flight, not one at a time), and the serial reductions read GRN_BATCH values
 // ahead. Sums are still added in the same fixed order.
 #define GRN_BATCH 4
+// Channels per thread held in registers by the pipelined kernel's last pass (D up to 32 · 256).
+#define GRN_HOLD 32
 template <typename T, int K, bool PIPE> __device__ void grn_partial_k(const GrnPartialParams& p, const int off[K]) {
     __shared__ float part[8][32 * GRN_MAX_PER_THREAD + 1];
     __shared__ float scratch[8];
@@ -313,6 +315,31 @@ template <typename T, int K, bool PIPE> __device__ void grn_partial_k(const GrnP
     // Last channel group of this sample to finish: mean of the norms, then the factor.
     if (!grn_arrived_last(p.counters + (int64_t)p.B * groups + b, groups, &last)) return;
     float* g = p.scale + (int64_t)b * p.D;
+    const T* gamma = (const T*)p.gamma;
+    if (PIPE && p.D <= GRN_HOLD * 256) {
+        // The sample's norms held in registers across both passes, each pass's loads all in
+        // flight at once: two round trips to memory in this block, which runs alone at the end
+        // of the launch, instead of eight (D = 8192). The same additions in the same order.
+        float u[GRN_HOLD];
+        #pragma unroll
+        for (int i = 0; i < GRN_HOLD; i++) u[i] = tid + 256 * i < p.D ? __ldcg(&g[tid + 256 * i]) : 0.f;
+        float t = 0.f;
+        #pragma unroll
+        for (int i = 0; i < GRN_HOLD; i++) t += u[i];
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
+        if (lane == 0) scratch[ry] = t;
+        __syncthreads();
+        float sum = 0.f;
+        for (int k = 0; k < 8; k++) sum += scratch[k];
+        const float denom = sum / p.D + 1e-6f;
+        float gm[GRN_HOLD];
+        #pragma unroll
+        for (int i = 0; i < GRN_HOLD; i++) gm[i] = tid + 256 * i < p.D ? to_f32(__ldg(&gamma[tid + 256 * i])) : 0.f;
+        #pragma unroll
+        for (int i = 0; i < GRN_HOLD; i++)
+            if (tid + 256 * i < p.D) g[tid + 256 * i] = 1.f + gm[i] * (u[i] / denom);
+        return;
+    }
     float t = 0.f;
     int d = tid;
     for (; d + (2 * GRN_BATCH - 1) * 256 < p.D; d += 2 * GRN_BATCH * 256) {
@@ -329,7 +356,6 @@ template <typename T, int K, bool PIPE> __device__ void grn_partial_k(const GrnP
     float sum = 0.f;
     for (int k = 0; k < 8; k++) sum += scratch[k];
     const float denom = sum / p.D + 1e-6f;
-    const T* gamma = (const T*)p.gamma;
     d = tid;
     for (; d + (2 * GRN_BATCH - 1) * 256 < p.D; d += 2 * GRN_BATCH * 256) {
         float u[2 * GRN_BATCH], gm[2 * GRN_BATCH];
@@ -356,9 +382,10 @@ template <typename T, bool PIPE> __device__ void grn_partial_impl(const GrnParti
 extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { grn_partial_impl<float, true>(p); }
 // Three bf16 kernels, the launcher's choice (CASCADE_GRN_KERNEL, for measuring). The launch is
 // bound by each thread's chain of loads and erf; they attack it in two ways:
-// - grn_partial_bf16 (default): each batch of rows loaded while the previous one is worked
-//   (PIPE), under three blocks per SM (80 registers, no spill; at four it spills the loaded
-//   values, which makes their stores wait for the loads);
+// - grn_partial_bf16 (default): each batch of rows loaded while the previous one is worked, and
+//   the last block's pass over the sample's norms from registers (PIPE), under three blocks per
+//   SM (80 registers; the 60 bytes ptxas spills are in that last pass, not in the rows loop; at
+//   four blocks the rows loop spills the loaded values, making their stores wait for the loads);
 // - grn_partial_bf16_bound: four blocks per SM instead (64 registers; the 24 bytes ptxas spills
 //   are pointers stored at entry and read back after the sums loop), loads then work in turn;
 // - grn_partial_bf16_unbound: neither (79 registers, three blocks per SM), the kernel measured
