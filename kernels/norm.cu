@@ -316,6 +316,15 @@ template <typename T, int K, bool PIPE> __device__ void grn_partial_k(const GrnP
     if (!grn_arrived_last(p.counters + (int64_t)p.B * groups + b, groups, &last)) return;
     float* g = p.scale + (int64_t)b * p.D;
     const T* gamma = (const T*)p.gamma;
+    // GRN's denominator, the mean of the sample's norms + 1e-6, from each thread's partial sum.
+    auto denominator = [&](float t) {
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
+        if (lane == 0) scratch[ry] = t;
+        __syncthreads();
+        float sum = 0.f;
+        for (int k = 0; k < 8; k++) sum += scratch[k];
+        return sum / p.D + 1e-6f;
+    };
     if (PIPE && p.D <= GRN_HOLD * 256) {
         // The sample's norms held in registers across both passes, each pass's loads all in
         // flight at once: two round trips to memory in this block, which runs alone at the end
@@ -326,12 +335,7 @@ template <typename T, int K, bool PIPE> __device__ void grn_partial_k(const GrnP
         float t = 0.f;
         #pragma unroll
         for (int i = 0; i < GRN_HOLD; i++) t += u[i];
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
-        if (lane == 0) scratch[ry] = t;
-        __syncthreads();
-        float sum = 0.f;
-        for (int k = 0; k < 8; k++) sum += scratch[k];
-        const float denom = sum / p.D + 1e-6f;
+        const float denom = denominator(t);
         float gm[GRN_HOLD];
         #pragma unroll
         for (int i = 0; i < GRN_HOLD; i++) gm[i] = tid + 256 * i < p.D ? to_f32(__ldg(&gamma[tid + 256 * i])) : 0.f;
@@ -350,12 +354,7 @@ template <typename T, int K, bool PIPE> __device__ void grn_partial_k(const GrnP
         for (int i = 0; i < 2 * GRN_BATCH; i++) t += u[i];
     }
     for (; d < p.D; d += 256) t += __ldcg(&g[d]);
-    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
-    if (lane == 0) scratch[ry] = t;
-    __syncthreads();
-    float sum = 0.f;
-    for (int k = 0; k < 8; k++) sum += scratch[k];
-    const float denom = sum / p.D + 1e-6f;
+    const float denom = denominator(t);
     d = tid;
     for (; d + (2 * GRN_BATCH - 1) * 256 < p.D; d += 2 * GRN_BATCH * 256) {
         float u[2 * GRN_BATCH], gm[2 * GRN_BATCH];
