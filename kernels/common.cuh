@@ -145,18 +145,19 @@ __device__ __forceinline__ void unpack_bf16x2(uint32_t w, float& lo, float& hi) 
     lo = __uint_as_float(w << 16);
     hi = __uint_as_float(w & 0xffff0000u);
 }
-__device__ __forceinline__ void load8(const bf16* p, float v[8]) {
-    const uint4 a = *(const uint4*)p;
+// Eight values from raw 16-byte words: one word of bf16, or two of f32.
+__device__ __forceinline__ void unpack8(uint4 a, float v[8]) {
     unpack_bf16x2(a.x, v[0], v[1]);
     unpack_bf16x2(a.y, v[2], v[3]);
     unpack_bf16x2(a.z, v[4], v[5]);
     unpack_bf16x2(a.w, v[6], v[7]);
 }
-__device__ __forceinline__ void load8(const float* p, float v[8]) {
-    const uint4 a = ((const uint4*)p)[0], b = ((const uint4*)p)[1];
+__device__ __forceinline__ void unpack8(uint4 a, uint4 b, float v[8]) {
     v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.y), v[2] = __uint_as_float(a.z), v[3] = __uint_as_float(a.w);
     v[4] = __uint_as_float(b.x), v[5] = __uint_as_float(b.y), v[6] = __uint_as_float(b.z), v[7] = __uint_as_float(b.w);
 }
+__device__ __forceinline__ void load8(const bf16* p, float v[8]) { unpack8(*(const uint4*)p, v); }
+__device__ __forceinline__ void load8(const float* p, float v[8]) { unpack8(((const uint4*)p)[0], ((const uint4*)p)[1], v); }
 __device__ __forceinline__ void store8(bf16* p, const float v[8]) {
     *(uint4*)p = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
 }
@@ -167,18 +168,8 @@ __device__ __forceinline__ void store8(float* p, const float v[8]) {
 // The same through the read-only path (ld.global.nc): for operands no thread of the launch
 // writes (weights, biases, modulation terms). Besides the cache, it tells the compiler that no
 // store of the kernel can change them, so it may issue such loads ahead of earlier stores.
-__device__ __forceinline__ void ldg8(const bf16* p, float v[8]) {
-    const uint4 a = __ldg((const uint4*)p);
-    unpack_bf16x2(a.x, v[0], v[1]);
-    unpack_bf16x2(a.y, v[2], v[3]);
-    unpack_bf16x2(a.z, v[4], v[5]);
-    unpack_bf16x2(a.w, v[6], v[7]);
-}
-__device__ __forceinline__ void ldg8(const float* p, float v[8]) {
-    const uint4 a = __ldg((const uint4*)p), b = __ldg((const uint4*)p + 1);
-    v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.y), v[2] = __uint_as_float(a.z), v[3] = __uint_as_float(a.w);
-    v[4] = __uint_as_float(b.x), v[5] = __uint_as_float(b.y), v[6] = __uint_as_float(b.z), v[7] = __uint_as_float(b.w);
-}
+__device__ __forceinline__ void ldg8(const bf16* p, float v[8]) { unpack8(__ldg((const uint4*)p), v); }
+__device__ __forceinline__ void ldg8(const float* p, float v[8]) { unpack8(__ldg((const uint4*)p), __ldg((const uint4*)p + 1), v); }
 // Eight elements of T as raw 16-byte words (1 for bf16, 2 for f32), to be unpacked later: loads
 // held this way can all be issued before the first is used.
 template <typename T> struct Raw8 {
@@ -187,16 +178,8 @@ template <typename T> struct Raw8 {
         for (int i = 0; i < (int)sizeof(T) / 2; i++) w[i] = ((const uint4*)p)[i];
     }
     __device__ __forceinline__ void unpack(float v[8]) const {
-        if (sizeof(T) == 2) {
-            unpack_bf16x2(w[0].x, v[0], v[1]);
-            unpack_bf16x2(w[0].y, v[2], v[3]);
-            unpack_bf16x2(w[0].z, v[4], v[5]);
-            unpack_bf16x2(w[0].w, v[6], v[7]);
-        } else {
-            const uint4 a = w[0], b = w[sizeof(T) / 2 - 1];
-            v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.y), v[2] = __uint_as_float(a.z), v[3] = __uint_as_float(a.w);
-            v[4] = __uint_as_float(b.x), v[5] = __uint_as_float(b.y), v[6] = __uint_as_float(b.z), v[7] = __uint_as_float(b.w);
-        }
+        if (sizeof(T) == 2) unpack8(w[0], v);
+        else unpack8(w[0], w[sizeof(T) / 2 - 1], v);
     }
 };
 // Eight elements copied as they are (16 bytes of bf16, 32 of f32); both 16-byte aligned.

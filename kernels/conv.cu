@@ -73,11 +73,7 @@ template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwis
         // Tap `tap`'s weights of the thread's 8 channels.
         auto tap_weights = [&](int tap, float w[8]) {
             if (SW) {
-                const uint4 q = parked[tap * blockDim.x + threadIdx.x];
-                unpack_bf16x2(q.x, w[0], w[1]);
-                unpack_bf16x2(q.y, w[2], w[3]);
-                unpack_bf16x2(q.z, w[4], w[5]);
-                unpack_bf16x2(q.w, w[6], w[7]);
+                unpack8(parked[tap * blockDim.x + threadIdx.x], w);
             } else {
                 #pragma unroll
                 for (int j = 0; j < 8; j++) w[j] = wv[SW ? 0 : j * 9 + tap];
@@ -142,31 +138,21 @@ template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwis
                 // ptxas cannot hoist it, and the launch waits on 18 loads in a row). Addresses are
                 // clamped into the row, so the loads need no branch; unused columns are dropped
                 // after.
-                constexpr int NC = CASCADE_DW_STRIP + 2, WORDS = sizeof(TI) / 2;  // uint4 per 8 channels
-                uint4 raw[NC][WORDS];
+                constexpr int NC = CASCADE_DW_STRIP + 2;
+                Raw8<TI> raw[NC];
                 float2 stats[NC];
                 #pragma unroll
                 for (int i = 0; i < NC; i++) {
                     const int w = min(max(w0 + i - 1, 0), p.W - 1);
                     const int64_t q = (int64_t)h * p.W + w;
-                    #pragma unroll
-                    for (int k = 0; k < WORDS; k++) raw[i][k] = ((const uint4*)(x + q * p.C + c))[k];
+                    raw[i].load(x + q * p.C + c);
                     stats[i] = st ? *(const float2*)(st + 2 * q) : make_float2(0.f, 0.f);
                 }
                 #pragma unroll
                 for (int i = 0; i < NC; i++) {
                     if (!column_used(i)) continue;
                     float v[8];
-                    if (WORDS == 1) {
-                        unpack_bf16x2(raw[i][0].x, v[0], v[1]);
-                        unpack_bf16x2(raw[i][0].y, v[2], v[3]);
-                        unpack_bf16x2(raw[i][0].z, v[4], v[5]);
-                        unpack_bf16x2(raw[i][0].w, v[6], v[7]);
-                    } else {
-                        const uint4 a = raw[i][0], b = raw[i][WORDS - 1];
-                        v[0] = __uint_as_float(a.x), v[1] = __uint_as_float(a.y), v[2] = __uint_as_float(a.z), v[3] = __uint_as_float(a.w);
-                        v[4] = __uint_as_float(b.x), v[5] = __uint_as_float(b.y), v[6] = __uint_as_float(b.z), v[7] = __uint_as_float(b.w);
-                    }
+                    raw[i].unpack(v);
                     const float sv[2] = {stats[i].x, stats[i].y};
                     use_tap(ky, i, sv, v);
                 }

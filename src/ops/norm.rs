@@ -440,8 +440,9 @@ fn grn_chunk_rows() -> Option<usize> {
 /// holds at once (SMs × blocks per SM) shared between the `columns` (sample, channel group)
 /// pairs, each column's `n` positions split evenly between its blocks (rounded up to a multiple
 /// of 8, the block's rows of warps; at least 16). A fixed chunk left a partial second wave: Stage
-/// C's 576 blocks of 64 positions on an H200's 528 slots ran 48 blocks, a whole block's time, on
-/// a nearly idle card. Now 72 positions, 512 blocks. Where there are too few positions to fill
+/// C's 576 blocks of 64 positions on an H200's 396 slots (three blocks per SM) ran 180 blocks in
+/// a second round on a half-idle card. Now 96 positions, 384 blocks (at four blocks per SM: 72
+/// positions, 512 blocks). Where there are too few positions to fill
 /// the card (Stage B's deepest level: 256) the blocks get fewer rows and more of them run at once.
 #[cfg(feature = "cuda")]
 fn grn_wave_chunk_rows(n: usize, columns: usize, slots: usize) -> usize {
