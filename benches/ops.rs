@@ -39,6 +39,17 @@ fn main() {
             });
         }
     }
+    // An MLP's first layer and its GELU: the fused kernel against cuBLASLt followed by the GELU
+    // pass, on the shapes where the fused kernel can apply (bf16).
+    for s in shapes::LINEAR.iter().filter(|s| s.k % 8 == 0 && s.n % 8 == 0) {
+        let (x, w, b) = (rnd(&[s.m, s.k], bf), rnd(&[s.n, s.k], bf), rnd(&[s.n], bf));
+        let mut y = empty(&[s.m, s.n], bf);
+        for (kernel, name) in [(ops::LinearGeluKernel::Fused, "fused"), (ops::LinearGeluKernel::Separate, "separate")] {
+            r.run(&format!("linear_gelu/{name}/{}/{}x{}x{}/bf16", s.name, s.m, s.k, s.n), Some(s.flops()), None, || {
+                ops::linear_gelu_into_with(&x, &w, Some(&b), kernel, &mut y).unwrap()
+            });
+        }
+    }
     for s in shapes::ROWS {
         let x = rnd(&[s.rows, s.c], bf);
         let mut y = empty(&[s.rows, s.c], bf);

@@ -133,6 +133,59 @@ fn activation_kernels() {
     }
 }
 
+/// An MLP's first layer and GELU, `gelu(x·wᵀ + b)`, over every linear shape of the table: the
+/// fused kernel (bf16, where its operand rules allow), the separate path (cuBLASLt, then GELU)
+/// and the automatic choice, against the CPU reference on the same rounded inputs (rows
+/// subsampled on the large shapes, the last row always).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn linear_gelu_kernel() {
+    use ops::LinearGeluKernel as K;
+    let dev = gpu();
+    for (i, s) in shapes::LINEAR.iter().enumerate() {
+        if !wanted(s.name) {
+            continue;
+        }
+        let fusable = s.k % 8 == 0 && s.n % 8 == 0;
+        for dtype in [DType::F32, DType::BF16] {
+            let mut rng = TestRng::new(500 + i as u64);
+            let xv = round_to(&rng.normal(s.m * s.k, 1.0), dtype);
+            let wv = round_to(&rng.normal(s.n * s.k, 1.0 / (s.k as f32).sqrt()), dtype);
+            let bv = round_to(&rng.normal(s.n, 0.5), dtype);
+            let x = Tensor::from_f32(&xv, &[s.m, s.k], dtype, &dev).unwrap();
+            let w = Tensor::from_f32(&wv, &[s.n, s.k], dtype, &dev).unwrap();
+            let b = Tensor::from_f32(&bv, &[s.n], dtype, &dev).unwrap();
+            let rows: Vec<usize> = (0..s.m).step_by((s.m / 256).max(1)).chain([s.m - 1]).collect();
+            for (kernel, with_bias) in [(K::Fused, true), (K::Fused, false), (K::Separate, true), (K::Auto, true)] {
+                if kernel == K::Fused && !(fusable && dtype == DType::BF16) {
+                    continue;
+                }
+                let (mut y, whole) = poisoned(&[s.m, s.n], dtype, &dev).unwrap();
+                let bias = with_bias.then_some(&b);
+                ops::linear_gelu_into_with(&x, &w, bias, kernel, &mut y).unwrap();
+                let got = y.to_vec_f32().unwrap();
+                check_guard(&whole, s.name).unwrap();
+                assert!(got.iter().all(|v| v.is_finite()), "{} {kernel:?}: an element was not written", s.name);
+                let (mut g, mut want) = (Vec::new(), Vec::new());
+                for &r in &rows {
+                    g.extend_from_slice(&got[r * s.n..(r + 1) * s.n]);
+                    let bias = with_bias.then_some(&bv[..]);
+                    want.extend(ops::cpu::linear(&xv[r * s.k..(r + 1) * s.k], &wv, bias, 1, s.k, s.n).iter().map(|&v| ops::cpu::gelu(v)));
+                }
+                let err = rel_l2(&g, &want);
+                let (at, worst) = max_abs_diff(&g, &want);
+                let bound = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+                println!(
+                    "linear_gelu {:<16} {dtype:<4} {:<8} bias {with_bias:<5} rel_l2 {err:.2e} worst |d| {worst:.2e} at {at}",
+                    s.name,
+                    format!("{kernel:?}")
+                );
+                assert!(err < bound, "{} {dtype} {kernel:?}: rel_l2 {err:.3e} >= {bound:e}", s.name);
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn grn_kernels() {

@@ -34,4 +34,5 @@ device_repr!(
     AffineParams,
     ToRgb8Params,
     RandomParams,
+    GemmParams,
 );

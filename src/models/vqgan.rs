@@ -69,8 +69,7 @@ impl MixBlock {
             (&self.ln2_w, &self.ln2_b),
         )?;
         *x = y;
-        let mut h = self.fc1.forward(&t)?;
-        ops::gelu_assign(&mut h)?;
+        let h = ops::linear_gelu(&t, &self.fc1.weight, self.fc1.bias.as_ref())?;
         self.fc2.forward_accumulate(&h, x)
     }
 }
