@@ -50,6 +50,24 @@ fn main() {
             });
         }
     }
+    // A ResBlock's fc1 with GRN's statistics (GELU applied, the factor computed, not applied):
+    // the fused GEMM with its sums-of-squares epilogue and grn_finish, against cuBLASLt then the
+    // GELU-and-sums pass. (name, samples, positions per sample, K, N).
+    for (name, b, rows, k, n) in [
+        ("stage_c", 2, 576, 2048, 8192),
+        ("stage_b.l0", 1, 16384, 320, 1280),
+        ("stage_b.l1", 1, 4096, 640, 2560),
+        ("stage_b.l2", 1, 1024, 1280, 5120),
+        ("stage_b.l3", 1, 256, 1280, 5120),
+    ] {
+        let (x, w, bias, g) = (rnd(&[b, rows, k], bf), rnd(&[n, k], bf), rnd(&[n], bf), rnd(&[n], bf));
+        let flops = Some(2.0 * (b * rows * k * n) as f64);
+        for (kernel, path) in [(ops::LinearGeluKernel::Fused, "fused"), (ops::LinearGeluKernel::Separate, "separate")] {
+            r.run(&format!("linear_gelu_grn/{path}/{name}/{b}x{rows}x{k}x{n}/bf16"), flops, None, || {
+                ops::linear_gelu_grn_factor(&x, &w, Some(&bias), &g, kernel).unwrap();
+            });
+        }
+    }
     for s in shapes::ROWS {
         let x = rnd(&[s.rows, s.c], bf);
         let mut y = empty(&[s.rows, s.c], bf);

@@ -1,4 +1,5 @@
-// A dense product with its epilogue fused: y = GELU(x · wᵀ + bias) in bf16 (params.h
+// A dense product with its epilogue fused: y = GELU(x · wᵀ + bias) in bf16, optionally with the
+// sums of squares of y over chunks of 64 rows that GlobalResponseNorm needs next (params.h
 // GemmParams). cuBLASLt is faster as a product alone, but its epilogues have no exact (erf)
 // GELU, so the MLPs' activation would be a separate pass that reads and writes the whole
 // 4×-wide hidden tensor once more: on Stage A that pass moves 400 MB per block, more time than
@@ -117,20 +118,40 @@ extern "C" __global__ void __launch_bounds__(CASCADE_GEMM_THREADS, 2) gemm_bias_
     const bf16* bias = (const bf16*)p.bias;
     bf16* y = (bf16*)p.y;
     const int g = lane >> 2, t = lane & 3;
+    // With part: this warp's 64 rows are one chunk of one sample (the launcher checks that
+    // M and the rows per sample are multiples of 64), or all past M.
+    const bool sums = p.part != nullptr && m0 + wm < p.M;
     #pragma unroll
     for (int j = 0; j < 4; j++) {
         const int n = n0 + wn + j * 8 + 2 * t;
-        if (n >= p.N) continue;  // N is even, so n + 1 < N too
+        const bool col = n < p.N;  // N is even, so n + 1 < N too
         float b0 = 0.f, b1 = 0.f;
-        if (bias) unpack_bf16x2(__ldg((const unsigned int*)(bias + n)), b0, b1);
+        if (bias && col) unpack_bf16x2(__ldg((const unsigned int*)(bias + n)), b0, b1);
+        float s0 = 0.f, s1 = 0.f;  // sums of squares of the stored (rounded) values
         #pragma unroll
         for (int i = 0; i < 4; i++)
             #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int m = m0 + wm + i * 16 + g + h * 8;
-                if (m < p.M)
-                    *(uint32_t*)(y + (size_t)m * p.N + n) =
-                        pack_bf16x2(gelu_erf(acc[i][j][2 * h] + b0), gelu_erf(acc[i][j][2 * h + 1] + b1));
+                if (m < p.M && col) {
+                    const uint32_t v = pack_bf16x2(gelu_erf(acc[i][j][2 * h] + b0), gelu_erf(acc[i][j][2 * h + 1] + b1));
+                    *(uint32_t*)(y + (size_t)m * p.N + n) = v;
+                    float v0, v1;
+                    unpack_bf16x2(v, v0, v1);
+                    s0 += v0 * v0, s1 += v1 * v1;
+                }
             }
+        if (p.part) {  // uniform across the block: every lane takes the shuffles
+            // Columns n, n + 1 summed over the 8 lanes that share t (rows g = 0..7).
+            #pragma unroll
+            for (int o = 4; o < 32; o <<= 1) {
+                s0 += __shfl_xor_sync(0xffffffff, s0, o);
+                s1 += __shfl_xor_sync(0xffffffff, s1, o);
+            }
+            if (sums && col && g == 0) {
+                float* part = p.part + (size_t)((m0 + wm) / 64) * p.N + n;
+                part[0] = s0, part[1] = s1;
+            }
+        }
     }
 }

@@ -357,11 +357,16 @@ typedef struct RandomParams {
 // linear layer and its activation in one pass: the pre-activation never goes to memory).
 // x [M, K], w [N, K] (nn.Linear's layout), bias [N] or NULL, y [M, N], all bf16, rows dense;
 // K and N multiples of 8, every pointer 16-byte aligned (the launcher checks).
+// With part (the MLP of a ResBlock, whose GlobalResponseNorm follows): part[r / 64, n] = the sum of
+// squares of the stored y[r .. r + 63, n] (rounded values), for M and the rows of each sample
+// multiples of 64, so that row chunk r / 64 is chunk (r mod rows) / 64 of sample r / rows: the
+// [B, chunks, N] partial sums grn_finish turns into GRN's factor.
 typedef struct GemmParams {
     const void* x;
     const void* w;
     const void* bias;
     void* y;
+    float* part;         // [M / 64, N] f32, or NULL
     int32_t M;
     int32_t N;
     int32_t K;

@@ -186,6 +186,61 @@ fn linear_gelu_kernel() {
     }
 }
 
+/// A ResBlock's first MLP layer with GRN's statistics (`linear_gelu_grn_factor`): the fused
+/// GEMM, whose epilogue sums the squares of its stored output per chunk of 64 positions, and
+/// `grn_finish_bf16`, against the separate path and the CPU. u is checked against the CPU's
+/// `gelu(x·wᵀ + b)`; the factor against the CPU's factor of the u the GPU returned (so the sums
+/// are held to the f32 bound), then `grn_apply_factor_assign` against the CPU formula.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn linear_gelu_grn_kernels() {
+    use ops::LinearGeluKernel as K;
+    // (name, samples, positions per sample, K, N): odd ones with partial tiles and channel
+    // groups, then the real ResBlocks (Stage C's is large: a real GPU, or CASCADE_SHAPES=stage_c).
+    let cases = [
+        ("odd_grn", 2, 192, 72, 136),
+        ("odd_grn_groups", 3, 64, 40, 520),
+        ("stage_b.l3.mlp", 1, 256, 1280, 5120),
+        ("stage_b.l0.mlp", 1, 16384, 320, 1280),
+        ("stage_c.mlp", 2, 576, 2048, 8192),
+    ];
+    let dev = gpu();
+    for (i, &(name, b, rows, k, n)) in cases.iter().enumerate() {
+        if !wanted(name) {
+            continue;
+        }
+        let dtype = DType::BF16;
+        let mut rng = TestRng::new(3500 + i as u64);
+        let (x, xv) = input(&mut rng, &[b, rows, k], 1.0, dtype, &dev);
+        let (w, wv) = input(&mut rng, &[n, k], 1.0 / (k as f32).sqrt(), dtype, &dev);
+        let (bias, biasv) = input(&mut rng, &[n], 0.5, dtype, &dev);
+        let (g, gv) = input(&mut rng, &[n], 0.5, dtype, &dev);
+        let (be, bev) = input(&mut rng, &[n], 0.5, dtype, &dev);
+        // Rows checked against the CPU product: all of them on the small cases, every 61st
+        // (and the last) on the large ones.
+        let step = if b * rows * n > 1 << 20 { 61 } else { 1 };
+        let sel: Vec<usize> = (0..b * rows).step_by(step).chain([b * rows - 1]).collect();
+        for kernel in [K::Fused, K::Separate] {
+            let (u, factor) = ops::linear_gelu_grn_factor(&x, &w, Some(&bias), &g, kernel).unwrap();
+            let uv = u.to_vec_f32().unwrap();
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            for &r in &sel {
+                got.extend_from_slice(&uv[r * n..(r + 1) * n]);
+                let row = cpu::linear(&xv[r * k..(r + 1) * k], &wv, Some(&biasv), 1, k, n);
+                want.extend(row.iter().map(|&v| cpu::gelu(v)));
+            }
+            let what = format!("{kernel:?}");
+            verify(&format!("linear_gelu_grn u {what}"), name, dtype, &got, None, &want);
+            let want_f = cpu::grn_scale(&uv, b, rows, n, &gv);
+            verify(&format!("linear_gelu_grn factor {what}"), name, DType::F32, &factor.to_vec_f32().unwrap(), None, &want_f);
+            let mut applied = u;
+            ops::grn_apply_factor_assign(&mut applied, &factor, &be).unwrap();
+            let want_a: Vec<f32> = uv.iter().enumerate().map(|(j, &v)| v * want_f[(j / (rows * n)) * n + j % n] + bev[j % n]).collect();
+            verify(&format!("grn_apply_factor {what}"), name, dtype, &applied.to_vec_f32().unwrap(), None, &want_a);
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn grn_kernels() {

@@ -5,7 +5,7 @@
 
 use crate::{DType, Device, Error, Result, Tensor};
 
-fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<(usize, usize, usize)> {
+pub(crate) fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<(usize, usize, usize)> {
     let k = x.dim(-1);
     let m = x.numel() / k.max(1);
     if w.rank() != 2 || w.dim(1) != k {
@@ -186,6 +186,7 @@ pub fn linear_gelu_into_with(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, kern
     }
     match x.device() {
         Device::Cpu => {
+            let _ = kernel; // one path on the CPU
             let b = bias.map(|b| b.cpu_f32()).transpose()?;
             let mut out = super::cpu::linear(&x.cpu_f32()?, &w.cpu_f32()?, b.as_deref(), m, k, n);
             out.iter_mut().for_each(|v| *v = super::cpu::gelu(*v));
@@ -209,20 +210,50 @@ pub fn linear_gelu_into_with(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, kern
                 linear_impl(x, w, bias, y, false)?;
                 return super::gelu_assign(y);
             }
-            let p = crate::cuda::params::GemmParams {
-                x: x.cuda_ptr()? as *const _,
-                w: w.cuda_ptr()? as *const _,
-                bias: super::dptr(bias)?,
-                y: y.cuda_ptr()? as *mut _,
-                M: m as i32,
-                N: n as i32,
-                K: k as i32,
-            };
-            let grid = (n.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1);
-            let threads = crate::cuda::params::CASCADE_GEMM_THREADS;
-            dev.launch(&dev.kernels().gemm_bias_gelu_bf16, grid, (threads, 1, 1), 0, &p)
+            gemm_bias_gelu(&dev, x, w, bias, y, None, (m, k, n))
         }
     }
+}
+
+/// Launches `gemm_bias_gelu_bf16` on operands [`fused_gelu_operands`] accepted; with `part`
+/// (`[M / 64, N]` f32, M a multiple of 64) it also writes the sums of squares of y's chunks of 64
+/// rows.
+#[cfg(feature = "cuda")]
+pub(crate) fn gemm_bias_gelu(
+    dev: &crate::cuda::CudaDevice,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &mut Tensor,
+    part: Option<&mut Tensor>,
+    (m, k, n): (usize, usize, usize),
+) -> Result<()> {
+    let part = match part {
+        Some(t) if m % 64 != 0 || t.shape() != [m / 64, n] || t.dtype() != DType::F32 => {
+            return Err(Error::Shape(format!("linear_gelu: chunk sums {:?} {} for {m} rows of {n}", t.shape(), t.dtype())));
+        }
+        Some(t) => t.cuda_ptr()? as *mut f32,
+        None => std::ptr::null_mut(),
+    };
+    let p = crate::cuda::params::GemmParams {
+        x: x.cuda_ptr()? as *const _,
+        w: w.cuda_ptr()? as *const _,
+        bias: super::dptr(bias)?,
+        y: y.cuda_ptr()? as *mut _,
+        part,
+        M: m as i32,
+        N: n as i32,
+        K: k as i32,
+    };
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let grid = (n.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1);
+    if grid.1 > 65535 {
+        return Err(Error::Shape(format!("linear_gelu: {m} rows are more than the fused kernel's grid takes")));
+    }
+    let threads = crate::cuda::params::CASCADE_GEMM_THREADS;
+    dev.launch(&dev.kernels().gemm_bias_gelu_bf16, grid, (threads, 1, 1), 0, &p)
 }
 
 /// Rows and columns of the fused kernel's output tile (`CASCADE_GEMM_BM`, `CASCADE_GEMM_BN` in kernels/params.h).
@@ -240,7 +271,13 @@ fn fused_gelu_override() -> Option<bool> {
 /// What the fused kernel needs beyond [`check`]: bf16 throughout, whole 16-byte chunks along K
 /// and N, aligned buffers, and sizes in 32-bit range.
 #[cfg(feature = "cuda")]
-fn fused_gelu_operands(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, (m, k, n): (usize, usize, usize)) -> Result<()> {
+pub(crate) fn fused_gelu_operands(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    (m, k, n): (usize, usize, usize),
+) -> Result<()> {
     let why = if x.dtype() != DType::BF16 {
         format!("it runs in bf16, not {}", x.dtype())
     } else if k % 8 != 0 || n % 8 != 0 {

@@ -36,8 +36,8 @@ pub use linear::{
     LinearGeluKernel,
 };
 pub use norm::{
-    gelu_grn_assign, gelu_grn_factor, grn, grn_into, layer_norm, layer_norm_into, modulate_layer_norm, modulate_layer_norm_as,
-    scale_columns,
+    fused_grn_requested, gelu_grn_assign, gelu_grn_factor, grn, grn_apply_factor_assign, grn_into, layer_norm, layer_norm_into,
+    linear_gelu_grn_factor, modulate_layer_norm, modulate_layer_norm_as, scale_columns,
 };
 pub use resample::{columns, concat_channels, concat_channels_into, concat_tokens, resize_bilinear, resize_bilinear_into};
 

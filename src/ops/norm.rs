@@ -219,6 +219,148 @@ pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
     Ok(stats)
 }
 
+/// `u = gelu(x · wᵀ + bias)`, an MLP's first layer on `x [B, …, K]` with `w [N, K]`, and
+/// GlobalResponseNorm's factor `1 + γ·N(u)` of the result (f32 `[B, N]`), without applying it:
+/// what [`super::linear`] followed by [`gelu_grn_factor`] computes. The factor is applied by
+/// [`grn_apply_factor_assign`], or folded into the next layer's weight by [`scale_columns`].
+///
+/// On a GPU the fused path (`kernel` Fused; Auto takes it only when `CASCADE_FUSED_GRN=1`, since
+/// it is not yet measured) is one GEMM that writes u and the sums of squares of each chunk of 64
+/// positions (`kernels/gemm.cu`), then `grn_finish_bf16` for the factor: no pass over u for the
+/// sums. It needs what [`super::LinearGeluKernel::Fused`] needs, and positions per sample a
+/// multiple of 64.
+pub fn linear_gelu_grn_factor(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    kernel: super::LinearGeluKernel,
+) -> Result<(Tensor, Tensor)> {
+    if x.rank() < 2 || w.rank() != 2 {
+        return Err(Error::Shape(format!("linear_gelu_grn: x must be [B, …, K] and w [N, K], got {:?} and {:?}", x.shape(), w.shape())));
+    }
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank ≥ 2") = w.dim(0);
+    let mut u = Tensor::empty(&shape, x.dtype(), &x.device())?;
+    let (m, k, n) = super::linear::check(x, w, bias, &u)?;
+    check_numel("linear_gelu_grn", "gamma", gamma, n)?;
+    check_dtype("linear_gelu_grn", x.dtype(), &[gamma])?;
+    check_device("linear_gelu_grn", &x.device(), &[gamma])?;
+    let b = x.dim(0);
+    let rows = m / b.max(1);
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = x.device() {
+        let fusable = || -> Result<()> {
+            super::linear::fused_gelu_operands(x, w, bias, &u, (m, k, n))?;
+            if rows % 64 != 0 || rows == 0 {
+                return Err(Error::Shape(format!(
+                    "linear_gelu_grn: the fused kernel takes positions per sample in multiples of 64, not {rows}"
+                )));
+            }
+            Ok(())
+        };
+        let fused = match kernel {
+            super::LinearGeluKernel::Separate => false,
+            super::LinearGeluKernel::Fused => {
+                fusable()?;
+                true
+            }
+            super::LinearGeluKernel::Auto => fused_grn_requested() && fusable().is_ok(),
+        };
+        if fused {
+            let mut part = Tensor::empty(&[m / 64, n], DType::F32, &x.device())?;
+            super::linear::gemm_bias_gelu(&dev, x, w, bias, &mut u, Some(&mut part), (m, k, n))?;
+            let stats = Tensor::empty(&[b, n], DType::F32, &x.device())?;
+            let groups = n.div_ceil(256);
+            let (counters, capacity) = dev.grn_counters();
+            if groups + 1 > capacity || b > 65535 {
+                return Err(Error::Shape(format!("linear_gelu_grn: {b} samples of {n} channels are beyond the statistics kernel")));
+            }
+            // The samples are independent: as many per launch as the completion counters cover.
+            let per_launch = capacity / (groups + 1);
+            let chunks = rows / 64;
+            for first in (0..b).step_by(per_launch) {
+                let bs = per_launch.min(b - first);
+                let p = crate::cuda::params::GrnPartialParams {
+                    x: std::ptr::null(),
+                    y: std::ptr::null_mut(),
+                    part: (part.cuda_ptr()? + (first * chunks * n * 4) as u64) as *mut f32,
+                    scale: (stats.cuda_ptr()? + (first * n * 4) as u64) as *mut f32,
+                    gamma: gamma.cuda_ptr()? as *const _,
+                    counters: counters as *mut u32,
+                    B: bs as i32,
+                    N: rows as i32,
+                    D: n as i32,
+                    chunk_rows: 64,
+                    chunks: chunks as i32,
+                    gelu: 1,
+                    vec8: 1,
+                };
+                dev.launch(&dev.kernels().grn_finish_bf16, (groups as u32, 1, bs as u32), (32, 8, 1), 0, &p)?;
+            }
+            return Ok((u, stats));
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (kernel, k, rows);
+    super::linear_into(x, w, bias, &mut u)?;
+    let f = gelu_grn_factor(&mut u, gamma)?;
+    Ok((u, f))
+}
+
+/// Whether [`linear_gelu_grn_factor`]'s Auto takes the fused path: only with
+/// `CASCADE_FUSED_GRN=1` in the environment (read once) until a GPU run has timed it.
+#[cfg(feature = "cuda")]
+pub fn fused_grn_requested() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CASCADE_FUSED_GRN").is_ok_and(|v| v.trim() == "1"))
+}
+
+/// Whether [`linear_gelu_grn_factor`]'s Auto takes the fused path: never without CUDA.
+#[cfg(not(feature = "cuda"))]
+pub fn fused_grn_requested() -> bool {
+    false
+}
+
+/// `x ← x·factor + β`: GlobalResponseNorm applied with a factor from [`linear_gelu_grn_factor`]
+/// or [`gelu_grn_factor`] (`factor` f32 `[B, D]`, `beta [D]`, x `[B, …, D]`).
+pub fn grn_apply_factor_assign(x: &mut Tensor, factor: &Tensor, beta: &Tensor) -> Result<()> {
+    if x.rank() < 2 {
+        return Err(Error::Shape(format!("grn_apply: x must be [B, …, D], got {:?}", x.shape())));
+    }
+    let (b, d) = (x.dim(0), x.dim(-1));
+    let n = x.numel() / (b * d).max(1);
+    check_shape("grn_apply", "factor", factor, &[b, d])?;
+    check_dtype("grn_apply", DType::F32, &[factor])?;
+    check_numel("grn_apply", "beta", beta, d)?;
+    check_dtype("grn_apply", x.dtype(), &[beta])?;
+    check_device("grn_apply", &x.device(), &[factor, beta])?;
+    match x.device() {
+        Device::Cpu => {
+            let (f, bt) = (factor.cpu_f32()?, beta.cpu_f32()?);
+            let v: Vec<f32> = x.cpu_f32()?.iter().enumerate().map(|(i, &v)| v * f[(i / (n * d)) * d + i % d] + bt[i % d]).collect();
+            x.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let ap = crate::cuda::params::GrnApplyParams {
+                x: x.cuda_ptr()? as *const _,
+                y: x.cuda_ptr()? as *mut _,
+                scale: factor.cuda_ptr()? as *const f32,
+                beta: beta.cuda_ptr()? as *const _,
+                B: b as i32,
+                N: n as i64,
+                D: d as i32,
+            };
+            if x.numel() == 0 {
+                return Ok(());
+            }
+            dev.launch_vec8(super::kernel("grn_apply", x.dtype(), &k.grn_apply_f32, &k.grn_apply_bf16)?, x.numel(), &ap)
+        }
+    }
+}
+
 /// `w [rows, cols]` with column j multiplied by `factor[0, j]` (f32 `[1, cols]`, e.g. from
 /// [`gelu_grn_factor`] for one sample): `x·(w⊙factor)ᵀ = (x⊙factor)·wᵀ`.
 pub fn scale_columns(w: &Tensor, factor: &Tensor) -> Result<Tensor> {
