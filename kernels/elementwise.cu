@@ -13,8 +13,9 @@ extern "C" __global__ void fill(FillParams p) {
     GRID_STRIDE(i, p.n) { store_from_f32(p.dst, i, p.dtype, p.value); }
 }
 
-template <int ACT> __device__ __forceinline__ float activation(float v) {
-    return ACT == CASCADE_ACT_GELU ? gelu_erf(v) : ACT == CASCADE_ACT_SILU ? silu(v) : v;
+// T: the type the result is stored as (which GELU: common.cuh gelu_as).
+template <typename T, int ACT> __device__ __forceinline__ float activation(float v) {
+    return ACT == CASCADE_ACT_GELU ? gelu_as<T>(v) : ACT == CASCADE_ACT_SILU ? silu(v) : v;
 }
 // Eight elements per thread and step (see load8); the bias's channel by one 32-bit remainder per
 // eight elements.
@@ -30,7 +31,7 @@ template <typename T, int ACT> __device__ void act_vec8(const ActParams& p) {
             load8(b + 8 * (v % cv), be);
             for (int j = 0; j < 8; j++) e[j] += be[j];
         }
-        for (int j = 0; j < 8; j++) e[j] = activation<ACT>(e[j]);
+        for (int j = 0; j < 8; j++) e[j] = activation<T, ACT>(e[j]);
         store8(y + 8 * (int64_t)v, e);
     }
 }
@@ -47,7 +48,7 @@ template <typename T> __device__ void act_impl(const ActParams& p) {
     GRID_STRIDE(i, p.n) {
         float v = to_f32(x[i]);
         if (b) v += to_f32(b[i % p.C]);
-        if (p.act == CASCADE_ACT_GELU) v = gelu_erf(v);
+        if (p.act == CASCADE_ACT_GELU) v = gelu_as<T>(v);
         else if (p.act == CASCADE_ACT_SILU) v = silu(v);
         y[i] = from_f32<T>(v);
     }

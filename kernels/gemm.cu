@@ -3,7 +3,9 @@
 // GemmParams). cuBLASLt is faster as a product alone, but its epilogues have no exact (erf)
 // GELU, so the MLPs' activation would be a separate pass that reads and writes the whole
 // 4×-wide hidden tensor once more: on Stage A that pass moves 400 MB per block, more time than
-// this kernel loses to cuBLASLt on the product.
+// this kernel loses to cuBLASLt on the product. The GELU is common.cuh's gelu_bf16_out (the erf
+// form, erf to 1.5e-7: what bf16 stores is gelu_erf's value), as the 64 GELUs per thread would
+// otherwise issue more instructions than the K loop on Stage A's short K.
 //
 // Structure (the sm_80 tensor-core recipe): a block computes a 128 × 128 tile with 8 warps, each
 // a 64 × 32 sub-tile (4 × 4 mma.m16n8k16 per 16 of K, f32 accumulators in registers). K goes
@@ -29,7 +31,7 @@ struct GemmLoader {
     __device__ __forceinline__ GemmLoader(const GemmParams& p, int m0, int n0) {
         const int r = threadIdx.x >> 2, ch = threadIdx.x & 3;
         k = ch * 8;
-#pragma unroll
+        #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int m = m0 + r + 64 * i, n = n0 + r + 64 * i;
             in[i] = m < p.M, in[2 + i] = n < p.N;
@@ -42,7 +44,7 @@ struct GemmLoader {
     __device__ __forceinline__ void load(bf16* as, bf16* bs, int kt, int K) const {
         const int k0 = kt * CASCADE_GEMM_BK;
         const bool kin = k0 + k < K;
-#pragma unroll
+        #pragma unroll
         for (int i = 0; i < 2; i++) {
             cp_async16(as + so[i], src[i] + (kin ? k0 : 0), kin && in[i]);
             cp_async16(bs + so[i], src[2 + i] + (kin ? k0 : 0), kin && in[2 + i]);
@@ -66,10 +68,8 @@ extern "C" __global__ void __launch_bounds__(CASCADE_GEMM_THREADS, 2) gemm_bias_
             #pragma unroll
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
 
-    #pragma unroll
-
     const GemmLoader loader(p, m0, n0);
-#pragma unroll
+    #pragma unroll
     for (int s = 0; s < CASCADE_GEMM_STAGES - 1; s++) {
         if (s < steps) loader.load(as[s], bs[s], s, p.K);
         cp_async_commit();
@@ -134,7 +134,7 @@ extern "C" __global__ void __launch_bounds__(CASCADE_GEMM_THREADS, 2) gemm_bias_
             for (int h = 0; h < 2; h++) {
                 const int m = m0 + wm + i * 16 + g + h * 8;
                 if (m < p.M && col) {
-                    const uint32_t v = pack_bf16x2(gelu_erf(acc[i][j][2 * h] + b0), gelu_erf(acc[i][j][2 * h + 1] + b1));
+                    const uint32_t v = pack_bf16x2(gelu_bf16_out(acc[i][j][2 * h] + b0), gelu_bf16_out(acc[i][j][2 * h + 1] + b1));
                     *(uint32_t*)(y + (size_t)m * p.N + n) = v;
                     float v0, v1;
                     unpack_bf16x2(v, v0, v1);

@@ -229,7 +229,7 @@ __device__ void grn_partial_k(const GrnPartialParams& p, const int off[K]) {
     // One row's K values: GELU applied (and stored) when asked, then squared into s.
     auto add_row = [&](int64_t row, float v[K]) {
         if (p.gelu) {
-            for (int k = 0; k < K; k++) v[k] = rounded<T>(gelu_erf(v[k]));
+            for (int k = 0; k < K; k++) v[k] = rounded<T>(gelu_as<T>(v[k]));
             if (y) {
                 if (K == 8) store8(y + row + g0 + off[0], v);
                 else
