@@ -224,11 +224,11 @@ pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
 /// what [`super::linear`] followed by [`gelu_grn_factor`] computes. The factor is applied by
 /// [`grn_apply_factor_assign`], or folded into the next layer's weight by [`scale_columns`].
 ///
-/// On a GPU the fused path (`kernel` Fused; Auto takes it only when `CASCADE_FUSED_GRN=1`, since
-/// it is not yet measured) is one GEMM that writes u and the sums of squares of each chunk of 64
+/// On a GPU the fused path is one GEMM that writes u and the sums of squares of each chunk of 64
 /// positions (`kernels/gemm.cu`), then `grn_finish_bf16` for the factor: no pass over u for the
 /// sums. It needs what [`super::LinearGeluKernel::Fused`] needs, and positions per sample a
-/// multiple of 64.
+/// multiple of 64. `kernel` Fused asks for it; Auto takes it only with `CASCADE_FUSED_GRN=1` (it
+/// is not yet measured) and for at least one 128 × 128 tile per SM.
 pub fn linear_gelu_grn_factor(
     x: &Tensor,
     w: &Tensor,
@@ -265,7 +265,12 @@ pub fn linear_gelu_grn_factor(
                 fusable()?;
                 true
             }
-            super::LinearGeluKernel::Auto => fused_grn_requested() && fusable().is_ok(),
+            super::LinearGeluKernel::Auto => {
+                // Under one tile per SM (Stage B's 16×16 level: 80 tiles) the kernel leaves most of
+                // the card idle, where cuBLASLt splits the work finer.
+                let tiles = m.div_ceil(128) * n.div_ceil(128);
+                fused_grn_requested() && tiles >= dev.multiprocessors() && fusable().is_ok()
+            }
         };
         if fused {
             let mut part = Tensor::empty(&[m / 64, n], DType::F32, &x.device())?;
