@@ -56,7 +56,7 @@ extern "C" __global__ void __launch_bounds__(CASCADE_GEMM_THREADS, 2) gemm_bias_
     __shared__ __align__(128) bf16 as[CASCADE_GEMM_STAGES][CASCADE_GEMM_BM * CASCADE_GEMM_BK];  // x's rows, swizzled
     __shared__ __align__(128) bf16 bs[CASCADE_GEMM_STAGES][CASCADE_GEMM_BN * CASCADE_GEMM_BK];  // w's rows, swizzled
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = (warp & 1) * 64, wn = (warp >> 1) * 32;  // the warp's sub-tile in the block's
+    const int wm = (warp & 1) * 64, wn = (warp >> 1) * 32;  // the warp's 64 × 32 within the tile
     const int m0 = blockIdx.y * CASCADE_GEMM_BM, n0 = blockIdx.x * CASCADE_GEMM_BN;
     const int steps = (p.K + CASCADE_GEMM_BK - 1) / CASCADE_GEMM_BK;
 
@@ -74,7 +74,8 @@ extern "C" __global__ void __launch_bounds__(CASCADE_GEMM_THREADS, 2) gemm_bias_
         if (s < steps) loader.load(as[s], bs[s], s, p.K);
         cp_async_commit();
     }
-    int stage = 0, next_stage = CASCADE_GEMM_STAGES - 1;  // kt % CASCADE_GEMM_STAGES, (kt + CASCADE_GEMM_STAGES - 1) % CASCADE_GEMM_STAGES
+    // The stage step kt reads, and the one its copies fill (step kt − 1's): kt and kt + 2 mod 3.
+    int stage = 0, next_stage = CASCADE_GEMM_STAGES - 1;
     for (int kt = 0; kt < steps; kt++) {
         // Step kt's copies are done (at most the one younger group in flight), and every warp is
         // past step kt − 1, whose stage the copies queued next overwrite.
