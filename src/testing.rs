@@ -69,6 +69,24 @@ pub const GUARD: usize = 1024;
 /// output changes it.
 pub const GUARD_VALUE: f32 = 12288.0;
 
+/// Random operands of a linear layer `[m, k] · [n, k]ᵀ + [n]` on `device` in `dtype`, with the
+/// (rounded) values each holds: x ~ N(0, 1), w ~ N(0, 1/k) (outputs of order 1), bias ~ N(0, 0.25).
+pub fn linear_operands(
+    rng: &mut TestRng,
+    (m, k, n): (usize, usize, usize),
+    dtype: DType,
+    device: &Device,
+) -> Result<[(Tensor, Vec<f32>); 3]> {
+    let make = |v: Vec<f32>, shape: &[usize]| -> Result<(Tensor, Vec<f32>)> {
+        let v = round_to(&v, dtype);
+        Ok((Tensor::from_f32(&v, shape, dtype, device)?, v))
+    };
+    let x = make(rng.normal(m * k, 1.0), &[m, k])?;
+    let w = make(rng.normal(n * k, 1.0 / (k as f32).sqrt()), &[n, k])?;
+    let b = make(rng.normal(n, 0.5), &[n])?;
+    Ok([x, w, b])
+}
+
 /// An output tensor on `device` filled with NaN, followed in the same allocation by a guard
 /// band of [`GUARD`] elements holding [`GUARD_VALUE`]. Returns (output, whole buffer).
 pub fn poisoned(shape: &[usize], dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {

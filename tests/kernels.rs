@@ -9,7 +9,7 @@
 #![cfg(feature = "cuda")]
 
 use cascade::ops::{self, cpu, shapes, AttentionMask, Padding};
-use cascade::testing::{check_guard, max_abs_diff, poisoned, rel_l2, round_to, TestRng};
+use cascade::testing::{check_guard, linear_operands, max_abs_diff, poisoned, rel_l2, round_to, TestRng};
 use cascade::{DType, Device, Tensor};
 
 const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
@@ -149,12 +149,7 @@ fn linear_gelu_kernel() {
         let fusable = s.k % 8 == 0 && s.n % 8 == 0;
         for dtype in [DType::F32, DType::BF16] {
             let mut rng = TestRng::new(500 + i as u64);
-            let xv = round_to(&rng.normal(s.m * s.k, 1.0), dtype);
-            let wv = round_to(&rng.normal(s.n * s.k, 1.0 / (s.k as f32).sqrt()), dtype);
-            let bv = round_to(&rng.normal(s.n, 0.5), dtype);
-            let x = Tensor::from_f32(&xv, &[s.m, s.k], dtype, &dev).unwrap();
-            let w = Tensor::from_f32(&wv, &[s.n, s.k], dtype, &dev).unwrap();
-            let b = Tensor::from_f32(&bv, &[s.n], dtype, &dev).unwrap();
+            let [(x, xv), (w, wv), (b, bv)] = linear_operands(&mut rng, (s.m, s.k, s.n), dtype, &dev).unwrap();
             let rows: Vec<usize> = (0..s.m).step_by((s.m / 256).max(1)).chain([s.m - 1]).collect();
             for (kernel, with_bias) in [(K::Fused, true), (K::Fused, false), (K::Separate, true), (K::Auto, true)] {
                 if kernel == K::Fused && !(fusable && dtype == DType::BF16) {

@@ -142,7 +142,7 @@ fn linear_on_column_ranges() {
 mod gpu {
     use super::*;
     use cascade::ops::shapes::LINEAR;
-    use cascade::testing::{check_guard, max_abs_diff, poisoned};
+    use cascade::testing::{check_guard, linear_operands, max_abs_diff, poisoned};
 
     fn gpu() -> Device {
         Device::cuda(0).expect("this test needs a CUDA GPU")
@@ -161,12 +161,7 @@ mod gpu {
             // CPU reference cost grows as m·k·n: subsample rows of the big shapes.
             for dtype in [DType::F32, DType::BF16] {
                 let mut rng = TestRng::new(100 + i as u64);
-                let xv = round_to(&rng.normal(s.m * s.k, 1.0), dtype);
-                let wv = round_to(&rng.normal(s.n * s.k, 1.0 / (s.k as f32).sqrt()), dtype);
-                let bv = round_to(&rng.normal(s.n, 0.5), dtype);
-                let x = Tensor::from_f32(&xv, &[s.m, s.k], dtype, &dev).unwrap();
-                let w = Tensor::from_f32(&wv, &[s.n, s.k], dtype, &dev).unwrap();
-                let b = Tensor::from_f32(&bv, &[s.n], dtype, &dev).unwrap();
+                let [(x, xv), (w, wv), (b, bv)] = linear_operands(&mut rng, (s.m, s.k, s.n), dtype, &dev).unwrap();
                 let (mut y, whole) = poisoned(&[s.m, s.n], dtype, &dev).unwrap();
                 ops::linear_into(&x, &w, Some(&b), &mut y).unwrap();
                 let got = y.to_vec_f32().unwrap();

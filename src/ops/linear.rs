@@ -297,26 +297,26 @@ pub(crate) fn fused_gelu_operands(
     Err(Error::Shape(format!("linear_gelu: the fused kernel cannot take this product: {why}")))
 }
 
-/// `gelu(x · wᵀ + bias)` as a new tensor of shape `[..., N]`.
-pub fn linear_gelu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// An uninitialised output for `x [..., K] · w[N, K]ᵀ`: `[..., N]`, x's dtype and device.
+pub(crate) fn linear_output(op: &str, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if w.rank() != 2 {
-        return Err(Error::Shape(format!("linear_gelu: weight must be [N, K], got {:?}", w.shape())));
+        return Err(Error::Shape(format!("{op}: weight must be [N, K], got {:?}", w.shape())));
     }
     let mut shape = x.shape().to_vec();
-    *shape.last_mut().ok_or_else(|| Error::Shape("linear_gelu: scalar input".into()))? = w.dim(0);
-    let mut y = Tensor::empty(&shape, x.dtype(), &x.device())?;
+    *shape.last_mut().ok_or_else(|| Error::Shape(format!("{op}: scalar input")))? = w.dim(0);
+    Tensor::empty(&shape, x.dtype(), &x.device())
+}
+
+/// `gelu(x · wᵀ + bias)` as a new tensor of shape `[..., N]`.
+pub fn linear_gelu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut y = linear_output("linear_gelu", x, w)?;
     linear_gelu_into(x, w, bias, &mut y)?;
     Ok(y)
 }
 
 /// `x · wᵀ + bias` as a new tensor of shape `[..., N]`.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    if w.rank() != 2 {
-        return Err(Error::Shape(format!("linear: weight must be [N, K], got {:?}", w.shape())));
-    }
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().ok_or_else(|| Error::Shape("linear: scalar input".into()))? = w.dim(0);
-    let mut y = Tensor::empty(&shape, x.dtype(), &x.device())?;
+    let mut y = linear_output("linear", x, w)?;
     linear_into(x, w, bias, &mut y)?;
     Ok(y)
 }

@@ -236,12 +236,10 @@ pub fn linear_gelu_grn_factor(
     gamma: &Tensor,
     kernel: super::LinearGeluKernel,
 ) -> Result<(Tensor, Tensor)> {
-    if x.rank() < 2 || w.rank() != 2 {
-        return Err(Error::Shape(format!("linear_gelu_grn: x must be [B, …, K] and w [N, K], got {:?} and {:?}", x.shape(), w.shape())));
+    if x.rank() < 2 {
+        return Err(Error::Shape(format!("linear_gelu_grn: x must be [B, …, K], got {:?}", x.shape())));
     }
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().expect("rank ≥ 2") = w.dim(0);
-    let mut u = Tensor::empty(&shape, x.dtype(), &x.device())?;
+    let mut u = super::linear::linear_output("linear_gelu_grn", x, w)?;
     let (m, k, n) = super::linear::check(x, w, bias, &u)?;
     check_numel("linear_gelu_grn", "gamma", gamma, n)?;
     check_dtype("linear_gelu_grn", x.dtype(), &[gamma])?;
