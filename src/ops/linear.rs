@@ -282,8 +282,8 @@ pub(crate) fn fused_gelu_operands(
         format!("it runs in bf16, not {}", x.dtype())
     } else if k % 8 != 0 || n % 8 != 0 {
         format!("K = {k} and N = {n} must be multiples of 8")
-    } else if m.max(n).max(k) > i32::MAX as usize || m.checked_mul(k.max(n)).is_none() {
-        format!("{m}×{k}×{n} is too large")
+    } else if m.max(n).max(k) > i32::MAX as usize || m.checked_mul(k.max(n)).is_none() || m.div_ceil(GEMM_TILE) > 65535 {
+        format!("{m}×{k}×{n} is beyond its grid")
     } else {
         let mut ptrs = vec![x.cuda_ptr()?, w.cuda_ptr()?, y.cuda_ptr()?];
         if let Some(b) = bias {
