@@ -1,5 +1,7 @@
-//! Activations: exact GELU (standalone, or fused after a bias) and SiLU. CPU:
-//! [`super::cpu::gelu`], [`super::cpu::silu`]; GPU: `act_*` in `kernels/elementwise.cu`.
+//! Activations: the erf GELU (standalone, or fused after a bias) and SiLU. CPU:
+//! [`super::cpu::gelu`], [`super::cpu::silu`]; GPU: `act_*` in `kernels/elementwise.cu`, whose
+//! bf16 GELU takes erf to within 1.5e-7 (kernels/common.cuh `gelu_bf16_out`: below bf16's
+//! resolution, 17 instructions instead of erff's 28); f32 uses the exact erff.
 
 use super::{check_device, check_dtype, check_numel, check_shape, cpu};
 use crate::{Device, Result, Tensor};
@@ -54,7 +56,7 @@ fn act_into(x: &Tensor, bias: Option<&Tensor>, act: Act, y: &mut Tensor) -> Resu
     }
 }
 
-/// `y = gelu(x)`, exact erf form.
+/// `y = gelu(x)`, the erf form.
 pub fn gelu_into(x: &Tensor, y: &mut Tensor) -> Result<()> {
     act_into(x, None, Act::Gelu, y)
 }
