@@ -221,7 +221,7 @@ pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
 
 /// `u = gelu(x · wᵀ + bias)`, an MLP's first layer on `x [B, …, K]` with `w [N, K]`, and
 /// GlobalResponseNorm's factor `1 + γ·N(u)` of the result (f32 `[B, N]`), without applying it:
-/// what [`super::linear`] followed by [`gelu_grn_factor`] computes. The factor is applied by
+/// what [`super::linear()`] followed by [`gelu_grn_factor`] computes. The factor is applied by
 /// [`grn_apply_factor_assign`], or folded into the next layer's weight by [`scale_columns`].
 ///
 /// On a GPU the fused path is one GEMM that writes u and the sums of squares of each chunk of 64
