@@ -135,7 +135,8 @@ extern "C" __global__ void __launch_bounds__(CASCADE_GEMM_THREADS, 2) gemm_bias_
             for (int h = 0; h < 2; h++) {
                 const int m = m0 + wm + i * 16 + g + h * 8;
                 if (m < p.M && col) {
-                    const uint32_t v = pack_bf16x2(gelu_bf16_out(acc[i][j][2 * h] + b0), gelu_bf16_out(acc[i][j][2 * h + 1] + b1));
+                    const float* a = acc[i][j] + 2 * h;
+                    const uint32_t v = pack_bf16x2(gelu_bf16_out(a[0] + b0), gelu_bf16_out(a[1] + b1));
                     *(uint32_t*)(y + (size_t)m * p.N + n) = v;
                     float v0, v1;
                     unpack_bf16x2(v, v0, v1);

@@ -247,6 +247,7 @@ __device__ void grn_partial_k(const GrnPartialParams& p, const int off[K]) {
     const int n_end = min(p.N, (c + 1) * p.chunk_rows);
     int n = c * p.chunk_rows + ry;
     if (FINISH) {
+        // Nothing to sum: the chunk sums are in p.part already.
     } else if (PIPE && K == 8 && in[0]) {
         // The thread's rows n, n + 8, ... in batches of GRN_BATCH, each batch's loads issued
         // before the previous batch's arithmetic (two sets of raw registers, used in turn), so

@@ -258,9 +258,10 @@ pub(crate) fn gemm_bias_gelu(
     dev.launch(&dev.kernels().gemm_bias_gelu_bf16, grid, (threads, 1, 1), 0, &p)
 }
 
-/// Rows and columns of the fused kernel's output tile (`CASCADE_GEMM_BM`, `CASCADE_GEMM_BN` in kernels/params.h).
+/// Rows and columns of the fused kernel's output tile (`CASCADE_GEMM_BM`, `CASCADE_GEMM_BN` in
+/// kernels/params.h).
 #[cfg(feature = "cuda")]
-const GEMM_TILE: usize = crate::cuda::params::CASCADE_GEMM_BM as usize;
+pub(crate) const GEMM_TILE: usize = crate::cuda::params::CASCADE_GEMM_BM as usize;
 
 /// `CASCADE_FUSED_GELU`: `0` → never fuse, any other value → fuse wherever the kernel applies,
 /// unset → decide by size (read once).

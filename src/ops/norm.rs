@@ -266,7 +266,8 @@ pub fn linear_gelu_grn_factor(
             super::LinearGeluKernel::Auto => {
                 // Under one tile per SM (Stage B's 16×16 level: 80 tiles) the kernel leaves most of
                 // the card idle, where cuBLASLt splits the work finer.
-                let tiles = m.div_ceil(128) * n.div_ceil(128);
+                let tile = super::linear::GEMM_TILE;
+                let tiles = m.div_ceil(tile) * n.div_ceil(tile);
                 fused_grn_requested() && tiles >= dev.multiprocessors() && fusable().is_ok()
             }
         };
