@@ -39,35 +39,6 @@ fn main() {
             });
         }
     }
-    // An MLP's first layer and its GELU: the fused kernel against cuBLASLt followed by the GELU
-    // pass, on the shapes where the fused kernel can apply (bf16).
-    for s in shapes::LINEAR.iter().filter(|s| s.k % 8 == 0 && s.n % 8 == 0) {
-        let (x, w, b) = (rnd(&[s.m, s.k], bf), rnd(&[s.n, s.k], bf), rnd(&[s.n], bf));
-        let mut y = empty(&[s.m, s.n], bf);
-        for (kernel, name) in [(ops::LinearGeluKernel::Fused, "fused"), (ops::LinearGeluKernel::Separate, "separate")] {
-            r.run(&format!("linear_gelu/{name}/{}/{}x{}x{}/bf16", s.name, s.m, s.k, s.n), Some(s.flops()), None, || {
-                ops::linear_gelu_into_with(&x, &w, Some(&b), kernel, &mut y).unwrap()
-            });
-        }
-    }
-    // A ResBlock's fc1 with GRN's statistics (GELU applied, the factor computed, not applied):
-    // the fused GEMM with its sums-of-squares epilogue and grn_finish, against cuBLASLt then the
-    // GELU-and-sums pass. (name, samples, positions per sample, K, N).
-    for (name, b, rows, k, n) in [
-        ("stage_c", 2, 576, 2048, 8192),
-        ("stage_b.l0", 1, 16384, 320, 1280),
-        ("stage_b.l1", 1, 4096, 640, 2560),
-        ("stage_b.l2", 1, 1024, 1280, 5120),
-        ("stage_b.l3", 1, 256, 1280, 5120),
-    ] {
-        let (x, w, bias, g) = (rnd(&[b, rows, k], bf), rnd(&[n, k], bf), rnd(&[n], bf), rnd(&[n], bf));
-        let flops = Some(2.0 * (b * rows * k * n) as f64);
-        for (kernel, path) in [(ops::LinearGeluKernel::Fused, "fused"), (ops::LinearGeluKernel::Separate, "separate")] {
-            r.run(&format!("linear_gelu_grn/{path}/{name}/{b}x{rows}x{k}x{n}/bf16"), flops, None, || {
-                ops::linear_gelu_grn_factor(&x, &w, Some(&bias), &g, kernel).unwrap();
-            });
-        }
-    }
     for s in shapes::ROWS {
         let x = rnd(&[s.rows, s.c], bf);
         let mut y = empty(&[s.rows, s.c], bf);

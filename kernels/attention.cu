@@ -220,7 +220,7 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
 #define MMA_KT 64
 #define MMA_LD 72  // bf16 pitch of the shared tiles (36 words: conflict-free fragment reads)
 
-__device__ __forceinline__ void attention_mma_body(const AttentionParams& p) {
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(AttentionParams p) {
     __shared__ __align__(16) bf16 ks[2][MMA_KT][MMA_LD];  // [stage][key][dim]
     __shared__ __align__(16) bf16 vs[2][MMA_KT][MMA_LD];  // [stage][key][dim]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -397,11 +397,3 @@ __device__ __forceinline__ void attention_mma_body(const AttentionParams& p) {
         if (r1 < p.Lq) *(uint32_t*)(out + (int64_t)r1 * p.o_stride + d) = pack_bf16x2(o[nd][2] * i1, o[nd][3] * i1);
     }
 }
-// Two entry points, the same code under different register budgets (the launcher's choice):
-// - attention_mma_bf16: 128 registers (8 bytes spilled outside the key loop), four blocks per SM;
-// - attention_mma_bf16_5: 96 registers, five blocks per SM, for grids that four per SM would run
-//   in two waves and five in one (Stage C: 576 blocks against 528 slots on 132 SMs, the second
-//   wave 48 blocks). ptxas spills about 15 words per key tile of the common path to local memory
-//   (L1) for it.
-extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(AttentionParams p) { attention_mma_body(p); }
-extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, 5) attention_mma_bf16_5(AttentionParams p) { attention_mma_body(p); }

@@ -209,11 +209,7 @@ __device__ __forceinline__ bool grn_arrived_last(unsigned int* count, unsigned i
 #define GRN_BATCH 4
 // Channels per thread held in registers by the pipelined kernel's last pass (D up to 32 · 256).
 #define GRN_HOLD 32
-// FINISH: p.part already holds every chunk's sums (written by the fc1 GEMM's epilogue,
-// kernels/gemm.cu), so the block (one per sample and channel group, gridDim.y = 1) goes straight
-// to the statistics.
-template <typename T, int K, bool PIPE, bool FINISH = false>
-__device__ void grn_partial_k(const GrnPartialParams& p, const int off[K]) {
+template <typename T, int K, bool PIPE> __device__ void grn_partial_k(const GrnPartialParams& p, const int off[K]) {
     __shared__ float part[8][32 * GRN_MAX_PER_THREAD + 1];
     __shared__ float scratch[8];
     __shared__ bool last;
@@ -246,9 +242,7 @@ __device__ void grn_partial_k(const GrnPartialParams& p, const int off[K]) {
     };
     const int n_end = min(p.N, (c + 1) * p.chunk_rows);
     int n = c * p.chunk_rows + ry;
-    if (FINISH) {
-        // Nothing to sum: the chunk sums are in p.part already.
-    } else if (PIPE && K == 8 && in[0]) {
+    if (PIPE && K == 8 && in[0]) {
         // The thread's rows n, n + 8, ... in batches of GRN_BATCH, each batch's loads issued
         // before the previous batch's arithmetic (two sets of raw registers, used in turn), so
         // the round trip to memory overlaps the erf instead of following it. A row is read and
@@ -292,15 +286,13 @@ __device__ void grn_partial_k(const GrnPartialParams& p, const int off[K]) {
             add_row(((int64_t)b * p.N + n) * p.D, v);
         }
     }
-    if (!FINISH) {
-        grn_rows_total<K>(part, s, off, total);
-        for (int k = 0; k < K && ry == 0; k++)
-            if (in[k]) p.part[((int64_t)b * p.chunks + c) * p.D + g0 + off[k]] = total[k];
+    grn_rows_total<K>(part, s, off, total);
+    for (int k = 0; k < K && ry == 0; k++)
+        if (in[k]) p.part[((int64_t)b * p.chunks + c) * p.D + g0 + off[k]] = total[k];
 
-        // Last chunk of this (sample, channel group) to finish: the group's norms, from every
-        // 8th chunk per thread (read through L2: other blocks wrote them).
-        if (!grn_arrived_last(p.counters + (int64_t)b * groups + blockIdx.x, p.chunks, &last)) return;
-    }
+    // Last chunk of this (sample, channel group) to finish: the group's norms, from every 8th
+    // chunk per thread (read through L2: other blocks wrote them).
+    if (!grn_arrived_last(p.counters + (int64_t)b * groups + blockIdx.x, p.chunks, &last)) return;
     for (int k = 0; k < K; k++) s[k] = 0.f;
     const float* pb = p.part + (int64_t)b * p.chunks * p.D + g0;
     int ch = ry;
@@ -400,14 +392,6 @@ extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { grn_partial_imp
 extern "C" __global__ void __launch_bounds__(256, 3) grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16, true>(p); }
 extern "C" __global__ void __launch_bounds__(256, 4) grn_partial_bf16_bound(GrnPartialParams p) { grn_partial_impl<bf16, false>(p); }
 extern "C" __global__ void grn_partial_bf16_unbound(GrnPartialParams p) { grn_partial_impl<bf16, false>(p); }
-
-// The statistics alone, from chunk sums another kernel wrote (vec8 layout: D % 8 == 0; grid
-// (ceil(D / 256), 1, B), block (32, 8); p.x, p.y and p.chunk_rows unused).
-extern "C" __global__ void __launch_bounds__(256, 3) grn_finish_bf16(GrnPartialParams p) {
-    int off[8];
-    for (int k = 0; k < 8; k++) off[k] = threadIdx.x * 8 + k;
-    grn_partial_k<bf16, 8, true, true>(p, off);
-}
 
 template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
     int64_t total = (int64_t)p.B * p.N * p.D;

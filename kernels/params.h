@@ -341,34 +341,3 @@ typedef struct RandomParams {
     float scale;
     int32_t dtype;       // CASCADE_*
 } RandomParams;
-
-// ---- products with a fused epilogue --------------------------------------------------------
-
-// Tile of gemm_bias_gelu_bf16: CASCADE_GEMM_BM × CASCADE_GEMM_BN outputs per block of
-// CASCADE_GEMM_THREADS threads, K in steps of CASCADE_GEMM_BK through CASCADE_GEMM_STAGES
-// shared-memory stages (3 × 16 KiB: the 48 KiB a block has without an opt-in).
-#define CASCADE_GEMM_BM 128
-#define CASCADE_GEMM_BN 128
-#define CASCADE_GEMM_BK 32
-#define CASCADE_GEMM_STAGES 3
-#define CASCADE_GEMM_THREADS 256
-
-// y = GELU(x · wᵀ + bias), the erf GELU of the f32 sum (common.cuh gelu_bf16_out), rounded once
-// to bf16 (an MLP's first linear layer and its activation in one pass: the pre-activation never
-// goes to memory).
-// x [M, K], w [N, K] (nn.Linear's layout), bias [N] or NULL, y [M, N], all bf16, rows dense;
-// K and N multiples of 8, every pointer 16-byte aligned (the launcher checks).
-// With part (the MLP of a ResBlock, whose GlobalResponseNorm follows): part[r / 64, n] = the sum
-// of squares of the stored y[r .. r + 63, n] (rounded values), for M and the rows of each sample
-// multiples of 64, so that row chunk r / 64 is chunk (r mod rows) / 64 of sample r / rows: the
-// [B, chunks, N] partial sums grn_finish turns into GRN's factor.
-typedef struct GemmParams {
-    const void* x;
-    const void* w;
-    const void* bias;
-    void* y;
-    float* part;         // [M / 64, N] f32, or NULL
-    int32_t M;
-    int32_t N;
-    int32_t K;
-} GemmParams;

@@ -14,9 +14,5 @@ export CASCADE_EMU=1 CASCADE_SHAPES="${CASCADE_SHAPES:-odd}" CASCADE_EMU_MEMORY_
 # memory nodes): a captured step that reads memory it never wrote gives NaN.
 export CASCADE_POISON_GRAPH_MEMORY=1
 cargo test --release --features cuda -- --ignored "$@"
-# Kernels a real card picks by size (the five-blocks-per-SM attention, the fused MLP layer with
-# its GELU and GRN statistics), forced onto the small shapes and the tiny models.
-CASCADE_ATTENTION_WAVE=1 CASCADE_FUSED_GELU=1 CASCADE_FUSED_GRN=1 \
-    cargo test --release --features cuda --test kernels --test models -- --ignored attention_kernel tiny_components "$@"
 # The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here).
 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops

@@ -437,16 +437,22 @@ pub const MAX_SIDE: usize = 4096;
 pub const MAX_IMAGES: usize = 16;
 
 /// How to load a [`Pipeline`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     /// What stays resident between calls.
     pub residency: Residency,
     /// Scan every weight for NaN/Inf while loading (reads all the data once more).
     pub check_weights: bool,
-    /// Keep the UNets' residual stream in f32 with bf16 weights
-    /// ([`StableCascadeUNet::set_f32_residual`]: about four times less bf16 error at full depth,
-    /// for more memory traffic per step).
+    /// Keep the UNets' residual stream in f32 with bf16 weights (the default,
+    /// [`crate::models::unet::f32_residual_default`]; [`StableCascadeUNet::set_f32_residual`]:
+    /// about three times less bf16 error at full depth, for more memory traffic per step).
     pub f32_residual: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { residency: Residency::default(), check_weights: false, f32_residual: crate::models::unet::f32_residual_default() }
+    }
 }
 
 /// The loaded pipeline.
@@ -525,12 +531,10 @@ fn to_rgb8(v: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<image::RgbImag
         .collect()
 }
 
-/// A UNet, with its residual stream in f32 when asked (or when `CASCADE_F32_RESIDUAL=1` made it so).
+/// A UNet, with its residual stream in f32 or not as asked.
 fn load_unet(path: &Path, dtype: DType, device: &Device, f32_residual: bool) -> Result<StableCascadeUNet> {
     let mut model = StableCascadeUNet::load(path, dtype, device)?;
-    if f32_residual {
-        model.set_f32_residual(true)?;
-    }
+    model.set_f32_residual(f32_residual)?;
     Ok(model)
 }
 
@@ -683,7 +687,7 @@ impl Pipeline {
             dtype,
             device: device.clone(),
             cuda_graphs: true,
-            f32_residual: false,
+            f32_residual: crate::models::unet::f32_residual_default(),
             keep_tensors: true,
             step_graphs: Default::default(),
             device_peak: 0.into(),

@@ -102,7 +102,7 @@ fn vqgan_case(dev: &Device, dtype: DType, bound: f64) {
     check("vqgan", &image, &get(&reference("vqgan_out"), "image"), bound);
 }
 
-/// A bf16 UNet with its residual stream in f32 (`set_f32_residual`) on each tiny UNet fixture:
+/// A bf16 UNet with its residual stream in f32 (the default) on each tiny UNet fixture:
 /// within the bf16 bound of diffusers' f32 output, and about as close as with a bf16 stream (the
 /// tiny UNets have too few blocks for the stream's roundings to dominate: the gain shows at full
 /// depth, `fidelity.py --medium --bf16-variant CASCADE_F32_RESIDUAL=1`). Returns the outputs
@@ -111,6 +111,11 @@ fn f32_residual_case(dev: &Device) -> Vec<(Vec<f32>, Vec<f32>)> {
     let mut outs = Vec::new();
     for (dir, case) in [("prior", "prior"), ("decoder", "decoder"), ("decoder", "decoder_pixels")] {
         let mut model = StableCascadeUNet::load(&tiny().join(dir), DType::BF16, dev).unwrap();
+        // The stream is f32 by default (CASCADE_F32_RESIDUAL=0 turns the default off).
+        let default = if cascade::models::unet::f32_residual_default() { DType::F32 } else { DType::BF16 };
+        assert_eq!(model.stream_dtype(), default);
+        model.set_f32_residual(false).unwrap();
+        assert_eq!(model.stream_dtype(), DType::BF16);
         let inputs = UNetInputTensors::from_store(&reference(&format!("{case}_in")), DType::BF16, dev).unwrap();
         let want = get(&reference(&format!("{case}_out")), "out").to_vec_f32().unwrap();
         let run = |m: &StableCascadeUNet| nhwc_to_nchw(&m.forward(&inputs.inputs()).unwrap()).unwrap().to_vec_f32().unwrap();

@@ -55,6 +55,8 @@ struct Key {
     /// The type of y and the bias (C and D): `dtype`, or f32 for bf16 products written in f32.
     out: DType,
     bias: bool,
+    /// GELU in the epilogue (cuBLASLt's is the tanh form), after the bias.
+    gelu: bool,
     tf32: bool,
     /// The smallest alignment (bytes, a power of two ≤ 256) of the operand addresses: views into
     /// larger buffers can be less aligned than cuBLASLt's default assumption of 256.
@@ -231,8 +233,15 @@ impl Blas {
         // cublasOperation_t is an int32 enum; 1 = CUBLAS_OP_T.
         let trans: i32 = 1;
         set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &trans as *const _ as _, std::mem::size_of_val(&trans))?;
-        let epilogue =
-            if key.bias { sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS } else { sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT };
+        let epilogue = {
+            use sys::cublasLtEpilogue_t as E;
+            match (key.bias, key.gelu) {
+                (true, true) => E::CUBLASLT_EPILOGUE_GELU_BIAS,
+                (false, true) => E::CUBLASLT_EPILOGUE_GELU,
+                (true, false) => E::CUBLASLT_EPILOGUE_BIAS,
+                (false, false) => E::CUBLASLT_EPILOGUE_DEFAULT,
+            }
+        };
         set(
             sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
             &epilogue as *const _ as _,
@@ -381,7 +390,9 @@ impl Blas {
 
     /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`, all row-major, x and w of `dtype`, y and the bias
     /// of `out` (`dtype`, or f32 for bf16 products kept in f32), queued on the stream; with
-    /// `accumulate`, `y += …` instead (β = 1 with C = D = y: one rounding, no extra pass).
+    /// `accumulate`, `y += …` instead (β = 1 with C = D = y: one rounding, no extra pass); with
+    /// `gelu`, `y = gelu_tanh(…)` (cuBLASLt's GELU epilogue, the tanh form; not with
+    /// `accumulate`).
     /// Rows of x are `ldx` elements apart and rows of y `ldy` (≥ k and ≥ n: column ranges of
     /// wider tensors).
     ///
@@ -400,12 +411,27 @@ impl Blas {
         (dtype, out): (DType, DType),
         tf32: bool,
         accumulate: bool,
+        gelu: bool,
     ) -> Result<()> {
+        if accumulate && gelu {
+            return Err(Error::Shape("linear: a GELU epilogue cannot accumulate into its output".into()));
+        }
         // A thread that has made no other CUDA call yet must have the context current.
         self.stream.context().bind_to_thread().map_err(|e| super::driver_err("binding the context", e))?;
         let align = alignment(&[x, w, y, bias.unwrap_or(0)]);
-        let key =
-            Key { m: m as u64, n: n as u64, k: k as u64, dtype, out, bias: bias.is_some(), tf32, align, ldx: ldx as u64, ldy: ldy as u64 };
+        let key = Key {
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            dtype,
+            out,
+            bias: bias.is_some(),
+            gelu,
+            tf32,
+            align,
+            ldx: ldx as u64,
+            ldy: ldy as u64,
+        };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let handle = inner.handle;
         let plan = match inner.plans.entry(key) {

@@ -34,5 +34,4 @@ device_repr!(
     AffineParams,
     ToRgb8Params,
     RandomParams,
-    GemmParams,
 );

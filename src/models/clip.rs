@@ -165,8 +165,7 @@ impl ClipTextModel {
             // Both residuals are added by the GEMMs (β = 1), not by separate passes.
             layer.out.forward_accumulate(&o, &mut h)?;
             let x = layer.ln2.forward(&h, eps)?;
-            let mut x = layer.fc1.forward(&x)?;
-            ops::gelu_assign(&mut x)?;
+            let x = ops::linear_gelu(&x, &layer.fc1.weight, layer.fc1.bias.as_ref())?;
             layer.fc2.forward_accumulate(&x, &mut h)?;
         }
         let last = self.final_norm.forward(&h, eps)?;

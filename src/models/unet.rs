@@ -68,31 +68,17 @@ impl ResBlock {
             (None, true) => return Err(Error::Msg("ResBlock: an f32 residual stream needs set_f32_residual first".into())),
             (_, false) => (self.fc2.bias.as_ref(), &self.fc2_bias_with_beta),
         };
-        // u = GELU(fc1(y)), and with CASCADE_FUSED_GRN=1 GRN's factor from the same GEMM (its
-        // epilogue sums the squares); otherwise the GRN pass below applies GELU and sums.
-        let (mut u, factor) = if ops::fused_grn_requested() {
-            let (u, f) =
-                ops::linear_gelu_grn_factor(&y, &self.fc1.weight, self.fc1.bias.as_ref(), &self.gamma, ops::LinearGeluKernel::Auto)?;
-            (u, Some(f))
-        } else {
-            (self.fc1.forward(&y)?, None)
-        };
+        let mut u = self.fc1.forward(&y)?;
         let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
         if b == 1 && h * w > c {
             // GRN(u) = u·f + β with a per-channel factor f. With one sample and more positions
             // than channels, fc2's weight [C, 4C] is smaller than u [HW, 4C]: scale its columns
             // by f (W₂·(u⊙f + β) = (W₂⊙f)·u + W₂·β) instead of making a pass over u.
-            let f = match factor {
-                Some(f) => f,
-                None => ops::gelu_grn_factor(&mut u, &self.gamma)?,
-            };
+            let f = ops::gelu_grn_factor(&mut u, &self.gamma)?;
             let w2 = ops::scale_columns(&self.fc2.weight, &f)?;
             ops::linear_accumulate_into(&u, &w2, Some(fc2_bias_with_beta), x)
         } else {
-            match factor {
-                Some(f) => ops::grn_apply_factor_assign(&mut u, &f, &self.beta)?,
-                None => ops::gelu_grn_assign(&mut u, &self.gamma, &self.beta)?,
-            }
+            ops::gelu_grn_assign(&mut u, &self.gamma, &self.beta)?;
             ops::linear_accumulate_into(&u, &self.fc2.weight, fc2_bias, x)
         }
     }
@@ -573,22 +559,22 @@ impl StableCascadeUNet {
             cfg,
             f32_residual: false,
         };
-        // CASCADE_F32_RESIDUAL=1: every bf16 UNet loaded in this process keeps its stream in f32.
-        if std::env::var("CASCADE_F32_RESIDUAL").is_ok_and(|v| v.trim() == "1") {
-            model.set_f32_residual(true)?;
-        }
+        model.set_f32_residual(f32_residual_default())?;
         Ok(model)
     }
 
-    /// Holds the residual stream in f32 (`on`) or in the weights' dtype (the default) when the
-    /// weights are bf16; nothing changes for f32 weights. In bf16 every block's residual add and
+    /// Holds the residual stream in f32 (`on`, the default: [`f32_residual_default`]) or in the
+    /// weights' dtype when the weights are bf16; nothing changes for f32 weights. In bf16 every block's residual add and
     /// every TimestepBlock's `x·(1 + a) + b` rounds the stream, and over Stage C's 192 blocks and
     /// Stage B's 456 block calls those roundings are most of bf16's error
     /// (`tools/reference/bf16_residual_stream.py`: about four times less error with the stream
     /// in f32). The blocks still compute in bf16, from the stream's bf16 copy (read by each
     /// block's first pass, which writes its LayerNorm in bf16); the residual GEMMs add their bf16
-    /// products to the f32 stream. Costs the stream's traffic in f32. Set it before the first forward of a run (prepared run constants and
-    /// captured step graphs hold the stream's dtype).
+    /// products to the f32 stream. Costs the stream's traffic in f32: on an H200, 0.5 ms of a
+    /// 19.4 ms Stage C step and 0.75 ms of a 23.9 ms Stage B step, for a bf16 error against f32
+    /// of 4.9e-3 instead of 1.7e-2 (Stage C) and 7.9e-3 instead of 2.5e-2 (Stage B; the bound is
+    /// 2e-2, docs/fidelity.md). Set it before the first forward of a run (prepared run constants
+    /// and captured step graphs hold the stream's dtype).
     pub fn set_f32_residual(&mut self, on: bool) -> Result<()> {
         let on = on && self.dtype == DType::BF16;
         for level in self.down.iter_mut().chain(self.up.iter_mut()) {
@@ -957,4 +943,12 @@ impl UNetInputTensors {
             pixels: self.pixels.as_ref(),
         }
     }
+}
+
+/// Whether a bf16 UNet keeps its residual stream in f32 unless told otherwise: yes, unless
+/// `CASCADE_F32_RESIDUAL=0` is in the environment (read once; for A/B measurements of the bf16
+/// stream). The default of [`StableCascadeUNet::load`], `LoadOptions`, `EngineConfig` and the CLI.
+pub fn f32_residual_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CASCADE_F32_RESIDUAL").map_or(true, |v| v.trim() != "0"))
 }

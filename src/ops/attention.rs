@@ -255,15 +255,7 @@ fn attention_impl(
             }
             match chosen {
                 AttentionKernel::Mma => {
-                    let grid = (lq.div_ceil(64) as u32, heads as u32, b as u32);
-                    let blocks = lq.div_ceil(64) * heads * b;
-                    let hopper = dev.compute_capability().0 == 9;
-                    let f = if mma_five_per_sm(blocks, dev.multiprocessors(), hopper) {
-                        &kt.attention_mma_bf16_5
-                    } else {
-                        &kt.attention_mma_bf16
-                    };
-                    dev.launch(f, grid, (128, 1, 1), 0, &p)
+                    dev.launch(&kt.attention_mma_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
                 }
                 AttentionKernel::TensorCore => {
                     dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
@@ -275,20 +267,6 @@ fn attention_impl(
             }
         }
     }
-}
-
-/// Whether a grid of `blocks` mma-kernel blocks runs as `attention_mma_bf16_5` (96 registers, five
-/// blocks per SM, some local-memory spills) instead of `attention_mma_bf16` (four per SM): when
-/// four per SM would take two waves and five take one (Stage C's 576 blocks on 132 SMs: the
-/// second wave of 48 blocks would run alone). Only on Hopper (`hopper`), whose 228 KB of shared
-/// memory per SM hold five blocks' 36 KB; smaller parts fit fewer of either. `CASCADE_ATTENTION_WAVE`
-/// overrides (read once): `0` never, any other value always (tests cover the variant on small
-/// shapes that way).
-#[cfg(feature = "cuda")]
-fn mma_five_per_sm(blocks: usize, sms: usize, hopper: bool) -> bool {
-    static OVERRIDE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced = *OVERRIDE.get_or_init(|| std::env::var("CASCADE_ATTENTION_WAVE").ok().map(|v| v.trim() != "0"));
-    forced.unwrap_or(hopper && blocks > 4 * sms && blocks <= 5 * sms)
 }
 
 /// [`attention_into`] as a new tensor.

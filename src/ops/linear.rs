@@ -1,7 +1,5 @@
 //! The linear layer `y[M,N] = x[M,K] · w[N,K]ᵀ + bias[N]` (PyTorch `nn.Linear` and every
-//! 1×1 convolution on token-major data). CPU: [`super::cpu::linear`]; GPU: cuBLASLt. Also an
-//! MLP's first layer with its (erf) GELU, `y = gelu(x · wᵀ + bias)`, which on a GPU can be one
-//! tensor-core kernel of this project's (`kernels/gemm.cu`) instead of cuBLASLt and a GELU pass.
+//! 1×1 convolution on token-major data). CPU: [`super::cpu::linear`]; GPU: cuBLASLt.
 
 use crate::{DType, Device, Error, Result, Tensor};
 
@@ -40,19 +38,51 @@ pub(crate) fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -
 
 /// `y = x · wᵀ + bias` into an existing `y` of shape `[..., N]` (leading dims of x kept).
 pub fn linear_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
-    linear_impl(x, w, bias, y, false)
+    linear_impl(x, w, bias, y, false, false)
+}
+
+/// `y = gelu(x · wᵀ + bias)` into an existing `y` of shape `[..., N]`: an MLP's first layer and
+/// its GELU. The erf GELU, except for bf16 on a GPU, where cuBLASLt applies GELU in the GEMM's
+/// epilogue (the pre-activation never goes to memory) in its tanh form, within 4.8e-4 of the erf
+/// form (absolute; about bf16's rounding step at the outputs' scale). `CASCADE_GELU_EPILOGUE=0`
+/// takes the erf GELU as a separate pass instead.
+pub fn linear_gelu_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if x.dtype() == DType::BF16 && y.dtype() == DType::BF16 && !x.device().is_cpu() && gelu_epilogue() {
+        return linear_impl(x, w, bias, y, false, true);
+    }
+    linear_impl(x, w, bias, y, false, false)?;
+    super::gelu_assign(y)
+}
+
+/// `gelu(x · wᵀ + bias)` as a new tensor of shape `[..., N]` (see [`linear_gelu_into`]).
+pub fn linear_gelu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut y = linear_output("linear_gelu", x, w)?;
+    linear_gelu_into(x, w, bias, &mut y)?;
+    Ok(y)
+}
+
+/// Whether bf16 products on a GPU take cuBLASLt's GELU epilogue (the default) or a separate erf
+/// GELU pass (`CASCADE_GELU_EPILOGUE=0`; read once).
+#[cfg(feature = "cuda")]
+fn gelu_epilogue() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CASCADE_GELU_EPILOGUE").map_or(true, |v| v.trim() != "0"))
 }
 
 /// `y += x · wᵀ + bias`: a linear layer followed by a residual connection, in one pass (on a GPU
 /// the GEMM adds y in its epilogue, rounding once).
 pub fn linear_accumulate_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
-    linear_impl(x, w, bias, y, true)
+    linear_impl(x, w, bias, y, true, false)
 }
 
-fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, accumulate: bool) -> Result<()> {
+/// `gelu`: the GELU epilogue on a GPU (the caller's choice, see [`linear_gelu_into`]); the CPU
+/// never takes it.
+fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, accumulate: bool, gelu: bool) -> Result<()> {
     let (m, k, n) = check(x, w, bias, y)?;
     match x.device() {
         Device::Cpu => {
+            let _ = gelu;
             let b = bias.map(|b| b.cpu_f32()).transpose()?;
             let mut out = super::cpu::linear(&x.cpu_f32()?, &w.cpu_f32()?, b.as_deref(), m, k, n);
             if accumulate {
@@ -77,6 +107,7 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
                     (x.dtype(), y.dtype()),
                     dev.allow_tf32(),
                     accumulate,
+                    gelu,
                 )
             }
         }
@@ -150,154 +181,11 @@ pub fn linear_columns_into(
                     (x.dtype(), x.dtype()),
                     dev.allow_tf32(),
                     accumulate,
+                    false,
                 )
             }
         }
     }
-}
-
-/// How [`linear_gelu_into_with`] runs on a GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LinearGeluKernel {
-    /// The fused kernel for bf16 where it applies and the product is large enough to fill the
-    /// GPU (at least two waves of its 128 × 128 tiles), else [`LinearGeluKernel::Separate`].
-    /// `CASCADE_FUSED_GELU` in the environment overrides the size rule (for measuring and
-    /// testing): `0` always takes the separate path, `1` the fused kernel wherever it applies.
-    Auto,
-    /// `gemm_bias_gelu_bf16`: the product, bias and GELU in one kernel; the pre-activation never
-    /// goes to memory. bf16 only; K and N multiples of 8; x, w, bias and y 16-byte aligned.
-    Fused,
-    /// cuBLASLt's product (bias in its epilogue), then GELU in place: two passes over y.
-    Separate,
-}
-
-/// `y = gelu(x · wᵀ + bias)` (the erf GELU) into an existing `y` of shape `[..., N]`. Results
-/// stored as bf16 on a GPU take erf to within 1.5e-7 (`gelu_bf16_out` in kernels/common.cuh),
-/// below bf16's resolution; f32 results use the exact erff.
-pub fn linear_gelu_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
-    linear_gelu_into_with(x, w, bias, LinearGeluKernel::Auto, y)
-}
-
-/// [`linear_gelu_into`] with the GPU path chosen by the caller (tests and benches compare them).
-/// The fused kernel rounds once (the f32 sum, then GELU, to bf16); the separate path rounds the
-/// product to bf16 before the GELU.
-pub fn linear_gelu_into_with(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, kernel: LinearGeluKernel, y: &mut Tensor) -> Result<()> {
-    let (m, k, n) = check(x, w, bias, y)?;
-    if y.dtype() != x.dtype() {
-        return Err(Error::Shape(format!("linear_gelu: {} inputs cannot give {}", x.dtype(), y.dtype())));
-    }
-    match x.device() {
-        Device::Cpu => {
-            let _ = kernel; // one path on the CPU
-            let b = bias.map(|b| b.cpu_f32()).transpose()?;
-            let mut out = super::cpu::linear(&x.cpu_f32()?, &w.cpu_f32()?, b.as_deref(), m, k, n);
-            out.iter_mut().for_each(|v| *v = super::cpu::gelu(*v));
-            y.set_cpu_f32(&out)
-        }
-        #[cfg(feature = "cuda")]
-        Device::Cuda(dev) => {
-            let fused = match kernel {
-                LinearGeluKernel::Separate => false,
-                LinearGeluKernel::Fused => {
-                    fused_gelu_operands(x, w, bias, y, (m, k, n))?;
-                    true
-                }
-                LinearGeluKernel::Auto => {
-                    let tiles = m.div_ceil(GEMM_TILE) * n.div_ceil(GEMM_TILE);
-                    let wanted = fused_gelu_override().unwrap_or(tiles >= 4 * dev.multiprocessors());
-                    wanted && fused_gelu_operands(x, w, bias, y, (m, k, n)).is_ok()
-                }
-            };
-            if !fused {
-                linear_impl(x, w, bias, y, false)?;
-                return super::gelu_assign(y);
-            }
-            gemm_bias_gelu(&dev, x, w, bias, y, None, (m, k, n))
-        }
-    }
-}
-
-/// Launches `gemm_bias_gelu_bf16` on operands [`fused_gelu_operands`] accepted; with `part`
-/// (`[M / 64, N]` f32, M a multiple of 64) it also writes the sums of squares of y's chunks of 64
-/// rows.
-#[cfg(feature = "cuda")]
-pub(crate) fn gemm_bias_gelu(
-    dev: &crate::cuda::CudaDevice,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    y: &mut Tensor,
-    part: Option<&mut Tensor>,
-    (m, k, n): (usize, usize, usize),
-) -> Result<()> {
-    let part = match part {
-        Some(t) if m % 64 != 0 || t.shape() != [m / 64, n] || t.dtype() != DType::F32 => {
-            return Err(Error::Shape(format!("linear_gelu: chunk sums {:?} {} for {m} rows of {n}", t.shape(), t.dtype())));
-        }
-        Some(t) => t.cuda_ptr()? as *mut f32,
-        None => std::ptr::null_mut(),
-    };
-    let p = crate::cuda::params::GemmParams {
-        x: x.cuda_ptr()? as *const _,
-        w: w.cuda_ptr()? as *const _,
-        bias: super::dptr(bias)?,
-        y: y.cuda_ptr()? as *mut _,
-        part,
-        M: m as i32,
-        N: n as i32,
-        K: k as i32,
-    };
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    let grid = (n.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1);
-    if grid.1 > 65535 {
-        return Err(Error::Shape(format!("linear_gelu: {m} rows are more than the fused kernel's grid takes")));
-    }
-    let threads = crate::cuda::params::CASCADE_GEMM_THREADS;
-    dev.launch(&dev.kernels().gemm_bias_gelu_bf16, grid, (threads, 1, 1), 0, &p)
-}
-
-/// Rows and columns of the fused kernel's output tile (`CASCADE_GEMM_BM`, `CASCADE_GEMM_BN` in
-/// kernels/params.h).
-#[cfg(feature = "cuda")]
-pub(crate) const GEMM_TILE: usize = crate::cuda::params::CASCADE_GEMM_BM as usize;
-
-/// `CASCADE_FUSED_GELU`: `0` → never fuse, any other value → fuse wherever the kernel applies,
-/// unset → decide by size (read once).
-#[cfg(feature = "cuda")]
-fn fused_gelu_override() -> Option<bool> {
-    static OVERRIDE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    *OVERRIDE.get_or_init(|| std::env::var("CASCADE_FUSED_GELU").ok().map(|v| v.trim() != "0"))
-}
-
-/// What the fused kernel needs beyond [`check`]: bf16 throughout, whole 16-byte chunks along K
-/// and N, aligned buffers, and sizes in 32-bit range.
-#[cfg(feature = "cuda")]
-pub(crate) fn fused_gelu_operands(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    y: &Tensor,
-    (m, k, n): (usize, usize, usize),
-) -> Result<()> {
-    let why = if x.dtype() != DType::BF16 {
-        format!("it runs in bf16, not {}", x.dtype())
-    } else if k % 8 != 0 || n % 8 != 0 {
-        format!("K = {k} and N = {n} must be multiples of 8")
-    } else if m.max(n).max(k) > i32::MAX as usize || m.checked_mul(k.max(n)).is_none() || m.div_ceil(GEMM_TILE) > 65535 {
-        format!("{m}×{k}×{n} is beyond its grid")
-    } else {
-        let mut ptrs = vec![x.cuda_ptr()?, w.cuda_ptr()?, y.cuda_ptr()?];
-        if let Some(b) = bias {
-            ptrs.push(b.cuda_ptr()?);
-        }
-        if ptrs.iter().all(|p| p % 16 == 0) {
-            return Ok(());
-        }
-        "its operands must be 16-byte aligned".into()
-    };
-    Err(Error::Shape(format!("linear_gelu: the fused kernel cannot take this product: {why}")))
 }
 
 /// An uninitialised output for `x [..., K] · w[N, K]ᵀ`: `[..., N]`, x's dtype and device.
@@ -308,13 +196,6 @@ pub(crate) fn linear_output(op: &str, x: &Tensor, w: &Tensor) -> Result<Tensor> 
     let mut shape = x.shape().to_vec();
     *shape.last_mut().ok_or_else(|| Error::Shape(format!("{op}: scalar input")))? = w.dim(0);
     Tensor::empty(&shape, x.dtype(), &x.device())
-}
-
-/// `gelu(x · wᵀ + bias)` as a new tensor of shape `[..., N]`.
-pub fn linear_gelu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let mut y = linear_output("linear_gelu", x, w)?;
-    linear_gelu_into(x, w, bias, &mut y)?;
-    Ok(y)
 }
 
 /// `x · wᵀ + bias` as a new tensor of shape `[..., N]`.

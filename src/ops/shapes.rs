@@ -40,9 +40,6 @@ pub const LINEAR: &[LinearShape] = &[
     LinearShape { name: "clip.fc1", m: 154, k: 1280, n: 5120 },
     LinearShape { name: "clip.qkv", m: 154, k: 1280, n: 3840 },
     LinearShape { name: "odd", m: 77, k: 33, n: 129 },
-    // Whole 16-byte chunks along K and N (what the fused GELU kernel takes) but partial tiles
-    // along all three.
-    LinearShape { name: "odd_gemm", m: 300, k: 72, n: 136 },
     LinearShape { name: "odd_small", m: 3, k: 5, n: 7 },
 ];
 

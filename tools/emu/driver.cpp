@@ -679,7 +679,9 @@ cublasStatus_t cublasLtMatmul(void*, void* descp, const void* alpha, const void*
     const LtDesc d = *(LtDesc*)descp;
     const LtLayout a = *(LtLayout*)adesc, b = *(LtLayout*)bdesc, c = *(LtLayout*)cdesc, dl = *(LtLayout*)ddesc;
     if (a.order || b.order || c.order || dl.order) return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (d.epilogue != 1 && d.epilogue != 4) return CUBLAS_STATUS_NOT_SUPPORTED;
+    // DEFAULT (1), BIAS (4), GELU (32), GELU_BIAS (36).
+    if (d.epilogue != 1 && d.epilogue != 4 && d.epilogue != 32 && d.epilogue != 36) return CUBLAS_STATUS_NOT_SUPPORTED;
+    const bool with_bias = d.epilogue == 4 || d.epilogue == 36, with_gelu = d.epilogue == 32 || d.epilogue == 36;
     // op(A) is m×k, op(B) k×n, D m×n, all column-major.
     uint64_t m = d.transa ? a.cols : a.rows, k = d.transa ? a.rows : a.cols;
     uint64_t kb = d.transb ? b.cols : b.rows, n = d.transb ? b.rows : b.cols;
@@ -688,7 +690,7 @@ cublasStatus_t cublasLtMatmul(void*, void* descp, const void* alpha, const void*
     auto span = [](const LtLayout& l) { return ((size_t)(l.cols - 1) * l.ld + l.rows) * elem_bytes(l.type); };
     if (!valid_range((CUdeviceptr)A, span(a)) || !valid_range((CUdeviceptr)B, span(b)) || !valid_range((CUdeviceptr)D, span(dl)))
         return CUBLAS_STATUS_INVALID_VALUE;
-    if (d.epilogue == 4 && (!d.bias || !valid_range(d.bias, m * elem_bytes(d.bias_type < 0 ? dl.type : d.bias_type))))
+    if (with_bias && (!d.bias || !valid_range(d.bias, m * elem_bytes(d.bias_type < 0 ? dl.type : d.bias_type))))
         return CUBLAS_STATUS_INVALID_VALUE;
     float al = *(const float*)alpha, be = *(const float*)beta;
     bool round_tf32 = d.compute == 77;
@@ -713,7 +715,9 @@ cublasStatus_t cublasLtMatmul(void*, void* descp, const void* alpha, const void*
                 for (uint64_t l = 0; l < k; l++) acc += (double)x[l] * (double)y[l];
                 float v = al * (float)acc;
                 if (be != 0.f) v += be * load_elem(C, j * c.ld + i, c.type);
-                if (d.epilogue == 4) v += load_elem((const void*)(uintptr_t)d.bias, i, d.bias_type < 0 ? dl.type : d.bias_type);
+                if (with_bias) v += load_elem((const void*)(uintptr_t)d.bias, i, d.bias_type < 0 ? dl.type : d.bias_type);
+                // cuBLASLt's GELU is the tanh form.
+                if (with_gelu) v = 0.5f * v * (1.f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v)));
                 store_elem(D, j * dl.ld + i, dl.type, v);
             }
         }
