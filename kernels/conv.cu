@@ -36,8 +36,8 @@ template <int N> __device__ __forceinline__ void block_sums(float v[N], float* s
 // SW (bf16 weights only): each thread's 72 weights are not held in registers but parked, tap-major,
 // in its own column of the block's dynamic shared memory (9 × 16 bytes per thread; no other
 // thread reads them, so no barrier), and each tap's eight are read back as they are used. That
-// frees about 60 registers: for loads in flight (BATCH, below), or for three 256-thread blocks
-// per SM instead of two (the _serial kernels).
+// frees about 60 registers, which the parked-weight kernels spend on loads in flight (BATCH,
+// below).
 template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
     static_assert(!SW || sizeof(T) == 2, "weights parked in shared memory are bf16");
     const int w0 = blockIdx.x * CASCADE_DW_STRIP, h0 = blockIdx.y;
@@ -292,15 +292,15 @@ extern "C" __global__ void depthwise_f32(DepthwiseParams p) { depthwise_impl<flo
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16(DepthwiseParams p) { depthwise_impl<bf16>(p); }
 // An f32 residual stream (modulated in f32 when in_ab is set) convolved as its bf16 copy.
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16(DepthwiseParams p) { depthwise_impl<bf16, float>(p); }
-// The same two with the weights parked in shared memory (vec8 launches: 144 bytes of dynamic
-// shared memory per thread). The default ones (BATCH) spend the freed registers on loads in
-// flight: each row of taps' 6 pixels (and their input statistics) are loaded before any is used,
-// 126 registers (f32 input: 128, 24 bytes spilled), two blocks per SM. The _serial ones load tap
-// by tap under three blocks per SM (80 registers; CASCADE_DW_BATCH=0, for measuring).
+// The same two with the weights parked in shared memory (vec8 launches with bf16 weights: 144
+// bytes of dynamic shared memory per thread). They spend the freed registers on loads in flight
+// (BATCH): each row of taps' 6 pixels (and their input statistics) are loaded before any is
+// used, 126 registers (f32 input: 128, 24 bytes spilled), two blocks per SM. On an H200 this beat
+// loading tap by tap under three blocks per SM by 0.67 ms per Stage B step and 0.38 ms on Stage
+// A, and parking the weights beat holding them in registers by 0.37 and 0.57 ms
+// (docs/performance.md, sixth session).
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, bf16, true, true>(p); }
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, float, true, true>(p); }
-extern "C" __global__ void __launch_bounds__(256, 3) depthwise_bf16_sw_serial(DepthwiseParams p) { depthwise_impl<bf16, bf16, true, false>(p); }
-extern "C" __global__ void __launch_bounds__(256, 3) depthwise_f32_bf16_sw_serial(DepthwiseParams p) { depthwise_impl<bf16, float, true, false>(p); }
 
 // One thread per element of the used high-resolution region [B, H*r, W*r, C].
 // Index arithmetic in I: 32-bit when the tensor has fewer than 2^31 elements (a division by a

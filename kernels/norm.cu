@@ -207,9 +207,7 @@ __device__ __forceinline__ bool grn_arrived_last(unsigned int* count, unsigned i
 // them (loads in flight, not one at a time), and the serial reductions read GRN_BATCH values
 // ahead. Sums are still added in the same fixed order.
 #define GRN_BATCH 4
-// Channels per thread held in registers by the pipelined kernel's last pass (D up to 32 · 256).
-#define GRN_HOLD 32
-template <typename T, int K, bool PIPE> __device__ void grn_partial_k(const GrnPartialParams& p, const int off[K]) {
+template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParams& p, const int off[K]) {
     __shared__ float part[8][32 * GRN_MAX_PER_THREAD + 1];
     __shared__ float scratch[8];
     __shared__ bool last;
@@ -242,37 +240,7 @@ template <typename T, int K, bool PIPE> __device__ void grn_partial_k(const GrnP
     };
     const int n_end = min(p.N, (c + 1) * p.chunk_rows);
     int n = c * p.chunk_rows + ry;
-    if (PIPE && K == 8 && in[0]) {
-        // The thread's rows n, n + 8, ... in batches of GRN_BATCH, each batch's loads issued
-        // before the previous batch's arithmetic (two sets of raw registers, used in turn), so
-        // the round trip to memory overlaps the erf instead of following it. A row is read and
-        // written by this thread only, so loading later rows ahead of earlier rows' stores is
-        // safe when y is x.
-        const int cnt = n < n_end ? (n_end - n + 7) / 8 : 0;
-        auto row = [&](int i) { return ((int64_t)b * p.N + n + 8 * i) * p.D; };
-        Raw8<T> ra[GRN_BATCH], rb[GRN_BATCH];
-        auto load_batch = [&](Raw8<T>* r, int i0) {
-            #pragma unroll
-            for (int u = 0; u < GRN_BATCH; u++)
-                if (i0 + u < cnt) r[u].load(x + row(i0 + u) + g0 + off[0]);
-        };
-        auto use_batch = [&](const Raw8<T>* r, int i0) {
-            #pragma unroll
-            for (int u = 0; u < GRN_BATCH; u++)
-                if (i0 + u < cnt) {
-                    float v[K];
-                    r[u].unpack(v);
-                    add_row(row(i0 + u), v);
-                }
-        };
-        load_batch(ra, 0);
-        for (int i = 0; i < cnt; i += 2 * GRN_BATCH) {
-            load_batch(rb, i + GRN_BATCH);
-            use_batch(ra, i);
-            load_batch(ra, i + 2 * GRN_BATCH);
-            use_batch(rb, i + GRN_BATCH);
-        }
-    } else if (K != 8 || in[0]) {
+    if (K != 8 || in[0]) {
         for (; n + (GRN_BATCH - 1) * 8 < n_end; n += GRN_BATCH * 8) {
             float v[GRN_BATCH][K];
             #pragma unroll
@@ -325,25 +293,6 @@ template <typename T, int K, bool PIPE> __device__ void grn_partial_k(const GrnP
         for (int k = 0; k < 8; k++) sum += scratch[k];
         return sum / p.D + 1e-6f;
     };
-    if (PIPE && p.D <= GRN_HOLD * 256) {
-        // The sample's norms held in registers across both passes, each pass's loads all in
-        // flight at once: two round trips to memory in this block, which runs alone at the end
-        // of the launch, instead of eight (D = 8192). The same additions in the same order.
-        float u[GRN_HOLD];
-        #pragma unroll
-        for (int i = 0; i < GRN_HOLD; i++) u[i] = tid + 256 * i < p.D ? __ldcg(&g[tid + 256 * i]) : 0.f;
-        float t = 0.f;
-        #pragma unroll
-        for (int i = 0; i < GRN_HOLD; i++) t += u[i];
-        const float denom = denominator(t);
-        float gm[GRN_HOLD];
-        #pragma unroll
-        for (int i = 0; i < GRN_HOLD; i++) gm[i] = tid + 256 * i < p.D ? to_f32(__ldg(&gamma[tid + 256 * i])) : 0.f;
-        #pragma unroll
-        for (int i = 0; i < GRN_HOLD; i++)
-            if (tid + 256 * i < p.D) g[tid + 256 * i] = 1.f + gm[i] * (u[i] / denom);
-        return;
-    }
     float t = 0.f;
     int d = tid;
     for (; d + (2 * GRN_BATCH - 1) * 256 < p.D; d += 2 * GRN_BATCH * 256) {
@@ -368,30 +317,22 @@ template <typename T, int K, bool PIPE> __device__ void grn_partial_k(const GrnP
     }
     for (; d < p.D; d += 256) g[d] = 1.f + to_f32(gamma[d]) * (__ldcg(&g[d]) / denom);
 }
-template <typename T, bool PIPE> __device__ void grn_partial_impl(const GrnPartialParams& p) {
+template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p) {
     if (p.vec8) {
         int off[8];
         for (int k = 0; k < 8; k++) off[k] = threadIdx.x * 8 + k;
-        grn_partial_k<T, 8, PIPE>(p, off);
+        grn_partial_k<T, 8>(p, off);
     } else {
         const int off[2] = {(int)threadIdx.x, (int)threadIdx.x + 32};
-        grn_partial_k<T, 2, PIPE>(p, off);
+        grn_partial_k<T, 2>(p, off);
     }
 }
-extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { grn_partial_impl<float, true>(p); }
-// Three bf16 kernels, the launcher's choice (CASCADE_GRN_KERNEL, for measuring). The launch is
-// bound by each thread's chain of loads and erf; they attack it in two ways:
-// - grn_partial_bf16 (default): each batch of rows loaded while the previous one is worked, and
-//   the last block's pass over the sample's norms from registers (PIPE), under three blocks per
-//   SM (80 registers; the 60 bytes ptxas spills are in that last pass, not in the rows loop; at
-//   four blocks the rows loop spills the loaded values, making their stores wait for the loads);
-// - grn_partial_bf16_bound: four blocks per SM instead (64 registers; the 24 bytes ptxas spills
-//   are pointers stored at entry and read back after the sums loop), loads then work in turn;
-// - grn_partial_bf16_unbound: neither (79 registers, three blocks per SM), the kernel measured
-//   on the H200.
-extern "C" __global__ void __launch_bounds__(256, 3) grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16, true>(p); }
-extern "C" __global__ void __launch_bounds__(256, 4) grn_partial_bf16_bound(GrnPartialParams p) { grn_partial_impl<bf16, false>(p); }
-extern "C" __global__ void grn_partial_bf16_unbound(GrnPartialParams p) { grn_partial_impl<bf16, false>(p); }
+extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { grn_partial_impl<float>(p); }
+// No launch bounds: 79 registers, three blocks per SM. Measured on an H200 against two variants
+// that were removed (docs/performance.md, sixth session): one that loaded the next batch of rows
+// while working the current one and held the last pass's norms in registers (80 registers), 1.1
+// ms slower per Stage B step; one under four blocks per SM (64 registers), 0.5 ms slower.
+extern "C" __global__ void grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16>(p); }
 
 template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
     int64_t total = (int64_t)p.B * p.N * p.D;

@@ -15,7 +15,8 @@
 # cut to what is left and a step that would start too late is reported as skipped, so the
 # summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT cap one step (300 s);
 # CASCADE_BENCH_STAGES narrows the stage bench; SANITIZE_STAGES picks the stages run once under
-# the sanitizer; CASCADE_SHAPES=odd,clip narrows the kernel tests; PROFILE_STAGES picks the
+# the sanitizer; CASCADE_SHAPES=odd,clip narrows the kernel tests (and the stages bench too: leave
+# it unset when the stage timings matter); PROFILE_STAGES picks the
 # profiled stages. Logs go to $LOGS (default /tmp/cascade-gpu-logs) and, packed, to
 # $OUT/cascade-gpu-logs.tar.gz. Prints the GPU's name and a summary table last; exits non-zero
 # on any failure.

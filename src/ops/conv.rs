@@ -297,43 +297,22 @@ fn depthwise3x3_impl(
             p.vec8 = vec8 as i32;
             // vec8: a strip of CASCADE_DW_STRIP pixels per block (kernels/conv.cu); else one pixel.
             // bf16 weights on the vec8 path are parked in shared memory, 144 bytes per thread.
-            let parked = vec8 && weight.dtype() == DType::BF16 && depthwise_parked_weights();
+            let parked = vec8 && weight.dtype() == DType::BF16;
             let (columns, block, smem) = if vec8 {
                 let block = super::row_block(c / 8);
                 (w.div_ceil(crate::cuda::params::CASCADE_DW_STRIP as usize), block, if parked { 144 * block as usize } else { 0 })
             } else {
                 (w, super::row_block(c), if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 })
             };
-            let batched = depthwise_batched_loads();
-            let f = match (mixed, parked, batched) {
-                (true, true, true) => &k.depthwise_f32_bf16_sw,
-                (true, true, false) => &k.depthwise_f32_bf16_sw_serial,
-                (true, false, _) => &k.depthwise_f32_bf16,
-                (false, true, true) => &k.depthwise_bf16_sw,
-                (false, true, false) => &k.depthwise_bf16_sw_serial,
-                (false, false, _) => super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?,
+            let f = match (mixed, parked) {
+                (true, true) => &k.depthwise_f32_bf16_sw,
+                (true, false) => &k.depthwise_f32_bf16,
+                (false, true) => &k.depthwise_bf16_sw,
+                (false, false) => super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?,
             };
             dev.launch(f, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p)
         }
     }
-}
-
-/// Whether the bf16 depthwise kernels park their weights in shared memory (the `_sw` kernels:
-/// three blocks per SM instead of two): yes unless `CASCADE_DW_SMEM=0` (read once, for measuring).
-#[cfg(feature = "cuda")]
-fn depthwise_parked_weights() -> bool {
-    static PARKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PARKED.get_or_init(|| std::env::var("CASCADE_DW_SMEM").map_or(true, |v| v.trim() != "0"))
-}
-
-/// Whether the parked-weight depthwise kernels issue a whole row of taps' loads before using
-/// any (one round trip to memory per row of taps instead of one per tap, two blocks per SM):
-/// yes unless `CASCADE_DW_BATCH=0`, which takes the `_serial` kernels (three blocks per SM, loads
-/// one at a time; read once, for measuring).
-#[cfg(feature = "cuda")]
-fn depthwise_batched_loads() -> bool {
-    static BATCHED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *BATCHED.get_or_init(|| std::env::var("CASCADE_DW_BATCH").map_or(true, |v| v.trim() != "0"))
 }
 
 /// A TimestepBlock followed by a ResBlock's depthwise convolution and channel LayerNorm:

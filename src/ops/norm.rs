@@ -322,17 +322,12 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             }
             // The samples are independent: as many per launch as the completion counters cover.
             let per_launch = capacity / (groups + 1);
-            let choice = grn_kernel();
             let chunk_rows = match grn_chunk_rows() {
                 Some(rows) => rows,
                 None => {
-                    // Blocks per SM: the bf16 kernels' launch bounds (ptxas: 80, 64 and 79
-                    // registers); the f32 kernel is not tuned.
-                    let per_sm = match (dt, choice) {
-                        (DType::BF16, GrnKernel::Bound) => 4,
-                        (DType::BF16, _) => 3,
-                        _ => 2,
-                    };
+                    // Blocks per SM: the bf16 kernel's 79 registers (ptxas) give three; the f32
+                    // kernel is not tuned.
+                    let per_sm = if dt == DType::BF16 { 3 } else { 2 };
                     grn_wave_chunk_rows(n, groups * b.min(per_launch), dev.multiprocessors() * per_sm)
                 }
             };
@@ -363,13 +358,8 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                     gelu: gelu as i32,
                     vec8: vec8 as i32,
                 };
-                let bf16_kernel = match choice {
-                    GrnKernel::Pipelined => &k.grn_partial_bf16,
-                    GrnKernel::Bound => &k.grn_partial_bf16_bound,
-                    GrnKernel::Unbound => &k.grn_partial_bf16_unbound,
-                };
                 dev.launch(
-                    super::kernel("grn", dt, &k.grn_partial_f32, bf16_kernel)?,
+                    super::kernel("grn", dt, &k.grn_partial_f32, &k.grn_partial_bf16)?,
                     (groups as u32, chunks as u32, bs as u32),
                     (32, 8, 1),
                     0,
@@ -390,34 +380,6 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             dev.launch_vec8(super::kernel("grn", dt, &k.grn_apply_f32, &k.grn_apply_bf16)?, x.numel(), &ap)
         }
     }
-}
-
-/// Which bf16 grn_partial kernel runs (kernels/norm.cu): `Pipelined` unless `CASCADE_GRN_KERNEL`
-/// is `bound` or `unbound` (read once, for measuring).
-#[cfg(feature = "cuda")]
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum GrnKernel {
-    /// `grn_partial_bf16`: a batch's loads in flight while the previous batch is worked, three
-    /// blocks per SM.
-    Pipelined,
-    /// `grn_partial_bf16_bound`: four blocks per SM, loads and work in turn.
-    Bound,
-    /// `grn_partial_bf16_unbound`: three blocks per SM, loads and work in turn.
-    Unbound,
-}
-
-#[cfg(feature = "cuda")]
-fn grn_kernel() -> GrnKernel {
-    static KERNEL: std::sync::OnceLock<GrnKernel> = std::sync::OnceLock::new();
-    *KERNEL.get_or_init(|| match std::env::var("CASCADE_GRN_KERNEL").as_deref().map(str::trim) {
-        Err(_) | Ok("pipelined") => GrnKernel::Pipelined,
-        Ok("bound") => GrnKernel::Bound,
-        Ok("unbound") => GrnKernel::Unbound,
-        Ok(other) => {
-            eprintln!("warning: CASCADE_GRN_KERNEL must be pipelined, bound or unbound (not {other:?}); using pipelined");
-            GrnKernel::Pipelined
-        }
-    })
 }
 
 /// Positions per chunk of grn_partial when `CASCADE_GRN_CHUNK` in the environment fixes them (a
