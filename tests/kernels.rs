@@ -200,6 +200,23 @@ fn grn_kernels() {
             let gelu = round_to(&xv.iter().map(|&v| cpu::gelu(v)).collect::<Vec<_>>(), dtype);
             verify("gelu+grn", s.name, dtype, &u.to_vec_f32().unwrap(), Some(&whole), &cpu::grn(&gelu, s.b, s.n, s.d, &gv, &bev));
 
+            // GRN in place without GELU, and its factor alone with x left as it is (the ResBlock's
+            // paths when fc1's GEMM applied GELU).
+            let (mut u, whole) = poisoned(&[s.b, s.n, s.d], dtype, &dev).unwrap();
+            ops::cast_into(&x, &mut u).unwrap();
+            ops::grn_assign(&mut u, &g, &be).unwrap();
+            verify("grn in place", s.name, dtype, &u.to_vec_f32().unwrap(), Some(&whole), &cpu::grn(&xv, s.b, s.n, s.d, &gv, &bev));
+            let factor = ops::grn_factor(&x, &g).unwrap();
+            verify(
+                "grn factor (no gelu)",
+                s.name,
+                DType::F32,
+                &factor.to_vec_f32().unwrap(),
+                None,
+                &cpu::grn_scale(&xv, s.b, s.n, s.d, &gv),
+            );
+            assert_eq!(x.to_vec_f32().unwrap(), xv, "grn_factor must leave x as it is");
+
             // GELU in place and GRN's factor only (f32 [B, D]), then a weight scaled by one
             // sample's factor: the ResBlock's path when fc2's weight is smaller than u.
             let (mut u, whole) = poisoned(&[s.b, s.n, s.d], dtype, &dev).unwrap();

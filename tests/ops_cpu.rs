@@ -45,6 +45,17 @@ fn global_response_norm() {
     let x = t(&g::GRN_X, &[2, 3, 1, 4]);
     let y = ops::grn(&x, &t(&g::GRN_GAMMA, &[1, 1, 1, 4]), &t(&g::GRN_BETA, &[1, 1, 1, 4])).unwrap();
     close("grn", &y, &g::GRN, 1e-5);
+    // In place, and as a factor applied by hand (x·f + β): the same values (PyTorch's), x
+    // untouched by the factor.
+    let (gamma, beta) = (t(&g::GRN_GAMMA, &[1, 1, 1, 4]), t(&g::GRN_BETA, &[1, 1, 1, 4]));
+    let mut z = x.to_dtype(DType::F32).unwrap();
+    ops::grn_assign(&mut z, &gamma, &beta).unwrap();
+    close("grn in place", &z, &g::GRN, 1e-5);
+    let f = ops::grn_factor(&x, &gamma).unwrap().to_vec_f32().unwrap();
+    assert_eq!(x.to_vec_f32().unwrap(), g::GRN_X.to_vec());
+    let (xv, bv) = (x.to_vec_f32().unwrap(), beta.to_vec_f32().unwrap());
+    let by_hand: Vec<f32> = xv.iter().enumerate().map(|(i, &v)| v * f[(i / 12) * 4 + i % 4] + bv[i % 4]).collect();
+    close("grn factor", &Tensor::from_f32(&by_hand, &[2, 3, 1, 4], DType::F32, &Device::Cpu).unwrap(), &g::GRN, 1e-5);
 }
 
 #[test]

@@ -42,17 +42,28 @@ pub fn linear_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor
 }
 
 /// `y = gelu(x · wᵀ + bias)` into an existing `y` of shape `[..., N]`: an MLP's first layer and
-/// its GELU. The erf GELU, except for bf16 on a GPU, where cuBLASLt applies GELU in the GEMM's
+/// its GELU (Stage A's and CLIP's MLPs, the UNets' ResBlocks). The erf GELU, except for bf16 on a GPU, where cuBLASLt applies GELU in the GEMM's
 /// epilogue (the pre-activation never goes to memory) in its tanh form, within 4.8e-4 of the erf
 /// form (absolute; about bf16's rounding step at the outputs' scale). `CASCADE_GELU_EPILOGUE=0`
 /// takes the erf GELU as a separate pass instead.
 pub fn linear_gelu_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
-    #[cfg(feature = "cuda")]
-    if x.dtype() == DType::BF16 && y.dtype() == DType::BF16 && !x.device().is_cpu() && gelu_epilogue() {
+    if gelu_in_epilogue(x) && y.dtype() == DType::BF16 {
         return linear_impl(x, w, bias, y, false, true);
     }
     linear_impl(x, w, bias, y, false, false)?;
     super::gelu_assign(y)
+}
+
+/// Whether [`linear_gelu_into`] on input `x` takes the GELU in the GEMM's epilogue: bf16 on a GPU
+/// unless `CASCADE_GELU_EPILOGUE=0`. Callers that would otherwise fuse the GELU into their next
+/// pass (the ResBlock's GRN) ask first.
+pub fn gelu_in_epilogue(x: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    if x.dtype() == DType::BF16 && !x.device().is_cpu() {
+        return gelu_epilogue();
+    }
+    let _ = x;
+    false
 }
 
 /// `gelu(x · wᵀ + bias)` as a new tensor of shape `[..., N]` (see [`linear_gelu_into`]).

@@ -206,7 +206,22 @@ pub fn grn_into(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, y
 /// x's type) and sums its squares, then one pass applies the factor and β.
 pub fn gelu_grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
-    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::GeluInPlace(x))
+    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, true))
+}
+
+/// `x ← GRN(x)` in place: one pass sums the squares, one applies the factor and β (the ResBlock's
+/// middle when GELU was applied by fc1's GEMM, [`super::linear_gelu_into`]).
+pub fn grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
+    let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
+    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, false))
+}
+
+/// GRN's factor `1 + γ·N(x)` (f32 `[B, D]`) without applying it, x unchanged: one pass that only
+/// reads x. See [`gelu_grn_factor`].
+pub fn grn_factor(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+    let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
+    grn_impl(x, gamma, None, &mut stats, GrnOutput::FactorOnly(&mut x.view(x.shape())?, false))?;
+    Ok(stats)
 }
 
 /// `x ← GELU(x)` in place, returning GRN's factor `1 + γ·N` of the result (f32 `[B, D]`) without
@@ -215,7 +230,7 @@ pub fn gelu_grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<
 /// (see [`scale_columns`]), when the weight is the smaller of the two.
 pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
-    grn_impl(&x.view(x.shape())?, gamma, None, &mut stats, GrnOutput::GeluFactorOnly(x))?;
+    grn_impl(&x.view(x.shape())?, gamma, None, &mut stats, GrnOutput::FactorOnly(x, true))?;
     Ok(stats)
 }
 
@@ -255,10 +270,11 @@ pub fn scale_columns(w: &Tensor, factor: &Tensor) -> Result<Tensor> {
 enum GrnOutput<'a> {
     /// y = GRN(x).
     Separate(&'a mut Tensor),
-    /// x = GRN(GELU(x)); the input argument is a view of the same tensor.
-    GeluInPlace(&'a mut Tensor),
-    /// x = GELU(x), stats = the factor, nothing applied; the input is a view of the same tensor.
-    GeluFactorOnly(&'a mut Tensor),
+    /// x = GRN(GELU(x)) (`true`) or GRN(x); the input argument is a view of the same tensor.
+    InPlace(&'a mut Tensor, bool),
+    /// stats = the factor of GELU(x) (`true`: x = GELU(x) too) or of x, nothing applied; the input
+    /// is a view of the same tensor.
+    FactorOnly(&'a mut Tensor, bool),
 }
 
 fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tensor, out: GrnOutput) -> Result<()> {
@@ -279,8 +295,8 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
     }
     let (y, gelu, apply) = match out {
         GrnOutput::Separate(y) => (y, false, true),
-        GrnOutput::GeluInPlace(y) => (y, true, true),
-        GrnOutput::GeluFactorOnly(y) => (y, true, false),
+        GrnOutput::InPlace(y, gelu) => (y, gelu, true),
+        GrnOutput::FactorOnly(y, gelu) => (y, gelu, false),
     };
     let beta = match (apply, beta) {
         (true, Some(b)) => Some(b),
@@ -299,7 +315,10 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                 Some(beta) => y.set_cpu_f32(&cpu::grn(&v, b, n, d, &gamma.cpu_f32()?, &beta.cpu_f32()?)),
                 None => {
                     stats.set_cpu_f32(&cpu::grn_scale(&v, b, n, d, &gamma.cpu_f32()?))?;
-                    y.set_cpu_f32(&v)
+                    if gelu {
+                        y.set_cpu_f32(&v)?;
+                    }
+                    Ok(())
                 }
             }
         }
