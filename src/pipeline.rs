@@ -232,8 +232,14 @@ pub struct Timings {
     pub text_encode: Duration,
     /// Each Stage C step (model call with guidance, and the sampler update).
     pub prior_steps: Vec<Duration>,
+    /// Stage C's work before its first step: the initial noise, the run's constants (condition
+    /// K/V rows), the step buffers, and on a first call the step graph's capture.
+    pub prior_setup: Duration,
     /// Each Stage B step.
     pub decoder_steps: Vec<Duration>,
+    /// Stage B's work before its first step (as `prior_setup`; its constants include the effnet
+    /// and pixel terms at the latent's size).
+    pub decoder_setup: Duration,
     /// Stage A's decode and the conversion to 8-bit images.
     pub stage_a: Duration,
     /// The part of `stage_a` after the decode's kernels: the copy to the host (which waits for
@@ -260,14 +266,24 @@ impl Timings {
     pub fn summary(&self) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let mut out = format!("text encode   {:9.1} ms\n", ms(self.text_encode));
-        for (name, steps) in [("stage C", &self.prior_steps), ("stage B", &self.decoder_steps)] {
+        let mut accounted = self.text_encode + self.stage_a;
+        for (name, steps, setup) in [("stage C", &self.prior_steps, self.prior_setup), ("stage B", &self.decoder_steps, self.decoder_setup)]
+        {
             let total: Duration = steps.iter().sum();
-            out += &format!("{name}       {:9.1} ms  ({} steps, median {:.1} ms/step)\n", ms(total), steps.len(), ms(median(steps)));
+            accounted += total + setup;
+            out += &format!(
+                "{name}       {:9.1} ms  ({} steps, median {:.1} ms/step; before the first step {:.1} ms)\n",
+                ms(total),
+                steps.len(),
+                ms(median(steps)),
+                ms(setup)
+            );
         }
         out += &format!(
-            "stage A       {:9.1} ms  (of which {:.1} ms to the host and to 8-bit images)\nend to end    {:9.1} ms\n",
+            "stage A       {:9.1} ms  (of which {:.1} ms to the host and to 8-bit images)\nbetween stages{:9.1} ms  (copies and checks of the latents, conditioning)\nend to end    {:9.1} ms\n",
             ms(self.stage_a),
             ms(self.images),
+            ms(self.total.saturating_sub(accounted)),
             ms(self.total)
         );
         let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
@@ -877,7 +893,7 @@ impl Pipeline {
         };
         let cond = prior.condition(&clip_pooled, Some(&clip_text), Some(&clip_img))?;
         let prior_latent = [n, pc.in_channels, hc, wc];
-        let (x, prior_steps) = self.denoise(
+        let (x, prior_steps, prior_setup) = self.denoise(
             &prior,
             &self.prior_scheduler,
             "prior",
@@ -890,7 +906,7 @@ impl Pipeline {
             noise,
             hooks,
         )?;
-        timings.prior_steps = prior_steps;
+        (timings.prior_steps, timings.prior_setup) = (prior_steps, prior_setup);
         let image_embeddings = cpu_copy(&nhwc_to_nchw(&x)?)?;
         check_finite("image_embeddings", &image_embeddings, "Stage C (the prior)", req.prior_steps)?;
         if self.keep_tensors {
@@ -908,7 +924,7 @@ impl Pipeline {
         };
         let cond = decoder.condition(&dec_pooled, None, None)?;
         let dec_latent = [n, dc.in_channels, hb, wb];
-        let (mut latents, decoder_steps) = self.denoise(
+        let (mut latents, decoder_steps, decoder_setup) = self.denoise(
             &decoder,
             &self.decoder_scheduler,
             "decoder",
@@ -921,7 +937,7 @@ impl Pipeline {
             noise,
             hooks,
         )?;
-        timings.decoder_steps = decoder_steps;
+        (timings.decoder_steps, timings.decoder_setup) = (decoder_steps, decoder_setup);
         let decoder_latents = cpu_copy(&nhwc_to_nchw(&latents)?)?;
         check_finite("decoder_latents", &decoder_latents, "Stage B (the decoder)", req.decoder_steps)?;
         if self.keep_tensors {
@@ -991,7 +1007,8 @@ impl Pipeline {
         (g.key == *key).then_some(g)
     }
 
-    /// One stage's denoising loop; returns the final latent `[n, h, w, c]` and each step's time.
+    /// One stage's denoising loop; returns the final latent `[n, h, w, c]`, each step's time, and
+    /// the time before the first step (its device work included).
     ///
     /// Every per-step value (the latent, the timestep, the sampler coefficients, the noise) lives
     /// in a device buffer that is rewritten in place before the step, so on a GPU the step is
@@ -1013,7 +1030,8 @@ impl Pipeline {
         resident: bool,
         noise: &mut dyn NoiseSource,
         hooks: &mut Hooks<'_, '_>,
-    ) -> Result<(Tensor, Vec<Duration>)> {
+    ) -> Result<(Tensor, Vec<Duration>, Duration)> {
+        let setup_start = Instant::now();
         let phase = if stage == "prior" { Phase::Prior } else { Phase::Decoder };
         let cfg = guidance > 1.0;
         let [n, c, h, w] = shape;
@@ -1077,6 +1095,10 @@ impl Pipeline {
         // The writes queue behind that step on the one stream, so they cannot overtake it, and
         // the copy from host memory has read its source when the call returns. Step i − 1 is
         // reported done (its time, progress, cancellation) once its marker has passed.
+        // The setup's device work (the run's constants, the buffers' writes) done: the steps' times
+        // start here.
+        self.device.marker()?.wait()?;
+        let setup = setup_start.elapsed();
         let mut last_done = Instant::now();
         let mut pending: Option<crate::runtime::device::Marker> = None;
         let mut finish = |marker: crate::runtime::device::Marker, done: usize, hooks: &mut Hooks<'_, '_>| -> Result<()> {
@@ -1128,9 +1150,9 @@ impl Pipeline {
                 // One per stage, even if calls on this pipeline ran side by side.
                 kept.retain(|g| g.key.stage != key.stage);
                 kept.push(StepGraph { key, bufs, graph });
-                Ok((x, times))
+                Ok((x, times, setup))
             }
-            _ => Ok((bufs.x, times)),
+            _ => Ok((bufs.x, times, setup)),
         }
     }
 }
