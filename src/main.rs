@@ -34,7 +34,7 @@ usage:
       noise_decoder_init, noise_decoder_step{i}); --dump-tensors writes the intermediate tensors.
       --one-stage-resident keeps one network in GPU memory at a time (smaller cards).
       --bf16-residual keeps the UNets' residual stream in bf16 with bf16 weights, as diffusers
-      does (by default it is f32: about three times less error, about 3 % slower per step).
+      does (by default it is f32: about three times less error, 2–5 % slower per step).
   cascade forward [--model-dir DIR]... --component {text_encoder,prior,prior_lite,decoder,decoder_lite,vqgan}
                   --inputs IN.safetensors --output OUT.safetensors [--device ..] [--dtype ..]
                   [--trace-blocks BLOCKS.safetensors] [--bf16-residual]
