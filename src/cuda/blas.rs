@@ -33,8 +33,22 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use crate::{DType, Error, Result};
 
 const WORKSPACE_BYTES: usize = 32 << 20;
-/// Candidates asked of the heuristic per shape.
+/// Candidates asked of the heuristic per shape, unless `CASCADE_GEMM_CANDIDATES` (1 to 64, read
+/// once) says otherwise: more candidates cost more tuning time at the first call of each shape,
+/// and may find a faster algorithm for the shapes that fill the card badly (CLIP's 154 rows).
 const CANDIDATES: usize = 8;
+
+fn candidates() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| match std::env::var("CASCADE_GEMM_CANDIDATES").ok().map(|v| v.trim().parse::<usize>()) {
+        Some(Ok(n)) if (1..=64).contains(&n) => n,
+        Some(_) => {
+            eprintln!("warning: CASCADE_GEMM_CANDIDATES must be from 1 to 64; using {CANDIDATES}");
+            CANDIDATES
+        }
+        None => CANDIDATES,
+    })
+}
 /// Timed launches per candidate (after one untimed launch).
 const TIMED_LAUNCHES: usize = 5;
 /// Another candidate replaces the heuristic's first choice only when at least this much faster.
@@ -257,9 +271,10 @@ impl Blas {
         }
         let pref = lt::create_matmul_pref().map_err(|e| blas_err("preference", e))?;
         let ws = WORKSPACE_BYTES;
-        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(CANDIDATES);
+        let wanted = candidates();
+        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(wanted);
         let mut count = 0i32;
-        // SAFETY: all descriptors are live; `results` has room for CANDIDATES entries, of which
+        // SAFETY: all descriptors are live; `results` has room for `wanted` entries, of which
         // the call initialises `count`; the preference is destroyed right after.
         let status = unsafe {
             use sys::cublasLtMatmulPreferenceAttributes_t as P;
@@ -280,11 +295,11 @@ impl Blas {
                     set(P::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &mask as *const u32 as _, 4)
                 })
                 .and_then(|_| {
-                    sys::cublasLtMatmulAlgoGetHeuristic(handle, desc, a, b, d, d, pref, CANDIDATES as i32, results.as_mut_ptr(), &mut count)
+                    sys::cublasLtMatmulAlgoGetHeuristic(handle, desc, a, b, d, d, pref, wanted as i32, results.as_mut_ptr(), &mut count)
                         .result()
                 });
             if r.is_ok() {
-                results.set_len((count.max(0) as usize).min(CANDIDATES));
+                results.set_len((count.max(0) as usize).min(wanted));
             }
             let _ = lt::destroy_matmul_pref(pref);
             r
