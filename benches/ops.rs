@@ -38,6 +38,13 @@ fn main() {
                 ops::linear_into(&x, &w, Some(&b), &mut y).unwrap()
             });
         }
+        // An MLP's first layer and its GELU: in bf16 cuBLASLt's GELU epilogue
+        // (CASCADE_GELU_EPILOGUE=0: the product, then the erf GELU pass).
+        let (x, w, b) = (rnd(&[s.m, s.k], bf), rnd(&[s.n, s.k], bf), rnd(&[s.n], bf));
+        let mut y = empty(&[s.m, s.n], bf);
+        r.run(&format!("linear_gelu/{}/{}x{}x{}/bf16", s.name, s.m, s.k, s.n), Some(s.flops()), None, || {
+            ops::linear_gelu_into(&x, &w, Some(&b), &mut y).unwrap()
+        });
     }
     for s in shapes::ROWS {
         let x = rnd(&[s.rows, s.c], bf);
@@ -75,6 +82,20 @@ fn main() {
                 ops::scale_columns(&w, &f.alias(0, &[1, s.d]).unwrap()).map(drop).unwrap()
             },
         );
+    }
+    for s in shapes::GRN {
+        // GRN of a u whose GELU the GEMM applied: the sums pass only reads (2 bytes), the apply
+        // pass reads and writes (4); the factor alone is the read.
+        let x = rnd(&[s.b, s.n, s.d], bf);
+        let (g, be) = (rnd(&[s.d], bf), rnd(&[s.d], bf));
+        let mut y = empty(&[s.b, s.n, s.d], bf);
+        r.run(&format!("copy+grn_in_place/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.d), None, Some((10 * s.b * s.n * s.d) as f64), || {
+            ops::cast_into(&x, &mut y).unwrap();
+            ops::grn_assign(&mut y, &g, &be).unwrap()
+        });
+        r.run(&format!("grn_factor/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.d), None, Some((2 * s.b * s.n * s.d) as f64), || {
+            ops::grn_factor(&x, &g).map(drop).unwrap()
+        });
     }
     for (s, replicate, ln) in shapes::DEPTHWISE {
         let shape = [s.b, s.h, s.w, s.c];

@@ -152,8 +152,8 @@ __device__ __forceinline__ float rcp_approx(float x) {
 // x = −4, where GELU is −1.3e-4; the product form keeps the negative tail relative, not a
 // difference from 1). bf16 keeps 8 bits, so the stored value is gelu_erf's but for rare rounding
 // ties. About 17 instructions with two special-function ones, against about 28 for gelu_erf
-// (erff's two polynomial branches are both evaluated): in a GEMM epilogue that writes a
-// 4×-wide hidden tensor, the erf is a large share of the instructions issued.
+// (erff's two polynomial branches are both evaluated): in GRN's sums pass over a 4×-wide hidden
+// tensor, the erf is a large share of the instructions issued.
 __device__ __forceinline__ float gelu_bf16_out(float x) {
     const float z = fabsf(x) * 0.70710678118654752f;
     const float t = rcp_approx(fmaf(0.3275911f, z, 1.f));

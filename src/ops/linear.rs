@@ -3,7 +3,7 @@
 
 use crate::{DType, Device, Error, Result, Tensor};
 
-pub(crate) fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<(usize, usize, usize)> {
+fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<(usize, usize, usize)> {
     let k = x.dim(-1);
     let m = x.numel() / k.max(1);
     if w.rank() != 2 || w.dim(1) != k {
@@ -42,10 +42,11 @@ pub fn linear_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor
 }
 
 /// `y = gelu(x · wᵀ + bias)` into an existing `y` of shape `[..., N]`: an MLP's first layer and
-/// its GELU (Stage A's and CLIP's MLPs, the UNets' ResBlocks). The erf GELU, except for bf16 on a GPU, where cuBLASLt applies GELU in the GEMM's
-/// epilogue (the pre-activation never goes to memory) in its tanh form, within 4.8e-4 of the erf
-/// form (absolute; about bf16's rounding step at the outputs' scale). `CASCADE_GELU_EPILOGUE=0`
-/// takes the erf GELU as a separate pass instead.
+/// its GELU (Stage A's and CLIP's MLPs, the UNets' ResBlocks). The erf GELU, except for bf16 on
+/// a GPU, where cuBLASLt applies GELU in the GEMM's epilogue (the pre-activation never goes to
+/// memory) in its tanh form, within 4.8e-4 of the erf form (absolute; about bf16's rounding step
+/// at the outputs' scale). `CASCADE_GELU_EPILOGUE=0` takes the erf GELU as a separate pass
+/// instead.
 pub fn linear_gelu_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
     if gelu_in_epilogue(x) && y.dtype() == DType::BF16 {
         return linear_impl(x, w, bias, y, false, true);
