@@ -302,6 +302,243 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16(Depthwis
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, bf16, true, true>(p); }
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, float, true, true>(p); }
 
+// ---- The tiled path: large images (Stage A) -------------------------------------------------
+// The strip kernel above reads each input pixel 4.5 times (three rows of taps for each of its
+// one-row strips, 6 columns for 4 outputs) and waits on a round trip to memory for each row of
+// taps, so on Stage A's 256² and 512² images it ran at about a fifth of memory speed. Here a
+// block takes a tile of CASCADE_DW_TILE_W × tile_h output pixels with all C channels: the
+// (tile_h + 2) × (CASCADE_DW_TILE_W + 2) input pixels it needs are copied into shared memory once
+// (cp.async: the whole halo in flight at once, no registers held while it lands), transformed there
+// once (the input LayerNorm or the modulation, rounded to bf16 as stored; zero padding stays
+// zero), and every tap is then read from shared memory. A thread takes a run of 4 pixels of one
+// row and 8 channels (2 · tile_h · C / 8 threads); the output LayerNorms' sums over channels go
+// through shared memory in a fixed order. bf16 only (the launcher's choice: bf16 input and
+// weights, C % 8 == 0, every operand 16-byte aligned, the tile within 48 KiB).
+//
+// Shared memory (dynamic): the halo [NP][G] (16-byte chunks of 8 channels, reused for the sums
+// once the taps are read), the weights parked tap-major [9][G] (as the SW path), the input
+// transform's two terms [2][G], and the halo's input statistics [NP] (float2).
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(DepthwiseParams p) {
+    constexpr int TW = CASCADE_DW_TILE_W, HW = TW + 2;
+    const int G = p.C >> 3, TH = p.tile_h, NP = HW * (TH + 2);
+    extern __shared__ uint4 dw_smem[];
+    uint4* tile = dw_smem;
+    uint4* park = tile + NP * G;
+    uint4* aff = park + 9 * G;
+    float2* stats = (float2*)(aff + 2 * G);
+    __shared__ float mean_s[TW * CASCADE_DW_TILE_MAX_H], rstd_s[TW * CASCADE_DW_TILE_MAX_H];
+    const int w0 = blockIdx.x * TW, h0 = blockIdx.y * TH, t = threadIdx.x, nt = blockDim.x;
+    const int64_t b = blockIdx.z, plane = (int64_t)p.H * p.W;
+    const bf16* x = (const bf16*)p.x + b * plane * p.C;
+    const float* st = p.in_stats ? p.in_stats + 2 * b * plane : nullptr;
+    const bool norm_in = st || p.in_norm_here;  // an input LayerNorm, its statistics read or computed
+    const bf16* ab = p.in_ab ? (const bf16*)p.in_ab + b * p.in_ab_stride : nullptr;
+    // Halo pixel q's image coordinates, clamped into the image (replicate padding reads the
+    // nearest pixel), and whether it lies inside.
+    auto halo = [&](int q, int& h, int& w) {
+        h = h0 + q / HW - 1, w = w0 + q % HW - 1;
+        const bool inside = h >= 0 && h < p.H && w >= 0 && w < p.W;
+        h = min(max(h, 0), p.H - 1), w = min(max(w, 0), p.W - 1);
+        return inside;
+    };
+
+    // 1. Everything the tile reads, in one group of copies.
+    for (int i = t; i < NP * G; i += nt) {
+        const int q = i / G, g = i - q * G;
+        int h, w;
+        const bool inside = halo(q, h, w);
+        cp_async16(&tile[i], x + ((int64_t)h * p.W + w) * p.C + 8 * g, inside || p.replicate);
+    }
+    if (st)
+        for (int q = t; q < NP; q += nt) {
+            int h, w;
+            halo(q, h, w);
+            cp_async8(&stats[q], st + 2 * ((int64_t)h * p.W + w));
+        }
+    if (norm_in || ab)
+        for (int g = t; g < G; g += nt) {
+            cp_async16(&aff[g], norm_in ? (const bf16*)p.in_weight + 8 * g : ab + 8 * g, true);
+            cp_async16(&aff[G + g], norm_in ? (const bf16*)p.in_bias + 8 * g : ab + p.C + 8 * g, true);
+        }
+    cp_async_commit();
+    // The weights of channels 8g .. 8g + 7 ([C, 9]: 72 consecutive), parked tap by tap.
+    for (int g = t; g < G; g += nt) {
+        uint32_t raw[36];
+        #pragma unroll
+        for (int i = 0; i < 9; i++) {
+            const uint4 a = __ldg((const uint4*)((const bf16*)p.weight + (int64_t)g * 72 + 8 * i));
+            raw[4 * i] = a.x, raw[4 * i + 1] = a.y, raw[4 * i + 2] = a.z, raw[4 * i + 3] = a.w;
+        }
+        auto half = [&](int e) { return (e & 1) ? raw[e >> 1] >> 16 : raw[e >> 1] & 0xffffu; };
+        #pragma unroll
+        for (int k = 0; k < 9; k++)
+            park[k * G + g] = make_uint4(half(k) | half(9 + k) << 16, half(18 + k) | half(27 + k) << 16,
+                                         half(36 + k) | half(45 + k) << 16, half(54 + k) | half(63 + k) << 16);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // 1b. in_norm_here: each halo pixel's mean and 1/sqrt(var + eps) over its channels (two-pass,
+    // as row_stats), one warp per pixel; the launcher gives at least one full warp.
+    if (p.in_norm_here) {
+        const int lane = t & 31, warps = nt >> 5;  // full warps only: a partial one sits out
+        for (int q = t >> 5; q < NP && t >> 5 < warps; q += warps) {
+            float m = 0.f, d = 0.f;
+            for (int k = lane; k < G; k += 32) {
+                float v[8];
+                unpack8(tile[q * G + k], v);
+                #pragma unroll
+                for (int j = 0; j < 8; j++) m += v[j];
+            }
+            for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(0xffffffff, m, o);
+            m /= p.C;
+            for (int k = lane; k < G; k += 32) {
+                float v[8];
+                unpack8(tile[q * G + k], v);
+                #pragma unroll
+                for (int j = 0; j < 8; j++) d += (v[j] - m) * (v[j] - m);
+            }
+            for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffff, d, o);
+            if (lane == 0) stats[q] = make_float2(m, rsqrtf(d / p.C + p.in_eps));
+        }
+        __syncthreads();
+    }
+
+    // 2. The input transform, in place: tap = (x − mean) · rstd · weight + bias, or
+    // x · (1 + a) + s (whose centre pixels are also the modulated x_out); zero padding's pixels
+    // stay zero.
+    if (norm_in || ab) {
+        for (int i = t; i < NP * G; i += nt) {
+            const int q = i / G, g = i - q * G;
+            int h, w;
+            if (!halo(q, h, w) && !p.replicate) continue;
+            float v[8], fa[8], fb[8];
+            unpack8(tile[i], v);
+            unpack8(aff[g], fa);
+            unpack8(aff[G + g], fb);
+            if (norm_in) {
+                const float2 s = stats[q];
+                #pragma unroll
+                for (int j = 0; j < 8; j++) v[j] = (v[j] - s.x) * s.y * fa[j] + fb[j];
+            } else {
+                #pragma unroll
+                for (int j = 0; j < 8; j++) v[j] = v[j] * (1.f + fa[j]) + fb[j];
+            }
+            const uint4 packed = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+            tile[i] = packed;
+            const int hy = q / HW, hx = q % HW;  // the tile's own pixels: rows 1 .. TH, columns 1 .. TW
+            if (ab && hy >= 1 && hy <= TH && hx >= 1 && hx <= TW && h0 + hy - 1 < p.H && w0 + hx - 1 < p.W)
+                *(uint4*)((bf16*)p.x_out + (b * plane + (int64_t)h * p.W + w) * p.C + 8 * g) = packed;
+        }
+        __syncthreads();
+    }
+
+    // 3. The convolution: thread t takes channels 8g .. 8g + 7 of pixels c0 .. c0 + 3 of tile row r.
+    const int g = t % G, run = t / G, r = run >> 1, c0 = (run & 1) * 4;
+    const int h = h0 + r;
+    bool valid[4];
+    #pragma unroll
+    for (int s = 0; s < 4; s++) valid[s] = h < p.H && w0 + c0 + s < p.W;
+    const int64_t pix0 = b * plane + (int64_t)h * p.W + w0 + c0;  // pixel of output s: pix0 + s
+    Raw8<bf16> res[4];  // the residual, in flight while the taps are summed
+    if (p.residual)
+        #pragma unroll
+        for (int s = 0; s < 4; s++)
+            if (valid[s]) res[s].load((const bf16*)p.residual + (pix0 + s) * p.C + 8 * g);
+    float acc[4][8];
+    {
+        float bv[8];
+        ldg8((const bf16*)p.bias + 8 * g, bv);
+        #pragma unroll
+        for (int s = 0; s < 4; s++)
+            #pragma unroll
+            for (int j = 0; j < 8; j++) acc[s][j] = bv[j];
+    }
+    #pragma unroll
+    for (int ky = 0; ky < 3; ky++) {
+        float wt[3][8];
+        #pragma unroll
+        for (int kx = 0; kx < 3; kx++) unpack8(park[(ky * 3 + kx) * G + g], wt[kx]);
+        const uint4* row = tile + ((r + ky) * HW + c0) * G + g;
+        #pragma unroll
+        for (int i = 0; i < 6; i++) {  // input column c0 + i − 1 feeds outputs s = i − 2 .. i with tap i − s
+            float v[8];
+            unpack8(row[i * G], v);
+            #pragma unroll
+            for (int s = 0; s < 4; s++) {
+                const int kx = i - s;
+                if (kx < 0 || kx > 2) continue;
+                #pragma unroll
+                for (int j = 0; j < 8; j++) acc[s][j] += wt[kx][j] * v[j];
+            }
+        }
+    }
+    #pragma unroll
+    for (int s = 0; s < 4; s++) {
+        if (p.residual) {
+            float rv[8];
+            res[s].unpack(rv);
+            #pragma unroll
+            for (int j = 0; j < 8; j++) acc[s][j] += rv[j];
+        }
+        if (!p.layer_norm) {
+            #pragma unroll
+            for (int j = 0; j < 8; j++) acc[s][j] = rounded<bf16>(acc[s][j]);  // y as stored (y_norm reads it)
+            if (valid[s]) store8((bf16*)p.y + (pix0 + s) * p.C + 8 * g, acc[s]);
+        }
+    }
+    if (!p.layer_norm && !p.y_norm) return;  // the same for the whole block
+
+    // 4. Each pixel's mean and 1/sqrt(var + eps) over its channels, two-pass: every thread's sum
+    // of its 8 channels, then one thread per pixel adds the C / 8 of them in order.
+    __syncthreads();  // the halo is read: its space takes the sums
+    float* sums = (float*)dw_smem;  // [TW · TH][G]
+    const int npix = TW * TH, px = r * TW + c0;
+    #pragma unroll
+    for (int s = 0; s < 4; s++) {
+        float m = 0.f;
+        #pragma unroll
+        for (int j = 0; j < 8; j++) m += acc[s][j];
+        sums[(px + s) * G + g] = m;
+    }
+    __syncthreads();
+    for (int q = t; q < npix; q += nt) {
+        float m = 0.f;
+        for (int k = 0; k < G; k++) m += sums[q * G + k];
+        mean_s[q] = m / p.C;
+    }
+    __syncthreads();
+    #pragma unroll
+    for (int s = 0; s < 4; s++) {
+        const float m = mean_s[px + s];
+        float d = 0.f;
+        #pragma unroll
+        for (int j = 0; j < 8; j++) d += (acc[s][j] - m) * (acc[s][j] - m);
+        sums[(px + s) * G + g] = d;
+    }
+    __syncthreads();
+    for (int q = t; q < npix; q += nt) {
+        float d = 0.f;
+        for (int k = 0; k < G; k++) d += sums[q * G + k];
+        rstd_s[q] = rsqrtf(d / p.C + p.eps);
+    }
+    __syncthreads();
+    float ow[8], ob[8];
+    if (!p.layer_norm) {
+        ldg8((const bf16*)p.out_weight + 8 * g, ow);
+        ldg8((const bf16*)p.out_bias + 8 * g, ob);
+    }
+    #pragma unroll
+    for (int s = 0; s < 4; s++) {
+        if (!valid[s]) continue;
+        const float m = mean_s[px + s], rs = rstd_s[px + s];
+        float o[8];
+        #pragma unroll
+        for (int j = 0; j < 8; j++) o[j] = p.layer_norm ? (acc[s][j] - m) * rs : (acc[s][j] - m) * rs * ow[j] + ob[j];
+        store8((bf16*)(p.layer_norm ? p.y : p.y_norm) + (pix0 + s) * p.C + 8 * g, o);
+    }
+}
+
 // One thread per element of the used high-resolution region [B, H*r, W*r, C].
 // Index arithmetic in I: 32-bit when the tensor has fewer than 2^31 elements (a division by a
 // run-time value costs several times more in 64 bits).

@@ -153,6 +153,9 @@ typedef struct DdpmStepParams {
 // followed by LayerNorm over channels (no affine).
 // Pixels of one row per block on the depthwise kernel's eight-channel path.
 #define CASCADE_DW_STRIP 4
+// The tiled kernel (large images): tiles of CASCADE_DW_TILE_W columns, runs of 4 pixels per thread.
+#define CASCADE_DW_TILE_W 8
+#define CASCADE_DW_TILE_MAX_H 8
 
 typedef struct DepthwiseParams {
     const void* x;       // [B, H, W, C]; f32 with everything else bf16 in depthwise_f32_bf16(_sw) (an
@@ -189,6 +192,12 @@ typedef struct DepthwiseParams {
     int32_t vec8;            // 1: eight channels per thread, CASCADE_DW_STRIP pixels per block (C % 8 == 0,
                              // C / 8 <= blockDim.x, every operand 16-byte aligned; grid
                              // (ceil(W / CASCADE_DW_STRIP), H, B)); 0: one channel, one pixel (grid (W, H, B))
+    int32_t tile_h;          // depthwise_tile_bf16 only: output rows per tile, 2 .. CASCADE_DW_TILE_MAX_H
+                             // (grid (ceil(W / CASCADE_DW_TILE_W), ceil(H / tile_h), B), 2 · tile_h · C / 8
+                             // threads); 0 for the other kernels
+    int32_t in_norm_here;    // depthwise_tile_bf16 only, at least 32 threads: 1 with in_stats NULL, the
+                             // input LayerNorm's (mean, rstd) are computed from the halo (eps: in_eps)
+    float in_eps;
 } DepthwiseParams;
 
 // Pixel shuffle (PyTorch order, channel c*r*r + i*r + j):

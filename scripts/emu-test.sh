@@ -17,5 +17,9 @@ cargo test --release --features cuda -- --ignored "$@"
 # The opt-in ResBlock GELU in the GEMM's epilogue (GRN's passes then only read u), on the tiny
 # models.
 CASCADE_UNET_GELU_EPILOGUE=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The tiled depthwise kernel wherever it can run (by default only on large images): the kernel
+# test and the tiny models.
+CASCADE_DW_TILE=force cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
+CASCADE_DW_TILE=force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here).
 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops

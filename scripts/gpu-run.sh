@@ -106,6 +106,13 @@ for name in "${tests[@]}"; do
     step "test-$name" "${TEST_TIMEOUT:-300}" "$bundle/tests/$name" --include-ignored --nocapture &
     pids+=($!)
 done
+# The tiled depthwise kernel wherever it can run (CASCADE_DW_TILE=force), on every shape of the
+# depthwise test (the default takes it only for large images).
+if on TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
+    tests+=(kernels-dwtile)
+    CASCADE_DW_TILE=force step test-kernels-dwtile "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
+    pids+=($!)
+fi
 if on FIDELITY 0; then
     step fidelity "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     pids+=($!)
@@ -129,8 +136,15 @@ if on SANITIZE 0; then
             [ "$tool" = initcheck ] && skip=(--skip strided_and_transposed_convolutions)
             CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-kernels" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=4 "${skip[@]}"
+        done
+        # The tiled depthwise kernel (shared memory reused between its phases) under memcheck and
+        # racecheck, forced onto the small shapes.
+        for tool in memcheck racecheck; do
+            CASCADE_DW_TILE=force CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-dwtile" "${SANITIZE_TIMEOUT:-240}" \
+                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored depthwise
         done) &
         pids+=($!)
+        sanitize_runs+=(sanitize-memcheck-dwtile sanitize-racecheck-dwtile)
         # racecheck over the stage steps is not run by default: on an H200 it stops inside
         # cuBLASLt's GEMMs at these shapes ("Internal Sanitizer Error: The Sanitizer failed to
         # handle a hardware exception", then CUDA_ERROR_ILLEGAL_ADDRESS), also with the nvjet
@@ -189,6 +203,10 @@ if on SIDE_BY_SIDE 0; then
     step side_by_side "${BENCH_TIMEOUT:-300}" python3 tools/gpu/side_by_side.py "${src[@]}" ${SIDE_BY_SIDE_ARGS:-}
 fi
 profiled=()
+# PROFILE_ENV="CASCADE_DW_TILE=1,NAME=VALUE": the environment of the profiled runs (PROFILE and
+# PROFILE_DETAIL), for profiling a variant.
+profile_env=()
+IFS=, read -ra profile_env <<< "${PROFILE_ENV:-}"
 if on PROFILE 0; then
     ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2> /dev/null | tail -n 1)
     for stage in ${PROFILE_STAGES:-stage_c stage_b stage_a clip}; do
@@ -199,7 +217,7 @@ if on PROFILE 0; then
         fi
         # Only the profiled range (one replay) is measured; the clocks are left alone and L2
         # keeps its contents between kernels, as in a real replay.
-        CASCADE_BENCH_PROFILE=1 CASCADE_BENCH_STAGES=$stage step "profile-$stage" "${PROFILE_TIMEOUT:-180}" "$ncu_bin" --profile-from-start off \
+        CASCADE_BENCH_PROFILE=1 CASCADE_BENCH_STAGES=$stage step "profile-$stage" "${PROFILE_TIMEOUT:-180}" env "${profile_env[@]}" "$ncu_bin" --profile-from-start off \
             --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --log-file "$logs/ncu-$stage.csv" \
             "$bundle/benches/stages" --bench
         [ -s "$logs/ncu-$stage.csv" ] && python3 tools/gpu/ncu_summary.py "$logs/ncu-$stage.csv" --title "$stage" > "$logs/profile-$stage.txt" 2>&1
@@ -217,7 +235,7 @@ if [ -n "${PROFILE_DETAIL:-}" ]; then
             echo 1 > "$logs/detail-$k.rc"
             continue
         fi
-        CASCADE_BENCH_PROFILE=1 CASCADE_BENCH_STAGES=${PROFILE_DETAIL_STAGE:-stage_c} step "detail-$k" "${PROFILE_TIMEOUT:-180}" "$ncu_bin" \
+        CASCADE_BENCH_PROFILE=1 CASCADE_BENCH_STAGES=${PROFILE_DETAIL_STAGE:-stage_c} step "detail-$k" "${PROFILE_TIMEOUT:-180}" env "${profile_env[@]}" "$ncu_bin" \
             --profile-from-start off --kernel-name "regex:$k" --launch-count 3 --section SpeedOfLight --section Occupancy \
             --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
             "$bundle/benches/stages" --bench

@@ -114,11 +114,9 @@ fn prenorm_residual(
                 check_dtype("depthwise3x3_prenorm_residual", x.dtype(), &[t])?;
                 check_device("depthwise3x3_prenorm_residual", &x.device(), &[t])?;
             }
-            let stats = Tensor::empty(&[x.numel() / c.max(1), 2], crate::DType::F32, &x.device())?;
-            super::norm::row_stats_into(x, eps, &stats)?;
             let n = out_norm.map(|_| Tensor::empty(x.shape(), x.dtype(), &x.device())).transpose()?;
             let fused = Fused {
-                input_norm: Some((&stats, ln_weight, ln_bias)),
+                input_norm: Some((ln_weight, ln_bias, eps)),
                 output_norm: n.as_ref().zip(out_norm).map(|(n, (w, b))| (n, w, b, eps)),
                 ..Fused::default()
             };
@@ -140,9 +138,10 @@ enum Residual<'a> {
 /// What the GPU depthwise kernel can do besides the convolution, each optional.
 #[derive(Default)]
 struct Fused<'a> {
-    /// A LayerNorm of the input applied as taps are read: per-pixel (mean, rstd) f32 pairs,
-    /// weight, bias.
-    input_norm: Option<(&'a Tensor, &'a Tensor, &'a Tensor)>,
+    /// An affine LayerNorm of the input applied as taps are read: weight, bias, eps. Its
+    /// per-pixel statistics come from a row_stats pass, or on the tiled kernel from the tile
+    /// itself.
+    input_norm: Option<(&'a Tensor, &'a Tensor, f32)>,
     /// A TimestepBlock modulation of the input applied as taps are read: ab, its first column,
     /// and where the modulated input goes.
     input_modulation: Option<(&'a Tensor, usize, &'a Tensor)>,
@@ -221,9 +220,9 @@ fn depthwise3x3_impl(
             if (layer_norm.is_some() || output_norm.is_some()) && c * 4 > 48 * 1024 {
                 return Err(Error::Shape(format!("depthwise3x3: {c} channels exceed the fused LayerNorm's 12288-channel buffer")));
             }
-            let (in_stats, in_weight, in_bias) = match input_norm {
-                Some((s, w, b)) => (s.cuda_ptr()? as *const f32, w.cuda_ptr()? as *const _, b.cuda_ptr()? as *const _),
-                None => (std::ptr::null(), std::ptr::null(), std::ptr::null()),
+            let (in_weight, in_bias) = match input_norm {
+                Some((w, b, _)) => (w.cuda_ptr()? as *const _, b.cuda_ptr()? as *const _),
+                None => (std::ptr::null(), std::ptr::null()),
             };
             let (in_ab, x_out, in_ab_stride) = match input_modulation {
                 Some((ab, col, out)) => {
@@ -264,7 +263,7 @@ fn depthwise3x3_impl(
                 replicate: (padding == Padding::Replicate) as i32,
                 layer_norm: layer_norm.is_some() as i32,
                 eps: output_norm.map_or(layer_norm.unwrap_or(0.0), |o| o.3),
-                in_stats,
+                in_stats: std::ptr::null(),
                 in_weight,
                 in_bias,
                 residual,
@@ -275,6 +274,9 @@ fn depthwise3x3_impl(
                 out_weight,
                 out_bias,
                 vec8: 0,
+                tile_h: 0,
+                in_norm_here: 0,
+                in_eps: 0.0,
             };
             // Eight channels per thread when one block holds them all and every operand is
             // 16-byte aligned (then no shared-memory staging either).
@@ -285,7 +287,6 @@ fn depthwise3x3_impl(
                 p.bias as u64,
                 p.in_weight as u64,
                 p.in_bias as u64,
-                p.in_stats as u64,
                 p.residual as u64,
                 p.in_ab as u64,
                 p.x_out as u64,
@@ -304,6 +305,28 @@ fn depthwise3x3_impl(
             } else {
                 (w, super::row_block(c), if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 })
             };
+            let tile_h = depthwise_tile_rows(vec8 && parked && !mixed, b, h, w, c, dev.multiprocessors());
+            let threads = tile_h.map_or(0, |t| 2 * t * c / 8);
+            // The input LayerNorm's statistics: from the tile itself on the tiled kernel (with at
+            // least one full warp), else from a row_stats pass (kept alive past the launch).
+            let mut _stats = None;
+            if let Some((_, _, eps)) = input_norm {
+                if threads >= 32 {
+                    p.in_norm_here = 1;
+                    p.in_eps = eps;
+                } else {
+                    let stats = Tensor::empty(&[b * h * w, 2], DType::F32, &x.device())?;
+                    super::norm::row_stats_into(x, eps, &stats)?;
+                    p.in_stats = stats.cuda_ptr()? as *const f32;
+                    _stats = Some(stats);
+                }
+            }
+            if let Some(tile_h) = tile_h {
+                p.tile_h = tile_h as i32;
+                let tw = crate::cuda::params::CASCADE_DW_TILE_W as usize;
+                let grid = (w.div_ceil(tw) as u32, h.div_ceil(tile_h) as u32, b as u32);
+                return dev.launch(&k.depthwise_tile_bf16, grid, (threads as u32, 1, 1), depthwise_tile_smem(tile_h, c) as u32, &p);
+            }
             let f = match (mixed, parked) {
                 (true, true) => &k.depthwise_f32_bf16_sw,
                 (true, false) => &k.depthwise_f32_bf16,
@@ -313,6 +336,66 @@ fn depthwise3x3_impl(
             dev.launch(f, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p)
         }
     }
+}
+
+/// Shared memory of the tiled depthwise kernel (kernels/conv.cu `depthwise_tile_bf16`) for tiles
+/// of `tile_h` rows: the halo's 16-byte chunks, the parked weights and the input transform's
+/// terms (C / 8 chunks each: 9 and 2), and the halo's input statistics (8 bytes a pixel).
+#[cfg(feature = "cuda")]
+fn depthwise_tile_smem(tile_h: usize, c: usize) -> usize {
+    let halo = (crate::cuda::params::CASCADE_DW_TILE_W as usize + 2) * (tile_h + 2);
+    16 * (c / 8) * (halo + 11) + 8 * halo
+}
+
+/// Whether the tiled depthwise kernel takes a launch, and with how many rows per tile.
+///
+/// `CASCADE_DW_TILE`: unset or `0`, never (the strip kernel; the tiled one is opt-in until
+/// measured); `1`, for launches of at least four tiles per multiprocessor (Stage A's large
+/// images, where the strip kernel's reads of each pixel 4.5 times and its round trip to memory
+/// per row of taps leave it at about a fifth of memory speed); `force`, wherever it can (the
+/// tests). `eligible`: bf16 input and weights on the eight-channel path. Rows per tile: the most
+/// (2 to 8) that keep a block within 256 threads and 48 KiB (96 registers: two blocks per SM), or
+/// `CASCADE_DW_TILE_ROWS` where that fits.
+#[cfg(feature = "cuda")]
+fn depthwise_tile_rows(eligible: bool, b: usize, h: usize, w: usize, c: usize, multiprocessors: usize) -> Option<usize> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        Off,
+        Large,
+        Force,
+    }
+    static MODE: std::sync::OnceLock<(Mode, Option<usize>)> = std::sync::OnceLock::new();
+    let (mode, rows) = *MODE.get_or_init(|| {
+        let mode = match std::env::var("CASCADE_DW_TILE").ok().as_deref().map(str::trim) {
+            None | Some("0") => Mode::Off,
+            Some("1") => Mode::Large,
+            Some("force") => Mode::Force,
+            Some(v) => {
+                eprintln!("warning: CASCADE_DW_TILE must be 0, 1 or force, not {v:?}; using 0");
+                Mode::Off
+            }
+        };
+        let rows = match std::env::var("CASCADE_DW_TILE_ROWS").ok().map(|v| v.trim().parse::<usize>()) {
+            None => None,
+            Some(Ok(r)) if (2..=crate::cuda::params::CASCADE_DW_TILE_MAX_H as usize).contains(&r) => Some(r),
+            Some(_) => {
+                eprintln!("warning: CASCADE_DW_TILE_ROWS must be from 2 to {}; ignored", crate::cuda::params::CASCADE_DW_TILE_MAX_H);
+                None
+            }
+        };
+        (mode, rows)
+    });
+    if !eligible || mode == Mode::Off {
+        return None;
+    }
+    const SMEM: usize = 48 * 1024;
+    let fits = |r: usize| 2 * r * c / 8 <= 256 && depthwise_tile_smem(r, c) <= SMEM;
+    let tile_h = match rows {
+        Some(r) if fits(r) => r,
+        _ => (2..=crate::cuda::params::CASCADE_DW_TILE_MAX_H as usize).rev().find(|&r| fits(r))?,
+    };
+    let tiles = b * h.div_ceil(tile_h) * w.div_ceil(crate::cuda::params::CASCADE_DW_TILE_W as usize);
+    (mode == Mode::Force || tiles >= 4 * multiprocessors).then_some(tile_h)
 }
 
 /// A TimestepBlock followed by a ResBlock's depthwise convolution and channel LayerNorm:
