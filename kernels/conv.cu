@@ -310,17 +310,27 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw(Depth
 // (tile_h + 2) × (CASCADE_DW_TILE_W + 2) input pixels it needs are copied into shared memory once
 // (cp.async: the whole halo in flight at once, no registers held while it lands), transformed there
 // once (the input LayerNorm or the modulation, rounded to bf16 as stored; zero padding stays
-// zero), and every tap is then read from shared memory. A thread takes a run of 4 pixels of one
-// row and 8 channels (2 · tile_h · C / 8 threads); the output LayerNorms' sums over channels go
-// through shared memory in a fixed order. bf16 only (the launcher's choice: bf16 input and
-// weights, C % 8 == 0, every operand 16-byte aligned, the tile within 48 KiB).
+// zero), and every tap is then read from shared memory. Thread t takes channel group g = t % G
+// (8 channels; G = C / 8) throughout: in the copies and the transform, halo pixels t / G,
+// t / G + 2 · tile_h, …; in the convolution, a run of 4 pixels of one row (2 · tile_h · G
+// threads). Sums over a pixel's channels (the LayerNorms' statistics) are taken by K lanes per
+// pixel (K a power of two up to G / 4) and a butterfly over them. bf16 only (the launcher's
+// choice: bf16 input and weights, C % 8 == 0, every operand 16-byte aligned, within 48 KiB).
 //
 // Shared memory (dynamic): the halo [NP][G] (16-byte chunks of 8 channels, reused for the sums
 // once the taps are read), the weights parked tap-major [9][G] (as the SW path), the input
 // transform's two terms [2][G], and the halo's input statistics [NP] (float2).
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(DepthwiseParams p) {
+
+// v summed over each aligned group of K lanes (K a power of two up to 32); every lane of the
+// block calls it (mask: the warp's lanes that exist).
+__device__ __forceinline__ float lane_group_sum(float v, int K, unsigned mask) {
+    for (int o = K >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(mask, v, o);
+    return v;
+}
+
+extern "C" __global__ void __launch_bounds__(256, 3) depthwise_tile_bf16(DepthwiseParams p) {
     constexpr int TW = CASCADE_DW_TILE_W, HW = TW + 2;
-    const int G = p.C >> 3, TH = p.tile_h, NP = HW * (TH + 2);
+    const int G = p.C >> 3, TH = p.tile_h, NP = HW * (TH + 2), RUNS = 2 * TH;
     extern __shared__ uint4 dw_smem[];
     uint4* tile = dw_smem;
     uint4* park = tile + NP * G;
@@ -328,11 +338,17 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(Depthwi
     float2* stats = (float2*)(aff + 2 * G);
     __shared__ float mean_s[TW * CASCADE_DW_TILE_MAX_H], rstd_s[TW * CASCADE_DW_TILE_MAX_H];
     const int w0 = blockIdx.x * TW, h0 = blockIdx.y * TH, t = threadIdx.x, nt = blockDim.x;
+    const int g = t % G, run = t / G;
     const int64_t b = blockIdx.z, plane = (int64_t)p.H * p.W;
     const bf16* x = (const bf16*)p.x + b * plane * p.C;
     const float* st = p.in_stats ? p.in_stats + 2 * b * plane : nullptr;
     const bool norm_in = st || p.in_norm_here;  // an input LayerNorm, its statistics read or computed
     const bf16* ab = p.in_ab ? (const bf16*)p.in_ab + b * p.in_ab_stride : nullptr;
+    // The reductions over a pixel's channels: K lanes per pixel, nt / K pixels at a time.
+    int K = 1;
+    while (2 * K <= G / 4 && K < 32) K *= 2;
+    const int lane_k = t & (K - 1), per_round = nt / K;
+    const unsigned mask = (t | 31) < nt ? 0xffffffffu : (1u << (nt & 31)) - 1u;
     // Halo pixel q's image coordinates, clamped into the image (replicate padding reads the
     // nearest pixel), and whether it lies inside.
     auto halo = [&](int q, int& h, int& w) {
@@ -343,11 +359,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(Depthwi
     };
 
     // 1. Everything the tile reads, in one group of copies.
-    for (int i = t; i < NP * G; i += nt) {
-        const int q = i / G, g = i - q * G;
+    for (int q = run; q < NP; q += RUNS) {
         int h, w;
         const bool inside = halo(q, h, w);
-        cp_async16(&tile[i], x + ((int64_t)h * p.W + w) * p.C + 8 * g, inside || p.replicate);
+        cp_async16(&tile[q * G + g], x + ((int64_t)h * p.W + w) * p.C + 8 * g, inside || p.replicate);
     }
     if (st)
         for (int q = t; q < NP; q += nt) {
@@ -355,14 +370,13 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(Depthwi
             halo(q, h, w);
             cp_async8(&stats[q], st + 2 * ((int64_t)h * p.W + w));
         }
-    if (norm_in || ab)
-        for (int g = t; g < G; g += nt) {
-            cp_async16(&aff[g], norm_in ? (const bf16*)p.in_weight + 8 * g : ab + 8 * g, true);
-            cp_async16(&aff[G + g], norm_in ? (const bf16*)p.in_bias + 8 * g : ab + p.C + 8 * g, true);
-        }
+    if (run == 0 && (norm_in || ab)) {
+        cp_async16(&aff[g], norm_in ? (const bf16*)p.in_weight + 8 * g : ab + 8 * g, true);
+        cp_async16(&aff[G + g], norm_in ? (const bf16*)p.in_bias + 8 * g : ab + p.C + 8 * g, true);
+    }
     cp_async_commit();
     // The weights of channels 8g .. 8g + 7 ([C, 9]: 72 consecutive), parked tap by tap.
-    for (int g = t; g < G; g += nt) {
+    if (run == 0) {
         uint32_t raw[36];
         #pragma unroll
         for (int i = 0; i < 9; i++) {
@@ -378,28 +392,32 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(Depthwi
     cp_async_wait<0>();
     __syncthreads();
 
-    // 1b. in_norm_here: each halo pixel's mean and 1/sqrt(var + eps) over its channels (two-pass,
-    // as row_stats), one warp per pixel; the launcher gives at least one full warp.
+    // 1b. in_norm_here: each halo pixel's mean and 1/sqrt(var + eps) over its channels, two-pass
+    // as row_stats.
     if (p.in_norm_here) {
-        const int lane = t & 31, warps = nt >> 5;  // full warps only: a partial one sits out
-        for (int q = t >> 5; q < NP && t >> 5 < warps; q += warps) {
-            float m = 0.f, d = 0.f;
-            for (int k = lane; k < G; k += 32) {
-                float v[8];
-                unpack8(tile[q * G + k], v);
-                #pragma unroll
-                for (int j = 0; j < 8; j++) m += v[j];
-            }
-            for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(0xffffffff, m, o);
-            m /= p.C;
-            for (int k = lane; k < G; k += 32) {
-                float v[8];
-                unpack8(tile[q * G + k], v);
-                #pragma unroll
-                for (int j = 0; j < 8; j++) d += (v[j] - m) * (v[j] - m);
-            }
-            for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffff, d, o);
-            if (lane == 0) stats[q] = make_float2(m, rsqrtf(d / p.C + p.in_eps));
+        for (int base = 0; base < NP; base += per_round) {
+            const int q = base + t / K;
+            const bool on = t / K < per_round && q < NP;
+            float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+            if (on)
+                for (int k = lane_k; k < G; k += K) {
+                    float v[8];
+                    unpack8(tile[q * G + k], v);
+                    #pragma unroll
+                    for (int j = 0; j < 8; j++) s[j] += v[j];
+                }
+            const float m = lane_group_sum(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])), K, mask) / p.C;
+            #pragma unroll
+            for (int j = 0; j < 8; j++) s[j] = 0.f;
+            if (on)
+                for (int k = lane_k; k < G; k += K) {
+                    float v[8];
+                    unpack8(tile[q * G + k], v);
+                    #pragma unroll
+                    for (int j = 0; j < 8; j++) s[j] += (v[j] - m) * (v[j] - m);
+                }
+            const float d = lane_group_sum(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])), K, mask);
+            if (on && lane_k == 0) stats[q] = make_float2(m, rsqrtf(d / p.C + p.in_eps));
         }
         __syncthreads();
     }
@@ -408,24 +426,27 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(Depthwi
     // x · (1 + a) + s (whose centre pixels are also the modulated x_out); zero padding's pixels
     // stay zero.
     if (norm_in || ab) {
-        for (int i = t; i < NP * G; i += nt) {
-            const int q = i / G, g = i - q * G;
+        float fa[8], fb[8];
+        unpack8(aff[g], fa);
+        unpack8(aff[G + g], fb);
+        if (!norm_in)
+            #pragma unroll
+            for (int j = 0; j < 8; j++) fa[j] += 1.f;
+        for (int q = run; q < NP; q += RUNS) {
             int h, w;
             if (!halo(q, h, w) && !p.replicate) continue;
-            float v[8], fa[8], fb[8];
-            unpack8(tile[i], v);
-            unpack8(aff[g], fa);
-            unpack8(aff[G + g], fb);
+            float v[8];
+            unpack8(tile[q * G + g], v);
             if (norm_in) {
                 const float2 s = stats[q];
                 #pragma unroll
                 for (int j = 0; j < 8; j++) v[j] = (v[j] - s.x) * s.y * fa[j] + fb[j];
             } else {
                 #pragma unroll
-                for (int j = 0; j < 8; j++) v[j] = v[j] * (1.f + fa[j]) + fb[j];
+                for (int j = 0; j < 8; j++) v[j] = v[j] * fa[j] + fb[j];
             }
             const uint4 packed = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
-            tile[i] = packed;
+            tile[q * G + g] = packed;
             const int hy = q / HW, hx = q % HW;  // the tile's own pixels: rows 1 .. TH, columns 1 .. TW
             if (ab && hy >= 1 && hy <= TH && hx >= 1 && hx <= TW && h0 + hy - 1 < p.H && w0 + hx - 1 < p.W)
                 *(uint4*)((bf16*)p.x_out + (b * plane + (int64_t)h * p.W + w) * p.C + 8 * g) = packed;
@@ -433,18 +454,13 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(Depthwi
         __syncthreads();
     }
 
-    // 3. The convolution: thread t takes channels 8g .. 8g + 7 of pixels c0 .. c0 + 3 of tile row r.
-    const int g = t % G, run = t / G, r = run >> 1, c0 = (run & 1) * 4;
+    // 3. The convolution: channels 8g .. 8g + 7 of pixels c0 .. c0 + 3 of tile row r.
+    const int r = run >> 1, c0 = (run & 1) * 4;
     const int h = h0 + r;
     bool valid[4];
     #pragma unroll
     for (int s = 0; s < 4; s++) valid[s] = h < p.H && w0 + c0 + s < p.W;
     const int64_t pix0 = b * plane + (int64_t)h * p.W + w0 + c0;  // pixel of output s: pix0 + s
-    Raw8<bf16> res[4];  // the residual, in flight while the taps are summed
-    if (p.residual)
-        #pragma unroll
-        for (int s = 0; s < 4; s++)
-            if (valid[s]) res[s].load((const bf16*)p.residual + (pix0 + s) * p.C + 8 * g);
     float acc[4][8];
     {
         float bv[8];
@@ -473,6 +489,13 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(Depthwi
             }
         }
     }
+    // The residual is loaded only now (L2 has it: for Stage A it is x, just read): held over the
+    // taps, its 16 registers would spill under three blocks per SM.
+    Raw8<bf16> res[4];
+    if (p.residual)
+        #pragma unroll
+        for (int s = 0; s < 4; s++)
+            if (valid[s]) res[s].load((const bf16*)p.residual + (pix0 + s) * p.C + 8 * g);
     #pragma unroll
     for (int s = 0; s < 4; s++) {
         if (p.residual) {
@@ -489,11 +512,22 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(Depthwi
     }
     if (!p.layer_norm && !p.y_norm) return;  // the same for the whole block
 
-    // 4. Each pixel's mean and 1/sqrt(var + eps) over its channels, two-pass: every thread's sum
-    // of its 8 channels, then one thread per pixel adds the C / 8 of them in order.
+    // 4. Each output pixel's mean and 1/sqrt(var + eps) over its channels, two-pass: every
+    // thread's sums of its 8 channels go to shared memory, then K lanes per pixel add them.
     __syncthreads();  // the halo is read: its space takes the sums
     float* sums = (float*)dw_smem;  // [TW · TH][G]
     const int npix = TW * TH, px = r * TW + c0;
+    auto pixel_totals = [&](float* out, bool rstd) {
+        for (int base = 0; base < npix; base += per_round) {
+            const int q = base + t / K;
+            const bool on = t / K < per_round && q < npix;
+            float v = 0.f;
+            if (on)
+                for (int k = lane_k; k < G; k += K) v += sums[q * G + k];
+            v = lane_group_sum(v, K, mask);
+            if (on && lane_k == 0) out[q] = rstd ? rsqrtf(v / p.C + p.eps) : v / p.C;
+        }
+    };
     #pragma unroll
     for (int s = 0; s < 4; s++) {
         float m = 0.f;
@@ -502,11 +536,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(Depthwi
         sums[(px + s) * G + g] = m;
     }
     __syncthreads();
-    for (int q = t; q < npix; q += nt) {
-        float m = 0.f;
-        for (int k = 0; k < G; k++) m += sums[q * G + k];
-        mean_s[q] = m / p.C;
-    }
+    pixel_totals(mean_s, false);
     __syncthreads();
     #pragma unroll
     for (int s = 0; s < 4; s++) {
@@ -517,11 +547,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_tile_bf16(Depthwi
         sums[(px + s) * G + g] = d;
     }
     __syncthreads();
-    for (int q = t; q < npix; q += nt) {
-        float d = 0.f;
-        for (int k = 0; k < G; k++) d += sums[q * G + k];
-        rstd_s[q] = rsqrtf(d / p.C + p.eps);
-    }
+    pixel_totals(rstd_s, true);
     __syncthreads();
     float ow[8], ob[8];
     if (!p.layer_norm) {

@@ -139,6 +139,10 @@ pub const DEPTHWISE: &[(ImageShape, bool, bool)] = &[
     // Channels a multiple of 8 (eight per thread), odd sizes otherwise.
     (ImageShape { name: "odd_vec", b: 2, h: 7, w: 9, c: 40 }, false, true),
     (ImageShape { name: "odd_vec_replicate", b: 1, h: 5, w: 3, c: 24 }, true, false),
+    // Wider channels: the tiled kernel's sums over channels take K > 1 lanes per pixel (136: 4,
+    // 264: 8), and 264 gives it a block of 198 threads (a partial warp).
+    (ImageShape { name: "odd_vec_wide", b: 2, h: 9, w: 11, c: 136 }, false, true),
+    (ImageShape { name: "odd_vec_wide_replicate", b: 1, h: 6, w: 13, c: 264 }, true, false),
 ];
 
 /// Pixel-unshuffle inputs (factor 2): Stage B's stem, its down convolutions, odd sizes. The
