@@ -14,9 +14,6 @@ export CASCADE_EMU=1 CASCADE_SHAPES="${CASCADE_SHAPES:-odd}" CASCADE_EMU_MEMORY_
 # memory nodes): a captured step that reads memory it never wrote gives NaN.
 export CASCADE_POISON_GRAPH_MEMORY=1
 cargo test --release --features cuda -- --ignored "$@"
-# The opt-in ResBlock GELU in the GEMM's epilogue (GRN's passes then only read u), on the tiny
-# models.
-CASCADE_UNET_GELU_EPILOGUE=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The tiled depthwise kernel wherever it can run (by default only on large images): the kernel
 # test and the tiny models.
 CASCADE_DW_TILE=force cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"

@@ -68,25 +68,19 @@ impl ResBlock {
             (None, true) => return Err(Error::Msg("ResBlock: an f32 residual stream needs set_f32_residual first".into())),
             (_, false) => (self.fc2.bias.as_ref(), &self.fc2_bias_with_beta),
         };
-        // u = GELU(fc1(y)): with CASCADE_UNET_GELU_EPILOGUE=1 (bf16 on a GPU) the GEMM's
-        // epilogue applies GELU, and GRN's passes below only read u for its sums (no write-back,
-        // no erf); otherwise the sums pass applies GELU as it reads.
-        let gelu_done = unet_gelu_epilogue() && ops::gelu_in_epilogue(&y);
-        let mut u = if gelu_done { ops::linear_gelu(&y, &self.fc1.weight, self.fc1.bias.as_ref())? } else { self.fc1.forward(&y)? };
+        // u = fc1(y); GRN's sums pass applies the exact GELU as it reads u. (cuBLASLt's GELU
+        // epilogue here instead measured no gain on an H200: docs/performance.md, seventh session.)
+        let mut u = self.fc1.forward(&y)?;
         let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
         if b == 1 && h * w > c {
             // GRN(u) = u·f + β with a per-channel factor f. With one sample and more positions
             // than channels, fc2's weight [C, 4C] is smaller than u [HW, 4C]: scale its columns
             // by f (W₂·(u⊙f + β) = (W₂⊙f)·u + W₂·β) instead of making a pass over u.
-            let f = if gelu_done { ops::grn_factor(&u, &self.gamma)? } else { ops::gelu_grn_factor(&mut u, &self.gamma)? };
+            let f = ops::gelu_grn_factor(&mut u, &self.gamma)?;
             let w2 = ops::scale_columns(&self.fc2.weight, &f)?;
             ops::linear_accumulate_into(&u, &w2, Some(fc2_bias_with_beta), x)
         } else {
-            if gelu_done {
-                ops::grn_assign(&mut u, &self.gamma, &self.beta)?;
-            } else {
-                ops::gelu_grn_assign(&mut u, &self.gamma, &self.beta)?;
-            }
+            ops::gelu_grn_assign(&mut u, &self.gamma, &self.beta)?;
             ops::linear_accumulate_into(&u, &self.fc2.weight, fc2_bias, x)
         }
     }
@@ -959,12 +953,4 @@ impl UNetInputTensors {
 pub fn f32_residual_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("CASCADE_F32_RESIDUAL").map_or(true, |v| v.trim() != "0"))
-}
-
-/// Whether the ResBlocks take fc1's GELU in cuBLASLt's epilogue (the tanh form) where
-/// [`ops::gelu_in_epilogue`] allows: only with `CASCADE_UNET_GELU_EPILOGUE=1` (read once) until a
-/// GPU run has measured its speed and its effect on the UNets' fidelity (docs/performance.md).
-fn unet_gelu_epilogue() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CASCADE_UNET_GELU_EPILOGUE").is_ok_and(|v| v.trim() == "1"))
 }
