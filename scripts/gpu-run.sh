@@ -223,19 +223,22 @@ if on PROFILE 0; then
         [ -s "$logs/ncu-$stage.csv" ] && python3 tools/gpu/ncu_summary.py "$logs/ncu-$stage.csv" --title "$stage" > "$logs/profile-$stage.txt" 2>&1
     done
 fi
-# PROFILE_DETAIL="grn_partial depthwise" (kernel-name substrings): Nsight Compute's detailed
-# sections (throughput against the card's peaks, occupancy, warp stall reasons, memory and
-# compute workload) for the first 3 launches of each in one replayed step of PROFILE_DETAIL_STAGE
-# (default stage_c): what limits a kernel, not only how long it takes. In the logs (detail-*.log).
+# PROFILE_DETAIL="grn_partial depthwise_tile@stage_a" (kernel-name substrings, each optionally
+# @stage): Nsight Compute's detailed sections (throughput against the card's peaks, occupancy,
+# warp stall reasons, memory and compute workload) for the first 3 launches of each in one
+# replayed step of its stage (default PROFILE_DETAIL_STAGE, else stage_c): what limits a kernel,
+# not only how long it takes. In the logs (detail-*.log).
 if [ -n "${PROFILE_DETAIL:-}" ]; then
     ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2> /dev/null | tail -n 1)
-    for k in $PROFILE_DETAIL; do
+    for spec in $PROFILE_DETAIL; do
+        k=${spec%@*} dstage=${PROFILE_DETAIL_STAGE:-stage_c}
+        [ "$spec" != "$k" ] && dstage=${spec#*@}
         profiled+=("detail-$k")
         if [ -z "$ncu_bin" ]; then
             echo 1 > "$logs/detail-$k.rc"
             continue
         fi
-        CASCADE_BENCH_PROFILE=1 CASCADE_BENCH_STAGES=${PROFILE_DETAIL_STAGE:-stage_c} step "detail-$k" "${PROFILE_TIMEOUT:-180}" env "${profile_env[@]}" "$ncu_bin" \
+        CASCADE_BENCH_PROFILE=1 CASCADE_BENCH_STAGES=$dstage step "detail-$k" "${PROFILE_TIMEOUT:-180}" env "${profile_env[@]}" "$ncu_bin" \
             --profile-from-start off --kernel-name "regex:$k" --launch-count 3 --section SpeedOfLight --section Occupancy \
             --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
             "$bundle/benches/stages" --bench
