@@ -277,8 +277,18 @@ template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParam
         for (int k = 0; k < K; k++)
             if (in[k]) s[k] += __ldcg(&pb[(int64_t)ch * p.D + off[k]]);
     grn_rows_total<K>(part, s, off, total);
-    for (int k = 0; k < K && ry == 0; k++)
-        if (in[k]) p.scale[(int64_t)b * p.D + g0 + off[k]] = sqrtf(total[k]);
+    if (ry == 0) {
+        // The norms, and their sum over the group (lanes in a fixed butterfly order).
+        float gsum = 0.f;
+        for (int k = 0; k < K; k++)
+            if (in[k]) {
+                const float norm = sqrtf(total[k]);
+                p.scale[(int64_t)b * p.D + g0 + off[k]] = norm;
+                gsum += norm;
+            }
+        for (int o = 16; o > 0; o >>= 1) gsum += __shfl_xor_sync(0xffffffff, gsum, o);
+        if (lane == 0) p.group_sums[(int64_t)b * groups + blockIdx.x] = gsum;
+    }
 
     // Last channel group of this sample to finish: mean of the norms, then the factor.
     if (!grn_arrived_last(p.counters + (int64_t)p.B * groups + b, groups, &last)) return;
@@ -295,15 +305,47 @@ template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParam
     };
     float t = 0.f;
     int d = tid;
-    for (; d + (2 * GRN_BATCH - 1) * 256 < p.D; d += 2 * GRN_BATCH * 256) {
-        float u[2 * GRN_BATCH];
-        #pragma unroll
-        for (int i = 0; i < 2 * GRN_BATCH; i++) u[i] = __ldcg(&g[d + 256 * i]);
-        #pragma unroll
-        for (int i = 0; i < 2 * GRN_BATCH; i++) t += u[i];
+    if (p.short_tail) {
+        // The groups' sums: one load per thread instead of a pass over the D norms.
+        for (int i = tid; i < groups; i += 256) t += __ldcg(&p.group_sums[(int64_t)b * groups + i]);
+    } else {
+        for (; d + (2 * GRN_BATCH - 1) * 256 < p.D; d += 2 * GRN_BATCH * 256) {
+            float u[2 * GRN_BATCH];
+            #pragma unroll
+            for (int i = 0; i < 2 * GRN_BATCH; i++) u[i] = __ldcg(&g[d + 256 * i]);
+            #pragma unroll
+            for (int i = 0; i < 2 * GRN_BATCH; i++) t += u[i];
+        }
+        for (; d < p.D; d += 256) t += __ldcg(&g[d]);
     }
-    for (; d < p.D; d += 256) t += __ldcg(&g[d]);
     const float denom = denominator(t);
+    if (p.short_tail && K == 8) {
+        // Four consecutive channels per thread and step (the norms as one 16-byte load; D is a
+        // multiple of 8 and g 16-byte aligned on this path), STEPS steps' loads issued
+        // before any is used: D = 8192 is two round trips instead of eight.
+        constexpr int STEPS = 4;
+        for (int d0 = 4 * tid; d0 < p.D; d0 += STEPS * 1024) {
+            float4 u[STEPS];
+            float gm[STEPS][4];
+            #pragma unroll
+            for (int i = 0; i < STEPS; i++) {
+                const int e = d0 + 1024 * i;
+                if (e < p.D) {
+                    u[i] = __ldcg((const float4*)&g[e]);
+                    #pragma unroll
+                    for (int j = 0; j < 4; j++) gm[i][j] = to_f32(gamma[e + j]);
+                }
+            }
+            #pragma unroll
+            for (int i = 0; i < STEPS; i++) {
+                const int e = d0 + 1024 * i;
+                if (e < p.D)
+                    *(float4*)&g[e] = make_float4(1.f + gm[i][0] * (u[i].x / denom), 1.f + gm[i][1] * (u[i].y / denom),
+                                                  1.f + gm[i][2] * (u[i].z / denom), 1.f + gm[i][3] * (u[i].w / denom));
+            }
+        }
+        return;
+    }
     d = tid;
     for (; d + (2 * GRN_BATCH - 1) * 256 < p.D; d += 2 * GRN_BATCH * 256) {
         float u[2 * GRN_BATCH], gm[2 * GRN_BATCH];
@@ -328,11 +370,12 @@ template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p
     }
 }
 extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { grn_partial_impl<float>(p); }
-// No launch bounds: 79 registers, three blocks per SM. Measured on an H200 against two variants
+// Three blocks per SM (80 registers under the bound; the short tail's loads would otherwise take
+// it to 95 and two blocks, and the launcher sizes its chunks for three). Measured on an H200 against two variants
 // that were removed (docs/performance.md, sixth session): one that loaded the next batch of rows
 // while working the current one and held the last pass's norms in registers (80 registers), 1.1
 // ms slower per Stage B step; one under four blocks per SM (64 registers), 0.5 ms slower.
-extern "C" __global__ void grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16>(p); }
+extern "C" __global__ void __launch_bounds__(256, 3) grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16>(p); }
 
 template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
     int64_t total = (int64_t)p.B * p.N * p.D;

@@ -79,6 +79,9 @@ typedef struct GrnPartialParams {
     int32_t gelu;
     int32_t vec8;        // 1: 8 consecutive channels per thread, groups of 256 (D % 8 == 0, x and y
                          // 16-byte aligned); 0: groups of 64. gridDim.x is the number of groups.
+    float* group_sums;   // [B, groups], f32: each group's sum of its channels' norms
+    int32_t short_tail;  // 1: the sample's denominator from group_sums and the factor's loads all
+                         // issued at once; 0: both passes over the D norms a batch at a time
 } GrnPartialParams;
 
 // GlobalResponseNorm, second kernel: y[b,n,d] = x[b,n,d] * scale[b,d] + beta[d] (with GELU, x is

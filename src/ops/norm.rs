@@ -355,6 +355,7 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                 return Err(Error::Shape(format!("grn: {n} positions are more than the kernels' grid takes (65535 × {chunk_rows})")));
             }
             let part = Tensor::empty(&[b.min(per_launch), chunks, d], DType::F32, &x.device())?;
+            let group_sums = Tensor::empty(&[b.min(per_launch), groups], DType::F32, &x.device())?;
             let elt = dt.size() as u64;
             let s0 = stats.cuda_ptr()?;
             for first in (0..b).step_by(per_launch) {
@@ -376,6 +377,8 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                     chunks: chunks as i32,
                     gelu: gelu as i32,
                     vec8: vec8 as i32,
+                    group_sums: group_sums.cuda_ptr()? as *mut f32,
+                    short_tail: grn_short_tail() as i32,
                 };
                 dev.launch(
                     super::kernel("grn", dt, &k.grn_partial_f32, &k.grn_partial_bf16)?,
@@ -399,6 +402,17 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             dev.launch_vec8(super::kernel("grn", dt, &k.grn_apply_f32, &k.grn_apply_bf16)?, x.numel(), &ap)
         }
     }
+}
+
+/// Whether grn_partial's last block per sample takes the short way (the default): the sample's
+/// denominator from the channel groups' sums of norms, and the factor's loads issued four steps
+/// at a time, instead of two passes over the D norms a batch at a time. The Nsight profile of
+/// Stage C (H200) showed the SMs active for 61 % of the launch: the rest is this serial tail.
+/// `CASCADE_GRN_TAIL=0` (read once) keeps the long way, for A/B measurements.
+#[cfg(feature = "cuda")]
+fn grn_short_tail() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CASCADE_GRN_TAIL").map_or(true, |v| v.trim() != "0"))
 }
 
 /// Positions per chunk of grn_partial when `CASCADE_GRN_CHUNK` in the environment fixes them (a

@@ -100,6 +100,8 @@ pub const GRN: &[GrnShape] = &[
     GrnShape { name: "odd_chunks", b: 2, n: 200, d: 70 },
     // Eight channels per thread: a full group of 256 and a partial one, three chunks.
     GrnShape { name: "odd_vec", b: 2, n: 150, d: 264 },
+    // Wide rows: the last block's factor pass takes several steps of 1024 channels, the last partial.
+    GrnShape { name: "odd_vec_wide", b: 2, n: 24, d: 4616 },
 ];
 
 /// A token-major image `[b, h, w, c]`.

@@ -23,6 +23,10 @@ struct __attribute__((aligned(8))) float2 {
     float x, y;
 };
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
+struct __attribute__((aligned(16))) float4 {
+    float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline float __uint_as_float(unsigned u) {
     float f;
     memcpy(&f, &u, 4);
