@@ -203,7 +203,7 @@ if on SIDE_BY_SIDE 0; then
     step side_by_side "${BENCH_TIMEOUT:-300}" python3 tools/gpu/side_by_side.py "${src[@]}" ${SIDE_BY_SIDE_ARGS:-}
 fi
 profiled=()
-# PROFILE_ENV="CASCADE_DW_TILE=1,NAME=VALUE": the environment of the profiled runs (PROFILE and
+# PROFILE_ENV="CASCADE_DW_TILE=0,NAME=VALUE": the environment of the profiled runs (PROFILE and
 # PROFILE_DETAIL), for profiling a variant.
 profile_env=()
 IFS=, read -ra profile_env <<< "${PROFILE_ENV:-}"
