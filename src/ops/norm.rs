@@ -354,8 +354,11 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             if chunks > 65535 {
                 return Err(Error::Shape(format!("grn: {n} positions are more than the kernels' grid takes (65535 × {chunk_rows})")));
             }
-            let part = Tensor::empty(&[b.min(per_launch), chunks, d], DType::F32, &x.device())?;
-            let group_sums = Tensor::empty(&[b.min(per_launch), groups], DType::F32, &x.device())?;
+            // The chunks' sums [samples, chunks, D], then the groups' sums of norms [samples,
+            // groups]: one buffer (a buffer is a node of a captured graph when tests poison them).
+            let samples = b.min(per_launch);
+            let part = Tensor::empty(&[samples * chunks * d + samples * groups], DType::F32, &x.device())?;
+            let group_sums = part.cuda_ptr()? + (samples * chunks * d * 4) as u64;
             let elt = dt.size() as u64;
             let s0 = stats.cuda_ptr()?;
             for first in (0..b).step_by(per_launch) {
@@ -377,7 +380,7 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                     chunks: chunks as i32,
                     gelu: gelu as i32,
                     vec8: vec8 as i32,
-                    group_sums: group_sums.cuda_ptr()? as *mut f32,
+                    group_sums: group_sums as *mut f32,
                     short_tail: grn_short_tail() as i32,
                 };
                 dev.launch(
