@@ -189,6 +189,15 @@ impl Default for Request {
 pub trait NoiseSource {
     /// A standard normal tensor of `shape` (NCHW) as f32 values.
     fn draw(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+
+    /// A hint that the next draw will be `name` of `shape`: a source whose draws are costly may
+    /// make it now and hand it out at that draw. The pipeline calls this while the device runs
+    /// Stage C's last step, for Stage B's initial noise (262,144 values at 1024², a few ms on
+    /// the host that would otherwise stand between the stages). It must not change what any
+    /// later draw returns. The default does nothing.
+    fn prefetch(&mut self, _name: &str, _shape: &[usize]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Noise read from a safetensors file (every draw diffusers made, by name).
@@ -210,18 +219,40 @@ impl NoiseSource for FileNoise {
 /// So a seed reproduces diffusers' images. For a bf16 model the draws are the f32 draws rounded
 /// to bf16, which is exactly what PyTorch's bf16 `randn` gives for tensors whose size is a
 /// multiple of 16 (every latent the pipeline draws).
-pub struct TorchNoise(crate::sampling::torch_rng::TorchGenerator);
+pub struct TorchNoise {
+    generator: crate::sampling::torch_rng::TorchGenerator,
+    /// A prefetched draw: its shape, its values, and the generator as it was before it (a draw
+    /// of another size rewinds to that state, so prefetching never changes the stream).
+    ahead: Option<(Vec<usize>, Vec<f32>, crate::sampling::torch_rng::TorchGenerator)>,
+}
 
 impl TorchNoise {
     /// A source for `seed`.
     pub fn new(seed: u64) -> Self {
-        TorchNoise(crate::sampling::torch_rng::TorchGenerator::new(seed))
+        TorchNoise { generator: crate::sampling::torch_rng::TorchGenerator::new(seed), ahead: None }
     }
 }
 
 impl NoiseSource for TorchNoise {
+    /// The draws are one stream in call order (names are not used).
     fn draw(&mut self, _name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        Ok(self.0.randn(shape.iter().product()))
+        match self.ahead.take() {
+            Some((s, v, _)) if s == shape => Ok(v),
+            Some((_, _, before)) => {
+                self.generator = before;
+                Ok(self.generator.randn(shape.iter().product()))
+            }
+            None => Ok(self.generator.randn(shape.iter().product())),
+        }
+    }
+
+    fn prefetch(&mut self, _name: &str, shape: &[usize]) -> Result<()> {
+        if self.ahead.is_none() {
+            let before = self.generator.clone();
+            let v = self.generator.randn(shape.iter().product());
+            self.ahead = Some((shape.to_vec(), v, before));
+        }
+        Ok(())
     }
 }
 
@@ -481,6 +512,8 @@ pub struct Pipeline {
     /// Stage B's patch size and total downsampling, known without loading it (size validation).
     decoder_patch: usize,
     decoder_min_latent: usize,
+    /// Stage B's latent channels (its initial noise is drawn ahead, during Stage C's last step).
+    decoder_in_channels: usize,
     prior_scheduler: DdpmWuerstchen,
     decoder_scheduler: DdpmWuerstchen,
     dtype: DType,
@@ -623,6 +656,7 @@ impl Pipeline {
             vqgan,
             decoder_patch: decoder_cfg.patch_size.max(1),
             decoder_min_latent: min_latent(&decoder_cfg),
+            decoder_in_channels: decoder_cfg.in_channels,
             prior_scheduler: scheduler(&paths.prior_scheduler)?,
             decoder_scheduler: scheduler(&paths.decoder_scheduler)?,
             dtype,
@@ -698,6 +732,7 @@ impl Pipeline {
             vqgan: Held::Resident(Vqgan::new(arch.vqgan.clone(), &vb.pp("vqgan"))?),
             decoder_patch: arch.decoder.patch_size.max(1),
             decoder_min_latent: min_latent(&arch.decoder),
+            decoder_in_channels: arch.decoder.in_channels,
             prior_scheduler: DdpmWuerstchen::default(),
             decoder_scheduler: DdpmWuerstchen::default(),
             dtype,
@@ -893,6 +928,8 @@ impl Pipeline {
         };
         let cond = prior.condition(&clip_pooled, Some(&clip_text), Some(&clip_img))?;
         let prior_latent = [n, pc.in_channels, hc, wc];
+        // Stage B's initial noise is the draw after Stage C's last: made while that step runs.
+        let next = ("noise_decoder_init", [n, self.decoder_in_channels, hb, wb]);
         let (x, prior_steps, prior_setup) = self.denoise(
             &prior,
             &self.prior_scheduler,
@@ -904,6 +941,7 @@ impl Pipeline {
             None,
             prior.is_resident(),
             noise,
+            Some(next),
             hooks,
         )?;
         (timings.prior_steps, timings.prior_setup) = (prior_steps, prior_setup);
@@ -935,6 +973,7 @@ impl Pipeline {
             Some(&effnet),
             decoder.is_resident(),
             noise,
+            None,
             hooks,
         )?;
         (timings.decoder_steps, timings.decoder_setup) = (decoder_steps, decoder_setup);
@@ -1008,7 +1047,8 @@ impl Pipeline {
     }
 
     /// One stage's denoising loop; returns the final latent `[n, h, w, c]`, each step's time, and
-    /// the time before the first step (its device work included).
+    /// the time before the first step (its device work included). `next_draw`, the next stage's
+    /// first draw, is handed to [`NoiseSource::prefetch`] once the last step is queued.
     ///
     /// Every per-step value (the latent, the timestep, the sampler coefficients, the noise) lives
     /// in a device buffer that is rewritten in place before the step, so on a GPU the step is
@@ -1029,6 +1069,7 @@ impl Pipeline {
         effnet: Option<&Tensor>,
         resident: bool,
         noise: &mut dyn NoiseSource,
+        next_draw: Option<(&str, [usize; 4])>,
         hooks: &mut Hooks<'_, '_>,
     ) -> Result<(Tensor, Vec<Duration>, Duration)> {
         let setup_start = Instant::now();
@@ -1130,6 +1171,10 @@ impl Pipeline {
                     finish(previous, i, hooks)?;
                 }
             }
+            // The host is free while the device runs the last step: the next stage's first draw.
+            if let Some((name, shape)) = next_draw {
+                noise.prefetch(name, &shape)?;
+            }
             match pending.take() {
                 Some(last) => finish(last, steps, hooks),
                 None => Ok(()),
@@ -1209,6 +1254,26 @@ struct StepGraph {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A prefetched draw is the value the draw would have given, and prefetching changes no
+    /// later draw: with the shape the draw asks for, and with another shape (rewound).
+    #[test]
+    fn prefetch_keeps_the_stream() {
+        let stream = |prefetch: Option<&[usize]>| {
+            let mut n = TorchNoise::new(42);
+            let mut out = vec![n.draw("a", &[1, 4, 5, 5]).unwrap()];
+            if let Some(shape) = prefetch {
+                n.prefetch("b", shape).unwrap();
+            }
+            out.push(n.draw("b", &[1, 4, 8, 8]).unwrap());
+            out.push(n.draw("c", &[3]).unwrap());
+            out
+        };
+        let plain = stream(None);
+        assert_eq!(stream(Some(&[1, 4, 8, 8])), plain);
+        assert_eq!(stream(Some(&[1, 4, 16, 16])), plain);
+        assert_eq!(stream(Some(&[7])), plain);
+    }
 
     /// The 2²³ trick rounds exactly as `round_ties_even` on [0, 255], ties included, and clamps.
     #[test]
