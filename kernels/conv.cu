@@ -328,6 +328,8 @@ __device__ __forceinline__ float lane_group_sum(float v, int K, unsigned mask) {
     return v;
 }
 
+// At most 85 registers (ptxas: 80, no spills) so that three blocks of 256 fit an SM; the
+// residual is loaded after the taps for that (held over them it spilled).
 extern "C" __global__ void __launch_bounds__(256, 3) depthwise_tile_bf16(DepthwiseParams p) {
     constexpr int TW = CASCADE_DW_TILE_W, HW = TW + 2;
     const int G = p.C >> 3, TH = p.tile_h, NP = HW * (TH + 2), RUNS = 2 * TH;

@@ -353,9 +353,10 @@ fn depthwise_tile_smem(tile_h: usize, c: usize) -> usize {
 /// multiprocessor (Stage A's large images, where the strip kernel's reads of each pixel 4.5
 /// times and its round trip to memory per row of taps left it at about a fifth of memory speed;
 /// on an H200 the tiled kernel with its own input statistics took Stage A from 8.19 to 7.50 ms);
-/// `0`, never (the strip kernel, for A/B measurements); `force`, wherever it can (the tests). `eligible`: bf16 input and weights on the eight-channel path. Rows per tile: the most
-/// (2 to 8) that keep a block within 256 threads and 48 KiB (96 registers: two blocks per SM), or
-/// `CASCADE_DW_TILE_ROWS` where that fits.
+/// `0`, never (the strip kernel, for A/B measurements); `force`, wherever it can (the tests).
+/// `eligible`: bf16 input and weights on the eight-channel path. Rows per tile: the most (2 to
+/// 8) that keep a block within 256 threads and 48 KiB (80 registers: at least three blocks per
+/// SM), or `CASCADE_DW_TILE_ROWS` where that fits.
 #[cfg(feature = "cuda")]
 fn depthwise_tile_rows(eligible: bool, b: usize, h: usize, w: usize, c: usize, multiprocessors: usize) -> Option<usize> {
     #[derive(Clone, Copy, PartialEq)]
