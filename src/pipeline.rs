@@ -929,7 +929,7 @@ impl Pipeline {
         let cond = prior.condition(&clip_pooled, Some(&clip_text), Some(&clip_img))?;
         let prior_latent = [n, pc.in_channels, hc, wc];
         // Stage B's initial noise is the draw after Stage C's last: made while that step runs.
-        let next = ("noise_decoder_init", [n, self.decoder_in_channels, hb, wb]);
+        let dec_latent = [n, self.decoder_in_channels, hb, wb];
         let (x, prior_steps, prior_setup) = self.denoise(
             &prior,
             &self.prior_scheduler,
@@ -941,7 +941,7 @@ impl Pipeline {
             None,
             prior.is_resident(),
             noise,
-            Some(next),
+            Some(("noise_decoder_init", dec_latent)),
             hooks,
         )?;
         (timings.prior_steps, timings.prior_setup) = (prior_steps, prior_setup);
@@ -955,13 +955,11 @@ impl Pipeline {
 
         // Stage B.
         let decoder = self.decoder.get(|p| load_unet(p, dtype, device, self.f32_residual))?;
-        let dc = decoder.config();
         let (dec_pooled, effnet) = match (&negative, decoder_cfg) {
             (Some((_, np)), true) => (concat_batch(&pooled, np)?, concat_batch(&x, &Tensor::zeros(x.shape(), self.dtype, &self.device)?)?),
             _ => (pooled.view(pooled.shape())?, x.view(x.shape())?),
         };
         let cond = decoder.condition(&dec_pooled, None, None)?;
-        let dec_latent = [n, dc.in_channels, hb, wb];
         let (mut latents, decoder_steps, decoder_setup) = self.denoise(
             &decoder,
             &self.decoder_scheduler,

@@ -209,8 +209,8 @@ pub fn gelu_grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<
     grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, true))
 }
 
-/// `x ← GRN(x)` in place: one pass sums the squares, one applies the factor and β (the ResBlock's
-/// middle when GELU was applied by fc1's GEMM, [`super::linear_gelu_into`]).
+/// `x ← GRN(x)` in place: one pass sums the squares, one applies the factor and β (for an input
+/// whose GELU is already applied, e.g. by [`super::linear_gelu_into`]).
 pub fn grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
     grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, false))
@@ -344,8 +344,8 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             let chunk_rows = match grn_chunk_rows() {
                 Some(rows) => rows,
                 None => {
-                    // Blocks per SM: the bf16 kernel's 79 registers (ptxas) give three; the f32
-                    // kernel is not tuned.
+                    // Blocks per SM: the bf16 kernel's launch bound (80 registers) gives three;
+                    // the f32 kernel is not tuned.
                     let per_sm = if dt == DType::BF16 { 3 } else { 2 };
                     grn_wave_chunk_rows(n, groups * b.min(per_launch), dev.multiprocessors() * per_sm)
                 }
