@@ -259,3 +259,34 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
+
+// ---- Grid-wide waits (cooperative launches only) -------------------------------------------
+// Returns once *p >= target, read with acquire semantics at device scope. Only a launch whose
+// blocks are all resident at once (cuLaunchCooperativeKernel, which fails rather than start a
+// grid that does not fit) may wait for other blocks; the emulator runs such a grid's blocks
+// interleaved and yields here.
+__device__ __forceinline__ void spin_until_at_least(unsigned* p, unsigned target) {
+#ifdef CASCADE_EMU
+    emu::spin_until_at_least(p, target);
+#else
+    for (;;) {
+        unsigned v;
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+        if (v >= target) return;
+        __nanosleep(32);
+    }
+#endif
+}
+// A barrier over the blocks that share `count`: this block's writes are made visible
+// device-wide, the block is counted, and it waits until `target` arrivals are counted. Reads
+// of other blocks' writes after it go through L2 (__ldcg): L1 is not coherent across SMs.
+__device__ __forceinline__ void grid_arrive_wait(unsigned* count, unsigned target) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+        atomicAdd(count, 1u);
+        spin_until_at_least(count, target);
+        __threadfence();
+    }
+    __syncthreads();
+}

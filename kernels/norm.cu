@@ -377,6 +377,111 @@ extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { grn_partial_imp
 // ms slower per Stage B step; one under four blocks per SM (64 registers), 0.5 ms slower.
 extern "C" __global__ void __launch_bounds__(256, 3) grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16>(p); }
 
+// GRN(GELU(u)) or GRN(u) with u read once: a cooperative launch (every block resident) in which
+// each block copies its chunk_rows × 256 values into shared memory (cp.async, two groups so the
+// first half is worked while the second arrives), applies GELU there and sums the squares;
+// after a wait for the sample's blocks, each block adds its group's chunk sums into norms (every
+// block of a group the same way, in the same order as grn_partial), the group's first chunk
+// writes the group's sum of norms; after a second wait, each block takes the denominator from
+// those sums, and writes its rows scaled by the factor, plus β. Same arithmetic and order of
+// sums as grn_partial + grn_apply, so it differs from them only through chunk_rows.
+extern "C" __global__ void __launch_bounds__(256, 4) grn_resident_bf16(GrnResidentParams p) {
+    extern __shared__ uint4 held[];  // [chunk_rows][32]: eight channels per entry
+    __shared__ float part[8][32 * GRN_MAX_PER_THREAD + 1];
+    __shared__ float scratch[8];
+    const int lane = threadIdx.x, ry = threadIdx.y, tid = ry * 32 + lane;
+    const int c = blockIdx.y, b = blockIdx.z, groups = gridDim.x;
+    const int g0 = blockIdx.x * 256;
+    int off[8];
+    for (int k = 0; k < 8; k++) off[k] = lane * 8 + k;
+    const bool in = g0 + off[0] < p.D;  // all eight channels exist (D % 8 == 0), or none
+    const int n0 = c * p.chunk_rows, rows = min(p.N - n0, p.chunk_rows);
+    const int64_t base = ((int64_t)b * p.N + n0) * p.D + g0 + off[0];
+    const bf16* x = (const bf16*)p.x;
+    // This thread's rows are ry, ry + 8, …: cnt of them, the first h in the first group.
+    const int cnt = ry < rows ? (rows - ry + 7) / 8 : 0, h = (cnt + 1) / 2;
+    for (int i = 0; i < h; i++) cp_async16(&held[(ry + 8 * i) * 32 + lane], in ? x + base + (int64_t)(ry + 8 * i) * p.D : x, in);
+    cp_async_commit();
+    for (int i = h; i < cnt; i++) cp_async16(&held[(ry + 8 * i) * 32 + lane], in ? x + base + (int64_t)(ry + 8 * i) * p.D : x, in);
+    cp_async_commit();
+    float s[8], total[8];
+    for (int k = 0; k < 8; k++) s[k] = 0.f;
+    // Each thread reads back only the entries it copied: no block barrier needed.
+    auto take = [&](int i) {
+        uint4& w = held[(ry + 8 * i) * 32 + lane];
+        float v[8];
+        unpack8(w, v);
+        if (p.gelu) {
+            for (int k = 0; k < 8; k++) v[k] = rounded<bf16>(gelu_as<bf16>(v[k]));
+            w = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+        }
+        for (int k = 0; k < 8; k++) s[k] += v[k] * v[k];
+    };
+    cp_async_wait<1>();
+    for (int i = 0; i < h; i++) take(i);
+    cp_async_wait<0>();
+    for (int i = h; i < cnt; i++) take(i);
+    grn_rows_total<8>(part, s, off, total);
+    if (ry == 0 && in)
+        for (int k = 0; k < 8; k++) p.part[((int64_t)b * p.chunks + c) * p.D + g0 + off[k]] = total[k];
+
+    unsigned* count = p.counters + b;
+    const unsigned blocks = (unsigned)groups * p.chunks;  // this sample's
+    grid_arrive_wait(count, blocks);
+
+    // The group's norms from its chunks' sums, in grn_partial's order (each block of the group
+    // computes the same values).
+    for (int k = 0; k < 8; k++) s[k] = 0.f;
+    if (in) {
+        const float* pb = p.part + (int64_t)b * p.chunks * p.D + g0 + off[0];
+        #pragma unroll 4
+        for (int ch = ry; ch < p.chunks; ch += 8) {
+            const float4 lo = __ldcg((const float4*)(pb + (int64_t)ch * p.D)), hi = __ldcg((const float4*)(pb + (int64_t)ch * p.D + 4));
+            s[0] += lo.x, s[1] += lo.y, s[2] += lo.z, s[3] += lo.w, s[4] += hi.x, s[5] += hi.y, s[6] += hi.z, s[7] += hi.w;
+        }
+    }
+    grn_rows_total<8>(part, s, off, total);
+    float norm[8];
+    for (int k = 0; k < 8; k++) norm[k] = sqrtf(total[k]);
+    if (c == 0 && ry == 0) {
+        float gsum = 0.f;
+        for (int k = 0; k < 8; k++)
+            if (in) gsum += norm[k];
+        for (int o = 16; o > 0; o >>= 1) gsum += __shfl_xor_sync(0xffffffff, gsum, o);
+        if (lane == 0) p.group_sums[(int64_t)b * groups + blockIdx.x] = gsum;
+    }
+    grid_arrive_wait(count, 2 * blocks);
+
+    // GRN's denominator, the mean of the sample's norms + 1e-6, as grn_partial's short tail.
+    float t = 0.f;
+    for (int i = tid; i < groups; i += 256) t += __ldcg(&p.group_sums[(int64_t)b * groups + i]);
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
+    if (lane == 0) scratch[ry] = t;
+    __syncthreads();
+    float sum = 0.f;
+    for (int k = 0; k < 8; k++) sum += scratch[k];
+    const float denom = sum / p.D + 1e-6f;
+    // Every block has read the counter for the last time once it counts itself out; the last to
+    // do so leaves the counter at zero for the next launch.
+    if (tid == 0 && atomicAdd(count, 1u) == 3 * blocks - 1) atomicExch(count, 0u);
+    if (!in) return;
+
+    const bf16* gamma = (const bf16*)p.gamma;
+    float f[8], be[8];
+    ldg8(gamma + g0 + off[0], f);
+    for (int k = 0; k < 8; k++) f[k] = 1.f + f[k] * (norm[k] / denom);
+    if (c == 0 && ry == 0) store8(p.scale + (int64_t)b * p.D + g0 + off[0], f);
+    ldg8((const bf16*)p.beta + g0 + off[0], be);
+    bf16* y = (bf16*)p.y;
+    for (int i = 0; i < cnt; i++) {
+        float e[8];
+        unpack8(held[(ry + 8 * i) * 32 + lane], e);
+        for (int k = 0; k < 8; k++) e[k] *= f[k];
+        for (int k = 0; k < 8; k++) e[k] += be[k];
+        store8(y + base + (int64_t)(ry + 8 * i) * p.D, e);
+    }
+}
+
 template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
     int64_t total = (int64_t)p.B * p.N * p.D;
     const T* x = (const T*)p.x;

@@ -18,5 +18,9 @@ cargo test --release --features cuda -- --ignored "$@"
 # test and the tiny models.
 CASCADE_DW_TILE=force cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
 CASCADE_DW_TILE=force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The cooperative one-pass GRN kernel (opt-in until measured): the kernel test and the tiny
+# models, whose bf16 ResBlocks then take it.
+CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test kernels -- --ignored grn "$@"
+CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here).
 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops

@@ -112,6 +112,11 @@ if on TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     tests+=(kernels-dwtile)
     CASCADE_DW_TILE=force step test-kernels-dwtile "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
     pids+=($!)
+    # The cooperative one-pass GRN kernel (opt-in: CASCADE_GRN_RESIDENT=1) on every GRN shape,
+    # the real levels' included.
+    tests+=(kernels-grnres)
+    CASCADE_GRN_RESIDENT=1 step test-kernels-grnres "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture grn &
+    pids+=($!)
 fi
 if on FIDELITY 0; then
     step fidelity "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
@@ -142,9 +147,14 @@ if on SANITIZE 0; then
         for tool in memcheck racecheck; do
             CASCADE_DW_TILE=force CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-dwtile" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored depthwise
+        done
+        # The cooperative GRN kernel (grid-wide waits, shared memory held across them) likewise.
+        for tool in memcheck racecheck; do
+            CASCADE_GRN_RESIDENT=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-grnres" "${SANITIZE_TIMEOUT:-240}" \
+                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored grn
         done) &
         pids+=($!)
-        sanitize_runs+=(sanitize-memcheck-dwtile sanitize-racecheck-dwtile)
+        sanitize_runs+=(sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-grnres sanitize-racecheck-grnres)
         # racecheck over the stage steps is not run by default: on an H200 it stops inside
         # cuBLASLt's GEMMs at these shapes ("Internal Sanitizer Error: The Sanitizer failed to
         # handle a hardware exception", then CUDA_ERROR_ILLEGAL_ADDRESS), also with the nvjet

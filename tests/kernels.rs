@@ -184,6 +184,10 @@ fn grn_kernels() {
             let (mut y, whole) = poisoned(&[s.b, s.n, s.d], dtype, &dev).unwrap();
             ops::grn_into(&x, &g, &be, &mut stats, &mut y).unwrap();
             verify("grn", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &cpu::grn(&xv, s.b, s.n, s.d, &gv, &bev));
+            // The factor it applied, left in stats: f32 whatever the dtype (bf16's bound on y
+            // would let a factor 1 % off pass).
+            let want_scale = cpu::grn_scale(&xv, s.b, s.n, s.d, &gv);
+            verify("grn factor (grn_into)", s.name, DType::F32, &stats.to_vec_f32().unwrap(), None, &want_scale);
             // x one element past a 16-byte boundary: two channels per thread, one per access.
             let (big, bigv) = input(&mut rng, &[s.b * s.n * s.d + 1], 1.0, dtype, &dev);
             let xm = big.alias(1, &[s.b, s.n, s.d]).unwrap();

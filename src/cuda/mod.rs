@@ -488,6 +488,33 @@ impl CudaDevice {
         unsafe { self.stream.launch_builder(f).arg(params).launch(cfg) }.map(|_| ()).map_err(|e| driver_err("kernel launch", e))
     }
 
+    /// Launches `f` as a cooperative kernel: the driver starts it only if every block of the
+    /// grid can be resident at once (else an error), so its blocks may wait for one another.
+    pub(crate) fn launch_cooperative<P: cudarc::driver::DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        params: &P,
+    ) -> Result<()> {
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
+        // SAFETY: as in `launch`.
+        unsafe { self.stream.launch_builder(f).arg(params).launch_cooperative(cfg) }
+            .map(|_| ())
+            .map_err(|e| driver_err("cooperative kernel launch", e))
+    }
+
+    /// How many blocks of `threads` threads and `smem` bytes of dynamic shared memory each the
+    /// driver can keep resident on one SM for `f` (its registers and static shared memory
+    /// counted).
+    pub(crate) fn resident_blocks_per_sm(&self, f: &CudaFunction, threads: u32, smem: usize) -> Result<usize> {
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
+        f.occupancy_max_active_blocks_per_multiprocessor(threads, smem, None)
+            .map(|n| n as usize)
+            .map_err(|e| driver_err("querying a kernel's occupancy", e))
+    }
+
     /// A 1-D grid-stride launch over `n` elements.
     pub(crate) fn launch_1d<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, n: usize, params: &P) -> Result<()> {
         let blocks = n.div_ceil(256).clamp(1, 65535 * 8) as u32;

@@ -17,6 +17,7 @@ device_repr!(
     LayerNormParams,
     GrnPartialParams,
     GrnApplyParams,
+    GrnResidentParams,
     ActParams,
     AddParams,
     ModulateParams,

@@ -339,6 +339,35 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             if groups + 1 > capacity {
                 return Err(Error::Shape(format!("grn: {d} channels need more completion counters than the device keeps")));
             }
+            // With β to apply (u read once, GRN(u) written once), the cooperative kernel where
+            // its grid fits on the card at once and it is asked for.
+            if let (Some(beta), true, true) = (beta, dt == DType::BF16 && vec8, grn_resident()) {
+                if let Some((chunk_rows, chunks)) = grn_resident_plan(&dev, b, n, d)? {
+                    if b > capacity {
+                        return Err(Error::Shape(format!("grn: {b} samples need more completion counters than the device keeps")));
+                    }
+                    let groups = d.div_ceil(256);
+                    let part = Tensor::empty(&[b * chunks * d + b * groups], DType::F32, &x.device())?;
+                    let rp = crate::cuda::params::GrnResidentParams {
+                        x: x0 as *const _,
+                        y: y0 as *mut _,
+                        part: part.cuda_ptr()? as *mut f32,
+                        scale: stats.cuda_ptr()? as *mut f32,
+                        group_sums: (part.cuda_ptr()? + (b * chunks * d * 4) as u64) as *mut f32,
+                        gamma: gamma.cuda_ptr()? as *const _,
+                        beta: beta.cuda_ptr()? as *const _,
+                        counters: counters as *mut u32,
+                        B: b as i32,
+                        N: n as i32,
+                        D: d as i32,
+                        chunk_rows: chunk_rows as i32,
+                        chunks: chunks as i32,
+                        gelu: gelu as i32,
+                    };
+                    let grid = (groups as u32, chunks as u32, b as u32);
+                    return dev.launch_cooperative(&k.grn_resident_bf16, grid, (32, 8, 1), (chunk_rows * 512) as u32, &rp);
+                }
+            }
             // The samples are independent: as many per launch as the completion counters cover.
             let per_launch = capacity / (groups + 1);
             let chunk_rows = match grn_chunk_rows() {
@@ -416,6 +445,38 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
 fn grn_short_tail() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("CASCADE_GRN_TAIL").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Whether GRN with β to apply takes the cooperative one-pass kernel (`grn_resident_bf16`) where
+/// its grid fits: `CASCADE_GRN_RESIDENT=1` (read once). Off by default until it is measured on a
+/// GPU (docs/performance.md, eighth session).
+#[cfg(feature = "cuda")]
+fn grn_resident() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CASCADE_GRN_RESIDENT").is_ok_and(|v| v.trim() == "1"))
+}
+
+/// The cooperative GRN kernel's chunks for `b` samples of `n` positions and `d` channels
+/// (`(chunk_rows, chunks)`), or None where they would not fit: every block holds its chunk_rows
+/// × 256 channels in shared memory (at most 48 KiB, 96 rows) and the whole grid must be resident
+/// at once. Sized like grn_partial's chunks (one wave), for the most blocks per SM (up to the
+/// kernel's launch bound of four) that the driver says fit.
+#[cfg(feature = "cuda")]
+fn grn_resident_plan(dev: &crate::cuda::CudaDevice, b: usize, n: usize, d: usize) -> Result<Option<(usize, usize)>> {
+    let columns = d.div_ceil(256) * b;
+    for per_sm in (1..=4usize).rev() {
+        let slots = dev.multiprocessors() * per_sm;
+        let rows = grn_chunk_rows().unwrap_or_else(|| grn_wave_chunk_rows(n, columns, slots));
+        let smem = rows * 512;
+        if smem > 48 << 10 {
+            return Ok(None); // fewer blocks per SM only take more rows each
+        }
+        let chunks = n.div_ceil(rows).max(1);
+        if columns * chunks <= slots && dev.resident_blocks_per_sm(&dev.kernels().grn_resident_bf16, 256, smem)? >= per_sm {
+            return Ok(Some((rows, chunks)));
+        }
+    }
+    Ok(None)
 }
 
 /// Positions per chunk of grn_partial when `CASCADE_GRN_CHUNK` in the environment fixes them (a

@@ -37,6 +37,7 @@ enum {
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
     CUDA_ERROR_LAUNCH_FAILED = 719,
+    CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE = 720,
     CUDA_ERROR_NOT_SUPPORTED = 801,
     CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
     CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
@@ -231,6 +232,7 @@ const char* error_name(CUresult e) {
         case CUDA_ERROR_NOT_FOUND: return "CUDA_ERROR_NOT_FOUND";
         case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: return "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES";
         case CUDA_ERROR_LAUNCH_FAILED: return "CUDA_ERROR_LAUNCH_FAILED";
+        case CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE: return "CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE";
         case CUDA_ERROR_NOT_SUPPORTED: return "CUDA_ERROR_NOT_SUPPORTED";
         case CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: return "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED";
         case CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: return "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED";
@@ -515,8 +517,27 @@ CUresult cuFuncGetAttribute(int* v, int, void*) {
     return CUDA_SUCCESS;
 }
 
-CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void* s,
-                        void** params, void** extra) {
+// The blocks per SM a launch may keep resident, by the limits the emulator knows: threads (2048
+// per SM, 32 blocks) and shared memory (228 KiB per SM, 227 per block, 1 KiB reserved per
+// block), not registers (the kernels' launch bounds stand for those).
+static int resident_blocks(unsigned threads, size_t smem) {
+    if (threads == 0 || threads > 1024 || smem > (227u << 10)) return 0;
+    int by_threads = 2048 / (int)threads;
+    int by_smem = (int)((228u << 10) / (smem + 1024));
+    int b = by_threads < by_smem ? by_threads : by_smem;
+    return b < 32 ? b : 32;
+}
+CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n, void* f, int threads, size_t smem, unsigned) {
+    if (!f || threads <= 0) return CUDA_ERROR_INVALID_VALUE;
+    *n = resident_blocks((unsigned)threads, smem);
+    return CUDA_SUCCESS;
+}
+CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void* f, int threads, size_t smem) {
+    return cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(n, f, threads, smem, 0);
+}
+
+static CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void* s,
+                       void** params, void** extra, bool cooperative) {
     const KernelEntry* k = (const KernelEntry*)f;
     if (!k || !params || extra) return CUDA_ERROR_INVALID_VALUE;
     // The hardware's limits: a launch outside them fails on a GPU too.
@@ -524,17 +545,27 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     if (gx > 0x7fffffffu || gy > 65535 || gz > 65535 || bx > 1024 || by > 1024 || bz > 64) return CUDA_ERROR_INVALID_VALUE;
     if ((unsigned long long)bx * by * bz > 1024) return CUDA_ERROR_INVALID_VALUE;
     if (smem > (48u << 10)) return CUDA_ERROR_INVALID_VALUE;  // beyond 48 KiB needs an opt-in attribute
+    // A cooperative grid must be resident all at once (132 SMs, as cuDeviceGetAttribute says).
+    if (cooperative && (unsigned long long)gx * gy * gz > 132ull * resident_blocks(bx * by * bz, smem)) return CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE;
     std::vector<char> copy((char*)params[0], (char*)params[0] + k->params_bytes);
     return enqueue(s, [=] {
         std::vector<char> p = copy;  // a kernel may modify its by-value parameters
         running_kernel = k->name;
-        std::string err = emu::run_grid(k->body, p.data(), uint3{gx, gy, gz}, uint3{bx, by, bz}, smem);
+        std::string err = emu::run_grid(k->body, p.data(), uint3{gx, gy, gz}, uint3{bx, by, bz}, smem, cooperative);
         running_kernel = nullptr;
         if (!err.empty()) {
             fprintf(stderr, "\ncuda emulator: kernel %s: %s\n", k->name, err.c_str());
             abort();
         }
     }, k->name);
+}
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void* s,
+                        void** params, void** extra) {
+    return launch(f, gx, gy, gz, bx, by, bz, smem, s, params, extra, false);
+}
+CUresult cuLaunchCooperativeKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void* s,
+                                   void** params) {
+    return launch(f, gx, gy, gz, bx, by, bz, smem, s, params, nullptr, true);
 }
 
 // ---- cuBLASLt ------------------------------------------------------------------------------------

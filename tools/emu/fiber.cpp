@@ -53,7 +53,7 @@ emu_switch:
 
 namespace emu {
 
-enum State { READY, WAIT_BLOCK, WAIT_WARP, DONE };
+enum State { READY, WAIT_BLOCK, WAIT_WARP, SPIN, DONE };
 
 struct Fiber {
 #if EMU_ASM_SWITCH
@@ -62,6 +62,9 @@ struct Fiber {
     ucontext_t ctx;
 #endif
     uint3 tid;
+    uint3 block;
+    char* smem;        // its block's shared memory
+    size_t warp_base;  // its block's first warp among the running blocks'
     int linear;
     State state;
     char* stack;
@@ -138,81 +141,121 @@ void sync_warp() {
     current->state = WAIT_WARP;
     yield();
 }
-void* dynamic_smem() { return runner.smem.data(); }
-uint64_t* warp_slots() { return &runner.slots[(size_t)warp_id() * 32]; }
-void* warp_fragments() { return &runner.fragments[(size_t)warp_id() * 32 * 64]; }
+void* dynamic_smem() { return current->smem; }
+uint64_t* warp_slots() { return &runner.slots[(current->warp_base + warp_id()) * 32]; }
+void* warp_fragments() { return &runner.fragments[(current->warp_base + warp_id()) * 32 * 64]; }
 
-std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block, size_t smem_bytes) {
+std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block, size_t smem_bytes, bool cooperative) {
     Runner& r = runner;
-    size_t n = (size_t)block.x * block.y * block.z;
-    while (r.stacks.size() < n) {
+    const size_t n = (size_t)block.x * block.y * block.z;
+    const size_t warps = (n + 31) / 32;
+    const size_t blocks = (size_t)grid.x * grid.y * grid.z;
+    // A cooperative launch runs all its blocks at once (their threads interleaved), so a block
+    // may wait for others (a grid barrier); otherwise blocks run one after another.
+    const size_t at_once = cooperative ? blocks : 1;
+    const size_t smem_stride = (smem_bytes + 16 + 15) & ~(size_t)15;
+    while (r.stacks.size() < at_once * n) {
         char* s = (char*)malloc(STACK_BYTES);
         if (!s) return "out of host memory for fiber stacks";
         r.stacks.push_back(s);
     }
-    r.fibers.assign(n, Fiber());
-    r.slots.assign(((n + 31) / 32) * 32, 0);
-    r.fragments.assign(((n + 31) / 32) * 32 * 64, 0);
     r.body = body;
     r.params = params;
     grid_dim = grid;
     block_dim = block;
-    size_t warps = (n + 31) / 32;
-    for (unsigned bz = 0; bz < grid.z; bz++)
-        for (unsigned by = 0; by < grid.y; by++)
-            for (unsigned bx = 0; bx < grid.x; bx++) {
-                block_idx = uint3{bx, by, bz};
-                // Fresh shared memory per block, filled with a pattern (reading shared memory
-                // before writing it is a bug; NaN-like bytes make it show).
-                r.smem.assign(smem_bytes + 16, (char)0xff);
-                for (size_t i = 0; i < n; i++) {
-                    Fiber& f = r.fibers[i];
-                    f.linear = (int)i;
-                    f.tid = uint3{(unsigned)(i % block.x), (unsigned)((i / block.x) % block.y), (unsigned)(i / ((size_t)block.x * block.y))};
-                    f.state = READY;
-                    f.stack = r.stacks[i];
-                    start(&f);
+    for (size_t first = 0; first < blocks; first += at_once) {
+        const size_t count = blocks - first < at_once ? blocks - first : at_once;
+        r.fibers.assign(count * n, Fiber());
+        r.slots.assign(count * warps * 32, 0);
+        r.fragments.assign(count * warps * 32 * 64, 0);
+        // Fresh shared memory per block, filled with a pattern (reading shared memory before
+        // writing it is a bug; NaN-like bytes make it show).
+        r.smem.assign(count * smem_stride, (char)0xff);
+        for (size_t j = 0; j < count; j++) {
+            const size_t id = first + j;
+            const uint3 blk{(unsigned)(id % grid.x), (unsigned)((id / grid.x) % grid.y), (unsigned)(id / ((size_t)grid.x * grid.y))};
+            for (size_t i = 0; i < n; i++) {
+                Fiber& f = r.fibers[j * n + i];
+                f.linear = (int)i;
+                f.tid = uint3{(unsigned)(i % block.x), (unsigned)((i / block.x) % block.y), (unsigned)(i / ((size_t)block.x * block.y))};
+                f.block = blk;
+                f.smem = r.smem.data() + j * smem_stride;
+                f.warp_base = j * warps;
+                f.state = READY;
+                f.stack = r.stacks[j * n + i];
+                block_idx = blk;
+                start(&f);
+            }
+        }
+        for (;;) {
+            // Every fiber that can run runs until it waits or ends; a fiber spinning at a grid
+            // barrier runs too (it re-reads its condition), and counts as progress only if it
+            // got past it.
+            bool progressed = false;
+            for (Fiber& f : r.fibers) {
+                if (f.state != READY && f.state != SPIN) continue;
+                const State before = f.state;
+                current = &f;
+                block_idx = f.block;
+                resume(current);
+                if (!(before == SPIN && f.state == SPIN)) progressed = true;
+            }
+            current = nullptr;
+            // Open every warp barrier whose live lanes all wait at it, and every block barrier
+            // whose live threads all wait at it.
+            bool opened = false, any_live = false, stuck = false;
+            for (size_t j = 0; j < count; j++) {
+                Fiber* bf = &r.fibers[j * n];
+                bool block_live = false, all_block = true;
+                for (size_t w = 0; w < warps; w++) {
+                    size_t lo = w * 32, hi = lo + 32 < n ? lo + 32 : n;
+                    bool live = false, all_warp = true;
+                    for (size_t i = lo; i < hi; i++) {
+                        State s = bf[i].state;
+                        if (s == DONE) continue;
+                        live = true;
+                        if (s != WAIT_WARP) all_warp = false;
+                        if (s != WAIT_BLOCK) all_block = false;
+                    }
+                    block_live |= live;
+                    if (live && all_warp) {
+                        for (size_t i = lo; i < hi; i++)
+                            if (bf[i].state == WAIT_WARP) bf[i].state = READY;
+                        opened = true;
+                    }
                 }
-                for (;;) {
-                    for (size_t i = 0; i < n; i++) {
-                        if (r.fibers[i].state != READY) continue;
-                        current = &r.fibers[i];
-                        resume(current);
-                    }
-                    current = nullptr;
-                    // Open every warp barrier whose live lanes all wait at it.
-                    bool opened = false, any_live = false, all_block = true;
-                    for (size_t w = 0; w < warps; w++) {
-                        size_t lo = w * 32, hi = lo + 32 < n ? lo + 32 : n;
-                        bool live = false, all_warp = true;
-                        for (size_t i = lo; i < hi; i++) {
-                            State s = r.fibers[i].state;
-                            if (s == DONE) continue;
-                            live = true;
-                            if (s != WAIT_WARP) all_warp = false;
-                            if (s != WAIT_BLOCK) all_block = false;
-                        }
-                        any_live |= live;
-                        if (live && all_warp) {
-                            for (size_t i = lo; i < hi; i++)
-                                if (r.fibers[i].state == WAIT_WARP) r.fibers[i].state = READY;
-                            opened = true;
-                        }
-                    }
-                    if (!any_live) break;
-                    if (opened) continue;
-                    if (all_block) {
-                        for (size_t i = 0; i < n; i++)
-                            if (r.fibers[i].state == WAIT_BLOCK) r.fibers[i].state = READY;
-                        continue;
-                    }
-                    char msg[200];
-                    snprintf(msg, sizeof msg, "barrier deadlock in block (%u, %u, %u): some threads wait at __syncthreads, others at a warp barrier",
-                             bx, by, bz);
-                    return msg;
+                any_live |= block_live;
+                if (block_live && all_block && !opened) {
+                    for (size_t i = 0; i < n; i++)
+                        if (bf[i].state == WAIT_BLOCK) bf[i].state = READY;
+                    opened = true;
+                } else if (block_live && !opened) {
+                    // Waiting threads only, at different barriers: unless another block can
+                    // still move (a cooperative launch), this block never finishes.
+                    bool runnable = false;
+                    for (size_t i = 0; i < n; i++) runnable |= bf[i].state == READY || bf[i].state == SPIN;
+                    if (!runnable) stuck = true;
                 }
             }
+            if (!any_live) break;
+            if (opened || progressed) continue;
+            char msg[200];
+            if (stuck)
+                snprintf(msg, sizeof msg, "barrier deadlock: some threads of a block wait at __syncthreads, others at a warp barrier");
+            else
+                snprintf(msg, sizeof msg, "grid barrier deadlock: every live thread waits for blocks that never arrive");
+            return msg;
+        }
+    }
     return "";
+}
+
+void spin_until_at_least(const volatile unsigned* p, unsigned target) {
+    while (*p < target) {
+        current->state = SPIN;
+        yield();
+    }
+    current->state = READY;
 }
 
 }  // namespace emu

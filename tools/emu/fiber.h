@@ -1,4 +1,5 @@
-// Runs a kernel body over a grid, one block at a time, the block's threads as fibers.
+// Runs a kernel body over a grid, one block at a time (all at once when cooperative), the
+// blocks' threads as fibers.
 #pragma once
 #include <stddef.h>
 
@@ -8,5 +9,5 @@
 
 namespace emu {
 // Returns "" on success, else what went wrong (a barrier deadlock).
-std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block, size_t smem_bytes);
+std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block, size_t smem_bytes, bool cooperative);
 }  // namespace emu

@@ -49,6 +49,9 @@ int warp_id();
 void sync_block();
 void sync_warp();
 void* dynamic_smem();
+// Yields until *p >= target (a block waiting at a grid barrier of a cooperative launch, whose
+// blocks the emulator runs at once).
+void spin_until_at_least(const volatile unsigned* p, unsigned target);
 // 32 slots of 8 bytes for the current warp's shuffle exchange.
 uint64_t* warp_slots();
 // 32 slots of 64 bytes for the current warp's matrix-fragment exchange.
@@ -117,7 +120,8 @@ inline float __fdividef(float a, float b) { return a / b; }
 inline float cospif(float x) { return (float)std::cos(M_PI * (double)x); }
 inline float sinpif(float x) { return (float)std::sin(M_PI * (double)x); }
 
-// Blocks run one after another, so every write is visible to the blocks after it.
+// Blocks run one after another (or, in a cooperative launch, interleaved on one OS thread), so
+// every write is visible to the blocks after it.
 inline void __threadfence() {}
 template <typename T> inline T __ldcg(const T* p) { return *p; }
 template <typename T> inline T __ldg(const T* p) { return *p; }
@@ -126,6 +130,12 @@ template <typename T> inline T atomicAdd(T* p, T v) {
     // Blocks of one launch run one after another on one OS thread: no race to guard.
     T old = *p;
     *p = old + v;
+    return old;
+}
+
+template <typename T> inline T atomicExch(T* p, T v) {
+    T old = *p;
+    *p = v;
     return old;
 }
 
