@@ -65,10 +65,23 @@ fn main() {
         });
         // x copied into y first (so every call sees the same values), then the sums of squares of
         // GELU (a read), then the apply pass recomputing GELU (a read and a write): 4 + 2 + 4 bytes.
+        // Each path by name: two passes, and the one-pass cooperative kernel (reads u once and
+        // writes once: 4 + 4 bytes), where it fits.
         r.run(&format!("copy+gelu+grn/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.d), None, Some((10 * s.b * s.n * s.d) as f64), || {
             ops::cast_into(&x, &mut y).unwrap();
-            ops::gelu_grn_assign(&mut y, &g, &be).unwrap()
+            ops::gelu_grn_assign_with(&mut y, &g, &be, ops::GrnKernel::TwoPass).unwrap()
         });
+        if ops::gelu_grn_assign_with(&mut y, &g, &be, ops::GrnKernel::Resident).is_ok() {
+            r.run(
+                &format!("copy+gelu+grn_resident/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.d),
+                None,
+                Some((8 * s.b * s.n * s.d) as f64),
+                || {
+                    ops::cast_into(&x, &mut y).unwrap();
+                    ops::gelu_grn_assign_with(&mut y, &g, &be, ops::GrnKernel::Resident).unwrap()
+                },
+            );
+        }
         // The weight path (one sample): copy, GELU + the factor only, then fc2's [D/4, D]
         // weight scaled by it. Bytes: the copy and the GELU pass (8 per element) and the weight.
         let w = rnd(&[s.d / 4, s.d], bf);

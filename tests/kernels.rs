@@ -202,7 +202,35 @@ fn grn_kernels() {
             ops::cast_into(&x, &mut u).unwrap();
             ops::gelu_grn_assign(&mut u, &g, &be).unwrap();
             let gelu = round_to(&xv.iter().map(|&v| cpu::gelu(v)).collect::<Vec<_>>(), dtype);
-            verify("gelu+grn", s.name, dtype, &u.to_vec_f32().unwrap(), Some(&whole), &cpu::grn(&gelu, s.b, s.n, s.d, &gv, &bev));
+            let want_gelu_grn = cpu::grn(&gelu, s.b, s.n, s.d, &gv, &bev);
+            verify("gelu+grn", s.name, dtype, &u.to_vec_f32().unwrap(), Some(&whole), &want_gelu_grn);
+
+            // Each GPU path by name, whatever CASCADE_GRN_RESIDENT says: the two passes, and the
+            // one-pass cooperative kernel (bf16 with D % 8 == 0 only; on those odd shapes it always fits).
+            for kernel in [ops::GrnKernel::TwoPass, ops::GrnKernel::Resident] {
+                let (mut y, whole) = poisoned(&[s.b, s.n, s.d], dtype, &dev).unwrap();
+                stats.fill(f32::NAN).unwrap();
+                if let Err(e) = ops::grn_into_with(&x, &g, &be, &mut stats, &mut y, kernel) {
+                    let fits = dtype == DType::BF16 && s.d % 8 == 0 && s.name.starts_with("odd");
+                    let expected = kernel == ops::GrnKernel::Resident && !fits;
+                    assert!(expected, "grn {kernel:?} {} {dtype:?}: {e}", s.name);
+                    println!("grn {kernel:?} {} {dtype:?}: not run ({e})", s.name);
+                    continue;
+                }
+                verify(
+                    &format!("grn {kernel:?}"),
+                    s.name,
+                    dtype,
+                    &y.to_vec_f32().unwrap(),
+                    Some(&whole),
+                    &cpu::grn(&xv, s.b, s.n, s.d, &gv, &bev),
+                );
+                verify(&format!("grn {kernel:?} factor"), s.name, DType::F32, &stats.to_vec_f32().unwrap(), None, &want_scale);
+                let (mut u, whole) = poisoned(&[s.b, s.n, s.d], dtype, &dev).unwrap();
+                ops::cast_into(&x, &mut u).unwrap();
+                ops::gelu_grn_assign_with(&mut u, &g, &be, kernel).unwrap();
+                verify(&format!("gelu+grn {kernel:?}"), s.name, dtype, &u.to_vec_f32().unwrap(), Some(&whole), &want_gelu_grn);
+            }
 
             // GRN in place without GELU, and its factor alone with x left as it is (the ResBlock's
             // paths when fc1's GEMM applied GELU).

@@ -198,29 +198,52 @@ struct RowLaunch {
 /// GlobalResponseNorm (spec §3.3) of `x [B, …, D]` into `y`; `stats [B, D]` (f32) is scratch
 /// that ends up holding the per-channel scale `1 + γ·N`.
 pub fn grn_into(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, y: &mut Tensor) -> Result<()> {
+    grn_into_with(x, gamma, beta, stats, y, GrnKernel::Auto)
+}
+
+/// [`grn_into`] on the given kernels.
+pub fn grn_into_with(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, y: &mut Tensor, kernel: GrnKernel) -> Result<()> {
     check_shape("grn", "output", y, x.shape())?;
-    grn_impl(x, gamma, Some(beta), stats, GrnOutput::Separate(y))
+    grn_impl(x, gamma, Some(beta), stats, GrnOutput::Separate(y), kernel)
+}
+
+/// Which GPU kernels compute GRN where β is applied (the CPU has one implementation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrnKernel {
+    /// The one-pass kernel where `CASCADE_GRN_RESIDENT=1` is set and it can run, else two passes.
+    Auto,
+    /// `grn_partial` (sums of squares, the factor) then `grn_apply`: any dtype, layout and size.
+    TwoPass,
+    /// `grn_resident_bf16`, one cooperative pass that reads x once: bf16, D a multiple of 8, x
+    /// and y 16-byte aligned, chunks of at most 96 positions with the whole grid resident at once.
+    /// An error where it cannot run.
+    Resident,
 }
 
 /// `x ← GRN(GELU(x))` in place (the ResBlock's middle): one pass turns x into GELU(x) (rounded to
 /// x's type) and sums its squares, then one pass applies the factor and β.
 pub fn gelu_grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
+    gelu_grn_assign_with(x, gamma, beta, GrnKernel::Auto)
+}
+
+/// [`gelu_grn_assign`] on the given kernels.
+pub fn gelu_grn_assign_with(x: &mut Tensor, gamma: &Tensor, beta: &Tensor, kernel: GrnKernel) -> Result<()> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
-    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, true))
+    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, true), kernel)
 }
 
 /// `x ← GRN(x)` in place: one pass sums the squares, one applies the factor and β (for an input
 /// whose GELU is already applied, e.g. by [`super::linear_gelu_into`]).
 pub fn grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
-    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, false))
+    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, false), GrnKernel::Auto)
 }
 
 /// GRN's factor `1 + γ·N(x)` (f32 `[B, D]`) without applying it, x unchanged: one pass that only
 /// reads x. See [`gelu_grn_factor`].
 pub fn grn_factor(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
-    grn_impl(x, gamma, None, &mut stats, GrnOutput::FactorOnly(&mut x.view(x.shape())?, false))?;
+    grn_impl(x, gamma, None, &mut stats, GrnOutput::FactorOnly(&mut x.view(x.shape())?, false), GrnKernel::TwoPass)?;
     Ok(stats)
 }
 
@@ -230,7 +253,7 @@ pub fn grn_factor(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
 /// (see [`scale_columns`]), when the weight is the smaller of the two.
 pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
-    grn_impl(&x.view(x.shape())?, gamma, None, &mut stats, GrnOutput::FactorOnly(x, true))?;
+    grn_impl(&x.view(x.shape())?, gamma, None, &mut stats, GrnOutput::FactorOnly(x, true), GrnKernel::TwoPass)?;
     Ok(stats)
 }
 
@@ -277,7 +300,7 @@ enum GrnOutput<'a> {
     FactorOnly(&'a mut Tensor, bool),
 }
 
-fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tensor, out: GrnOutput) -> Result<()> {
+fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tensor, out: GrnOutput, kernel: GrnKernel) -> Result<()> {
     if x.rank() < 2 {
         return Err(Error::Shape(format!("grn: x must be [B, …, D], got {:?}", x.shape())));
     }
@@ -307,6 +330,7 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
     check_device("grn", &x.device(), &[y])?;
     match x.device() {
         Device::Cpu => {
+            let _ = kernel; // one implementation on the CPU
             let mut v = x.cpu_f32()?.into_owned();
             if gelu {
                 v = crate::testing::round_to(&v.iter().map(|&a| cpu::gelu(a)).collect::<Vec<_>>(), x.dtype());
@@ -340,33 +364,41 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                 return Err(Error::Shape(format!("grn: {d} channels need more completion counters than the device keeps")));
             }
             // With β to apply (u read once, GRN(u) written once), the cooperative kernel where
-            // its grid fits on the card at once and it is asked for.
-            if let (Some(beta), true, true) = (beta, dt == DType::BF16 && vec8, grn_resident()) {
-                if let Some((chunk_rows, chunks)) = grn_resident_plan(&dev, b, n, d)? {
-                    if b > capacity {
-                        return Err(Error::Shape(format!("grn: {b} samples need more completion counters than the device keeps")));
-                    }
-                    let groups = d.div_ceil(256);
-                    let part = Tensor::empty(&[b * chunks * d + b * groups], DType::F32, &x.device())?;
-                    let rp = crate::cuda::params::GrnResidentParams {
-                        x: x0 as *const _,
-                        y: y0 as *mut _,
-                        part: part.cuda_ptr()? as *mut f32,
-                        scale: stats.cuda_ptr()? as *mut f32,
-                        group_sums: (part.cuda_ptr()? + (b * chunks * d * 4) as u64) as *mut f32,
-                        gamma: gamma.cuda_ptr()? as *const _,
-                        beta: beta.cuda_ptr()? as *const _,
-                        counters: counters as *mut u32,
-                        B: b as i32,
-                        N: n as i32,
-                        D: d as i32,
-                        chunk_rows: chunk_rows as i32,
-                        chunks: chunks as i32,
-                        gelu: gelu as i32,
-                    };
-                    let grid = (groups as u32, chunks as u32, b as u32);
-                    return dev.launch_cooperative(&k.grn_resident_bf16, grid, (32, 8, 1), (chunk_rows * 512) as u32, &rp);
+            // it is asked for and its grid fits on the card at once.
+            let resident = match (kernel, beta) {
+                (GrnKernel::TwoPass, _) => None,
+                (GrnKernel::Auto, _) if !grn_resident() => None,
+                (_, Some(beta)) if dt == DType::BF16 && vec8 => grn_resident_plan(&dev, b, n, d)?.map(|plan| (beta, plan)),
+                _ => None,
+            };
+            if kernel == GrnKernel::Resident && resident.is_none() {
+                return Err(Error::Shape(format!(
+                    "grn: the one-pass kernel cannot run {b}×{n}×{d} {dt:?} (it needs β, bf16, D % 8 == 0, 16-byte alignment, and a grid of chunks of at most 96 positions resident at once)"
+                )));
+            }
+            if let Some((beta, (chunk_rows, chunks))) = resident {
+                if b > capacity {
+                    return Err(Error::Shape(format!("grn: {b} samples need more completion counters than the device keeps")));
                 }
+                let part = Tensor::empty(&[b * chunks * d + b * groups], DType::F32, &x.device())?;
+                let rp = crate::cuda::params::GrnResidentParams {
+                    x: x0 as *const _,
+                    y: y0 as *mut _,
+                    part: part.cuda_ptr()? as *mut f32,
+                    scale: stats.cuda_ptr()? as *mut f32,
+                    group_sums: (part.cuda_ptr()? + (b * chunks * d * 4) as u64) as *mut f32,
+                    gamma: gamma.cuda_ptr()? as *const _,
+                    beta: beta.cuda_ptr()? as *const _,
+                    counters: counters as *mut u32,
+                    B: b as i32,
+                    N: n as i32,
+                    D: d as i32,
+                    chunk_rows: chunk_rows as i32,
+                    chunks: chunks as i32,
+                    gelu: gelu as i32,
+                };
+                let grid = (groups as u32, chunks as u32, b as u32);
+                return dev.launch_cooperative(&k.grn_resident_bf16, grid, (32, 8, 1), (chunk_rows * 512) as u32, &rp);
             }
             // The samples are independent: as many per launch as the completion counters cover.
             let per_launch = capacity / (groups + 1);
