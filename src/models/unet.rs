@@ -72,10 +72,11 @@ impl ResBlock {
         // epilogue here instead measured no gain on an H200: docs/performance.md, seventh session.)
         let mut u = self.fc1.forward(&y)?;
         let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
-        if b == 1 && h * w > c {
+        if b == 1 && h * w > c && !ops::gelu_grn_one_pass(&u)? {
             // GRN(u) = u·f + β with a per-channel factor f. With one sample and more positions
             // than channels, fc2's weight [C, 4C] is smaller than u [HW, 4C]: scale its columns
-            // by f (W₂·(u⊙f + β) = (W₂⊙f)·u + W₂·β) instead of making a pass over u.
+            // by f (W₂·(u⊙f + β) = (W₂⊙f)·u + W₂·β) instead of making a pass over u. (The
+            // one-pass kernel, where it runs, applies f with no pass of its own: it goes first.)
             let f = ops::gelu_grn_factor(&mut u, &self.gamma)?;
             let w2 = ops::scale_columns(&self.fc2.weight, &f)?;
             ops::linear_accumulate_into(&u, &w2, Some(fc2_bias_with_beta), x)

@@ -239,6 +239,26 @@ pub fn grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
     grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, false), GrnKernel::Auto)
 }
 
+/// Whether [`gelu_grn_assign`] on `x` takes the one-pass kernel (`CASCADE_GRN_RESIDENT=1`, bf16
+/// on a GPU, D a multiple of 8, 16-byte aligned, and a grid that fits): then it reads x once and
+/// writes it once, which no other way of applying GRN beats (see the ResBlock).
+pub fn gelu_grn_one_pass(x: &Tensor) -> Result<bool> {
+    match x.device() {
+        Device::Cpu => Ok(false),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            if !grn_resident() || x.dtype() != DType::BF16 || x.rank() < 2 {
+                return Ok(false);
+            }
+            let (b, d) = (x.dim(0), x.dim(-1));
+            if d % 8 != 0 || x.cuda_ptr()? % 16 != 0 || b == 0 {
+                return Ok(false);
+            }
+            Ok(grn_resident_plan(&dev, b, x.numel() / (b * d), d)?.is_some())
+        }
+    }
+}
+
 /// GRN's factor `1 + γ·N(x)` (f32 `[B, D]`) without applying it, x unchanged: one pass that only
 /// reads x. See [`gelu_grn_factor`].
 pub fn grn_factor(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
