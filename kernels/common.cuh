@@ -279,7 +279,9 @@ __device__ __forceinline__ void spin_until_at_least(unsigned* p, unsigned target
 }
 // A barrier over the blocks that share `count`: this block's writes are made visible
 // device-wide, the block is counted, and it waits until `target` arrivals are counted. Reads
-// of other blocks' writes after it go through L2 (__ldcg): L1 is not coherent across SMs.
+// of other blocks' writes after it go through L2 (__ldcg): L1 is not coherent across SMs. Keep
+// nothing in static __shared__ arrays across it (the emulator's blocks share those; dynamic
+// shared memory is per block there too).
 __device__ __forceinline__ void grid_arrive_wait(unsigned* count, unsigned target) {
     __threadfence();
     __syncthreads();

@@ -187,12 +187,20 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
                 start(&f);
             }
         }
+        // One block runs at a time: its fibers in turn, its barriers opened as its threads all
+        // reach them, until it ends or can only wait for other blocks (a grid-wide wait); then
+        // the next block with live threads runs. The kernels' static __shared__ arrays are one
+        // copy per OS thread, so in a cooperative launch a block has them to itself only from one
+        // grid-wide wait to the next (kernels keep nothing there across a wait); dynamic shared
+        // memory is the block's own.
+        size_t active = 0, stalled = 0;  // stalled: blocks in a row that could not move
         for (;;) {
-            // Every fiber that can run runs until it waits or ends; a fiber spinning at a grid
-            // barrier runs too (it re-reads its condition), and counts as progress only if it
-            // got past it.
+            Fiber* bf = &r.fibers[active * n];
+            // A fiber spinning at a grid-wide wait re-reads its condition; it counts as progress
+            // only once it gets past.
             bool progressed = false;
-            for (Fiber& f : r.fibers) {
+            for (size_t i = 0; i < n; i++) {
+                Fiber& f = bf[i];
                 if (f.state != READY && f.state != SPIN) continue;
                 const State before = f.state;
                 current = &f;
@@ -201,50 +209,55 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
                 if (!(before == SPIN && f.state == SPIN)) progressed = true;
             }
             current = nullptr;
-            // Open every warp barrier whose live lanes all wait at it, and every block barrier
-            // whose live threads all wait at it.
-            bool opened = false, any_live = false, stuck = false;
-            for (size_t j = 0; j < count; j++) {
-                Fiber* bf = &r.fibers[j * n];
-                bool block_live = false, all_block = true;
-                for (size_t w = 0; w < warps; w++) {
-                    size_t lo = w * 32, hi = lo + 32 < n ? lo + 32 : n;
-                    bool live = false, all_warp = true;
-                    for (size_t i = lo; i < hi; i++) {
-                        State s = bf[i].state;
-                        if (s == DONE) continue;
-                        live = true;
-                        if (s != WAIT_WARP) all_warp = false;
-                        if (s != WAIT_BLOCK) all_block = false;
-                    }
-                    block_live |= live;
-                    if (live && all_warp) {
-                        for (size_t i = lo; i < hi; i++)
-                            if (bf[i].state == WAIT_WARP) bf[i].state = READY;
-                        opened = true;
-                    }
+            // Open every warp barrier whose live lanes all wait at it; else the block barrier
+            // if all the block's live threads wait at it.
+            bool opened = false, live = false, all_block = true, spinning = false;
+            for (size_t w = 0; w < warps; w++) {
+                size_t lo = w * 32, hi = lo + 32 < n ? lo + 32 : n;
+                bool warp_live = false, all_warp = true;
+                for (size_t i = lo; i < hi; i++) {
+                    State st = bf[i].state;
+                    if (st == DONE) continue;
+                    warp_live = true;
+                    spinning |= st == SPIN;
+                    if (st != WAIT_WARP) all_warp = false;
+                    if (st != WAIT_BLOCK) all_block = false;
                 }
-                any_live |= block_live;
-                if (block_live && all_block && !opened) {
-                    for (size_t i = 0; i < n; i++)
-                        if (bf[i].state == WAIT_BLOCK) bf[i].state = READY;
+                live |= warp_live;
+                if (warp_live && all_warp) {
+                    for (size_t i = lo; i < hi; i++)
+                        if (bf[i].state == WAIT_WARP) bf[i].state = READY;
                     opened = true;
-                } else if (block_live && !opened) {
-                    // Waiting threads only, at different barriers: unless another block can
-                    // still move (a cooperative launch), this block never finishes.
-                    bool runnable = false;
-                    for (size_t i = 0; i < n; i++) runnable |= bf[i].state == READY || bf[i].state == SPIN;
-                    if (!runnable) stuck = true;
                 }
             }
-            if (!any_live) break;
-            if (opened || progressed) continue;
-            char msg[200];
-            if (stuck)
-                snprintf(msg, sizeof msg, "barrier deadlock: some threads of a block wait at __syncthreads, others at a warp barrier");
-            else
-                snprintf(msg, sizeof msg, "grid barrier deadlock: every live thread waits for blocks that never arrive");
-            return msg;
+            if (live && !opened && all_block) {
+                for (size_t i = 0; i < n; i++)
+                    if (bf[i].state == WAIT_BLOCK) bf[i].state = READY;
+                opened = true;
+            }
+            if (live && (opened || progressed)) {
+                stalled = 0;
+                continue;
+            }
+            if (live && !spinning) {
+                char msg[200];
+                snprintf(msg, sizeof msg, "barrier deadlock in block (%u, %u, %u): some threads wait at __syncthreads, others at a warp barrier",
+                         bf[0].block.x, bf[0].block.y, bf[0].block.z);
+                return msg;
+            }
+            // The block ended, or waits for others: the next block with live threads.
+            if (live && ++stalled > count) return "grid barrier deadlock: every live block waits at a grid-wide wait that never opens";
+            size_t next = count;
+            for (size_t k = 1; k <= count && next == count; k++) {
+                size_t j = (active + k) % count;
+                for (size_t i = 0; i < n; i++)
+                    if (r.fibers[j * n + i].state != DONE) {
+                        next = j;
+                        break;
+                    }
+            }
+            if (next == count) break;  // every block ended
+            active = next;
         }
     }
     return "";

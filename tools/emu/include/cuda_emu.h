@@ -70,7 +70,8 @@ void* warp_fragments();
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// One copy per OS thread; a block's fibers share it, blocks run one after another.
+// One copy per OS thread; a block's fibers share it, blocks run one after another (in a
+// cooperative launch, one at a time from one grid-wide wait to the next).
 #define __shared__ static thread_local
 
 inline void __syncthreads() { emu::sync_block(); }
@@ -127,7 +128,7 @@ template <typename T> inline T __ldcg(const T* p) { return *p; }
 template <typename T> inline T __ldg(const T* p) { return *p; }
 
 template <typename T> inline T atomicAdd(T* p, T v) {
-    // Blocks of one launch run one after another on one OS thread: no race to guard.
+    // Blocks of one launch run on one OS thread, one fiber at a time: no race to guard.
     T old = *p;
     *p = old + v;
     return old;
