@@ -482,27 +482,28 @@ impl CudaDevice {
         smem: u32,
         params: &P,
     ) -> Result<()> {
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
-        // SAFETY: every params struct comes from kernels/params.h through bindgen, so its layout
-        // is the kernel's; the launchers check every pointer's buffer size before launching.
-        unsafe { self.stream.launch_builder(f).arg(params).launch(cfg) }.map(|_| ()).map_err(|e| driver_err("kernel launch", e))
+        self.launch_as(f, LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem }, params, false)
     }
 
     /// Launches `f` as a cooperative kernel: the driver starts it only if every block of the
     /// grid can be resident at once (else an error), so its blocks may wait for one another.
-    pub(crate) fn launch_cooperative<P: cudarc::driver::DeviceRepr>(
-        &self,
-        f: &CudaFunction,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        smem: u32,
-        params: &P,
-    ) -> Result<()> {
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
-        // SAFETY: as in `launch`.
-        unsafe { self.stream.launch_builder(f).arg(params).launch_cooperative(cfg) }
-            .map(|_| ())
-            .map_err(|e| driver_err("cooperative kernel launch", e))
+    pub(crate) fn launch_cooperative<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, cfg: LaunchConfig, params: &P) -> Result<()> {
+        self.launch_as(f, cfg, params, true)
+    }
+
+    fn launch_as<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, cfg: LaunchConfig, params: &P, cooperative: bool) -> Result<()> {
+        let mut args = self.stream.launch_builder(f);
+        args.arg(params);
+        // SAFETY: every params struct comes from kernels/params.h through bindgen, so its layout
+        // is the kernel's; the launchers check every pointer's buffer size before launching.
+        let launched = unsafe {
+            if cooperative {
+                args.launch_cooperative(cfg)
+            } else {
+                args.launch(cfg)
+            }
+        };
+        launched.map(|_| ()).map_err(|e| driver_err(if cooperative { "cooperative kernel launch" } else { "kernel launch" }, e))
     }
 
     /// How many blocks of `threads` threads and `smem` bytes of dynamic shared memory each the

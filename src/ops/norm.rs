@@ -417,8 +417,12 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                     chunks: chunks as i32,
                     gelu: gelu as i32,
                 };
-                let grid = (groups as u32, chunks as u32, b as u32);
-                return dev.launch_cooperative(&k.grn_resident_bf16, grid, (32, 8, 1), (chunk_rows * 512) as u32, &rp);
+                let cfg = cudarc::driver::LaunchConfig {
+                    grid_dim: (groups as u32, chunks as u32, b as u32),
+                    block_dim: (32, 8, 1),
+                    shared_mem_bytes: (chunk_rows * 512) as u32,
+                };
+                return dev.launch_cooperative(&k.grn_resident_bf16, cfg, &rp);
             }
             // The samples are independent: as many per launch as the completion counters cover.
             let per_launch = capacity / (groups + 1);
