@@ -466,12 +466,12 @@ extern "C" __global__ void __launch_bounds__(256, 4) grn_resident_bf16(GrnReside
     if (tid == 0 && atomicAdd(count, 1u) == 3 * blocks - 1) atomicExch(count, 0u);
     if (!in) return;
 
-    const bf16* gamma = (const bf16*)p.gamma;
+    // γ and β one element at a time: weights need not be 16-byte aligned.
+    const bf16 *gamma = (const bf16*)p.gamma + g0 + off[0], *beta = (const bf16*)p.beta + g0 + off[0];
     float f[8], be[8];
-    ldg8(gamma + g0 + off[0], f);
-    for (int k = 0; k < 8; k++) f[k] = 1.f + f[k] * (norm[k] / denom);
+    for (int k = 0; k < 8; k++) f[k] = 1.f + to_f32(gamma[k]) * (norm[k] / denom);
     if (c == 0 && ry == 0) store8(p.scale + (int64_t)b * p.D + g0 + off[0], f);
-    ldg8((const bf16*)p.beta + g0 + off[0], be);
+    for (int k = 0; k < 8; k++) be[k] = to_f32(beta[k]);
     bf16* y = (bf16*)p.y;
     for (int i = 0; i < cnt; i++) {
         float e[8];

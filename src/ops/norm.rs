@@ -214,9 +214,9 @@ pub enum GrnKernel {
     Auto,
     /// `grn_partial` (sums of squares, the factor) then `grn_apply`: any dtype, layout and size.
     TwoPass,
-    /// `grn_resident_bf16`, one cooperative pass that reads x once: bf16, D a multiple of 8, x
-    /// and y 16-byte aligned, chunks of at most 96 positions with the whole grid resident at once.
-    /// An error where it cannot run.
+    /// `grn_resident_bf16`, one cooperative pass that reads x once: bf16, D a multiple of 8, x,
+    /// y and stats 16-byte aligned, chunks of at most 96 positions with the whole grid resident at
+    /// once. An error where it cannot run.
     Resident,
 }
 
@@ -388,7 +388,9 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             let resident = match (kernel, beta) {
                 (GrnKernel::TwoPass, _) => None,
                 (GrnKernel::Auto, _) if !grn_resident() => None,
-                (_, Some(beta)) if dt == DType::BF16 && vec8 => grn_resident_plan(&dev, b, n, d)?.map(|plan| (beta, plan)),
+                (_, Some(beta)) if dt == DType::BF16 && vec8 && stats.cuda_ptr()? % 16 == 0 => {
+                    grn_resident_plan(&dev, b, n, d)?.map(|plan| (beta, plan))
+                }
                 _ => None,
             };
             if kernel == GrnKernel::Resident && resident.is_none() {
