@@ -13,6 +13,7 @@ EMU = os.path.join(ROOT, "tools", "emu")
 OUT = os.path.join(ROOT, "target", "emu")
 KERNELS = os.path.join(ROOT, "kernels")
 CXX = os.environ.get("CXX", "g++")
+ALIGNMENT_CHECK = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
 FLAGS = ["-std=c++17", "-O2", "-g", "-fPIC", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unknown-pragmas"]
 
 ENTRY = re.compile(r'^extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\((\w+) \w+\)')
@@ -43,7 +44,9 @@ def main():
         src = os.path.join(OUT, "src", name[:-3] + ".cpp")
         open(src, "w").write(f'#line 1 "kernels/{name}"\n' + text)
         obj = src[:-4] + ".o"
-        run([CXX, *FLAGS, "-DCASCADE_EMU", "-I", os.path.join(EMU, "include"), "-I", KERNELS, "-c", src, "-o", obj])
+        # A misaligned vector access (a 16-byte load from an address that is not a multiple of
+        # 16) faults on a GPU; UBSan's alignment check stops the emulated kernel there too.
+        run([CXX, *FLAGS, *ALIGNMENT_CHECK, "-DCASCADE_EMU", "-I", os.path.join(EMU, "include"), "-I", KERNELS, "-c", src, "-o", obj])
         objects.append(obj)
     reg = os.path.join(OUT, "src", "registry.cpp")
     with open(reg, "w") as f:
@@ -61,7 +64,7 @@ def main():
         run([CXX, *FLAGS, "-I", KERNELS, "-I", EMU, "-c", src, "-o", obj])
         objects.append(obj)
     lib = os.path.join(OUT, "libcascade_emu.so")
-    run([CXX, "-shared", "-o", lib, *objects, "-lpthread"])
+    run([CXX, "-shared", *ALIGNMENT_CHECK, "-o", lib, *objects, "-lpthread"])
     for alias in ["libcuda.so", "libcuda.so.1", "libcublasLt.so", "libcublasLt.so.13"]:
         path = os.path.join(OUT, alias)
         if os.path.lexists(path):
