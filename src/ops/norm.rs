@@ -247,14 +247,11 @@ pub fn gelu_grn_one_pass(x: &Tensor) -> Result<bool> {
         Device::Cpu => Ok(false),
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
-            if !grn_resident() || x.dtype() != DType::BF16 || x.rank() < 2 {
+            if !grn_resident() || x.rank() < 2 || x.numel() == 0 {
                 return Ok(false);
             }
             let (b, d) = (x.dim(0), x.dim(-1));
-            if d % 8 != 0 || x.cuda_ptr()? % 16 != 0 || b == 0 {
-                return Ok(false);
-            }
-            Ok(grn_resident_plan(&dev, b, x.numel() / (b * d), d)?.is_some())
+            Ok(grn_resident_plan(&dev, x.dtype(), &[x.cuda_ptr()?], b, x.numel() / (b * d), d)?.is_some())
         }
     }
 }
@@ -388,9 +385,7 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             let resident = match (kernel, beta) {
                 (GrnKernel::TwoPass, _) => None,
                 (GrnKernel::Auto, _) if !grn_resident() => None,
-                (_, Some(beta)) if dt == DType::BF16 && vec8 && stats.cuda_ptr()? % 16 == 0 => {
-                    grn_resident_plan(&dev, b, n, d)?.map(|plan| (beta, plan))
-                }
+                (_, Some(beta)) => grn_resident_plan(&dev, dt, &[x0, y0, stats.cuda_ptr()?], b, n, d)?.map(|plan| (beta, plan)),
                 _ => None,
             };
             if kernel == GrnKernel::Resident && resident.is_none() {
@@ -514,13 +509,24 @@ fn grn_resident() -> bool {
     *ON.get_or_init(|| std::env::var("CASCADE_GRN_RESIDENT").is_ok_and(|v| v.trim() == "1"))
 }
 
-/// The cooperative GRN kernel's chunks for `b` samples of `n` positions and `d` channels
-/// (`(chunk_rows, chunks)`), or None where they would not fit: every block holds its chunk_rows
-/// × 256 channels in shared memory (at most 48 KiB, 96 rows) and the whole grid must be resident
-/// at once. Sized like grn_partial's chunks (one wave), for the most blocks per SM (up to the
-/// kernel's launch bound of four) that the driver says fit.
+/// The cooperative GRN kernel's chunks for `b` samples of `n` positions and `d` channels of type
+/// `dt` whose buffers start at `ptrs` (`(chunk_rows, chunks)`), or None where it cannot run: it
+/// takes bf16 with D a multiple of 8 and every buffer 16-byte aligned; every block holds its
+/// chunk_rows × 256 channels in shared memory (at most 48 KiB, 96 rows) and the whole grid must be
+/// resident at once. Sized like grn_partial's chunks (one wave), for the most blocks per SM (up to
+/// the kernel's launch bound of four) that the driver says fit.
 #[cfg(feature = "cuda")]
-fn grn_resident_plan(dev: &crate::cuda::CudaDevice, b: usize, n: usize, d: usize) -> Result<Option<(usize, usize)>> {
+fn grn_resident_plan(
+    dev: &crate::cuda::CudaDevice,
+    dt: DType,
+    ptrs: &[u64],
+    b: usize,
+    n: usize,
+    d: usize,
+) -> Result<Option<(usize, usize)>> {
+    if dt != DType::BF16 || d % 8 != 0 || b == 0 || ptrs.iter().any(|p| p % 16 != 0) {
+        return Ok(None);
+    }
     let columns = d.div_ceil(256) * b;
     for per_sm in (1..=4usize).rev() {
         let slots = dev.multiprocessors() * per_sm;

@@ -150,8 +150,8 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
     const size_t n = (size_t)block.x * block.y * block.z;
     const size_t warps = (n + 31) / 32;
     const size_t blocks = (size_t)grid.x * grid.y * grid.z;
-    // A cooperative launch runs all its blocks at once (their threads interleaved), so a block
-    // may wait for others (a grid barrier); otherwise blocks run one after another.
+    // A cooperative launch starts all its blocks together, so a block may wait for others (a
+    // grid-wide wait); otherwise blocks run one after another.
     const size_t at_once = cooperative ? blocks : 1;
     const size_t smem_stride = (smem_bytes + 16 + 15) & ~(size_t)15;
     while (r.stacks.size() < at_once * n) {

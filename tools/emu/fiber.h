@@ -1,4 +1,4 @@
-// Runs a kernel body over a grid, one block at a time (all at once when cooperative), the
+// Runs a kernel body over a grid, one block at a time (all started together when cooperative), the
 // blocks' threads as fibers.
 #pragma once
 #include <stddef.h>

@@ -121,7 +121,7 @@ inline float __fdividef(float a, float b) { return a / b; }
 inline float cospif(float x) { return (float)std::cos(M_PI * (double)x); }
 inline float sinpif(float x) { return (float)std::sin(M_PI * (double)x); }
 
-// Blocks run one after another (or, in a cooperative launch, interleaved on one OS thread), so
+// Blocks run one after another (in a cooperative launch, one at a time between grid-wide waits), so
 // every write is visible to the blocks after it.
 inline void __threadfence() {}
 template <typename T> inline T __ldcg(const T* p) { return *p; }
