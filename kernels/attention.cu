@@ -198,35 +198,42 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
     }
 }
 
+
 // ---- Tensor-core version with register-resident softmax (mma.sync; bf16) ---------------------
-// Four warps per block, 16 query rows each (64 queries per block); K and V stream through
-// shared memory in tiles of 64 keys, double-buffered with cp.async so that tile i + 1 loads while
-// tile i is multiplied. Each warp keeps Q, the scores S = Q·Kᵀ, the probabilities P and the output
-// O in registers: the accumulator layout of S (16 × 8 keys) is exactly the A layout P needs for
-// O += P·V, so nothing round-trips through shared memory (unlike the WMMA kernel above, whose
-// fragment layout is opaque). K's and V's B fragments come from shared memory by ldmatrix (V's
-// transposed); rows are 16-byte aligned and conflict-free at this pitch. The online softmax runs
-// in base 2 on the unscaled scores, the scale folded into each exponent's FFMA; each lane holds
-// two rows (g and g + 8) and shares their maxima with the three other lanes of its group; the
-// row sums come from the tensor cores (P times a fragment of ones). The loop is written for few
-// instructions per tile besides the 68 mma (issue slots, not the tensor cores, bounded the first
-// version): tiles inside one key source load through one pointer, and only tiles with masked or
-// missing keys run the masking code. The launcher requires 16-byte aligned q, k, v, o, strides
-// that are multiples of 8 and a positive scale. Optional causal and key-padding masks (CLIP; one
-// key source): a masked score is −∞, and a row whose keys so far are all masked keeps a running
-// maximum of −∞ without producing NaNs (a row with no visible key at all gives zeros, as the
-// CUDA-core kernel does).
-#define MMA_WARPS 4
+// W warps per block, each with R tiles of 16 query rows (16·R·W queries per block); K and V
+// stream through shared memory in tiles of 64 keys, double-buffered with cp.async so that tile
+// i + 1 loads while tile i is multiplied. Each warp keeps Q, the scores S = Q·Kᵀ, the
+// probabilities P and the output O in registers: the accumulator layout of S (16 × 8 keys) is
+// exactly the A layout P needs for O += P·V, so nothing round-trips through shared memory (unlike
+// the WMMA kernel above, whose fragment layout is opaque). K's and V's B fragments come from
+// shared memory by ldmatrix (V's transposed); rows are 16-byte aligned and conflict-free at this
+// pitch. Each fragment a warp loads serves its R row tiles: with R = 2 a warp reads the tile
+// from shared memory once per 32 queries instead of once per 16, which halves the kernel's
+// shared-memory traffic per FLOP (the ldmatrix reads, 16 KiB per warp and tile, are what the
+// R = 1 kernel spends most of its shared-memory bandwidth on). The online softmax runs in base 2
+// on the unscaled scores, the scale folded into each exponent's FFMA; each lane holds two rows
+// of each row tile (g and g + 8) and shares their maxima with the three other lanes of its
+// group; the row sums come from the tensor cores (P times a fragment of ones). The loop is
+// written for few instructions per tile besides the mma (issue slots, not the tensor cores,
+// bounded the first version): tiles inside one key source load through one pointer, and only
+// tiles with masked or missing keys run the masking code. The launcher requires 16-byte aligned
+// q, k, v, o, strides that are multiples of 8 and a positive scale. Optional causal and
+// key-padding masks (CLIP; one key source): a masked score is −∞, and a row whose keys so far
+// are all masked keeps a running maximum of −∞ without producing NaNs (a row with no visible key
+// at all gives zeros, as the CUDA-core kernel does).
 #define MMA_KT 64
 #define MMA_LD 72  // bf16 pitch of the shared tiles (36 words: conflict-free fragment reads)
 
-extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(AttentionParams p) {
+template <int R, int W> __device__ __forceinline__ void attention_mma_body(const AttentionParams& p) {
     __shared__ __align__(16) bf16 ks[2][MMA_KT][MMA_LD];  // [stage][key][dim]
     __shared__ __align__(16) bf16 vs[2][MMA_KT][MMA_LD];  // [stage][key][dim]
+    constexpr int ROWS = 16 * R * W;                       // queries per block
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y;
-    const int q0 = blockIdx.x * (MMA_WARPS * 16) + warp * 16;
+    const int q0 = blockIdx.x * ROWS + warp * 16 * R;  // the warp's first query; row tile r starts at q0 + 16r
+    // A warp whose queries all lie past Lq (in the last block of a row of blocks) only helps load.
+    const bool busy = q0 < p.Lq;
     const float scale = p.scale * 1.4426950408889634f;  // scores in base 2 (p.scale > 0: the launcher checks)
 
     // Keys [0, Lk) from k/v, then [Lk, Lk + Lk2) from k2/v2.
@@ -235,11 +242,11 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
     const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
     const bf16* kbase2 = p.Lk2 ? (const bf16*)p.k2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : kbase;
     const bf16* vbase2 = p.Lk2 ? (const bf16*)p.v2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : vbase;
-    // 64 keys × 64 dims of K and of V: 512 pieces of 16 bytes each, four per thread: thread i
-    // copies dims (i % 8)·8 .. + 7 of keys i / 8 + 16·r, r = 0..3. A tile inside one source (all
-    // but at most two per block) takes one pointer and a stride; the others pick the source per
-    // key, and keys past the last are zero-filled.
-    static_assert(MMA_KT * HEAD_DIM / 8 == 4 * MMA_WARPS * 32, "four 16-byte pieces per thread");
+    // 64 keys × 64 dims of K and of V: 512 pieces of 16 bytes each. Thread i copies dims
+    // (i % 8)·8 .. + 7 of keys i / 8 + 4W·r (four keys per warp and round: four rounds with four
+    // warps). A tile inside one source (all but at most two per block) takes one pointer and a
+    // stride; the others pick the source per key, and keys past the last are zero-filled.
+    constexpr int KEY_STEP = 4 * W;
     const int lj = threadIdx.x >> 3, ld = (threadIdx.x & 7) * 8;
     auto load_tile = [&](int stage, int k0) {
         const bool in_first = k0 + MMA_KT <= p.Lk, in_second = k0 >= p.Lk && k0 + MMA_KT <= total;
@@ -248,13 +255,18 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
             const int64_t off = (int64_t)((in_first ? k0 : k0 - p.Lk) + lj) * stride + ld;
             const bf16* kp = (in_first ? kbase : kbase2) + off;
             const bf16* vp = (in_first ? vbase : vbase2) + off;
-            for (int r = 0; r < 4; r++) {
-                cp_async16(&ks[stage][lj + 16 * r][ld], kp + 16 * r * stride, true);
-                cp_async16(&vs[stage][lj + 16 * r][ld], vp + 16 * r * stride, true);
+#pragma unroll
+            for (int j = 0; j < MMA_KT; j += KEY_STEP) {
+                if (MMA_KT % KEY_STEP == 0 || lj + j < MMA_KT) {
+                    cp_async16(&ks[stage][lj + j][ld], kp + j * stride, true);
+                    cp_async16(&vs[stage][lj + j][ld], vp + j * stride, true);
+                }
             }
         } else {
-            for (int r = 0; r < 4; r++) {
-                const int j = lj + 16 * r, kj = k0 + j;
+#pragma unroll
+            for (int j0 = 0; j0 < MMA_KT; j0 += KEY_STEP) {
+                const int j = lj + j0, kj = k0 + j;
+                if (MMA_KT % KEY_STEP != 0 && j >= MMA_KT) break;
                 const bool first = kj < p.Lk, valid = kj < total;
                 const int64_t off = first ? (int64_t)kj * p.kv_stride + ld : valid ? (int64_t)(kj - p.Lk) * p.kv2_stride + ld : ld;
                 cp_async16(&ks[stage][j][ld], (first || !valid ? kbase : kbase2) + off, valid);
@@ -265,31 +277,42 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
     };
     load_tile(0, 0);
 
-    // Q fragments for this warp's 16 rows (rows past Lq read as zeros and are never stored).
-    uint32_t qa[HEAD_DIM / 16][4];
+    // Q fragments for this warp's row tiles (rows past Lq read as zeros and are never stored).
+    uint32_t qa[R][HEAD_DIM / 16][4];
     {
         const bf16* q = (const bf16*)p.q + ((int64_t)b * p.Lq) * p.q_stride + h * HEAD_DIM;
-        const int r0 = q0 + g, r1 = q0 + g + 8;
-        for (int kc = 0; kc < HEAD_DIM / 16; kc++) {
-            const int d0 = kc * 16 + 2 * t, d1 = d0 + 8;
-            qa[kc][0] = r0 < p.Lq ? *(const uint32_t*)(q + (int64_t)r0 * p.q_stride + d0) : 0u;
-            qa[kc][1] = r1 < p.Lq ? *(const uint32_t*)(q + (int64_t)r1 * p.q_stride + d0) : 0u;
-            qa[kc][2] = r0 < p.Lq ? *(const uint32_t*)(q + (int64_t)r0 * p.q_stride + d1) : 0u;
-            qa[kc][3] = r1 < p.Lq ? *(const uint32_t*)(q + (int64_t)r1 * p.q_stride + d1) : 0u;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int r0 = q0 + 16 * r + g, r1 = r0 + 8;
+            for (int kc = 0; kc < HEAD_DIM / 16; kc++) {
+                const int d0 = kc * 16 + 2 * t, d1 = d0 + 8;
+                qa[r][kc][0] = r0 < p.Lq ? *(const uint32_t*)(q + (int64_t)r0 * p.q_stride + d0) : 0u;
+                qa[r][kc][1] = r1 < p.Lq ? *(const uint32_t*)(q + (int64_t)r1 * p.q_stride + d0) : 0u;
+                qa[r][kc][2] = r0 < p.Lq ? *(const uint32_t*)(q + (int64_t)r0 * p.q_stride + d1) : 0u;
+                qa[r][kc][3] = r1 < p.Lq ? *(const uint32_t*)(q + (int64_t)r1 * p.q_stride + d1) : 0u;
+            }
         }
     }
-    float o[HEAD_DIM / 8][4];
-    for (int nd = 0; nd < HEAD_DIM / 8; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
-    // Running maxima of rows g and g + 8, on the unscaled scores (the scale is positive).
-    float m0 = -INFINITY, m1 = -INFINITY;
+    float o[R][HEAD_DIM / 8][4];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        for (int nd = 0; nd < HEAD_DIM / 8; nd++) o[r][nd][0] = o[r][nd][1] = o[r][nd][2] = o[r][nd][3] = 0.f;
+    // Running maxima of rows g and g + 8 of each row tile, on the unscaled scores (the scale is
+    // positive).
+    float m0[R], m1[R];
     // Running row sums, accumulated by the tensor cores as P·1 (a B fragment of ones): every
     // column of this 16 × 8 block holds its row's sum of the rounded P that P·V uses, so
-    // l[0] is row g's and l[2] row g + 8's, with no shuffles and no unpacking of P.
-    float l[4] = {0.f, 0.f, 0.f, 0.f};
+    // l[r][0] is row g's and l[r][2] row g + 8's, with no shuffles and no unpacking of P.
+    float l[R][4];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        m0[r] = m1[r] = -INFINITY;
+        l[r][0] = l[r][1] = l[r][2] = l[r][3] = 0.f;
+    }
     const uint32_t ones[2] = {0x3f803f80u, 0x3f803f80u};  // bf16 1.0 pairs
 
     // With a causal mask, keys past the block's last query are never needed.
-    const int last_key = p.causal ? min(total, (blockIdx.x + 1) * MMA_WARPS * 16) : total;
+    const int last_key = p.causal ? min(total, (blockIdx.x + 1) * ROWS) : total;
     const int tiles = (last_key + MMA_KT - 1) / MMA_KT;
     const float* key_mask = p.key_mask ? p.key_mask + (int64_t)b * p.Lk : nullptr;
     for (int tile = 0; tile < tiles; tile++) {
@@ -301,99 +324,133 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32) attention_mma_bf16(
             cp_async_wait<0>();
         }
         __syncthreads();  // ... for every thread's copies
-        const bf16(*kt)[MMA_LD] = ks[stage];
-        const bf16(*vt)[MMA_LD] = vs[stage];
+        if (busy) {
+            const bf16(*kt)[MMA_LD] = ks[stage];
+            const bf16(*vt)[MMA_LD] = vs[stage];
 
-        // S = Q·Kᵀ for 64 keys: eight 16 × 8 accumulators. Kᵀ's B fragments pair two dims of one
-        // key: one ldmatrix gives them for 32 dims of 8 keys (lanes 8i..8i+7 point at keys
-        // nc·8 .. + 7, dims 32·half + 8i .. + 7).
-        float s[MMA_KT / 8][4];
-        for (int nc = 0; nc < MMA_KT / 8; nc++) {
-            s[nc][0] = s[nc][1] = s[nc][2] = s[nc][3] = 0.f;
-            for (int half = 0; half < 2; half++) {
-                uint32_t kb[4];
-                ldmatrix_x4<false>(kb, &kt[nc * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
-                mma_m16n8k16_bf16(s[nc], qa[2 * half], kb, s[nc]);
-                mma_m16n8k16_bf16(s[nc], qa[2 * half + 1], kb + 2, s[nc]);
-            }
-        }
-        // The tile's row maxima. A tile of real keys only and no mask (all but the last tile or
-        // two without masks) needs nothing else; otherwise keys past the last, later than the
-        // row (causal) or padded out become −∞ first.
-        float t0 = -INFINITY, t1 = -INFINITY;
-        if (k0 + MMA_KT > total || p.causal || key_mask) {
+            // S = Q·Kᵀ for 64 keys: eight 16 × 8 accumulators per row tile. Kᵀ's B fragments pair
+            // two dims of one key: one ldmatrix gives them for 32 dims of 8 keys (lanes 8i..8i+7
+            // point at keys nc·8 .. + 7, dims 32·half + 8i .. + 7), for every row tile.
+            float s[R][MMA_KT / 8][4];
+#pragma unroll
             for (int nc = 0; nc < MMA_KT / 8; nc++) {
-                for (int i = 0; i < 4; i++) {
-                    const int key = k0 + nc * 8 + 2 * t + (i & 1), row = q0 + g + (i < 2 ? 0 : 8);
-                    const bool visible = key < total && !(p.causal && key > row) && !(key_mask && key < p.Lk && key_mask[key] == 0.f);
-                    if (!visible) s[nc][i] = -INFINITY;
+#pragma unroll
+                for (int r = 0; r < R; r++) s[r][nc][0] = s[r][nc][1] = s[r][nc][2] = s[r][nc][3] = 0.f;
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    uint32_t kb[4];
+                    ldmatrix_x4<false>(kb, &kt[nc * 8 + (lane & 7)][half * 32 + (lane >> 3) * 8]);
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        mma_m16n8k16_bf16(s[r][nc], qa[r][2 * half], kb, s[r][nc]);
+                        mma_m16n8k16_bf16(s[r][nc], qa[r][2 * half + 1], kb + 2, s[r][nc]);
+                    }
                 }
             }
-        }
-        for (int nc = 0; nc < MMA_KT / 8; nc++) {
-            t0 = fmaxf(t0, fmaxf(s[nc][0], s[nc][1]));
-            t1 = fmaxf(t1, fmaxf(s[nc][2], s[nc][3]));
-        }
-        for (int off = 1; off < 4; off <<= 1) {
-            t0 = fmaxf(t0, __shfl_xor_sync(0xffffffff, t0, off));
-            t1 = fmaxf(t1, __shfl_xor_sync(0xffffffff, t1, off));
-        }
-        // Without masks every tile holds a real key, so the maxima are finite. With masks a row
-        // may have seen none yet: exponents are then taken against 0 (2^(−∞ − 0) = 0, no NaN).
-        // Exponents are (s − max)·scale in base 2, one FFMA each against the scaled maximum.
-        const float n0 = fmaxf(m0, t0), n1 = fmaxf(m1, t1);
-        const float b0 = n0 == -INFINITY ? 0.f : n0 * scale, b1 = n1 == -INFINITY ? 0.f : n1 * scale;
-        const float c0 = ex2_approx(fmaf(m0, scale, -b0)), c1 = ex2_approx(fmaf(m1, scale, -b1));
-        m0 = n0;
-        m1 = n1;
-        l[0] *= c0;
-        l[1] *= c0;
-        l[2] *= c1;
-        l[3] *= c1;
-        for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
-            o[nd][0] *= c0;
-            o[nd][1] *= c0;
-            o[nd][2] *= c1;
-            o[nd][3] *= c1;
-        }
-        // P = 2^((S − max)·scale) as bf16 A fragments.
-        uint32_t pa[MMA_KT / 16][4];
-        for (int kc = 0; kc < MMA_KT / 16; kc++) {
-            float e[8];
-            for (int i = 0; i < 4; i++) {
-                e[i] = ex2_approx(fmaf(s[2 * kc][i], scale, -(i < 2 ? b0 : b1)));
-                e[4 + i] = ex2_approx(fmaf(s[2 * kc + 1][i], scale, -(i < 2 ? b0 : b1)));
+            // A tile of real keys only and no mask (all but the last tile or two without masks)
+            // needs nothing else; otherwise keys past the last, later than the row (causal) or
+            // padded out become −∞ first.
+            if (k0 + MMA_KT > total || p.causal || key_mask) {
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    for (int nc = 0; nc < MMA_KT / 8; nc++) {
+                        for (int i = 0; i < 4; i++) {
+                            const int key = k0 + nc * 8 + 2 * t + (i & 1), row = q0 + 16 * r + g + (i < 2 ? 0 : 8);
+                            const bool visible = key < total && !(p.causal && key > row) && !(key_mask && key < p.Lk && key_mask[key] == 0.f);
+                            if (!visible) s[r][nc][i] = -INFINITY;
+                        }
+                    }
             }
-            pa[kc][0] = pack_bf16x2(e[0], e[1]);
-            pa[kc][1] = pack_bf16x2(e[2], e[3]);
-            pa[kc][2] = pack_bf16x2(e[4], e[5]);
-            pa[kc][3] = pack_bf16x2(e[6], e[7]);
-            mma_m16n8k16_bf16(l, pa[kc], ones, l);
-        }
-        // O += P·V: eight 16 × 8 output blocks over the tile's four 16-key chunks. B pairs keys
-        // 2t, 2t + 1 (and 2t + 8, 2t + 9) of dim nd·8 + g: one transposing ldmatrix gives both
-        // registers for two neighbouring dim blocks (lanes 8i..8i+7 point at the rows of keys
-        // kc·16 + 8(i & 1) .. + 7, dims (nd + i / 2)·8 .. + 7). Each o[nd] still accumulates
-        // the chunks in order.
-        for (int kc = 0; kc < MMA_KT / 16; kc++) {
-            const int mi = lane >> 3, key = kc * 16 + (mi & 1) * 8 + (lane & 7);
-            for (int nd = 0; nd < HEAD_DIM / 8; nd += 2) {
-                uint32_t vb[4];
-                ldmatrix_x4<true>(vb, &vt[key][(nd + (mi >> 1)) * 8]);
-                mma_m16n8k16_bf16(o[nd], pa[kc], vb, o[nd]);
-                mma_m16n8k16_bf16(o[nd + 1], pa[kc], vb + 2, o[nd + 1]);
+            // P = 2^((S − max)·scale) as bf16 A fragments, after the rows' new maxima rescale
+            // what was accumulated.
+            uint32_t pa[R][MMA_KT / 16][4];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                // The tile's row maxima.
+                float t0 = -INFINITY, t1 = -INFINITY;
+                for (int nc = 0; nc < MMA_KT / 8; nc++) {
+                    t0 = fmaxf(t0, fmaxf(s[r][nc][0], s[r][nc][1]));
+                    t1 = fmaxf(t1, fmaxf(s[r][nc][2], s[r][nc][3]));
+                }
+                for (int off = 1; off < 4; off <<= 1) {
+                    t0 = fmaxf(t0, __shfl_xor_sync(0xffffffff, t0, off));
+                    t1 = fmaxf(t1, __shfl_xor_sync(0xffffffff, t1, off));
+                }
+                // Without masks every tile holds a real key, so the maxima are finite. With masks
+                // a row may have seen none yet: exponents are then taken against 0 (2^(−∞ − 0) =
+                // 0, no NaN). Exponents are (s − max)·scale in base 2, one FFMA each against the
+                // scaled maximum.
+                const float n0 = fmaxf(m0[r], t0), n1 = fmaxf(m1[r], t1);
+                const float b0 = n0 == -INFINITY ? 0.f : n0 * scale, b1 = n1 == -INFINITY ? 0.f : n1 * scale;
+                const float c0 = ex2_approx(fmaf(m0[r], scale, -b0)), c1 = ex2_approx(fmaf(m1[r], scale, -b1));
+                m0[r] = n0;
+                m1[r] = n1;
+                l[r][0] *= c0;
+                l[r][1] *= c0;
+                l[r][2] *= c1;
+                l[r][3] *= c1;
+                for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
+                    o[r][nd][0] *= c0;
+                    o[r][nd][1] *= c0;
+                    o[r][nd][2] *= c1;
+                    o[r][nd][3] *= c1;
+                }
+                for (int kc = 0; kc < MMA_KT / 16; kc++) {
+                    float e[8];
+                    for (int i = 0; i < 4; i++) {
+                        e[i] = ex2_approx(fmaf(s[r][2 * kc][i], scale, -(i < 2 ? b0 : b1)));
+                        e[4 + i] = ex2_approx(fmaf(s[r][2 * kc + 1][i], scale, -(i < 2 ? b0 : b1)));
+                    }
+                    pa[r][kc][0] = pack_bf16x2(e[0], e[1]);
+                    pa[r][kc][1] = pack_bf16x2(e[2], e[3]);
+                    pa[r][kc][2] = pack_bf16x2(e[4], e[5]);
+                    pa[r][kc][3] = pack_bf16x2(e[6], e[7]);
+                    mma_m16n8k16_bf16(l[r], pa[r][kc], ones, l[r]);
+                }
+            }
+            // O += P·V: eight 16 × 8 output blocks per row tile over the tile's four 16-key
+            // chunks. B pairs keys 2t, 2t + 1 (and 2t + 8, 2t + 9) of dim nd·8 + g: one
+            // transposing ldmatrix gives both registers for two neighbouring dim blocks (lanes
+            // 8i..8i+7 point at the rows of keys kc·16 + 8(i & 1) .. + 7, dims (nd + i / 2)·8 ..
+            // + 7), for every row tile. Each o[r][nd] still accumulates the chunks in order.
+#pragma unroll
+            for (int kc = 0; kc < MMA_KT / 16; kc++) {
+                const int mi = lane >> 3, key = kc * 16 + (mi & 1) * 8 + (lane & 7);
+#pragma unroll
+                for (int nd = 0; nd < HEAD_DIM / 8; nd += 2) {
+                    uint32_t vb[4];
+                    ldmatrix_x4<true>(vb, &vt[key][(nd + (mi >> 1)) * 8]);
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        mma_m16n8k16_bf16(o[r][nd], pa[r][kc], vb, o[r][nd]);
+                        mma_m16n8k16_bf16(o[r][nd + 1], pa[r][kc], vb + 2, o[r][nd + 1]);
+                    }
+                }
             }
         }
         __syncthreads();  // this stage is read: the next iteration may refill it
     }
+    if (!busy) return;
 
     // O / l as bf16 pairs.
-    const float i0 = l[0] > 0.f ? 1.f / l[0] : 0.f, i1 = l[2] > 0.f ? 1.f / l[2] : 0.f;
     bf16* out = (bf16*)p.o + ((int64_t)b * p.Lq) * p.o_stride + h * HEAD_DIM;
-    const int r0 = q0 + g, r1 = q0 + g + 8;
-    for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
-        const int d = nd * 8 + 2 * t;
-        if (r0 < p.Lq) *(uint32_t*)(out + (int64_t)r0 * p.o_stride + d) = pack_bf16x2(o[nd][0] * i0, o[nd][1] * i0);
-        if (r1 < p.Lq) *(uint32_t*)(out + (int64_t)r1 * p.o_stride + d) = pack_bf16x2(o[nd][2] * i1, o[nd][3] * i1);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const float i0 = l[r][0] > 0.f ? 1.f / l[r][0] : 0.f, i1 = l[r][2] > 0.f ? 1.f / l[r][2] : 0.f;
+        const int r0 = q0 + 16 * r + g, r1 = r0 + 8;
+        for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
+            const int d = nd * 8 + 2 * t;
+            if (r0 < p.Lq) *(uint32_t*)(out + (int64_t)r0 * p.o_stride + d) = pack_bf16x2(o[r][nd][0] * i0, o[r][nd][1] * i0);
+            if (r1 < p.Lq) *(uint32_t*)(out + (int64_t)r1 * p.o_stride + d) = pack_bf16x2(o[r][nd][2] * i1, o[r][nd][3] * i1);
+        }
     }
 }
+
+// 16 queries per warp, four warps: 64 queries per block, four blocks per SM (at most 128
+// registers: without the bound ptxas takes 134, which leaves room for three).
+extern "C" __global__ void __launch_bounds__(128, 4) attention_mma_bf16(AttentionParams p) { attention_mma_body<1, 4>(p); }
+// 32 queries per warp, two to four warps per block: the launcher picks the block size that
+// spreads the query rows most evenly over the SMs (ATTENTION_MMA32_W in params.h).
+extern "C" __global__ void __launch_bounds__(64) attention_mma32_w2_bf16(AttentionParams p) { attention_mma_body<2, 2>(p); }
+extern "C" __global__ void __launch_bounds__(96) attention_mma32_w3_bf16(AttentionParams p) { attention_mma_body<2, 3>(p); }
+extern "C" __global__ void __launch_bounds__(128) attention_mma32_w4_bf16(AttentionParams p) { attention_mma_body<2, 4>(p); }

@@ -32,6 +32,24 @@ pub enum AttentionKernel {
     /// The tensor-core kernel through mma.sync (bf16, masks allowed; softmax in registers;
     /// operands 16-byte aligned with strides a multiple of 8).
     Mma,
+    /// The mma.sync kernel with 32 queries per warp instead of 16: its two row tiles share every
+    /// K and V fragment the warp reads from shared memory. `warps` per block (2, 3 or 4), or
+    /// `None` for the count that spreads the queries most evenly over the SMs
+    /// ([`mma32_warps`]; `CASCADE_ATTENTION_WARPS` overrides it). Same operands and masks as
+    /// `Mma`. `CASCADE_ATTENTION=mma32` makes it the automatic choice.
+    Mma32 {
+        /// Warps per block (2, 3 or 4), or `None` for [`mma32_warps`]'s choice.
+        warps: Option<u32>,
+    },
+}
+
+/// Warps per block for [`AttentionKernel::Mma32`] on `bh` (batch × heads) rows of `lq`
+/// queries over `sms` SMs: the count whose busiest SM holds the fewest warps of 32 queries
+/// (blocks are dealt to the SMs evenly, so the busiest holds ⌈blocks / SMs⌉ of them); on a tie
+/// the larger block, which copies each key tile into shared memory for more queries.
+pub fn mma32_warps(lq: usize, bh: usize, sms: usize) -> u32 {
+    let cost = |w: usize| (lq.div_ceil(32 * w) * bh).div_ceil(sms.max(1)) * w;
+    [4usize, 3, 2].into_iter().min_by_key(|&w| cost(w)).unwrap_or(4) as u32
 }
 
 /// `o = softmax(q·kᵀ·scale)·v` per head. `q [B, Lq, H·64]`, `k`/`v [B, Lk, H·64]`, `o [B, Lq, H·64]`.
@@ -237,6 +255,7 @@ fn attention_impl(
                     Some("simple") => AttentionKernel::Simple,
                     Some("wmma") if wmma_ok => AttentionKernel::TensorCore,
                     Some("mma") if aligned => AttentionKernel::Mma,
+                    Some("mma32") if aligned && dev.mma32_attention() => AttentionKernel::Mma32 { warps: None },
                     _ if aligned && dev.mma_attention() => AttentionKernel::Mma,
                     _ if wmma_ok && dev.tensor_core_attention() => AttentionKernel::TensorCore,
                     _ => AttentionKernel::Simple,
@@ -244,18 +263,31 @@ fn attention_impl(
                 AttentionKernel::TensorCore if !wmma_ok => {
                     return Err(Error::Shape("attention: the WMMA kernel takes bf16 without a mask".into()))
                 }
-                AttentionKernel::Mma if !bf16 => return Err(Error::Shape("attention: the mma kernel takes bf16".into())),
-                AttentionKernel::Mma if !aligned => {
+                AttentionKernel::Mma | AttentionKernel::Mma32 { .. } if !bf16 => {
+                    return Err(Error::Shape("attention: the mma kernel takes bf16".into()))
+                }
+                AttentionKernel::Mma | AttentionKernel::Mma32 { .. } if !aligned => {
                     return Err(Error::Shape("attention: the mma kernel needs 16-byte aligned operands and rows".into()))
                 }
                 other => other,
             };
-            if extra.is_some() && chosen != AttentionKernel::Mma {
+            if extra.is_some() && !matches!(chosen, AttentionKernel::Mma | AttentionKernel::Mma32 { .. }) {
                 return concatenated(chosen, o);
             }
             match chosen {
                 AttentionKernel::Mma => {
                     dev.launch(&kt.attention_mma_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
+                }
+                AttentionKernel::Mma32 { warps } => {
+                    let forced = std::env::var("CASCADE_ATTENTION_WARPS").ok().and_then(|w| w.parse::<u32>().ok());
+                    let w = warps.or(forced).unwrap_or_else(|| mma32_warps(lq, b * heads, dev.multiprocessors()));
+                    let f = match w {
+                        2 => &kt.attention_mma32_w2_bf16,
+                        3 => &kt.attention_mma32_w3_bf16,
+                        4 => &kt.attention_mma32_w4_bf16,
+                        _ => return Err(Error::Shape(format!("attention: the 32-query mma kernel takes 2 to 4 warps per block, not {w}"))),
+                    };
+                    dev.launch(f, (lq.div_ceil(32 * w as usize) as u32, heads as u32, b as u32), (32 * w, 1, 1), 0, &p)
                 }
                 AttentionKernel::TensorCore => {
                     dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
