@@ -9,7 +9,7 @@ mod common;
 fn main() {
     use cascade::ops::{self, shapes, AttentionMask, Padding};
     use cascade::testing::TestRng;
-    use cascade::{DType, Device, Tensor};
+    use cascade::{DType, Tensor};
 
     let Some(dev) = common::gpu_or_skip("ops bench") else {
         return;
@@ -254,16 +254,13 @@ fn main() {
                 r.run(&format!("attention_mma/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
                     ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma, &mut o).unwrap()
                 });
-                // 32 queries per warp, each block size, then the one the launcher picks here.
-                let sms = match &dev {
-                    Device::Cuda(d) => d.multiprocessors(),
-                    Device::Cpu => 1,
-                };
-                let auto = ops::mma32_warps(s.lq, s.b * s.heads, sms);
+                // 32 queries per warp: the block size the launcher picks, then each one.
+                r.run(&format!("attention_mma32/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
+                    ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma32 { warps: None }, &mut o).unwrap()
+                });
                 for w in [2u32, 3, 4] {
-                    let pick = if w == auto { "*" } else { "" };
                     r.run(
-                        &format!("attention_mma32_w{w}{pick}/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                        &format!("attention_mma32_w{w}/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
                         Some(s.flops()),
                         None,
                         || {
@@ -302,6 +299,15 @@ fn main() {
                         Some(s.flops()),
                         None,
                         || ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, ops::AttentionKernel::Mma, &mut o).unwrap(),
+                    );
+                    r.run(
+                        &format!("attention_mma32_packed/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                        Some(s.flops()),
+                        None,
+                        || {
+                            let k = ops::AttentionKernel::Mma32 { warps: None };
+                            ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
+                        },
                     );
                 }
             }

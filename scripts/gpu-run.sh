@@ -152,9 +152,12 @@ if on SANITIZE 0; then
         for tool in memcheck racecheck; do
             CASCADE_GRN_RESIDENT=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-grnres" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored grn
-        done) &
+        done
+        # The attention kernels (the 32-query ones with every block size) under racecheck.
+        CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-racecheck-attention "${SANITIZE_TIMEOUT:-240}" \
+            compute-sanitizer --tool racecheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention) &
         pids+=($!)
-        sanitize_runs+=(sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-grnres sanitize-racecheck-grnres)
+        sanitize_runs+=(sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention)
         # racecheck over the stage steps is not run by default: on an H200 it stops inside
         # cuBLASLt's GEMMs at these shapes ("Internal Sanitizer Error: The Sanitizer failed to
         # handle a hardware exception", then CUDA_ERROR_ILLEGAL_ADDRESS), also with the nvjet
