@@ -254,21 +254,10 @@ fn main() {
                 r.run(&format!("attention_mma/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
                     ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma, &mut o).unwrap()
                 });
-                // 32 queries per warp: the block size the launcher picks, then each one.
+                // 32 queries per warp (the automatic choice where its grid fills one wave).
                 r.run(&format!("attention_mma32/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
-                    ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma32 { warps: None }, &mut o).unwrap()
+                    ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma32, &mut o).unwrap()
                 });
-                for w in [2u32, 3, 4] {
-                    r.run(
-                        &format!("attention_mma32_w{w}/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
-                        Some(s.flops()),
-                        None,
-                        || {
-                            ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma32 { warps: Some(w) }, &mut o)
-                                .unwrap()
-                        },
-                    );
-                }
             }
             if dtype == bf && !s.masked {
                 r.run(&format!("attention_tc/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
@@ -305,8 +294,8 @@ fn main() {
                         Some(s.flops()),
                         None,
                         || {
-                            let k = ops::AttentionKernel::Mma32 { warps: None };
-                            ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
+                            ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, ops::AttentionKernel::Mma32, &mut o)
+                                .unwrap()
                         },
                     );
                 }

@@ -200,7 +200,7 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
 
 
 // ---- Tensor-core version with register-resident softmax (mma.sync; bf16) ---------------------
-// W warps per block, each with R tiles of 16 query rows (16·R·W queries per block); K and V
+// Four warps per block, each with R tiles of 16 query rows (64·R queries per block); K and V
 // stream through shared memory in tiles of 64 keys, double-buffered with cp.async so that tile
 // i + 1 loads while tile i is multiplied. Each warp keeps Q, the scores S = Q·Kᵀ, the
 // probabilities P and the output O in registers: the accumulator layout of S (16 × 8 keys) is
@@ -221,13 +221,14 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
 // key-padding masks (CLIP; one key source): a masked score is −∞, and a row whose keys so far
 // are all masked keeps a running maximum of −∞ without producing NaNs (a row with no visible key
 // at all gives zeros, as the CUDA-core kernel does).
+#define MMA_WARPS 4
 #define MMA_KT 64
 #define MMA_LD 72  // bf16 pitch of the shared tiles (36 words: conflict-free fragment reads)
 
-template <int R, int W> __device__ __forceinline__ void attention_mma_body(const AttentionParams& p) {
+template <int R> __device__ __forceinline__ void attention_mma_body(const AttentionParams& p) {
     __shared__ __align__(16) bf16 ks[2][MMA_KT][MMA_LD];  // [stage][key][dim]
     __shared__ __align__(16) bf16 vs[2][MMA_KT][MMA_LD];  // [stage][key][dim]
-    constexpr int ROWS = 16 * R * W;                       // queries per block
+    constexpr int ROWS = 16 * R * MMA_WARPS;               // queries per block
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y;
@@ -242,11 +243,11 @@ template <int R, int W> __device__ __forceinline__ void attention_mma_body(const
     const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
     const bf16* kbase2 = p.Lk2 ? (const bf16*)p.k2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : kbase;
     const bf16* vbase2 = p.Lk2 ? (const bf16*)p.v2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : vbase;
-    // 64 keys × 64 dims of K and of V: 512 pieces of 16 bytes each. Thread i copies dims
-    // (i % 8)·8 .. + 7 of keys i / 8 + 4W·r (four keys per warp and round: four rounds with four
-    // warps). A tile inside one source (all but at most two per block) takes one pointer and a
-    // stride; the others pick the source per key, and keys past the last are zero-filled.
-    constexpr int KEY_STEP = 4 * W;
+    // 64 keys × 64 dims of K and of V: 512 pieces of 16 bytes each, four per thread: thread i
+    // copies dims (i % 8)·8 .. + 7 of keys i / 8 + 16·r, r = 0..3. A tile inside one source (all
+    // but at most two per block) takes one pointer and a stride; the others pick the source per
+    // key, and keys past the last are zero-filled.
+    static_assert(MMA_KT * HEAD_DIM / 8 == 4 * MMA_WARPS * 32, "four 16-byte pieces per thread");
     const int lj = threadIdx.x >> 3, ld = (threadIdx.x & 7) * 8;
     auto load_tile = [&](int stage, int k0) {
         const bool in_first = k0 + MMA_KT <= p.Lk, in_second = k0 >= p.Lk && k0 + MMA_KT <= total;
@@ -255,18 +256,13 @@ template <int R, int W> __device__ __forceinline__ void attention_mma_body(const
             const int64_t off = (int64_t)((in_first ? k0 : k0 - p.Lk) + lj) * stride + ld;
             const bf16* kp = (in_first ? kbase : kbase2) + off;
             const bf16* vp = (in_first ? vbase : vbase2) + off;
-#pragma unroll
-            for (int j = 0; j < MMA_KT; j += KEY_STEP) {
-                if (MMA_KT % KEY_STEP == 0 || lj + j < MMA_KT) {
-                    cp_async16(&ks[stage][lj + j][ld], kp + j * stride, true);
-                    cp_async16(&vs[stage][lj + j][ld], vp + j * stride, true);
-                }
+            for (int r = 0; r < 4; r++) {
+                cp_async16(&ks[stage][lj + 16 * r][ld], kp + 16 * r * stride, true);
+                cp_async16(&vs[stage][lj + 16 * r][ld], vp + 16 * r * stride, true);
             }
         } else {
-#pragma unroll
-            for (int j0 = 0; j0 < MMA_KT; j0 += KEY_STEP) {
-                const int j = lj + j0, kj = k0 + j;
-                if (MMA_KT % KEY_STEP != 0 && j >= MMA_KT) break;
+            for (int r = 0; r < 4; r++) {
+                const int j = lj + 16 * r, kj = k0 + j;
                 const bool first = kj < p.Lk, valid = kj < total;
                 const int64_t off = first ? (int64_t)kj * p.kv_stride + ld : valid ? (int64_t)(kj - p.Lk) * p.kv2_stride + ld : ld;
                 cp_async16(&ks[stage][j][ld], (first || !valid ? kbase : kbase2) + off, valid);
@@ -448,9 +444,10 @@ template <int R, int W> __device__ __forceinline__ void attention_mma_body(const
 
 // 16 queries per warp, four warps: 64 queries per block, four blocks per SM (at most 128
 // registers: without the bound ptxas takes 134, which leaves room for three).
-extern "C" __global__ void __launch_bounds__(128, 4) attention_mma_bf16(AttentionParams p) { attention_mma_body<1, 4>(p); }
-// 32 queries per warp, two to four warps per block: the launcher picks the block size that
-// spreads the query rows most evenly over the SMs (ATTENTION_MMA32_W in params.h).
-extern "C" __global__ void __launch_bounds__(64) attention_mma32_w2_bf16(AttentionParams p) { attention_mma_body<2, 2>(p); }
-extern "C" __global__ void __launch_bounds__(96) attention_mma32_w3_bf16(AttentionParams p) { attention_mma_body<2, 3>(p); }
-extern "C" __global__ void __launch_bounds__(128) attention_mma32_w4_bf16(AttentionParams p) { attention_mma_body<2, 4>(p); }
+extern "C" __global__ void __launch_bounds__(128, 4) attention_mma_bf16(AttentionParams p) { attention_mma_body<1>(p); }
+// 32 queries per warp, four warps: 128 queries per block, two blocks per SM (248 registers).
+// Measured on an H200 against the kernel above (docs/performance.md, ninth session): faster
+// where its grid fills one wave (Stage C lite: 25.7 against 29.7 µs), slower where it needs a
+// second wave or leaves SMs with one block (Stage C, Stage B, CLIP); the launcher picks by that.
+// Two and three warps per block were measured too and never won.
+extern "C" __global__ void __launch_bounds__(128) attention_mma32_bf16(AttentionParams p) { attention_mma_body<2>(p); }

@@ -22,8 +22,8 @@ CASCADE_DW_TILE=force cargo test --release --features cuda --test models -- --ig
 # models, whose bf16 ResBlocks then take it.
 CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test kernels -- --ignored grn "$@"
 CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
-# The 32-query mma attention kernel as the automatic choice (opt-in until measured): the tiny
-# models, whose attention then takes it (its kernel test runs every block size by name).
+# The 32-query mma attention kernel for every shape (by default only where its grid fills one
+# wave, which the tiny models' shapes never do): the tiny models, whose attention then takes it.
 CASCADE_ATTENTION=mma32 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here).
 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops

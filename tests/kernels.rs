@@ -547,25 +547,20 @@ fn attention_kernel() {
             let mv: Vec<f32> = (0..s.b * s.lk).map(|j| if j % s.lk < valid(j / s.lk) { 1.0 } else { 0.0 }).collect();
             let mask = Tensor::from_f32(&mv, &[s.b, s.lk], DType::F32, &dev).unwrap();
             let m = if s.masked { AttentionMask::CausalPadding(&mask) } else { AttentionMask::None };
-            // The 32-query mma kernel with each block size (every shape has a partial last block
-            // for at least one of them; three warps copy a key tile in rounds of 12 keys).
-            const MMA32: [(ops::AttentionKernel, &str); 3] = [
-                (ops::AttentionKernel::Mma32 { warps: Some(2) }, "attention_mma32_w2"),
-                (ops::AttentionKernel::Mma32 { warps: Some(3) }, "attention_mma32_w3"),
-                (ops::AttentionKernel::Mma32 { warps: Some(4) }, "attention_mma32_w4"),
-            ];
             let kernels: &[(ops::AttentionKernel, &str)] = if dtype == DType::BF16 && !s.masked {
                 &[
                     (ops::AttentionKernel::Simple, "attention"),
                     (ops::AttentionKernel::TensorCore, "attention_tc"),
                     (ops::AttentionKernel::Mma, "attention_mma"),
-                    MMA32[0],
-                    MMA32[1],
-                    MMA32[2],
+                    (ops::AttentionKernel::Mma32, "attention_mma32"),
                 ]
             } else if dtype == DType::BF16 {
                 // Causal with padding: the CUDA-core kernel and the mma ones.
-                &[(ops::AttentionKernel::Simple, "attention"), (ops::AttentionKernel::Mma, "attention_mma"), MMA32[0], MMA32[1], MMA32[2]]
+                &[
+                    (ops::AttentionKernel::Simple, "attention"),
+                    (ops::AttentionKernel::Mma, "attention_mma"),
+                    (ops::AttentionKernel::Mma32, "attention_mma32"),
+                ]
             } else {
                 &[(ops::AttentionKernel::Simple, "attention")]
             };
@@ -618,8 +613,7 @@ fn attention_kernel() {
                 let two: &[(ops::AttentionKernel, &str)] = if dtype == DType::BF16 {
                     &[
                         (ops::AttentionKernel::Mma, "attention_mma 2 src"),
-                        (ops::AttentionKernel::Mma32 { warps: Some(3) }, "attention_mma32_w3 2 src"),
-                        (ops::AttentionKernel::Mma32 { warps: Some(4) }, "attention_mma32_w4 2 src"),
+                        (ops::AttentionKernel::Mma32, "attention_mma32 2 src"),
                         (ops::AttentionKernel::Simple, "attention 2 src"),
                     ]
                 } else {

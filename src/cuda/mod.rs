@@ -101,6 +101,7 @@ pub struct CudaDevice {
     tensor_core_attention: std::sync::atomic::AtomicBool,
     mma_attention: std::sync::atomic::AtomicBool,
     mma32_attention: std::sync::atomic::AtomicBool,
+    mma32_per_sm: std::sync::atomic::AtomicUsize,
     /// GlobalResponseNorm's completion counters: zeroed once here, and every kernel that counts
     /// with them leaves them zero (one stream, so launches never overlap).
     grn_counters: CudaSlice<u32>,
@@ -256,6 +257,7 @@ impl CudaDevice {
             tensor_core_attention: false.into(),
             mma_attention: false.into(),
             mma32_attention: false.into(),
+            mma32_per_sm: 0.into(),
             grn_counters,
             captures: 0.into(),
             capture_pool: Default::default(),
@@ -267,14 +269,12 @@ impl CudaDevice {
         dev.tensor_core_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
         let ok = check_attention_kernel(&dev, AttentionKernel::Mma, "tensor-core (mma.sync)");
         dev.mma_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
-        // Only asked for by name or CASCADE_ATTENTION=mma32 (not measured to be faster yet):
-        // checked only then, so that opening a device costs no more by default.
-        if std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v == "mma32") {
-            let ok = (2..=4).all(|w| {
-                check_attention_kernel(&dev, AttentionKernel::Mma32 { warps: Some(w) }, &format!("32-query mma.sync ({w} warps)"))
-            });
-            dev.mma32_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
-        }
+        let ok = check_attention_kernel(&dev, AttentionKernel::Mma32, "32-query tensor-core (mma.sync)");
+        dev.mma32_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+        // Its blocks per SM, for the launcher's choice between the two mma kernels (0 if the
+        // driver cannot say: the 16-query kernel then runs everywhere).
+        let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_mma32_bf16, 128, 0).unwrap_or(0);
+        dev.mma32_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
         Ok(dev)
     }
 
@@ -341,10 +341,16 @@ impl CudaDevice {
         self.mma_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether the 32-query mma.sync attention kernels passed their start-up check (run only
-    /// when `CASCADE_ATTENTION=mma32` asks for them).
+    /// Whether the 32-query mma.sync attention kernel agreed with the CUDA-core one when the
+    /// device was opened.
     pub fn mma32_attention(&self) -> bool {
         self.mma32_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many blocks of the 32-query mma.sync attention kernel one SM holds (the driver's
+    /// occupancy answer; 0 if it gave none).
+    pub fn mma32_per_sm(&self) -> usize {
+        self.mma32_per_sm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Fills every buffer of graphs captured from now on with 0xff bytes where each replay first
@@ -747,7 +753,7 @@ fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKe
         let mut rng = crate::testing::TestRng::new(5);
         let mut t = |l: usize| Tensor::from_f32(&rng.normal(b * l * heads * 64, 1.0), &[b, l, heads * 64], DType::BF16, &device);
         let mut worst = 0f64;
-        let masked = matches!(kernel, AttentionKernel::Mma | AttentionKernel::Mma32 { .. });
+        let masked = matches!(kernel, AttentionKernel::Mma | AttentionKernel::Mma32);
         for (lq, lk, causal) in [(70, 91, false), (77, 77, true)] {
             if causal && !masked {
                 continue;

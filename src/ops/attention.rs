@@ -20,10 +20,11 @@ pub enum AttentionMask<'a> {
 /// Which GPU kernel runs attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// For bf16: the mma.sync kernel where its operands are 16-byte aligned (with or without a
-    /// mask), else the WMMA kernel without a mask; the CUDA-core kernel otherwise. A tensor-core
-    /// kernel that failed its start-up check on this device is skipped.
-    /// `CASCADE_ATTENTION=simple|wmma|mma` in the environment picks one.
+    /// For bf16: an mma.sync kernel where its operands are 16-byte aligned (with or without a
+    /// mask; the 32-query one where [`mma32_preferred`] says so), else the WMMA kernel without a
+    /// mask; the CUDA-core kernel otherwise. A tensor-core kernel that failed its start-up check
+    /// on this device is skipped. `CASCADE_ATTENTION=simple|wmma|mma|mma32` in the environment
+    /// picks one (`mma` and `mma32`: that mma kernel for every shape).
     Auto,
     /// The CUDA-core kernel (one thread per query; any dtype, masks).
     Simple,
@@ -32,24 +33,22 @@ pub enum AttentionKernel {
     /// The tensor-core kernel through mma.sync (bf16, masks allowed; softmax in registers;
     /// operands 16-byte aligned with strides a multiple of 8).
     Mma,
-    /// The mma.sync kernel with 32 queries per warp instead of 16: its two row tiles share every
-    /// K and V fragment the warp reads from shared memory. `warps` per block (2, 3 or 4), or
-    /// `None` for the count that spreads the queries most evenly over the SMs
-    /// ([`mma32_warps`]; `CASCADE_ATTENTION_WARPS` overrides it). Same operands and masks as
-    /// `Mma`. `CASCADE_ATTENTION=mma32` makes it the automatic choice.
-    Mma32 {
-        /// Warps per block (2, 3 or 4), or `None` for [`mma32_warps`]'s choice.
-        warps: Option<u32>,
-    },
+    /// The mma.sync kernel with 32 queries per warp instead of 16 (128 per block): its two row
+    /// tiles share every K and V fragment the warp reads from shared memory, at 248 registers
+    /// (two blocks per SM). Same operands and masks as `Mma`. `Auto` takes it where
+    /// [`mma32_preferred`] says so; `CASCADE_ATTENTION=mma32` everywhere, `=mma` nowhere.
+    Mma32,
 }
 
-/// Warps per block for [`AttentionKernel::Mma32`] on `bh` (batch × heads) rows of `lq`
-/// queries over `sms` SMs: the count whose busiest SM holds the fewest warps of 32 queries
-/// (blocks are dealt to the SMs evenly, so the busiest holds ⌈blocks / SMs⌉ of them); on a tie
-/// the larger block, which copies each key tile into shared memory for more queries.
-pub fn mma32_warps(lq: usize, bh: usize, sms: usize) -> u32 {
-    let cost = |w: usize| (lq.div_ceil(32 * w) * bh).div_ceil(sms.max(1)) * w;
-    [4usize, 3, 2].into_iter().min_by_key(|&w| cost(w)).unwrap_or(4) as u32
+/// Whether the 32-query mma kernel should run `bh` (batch × heads) rows of `lq` queries on `sms`
+/// SMs that hold `per_sm` of its blocks each: when its grid fills at least three quarters of one
+/// wave and needs no second. Measured on an H200 (docs/performance.md, ninth session), it was
+/// faster than the 16-query kernel only there: Stage C lite (240 blocks for 264 places, 25.7
+/// against 29.7 µs); slower with a second wave (Stage C, 320 blocks: 46.8 against 39.1 µs) and
+/// with most SMs holding one block (Stage B's level 2, 160 blocks: 35.3 against 34.7; CLIP).
+pub fn mma32_preferred(lq: usize, bh: usize, sms: usize, per_sm: usize) -> bool {
+    let (blocks, places) = (lq.div_ceil(128) * bh, sms * per_sm);
+    blocks <= places && 4 * blocks >= 3 * places
 }
 
 /// `o = softmax(q·kᵀ·scale)·v` per head. `q [B, Lq, H·64]`, `k`/`v [B, Lk, H·64]`, `o [B, Lq, H·64]`.
@@ -254,8 +253,11 @@ fn attention_impl(
                 AttentionKernel::Auto => match forced.as_deref() {
                     Some("simple") => AttentionKernel::Simple,
                     Some("wmma") if wmma_ok => AttentionKernel::TensorCore,
+                    Some("mma32") if aligned && dev.mma32_attention() => AttentionKernel::Mma32,
                     Some("mma") if aligned => AttentionKernel::Mma,
-                    Some("mma32") if aligned && dev.mma32_attention() => AttentionKernel::Mma32 { warps: None },
+                    _ if aligned && dev.mma32_attention() && mma32_preferred(lq, b * heads, dev.multiprocessors(), dev.mma32_per_sm()) => {
+                        AttentionKernel::Mma32
+                    }
                     _ if aligned && dev.mma_attention() => AttentionKernel::Mma,
                     _ if wmma_ok && dev.tensor_core_attention() => AttentionKernel::TensorCore,
                     _ => AttentionKernel::Simple,
@@ -263,31 +265,23 @@ fn attention_impl(
                 AttentionKernel::TensorCore if !wmma_ok => {
                     return Err(Error::Shape("attention: the WMMA kernel takes bf16 without a mask".into()))
                 }
-                AttentionKernel::Mma | AttentionKernel::Mma32 { .. } if !bf16 => {
+                AttentionKernel::Mma | AttentionKernel::Mma32 if !bf16 => {
                     return Err(Error::Shape("attention: the mma kernel takes bf16".into()))
                 }
-                AttentionKernel::Mma | AttentionKernel::Mma32 { .. } if !aligned => {
+                AttentionKernel::Mma | AttentionKernel::Mma32 if !aligned => {
                     return Err(Error::Shape("attention: the mma kernel needs 16-byte aligned operands and rows".into()))
                 }
                 other => other,
             };
-            if extra.is_some() && !matches!(chosen, AttentionKernel::Mma | AttentionKernel::Mma32 { .. }) {
+            if extra.is_some() && !matches!(chosen, AttentionKernel::Mma | AttentionKernel::Mma32) {
                 return concatenated(chosen, o);
             }
             match chosen {
                 AttentionKernel::Mma => {
                     dev.launch(&kt.attention_mma_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
                 }
-                AttentionKernel::Mma32 { warps } => {
-                    let forced = std::env::var("CASCADE_ATTENTION_WARPS").ok().and_then(|w| w.parse::<u32>().ok());
-                    let w = warps.or(forced).unwrap_or_else(|| mma32_warps(lq, b * heads, dev.multiprocessors()));
-                    let f = match w {
-                        2 => &kt.attention_mma32_w2_bf16,
-                        3 => &kt.attention_mma32_w3_bf16,
-                        4 => &kt.attention_mma32_w4_bf16,
-                        _ => return Err(Error::Shape(format!("attention: the 32-query mma kernel takes 2 to 4 warps per block, not {w}"))),
-                    };
-                    dev.launch(f, (lq.div_ceil(32 * w as usize) as u32, heads as u32, b as u32), (32 * w, 1, 1), 0, &p)
+                AttentionKernel::Mma32 => {
+                    dev.launch(&kt.attention_mma32_bf16, (lq.div_ceil(128) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
                 }
                 AttentionKernel::TensorCore => {
                     dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
@@ -306,4 +300,23 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32, m
     let mut o = Tensor::empty(q.shape(), q.dtype(), &q.device())?;
     attention_into(q, k, v, heads, scale, mask, &mut o)?;
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mma32_preferred;
+
+    #[test]
+    fn the_32_query_kernel_where_it_fills_one_wave() {
+        // An H200 (132 SMs, two blocks of the 32-query kernel each) on the real shapes: only
+        // Stage C lite (2 × 24 heads, 240 blocks) fills one wave; Stage C (320 blocks) needs a
+        // second, Stage B's levels (160 and 40 blocks) and CLIP (40) leave SMs with one or none.
+        assert!(mma32_preferred(576, 2 * 24, 132, 2));
+        assert!(!mma32_preferred(576, 2 * 32, 132, 2));
+        assert!(!mma32_preferred(1024, 20, 132, 2));
+        assert!(!mma32_preferred(256, 20, 132, 2));
+        assert!(!mma32_preferred(77, 2 * 20, 132, 2));
+        // No occupancy answer: never.
+        assert!(!mma32_preferred(576, 2 * 24, 132, 0));
+    }
 }
