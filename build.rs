@@ -173,8 +173,8 @@ mod cuda {
         }
     }
 
-    /// Every `extern "C" __global__ void [__launch_bounds__(..)] name(` in a kernel file is an
-    /// entry point.
+    /// Every `extern "C" __global__ void [__launch_bounds__(..) | __maxnreg__(..)] name(` in a
+    /// kernel file is an entry point.
     fn entry_points(src: &Path) -> Vec<String> {
         let text = fs::read_to_string(src).unwrap_or_else(|e| fail(&format!("{}: {e}", src.display())));
         let mut names = Vec::new();
@@ -184,7 +184,8 @@ mod cuda {
                 fail(&format!("{}: an entry point must return void: `{}`", src.display(), &rest[..rest.len().min(60)]))
             };
             rest = rest.trim_start();
-            if let Some(r) = rest.strip_prefix("__launch_bounds__") {
+            // Either launch attribute (ptxas rejects both on one kernel).
+            if let Some(r) = rest.strip_prefix("__launch_bounds__").or_else(|| rest.strip_prefix("__maxnreg__")) {
                 rest = r[r.find(')').map_or(0, |j| j + 1)..].trim_start();
             }
             let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();

@@ -258,6 +258,12 @@ fn main() {
                 r.run(&format!("attention_mma32/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
                     ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma32, &mut o).unwrap()
                 });
+                r.run(
+                    &format!("attention_mma32_w5/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                    Some(s.flops()),
+                    None,
+                    || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma32Wide, &mut o).unwrap(),
+                );
             }
             if dtype == bf && !s.masked {
                 r.run(&format!("attention_tc/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
@@ -296,6 +302,15 @@ fn main() {
                         || {
                             ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, ops::AttentionKernel::Mma32, &mut o)
                                 .unwrap()
+                        },
+                    );
+                    r.run(
+                        &format!("attention_mma32_w5_packed/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                        Some(s.flops()),
+                        None,
+                        || {
+                            let k = ops::AttentionKernel::Mma32Wide;
+                            ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
                         },
                     );
                 }

@@ -200,7 +200,7 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
 
 
 // ---- Tensor-core version with register-resident softmax (mma.sync; bf16) ---------------------
-// Four warps per block, each with R tiles of 16 query rows (64·R queries per block); K and V
+// W warps per block, each with R tiles of 16 query rows (16·R·W queries per block); K and V
 // stream through shared memory in tiles of 64 keys, double-buffered with cp.async so that tile
 // i + 1 loads while tile i is multiplied. Each warp keeps Q, the scores S = Q·Kᵀ, the
 // probabilities P and the output O in registers: the accumulator layout of S (16 × 8 keys) is
@@ -221,14 +221,13 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
 // key-padding masks (CLIP; one key source): a masked score is −∞, and a row whose keys so far
 // are all masked keeps a running maximum of −∞ without producing NaNs (a row with no visible key
 // at all gives zeros, as the CUDA-core kernel does).
-#define MMA_WARPS 4
 #define MMA_KT 64
 #define MMA_LD 72  // bf16 pitch of the shared tiles (36 words: conflict-free fragment reads)
 
-template <int R> __device__ __forceinline__ void attention_mma_body(const AttentionParams& p) {
+template <int R, int W> __device__ __forceinline__ void attention_mma_body(const AttentionParams& p) {
     __shared__ __align__(16) bf16 ks[2][MMA_KT][MMA_LD];  // [stage][key][dim]
     __shared__ __align__(16) bf16 vs[2][MMA_KT][MMA_LD];  // [stage][key][dim]
-    constexpr int ROWS = 16 * R * MMA_WARPS;               // queries per block
+    constexpr int ROWS = 16 * R * W;                       // queries per block
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y;
@@ -243,11 +242,13 @@ template <int R> __device__ __forceinline__ void attention_mma_body(const Attent
     const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
     const bf16* kbase2 = p.Lk2 ? (const bf16*)p.k2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : kbase;
     const bf16* vbase2 = p.Lk2 ? (const bf16*)p.v2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : vbase;
-    // 64 keys × 64 dims of K and of V: 512 pieces of 16 bytes each, four per thread: thread i
-    // copies dims (i % 8)·8 .. + 7 of keys i / 8 + 16·r, r = 0..3. A tile inside one source (all
-    // but at most two per block) takes one pointer and a stride; the others pick the source per
-    // key, and keys past the last are zero-filled.
-    static_assert(MMA_KT * HEAD_DIM / 8 == 4 * MMA_WARPS * 32, "four 16-byte pieces per thread");
+    // 64 keys × 64 dims of K and of V: 512 pieces of 16 bytes each. Thread i copies dims
+    // (i % 8)·8 .. + 7 of keys i / 8 + 4W·r (four keys per warp and round: four rounds with four
+    // warps; with five, 20 keys a round and a fourth round for the last 4). A tile inside one
+    // source (all but at most two per block) takes one pointer and a stride; the others pick the
+    // source per key, and keys past the last are zero-filled.
+    constexpr int STEP = 4 * W, ROUNDS = (MMA_KT + STEP - 1) / STEP;
+    constexpr bool EVEN = MMA_KT % STEP == 0;
     const int lj = threadIdx.x >> 3, ld = (threadIdx.x & 7) * 8;
     auto load_tile = [&](int stage, int k0) {
         const bool in_first = k0 + MMA_KT <= p.Lk, in_second = k0 >= p.Lk && k0 + MMA_KT <= total;
@@ -256,13 +257,16 @@ template <int R> __device__ __forceinline__ void attention_mma_body(const Attent
             const int64_t off = (int64_t)((in_first ? k0 : k0 - p.Lk) + lj) * stride + ld;
             const bf16* kp = (in_first ? kbase : kbase2) + off;
             const bf16* vp = (in_first ? vbase : vbase2) + off;
-            for (int r = 0; r < 4; r++) {
-                cp_async16(&ks[stage][lj + 16 * r][ld], kp + 16 * r * stride, true);
-                cp_async16(&vs[stage][lj + 16 * r][ld], vp + 16 * r * stride, true);
+            for (int r = 0; r < ROUNDS; r++) {
+                if (EVEN || lj + STEP * r < MMA_KT) {
+                    cp_async16(&ks[stage][lj + STEP * r][ld], kp + STEP * r * stride, true);
+                    cp_async16(&vs[stage][lj + STEP * r][ld], vp + STEP * r * stride, true);
+                }
             }
         } else {
-            for (int r = 0; r < 4; r++) {
-                const int j = lj + 16 * r, kj = k0 + j;
+            for (int r = 0; r < ROUNDS; r++) {
+                const int j = lj + STEP * r, kj = k0 + j;
+                if (!EVEN && j >= MMA_KT) break;
                 const bool first = kj < p.Lk, valid = kj < total;
                 const int64_t off = first ? (int64_t)kj * p.kv_stride + ld : valid ? (int64_t)(kj - p.Lk) * p.kv2_stride + ld : ld;
                 cp_async16(&ks[stage][j][ld], (first || !valid ? kbase : kbase2) + off, valid);
@@ -444,10 +448,16 @@ template <int R> __device__ __forceinline__ void attention_mma_body(const Attent
 
 // 16 queries per warp, four warps: 64 queries per block, four blocks per SM (at most 128
 // registers: without the bound ptxas takes 134, which leaves room for three).
-extern "C" __global__ void __launch_bounds__(128, 4) attention_mma_bf16(AttentionParams p) { attention_mma_body<1>(p); }
+extern "C" __global__ void __launch_bounds__(128, 4) attention_mma_bf16(AttentionParams p) { attention_mma_body<1, 4>(p); }
 // 32 queries per warp, four warps: 128 queries per block, two blocks per SM (248 registers).
 // Measured on an H200 against the kernel above (docs/performance.md, ninth session): faster
 // where its grid fills one wave (Stage C lite: 25.7 against 29.7 µs), slower where it needs a
 // second wave or leaves SMs with one block (Stage C, Stage B, CLIP); the launcher picks by that.
 // Two and three warps per block were measured too and never won.
-extern "C" __global__ void __launch_bounds__(128) attention_mma32_bf16(AttentionParams p) { attention_mma_body<2>(p); }
+extern "C" __global__ void __launch_bounds__(128) attention_mma32_bf16(AttentionParams p) { attention_mma_body<2, 4>(p); }
+// 32 queries per warp, five warps: 160 queries per block, two blocks per SM under a 200-register
+// cap (64 000 of the SM's 65 536; 60 bytes of spills). Stage C's 2 × 32 heads × 576 queries are
+// 256 such blocks, one wave of 264 places, where the four-warp kernel needs 320 blocks (a second
+// wave) and the 16-query kernel 576 (1.09 waves). Not measured yet: chosen only with
+// CASCADE_ATTENTION_W5=1 (docs/performance.md, ninth session).
+extern "C" __global__ void __maxnreg__(200) attention_mma32_w5_bf16(AttentionParams p) { attention_mma_body<2, 5>(p); }

@@ -553,6 +553,7 @@ fn attention_kernel() {
                     (ops::AttentionKernel::TensorCore, "attention_tc"),
                     (ops::AttentionKernel::Mma, "attention_mma"),
                     (ops::AttentionKernel::Mma32, "attention_mma32"),
+                    (ops::AttentionKernel::Mma32Wide, "attention_mma32_w5"),
                 ]
             } else if dtype == DType::BF16 {
                 // Causal with padding: the CUDA-core kernel and the mma ones.
@@ -560,6 +561,7 @@ fn attention_kernel() {
                     (ops::AttentionKernel::Simple, "attention"),
                     (ops::AttentionKernel::Mma, "attention_mma"),
                     (ops::AttentionKernel::Mma32, "attention_mma32"),
+                    (ops::AttentionKernel::Mma32Wide, "attention_mma32_w5"),
                 ]
             } else {
                 &[(ops::AttentionKernel::Simple, "attention")]
@@ -614,6 +616,7 @@ fn attention_kernel() {
                     &[
                         (ops::AttentionKernel::Mma, "attention_mma 2 src"),
                         (ops::AttentionKernel::Mma32, "attention_mma32 2 src"),
+                        (ops::AttentionKernel::Mma32Wide, "attention_mma32_w5 2 src"),
                         (ops::AttentionKernel::Simple, "attention 2 src"),
                     ]
                 } else {

@@ -102,6 +102,8 @@ pub struct CudaDevice {
     mma_attention: std::sync::atomic::AtomicBool,
     mma32_attention: std::sync::atomic::AtomicBool,
     mma32_per_sm: std::sync::atomic::AtomicUsize,
+    mma32_wide_attention: std::sync::atomic::AtomicBool,
+    mma32_wide_per_sm: std::sync::atomic::AtomicUsize,
     /// GlobalResponseNorm's completion counters: zeroed once here, and every kernel that counts
     /// with them leaves them zero (one stream, so launches never overlap).
     grn_counters: CudaSlice<u32>,
@@ -258,6 +260,8 @@ impl CudaDevice {
             mma_attention: false.into(),
             mma32_attention: false.into(),
             mma32_per_sm: 0.into(),
+            mma32_wide_attention: false.into(),
+            mma32_wide_per_sm: 0.into(),
             grn_counters,
             captures: 0.into(),
             capture_pool: Default::default(),
@@ -275,6 +279,13 @@ impl CudaDevice {
         // driver cannot say: the 16-query kernel then runs everywhere).
         let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_mma32_bf16, 128, 0).unwrap_or(0);
         dev.mma32_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
+        // The five-warp variant is unmeasured: checked, and then considered, only on request.
+        if std::env::var("CASCADE_ATTENTION_W5").is_ok_and(|v| v == "1") {
+            let ok = check_attention_kernel(&dev, AttentionKernel::Mma32Wide, "32-query five-warp tensor-core (mma.sync)");
+            dev.mma32_wide_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+            let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_mma32_w5_bf16, 160, 0).unwrap_or(0);
+            dev.mma32_wide_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(dev)
     }
 
@@ -351,6 +362,18 @@ impl CudaDevice {
     /// occupancy answer; 0 if it gave none).
     pub fn mma32_per_sm(&self) -> usize {
         self.mma32_per_sm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the five-warp 32-query attention kernel was asked for (`CASCADE_ATTENTION_W5=1`)
+    /// and agreed with the CUDA-core one when the device was opened.
+    pub fn mma32_wide_attention(&self) -> bool {
+        self.mma32_wide_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many blocks of the five-warp 32-query attention kernel one SM holds (0 unless asked
+    /// for, or if the driver gave no answer).
+    pub fn mma32_wide_per_sm(&self) -> usize {
+        self.mma32_wide_per_sm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Fills every buffer of graphs captured from now on with 0xff bytes where each replay first
@@ -753,7 +776,7 @@ fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKe
         let mut rng = crate::testing::TestRng::new(5);
         let mut t = |l: usize| Tensor::from_f32(&rng.normal(b * l * heads * 64, 1.0), &[b, l, heads * 64], DType::BF16, &device);
         let mut worst = 0f64;
-        let masked = matches!(kernel, AttentionKernel::Mma | AttentionKernel::Mma32);
+        let masked = matches!(kernel, AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide);
         for (lq, lk, causal) in [(70, 91, false), (77, 77, true)] {
             if causal && !masked {
                 continue;

@@ -38,16 +38,20 @@ pub enum AttentionKernel {
     /// (two blocks per SM). Same operands and masks as `Mma`. `Auto` takes it where
     /// [`mma32_preferred`] says so; `CASCADE_ATTENTION=mma32` everywhere, `=mma` nowhere.
     Mma32,
+    /// The 32-query kernel with five warps (160 queries per block) under a 200-register cap, so
+    /// that two blocks still fit an SM: Stage C's grid becomes one wave. Not measured yet: `Auto`
+    /// considers it (before `Mma32`, by the same rule) only with `CASCADE_ATTENTION_W5=1`.
+    Mma32Wide,
 }
 
-/// Whether the 32-query mma kernel should run `bh` (batch × heads) rows of `lq` queries on `sms`
-/// SMs that hold `per_sm` of its blocks each: when its grid fills at least three quarters of one
-/// wave and needs no second. Measured on an H200 (docs/performance.md, ninth session), it was
+/// Whether a 32-query mma kernel with blocks of `rows` queries should run `bh` (batch × heads)
+/// rows of `lq` queries on `sms` SMs that hold `per_sm` of its blocks each: when its grid fills
+/// at least three quarters of one wave and needs no second. Measured on an H200 (docs/performance.md, ninth session), it was
 /// faster than the 16-query kernel only there: Stage C lite (240 blocks for 264 places, 25.7
 /// against 29.7 µs); slower with a second wave (Stage C, 320 blocks: 46.8 against 39.1 µs) and
 /// with most SMs holding one block (Stage B's level 2, 160 blocks: 35.3 against 34.7; CLIP).
-pub fn mma32_preferred(lq: usize, bh: usize, sms: usize, per_sm: usize) -> bool {
-    let (blocks, places) = (lq.div_ceil(128) * bh, sms * per_sm);
+pub fn mma32_preferred(lq: usize, bh: usize, rows: usize, sms: usize, per_sm: usize) -> bool {
+    let (blocks, places) = (lq.div_ceil(rows) * bh, sms * per_sm);
     blocks <= places && 4 * blocks >= 3 * places
 }
 
@@ -255,7 +259,16 @@ fn attention_impl(
                     Some("wmma") if wmma_ok => AttentionKernel::TensorCore,
                     Some("mma32") if aligned && dev.mma32_attention() => AttentionKernel::Mma32,
                     Some("mma") if aligned => AttentionKernel::Mma,
-                    _ if aligned && dev.mma32_attention() && mma32_preferred(lq, b * heads, dev.multiprocessors(), dev.mma32_per_sm()) => {
+                    _ if aligned
+                        && dev.mma32_wide_attention()
+                        && mma32_preferred(lq, b * heads, 160, dev.multiprocessors(), dev.mma32_wide_per_sm()) =>
+                    {
+                        AttentionKernel::Mma32Wide
+                    }
+                    _ if aligned
+                        && dev.mma32_attention()
+                        && mma32_preferred(lq, b * heads, 128, dev.multiprocessors(), dev.mma32_per_sm()) =>
+                    {
                         AttentionKernel::Mma32
                     }
                     _ if aligned && dev.mma_attention() => AttentionKernel::Mma,
@@ -265,15 +278,15 @@ fn attention_impl(
                 AttentionKernel::TensorCore if !wmma_ok => {
                     return Err(Error::Shape("attention: the WMMA kernel takes bf16 without a mask".into()))
                 }
-                AttentionKernel::Mma | AttentionKernel::Mma32 if !bf16 => {
+                AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide if !bf16 => {
                     return Err(Error::Shape("attention: the mma kernel takes bf16".into()))
                 }
-                AttentionKernel::Mma | AttentionKernel::Mma32 if !aligned => {
+                AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide if !aligned => {
                     return Err(Error::Shape("attention: the mma kernel needs 16-byte aligned operands and rows".into()))
                 }
                 other => other,
             };
-            if extra.is_some() && !matches!(chosen, AttentionKernel::Mma | AttentionKernel::Mma32) {
+            if extra.is_some() && !matches!(chosen, AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide) {
                 return concatenated(chosen, o);
             }
             match chosen {
@@ -282,6 +295,9 @@ fn attention_impl(
                 }
                 AttentionKernel::Mma32 => {
                     dev.launch(&kt.attention_mma32_bf16, (lq.div_ceil(128) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
+                }
+                AttentionKernel::Mma32Wide => {
+                    dev.launch(&kt.attention_mma32_w5_bf16, (lq.div_ceil(160) as u32, heads as u32, b as u32), (160, 1, 1), 0, &p)
                 }
                 AttentionKernel::TensorCore => {
                     dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
@@ -311,12 +327,17 @@ mod tests {
         // An H200 (132 SMs, two blocks of the 32-query kernel each) on the real shapes: only
         // Stage C lite (2 × 24 heads, 240 blocks) fills one wave; Stage C (320 blocks) needs a
         // second, Stage B's levels (160 and 40 blocks) and CLIP (40) leave SMs with one or none.
-        assert!(mma32_preferred(576, 2 * 24, 132, 2));
-        assert!(!mma32_preferred(576, 2 * 32, 132, 2));
-        assert!(!mma32_preferred(1024, 20, 132, 2));
-        assert!(!mma32_preferred(256, 20, 132, 2));
-        assert!(!mma32_preferred(77, 2 * 20, 132, 2));
+        assert!(mma32_preferred(576, 2 * 24, 128, 132, 2));
+        assert!(!mma32_preferred(576, 2 * 32, 128, 132, 2));
+        assert!(!mma32_preferred(1024, 20, 128, 132, 2));
+        assert!(!mma32_preferred(256, 20, 128, 132, 2));
+        assert!(!mma32_preferred(77, 2 * 20, 128, 132, 2));
         // No occupancy answer: never.
-        assert!(!mma32_preferred(576, 2 * 24, 132, 0));
+        assert!(!mma32_preferred(576, 2 * 24, 128, 132, 0));
+        // Five warps (160 queries, two blocks per SM): Stage C's 256 blocks are one wave; Stage C
+        // lite's 192 fill less than three quarters of it, so it keeps the four-warp kernel.
+        assert!(mma32_preferred(576, 2 * 32, 160, 132, 2));
+        assert!(!mma32_preferred(576, 2 * 24, 160, 132, 2));
+        assert!(!mma32_preferred(1024, 20, 160, 132, 2));
     }
 }

@@ -69,6 +69,7 @@ void* warp_fragments();
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
+#define __maxnreg__(...)
 #define __align__(n) __attribute__((aligned(n)))
 // One copy per OS thread; a block's fibers share it, blocks run one after another (in a
 // cooperative launch, one at a time from one grid-wide wait to the next).
