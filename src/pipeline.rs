@@ -190,11 +190,12 @@ pub trait NoiseSource {
     /// A standard normal tensor of `shape` (NCHW) as f32 values.
     fn draw(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
 
-    /// A hint that the next draw will be `name` of `shape`: a source whose draws are costly may
-    /// make it now and hand it out at that draw. The pipeline calls this while the device runs
-    /// Stage C's last step, for Stage B's initial noise (262,144 values at 1024², a few ms on
-    /// the host that would otherwise stand between the stages). It must not change what any
-    /// later draw returns. The default does nothing.
+    /// A hint that the next draw (after any draws already hinted) will be `name` of `shape`: a
+    /// source whose draws are costly may make it now and hand it out at that draw. The pipeline
+    /// calls this while the device runs Stage C's last step, for Stage B's initial noise and its
+    /// first step's noise (262,144 values each at 1024², a few ms on the host that would
+    /// otherwise keep the device waiting between the stages). It must not change what any later
+    /// draw returns. The default does nothing.
     fn prefetch(&mut self, _name: &str, _shape: &[usize]) -> Result<()> {
         Ok(())
     }
@@ -221,25 +222,27 @@ impl NoiseSource for FileNoise {
 /// multiple of 16 (every latent the pipeline draws).
 pub struct TorchNoise {
     generator: crate::sampling::torch_rng::TorchGenerator,
-    /// A prefetched draw: its shape, its values, and the generator as it was before it (a draw
-    /// of another size rewinds to that state, so prefetching never changes the stream).
-    ahead: Option<(Vec<usize>, Vec<f32>, crate::sampling::torch_rng::TorchGenerator)>,
+    /// Prefetched draws in stream order: each one's shape, its values, and the generator as it
+    /// was before it (a draw of another size than the first rewinds to that state and drops
+    /// them all, so prefetching never changes the stream).
+    ahead: std::collections::VecDeque<(Vec<usize>, Vec<f32>, crate::sampling::torch_rng::TorchGenerator)>,
 }
 
 impl TorchNoise {
     /// A source for `seed`.
     pub fn new(seed: u64) -> Self {
-        TorchNoise { generator: crate::sampling::torch_rng::TorchGenerator::new(seed), ahead: None }
+        TorchNoise { generator: crate::sampling::torch_rng::TorchGenerator::new(seed), ahead: Default::default() }
     }
 }
 
 impl NoiseSource for TorchNoise {
     /// The draws are one stream in call order (names are not used).
     fn draw(&mut self, _name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        match self.ahead.take() {
+        match self.ahead.pop_front() {
             Some((s, v, _)) if s == shape => Ok(v),
             Some((_, _, before)) => {
                 self.generator = before;
+                self.ahead.clear();
                 Ok(self.generator.randn(shape.iter().product()))
             }
             None => Ok(self.generator.randn(shape.iter().product())),
@@ -247,11 +250,9 @@ impl NoiseSource for TorchNoise {
     }
 
     fn prefetch(&mut self, _name: &str, shape: &[usize]) -> Result<()> {
-        if self.ahead.is_none() {
-            let before = self.generator.clone();
-            let v = self.generator.randn(shape.iter().product());
-            self.ahead = Some((shape.to_vec(), v, before));
-        }
+        let before = self.generator.clone();
+        let v = self.generator.randn(shape.iter().product());
+        self.ahead.push_back((shape.to_vec(), v, before));
         Ok(())
     }
 }
@@ -928,7 +929,8 @@ impl Pipeline {
         };
         let cond = prior.condition(&clip_pooled, Some(&clip_text), Some(&clip_img))?;
         let prior_latent = [n, pc.in_channels, hc, wc];
-        // Stage B's initial noise is the draw after Stage C's last: made while that step runs.
+        // Stage B's initial noise and its first step's noise are the two draws after Stage C's
+        // last: made while that step runs.
         let dec_latent = [n, self.decoder_in_channels, hb, wb];
         let (x, prior_steps, prior_setup) = self.denoise(
             &prior,
@@ -941,7 +943,7 @@ impl Pipeline {
             None,
             prior.is_resident(),
             noise,
-            Some(("noise_decoder_init", dec_latent)),
+            &[("noise_decoder_init", dec_latent), ("noise_decoder_step0", dec_latent)],
             hooks,
         )?;
         (timings.prior_steps, timings.prior_setup) = (prior_steps, prior_setup);
@@ -971,7 +973,7 @@ impl Pipeline {
             Some(&effnet),
             decoder.is_resident(),
             noise,
-            None,
+            &[],
             hooks,
         )?;
         (timings.decoder_steps, timings.decoder_setup) = (decoder_steps, decoder_setup);
@@ -1045,8 +1047,8 @@ impl Pipeline {
     }
 
     /// One stage's denoising loop; returns the final latent `[n, h, w, c]`, each step's time, and
-    /// the time before the first step (its device work included). `next_draw`, the next stage's
-    /// first draw, is handed to [`NoiseSource::prefetch`] once the last step is queued.
+    /// the time before the first step (its device work included). `next_draws`, the next stage's
+    /// first draws, are handed to [`NoiseSource::prefetch`] once the last step is queued.
     ///
     /// Every per-step value (the latent, the timestep, the sampler coefficients, the noise) lives
     /// in a device buffer that is rewritten in place before the step, so on a GPU the step is
@@ -1067,7 +1069,7 @@ impl Pipeline {
         effnet: Option<&Tensor>,
         resident: bool,
         noise: &mut dyn NoiseSource,
-        next_draw: Option<(&str, [usize; 4])>,
+        next_draws: &[(&str, [usize; 4])],
         hooks: &mut Hooks<'_, '_>,
     ) -> Result<(Tensor, Vec<Duration>, Duration)> {
         let setup_start = Instant::now();
@@ -1170,8 +1172,8 @@ impl Pipeline {
                 }
             }
             // The host is free while the device runs the last step: the next stage's first draw.
-            if let Some((name, shape)) = next_draw {
-                noise.prefetch(name, &shape)?;
+            for (name, shape) in next_draws {
+                noise.prefetch(name, shape)?;
             }
             match pending.take() {
                 Some(last) => finish(last, steps, hooks),
@@ -1271,6 +1273,26 @@ mod tests {
         assert_eq!(stream(Some(&[1, 4, 8, 8])), plain);
         assert_eq!(stream(Some(&[1, 4, 16, 16])), plain);
         assert_eq!(stream(Some(&[7])), plain);
+
+        // Two draws prefetched (Stage B's initial and first-step noise): both handed out in
+        // order; or the first handed out and the second dropped, rewound, when the next draw has
+        // another shape; or both dropped when the first does not match.
+        let two = |hints: &[&[usize]], draws: &[&[usize]]| {
+            let mut n = TorchNoise::new(7);
+            let mut out = vec![n.draw("a", &[2, 3]).unwrap()];
+            for h in hints {
+                n.prefetch("h", h).unwrap();
+            }
+            out.extend(draws.iter().map(|d| n.draw("d", d).unwrap()));
+            out
+        };
+        let draws: &[&[usize]] = &[&[1, 4, 8, 8], &[1, 4, 8, 8], &[5]];
+        let plain = two(&[], draws);
+        assert_eq!(two(&[&[1, 4, 8, 8], &[1, 4, 8, 8]], draws), plain);
+        assert_eq!(two(&[&[1, 4, 8, 8], &[9]], draws), plain);
+        assert_eq!(two(&[&[9], &[1, 4, 8, 8]], draws), plain);
+        let other: &[&[usize]] = &[&[1, 4, 8, 8], &[5], &[1, 4, 8, 8]];
+        assert_eq!(two(&[&[1, 4, 8, 8], &[1, 4, 8, 8]], other), two(&[], other));
     }
 
     /// The 2²³ trick rounds exactly as `round_ties_even` on [0, 255], ties included, and clamps.
