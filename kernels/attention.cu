@@ -210,7 +210,8 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(At
 // pitch. Each fragment a warp loads serves its R row tiles: with R = 2 a warp reads the tile
 // from shared memory once per 32 queries instead of once per 16, which halves the kernel's
 // shared-memory traffic per FLOP (the ldmatrix reads, 16 KiB per warp and tile, are what the
-// R = 1 kernel spends most of its shared-memory bandwidth on). The online softmax runs in base 2
+// R = 1 kernel spends most of its shared-memory bandwidth on), at twice the registers: on an
+// H200 that pays only where the grid is one full wave (the entry points below). The online softmax runs in base 2
 // on the unscaled scores, the scale folded into each exponent's FFMA; each lane holds two rows
 // of each row tile (g and g + 8) and shares their maxima with the three other lanes of its
 // group; the row sums come from the tensor cores (P times a fragment of ones). The loop is

@@ -46,10 +46,11 @@ pub enum AttentionKernel {
 
 /// Whether a 32-query mma kernel with blocks of `rows` queries should run `bh` (batch × heads)
 /// rows of `lq` queries on `sms` SMs that hold `per_sm` of its blocks each: when its grid fills
-/// at least three quarters of one wave and needs no second. Measured on an H200 (docs/performance.md, ninth session), it was
-/// faster than the 16-query kernel only there: Stage C lite (240 blocks for 264 places, 25.7
-/// against 29.7 µs); slower with a second wave (Stage C, 320 blocks: 46.8 against 39.1 µs) and
-/// with most SMs holding one block (Stage B's level 2, 160 blocks: 35.3 against 34.7; CLIP).
+/// at least three quarters of one wave and needs no second. Measured on an H200
+/// (docs/performance.md, ninth session), the four-warp kernel was faster than the 16-query one
+/// only there: Stage C lite (240 blocks for 264 places, 25.7 against 29.7 µs); slower with a
+/// second wave (Stage C, 320 blocks: 46.8 against 39.1 µs) and with most SMs holding one block
+/// (Stage B's level 2, 160 blocks: 35.3 against 34.7; CLIP).
 pub fn mma32_preferred(lq: usize, bh: usize, rows: usize, sms: usize, per_sm: usize) -> bool {
     let (blocks, places) = (lq.div_ceil(rows) * bh, sms * per_sm);
     blocks <= places && 4 * blocks >= 3 * places
