@@ -270,7 +270,8 @@ pub struct Timings {
     /// Each Stage B step.
     pub decoder_steps: Vec<Duration>,
     /// Stage B's work before its first step (as `prior_setup`; its constants include the effnet
-    /// and pixel terms at the latent's size).
+    /// and pixel terms at the latent's size). With both UNets resident that work is queued during
+    /// Stage C's last step, and this counts only what is left after that step.
     pub decoder_setup: Duration,
     /// Stage A's decode and the conversion to 8-bit images.
     pub stage_a: Duration,
@@ -929,25 +930,56 @@ impl Pipeline {
         };
         let cond = prior.condition(&clip_pooled, Some(&clip_text), Some(&clip_img))?;
         let prior_latent = [n, pc.in_channels, hc, wc];
+        let dec_latent = [n, self.decoder_in_channels, hb, wb];
+        // Stage B's conditioning: its effnet input is Stage C's latent (zeros beside it for the
+        // unconditional half).
+        let dec_pooled = match (&negative, decoder_cfg) {
+            (Some((_, np)), true) => concat_batch(&pooled, np)?,
+            _ => pooled.view(pooled.shape())?,
+        };
+        let effnet_of = |x: &Tensor| -> Result<Tensor> {
+            if decoder_cfg && negative.is_some() {
+                concat_batch(x, &Tensor::zeros(x.shape(), self.dtype, &self.device)?)
+            } else {
+                x.view(x.shape())
+            }
+        };
+        // With both UNets resident, Stage B's setup (its noise, run constants and buffers) is
+        // queued while the device runs Stage C's last step, so the device goes from one stage to
+        // the next without waiting for the host. With one stage resident at a time the decoder
+        // is loaded only once the prior is dropped, after that step.
+        let early_decoder = match (&self.prior, &self.decoder) {
+            (Held::Resident(_), Held::Resident(d)) => Some(d),
+            _ => None,
+        };
+        let early_cond = early_decoder.map(|d| d.condition(&dec_pooled, None, None)).transpose()?;
+        let mut dec_run = None;
+        let mut queue_decoder = |x: &Tensor, noise: &mut dyn NoiseSource| -> Result<()> {
+            if let (Some(decoder), Some(cond)) = (early_decoder, &early_cond) {
+                let effnet = effnet_of(x)?;
+                dec_run = Some(self.stage_setup(decoder, "decoder", dec_latent, req.decoder_guidance, cond, Some(&effnet), true, noise)?);
+            }
+            Ok(())
+        };
+        let prior_run = self.stage_setup(&prior, "prior", prior_latent, req.prior_guidance, &cond, None, prior.is_resident(), noise)?;
         // Stage B's initial noise and its first step's noise are the two draws after Stage C's
         // last: made while that step runs.
-        let dec_latent = [n, self.decoder_in_channels, hb, wb];
-        let (x, prior_steps, prior_setup) = self.denoise(
-            &prior,
+        let (x, prior_steps, prior_setup) = self.stage_run(
+            prior_run,
             &self.prior_scheduler,
-            "prior",
-            prior_latent,
             req.prior_steps,
-            req.prior_guidance,
-            &cond,
-            None,
-            prior.is_resident(),
             noise,
             &[("noise_decoder_init", dec_latent), ("noise_decoder_step0", dec_latent)],
+            Some(&mut queue_decoder),
             hooks,
         )?;
         (timings.prior_steps, timings.prior_setup) = (prior_steps, prior_setup);
-        let image_embeddings = cpu_copy(&nhwc_to_nchw(&x)?)?;
+        // From here on an error must let Stage B's queued setup finish before its buffers go.
+        let sync_on_err = |e: Error| {
+            let _ = self.device.synchronize();
+            e
+        };
+        let image_embeddings = cpu_copy(&nhwc_to_nchw(&x).map_err(sync_on_err)?).map_err(sync_on_err)?;
         check_finite("image_embeddings", &image_embeddings, "Stage C (the prior)", req.prior_steps)?;
         if self.keep_tensors {
             tensors.push(("image_embeddings".to_string(), image_embeddings));
@@ -955,27 +987,23 @@ impl Pipeline {
 
         drop(prior);
 
-        // Stage B.
-        let decoder = self.decoder.get(|p| load_unet(p, dtype, device, self.f32_residual))?;
-        let (dec_pooled, effnet) = match (&negative, decoder_cfg) {
-            (Some((_, np)), true) => (concat_batch(&pooled, np)?, concat_batch(&x, &Tensor::zeros(x.shape(), self.dtype, &self.device)?)?),
-            _ => (pooled.view(pooled.shape())?, x.view(x.shape())?),
+        // Stage B: "before its first step" counts from here (what was queued early ran inside
+        // Stage C's last step).
+        let (mut latents, decoder_steps, decoder_setup) = match dec_run {
+            Some(mut run) => {
+                run.setup_start = Instant::now();
+                self.stage_run(run, &self.decoder_scheduler, req.decoder_steps, noise, &[], None, hooks)?
+            }
+            None => {
+                // Loaded here, dropped at the end of this arm (before Stage A's network).
+                let decoder = self.decoder.get(|p| load_unet(p, dtype, device, self.f32_residual))?;
+                let cond = decoder.condition(&dec_pooled, None, None)?;
+                let effnet = effnet_of(&x)?;
+                let (resident, scheduler) = (decoder.is_resident(), &self.decoder_scheduler);
+                let run = self.stage_setup(&decoder, "decoder", dec_latent, req.decoder_guidance, &cond, Some(&effnet), resident, noise)?;
+                self.stage_run(run, scheduler, req.decoder_steps, noise, &[], None, hooks)?
+            }
         };
-        let cond = decoder.condition(&dec_pooled, None, None)?;
-        let (mut latents, decoder_steps, decoder_setup) = self.denoise(
-            &decoder,
-            &self.decoder_scheduler,
-            "decoder",
-            dec_latent,
-            req.decoder_steps,
-            req.decoder_guidance,
-            &cond,
-            Some(&effnet),
-            decoder.is_resident(),
-            noise,
-            &[],
-            hooks,
-        )?;
         (timings.decoder_steps, timings.decoder_setup) = (decoder_steps, decoder_setup);
         let decoder_latents = cpu_copy(&nhwc_to_nchw(&latents)?)?;
         check_finite("decoder_latents", &decoder_latents, "Stage B (the decoder)", req.decoder_steps)?;
@@ -983,9 +1011,7 @@ impl Pipeline {
             tensors.push(("decoder_latents".to_string(), decoder_latents));
         }
 
-        drop(decoder);
-
-        // Stage A.
+        // Stage A (a decoder loaded for this call alone was dropped with its run above).
         let stage_a = Instant::now();
         let vqgan = self.vqgan.get(|p| Vqgan::load(p, dtype, device))?;
         ops::affine_assign(&mut latents, vqgan.config().scale_factor as f32, 0.0)?;
@@ -1046,9 +1072,10 @@ impl Pipeline {
         (g.key == *key).then_some(g)
     }
 
-    /// One stage's denoising loop; returns the final latent `[n, h, w, c]`, each step's time, and
-    /// the time before the first step (its device work included). `next_draws`, the next stage's
-    /// first draws, are handed to [`NoiseSource::prefetch`] once the last step is queued.
+    /// A stage's setup, queued without waiting for the device: its initial noise, the run's
+    /// constants (condition K/V rows, Stage B's effnet and pixel terms), and the step buffers (a
+    /// kept step graph's when there is one). Nothing here waits for work already queued, so the
+    /// next stage's setup can be queued while the device still runs this stage's last step.
     ///
     /// Every per-step value (the latent, the timestep, the sampler coefficients, the noise) lives
     /// in a device buffer that is rewritten in place before the step, so on a GPU the step is
@@ -1057,35 +1084,28 @@ impl Pipeline {
     /// after the call: the next call with the same batch and latent size only rewrites the
     /// buffers (the run's constants included) and replays it.
     #[allow(clippy::too_many_arguments)]
-    fn denoise(
+    fn stage_setup<'m>(
         &self,
-        model: &StableCascadeUNet,
-        sched: &DdpmWuerstchen,
+        model: &'m StableCascadeUNet,
         stage: &str,
         shape: [usize; 4],
-        steps: usize,
         guidance: f32,
         cond: &Tensor,
         effnet: Option<&Tensor>,
         resident: bool,
         noise: &mut dyn NoiseSource,
-        next_draws: &[(&str, [usize; 4])],
-        hooks: &mut Hooks<'_, '_>,
-    ) -> Result<(Tensor, Vec<Duration>, Duration)> {
+    ) -> Result<StageRun<'m>> {
         let setup_start = Instant::now();
-        let phase = if stage == "prior" { Phase::Prior } else { Phase::Decoder };
         let cfg = guidance > 1.0;
         let [n, c, h, w] = shape;
         let batch = if cfg { 2 * n } else { n };
-        let mut times = Vec::with_capacity(steps);
         let nhwc = [n, h, w, c];
         let init = crate::models::nchw_to_nhwc_host(&noise.draw(&format!("noise_{stage}_init"), &shape)?, shape);
         // Constant over the run: condition K/V rows, Stage B's effnet and pixel terms.
         let prepared = model.prepare(cond, effnet, None, batch, h, w)?;
         let key = StepKey { stage: stage.to_string(), latent: nhwc, batch };
         let keep = resident && self.cuda_graphs && !self.device.is_cpu();
-        #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
-        let (mut bufs, mut graph) = match keep.then(|| self.take_step_graph(&key)).flatten() {
+        let (mut bufs, graph) = match keep.then(|| self.take_step_graph(&key)).flatten() {
             Some(kept) => {
                 let mut bufs = kept.bufs;
                 bufs.prepared.assign(&prepared)?;
@@ -1096,6 +1116,32 @@ impl Pipeline {
         };
         bufs.x.write_f32(&init)?;
         bufs.guidance.write_f32(&[guidance])?;
+        Ok(StageRun { model, key, shape, cfg, keep, bufs, graph, setup_start })
+    }
+
+    /// A stage's steps after [`Self::stage_setup`]; returns the final latent `[n, h, w, c]`, each
+    /// step's time, and the time before the first step (from the setup's start, its device work
+    /// included). `next_draws`, the next stage's first draws, are handed to
+    /// [`NoiseSource::prefetch`] once the last step is queued; then `overlap`, when given, is
+    /// called with the final latent (its values still being computed: only for queuing device
+    /// work on it) before the host waits for that step.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_run(
+        &self,
+        run: StageRun<'_>,
+        sched: &DdpmWuerstchen,
+        steps: usize,
+        noise: &mut dyn NoiseSource,
+        next_draws: &[(&str, [usize; 4])],
+        overlap: Option<&mut QueueNext<'_>>,
+        hooks: &mut Hooks<'_, '_>,
+    ) -> Result<(Tensor, Vec<Duration>, Duration)> {
+        #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+        let StageRun { model, key, shape, cfg, keep, mut bufs, mut graph, setup_start } = run;
+        let stage = key.stage.clone();
+        let phase = if stage == "prior" { Phase::Prior } else { Phase::Decoder };
+        let (nhwc, batch) = (key.latent, key.batch);
+        let mut times = Vec::with_capacity(steps);
         let (prepared, guidance_t) = (&bufs.prepared, &bufs.guidance);
         // The network's output for the batch (doubled for guidance); reads x only.
         let forward = |x: &Tensor, t: &Tensor| -> Result<Tensor> {
@@ -1114,6 +1160,10 @@ impl Pipeline {
             }
             ops::ddpm_step_assign(x, &eps, Some(z), coef)
         };
+        // The setup's device work (the run's constants, the buffers' writes) done: the steps'
+        // times start here, and a capture's warm-up (which times GEMM algorithms) has the device
+        // to itself.
+        self.device.marker()?.wait()?;
         #[cfg(feature = "cuda")]
         if graph.is_none() {
             if let Device::Cuda(d) = &self.device {
@@ -1136,9 +1186,6 @@ impl Pipeline {
         // The writes queue behind that step on the one stream, so they cannot overtake it, and
         // the copy from host memory has read its source when the call returns. Step i − 1 is
         // reported done (its time, progress, cancellation) once its marker has passed.
-        // The setup's device work (the run's constants, the buffers' writes) done: the steps' times
-        // start here.
-        self.device.marker()?.wait()?;
         let setup = setup_start.elapsed();
         let mut last_done = Instant::now();
         let mut pending: Option<crate::runtime::device::Marker> = None;
@@ -1150,7 +1197,8 @@ impl Pipeline {
             self.sample_device_used();
             hooks.step_done(phase, done, steps)
         };
-        let mut run = || -> Result<()> {
+        let mut out: Option<Tensor> = None;
+        let run = || -> Result<()> {
             for i in 0..steps {
                 // The model sees t in its own dtype (diffusers casts the ratio), and so does ᾱ(t).
                 let t = crate::testing::round_to(&[grid[i]], self.dtype)[0];
@@ -1171,10 +1219,23 @@ impl Pipeline {
                     finish(previous, i, hooks)?;
                 }
             }
-            // The host is free while the device runs the last step: the next stage's first draw.
+            // The host is free while the device runs the last step: the next stage's first draws,
+            // then whatever the caller queues on the final latent. The kept buffers are the next
+            // call's, so a kept graph's latent is handed back as a copy.
             for (name, shape) in next_draws {
                 noise.prefetch(name, shape)?;
             }
+            let x = if keep && graph.is_some() {
+                let mut x = Tensor::empty(&nhwc, self.dtype, &self.device)?;
+                ops::cast_into(&bufs.x, &mut x)?;
+                x
+            } else {
+                bufs.x.view(&nhwc)?
+            };
+            if let Some(overlap) = overlap {
+                overlap(&x, noise)?;
+            }
+            out = Some(x);
             match pending.take() {
                 Some(last) => finish(last, steps, hooks),
                 None => Ok(()),
@@ -1186,19 +1247,14 @@ impl Pipeline {
             let _ = self.device.synchronize();
             return Err(e);
         }
-        match graph {
-            Some(graph) if keep => {
-                // The kept buffers are the next call's: hand back a copy of the latent.
-                let mut x = Tensor::empty(&nhwc, self.dtype, &self.device)?;
-                ops::cast_into(&bufs.x, &mut x)?;
-                let mut kept = self.step_graphs.lock().unwrap_or_else(|e| e.into_inner());
-                // One per stage, even if calls on this pipeline ran side by side.
-                kept.retain(|g| g.key.stage != key.stage);
-                kept.push(StepGraph { key, bufs, graph });
-                Ok((x, times, setup))
-            }
-            _ => Ok((bufs.x, times, setup)),
+        let x = out.expect("set once the steps are queued");
+        if let (Some(graph), true) = (graph, keep) {
+            let mut kept = self.step_graphs.lock().unwrap_or_else(|e| e.into_inner());
+            // One per stage, even if calls on this pipeline ran side by side.
+            kept.retain(|g| g.key.stage != key.stage);
+            kept.push(StepGraph { key, bufs, graph });
         }
+        Ok((x, times, setup))
     }
 }
 
@@ -1245,6 +1301,25 @@ type CapturedStep = std::convert::Infallible;
 
 /// A resident network's denoising step, captured as a CUDA graph, with the buffers it reads and
 /// writes. The pipeline keeps one per stage, so repeated calls at the same size capture once.
+/// What [`Pipeline::stage_run`] calls once a stage's last step is queued: given the final latent
+/// (still being computed) and the noise source, it queues the next stage's setup.
+type QueueNext<'a> = dyn FnMut(&Tensor, &mut dyn NoiseSource) -> Result<()> + 'a;
+
+/// A stage queued by [`Pipeline::stage_setup`], waiting for [`Pipeline::stage_run`].
+struct StageRun<'m> {
+    model: &'m StableCascadeUNet,
+    key: StepKey,
+    /// The latent, NCHW (the noise's shape).
+    shape: [usize; 4],
+    cfg: bool,
+    /// Whether the step graph and its buffers are kept after the call.
+    keep: bool,
+    bufs: StepBuffers,
+    graph: Option<CapturedStep>,
+    /// Where "before the first step" is counted from.
+    setup_start: Instant,
+}
+
 struct StepGraph {
     key: StepKey,
     bufs: StepBuffers,
