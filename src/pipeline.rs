@@ -947,9 +947,11 @@ impl Pipeline {
         // With both UNets resident, Stage B's setup (its noise, run constants and buffers) is
         // queued while the device runs Stage C's last step, so the device goes from one stage to
         // the next without waiting for the host. With one stage resident at a time the decoder
-        // is loaded only once the prior is dropped, after that step.
+        // is loaded only once the prior is dropped, after that step. `CASCADE_STAGE_OVERLAP=0`
+        // queues it after that step (for a same-run A/B).
+        let overlap = std::env::var("CASCADE_STAGE_OVERLAP").map_or(true, |v| v != "0");
         let early_decoder = match (&self.prior, &self.decoder) {
-            (Held::Resident(_), Held::Resident(d)) => Some(d),
+            (Held::Resident(_), Held::Resident(d)) if overlap => Some(d),
             _ => None,
         };
         let early_cond = early_decoder.map(|d| d.condition(&dec_pooled, None, None)).transpose()?;
