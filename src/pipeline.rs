@@ -981,7 +981,7 @@ impl Pipeline {
             let _ = self.device.synchronize();
             e
         };
-        let image_embeddings = cpu_copy(&nhwc_to_nchw(&x).map_err(sync_on_err)?).map_err(sync_on_err)?;
+        let image_embeddings = nhwc_to_nchw(&x).and_then(|t| cpu_copy(&t)).map_err(sync_on_err)?;
         check_finite("image_embeddings", &image_embeddings, "Stage C (the prior)", req.prior_steps)?;
         if self.keep_tensors {
             tensors.push(("image_embeddings".to_string(), image_embeddings));
