@@ -1,7 +1,7 @@
 //! Build script. Without the `cuda` feature it does nothing. With it:
 //! 1. finds nvcc (NVCC, CUDA_HOME, PATH, or the repo's own `.venv-cuda` from
 //!    `scripts/setup-cuda.sh`);
-//! 2. compiles every `kernels/*.cu` into one fatbin with SASS for sm_80/86/89/90 and PTX for
+//! 2. compiles every `kernels/*.cu` into one fatbin with SASS for sm_80/86/89/90a and PTX for
 //!    compute_80, refusing PTX newer than ISA 9.0 (the newest a CUDA 13.0 driver accepts);
 //! 3. runs bindgen on `kernels/params.h`, so Rust and CUDA share every parameter struct;
 //! 4. generates the kernel table: every `extern "C" __global__` entry point of every file,
@@ -26,7 +26,7 @@ mod cuda {
     const SETUP_HINT: &str = "run `scripts/setup-cuda.sh` (installs the pinned CUDA 13.0 toolchain and libclang), \
          or build without `--features cuda`";
     /// SASS targets; the first is also shipped as PTX for newer GPUs.
-    const ARCHS: &[u32] = &[80, 86, 89, 90];
+    const ARCHS: &[&str] = &["80", "86", "89", "90a"];
     /// Newest PTX ISA the GPU machines' driver (580, CUDA 13.0) accepts.
     const MAX_PTX_ISA: (u32, u32) = (9, 0);
 

@@ -239,6 +239,9 @@ fn main() {
             },
         );
     }
+    // The wgmma kernel only where it was asked for and passed its start-up check (see
+    // `AttentionKernel::Wgmma`).
+    let wgmma = matches!(&dev, cascade::Device::Cuda(d) if d.wgmma_attention());
     for s in shapes::ATTENTION {
         for dtype in [bf, DType::F32] {
             let c = s.heads * 64;
@@ -264,6 +267,14 @@ fn main() {
                     None,
                     || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma32Wide, &mut o).unwrap(),
                 );
+                if wgmma {
+                    r.run(
+                        &format!("attention_wgmma/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                        Some(s.flops()),
+                        None,
+                        || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Wgmma, &mut o).unwrap(),
+                    );
+                }
             }
             if dtype == bf && !s.masked {
                 r.run(&format!("attention_tc/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
@@ -313,6 +324,17 @@ fn main() {
                             ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
                         },
                     );
+                    if wgmma {
+                        r.run(
+                            &format!("attention_wgmma_packed/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                            Some(s.flops()),
+                            None,
+                            || {
+                                let k = ops::AttentionKernel::Wgmma;
+                                ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
+                            },
+                        );
+                    }
                 }
             }
         }

@@ -462,3 +462,209 @@ extern "C" __global__ void __launch_bounds__(128) attention_mma32_bf16(Attention
 // wave) and the 16-query kernel 576 (1.09 waves). Not measured yet: chosen only with
 // CASCADE_ATTENTION_W5=1 (docs/performance.md, ninth session).
 extern "C" __global__ void __maxnreg__(200) attention_mma32_w5_bf16(AttentionParams p) { attention_mma_body<2, 5>(p); }
+
+// ---- Hopper version: warpgroup products (wgmma, sm_90a) ----------------------------------------
+// One warpgroup (four warps) per 64 queries. The mma.sync kernels above spend most of their
+// issue slots feeding the tensor cores: per warp and 64-key tile, 64 mma and 32 ldmatrix
+// instructions. Here the whole warpgroup's S = Q·Kᵀ for a tile is four wgmma (64 × 64, 16 dims
+// each) and O += P·V four more, with K and V read by the tensor cores straight from shared
+// memory: what is left to issue is the softmax. Q and P stay in registers as A operands (the S
+// accumulator layout is the A layout P needs, as in the mma kernel), K and V are [key][dim]
+// tiles in the 128-byte swizzle the wgmma descriptors describe: Kᵀ K-major (no transpose), V
+// MN-major (transposed B). Tiles are double-buffered with cp.async as in the mma kernel; a fence
+// hands the copies to the async proxy before the barrier. Same masks, key sources and output as
+// the mma kernels; queries past Lq still take part in the products (wgmma is warpgroup-wide)
+// and are never stored. Row sums are the f32 sums of each thread's probabilities, finished across
+// the four lanes of a row at the end.
+#define WG_KT 64          // keys per tile
+#define WG_TILE 8192      // bytes of one 64 × 64 bf16 tile
+#ifdef CASCADE_WGMMA
+__device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p) {
+    // K and V of two stages, on a 1024-byte boundary (the swizzle pattern's period).
+    __shared__ __align__(1024) unsigned char smem_raw[4 * WG_TILE + 1024];
+#ifdef CASCADE_EMU
+    const unsigned raw_at = (unsigned)(uintptr_t)smem_raw;  // the swizzle there follows host addresses
+#else
+    const unsigned raw_at = (unsigned)__cvta_generic_to_shared(smem_raw);
+#endif
+    unsigned char* const tiles = smem_raw + ((1024u - (raw_at & 1023u)) & 1023u);
+    auto ktile = [&](int stage) { return tiles + stage * 2 * WG_TILE; };
+    auto vtile = [&](int stage) { return tiles + stage * 2 * WG_TILE + WG_TILE; };
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int q0 = blockIdx.x * 64 + warp * 16;  // this warp's 16 rows of the warpgroup's 64
+    const float scale = p.scale * 1.4426950408889634f;
+
+    const int total = p.Lk + p.Lk2;
+    const bf16* kbase = (const bf16*)p.k + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
+    const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
+    const bf16* kbase2 = p.Lk2 ? (const bf16*)p.k2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : kbase;
+    const bf16* vbase2 = p.Lk2 ? (const bf16*)p.v2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : vbase;
+    // 64 keys × 8 chunks of 16 bytes for K and for V: thread i copies chunk i % 8 of keys
+    // i / 8 + 16r (r < 4) to chunk (i % 8) ^ (key % 8) of the key's row, key % 8 being the same for
+    // all four of its keys.
+    const int lj = threadIdx.x >> 3, lc = threadIdx.x & 7, ld = lc * 8;
+    const int swz = ((lc ^ (lj & 7)) << 4);
+    auto load_tile = [&](int stage, int k0) {
+        unsigned char* kd = ktile(stage) + lj * 128 + swz;
+        unsigned char* vd = vtile(stage) + lj * 128 + swz;
+        const bool in_first = k0 + WG_KT <= p.Lk, in_second = k0 >= p.Lk && k0 + WG_KT <= total;
+        if (in_first || in_second) {
+            const int64_t stride = in_first ? p.kv_stride : p.kv2_stride;
+            const int64_t off = (int64_t)((in_first ? k0 : k0 - p.Lk) + lj) * stride + ld;
+            const bf16* kp = (in_first ? kbase : kbase2) + off;
+            const bf16* vp = (in_first ? vbase : vbase2) + off;
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                cp_async16(kd + r * 16 * 128, kp + 16 * r * stride, true);
+                cp_async16(vd + r * 16 * 128, vp + 16 * r * stride, true);
+            }
+        } else {
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int kj = k0 + lj + 16 * r;
+                const bool first = kj < p.Lk, valid = kj < total;
+                const int64_t off = first ? (int64_t)kj * p.kv_stride + ld : valid ? (int64_t)(kj - p.Lk) * p.kv2_stride + ld : ld;
+                cp_async16(kd + r * 16 * 128, (first || !valid ? kbase : kbase2) + off, valid);
+                cp_async16(vd + r * 16 * 128, (first || !valid ? vbase : vbase2) + off, valid);
+            }
+        }
+        cp_async_commit();
+    };
+    load_tile(0, 0);
+
+    // Q as four A fragments (dims 16kc .. + 15); rows past Lq read as zeros.
+    uint32_t qa[HEAD_DIM / 16][4];
+    {
+        const bf16* q = (const bf16*)p.q + ((int64_t)b * p.Lq) * p.q_stride + h * HEAD_DIM;
+        const int r0 = q0 + g, r1 = r0 + 8;
+#pragma unroll
+        for (int kc = 0; kc < HEAD_DIM / 16; kc++) {
+            const int d0 = kc * 16 + 2 * t, d1 = d0 + 8;
+            qa[kc][0] = r0 < p.Lq ? *(const uint32_t*)(q + (int64_t)r0 * p.q_stride + d0) : 0u;
+            qa[kc][1] = r1 < p.Lq ? *(const uint32_t*)(q + (int64_t)r1 * p.q_stride + d0) : 0u;
+            qa[kc][2] = r0 < p.Lq ? *(const uint32_t*)(q + (int64_t)r0 * p.q_stride + d1) : 0u;
+            qa[kc][3] = r1 < p.Lq ? *(const uint32_t*)(q + (int64_t)r1 * p.q_stride + d1) : 0u;
+        }
+    }
+    float o[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) o[i] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8: maxima, this thread's sums
+
+    const int last_key = p.causal ? min(total, (blockIdx.x + 1) * 64) : total;
+    const int tiles_n = (last_key + WG_KT - 1) / WG_KT;
+    const float* key_mask = p.key_mask ? p.key_mask + (int64_t)b * p.Lk : nullptr;
+    for (int tile = 0; tile < tiles_n; tile++) {
+        const int stage = tile & 1, k0 = tile * WG_KT;
+        if (tile + 1 < tiles_n) {
+            load_tile(stage ^ 1, k0 + WG_KT);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async_shared();  // this thread's copies, to the tensor cores' reads
+        __syncthreads();              // ... and every other thread's
+
+        // S = Q·Kᵀ: 64 queries × 64 keys, 16 dims per product.
+        float s[32];
+        wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < HEAD_DIM / 16; kc++) wgmma_m64n64k16_bf16<0>(s, qa[kc], smem_desc_sw128(ktile(stage) + 32 * kc), kc > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operands(s);
+
+        // s[4nc + i]: row g (i < 2) or g + 8, key k0 + 8nc + 2t + i % 2.
+        if (k0 + WG_KT > total || p.causal || key_mask) {
+#pragma unroll
+            for (int nc = 0; nc < WG_KT / 8; nc++)
+                for (int i = 0; i < 4; i++) {
+                    const int key = k0 + nc * 8 + 2 * t + (i & 1), row = q0 + g + (i < 2 ? 0 : 8);
+                    const bool visible = key < total && !(p.causal && key > row) && !(key_mask && key < p.Lk && key_mask[key] == 0.f);
+                    if (!visible) s[4 * nc + i] = -INFINITY;
+                }
+        }
+        float t0 = -INFINITY, t1 = -INFINITY;
+#pragma unroll
+        for (int nc = 0; nc < WG_KT / 8; nc++) {
+            t0 = fmaxf(t0, fmaxf(s[4 * nc], s[4 * nc + 1]));
+            t1 = fmaxf(t1, fmaxf(s[4 * nc + 2], s[4 * nc + 3]));
+        }
+        for (int off = 1; off < 4; off <<= 1) {
+            t0 = fmaxf(t0, __shfl_xor_sync(0xffffffff, t0, off));
+            t1 = fmaxf(t1, __shfl_xor_sync(0xffffffff, t1, off));
+        }
+        // As in the mma kernel: base-2 exponents against the scaled running maxima, 0 for a row
+        // that has seen no visible key yet.
+        const float n0 = fmaxf(m0, t0), n1 = fmaxf(m1, t1);
+        const float b0 = n0 == -INFINITY ? 0.f : n0 * scale, b1 = n1 == -INFINITY ? 0.f : n1 * scale;
+        const float c0 = ex2_approx(fmaf(m0, scale, -b0)), c1 = ex2_approx(fmaf(m1, scale, -b1));
+        m0 = n0;
+        m1 = n1;
+        l0 *= c0;
+        l1 *= c1;
+#pragma unroll
+        for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
+            o[4 * nd] *= c0;
+            o[4 * nd + 1] *= c0;
+            o[4 * nd + 2] *= c1;
+            o[4 * nd + 3] *= c1;
+        }
+        // P as four A fragments (keys 16kc .. + 15): n-blocks 2kc and 2kc + 1 of S.
+        uint32_t pa[WG_KT / 16][4];
+#pragma unroll
+        for (int kc = 0; kc < WG_KT / 16; kc++) {
+            float e[8];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                e[i] = ex2_approx(fmaf(s[8 * kc + i], scale, -(i < 2 ? b0 : b1)));
+                e[4 + i] = ex2_approx(fmaf(s[8 * kc + 4 + i], scale, -(i < 2 ? b0 : b1)));
+            }
+            l0 += (e[0] + e[1]) + (e[4] + e[5]);
+            l1 += (e[2] + e[3]) + (e[6] + e[7]);
+            pa[kc][0] = pack_bf16x2(e[0], e[1]);
+            pa[kc][1] = pack_bf16x2(e[2], e[3]);
+            pa[kc][2] = pack_bf16x2(e[4], e[5]);
+            pa[kc][3] = pack_bf16x2(e[6], e[7]);
+        }
+
+        // O += P·V: 16 keys per product.
+        wgmma_fence_operands(o);
+        wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < WG_KT / 16; kc++) wgmma_m64n64k16_bf16<1>(o, pa[kc], smem_desc_sw128(vtile(stage) + 16 * 128 * kc), true);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operands(o);
+        __syncthreads();  // this stage is read: the next iteration may refill it
+    }
+
+    // The rows' sums over their four lanes, then O / l as bf16 pairs.
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffff, l0, off);
+        l1 += __shfl_xor_sync(0xffffffff, l1, off);
+    }
+    const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    const int r0 = q0 + g, r1 = r0 + 8;
+    bf16* out = (bf16*)p.o + ((int64_t)b * p.Lq) * p.o_stride + h * HEAD_DIM;
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
+        const int d = nd * 8 + 2 * t;
+        if (r0 < p.Lq) *(uint32_t*)(out + (int64_t)r0 * p.o_stride + d) = pack_bf16x2(o[4 * nd] * i0, o[4 * nd + 1] * i0);
+        if (r1 < p.Lq) *(uint32_t*)(out + (int64_t)r1 * p.o_stride + d) = pack_bf16x2(o[4 * nd + 2] * i1, o[4 * nd + 3] * i1);
+    }
+}
+#endif
+
+// 64 queries per block of one warpgroup; up to four blocks per SM (at most 128 registers, 33 KiB
+// of shared memory each). Only the sm_90a image has a body: the launcher uses it on compute
+// capability 9.0 only, after its start-up check. Not measured yet: opt-in
+// (CASCADE_ATTENTION_WGMMA=1, or CASCADE_ATTENTION=wgmma).
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) {
+#ifdef CASCADE_WGMMA
+    attention_wgmma_body(p);
+#endif
+}

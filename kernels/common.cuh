@@ -260,6 +260,95 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// ---- Warpgroup products (wgmma: sm_90a, H100/H200) ------------------------------------------
+// Compiled only into the sm_90a image (and the emulator); kernels that use them have an empty
+// body elsewhere and are launched only on a device of compute capability 9.0.
+#if defined(CASCADE_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define CASCADE_WGMMA 1
+// A shared-memory operand of wgmma: a tile of rows of 128 bytes (64 bf16) with the 128-byte
+// swizzle (16-byte chunk c of row r stored at chunk c ^ (r % 8)), groups of 8 rows 1024 bytes
+// apart, starting on a 1024-byte boundary (or 32·i bytes past one, for the i-th 16-wide slice of
+// a K-major row). Descriptor fields (PTX ISA, "matrix descriptor"): start address >> 4 in bits
+// 0–13, leading byte offset >> 4 in 16–29 (unused by these layouts: one swizzle atom spans
+// the 64 columns), stride byte offset >> 4 in 32–45 (1024: the next 8 rows), swizzle mode in
+// 62–63 (1: 128 bytes).
+#ifdef CASCADE_EMU
+typedef EmuSmemDesc SmemDesc;
+__device__ __forceinline__ SmemDesc smem_desc_sw128(const void* p) { return EmuSmemDesc{(const unsigned char*)p, 1024u}; }
+#else
+typedef uint64_t SmemDesc;
+__device__ __forceinline__ SmemDesc smem_desc_sw128(const void* p) {
+    const uint64_t a = (uint32_t)__cvta_generic_to_shared(p);
+    return ((a & 0x3ffff) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+#endif
+// D (64 × 64, f32) = A·B (+ D when `accumulate`): A 64 × 16 bf16 from registers, each warp w of
+// the warpgroup holding rows 16w .. 16w + 15 as an mma.m16n8k16 A fragment; B 16 × 64 bf16 from
+// shared memory, K-major (TRANS_B 0: B[k][n] at row n, column k of the tile, i.e. Kᵀ from a
+// [key][dim] tile) or MN-major (TRANS_B 1: at row k, column n: V from a [key][dim] tile). Each
+// thread holds 32 accumulators of its warp's 16 rows: d[4j + i] is row g + 8·(i / 2), column
+// 8j + 2t + i % 2 (eight m16n8 C fragments side by side). Asynchronous: d and a must not be
+// touched until a wgmma_wait covers it (wgmma_fence_operands keeps the compiler from moving
+// reads of d before that wait).
+template <int TRANS_B>
+__device__ __forceinline__ void wgmma_m64n64k16_bf16(float (&d)[32], const uint32_t (&a)[4], SmemDesc b, bool accumulate) {
+#ifdef CASCADE_EMU
+    emu_wgmma_m64n64k16(d, a, b, TRANS_B, accumulate);
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "{%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+          "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TRANS_B), "r"((int)accumulate)
+        : "memory");
+#endif
+}
+// Orders the warpgroup's earlier register writes (accumulators, A fragments) before the next
+// wgmma reads them.
+__device__ __forceinline__ void wgmma_fence() {
+#ifndef CASCADE_EMU
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef CASCADE_EMU
+    emu_wgmma_commit();
+#else
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+// Waits until at most N committed groups of this warpgroup's products are in flight.
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+#ifdef CASCADE_EMU
+    emu_wgmma_wait(N);
+#else
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// Pins registers in place around wgmma issue and wait: an empty volatile asm that reads and
+// writes each, so the compiler neither moves their reads before the wait nor their writes after
+// the issue.
+template <int N> __device__ __forceinline__ void wgmma_fence_operands(float (&r)[N]) {
+#ifndef CASCADE_EMU
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+#endif
+}
+// Makes this thread's generic-proxy writes to shared memory (cp.async copies, stores) visible to
+// the async proxy that wgmma reads through; a barrier after it covers the other threads.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#ifndef CASCADE_EMU
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+#endif  // wgmma
+
 // ---- Grid-wide waits (cooperative launches only) -------------------------------------------
 // Returns once *p >= target, read with acquire semantics at device scope. Only a launch whose
 // blocks are all resident at once (cuLaunchCooperativeKernel, which fails rather than start a

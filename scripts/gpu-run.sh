@@ -119,6 +119,11 @@ if on TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     tests+=(kernels-grnres)
     CASCADE_GRN_RESIDENT=1 step test-kernels-grnres "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture grn &
     pids+=($!)
+    # The wgmma attention kernel (sm_90a, opt-in: CASCADE_ATTENTION_WGMMA=1) beside the others on
+    # every attention shape, in a process of its own: a fault in it ends only this one.
+    tests+=(kernels-wgmma)
+    CASCADE_ATTENTION_WGMMA=1 step test-kernels-wgmma "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
+    pids+=($!)
 fi
 if on FIDELITY 0; then
     step fidelity "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
@@ -157,9 +162,15 @@ if on SANITIZE 0; then
         done
         # The attention kernels (the 32-query ones with every block size) under racecheck.
         CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-racecheck-attention "${SANITIZE_TIMEOUT:-240}" \
-            compute-sanitizer --tool racecheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention) &
+            compute-sanitizer --tool racecheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention
+        # ... and with the wgmma kernel among them (opt-in, so in processes of their own).
+        for tool in memcheck racecheck; do
+            CASCADE_ATTENTION_WGMMA=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-wgmma" "${SANITIZE_TIMEOUT:-240}" \
+                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention
+        done) &
         pids+=($!)
-        sanitize_runs+=(sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention)
+        sanitize_runs+=(sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention
+            sanitize-memcheck-wgmma sanitize-racecheck-wgmma)
         # racecheck over the stage steps is not run by default: on an H200 it stops inside
         # cuBLASLt's GEMMs at these shapes ("Internal Sanitizer Error: The Sanitizer failed to
         # handle a hardware exception", then CUDA_ERROR_ILLEGAL_ADDRESS), also with the nvjet
@@ -209,6 +220,12 @@ if on BENCH 1; then
         [ -n "${BENCHES:-}" ] && [[ " $BENCHES " != *" $name "* ]] && continue
         benches+=("bench-$name")
         CASCADE_BENCH_QUICK=1 step "bench-$name" "${BENCH_TIMEOUT:-300}" "$b" --bench
+        # The ops bench's attention rows again with the wgmma kernel's rows among them (opt-in,
+        # so in a process of its own; the other kernels' rows give a same-run comparison).
+        if [ "$name" = ops ]; then
+            benches+=("bench-ops-wgmma")
+            CASCADE_ATTENTION_WGMMA=1 CASCADE_SHAPES=attention CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
+        fi
     done
     # PyTorch's SDPA on the same attention shapes, and the card's copy and matrix ceilings.
     if [ -s "$logs/bench-ops.log" ]; then

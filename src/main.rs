@@ -478,5 +478,25 @@ fn info_dir(dir: &Path) -> Result<()> {
 fn device(name: &str) -> Result<()> {
     let d = Device::parse(name)?;
     println!("{}", d.describe());
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(c) = &d {
+        let (major, minor) = c.compute_capability();
+        println!("compute capability {major}.{minor}, {} SMs", c.multiprocessors());
+        // The attention kernels that passed their start-up check (the opt-in ones only when asked for).
+        let kernels: Vec<&str> = [
+            (c.tensor_core_attention(), "wmma"),
+            (c.mma_attention(), "mma"),
+            (c.mma32_attention(), "mma32"),
+            (c.mma32_wide_attention(), "mma32_w5"),
+            (c.wgmma_attention(), "wgmma"),
+        ]
+        .iter()
+        .filter_map(|&(ok, n)| ok.then_some(n))
+        .collect();
+        println!(
+            "tensor-core attention kernels checked at start-up: {}",
+            if kernels.is_empty() { "none".into() } else { kernels.join(", ") }
+        );
+    }
     Ok(())
 }

@@ -104,6 +104,7 @@ pub struct CudaDevice {
     mma32_per_sm: std::sync::atomic::AtomicUsize,
     mma32_wide_attention: std::sync::atomic::AtomicBool,
     mma32_wide_per_sm: std::sync::atomic::AtomicUsize,
+    wgmma_attention: std::sync::atomic::AtomicBool,
     /// GlobalResponseNorm's completion counters: zeroed once here, and every kernel that counts
     /// with them leaves them zero (one stream, so launches never overlap).
     grn_counters: CudaSlice<u32>,
@@ -262,6 +263,7 @@ impl CudaDevice {
             mma32_per_sm: 0.into(),
             mma32_wide_attention: false.into(),
             mma32_wide_per_sm: 0.into(),
+            wgmma_attention: false.into(),
             grn_counters,
             captures: 0.into(),
             capture_pool: Default::default(),
@@ -285,6 +287,12 @@ impl CudaDevice {
             dev.mma32_wide_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
             let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_mma32_w5_bf16, 160, 0).unwrap_or(0);
             dev.mma32_wide_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
+        }
+        // The wgmma kernel exists only in the sm_90a image and is unmeasured; a fault in it would
+        // end the context, so it is not even tried unless asked for.
+        if dev.compute_capability == (9, 0) && wgmma_requested() {
+            let ok = check_attention_kernel(&dev, AttentionKernel::Wgmma, "Hopper tensor-core (wgmma)");
+            dev.wgmma_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(dev)
     }
@@ -374,6 +382,13 @@ impl CudaDevice {
     /// for, or if the driver gave no answer).
     pub fn mma32_wide_per_sm(&self) -> usize {
         self.mma32_wide_per_sm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the wgmma attention kernel was asked for (`CASCADE_ATTENTION_WGMMA=1` or
+    /// `CASCADE_ATTENTION=wgmma`), this is a compute capability 9.0 GPU, and the kernel agreed
+    /// with the CUDA-core one when the device was opened.
+    pub fn wgmma_attention(&self) -> bool {
+        self.wgmma_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Fills every buffer of graphs captured from now on with 0xff bytes where each replay first
@@ -756,6 +771,12 @@ impl CudaBuffer {
     }
 }
 
+/// Whether the environment asks for the wgmma attention kernel (`CASCADE_ATTENTION_WGMMA=1` or
+/// `CASCADE_ATTENTION=wgmma`).
+pub fn wgmma_requested() -> bool {
+    std::env::var("CASCADE_ATTENTION_WGMMA").is_ok_and(|v| v == "1") || std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v == "wgmma")
+}
+
 /// Whether a usable CUDA driver and GPU are present (for tests and benches that skip).
 pub fn is_available() -> bool {
     // SAFETY: only tries to dlopen the driver library.
@@ -776,7 +797,7 @@ fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKe
         let mut rng = crate::testing::TestRng::new(5);
         let mut t = |l: usize| Tensor::from_f32(&rng.normal(b * l * heads * 64, 1.0), &[b, l, heads * 64], DType::BF16, &device);
         let mut worst = 0f64;
-        let masked = matches!(kernel, AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide);
+        let masked = matches!(kernel, AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide | AttentionKernel::Wgmma);
         for (lq, lk, causal) in [(70, 91, false), (77, 77, true)] {
             if causal && !masked {
                 continue;

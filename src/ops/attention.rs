@@ -23,8 +23,8 @@ pub enum AttentionKernel {
     /// For bf16: an mma.sync kernel where its operands are 16-byte aligned (with or without a
     /// mask; the 32-query one where [`mma32_preferred`] says so), else the WMMA kernel without a
     /// mask; the CUDA-core kernel otherwise. A tensor-core kernel that failed its start-up check
-    /// on this device is skipped. `CASCADE_ATTENTION=simple|wmma|mma|mma32` in the environment
-    /// picks one (`mma` and `mma32`: that mma kernel for every shape).
+    /// on this device is skipped. `CASCADE_ATTENTION=simple|wmma|mma|mma32|wgmma` in the
+    /// environment picks one (`mma`, `mma32`, `wgmma`: that kernel for every shape).
     Auto,
     /// The CUDA-core kernel (one thread per query; any dtype, masks).
     Simple,
@@ -42,6 +42,12 @@ pub enum AttentionKernel {
     /// that two blocks still fit an SM: Stage C's grid becomes one wave. Not measured yet: `Auto`
     /// considers it (before `Mma32`, by the same rule) only with `CASCADE_ATTENTION_W5=1`.
     Mma32Wide,
+    /// Hopper's warpgroup products (wgmma, sm_90a: compute capability 9.0 only): 64 queries per
+    /// block of one warpgroup, K and V read by the tensor cores from swizzled shared memory. Same
+    /// operands and masks as `Mma`. Not measured yet: `Auto` takes it for every shape only when
+    /// `CASCADE_ATTENTION_WGMMA=1` (or `CASCADE_ATTENTION=wgmma`) was set when the device was
+    /// opened and it passed its start-up check then.
+    Wgmma,
 }
 
 /// Whether a 32-query mma kernel with blocks of `rows` queries should run `bh` (batch × heads)
@@ -260,6 +266,7 @@ fn attention_impl(
                     Some("wmma") if wmma_ok => AttentionKernel::TensorCore,
                     Some("mma32") if aligned && dev.mma32_attention() => AttentionKernel::Mma32,
                     Some("mma") if aligned => AttentionKernel::Mma,
+                    _ if aligned && dev.wgmma_attention() => AttentionKernel::Wgmma,
                     _ if aligned
                         && dev.mma32_wide_attention()
                         && mma32_preferred(lq, b * heads, 160, dev.multiprocessors(), dev.mma32_wide_per_sm()) =>
@@ -279,15 +286,24 @@ fn attention_impl(
                 AttentionKernel::TensorCore if !wmma_ok => {
                     return Err(Error::Shape("attention: the WMMA kernel takes bf16 without a mask".into()))
                 }
-                AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide if !bf16 => {
+                AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide | AttentionKernel::Wgmma if !bf16 => {
                     return Err(Error::Shape("attention: the mma kernel takes bf16".into()))
                 }
-                AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide if !aligned => {
+                AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide | AttentionKernel::Wgmma if !aligned => {
                     return Err(Error::Shape("attention: the mma kernel needs 16-byte aligned operands and rows".into()))
+                }
+                AttentionKernel::Wgmma if dev.compute_capability() != (9, 0) => {
+                    let (major, minor) = dev.compute_capability();
+                    return Err(Error::Cuda(format!(
+                        "attention: the wgmma kernel needs compute capability 9.0 (H100, H200); {} has {major}.{minor}",
+                        dev.name()
+                    )));
                 }
                 other => other,
             };
-            if extra.is_some() && !matches!(chosen, AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide) {
+            let reads_two =
+                matches!(chosen, AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide | AttentionKernel::Wgmma);
+            if extra.is_some() && !reads_two {
                 return concatenated(chosen, o);
             }
             match chosen {
@@ -299,6 +315,9 @@ fn attention_impl(
                 }
                 AttentionKernel::Mma32Wide => {
                     dev.launch(&kt.attention_mma32_w5_bf16, (lq.div_ceil(160) as u32, heads as u32, b as u32), (160, 1, 1), 0, &p)
+                }
+                AttentionKernel::Wgmma => {
+                    dev.launch(&kt.attention_wgmma_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
                 }
                 AttentionKernel::TensorCore => {
                     dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)

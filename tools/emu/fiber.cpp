@@ -68,6 +68,7 @@ struct Fiber {
     int linear;
     State state;
     char* stack;
+    alignas(16) char scratch[1024];  // per-thread state of the emulated instructions (wgmma's queue)
 };
 
 static const size_t STACK_BYTES = 256 << 10;
@@ -142,6 +143,7 @@ void sync_warp() {
     yield();
 }
 void* dynamic_smem() { return current->smem; }
+void* thread_scratch() { return current->scratch; }
 uint64_t* warp_slots() { return &runner.slots[(current->warp_base + warp_id()) * 32]; }
 void* warp_fragments() { return &runner.fragments[(current->warp_base + warp_id()) * 32 * 64]; }
 

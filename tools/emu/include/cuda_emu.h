@@ -6,6 +6,8 @@
 // in tools/emu (a test tool, never the engine).
 #pragma once
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmath>
@@ -56,6 +58,8 @@ void spin_until_at_least(const volatile unsigned* p, unsigned target);
 uint64_t* warp_slots();
 // 32 slots of 64 bytes for the current warp's matrix-fragment exchange.
 void* warp_fragments();
+// 1 KiB of the current thread's own (zeroed when the thread starts): emulated instructions' state.
+void* thread_scratch();
 }  // namespace emu
 
 #define threadIdx (emu::thread_idx())
@@ -223,4 +227,103 @@ inline void emu_ldmatrix_x4(uint32_t d[4], const void* row, bool trans) {
         d[i] = (uint32_t)lo | ((uint32_t)hi << 16);
     }
     emu::sync_warp();  // every lane has read the posted addresses
+}
+
+// ---- wgmma (sm_90a warpgroup products), emulated --------------------------------------------
+// A shared-memory operand: the tile's first byte (128-byte swizzle; the hardware descriptor's
+// 14-bit address and fields, kept here as a host pointer) and the stride byte offset between
+// groups of 8 rows.
+struct EmuSmemDesc {
+    const unsigned char* start;
+    uint32_t sbo;
+};
+// Element (k, n) of B (k × n, k < 16, n < 64) from a 128B-swizzled tile, in the canonical layouts
+// of the PTX ISA / CUTLASS (T = 8 bf16 = 16 bytes):
+//   K-major  (trans 0): ((8, m), (T, 2)) : ((8T, SBO), (1, T))   n → row n % 8 (128 B apart), group n / 8 (SBO)
+//   MN-major (trans 1): ((T, 8, m), (8, k)) : ((1, T, LBO), (8T, SBO))   n contiguous; k → row k % 8, group k / 8
+// The swizzle XORs address bits 4–6 (the 16-byte chunk) with bits 7–9 (the row within 8) of
+// the absolute address, which is why such tiles must start on a 1024-byte boundary.
+inline float emu_wgmma_b(const EmuSmemDesc& b, bool trans, int k, int n) {
+    uintptr_t a = (uintptr_t)b.start + (trans ? (uintptr_t)(2 * n + (k % 8) * 128 + (k / 8) * b.sbo)
+                                              : (uintptr_t)((n % 8) * 128 + (n / 8) * b.sbo + 2 * k));
+    a ^= ((a >> 7) & 7) << 4;
+    uint16_t v;
+    memcpy(&v, (const void*)a, 2);
+    return emu_bf16_lo(v);
+}
+struct EmuWgmmaQueue {
+    struct Op {
+        float* d;
+        const uint32_t* a;
+        EmuSmemDesc b;
+        bool trans, accumulate;
+        int group;
+    };
+    int count, committed;
+    Op ops[24];
+};
+static_assert(sizeof(EmuWgmmaQueue) <= 1024, "wgmma queue in the thread scratch");
+inline EmuWgmmaQueue& emu_wgmma_queue() { return *(EmuWgmmaQueue*)emu::thread_scratch(); }
+// wgmma.mma_async.m64n64k16.f32.bf16.bf16 with A from registers: queued, not run. It runs at the
+// wgmma.wait_group that covers its group, so that a kernel reading the accumulators (or changing
+// A or the tile) before waiting gets wrong results here too.
+inline void emu_wgmma_m64n64k16(float* d, const uint32_t* a, EmuSmemDesc b, bool trans, bool accumulate) {
+    EmuWgmmaQueue& q = emu_wgmma_queue();
+    if (q.count == 24) {
+        fprintf(stderr, "emulated wgmma: more than 24 products in flight\n");
+        abort();
+    }
+    q.ops[q.count++] = EmuWgmmaQueue::Op{d, a, b, trans, accumulate, q.committed};
+}
+inline void emu_wgmma_commit() { emu_wgmma_queue().committed++; }
+// One queued product, by the warp: every lane posts its A fragment (the mma.m16n8k16 A layout
+// for rows 16·(warp % 4) .. + 15 of the 64) and computes its 32 accumulators, laid out as eight
+// m16n8 C fragments side by side: d[4j + i] is row g + 8·(i / 2), column 8j + 2t + i % 2.
+inline void emu_wgmma_run(const EmuWgmmaQueue::Op& op) {
+    struct Post {
+        uint32_t a[4];
+        const unsigned char* b;
+        int trans;
+    };
+    Post* x = (Post*)emu::warp_fragments();
+    const int lane = emu::lane_id();
+    memcpy(x[lane].a, op.a, 16);
+    x[lane].b = op.b.start;
+    x[lane].trans = op.trans;
+    emu::sync_warp();
+    if (x[0].b != op.b.start || x[0].trans != (int)op.trans) {
+        fprintf(stderr, "emulated wgmma: lanes of one warp issued different products\n");
+        abort();
+    }
+    float A[16][16], B[16][64];
+    for (int l = 0; l < 32; l++) {
+        const int g = l >> 2, t = l & 3;
+        const uint32_t* a = x[l].a;
+        A[g][2 * t] = emu_bf16_lo(a[0]), A[g][2 * t + 1] = emu_bf16_hi(a[0]);
+        A[g + 8][2 * t] = emu_bf16_lo(a[1]), A[g + 8][2 * t + 1] = emu_bf16_hi(a[1]);
+        A[g][2 * t + 8] = emu_bf16_lo(a[2]), A[g][2 * t + 9] = emu_bf16_hi(a[2]);
+        A[g + 8][2 * t + 8] = emu_bf16_lo(a[3]), A[g + 8][2 * t + 9] = emu_bf16_hi(a[3]);
+    }
+    for (int k = 0; k < 16; k++)
+        for (int n = 0; n < 64; n++) B[k][n] = emu_wgmma_b(op.b, op.trans, k, n);
+    emu::sync_warp();  // every lane has read the posted fragments
+    const int g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 32; i++) {
+        const int row = g + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * t + (i & 1);
+        float acc = op.accumulate ? op.d[i] : 0.f;
+        for (int k = 0; k < 16; k++) acc += A[row][k] * B[k][col];
+        op.d[i] = acc;
+    }
+}
+// wgmma.wait_group N: runs every queued product of all but the N most recent committed groups.
+inline void emu_wgmma_wait(int n) {
+    EmuWgmmaQueue& q = emu_wgmma_queue();
+    int done = 0;
+    while (done < q.count && q.ops[done].group < q.committed - n) emu_wgmma_run(q.ops[done++]);
+    if (done < q.count && q.ops[done].group >= q.committed) {
+        fprintf(stderr, "emulated wgmma: a wait with products issued but not committed\n");
+        abort();
+    }
+    memmove(q.ops, q.ops + done, (q.count - done) * sizeof(q.ops[0]));
+    q.count -= done;
 }
