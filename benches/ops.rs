@@ -274,6 +274,12 @@ fn main() {
                         None,
                         || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Wgmma, &mut o).unwrap(),
                     );
+                    r.run(
+                        &format!("attention_wgmma_sq/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                        Some(s.flops()),
+                        None,
+                        || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::WgmmaSharedQ, &mut o).unwrap(),
+                    );
                 }
             }
             if dtype == bf && !s.masked {
@@ -331,6 +337,15 @@ fn main() {
                             None,
                             || {
                                 let k = ops::AttentionKernel::Wgmma;
+                                ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
+                            },
+                        );
+                        r.run(
+                            &format!("attention_wgmma_sq_packed/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                            Some(s.flops()),
+                            None,
+                            || {
+                                let k = ops::AttentionKernel::WgmmaSharedQ;
                                 ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
                             },
                         );

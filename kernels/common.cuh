@@ -309,6 +309,27 @@ __device__ __forceinline__ void wgmma_m64n64k16_bf16(float (&d)[32], const uint3
         : "memory");
 #endif
 }
+// The same with A from shared memory too: a 64 × 16 slice of a K-major tile (row m of A at row
+// m of the tile; warp w reads rows 16w .. 16w + 15), e.g. Q from a [query][dim] tile.
+template <int TRANS_B>
+__device__ __forceinline__ void wgmma_m64n64k16_bf16_ss(float (&d)[32], SmemDesc a, SmemDesc b, bool accumulate) {
+#ifdef CASCADE_EMU
+    emu_wgmma_m64n64k16_ss(d, a, b, TRANS_B, accumulate);
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %35, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, %34;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+          "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b), "n"(TRANS_B), "r"((int)accumulate)
+        : "memory");
+#endif
+}
 // Orders the warpgroup's earlier register writes (accumulators, A fragments) before the next
 // wgmma reads them.
 __device__ __forceinline__ void wgmma_fence() {

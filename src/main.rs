@@ -488,7 +488,7 @@ fn device(name: &str) -> Result<()> {
             (c.mma_attention(), "mma"),
             (c.mma32_attention(), "mma32"),
             (c.mma32_wide_attention(), "mma32_w5"),
-            (c.wgmma_attention(), "wgmma"),
+            (c.wgmma_attention(), "wgmma, wgmma_sq"),
         ]
         .iter()
         .filter_map(|&(ok, n)| ok.then_some(n))

@@ -105,6 +105,8 @@ pub struct CudaDevice {
     mma32_wide_attention: std::sync::atomic::AtomicBool,
     mma32_wide_per_sm: std::sync::atomic::AtomicUsize,
     wgmma_attention: std::sync::atomic::AtomicBool,
+    wgmma_per_sm: std::sync::atomic::AtomicUsize,
+    wgmma_sq_per_sm: std::sync::atomic::AtomicUsize,
     /// GlobalResponseNorm's completion counters: zeroed once here, and every kernel that counts
     /// with them leaves them zero (one stream, so launches never overlap).
     grn_counters: CudaSlice<u32>,
@@ -264,6 +266,8 @@ impl CudaDevice {
             mma32_wide_attention: false.into(),
             mma32_wide_per_sm: 0.into(),
             wgmma_attention: false.into(),
+            wgmma_per_sm: 0.into(),
+            wgmma_sq_per_sm: 0.into(),
             grn_counters,
             captures: 0.into(),
             capture_pool: Default::default(),
@@ -291,8 +295,13 @@ impl CudaDevice {
         // The wgmma kernel exists only in the sm_90a image and is unmeasured; a fault in it would
         // end the context, so it is not even tried unless asked for.
         if dev.compute_capability == (9, 0) && wgmma_requested() {
-            let ok = check_attention_kernel(&dev, AttentionKernel::Wgmma, "Hopper tensor-core (wgmma)");
+            let ok = check_attention_kernel(&dev, AttentionKernel::Wgmma, "Hopper tensor-core (wgmma)")
+                && check_attention_kernel(&dev, AttentionKernel::WgmmaSharedQ, "Hopper tensor-core (wgmma, Q in shared memory)");
             dev.wgmma_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+            let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_wgmma_bf16, 128, 0).unwrap_or(0);
+            dev.wgmma_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
+            let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_wgmma_qs_bf16, 128, 0).unwrap_or(0);
+            dev.wgmma_sq_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(dev)
     }
@@ -384,11 +393,18 @@ impl CudaDevice {
         self.mma32_wide_per_sm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether the wgmma attention kernel was asked for (`CASCADE_ATTENTION_WGMMA=1` or
-    /// `CASCADE_ATTENTION=wgmma`), this is a compute capability 9.0 GPU, and the kernel agreed
-    /// with the CUDA-core one when the device was opened.
+    /// Whether the wgmma attention kernels were asked for (`CASCADE_ATTENTION_WGMMA=1` or
+    /// `CASCADE_ATTENTION=wgmma|wgmma_sq`), this is a compute capability 9.0 GPU, and both
+    /// agreed with the CUDA-core kernel when the device was opened.
     pub fn wgmma_attention(&self) -> bool {
         self.wgmma_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many blocks of the two wgmma attention kernels (Q in registers, Q in shared memory)
+    /// one SM holds (the driver's occupancy answers; 0 unless the kernels were asked for).
+    pub fn wgmma_per_sm(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.wgmma_per_sm.load(Relaxed), self.wgmma_sq_per_sm.load(Relaxed))
     }
 
     /// Fills every buffer of graphs captured from now on with 0xff bytes where each replay first
@@ -771,10 +787,11 @@ impl CudaBuffer {
     }
 }
 
-/// Whether the environment asks for the wgmma attention kernel (`CASCADE_ATTENTION_WGMMA=1` or
-/// `CASCADE_ATTENTION=wgmma`).
+/// Whether the environment asks for the wgmma attention kernels (`CASCADE_ATTENTION_WGMMA=1` or
+/// `CASCADE_ATTENTION=wgmma|wgmma_sq`).
 pub fn wgmma_requested() -> bool {
-    std::env::var("CASCADE_ATTENTION_WGMMA").is_ok_and(|v| v == "1") || std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v == "wgmma")
+    std::env::var("CASCADE_ATTENTION_WGMMA").is_ok_and(|v| v == "1")
+        || std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v == "wgmma" || v == "wgmma_sq")
 }
 
 /// Whether a usable CUDA driver and GPU are present (for tests and benches that skip).
@@ -797,7 +814,7 @@ fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKe
         let mut rng = crate::testing::TestRng::new(5);
         let mut t = |l: usize| Tensor::from_f32(&rng.normal(b * l * heads * 64, 1.0), &[b, l, heads * 64], DType::BF16, &device);
         let mut worst = 0f64;
-        let masked = matches!(kernel, AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide | AttentionKernel::Wgmma);
+        let masked = !matches!(kernel, AttentionKernel::Simple | AttentionKernel::TensorCore | AttentionKernel::Auto);
         for (lq, lk, causal) in [(70, 91, false), (77, 77, true)] {
             if causal && !masked {
                 continue;

@@ -24,7 +24,8 @@ pub enum AttentionKernel {
     /// mask; the 32-query one where [`mma32_preferred`] says so), else the WMMA kernel without a
     /// mask; the CUDA-core kernel otherwise. A tensor-core kernel that failed its start-up check
     /// on this device is skipped. `CASCADE_ATTENTION=simple|wmma|mma|mma32|wgmma` in the
-    /// environment picks one (`mma`, `mma32`, `wgmma`: that kernel for every shape).
+    /// environment picks one (`mma`, `mma32`, `wgmma`, `wgmma_sq`: that kernel for every shape;
+    /// the last two need the wgmma kernels asked for, see `Wgmma`).
     Auto,
     /// The CUDA-core kernel (one thread per query; any dtype, masks).
     Simple,
@@ -48,6 +49,19 @@ pub enum AttentionKernel {
     /// `CASCADE_ATTENTION_WGMMA=1` (or `CASCADE_ATTENTION=wgmma`) was set when the device was
     /// opened and it passed its start-up check then.
     Wgmma,
+    /// The wgmma kernel with Q read from shared memory too: 94 registers instead of 117, so five
+    /// blocks fit an SM instead of four. `Auto` (with the wgmma kernels asked for) takes it where
+    /// [`wgmma_shared_q_preferred`] says so; `CASCADE_ATTENTION=wgmma_sq` everywhere.
+    WgmmaSharedQ,
+}
+
+/// Whether the wgmma kernel with Q in shared memory (`per_sm_sq` blocks per SM) should run `bh`
+/// rows of `lq` queries (64 per block) on `sms` SMs instead of the one with Q in registers
+/// (`per_sm` blocks per SM): where only its grid fits in one wave (Stage C: 576 blocks, 528
+/// places for the register kernel on an H200, 660 for this one). A prediction, not measured yet.
+pub fn wgmma_shared_q_preferred(lq: usize, bh: usize, sms: usize, per_sm: usize, per_sm_sq: usize) -> bool {
+    let blocks = lq.div_ceil(64) * bh;
+    blocks > sms * per_sm && blocks <= sms * per_sm_sq
 }
 
 /// Whether a 32-query mma kernel with blocks of `rows` queries should run `bh` (batch × heads)
@@ -266,6 +280,13 @@ fn attention_impl(
                     Some("wmma") if wmma_ok => AttentionKernel::TensorCore,
                     Some("mma32") if aligned && dev.mma32_attention() => AttentionKernel::Mma32,
                     Some("mma") if aligned => AttentionKernel::Mma,
+                    Some("wgmma_sq") if aligned && dev.wgmma_attention() => AttentionKernel::WgmmaSharedQ,
+                    _ if aligned
+                        && dev.wgmma_attention()
+                        && wgmma_shared_q_preferred(lq, b * heads, dev.multiprocessors(), dev.wgmma_per_sm().0, dev.wgmma_per_sm().1) =>
+                    {
+                        AttentionKernel::WgmmaSharedQ
+                    }
                     _ if aligned && dev.wgmma_attention() => AttentionKernel::Wgmma,
                     _ if aligned
                         && dev.mma32_wide_attention()
@@ -286,13 +307,25 @@ fn attention_impl(
                 AttentionKernel::TensorCore if !wmma_ok => {
                     return Err(Error::Shape("attention: the WMMA kernel takes bf16 without a mask".into()))
                 }
-                AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide | AttentionKernel::Wgmma if !bf16 => {
+                AttentionKernel::Mma
+                | AttentionKernel::Mma32
+                | AttentionKernel::Mma32Wide
+                | AttentionKernel::Wgmma
+                | AttentionKernel::WgmmaSharedQ
+                    if !bf16 =>
+                {
                     return Err(Error::Shape("attention: the mma kernel takes bf16".into()))
                 }
-                AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide | AttentionKernel::Wgmma if !aligned => {
+                AttentionKernel::Mma
+                | AttentionKernel::Mma32
+                | AttentionKernel::Mma32Wide
+                | AttentionKernel::Wgmma
+                | AttentionKernel::WgmmaSharedQ
+                    if !aligned =>
+                {
                     return Err(Error::Shape("attention: the mma kernel needs 16-byte aligned operands and rows".into()))
                 }
-                AttentionKernel::Wgmma if dev.compute_capability() != (9, 0) => {
+                AttentionKernel::Wgmma | AttentionKernel::WgmmaSharedQ if dev.compute_capability() != (9, 0) => {
                     let (major, minor) = dev.compute_capability();
                     return Err(Error::Cuda(format!(
                         "attention: the wgmma kernel needs compute capability 9.0 (H100, H200); {} has {major}.{minor}",
@@ -301,8 +334,7 @@ fn attention_impl(
                 }
                 other => other,
             };
-            let reads_two =
-                matches!(chosen, AttentionKernel::Mma | AttentionKernel::Mma32 | AttentionKernel::Mma32Wide | AttentionKernel::Wgmma);
+            let reads_two = !matches!(chosen, AttentionKernel::Simple | AttentionKernel::TensorCore | AttentionKernel::Auto);
             if extra.is_some() && !reads_two {
                 return concatenated(chosen, o);
             }
@@ -318,6 +350,9 @@ fn attention_impl(
                 }
                 AttentionKernel::Wgmma => {
                     dev.launch(&kt.attention_wgmma_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
+                }
+                AttentionKernel::WgmmaSharedQ => {
+                    dev.launch(&kt.attention_wgmma_qs_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
                 }
                 AttentionKernel::TensorCore => {
                     dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
@@ -340,7 +375,21 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32, m
 
 #[cfg(test)]
 mod tests {
-    use super::mma32_preferred;
+    use super::{mma32_preferred, wgmma_shared_q_preferred};
+
+    #[test]
+    fn the_shared_q_wgmma_kernel_where_only_it_fills_one_wave() {
+        // An H200 (132 SMs; four blocks of the register kernel, five of the shared-Q one): Stage C
+        // (576 blocks) needs a second wave of the first only; Stage C lite (432), Stage B's
+        // level 2 (320) and CLIP (4) fit either, so they keep the register kernel.
+        assert!(wgmma_shared_q_preferred(576, 2 * 32, 132, 4, 5));
+        assert!(!wgmma_shared_q_preferred(576, 2 * 24, 132, 4, 5));
+        assert!(!wgmma_shared_q_preferred(1024, 20, 132, 4, 5));
+        assert!(!wgmma_shared_q_preferred(77, 2 * 20, 132, 4, 5));
+        // Too many for either: the register kernel. No occupancy answer: never.
+        assert!(!wgmma_shared_q_preferred(4096, 64, 132, 4, 5));
+        assert!(!wgmma_shared_q_preferred(576, 2 * 32, 132, 4, 0));
+    }
 
     #[test]
     fn the_32_query_kernel_where_it_fills_one_wave() {

@@ -254,13 +254,13 @@ inline float emu_wgmma_b(const EmuSmemDesc& b, bool trans, int k, int n) {
 struct EmuWgmmaQueue {
     struct Op {
         float* d;
-        const uint32_t* a;
-        EmuSmemDesc b;
+        const uint32_t* a;  // null: A from shared memory (a_smem)
+        EmuSmemDesc a_smem, b;
         bool trans, accumulate;
         int group;
     };
     int count, committed;
-    Op ops[24];
+    Op ops[16];
 };
 static_assert(sizeof(EmuWgmmaQueue) <= 1024, "wgmma queue in the thread scratch");
 inline EmuWgmmaQueue& emu_wgmma_queue() { return *(EmuWgmmaQueue*)emu::thread_scratch(); }
@@ -269,11 +269,16 @@ inline EmuWgmmaQueue& emu_wgmma_queue() { return *(EmuWgmmaQueue*)emu::thread_sc
 // A or the tile) before waiting gets wrong results here too.
 inline void emu_wgmma_m64n64k16(float* d, const uint32_t* a, EmuSmemDesc b, bool trans, bool accumulate) {
     EmuWgmmaQueue& q = emu_wgmma_queue();
-    if (q.count == 24) {
-        fprintf(stderr, "emulated wgmma: more than 24 products in flight\n");
+    if (q.count == 16) {
+        fprintf(stderr, "emulated wgmma: more than 16 products in flight\n");
         abort();
     }
-    q.ops[q.count++] = EmuWgmmaQueue::Op{d, a, b, trans, accumulate, q.committed};
+    q.ops[q.count++] = EmuWgmmaQueue::Op{d, a, EmuSmemDesc{nullptr, 0}, b, trans, accumulate, q.committed};
+}
+// The same with A from shared memory (K-major, the layout of emu_wgmma_b's trans 0 with m for n).
+inline void emu_wgmma_m64n64k16_ss(float* d, EmuSmemDesc a, EmuSmemDesc b, bool trans, bool accumulate) {
+    emu_wgmma_m64n64k16(d, nullptr, b, trans, accumulate);
+    emu_wgmma_queue().ops[emu_wgmma_queue().count - 1].a_smem = a;
 }
 inline void emu_wgmma_commit() { emu_wgmma_queue().committed++; }
 // One queued product, by the warp: every lane posts its A fragment (the mma.m16n8k16 A layout
@@ -287,7 +292,7 @@ inline void emu_wgmma_run(const EmuWgmmaQueue::Op& op) {
     };
     Post* x = (Post*)emu::warp_fragments();
     const int lane = emu::lane_id();
-    memcpy(x[lane].a, op.a, 16);
+    if (op.a) memcpy(x[lane].a, op.a, 16);
     x[lane].b = op.b.start;
     x[lane].trans = op.trans;
     emu::sync_warp();
@@ -296,13 +301,18 @@ inline void emu_wgmma_run(const EmuWgmmaQueue::Op& op) {
         abort();
     }
     float A[16][16], B[16][64];
-    for (int l = 0; l < 32; l++) {
+    for (int l = 0; l < 32 && op.a; l++) {
         const int g = l >> 2, t = l & 3;
         const uint32_t* a = x[l].a;
         A[g][2 * t] = emu_bf16_lo(a[0]), A[g][2 * t + 1] = emu_bf16_hi(a[0]);
         A[g + 8][2 * t] = emu_bf16_lo(a[1]), A[g + 8][2 * t + 1] = emu_bf16_hi(a[1]);
         A[g][2 * t + 8] = emu_bf16_lo(a[2]), A[g][2 * t + 9] = emu_bf16_hi(a[2]);
         A[g + 8][2 * t + 8] = emu_bf16_lo(a[3]), A[g + 8][2 * t + 9] = emu_bf16_hi(a[3]);
+    }
+    if (!op.a) {
+        const int first = 16 * (emu::warp_id() % 4);  // this warp's rows of the 64
+        for (int m = 0; m < 16; m++)
+            for (int k = 0; k < 16; k++) A[m][k] = emu_wgmma_b(op.a_smem, false, k, first + m);
     }
     for (int k = 0; k < 16; k++)
         for (int n = 0; n < 64; n++) B[k][n] = emu_wgmma_b(op.b, op.trans, k, n);
