@@ -10,8 +10,8 @@
 #     mode, PyTorch's SDPA and the card's ceilings, diffusers side by side, the Nsight Compute
 #     profile, and the stages bench with cuBLASLt's untuned choice.
 #
-# Switches (1 runs, 0 skips): TESTS=1 BENCH=1 FIDELITY=0 SANITIZE=0 SIDE_BY_SIDE=0 PROFILE=0
-# GEMM_TUNE_AB=0; ALL=1 turns every one on (STAGE_VARIANTS, below, lists A/B environments). DEADLINE=seconds bounds the whole run: each step is
+# Switches (1 runs, 0 skips): TESTS=1 BENCH=1 FIDELITY=0 FIDELITY_WGMMA=0 SANITIZE=0 SIDE_BY_SIDE=0
+# PROFILE=0 GEMM_TUNE_AB=0; ALL=1 turns every one on (STAGE_VARIANTS, below, lists A/B environments). DEADLINE=seconds bounds the whole run: each step is
 # cut to what is left and a step that would start too late is reported as skipped, so the
 # summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT cap one step (300 s);
 # CASCADE_BENCH_STAGES narrows the stage bench; SANITIZE_STAGES picks the stages run once under
@@ -127,6 +127,14 @@ if on TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
 fi
 if on FIDELITY 0; then
     step fidelity "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
+    pids+=($!)
+fi
+# FIDELITY_WGMMA=1: full-size fidelity again with the wgmma attention kernels (opt-in) in every
+# stage, beside the first.
+fidelity_runs=()
+if on FIDELITY_WGMMA 0; then
+    fidelity_runs+=(fidelity-wgmma)
+    CASCADE_ATTENTION_WGMMA=1 step fidelity-wgmma "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     pids+=($!)
 fi
 sanitize_runs=()
@@ -318,6 +326,11 @@ fi
     [ -f "$logs/sdpa.rc" ] && row sdpa
     [ -f "$logs/fidelity.rc" ] && { row fidelity; sed -n '/== fidelity/,$p' "$logs/fidelity.log"; }
     [ -f "$logs/fidelity.rc" ] && [ "$(cat "$logs/fidelity.rc")" != 0 ] && tail -n 6 "$logs/fidelity.log"
+    for name in "${fidelity_runs[@]}"; do
+        row "$name"
+        sed -n '/== fidelity/,$p' "$logs/$name.log"
+        [ "$(cat "$logs/$name.rc" 2> /dev/null)" = 0 ] || tail -n 6 "$logs/$name.log"
+    done
     [ -f "$logs/side_by_side.rc" ] && { row side_by_side; sed -n '/== side by side/,$p' "$logs/side_by_side.log"; }
     [ -f "$logs/side_by_side.rc" ] && [ "$(cat "$logs/side_by_side.rc")" != 0 ] && tail -n 6 "$logs/side_by_side.log"
     for name in "${profiled[@]}"; do row "$name"; cat "$logs/$name.txt" 2> /dev/null; done
