@@ -280,6 +280,12 @@ fn main() {
                         None,
                         || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::WgmmaSharedQ, &mut o).unwrap(),
                     );
+                    r.run(
+                        &format!("attention_wgmma_ov/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                        Some(s.flops()),
+                        None,
+                        || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::WgmmaOverlap, &mut o).unwrap(),
+                    );
                 }
             }
             if dtype == bf && !s.masked {
@@ -346,6 +352,15 @@ fn main() {
                             None,
                             || {
                                 let k = ops::AttentionKernel::WgmmaSharedQ;
+                                ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
+                            },
+                        );
+                        r.run(
+                            &format!("attention_wgmma_ov_packed/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                            Some(s.flops()),
+                            None,
+                            || {
+                                let k = ops::AttentionKernel::WgmmaOverlap;
                                 ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
                             },
                         );

@@ -479,10 +479,82 @@ extern "C" __global__ void __maxnreg__(200) attention_mma32_w5_bf16(AttentionPar
 #define WG_KT 64          // keys per tile
 #define WG_TILE 8192      // bytes of one 64 × 64 bf16 tile
 #ifdef CASCADE_WGMMA
+// This thread's two rows (g and g + 8 of its warp's 16): running maxima of the unscaled scores
+// and this thread's part of the row sums.
+struct WgRows {
+    float m0, m1, l0, l1;
+};
+// The softmax of one 64-key tile of S (s[4nc + i]: row g (i < 2) or g + 8, key k0 + 8nc + 2t +
+// i % 2), as in the mma kernel: keys past the last, later than the row (causal) or padded out
+// become −∞ (only on tiles that can hold such keys), base-2 exponents against the scaled running
+// maxima (0 for a row that has seen no visible key yet). Returns the factors c0, c1 that rescale
+// what was accumulated before this tile, updates the maxima and sums (sums rescaled, this tile's
+// added), and writes P as four bf16 A fragments (keys 16kc .. + 15: n-blocks 2kc and 2kc + 1).
+__device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[32], int k0, int row0, const float* key_mask, float scale,
+                                           WgRows& r, float& c0, float& c1, uint32_t (&pa)[WG_KT / 16][4]) {
+    const int t = threadIdx.x & 3, total = p.Lk + p.Lk2;
+    if (k0 + WG_KT > total || p.causal || key_mask) {
+#pragma unroll
+        for (int nc = 0; nc < WG_KT / 8; nc++)
+            for (int i = 0; i < 4; i++) {
+                const int key = k0 + nc * 8 + 2 * t + (i & 1), row = row0 + (i < 2 ? 0 : 8);
+                const bool visible = key < total && !(p.causal && key > row) && !(key_mask && key < p.Lk && key_mask[key] == 0.f);
+                if (!visible) s[4 * nc + i] = -INFINITY;
+            }
+    }
+    float t0 = -INFINITY, t1 = -INFINITY;
+#pragma unroll
+    for (int nc = 0; nc < WG_KT / 8; nc++) {
+        t0 = fmaxf(t0, fmaxf(s[4 * nc], s[4 * nc + 1]));
+        t1 = fmaxf(t1, fmaxf(s[4 * nc + 2], s[4 * nc + 3]));
+    }
+    for (int off = 1; off < 4; off <<= 1) {
+        t0 = fmaxf(t0, __shfl_xor_sync(0xffffffff, t0, off));
+        t1 = fmaxf(t1, __shfl_xor_sync(0xffffffff, t1, off));
+    }
+    const float n0 = fmaxf(r.m0, t0), n1 = fmaxf(r.m1, t1);
+    const float b0 = n0 == -INFINITY ? 0.f : n0 * scale, b1 = n1 == -INFINITY ? 0.f : n1 * scale;
+    c0 = ex2_approx(fmaf(r.m0, scale, -b0));
+    c1 = ex2_approx(fmaf(r.m1, scale, -b1));
+    r.m0 = n0;
+    r.m1 = n1;
+    r.l0 *= c0;
+    r.l1 *= c1;
+#pragma unroll
+    for (int kc = 0; kc < WG_KT / 16; kc++) {
+        float e[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            e[i] = ex2_approx(fmaf(s[8 * kc + i], scale, -(i < 2 ? b0 : b1)));
+            e[4 + i] = ex2_approx(fmaf(s[8 * kc + 4 + i], scale, -(i < 2 ? b0 : b1)));
+        }
+        r.l0 += (e[0] + e[1]) + (e[4] + e[5]);
+        r.l1 += (e[2] + e[3]) + (e[6] + e[7]);
+        pa[kc][0] = pack_bf16x2(e[0], e[1]);
+        pa[kc][1] = pack_bf16x2(e[2], e[3]);
+        pa[kc][2] = pack_bf16x2(e[4], e[5]);
+        pa[kc][3] = pack_bf16x2(e[6], e[7]);
+    }
+}
+__device__ __forceinline__ void wg_rescale(float (&o)[32], float c0, float c1) {
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
+        o[4 * nd] *= c0;
+        o[4 * nd + 1] *= c0;
+        o[4 * nd + 2] *= c1;
+        o[4 * nd + 3] *= c1;
+    }
+}
+
 // QS: Q read by the tensor cores from a shared-memory tile too, instead of from registers (16
-// registers fewer per thread, for five blocks per SM).
-template <bool QS> __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p) {
-    // K and V of two stages (then Q), on a 1024-byte boundary (the swizzle pattern's period).
+// registers fewer per thread). OV (with QS): the products of one tile overlap the softmax of the
+// next, as FlashAttention-3 does inside a warpgroup: tile j's S = Q·Kⱼᵀ and tile j − 1's
+// O += Pⱼ₋₁·Vⱼ₋₁ are issued together, the block waits for S only, and tile j's softmax runs while
+// the tensor cores still work on P·V (two P buffers; O is rescaled once P·V has landed). K and V
+// then load on staggered schedules: the copies issued in tile j are Kⱼ₊₁ and Vⱼ.
+template <bool QS, bool OV> __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p) {
+    static_assert(QS || !OV, "the overlapped schedule reads Q from shared memory");
+    // K and V of two slots each (then Q), on a 1024-byte boundary (the swizzle pattern's period).
     __shared__ __align__(1024) unsigned char smem_raw[(QS ? 5 : 4) * WG_TILE + 1024];
 #ifdef CASCADE_EMU
     const unsigned raw_at = (unsigned)(uintptr_t)smem_raw;  // the swizzle there follows host addresses
@@ -490,8 +562,8 @@ template <bool QS> __device__ __forceinline__ void attention_wgmma_body(const At
     const unsigned raw_at = (unsigned)__cvta_generic_to_shared(smem_raw);
 #endif
     unsigned char* const tiles = smem_raw + ((1024u - (raw_at & 1023u)) & 1023u);
-    auto ktile = [&](int stage) { return tiles + stage * 2 * WG_TILE; };
-    auto vtile = [&](int stage) { return tiles + stage * 2 * WG_TILE + WG_TILE; };
+    auto ktile = [&](int slot) { return tiles + slot * 2 * WG_TILE; };
+    auto vtile = [&](int slot) { return tiles + slot * 2 * WG_TILE + WG_TILE; };
     unsigned char* const qtile = tiles + 4 * WG_TILE;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -505,39 +577,36 @@ template <bool QS> __device__ __forceinline__ void attention_wgmma_body(const At
     const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
     const bf16* kbase2 = p.Lk2 ? (const bf16*)p.k2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : kbase;
     const bf16* vbase2 = p.Lk2 ? (const bf16*)p.v2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : vbase;
-    // 64 keys × 8 chunks of 16 bytes for K and for V: thread i copies chunk i % 8 of keys
-    // i / 8 + 16r (r < 4) to chunk (i % 8) ^ (key % 8) of the key's row, key % 8 being the same for
-    // all four of its keys.
+    // 64 keys × 8 chunks of 16 bytes: thread i copies chunk i % 8 of keys i / 8 + 16r (r < 4) to
+    // chunk (i % 8) ^ (key % 8) of the key's row, key % 8 being the same for all four of its keys.
     const int lj = threadIdx.x >> 3, lc = threadIdx.x & 7, ld = lc * 8;
     const int swz = ((lc ^ (lj & 7)) << 4);
-    auto load_tile = [&](int stage, int k0) {
-        unsigned char* kd = ktile(stage) + lj * 128 + swz;
-        unsigned char* vd = vtile(stage) + lj * 128 + swz;
+    // Keys [k0, k0 + 64) of one operand (K from base/base2, or V) into a tile; keys past the last
+    // zero-filled. A tile inside one key source takes one pointer and a stride.
+    auto copy_tile = [&](unsigned char* tile, const bf16* base, const bf16* base2, int k0) {
+        unsigned char* dst = tile + lj * 128 + swz;
         const bool in_first = k0 + WG_KT <= p.Lk, in_second = k0 >= p.Lk && k0 + WG_KT <= total;
         if (in_first || in_second) {
             const int64_t stride = in_first ? p.kv_stride : p.kv2_stride;
-            const int64_t off = (int64_t)((in_first ? k0 : k0 - p.Lk) + lj) * stride + ld;
-            const bf16* kp = (in_first ? kbase : kbase2) + off;
-            const bf16* vp = (in_first ? vbase : vbase2) + off;
+            const bf16* src = (in_first ? base : base2) + (int64_t)((in_first ? k0 : k0 - p.Lk) + lj) * stride + ld;
 #pragma unroll
-            for (int r = 0; r < 4; r++) {
-                cp_async16(kd + r * 16 * 128, kp + 16 * r * stride, true);
-                cp_async16(vd + r * 16 * 128, vp + 16 * r * stride, true);
-            }
+            for (int r = 0; r < 4; r++) cp_async16(dst + r * 16 * 128, src + 16 * r * stride, true);
         } else {
 #pragma unroll
             for (int r = 0; r < 4; r++) {
                 const int kj = k0 + lj + 16 * r;
                 const bool first = kj < p.Lk, valid = kj < total;
                 const int64_t off = first ? (int64_t)kj * p.kv_stride + ld : valid ? (int64_t)(kj - p.Lk) * p.kv2_stride + ld : ld;
-                cp_async16(kd + r * 16 * 128, (first || !valid ? kbase : kbase2) + off, valid);
-                cp_async16(vd + r * 16 * 128, (first || !valid ? vbase : vbase2) + off, valid);
+                cp_async16(dst + r * 16 * 128, (first || !valid ? base : base2) + off, valid);
             }
         }
-        cp_async_commit();
     };
-    // Q: as a tile like K's (rows past Lq zero-filled), copied with the first K/V tile; or as
-    // four A fragments in registers (dims 16kc .. + 15; rows past Lq zeros).
+    auto kdesc = [&](int slot, int kc) { return smem_desc_sw128(ktile(slot) + 32 * kc); };    // Kᵀ, dims 16kc ..
+    auto vdesc = [&](int slot, int kc) { return smem_desc_sw128(vtile(slot) + 2048 * kc); };  // V, keys 16kc ..
+    auto qdesc = [&](int kc) { return smem_desc_sw128(qtile + 32 * kc); };
+
+    // Q: as a tile like K's (rows past Lq zero-filled), copied with the first K tile; or as four
+    // A fragments in registers (dims 16kc .. + 15; rows past Lq zeros).
     if (QS) {
         const bf16* q = (const bf16*)p.q + ((int64_t)b * p.Lq) * p.q_stride + h * HEAD_DIM + ld;
 #pragma unroll
@@ -546,7 +615,9 @@ template <bool QS> __device__ __forceinline__ void attention_wgmma_body(const At
             cp_async16(qtile + (lj + 16 * r) * 128 + swz, q + (int64_t)min(row, p.Lq - 1) * p.q_stride, row < p.Lq);
         }
     }
-    load_tile(0, 0);
+    copy_tile(ktile(0), kbase, kbase2, 0);
+    if (!OV) copy_tile(vtile(0), vbase, vbase2, 0);
+    cp_async_commit();
     uint32_t qa[HEAD_DIM / 16][4];
     if (!QS) {
         const bf16* q = (const bf16*)p.q + ((int64_t)b * p.Lq) * p.q_stride + h * HEAD_DIM;
@@ -563,107 +634,112 @@ template <bool QS> __device__ __forceinline__ void attention_wgmma_body(const At
     float o[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) o[i] = 0.f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8: maxima, this thread's sums
+    WgRows rows = {-INFINITY, -INFINITY, 0.f, 0.f};
+    // S = Q·Kᵀ for the tile in K slot `slot`: 64 queries × 64 keys, 16 dims per product.
+    auto issue_s = [&](float (&s)[32], int slot) {
+#pragma unroll
+        for (int kc = 0; kc < HEAD_DIM / 16; kc++) {
+            if (QS)
+                wgmma_m64n64k16_bf16_ss<0>(s, qdesc(kc), kdesc(slot, kc), kc > 0);
+            else
+                wgmma_m64n64k16_bf16<0>(s, qa[kc], kdesc(slot, kc), kc > 0);
+        }
+        wgmma_commit();
+    };
+    // O += P·V for the tile in V slot `slot`: 16 keys per product.
+    auto issue_pv = [&](uint32_t (&pa)[WG_KT / 16][4], int slot) {
+#pragma unroll
+        for (int kc = 0; kc < WG_KT / 16; kc++) wgmma_m64n64k16_bf16<1>(o, pa[kc], vdesc(slot, kc), true);
+        wgmma_commit();
+    };
+    // Every thread's copies so far, to the tensor cores' reads.
+    auto tiles_landed = [&]() {
+        cp_async_wait<0>();
+        fence_proxy_async_shared();  // this thread's copies, to the async proxy
+        __syncthreads();              // ... and every other thread's
+    };
 
     const int last_key = p.causal ? min(total, (blockIdx.x + 1) * 64) : total;
     const int tiles_n = (last_key + WG_KT - 1) / WG_KT;
     const float* key_mask = p.key_mask ? p.key_mask + (int64_t)b * p.Lk : nullptr;
-    for (int tile = 0; tile < tiles_n; tile++) {
-        const int stage = tile & 1, k0 = tile * WG_KT;
-        if (tile + 1 < tiles_n) {
-            load_tile(stage ^ 1, k0 + WG_KT);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        fence_proxy_async_shared();  // this thread's copies, to the tensor cores' reads
-        __syncthreads();              // ... and every other thread's
-
-        // S = Q·Kᵀ: 64 queries × 64 keys, 16 dims per product.
-        float s[32];
-        wgmma_fence();
-#pragma unroll
-        for (int kc = 0; kc < HEAD_DIM / 16; kc++) {
-            if (QS)
-                wgmma_m64n64k16_bf16_ss<0>(s, smem_desc_sw128(qtile + 32 * kc), smem_desc_sw128(ktile(stage) + 32 * kc), kc > 0);
-            else
-                wgmma_m64n64k16_bf16<0>(s, qa[kc], smem_desc_sw128(ktile(stage) + 32 * kc), kc > 0);
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operands(s);
-
-        // s[4nc + i]: row g (i < 2) or g + 8, key k0 + 8nc + 2t + i % 2.
-        if (k0 + WG_KT > total || p.causal || key_mask) {
-#pragma unroll
-            for (int nc = 0; nc < WG_KT / 8; nc++)
-                for (int i = 0; i < 4; i++) {
-                    const int key = k0 + nc * 8 + 2 * t + (i & 1), row = q0 + g + (i < 2 ? 0 : 8);
-                    const bool visible = key < total && !(p.causal && key > row) && !(key_mask && key < p.Lk && key_mask[key] == 0.f);
-                    if (!visible) s[4 * nc + i] = -INFINITY;
-                }
-        }
-        float t0 = -INFINITY, t1 = -INFINITY;
-#pragma unroll
-        for (int nc = 0; nc < WG_KT / 8; nc++) {
-            t0 = fmaxf(t0, fmaxf(s[4 * nc], s[4 * nc + 1]));
-            t1 = fmaxf(t1, fmaxf(s[4 * nc + 2], s[4 * nc + 3]));
-        }
-        for (int off = 1; off < 4; off <<= 1) {
-            t0 = fmaxf(t0, __shfl_xor_sync(0xffffffff, t0, off));
-            t1 = fmaxf(t1, __shfl_xor_sync(0xffffffff, t1, off));
-        }
-        // As in the mma kernel: base-2 exponents against the scaled running maxima, 0 for a row
-        // that has seen no visible key yet.
-        const float n0 = fmaxf(m0, t0), n1 = fmaxf(m1, t1);
-        const float b0 = n0 == -INFINITY ? 0.f : n0 * scale, b1 = n1 == -INFINITY ? 0.f : n1 * scale;
-        const float c0 = ex2_approx(fmaf(m0, scale, -b0)), c1 = ex2_approx(fmaf(m1, scale, -b1));
-        m0 = n0;
-        m1 = n1;
-        l0 *= c0;
-        l1 *= c1;
-#pragma unroll
-        for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
-            o[4 * nd] *= c0;
-            o[4 * nd + 1] *= c0;
-            o[4 * nd + 2] *= c1;
-            o[4 * nd + 3] *= c1;
-        }
-        // P as four A fragments (keys 16kc .. + 15): n-blocks 2kc and 2kc + 1 of S.
-        uint32_t pa[WG_KT / 16][4];
-#pragma unroll
-        for (int kc = 0; kc < WG_KT / 16; kc++) {
-            float e[8];
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                e[i] = ex2_approx(fmaf(s[8 * kc + i], scale, -(i < 2 ? b0 : b1)));
-                e[4 + i] = ex2_approx(fmaf(s[8 * kc + 4 + i], scale, -(i < 2 ? b0 : b1)));
+    float c0, c1;
+    if (!OV) {
+        for (int tile = 0; tile < tiles_n; tile++) {
+            const int slot = tile & 1, k0 = tile * WG_KT;
+            if (tile + 1 < tiles_n) {
+                copy_tile(ktile(slot ^ 1), kbase, kbase2, k0 + WG_KT);
+                copy_tile(vtile(slot ^ 1), vbase, vbase2, k0 + WG_KT);
+                cp_async_commit();
+                cp_async_wait<1>();  // this tile's group has landed
+            } else {
+                cp_async_wait<0>();
             }
-            l0 += (e[0] + e[1]) + (e[4] + e[5]);
-            l1 += (e[2] + e[3]) + (e[6] + e[7]);
-            pa[kc][0] = pack_bf16x2(e[0], e[1]);
-            pa[kc][1] = pack_bf16x2(e[2], e[3]);
-            pa[kc][2] = pack_bf16x2(e[4], e[5]);
-            pa[kc][3] = pack_bf16x2(e[6], e[7]);
+            fence_proxy_async_shared();
+            __syncthreads();
+            float s[32];
+            wgmma_fence();
+            issue_s(s, slot);
+            wgmma_wait<0>();
+            wgmma_fence_operands(s);
+            uint32_t pa[WG_KT / 16][4];
+            wg_softmax(p, s, k0, q0 + g, key_mask, scale, rows, c0, c1, pa);
+            wg_rescale(o, c0, c1);
+            wgmma_fence_operands(o);
+            wgmma_fence();
+            issue_pv(pa, slot);
+            wgmma_wait<0>();
+            wgmma_fence_operands(o);
+            __syncthreads();  // this slot is read: the next tile may refill it
         }
-
-        // O += P·V: 16 keys per product.
+    } else {
+        // Tile j: its K (copied in tile j − 1) and tile j − 1's V have landed; copy Kⱼ₊₁ into
+        // the other K slot (Kⱼ₋₁'s, read by Sⱼ₋₁, which has landed) and Vⱼ into V slot j % 2
+        // (Vⱼ₋₂'s, read by the P·V waited for in tile j − 1); issue Sⱼ and Pⱼ₋₁·Vⱼ₋₁, wait for
+        // Sⱼ, softmax into the other P buffer, wait for P·V, rescale O.
+        auto step = [&](int j, uint32_t (&p_prev)[WG_KT / 16][4], uint32_t (&p_new)[WG_KT / 16][4]) {
+            const int slot = j & 1;
+            tiles_landed();
+            if (j + 1 < tiles_n) copy_tile(ktile(slot ^ 1), kbase, kbase2, (j + 1) * WG_KT);
+            copy_tile(vtile(slot), vbase, vbase2, j * WG_KT);
+            cp_async_commit();
+            float s[32];
+            wgmma_fence();
+            issue_s(s, slot);
+            if (j > 0) {
+                issue_pv(p_prev, slot ^ 1);
+                wgmma_wait<1>();  // Sⱼ (groups complete in order)
+            } else {
+                wgmma_wait<0>();
+            }
+            wgmma_fence_operands(s);
+            wg_softmax(p, s, j * WG_KT, q0 + g, key_mask, scale, rows, c0, c1, p_new);
+            wgmma_wait<0>();  // Pⱼ₋₁·Vⱼ₋₁
+            wgmma_fence_operands(o);
+            wg_rescale(o, c0, c1);
+        };
+        uint32_t pa0[WG_KT / 16][4], pa1[WG_KT / 16][4];
+        for (int j = 0; j < tiles_n; j += 2) {
+            step(j, pa1, pa0);
+            if (j + 1 < tiles_n) step(j + 1, pa0, pa1);
+        }
+        // The last tile's P·V (its V was copied in its own step).
+        tiles_landed();
         wgmma_fence_operands(o);
         wgmma_fence();
-#pragma unroll
-        for (int kc = 0; kc < WG_KT / 16; kc++) wgmma_m64n64k16_bf16<1>(o, pa[kc], smem_desc_sw128(vtile(stage) + 16 * 128 * kc), true);
-        wgmma_commit();
+        if ((tiles_n - 1) & 1)
+            issue_pv(pa1, (tiles_n - 1) & 1);
+        else
+            issue_pv(pa0, (tiles_n - 1) & 1);
         wgmma_wait<0>();
         wgmma_fence_operands(o);
-        __syncthreads();  // this stage is read: the next iteration may refill it
     }
 
     // The rows' sums over their four lanes, then O / l as bf16 pairs.
     for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffff, l0, off);
-        l1 += __shfl_xor_sync(0xffffffff, l1, off);
+        rows.l0 += __shfl_xor_sync(0xffffffff, rows.l0, off);
+        rows.l1 += __shfl_xor_sync(0xffffffff, rows.l1, off);
     }
-    const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    const float i0 = rows.l0 > 0.f ? 1.f / rows.l0 : 0.f, i1 = rows.l1 > 0.f ? 1.f / rows.l1 : 0.f;
     const int r0 = q0 + g, r1 = r0 + 8;
     bf16* out = (bf16*)p.o + ((int64_t)b * p.Lq) * p.o_stride + h * HEAD_DIM;
 #pragma unroll
@@ -681,7 +757,7 @@ template <bool QS> __device__ __forceinline__ void attention_wgmma_body(const At
 // (CASCADE_ATTENTION_WGMMA=1, or CASCADE_ATTENTION=wgmma).
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) {
 #ifdef CASCADE_WGMMA
-    attention_wgmma_body<false>(p);
+    attention_wgmma_body<false, false>(p);
 #endif
 }
 // Q from shared memory as well: five blocks per SM (at most 96 registers and 41 KiB of shared
@@ -689,6 +765,14 @@ extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(Attent
 // 528. Not measured yet; the same opt-in, and the launcher's one-wave rule picks between the two.
 extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_bf16(AttentionParams p) {
 #ifdef CASCADE_WGMMA
-    attention_wgmma_body<true>(p);
+    attention_wgmma_body<true, false>(p);
+#endif
+}
+// Q from shared memory, and the products of each tile overlapping the next tile's softmax (two
+// P buffers): four blocks per SM. Not measured yet; the same opt-in, chosen only by
+// CASCADE_ATTENTION=wgmma_ov (and in the kernel test and the ops bench).
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_ov_bf16(AttentionParams p) {
+#ifdef CASCADE_WGMMA
+    attention_wgmma_body<true, true>(p);
 #endif
 }

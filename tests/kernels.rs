@@ -578,6 +578,7 @@ fn attention_kernel() {
             if dtype == DType::BF16 && wgmma {
                 kernels.push((ops::AttentionKernel::Wgmma, "attention_wgmma"));
                 kernels.push((ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq"));
+                kernels.push((ops::AttentionKernel::WgmmaOverlap, "attention_wgmma_ov"));
             }
             for &(kernel, label) in &kernels {
                 let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
@@ -638,6 +639,7 @@ fn attention_kernel() {
                 if dtype == DType::BF16 && wgmma {
                     two.push((ops::AttentionKernel::Wgmma, "attention_wgmma 2 src"));
                     two.push((ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq 2 src"));
+                    two.push((ops::AttentionKernel::WgmmaOverlap, "attention_wgmma_ov 2 src"));
                 }
                 for &(kernel, label) in &two {
                     if s.lq >= 300 {

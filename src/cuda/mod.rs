@@ -105,6 +105,7 @@ pub struct CudaDevice {
     mma32_wide_attention: std::sync::atomic::AtomicBool,
     mma32_wide_per_sm: std::sync::atomic::AtomicUsize,
     wgmma_attention: std::sync::atomic::AtomicBool,
+    wgmma_overlap_attention: std::sync::atomic::AtomicBool,
     wgmma_per_sm: std::sync::atomic::AtomicUsize,
     wgmma_sq_per_sm: std::sync::atomic::AtomicUsize,
     /// GlobalResponseNorm's completion counters: zeroed once here, and every kernel that counts
@@ -266,6 +267,7 @@ impl CudaDevice {
             mma32_wide_attention: false.into(),
             mma32_wide_per_sm: 0.into(),
             wgmma_attention: false.into(),
+            wgmma_overlap_attention: false.into(),
             wgmma_per_sm: 0.into(),
             wgmma_sq_per_sm: 0.into(),
             grn_counters,
@@ -298,6 +300,8 @@ impl CudaDevice {
             let ok = check_attention_kernel(&dev, AttentionKernel::Wgmma, "Hopper tensor-core (wgmma)")
                 && check_attention_kernel(&dev, AttentionKernel::WgmmaSharedQ, "Hopper tensor-core (wgmma, Q in shared memory)");
             dev.wgmma_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+            let ok = check_attention_kernel(&dev, AttentionKernel::WgmmaOverlap, "Hopper tensor-core (wgmma, overlapped)");
+            dev.wgmma_overlap_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
             let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_wgmma_bf16, 128, 0).unwrap_or(0);
             dev.wgmma_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
             let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_wgmma_qs_bf16, 128, 0).unwrap_or(0);
@@ -394,10 +398,16 @@ impl CudaDevice {
     }
 
     /// Whether the wgmma attention kernels were asked for (`CASCADE_ATTENTION_WGMMA=1` or
-    /// `CASCADE_ATTENTION=wgmma|wgmma_sq`), this is a compute capability 9.0 GPU, and both
+    /// `CASCADE_ATTENTION=wgmma|wgmma_sq|wgmma_ov`), this is a compute capability 9.0 GPU, and both
     /// agreed with the CUDA-core kernel when the device was opened.
     pub fn wgmma_attention(&self) -> bool {
         self.wgmma_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the wgmma kernels were asked for and the overlapped one (see
+    /// `AttentionKernel::WgmmaOverlap`) agreed with the CUDA-core kernel when the device was opened.
+    pub fn wgmma_overlap_attention(&self) -> bool {
+        self.wgmma_overlap_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many blocks of the two wgmma attention kernels (Q in registers, Q in shared memory)
@@ -788,10 +798,10 @@ impl CudaBuffer {
 }
 
 /// Whether the environment asks for the wgmma attention kernels (`CASCADE_ATTENTION_WGMMA=1` or
-/// `CASCADE_ATTENTION=wgmma|wgmma_sq`).
+/// `CASCADE_ATTENTION=wgmma|wgmma_sq|wgmma_ov`).
 pub fn wgmma_requested() -> bool {
     std::env::var("CASCADE_ATTENTION_WGMMA").is_ok_and(|v| v == "1")
-        || std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v == "wgmma" || v == "wgmma_sq")
+        || std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v.starts_with("wgmma"))
 }
 
 /// Whether a usable CUDA driver and GPU are present (for tests and benches that skip).

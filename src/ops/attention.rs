@@ -24,8 +24,8 @@ pub enum AttentionKernel {
     /// mask; the 32-query one where [`mma32_preferred`] says so), else the WMMA kernel without a
     /// mask; the CUDA-core kernel otherwise. A tensor-core kernel that failed its start-up check
     /// on this device is skipped. `CASCADE_ATTENTION=simple|wmma|mma|mma32|wgmma` in the
-    /// environment picks one (`mma`, `mma32`, `wgmma`, `wgmma_sq`: that kernel for every shape;
-    /// the last two need the wgmma kernels asked for, see `Wgmma`).
+    /// environment picks one (`mma`, `mma32`, `wgmma`, `wgmma_sq`, `wgmma_ov`: that kernel for
+    /// every shape; the last three need the wgmma kernels asked for, see `Wgmma`).
     Auto,
     /// The CUDA-core kernel (one thread per query; any dtype, masks).
     Simple,
@@ -53,6 +53,10 @@ pub enum AttentionKernel {
     /// blocks fit an SM instead of four. `Auto` (with the wgmma kernels asked for) takes it where
     /// [`wgmma_shared_q_preferred`] says so; `CASCADE_ATTENTION=wgmma_sq` everywhere.
     WgmmaSharedQ,
+    /// The shared-Q wgmma kernel with each tile's products overlapping the next tile's softmax
+    /// (FlashAttention-3's schedule inside a warpgroup; two P buffers, four blocks per SM).
+    /// `Auto` never takes it until measured; `CASCADE_ATTENTION=wgmma_ov` everywhere.
+    WgmmaOverlap,
 }
 
 /// Whether the wgmma kernel with Q in shared memory (`per_sm_sq` blocks per SM) should run `bh`
@@ -281,6 +285,7 @@ fn attention_impl(
                     Some("mma32") if aligned && dev.mma32_attention() => AttentionKernel::Mma32,
                     Some("mma") if aligned => AttentionKernel::Mma,
                     Some("wgmma_sq") if aligned && dev.wgmma_attention() => AttentionKernel::WgmmaSharedQ,
+                    Some("wgmma_ov") if aligned && dev.wgmma_overlap_attention() => AttentionKernel::WgmmaOverlap,
                     _ if aligned
                         && dev.wgmma_attention()
                         && wgmma_shared_q_preferred(lq, b * heads, dev.multiprocessors(), dev.wgmma_per_sm().0, dev.wgmma_per_sm().1) =>
@@ -312,6 +317,7 @@ fn attention_impl(
                 | AttentionKernel::Mma32Wide
                 | AttentionKernel::Wgmma
                 | AttentionKernel::WgmmaSharedQ
+                | AttentionKernel::WgmmaOverlap
                     if !bf16 =>
                 {
                     return Err(Error::Shape("attention: the mma kernel takes bf16".into()))
@@ -321,11 +327,14 @@ fn attention_impl(
                 | AttentionKernel::Mma32Wide
                 | AttentionKernel::Wgmma
                 | AttentionKernel::WgmmaSharedQ
+                | AttentionKernel::WgmmaOverlap
                     if !aligned =>
                 {
                     return Err(Error::Shape("attention: the mma kernel needs 16-byte aligned operands and rows".into()))
                 }
-                AttentionKernel::Wgmma | AttentionKernel::WgmmaSharedQ if dev.compute_capability() != (9, 0) => {
+                AttentionKernel::Wgmma | AttentionKernel::WgmmaSharedQ | AttentionKernel::WgmmaOverlap
+                    if dev.compute_capability() != (9, 0) =>
+                {
                     let (major, minor) = dev.compute_capability();
                     return Err(Error::Cuda(format!(
                         "attention: the wgmma kernel needs compute capability 9.0 (H100, H200); {} has {major}.{minor}",
@@ -353,6 +362,9 @@ fn attention_impl(
                 }
                 AttentionKernel::WgmmaSharedQ => {
                     dev.launch(&kt.attention_wgmma_qs_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
+                }
+                AttentionKernel::WgmmaOverlap => {
+                    dev.launch(&kt.attention_wgmma_ov_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
                 }
                 AttentionKernel::TensorCore => {
                     dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
