@@ -723,16 +723,20 @@ template <bool QS, bool OV> __device__ __forceinline__ void attention_wgmma_body
             if (j + 1 < tiles_n) step(j + 1, pa0, pa1);
         }
         // The last tile's P·V (its V was copied in its own step).
-        tiles_landed();
-        wgmma_fence_operands(o);
-        wgmma_fence();
-        if ((tiles_n - 1) & 1)
-            issue_pv(pa1, (tiles_n - 1) & 1);
-        else
-            issue_pv(pa0, (tiles_n - 1) & 1);
-        wgmma_wait<0>();
-        wgmma_fence_operands(o);
+        if (tiles_n > 0) {
+            tiles_landed();
+            wgmma_fence_operands(o);
+            wgmma_fence();
+            if ((tiles_n - 1) & 1)
+                issue_pv(pa1, (tiles_n - 1) & 1);
+            else
+                issue_pv(pa0, (tiles_n - 1) & 1);
+            wgmma_wait<0>();
+            wgmma_fence_operands(o);
+        }
     }
+
+    if (tiles_n == 0) cp_async_wait<0>();  // no keys at all: nothing was waited for (the output is zeros)
 
     // The rows' sums over their four lanes, then O / l as bf16 pairs.
     for (int off = 1; off < 4; off <<= 1) {
