@@ -70,8 +70,8 @@ template <typename T> __device__ void attention_impl(const AttentionParams& p) {
 #pragma unroll
     for (int d = 0; d < HEAD_DIM; d++) orow[d] = from_f32<T>(acc[d] * inv);
 }
-extern "C" __global__ void __launch_bounds__(Q_TILE) attention_f32(AttentionParams p) { attention_impl<float>(p); }
-extern "C" __global__ void __launch_bounds__(Q_TILE) attention_bf16(AttentionParams p) { attention_impl<bf16>(p); }
+extern "C" __global__ void __launch_bounds__(Q_TILE) attention_f32(AttentionParams p) { pdl_enter(); attention_impl<float>(p); }
+extern "C" __global__ void __launch_bounds__(Q_TILE) attention_bf16(AttentionParams p) { pdl_enter(); attention_impl<bf16>(p); }
 
 // ---- Tensor-core version (bf16, no mask: Stage B and C) ---------------------------------------
 // Four warps per block, 16 query rows each (64 queries per block). K and V stream through
@@ -89,6 +89,7 @@ extern "C" __global__ void __launch_bounds__(Q_TILE) attention_bf16(AttentionPar
 #define TC_LDF 68  // f32 row pitch (multiple of 4)
 
 extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attention_tc_bf16(AttentionParams p) {
+    pdl_enter();
     using namespace nvcuda;
     __shared__ __align__(32) bf16 ks[TC_KT][TC_LD];
     __shared__ __align__(32) bf16 vs[TC_KT][TC_LD];
@@ -449,19 +450,19 @@ template <int R, int W> __device__ __forceinline__ void attention_mma_body(const
 
 // 16 queries per warp, four warps: 64 queries per block, four blocks per SM (at most 128
 // registers: without the bound ptxas takes 134, which leaves room for three).
-extern "C" __global__ void __launch_bounds__(128, 4) attention_mma_bf16(AttentionParams p) { attention_mma_body<1, 4>(p); }
+extern "C" __global__ void __launch_bounds__(128, 4) attention_mma_bf16(AttentionParams p) { pdl_enter(); attention_mma_body<1, 4>(p); }
 // 32 queries per warp, four warps: 128 queries per block, two blocks per SM (248 registers).
 // Measured on an H200 against the kernel above (docs/performance.md, ninth session): faster
 // where its grid fills one wave (Stage C lite: 25.7 against 29.7 µs), slower where it needs a
 // second wave or leaves SMs with one block (Stage C, Stage B, CLIP); the launcher picks by that.
 // Two and three warps per block were measured too and never won.
-extern "C" __global__ void __launch_bounds__(128) attention_mma32_bf16(AttentionParams p) { attention_mma_body<2, 4>(p); }
+extern "C" __global__ void __launch_bounds__(128) attention_mma32_bf16(AttentionParams p) { pdl_enter(); attention_mma_body<2, 4>(p); }
 // 32 queries per warp, five warps: 160 queries per block, two blocks per SM under a 200-register
 // cap (64 000 of the SM's 65 536; 60 bytes of spills). Stage C's 2 × 32 heads × 576 queries are
 // 256 such blocks, one wave of 264 places, where the four-warp kernel needs 320 blocks (a second
 // wave) and the 16-query kernel 576 (1.09 waves). Not measured yet: chosen only with
 // CASCADE_ATTENTION_W5=1 (docs/performance.md, ninth session).
-extern "C" __global__ void __maxnreg__(200) attention_mma32_w5_bf16(AttentionParams p) { attention_mma_body<2, 5>(p); }
+extern "C" __global__ void __maxnreg__(200) attention_mma32_w5_bf16(AttentionParams p) { pdl_enter(); attention_mma_body<2, 5>(p); }
 
 // ---- Hopper version: warpgroup products (wgmma, sm_90a) ----------------------------------------
 // One warpgroup (four warps) per 64 queries. The mma.sync kernels above spend most of their
@@ -760,6 +761,7 @@ template <bool QS, bool OV> __device__ __forceinline__ void attention_wgmma_body
 // capability 9.0 only, after its start-up check. Not measured yet: opt-in
 // (CASCADE_ATTENTION_WGMMA=1, or CASCADE_ATTENTION=wgmma).
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) {
+    pdl_enter();
 #ifdef CASCADE_WGMMA
     attention_wgmma_body<false, false>(p);
 #endif
@@ -768,6 +770,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(Attent
 // memory each), so that Stage C's 576 blocks are one wave of 660 places instead of 1.09 waves of
 // 528. Not measured yet; the same opt-in, and the launcher's one-wave rule picks between the two.
 extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_bf16(AttentionParams p) {
+    pdl_enter();
 #ifdef CASCADE_WGMMA
     attention_wgmma_body<true, false>(p);
 #endif
@@ -776,6 +779,7 @@ extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_bf16(Att
 // P buffers): four blocks per SM. Not measured yet; the same opt-in, chosen only by
 // CASCADE_ATTENTION=wgmma_ov (and in the kernel test and the ops bench).
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_ov_bf16(AttentionParams p) {
+    pdl_enter();
 #ifdef CASCADE_WGMMA
     attention_wgmma_body<true, true>(p);
 #endif

@@ -260,6 +260,23 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// ---- Programmatic dependent launch (sm_90) -----------------------------------------------------
+// Every kernel's first statement. Launched with programmatic stream serialization (the engine
+// does so on compute capability 9.0 with CASCADE_PDL=1), a kernel may start while the kernel
+// before it still runs, so it first waits until that kernel has completed and its writes are
+// visible (griddepcontrol.wait: nothing is read or written before), then lets the kernel after it
+// start early in turn (launch_dependents: its blocks take SMs as this grid's last blocks retire,
+// instead of after the launch gap). Without that launch attribute both are no-ops. Older images
+// and other architectures' PTX have neither, which is why the attribute is used on 9.0 only.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(CASCADE_EMU)
+    emu_pdl_enter();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // ---- Warpgroup products (wgmma: sm_90a, H100/H200) ------------------------------------------
 // Compiled only into the sm_90a image (and the emulator); kernels that use them have an empty
 // body elsewhere and are launched only on a device of compute capability 9.0.

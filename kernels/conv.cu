@@ -288,10 +288,10 @@ template <typename T, typename TI = T, bool SW = false, bool BATCH = false> __de
 }
 // bf16: at most 128 registers (ptxas: no spills), so two 256-thread blocks (C = 2048) fit an SM;
 // f32 would spill under that cap and keeps its 167.
-extern "C" __global__ void depthwise_f32(DepthwiseParams p) { depthwise_impl<float>(p); }
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16(DepthwiseParams p) { depthwise_impl<bf16>(p); }
+extern "C" __global__ void depthwise_f32(DepthwiseParams p) { pdl_enter(); depthwise_impl<float>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16(DepthwiseParams p) { pdl_enter(); depthwise_impl<bf16>(p); }
 // An f32 residual stream (modulated in f32 when in_ab is set) convolved as its bf16 copy.
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16(DepthwiseParams p) { depthwise_impl<bf16, float>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16(DepthwiseParams p) { pdl_enter(); depthwise_impl<bf16, float>(p); }
 // The same two with the weights parked in shared memory (vec8 launches with bf16 weights: 144
 // bytes of dynamic shared memory per thread). They spend the freed registers on loads in flight
 // (BATCH): each row of taps' 6 pixels (and their input statistics) are loaded before any is
@@ -299,8 +299,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16(Depthwis
 // loading tap by tap under three blocks per SM by 0.67 ms per Stage B step and 0.38 ms on Stage
 // A, and parking the weights beat holding them in registers by 0.37 and 0.57 ms
 // (docs/performance.md, sixth session).
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, bf16, true, true>(p); }
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw(DepthwiseParams p) { depthwise_impl<bf16, float, true, true>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_sw(DepthwiseParams p) { pdl_enter(); depthwise_impl<bf16, bf16, true, true>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw(DepthwiseParams p) { pdl_enter(); depthwise_impl<bf16, float, true, true>(p); }
 
 // ---- The tiled path: large images (Stage A) -------------------------------------------------
 // The strip kernel above reads each input pixel 4.5 times (three rows of taps for each of its
@@ -331,6 +331,7 @@ __device__ __forceinline__ float lane_group_sum(float v, int K, unsigned mask) {
 // At most 85 registers (ptxas: 80, no spills) so that three blocks of 256 fit an SM; the
 // residual is loaded after the taps for that (held over them it spilled).
 extern "C" __global__ void __launch_bounds__(256, 3) depthwise_tile_bf16(DepthwiseParams p) {
+    pdl_enter();
     constexpr int TW = CASCADE_DW_TILE_W, HW = TW + 2;
     const int G = p.C >> 3, TH = p.tile_h, NP = HW * (TH + 2), RUNS = 2 * TH;
     extern __shared__ uint4 dw_smem[];
@@ -603,8 +604,8 @@ template <typename T> __device__ void pixel_shuffle_impl(const PixelShuffleParam
     if (total < (1ll << 31)) pixel_shuffle_loop<T, uint32_t>(p);
     else pixel_shuffle_loop<T, int64_t>(p);
 }
-extern "C" __global__ void pixel_shuffle_f32(PixelShuffleParams p) { pixel_shuffle_impl<float>(p); }
-extern "C" __global__ void pixel_shuffle_bf16(PixelShuffleParams p) { pixel_shuffle_impl<bf16>(p); }
+extern "C" __global__ void pixel_shuffle_f32(PixelShuffleParams p) { pdl_enter(); pixel_shuffle_impl<float>(p); }
+extern "C" __global__ void pixel_shuffle_bf16(PixelShuffleParams p) { pdl_enter(); pixel_shuffle_impl<bf16>(p); }
 
 template <typename T> __device__ void im2col3x3_impl(const Im2Col3x3Params& p) {
     int64_t total = (int64_t)p.B * p.H * p.W * 9 * p.C;
@@ -642,5 +643,5 @@ template <typename T> __device__ void im2col3x3_impl(const Im2Col3x3Params& p) {
         ((T*)p.cols)[i] = from_f32<T>(v);
     }
 }
-extern "C" __global__ void im2col3x3_f32(Im2Col3x3Params p) { im2col3x3_impl<float>(p); }
-extern "C" __global__ void im2col3x3_bf16(Im2Col3x3Params p) { im2col3x3_impl<bf16>(p); }
+extern "C" __global__ void im2col3x3_f32(Im2Col3x3Params p) { pdl_enter(); im2col3x3_impl<float>(p); }
+extern "C" __global__ void im2col3x3_bf16(Im2Col3x3Params p) { pdl_enter(); im2col3x3_impl<bf16>(p); }

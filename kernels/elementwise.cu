@@ -5,11 +5,13 @@
 
 // Converts n elements; f32 round-trips exactly, narrowing rounds to nearest even.
 extern "C" __global__ void cast(CastParams p) {
+    pdl_enter();
     GRID_STRIDE(i, p.n) { store_from_f32(p.dst, i, p.dst_dtype, load_as_f32(p.src, i, p.src_dtype)); }
 }
 
 // Writes `value` into every element (NaN poisoning in tests, zeroing).
 extern "C" __global__ void fill(FillParams p) {
+    pdl_enter();
     GRID_STRIDE(i, p.n) { store_from_f32(p.dst, i, p.dtype, p.value); }
 }
 
@@ -53,8 +55,8 @@ template <typename T> __device__ void act_impl(const ActParams& p) {
         y[i] = from_f32<T>(v);
     }
 }
-extern "C" __global__ void act_f32(ActParams p) { act_impl<float>(p); }
-extern "C" __global__ void act_bf16(ActParams p) { act_impl<bf16>(p); }
+extern "C" __global__ void act_f32(ActParams p) { pdl_enter(); act_impl<float>(p); }
+extern "C" __global__ void act_bf16(ActParams p) { pdl_enter(); act_impl<bf16>(p); }
 
 template <typename T> __device__ void add_impl(const AddParams& p) {
     const T *a = (const T*)p.a, *b = (const T*)p.b;
@@ -71,8 +73,8 @@ template <typename T> __device__ void add_impl(const AddParams& p) {
     }
     GRID_STRIDE(i, p.n) { ((T*)p.y)[i] = from_f32<T>(to_f32(((const T*)p.a)[i]) + to_f32(((const T*)p.b)[i])); }
 }
-extern "C" __global__ void add_f32(AddParams p) { add_impl<float>(p); }
-extern "C" __global__ void add_bf16(AddParams p) { add_impl<bf16>(p); }
+extern "C" __global__ void add_f32(AddParams p) { pdl_enter(); add_impl<float>(p); }
+extern "C" __global__ void add_bf16(AddParams p) { pdl_enter(); add_impl<bf16>(p); }
 
 template <typename T> __device__ void modulate_impl(const ModulateParams& p) {
     const T* x = (const T*)p.x;
@@ -97,8 +99,8 @@ template <typename T> __device__ void modulate_impl(const ModulateParams& p) {
         ((T*)p.y)[i] = from_f32<T>(to_f32(x[i]) * (1.f + a) + s);
     }
 }
-extern "C" __global__ void modulate_f32(ModulateParams p) { modulate_impl<float>(p); }
-extern "C" __global__ void modulate_bf16(ModulateParams p) { modulate_impl<bf16>(p); }
+extern "C" __global__ void modulate_f32(ModulateParams p) { pdl_enter(); modulate_impl<float>(p); }
+extern "C" __global__ void modulate_bf16(ModulateParams p) { pdl_enter(); modulate_impl<bf16>(p); }
 
 template <typename T> __device__ void cfg_impl(const CfgParams& p) {
     const T* e = (const T*)p.eps;
@@ -108,8 +110,8 @@ template <typename T> __device__ void cfg_impl(const CfgParams& p) {
         ((T*)p.y)[i] = from_f32<T>(u + w * (c - u));
     }
 }
-extern "C" __global__ void cfg_f32(CfgParams p) { cfg_impl<float>(p); }
-extern "C" __global__ void cfg_bf16(CfgParams p) { cfg_impl<bf16>(p); }
+extern "C" __global__ void cfg_f32(CfgParams p) { pdl_enter(); cfg_impl<float>(p); }
+extern "C" __global__ void cfg_bf16(CfgParams p) { pdl_enter(); cfg_impl<bf16>(p); }
 
 template <typename T> __device__ void ddpm_step_impl(const DdpmStepParams& p) {
     float c0 = p.coef[0], c1 = p.coef[1], c2 = p.coef[2];
@@ -119,14 +121,14 @@ template <typename T> __device__ void ddpm_step_impl(const DdpmStepParams& p) {
         ((T*)p.y)[i] = from_f32<T>(v);
     }
 }
-extern "C" __global__ void ddpm_step_f32(DdpmStepParams p) { ddpm_step_impl<float>(p); }
-extern "C" __global__ void ddpm_step_bf16(DdpmStepParams p) { ddpm_step_impl<bf16>(p); }
+extern "C" __global__ void ddpm_step_f32(DdpmStepParams p) { pdl_enter(); ddpm_step_impl<float>(p); }
+extern "C" __global__ void ddpm_step_bf16(DdpmStepParams p) { pdl_enter(); ddpm_step_impl<bf16>(p); }
 
 template <typename T> __device__ void affine_impl(const AffineParams& p) {
     GRID_STRIDE(i, p.n) { ((T*)p.y)[i] = from_f32<T>(p.a * to_f32(((const T*)p.x)[i]) + p.b); }
 }
-extern "C" __global__ void affine_f32(AffineParams p) { affine_impl<float>(p); }
-extern "C" __global__ void affine_bf16(AffineParams p) { affine_impl<bf16>(p); }
+extern "C" __global__ void affine_f32(AffineParams p) { pdl_enter(); affine_impl<float>(p); }
+extern "C" __global__ void affine_bf16(AffineParams p) { pdl_enter(); affine_impl<bf16>(p); }
 
 __device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
     z += 0x9E3779B97F4A7C15ull;
@@ -137,6 +139,7 @@ __device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
 
 // Random weights for benchmarks and full-size checks, generated where they are used.
 extern "C" __global__ void fill_random(RandomParams p) {
+    pdl_enter();
     GRID_STRIDE(i, p.n) {
         uint64_t h = splitmix64(p.seed ^ splitmix64((uint64_t)i));
         float u1 = ((float)(h >> 40) + 1.f) * (1.f / 16777216.f);  // (0, 1]
@@ -154,5 +157,5 @@ template <typename T> __device__ void to_rgb8_impl(const ToRgb8Params& p) {
         p.y[i] = (uint8_t)rintf(fminf(fmaxf(v, 0.f), 1.f) * 255.f);
     }
 }
-extern "C" __global__ void to_rgb8_f32(ToRgb8Params p) { to_rgb8_impl<float>(p); }
-extern "C" __global__ void to_rgb8_bf16(ToRgb8Params p) { to_rgb8_impl<bf16>(p); }
+extern "C" __global__ void to_rgb8_f32(ToRgb8Params p) { pdl_enter(); to_rgb8_impl<float>(p); }
+extern "C" __global__ void to_rgb8_bf16(ToRgb8Params p) { pdl_enter(); to_rgb8_impl<bf16>(p); }

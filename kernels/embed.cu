@@ -18,8 +18,8 @@ template <typename T> __device__ void timestep_embed_impl(const TimestepEmbedPar
         ((T*)p.y)[i] = from_f32<T>(v);
     }
 }
-extern "C" __global__ void timestep_embed_f32(TimestepEmbedParams p) { timestep_embed_impl<float>(p); }
-extern "C" __global__ void timestep_embed_bf16(TimestepEmbedParams p) { timestep_embed_impl<bf16>(p); }
+extern "C" __global__ void timestep_embed_f32(TimestepEmbedParams p) { pdl_enter(); timestep_embed_impl<float>(p); }
+extern "C" __global__ void timestep_embed_bf16(TimestepEmbedParams p) { pdl_enter(); timestep_embed_impl<bf16>(p); }
 
 template <typename T> __device__ void token_embed_impl(const EmbedParams& p) {
     GRID_STRIDE(i, (int64_t)p.B * p.L * p.D) {
@@ -32,5 +32,5 @@ template <typename T> __device__ void token_embed_impl(const EmbedParams& p) {
         ((T*)p.y)[i] = from_f32<T>(v);
     }
 }
-extern "C" __global__ void token_embed_f32(EmbedParams p) { token_embed_impl<float>(p); }
-extern "C" __global__ void token_embed_bf16(EmbedParams p) { token_embed_impl<bf16>(p); }
+extern "C" __global__ void token_embed_f32(EmbedParams p) { pdl_enter(); token_embed_impl<float>(p); }
+extern "C" __global__ void token_embed_bf16(EmbedParams p) { pdl_enter(); token_embed_impl<bf16>(p); }

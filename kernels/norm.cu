@@ -145,22 +145,25 @@ template <typename T> __device__ void row_stats_impl(const LayerNormParams& p) {
         ((float*)p.y)[2 * r + 1] = rstd;
     }
 }
-extern "C" __global__ void row_stats_f32(LayerNormParams p) { row_stats_impl<float>(p); }
-extern "C" __global__ void row_stats_bf16(LayerNormParams p) { row_stats_impl<bf16>(p); }
-extern "C" __global__ void layer_norm_f32(LayerNormParams p) { layer_norm_impl<float>(p); }
-extern "C" __global__ void layer_norm_bf16(LayerNormParams p) { layer_norm_impl<bf16>(p); }
+extern "C" __global__ void row_stats_f32(LayerNormParams p) { pdl_enter(); row_stats_impl<float>(p); }
+extern "C" __global__ void row_stats_bf16(LayerNormParams p) { pdl_enter(); row_stats_impl<bf16>(p); }
+extern "C" __global__ void layer_norm_f32(LayerNormParams p) { pdl_enter(); layer_norm_impl<float>(p); }
+extern "C" __global__ void layer_norm_bf16(LayerNormParams p) { pdl_enter(); layer_norm_impl<bf16>(p); }
 // An f32 residual stream (modulated in place when ab is set) normalised into bf16.
-extern "C" __global__ void layer_norm_f32_bf16(LayerNormParams p) { layer_norm_impl<float, bf16>(p); }
+extern "C" __global__ void layer_norm_f32_bf16(LayerNormParams p) { pdl_enter(); layer_norm_impl<float, bf16>(p); }
 // Rows of 1025 to 2048 channels one warp each (vec8 launches only; see LN_WARP_MAX_VECS).
 extern "C" __global__ void layer_norm_warp_f32(LayerNormParams p) {
+    pdl_enter();
     __shared__ float scratch[32];
     layer_norm_vec8<float, float, LN_WARP_MAX_VECS>(p, scratch);
 }
 extern "C" __global__ void layer_norm_warp_bf16(LayerNormParams p) {
+    pdl_enter();
     __shared__ float scratch[32];
     layer_norm_vec8<bf16, bf16, LN_WARP_MAX_VECS>(p, scratch);
 }
 extern "C" __global__ void layer_norm_warp_f32_bf16(LayerNormParams p) {
+    pdl_enter();
     __shared__ float scratch[32];
     layer_norm_vec8<float, bf16, LN_WARP_MAX_VECS>(p, scratch);
 }
@@ -369,13 +372,13 @@ template <typename T> __device__ void grn_partial_impl(const GrnPartialParams& p
         grn_partial_k<T, 2>(p, off);
     }
 }
-extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { grn_partial_impl<float>(p); }
+extern "C" __global__ void grn_partial_f32(GrnPartialParams p) { pdl_enter(); grn_partial_impl<float>(p); }
 // Three blocks per SM (80 registers under the bound; the short tail's loads would otherwise take
 // it to 95 and two blocks, and the launcher sizes its chunks for three). Measured on an H200 against two variants
 // that were removed (docs/performance.md, sixth session): one that loaded the next batch of rows
 // while working the current one and held the last pass's norms in registers (80 registers), 1.1
 // ms slower per Stage B step; one under four blocks per SM (64 registers), 0.5 ms slower.
-extern "C" __global__ void __launch_bounds__(256, 3) grn_partial_bf16(GrnPartialParams p) { grn_partial_impl<bf16>(p); }
+extern "C" __global__ void __launch_bounds__(256, 3) grn_partial_bf16(GrnPartialParams p) { pdl_enter(); grn_partial_impl<bf16>(p); }
 
 // GRN(GELU(u)) or GRN(u) with u read once: a cooperative launch (every block resident) in which
 // each block copies its chunk_rows × 256 values into shared memory (cp.async, two groups so the
@@ -386,6 +389,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) grn_partial_bf16(GrnPartial
 // those sums, and writes its rows scaled by the factor, plus β. Same arithmetic and order of
 // sums as grn_partial + grn_apply, so it differs from them only through chunk_rows.
 extern "C" __global__ void __launch_bounds__(256, 4) grn_resident_bf16(GrnResidentParams p) {
+    pdl_enter();
     extern __shared__ uint4 held[];  // [chunk_rows][32]: eight channels per entry
     __shared__ float part[8][32 * GRN_MAX_PER_THREAD + 1];
     __shared__ float scratch[8];
@@ -511,5 +515,5 @@ template <typename T> __device__ void grn_apply_impl(const GrnApplyParams& p) {
         ((T*)p.y)[i] = from_f32<T>(v);
     }
 }
-extern "C" __global__ void grn_apply_f32(GrnApplyParams p) { grn_apply_impl<float>(p); }
-extern "C" __global__ void grn_apply_bf16(GrnApplyParams p) { grn_apply_impl<bf16>(p); }
+extern "C" __global__ void grn_apply_f32(GrnApplyParams p) { pdl_enter(); grn_apply_impl<float>(p); }
+extern "C" __global__ void grn_apply_bf16(GrnApplyParams p) { pdl_enter(); grn_apply_impl<bf16>(p); }

@@ -25,8 +25,8 @@ template <typename T> __device__ void resize_bilinear_impl(const ResizeParams& p
         ((T*)p.y)[i] = from_f32<T>(v);
     }
 }
-extern "C" __global__ void resize_bilinear_f32(ResizeParams p) { resize_bilinear_impl<float>(p); }
-extern "C" __global__ void resize_bilinear_bf16(ResizeParams p) { resize_bilinear_impl<bf16>(p); }
+extern "C" __global__ void resize_bilinear_f32(ResizeParams p) { pdl_enter(); resize_bilinear_impl<float>(p); }
+extern "C" __global__ void resize_bilinear_bf16(ResizeParams p) { pdl_enter(); resize_bilinear_impl<bf16>(p); }
 
 template <typename T> __device__ void concat_impl(const ConcatParams& p) {
     int Cy = p.Ca + p.Cb;
@@ -46,8 +46,8 @@ template <typename T> __device__ void concat_impl(const ConcatParams& p) {
         ((T*)p.y)[i] = c < p.Ca ? ((const T*)p.a)[r * p.Ca + c] : ((const T*)p.b)[r * p.Cb + c - p.Ca];
     }
 }
-extern "C" __global__ void concat_f32(ConcatParams p) { concat_impl<float>(p); }
-extern "C" __global__ void concat_bf16(ConcatParams p) { concat_impl<bf16>(p); }
+extern "C" __global__ void concat_f32(ConcatParams p) { pdl_enter(); concat_impl<float>(p); }
+extern "C" __global__ void concat_bf16(ConcatParams p) { pdl_enter(); concat_impl<bf16>(p); }
 
 template <typename T> __device__ void columns_impl(const ColumnsParams& p) {
     GRID_STRIDE(i, p.rows * p.width) {
@@ -56,5 +56,5 @@ template <typename T> __device__ void columns_impl(const ColumnsParams& p) {
         ((T*)p.y)[i] = ((const T*)p.x)[r * p.C + p.col + c];
     }
 }
-extern "C" __global__ void columns_f32(ColumnsParams p) { columns_impl<float>(p); }
-extern "C" __global__ void columns_bf16(ColumnsParams p) { columns_impl<bf16>(p); }
+extern "C" __global__ void columns_f32(ColumnsParams p) { pdl_enter(); columns_impl<float>(p); }
+extern "C" __global__ void columns_bf16(ColumnsParams p) { pdl_enter(); columns_impl<bf16>(p); }

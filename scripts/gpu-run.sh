@@ -125,6 +125,13 @@ if on TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     CASCADE_ATTENTION_WGMMA=1 step test-kernels-wgmma "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
     pids+=($!)
 fi
+# Programmatic dependent launches (opt-in: CASCADE_PDL=1): the pipeline tests (graphs, every
+# stage, against diffusers' seeded images) with every kernel launched that way.
+if on TESTS 1 && [ -x "$bundle/tests/pipeline" ]; then
+    tests+=(pipeline-pdl)
+    CASCADE_PDL=1 step test-pipeline-pdl "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
+    pids+=($!)
+fi
 if on FIDELITY 0; then
     step fidelity "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     pids+=($!)

@@ -498,6 +498,8 @@ fn device(name: &str) -> Result<()> {
             "tensor-core attention kernels checked at start-up: {}",
             if kernels.is_empty() { "none".into() } else { kernels.join(", ") }
         );
+        let pdl = if c.programmatic_launches() { "on" } else { "off" };
+        println!("programmatic dependent launches (CASCADE_PDL=1 on compute capability 9.0): {pdl}");
     }
     Ok(())
 }

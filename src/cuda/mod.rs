@@ -105,6 +105,8 @@ pub struct CudaDevice {
     mma32_wide_attention: std::sync::atomic::AtomicBool,
     mma32_wide_per_sm: std::sync::atomic::AtomicUsize,
     wgmma_attention: std::sync::atomic::AtomicBool,
+    /// Launches with programmatic stream serialization (`CASCADE_PDL=1` on compute capability 9.0).
+    programmatic: bool,
     wgmma_overlap_attention: std::sync::atomic::AtomicBool,
     wgmma_per_sm: std::sync::atomic::AtomicUsize,
     wgmma_sq_per_sm: std::sync::atomic::AtomicUsize,
@@ -267,6 +269,9 @@ impl CudaDevice {
             mma32_wide_attention: false.into(),
             mma32_wide_per_sm: 0.into(),
             wgmma_attention: false.into(),
+            // Only the sm_90a image has the kernels' griddepcontrol.wait (kernels/common.cuh
+            // pdl_enter): other architectures run PTX without it and must not start early.
+            programmatic: compute_capability == (9, 0) && std::env::var("CASCADE_PDL").is_ok_and(|v| v == "1"),
             wgmma_overlap_attention: false.into(),
             wgmma_per_sm: 0.into(),
             wgmma_sq_per_sm: 0.into(),
@@ -585,11 +590,52 @@ impl CudaDevice {
         let launched = unsafe {
             if cooperative {
                 args.launch_cooperative(cfg)
+            } else if self.programmatic {
+                return self.launch_programmatic(f, cfg, params);
             } else {
                 args.launch(cfg)
             }
         };
         launched.map(|_| ()).map_err(|e| driver_err(if cooperative { "cooperative kernel launch" } else { "kernel launch" }, e))
+    }
+
+    /// Launches `f` with programmatic stream serialization: it may start while the kernel before
+    /// it on the stream still runs (its first statement waits for that kernel: `pdl_enter` in
+    /// kernels/common.cuh), so the launch gap between dependent kernels overlaps the tail of the
+    /// one before. Inside a capture the edge becomes a programmatic one.
+    fn launch_programmatic<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, cfg: LaunchConfig, params: &P) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
+        // SAFETY: an all-zero attribute is a valid "ignore" entry; the id and value are then set.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // One kernel parameter: the params struct, passed by the address of its value (as
+        // cudarc's launch builder passes it).
+        let mut args = [params as *const P as *mut std::ffi::c_void];
+        // SAFETY: as in `launch_as`: the struct's layout is the kernel's (bindgen from
+        // kernels/params.h) and the launchers checked every buffer; `config`, `attr` and `args`
+        // outlive the call, which copies them.
+        unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
+            .result()
+            .map_err(|e| driver_err("kernel launch (programmatic)", e))
+    }
+
+    /// Whether kernels are launched with programmatic stream serialization (`CASCADE_PDL=1` on a
+    /// compute capability 9.0 GPU; not measured yet).
+    pub fn programmatic_launches(&self) -> bool {
+        self.programmatic
     }
 
     /// How many blocks of `threads` threads and `smem` bytes of dynamic shared memory each the

@@ -537,7 +537,7 @@ CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void* f, int thread
 }
 
 static CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void* s,
-                       void** params, void** extra, bool cooperative) {
+                       void** params, void** extra, bool cooperative, bool programmatic = false) {
     const KernelEntry* k = (const KernelEntry*)f;
     if (!k || !params || extra) return CUDA_ERROR_INVALID_VALUE;
     // The hardware's limits: a launch outside them fails on a GPU too.
@@ -551,7 +551,13 @@ static CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned 
     return enqueue(s, [=] {
         std::vector<char> p = copy;  // a kernel may modify its by-value parameters
         running_kernel = k->name;
+        emu::take_pdl_waits();
         std::string err = emu::run_grid(k->body, p.data(), uint3{gx, gy, gz}, uint3{bx, by, bz}, smem, cooperative);
+        // A kernel that may start before the one it follows must wait for it (griddepcontrol.wait,
+        // kernels/common.cuh pdl_enter) in every thread before it touches memory.
+        const unsigned long long threads = (unsigned long long)gx * gy * gz * bx * by * bz;
+        if (err.empty() && programmatic && emu::take_pdl_waits() != threads)
+            err = "launched with programmatic stream serialization, but not every thread ran pdl_enter()";
         running_kernel = nullptr;
         if (!err.empty()) {
             fprintf(stderr, "\ncuda emulator: kernel %s: %s\n", k->name, err.c_str());
@@ -566,6 +572,33 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
 CUresult cuLaunchCooperativeKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void* s,
                                    void** params) {
     return launch(f, gx, gy, gz, bx, by, bz, smem, s, params, nullptr, true);
+}
+// cuLaunchKernelEx: the launch configuration with attributes; the emulator takes programmatic
+// stream serialization (id 6) and cooperative (id 2), the attributes the engine sets.
+struct EmuLaunchAttribute {
+    int id;
+    char pad[4];
+    union {
+        char bytes[64];
+        int value;
+    };
+};
+struct EmuLaunchConfig {
+    unsigned gx, gy, gz, bx, by, bz, smem;
+    void* stream;
+    EmuLaunchAttribute* attrs;
+    unsigned num_attrs;
+};
+CUresult cuLaunchKernelEx(const EmuLaunchConfig* c, void* f, void** params, void** extra) {
+    if (!c) return CUDA_ERROR_INVALID_VALUE;
+    bool cooperative = false, programmatic = false;
+    for (unsigned i = 0; i < c->num_attrs; i++) {
+        const EmuLaunchAttribute& a = c->attrs[i];
+        if (a.id == 6) programmatic = a.value != 0;
+        else if (a.id == 2) cooperative = a.value != 0;
+        else if (a.id != 0) return CUDA_ERROR_INVALID_VALUE;
+    }
+    return launch(f, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream, params, extra, cooperative, programmatic);
 }
 
 // ---- cuBLASLt ------------------------------------------------------------------------------------

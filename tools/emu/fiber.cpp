@@ -144,6 +144,13 @@ void sync_warp() {
 }
 void* dynamic_smem() { return current->smem; }
 void* thread_scratch() { return current->scratch; }
+thread_local unsigned long long pdl_waits;  // threads of the running launch past pdl_enter
+void note_pdl_wait() { pdl_waits++; }
+unsigned long long take_pdl_waits() {
+    const unsigned long long n = pdl_waits;
+    pdl_waits = 0;
+    return n;
+}
 uint64_t* warp_slots() { return &runner.slots[(current->warp_base + warp_id()) * 32]; }
 void* warp_fragments() { return &runner.fragments[(current->warp_base + warp_id()) * 32 * 64]; }
 

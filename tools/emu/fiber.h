@@ -10,4 +10,6 @@
 namespace emu {
 // Returns "" on success, else what went wrong (a barrier deadlock).
 std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block, size_t smem_bytes, bool cooperative);
+// How many threads passed griddepcontrol.wait since the last call (and restarts the count).
+unsigned long long take_pdl_waits();
 }  // namespace emu

@@ -60,6 +60,8 @@ uint64_t* warp_slots();
 void* warp_fragments();
 // 1 KiB of the current thread's own (zeroed when the thread starts): emulated instructions' state.
 void* thread_scratch();
+// Counts the threads of the running launch that passed griddepcontrol.wait (pdl_enter).
+void note_pdl_wait();
 }  // namespace emu
 
 #define threadIdx (emu::thread_idx())
@@ -337,3 +339,8 @@ inline void emu_wgmma_wait(int n) {
     memmove(q.ops, q.ops + done, (q.count - done) * sizeof(q.ops[0]));
     q.count -= done;
 }
+
+// griddepcontrol.wait and .launch_dependents: launches run one after another here, so there is
+// nothing to wait for; the driver checks that every thread of a launch made with programmatic
+// stream serialization passed the wait.
+inline void emu_pdl_enter() { emu::note_pdl_wait(); }
