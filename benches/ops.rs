@@ -241,7 +241,15 @@ fn main() {
     }
     // The wgmma kernel only where it was asked for and passed its start-up check (see
     // `AttentionKernel::Wgmma`).
-    let wgmma = matches!(&dev, cascade::Device::Cuda(d) if d.wgmma_attention());
+    let wgmma_kernels: &[(ops::AttentionKernel, &str)] = if matches!(&dev, cascade::Device::Cuda(d) if d.wgmma_attention()) {
+        &[
+            (ops::AttentionKernel::Wgmma, "attention_wgmma"),
+            (ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq"),
+            (ops::AttentionKernel::WgmmaOverlap, "attention_wgmma_ov"),
+        ]
+    } else {
+        &[]
+    };
     for s in shapes::ATTENTION {
         for dtype in [bf, DType::F32] {
             let c = s.heads * 64;
@@ -267,25 +275,10 @@ fn main() {
                     None,
                     || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma32Wide, &mut o).unwrap(),
                 );
-                if wgmma {
-                    r.run(
-                        &format!("attention_wgmma/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
-                        Some(s.flops()),
-                        None,
-                        || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Wgmma, &mut o).unwrap(),
-                    );
-                    r.run(
-                        &format!("attention_wgmma_sq/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
-                        Some(s.flops()),
-                        None,
-                        || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::WgmmaSharedQ, &mut o).unwrap(),
-                    );
-                    r.run(
-                        &format!("attention_wgmma_ov/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
-                        Some(s.flops()),
-                        None,
-                        || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::WgmmaOverlap, &mut o).unwrap(),
-                    );
+                for &(kernel, label) in wgmma_kernels {
+                    r.run(&format!("{label}/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
+                        ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, kernel, &mut o).unwrap()
+                    });
                 }
             }
             if dtype == bf && !s.masked {
@@ -336,33 +329,12 @@ fn main() {
                             ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
                         },
                     );
-                    if wgmma {
+                    for &(kernel, label) in wgmma_kernels {
                         r.run(
-                            &format!("attention_wgmma_packed/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                            &format!("{label}_packed/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
                             Some(s.flops()),
                             None,
-                            || {
-                                let k = ops::AttentionKernel::Wgmma;
-                                ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
-                            },
-                        );
-                        r.run(
-                            &format!("attention_wgmma_sq_packed/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
-                            Some(s.flops()),
-                            None,
-                            || {
-                                let k = ops::AttentionKernel::WgmmaSharedQ;
-                                ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
-                            },
-                        );
-                        r.run(
-                            &format!("attention_wgmma_ov_packed/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
-                            Some(s.flops()),
-                            None,
-                            || {
-                                let k = ops::AttentionKernel::WgmmaOverlap;
-                                ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
-                            },
+                            || ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, kernel, &mut o).unwrap(),
                         );
                     }
                 }

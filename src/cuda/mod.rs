@@ -870,7 +870,7 @@ fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKe
         let mut rng = crate::testing::TestRng::new(5);
         let mut t = |l: usize| Tensor::from_f32(&rng.normal(b * l * heads * 64, 1.0), &[b, l, heads * 64], DType::BF16, &device);
         let mut worst = 0f64;
-        let masked = !matches!(kernel, AttentionKernel::Simple | AttentionKernel::TensorCore | AttentionKernel::Auto);
+        let masked = kernel.is_mma();
         for (lq, lk, causal) in [(70, 91, false), (77, 77, true)] {
             if causal && !masked {
                 continue;

@@ -68,6 +68,19 @@ pub fn wgmma_shared_q_preferred(lq: usize, bh: usize, sms: usize, per_sm: usize,
     blocks > sms * per_sm && blocks <= sms * per_sm_sq
 }
 
+impl AttentionKernel {
+    /// An mma.sync or wgmma kernel: bf16 operands, 16-byte aligned with strides a multiple of
+    /// 8, masks, and a second key source read in place.
+    pub fn is_mma(self) -> bool {
+        matches!(self, Self::Mma | Self::Mma32 | Self::Mma32Wide | Self::Wgmma | Self::WgmmaSharedQ | Self::WgmmaOverlap)
+    }
+
+    /// A wgmma kernel (sm_90a: compute capability 9.0 only).
+    pub fn is_wgmma(self) -> bool {
+        matches!(self, Self::Wgmma | Self::WgmmaSharedQ | Self::WgmmaOverlap)
+    }
+}
+
 /// Whether a 32-query mma kernel with blocks of `rows` queries should run `bh` (batch × heads)
 /// rows of `lq` queries on `sms` SMs that hold `per_sm` of its blocks each: when its grid fills
 /// at least three quarters of one wave and needs no second. Measured on an H200
@@ -312,29 +325,11 @@ fn attention_impl(
                 AttentionKernel::TensorCore if !wmma_ok => {
                     return Err(Error::Shape("attention: the WMMA kernel takes bf16 without a mask".into()))
                 }
-                AttentionKernel::Mma
-                | AttentionKernel::Mma32
-                | AttentionKernel::Mma32Wide
-                | AttentionKernel::Wgmma
-                | AttentionKernel::WgmmaSharedQ
-                | AttentionKernel::WgmmaOverlap
-                    if !bf16 =>
-                {
-                    return Err(Error::Shape("attention: the mma kernel takes bf16".into()))
-                }
-                AttentionKernel::Mma
-                | AttentionKernel::Mma32
-                | AttentionKernel::Mma32Wide
-                | AttentionKernel::Wgmma
-                | AttentionKernel::WgmmaSharedQ
-                | AttentionKernel::WgmmaOverlap
-                    if !aligned =>
-                {
+                k if k.is_mma() && !bf16 => return Err(Error::Shape("attention: the mma kernel takes bf16".into())),
+                k if k.is_mma() && !aligned => {
                     return Err(Error::Shape("attention: the mma kernel needs 16-byte aligned operands and rows".into()))
                 }
-                AttentionKernel::Wgmma | AttentionKernel::WgmmaSharedQ | AttentionKernel::WgmmaOverlap
-                    if dev.compute_capability() != (9, 0) =>
-                {
+                k if k.is_wgmma() && dev.compute_capability() != (9, 0) => {
                     let (major, minor) = dev.compute_capability();
                     return Err(Error::Cuda(format!(
                         "attention: the wgmma kernel needs compute capability 9.0 (H100, H200); {} has {major}.{minor}",
@@ -343,37 +338,21 @@ fn attention_impl(
                 }
                 other => other,
             };
-            let reads_two = !matches!(chosen, AttentionKernel::Simple | AttentionKernel::TensorCore | AttentionKernel::Auto);
-            if extra.is_some() && !reads_two {
+            if extra.is_some() && !chosen.is_mma() {
                 return concatenated(chosen, o);
             }
-            match chosen {
-                AttentionKernel::Mma => {
-                    dev.launch(&kt.attention_mma_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
-                }
-                AttentionKernel::Mma32 => {
-                    dev.launch(&kt.attention_mma32_bf16, (lq.div_ceil(128) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
-                }
-                AttentionKernel::Mma32Wide => {
-                    dev.launch(&kt.attention_mma32_w5_bf16, (lq.div_ceil(160) as u32, heads as u32, b as u32), (160, 1, 1), 0, &p)
-                }
-                AttentionKernel::Wgmma => {
-                    dev.launch(&kt.attention_wgmma_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
-                }
-                AttentionKernel::WgmmaSharedQ => {
-                    dev.launch(&kt.attention_wgmma_qs_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
-                }
-                AttentionKernel::WgmmaOverlap => {
-                    dev.launch(&kt.attention_wgmma_ov_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
-                }
-                AttentionKernel::TensorCore => {
-                    dev.launch(&kt.attention_tc_bf16, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
-                }
-                _ => {
-                    let f = super::kernel("attention", q.t.dtype(), &kt.attention_f32, &kt.attention_bf16)?;
-                    dev.launch(f, (lq.div_ceil(128) as u32, heads as u32, b as u32), (128, 1, 1), 0, &p)
-                }
-            }
+            // The kernel, its queries per block and its threads per block.
+            let (f, rows, threads) = match chosen {
+                AttentionKernel::Mma => (&kt.attention_mma_bf16, 64, 128),
+                AttentionKernel::Mma32 => (&kt.attention_mma32_bf16, 128, 128),
+                AttentionKernel::Mma32Wide => (&kt.attention_mma32_w5_bf16, 160, 160),
+                AttentionKernel::Wgmma => (&kt.attention_wgmma_bf16, 64, 128),
+                AttentionKernel::WgmmaSharedQ => (&kt.attention_wgmma_qs_bf16, 64, 128),
+                AttentionKernel::WgmmaOverlap => (&kt.attention_wgmma_ov_bf16, 64, 128),
+                AttentionKernel::TensorCore => (&kt.attention_tc_bf16, 64, 128),
+                _ => (super::kernel("attention", q.t.dtype(), &kt.attention_f32, &kt.attention_bf16)?, 128, 128),
+            };
+            dev.launch(f, (lq.div_ceil(rows) as u32, heads as u32, b as u32), (threads, 1, 1), 0, &p)
         }
     }
 }
