@@ -341,6 +341,30 @@ fn main() {
             }
         }
     }
+    // The launch gap: one graph of 256 dependent adds on a tiny tensor (the kernels themselves
+    // take about a microsecond), captured with ordinary and with programmatic launches (compute
+    // capability 9.0 only), in the same process: the difference per add is what a kernel-to-kernel
+    // edge of a step graph can gain from CASCADE_PDL=1.
+    if let cascade::Device::Cuda(cuda) = &dev {
+        let before = cuda.programmatic_launches();
+        let modes: &[bool] = if cuda.compute_capability() == (9, 0) { &[false, true] } else { &[false] };
+        let x = rnd(&[1, 64, 64], bf);
+        let mut y = rnd(&[1, 64, 64], bf);
+        for &pdl in modes {
+            cuda.set_programmatic_launches(pdl).unwrap();
+            let graph = cuda
+                .capture(|| {
+                    for _ in 0..256 {
+                        ops::add_assign(&mut y, &x)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            let mode = if pdl { "programmatic" } else { "ordinary" };
+            r.run(&format!("launch_chain/256_adds/1x64x64/{mode}"), None, None, || graph.replay().unwrap());
+        }
+        cuda.set_programmatic_launches(before).unwrap();
+    }
     for s in shapes::ELEMENTWISE {
         let shape = [s.b, s.n, s.c];
         let (x, ab) = (rnd(&shape, bf), rnd(&[s.b, 2 * s.c], bf));

@@ -106,7 +106,7 @@ pub struct CudaDevice {
     mma32_wide_per_sm: std::sync::atomic::AtomicUsize,
     wgmma_attention: std::sync::atomic::AtomicBool,
     /// Launches with programmatic stream serialization (`CASCADE_PDL=1` on compute capability 9.0).
-    programmatic: bool,
+    programmatic: std::sync::atomic::AtomicBool,
     wgmma_overlap_attention: std::sync::atomic::AtomicBool,
     wgmma_per_sm: std::sync::atomic::AtomicUsize,
     wgmma_sq_per_sm: std::sync::atomic::AtomicUsize,
@@ -271,7 +271,7 @@ impl CudaDevice {
             wgmma_attention: false.into(),
             // Only the sm_90a image has the kernels' griddepcontrol.wait (kernels/common.cuh
             // pdl_enter): other architectures run PTX without it and must not start early.
-            programmatic: compute_capability == (9, 0) && std::env::var("CASCADE_PDL").is_ok_and(|v| v == "1"),
+            programmatic: (compute_capability == (9, 0) && std::env::var("CASCADE_PDL").is_ok_and(|v| v == "1")).into(),
             wgmma_overlap_attention: false.into(),
             wgmma_per_sm: 0.into(),
             wgmma_sq_per_sm: 0.into(),
@@ -590,7 +590,7 @@ impl CudaDevice {
         let launched = unsafe {
             if cooperative {
                 args.launch_cooperative(cfg)
-            } else if self.programmatic {
+            } else if self.programmatic_launches() {
                 return self.launch_programmatic(f, cfg, params);
             } else {
                 args.launch(cfg)
@@ -635,7 +635,22 @@ impl CudaDevice {
     /// Whether kernels are launched with programmatic stream serialization (`CASCADE_PDL=1` on a
     /// compute capability 9.0 GPU; not measured yet).
     pub fn programmatic_launches(&self) -> bool {
-        self.programmatic
+        self.programmatic.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns programmatic launches on or off for launches queued from now on (a graph keeps the
+    /// edges it was captured with). Only a compute capability 9.0 GPU takes them: elsewhere this
+    /// is an error and nothing changes.
+    pub fn set_programmatic_launches(&self, on: bool) -> Result<()> {
+        if on && self.compute_capability != (9, 0) {
+            let (major, minor) = self.compute_capability;
+            return Err(Error::Cuda(format!(
+                "programmatic launches need compute capability 9.0 (the kernels' wait is only in the sm_90a image); {} has {major}.{minor}",
+                self.name
+            )));
+        }
+        self.programmatic.store(on, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// How many blocks of `threads` threads and `smem` bytes of dynamic shared memory each the
