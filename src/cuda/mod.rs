@@ -583,6 +583,9 @@ impl CudaDevice {
     }
 
     fn launch_as<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, cfg: LaunchConfig, params: &P, cooperative: bool) -> Result<()> {
+        if !cooperative && self.programmatic_launches() {
+            return self.launch_programmatic(f, cfg, params);
+        }
         let mut args = self.stream.launch_builder(f);
         args.arg(params);
         // SAFETY: every params struct comes from kernels/params.h through bindgen, so its layout
@@ -590,8 +593,6 @@ impl CudaDevice {
         let launched = unsafe {
             if cooperative {
                 args.launch_cooperative(cfg)
-            } else if self.programmatic_launches() {
-                return self.launch_programmatic(f, cfg, params);
             } else {
                 args.launch(cfg)
             }

@@ -23,9 +23,10 @@ pub enum AttentionKernel {
     /// For bf16: an mma.sync kernel where its operands are 16-byte aligned (with or without a
     /// mask; the 32-query one where [`mma32_preferred`] says so), else the WMMA kernel without a
     /// mask; the CUDA-core kernel otherwise. A tensor-core kernel that failed its start-up check
-    /// on this device is skipped. `CASCADE_ATTENTION=simple|wmma|mma|mma32|wgmma` in the
-    /// environment picks one (`mma`, `mma32`, `wgmma`, `wgmma_sq`, `wgmma_ov`: that kernel for
-    /// every shape; the last three need the wgmma kernels asked for, see `Wgmma`).
+    /// on this device is skipped. `CASCADE_ATTENTION=simple|wmma|mma|mma32|wgmma_sq|wgmma_ov` in
+    /// the environment picks one (`mma`, `mma32`, `wgmma_sq`, `wgmma_ov`: that kernel for every
+    /// shape); `wgmma` asks for the wgmma kernels as `CASCADE_ATTENTION_WGMMA=1` does (see
+    /// `Wgmma`), as do `wgmma_sq` and `wgmma_ov`.
     Auto,
     /// The CUDA-core kernel (one thread per query; any dtype, masks).
     Simple,
@@ -45,9 +46,10 @@ pub enum AttentionKernel {
     Mma32Wide,
     /// Hopper's warpgroup products (wgmma, sm_90a: compute capability 9.0 only): 64 queries per
     /// block of one warpgroup, K and V read by the tensor cores from swizzled shared memory. Same
-    /// operands and masks as `Mma`. Not measured yet: `Auto` takes it for every shape only when
-    /// `CASCADE_ATTENTION_WGMMA=1` (or `CASCADE_ATTENTION=wgmma`) was set when the device was
-    /// opened and it passed its start-up check then.
+    /// operands and masks as `Mma`. Not measured yet: `Auto` takes it (or `WgmmaSharedQ`, by
+    /// [`wgmma_shared_q_preferred`]) for every shape only when `CASCADE_ATTENTION_WGMMA=1` (or
+    /// `CASCADE_ATTENTION=wgmma`) was set when the device was opened and both passed their
+    /// start-up checks then.
     Wgmma,
     /// The wgmma kernel with Q read from shared memory too: 94 registers instead of 117, so five
     /// blocks fit an SM instead of four. `Auto` (with the wgmma kernels asked for) takes it where
@@ -372,7 +374,7 @@ mod tests {
     fn the_shared_q_wgmma_kernel_where_only_it_fills_one_wave() {
         // An H200 (132 SMs; four blocks of the register kernel, five of the shared-Q one): Stage C
         // (576 blocks) needs a second wave of the first only; Stage C lite (432), Stage B's
-        // level 2 (320) and CLIP (4) fit either, so they keep the register kernel.
+        // level 2 (320) and CLIP (80) fit either, so they keep the register kernel.
         assert!(wgmma_shared_q_preferred(576, 2 * 32, 132, 4, 5));
         assert!(!wgmma_shared_q_preferred(576, 2 * 24, 132, 4, 5));
         assert!(!wgmma_shared_q_preferred(1024, 20, 132, 4, 5));
