@@ -191,19 +191,6 @@ __device__ __forceinline__ void grn_rows_total(float (*part)[32 * GRN_MAX_PER_TH
     }
 }
 
-// Counts this block in `count` once its writes are fenced; true in every thread of the block
-// that arrives last of `expected`, which also resets the counter for the next launch.
-__device__ __forceinline__ bool grn_arrived_last(unsigned int* count, unsigned int expected, bool* flag) {
-    __threadfence();  // this block's writes are visible device-wide before it is counted
-    __syncthreads();
-    if (threadIdx.x == 0 && threadIdx.y == 0) *flag = atomicAdd(count, 1u) == expected - 1;
-    __syncthreads();
-    if (!*flag) return false;
-    __threadfence();
-    if (threadIdx.x == 0 && threadIdx.y == 0) *count = 0;
-    return true;
-}
-
 // The sums of squares of one (chunk, channel group) and, for the last blocks to arrive, the
 // statistics. K channels per thread at group offsets off[k]: K = 8 consecutive (vec8) or 2.
 // Rows per batch of loads in grn_partial: a thread issues GRN_BATCH loads before it uses any of

@@ -106,6 +106,28 @@ typedef struct GrnResidentParams {
     int32_t gelu;           // 1: GRN(GELU(x)), the GELU output rounded to bf16 as stored
 } GrnResidentParams;
 
+// A ResBlock's first MLP layer with GlobalResponseNorm's statistics in its epilogue (sm_90a,
+// kernels/gemm.cu): y = GELU(x · wᵀ + bias), each 64-row chunk's sums of squares of the stored
+// (bf16-rounded) y per column in part, and, once every tile has written its sums, GRN's factor
+// 1 + γ·N(y) per sample and column in scale. x [M, K], w [N, K] (nn.Linear's layout), bias [N]
+// or NULL, y [M, N], gamma [N], all bf16, rows dense, K and N multiples of 8, every pointer
+// 16-byte aligned; M = samples · rows with rows a multiple of 64 (the launcher checks).
+typedef struct GemmGrnParams {
+    const void* x;
+    const void* w;
+    const void* bias;
+    void* y;
+    float* part;            // [M / 64, N], f32: each chunk's sums of squares
+    float* scale;           // [M / rows, N], f32: the factor (the norms until the last tile)
+    float* group_sums;      // [M / rows, ceil(N / 128)], f32: each column tile's sum of norms
+    const void* gamma;      // [N]
+    unsigned int* counters; // [ceil(N / 128) + 1], zero before the launch and after it
+    int32_t M;
+    int32_t N;
+    int32_t K;
+    int32_t rows;           // positions per sample, a multiple of 64
+} GemmGrnParams;
+
 // GlobalResponseNorm, second kernel: y[b,n,d] = x[b,n,d] * scale[b,d] + beta[d] (with GELU, x is
 // the GELU output grn_partial stored).
 typedef struct GrnApplyParams {

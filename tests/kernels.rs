@@ -266,6 +266,83 @@ fn grn_kernels() {
     }
 }
 
+/// A ResBlock's first MLP layer with GRN's statistics (`linear_gelu_grn_factor_into`): the fused
+/// wgmma GEMM (kernels/gemm.cu; compute capability 9.0, run on the emulator or where
+/// `CASCADE_GEMM_WGMMA=1` asks for it: a fault there would end the context) and the separate path,
+/// into poisoned outputs. u is checked against the CPU's `gelu(x·wᵀ + b)`; the factor against the
+/// CPU's factor of the u the GPU returned, so the sums are held to the f32 bound; then the factor
+/// applied (`grn_apply_factor_assign`) against the CPU formula.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn linear_gelu_grn_kernels() {
+    use ops::FusedGrnKernel as K;
+    let dev = gpu();
+    let fused = match &dev {
+        Device::Cuda(d) => {
+            d.compute_capability() == (9, 0) && (std::env::var_os("CASCADE_EMU").is_some() || cascade::cuda::gemm_wgmma_requested())
+        }
+        _ => false,
+    };
+    // (name, samples, positions per sample, K, N): odd ones with partial row and column tiles, a
+    // K that is not a multiple of 64 and chunks of one sample split across row tiles; then the
+    // real ResBlocks' fc1 (every level of Stage B, Stage C; a GPU, or CASCADE_SHAPES=…).
+    let cases = [
+        ("odd_grn", 2, 192, 72, 136),
+        ("odd_grn_tiles", 3, 64, 40, 520),
+        ("odd_grn_one", 1, 128, 264, 8),
+        ("stage_b.l3.mlp", 1, 256, 1280, 5120),
+        ("stage_b.l2.mlp", 1, 1024, 1280, 5120),
+        ("stage_b.l1.mlp", 1, 4096, 640, 2560),
+        ("stage_b.l0.mlp", 1, 16384, 320, 1280),
+        ("stage_b.l0.skip.mlp", 1, 16384, 640, 1280),
+        ("stage_c.mlp", 2, 576, 2048, 8192),
+    ];
+    for (i, &(name, b, rows, k, n)) in cases.iter().enumerate() {
+        if !wanted(name) {
+            continue;
+        }
+        let dtype = DType::BF16;
+        let mut rng = TestRng::new(3500 + i as u64);
+        let (x, xv) = input(&mut rng, &[b, rows, k], 1.0, dtype, &dev);
+        let (w, wv) = input(&mut rng, &[n, k], 1.0 / (k as f32).sqrt(), dtype, &dev);
+        let (bias, biasv) = input(&mut rng, &[n], 0.5, dtype, &dev);
+        let (g, gv) = input(&mut rng, &[n], 0.5, dtype, &dev);
+        let (be, bev) = input(&mut rng, &[n], 0.5, dtype, &dev);
+        // Rows checked against the CPU product: all of them on the small cases, every 61st
+        // (and the last) on the large ones.
+        let step = if b * rows * n > 1 << 20 { 61 } else { 1 };
+        let sel: Vec<usize> = (0..b * rows).step_by(step).chain([b * rows - 1]).collect();
+        let kernels: &[K] = if fused { &[K::Wgmma, K::Separate] } else { &[K::Separate] };
+        for &kernel in kernels {
+            let (mut u, u_whole) = poisoned(&[b, rows, n], dtype, &dev).unwrap();
+            let (mut factor, f_whole) = poisoned(&[b, n], DType::F32, &dev).unwrap();
+            ops::linear_gelu_grn_factor_into(&x, &w, Some(&bias), &g, kernel, &mut u, &mut factor).unwrap();
+            let uv = u.to_vec_f32().unwrap();
+            let what = format!("{kernel:?}");
+            assert!(uv.iter().all(|v| v.is_finite()), "linear_gelu_grn u {what} {name}: an element was not written");
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            for &r in &sel {
+                got.extend_from_slice(&uv[r * n..(r + 1) * n]);
+                let row = cpu::linear(&xv[r * k..(r + 1) * k], &wv, Some(&biasv), 1, k, n);
+                want.extend(row.iter().map(|&v| cpu::gelu(v)));
+            }
+            verify(&format!("linear_gelu_grn u {what}"), name, dtype, &got, Some(&u_whole), &want);
+            let want_f = cpu::grn_scale(&uv, b, rows, n, &gv);
+            verify(&format!("linear_gelu_grn factor {what}"), name, DType::F32, &factor.to_vec_f32().unwrap(), Some(&f_whole), &want_f);
+            ops::grn_apply_factor_assign(&mut u, &factor, &be).unwrap();
+            let want_a: Vec<f32> = uv.iter().enumerate().map(|(j, &v)| v * want_f[(j / (rows * n)) * n + j % n] + bev[j % n]).collect();
+            verify(&format!("grn_apply_factor {what}"), name, dtype, &u.to_vec_f32().unwrap(), Some(&u_whole), &want_a);
+        }
+        if fused {
+            // What the kernel cannot take is an error, not a launch: positions per sample not a
+            // multiple of 64.
+            let (x2, _) = input(&mut rng, &[2, 96, k], 1.0, dtype, &dev);
+            let err = ops::linear_gelu_grn_factor(&x2, &w, Some(&bias), &g, K::Wgmma).map(|_| ()).unwrap_err();
+            assert!(err.to_string().contains("multiple of 64"), "{err}");
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn depthwise_kernels() {

@@ -110,6 +110,10 @@ pub struct CudaDevice {
     wgmma_overlap_attention: std::sync::atomic::AtomicBool,
     wgmma_per_sm: std::sync::atomic::AtomicUsize,
     wgmma_sq_per_sm: std::sync::atomic::AtomicUsize,
+    /// The fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16`) passed its start-up check.
+    wgmma_gemm: std::sync::atomic::AtomicBool,
+    /// Its shared-memory opt-in is set (once per context).
+    wgmma_gemm_smem: std::sync::atomic::AtomicBool,
     /// GlobalResponseNorm's completion counters: zeroed once here, and every kernel that counts
     /// with them leaves them zero (one stream, so launches never overlap).
     grn_counters: CudaSlice<u32>,
@@ -275,6 +279,8 @@ impl CudaDevice {
             wgmma_overlap_attention: false.into(),
             wgmma_per_sm: 0.into(),
             wgmma_sq_per_sm: 0.into(),
+            wgmma_gemm: false.into(),
+            wgmma_gemm_smem: false.into(),
             grn_counters,
             captures: 0.into(),
             capture_pool: Default::default(),
@@ -311,6 +317,11 @@ impl CudaDevice {
             dev.wgmma_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
             let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_wgmma_qs_bf16, 128, 0).unwrap_or(0);
             dev.wgmma_sq_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
+        }
+        // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1).
+        if dev.compute_capability == (9, 0) && gemm_wgmma_requested() {
+            let ok = check_gemm_gelu_grn(&dev);
+            dev.wgmma_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(dev)
     }
@@ -413,6 +424,27 @@ impl CudaDevice {
     /// `AttentionKernel::WgmmaOverlap`) agreed with the CUDA-core kernel when the device was opened.
     pub fn wgmma_overlap_attention(&self) -> bool {
         self.wgmma_overlap_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the fused fc1 + GRN-statistics GEMM on wgmma was asked for
+    /// (`CASCADE_GEMM_WGMMA=1`), this is a compute capability 9.0 GPU, and it agreed with the
+    /// separate path (cuBLASLt, then GRN's sums pass) when the device was opened.
+    pub fn wgmma_gemm(&self) -> bool {
+        self.wgmma_gemm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lets `f` use `bytes` of dynamic shared memory per block (beyond 48 KiB a kernel must opt
+    /// in). Set once per context for the fused GEMM, whose stages take 97 KiB.
+    pub(crate) fn opt_in_gemm_shared_memory(&self, f: &CudaFunction, bytes: usize) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.wgmma_gemm_smem.load(Relaxed) {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
+        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+            .map_err(|e| driver_err("allowing a kernel more than 48 KiB of shared memory", e))?;
+        self.wgmma_gemm_smem.store(true, Relaxed);
+        Ok(())
     }
 
     /// How many blocks of the two wgmma attention kernels (Q in registers, Q in shared memory)
@@ -866,11 +898,52 @@ pub fn wgmma_requested() -> bool {
         || std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v.starts_with("wgmma"))
 }
 
+/// Whether the fused fc1 + GRN-statistics GEMM on wgmma is asked for (`CASCADE_GEMM_WGMMA=1`): it
+/// is checked when a compute capability 9.0 device opens, and the ResBlocks then take it where
+/// its operands allow (`ops::linear_gelu_grn_factor`).
+pub fn gemm_wgmma_requested() -> bool {
+    std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| v == "1")
+}
+
 /// Whether a usable CUDA driver and GPU are present (for tests and benches that skip).
 pub fn is_available() -> bool {
     // SAFETY: only tries to dlopen the driver library.
     let present = unsafe { sys::is_culib_present() };
     present && CudaContext::device_count().is_ok_and(|n| n > 0)
+}
+
+/// Runs the fused fc1 + GRN-statistics GEMM once beside the separate path (cuBLASLt, then GRN's
+/// sums pass) on a small problem with partial tiles, two samples and a K that is not a multiple
+/// of the kernel's step; true when u and the factor agree. A failure is reported and the kernel
+/// is not used.
+fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>) -> bool {
+    use crate::ops::{linear_gelu_grn_factor, FusedGrnKernel};
+    use crate::{DType, Device, Tensor};
+    let device = Device::Cuda(dev.clone());
+    let run = || -> Result<f64> {
+        let (b, rows, k, n) = (2, 192, 136, 264);
+        let mut rng = crate::testing::TestRng::new(7);
+        let mut t = |shape: &[usize], scale: f32| Tensor::from_f32(&rng.normal(shape.iter().product(), scale), shape, DType::BF16, &device);
+        let (x, w, bias, gamma) = (t(&[b, rows, k], 1.0)?, t(&[n, k], 0.1)?, t(&[n], 0.5)?, t(&[n], 0.5)?);
+        let (u0, f0) = linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, FusedGrnKernel::Separate)?;
+        let (u1, f1) = linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, FusedGrnKernel::Wgmma)?;
+        let (u1, f1) = (u1.to_vec_f32()?, f1.to_vec_f32()?);
+        if u1.iter().chain(&f1).any(|v| !v.is_finite()) {
+            return Ok(f64::INFINITY);
+        }
+        Ok(crate::testing::rel_l2(&u1, &u0.to_vec_f32()?).max(crate::testing::rel_l2(&f1, &f0.to_vec_f32()?)))
+    };
+    match run() {
+        Ok(err) if err < 2e-2 => true,
+        Ok(err) => {
+            eprintln!("warning: the fused fc1 + GRN GEMM (wgmma) disagrees with cuBLASLt and GRN's pass on {} (relative error {err:.2e}); not using it", dev.name);
+            false
+        }
+        Err(e) => {
+            eprintln!("warning: the fused fc1 + GRN GEMM (wgmma) failed its start-up check on {} ({e}); not using it", dev.name);
+            false
+        }
+    }
 }
 
 /// Runs a tensor-core attention kernel once beside the CUDA-core kernel on a small problem with

@@ -18,6 +18,7 @@ device_repr!(
     GrnPartialParams,
     GrnApplyParams,
     GrnResidentParams,
+    GemmGrnParams,
     ActParams,
     AddParams,
     ModulateParams,

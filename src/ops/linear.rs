@@ -3,7 +3,7 @@
 
 use crate::{DType, Device, Error, Result, Tensor};
 
-fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<(usize, usize, usize)> {
+pub(crate) fn check(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor) -> Result<(usize, usize, usize)> {
     let k = x.dim(-1);
     let m = x.numel() / k.max(1);
     if w.rank() != 2 || w.dim(1) != k {

@@ -274,6 +274,227 @@ pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
     Ok(stats)
 }
 
+/// Which kernels compute a ResBlock's `u = GELU(fc1(y))` with GRN's factor
+/// ([`linear_gelu_grn_factor_into`]); the CPU has one implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusedGrnKernel {
+    /// The fused GEMM where the device passed its start-up check (asked for with
+    /// `CASCADE_GEMM_WGMMA=1` on compute capability 9.0) and the operands allow it
+    /// ([`linear_gelu_grn_fused`]); else Separate.
+    Auto,
+    /// cuBLASLt's GEMM, then GRN's sums pass (which applies the GELU in place).
+    Separate,
+    /// `gemm_gelu_grn_bf16` (kernels/gemm.cu, sm_90a): one launch writes u, each 64-position
+    /// chunk's sums of squares, and the factor. bf16, K and N multiples of 8, positions per
+    /// sample a multiple of 64, 16-byte aligned x, w and u; an error where it cannot run.
+    Wgmma,
+}
+
+/// The fused kernel's dynamic shared memory: three stages of two 16 KiB tiles, and 1 KiB to
+/// align them to the 128-byte swizzle's 1024-byte period.
+#[cfg(feature = "cuda")]
+const GEMM_GRN_SMEM: usize = 3 * 2 * 128 * 64 * 2 + 1024;
+
+/// `u = GELU(x · wᵀ + bias)` (u rounded to x's type before and after the GELU) and GRN's factor
+/// `1 + γ·N(u)` per sample and channel (`factor` f32 `[B, N]`), nothing applied: what
+/// [`super::linear_into`] then [`gelu_grn_factor`] compute. x `[B, …, K]`, w `[N, K]`, u
+/// `[B, …, N]`. Apply the factor with [`grn_apply_factor_assign`] or fold it into the next
+/// layer's weight with [`scale_columns`].
+pub fn linear_gelu_grn_factor_into(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    kernel: FusedGrnKernel,
+    u: &mut Tensor,
+    factor: &mut Tensor,
+) -> Result<()> {
+    if x.rank() < 2 || w.rank() != 2 {
+        return Err(Error::Shape(format!("linear_gelu_grn: x must be [B, …, K] and w [N, K], got {:?} and {:?}", x.shape(), w.shape())));
+    }
+    let (m, k, n) = super::linear::check(x, w, bias, u)?;
+    let b = x.dim(0);
+    if u.shape()[..u.rank() - 1] != x.shape()[..x.rank() - 1] {
+        return Err(Error::Shape(format!("linear_gelu_grn: u {:?} does not match x {:?}", u.shape(), x.shape())));
+    }
+    check_numel("linear_gelu_grn", "gamma", gamma, n)?;
+    check_dtype("linear_gelu_grn", x.dtype(), &[gamma, u])?;
+    check_shape("linear_gelu_grn", "factor", factor, &[b, n])?;
+    check_dtype("linear_gelu_grn", DType::F32, &[factor])?;
+    check_device("linear_gelu_grn", &x.device(), &[gamma, factor])?;
+    let fused = match kernel {
+        FusedGrnKernel::Separate => false,
+        FusedGrnKernel::Auto => linear_gelu_grn_fused(x, w, bias)? && fused_operands(x, w, u, (m, k, n)).is_ok(),
+        FusedGrnKernel::Wgmma => {
+            fused_operands(x, w, u, (m, k, n))?;
+            true
+        }
+    };
+    #[cfg(feature = "cuda")]
+    if let (true, Device::Cuda(dev)) = (fused, x.device()) {
+        if m == 0 {
+            return Ok(());
+        }
+        let rows = m / b;
+        let tiles = (n.div_ceil(128), m.div_ceil(128));
+        let (counters, capacity) = dev.grn_counters();
+        if tiles.0 + 1 > capacity || tiles.1 > 65535 {
+            return Err(Error::Shape(format!("linear_gelu_grn: {m}×{n} is beyond the fused kernel's grid")));
+        }
+        // The chunks' sums [M / 64, N], then the column tiles' sums of norms [B, tiles]: one buffer.
+        let part = Tensor::empty(&[m / 64 * n + b * tiles.0], DType::F32, &x.device())?;
+        let p = crate::cuda::params::GemmGrnParams {
+            x: x.cuda_ptr()? as *const _,
+            w: w.cuda_ptr()? as *const _,
+            bias: super::dptr(bias)?,
+            y: u.cuda_ptr()? as *mut _,
+            part: part.cuda_ptr()? as *mut f32,
+            scale: factor.cuda_ptr()? as *mut f32,
+            group_sums: (part.cuda_ptr()? + (m / 64 * n * 4) as u64) as *mut f32,
+            gamma: gamma.cuda_ptr()? as *const _,
+            counters: counters as *mut u32,
+            M: m as i32,
+            N: n as i32,
+            K: k as i32,
+            rows: rows as i32,
+        };
+        let f = &dev.kernels().gemm_gelu_grn_bf16;
+        dev.opt_in_gemm_shared_memory(f, GEMM_GRN_SMEM)?;
+        return dev.launch(f, (tiles.0 as u32, tiles.1 as u32, 1), (256, 1, 1), GEMM_GRN_SMEM as u32, &p);
+    }
+    let _ = (fused, k);
+    super::linear_into(x, w, bias, u)?;
+    grn_impl(&u.view(u.shape())?, gamma, None, factor, GrnOutput::FactorOnly(u, true), GrnKernel::TwoPass)
+}
+
+/// [`linear_gelu_grn_factor_into`] into new tensors: `(u, factor)`.
+pub fn linear_gelu_grn_factor(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    kernel: FusedGrnKernel,
+) -> Result<(Tensor, Tensor)> {
+    let mut shape = x.shape().to_vec();
+    if let (Some(last), true) = (shape.last_mut(), w.rank() == 2) {
+        *last = w.dim(0);
+    }
+    let mut u = Tensor::empty(&shape, x.dtype(), &x.device())?;
+    let mut factor = Tensor::empty(&[x.dim(0), w.dim(0)], DType::F32, &x.device())?;
+    linear_gelu_grn_factor_into(x, w, bias, gamma, kernel, &mut u, &mut factor)?;
+    Ok((u, factor))
+}
+
+/// Whether [`FusedGrnKernel::Auto`] takes the fused kernel for these operands: the device passed
+/// the kernel's start-up check (`CASCADE_GEMM_WGMMA=1` on compute capability 9.0) and the
+/// operands are what it takes. Never on the CPU.
+pub fn linear_gelu_grn_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<bool> {
+    match x.device() {
+        Device::Cpu => {
+            let _ = (w, bias);
+            Ok(false)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            if !dev.wgmma_gemm() || x.rank() < 2 || w.rank() != 2 {
+                return Ok(false);
+            }
+            let (k, n) = (x.dim(-1), w.dim(0));
+            let m = x.numel() / k.max(1);
+            // u is the caller's: the explicit request checks its alignment.
+            let ok = w.dim(1) == k
+                && bias.is_none_or(|b| b.numel() == n && b.dtype() == x.dtype())
+                && fused_operands_ok(x, w, x.dim(0), (m, k, n))?.is_none();
+            Ok(ok)
+        }
+    }
+}
+
+/// Why the fused kernel cannot take these operands (None: it can).
+#[cfg(feature = "cuda")]
+fn fused_operands_ok(x: &Tensor, w: &Tensor, b: usize, (m, k, n): (usize, usize, usize)) -> Result<Option<String>> {
+    let why = if !matches!(x.device(), Device::Cuda(_)) {
+        "it runs on a GPU".to_string()
+    } else if x.dtype() != DType::BF16 || w.dtype() != DType::BF16 {
+        format!("it runs in bf16, not {}", x.dtype())
+    } else if k % 8 != 0 || n % 8 != 0 || k == 0 || n == 0 {
+        format!("K ({k}) and N ({n}) must be positive multiples of 8")
+    } else if b == 0 || m % b != 0 || (m / b) % 64 != 0 {
+        format!("positions per sample must be a multiple of 64 ({m} rows in {b} samples)")
+    } else if m > i32::MAX as usize || n > i32::MAX as usize || k > i32::MAX as usize || m.saturating_mul(n) > isize::MAX as usize / 2 {
+        format!("{m}×{k}×{n} is beyond 32-bit sizes")
+    } else if x.cuda_ptr()? % 16 != 0 || w.cuda_ptr()? % 16 != 0 {
+        "x and w must start 16-byte aligned".to_string()
+    } else {
+        if let Device::Cuda(dev) = x.device() {
+            if dev.compute_capability() != (9, 0) {
+                let (major, minor) = dev.compute_capability();
+                return Ok(Some(format!("it uses Hopper's wgmma (compute capability 9.0); {} has {major}.{minor}", dev.name())));
+            }
+        }
+        return Ok(None);
+    };
+    Ok(Some(why))
+}
+
+/// [`fused_operands_ok`] for the explicit request, with u's alignment too: an error saying why not.
+#[cfg(feature = "cuda")]
+fn fused_operands(x: &Tensor, w: &Tensor, u: &Tensor, mkn: (usize, usize, usize)) -> Result<()> {
+    let why = match fused_operands_ok(x, w, x.dim(0), mkn)? {
+        None if u.cuda_ptr()? % 16 != 0 => Some("u must start 16-byte aligned".to_string()),
+        why => why,
+    };
+    match why {
+        Some(why) => Err(Error::Shape(format!("linear_gelu_grn: the fused kernel cannot run this: {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// Without CUDA there is no fused kernel.
+#[cfg(not(feature = "cuda"))]
+fn fused_operands(_: &Tensor, _: &Tensor, _: &Tensor, _: (usize, usize, usize)) -> Result<()> {
+    Err(Error::Shape("linear_gelu_grn: the fused kernel runs on a GPU (a build with the cuda feature)".into()))
+}
+
+/// `x ← x·factor + β`: GlobalResponseNorm applied with a factor from [`linear_gelu_grn_factor`]
+/// or [`gelu_grn_factor`] (`factor` f32 `[B, D]`, `beta [D]`, x `[B, …, D]`).
+pub fn grn_apply_factor_assign(x: &mut Tensor, factor: &Tensor, beta: &Tensor) -> Result<()> {
+    if x.rank() < 2 {
+        return Err(Error::Shape(format!("grn_apply: x must be [B, …, D], got {:?}", x.shape())));
+    }
+    let (b, d) = (x.dim(0), x.dim(-1));
+    let n = x.numel() / (b * d).max(1);
+    check_shape("grn_apply", "factor", factor, &[b, d])?;
+    check_dtype("grn_apply", DType::F32, &[factor])?;
+    check_numel("grn_apply", "beta", beta, d)?;
+    check_dtype("grn_apply", x.dtype(), &[beta])?;
+    check_device("grn_apply", &x.device(), &[factor, beta])?;
+    match x.device() {
+        Device::Cpu => {
+            let (f, bt) = (factor.cpu_f32()?, beta.cpu_f32()?);
+            let v: Vec<f32> = x.cpu_f32()?.iter().enumerate().map(|(i, &v)| v * f[(i / (n * d)) * d + i % d] + bt[i % d]).collect();
+            x.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            let k = dev.kernels();
+            let ap = crate::cuda::params::GrnApplyParams {
+                x: x.cuda_ptr()? as *const _,
+                y: x.cuda_ptr()? as *mut _,
+                scale: factor.cuda_ptr()? as *const f32,
+                beta: beta.cuda_ptr()? as *const _,
+                B: b as i32,
+                N: n as i64,
+                D: d as i32,
+            };
+            if x.numel() == 0 {
+                return Ok(());
+            }
+            dev.launch_vec8(super::kernel("grn_apply", x.dtype(), &k.grn_apply_f32, &k.grn_apply_bf16)?, x.numel(), &ap)
+        }
+    }
+}
+
 /// `w [rows, cols]` with column j multiplied by `factor[0, j]` (f32 `[1, cols]`, e.g. from
 /// [`gelu_grn_factor`] for one sample): `x·(w⊙factor)ᵀ = (x⊙factor)·wᵀ`.
 pub fn scale_columns(w: &Tensor, factor: &Tensor) -> Result<Tensor> {

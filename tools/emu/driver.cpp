@@ -511,7 +511,24 @@ CUresult cuModuleGetFunction(void** f, void*, const char* name) {
     }
     return CUDA_ERROR_NOT_FOUND;
 }
-CUresult cuFuncSetAttribute(void*, int, int) { return CUDA_SUCCESS; }
+// Dynamic shared memory beyond 48 KiB per block needs the kernel's opt-in
+// (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 8), up to 227 KiB, as on a GPU.
+static std::mutex smem_optin_lock;
+static std::map<const void*, int> smem_optin;
+CUresult cuFuncSetAttribute(void* f, int attr, int value) {
+    if (!f) return CUDA_ERROR_INVALID_VALUE;
+    if (attr == 8) {
+        if (value < 0 || value > (227 << 10)) return CUDA_ERROR_INVALID_VALUE;
+        std::lock_guard<std::mutex> g(smem_optin_lock);
+        smem_optin[f] = value;
+    }
+    return CUDA_SUCCESS;
+}
+static unsigned max_dynamic_smem(const void* f) {
+    std::lock_guard<std::mutex> g(smem_optin_lock);
+    auto it = smem_optin.find(f);
+    return it == smem_optin.end() || it->second < (48 << 10) ? 48u << 10 : (unsigned)it->second;
+}
 CUresult cuFuncGetAttribute(int* v, int, void*) {
     *v = 0;
     return CUDA_SUCCESS;
@@ -544,7 +561,7 @@ static CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned 
     if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0) return CUDA_ERROR_INVALID_VALUE;
     if (gx > 0x7fffffffu || gy > 65535 || gz > 65535 || bx > 1024 || by > 1024 || bz > 64) return CUDA_ERROR_INVALID_VALUE;
     if ((unsigned long long)bx * by * bz > 1024) return CUDA_ERROR_INVALID_VALUE;
-    if (smem > (48u << 10)) return CUDA_ERROR_INVALID_VALUE;  // beyond 48 KiB needs an opt-in attribute
+    if (smem > max_dynamic_smem(f)) return CUDA_ERROR_INVALID_VALUE;  // beyond 48 KiB needs the opt-in attribute
     // A cooperative grid must be resident all at once (132 SMs, as cuDeviceGetAttribute says).
     if (cooperative && (unsigned long long)gx * gy * gz > 132ull * resident_blocks(bx * by * bz, smem)) return CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE;
     std::vector<char> copy((char*)params[0], (char*)params[0] + k->params_bytes);

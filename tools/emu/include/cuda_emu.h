@@ -259,6 +259,7 @@ struct EmuWgmmaQueue {
         const uint32_t* a;  // null: A from shared memory (a_smem)
         EmuSmemDesc a_smem, b;
         bool trans, accumulate;
+        short n;  // columns: 64 or 128
         int group;
     };
     int count, committed;
@@ -275,12 +276,17 @@ inline void emu_wgmma_m64n64k16(float* d, const uint32_t* a, EmuSmemDesc b, bool
         fprintf(stderr, "emulated wgmma: more than 16 products in flight\n");
         abort();
     }
-    q.ops[q.count++] = EmuWgmmaQueue::Op{d, a, EmuSmemDesc{nullptr, 0}, b, trans, accumulate, q.committed};
+    q.ops[q.count++] = EmuWgmmaQueue::Op{d, a, EmuSmemDesc{nullptr, 0}, b, trans, accumulate, 64, q.committed};
 }
 // The same with A from shared memory (K-major, the layout of emu_wgmma_b's trans 0 with m for n).
 inline void emu_wgmma_m64n64k16_ss(float* d, EmuSmemDesc a, EmuSmemDesc b, bool trans, bool accumulate) {
     emu_wgmma_m64n64k16(d, nullptr, b, trans, accumulate);
     emu_wgmma_queue().ops[emu_wgmma_queue().count - 1].a_smem = a;
+}
+// m64nNk16 (N = 64 or 128) with A from shared memory.
+inline void emu_wgmma_ss(float* d, EmuSmemDesc a, EmuSmemDesc b, bool trans, bool accumulate, int n) {
+    emu_wgmma_m64n64k16_ss(d, a, b, trans, accumulate);
+    emu_wgmma_queue().ops[emu_wgmma_queue().count - 1].n = n;
 }
 inline void emu_wgmma_commit() { emu_wgmma_queue().committed++; }
 // One queued product, by the warp: every lane posts its A fragment (the mma.m16n8k16 A layout
@@ -302,7 +308,7 @@ inline void emu_wgmma_run(const EmuWgmmaQueue::Op& op) {
         fprintf(stderr, "emulated wgmma: lanes of one warp issued different products\n");
         abort();
     }
-    float A[16][16], B[16][64];
+    float A[16][16], B[16][128];
     for (int l = 0; l < 32 && op.a; l++) {
         const int g = l >> 2, t = l & 3;
         const uint32_t* a = x[l].a;
@@ -317,10 +323,10 @@ inline void emu_wgmma_run(const EmuWgmmaQueue::Op& op) {
             for (int k = 0; k < 16; k++) A[m][k] = emu_wgmma_b(op.a_smem, false, k, first + m);
     }
     for (int k = 0; k < 16; k++)
-        for (int n = 0; n < 64; n++) B[k][n] = emu_wgmma_b(op.b, op.trans, k, n);
+        for (int n = 0; n < op.n; n++) B[k][n] = emu_wgmma_b(op.b, op.trans, k, n);
     emu::sync_warp();  // every lane has read the posted fragments
     const int g = lane >> 2, t = lane & 3;
-    for (int i = 0; i < 32; i++) {
+    for (int i = 0; i < op.n / 2; i++) {
         const int row = g + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * t + (i & 1);
         float acc = op.accumulate ? op.d[i] : 0.f;
         for (int k = 0; k < 16; k++) acc += A[row][k] * B[k][col];

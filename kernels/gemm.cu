@@ -1,0 +1,191 @@
+// A ResBlock's first MLP layer with GlobalResponseNorm's statistics in its epilogue, on Hopper's
+// warpgroup products (sm_90a; an empty body elsewhere, never launched there).
+//
+// Why a GEMM of our own here: cuBLASLt's epilogues cannot sum the squares of the output per
+// column, so GRN needs a pass over u = GELU(fc1(y)) of its own, and on an H200 that pass costs
+// more than its traffic (Stage B's level 2: 31 µs against a 24 µs GEMM; docs/performance.md).
+// This kernel writes u and each 64-row chunk's sums of squares from the accumulators, and the
+// last block to finish turns them into GRN's factor: the sums pass goes.
+//
+// Block: 256 threads, two warpgroups, a 128 × 128 output tile (warpgroup w: rows 64w .. 64w + 63),
+// K in steps of 64. Both operands are K-major tiles of 128 rows × 128 bytes in the 128-byte
+// swizzle, copied with cp.async three stages deep (two steps ahead of the products) and read by
+// wgmma.m64n128k16 from shared memory. 96 KiB of stages, two blocks per SM, so one block's
+// epilogue (the GELU's erf, the sums, the stores) overlaps the other's products.
+#include "common.cuh"
+
+#define GG_BM 128     // rows per block: two warpgroups of 64
+#define GG_BN 128     // columns per block: one m64n128k16 per warpgroup and 16 of K
+#define GG_BK 64      // K per stage: a tile row is 128 bytes, one swizzle atom wide
+#define GG_STAGES 3   // tile k + 2 is copied while tile k's products run
+#define GG_TILE (GG_BM * GG_BK * 2)            // bytes of one operand's tile (BM == BN)
+#define GG_OUT_STRIDE (GG_BN * 2 + 16)          // staged output row: 16 bytes of padding
+//                                                 keep a warp's 8 rows on distinct banks
+
+extern "C" __global__ void __launch_bounds__(256, 2) gemm_gelu_grn_bf16(GemmGrnParams p) {
+    pdl_enter();
+#ifdef CASCADE_WGMMA
+    extern __shared__ uint4 smem_words[];
+    unsigned char* const smem_raw = (unsigned char*)smem_words;
+#ifdef CASCADE_EMU
+    const unsigned raw_at = (unsigned)(uintptr_t)smem_raw;  // the swizzle there follows host addresses
+#else
+    const unsigned raw_at = (unsigned)__cvta_generic_to_shared(smem_raw);
+#endif
+    // Swizzled tiles start on a 1024-byte boundary (the launch asks for 1 KiB more).
+    unsigned char* const tiles = smem_raw + ((1024u - (raw_at & 1023u)) & 1023u);
+    auto atile = [&](int s) { return tiles + s * 2 * GG_TILE; };
+    auto btile = [&](int s) { return tiles + s * 2 * GG_TILE + GG_TILE; };
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+    const int g = lane >> 2, t = lane & 3;
+    const int m0 = blockIdx.y * GG_BM, n0 = blockIdx.x * GG_BN;
+    const bf16* x = (const bf16*)p.x;
+    const bf16* w = (const bf16*)p.w;
+
+    // Thread i copies 16-byte chunk i % 8 of rows i / 8 + 32r (r < 4) of both tiles into chunk
+    // (i % 8) ^ (row % 8) of the row (row % 8 is the same for the four). Rows past M or N and
+    // columns past K are zero-filled: they add nothing to the products.
+    const int lr = tid >> 3, lc = tid & 7;
+    const int swz = (lc ^ (lr & 7)) << 4;
+    const int steps = (p.K + GG_BK - 1) / GG_BK;
+    auto copy_step = [&](int kt, int s) {
+        const int k = kt * GG_BK + lc * 8;
+        const bool kin = k < p.K;
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const int row = lr + 32 * r;
+            const bool ain = kin && m0 + row < p.M, bin = kin && n0 + row < p.N;
+            cp_async16(atile(s) + row * 128 + swz, ain ? x + (int64_t)(m0 + row) * p.K + k : x, ain);
+            cp_async16(btile(s) + row * 128 + swz, bin ? w + (int64_t)(n0 + row) * p.K + k : w, bin);
+        }
+    };
+
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc[i] = 0.f;
+#pragma unroll
+    for (int s = 0; s < GG_STAGES - 1; s++) {
+        if (s < steps) copy_step(s, s);
+        cp_async_commit();  // empty groups too: the wait below counts groups
+    }
+    for (int kt = 0; kt < steps; kt++) {
+        cp_async_wait<GG_STAGES - 2>();  // this thread's copies of step kt have landed
+        fence_proxy_async_shared();      // ... visible to the tensor cores' reads
+        __syncthreads();                 // ... every thread's; and step kt − 1's products are done
+        // Into step kt − 1's slot, which every warpgroup finished reading before the barrier.
+        if (kt + GG_STAGES - 1 < steps) copy_step(kt + GG_STAGES - 1, (kt + GG_STAGES - 1) % GG_STAGES);
+        cp_async_commit();
+        const int s = kt % GG_STAGES;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < GG_BK / 16; kk++)
+            wgmma_m64n128k16_bf16_ss(acc, smem_desc_sw128(atile(s) + wg * 64 * 128 + 32 * kk), smem_desc_sw128(btile(s) + 32 * kk),
+                                     kt > 0 || kk > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operands(acc);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // every warpgroup's products are done: the stages become the epilogue's
+
+    // Epilogue. The stages' memory: the output tile [128][GG_OUT_STRIDE], then the warps' column
+    // sums [8][128] f32, the halves of the last block's chunk sums [2][128], four warp sums and a
+    // flag.
+    unsigned char* const out = tiles;
+    float* const red = (float*)(tiles + GG_BM * GG_OUT_STRIDE);
+    float* const halves = red + 8 * GG_BN;
+    float* const wsum = halves + 2 * GG_BN;
+    bool* const flag = (bool*)(wsum + 4);
+    const bf16* bias = (const bf16*)p.bias;
+    // This thread's rows of the tile: row0 and row0 + 8. M is a multiple of 64, so a warpgroup's
+    // rows are all in the matrix or all past it (then its sums are not written).
+    const int row0 = 64 * wg + 16 * (warp & 3) + g;
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const int c = 8 * j + 2 * t;
+        const bool cin = n0 + c < p.N;  // and c + 1: N is a multiple of 8
+        float b0 = 0.f, b1 = 0.f;
+        if (bias && cin) b0 = to_f32(bias[n0 + c]), b1 = to_f32(bias[n0 + c + 1]);
+        // u as the separate path stores it: the product plus bias rounded to bf16 (cuBLASLt's
+        // output), then its GELU rounded again (GRN's sums pass).
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) v[i] = rounded<bf16>(gelu_as<bf16>(rounded<bf16>(acc[4 * j + i] + (i & 1 ? b1 : b0))));
+        *(uint32_t*)(out + row0 * GG_OUT_STRIDE + 2 * c) = pack_bf16x2(v[0], v[1]);
+        *(uint32_t*)(out + (row0 + 8) * GG_OUT_STRIDE + 2 * c) = pack_bf16x2(v[2], v[3]);
+        // Column sums over the warp's 16 rows, lanes of one t in a fixed butterfly order.
+        float s0 = v[0] * v[0] + v[2] * v[2], s1 = v[1] * v[1] + v[3] * v[3];
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) {
+            s0 += __shfl_xor_sync(0xffffffff, s0, o);
+            s1 += __shfl_xor_sync(0xffffffff, s1, o);
+        }
+        if (g == 0) red[warp * GG_BN + c] = s0, red[warp * GG_BN + c + 1] = s1;
+    }
+    __syncthreads();
+    {
+        // The chunk sums: thread i takes column i % 128 of warpgroup i / 128's 64 rows, its four
+        // warps added in order.
+        const int c = tid & 127, h = tid >> 7;
+        const float* r = red + 4 * h * GG_BN + c;
+        if (m0 + 64 * h < p.M && n0 + c < p.N) p.part[(int64_t)(m0 / 64 + h) * p.N + n0 + c] = r[0] + r[GG_BN] + r[2 * GG_BN] + r[3 * GG_BN];
+    }
+    // u: 16 bytes per thread and step, a row's 256 bytes by 16 consecutive threads.
+    bf16* y = (bf16*)p.y;
+#pragma unroll
+    for (int i = 0; i < GG_BM * GG_BN / 8 / 256; i++) {
+        const int q = tid + 256 * i, row = q >> 4, c8 = (q & 15) * 8;
+        if (m0 + row < p.M && n0 + c8 < p.N) *(uint4*)(y + (int64_t)(m0 + row) * p.N + n0 + c8) = *(const uint4*)(out + row * GG_OUT_STRIDE + 2 * c8);
+    }
+
+    // The last block of this column tile to finish: every chunk sum of its columns is written.
+    // Each sample's norms of these columns (the chunk sums added in a fixed order: even chunks by
+    // one half of the block, odd by the other), and their sum over the tile.
+    const int tiles_n = gridDim.x, samples = p.M / p.rows, chunks = p.rows / 64;
+    if (!grn_arrived_last(p.counters + blockIdx.x, gridDim.y, flag)) return;
+    {
+        const int c = tid & 127, h = tid >> 7, col = n0 + c;
+        const bool cin = col < p.N;
+        for (int b = 0; b < samples; b++) {
+            float s = 0.f;
+            if (cin) {
+                const float* pb = p.part + (int64_t)b * chunks * p.N + col;
+                int ch = h;
+                for (; ch + 6 < chunks; ch += 8) {
+                    float u[4];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) u[i] = __ldcg(pb + (int64_t)(ch + 2 * i) * p.N);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) s += u[i];
+                }
+                for (; ch < chunks; ch += 2) s += __ldcg(pb + (int64_t)ch * p.N);
+            }
+            halves[h * GG_BN + c] = s;
+            __syncthreads();
+            if (h == 0) {
+                const float norm = cin ? sqrtf(halves[c] + halves[GG_BN + c]) : 0.f;
+                if (cin) p.scale[(int64_t)b * p.N + col] = norm;
+                float gs = norm;
+                for (int o = 16; o > 0; o >>= 1) gs += __shfl_xor_sync(0xffffffff, gs, o);
+                if (lane == 0) wsum[warp] = gs;
+            }
+            __syncthreads();
+            if (tid == 0) p.group_sums[(int64_t)b * tiles_n + blockIdx.x] = wsum[0] + wsum[1] + wsum[2] + wsum[3];
+            __syncthreads();  // halves and wsum are rewritten for the next sample
+        }
+    }
+
+    // The last column tile: each sample's mean norm, then the factor 1 + γ·norm / (mean + 1e-6)
+    // (GRN's, as grn_partial computes it).
+    if (!grn_arrived_last(p.counters + tiles_n, tiles_n, flag)) return;
+    const bf16* gamma = (const bf16*)p.gamma;
+    for (int b = 0; b < samples; b++) {
+        float sum = 0.f;
+        for (int i = 0; i < tiles_n; i++) sum += __ldcg(&p.group_sums[(int64_t)b * tiles_n + i]);
+        const float denom = sum / p.N + 1e-6f;
+        float* sc = p.scale + (int64_t)b * p.N;
+        for (int d = tid; d < p.N; d += 256) sc[d] = 1.f + to_f32(gamma[d]) * (__ldcg(&sc[d]) / denom);
+    }
+#endif
+}
