@@ -46,6 +46,40 @@ fn main() {
             ops::linear_gelu_into(&x, &w, Some(&b), &mut y).unwrap()
         });
     }
+    // A ResBlock's fc1 with GRN's statistics (u = GELU(fc1(y)) and the factor, not applied): the
+    // fused wgmma GEMM (compute capability 9.0; opt-in, CASCADE_GEMM_WGMMA=1 or the emulator)
+    // against cuBLASLt then GRN's GELU-and-sums pass, on each real fc1 and an odd shape.
+    // (name, samples, positions per sample, K, N).
+    let fused_grn = match &dev {
+        cascade::Device::Cuda(d) => {
+            d.compute_capability() == (9, 0) && (std::env::var_os("CASCADE_EMU").is_some() || cascade::cuda::gemm_wgmma_requested())
+        }
+        _ => false,
+    };
+    for (name, b, rows, k, n) in [
+        ("stage_c", 2, 576, 2048, 8192),
+        ("stage_c_lite", 2, 576, 1536, 6144),
+        ("stage_b.l0", 1, 16384, 320, 1280),
+        ("stage_b.l0.skip", 1, 16384, 640, 1280),
+        ("stage_b.l1", 1, 4096, 640, 2560),
+        ("stage_b.l2", 1, 1024, 1280, 5120),
+        ("stage_b.l3", 1, 256, 1280, 5120),
+        ("odd", 2, 192, 72, 136),
+    ] {
+        let (x, w, bias, g) = (rnd(&[b, rows, k], bf), rnd(&[n, k], bf), rnd(&[n], bf), rnd(&[n], bf));
+        let (mut u, mut f) = (empty(&[b, rows, n], bf), empty(&[b, n], DType::F32));
+        let flops = Some(2.0 * (b * rows * k * n) as f64);
+        let kernels: &[(ops::FusedGrnKernel, &str)] = if fused_grn {
+            &[(ops::FusedGrnKernel::Wgmma, "wgmma"), (ops::FusedGrnKernel::Separate, "separate")]
+        } else {
+            &[(ops::FusedGrnKernel::Separate, "separate")]
+        };
+        for &(kernel, path) in kernels {
+            r.run(&format!("linear_gelu_grn/{path}/{name}/{b}x{rows}x{k}x{n}/bf16"), flops, None, || {
+                ops::linear_gelu_grn_factor_into(&x, &w, Some(&bias), &g, kernel, &mut u, &mut f).unwrap()
+            });
+        }
+    }
     for s in shapes::ROWS {
         let x = rnd(&[s.rows, s.c], bf);
         let mut y = empty(&[s.rows, s.c], bf);

@@ -25,5 +25,10 @@ CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test models -- --i
 # The 32-query mma attention kernel for every shape (by default only where its grid fills one
 # wave, which the tiny models' shapes never do): the tiny models, whose attention then takes it.
 CASCADE_ATTENTION=mma32 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The fused fc1 + GRN-statistics wgmma GEMM (opt-in until measured): the tiny models and the
+# tiny pipeline against diffusers' seeded images, their ResBlocks taking it wherever the
+# positions per sample are a multiple of 64.
+CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here).
 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops

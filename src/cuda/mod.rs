@@ -931,10 +931,12 @@ fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>) -> bool {
         if u1.iter().chain(&f1).any(|v| !v.is_finite()) {
             return Ok(f64::INFINITY);
         }
-        Ok(crate::testing::rel_l2(&u1, &u0.to_vec_f32()?).max(crate::testing::rel_l2(&f1, &f0.to_vec_f32()?)))
+        // u may differ from cuBLASLt's by a rounding here and there (another order of sums);
+        // the factor, a sum over many positions, only in its last bits: held 10× tighter.
+        Ok(crate::testing::rel_l2(&u1, &u0.to_vec_f32()?).max(10.0 * crate::testing::rel_l2(&f1, &f0.to_vec_f32()?)))
     };
     match run() {
-        Ok(err) if err < 2e-2 => true,
+        Ok(err) if err < 1e-2 => true,
         Ok(err) => {
             eprintln!("warning: the fused fc1 + GRN GEMM (wgmma) disagrees with cuBLASLt and GRN's pass on {} (relative error {err:.2e}); not using it", dev.name);
             false
