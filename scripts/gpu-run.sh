@@ -124,6 +124,11 @@ if on TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     tests+=(kernels-wgmma)
     CASCADE_ATTENTION_WGMMA=1 step test-kernels-wgmma "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
     pids+=($!)
+    # The fused fc1 + GRN-statistics wgmma GEMM (opt-in: CASCADE_GEMM_WGMMA=1) beside the
+    # separate path on the odd shapes and every real ResBlock's fc1, likewise alone.
+    tests+=(kernels-gemmwg)
+    CASCADE_GEMM_WGMMA=1 step test-kernels-gemmwg "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture linear_gelu_grn &
+    pids+=($!)
 fi
 # Programmatic dependent launches (opt-in: CASCADE_PDL=1): the pipeline tests (graphs, every
 # stage, against diffusers' seeded images) with every kernel launched that way.
@@ -136,12 +141,12 @@ if on FIDELITY 0; then
     step fidelity "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     pids+=($!)
 fi
-# FIDELITY_WGMMA=1: full-size fidelity again with the wgmma attention kernels (opt-in) in every
-# stage, beside the first.
+# FIDELITY_WGMMA=1: full-size fidelity again with the wgmma kernels (opt-in: attention, and the
+# fused fc1 + GRN GEMM) in every stage, beside the first.
 fidelity_runs=()
 if on FIDELITY_WGMMA 0; then
     fidelity_runs+=(fidelity-wgmma)
-    CASCADE_ATTENTION_WGMMA=1 step fidelity-wgmma "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
+    CASCADE_ATTENTION_WGMMA=1 CASCADE_GEMM_WGMMA=1 step fidelity-wgmma "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     pids+=($!)
 fi
 sanitize_runs=()
@@ -182,10 +187,16 @@ if on SANITIZE 0; then
         for tool in memcheck racecheck; do
             CASCADE_ATTENTION_WGMMA=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-wgmma" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention
+        done
+        # ... and the fused fc1 + GRN GEMM (shared memory reused by its epilogue, the last
+        # blocks' statistics).
+        for tool in memcheck racecheck; do
+            CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-gemmwg" "${SANITIZE_TIMEOUT:-240}" \
+                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored linear_gelu_grn
         done) &
         pids+=($!)
         sanitize_runs+=(sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention
-            sanitize-memcheck-wgmma sanitize-racecheck-wgmma)
+            sanitize-memcheck-wgmma sanitize-racecheck-wgmma sanitize-memcheck-gemmwg sanitize-racecheck-gemmwg)
         # racecheck over the stage steps is not run by default: on an H200 it stops inside
         # cuBLASLt's GEMMs at these shapes ("Internal Sanitizer Error: The Sanitizer failed to
         # handle a hardware exception", then CUDA_ERROR_ILLEGAL_ADDRESS), also with the nvjet
@@ -235,11 +246,12 @@ if on BENCH 1; then
         [ -n "${BENCHES:-}" ] && [[ " $BENCHES " != *" $name "* ]] && continue
         benches+=("bench-$name")
         CASCADE_BENCH_QUICK=1 step "bench-$name" "${BENCH_TIMEOUT:-300}" "$b" --bench
-        # The ops bench's attention rows again with the wgmma kernel's rows among them (opt-in,
-        # so in a process of its own; the other kernels' rows give a same-run comparison).
+        # The ops bench's attention and fc1 + GRN rows again with the wgmma kernels' rows among
+        # them (opt-in, so in a process of its own; the other kernels' rows give a same-run
+        # comparison).
         if [ "$name" = ops ]; then
             benches+=("bench-ops-wgmma")
-            CASCADE_ATTENTION_WGMMA=1 CASCADE_SHAPES=attention CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
+            CASCADE_ATTENTION_WGMMA=1 CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=attention,linear_gelu_grn CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
         fi
     done
     # PyTorch's SDPA on the same attention shapes, and the card's copy and matrix ceilings.
