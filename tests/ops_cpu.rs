@@ -59,6 +59,24 @@ fn global_response_norm() {
 }
 
 #[test]
+fn linear_gelu_grn_factor_is_the_composition() {
+    // fc1, GELU and GRN's factor in one op, then the factor applied: the same values as the
+    // three ops one after another (each checked against PyTorch above).
+    let x = t(&g::GRN_X, &[2, 3, 1, 4]);
+    let w = t(&[0.5, -0.25, 0.125, 1.0, -1.0, 0.75, 0.0, 0.5, 0.25, 0.25, -0.5, 0.0], &[3, 4]);
+    let bias = t(&[0.1, -0.2, 0.3], &[3]);
+    let (gamma, beta) = (t(&[0.5, -1.0, 2.0], &[3]), t(&[0.0, 0.25, -0.5], &[3]));
+    let (mut u, f) = ops::linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, ops::FusedGrnKernel::Auto).unwrap();
+    assert_eq!(f.shape(), &[2, 3]);
+    ops::grn_apply_factor_assign(&mut u, &f, &beta).unwrap();
+    let want = ops::grn(&ops::gelu(&ops::linear(&x, &w, Some(&bias)).unwrap()).unwrap(), &gamma, &beta).unwrap();
+    close("linear_gelu_grn_factor", &u, &want.to_vec_f32().unwrap(), 1e-6);
+    // The fused kernel is a GPU kernel: asked for on the CPU, an error that says so.
+    let err = ops::linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, ops::FusedGrnKernel::Wgmma).map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("GPU"), "{err}");
+}
+
+#[test]
 fn depthwise_zero_replicate_and_fused_layer_norm() {
     let x = t(&g::DW_X, &[1, 4, 5, 3]);
     let (w, b) = (t(&g::DW_W, &[3, 1, 3, 3]), t(&g::DW_B, &[3]));
