@@ -18,9 +18,9 @@
 #define GG_BN 128     // columns per block: one m64n128k16 per warpgroup and 16 of K
 #define GG_BK 64      // K per stage: a tile row is 128 bytes, one swizzle atom wide
 #define GG_STAGES 3   // tile k + 2 is copied while tile k's products run
-#define GG_TILE (GG_BM * GG_BK * 2)            // bytes of one operand's tile (BM == BN)
-#define GG_OUT_STRIDE (GG_BN * 2 + 16)          // staged output row: 16 bytes of padding
-//                                                 keep a warp's 8 rows on distinct banks
+#define GG_TILE (GG_BM * GG_BK * 2)   // bytes of one operand's tile (BM == BN)
+// Bytes per row of the staged output tile: 16 of padding put a warp's 8 rows on distinct banks.
+#define GG_OUT_STRIDE (GG_BN * 2 + 16)
 
 extern "C" __global__ void __launch_bounds__(256, 2) gemm_gelu_grn_bf16(GemmGrnParams p) {
     pdl_enter();
