@@ -70,7 +70,11 @@ fn main() {
         let (mut u, mut f) = (empty(&[b, rows, n], bf), empty(&[b, n], DType::F32));
         let flops = Some(2.0 * (b * rows * k * n) as f64);
         let kernels: &[(ops::FusedGrnKernel, &str)] = if fused_grn {
-            &[(ops::FusedGrnKernel::Wgmma, "wgmma"), (ops::FusedGrnKernel::Separate, "separate")]
+            &[
+                (ops::FusedGrnKernel::Wgmma, "wgmma"),
+                (ops::FusedGrnKernel::WgmmaDeep, "wgmma_deep"),
+                (ops::FusedGrnKernel::Separate, "separate"),
+            ]
         } else {
             &[(ops::FusedGrnKernel::Separate, "separate")]
         };

@@ -9,22 +9,28 @@
 //
 // Block: 256 threads, two warpgroups, a 128 × 128 output tile (warpgroup w: rows 64w .. 64w + 63),
 // K in steps of 64. Both operands are K-major tiles of 128 rows × 128 bytes in the 128-byte
-// swizzle, copied with cp.async three stages deep (two steps ahead of the products) and read by
-// wgmma.m64n128k16 from shared memory. 96 KiB of stages, two blocks per SM, so one block's
-// epilogue (the GELU's erf, the sums, the stores) overlaps the other's products.
+// swizzle, copied with cp.async two steps ahead of the products and read by wgmma.m64n128k16
+// from shared memory. Two versions, to be told apart by measurement:
+// - gemm_gelu_grn_bf16: three stages (96 KiB), each step's products waited for before the next
+//   step's barrier; two blocks per SM, so one block's epilogue (the GELU's erf, the sums, the
+//   stores) and barriers overlap the other's products.
+// - gemm_gelu_grn_deep_bf16: four stages (128 KiB), one step's products still in flight while
+//   the next step's are issued; one block per SM.
 #include "common.cuh"
 
 #define GG_BM 128     // rows per block: two warpgroups of 64
 #define GG_BN 128     // columns per block: one m64n128k16 per warpgroup and 16 of K
 #define GG_BK 64      // K per stage: a tile row is 128 bytes, one swizzle atom wide
-#define GG_STAGES 3   // tile k + 2 is copied while tile k's products run
 #define GG_TILE (GG_BM * GG_BK * 2)   // bytes of one operand's tile (BM == BN)
 // Bytes per row of the staged output tile: 16 of padding put a warp's 8 rows on distinct banks.
 #define GG_OUT_STRIDE (GG_BN * 2 + 16)
 
-extern "C" __global__ void __launch_bounds__(256, 2) gemm_gelu_grn_bf16(GemmGrnParams p) {
-    pdl_enter();
+// STAGES slots of tiles; INFLIGHT groups of products left in flight at the end of a step (0 or
+// 1). Step k + AHEAD is copied while step k's products run.
+template <int STAGES, int INFLIGHT> __device__ __forceinline__ void gemm_gelu_grn(const GemmGrnParams& p) {
 #ifdef CASCADE_WGMMA
+    constexpr int AHEAD = STAGES - 1 - INFLIGHT;
+    static_assert(AHEAD >= 1 && (INFLIGHT == 0 || INFLIGHT == 1), "stages");
     extern __shared__ uint4 smem_words[];
     unsigned char* const smem_raw = (unsigned char*)smem_words;
 #ifdef CASCADE_EMU
@@ -65,27 +71,30 @@ extern "C" __global__ void __launch_bounds__(256, 2) gemm_gelu_grn_bf16(GemmGrnP
 #pragma unroll
     for (int i = 0; i < 64; i++) acc[i] = 0.f;
 #pragma unroll
-    for (int s = 0; s < GG_STAGES - 1; s++) {
+    for (int s = 0; s < AHEAD; s++) {
         if (s < steps) copy_step(s, s);
         cp_async_commit();  // empty groups too: the wait below counts groups
     }
     for (int kt = 0; kt < steps; kt++) {
-        cp_async_wait<GG_STAGES - 2>();  // this thread's copies of step kt have landed
-        fence_proxy_async_shared();      // ... visible to the tensor cores' reads
-        __syncthreads();                 // ... every thread's; and step kt − 1's products are done
-        // Into step kt − 1's slot, which every warpgroup finished reading before the barrier.
-        if (kt + GG_STAGES - 1 < steps) copy_step(kt + GG_STAGES - 1, (kt + GG_STAGES - 1) % GG_STAGES);
+        cp_async_wait<AHEAD - 1>();  // this thread's copies of step kt have landed
+        fence_proxy_async_shared();  // ... visible to the tensor cores' reads
+        __syncthreads();             // ... every thread's; and step kt − 1 − INFLIGHT's products are done
+        // Into the slot of step kt − 1 − INFLIGHT, whose products every warpgroup waited for
+        // before the barrier.
+        if (kt + AHEAD < steps) copy_step(kt + AHEAD, (kt + AHEAD) % STAGES);
         cp_async_commit();
-        const int s = kt % GG_STAGES;
+        const int s = kt % STAGES;
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < GG_BK / 16; kk++)
             wgmma_m64n128k16_bf16_ss(acc, smem_desc_sw128(atile(s) + wg * 64 * 128 + 32 * kk), smem_desc_sw128(btile(s) + 32 * kk),
                                      kt > 0 || kk > 0);
         wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_wait<INFLIGHT>();
         wgmma_fence_operands(acc);
     }
+    wgmma_wait<0>();
+    wgmma_fence_operands(acc);
     cp_async_wait<0>();
     __syncthreads();  // every warpgroup's products are done: the stages become the epilogue's
 
@@ -188,4 +197,13 @@ extern "C" __global__ void __launch_bounds__(256, 2) gemm_gelu_grn_bf16(GemmGrnP
         for (int d = tid; d < p.N; d += 256) sc[d] = 1.f + to_f32(gamma[d]) * (__ldcg(&sc[d]) / denom);
     }
 #endif
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) gemm_gelu_grn_bf16(GemmGrnParams p) {
+    pdl_enter();
+    gemm_gelu_grn<3, 0>(p);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_gelu_grn_deep_bf16(GemmGrnParams p) {
+    pdl_enter();
+    gemm_gelu_grn<4, 1>(p);
 }

@@ -500,12 +500,14 @@ fn device(name: &str) -> Result<()> {
         );
         let pdl = if c.programmatic_launches() { "on" } else { "off" };
         println!("programmatic dependent launches (CASCADE_PDL=1 on compute capability 9.0): {pdl}");
+        let deep = std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| v == "deep");
         let fused = match (c.wgmma_gemm(), cascade::cuda::gemm_wgmma_requested()) {
-            (true, _) => "on (passed its start-up check)",
+            (true, _) if deep => "on, the deep version (both passed their start-up check)",
+            (true, _) => "on (both versions passed their start-up check)",
             (false, true) => "off (asked for, but this GPU is not compute capability 9.0 or the check failed)",
             (false, false) => "off",
         };
-        println!("fused fc1 + GRN GEMM on wgmma (CASCADE_GEMM_WGMMA=1): {fused}");
+        println!("fused fc1 + GRN GEMM on wgmma (CASCADE_GEMM_WGMMA=1 or deep): {fused}");
     }
     Ok(())
 }

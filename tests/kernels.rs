@@ -284,12 +284,14 @@ fn linear_gelu_grn_kernels() {
         _ => false,
     };
     // (name, samples, positions per sample, K, N): odd ones with partial row and column tiles, a
-    // K that is not a multiple of 64 and chunks of one sample split across row tiles; then the
+    // K that is not a multiple of 64, chunks of one sample split across row tiles, and enough
+    // steps of K (9) to wrap the stages' ring more than once; then the
     // real ResBlocks' fc1 (every level of Stage B, Stage C; a GPU, or CASCADE_SHAPES=…).
     let cases = [
         ("odd_grn", 2, 192, 72, 136),
         ("odd_grn_tiles", 3, 64, 40, 520),
         ("odd_grn_one", 1, 128, 264, 8),
+        ("odd_grn_long", 2, 128, 520, 264),
         ("stage_b.l3.mlp", 1, 256, 1280, 5120),
         ("stage_b.l2.mlp", 1, 1024, 1280, 5120),
         ("stage_b.l1.mlp", 1, 4096, 640, 2560),
@@ -312,7 +314,7 @@ fn linear_gelu_grn_kernels() {
         // (and the last) on the large ones.
         let step = if b * rows * n > 1 << 20 { 61 } else { 1 };
         let sel: Vec<usize> = (0..b * rows).step_by(step).chain([b * rows - 1]).collect();
-        let kernels: &[K] = if fused { &[K::Wgmma, K::Separate] } else { &[K::Separate] };
+        let kernels: &[K] = if fused { &[K::Wgmma, K::WgmmaDeep, K::Separate] } else { &[K::Separate] };
         for &kernel in kernels {
             let (mut u, u_whole) = poisoned(&[b, rows, n], dtype, &dev).unwrap();
             let (mut factor, f_whole) = poisoned(&[b, n], DType::F32, &dev).unwrap();

@@ -112,8 +112,8 @@ pub struct CudaDevice {
     wgmma_sq_per_sm: std::sync::atomic::AtomicUsize,
     /// The fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16`) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
-    /// Its shared-memory opt-in is set (once per context).
-    wgmma_gemm_smem: std::sync::atomic::AtomicBool,
+    /// Its versions' shared-memory opt-ins are set (bit i: version i; once per context).
+    wgmma_gemm_smem: std::sync::atomic::AtomicU32,
     /// GlobalResponseNorm's completion counters: zeroed once here, and every kernel that counts
     /// with them leaves them zero (one stream, so launches never overlap).
     grn_counters: CudaSlice<u32>,
@@ -280,7 +280,7 @@ impl CudaDevice {
             wgmma_per_sm: 0.into(),
             wgmma_sq_per_sm: 0.into(),
             wgmma_gemm: false.into(),
-            wgmma_gemm_smem: false.into(),
+            wgmma_gemm_smem: 0.into(),
             grn_counters,
             captures: 0.into(),
             capture_pool: Default::default(),
@@ -433,17 +433,18 @@ impl CudaDevice {
         self.wgmma_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Lets `f` use `bytes` of dynamic shared memory per block (beyond 48 KiB a kernel must opt
-    /// in). Set once per context for the fused GEMM, whose stages take 97 KiB.
-    pub(crate) fn opt_in_gemm_shared_memory(&self, f: &CudaFunction, bytes: usize) -> Result<()> {
+    /// Lets `f`, version `which` (< 32) of the fused GEMM, use `bytes` of dynamic shared memory
+    /// per block (beyond 48 KiB a kernel must opt in; its stages take 97 or 129 KiB). Set once per
+    /// context and version.
+    pub(crate) fn opt_in_gemm_shared_memory(&self, f: &CudaFunction, which: u32, bytes: usize) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
-        if self.wgmma_gemm_smem.load(Relaxed) {
+        if self.wgmma_gemm_smem.load(Relaxed) & (1 << which) != 0 {
             return Ok(());
         }
         self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
         f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
             .map_err(|e| driver_err("allowing a kernel more than 48 KiB of shared memory", e))?;
-        self.wgmma_gemm_smem.store(true, Relaxed);
+        self.wgmma_gemm_smem.fetch_or(1 << which, Relaxed);
         Ok(())
     }
 
@@ -898,11 +899,11 @@ pub fn wgmma_requested() -> bool {
         || std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v.starts_with("wgmma"))
 }
 
-/// Whether the fused fc1 + GRN-statistics GEMM on wgmma is asked for (`CASCADE_GEMM_WGMMA=1`): it
-/// is checked when a compute capability 9.0 device opens, and the ResBlocks then take it where
-/// its operands allow (`ops::linear_gelu_grn_factor`).
+/// Whether the fused fc1 + GRN-statistics GEMM on wgmma is asked for (`CASCADE_GEMM_WGMMA=1`, or
+/// `=deep` for its deep version): it is checked when a compute capability 9.0 device opens, and
+/// the ResBlocks then take it where its operands allow (`ops::linear_gelu_grn_factor`).
 pub fn gemm_wgmma_requested() -> bool {
-    std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| v == "1")
+    std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| v == "1" || v == "deep")
 }
 
 /// Whether a usable CUDA driver and GPU are present (for tests and benches that skip).
@@ -912,7 +913,7 @@ pub fn is_available() -> bool {
     present && CudaContext::device_count().is_ok_and(|n| n > 0)
 }
 
-/// Runs the fused fc1 + GRN-statistics GEMM once beside the separate path (cuBLASLt, then GRN's
+/// Runs both versions of the fused fc1 + GRN-statistics GEMM once beside the separate path (cuBLASLt, then GRN's
 /// sums pass) on a small problem with partial tiles, two samples and a K that is not a multiple
 /// of the kernel's step; true when u and the factor agree. A failure is reported and the kernel
 /// is not used.
@@ -926,14 +927,20 @@ fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>) -> bool {
         let mut t = |shape: &[usize], scale: f32| Tensor::from_f32(&rng.normal(shape.iter().product(), scale), shape, DType::BF16, &device);
         let (x, w, bias, gamma) = (t(&[b, rows, k], 1.0)?, t(&[n, k], 0.1)?, t(&[n], 0.5)?, t(&[n], 0.5)?);
         let (u0, f0) = linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, FusedGrnKernel::Separate)?;
-        let (u1, f1) = linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, FusedGrnKernel::Wgmma)?;
-        let (u1, f1) = (u1.to_vec_f32()?, f1.to_vec_f32()?);
-        if u1.iter().chain(&f1).any(|v| !v.is_finite()) {
-            return Ok(f64::INFINITY);
+        let (u0, f0) = (u0.to_vec_f32()?, f0.to_vec_f32()?);
+        let mut worst = 0f64;
+        for kernel in [FusedGrnKernel::Wgmma, FusedGrnKernel::WgmmaDeep] {
+            let (u1, f1) = linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, kernel)?;
+            let (u1, f1) = (u1.to_vec_f32()?, f1.to_vec_f32()?);
+            if u1.iter().chain(&f1).any(|v| !v.is_finite()) {
+                return Ok(f64::INFINITY);
+            }
+            // u may differ from cuBLASLt's by a rounding here and there (another order of
+            // sums); the factor, a sum over many positions, only in its last bits: held 10×
+            // tighter.
+            worst = worst.max(crate::testing::rel_l2(&u1, &u0).max(10.0 * crate::testing::rel_l2(&f1, &f0)));
         }
-        // u may differ from cuBLASLt's by a rounding here and there (another order of sums);
-        // the factor, a sum over many positions, only in its last bits: held 10× tighter.
-        Ok(crate::testing::rel_l2(&u1, &u0.to_vec_f32()?).max(10.0 * crate::testing::rel_l2(&f1, &f0.to_vec_f32()?)))
+        Ok(worst)
     };
     match run() {
         Ok(err) if err < 1e-2 => true,

@@ -288,12 +288,19 @@ pub enum FusedGrnKernel {
     /// chunk's sums of squares, and the factor. bf16, K and N multiples of 8, positions per
     /// sample a multiple of 64, 16-byte aligned x, w and u; an error where it cannot run.
     Wgmma,
+    /// `gemm_gelu_grn_deep_bf16`: the same with four stages and one step's products in flight
+    /// while the next step's are issued, one block per SM (Auto takes it with
+    /// `CASCADE_GEMM_WGMMA=deep`).
+    WgmmaDeep,
 }
 
-/// The fused kernel's dynamic shared memory: three stages of two 16 KiB tiles, and 1 KiB to
+/// The fused kernels' dynamic shared memory: their stages of two 16 KiB tiles, and 1 KiB to
 /// align them to the 128-byte swizzle's 1024-byte period.
 #[cfg(feature = "cuda")]
-const GEMM_GRN_SMEM: usize = 3 * 2 * 128 * 64 * 2 + 1024;
+fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
+    let stages = if kernel == FusedGrnKernel::WgmmaDeep { 4 } else { 3 };
+    stages * 2 * 128 * 64 * 2 + 1024
+}
 
 /// `u = GELU(x · wᵀ + bias)` (u rounded to x's type before and after the GELU) and GRN's factor
 /// `1 + γ·N(u)` per sample and channel (`factor` f32 `[B, N]`), nothing applied: what
@@ -323,15 +330,18 @@ pub fn linear_gelu_grn_factor_into(
     check_dtype("linear_gelu_grn", DType::F32, &[factor])?;
     check_device("linear_gelu_grn", &x.device(), &[gamma, factor])?;
     let fused = match kernel {
-        FusedGrnKernel::Separate => false,
-        FusedGrnKernel::Auto => linear_gelu_grn_fused(x, w, bias)? && fused_operands(x, w, u, (m, k, n)).is_ok(),
-        FusedGrnKernel::Wgmma => {
+        FusedGrnKernel::Separate => None,
+        FusedGrnKernel::Auto => {
+            let on = linear_gelu_grn_fused(x, w, bias)? && fused_operands(x, w, u, (m, k, n)).is_ok();
+            on.then(|| if fused_deep_requested() { FusedGrnKernel::WgmmaDeep } else { FusedGrnKernel::Wgmma })
+        }
+        FusedGrnKernel::Wgmma | FusedGrnKernel::WgmmaDeep => {
             fused_operands(x, w, u, (m, k, n))?;
-            true
+            Some(kernel)
         }
     };
     #[cfg(feature = "cuda")]
-    if let (true, Device::Cuda(dev)) = (fused, x.device()) {
+    if let (Some(variant), Device::Cuda(dev)) = (fused, x.device()) {
         if m == 0 {
             return Ok(());
         }
@@ -358,13 +368,24 @@ pub fn linear_gelu_grn_factor_into(
             K: k as i32,
             rows: rows as i32,
         };
-        let f = &dev.kernels().gemm_gelu_grn_bf16;
-        dev.opt_in_gemm_shared_memory(f, GEMM_GRN_SMEM)?;
-        return dev.launch(f, (tiles.0 as u32, tiles.1 as u32, 1), (256, 1, 1), GEMM_GRN_SMEM as u32, &p);
+        let (f, which) = match variant {
+            FusedGrnKernel::WgmmaDeep => (&dev.kernels().gemm_gelu_grn_deep_bf16, 1),
+            _ => (&dev.kernels().gemm_gelu_grn_bf16, 0),
+        };
+        let smem = gemm_grn_smem(variant);
+        dev.opt_in_gemm_shared_memory(f, which, smem)?;
+        return dev.launch(f, (tiles.0 as u32, tiles.1 as u32, 1), (256, 1, 1), smem as u32, &p);
     }
     let _ = (fused, k);
     super::linear_into(x, w, bias, u)?;
     grn_impl(&u.view(u.shape())?, gamma, None, factor, GrnOutput::FactorOnly(u, true), GrnKernel::TwoPass)
+}
+
+/// Whether Auto's fused kernel is the deep one (`CASCADE_GEMM_WGMMA=deep`, read once), for a
+/// same-run comparison of the two until one is measured to win.
+fn fused_deep_requested() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| v.trim() == "deep"))
 }
 
 /// [`linear_gelu_grn_factor_into`] into new tensors: `(u, factor)`.
