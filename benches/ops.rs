@@ -48,27 +48,13 @@ fn main() {
     }
     // A ResBlock's fc1 with GRN's statistics (u = GELU(fc1(y)) and the factor, not applied): the
     // fused wgmma GEMM (compute capability 9.0; opt-in, CASCADE_GEMM_WGMMA=1 or the emulator)
-    // against cuBLASLt then GRN's GELU-and-sums pass, on each real fc1 and an odd shape.
-    // (name, samples, positions per sample, K, N).
-    let fused_grn = match &dev {
-        cascade::Device::Cuda(d) => {
-            d.compute_capability() == (9, 0) && (std::env::var_os("CASCADE_EMU").is_some() || cascade::cuda::gemm_wgmma_requested())
-        }
-        _ => false,
-    };
-    for (name, b, rows, k, n) in [
-        ("stage_c", 2, 576, 2048, 8192),
-        ("stage_c_lite", 2, 576, 1536, 6144),
-        ("stage_b.l0", 1, 16384, 320, 1280),
-        ("stage_b.l0.skip", 1, 16384, 640, 1280),
-        ("stage_b.l1", 1, 4096, 640, 2560),
-        ("stage_b.l2", 1, 1024, 1280, 5120),
-        ("stage_b.l3", 1, 256, 1280, 5120),
-        ("odd", 2, 192, 72, 136),
-    ] {
+    // against cuBLASLt then GRN's GELU-and-sums pass, on each real fc1 and the odd shapes.
+    let fused_grn = cascade::testing::wgmma_testable(&dev, cascade::cuda::gemm_wgmma_requested());
+    for sh in shapes::MLP_GRN {
+        let (name, b, rows, k, n) = (sh.name, sh.b, sh.rows, sh.k, sh.n);
         let (x, w, bias, g) = (rnd(&[b, rows, k], bf), rnd(&[n, k], bf), rnd(&[n], bf), rnd(&[n], bf));
         let (mut u, mut f) = (empty(&[b, rows, n], bf), empty(&[b, n], DType::F32));
-        let flops = Some(2.0 * (b * rows * k * n) as f64);
+        let flops = Some(sh.flops());
         let kernels: &[(ops::FusedGrnKernel, &str)] = if fused_grn {
             &[
                 (ops::FusedGrnKernel::Wgmma, "wgmma"),

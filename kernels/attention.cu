@@ -557,12 +557,7 @@ template <bool QS, bool OV> __device__ __forceinline__ void attention_wgmma_body
     static_assert(QS || !OV, "the overlapped schedule reads Q from shared memory");
     // K and V of two slots each (then Q), on a 1024-byte boundary (the swizzle pattern's period).
     __shared__ __align__(1024) unsigned char smem_raw[(QS ? 5 : 4) * WG_TILE + 1024];
-#ifdef CASCADE_EMU
-    const unsigned raw_at = (unsigned)(uintptr_t)smem_raw;  // the swizzle there follows host addresses
-#else
-    const unsigned raw_at = (unsigned)__cvta_generic_to_shared(smem_raw);
-#endif
-    unsigned char* const tiles = smem_raw + ((1024u - (raw_at & 1023u)) & 1023u);
+    unsigned char* const tiles = align_1024(smem_raw);
     auto ktile = [&](int slot) { return tiles + slot * 2 * WG_TILE; };
     auto vtile = [&](int slot) { return tiles + slot * 2 * WG_TILE + WG_TILE; };
     unsigned char* const qtile = tiles + 4 * WG_TILE;

@@ -299,6 +299,17 @@ __device__ __forceinline__ SmemDesc smem_desc_sw128(const void* p) {
     return ((a & 0x3ffff) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
 }
 #endif
+// The first 1024-byte boundary at or after p in shared memory (swizzled tiles start on one; a
+// buffer that holds them is declared 1 KiB larger). In the emulator the swizzle follows host
+// addresses, so the boundary is a host one.
+__device__ __forceinline__ unsigned char* align_1024(unsigned char* p) {
+#ifdef CASCADE_EMU
+    const unsigned at = (unsigned)(uintptr_t)p;
+#else
+    const unsigned at = (unsigned)__cvta_generic_to_shared(p);
+#endif
+    return p + ((1024u - (at & 1023u)) & 1023u);
+}
 // D (64 × 64, f32) = A·B (+ D when `accumulate`): A 64 × 16 bf16 from registers, each warp w of
 // the warpgroup holding rows 16w .. 16w + 15 as an mma.m16n8k16 A fragment; B 16 × 64 bf16 from
 // shared memory, K-major (TRANS_B 0: B[k][n] at row n, column k of the tile, i.e. Kᵀ from a

@@ -32,14 +32,7 @@ template <int STAGES, int INFLIGHT> __device__ __forceinline__ void gemm_gelu_gr
     constexpr int AHEAD = STAGES - 1 - INFLIGHT;
     static_assert(AHEAD >= 1 && (INFLIGHT == 0 || INFLIGHT == 1), "stages");
     extern __shared__ uint4 smem_words[];
-    unsigned char* const smem_raw = (unsigned char*)smem_words;
-#ifdef CASCADE_EMU
-    const unsigned raw_at = (unsigned)(uintptr_t)smem_raw;  // the swizzle there follows host addresses
-#else
-    const unsigned raw_at = (unsigned)__cvta_generic_to_shared(smem_raw);
-#endif
-    // Swizzled tiles start on a 1024-byte boundary (the launch asks for 1 KiB more).
-    unsigned char* const tiles = smem_raw + ((1024u - (raw_at & 1023u)) & 1023u);
+    unsigned char* const tiles = align_1024((unsigned char*)smem_words);  // the launch asks for 1 KiB more
     auto atile = [&](int s) { return tiles + s * 2 * GG_TILE; };
     auto btile = [&](int s) { return tiles + s * 2 * GG_TILE + GG_TILE; };
 

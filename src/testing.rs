@@ -118,6 +118,20 @@ pub fn fixtures_dir() -> std::path::PathBuf {
     root.join("tests/fixtures")
 }
 
+/// Whether tests and benches run an unproven wgmma kernel on `dev`: a compute capability 9.0
+/// device, and the CUDA emulator or a run that asks for it (`requested`: its environment switch).
+/// A fault in such a kernel ends the CUDA context, so on a GPU only the processes made for it try.
+pub fn wgmma_testable(dev: &Device, requested: bool) -> bool {
+    match dev {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => d.compute_capability() == (9, 0) && (std::env::var_os("CASCADE_EMU").is_some() || requested),
+        _ => {
+            let _ = requested;
+            false
+        }
+    }
+}
+
 /// Whether a shape-table entry should run: all of them, or those whose name contains one of
 /// the comma-separated words in CASCADE_SHAPES (the sanitizer and emulator runs use the small
 /// odd shapes).

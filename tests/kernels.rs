@@ -277,29 +277,10 @@ fn grn_kernels() {
 fn linear_gelu_grn_kernels() {
     use ops::FusedGrnKernel as K;
     let dev = gpu();
-    let fused = match &dev {
-        Device::Cuda(d) => {
-            d.compute_capability() == (9, 0) && (std::env::var_os("CASCADE_EMU").is_some() || cascade::cuda::gemm_wgmma_requested())
-        }
-        _ => false,
-    };
-    // (name, samples, positions per sample, K, N): odd ones with partial row and column tiles, a
-    // K that is not a multiple of 64, chunks of one sample split across row tiles, and enough
-    // steps of K (9) to wrap the stages' ring more than once; then the
-    // real ResBlocks' fc1 (every level of Stage B, Stage C; a GPU, or CASCADE_SHAPES=…).
-    let cases = [
-        ("odd_grn", 2, 192, 72, 136),
-        ("odd_grn_tiles", 3, 64, 40, 520),
-        ("odd_grn_one", 1, 128, 264, 8),
-        ("odd_grn_long", 2, 128, 520, 264),
-        ("stage_b.l3.mlp", 1, 256, 1280, 5120),
-        ("stage_b.l2.mlp", 1, 1024, 1280, 5120),
-        ("stage_b.l1.mlp", 1, 4096, 640, 2560),
-        ("stage_b.l0.mlp", 1, 16384, 320, 1280),
-        ("stage_b.l0.skip.mlp", 1, 16384, 640, 1280),
-        ("stage_c.mlp", 2, 576, 2048, 8192),
-    ];
-    for (i, &(name, b, rows, k, n)) in cases.iter().enumerate() {
+    let fused = cascade::testing::wgmma_testable(&dev, cascade::cuda::gemm_wgmma_requested());
+    // Every real ResBlock's fc1 and odd shapes (shapes::MLP_GRN).
+    for (i, sh) in shapes::MLP_GRN.iter().enumerate() {
+        let (name, b, rows, k, n) = (sh.name, sh.b, sh.rows, sh.k, sh.n);
         if !wanted(name) {
             continue;
         }
@@ -614,12 +595,7 @@ fn attention_kernel() {
     // The wgmma kernel (sm_90a) on a compute capability 9.0 GPU when asked for: an unmeasured
     // kernel's fault would end this process's context, so the GPU run tests it in a process of
     // its own (CASCADE_ATTENTION_WGMMA=1). The emulator always runs it.
-    let wgmma = match &dev {
-        Device::Cuda(d) => {
-            d.compute_capability() == (9, 0) && (std::env::var_os("CASCADE_EMU").is_some() || cascade::cuda::wgmma_requested())
-        }
-        _ => false,
-    };
+    let wgmma = cascade::testing::wgmma_testable(&dev, cascade::cuda::wgmma_requested());
     for (i, s) in shapes::ATTENTION.iter().enumerate() {
         if !wanted(s.name) {
             continue;

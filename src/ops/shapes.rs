@@ -107,6 +107,47 @@ pub const GRN: &[GrnShape] = &[
     GrnShape { name: "odd_vec_three", b: 3, n: 77, d: 520 },
 ];
 
+/// A ResBlock's first MLP layer followed by GRN: `[b, rows, k] → [b, rows, n]` with GRN's
+/// statistics over each sample's rows (the fused fc1 + GRN GEMM's cases).
+pub struct MlpGrnShape {
+    /// Where the shape comes from.
+    pub name: &'static str,
+    /// Samples.
+    pub b: usize,
+    /// Spatial positions per sample.
+    pub rows: usize,
+    /// Input channels (C, or C + C_skip for a level's first block with a skip).
+    pub k: usize,
+    /// Hidden channels (4C).
+    pub n: usize,
+}
+
+impl MlpGrnShape {
+    /// The GEMM's floating-point operations.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.b * self.rows * self.k * self.n) as f64
+    }
+}
+
+/// Every real ResBlock's fc1 (Stage C and lite, Stage B's levels, level 0's skip block), then
+/// odd ones.
+pub const MLP_GRN: &[MlpGrnShape] = &[
+    MlpGrnShape { name: "stage_c.mlp", b: 2, rows: 576, k: 2048, n: 8192 },
+    MlpGrnShape { name: "stage_c_lite.mlp", b: 2, rows: 576, k: 1536, n: 6144 },
+    MlpGrnShape { name: "stage_b.l0.mlp", b: 1, rows: 16384, k: 320, n: 1280 },
+    MlpGrnShape { name: "stage_b.l0.skip.mlp", b: 1, rows: 16384, k: 640, n: 1280 },
+    MlpGrnShape { name: "stage_b.l1.mlp", b: 1, rows: 4096, k: 640, n: 2560 },
+    MlpGrnShape { name: "stage_b.l2.mlp", b: 1, rows: 1024, k: 1280, n: 5120 },
+    MlpGrnShape { name: "stage_b.l3.mlp", b: 1, rows: 256, k: 1280, n: 5120 },
+    // Partial row and column tiles; a K that is not a multiple of 64; chunks of one sample split
+    // across row tiles.
+    MlpGrnShape { name: "odd_grn", b: 2, rows: 192, k: 72, n: 136 },
+    MlpGrnShape { name: "odd_grn_tiles", b: 3, rows: 64, k: 40, n: 520 },
+    MlpGrnShape { name: "odd_grn_one", b: 1, rows: 128, k: 264, n: 8 },
+    // Nine steps of K: the stages' ring wraps more than once.
+    MlpGrnShape { name: "odd_grn_long", b: 2, rows: 128, k: 520, n: 264 },
+];
+
 /// A token-major image `[b, h, w, c]`.
 #[derive(Clone, Copy, Debug)]
 pub struct ImageShape {
