@@ -942,14 +942,20 @@ fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>) -> bool {
         }
         Ok(worst)
     };
-    match run() {
-        Ok(err) if err < 1e-2 => true,
+    passed_check(dev, "the fused fc1 + GRN GEMM (wgmma)", "cuBLASLt and GRN's pass", run(), 1e-2)
+}
+
+/// A start-up check's verdict: true when `result` (the relative error of `what` against
+/// `reference`) is below `bound`; otherwise a warning that says the kernel is not used.
+fn passed_check(dev: &CudaDevice, what: &str, reference: &str, result: Result<f64>, bound: f64) -> bool {
+    match result {
+        Ok(err) if err < bound => true,
         Ok(err) => {
-            eprintln!("warning: the fused fc1 + GRN GEMM (wgmma) disagrees with cuBLASLt and GRN's pass on {} (relative error {err:.2e}); not using it", dev.name);
+            eprintln!("warning: {what} disagrees with {reference} on {} (relative error {err:.2e}); not using it", dev.name);
             false
         }
         Err(e) => {
-            eprintln!("warning: the fused fc1 + GRN GEMM (wgmma) failed its start-up check on {} ({e}); not using it", dev.name);
+            eprintln!("warning: {what} failed its start-up check on {} ({e}); not using it", dev.name);
             false
         }
     }
@@ -990,18 +996,5 @@ fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKe
         }
         Ok(worst)
     };
-    match run() {
-        Ok(err) if err < 2e-2 => true,
-        Ok(err) => {
-            eprintln!(
-                "warning: the {what} attention kernel disagrees with the reference kernel on {} (relative error {err:.2e}); not using it",
-                dev.name
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("warning: the {what} attention kernel failed its start-up check on {} ({e}); not using it", dev.name);
-            false
-        }
-    }
+    passed_check(dev, &format!("the {what} attention kernel"), "the reference kernel", run(), 2e-2)
 }

@@ -69,32 +69,38 @@ impl ResBlock {
             (_, false) => (self.fc2.bias.as_ref(), &self.fc2_bias_with_beta),
         };
         let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
-        if ops::linear_gelu_grn_fused(&y, &self.fc1.weight, self.fc1.bias.as_ref())? {
-            // One GEMM gives u = GELU(fc1(y)) and GRN's factor (kernels/gemm.cu): no pass over
-            // u for the sums. The factor is then folded or applied as below.
-            let (mut u, f) =
-                ops::linear_gelu_grn_factor(&y, &self.fc1.weight, self.fc1.bias.as_ref(), &self.gamma, ops::FusedGrnKernel::Auto)?;
-            if b == 1 && h * w > c {
-                let w2 = ops::scale_columns(&self.fc2.weight, &f)?;
-                return ops::linear_accumulate_into(&u, &w2, Some(fc2_bias_with_beta), x);
-            }
-            ops::grn_apply_factor_assign(&mut u, &f, &self.beta)?;
-            return ops::linear_accumulate_into(&u, &self.fc2.weight, fc2_bias, x);
-        }
-        // u = fc1(y); GRN's sums pass applies the exact GELU as it reads u. (cuBLASLt's GELU
-        // epilogue here instead measured no gain on an H200: docs/performance.md, seventh session.)
-        let mut u = self.fc1.forward(&y)?;
-        if b == 1 && h * w > c && !ops::gelu_grn_one_pass(&u)? {
-            // GRN(u) = u·f + β with a per-channel factor f. With one sample and more positions
-            // than channels, fc2's weight [C, 4C] is smaller than u [HW, 4C]: scale its columns
-            // by f (W₂·(u⊙f + β) = (W₂⊙f)·u + W₂·β) instead of making a pass over u. (The
-            // one-pass kernel, where it runs, applies f with no pass of its own: it goes first.)
-            let f = ops::gelu_grn_factor(&mut u, &self.gamma)?;
-            let w2 = ops::scale_columns(&self.fc2.weight, &f)?;
-            ops::linear_accumulate_into(&u, &w2, Some(fc2_bias_with_beta), x)
+        // GRN(u) = u·f + β with a per-channel factor f. With one sample and more positions than
+        // channels, fc2's weight [C, 4C] is smaller than u [HW, 4C]: scale its columns by f
+        // (W₂·(u⊙f + β) = (W₂⊙f)·u + W₂·β) instead of making a pass over u.
+        let fold = b == 1 && h * w > c;
+        let (mut u, factor) = if ops::linear_gelu_grn_fused(&y, &self.fc1.weight, self.fc1.bias.as_ref())? {
+            // One GEMM gives u = GELU(fc1(y)) and f (kernels/gemm.cu): no pass over u for the sums.
+            let (u, f) = ops::linear_gelu_grn_factor(&y, &self.fc1.weight, self.fc1.bias.as_ref(), &self.gamma, ops::FusedGrnKernel::Auto)?;
+            (u, Some(f))
         } else {
-            ops::gelu_grn_assign(&mut u, &self.gamma, &self.beta)?;
-            ops::linear_accumulate_into(&u, &self.fc2.weight, fc2_bias, x)
+            // u = fc1(y); GRN's sums pass applies the exact GELU as it reads u. (cuBLASLt's GELU
+            // epilogue here instead measured no gain on an H200: docs/performance.md, seventh
+            // session.) The one-pass kernel, where it runs, applies f with no pass of its own:
+            // it goes before the fold.
+            let mut u = self.fc1.forward(&y)?;
+            if fold && !ops::gelu_grn_one_pass(&u)? {
+                let f = ops::gelu_grn_factor(&mut u, &self.gamma)?;
+                (u, Some(f))
+            } else {
+                ops::gelu_grn_assign(&mut u, &self.gamma, &self.beta)?;
+                (u, None)
+            }
+        };
+        match factor {
+            Some(f) if fold => {
+                let w2 = ops::scale_columns(&self.fc2.weight, &f)?;
+                ops::linear_accumulate_into(&u, &w2, Some(fc2_bias_with_beta), x)
+            }
+            Some(f) => {
+                ops::grn_apply_factor_assign(&mut u, &f, &self.beta)?;
+                ops::linear_accumulate_into(&u, &self.fc2.weight, fc2_bias, x)
+            }
+            None => ops::linear_accumulate_into(&u, &self.fc2.weight, fc2_bias, x),
         }
     }
 }

@@ -332,7 +332,8 @@ pub fn linear_gelu_grn_factor_into(
     let fused = match kernel {
         FusedGrnKernel::Separate => None,
         FusedGrnKernel::Auto => {
-            let on = linear_gelu_grn_fused(x, w, bias)? && fused_operands(x, w, u, (m, k, n)).is_ok();
+            // linear::check has matched w and the bias to x: what is left is the kernel's own.
+            let on = fused_checked(x) && fused_operands(x, w, u, (m, k, n)).is_ok();
             on.then(|| if fused_deep_requested() { FusedGrnKernel::WgmmaDeep } else { FusedGrnKernel::Wgmma })
         }
         FusedGrnKernel::Wgmma | FusedGrnKernel::WgmmaDeep => {
@@ -410,24 +411,30 @@ pub fn linear_gelu_grn_factor(
 /// the kernel's start-up check (`CASCADE_GEMM_WGMMA=1` on compute capability 9.0) and the
 /// operands are what it takes. Never on the CPU.
 pub fn linear_gelu_grn_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<bool> {
+    if !fused_checked(x) || x.rank() < 2 || w.rank() != 2 {
+        let _ = bias;
+        return Ok(false);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let (k, n) = (x.dim(-1), w.dim(0));
+        let m = x.numel() / k.max(1);
+        // u is the caller's: the launch checks its alignment.
+        Ok(w.dim(1) == k
+            && bias.is_none_or(|b| b.numel() == n && b.dtype() == x.dtype())
+            && fused_operands_ok(x, w, x.dim(0), (m, k, n))?.is_none())
+    }
+    #[cfg(not(feature = "cuda"))]
+    Ok(false)
+}
+
+/// Whether x's device passed the fused kernel's start-up check (asked for with
+/// `CASCADE_GEMM_WGMMA`); never on the CPU.
+fn fused_checked(x: &Tensor) -> bool {
     match x.device() {
-        Device::Cpu => {
-            let _ = (w, bias);
-            Ok(false)
-        }
+        Device::Cpu => false,
         #[cfg(feature = "cuda")]
-        Device::Cuda(dev) => {
-            if !dev.wgmma_gemm() || x.rank() < 2 || w.rank() != 2 {
-                return Ok(false);
-            }
-            let (k, n) = (x.dim(-1), w.dim(0));
-            let m = x.numel() / k.max(1);
-            // u is the caller's: the explicit request checks its alignment.
-            let ok = w.dim(1) == k
-                && bias.is_none_or(|b| b.numel() == n && b.dtype() == x.dtype())
-                && fused_operands_ok(x, w, x.dim(0), (m, k, n))?.is_none();
-            Ok(ok)
-        }
+        Device::Cuda(dev) => dev.wgmma_gemm(),
     }
 }
 
@@ -497,22 +504,7 @@ pub fn grn_apply_factor_assign(x: &mut Tensor, factor: &Tensor, beta: &Tensor) -
             x.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
-        Device::Cuda(dev) => {
-            let k = dev.kernels();
-            let ap = crate::cuda::params::GrnApplyParams {
-                x: x.cuda_ptr()? as *const _,
-                y: x.cuda_ptr()? as *mut _,
-                scale: factor.cuda_ptr()? as *const f32,
-                beta: beta.cuda_ptr()? as *const _,
-                B: b as i32,
-                N: n as i64,
-                D: d as i32,
-            };
-            if x.numel() == 0 {
-                return Ok(());
-            }
-            dev.launch_vec8(super::kernel("grn_apply", x.dtype(), &k.grn_apply_f32, &k.grn_apply_bf16)?, x.numel(), &ap)
-        }
+        Device::Cuda(dev) => launch_grn_apply(&dev, "grn_apply", x.dtype(), x.cuda_ptr()?, x.cuda_ptr()?, factor, Some(beta), (b, n, d)),
     }
 }
 
@@ -529,21 +521,9 @@ pub fn scale_columns(w: &Tensor, factor: &Tensor) -> Result<Tensor> {
     match w.device() {
         Device::Cpu => y.set_cpu_f32(&cpu::scale_columns(&w.cpu_f32()?, cols, &factor.cpu_f32()?))?,
         #[cfg(feature = "cuda")]
+        // grn_apply without β over one "sample" of `rows` positions.
         Device::Cuda(dev) => {
-            let k = dev.kernels();
-            // grn_apply without β over one "sample" of `rows` positions.
-            let ap = crate::cuda::params::GrnApplyParams {
-                x: w.cuda_ptr()? as *const _,
-                y: y.cuda_ptr()? as *mut _,
-                scale: factor.cuda_ptr()? as *const f32,
-                beta: std::ptr::null(),
-                B: 1,
-                N: w.dim(0) as i64,
-                D: cols as i32,
-            };
-            if w.numel() > 0 {
-                dev.launch_vec8(super::kernel("scale_columns", w.dtype(), &k.grn_apply_f32, &k.grn_apply_bf16)?, w.numel(), &ap)?;
-            }
+            launch_grn_apply(&dev, "scale_columns", w.dtype(), w.cuda_ptr()?, y.cuda_ptr()?, factor, None, (1, w.dim(0), cols))?
         }
     }
     Ok(y)
@@ -607,7 +587,7 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
-            use crate::cuda::params::{GrnApplyParams, GrnPartialParams};
+            use crate::cuda::params::GrnPartialParams;
             if b > 65535 || n > i32::MAX as usize || d > i32::MAX as usize {
                 return Err(Error::Shape(format!("grn: {b}×{n}×{d} is beyond the kernels' grid")));
             }
@@ -717,18 +697,41 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             }
             let Some(beta) = beta else { return Ok(()) };
             // From y, which holds GELU(x) when GELU was asked (grn_partial wrote it), else from x.
-            let ap = GrnApplyParams {
-                x: if gelu { y.cuda_ptr()? } else { x.cuda_ptr()? } as *const _,
-                y: y.cuda_ptr()? as *mut _,
-                scale: stats.cuda_ptr()? as *const f32,
-                beta: beta.cuda_ptr()? as *const _,
-                B: b as i32,
-                N: n as i64,
-                D: d as i32,
-            };
-            dev.launch_vec8(super::kernel("grn", dt, &k.grn_apply_f32, &k.grn_apply_bf16)?, x.numel(), &ap)
+            let from = if gelu { y.cuda_ptr()? } else { x.cuda_ptr()? };
+            launch_grn_apply(&dev, "grn", dt, from, y.cuda_ptr()?, stats, Some(beta), (b, n, d))
         }
     }
+}
+
+/// `y[s, i, j] = x[s, i, j]·scale[s, j] (+ β[j])` for `s < b`, `i < n`, `j < d` (x, y device
+/// addresses, scale f32 `[b, d]`): the `grn_apply` kernel, GRN's apply pass, or a weight's
+/// columns scaled when β is None. Nothing is launched for no elements.
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+fn launch_grn_apply(
+    dev: &crate::cuda::CudaDevice,
+    op: &str,
+    dtype: DType,
+    x: u64,
+    y: u64,
+    scale: &Tensor,
+    beta: Option<&Tensor>,
+    (b, n, d): (usize, usize, usize),
+) -> Result<()> {
+    if b * n * d == 0 {
+        return Ok(());
+    }
+    let k = dev.kernels();
+    let ap = crate::cuda::params::GrnApplyParams {
+        x: x as *const _,
+        y: y as *mut _,
+        scale: scale.cuda_ptr()? as *const f32,
+        beta: super::dptr(beta)?,
+        B: b as i32,
+        N: n as i64,
+        D: d as i32,
+    };
+    dev.launch_vec8(super::kernel(op, dtype, &k.grn_apply_f32, &k.grn_apply_bf16)?, b * n * d, &ap)
 }
 
 /// Whether grn_partial's last block per sample takes the short way (the default): the sample's

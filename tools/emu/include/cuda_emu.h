@@ -278,15 +278,16 @@ inline void emu_wgmma_m64n64k16(float* d, const uint32_t* a, EmuSmemDesc b, bool
     }
     q.ops[q.count++] = EmuWgmmaQueue::Op{d, a, EmuSmemDesc{nullptr, 0}, b, trans, accumulate, 64, q.committed};
 }
-// The same with A from shared memory (K-major, the layout of emu_wgmma_b's trans 0 with m for n).
-inline void emu_wgmma_m64n64k16_ss(float* d, EmuSmemDesc a, EmuSmemDesc b, bool trans, bool accumulate) {
-    emu_wgmma_m64n64k16(d, nullptr, b, trans, accumulate);
-    emu_wgmma_queue().ops[emu_wgmma_queue().count - 1].a_smem = a;
-}
-// m64nNk16 (N = 64 or 128) with A from shared memory.
+// m64nNk16 (N = 64 or 128) with A from shared memory (K-major, the layout of emu_wgmma_b's
+// trans 0 with m for n).
 inline void emu_wgmma_ss(float* d, EmuSmemDesc a, EmuSmemDesc b, bool trans, bool accumulate, int n) {
-    emu_wgmma_m64n64k16_ss(d, a, b, trans, accumulate);
-    emu_wgmma_queue().ops[emu_wgmma_queue().count - 1].n = n;
+    emu_wgmma_m64n64k16(d, nullptr, b, trans, accumulate);
+    EmuWgmmaQueue::Op& op = emu_wgmma_queue().ops[emu_wgmma_queue().count - 1];
+    op.a_smem = a;
+    op.n = (short)n;
+}
+inline void emu_wgmma_m64n64k16_ss(float* d, EmuSmemDesc a, EmuSmemDesc b, bool trans, bool accumulate) {
+    emu_wgmma_ss(d, a, b, trans, accumulate, 64);
 }
 inline void emu_wgmma_commit() { emu_wgmma_queue().committed++; }
 // One queued product, by the warp: every lane posts its A fragment (the mma.m16n8k16 A layout
