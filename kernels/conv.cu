@@ -38,16 +38,21 @@ template <int N> __device__ __forceinline__ void block_sums(float v[N], float* s
 // thread reads them, so no barrier), and each tap's eight are read back as they are used. That
 // frees about 60 registers, which the parked-weight kernels spend on loads in flight (BATCH,
 // below).
-template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
+template <typename T, typename TI, bool SW, bool BATCH, int S> __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
     static_assert(!SW || sizeof(T) == 2, "weights parked in shared memory are bf16");
-    const int w0 = blockIdx.x * CASCADE_DW_STRIP, h0 = blockIdx.y;
+    const int w0 = blockIdx.x * S, h0 = blockIdx.y;
     const int64_t b = blockIdx.z, row0 = ((int64_t)b * p.H + h0) * p.W;  // pixel index of (h0, 0)
     const int c = 8 * threadIdx.x;
     const bool active = c < p.C;
     const TI* x = (const TI*)p.x + b * p.H * p.W * p.C;
-    const float* st = p.in_stats ? p.in_stats + 2 * b * p.H * p.W : nullptr;
+    // An f32 stream (TI f32, T bf16) takes no input LayerNorm, residual or second output (the
+    // launcher refuses them): known here, so its registers go to the loads in flight.
+    constexpr bool MIXED = sizeof(TI) != sizeof(T);
+    const float* st = !MIXED && p.in_stats ? p.in_stats + 2 * b * p.H * p.W : nullptr;
     const TI* ab = p.in_ab ? (const TI*)p.in_ab + b * p.in_ab_stride : nullptr;
-    float acc[CASCADE_DW_STRIP][8];
+    const void* residual = MIXED ? nullptr : p.residual;
+    void* y_norm = MIXED ? nullptr : p.y_norm;
+    float acc[S][8];
     if (active) {
         // The 9 taps of 8 channels: 72 consecutive weights ([C, 9]), nine 16-byte loads.
         float wv[SW ? 1 : 72];
@@ -93,7 +98,7 @@ template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwis
             for (int j = 0; j < 8; j++) fa[j] += 1.f;
         }
         #pragma unroll
-        for (int s = 0; s < CASCADE_DW_STRIP; s++) load8((const T*)p.bias + c, acc[s]);
+        for (int s = 0; s < S; s++) load8((const T*)p.bias + c, acc[s]);
         // One input pixel's 8 channels v, read from row tap ky, column i of the strip's
         // window: the input fusions, then its share of each output.
         auto use_tap = [&](int ky, int i, const float* stats, float v[8]) {
@@ -104,14 +109,14 @@ template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwis
             if (ab) {
                 #pragma unroll
                 for (int j = 0; j < 8; j++) v[j] = rounded<TI>(v[j] * fa[j] + fb[j]);
-                // The centre row's columns 1 .. CASCADE_DW_STRIP are this strip's own pixels.
-                if (ky == 1 && i >= 1 && i <= CASCADE_DW_STRIP && w0 + i - 1 < p.W) store8((TI*)p.x_out + (row0 + w0 + i - 1) * p.C + c, v);
+                // The centre row's columns 1 .. S are this strip's own pixels.
+                if (ky == 1 && i >= 1 && i <= S && w0 + i - 1 < p.W) store8((TI*)p.x_out + (row0 + w0 + i - 1) * p.C + c, v);
             }
             if (sizeof(TI) != sizeof(T))
                 #pragma unroll
                 for (int j = 0; j < 8; j++) v[j] = rounded<T>(v[j]);  // the stream's copy in T
             #pragma unroll
-            for (int s = 0; s < CASCADE_DW_STRIP; s++) {
+            for (int s = 0; s < S; s++) {
                 const int kx = i - s;
                 if (kx < 0 || kx > 2) continue;
                 float w[8];
@@ -120,7 +125,7 @@ template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwis
                 for (int j = 0; j < 8; j++) acc[s][j] += w[j] * v[j];
             }
         };
-        // Input columns w0 − 1 .. w0 + CASCADE_DW_STRIP: column i feeds outputs s = i − 2 .. i with
+        // Input columns w0 − 1 .. w0 + S: column i feeds outputs s = i − 2 .. i with
         // tap kx = i − s. A column is skipped when zero padding makes it zero, or when it lies
         // past the strip's last pixel + 1 (a partial strip); both are the same for the whole block.
         auto column_used = [&](int i) {
@@ -138,7 +143,7 @@ template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwis
                 // ptxas cannot hoist it, and the launch waits on 18 loads in a row). Addresses are
                 // clamped into the row, so the loads need no branch; unused columns are dropped
                 // after.
-                constexpr int NC = CASCADE_DW_STRIP + 2;
+                constexpr int NC = S + 2;
                 Raw8<TI> raw[NC];
                 float2 stats[NC];
                 #pragma unroll
@@ -158,7 +163,7 @@ template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwis
                 }
             } else {
                 #pragma unroll
-                for (int i = 0; i < CASCADE_DW_STRIP + 2; i++) {
+                for (int i = 0; i < S + 2; i++) {
                     if (!column_used(i)) continue;
                     const int w = min(max(w0 + i - 1, 0), p.W - 1);
                     const int64_t q = (int64_t)h * p.W + w;
@@ -171,12 +176,12 @@ template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwis
             }
         }
         #pragma unroll
-        for (int s = 0; s < CASCADE_DW_STRIP; s++) {
+        for (int s = 0; s < S; s++) {
             if (w0 + s >= p.W) continue;
             const int64_t pix = row0 + w0 + s;
-            if (p.residual) {
+            if (residual) {
                 float r[8];
-                load8((const T*)p.residual + pix * p.C + c, r);
+                load8((const T*)residual + pix * p.C + c, r);
                 #pragma unroll
                 for (int j = 0; j < 8; j++) acc[s][j] += r[j];
             }
@@ -187,29 +192,29 @@ template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwis
             }
         }
     }
-    if (!p.layer_norm && !p.y_norm) return;
+    if (!p.layer_norm && !y_norm) return;
     // Mean and 1/sqrt(var + eps) over each pixel's channels, two-pass as row_mean_rstd.
-    float mean[CASCADE_DW_STRIP], rstd[CASCADE_DW_STRIP];
+    float mean[S], rstd[S];
     #pragma unroll
-    for (int s = 0; s < CASCADE_DW_STRIP; s++) {
+    for (int s = 0; s < S; s++) {
         mean[s] = 0.f;
         if (active)
             #pragma unroll
             for (int j = 0; j < 8; j++) mean[s] += acc[s][j];
     }
-    block_sums<CASCADE_DW_STRIP>(mean, scratch);
+    block_sums<S>(mean, scratch);
     #pragma unroll
-    for (int s = 0; s < CASCADE_DW_STRIP; s++) {
+    for (int s = 0; s < S; s++) {
         mean[s] /= p.C;
         rstd[s] = 0.f;
         if (active)
             #pragma unroll
             for (int j = 0; j < 8; j++) rstd[s] += (acc[s][j] - mean[s]) * (acc[s][j] - mean[s]);
     }
-    block_sums<CASCADE_DW_STRIP>(rstd, scratch);
+    block_sums<S>(rstd, scratch);
     if (!active) return;
     #pragma unroll
-    for (int s = 0; s < CASCADE_DW_STRIP; s++) {
+    for (int s = 0; s < S; s++) {
         if (w0 + s >= p.W) continue;
         const int64_t pix = row0 + w0 + s;
         const float r = rsqrtf(rstd[s] / p.C + p.eps);
@@ -224,7 +229,7 @@ template <typename T, typename TI, bool SW, bool BATCH> __device__ void depthwis
             load8((const T*)p.out_bias + c, ob);
             #pragma unroll
             for (int j = 0; j < 8; j++) o[j] = o[j] * ow[j] + ob[j];
-            store8((T*)p.y_norm + pix * p.C + c, o);
+            store8((T*)y_norm + pix * p.C + c, o);
         }
     }
 }
@@ -233,7 +238,7 @@ template <typename T, typename TI = T, bool SW = false, bool BATCH = false> __de
     extern __shared__ float out[];
     __shared__ float scratch[32 * CASCADE_DW_STRIP];
     if (p.vec8) {
-        depthwise_vec8<T, TI, SW, BATCH>(p, scratch);
+        depthwise_vec8<T, TI, SW, BATCH, CASCADE_DW_STRIP>(p, scratch);
         return;
     }
     const int w0 = blockIdx.x, h0 = blockIdx.y;
@@ -301,6 +306,19 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16(Depthwis
 // (docs/performance.md, sixth session).
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_sw(DepthwiseParams p) { pdl_enter(); depthwise_impl<bf16, bf16, true, true>(p); }
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw(DepthwiseParams p) { pdl_enter(); depthwise_impl<bf16, float, true, true>(p); }
+
+// The parked-weight kernels with strips of CASCADE_DW_WIDE_STRIP (5) pixels: fewer blocks for the
+// same image, picked by the launcher only where that takes fewer waves of resident blocks (Stage
+// C's 24 × 24 × 2 images: 240 blocks instead of 288, one wave of two blocks per SM on an H200
+// instead of 1.09). Each block's time is latency (four round trips to memory and two block-wide
+// sums whatever the strip), so a fifth pixel per block costs little, and a second wave for the
+// last 24 blocks was about half the launch. Always the eight-channel path (p.vec8 set).
+template <typename TI> __device__ void depthwise_wide(const DepthwiseParams& p) {
+    __shared__ float scratch[32 * CASCADE_DW_WIDE_STRIP];
+    depthwise_vec8<bf16, TI, true, true, CASCADE_DW_WIDE_STRIP>(p, scratch);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_sw5(DepthwiseParams p) { pdl_enter(); depthwise_wide<bf16>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw5(DepthwiseParams p) { pdl_enter(); depthwise_wide<float>(p); }
 
 // ---- The tiled path: large images (Stage A) -------------------------------------------------
 // The strip kernel above reads each input pixel 4.5 times (three rows of taps for each of its

@@ -200,6 +200,8 @@ typedef struct DdpmStepParams {
 // followed by LayerNorm over channels (no affine).
 // Pixels of one row per block on the depthwise kernel's eight-channel path.
 #define CASCADE_DW_STRIP 4
+// The wide-strip kernels (depthwise_*_sw5): CASCADE_DW_WIDE_STRIP pixels per block.
+#define CASCADE_DW_WIDE_STRIP 5
 // The tiled kernel (large images): tiles of CASCADE_DW_TILE_W columns, runs of 4 pixels per thread.
 #define CASCADE_DW_TILE_W 8
 #define CASCADE_DW_TILE_MAX_H 8

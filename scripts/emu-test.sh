@@ -18,6 +18,10 @@ cargo test --release --features cuda -- --ignored "$@"
 # test and the tiny models.
 CASCADE_DW_TILE=force cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
 CASCADE_DW_TILE=force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The wide-strip depthwise kernels wherever the parked-weight kernels run (by default only where
+# they save a wave, Stage C's images): the kernel test and the tiny models.
+CASCADE_DW_WIDE=force cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
+CASCADE_DW_WIDE=force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The cooperative one-pass GRN kernel (opt-in until measured): the kernel test and the tiny
 # models, whose bf16 ResBlocks then take it.
 CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test kernels -- --ignored grn "$@"

@@ -114,6 +114,11 @@ if on TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     tests+=(kernels-dwtile)
     CASCADE_DW_TILE=force step test-kernels-dwtile "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
     pids+=($!)
+    # The wide-strip depthwise kernels wherever the parked-weight ones run (CASCADE_DW_WIDE=force;
+    # the default takes them only where they save a wave: Stage C's shape).
+    tests+=(kernels-dwwide)
+    CASCADE_DW_WIDE=force step test-kernels-dwwide "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
+    pids+=($!)
     # The cooperative one-pass GRN kernel (opt-in: CASCADE_GRN_RESIDENT=1) on every GRN shape,
     # the real levels' included.
     tests+=(kernels-grnres)
@@ -252,6 +257,10 @@ if on BENCH 1; then
         if [ "$name" = ops ]; then
             benches+=("bench-ops-wgmma")
             CASCADE_ATTENTION_WGMMA=1 CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=attention,linear_gelu_grn CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
+            # The depthwise rows with the wide strips off (the first run takes them where they
+            # save a wave: the Stage C rows), for a same-run comparison per launch.
+            benches+=("bench-ops-dwnarrow")
+            CASCADE_DW_WIDE=0 CASCADE_SHAPES=depthwise CASCADE_BENCH_QUICK=1 step bench-ops-dwnarrow "${BENCH_TIMEOUT:-300}" "$b" --bench
         fi
     done
     # PyTorch's SDPA on the same attention shapes, and the card's copy and matrix ceilings.

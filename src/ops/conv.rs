@@ -327,11 +327,21 @@ fn depthwise3x3_impl(
                 let grid = (w.div_ceil(tw) as u32, h.div_ceil(tile_h) as u32, b as u32);
                 return dev.launch(&k.depthwise_tile_bf16, grid, (threads as u32, 1, 1), depthwise_tile_smem(tile_h, c) as u32, &p);
             }
-            let f = match (mixed, parked) {
-                (true, true) => &k.depthwise_f32_bf16_sw,
-                (true, false) => &k.depthwise_f32_bf16,
-                (false, true) => &k.depthwise_bf16_sw,
-                (false, false) => super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?,
+            if parked {
+                let (narrow, wide) = if mixed {
+                    (&k.depthwise_f32_bf16_sw, &k.depthwise_f32_bf16_sw5)
+                } else {
+                    (&k.depthwise_bf16_sw, &k.depthwise_bf16_sw5)
+                };
+                if depthwise_wide_strips(&dev, narrow, wide, b * h, w, block, smem) {
+                    let columns = w.div_ceil(crate::cuda::params::CASCADE_DW_WIDE_STRIP as usize);
+                    return dev.launch(wide, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p);
+                }
+                return dev.launch(narrow, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p);
+            }
+            let f = match mixed {
+                true => &k.depthwise_f32_bf16,
+                false => super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?,
             };
             dev.launch(f, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p)
         }
@@ -397,6 +407,62 @@ fn depthwise_tile_rows(eligible: bool, b: usize, h: usize, w: usize, c: usize, m
     };
     let tiles = b * h.div_ceil(tile_h) * w.div_ceil(crate::cuda::params::CASCADE_DW_TILE_W as usize);
     (mode == Mode::Force || tiles >= 4 * multiprocessors).then_some(tile_h)
+}
+
+/// Whether a parked-weight strip launch (`rows` = B·H rows of `w` pixels, `block` threads,
+/// `smem` bytes) takes strips of CASCADE_DW_WIDE_STRIP pixels (`wide`, kernels/conv.cu
+/// `depthwise_*_sw5`) instead of CASCADE_DW_STRIP (`narrow`).
+///
+/// `CASCADE_DW_WIDE`: unset or `1` (the default), where that takes fewer waves of resident blocks
+/// by the driver's occupancy answers for both kernels (Stage C's and Stage C lite's 24 × 24 × 2
+/// images: one wave of 240 blocks instead of 1.09 waves of 288 on an H200, whose second wave was
+/// half of the launch's time in the profile); `0`, never (for A/B measurements); `force`,
+/// wherever the parked-weight kernels run (the tests).
+#[cfg(feature = "cuda")]
+fn depthwise_wide_strips(
+    dev: &crate::cuda::CudaDevice,
+    narrow: &cudarc::driver::CudaFunction,
+    wide: &cudarc::driver::CudaFunction,
+    rows: usize,
+    w: usize,
+    block: u32,
+    smem: usize,
+) -> bool {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        Off,
+        FewerWaves,
+        Force,
+    }
+    static MODE: std::sync::OnceLock<Mode> = std::sync::OnceLock::new();
+    let mode = *MODE.get_or_init(|| match std::env::var("CASCADE_DW_WIDE").ok().as_deref().map(str::trim) {
+        Some("0") => Mode::Off,
+        None | Some("1") => Mode::FewerWaves,
+        Some("force") => Mode::Force,
+        Some(v) => {
+            eprintln!("warning: CASCADE_DW_WIDE must be 0, 1 or force, not {v:?}; using 1");
+            Mode::FewerWaves
+        }
+    });
+    let per_sm = |f: &cudarc::driver::CudaFunction| dev.resident_blocks_per_sm(f, block, smem).unwrap_or(0);
+    match mode {
+        Mode::Off => false,
+        Mode::Force => true,
+        Mode::FewerWaves => wide_strips_take_fewer_waves(rows, w, per_sm(narrow), per_sm(wide), dev.multiprocessors()),
+    }
+}
+
+/// Whether `rows` rows of `w` pixels in strips of CASCADE_DW_WIDE_STRIP take fewer waves than in
+/// strips of CASCADE_DW_STRIP, with the narrow and wide kernels' resident blocks per SM (0: no
+/// answer, never wide) on `multiprocessors` SMs.
+#[cfg(feature = "cuda")]
+fn wide_strips_take_fewer_waves(rows: usize, w: usize, narrow_per_sm: usize, wide_per_sm: usize, multiprocessors: usize) -> bool {
+    use crate::cuda::params::{CASCADE_DW_STRIP, CASCADE_DW_WIDE_STRIP};
+    let waves = |strip: u32, per_sm: usize| (w.div_ceil(strip as usize) * rows).div_ceil(per_sm * multiprocessors);
+    narrow_per_sm > 0
+        && wide_per_sm > 0
+        && multiprocessors > 0
+        && waves(CASCADE_DW_WIDE_STRIP, wide_per_sm) < waves(CASCADE_DW_STRIP, narrow_per_sm)
 }
 
 /// A TimestepBlock followed by a ResBlock's depthwise convolution and channel LayerNorm:
@@ -685,4 +751,26 @@ pub fn conv_transpose4x4(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor
         }
     }
     pixel_shuffle_phases(&y, 2)
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    /// The wave counts behind the wide strips' choice, with an H200's 132 SMs and the blocks per
+    /// SM that the parked-weight kernels' 128 registers a thread allow (2 blocks of 256 or 192
+    /// threads, 3 of 160, 5 of 80, 8 of 40; on a GPU the driver answers).
+    #[test]
+    fn wide_strips_only_where_they_save_a_wave() {
+        let take = super::wide_strips_take_fewer_waves;
+        // Stage C and C lite (B·H = 48 rows of 24): 288 blocks in 1.09 waves, or 240 in one.
+        assert!(take(48, 24, 2, 2, 132));
+        // Stage B's levels (128², 64², 32², 16²): the same number of waves either way.
+        assert!(!take(128, 128, 8, 8, 132));
+        assert!(!take(64, 64, 5, 5, 132));
+        assert!(!take(32, 32, 3, 3, 132));
+        assert!(!take(16, 16, 3, 3, 132));
+        // No occupancy answer (or no SM count): never.
+        assert!(!take(48, 24, 0, 2, 132));
+        assert!(!take(48, 24, 2, 0, 132));
+        assert!(!take(48, 24, 2, 2, 0));
+    }
 }
