@@ -18,10 +18,13 @@ cargo test --release --features cuda -- --ignored "$@"
 # test and the tiny models.
 CASCADE_DW_TILE=force cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
 CASCADE_DW_TILE=force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
-# The wide-strip depthwise kernels wherever the parked-weight kernels run (by default only where
-# they save a wave, Stage C's images): the kernel test and the tiny models.
-CASCADE_DW_WIDE=force cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
-CASCADE_DW_WIDE=force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The wide-strip and the asynchronous depthwise kernels wherever the parked-weight kernels run
+# (by default the wide ones only where they save a wave, Stage C's images; the asynchronous ones
+# are opt-in until measured): the kernel test and the tiny models.
+for strips in wide async-all; do
+    CASCADE_DW_STRIPS=$strips cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
+    CASCADE_DW_STRIPS=$strips cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+done
 # The cooperative one-pass GRN kernel (opt-in until measured): the kernel test and the tiny
 # models, whose bf16 ResBlocks then take it.
 CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test kernels -- --ignored grn "$@"

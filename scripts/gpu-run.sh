@@ -114,10 +114,11 @@ if on TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     tests+=(kernels-dwtile)
     CASCADE_DW_TILE=force step test-kernels-dwtile "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
     pids+=($!)
-    # The wide-strip depthwise kernels wherever the parked-weight ones run (CASCADE_DW_WIDE=force;
-    # the default takes them only where they save a wave: Stage C's shape).
-    tests+=(kernels-dwwide)
-    CASCADE_DW_WIDE=force step test-kernels-dwwide "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
+    # The wide-strip and the asynchronous depthwise kernels wherever the parked-weight ones run
+    # (CASCADE_DW_STRIPS=wide, async-all; by default the wide ones run only where they save a
+    # wave, Stage C's shape, and the asynchronous ones are opt-in), one process for both.
+    tests+=(kernels-dwstrips)
+    step test-kernels-dwstrips "${TEST_TIMEOUT:-300}" bash -c "CASCADE_DW_STRIPS=wide '$bundle/tests/kernels' --include-ignored --nocapture depthwise && CASCADE_DW_STRIPS=async-all '$bundle/tests/kernels' --include-ignored --nocapture depthwise" &
     pids+=($!)
     # The cooperative one-pass GRN kernel (opt-in: CASCADE_GRN_RESIDENT=1) on every GRN shape,
     # the real levels' included.
@@ -174,8 +175,23 @@ if on SANITIZE 0; then
             CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-kernels" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=4 "${skip[@]}"
         done
-        # The tiled depthwise kernel (shared memory reused between its phases) under memcheck and
-        # racecheck, forced onto the small shapes.
+        # The kernels never yet run under the sanitizer first (a deadline cuts the later steps):
+        # the wgmma attention kernels among the others (opt-in, so in processes of their own) ...
+        for tool in memcheck racecheck; do
+            CASCADE_ATTENTION_WGMMA=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-wgmma" "${SANITIZE_TIMEOUT:-240}" \
+                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention
+        done
+        # ... the fused fc1 + GRN GEMM (shared memory reused by its epilogue, the last blocks'
+        # statistics) ...
+        for tool in memcheck racecheck; do
+            CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-gemmwg" "${SANITIZE_TIMEOUT:-240}" \
+                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored linear_gelu_grn
+        done
+        # ... and the asynchronous depthwise kernels (cp.async copies of clamped addresses).
+        CASCADE_DW_STRIPS=async-all CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-memcheck-dwasync "${SANITIZE_TIMEOUT:-240}" \
+            compute-sanitizer --tool memcheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored depthwise
+        # Then the ones that ran clean before: the tiled depthwise kernel (shared memory reused
+        # between its phases) under memcheck and racecheck, forced onto the small shapes.
         for tool in memcheck racecheck; do
             CASCADE_DW_TILE=force CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-dwtile" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored depthwise
@@ -188,20 +204,10 @@ if on SANITIZE 0; then
         # The attention kernels (the 32-query ones with every block size) under racecheck.
         CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-racecheck-attention "${SANITIZE_TIMEOUT:-240}" \
             compute-sanitizer --tool racecheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention
-        # ... and with the wgmma kernel among them (opt-in, so in processes of their own).
-        for tool in memcheck racecheck; do
-            CASCADE_ATTENTION_WGMMA=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-wgmma" "${SANITIZE_TIMEOUT:-240}" \
-                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention
-        done
-        # ... and the fused fc1 + GRN GEMM (shared memory reused by its epilogue, the last
-        # blocks' statistics).
-        for tool in memcheck racecheck; do
-            CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-gemmwg" "${SANITIZE_TIMEOUT:-240}" \
-                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored linear_gelu_grn
-        done) &
+        true) &
         pids+=($!)
-        sanitize_runs+=(sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention
-            sanitize-memcheck-wgmma sanitize-racecheck-wgmma sanitize-memcheck-gemmwg sanitize-racecheck-gemmwg)
+        sanitize_runs+=(sanitize-memcheck-wgmma sanitize-racecheck-wgmma sanitize-memcheck-gemmwg sanitize-racecheck-gemmwg sanitize-memcheck-dwasync
+            sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention)
         # racecheck over the stage steps is not run by default: on an H200 it stops inside
         # cuBLASLt's GEMMs at these shapes ("Internal Sanitizer Error: The Sanitizer failed to
         # handle a hardware exception", then CUDA_ERROR_ILLEGAL_ADDRESS), also with the nvjet
@@ -257,10 +263,13 @@ if on BENCH 1; then
         if [ "$name" = ops ]; then
             benches+=("bench-ops-wgmma")
             CASCADE_ATTENTION_WGMMA=1 CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=attention,linear_gelu_grn CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
-            # The depthwise rows with the wide strips off (the first run takes them where they
-            # save a wave: the Stage C rows), for a same-run comparison per launch.
-            benches+=("bench-ops-dwnarrow")
-            CASCADE_DW_WIDE=0 CASCADE_SHAPES=depthwise CASCADE_BENCH_QUICK=1 step bench-ops-dwnarrow "${BENCH_TIMEOUT:-300}" "$b" --bench
+            # The depthwise rows with the narrow strips everywhere (the first run takes the wide
+            # ones where they save a wave: the Stage C rows) and with the asynchronous kernel
+            # everywhere it runs, for a same-run comparison per launch.
+            for strips in narrow async-all; do
+                benches+=("bench-ops-dw-$strips")
+                CASCADE_DW_STRIPS=$strips CASCADE_SHAPES=depthwise CASCADE_BENCH_QUICK=1 step "bench-ops-dw-$strips" "${BENCH_TIMEOUT:-300}" "$b" --bench
+            done
         fi
     done
     # PyTorch's SDPA on the same attention shapes, and the card's copy and matrix ceilings.

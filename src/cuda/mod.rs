@@ -84,6 +84,24 @@ fn setup_alone() -> Option<std::sync::RwLockWriteGuard<'static, ()>> {
     Some(SETUP.write().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// The kernels that may ask for more than 48 KiB of dynamic shared memory
+/// ([`CudaDevice::opt_in_shared_memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SharedMemoryOptIn {
+    /// `gemm_gelu_grn_bf16`.
+    GemmGrn,
+    /// `gemm_gelu_grn_deep_bf16`.
+    GemmGrnDeep,
+    /// `depthwise_bf16_swa`.
+    DepthwiseAsync,
+    /// `depthwise_f32_bf16_swa`.
+    DepthwiseAsyncF32,
+}
+
+impl SharedMemoryOptIn {
+    const COUNT: usize = 4;
+}
+
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.
 pub struct CudaDevice {
     ordinal: usize,
@@ -112,8 +130,9 @@ pub struct CudaDevice {
     wgmma_sq_per_sm: std::sync::atomic::AtomicUsize,
     /// The fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16`) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
-    /// Its versions' shared-memory opt-ins are set (bit i: version i; once per context).
-    wgmma_gemm_smem: std::sync::atomic::AtomicU32,
+    /// The dynamic shared memory each kernel of [`SharedMemoryOptIn`] may use, as set so far (0:
+    /// the default 48 KiB).
+    smem_opt_in: [std::sync::atomic::AtomicUsize; SharedMemoryOptIn::COUNT],
     /// GlobalResponseNorm's completion counters: zeroed once here, and every kernel that counts
     /// with them leaves them zero (one stream, so launches never overlap).
     grn_counters: CudaSlice<u32>,
@@ -280,7 +299,7 @@ impl CudaDevice {
             wgmma_per_sm: 0.into(),
             wgmma_sq_per_sm: 0.into(),
             wgmma_gemm: false.into(),
-            wgmma_gemm_smem: 0.into(),
+            smem_opt_in: Default::default(),
             grn_counters,
             captures: 0.into(),
             capture_pool: Default::default(),
@@ -433,18 +452,20 @@ impl CudaDevice {
         self.wgmma_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Lets `f`, version `which` (< 32) of the fused GEMM, use `bytes` of dynamic shared memory
-    /// per block (beyond 48 KiB a kernel must opt in; its stages take 97 or 129 KiB). Set once per
-    /// context and version.
-    pub(crate) fn opt_in_gemm_shared_memory(&self, f: &CudaFunction, which: u32, bytes: usize) -> Result<()> {
+    /// Lets `f` (the kernel `which` names) use `bytes` of dynamic shared memory per block: beyond
+    /// 48 KiB a kernel must opt in (the fused GEMM's stages take 97 or 129 KiB, the asynchronous
+    /// depthwise kernels' rows up to about 135). Set once per context and kernel for each larger
+    /// size; an occupancy query for such a size needs it first.
+    pub(crate) fn opt_in_shared_memory(&self, f: &CudaFunction, which: SharedMemoryOptIn, bytes: usize) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
-        if self.wgmma_gemm_smem.load(Relaxed) & (1 << which) != 0 {
+        let set = &self.smem_opt_in[which as usize];
+        if bytes <= 48 * 1024 || set.load(Relaxed) >= bytes {
             return Ok(());
         }
         self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
         f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
             .map_err(|e| driver_err("allowing a kernel more than 48 KiB of shared memory", e))?;
-        self.wgmma_gemm_smem.fetch_or(1 << which, Relaxed);
+        set.fetch_max(bytes, Relaxed);
         Ok(())
     }
 

@@ -328,16 +328,8 @@ fn depthwise3x3_impl(
                 return dev.launch(&k.depthwise_tile_bf16, grid, (threads as u32, 1, 1), depthwise_tile_smem(tile_h, c) as u32, &p);
             }
             if parked {
-                let (narrow, wide) = if mixed {
-                    (&k.depthwise_f32_bf16_sw, &k.depthwise_f32_bf16_sw5)
-                } else {
-                    (&k.depthwise_bf16_sw, &k.depthwise_bf16_sw5)
-                };
-                if depthwise_wide_strips(&dev, narrow, wide, b * h, w, block, smem) {
-                    let columns = w.div_ceil(crate::cuda::params::CASCADE_DW_WIDE_STRIP as usize);
-                    return dev.launch(wide, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p);
-                }
-                return dev.launch(narrow, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p);
+                let (f, strip, smem) = depthwise_strip_kernel(&dev, mixed, !p.in_stats.is_null(), b * h, w, block, smem)?;
+                return dev.launch(f, (w.div_ceil(strip) as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p);
             }
             let f = match mixed {
                 true => &k.depthwise_f32_bf16,
@@ -409,60 +401,115 @@ fn depthwise_tile_rows(eligible: bool, b: usize, h: usize, w: usize, c: usize, m
     (mode == Mode::Force || tiles >= 4 * multiprocessors).then_some(tile_h)
 }
 
-/// Whether a parked-weight strip launch (`rows` = B·H rows of `w` pixels, `block` threads,
-/// `smem` bytes) takes strips of CASCADE_DW_WIDE_STRIP pixels (`wide`, kernels/conv.cu
-/// `depthwise_*_sw5`) instead of CASCADE_DW_STRIP (`narrow`).
-///
-/// `CASCADE_DW_WIDE`: unset or `1` (the default), where that takes fewer waves of resident blocks
-/// by the driver's occupancy answers for both kernels (Stage C's and Stage C lite's 24 × 24 × 2
-/// images: one wave of 240 blocks instead of 1.09 waves of 288 on an H200, whose second wave was
-/// half of the launch's time in the profile); `0`, never (for A/B measurements); `force`,
-/// wherever the parked-weight kernels run (the tests).
+/// The parked-weight strip kernels (kernels/conv.cu), in order of preference where they take the
+/// same number of waves.
 #[cfg(feature = "cuda")]
-fn depthwise_wide_strips(
-    dev: &crate::cuda::CudaDevice,
-    narrow: &cudarc::driver::CudaFunction,
-    wide: &cudarc::driver::CudaFunction,
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Strips {
+    /// Every input of a strip of CASCADE_DW_STRIP pixels in flight at once (`depthwise_*_swa`:
+    /// rows of taps through shared memory).
+    Async,
+    /// CASCADE_DW_STRIP pixels per block (`depthwise_*_sw`), a round trip to memory per row of taps.
+    Narrow,
+    /// CASCADE_DW_WIDE_STRIP pixels per block (`depthwise_*_sw5`): fewer blocks.
+    Wide,
+}
+
+/// The parked-weight kernel for a launch of `rows` = B·H rows of `w` pixels in blocks of `block`
+/// threads (`smem`: the parked weights' bytes), its strip width and its dynamic shared memory.
+///
+/// `CASCADE_DW_STRIPS` (read once):
+/// - unset or `auto` (the default): the narrow or the wide strips, whichever takes fewer waves of
+///   resident blocks by the driver's occupancy answers (the narrow ones on a tie). On an H200 that
+///   is the wide strips for Stage C's and Stage C lite's 24 × 24 × 2 images (one wave of 240
+///   blocks instead of 1.09 waves of 288, whose second wave was about half of the launch's time in
+///   the profile) and the narrow ones elsewhere.
+/// - `async`: the same with the asynchronous kernel among them, first on a tie (opt-in until
+///   measured; it takes no input LayerNorm).
+/// - `narrow`, `wide`, `async-all`: that kernel wherever the parked-weight path runs (the tests,
+///   A/B measurements; `async-all` falls back to the narrow strips where it cannot run).
+#[cfg(feature = "cuda")]
+fn depthwise_strip_kernel<'a>(
+    dev: &'a crate::cuda::CudaDevice,
+    mixed: bool,
+    input_norm: bool,
     rows: usize,
     w: usize,
     block: u32,
     smem: usize,
-) -> bool {
+) -> Result<(&'a cudarc::driver::CudaFunction, usize, usize)> {
+    use crate::cuda::params::{CASCADE_DW_STRIP, CASCADE_DW_WIDE_STRIP};
+    use crate::cuda::SharedMemoryOptIn;
     #[derive(Clone, Copy, PartialEq)]
     enum Mode {
-        Off,
-        FewerWaves,
-        Force,
+        Auto { with_async: bool },
+        Only(Strips),
     }
     static MODE: std::sync::OnceLock<Mode> = std::sync::OnceLock::new();
-    let mode = *MODE.get_or_init(|| match std::env::var("CASCADE_DW_WIDE").ok().as_deref().map(str::trim) {
-        Some("0") => Mode::Off,
-        None | Some("1") => Mode::FewerWaves,
-        Some("force") => Mode::Force,
+    let mode = *MODE.get_or_init(|| match std::env::var("CASCADE_DW_STRIPS").ok().as_deref().map(str::trim) {
+        None | Some("auto") => Mode::Auto { with_async: false },
+        Some("async") => Mode::Auto { with_async: true },
+        Some("narrow") => Mode::Only(Strips::Narrow),
+        Some("wide") => Mode::Only(Strips::Wide),
+        Some("async-all") => Mode::Only(Strips::Async),
         Some(v) => {
-            eprintln!("warning: CASCADE_DW_WIDE must be 0, 1 or force, not {v:?}; using 1");
-            Mode::FewerWaves
+            eprintln!("warning: CASCADE_DW_STRIPS must be auto, async, narrow, wide or async-all, not {v:?}; using auto");
+            Mode::Auto { with_async: false }
         }
     });
-    let per_sm = |f: &cudarc::driver::CudaFunction| dev.resident_blocks_per_sm(f, block, smem).unwrap_or(0);
-    match mode {
-        Mode::Off => false,
-        Mode::Force => true,
-        Mode::FewerWaves => wide_strips_take_fewer_waves(rows, w, per_sm(narrow), per_sm(wide), dev.multiprocessors()),
-    }
+    let k = dev.kernels();
+    // Rows 1 and 2 of taps, S + 2 columns, 16 bytes per 8 channels of bf16 (32 of f32), per thread.
+    let async_smem = smem + 2 * (CASCADE_DW_STRIP as usize + 2) * if mixed { 32 } else { 16 } * block as usize;
+    let kernel = |s: Strips| match (s, mixed) {
+        (Strips::Async, false) => (&k.depthwise_bf16_swa, CASCADE_DW_STRIP as usize, async_smem),
+        (Strips::Async, true) => (&k.depthwise_f32_bf16_swa, CASCADE_DW_STRIP as usize, async_smem),
+        (Strips::Narrow, false) => (&k.depthwise_bf16_sw, CASCADE_DW_STRIP as usize, smem),
+        (Strips::Narrow, true) => (&k.depthwise_f32_bf16_sw, CASCADE_DW_STRIP as usize, smem),
+        (Strips::Wide, false) => (&k.depthwise_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize, smem),
+        (Strips::Wide, true) => (&k.depthwise_f32_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize, smem),
+    };
+    // The asynchronous kernels' shared memory may pass 48 KiB: allowed before a query or launch.
+    let opt_in = |s: Strips| -> Result<()> {
+        let (f, _, bytes) = kernel(s);
+        let which = if mixed { SharedMemoryOptIn::DepthwiseAsyncF32 } else { SharedMemoryOptIn::DepthwiseAsync };
+        if s == Strips::Async {
+            dev.opt_in_shared_memory(f, which, bytes)?;
+        }
+        Ok(())
+    };
+    let chosen = match mode {
+        Mode::Only(Strips::Async) if input_norm => Strips::Narrow,
+        Mode::Only(s) => s,
+        Mode::Auto { with_async } => {
+            let mut candidates = Vec::with_capacity(3);
+            if with_async && !input_norm {
+                candidates.push(Strips::Async);
+            }
+            candidates.extend([Strips::Narrow, Strips::Wide]);
+            let mut options = Vec::with_capacity(3);
+            for &s in &candidates {
+                opt_in(s)?;
+                let (f, strip, bytes) = kernel(s);
+                options.push((strip, dev.resident_blocks_per_sm(f, block, bytes).unwrap_or(0)));
+            }
+            fewest_waves(rows, w, dev.multiprocessors(), &options).map_or(Strips::Narrow, |i| candidates[i])
+        }
+    };
+    opt_in(chosen)?;
+    Ok(kernel(chosen))
 }
 
-/// Whether `rows` rows of `w` pixels in strips of CASCADE_DW_WIDE_STRIP take fewer waves than in
-/// strips of CASCADE_DW_STRIP, with the narrow and wide kernels' resident blocks per SM (0: no
-/// answer, never wide) on `multiprocessors` SMs.
+/// Which of `options` (strip width, resident blocks per SM; 0: no answer, never) takes the fewest
+/// waves for `rows` rows of `w` pixels on `multiprocessors` SMs, the first on a tie; None if none
+/// can be counted.
 #[cfg(feature = "cuda")]
-fn wide_strips_take_fewer_waves(rows: usize, w: usize, narrow_per_sm: usize, wide_per_sm: usize, multiprocessors: usize) -> bool {
-    use crate::cuda::params::{CASCADE_DW_STRIP, CASCADE_DW_WIDE_STRIP};
-    let waves = |strip: u32, per_sm: usize| (w.div_ceil(strip as usize) * rows).div_ceil(per_sm * multiprocessors);
-    narrow_per_sm > 0
-        && wide_per_sm > 0
-        && multiprocessors > 0
-        && waves(CASCADE_DW_WIDE_STRIP, wide_per_sm) < waves(CASCADE_DW_STRIP, narrow_per_sm)
+fn fewest_waves(rows: usize, w: usize, multiprocessors: usize, options: &[(usize, usize)]) -> Option<usize> {
+    options
+        .iter()
+        .enumerate()
+        .filter(|&(_, &(strip, per_sm))| strip > 0 && per_sm > 0 && multiprocessors > 0)
+        .min_by_key(|&(i, &(strip, per_sm))| ((w.div_ceil(strip) * rows).div_ceil(per_sm * multiprocessors), i))
+        .map(|(i, _)| i)
 }
 
 /// A TimestepBlock followed by a ResBlock's depthwise convolution and channel LayerNorm:
@@ -755,22 +802,32 @@ pub fn conv_transpose4x4(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor
 
 #[cfg(all(test, feature = "cuda"))]
 mod tests {
-    /// The wave counts behind the wide strips' choice, with an H200's 132 SMs and the blocks per
-    /// SM that the parked-weight kernels' 128 registers a thread allow (2 blocks of 256 or 192
-    /// threads, 3 of 160, 5 of 80, 8 of 40; on a GPU the driver answers).
+    /// The wave counts behind the strip kernels' choice, with an H200's 132 SMs and the blocks
+    /// per SM that the parked-weight kernels' 128 registers a thread allow (2 blocks of 256 or 192
+    /// threads, 3 of 160, 5 of 80, 8 of 40; on a GPU the driver answers) and, for the asynchronous
+    /// kernel on the f32 stream, its 528 bytes of shared memory a thread.
     #[test]
-    fn wide_strips_only_where_they_save_a_wave() {
-        let take = super::wide_strips_take_fewer_waves;
+    fn strips_by_waves() {
+        let pick = super::fewest_waves;
+        let (n, wide) = (4, 5);
         // Stage C and C lite (B·H = 48 rows of 24): 288 blocks in 1.09 waves, or 240 in one.
-        assert!(take(48, 24, 2, 2, 132));
-        // Stage B's levels (128², 64², 32², 16²): the same number of waves either way.
-        assert!(!take(128, 128, 8, 8, 132));
-        assert!(!take(64, 64, 5, 5, 132));
-        assert!(!take(32, 32, 3, 3, 132));
-        assert!(!take(16, 16, 3, 3, 132));
-        // No occupancy answer (or no SM count): never.
-        assert!(!take(48, 24, 0, 2, 132));
-        assert!(!take(48, 24, 2, 0, 132));
-        assert!(!take(48, 24, 2, 2, 0));
+        assert_eq!(pick(48, 24, 132, &[(n, 2), (wide, 2)]), Some(1));
+        // With the asynchronous kernel (one 135 KiB block per SM: three waves) first.
+        assert_eq!(pick(48, 24, 132, &[(n, 1), (n, 2), (wide, 2)]), Some(2));
+        // Stage B's levels (128², 64², 32², 16²): the same number of waves either way, so the
+        // first: the narrow strips, or with `async` the asynchronous kernel (10, 5, 2 and 2
+        // blocks per SM).
+        assert_eq!(pick(128, 128, 132, &[(n, 8), (wide, 8)]), Some(0));
+        assert_eq!(pick(64, 64, 132, &[(n, 5), (wide, 5)]), Some(0));
+        assert_eq!(pick(32, 32, 132, &[(n, 3), (wide, 3)]), Some(0));
+        assert_eq!(pick(16, 16, 132, &[(n, 3), (wide, 3)]), Some(0));
+        assert_eq!(pick(128, 128, 132, &[(n, 10), (n, 8), (wide, 8)]), Some(0));
+        assert_eq!(pick(64, 64, 132, &[(n, 5), (n, 5), (wide, 5)]), Some(0));
+        assert_eq!(pick(32, 32, 132, &[(n, 2), (n, 3), (wide, 3)]), Some(0));
+        assert_eq!(pick(16, 16, 132, &[(n, 2), (n, 3), (wide, 3)]), Some(0));
+        // No occupancy answer: skipped; none at all (or no SM count): None.
+        assert_eq!(pick(48, 24, 132, &[(n, 2), (wide, 0)]), Some(0));
+        assert_eq!(pick(48, 24, 132, &[(n, 0), (wide, 0)]), None);
+        assert_eq!(pick(48, 24, 0, &[(n, 2), (wide, 2)]), None);
     }
 }

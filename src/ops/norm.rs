@@ -369,12 +369,13 @@ pub fn linear_gelu_grn_factor_into(
             K: k as i32,
             rows: rows as i32,
         };
+        use crate::cuda::SharedMemoryOptIn;
         let (f, which) = match variant {
-            FusedGrnKernel::WgmmaDeep => (&dev.kernels().gemm_gelu_grn_deep_bf16, 1),
-            _ => (&dev.kernels().gemm_gelu_grn_bf16, 0),
+            FusedGrnKernel::WgmmaDeep => (&dev.kernels().gemm_gelu_grn_deep_bf16, SharedMemoryOptIn::GemmGrnDeep),
+            _ => (&dev.kernels().gemm_gelu_grn_bf16, SharedMemoryOptIn::GemmGrn),
         };
         let smem = gemm_grn_smem(variant);
-        dev.opt_in_gemm_shared_memory(f, which, smem)?;
+        dev.opt_in_shared_memory(f, which, smem)?;
         return dev.launch(f, (tiles.0 as u32, tiles.1 as u32, 1), (256, 1, 1), smem as u32, &p);
     }
     let _ = (fused, k);
