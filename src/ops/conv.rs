@@ -429,15 +429,15 @@ enum Strips {
 /// - `narrow`, `wide`, `async-all`: that kernel wherever the parked-weight path runs (the tests,
 ///   A/B measurements; `async-all` falls back to the narrow strips where it cannot run).
 #[cfg(feature = "cuda")]
-fn depthwise_strip_kernel<'a>(
-    dev: &'a crate::cuda::CudaDevice,
+fn depthwise_strip_kernel(
+    dev: &crate::cuda::CudaDevice,
     mixed: bool,
     input_norm: bool,
     rows: usize,
     w: usize,
     block: u32,
     smem: usize,
-) -> Result<(&'a cudarc::driver::CudaFunction, usize, usize)> {
+) -> Result<(&cudarc::driver::CudaFunction, usize, usize)> {
     use crate::cuda::params::{CASCADE_DW_STRIP, CASCADE_DW_WIDE_STRIP};
     use crate::cuda::SharedMemoryOptIn;
     #[derive(Clone, Copy, PartialEq)]
