@@ -328,7 +328,7 @@ fn depthwise3x3_impl(
                 return dev.launch(&k.depthwise_tile_bf16, grid, (threads as u32, 1, 1), depthwise_tile_smem(tile_h, c) as u32, &p);
             }
             if parked {
-                let (f, strip, smem) = depthwise_strip_kernel(&dev, mixed, !p.in_stats.is_null(), b * h, w, block, smem)?;
+                let (f, strip, smem) = depthwise_strip_kernel(&dev, mixed, !p.in_stats.is_null(), b * h, w, block, smem);
                 return dev.launch(f, (w.div_ceil(strip) as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p);
             }
             let f = match mixed {
@@ -437,7 +437,7 @@ fn depthwise_strip_kernel(
     w: usize,
     block: u32,
     smem: usize,
-) -> Result<(&cudarc::driver::CudaFunction, usize, usize)> {
+) -> (&cudarc::driver::CudaFunction, usize, usize) {
     use crate::cuda::params::{CASCADE_DW_STRIP, CASCADE_DW_WIDE_STRIP};
     use crate::cuda::SharedMemoryOptIn;
     #[derive(Clone, Copy, PartialEq)]
@@ -468,17 +468,16 @@ fn depthwise_strip_kernel(
         (Strips::Wide, false) => (&k.depthwise_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize, smem),
         (Strips::Wide, true) => (&k.depthwise_f32_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize, smem),
     };
-    // The asynchronous kernels' shared memory may pass 48 KiB: allowed before a query or launch.
-    let opt_in = |s: Strips| -> Result<()> {
+    // Whether kernel `s` can run here. The asynchronous one's shared memory may pass 48 KiB, which
+    // it must be allowed first (an occupancy query for it too); a card that allows less per block
+    // (sm_86 and sm_89: 99 KiB) refuses the larger sizes, and the launch takes another kernel.
+    let runnable = |s: Strips| {
         let (f, _, bytes) = kernel(s);
         let which = if mixed { SharedMemoryOptIn::DepthwiseAsyncF32 } else { SharedMemoryOptIn::DepthwiseAsync };
-        if s == Strips::Async {
-            dev.opt_in_shared_memory(f, which, bytes)?;
-        }
-        Ok(())
+        s != Strips::Async || dev.opt_in_shared_memory(f, which, bytes).is_ok()
     };
     let chosen = match mode {
-        Mode::Only(Strips::Async) if input_norm => Strips::Narrow,
+        Mode::Only(Strips::Async) if input_norm || !runnable(Strips::Async) => Strips::Narrow,
         Mode::Only(s) => s,
         Mode::Auto { with_async } => {
             let mut candidates = Vec::with_capacity(3);
@@ -486,17 +485,17 @@ fn depthwise_strip_kernel(
                 candidates.push(Strips::Async);
             }
             candidates.extend([Strips::Narrow, Strips::Wide]);
-            let mut options = Vec::with_capacity(3);
-            for &s in &candidates {
-                opt_in(s)?;
-                let (f, strip, bytes) = kernel(s);
-                options.push((strip, dev.resident_blocks_per_sm(f, block, bytes).unwrap_or(0)));
-            }
+            let options: Vec<(usize, usize)> = candidates
+                .iter()
+                .map(|&s| {
+                    let (f, strip, bytes) = kernel(s);
+                    (strip, if runnable(s) { dev.resident_blocks_per_sm(f, block, bytes).unwrap_or(0) } else { 0 })
+                })
+                .collect();
             fewest_waves(rows, w, dev.multiprocessors(), &options).map_or(Strips::Narrow, |i| candidates[i])
         }
     };
-    opt_in(chosen)?;
-    Ok(kernel(chosen))
+    kernel(chosen)
 }
 
 /// Which of `options` (strip width, resident blocks per SM; 0: no answer, never) takes the fewest
