@@ -7,7 +7,8 @@
 // every operand 16-byte aligned) a block takes a strip of CASCADE_DW_STRIP pixels of one row
 // (grid: ceil(W / CASCADE_DW_STRIP), H, B) and each thread 8 consecutive channels of all of them:
 // the 72 weights are loaded and unpacked once per strip, and each input pixel once per row of
-// taps (3 · (CASCADE_DW_STRIP + 2) 16-byte loads for CASCADE_DW_STRIP outputs instead of 9 each).
+// taps (3 · (CASCADE_DW_STRIP + 2) 16-byte loads for CASCADE_DW_STRIP outputs instead of 9 each;
+// the parked-weight kernels' _sw5 versions take strips of CASCADE_DW_WIDE_STRIP pixels).
 // Otherwise one block per pixel (grid: W, H, B) and one channel per thread, the outputs staged in
 // shared memory (dynamic smem: C floats) when a LayerNorm follows. Either way an output
 // LayerNorm is over the pixel's channels.
@@ -350,29 +351,37 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16(Depthwis
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_sw(DepthwiseParams p) { pdl_enter(); depthwise_impl<bf16, bf16, true, true>(p); }
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw(DepthwiseParams p) { pdl_enter(); depthwise_impl<bf16, float, true, true>(p); }
 
-// The parked-weight kernels with strips of CASCADE_DW_WIDE_STRIP (5) pixels: fewer blocks for the
-// same image, picked by the launcher only where that takes fewer waves of resident blocks (Stage
-// C's 24 × 24 × 2 images: 240 blocks instead of 288, one wave of two blocks per SM on an H200
-// instead of 1.09). Each block's time is latency (four round trips to memory and two block-wide
-// sums whatever the strip), so a fifth pixel per block costs little, and a second wave for the
-// last 24 blocks was about half the launch. Always the eight-channel path (p.vec8 set).
-template <typename TI> __device__ void depthwise_wide(const DepthwiseParams& p) {
-    __shared__ float scratch[32 * CASCADE_DW_WIDE_STRIP];
-    depthwise_vec8<bf16, TI, true, true, CASCADE_DW_WIDE_STRIP>(p, scratch);
+// The parked-weight kernels' other two versions, picked by the launcher by waves of resident
+// blocks (src/ops/conv.rs, depthwise_strip_kernel); always the eight-channel path (p.vec8 set).
+template <typename TI, int S, bool ASYNC> __device__ void depthwise_parked(const DepthwiseParams& p) {
+    __shared__ float scratch[32 * S];
+    depthwise_vec8<bf16, TI, true, true, S, ASYNC>(p, scratch);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_sw5(DepthwiseParams p) { pdl_enter(); depthwise_wide<bf16>(p); }
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw5(DepthwiseParams p) { pdl_enter(); depthwise_wide<float>(p); }
-
-// The parked-weight kernels with every input of the strip in flight at once (ASYNC above): rows
-// 1 and 2 of taps in 2 · (CASCADE_DW_STRIP + 2) · 16 bytes of dynamic shared memory per thread
-// and 16-byte word of the input (bf16: 1, f32: 2) beyond the 144 of parked weights. Picked by the
-// launcher where that takes no more waves of resident blocks than the others (Stage B's levels).
-template <typename TI> __device__ void depthwise_async(const DepthwiseParams& p) {
-    __shared__ float scratch[32 * CASCADE_DW_STRIP];
-    depthwise_vec8<bf16, TI, true, true, CASCADE_DW_STRIP, true>(p, scratch);
+// Strips of CASCADE_DW_WIDE_STRIP (5) pixels: fewer blocks for the same image, where that takes
+// fewer waves (Stage C's 24 × 24 × 2 images: 240 blocks instead of 288, one wave of two blocks per
+// SM on an H200 instead of 1.09). Each block's time is latency (four round trips to memory and two
+// block-wide sums whatever the strip), so a fifth pixel per block costs little, and a second wave
+// for the last 24 blocks was about half the launch.
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_sw5(DepthwiseParams p) {
+    pdl_enter();
+    depthwise_parked<bf16, CASCADE_DW_WIDE_STRIP, false>(p);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_swa(DepthwiseParams p) { pdl_enter(); depthwise_async<bf16>(p); }
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_swa(DepthwiseParams p) { pdl_enter(); depthwise_async<float>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw5(DepthwiseParams p) {
+    pdl_enter();
+    depthwise_parked<float, CASCADE_DW_WIDE_STRIP, false>(p);
+}
+// Every input of the strip in flight at once (ASYNC above): rows 1 and 2 of taps in
+// 2 · (CASCADE_DW_STRIP + 2) · 16 bytes of dynamic shared memory per thread and 16-byte word of
+// the input (bf16: 1, f32: 2) beyond the 144 of parked weights, where that takes no more waves
+// than the others (opt-in: Stage B's levels).
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_swa(DepthwiseParams p) {
+    pdl_enter();
+    depthwise_parked<bf16, CASCADE_DW_STRIP, true>(p);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_swa(DepthwiseParams p) {
+    pdl_enter();
+    depthwise_parked<float, CASCADE_DW_STRIP, true>(p);
+}
 
 // ---- The tiled path: large images (Stage A) -------------------------------------------------
 // The strip kernel above reads each input pixel 4.5 times (three rows of taps for each of its

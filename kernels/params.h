@@ -240,7 +240,8 @@ typedef struct DepthwiseParams {
     const void* out_bias;    // [C]
     int32_t vec8;            // 1: eight channels per thread, CASCADE_DW_STRIP pixels per block (C % 8 == 0,
                              // C / 8 <= blockDim.x, every operand 16-byte aligned; grid
-                             // (ceil(W / CASCADE_DW_STRIP), H, B)); 0: one channel, one pixel (grid (W, H, B))
+                             // (ceil(W / CASCADE_DW_STRIP), H, B); CASCADE_DW_WIDE_STRIP in the _sw5
+                             // kernels); 0: one channel, one pixel (grid (W, H, B))
     int32_t tile_h;          // depthwise_tile_bf16 only: output rows per tile, 2 .. CASCADE_DW_TILE_MAX_H
                              // (grid (ceil(W / CASCADE_DW_TILE_W), ceil(H / tile_h), B), 2 · tile_h · C / 8
                              // threads); 0 for the other kernels

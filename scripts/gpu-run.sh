@@ -203,8 +203,7 @@ if on SANITIZE 0; then
         done
         # The attention kernels (the 32-query ones with every block size) under racecheck.
         CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-racecheck-attention "${SANITIZE_TIMEOUT:-240}" \
-            compute-sanitizer --tool racecheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention
-        true) &
+            compute-sanitizer --tool racecheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention) &
         pids+=($!)
         sanitize_runs+=(sanitize-memcheck-wgmma sanitize-racecheck-wgmma sanitize-memcheck-gemmwg sanitize-racecheck-gemmwg sanitize-memcheck-dwasync
             sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention)
