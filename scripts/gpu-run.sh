@@ -125,11 +125,6 @@ if on TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     tests+=(kernels-grnres)
     CASCADE_GRN_RESIDENT=1 step test-kernels-grnres "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture grn &
     pids+=($!)
-    # The wgmma attention kernel (sm_90a, opt-in: CASCADE_ATTENTION_WGMMA=1) beside the others on
-    # every attention shape, in a process of its own: a fault in it ends only this one.
-    tests+=(kernels-wgmma)
-    CASCADE_ATTENTION_WGMMA=1 step test-kernels-wgmma "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
-    pids+=($!)
     # The fused fc1 + GRN-statistics wgmma GEMM (opt-in: CASCADE_GEMM_WGMMA=1) beside the
     # separate path on the odd shapes and every real ResBlock's fc1, likewise alone.
     tests+=(kernels-gemmwg)
@@ -142,17 +137,22 @@ if on TESTS 1 && [ -x "$bundle/tests/pipeline" ]; then
     tests+=(pipeline-pdl)
     CASCADE_PDL=1 step test-pipeline-pdl "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
     pids+=($!)
+    # On compute capability 9.0 the wgmma attention kernels run by default; the pipeline tests
+    # again without them keep the mma.sync path that other cards take checked on this one.
+    tests+=(pipeline-nowgmma)
+    CASCADE_ATTENTION_WGMMA=0 step test-pipeline-nowgmma "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
+    pids+=($!)
 fi
 if on FIDELITY 0; then
     step fidelity "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     pids+=($!)
 fi
-# FIDELITY_WGMMA=1: full-size fidelity again with the wgmma kernels (opt-in: attention, and the
-# fused fc1 + GRN GEMM) in every stage, beside the first.
+# FIDELITY_WGMMA=1: full-size fidelity again with the fused fc1 + GRN wgmma GEMM (opt-in:
+# CASCADE_GEMM_WGMMA=1) in every stage, beside the first.
 fidelity_runs=()
 if on FIDELITY_WGMMA 0; then
     fidelity_runs+=(fidelity-wgmma)
-    CASCADE_ATTENTION_WGMMA=1 CASCADE_GEMM_WGMMA=1 step fidelity-wgmma "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
+    CASCADE_GEMM_WGMMA=1 step fidelity-wgmma "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     pids+=($!)
 fi
 sanitize_runs=()
@@ -175,14 +175,8 @@ if on SANITIZE 0; then
             CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-kernels" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored --test-threads=4 "${skip[@]}"
         done
-        # The kernels never yet run under the sanitizer first (a deadline cuts the later steps):
-        # the wgmma attention kernels among the others (opt-in, so in processes of their own) ...
-        for tool in memcheck racecheck; do
-            CASCADE_ATTENTION_WGMMA=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-wgmma" "${SANITIZE_TIMEOUT:-240}" \
-                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention
-        done
-        # ... the fused fc1 + GRN GEMM (shared memory reused by its epilogue, the last blocks'
-        # statistics) ...
+        # The opt-in kernels, each in a process of its own: the fused fc1 + GRN GEMM (shared
+        # memory reused by its epilogue, the last blocks' statistics) ...
         for tool in memcheck racecheck; do
             CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-gemmwg" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored linear_gelu_grn
@@ -201,11 +195,12 @@ if on SANITIZE 0; then
             CASCADE_GRN_RESIDENT=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-grnres" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored grn
         done
-        # The attention kernels (the 32-query ones with every block size) under racecheck.
+        # The attention kernels (the 32-query ones with every block size, and the wgmma ones on
+        # compute capability 9.0) under racecheck.
         CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-racecheck-attention "${SANITIZE_TIMEOUT:-240}" \
             compute-sanitizer --tool racecheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention) &
         pids+=($!)
-        sanitize_runs+=(sanitize-memcheck-wgmma sanitize-racecheck-wgmma sanitize-memcheck-gemmwg sanitize-racecheck-gemmwg sanitize-memcheck-dwasync
+        sanitize_runs+=(sanitize-memcheck-gemmwg sanitize-racecheck-gemmwg sanitize-memcheck-dwasync
             sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention)
         # racecheck over the stage steps is not run by default: on an H200 it stops inside
         # cuBLASLt's GEMMs at these shapes ("Internal Sanitizer Error: The Sanitizer failed to
@@ -256,12 +251,12 @@ if on BENCH 1; then
         [ -n "${BENCHES:-}" ] && [[ " $BENCHES " != *" $name "* ]] && continue
         benches+=("bench-$name")
         CASCADE_BENCH_QUICK=1 step "bench-$name" "${BENCH_TIMEOUT:-300}" "$b" --bench
-        # The ops bench's attention and fc1 + GRN rows again with the wgmma kernels' rows among
-        # them (opt-in, so in a process of its own; the other kernels' rows give a same-run
+        # The ops bench's fc1 + GRN rows again with the fused wgmma GEMM's rows among them
+        # (opt-in, so in a process of its own; the separate path's rows give a same-run
         # comparison).
         if [ "$name" = ops ]; then
             benches+=("bench-ops-wgmma")
-            CASCADE_ATTENTION_WGMMA=1 CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=attention,linear_gelu_grn CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
+            CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=linear_gelu_grn CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
             # The depthwise rows with the narrow strips everywhere (the first run takes the wide
             # ones where they save a wave: the Stage C rows) and with the asynchronous kernel
             # everywhere it runs, for a same-run comparison per launch.

@@ -592,10 +592,9 @@ fn strided_and_transposed_convolutions() {
 fn attention_kernel() {
     const L2: usize = 130;
     let dev = gpu();
-    // The wgmma kernel (sm_90a) on a compute capability 9.0 GPU when asked for: an unmeasured
-    // kernel's fault would end this process's context, so the GPU run tests it in a process of
-    // its own (CASCADE_ATTENTION_WGMMA=1). The emulator always runs it.
-    let wgmma = cascade::testing::wgmma_testable(&dev, cascade::cuda::wgmma_requested());
+    // The wgmma kernels (sm_90a) on a compute capability 9.0 GPU unless turned off
+    // (CASCADE_ATTENTION_WGMMA=0). The emulator always runs them.
+    let wgmma = cascade::testing::wgmma_testable(&dev, cascade::cuda::wgmma_attention_allowed());
     for (i, s) in shapes::ATTENTION.iter().enumerate() {
         if !wanted(s.name) {
             continue;

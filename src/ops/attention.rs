@@ -20,13 +20,14 @@ pub enum AttentionMask<'a> {
 /// Which GPU kernel runs attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// For bf16: an mma.sync kernel where its operands are 16-byte aligned (with or without a
-    /// mask; the 32-query one where [`mma32_preferred`] says so), else the WMMA kernel without a
-    /// mask; the CUDA-core kernel otherwise. A tensor-core kernel that failed its start-up check
-    /// on this device is skipped. `CASCADE_ATTENTION=simple|wmma|mma|mma32|wgmma_sq|wgmma_ov` in
-    /// the environment picks one (`mma`, `mma32`, `wgmma_sq`, `wgmma_ov`: that kernel for every
-    /// shape); `wgmma` asks for the wgmma kernels as `CASCADE_ATTENTION_WGMMA=1` does (see
-    /// `Wgmma`), as do `wgmma_sq` and `wgmma_ov`.
+    /// For bf16 with operands 16-byte aligned (with or without a mask): on compute capability
+    /// 9.0 a wgmma kernel (`Wgmma`, or `WgmmaSharedQ` where [`wgmma_shared_q_preferred`] says
+    /// so), elsewhere an mma.sync kernel (the 32-query one where [`mma32_preferred`] says so);
+    /// else the WMMA kernel without a mask; the CUDA-core kernel otherwise. A tensor-core kernel
+    /// that failed its start-up check on this device is skipped. `CASCADE_ATTENTION=simple|wmma|
+    /// mma|mma32|wgmma_sq|wgmma_ov` in the environment picks one (`mma`, `mma32`, `wgmma_sq`,
+    /// `wgmma_ov`: that kernel for every shape); `CASCADE_ATTENTION_WGMMA=0` leaves the wgmma
+    /// kernels out.
     Auto,
     /// The CUDA-core kernel (one thread per query; any dtype, masks).
     Simple,
@@ -46,25 +47,29 @@ pub enum AttentionKernel {
     Mma32Wide,
     /// Hopper's warpgroup products (wgmma, sm_90a: compute capability 9.0 only): 64 queries per
     /// block of one warpgroup, K and V read by the tensor cores from swizzled shared memory. Same
-    /// operands and masks as `Mma`. Not measured yet: `Auto` takes it (or `WgmmaSharedQ`, by
-    /// [`wgmma_shared_q_preferred`]) for every shape only when `CASCADE_ATTENTION_WGMMA=1` (or
-    /// `CASCADE_ATTENTION=wgmma`) was set when the device was opened and both passed their
-    /// start-up checks then.
+    /// operands and masks as `Mma`. `Auto` takes it (or `WgmmaSharedQ`, by
+    /// [`wgmma_shared_q_preferred`]) for every shape when both passed their start-up checks as
+    /// the device was opened (unless `CASCADE_ATTENTION_WGMMA=0`). Measured on an H200
+    /// (docs/performance.md, thirteenth session): 218–222 TFLOP/s on Stage C and Stage B's level
+    /// 2, against 155–159 for `Mma`; a Stage B step 1.4 ms faster.
     Wgmma,
     /// The wgmma kernel with Q read from shared memory too: 94 registers instead of 117, so five
-    /// blocks fit an SM instead of four. `Auto` (with the wgmma kernels asked for) takes it where
+    /// blocks fit an SM instead of four. `Auto` takes it where
     /// [`wgmma_shared_q_preferred`] says so; `CASCADE_ATTENTION=wgmma_sq` everywhere.
     WgmmaSharedQ,
     /// The shared-Q wgmma kernel with each tile's products overlapping the next tile's softmax
     /// (FlashAttention-3's schedule inside a warpgroup; two P buffers, four blocks per SM).
-    /// `Auto` never takes it until measured; `CASCADE_ATTENTION=wgmma_ov` everywhere.
+    /// Measured no faster than `WgmmaSharedQ` on an H200 (Stage C 28.5 against 26.2 µs), so
+    /// `Auto` never takes it; `CASCADE_ATTENTION=wgmma_ov` checks it at start-up and runs it
+    /// everywhere.
     WgmmaOverlap,
 }
 
 /// Whether the wgmma kernel with Q in shared memory (`per_sm_sq` blocks per SM) should run `bh`
 /// rows of `lq` queries (64 per block) on `sms` SMs instead of the one with Q in registers
 /// (`per_sm` blocks per SM): where only its grid fits in one wave (Stage C: 576 blocks, 528
-/// places for the register kernel on an H200, 660 for this one). A prediction, not measured yet.
+/// places for the register kernel on an H200, 660 for this one). Measured on an H200: 26.2
+/// against 28.7 µs there; the two tie on the shapes that fit one wave either way.
 pub fn wgmma_shared_q_preferred(lq: usize, bh: usize, sms: usize, per_sm: usize, per_sm_sq: usize) -> bool {
     let blocks = lq.div_ceil(64) * bh;
     blocks > sms * per_sm && blocks <= sms * per_sm_sq
