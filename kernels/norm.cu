@@ -229,8 +229,14 @@ template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParam
             for (int k = 0; k < K; k++) v[k] = in[k] ? to_f32(x[row + g0 + off[k]]) : 0.f;
     };
     const int n_end = min(p.N, (c + 1) * p.chunk_rows);
+    // Every batch, the last one too, issues all its loads before it uses any: a chunk's rows
+    // that are not a multiple of the batch end in a partial batch (its missing rows predicated
+    // off), not in rows loaded one round trip at a time (Stage B's level 2, 7 rows per thread:
+    // two round trips instead of four). Rows are added in the same order either way, so the
+    // results are bit-identical. batched_remainder = 0 keeps the earlier schedule (full batches,
+    // then one row at a time) for A/B measurements.
     int n = c * p.chunk_rows + ry;
-    if (K != 8 || in[0]) {
+    if ((K != 8 || in[0]) && !p.batched_remainder) {
         for (; n + (GRN_BATCH - 1) * 8 < n_end; n += GRN_BATCH * 8) {
             float v[GRN_BATCH][K];
             #pragma unroll
@@ -238,10 +244,18 @@ template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParam
             #pragma unroll
             for (int u = 0; u < GRN_BATCH; u++) add_row(((int64_t)b * p.N + n + 8 * u) * p.D, v[u]);
         }
-        for (; n < n_end; n += 8) {
-            float v[K];
-            load_row(((int64_t)b * p.N + n) * p.D, v);
-            add_row(((int64_t)b * p.N + n) * p.D, v);
+    }
+    // Rows per remaining batch: GRN_BATCH, or 1 for the earlier schedule.
+    const int width = p.batched_remainder ? GRN_BATCH : 1;
+    if (K != 8 || in[0]) {
+        for (; n < n_end; n += width * 8) {
+            float v[GRN_BATCH][K];
+            #pragma unroll
+            for (int u = 0; u < GRN_BATCH; u++)
+                if (u < width && n + 8 * u < n_end) load_row(((int64_t)b * p.N + n + 8 * u) * p.D, v[u]);
+            #pragma unroll
+            for (int u = 0; u < GRN_BATCH; u++)
+                if (u < width && n + 8 * u < n_end) add_row(((int64_t)b * p.N + n + 8 * u) * p.D, v[u]);
         }
     }
     grn_rows_total<K>(part, s, off, total);
@@ -249,23 +263,34 @@ template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParam
         if (in[k]) p.part[((int64_t)b * p.chunks + c) * p.D + g0 + off[k]] = total[k];
 
     // Last chunk of this (sample, channel group) to finish: the group's norms, from every 8th
-    // chunk per thread (read through L2: other blocks wrote them).
+    // chunk per thread (read through L2: other blocks wrote them). This block is the critical
+    // path now (every other block of the group has finished): the chunk sums in batches with all
+    // loads in flight, the last batch predicated as above (Stage B's level 2, 19 chunks: one
+    // round trip instead of three).
     if (!grn_arrived_last(p.counters + (int64_t)b * groups + blockIdx.x, p.chunks, &last)) return;
     for (int k = 0; k < K; k++) s[k] = 0.f;
     const float* pb = p.part + (int64_t)b * p.chunks * p.D + g0;
     int ch = ry;
-    for (; ch + (GRN_BATCH - 1) * 8 < p.chunks; ch += GRN_BATCH * 8) {
+    if (!p.batched_remainder)
+        for (; ch + (GRN_BATCH - 1) * 8 < p.chunks; ch += GRN_BATCH * 8) {
+            float t[GRN_BATCH][K];
+            #pragma unroll
+            for (int u = 0; u < GRN_BATCH; u++)
+                for (int k = 0; k < K; k++) t[u][k] = in[k] ? __ldcg(&pb[(int64_t)(ch + 8 * u) * p.D + off[k]]) : 0.f;
+            #pragma unroll
+            for (int u = 0; u < GRN_BATCH; u++)
+                for (int k = 0; k < K; k++) s[k] += t[u][k];
+        }
+    for (; ch < p.chunks; ch += width * 8) {
         float t[GRN_BATCH][K];
         #pragma unroll
         for (int u = 0; u < GRN_BATCH; u++)
-            for (int k = 0; k < K; k++) t[u][k] = in[k] ? __ldcg(&pb[(int64_t)(ch + 8 * u) * p.D + off[k]]) : 0.f;
+            for (int k = 0; k < K; k++)
+                t[u][k] = in[k] && u < width && ch + 8 * u < p.chunks ? __ldcg(&pb[(int64_t)(ch + 8 * u) * p.D + off[k]]) : 0.f;
         #pragma unroll
         for (int u = 0; u < GRN_BATCH; u++)
             for (int k = 0; k < K; k++) s[k] += t[u][k];
     }
-    for (; ch < p.chunks; ch += 8)
-        for (int k = 0; k < K; k++)
-            if (in[k]) s[k] += __ldcg(&pb[(int64_t)ch * p.D + off[k]]);
     grn_rows_total<K>(part, s, off, total);
     if (ry == 0) {
         // The norms, and their sum over the group (lanes in a fixed butterfly order).

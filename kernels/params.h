@@ -82,6 +82,9 @@ typedef struct GrnPartialParams {
     float* group_sums;   // [B, groups], f32: each group's sum of its channels' norms
     int32_t short_tail;  // 1: the sample's denominator from group_sums and the factor's loads all
                          // issued at once; 0: both passes over the D norms a batch at a time
+    int32_t batched_remainder; // 1: a chunk's rows, and the last block's chunk sums, that do not
+                         // fill a batch of loads go as one predicated batch; 0: one at a time
+                         // (the earlier schedule, kept for A/B measurements)
 } GrnPartialParams;
 
 // GlobalResponseNorm in one cooperative launch (bf16, D % 8 == 0, x and y 16-byte aligned):

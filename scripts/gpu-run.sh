@@ -10,7 +10,7 @@
 #     mode, PyTorch's SDPA and the card's ceilings, diffusers side by side, the Nsight Compute
 #     profile, and the stages bench with cuBLASLt's untuned choice.
 #
-# Switches (1 runs, 0 skips): TESTS=1 BENCH=1 FIDELITY=0 FIDELITY_WGMMA=0 SANITIZE=0 SIDE_BY_SIDE=0
+# Switches (1 runs, 0 skips): TESTS=1 VARIANT_TESTS=1 BENCH=1 FIDELITY=0 FIDELITY_WGMMA=0 SANITIZE=0 SIDE_BY_SIDE=0
 # PROFILE=0 GEMM_TUNE_AB=0; ALL=1 turns every one on (STAGE_VARIANTS, below, lists A/B environments). DEADLINE=seconds bounds the whole run: each step is
 # cut to what is left and a step that would start too late is reported as skipped, so the
 # summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT cap one step (300 s);
@@ -110,7 +110,9 @@ for name in "${tests[@]}"; do
 done
 # The tiled depthwise kernel wherever it can run (CASCADE_DW_TILE=force), on every shape of the
 # depthwise test (the default takes it only for large images).
-if on TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
+# VARIANT_TESTS=0 skips the opt-in kernels' test steps below (the pipeline without the wgmma
+# attention kernels still runs): for a short call after they have passed on the card.
+if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     tests+=(kernels-dwtile)
     CASCADE_DW_TILE=force step test-kernels-dwtile "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
     pids+=($!)
@@ -134,9 +136,11 @@ fi
 # Programmatic dependent launches (opt-in: CASCADE_PDL=1): the pipeline tests (graphs, every
 # stage, against diffusers' seeded images) with every kernel launched that way.
 if on TESTS 1 && [ -x "$bundle/tests/pipeline" ]; then
-    tests+=(pipeline-pdl)
-    CASCADE_PDL=1 step test-pipeline-pdl "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
-    pids+=($!)
+    if on VARIANT_TESTS 1; then
+        tests+=(pipeline-pdl)
+        CASCADE_PDL=1 step test-pipeline-pdl "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
+        pids+=($!)
+    fi
     # On compute capability 9.0 the wgmma attention kernels run by default; the pipeline tests
     # again without them keep the mma.sync path that other cards take checked on this one.
     tests+=(pipeline-nowgmma)
