@@ -753,8 +753,9 @@ template <bool QS, bool OV> __device__ __forceinline__ void attention_wgmma_body
 
 // 64 queries per block of one warpgroup; up to four blocks per SM (at most 128 registers, 33 KiB
 // of shared memory each). Only the sm_90a image has a body: the launcher uses it on compute
-// capability 9.0 only, after its start-up check. Not measured yet: opt-in
-// (CASCADE_ATTENTION_WGMMA=1, or CASCADE_ATTENTION=wgmma).
+// capability 9.0 only, after its start-up check, by default (CASCADE_ATTENTION_WGMMA=0 leaves it
+// out). Measured on an H200: 218–222 TFLOP/s on Stage C's and Stage B's level-2 shapes, against
+// 155–159 for the mma.sync kernel.
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) {
     pdl_enter();
 #ifdef CASCADE_WGMMA
@@ -763,7 +764,8 @@ extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(Attent
 }
 // Q from shared memory as well: five blocks per SM (at most 96 registers and 41 KiB of shared
 // memory each), so that Stage C's 576 blocks are one wave of 660 places instead of 1.09 waves of
-// 528. Not measured yet; the same opt-in, and the launcher's one-wave rule picks between the two.
+// 528. The launcher's one-wave rule picks between the two; measured on an H200, Stage C 26.2
+// against 28.7 µs, and the two tie where both fit one wave.
 extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_bf16(AttentionParams p) {
     pdl_enter();
 #ifdef CASCADE_WGMMA
@@ -771,8 +773,9 @@ extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_bf16(Att
 #endif
 }
 // Q from shared memory, and the products of each tile overlapping the next tile's softmax (two
-// P buffers): four blocks per SM. Not measured yet; the same opt-in, chosen only by
-// CASCADE_ATTENTION=wgmma_ov (and in the kernel test and the ops bench).
+// P buffers): four blocks per SM. Measured on an H200 no faster than the shared-Q kernel (Stage
+// C 28.5 against 26.2 µs): chosen only by CASCADE_ATTENTION=wgmma_ov (and in the kernel test and
+// the ops bench).
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_ov_bf16(AttentionParams p) {
     pdl_enter();
 #ifdef CASCADE_WGMMA

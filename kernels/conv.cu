@@ -373,7 +373,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw5(Dept
 // Every input of the strip in flight at once (ASYNC above): rows 1 and 2 of taps in
 // 2 · (CASCADE_DW_STRIP + 2) · 16 bytes of dynamic shared memory per thread and 16-byte word of
 // the input (bf16: 1, f32: 2) beyond the 144 of parked weights, where that takes no more waves
-// than the others (opt-in: Stage B's levels).
+// than the others (opt-in: on an H200 it lost, +0.9 ms per Stage B step; the shared memory
+// leaves fewer blocks per SM).
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_swa(DepthwiseParams p) {
     pdl_enter();
     depthwise_parked<bf16, CASCADE_DW_STRIP, true>(p);

@@ -16,6 +16,9 @@
 //   stores) and barriers overlap the other's products.
 // - gemm_gelu_grn_deep_bf16: four stages (128 KiB), one step's products still in flight while
 //   the next step's are issued; one block per SM.
+// Both are opt-in (CASCADE_GEMM_WGMMA=1 or deep). Measured on an H200, the first reached 295
+// TFLOP/s on Stage C's MLP (131 µs) against cuBLASLt's GEMM alone at about 57 µs plus GRN's sums
+// pass at about 28: without TMA and warp specialisation the mainloop is far from cuBLASLt's.
 #include "common.cuh"
 
 #define GG_BM 128     // rows per block: two warpgroups of 64

@@ -25,7 +25,7 @@ for strips in wide async-all; do
     CASCADE_DW_STRIPS=$strips cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
     CASCADE_DW_STRIPS=$strips cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 done
-# The cooperative one-pass GRN kernel (opt-in until measured): the kernel test and the tiny
+# The cooperative one-pass GRN kernel (opt-in: slower on an H200): the kernel test and the tiny
 # models, whose bf16 ResBlocks then take it.
 CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test kernels -- --ignored grn "$@"
 CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"

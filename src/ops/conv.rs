@@ -423,9 +423,11 @@ enum Strips {
 ///   resident blocks by the driver's occupancy answers (the narrow ones on a tie). On an H200 that
 ///   is the wide strips for Stage C's and Stage C lite's 24 × 24 × 2 images (one wave of 240
 ///   blocks instead of 1.09 waves of 288, whose second wave was about half of the launch's time in
-///   the profile) and the narrow ones elsewhere.
-/// - `async`: the same with the asynchronous kernel among them, first on a tie (opt-in until
-///   measured; it takes no input LayerNorm).
+///   the profile) and the narrow ones elsewhere. Measured on an H200 (docs/performance.md,
+///   thirteenth session): Stage C's launch 17.5 → 13.3 µs, −0.2 ms per step.
+/// - `async`: the same with the asynchronous kernel among them, first on a tie (it takes no input
+///   LayerNorm). Opt-in: measured on an H200 it lost, +0.9 ms per Stage B step (its shared memory
+///   leaves fewer blocks per SM).
 /// - `narrow`, `wide`, `async-all`: that kernel wherever the parked-weight path runs (the tests,
 ///   A/B measurements; `async-all` falls back to the narrow strips where it cannot run).
 #[cfg(feature = "cuda")]

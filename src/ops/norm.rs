@@ -280,7 +280,9 @@ pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
 pub enum FusedGrnKernel {
     /// The fused GEMM where the device passed its start-up check (asked for with
     /// `CASCADE_GEMM_WGMMA=1` on compute capability 9.0) and the operands allow it
-    /// ([`linear_gelu_grn_fused`]); else Separate.
+    /// ([`linear_gelu_grn_fused`]); else Separate. Opt-in: measured on an H200 the fused kernel
+    /// reached 295 TFLOP/s on Stage C's MLP against cuBLASLt's 453 plus the sums pass, +2.9 ms
+    /// per Stage C step (docs/performance.md, thirteenth session).
     Auto,
     /// cuBLASLt's GEMM, then GRN's sums pass (which applies the GELU in place).
     Separate,
@@ -751,8 +753,10 @@ fn grn_short_tail() -> bool {
 /// last block's chunk sums likewise, as one predicated batch (the default) instead of one load
 /// at a time: on Stage B's level 2 (7 rows per thread, 19 chunks) four round trips to memory
 /// fewer per launch, two of them on the launch's critical path. The sums are added in the same
-/// order, so the results are bit-identical. `CASCADE_GRN_REMAINDER=serial` (read once) keeps
-/// the earlier schedule, for A/B measurements.
+/// order, so the results are bit-identical. Measured on an H200 (docs/performance.md,
+/// thirteenth session): Stage B −0.24 ms, B lite −0.14 ms per step (within about the noise
+/// between processes). `CASCADE_GRN_REMAINDER=serial` (read once) keeps the earlier schedule,
+/// for A/B measurements.
 #[cfg(feature = "cuda")]
 fn grn_batched_remainder() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -760,8 +764,9 @@ fn grn_batched_remainder() -> bool {
 }
 
 /// Whether GRN with β to apply takes the cooperative one-pass kernel (`grn_resident_bf16`) where
-/// its grid fits: `CASCADE_GRN_RESIDENT=1` (read once). Off by default until it is measured on a
-/// GPU (docs/performance.md, eighth session).
+/// its grid fits: `CASCADE_GRN_RESIDENT=1` (read once). Off by default: measured on an H200 it
+/// lost, +0.2 ms per Stage C step and +0.9 ms per Stage B step (docs/performance.md, ninth
+/// session).
 #[cfg(feature = "cuda")]
 fn grn_resident() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
