@@ -108,11 +108,11 @@ for name in "${tests[@]}"; do
     step "test-$name" "${TEST_TIMEOUT:-300}" "$bundle/tests/$name" --include-ignored --nocapture &
     pids+=($!)
 done
-# The tiled depthwise kernel wherever it can run (CASCADE_DW_TILE=force), on every shape of the
-# depthwise test (the default takes it only for large images).
 # VARIANT_TESTS=0 skips the opt-in kernels' test steps below (the pipeline without the wgmma
 # attention kernels still runs): for a short call after they have passed on the card.
 if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
+    # The tiled depthwise kernel wherever it can run (CASCADE_DW_TILE=force), on every shape of
+    # the depthwise test (the default takes it only for large images).
     tests+=(kernels-dwtile)
     CASCADE_DW_TILE=force step test-kernels-dwtile "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
     pids+=($!)
@@ -133,9 +133,10 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     CASCADE_GEMM_WGMMA=1 step test-kernels-gemmwg "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture linear_gelu_grn &
     pids+=($!)
 fi
-# Programmatic dependent launches (opt-in: CASCADE_PDL=1): the pipeline tests (graphs, every
-# stage, against diffusers' seeded images) with every kernel launched that way.
+# The pipeline tests (graphs, every stage, against diffusers' seeded images) again in two
+# configurations.
 if on TESTS 1 && [ -x "$bundle/tests/pipeline" ]; then
+    # Programmatic dependent launches (opt-in: CASCADE_PDL=1), every kernel launched that way.
     if on VARIANT_TESTS 1; then
         tests+=(pipeline-pdl)
         CASCADE_PDL=1 step test-pipeline-pdl "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &

@@ -51,7 +51,7 @@ pub enum AttentionKernel {
     /// [`wgmma_shared_q_preferred`]) for every shape when both passed their start-up checks as
     /// the device was opened (unless `CASCADE_ATTENTION_WGMMA=0`). Measured on an H200
     /// (docs/performance.md, thirteenth session): 218–222 TFLOP/s on Stage C and Stage B's level
-    /// 2, against 155–159 for `Mma`; a Stage B step 1.4 ms faster.
+    /// 2, against 155–159 for `Mma`; a Stage B step 1.1–1.4 ms faster, `generate()` 27 ms.
     Wgmma,
     /// The wgmma kernel with Q read from shared memory too: 94 registers instead of 117, so five
     /// blocks fit an SM instead of four. `Auto` takes it where
