@@ -274,6 +274,19 @@ fn main() {
     } else {
         &[]
     };
+    // The split-key kernels likewise (CASCADE_ATTENTION_SPLIT=1): two ranges with Q in registers
+    // and in shared memory (Stage B's level 2 plan), five (level 3's), and Auto's plan.
+    let split_kernels: &[(ops::AttentionKernel, &str)] = if matches!(&dev, cascade::Device::Cuda(d) if d.wgmma_split_attention()) {
+        &[
+            (ops::AttentionKernel::WgmmaSplit(2), "attention_wgmma_split2"),
+            (ops::AttentionKernel::WgmmaSharedQSplit(2), "attention_wgmma_sq_split2"),
+            (ops::AttentionKernel::WgmmaSplit(5), "attention_wgmma_split5"),
+            (ops::AttentionKernel::Auto, "attention_wgmma_auto"),
+        ]
+    } else {
+        &[]
+    };
+    let wgmma_kernels: Vec<(ops::AttentionKernel, &str)> = wgmma_kernels.iter().chain(split_kernels).copied().collect();
     for s in shapes::ATTENTION {
         for dtype in [bf, DType::F32] {
             let c = s.heads * 64;
@@ -299,7 +312,7 @@ fn main() {
                     None,
                     || ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, ops::AttentionKernel::Mma32Wide, &mut o).unwrap(),
                 );
-                for &(kernel, label) in wgmma_kernels {
+                for &(kernel, label) in &wgmma_kernels {
                     r.run(&format!("{label}/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
                         ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, kernel, &mut o).unwrap()
                     });
@@ -353,7 +366,7 @@ fn main() {
                             ops::attention_packed_into(&qkv, second.as_ref(), s.heads, 0.125, m, k, &mut o).unwrap()
                         },
                     );
-                    for &(kernel, label) in wgmma_kernels {
+                    for &(kernel, label) in &wgmma_kernels {
                         r.run(
                             &format!("{label}_packed/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
                             Some(s.flops()),

@@ -553,8 +553,15 @@ __device__ __forceinline__ void wg_rescale(float (&o)[32], float c0, float c1) {
 // O += Pⱼ₋₁·Vⱼ₋₁ are issued together, the block waits for S only, and tile j's softmax runs while
 // the tensor cores still work on P·V (two P buffers; O is rescaled once P·V has landed). K and V
 // then load on staggered schedules: the copies issued in tile j are Kⱼ₊₁ and Vⱼ.
-template <bool QS, bool OV> __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p) {
+// SPLIT (not with OV): the keys are split into p.splits ranges of p.split_tiles tiles, one block
+// each (blockIdx.x = query block · splits + range), so that a grid too small for the card (Stage
+// B: 320 blocks on 132 SMs holding up to 3 each) has more, shorter blocks. Each block writes its
+// unnormalised O with its rows' maxima and sums to p.partial; the last block of a query block to
+// arrive merges every range's, in range order (so the result does not depend on which block is
+// last), and writes the output.
+template <bool QS, bool OV, bool SPLIT> __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p) {
     static_assert(QS || !OV, "the overlapped schedule reads Q from shared memory");
+    static_assert(!(OV && SPLIT), "split keys take the plain schedule");
     // K and V of two slots each (then Q), on a 1024-byte boundary (the swizzle pattern's period).
     __shared__ __align__(1024) unsigned char smem_raw[(QS ? 5 : 4) * WG_TILE + 1024];
     unsigned char* const tiles = align_1024(smem_raw);
@@ -565,7 +572,10 @@ template <bool QS, bool OV> __device__ __forceinline__ void attention_wgmma_body
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y;
-    const int q0 = blockIdx.x * 64 + warp * 16;  // this warp's 16 rows of the warpgroup's 64
+    const int splits = SPLIT ? p.splits : 1;
+    const int qblk = SPLIT ? blockIdx.x / splits : blockIdx.x;  // the query block
+    const int range = SPLIT ? blockIdx.x - qblk * splits : 0;    // its range of keys
+    const int q0 = qblk * 64 + warp * 16;  // this warp's 16 rows of the warpgroup's 64
     const float scale = p.scale * 1.4426950408889634f;
 
     const int total = p.Lk + p.Lk2;
@@ -607,12 +617,18 @@ template <bool QS, bool OV> __device__ __forceinline__ void attention_wgmma_body
         const bf16* q = (const bf16*)p.q + ((int64_t)b * p.Lq) * p.q_stride + h * HEAD_DIM + ld;
 #pragma unroll
         for (int r = 0; r < 4; r++) {
-            const int row = blockIdx.x * 64 + lj + 16 * r;
+            const int row = qblk * 64 + lj + 16 * r;
             cp_async16(qtile + (lj + 16 * r) * 128 + swz, q + (int64_t)min(row, p.Lq - 1) * p.q_stride, row < p.Lq);
         }
     }
-    copy_tile(ktile(0), kbase, kbase2, 0);
-    if (!OV) copy_tile(vtile(0), vbase, vbase2, 0);
+    const int last_key = p.causal ? min(total, (qblk + 1) * 64) : total;
+    const int tiles_n = (last_key + WG_KT - 1) / WG_KT;
+    // This block's tiles: all of them, or its range's (empty for a range past a causal row's
+    // last key: its O is zeros, its maxima −∞).
+    const int tile_begin = SPLIT ? min(tiles_n, range * p.split_tiles) : 0;
+    const int tile_end = SPLIT ? min(tiles_n, tile_begin + p.split_tiles) : tiles_n;
+    copy_tile(ktile(0), kbase, kbase2, tile_begin * WG_KT);
+    if (!OV) copy_tile(vtile(0), vbase, vbase2, tile_begin * WG_KT);
     cp_async_commit();
     uint32_t qa[HEAD_DIM / 16][4];
     if (!QS) {
@@ -655,14 +671,12 @@ template <bool QS, bool OV> __device__ __forceinline__ void attention_wgmma_body
         __syncthreads();              // ... and every other thread's
     };
 
-    const int last_key = p.causal ? min(total, (blockIdx.x + 1) * 64) : total;
-    const int tiles_n = (last_key + WG_KT - 1) / WG_KT;
     const float* key_mask = p.key_mask ? p.key_mask + (int64_t)b * p.Lk : nullptr;
     float c0, c1;
     if (!OV) {
-        for (int tile = 0; tile < tiles_n; tile++) {
-            const int slot = tile & 1, k0 = tile * WG_KT;
-            if (tile + 1 < tiles_n) {
+        for (int tile = tile_begin; tile < tile_end; tile++) {
+            const int slot = (tile - tile_begin) & 1, k0 = tile * WG_KT;
+            if (tile + 1 < tile_end) {
                 copy_tile(ktile(slot ^ 1), kbase, kbase2, k0 + WG_KT);
                 copy_tile(vtile(slot ^ 1), vbase, vbase2, k0 + WG_KT);
                 cp_async_commit();
@@ -732,12 +746,57 @@ template <bool QS, bool OV> __device__ __forceinline__ void attention_wgmma_body
         }
     }
 
-    if (tiles_n == 0) cp_async_wait<0>();  // no keys at all: nothing was waited for (the output is zeros)
+    if (tile_begin == tile_end) cp_async_wait<0>();  // no keys at all: nothing was waited for (the output is zeros)
 
     // The rows' sums over their four lanes, then O / l as bf16 pairs.
     for (int off = 1; off < 4; off <<= 1) {
         rows.l0 += __shfl_xor_sync(0xffffffff, rows.l0, off);
         rows.l1 += __shfl_xor_sync(0xffffffff, rows.l1, off);
+    }
+    if (SPLIT && splits > 1) {
+        // This range's O, maxima and sums, as 9 float4 per thread (coalesced: j · 128 + thread);
+        // then, in the last range to arrive, the merge.
+        float4* const part = (float4*)p.partial;
+        const int64_t qb = ((int64_t)b * p.H + h) * (gridDim.x / splits) + qblk;  // the query block among all
+        float4* const mine = part + (qb * splits + range) * (9 * 128);
+#pragma unroll
+        for (int j = 0; j < 8; j++) mine[j * 128 + threadIdx.x] = make_float4(o[4 * j], o[4 * j + 1], o[4 * j + 2], o[4 * j + 3]);
+        mine[8 * 128 + threadIdx.x] = make_float4(rows.m0, rows.m1, rows.l0, rows.l1);
+        __shared__ bool last;
+        if (!block_arrived_last(p.counters + qb, splits, &last)) return;
+        // Every range's maxima, the overall maxima, then each range's O and sums rescaled to them
+        // and added in range order (this block's own range read back too: the same sums in the
+        // same order whichever block is last, and O's registers free to hold the total).
+        const float4* const ranges = part + qb * splits * (9 * 128) + threadIdx.x;
+        float m0 = -INFINITY, m1 = -INFINITY;
+        for (int r = 0; r < splits; r++) {
+            const float4 ml = __ldcg(&ranges[(r * 9 + 8) * 128]);
+            m0 = fmaxf(m0, ml.x);
+            m1 = fmaxf(m1, ml.y);
+        }
+        const float b0 = m0 == -INFINITY ? 0.f : m0 * scale, b1 = m1 == -INFINITY ? 0.f : m1 * scale;
+#pragma unroll
+        for (int i = 0; i < 32; i++) o[i] = 0.f;
+        rows.l0 = rows.l1 = 0.f;
+        for (int r = 0; r < splits; r++) {
+            float4 v[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) v[j] = __ldcg(&ranges[(r * 9 + j) * 128]);
+            const float4 ml = __ldcg(&ranges[(r * 9 + 8) * 128]);
+            // A range with no visible key for a row has O = 0 and l = 0: factor 0 (not NaN).
+            const float f0 = ml.x == -INFINITY ? 0.f : ex2_approx(fmaf(ml.x, scale, -b0));
+            const float f1 = ml.y == -INFINITY ? 0.f : ex2_approx(fmaf(ml.y, scale, -b1));
+            rows.l0 = fmaf(ml.z, f0, rows.l0);
+            rows.l1 = fmaf(ml.w, f1, rows.l1);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                // o[4j], o[4j + 1]: row g; o[4j + 2], o[4j + 3]: row g + 8.
+                o[4 * j] = fmaf(v[j].x, f0, o[4 * j]);
+                o[4 * j + 1] = fmaf(v[j].y, f0, o[4 * j + 1]);
+                o[4 * j + 2] = fmaf(v[j].z, f1, o[4 * j + 2]);
+                o[4 * j + 3] = fmaf(v[j].w, f1, o[4 * j + 3]);
+            }
+        }
     }
     const float i0 = rows.l0 > 0.f ? 1.f / rows.l0 : 0.f, i1 = rows.l1 > 0.f ? 1.f / rows.l1 : 0.f;
     const int r0 = q0 + g, r1 = r0 + 8;
@@ -759,7 +818,7 @@ template <bool QS, bool OV> __device__ __forceinline__ void attention_wgmma_body
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) {
     pdl_enter();
 #ifdef CASCADE_WGMMA
-    attention_wgmma_body<false, false>(p);
+    attention_wgmma_body<false, false, false>(p);
 #endif
 }
 // Q from shared memory as well: five blocks per SM (at most 96 registers and 41 KiB of shared
@@ -769,7 +828,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(Attent
 extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_bf16(AttentionParams p) {
     pdl_enter();
 #ifdef CASCADE_WGMMA
-    attention_wgmma_body<true, false>(p);
+    attention_wgmma_body<true, false, false>(p);
 #endif
 }
 // Q from shared memory, and the products of each tile overlapping the next tile's softmax (two
@@ -779,6 +838,22 @@ extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_bf16(Att
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_ov_bf16(AttentionParams p) {
     pdl_enter();
 #ifdef CASCADE_WGMMA
-    attention_wgmma_body<true, true>(p);
+    attention_wgmma_body<true, true, false>(p);
+#endif
+}
+// The two kernels above with the keys split into ranges (p.splits, p.split_tiles), each range a
+// block of its own, merged by the last to finish (src/ops/attention.rs picks the split where a
+// grid would leave SMs short of blocks). Not measured yet: chosen only with
+// CASCADE_ATTENTION_SPLIT=1 (docs/performance.md, fourteenth session).
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_split_bf16(AttentionParams p) {
+    pdl_enter();
+#ifdef CASCADE_WGMMA
+    attention_wgmma_body<false, false, true>(p);
+#endif
+}
+extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_split_bf16(AttentionParams p) {
+    pdl_enter();
+#ifdef CASCADE_WGMMA
+    attention_wgmma_body<true, false, true>(p);
 #endif
 }

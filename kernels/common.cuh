@@ -419,7 +419,7 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 // ---- Last block to finish --------------------------------------------------------------------
 // Counts this block in `count` once its writes are fenced; true in every thread of the block
 // that arrives last of `expected`, which also resets the counter for the next launch.
-__device__ __forceinline__ bool grn_arrived_last(unsigned int* count, unsigned int expected, bool* flag) {
+__device__ __forceinline__ bool block_arrived_last(unsigned int* count, unsigned int expected, bool* flag) {
     __threadfence();  // this block's writes are visible device-wide before it is counted
     __syncthreads();
     if (threadIdx.x == 0 && threadIdx.y == 0) *flag = atomicAdd(count, 1u) == expected - 1;

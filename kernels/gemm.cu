@@ -148,7 +148,7 @@ template <int STAGES, int INFLIGHT> __device__ __forceinline__ void gemm_gelu_gr
     // Each sample's norms of these columns (the chunk sums added in a fixed order: even chunks by
     // one half of the block, odd by the other), and their sum over the tile.
     const int tiles_n = gridDim.x, samples = p.M / p.rows, chunks = p.rows / 64;
-    if (!grn_arrived_last(p.counters + blockIdx.x, gridDim.y, flag)) return;
+    if (!block_arrived_last(p.counters + blockIdx.x, gridDim.y, flag)) return;
     {
         const int c = tid & 127, h = tid >> 7, col = n0 + c;
         const bool cin = col < p.N;
@@ -183,7 +183,7 @@ template <int STAGES, int INFLIGHT> __device__ __forceinline__ void gemm_gelu_gr
 
     // The last column tile: each sample's mean norm, then the factor 1 + γ·norm / (mean + 1e-6)
     // (GRN's, as grn_partial computes it).
-    if (!grn_arrived_last(p.counters + tiles_n, tiles_n, flag)) return;
+    if (!block_arrived_last(p.counters + tiles_n, tiles_n, flag)) return;
     const bf16* gamma = (const bf16*)p.gamma;
     for (int b = 0; b < samples; b++) {
         float sum = 0.f;

@@ -267,7 +267,7 @@ template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParam
     // path now (every other block of the group has finished): the chunk sums in batches with all
     // loads in flight, the last batch predicated as above (Stage B's level 2, 19 chunks: one
     // round trip instead of three).
-    if (!grn_arrived_last(p.counters + (int64_t)b * groups + blockIdx.x, p.chunks, &last)) return;
+    if (!block_arrived_last(p.counters + (int64_t)b * groups + blockIdx.x, p.chunks, &last)) return;
     for (int k = 0; k < K; k++) s[k] = 0.f;
     const float* pb = p.part + (int64_t)b * p.chunks * p.D + g0;
     int ch = ry;
@@ -306,7 +306,7 @@ template <typename T, int K> __device__ void grn_partial_k(const GrnPartialParam
     }
 
     // Last channel group of this sample to finish: mean of the norms, then the factor.
-    if (!grn_arrived_last(p.counters + (int64_t)p.B * groups + b, groups, &last)) return;
+    if (!block_arrived_last(p.counters + (int64_t)p.B * groups + b, groups, &last)) return;
     float* g = p.scale + (int64_t)b * p.D;
     const T* gamma = (const T*)p.gamma;
     // GRN's denominator, the mean of the sample's norms + 1e-6, from each thread's partial sum.

@@ -41,5 +41,11 @@ CASCADE_ATTENTION_WGMMA=0 cargo test --release --features cuda --test pipeline -
 # positions per sample are a multiple of 64.
 CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test pipeline -- --ignored "$@"
-# The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here).
-CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops
+# The split-key wgmma attention (opt-in until measured) in every unmasked attention, two ranges
+# each (=2 forces the split: the planned one never splits the tiny models' small grids): the
+# tiny models and the tiny pipeline against diffusers' seeded images.
+CASCADE_ATTENTION_SPLIT=2 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+CASCADE_ATTENTION_SPLIT=2 cargo test --release --features cuda --test pipeline -- --ignored "$@"
+# The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here), the
+# split-key kernels' rows included.
+CASCADE_ATTENTION_SPLIT=1 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops

@@ -595,6 +595,7 @@ fn attention_kernel() {
     // The wgmma kernels (sm_90a) on a compute capability 9.0 GPU unless turned off
     // (CASCADE_ATTENTION_WGMMA=0). The emulator always runs them.
     let wgmma = cascade::testing::wgmma_testable(&dev, cascade::cuda::wgmma_attention_allowed());
+    let split = cascade::testing::wgmma_testable(&dev, cascade::cuda::attention_split_requested());
     for (i, s) in shapes::ATTENTION.iter().enumerate() {
         if !wanted(s.name) {
             continue;
@@ -634,11 +635,29 @@ fn attention_kernel() {
                 kernels.push((ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq"));
                 kernels.push((ops::AttentionKernel::WgmmaOverlap, "attention_wgmma_ov"));
             }
+            // The split-key kernels: always on the emulator, on a GPU only when asked for
+            // (CASCADE_ATTENTION_SPLIT=1: unmeasured kernels run in a process of their own).
+            if dtype == DType::BF16 && split {
+                // Keys split into ranges merged by the last block: two, three (uneven on most
+                // shapes) and up to one tile per range; with the causal mask, late ranges of
+                // early query blocks hold no visible key.
+                kernels.push((ops::AttentionKernel::WgmmaSplit(2), "attention_wgmma_split2"));
+                kernels.push((ops::AttentionKernel::WgmmaSharedQSplit(3), "attention_wgmma_sq_split3"));
+                kernels.push((ops::AttentionKernel::WgmmaSplit(8), "attention_wgmma_split8"));
+            }
             for &(kernel, label) in &kernels {
                 let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
                 ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, kernel, &mut o).unwrap();
                 let got = o.to_vec_f32().unwrap();
                 check_guard(&whole, s.name).unwrap();
+                if matches!(kernel, ops::AttentionKernel::WgmmaSplit(_) | ops::AttentionKernel::WgmmaSharedQSplit(_)) {
+                    // The ranges are merged in order whichever block finishes last: a second
+                    // launch (other blocks last, on a GPU) gives the same bits.
+                    let (mut again, _) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
+                    ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, kernel, &mut again).unwrap();
+                    let again = again.to_vec_f32().unwrap();
+                    assert!(got.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "{label} {}: two launches differ", s.name);
+                }
                 // Unmasked queries are independent: check every 8th on the big shapes.
                 let step = if s.masked || s.lq < 300 { 1 } else { 8 };
                 let picked: Vec<usize> = (0..s.lq).step_by(step).collect();
@@ -694,6 +713,10 @@ fn attention_kernel() {
                     two.push((ops::AttentionKernel::Wgmma, "attention_wgmma 2 src"));
                     two.push((ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq 2 src"));
                     two.push((ops::AttentionKernel::WgmmaOverlap, "attention_wgmma_ov 2 src"));
+                }
+                if dtype == DType::BF16 && split {
+                    two.push((ops::AttentionKernel::WgmmaSplit(2), "attention_wgmma_split2 2 src"));
+                    two.push((ops::AttentionKernel::WgmmaSharedQSplit(3), "attention_wgmma_sq_split3 2 src"));
                 }
                 for &(kernel, label) in &two {
                     if s.lq >= 300 {

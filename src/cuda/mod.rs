@@ -128,14 +128,19 @@ pub struct CudaDevice {
     wgmma_overlap_attention: std::sync::atomic::AtomicBool,
     wgmma_per_sm: std::sync::atomic::AtomicUsize,
     wgmma_sq_per_sm: std::sync::atomic::AtomicUsize,
+    /// The split-key wgmma kernels (`CASCADE_ATTENTION_SPLIT=1`) passed their start-up checks.
+    wgmma_split_attention: std::sync::atomic::AtomicBool,
+    wgmma_split_per_sm: std::sync::atomic::AtomicUsize,
+    wgmma_split_sq_per_sm: std::sync::atomic::AtomicUsize,
     /// The fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16`) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
     /// The dynamic shared memory each kernel of [`SharedMemoryOptIn`] may use, as set so far (0:
     /// the default 48 KiB).
     smem_opt_in: [std::sync::atomic::AtomicUsize; SharedMemoryOptIn::COUNT],
-    /// GlobalResponseNorm's completion counters: zeroed once here, and every kernel that counts
-    /// with them leaves them zero (one stream, so launches never overlap).
-    grn_counters: CudaSlice<u32>,
+    /// Completion counters (GlobalResponseNorm's, the split-key attention's): zeroed once here,
+    /// and every kernel that counts with them leaves them zero (one stream, so launches never
+    /// overlap).
+    completion_counters: CudaSlice<u32>,
     /// Graphs captured so far (see [`CudaDevice::graphs_captured`]).
     captures: std::sync::atomic::AtomicUsize,
     /// The arena of the capture in progress, and the thread capturing: that thread's
@@ -194,7 +199,7 @@ impl Drop for CapturePoolGuard<'_> {
 }
 
 /// How many GRN completion counters a device keeps (256 KiB).
-const GRN_COUNTERS: usize = 1 << 16;
+const COMPLETION_COUNTERS: usize = 1 << 16;
 
 /// Bytes held by the engine's own device buffers (current and peak since the last reset).
 #[derive(Default, Debug)]
@@ -273,7 +278,8 @@ impl CudaDevice {
             .max(1) as usize;
         let kernels = Kernels::load(&ctx)?;
         let blas = blas::Blas::new(&stream)?;
-        let grn_counters = stream.alloc_zeros::<u32>(GRN_COUNTERS).map_err(|e| driver_err("allocating the GRN counters", e))?;
+        let completion_counters =
+            stream.alloc_zeros::<u32>(COMPLETION_COUNTERS).map_err(|e| driver_err("allocating the completion counters", e))?;
         let dev = Arc::new(Self {
             ordinal,
             name,
@@ -298,9 +304,12 @@ impl CudaDevice {
             wgmma_overlap_attention: false.into(),
             wgmma_per_sm: 0.into(),
             wgmma_sq_per_sm: 0.into(),
+            wgmma_split_attention: false.into(),
+            wgmma_split_per_sm: 0.into(),
+            wgmma_split_sq_per_sm: 0.into(),
             wgmma_gemm: false.into(),
             smem_opt_in: Default::default(),
-            grn_counters,
+            completion_counters,
             captures: 0.into(),
             capture_pool: Default::default(),
             mem_pool,
@@ -341,6 +350,21 @@ impl CudaDevice {
             if wgmma_overlap_requested() {
                 let ok = check_attention_kernel(&dev, AttentionKernel::WgmmaOverlap, "Hopper tensor-core (wgmma, overlapped)");
                 dev.wgmma_overlap_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+            }
+            // The split-key kernels are not measured yet: checked, and then planned for, only
+            // on request (CASCADE_ATTENTION_SPLIT=1, or =N to force N ranges).
+            if ok && attention_split_requested() {
+                let ok = check_attention_kernel(&dev, AttentionKernel::WgmmaSplit(2), "Hopper tensor-core (wgmma, split keys)")
+                    && check_attention_kernel(
+                        &dev,
+                        AttentionKernel::WgmmaSharedQSplit(2),
+                        "Hopper tensor-core (wgmma, Q in shared memory, split keys)",
+                    );
+                dev.wgmma_split_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+                let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_wgmma_split_bf16, 128, 0).unwrap_or(0);
+                dev.wgmma_split_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
+                let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_wgmma_qs_split_bf16, 128, 0).unwrap_or(0);
+                dev.wgmma_split_sq_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
             }
         }
         // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1).
@@ -387,9 +411,10 @@ impl CudaDevice {
         self.blas.untuned_in_capture()
     }
 
-    /// The GRN completion counters' address and count (see `kernels/params.h`).
-    pub(crate) fn grn_counters(&self) -> (u64, usize) {
-        (self.grn_counters.device_ptr(&self.stream).0, GRN_COUNTERS)
+    /// The completion counters' address and count (GRN's and the split-key attention's; see
+    /// `kernels/params.h`).
+    pub(crate) fn completion_counters(&self) -> (u64, usize) {
+        (self.completion_counters.device_ptr(&self.stream).0, COMPLETION_COUNTERS)
     }
 
     pub(crate) fn blas(&self) -> &blas::Blas {
@@ -449,6 +474,19 @@ impl CudaDevice {
     /// `AttentionKernel::WgmmaOverlap`) agreed with the CUDA-core kernel when the device was opened.
     pub fn wgmma_overlap_attention(&self) -> bool {
         self.wgmma_overlap_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the split-key wgmma kernels were asked for (`CASCADE_ATTENTION_SPLIT=1`) and agreed
+    /// with the CUDA-core kernel when the device was opened (see `AttentionKernel::WgmmaSplit`).
+    pub fn wgmma_split_attention(&self) -> bool {
+        self.wgmma_split_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many blocks of the two split-key wgmma kernels (Q in registers, Q in shared memory)
+    /// one SM holds (0 unless they were asked for).
+    pub fn wgmma_split_per_sm(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.wgmma_split_per_sm.load(Relaxed), self.wgmma_split_sq_per_sm.load(Relaxed))
     }
 
     /// Whether the fused fc1 + GRN-statistics GEMM on wgmma was asked for
@@ -929,6 +967,24 @@ pub fn wgmma_attention_allowed() -> bool {
 /// Whether the overlapped wgmma attention kernel is asked for (`CASCADE_ATTENTION=wgmma_ov`).
 pub fn wgmma_overlap_requested() -> bool {
     wgmma_attention_allowed() && std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v == "wgmma_ov")
+}
+
+/// Whether the split-key wgmma attention kernels are asked for (`CASCADE_ATTENTION_SPLIT=1`, or
+/// a larger number): checked when a compute capability 9.0 device opens, and
+/// `AttentionKernel::Auto` then splits the keys (see [`attention_split_forced`]).
+pub fn attention_split_requested() -> bool {
+    wgmma_attention_allowed() && attention_split_setting() > 0
+}
+
+/// `CASCADE_ATTENTION_SPLIT=N` with N ≥ 2: every unmasked attention that a split-key kernel can
+/// run is split into N ranges (for tests: the tiny models' grids would never be split by
+/// [`crate::ops::wgmma_split_plan`], which `=1` follows).
+pub fn attention_split_forced() -> Option<usize> {
+    Some(attention_split_setting()).filter(|&n| n >= 2 && wgmma_attention_allowed())
+}
+
+fn attention_split_setting() -> usize {
+    std::env::var("CASCADE_ATTENTION_SPLIT").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Whether the fused fc1 + GRN-statistics GEMM on wgmma is asked for (`CASCADE_GEMM_WGMMA=1`, or

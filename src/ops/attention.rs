@@ -63,6 +63,88 @@ pub enum AttentionKernel {
     /// `Auto` never takes it; `CASCADE_ATTENTION=wgmma_ov` checks it at start-up and runs it
     /// everywhere.
     WgmmaOverlap,
+    /// `Wgmma` with the keys split into (at most) this many ranges of whole 64-key tiles, each
+    /// range a block of its own: more and shorter blocks where a grid leaves SMs short of work
+    /// (Stage B: 320 blocks of 17 tiles on an H200's 132 SMs, so some hold three and others
+    /// two). Each range writes its unnormalised output with its rows' maxima and sums to a
+    /// scratch buffer, and the last range of a query block to finish merges them (in range
+    /// order: the result does not depend on which is last). Not measured yet: `Auto` plans it
+    /// ([`wgmma_split_plan`]) only with `CASCADE_ATTENTION_SPLIT=1` (`=N`, N ≥ 2: N ranges for
+    /// every unmasked shape, for tests).
+    WgmmaSplit(usize),
+    /// `WgmmaSharedQ` with the keys split as in `WgmmaSplit` (five blocks per SM: Stage B's 640
+    /// blocks of two ranges are one wave).
+    WgmmaSharedQSplit(usize),
+}
+
+/// Floats of the split-key kernels' scratch per range of a query block: per thread 8 float4 of
+/// output and 1 of maxima and sums (`kernels/attention.cu`), for 128 threads.
+#[cfg(feature = "cuda")]
+const SPLIT_PARTIAL_FLOATS: usize = 9 * 4 * 128;
+
+/// A split of the keys for the wgmma kernels: `ranges` blocks per query block, Q in shared
+/// memory or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitPlan {
+    /// Blocks (key ranges) per query block.
+    pub ranges: usize,
+    /// The kernel with Q in shared memory (five blocks per SM on an H200) instead of registers.
+    pub shared_q: bool,
+}
+
+/// Predicted time of a one-wave-or-more grid of `blocks` blocks of `tiles` key tiles each on
+/// `sms` SMs holding `per_sm` each, in units of one tile of one block on a busy SM. An H200
+/// measured 0.476 µs per unit on both Stage C (576 blocks of 11 tiles, five per SM: at most 5
+/// on an SM, 55 units, 26.2 µs) and Stage B's level 2 (320 blocks of 17 tiles: at most 3, 51
+/// units, 24.3 µs): an SM's throughput is the same with three blocks as with five. An SM with
+/// one block waits on each tile's latency instead, taken as 2.5 units.
+fn wgmma_launch_units(blocks: usize, tiles: usize, sms: usize, per_sm: usize) -> f64 {
+    const LATENCY: f64 = 2.5;
+    let per_sm_max = blocks.div_ceil(sms);
+    if per_sm_max > per_sm {
+        // More than one wave: every SM busy, the last wave partly.
+        return (per_sm_max * tiles) as f64;
+    }
+    ((per_sm_max * tiles) as f64).max(LATENCY * tiles as f64)
+}
+
+/// Whether to split the keys of `bh` rows of `lq` queries (64 per block) over `tiles` key tiles,
+/// and how: the split (of one wave on `sms` SMs holding `per_sm.0` blocks of the split kernel
+/// with Q in registers, `per_sm.1` of the one with Q in shared memory) whose predicted time,
+/// with a merge of about 2.5 units (the scratch written, the last block's reads), beats the
+/// unsplit kernel's (which holds `unsplit_per_sm`). None where nothing beats it: Stage C's 576
+/// blocks already fill a wave, so do Stage C lite's 432; Stage B's level 2 (320 blocks of 17
+/// tiles) takes two ranges with Q in shared memory (640 blocks), its level 3 (80 blocks of 5
+/// tiles) five ranges of one tile.
+pub fn wgmma_split_plan(
+    lq: usize,
+    bh: usize,
+    tiles: usize,
+    sms: usize,
+    unsplit_per_sm: usize,
+    per_sm: (usize, usize),
+) -> Option<SplitPlan> {
+    const MERGE: f64 = 2.5;
+    let blocks = lq.div_ceil(64) * bh;
+    if blocks == 0 || tiles < 2 || sms == 0 || unsplit_per_sm == 0 {
+        return None;
+    }
+    let unsplit = wgmma_launch_units(blocks, tiles, sms, unsplit_per_sm);
+    let mut best: Option<(f64, SplitPlan)> = None;
+    for wanted in 2..=tiles.min(8) {
+        let per_range = tiles.div_ceil(wanted);
+        let ranges = tiles.div_ceil(per_range);
+        for (shared_q, places) in [(false, per_sm.0), (true, per_sm.1)] {
+            if places == 0 || blocks * ranges > sms * places {
+                continue;
+            }
+            let units = wgmma_launch_units(blocks * ranges, per_range, sms, places) + MERGE;
+            if units < unsplit && best.is_none_or(|(b, _)| units < b) {
+                best = Some((units, SplitPlan { ranges, shared_q }));
+            }
+        }
+    }
+    best.map(|(_, plan)| plan)
 }
 
 /// Whether the wgmma kernel with Q in shared memory (`per_sm_sq` blocks per SM) should run `bh`
@@ -79,12 +161,12 @@ impl AttentionKernel {
     /// An mma.sync or wgmma kernel: bf16 operands, 16-byte aligned with strides a multiple of
     /// 8, masks, and a second key source read in place.
     pub fn is_mma(self) -> bool {
-        matches!(self, Self::Mma | Self::Mma32 | Self::Mma32Wide | Self::Wgmma | Self::WgmmaSharedQ | Self::WgmmaOverlap)
+        self.is_wgmma() || matches!(self, Self::Mma | Self::Mma32 | Self::Mma32Wide)
     }
 
     /// A wgmma kernel (sm_90a: compute capability 9.0 only).
     pub fn is_wgmma(self) -> bool {
-        matches!(self, Self::Wgmma | Self::WgmmaSharedQ | Self::WgmmaOverlap)
+        matches!(self, Self::Wgmma | Self::WgmmaSharedQ | Self::WgmmaOverlap | Self::WgmmaSplit(_) | Self::WgmmaSharedQSplit(_))
     }
 }
 
@@ -270,7 +352,7 @@ fn attention_impl(
             if extra.is_some_and(|(k2, v2)| k2.stride() != v2.stride()) || k.stride() != v.stride() {
                 return Err(Error::Shape("attention: keys and values must have the same row stride".into()));
             }
-            let p = crate::cuda::params::AttentionParams {
+            let mut p = crate::cuda::params::AttentionParams {
                 q: q.ptr()? as *const _,
                 k: k.ptr()? as *const _,
                 v: v.ptr()? as *const _,
@@ -289,6 +371,10 @@ fn attention_impl(
                 v2: extra.map(|e| e.1.ptr()).transpose()?.unwrap_or(0) as *const _,
                 Lk2: extra.map_or(0, |e| e.0.t.dim(1)) as i32,
                 kv2_stride: second_stride as i32,
+                splits: 1,
+                split_tiles: 0,
+                partial: std::ptr::null_mut(),
+                counters: std::ptr::null_mut(),
             };
             // Both tensor-core kernels take bf16; only the mma one takes masks.
             let bf16 = q.t.dtype() == DType::BF16;
@@ -297,6 +383,21 @@ fn attention_impl(
             let aligned = [p.q as u64, p.k as u64, p.v as u64, p.o as u64, p.k2 as u64, p.v2 as u64].iter().all(|a| a % 16 == 0)
                 && [q.stride(), k.stride(), second_stride, c].iter().all(|s| s % 8 == 0);
             let forced = std::env::var("CASCADE_ATTENTION").ok();
+            // The split of the keys Auto would take (only computed when the split kernels were
+            // asked for and checked).
+            let tiles = (lk + extra.map_or(0, |e| e.0.t.dim(1))).div_ceil(64);
+            let split = if dev.wgmma_split_attention() {
+                let (per_sm, per_sm_sq) = dev.wgmma_per_sm();
+                let sms = dev.multiprocessors();
+                let unsplit = if wgmma_shared_q_preferred(lq, b * heads, sms, per_sm, per_sm_sq) { per_sm_sq } else { per_sm };
+                let plan = match crate::cuda::attention_split_forced() {
+                    Some(ranges) => Some(SplitPlan { ranges, shared_q: false }),
+                    None => wgmma_split_plan(lq, b * heads, tiles, sms, unsplit, dev.wgmma_split_per_sm()),
+                };
+                plan.filter(|_| lq.div_ceil(64) * b * heads <= dev.completion_counters().1)
+            } else {
+                None
+            };
             let chosen = match kernel {
                 AttentionKernel::Auto if !bf16 => AttentionKernel::Simple,
                 AttentionKernel::Auto => match forced.as_deref() {
@@ -306,6 +407,14 @@ fn attention_impl(
                     Some("mma") if aligned => AttentionKernel::Mma,
                     Some("wgmma_sq") if aligned && dev.wgmma_attention() => AttentionKernel::WgmmaSharedQ,
                     Some("wgmma_ov") if aligned && dev.wgmma_overlap_attention() => AttentionKernel::WgmmaOverlap,
+                    _ if aligned && !causal && dev.wgmma_split_attention() && split.is_some() => {
+                        let plan = split.expect("checked");
+                        if plan.shared_q {
+                            AttentionKernel::WgmmaSharedQSplit(plan.ranges)
+                        } else {
+                            AttentionKernel::WgmmaSplit(plan.ranges)
+                        }
+                    }
                     _ if aligned
                         && dev.wgmma_attention()
                         && wgmma_shared_q_preferred(lq, b * heads, dev.multiprocessors(), dev.wgmma_per_sm().0, dev.wgmma_per_sm().1) =>
@@ -356,10 +465,38 @@ fn attention_impl(
                 AttentionKernel::Wgmma => (&kt.attention_wgmma_bf16, 64, 128),
                 AttentionKernel::WgmmaSharedQ => (&kt.attention_wgmma_qs_bf16, 64, 128),
                 AttentionKernel::WgmmaOverlap => (&kt.attention_wgmma_ov_bf16, 64, 128),
+                AttentionKernel::WgmmaSplit(_) => (&kt.attention_wgmma_split_bf16, 64, 128),
+                AttentionKernel::WgmmaSharedQSplit(_) => (&kt.attention_wgmma_qs_split_bf16, 64, 128),
                 AttentionKernel::TensorCore => (&kt.attention_tc_bf16, 64, 128),
                 _ => (super::kernel("attention", q.t.dtype(), &kt.attention_f32, &kt.attention_bf16)?, 128, 128),
             };
-            dev.launch(f, (lq.div_ceil(rows) as u32, heads as u32, b as u32), (threads, 1, 1), 0, &p)
+            let mut ranges = 1;
+            // Kept alive until the launch is queued (the stream orders its reuse after it).
+            let mut _partial = None;
+            if let AttentionKernel::WgmmaSplit(wanted) | AttentionKernel::WgmmaSharedQSplit(wanted) = chosen {
+                if wanted == 0 {
+                    return Err(Error::Shape("attention: a split of the keys needs at least one range".into()));
+                }
+                // Whole tiles per range, and no empty range (unless causal rows end earlier).
+                let per_range = tiles.max(1).div_ceil(wanted);
+                ranges = tiles.max(1).div_ceil(per_range);
+                let query_blocks = lq.div_ceil(64) * b * heads;
+                let (counters, capacity) = dev.completion_counters();
+                if query_blocks > capacity {
+                    return Err(Error::Shape(format!(
+                        "attention: splitting the keys of {query_blocks} query blocks needs more completion counters than the device keeps ({capacity})"
+                    )));
+                }
+                p.splits = ranges as i32;
+                p.split_tiles = per_range as i32;
+                if ranges > 1 {
+                    let partial = Tensor::empty(&[query_blocks * ranges * SPLIT_PARTIAL_FLOATS], DType::F32, &q.t.device())?;
+                    p.partial = partial.cuda_ptr()? as *mut f32;
+                    p.counters = counters as *mut u32;
+                    _partial = Some(partial);
+                }
+            }
+            dev.launch(f, ((lq.div_ceil(rows) * ranges) as u32, heads as u32, b as u32), (threads, 1, 1), 0, &p)
         }
     }
 }
@@ -373,7 +510,27 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32, m
 
 #[cfg(test)]
 mod tests {
-    use super::{mma32_preferred, wgmma_shared_q_preferred};
+    use super::{mma32_preferred, wgmma_shared_q_preferred, wgmma_split_plan, SplitPlan};
+
+    #[test]
+    fn keys_split_where_the_grid_leaves_sms_short() {
+        // An H200 (132 SMs; four blocks per SM of the kernels with Q in registers, five with Q
+        // in shared memory). Stage B's level 2 (20 heads, 16 query blocks, 1028 keys: 17 tiles)
+        // and B lite's (18 heads): two ranges, 640 and 576 blocks, one wave only with Q in
+        // shared memory.
+        let h200 = (132, (4, 5));
+        assert_eq!(wgmma_split_plan(1024, 20, 17, h200.0, 4, h200.1), Some(SplitPlan { ranges: 2, shared_q: true }));
+        assert_eq!(wgmma_split_plan(1024, 18, 17, h200.0, 4, h200.1), Some(SplitPlan { ranges: 2, shared_q: true }));
+        // Level 3 (80 blocks of 5 tiles, one per SM): five ranges of one tile, 400 blocks.
+        assert_eq!(wgmma_split_plan(256, 20, 5, h200.0, 4, h200.1), Some(SplitPlan { ranges: 5, shared_q: false }));
+        // Stage C (576 blocks, already five per SM) and C lite (432): no split fits one wave.
+        assert_eq!(wgmma_split_plan(576, 64, 11, h200.0, 5, h200.1), None);
+        assert_eq!(wgmma_split_plan(576, 48, 11, h200.0, 4, h200.1), None);
+        // One tile, or no occupancy answer: never.
+        assert_eq!(wgmma_split_plan(1024, 20, 1, h200.0, 4, h200.1), None);
+        assert_eq!(wgmma_split_plan(1024, 20, 17, h200.0, 4, (0, 0)), None);
+        assert_eq!(wgmma_split_plan(1024, 20, 17, h200.0, 0, h200.1), None);
+    }
 
     #[test]
     fn the_shared_q_wgmma_kernel_where_only_it_fills_one_wave() {

@@ -350,7 +350,7 @@ pub fn linear_gelu_grn_factor_into(
         }
         let rows = m / b;
         let tiles = (n.div_ceil(128), m.div_ceil(128));
-        let (counters, capacity) = dev.grn_counters();
+        let (counters, capacity) = dev.completion_counters();
         if tiles.0 + 1 > capacity || tiles.1 > 65535 {
             return Err(Error::Shape(format!("linear_gelu_grn: {m}×{n} is beyond the fused kernel's grid")));
         }
@@ -601,7 +601,7 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             let (x0, y0) = (x.cuda_ptr()?, y.cuda_ptr()?);
             let vec8 = d % 8 == 0 && x0 % 16 == 0 && y0 % 16 == 0;
             let groups = d.div_ceil(if vec8 { 256 } else { 64 });
-            let (counters, capacity) = dev.grn_counters();
+            let (counters, capacity) = dev.completion_counters();
             if groups + 1 > capacity {
                 return Err(Error::Shape(format!("grn: {d} channels need more completion counters than the device keeps")));
             }
