@@ -810,50 +810,33 @@ template <bool QS, bool OV, bool SPLIT> __device__ __forceinline__ void attentio
 }
 #endif
 
+// Every wgmma entry point below: only the sm_90a image (and the emulator) has a body.
+template <bool QS, bool OV, bool SPLIT> __device__ __forceinline__ void attention_wgmma_entry(const AttentionParams& p) {
+    pdl_enter();
+#ifdef CASCADE_WGMMA
+    attention_wgmma_body<QS, OV, SPLIT>(p);
+#endif
+}
+
 // 64 queries per block of one warpgroup; up to four blocks per SM (at most 128 registers, 33 KiB
 // of shared memory each). Only the sm_90a image has a body: the launcher uses it on compute
 // capability 9.0 only, after its start-up check, by default (CASCADE_ATTENTION_WGMMA=0 leaves it
 // out). Measured on an H200: 218–222 TFLOP/s on Stage C's and Stage B's level-2 shapes, against
 // 155–159 for the mma.sync kernel.
-extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) {
-    pdl_enter();
-#ifdef CASCADE_WGMMA
-    attention_wgmma_body<false, false, false>(p);
-#endif
-}
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) { attention_wgmma_entry<false, false, false>(p); }
 // Q from shared memory as well: five blocks per SM (at most 96 registers and 41 KiB of shared
 // memory each), so that Stage C's 576 blocks are one wave of 660 places instead of 1.09 waves of
 // 528. The launcher's one-wave rule picks between the two; measured on an H200, Stage C 26.2
 // against 28.7 µs, and the two tie where both fit one wave.
-extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_bf16(AttentionParams p) {
-    pdl_enter();
-#ifdef CASCADE_WGMMA
-    attention_wgmma_body<true, false, false>(p);
-#endif
-}
+extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_bf16(AttentionParams p) { attention_wgmma_entry<true, false, false>(p); }
 // Q from shared memory, and the products of each tile overlapping the next tile's softmax (two
 // P buffers): four blocks per SM. Measured on an H200 no faster than the shared-Q kernel (Stage
 // C 28.5 against 26.2 µs): chosen only by CASCADE_ATTENTION=wgmma_ov (and in the kernel test and
 // the ops bench).
-extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_ov_bf16(AttentionParams p) {
-    pdl_enter();
-#ifdef CASCADE_WGMMA
-    attention_wgmma_body<true, true, false>(p);
-#endif
-}
-// The two kernels above with the keys split into ranges (p.splits, p.split_tiles), each range a
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_ov_bf16(AttentionParams p) { attention_wgmma_entry<true, true, false>(p); }
+// The first two kernels above with the keys split into ranges (p.splits, p.split_tiles), each range a
 // block of its own, merged by the last to finish (src/ops/attention.rs picks the split where a
 // grid would leave SMs short of blocks). Not measured yet: chosen only with
 // CASCADE_ATTENTION_SPLIT=1 (docs/performance.md, fourteenth session).
-extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_split_bf16(AttentionParams p) {
-    pdl_enter();
-#ifdef CASCADE_WGMMA
-    attention_wgmma_body<false, false, true>(p);
-#endif
-}
-extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_split_bf16(AttentionParams p) {
-    pdl_enter();
-#ifdef CASCADE_WGMMA
-    attention_wgmma_body<true, false, true>(p);
-#endif
-}
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_split_bf16(AttentionParams p) { attention_wgmma_entry<false, false, true>(p); }
+extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_split_bf16(AttentionParams p) { attention_wgmma_entry<true, false, true>(p); }
