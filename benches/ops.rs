@@ -286,7 +286,13 @@ fn main() {
     } else {
         &[]
     };
-    let wgmma_kernels: Vec<(ops::AttentionKernel, &str)> = wgmma_kernels.iter().chain(split_kernels).copied().collect();
+    // And the two-warpgroup kernel (CASCADE_ATTENTION=wgmma2).
+    let wgmma2: &[(ops::AttentionKernel, &str)] = if matches!(&dev, cascade::Device::Cuda(d) if d.wgmma2_attention()) {
+        &[(ops::AttentionKernel::Wgmma2, "attention_wgmma2")]
+    } else {
+        &[]
+    };
+    let wgmma_kernels: Vec<(ops::AttentionKernel, &str)> = wgmma_kernels.iter().chain(split_kernels).chain(wgmma2).copied().collect();
     for s in shapes::ATTENTION {
         for dtype in [bf, DType::F32] {
             let c = s.heads * 64;

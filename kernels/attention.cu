@@ -559,23 +559,29 @@ __device__ __forceinline__ void wg_rescale(float (&o)[32], float c0, float c1) {
 // unnormalised O with its rows' maxima and sums to p.partial; the last block of a query block to
 // arrive merges every range's, in range order (so the result does not depend on which block is
 // last), and writes the output.
-template <bool QS, bool OV, bool SPLIT> __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p) {
+// WG (Q in registers only): warpgroups per block, each with its own 64 queries (blockDim.x =
+// 128 · WG), all of them reading the same K and V tiles: each tile is copied from L2 once per
+// 64 · WG queries instead of once per 64.
+template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p) {
     static_assert(QS || !OV, "the overlapped schedule reads Q from shared memory");
     static_assert(!(OV && SPLIT), "split keys take the plain schedule");
+    static_assert(WG == 1 || (WG == 2 && !QS), "one or two warpgroups; two hold Q in registers");
+    constexpr int THREADS = 128 * WG;
     // K and V of two slots each (then Q), on a 1024-byte boundary (the swizzle pattern's period).
     __shared__ __align__(1024) unsigned char smem_raw[(QS ? 5 : 4) * WG_TILE + 1024];
     unsigned char* const tiles = align_1024(smem_raw);
     auto ktile = [&](int slot) { return tiles + slot * 2 * WG_TILE; };
     auto vtile = [&](int slot) { return tiles + slot * 2 * WG_TILE + WG_TILE; };
-    unsigned char* const qtile = tiles + 4 * WG_TILE;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wg = WG == 1 ? 0 : warp >> 2;  // this thread's warpgroup (the compiler cannot know blockDim)
+    unsigned char* const qtile = tiles + 4 * WG_TILE;
     const int g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y;
     const int splits = SPLIT ? p.splits : 1;
     const int qblk = SPLIT ? blockIdx.x / splits : blockIdx.x;  // the query block
     const int range = SPLIT ? blockIdx.x - qblk * splits : 0;    // its range of keys
-    const int q0 = qblk * 64 + warp * 16;  // this warp's 16 rows of the warpgroup's 64
+    const int q0 = (qblk * WG + wg) * 64 + (WG == 1 ? warp : warp & 3) * 16;  // this warp's 16 rows of its warpgroup's 64
     const float scale = p.scale * 1.4426950408889634f;
 
     const int total = p.Lk + p.Lk2;
@@ -583,8 +589,10 @@ template <bool QS, bool OV, bool SPLIT> __device__ __forceinline__ void attentio
     const bf16* vbase = (const bf16*)p.v + (int64_t)b * p.Lk * p.kv_stride + h * HEAD_DIM;
     const bf16* kbase2 = p.Lk2 ? (const bf16*)p.k2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : kbase;
     const bf16* vbase2 = p.Lk2 ? (const bf16*)p.v2 + (int64_t)b * p.Lk2 * p.kv2_stride + h * HEAD_DIM : vbase;
-    // 64 keys × 8 chunks of 16 bytes: thread i copies chunk i % 8 of keys i / 8 + 16r (r < 4) to
-    // chunk (i % 8) ^ (key % 8) of the key's row, key % 8 being the same for all four of its keys.
+    // 64 keys × 8 chunks of 16 bytes: thread i copies chunk i % 8 of keys i / 8 + KSTEP·r (r <
+    // 64 / KSTEP) to chunk (i % 8) ^ (key % 8) of the key's row, key % 8 being the same for all
+    // of its keys.
+    constexpr int KSTEP = THREADS / 8, KROWS = WG_KT / KSTEP;
     const int lj = threadIdx.x >> 3, lc = threadIdx.x & 7, ld = lc * 8;
     const int swz = ((lc ^ (lj & 7)) << 4);
     // Keys [k0, k0 + 64) of one operand (K from base/base2, or V) into a tile; keys past the last
@@ -596,14 +604,14 @@ template <bool QS, bool OV, bool SPLIT> __device__ __forceinline__ void attentio
             const int64_t stride = in_first ? p.kv_stride : p.kv2_stride;
             const bf16* src = (in_first ? base : base2) + (int64_t)((in_first ? k0 : k0 - p.Lk) + lj) * stride + ld;
 #pragma unroll
-            for (int r = 0; r < 4; r++) cp_async16(dst + r * 16 * 128, src + 16 * r * stride, true);
+            for (int r = 0; r < KROWS; r++) cp_async16(dst + r * KSTEP * 128, src + KSTEP * r * stride, true);
         } else {
 #pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const int kj = k0 + lj + 16 * r;
+            for (int r = 0; r < KROWS; r++) {
+                const int kj = k0 + lj + KSTEP * r;
                 const bool first = kj < p.Lk, valid = kj < total;
                 const int64_t off = first ? (int64_t)kj * p.kv_stride + ld : valid ? (int64_t)(kj - p.Lk) * p.kv2_stride + ld : ld;
-                cp_async16(dst + r * 16 * 128, (first || !valid ? base : base2) + off, valid);
+                cp_async16(dst + r * KSTEP * 128, (first || !valid ? base : base2) + off, valid);
             }
         }
     };
@@ -621,7 +629,7 @@ template <bool QS, bool OV, bool SPLIT> __device__ __forceinline__ void attentio
             cp_async16(qtile + (lj + 16 * r) * 128 + swz, q + (int64_t)min(row, p.Lq - 1) * p.q_stride, row < p.Lq);
         }
     }
-    const int last_key = p.causal ? min(total, (qblk + 1) * 64) : total;
+    const int last_key = p.causal ? min(total, (qblk + 1) * 64 * WG) : total;
     const int tiles_n = (last_key + WG_KT - 1) / WG_KT;
     // This block's tiles: all of them, or its range's (empty for a range past a causal row's
     // last key: its O is zeros, its maxima −∞).
@@ -754,23 +762,23 @@ template <bool QS, bool OV, bool SPLIT> __device__ __forceinline__ void attentio
         rows.l1 += __shfl_xor_sync(0xffffffff, rows.l1, off);
     }
     if (SPLIT && splits > 1) {
-        // This range's O, maxima and sums, as 9 float4 per thread (coalesced: j · 128 + thread);
-        // then, in the last range to arrive, the merge.
+        // This range's O, maxima and sums, as 9 float4 per thread (coalesced: j · THREADS +
+        // thread); then, in the last range to arrive, the merge.
         float4* const part = (float4*)p.partial;
         const int64_t qb = ((int64_t)b * p.H + h) * (gridDim.x / splits) + qblk;  // the query block among all
-        float4* const mine = part + (qb * splits + range) * (9 * 128);
+        float4* const mine = part + (qb * splits + range) * (9 * THREADS);
 #pragma unroll
-        for (int j = 0; j < 8; j++) mine[j * 128 + threadIdx.x] = make_float4(o[4 * j], o[4 * j + 1], o[4 * j + 2], o[4 * j + 3]);
-        mine[8 * 128 + threadIdx.x] = make_float4(rows.m0, rows.m1, rows.l0, rows.l1);
+        for (int j = 0; j < 8; j++) mine[j * THREADS + threadIdx.x] = make_float4(o[4 * j], o[4 * j + 1], o[4 * j + 2], o[4 * j + 3]);
+        mine[8 * THREADS + threadIdx.x] = make_float4(rows.m0, rows.m1, rows.l0, rows.l1);
         __shared__ bool last;
         if (!block_arrived_last(p.counters + qb, splits, &last)) return;
         // Every range's maxima, the overall maxima, then each range's O and sums rescaled to them
         // and added in range order (this block's own range read back too: the same sums in the
         // same order whichever block is last, and O's registers free to hold the total).
-        const float4* const ranges = part + qb * splits * (9 * 128) + threadIdx.x;
+        const float4* const ranges = part + qb * splits * (9 * THREADS) + threadIdx.x;
         float m0 = -INFINITY, m1 = -INFINITY;
         for (int r = 0; r < splits; r++) {
-            const float4 ml = __ldcg(&ranges[(r * 9 + 8) * 128]);
+            const float4 ml = __ldcg(&ranges[(r * 9 + 8) * THREADS]);
             m0 = fmaxf(m0, ml.x);
             m1 = fmaxf(m1, ml.y);
         }
@@ -781,8 +789,8 @@ template <bool QS, bool OV, bool SPLIT> __device__ __forceinline__ void attentio
         for (int r = 0; r < splits; r++) {
             float4 v[8];
 #pragma unroll
-            for (int j = 0; j < 8; j++) v[j] = __ldcg(&ranges[(r * 9 + j) * 128]);
-            const float4 ml = __ldcg(&ranges[(r * 9 + 8) * 128]);
+            for (int j = 0; j < 8; j++) v[j] = __ldcg(&ranges[(r * 9 + j) * THREADS]);
+            const float4 ml = __ldcg(&ranges[(r * 9 + 8) * THREADS]);
             // A range with no visible key for a row has O = 0 and l = 0: factor 0 (not NaN).
             const float f0 = ml.x == -INFINITY ? 0.f : ex2_approx(fmaf(ml.x, scale, -b0));
             const float f1 = ml.y == -INFINITY ? 0.f : ex2_approx(fmaf(ml.y, scale, -b1));
@@ -811,10 +819,10 @@ template <bool QS, bool OV, bool SPLIT> __device__ __forceinline__ void attentio
 #endif
 
 // Every wgmma entry point below: only the sm_90a image (and the emulator) has a body.
-template <bool QS, bool OV, bool SPLIT> __device__ __forceinline__ void attention_wgmma_entry(const AttentionParams& p) {
+template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ void attention_wgmma_entry(const AttentionParams& p) {
     pdl_enter();
 #ifdef CASCADE_WGMMA
-    attention_wgmma_body<QS, OV, SPLIT>(p);
+    attention_wgmma_body<QS, OV, SPLIT, WG>(p);
 #endif
 }
 
@@ -840,3 +848,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_ov_bf16(Att
 // CASCADE_ATTENTION_SPLIT=1 (docs/performance.md, fourteenth session).
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_split_bf16(AttentionParams p) { attention_wgmma_entry<false, false, true>(p); }
 extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_split_bf16(AttentionParams p) { attention_wgmma_entry<true, false, true>(p); }
+// Two warpgroups per block (128 queries, 256 threads), both reading each K and V tile: half the
+// copies from L2 per query. At most 128 registers, two blocks per SM. Not measured yet: chosen
+// only with CASCADE_ATTENTION=wgmma2 (docs/performance.md, fourteenth session).
+extern "C" __global__ void __launch_bounds__(256, 2) attention_wgmma2_bf16(AttentionParams p) { attention_wgmma_entry<false, false, false, 2>(p); }

@@ -46,6 +46,10 @@ CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test pipeline -- --i
 # tiny models and the tiny pipeline against diffusers' seeded images.
 CASCADE_ATTENTION_SPLIT=2 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 CASCADE_ATTENTION_SPLIT=2 cargo test --release --features cuda --test pipeline -- --ignored "$@"
+# The two-warpgroup wgmma attention kernel (opt-in until measured) for every attention, CLIP's
+# masked ones included: the tiny models and the tiny pipeline.
+CASCADE_ATTENTION=wgmma2 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+CASCADE_ATTENTION=wgmma2 cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here), the
-# split-key kernels' rows included.
-CASCADE_ATTENTION_SPLIT=1 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops
+# opt-in split-key and two-warpgroup attention kernels' rows included.
+CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops

@@ -10,7 +10,7 @@
 #     mode, PyTorch's SDPA and the card's ceilings, diffusers side by side, the Nsight Compute
 #     profile, and the stages bench with cuBLASLt's untuned choice.
 #
-# Switches (1 runs, 0 skips): TESTS=1 VARIANT_TESTS=1 BENCH=1 FIDELITY=0 FIDELITY_WGMMA=0 FIDELITY_SPLIT=0 SANITIZE=0 SIDE_BY_SIDE=0
+# Switches (1 runs, 0 skips): TESTS=1 VARIANT_TESTS=1 BENCH=1 FIDELITY=0 FIDELITY_WGMMA=0 FIDELITY_ATTENTION=0 SANITIZE=0 SIDE_BY_SIDE=0
 # PROFILE=0 GEMM_TUNE_AB=0; ALL=1 turns every one on (STAGE_VARIANTS, below, lists A/B environments). DEADLINE=seconds bounds the whole run: each step is
 # cut to what is left and a step that would start too late is reported as skipped, so the
 # summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT cap one step (300 s);
@@ -132,15 +132,19 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     tests+=(kernels-gemmwg)
     CASCADE_GEMM_WGMMA=1 step test-kernels-gemmwg "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture linear_gelu_grn &
     pids+=($!)
-    # The split-key wgmma attention kernels (opt-in: CASCADE_ATTENTION_SPLIT=1) on every
-    # attention shape, then the pipeline tests with every unmasked attention split in two
-    # (CASCADE_ATTENTION_SPLIT=2: the tiny models' grids are too small for the planned split).
+    # The split-key and the two-warpgroup wgmma attention kernels (opt-in:
+    # CASCADE_ATTENTION_SPLIT=1, CASCADE_ATTENTION=wgmma2) on every attention shape, then the
+    # pipeline tests with every unmasked attention split in two (CASCADE_ATTENTION_SPLIT=2: the
+    # tiny models' grids are too small for the planned split) and with every attention on the
+    # two-warpgroup kernel.
     tests+=(kernels-split)
-    CASCADE_ATTENTION_SPLIT=1 step test-kernels-split "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
+    CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 step test-kernels-split "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
     pids+=($!)
     if [ -x "$bundle/tests/pipeline" ]; then
-        tests+=(pipeline-split)
+        tests+=(pipeline-split pipeline-wgmma2)
         CASCADE_ATTENTION_SPLIT=2 step test-pipeline-split "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
+        pids+=($!)
+        CASCADE_ATTENTION=wgmma2 step test-pipeline-wgmma2 "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
         pids+=($!)
     fi
 fi
@@ -171,11 +175,14 @@ if on FIDELITY_WGMMA 0; then
     CASCADE_GEMM_WGMMA=1 step fidelity-wgmma "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     pids+=($!)
 fi
-# FIDELITY_SPLIT=1: likewise with the split-key attention where it is planned (opt-in:
-# CASCADE_ATTENTION_SPLIT=1; Stage B's levels 2 and 3 on an H100 or H200).
-if on FIDELITY_SPLIT 0; then
-    fidelity_runs+=(fidelity-split)
+# FIDELITY_ATTENTION=1: likewise with the split-key attention where it is planned (opt-in:
+# CASCADE_ATTENTION_SPLIT=1; Stage B's levels 2 and 3 on an H100 or H200), and with the
+# two-warpgroup wgmma kernel for every attention (CASCADE_ATTENTION=wgmma2), two more processes.
+if on FIDELITY_ATTENTION 0; then
+    fidelity_runs+=(fidelity-split fidelity-wgmma2)
     CASCADE_ATTENTION_SPLIT=1 step fidelity-split "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
+    pids+=($!)
+    CASCADE_ATTENTION=wgmma2 step fidelity-wgmma2 "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     pids+=($!)
 fi
 sanitize_runs=()
@@ -219,11 +226,11 @@ if on SANITIZE 0; then
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored grn
         done
         # The attention kernels (the 32-query ones with every block size, and the wgmma ones on
-        # compute capability 9.0, the split-key ones included) under racecheck, and the
-        # split-key ones' scratch and counters under memcheck.
-        CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-racecheck-attention "${SANITIZE_TIMEOUT:-240}" \
+        # compute capability 9.0, the opt-in split-key and two-warpgroup ones included) under
+        # racecheck, and the opt-in ones (the split's scratch and counters) under memcheck.
+        CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-racecheck-attention "${SANITIZE_TIMEOUT:-240}" \
             compute-sanitizer --tool racecheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention
-        CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-memcheck-split "${SANITIZE_TIMEOUT:-240}" \
+        CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-memcheck-split "${SANITIZE_TIMEOUT:-240}" \
             compute-sanitizer --tool memcheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention) &
         pids+=($!)
         sanitize_runs+=(sanitize-memcheck-gemmwg sanitize-racecheck-gemmwg sanitize-memcheck-dwasync
@@ -287,6 +294,9 @@ if on BENCH 1; then
             # (opt-in: CASCADE_ATTENTION_SPLIT=1), for a same-run comparison per launch.
             benches+=("bench-ops-split")
             CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-split "${BENCH_TIMEOUT:-300}" "$b" --bench
+            # ... and with the two-warpgroup kernel's rows (opt-in: CASCADE_ATTENTION=wgmma2).
+            benches+=("bench-ops-wgmma2")
+            CASCADE_ATTENTION=wgmma2 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-wgmma2 "${BENCH_TIMEOUT:-300}" "$b" --bench
             # The depthwise rows with the narrow strips everywhere (the first run takes the wide
             # ones where they save a wave: the Stage C rows) and with the asynchronous kernel
             # everywhere it runs, for a same-run comparison per launch.

@@ -596,6 +596,7 @@ fn attention_kernel() {
     // (CASCADE_ATTENTION_WGMMA=0). The emulator always runs them.
     let wgmma = cascade::testing::wgmma_testable(&dev, cascade::cuda::wgmma_attention_allowed());
     let split = cascade::testing::wgmma_testable(&dev, cascade::cuda::attention_split_requested());
+    let wgmma2 = cascade::testing::wgmma_testable(&dev, cascade::cuda::wgmma2_requested());
     for (i, s) in shapes::ATTENTION.iter().enumerate() {
         if !wanted(s.name) {
             continue;
@@ -644,6 +645,10 @@ fn attention_kernel() {
                 kernels.push((ops::AttentionKernel::WgmmaSplit(2), "attention_wgmma_split2"));
                 kernels.push((ops::AttentionKernel::WgmmaSharedQSplit(3), "attention_wgmma_sq_split3"));
                 kernels.push((ops::AttentionKernel::WgmmaSplit(8), "attention_wgmma_split8"));
+            }
+            // Two warpgroups per block likewise (CASCADE_ATTENTION=wgmma2 on a GPU).
+            if dtype == DType::BF16 && wgmma2 {
+                kernels.push((ops::AttentionKernel::Wgmma2, "attention_wgmma2"));
             }
             for &(kernel, label) in &kernels {
                 let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
@@ -717,6 +722,9 @@ fn attention_kernel() {
                 if dtype == DType::BF16 && split {
                     two.push((ops::AttentionKernel::WgmmaSplit(2), "attention_wgmma_split2 2 src"));
                     two.push((ops::AttentionKernel::WgmmaSharedQSplit(3), "attention_wgmma_sq_split3 2 src"));
+                }
+                if dtype == DType::BF16 && wgmma2 {
+                    two.push((ops::AttentionKernel::Wgmma2, "attention_wgmma2 2 src"));
                 }
                 for &(kernel, label) in &two {
                     if s.lq >= 300 {

@@ -132,6 +132,8 @@ pub struct CudaDevice {
     wgmma_split_attention: std::sync::atomic::AtomicBool,
     wgmma_split_per_sm: std::sync::atomic::AtomicUsize,
     wgmma_split_sq_per_sm: std::sync::atomic::AtomicUsize,
+    /// The two-warpgroup wgmma kernel (`CASCADE_ATTENTION=wgmma2`) passed its start-up check.
+    wgmma2_attention: std::sync::atomic::AtomicBool,
     /// The fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16`) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
     /// The dynamic shared memory each kernel of [`SharedMemoryOptIn`] may use, as set so far (0:
@@ -307,6 +309,7 @@ impl CudaDevice {
             wgmma_split_attention: false.into(),
             wgmma_split_per_sm: 0.into(),
             wgmma_split_sq_per_sm: 0.into(),
+            wgmma2_attention: false.into(),
             wgmma_gemm: false.into(),
             smem_opt_in: Default::default(),
             completion_counters,
@@ -365,6 +368,11 @@ impl CudaDevice {
                 dev.wgmma_split_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
                 let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_wgmma_qs_split_bf16, 128, 0).unwrap_or(0);
                 dev.wgmma_split_sq_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
+            }
+            // The two-warpgroup kernel likewise, on request (CASCADE_ATTENTION=wgmma2).
+            if ok && wgmma2_requested() {
+                let ok = check_attention_kernel(&dev, AttentionKernel::Wgmma2, "Hopper tensor-core (wgmma, two warpgroups)");
+                dev.wgmma2_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
             }
         }
         // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1).
@@ -480,6 +488,12 @@ impl CudaDevice {
     /// with the CUDA-core kernel when the device was opened (see `AttentionKernel::WgmmaSplit`).
     pub fn wgmma_split_attention(&self) -> bool {
         self.wgmma_split_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the two-warpgroup wgmma kernel was asked for (`CASCADE_ATTENTION=wgmma2`) and
+    /// agreed with the CUDA-core kernel when the device was opened (see `AttentionKernel::Wgmma2`).
+    pub fn wgmma2_attention(&self) -> bool {
+        self.wgmma2_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many blocks of the two split-key wgmma kernels (Q in registers, Q in shared memory)
@@ -967,6 +981,11 @@ pub fn wgmma_attention_allowed() -> bool {
 /// Whether the overlapped wgmma attention kernel is asked for (`CASCADE_ATTENTION=wgmma_ov`).
 pub fn wgmma_overlap_requested() -> bool {
     wgmma_attention_allowed() && std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v == "wgmma_ov")
+}
+
+/// Whether the two-warpgroup wgmma attention kernel is asked for (`CASCADE_ATTENTION=wgmma2`).
+pub fn wgmma2_requested() -> bool {
+    wgmma_attention_allowed() && std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v == "wgmma2")
 }
 
 /// Whether the split-key wgmma attention kernels are asked for (`CASCADE_ATTENTION_SPLIT=1`, or

@@ -25,8 +25,8 @@ pub enum AttentionKernel {
     /// so), elsewhere an mma.sync kernel (the 32-query one where [`mma32_preferred`] says so);
     /// else the WMMA kernel without a mask; the CUDA-core kernel otherwise. A tensor-core kernel
     /// that failed its start-up check on this device is skipped. `CASCADE_ATTENTION=simple|wmma|
-    /// mma|mma32|wgmma_sq|wgmma_ov` in the environment picks one (`mma`, `mma32`, `wgmma_sq`,
-    /// `wgmma_ov`: that kernel for every shape); `CASCADE_ATTENTION_WGMMA=0` leaves the wgmma
+    /// mma|mma32|wgmma_sq|wgmma_ov|wgmma2` in the environment picks one (`mma`, `mma32`, `wgmma_sq`,
+    /// `wgmma_ov`, `wgmma2`: that kernel for every shape); `CASCADE_ATTENTION_WGMMA=0` leaves the wgmma
     /// kernels out.
     Auto,
     /// The CUDA-core kernel (one thread per query; any dtype, masks).
@@ -75,6 +75,11 @@ pub enum AttentionKernel {
     /// `WgmmaSharedQ` with the keys split as in `WgmmaSplit` (five blocks per SM: Stage B's 640
     /// blocks of two ranges are one wave).
     WgmmaSharedQSplit(usize),
+    /// `Wgmma` with two warpgroups per block (128 queries, 256 threads), both reading each K and
+    /// V tile the block copies: half the copies from L2 per query, at half the blocks (two per
+    /// SM). Not measured yet: only `CASCADE_ATTENTION=wgmma2` checks it at start-up and runs it
+    /// everywhere.
+    Wgmma2,
 }
 
 /// Floats of the split-key kernels' scratch per range of a query block: per thread 8 float4 of
@@ -166,7 +171,10 @@ impl AttentionKernel {
 
     /// A wgmma kernel (sm_90a: compute capability 9.0 only).
     pub fn is_wgmma(self) -> bool {
-        matches!(self, Self::Wgmma | Self::WgmmaSharedQ | Self::WgmmaOverlap | Self::WgmmaSplit(_) | Self::WgmmaSharedQSplit(_))
+        matches!(
+            self,
+            Self::Wgmma | Self::WgmmaSharedQ | Self::WgmmaOverlap | Self::WgmmaSplit(_) | Self::WgmmaSharedQSplit(_) | Self::Wgmma2
+        )
     }
 }
 
@@ -407,6 +415,7 @@ fn attention_impl(
                     Some("mma") if aligned => AttentionKernel::Mma,
                     Some("wgmma_sq") if aligned && dev.wgmma_attention() => AttentionKernel::WgmmaSharedQ,
                     Some("wgmma_ov") if aligned && dev.wgmma_overlap_attention() => AttentionKernel::WgmmaOverlap,
+                    Some("wgmma2") if aligned && dev.wgmma2_attention() => AttentionKernel::Wgmma2,
                     _ if aligned && !causal && dev.wgmma_split_attention() && split.is_some() => {
                         let plan = split.expect("checked");
                         if plan.shared_q {
@@ -467,6 +476,7 @@ fn attention_impl(
                 AttentionKernel::WgmmaOverlap => (&kt.attention_wgmma_ov_bf16, 64, 128),
                 AttentionKernel::WgmmaSplit(_) => (&kt.attention_wgmma_split_bf16, 64, 128),
                 AttentionKernel::WgmmaSharedQSplit(_) => (&kt.attention_wgmma_qs_split_bf16, 64, 128),
+                AttentionKernel::Wgmma2 => (&kt.attention_wgmma2_bf16, 128, 256),
                 AttentionKernel::TensorCore => (&kt.attention_tc_bf16, 64, 128),
                 _ => (super::kernel("attention", q.t.dtype(), &kt.attention_f32, &kt.attention_bf16)?, 128, 128),
             };

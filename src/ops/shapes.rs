@@ -34,7 +34,12 @@ pub const LINEAR: &[LinearShape] = &[
     LinearShape { name: "stage_b.l0.fc2", m: 16384, k: 1280, n: 320 },
     LinearShape { name: "stage_b.l2.fc1", m: 1024, k: 1280, n: 5120 },
     LinearShape { name: "stage_b.l2.qkv", m: 1024, k: 1280, n: 3840 },
+    // Level 2's narrow outputs (fc2, the attention's output projection: 8 × 10 tiles of 128 ×
+    // 128 for 132 SMs) and level 3's fc2 (2 × 10), where a GEMM's grid may not fill the card.
+    LinearShape { name: "stage_b.l2.fc2", m: 1024, k: 5120, n: 1280 },
+    LinearShape { name: "stage_b.l2.out", m: 1024, k: 1280, n: 1280 },
     LinearShape { name: "stage_b.l3.fc1", m: 256, k: 1280, n: 5120 },
+    LinearShape { name: "stage_b.l3.fc2", m: 256, k: 5120, n: 1280 },
     LinearShape { name: "stage_a.fc1", m: 65536, k: 384, n: 1536 },
     LinearShape { name: "stage_a.l1.fc1", m: 262144, k: 192, n: 768 },
     LinearShape { name: "clip.fc1", m: 154, k: 1280, n: 5120 },
