@@ -287,10 +287,15 @@ fn main() {
         &[]
     };
     // And the two-warpgroup kernel (CASCADE_ATTENTION=wgmma2).
-    let wgmma2: &[(ops::AttentionKernel, &str)] = if matches!(&dev, cascade::Device::Cuda(d) if d.wgmma2_attention()) {
-        &[(ops::AttentionKernel::Wgmma2, "attention_wgmma2")]
-    } else {
-        &[]
+    // With the split kernels too (both asked for): two and three ranges per 128 queries.
+    let wgmma2: &[(ops::AttentionKernel, &str)] = match &dev {
+        cascade::Device::Cuda(d) if d.wgmma2_attention() && d.wgmma_split_attention() => &[
+            (ops::AttentionKernel::Wgmma2, "attention_wgmma2"),
+            (ops::AttentionKernel::Wgmma2Split(2), "attention_wgmma2_split2"),
+            (ops::AttentionKernel::Wgmma2Split(3), "attention_wgmma2_split3"),
+        ],
+        cascade::Device::Cuda(d) if d.wgmma2_attention() => &[(ops::AttentionKernel::Wgmma2, "attention_wgmma2")],
+        _ => &[],
     };
     let wgmma_kernels: Vec<(ops::AttentionKernel, &str)> = wgmma_kernels.iter().chain(split_kernels).chain(wgmma2).copied().collect();
     for s in shapes::ATTENTION {

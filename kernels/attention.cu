@@ -852,3 +852,7 @@ extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_split_bf
 // copies from L2 per query. At most 128 registers, two blocks per SM. Not measured yet: chosen
 // only with CASCADE_ATTENTION=wgmma2 (docs/performance.md, fourteenth session).
 extern "C" __global__ void __launch_bounds__(256, 2) attention_wgmma2_bf16(AttentionParams p) { attention_wgmma_entry<false, false, false, 2>(p); }
+// The same with the keys split into ranges as in attention_wgmma_split_bf16 (per block of 128
+// queries). Not measured yet: chosen only with CASCADE_ATTENTION=wgmma2 and
+// CASCADE_ATTENTION_SPLIT=N.
+extern "C" __global__ void __launch_bounds__(256, 2) attention_wgmma2_split_bf16(AttentionParams p) { attention_wgmma_entry<false, false, true, 2>(p); }

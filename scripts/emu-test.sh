@@ -47,9 +47,10 @@ CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test pipeline -- --i
 CASCADE_ATTENTION_SPLIT=2 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 CASCADE_ATTENTION_SPLIT=2 cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # The two-warpgroup wgmma attention kernel (opt-in until measured) for every attention, CLIP's
-# masked ones included: the tiny models and the tiny pipeline.
+# masked ones included: the tiny models, then the tiny pipeline with its unmasked attention's
+# keys split in two as well.
 CASCADE_ATTENTION=wgmma2 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
-CASCADE_ATTENTION=wgmma2 cargo test --release --features cuda --test pipeline -- --ignored "$@"
+CASCADE_ATTENTION=wgmma2 CASCADE_ATTENTION_SPLIT=2 cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here), the
 # opt-in split-key and two-warpgroup attention kernels' rows included.
 CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops

@@ -136,7 +136,7 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     # CASCADE_ATTENTION_SPLIT=1, CASCADE_ATTENTION=wgmma2) on every attention shape, then the
     # pipeline tests with every unmasked attention split in two (CASCADE_ATTENTION_SPLIT=2: the
     # tiny models' grids are too small for the planned split) and with every attention on the
-    # two-warpgroup kernel.
+    # two-warpgroup kernel, its keys split in two where unmasked.
     tests+=(kernels-split)
     CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 step test-kernels-split "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
     pids+=($!)
@@ -144,7 +144,7 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
         tests+=(pipeline-split pipeline-wgmma2)
         CASCADE_ATTENTION_SPLIT=2 step test-pipeline-split "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
         pids+=($!)
-        CASCADE_ATTENTION=wgmma2 step test-pipeline-wgmma2 "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
+        CASCADE_ATTENTION=wgmma2 CASCADE_ATTENTION_SPLIT=2 step test-pipeline-wgmma2 "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
         pids+=($!)
     fi
 fi
@@ -294,9 +294,10 @@ if on BENCH 1; then
             # (opt-in: CASCADE_ATTENTION_SPLIT=1), for a same-run comparison per launch.
             benches+=("bench-ops-split")
             CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-split "${BENCH_TIMEOUT:-300}" "$b" --bench
-            # ... and with the two-warpgroup kernel's rows (opt-in: CASCADE_ATTENTION=wgmma2).
+            # ... and the two-warpgroup kernel's rows, whole and split (opt-in:
+            # CASCADE_ATTENTION=wgmma2), in a process of their own.
             benches+=("bench-ops-wgmma2")
-            CASCADE_ATTENTION=wgmma2 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-wgmma2 "${BENCH_TIMEOUT:-300}" "$b" --bench
+            CASCADE_ATTENTION=wgmma2 CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma2 CASCADE_BENCH_QUICK=1 step bench-ops-wgmma2 "${BENCH_TIMEOUT:-300}" "$b" --bench
             # The depthwise rows with the narrow strips everywhere (the first run takes the wide
             # ones where they save a wave: the Stage C rows) and with the asynchronous kernel
             # everywhere it runs, for a same-run comparison per launch.

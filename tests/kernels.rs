@@ -649,13 +649,20 @@ fn attention_kernel() {
             // Two warpgroups per block likewise (CASCADE_ATTENTION=wgmma2 on a GPU).
             if dtype == DType::BF16 && wgmma2 {
                 kernels.push((ops::AttentionKernel::Wgmma2, "attention_wgmma2"));
+                if split {
+                    kernels.push((ops::AttentionKernel::Wgmma2Split(2), "attention_wgmma2_split2"));
+                    kernels.push((ops::AttentionKernel::Wgmma2Split(8), "attention_wgmma2_split8"));
+                }
             }
             for &(kernel, label) in &kernels {
                 let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
                 ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, kernel, &mut o).unwrap();
                 let got = o.to_vec_f32().unwrap();
                 check_guard(&whole, s.name).unwrap();
-                if matches!(kernel, ops::AttentionKernel::WgmmaSplit(_) | ops::AttentionKernel::WgmmaSharedQSplit(_)) {
+                if matches!(
+                    kernel,
+                    ops::AttentionKernel::WgmmaSplit(_) | ops::AttentionKernel::WgmmaSharedQSplit(_) | ops::AttentionKernel::Wgmma2Split(_)
+                ) {
                     // The ranges are merged in order whichever block finishes last: a second
                     // launch (other blocks last, on a GPU) gives the same bits.
                     let (mut again, _) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
@@ -725,6 +732,9 @@ fn attention_kernel() {
                 }
                 if dtype == DType::BF16 && wgmma2 {
                     two.push((ops::AttentionKernel::Wgmma2, "attention_wgmma2 2 src"));
+                    if split {
+                        two.push((ops::AttentionKernel::Wgmma2Split(3), "attention_wgmma2_split3 2 src"));
+                    }
                 }
                 for &(kernel, label) in &two {
                     if s.lq >= 300 {

@@ -371,7 +371,13 @@ impl CudaDevice {
             }
             // The two-warpgroup kernel likewise, on request (CASCADE_ATTENTION=wgmma2).
             if ok && wgmma2_requested() {
-                let ok = check_attention_kernel(&dev, AttentionKernel::Wgmma2, "Hopper tensor-core (wgmma, two warpgroups)");
+                let ok = check_attention_kernel(&dev, AttentionKernel::Wgmma2, "Hopper tensor-core (wgmma, two warpgroups)")
+                    && (!attention_split_requested()
+                        || check_attention_kernel(
+                            &dev,
+                            AttentionKernel::Wgmma2Split(2),
+                            "Hopper tensor-core (wgmma, two warpgroups, split keys)",
+                        ));
                 dev.wgmma2_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
             }
         }

@@ -80,10 +80,15 @@ pub enum AttentionKernel {
     /// SM). Not measured yet: only `CASCADE_ATTENTION=wgmma2` checks it at start-up and runs it
     /// everywhere.
     Wgmma2,
+    /// `Wgmma2` with the keys split as in `WgmmaSplit` (per block of 128 queries). Not measured
+    /// yet: `CASCADE_ATTENTION=wgmma2` with `CASCADE_ATTENTION_SPLIT=N` (N ≥ 2) runs it
+    /// everywhere.
+    Wgmma2Split(usize),
 }
 
 /// Floats of the split-key kernels' scratch per range of a query block: per thread 8 float4 of
-/// output and 1 of maxima and sums (`kernels/attention.cu`), for 128 threads.
+/// output and 1 of maxima and sums (`kernels/attention.cu`), for 128 threads (twice that for the
+/// two-warpgroup kernel).
 #[cfg(feature = "cuda")]
 const SPLIT_PARTIAL_FLOATS: usize = 9 * 4 * 128;
 
@@ -173,7 +178,13 @@ impl AttentionKernel {
     pub fn is_wgmma(self) -> bool {
         matches!(
             self,
-            Self::Wgmma | Self::WgmmaSharedQ | Self::WgmmaOverlap | Self::WgmmaSplit(_) | Self::WgmmaSharedQSplit(_) | Self::Wgmma2
+            Self::Wgmma
+                | Self::WgmmaSharedQ
+                | Self::WgmmaOverlap
+                | Self::WgmmaSplit(_)
+                | Self::WgmmaSharedQSplit(_)
+                | Self::Wgmma2
+                | Self::Wgmma2Split(_)
         )
     }
 }
@@ -415,7 +426,10 @@ fn attention_impl(
                     Some("mma") if aligned => AttentionKernel::Mma,
                     Some("wgmma_sq") if aligned && dev.wgmma_attention() => AttentionKernel::WgmmaSharedQ,
                     Some("wgmma_ov") if aligned && dev.wgmma_overlap_attention() => AttentionKernel::WgmmaOverlap,
-                    Some("wgmma2") if aligned && dev.wgmma2_attention() => AttentionKernel::Wgmma2,
+                    Some("wgmma2") if aligned && dev.wgmma2_attention() => match crate::cuda::attention_split_forced() {
+                        Some(ranges) if !causal && dev.wgmma_split_attention() => AttentionKernel::Wgmma2Split(ranges),
+                        _ => AttentionKernel::Wgmma2,
+                    },
                     _ if aligned && !causal && dev.wgmma_split_attention() && split.is_some() => {
                         let plan = split.expect("checked");
                         if plan.shared_q {
@@ -477,20 +491,23 @@ fn attention_impl(
                 AttentionKernel::WgmmaSplit(_) => (&kt.attention_wgmma_split_bf16, 64, 128),
                 AttentionKernel::WgmmaSharedQSplit(_) => (&kt.attention_wgmma_qs_split_bf16, 64, 128),
                 AttentionKernel::Wgmma2 => (&kt.attention_wgmma2_bf16, 128, 256),
+                AttentionKernel::Wgmma2Split(_) => (&kt.attention_wgmma2_split_bf16, 128, 256),
                 AttentionKernel::TensorCore => (&kt.attention_tc_bf16, 64, 128),
                 _ => (super::kernel("attention", q.t.dtype(), &kt.attention_f32, &kt.attention_bf16)?, 128, 128),
             };
             let mut ranges = 1;
             // Kept alive until the launch is queued (the stream orders its reuse after it).
             let mut _partial = None;
-            if let AttentionKernel::WgmmaSplit(wanted) | AttentionKernel::WgmmaSharedQSplit(wanted) = chosen {
+            if let AttentionKernel::WgmmaSplit(wanted) | AttentionKernel::WgmmaSharedQSplit(wanted) | AttentionKernel::Wgmma2Split(wanted) =
+                chosen
+            {
                 if wanted == 0 {
                     return Err(Error::Shape("attention: a split of the keys needs at least one range".into()));
                 }
                 // Whole tiles per range, and no empty range (unless causal rows end earlier).
                 let per_range = tiles.max(1).div_ceil(wanted);
                 ranges = tiles.max(1).div_ceil(per_range);
-                let query_blocks = lq.div_ceil(64) * b * heads;
+                let query_blocks = lq.div_ceil(rows) * b * heads;
                 let (counters, capacity) = dev.completion_counters();
                 if query_blocks > capacity {
                     return Err(Error::Shape(format!(
@@ -500,7 +517,8 @@ fn attention_impl(
                 p.splits = ranges as i32;
                 p.split_tiles = per_range as i32;
                 if ranges > 1 {
-                    let partial = Tensor::empty(&[query_blocks * ranges * SPLIT_PARTIAL_FLOATS], DType::F32, &q.t.device())?;
+                    let floats = query_blocks * ranges * SPLIT_PARTIAL_FLOATS * (threads as usize / 128);
+                    let partial = Tensor::empty(&[floats], DType::F32, &q.t.device())?;
                     p.partial = partial.cuda_ptr()? as *mut f32;
                     p.counters = counters as *mut u32;
                     _partial = Some(partial);
