@@ -287,24 +287,35 @@ if on BENCH 1; then
         # The ops bench's fc1 + GRN rows again with the fused wgmma GEMM's rows among them
         # (opt-in, so in a process of its own; the separate path's rows give a same-run
         # comparison).
+        # OPS_VARIANTS (default "gemmwg split wgmma2 dw") picks which of these opt-in variant
+        # steps run after the ops bench: each is a process of its own.
         if [ "$name" = ops ]; then
-            benches+=("bench-ops-wgmma")
-            CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=linear_gelu_grn CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
+            variants=" ${OPS_VARIANTS:-gemmwg split wgmma2 dw} "
+            if [[ $variants == *" gemmwg "* ]]; then
+                benches+=("bench-ops-wgmma")
+                CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=linear_gelu_grn CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
+            fi
             # The wgmma attention rows again with the split-key kernels' rows among them
             # (opt-in: CASCADE_ATTENTION_SPLIT=1), for a same-run comparison per launch.
-            benches+=("bench-ops-split")
-            CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-split "${BENCH_TIMEOUT:-300}" "$b" --bench
+            if [[ $variants == *" split "* ]]; then
+                benches+=("bench-ops-split")
+                CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-split "${BENCH_TIMEOUT:-300}" "$b" --bench
+            fi
             # ... and the two-warpgroup kernel's rows, whole and split (opt-in:
             # CASCADE_ATTENTION=wgmma2), in a process of their own.
-            benches+=("bench-ops-wgmma2")
-            CASCADE_ATTENTION=wgmma2 CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma2 CASCADE_BENCH_QUICK=1 step bench-ops-wgmma2 "${BENCH_TIMEOUT:-300}" "$b" --bench
+            if [[ $variants == *" wgmma2 "* ]]; then
+                benches+=("bench-ops-wgmma2")
+                CASCADE_ATTENTION=wgmma2 CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma2 CASCADE_BENCH_QUICK=1 step bench-ops-wgmma2 "${BENCH_TIMEOUT:-300}" "$b" --bench
+            fi
             # The depthwise rows with the narrow strips everywhere (the first run takes the wide
             # ones where they save a wave: the Stage C rows) and with the asynchronous kernel
             # everywhere it runs, for a same-run comparison per launch.
-            for strips in narrow async-all; do
-                benches+=("bench-ops-dw-$strips")
-                CASCADE_DW_STRIPS=$strips CASCADE_SHAPES=depthwise CASCADE_BENCH_QUICK=1 step "bench-ops-dw-$strips" "${BENCH_TIMEOUT:-300}" "$b" --bench
-            done
+            if [[ $variants == *" dw "* ]]; then
+                for strips in narrow async-all; do
+                    benches+=("bench-ops-dw-$strips")
+                    CASCADE_DW_STRIPS=$strips CASCADE_SHAPES=depthwise CASCADE_BENCH_QUICK=1 step "bench-ops-dw-$strips" "${BENCH_TIMEOUT:-300}" "$b" --bench
+                done
+            fi
         fi
     done
     # PyTorch's SDPA on the same attention shapes, and the card's copy and matrix ceilings.
