@@ -286,8 +286,8 @@ fn main() {
     } else {
         &[]
     };
-    // And the two-warpgroup kernel (CASCADE_ATTENTION=wgmma2).
-    // With the split kernels too (both asked for): two and three ranges per 128 queries.
+    // And the two-warpgroup kernel (CASCADE_ATTENTION=wgmma2), with its split rows (two and
+    // three ranges per 128 queries) when the split kernels were asked for too.
     let wgmma2: &[(ops::AttentionKernel, &str)] = match &dev {
         cascade::Device::Cuda(d) if d.wgmma2_attention() && d.wgmma_split_attention() => &[
             (ops::AttentionKernel::Wgmma2, "attention_wgmma2"),

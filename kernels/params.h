@@ -342,11 +342,11 @@ typedef struct AttentionParams {
     const void* v2;
     int32_t Lk2;
     int32_t kv2_stride;  // row stride of k2/v2 (elements)
-    // Keys split into ranges (attention_wgmma_split_bf16, attention_wgmma_qs_split_bf16 only;
-    // 1 and NULLs elsewhere): splits ranges of split_tiles 64-key tiles per query block,
-    // blockIdx.x = query block · splits + range. Each range writes its unnormalised O, maxima and
-    // sums to partial ([B · H · query blocks · splits · 9 · 128] float4); counters ([B · H ·
-    // query blocks], zero on entry, left zero) find the last range to finish, which merges them.
+    // Keys split into ranges (the attention_wgmma*_split_bf16 kernels only; 1 and NULLs
+    // elsewhere): splits ranges of split_tiles 64-key tiles per query block, blockIdx.x = query
+    // block · splits + range. Each range writes its unnormalised O, maxima and sums to partial
+    // ([B · H · query blocks · splits · 9 · threads per block] float4); counters ([B · H · query
+    // blocks], zero on entry, left zero) find the last range to finish, which merges them.
     int32_t splits;
     int32_t split_tiles;
     float* partial;

@@ -284,13 +284,12 @@ if on BENCH 1; then
         [ -n "${BENCHES:-}" ] && [[ " $BENCHES " != *" $name "* ]] && continue
         benches+=("bench-$name")
         CASCADE_BENCH_QUICK=1 step "bench-$name" "${BENCH_TIMEOUT:-300}" "$b" --bench
-        # The ops bench's fc1 + GRN rows again with the fused wgmma GEMM's rows among them
-        # (opt-in, so in a process of its own; the separate path's rows give a same-run
-        # comparison).
         # OPS_VARIANTS (default "gemmwg split wgmma2 dw") picks which of these opt-in variant
         # steps run after the ops bench: each is a process of its own.
         if [ "$name" = ops ]; then
             variants=" ${OPS_VARIANTS:-gemmwg split wgmma2 dw} "
+            # The ops bench's fc1 + GRN rows again with the fused wgmma GEMM's rows among them
+            # (the separate path's rows give a same-run comparison).
             if [[ $variants == *" gemmwg "* ]]; then
                 benches+=("bench-ops-wgmma")
                 CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=linear_gelu_grn CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench

@@ -200,7 +200,7 @@ impl Drop for CapturePoolGuard<'_> {
     }
 }
 
-/// How many GRN completion counters a device keeps (256 KiB).
+/// How many completion counters a device keeps (256 KiB).
 const COMPLETION_COUNTERS: usize = 1 << 16;
 
 /// Bytes held by the engine's own device buffers (current and peak since the last reset).

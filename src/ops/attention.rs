@@ -402,7 +402,7 @@ fn attention_impl(
             let aligned = [p.q as u64, p.k as u64, p.v as u64, p.o as u64, p.k2 as u64, p.v2 as u64].iter().all(|a| a % 16 == 0)
                 && [q.stride(), k.stride(), second_stride, c].iter().all(|s| s % 8 == 0);
             let forced = std::env::var("CASCADE_ATTENTION").ok();
-            // The split of the keys Auto would take (only computed when the split kernels were
+            // The split-key kernel Auto would take (only computed when the split kernels were
             // asked for and checked).
             let tiles = (lk + extra.map_or(0, |e| e.0.t.dim(1))).div_ceil(64);
             let split = if dev.wgmma_split_attention() {
@@ -413,7 +413,13 @@ fn attention_impl(
                     Some(ranges) => Some(SplitPlan { ranges, shared_q: false }),
                     None => wgmma_split_plan(lq, b * heads, tiles, sms, unsplit, dev.wgmma_split_per_sm()),
                 };
-                plan.filter(|_| lq.div_ceil(64) * b * heads <= dev.completion_counters().1)
+                plan.filter(|_| lq.div_ceil(64) * b * heads <= dev.completion_counters().1).map(|plan| {
+                    if plan.shared_q {
+                        AttentionKernel::WgmmaSharedQSplit(plan.ranges)
+                    } else {
+                        AttentionKernel::WgmmaSplit(plan.ranges)
+                    }
+                })
             } else {
                 None
             };
@@ -430,14 +436,7 @@ fn attention_impl(
                         Some(ranges) if !causal && dev.wgmma_split_attention() => AttentionKernel::Wgmma2Split(ranges),
                         _ => AttentionKernel::Wgmma2,
                     },
-                    _ if aligned && !causal && dev.wgmma_split_attention() && split.is_some() => {
-                        let plan = split.expect("checked");
-                        if plan.shared_q {
-                            AttentionKernel::WgmmaSharedQSplit(plan.ranges)
-                        } else {
-                            AttentionKernel::WgmmaSplit(plan.ranges)
-                        }
-                    }
+                    _ if aligned && !causal && split.is_some() => split.expect("checked"),
                     _ if aligned
                         && dev.wgmma_attention()
                         && wgmma_shared_q_preferred(lq, b * heads, dev.multiprocessors(), dev.wgmma_per_sm().0, dev.wgmma_per_sm().1) =>
