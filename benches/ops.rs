@@ -59,6 +59,7 @@ fn main() {
             &[
                 (ops::FusedGrnKernel::Wgmma, "wgmma"),
                 (ops::FusedGrnKernel::WgmmaDeep, "wgmma_deep"),
+                (ops::FusedGrnKernel::WgmmaWs, "wgmma_ws"),
                 (ops::FusedGrnKernel::Separate, "separate"),
             ]
         } else {

@@ -414,6 +414,70 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
+
+// ---- Transaction barriers and tensor copies (sm_90: mbarrier, TMA) --------------------------
+// An mbarrier is 8 bytes of shared memory that counts arrivals and transaction bytes; a phase
+// completes when both reach zero, its parity flips and the arrivals are re-armed. A TMA copy
+// moves a box of a tensor (its map made on the host by cuTensorMapEncodeTiled, held in the
+// kernel's __grid_constant__ parameters) into shared memory with no thread's registers involved,
+// and completes its bytes on an mbarrier; wgmma then reads the tile through the same async proxy.
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+#ifdef CASCADE_EMU
+    emu_mbar_init(bar, count);
+#else
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(count) : "memory");
+#endif
+}
+// After a block's barriers are initialised, before a barrier (__syncthreads) lets others use them:
+// makes the initialisation visible to the async proxy (the copies' complete_tx).
+__device__ __forceinline__ void mbar_init_fence() {
+#ifndef CASCADE_EMU
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+#ifdef CASCADE_EMU
+    emu_mbar_arrive(bar, 0);
+#else
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
+#endif
+}
+// One arrival that also announces `bytes` of copies to complete on the barrier in this phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
+#ifdef CASCADE_EMU
+    emu_mbar_arrive(bar, bytes);
+#else
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
+#endif
+}
+// Waits until the phase of this parity has completed (a fresh barrier is in phase 0, so a wait
+// for parity 1 passes at once: the producer's first round over empty slots).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+#ifdef CASCADE_EMU
+    emu_mbar_wait(bar, parity);
+#else
+    const unsigned a = (unsigned)__cvta_generic_to_shared(bar);
+    unsigned done;
+    do {
+        asm volatile(
+            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done) : "r"(a), "r"(parity) : "memory");
+    } while (!done);
+#endif
+}
+// The box of `map` at (c0 inner, c1 outer) into shared memory at dst (1024-byte aligned for the
+// 128-byte swizzle), its bytes completed on bar. Elements outside the tensor arrive as zeros.
+__device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, int c0, int c1, uint64_t* bar) {
+#ifdef CASCADE_EMU
+    emu_tma_load_2d(dst, map, c0, c1, bar);
+#else
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+            (unsigned)__cvta_generic_to_shared(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"((unsigned)__cvta_generic_to_shared(bar))
+        : "memory");
+#endif
+}
 #endif  // wgmma
 
 // ---- Last block to finish --------------------------------------------------------------------

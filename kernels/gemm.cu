@@ -28,6 +28,118 @@
 // Bytes per row of the staged output tile: 16 of padding put a warp's 8 rows on distinct banks.
 #define GG_OUT_STRIDE (GG_BN * 2 + 16)
 
+#ifdef CASCADE_WGMMA
+// The fused GEMM's epilogue, from each consumer warpgroup's 64 × 128 accumulators (warpgroup w:
+// rows 64w .. 64w + 63 of the tile) and the block's stage memory, free once every product is
+// done: u, the chunks' sums of squares, and in the last blocks GRN's factor. Every thread of the
+// block calls it (it has barriers); only the 256 threads of the two consumer warpgroups (`worker`,
+// threads 0–255) hold accumulators and do the work.
+__device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float (&acc)[64], unsigned char* const tiles, const int tid, const bool worker) {
+    const int warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+    const int g = lane >> 2, t = lane & 3;
+    const int m0 = blockIdx.y * GG_BM, n0 = blockIdx.x * GG_BN;
+    // Epilogue. The stages' memory: the output tile [128][GG_OUT_STRIDE], then the warps' column
+    // sums [8][128] f32, the halves of the last block's chunk sums [2][128], four warp sums and a
+    // flag.
+    unsigned char* const out = tiles;
+    float* const red = (float*)(tiles + GG_BM * GG_OUT_STRIDE);
+    float* const halves = red + 8 * GG_BN;
+    float* const wsum = halves + 2 * GG_BN;
+    bool* const flag = (bool*)(wsum + 4);
+    const bf16* bias = (const bf16*)p.bias;
+    // This thread's rows of the tile: row0 and row0 + 8. M is a multiple of 64, so a warpgroup's
+    // rows are all in the matrix or all past it (then its sums are not written).
+    const int row0 = 64 * wg + 16 * (warp & 3) + g;
+#pragma unroll
+    for (int j = 0; j < 16 && worker; j++) {
+        const int c = 8 * j + 2 * t;
+        const bool cin = n0 + c < p.N;  // and c + 1: N is a multiple of 8
+        float b0 = 0.f, b1 = 0.f;
+        if (bias && cin) b0 = to_f32(bias[n0 + c]), b1 = to_f32(bias[n0 + c + 1]);
+        // u as the separate path stores it: the product plus bias rounded to bf16 (cuBLASLt's
+        // output), then its GELU rounded again (GRN's sums pass).
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) v[i] = rounded<bf16>(gelu_as<bf16>(rounded<bf16>(acc[4 * j + i] + (i & 1 ? b1 : b0))));
+        *(uint32_t*)(out + row0 * GG_OUT_STRIDE + 2 * c) = pack_bf16x2(v[0], v[1]);
+        *(uint32_t*)(out + (row0 + 8) * GG_OUT_STRIDE + 2 * c) = pack_bf16x2(v[2], v[3]);
+        // Column sums over the warp's 16 rows, lanes of one t in a fixed butterfly order.
+        float s0 = v[0] * v[0] + v[2] * v[2], s1 = v[1] * v[1] + v[3] * v[3];
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) {
+            s0 += __shfl_xor_sync(0xffffffff, s0, o);
+            s1 += __shfl_xor_sync(0xffffffff, s1, o);
+        }
+        if (g == 0) red[warp * GG_BN + c] = s0, red[warp * GG_BN + c + 1] = s1;
+    }
+    __syncthreads();
+    {
+        // The chunk sums: thread i takes column i % 128 of warpgroup i / 128's 64 rows, its four
+        // warps added in order.
+        const int c = tid & 127, h = tid >> 7;
+        const float* r = red + 4 * h * GG_BN + c;
+        if (worker && m0 + 64 * h < p.M && n0 + c < p.N) p.part[(int64_t)(m0 / 64 + h) * p.N + n0 + c] = r[0] + r[GG_BN] + r[2 * GG_BN] + r[3 * GG_BN];
+    }
+    // u: 16 bytes per thread and step, a row's 256 bytes by 16 consecutive threads.
+    bf16* y = (bf16*)p.y;
+#pragma unroll
+    for (int i = 0; i < GG_BM * GG_BN / 8 / 256; i++) {
+        const int q = tid + 256 * i, row = q >> 4, c8 = (q & 15) * 8;
+        if (worker && m0 + row < p.M && n0 + c8 < p.N) *(uint4*)(y + (int64_t)(m0 + row) * p.N + n0 + c8) = *(const uint4*)(out + row * GG_OUT_STRIDE + 2 * c8);
+    }
+
+    // The last block of this column tile to finish: every chunk sum of its columns is written.
+    // Each sample's norms of these columns (the chunk sums added in a fixed order: even chunks by
+    // one half of the block, odd by the other), and their sum over the tile.
+    const int tiles_n = gridDim.x, samples = p.M / p.rows, chunks = p.rows / 64;
+    if (!block_arrived_last(p.counters + blockIdx.x, gridDim.y, flag)) return;
+    {
+        const int c = tid & 127, h = tid >> 7, col = n0 + c;
+        const bool cin = worker && col < p.N;
+        for (int b = 0; b < samples; b++) {
+            float s = 0.f;
+            if (cin) {
+                const float* pb = p.part + (int64_t)b * chunks * p.N + col;
+                int ch = h;
+                for (; ch + 6 < chunks; ch += 8) {
+                    float u[4];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) u[i] = __ldcg(pb + (int64_t)(ch + 2 * i) * p.N);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) s += u[i];
+                }
+                for (; ch < chunks; ch += 2) s += __ldcg(pb + (int64_t)ch * p.N);
+            }
+            if (worker) halves[h * GG_BN + c] = s;
+            __syncthreads();
+            if (h == 0) {
+                const float norm = cin ? sqrtf(halves[c] + halves[GG_BN + c]) : 0.f;
+                if (cin) p.scale[(int64_t)b * p.N + col] = norm;
+                float gs = norm;
+                for (int o = 16; o > 0; o >>= 1) gs += __shfl_xor_sync(0xffffffff, gs, o);
+                if (lane == 0) wsum[warp] = gs;
+            }
+            __syncthreads();
+            if (tid == 0) p.group_sums[(int64_t)b * tiles_n + blockIdx.x] = wsum[0] + wsum[1] + wsum[2] + wsum[3];
+            __syncthreads();  // halves and wsum are rewritten for the next sample
+        }
+    }
+
+    // The last column tile: each sample's mean norm, then the factor 1 + γ·norm / (mean + 1e-6)
+    // (GRN's, as grn_partial computes it).
+    if (!block_arrived_last(p.counters + tiles_n, tiles_n, flag)) return;
+    const bf16* gamma = (const bf16*)p.gamma;
+    for (int b = 0; b < samples; b++) {
+        float sum = 0.f;
+        for (int i = 0; i < tiles_n; i++) sum += __ldcg(&p.group_sums[(int64_t)b * tiles_n + i]);
+        const float denom = sum / p.N + 1e-6f;
+        float* sc = p.scale + (int64_t)b * p.N;
+        for (int d = tid; d < p.N && worker; d += 256) sc[d] = 1.f + to_f32(gamma[d]) * (__ldcg(&sc[d]) / denom);
+    }
+}
+
+#endif
+
 // STAGES slots of tiles; INFLIGHT groups of products left in flight at the end of a step (0 or
 // 1). Step k + AHEAD is copied while step k's products run.
 template <int STAGES, int INFLIGHT> __device__ __forceinline__ void gemm_gelu_grn(const GemmGrnParams& p) {
@@ -39,8 +151,7 @@ template <int STAGES, int INFLIGHT> __device__ __forceinline__ void gemm_gelu_gr
     auto atile = [&](int s) { return tiles + s * 2 * GG_TILE; };
     auto btile = [&](int s) { return tiles + s * 2 * GG_TILE + GG_TILE; };
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
-    const int g = lane >> 2, t = lane & 3;
+    const int tid = threadIdx.x, wg = tid >> 7;
     const int m0 = blockIdx.y * GG_BM, n0 = blockIdx.x * GG_BN;
     const bf16* x = (const bf16*)p.x;
     const bf16* w = (const bf16*)p.w;
@@ -94,104 +205,7 @@ template <int STAGES, int INFLIGHT> __device__ __forceinline__ void gemm_gelu_gr
     cp_async_wait<0>();
     __syncthreads();  // every warpgroup's products are done: the stages become the epilogue's
 
-    // Epilogue. The stages' memory: the output tile [128][GG_OUT_STRIDE], then the warps' column
-    // sums [8][128] f32, the halves of the last block's chunk sums [2][128], four warp sums and a
-    // flag.
-    unsigned char* const out = tiles;
-    float* const red = (float*)(tiles + GG_BM * GG_OUT_STRIDE);
-    float* const halves = red + 8 * GG_BN;
-    float* const wsum = halves + 2 * GG_BN;
-    bool* const flag = (bool*)(wsum + 4);
-    const bf16* bias = (const bf16*)p.bias;
-    // This thread's rows of the tile: row0 and row0 + 8. M is a multiple of 64, so a warpgroup's
-    // rows are all in the matrix or all past it (then its sums are not written).
-    const int row0 = 64 * wg + 16 * (warp & 3) + g;
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-        const int c = 8 * j + 2 * t;
-        const bool cin = n0 + c < p.N;  // and c + 1: N is a multiple of 8
-        float b0 = 0.f, b1 = 0.f;
-        if (bias && cin) b0 = to_f32(bias[n0 + c]), b1 = to_f32(bias[n0 + c + 1]);
-        // u as the separate path stores it: the product plus bias rounded to bf16 (cuBLASLt's
-        // output), then its GELU rounded again (GRN's sums pass).
-        float v[4];
-#pragma unroll
-        for (int i = 0; i < 4; i++) v[i] = rounded<bf16>(gelu_as<bf16>(rounded<bf16>(acc[4 * j + i] + (i & 1 ? b1 : b0))));
-        *(uint32_t*)(out + row0 * GG_OUT_STRIDE + 2 * c) = pack_bf16x2(v[0], v[1]);
-        *(uint32_t*)(out + (row0 + 8) * GG_OUT_STRIDE + 2 * c) = pack_bf16x2(v[2], v[3]);
-        // Column sums over the warp's 16 rows, lanes of one t in a fixed butterfly order.
-        float s0 = v[0] * v[0] + v[2] * v[2], s1 = v[1] * v[1] + v[3] * v[3];
-#pragma unroll
-        for (int o = 4; o < 32; o <<= 1) {
-            s0 += __shfl_xor_sync(0xffffffff, s0, o);
-            s1 += __shfl_xor_sync(0xffffffff, s1, o);
-        }
-        if (g == 0) red[warp * GG_BN + c] = s0, red[warp * GG_BN + c + 1] = s1;
-    }
-    __syncthreads();
-    {
-        // The chunk sums: thread i takes column i % 128 of warpgroup i / 128's 64 rows, its four
-        // warps added in order.
-        const int c = tid & 127, h = tid >> 7;
-        const float* r = red + 4 * h * GG_BN + c;
-        if (m0 + 64 * h < p.M && n0 + c < p.N) p.part[(int64_t)(m0 / 64 + h) * p.N + n0 + c] = r[0] + r[GG_BN] + r[2 * GG_BN] + r[3 * GG_BN];
-    }
-    // u: 16 bytes per thread and step, a row's 256 bytes by 16 consecutive threads.
-    bf16* y = (bf16*)p.y;
-#pragma unroll
-    for (int i = 0; i < GG_BM * GG_BN / 8 / 256; i++) {
-        const int q = tid + 256 * i, row = q >> 4, c8 = (q & 15) * 8;
-        if (m0 + row < p.M && n0 + c8 < p.N) *(uint4*)(y + (int64_t)(m0 + row) * p.N + n0 + c8) = *(const uint4*)(out + row * GG_OUT_STRIDE + 2 * c8);
-    }
-
-    // The last block of this column tile to finish: every chunk sum of its columns is written.
-    // Each sample's norms of these columns (the chunk sums added in a fixed order: even chunks by
-    // one half of the block, odd by the other), and their sum over the tile.
-    const int tiles_n = gridDim.x, samples = p.M / p.rows, chunks = p.rows / 64;
-    if (!block_arrived_last(p.counters + blockIdx.x, gridDim.y, flag)) return;
-    {
-        const int c = tid & 127, h = tid >> 7, col = n0 + c;
-        const bool cin = col < p.N;
-        for (int b = 0; b < samples; b++) {
-            float s = 0.f;
-            if (cin) {
-                const float* pb = p.part + (int64_t)b * chunks * p.N + col;
-                int ch = h;
-                for (; ch + 6 < chunks; ch += 8) {
-                    float u[4];
-#pragma unroll
-                    for (int i = 0; i < 4; i++) u[i] = __ldcg(pb + (int64_t)(ch + 2 * i) * p.N);
-#pragma unroll
-                    for (int i = 0; i < 4; i++) s += u[i];
-                }
-                for (; ch < chunks; ch += 2) s += __ldcg(pb + (int64_t)ch * p.N);
-            }
-            halves[h * GG_BN + c] = s;
-            __syncthreads();
-            if (h == 0) {
-                const float norm = cin ? sqrtf(halves[c] + halves[GG_BN + c]) : 0.f;
-                if (cin) p.scale[(int64_t)b * p.N + col] = norm;
-                float gs = norm;
-                for (int o = 16; o > 0; o >>= 1) gs += __shfl_xor_sync(0xffffffff, gs, o);
-                if (lane == 0) wsum[warp] = gs;
-            }
-            __syncthreads();
-            if (tid == 0) p.group_sums[(int64_t)b * tiles_n + blockIdx.x] = wsum[0] + wsum[1] + wsum[2] + wsum[3];
-            __syncthreads();  // halves and wsum are rewritten for the next sample
-        }
-    }
-
-    // The last column tile: each sample's mean norm, then the factor 1 + γ·norm / (mean + 1e-6)
-    // (GRN's, as grn_partial computes it).
-    if (!block_arrived_last(p.counters + tiles_n, tiles_n, flag)) return;
-    const bf16* gamma = (const bf16*)p.gamma;
-    for (int b = 0; b < samples; b++) {
-        float sum = 0.f;
-        for (int i = 0; i < tiles_n; i++) sum += __ldcg(&p.group_sums[(int64_t)b * tiles_n + i]);
-        const float denom = sum / p.N + 1e-6f;
-        float* sc = p.scale + (int64_t)b * p.N;
-        for (int d = tid; d < p.N; d += 256) sc[d] = 1.f + to_f32(gamma[d]) * (__ldcg(&sc[d]) / denom);
-    }
+    gemm_grn_epilogue(p, acc, tiles, tid, true);
 #endif
 }
 
@@ -202,4 +216,94 @@ extern "C" __global__ void __launch_bounds__(256, 2) gemm_gelu_grn_bf16(GemmGrnP
 extern "C" __global__ void __launch_bounds__(256, 1) gemm_gelu_grn_deep_bf16(GemmGrnParams p) {
     pdl_enter();
     gemm_gelu_grn<4, 1>(p);
+}
+
+// The warp-specialised version: the same tile and epilogue, with the operands brought in by the
+// copy engine (TMA) instead of by the threads that multiply.
+//
+// Block: 288 threads. Warps 0–7 are the two consumer warpgroups (rows 64w .. 64w + 63 of the
+// 128 × 128 tile, as above); warp 8 is the producer, one lane of which issues each stage's two
+// TMA copies (a 128 × 64 box of x and of w, 16 KiB each, in the 128-byte swizzle) onto the
+// stage's `full` barrier. A consumer warpgroup waits on `full`, issues its four products and
+// leaves them in flight while it waits for the previous step's, then frees that step's stage on
+// its `empty` barrier (one arrival per warpgroup). So no thread that multiplies ever copies or
+// waits at a block-wide barrier inside the K loop, and the tensor cores always have the next
+// step's products queued: what the cp.async version (one block-wide barrier and an empty
+// pipeline per step) lacks.
+//
+// Three stages (96 KiB) keep two blocks per SM (288 threads at most 112 registers each), so one
+// block's epilogue overlaps the other's products, as in the cp.async version.
+#define GG_WS_STAGES 3
+#define GG_WS_THREADS 288
+__device__ __forceinline__ void gemm_gelu_grn_ws(const GemmGrnTmaParams& q) {
+#ifdef CASCADE_WGMMA
+    constexpr int STAGES = GG_WS_STAGES;
+    const GemmGrnParams& p = q.g;
+    extern __shared__ uint4 smem_words[];
+    unsigned char* const tiles = align_1024((unsigned char*)smem_words);  // the launch asks for 1 KiB more
+    auto atile = [&](int s) { return tiles + s * 2 * GG_TILE; };
+    auto btile = [&](int s) { return tiles + s * 2 * GG_TILE + GG_TILE; };
+    // The barriers lie past the stages, out of the epilogue's way.
+    uint64_t* const full = (uint64_t*)(tiles + STAGES * 2 * GG_TILE);
+    uint64_t* const empty = full + STAGES;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+    const bool producer = warp == 8;
+    const int m0 = blockIdx.y * GG_BM, n0 = blockIdx.x * GG_BN;
+    const int steps = (p.K + GG_BK - 1) / GG_BK;
+    if (tid == 256) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(&full[s], 1);   // the producer's arrival, with the copies' bytes
+            mbar_init(&empty[s], 2);  // one arrival per consumer warpgroup
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc[i] = 0.f;
+    if (producer) {
+        if (lane == 0) {
+            for (int kt = 0; kt < steps; kt++) {
+                const int s = kt % STAGES;
+                // The slot's previous use (step kt − STAGES) is done with: its round's phase of
+                // `empty` has completed (the first round passes at once).
+                mbar_wait(&empty[s], ((kt / STAGES) & 1) ^ 1);
+                mbar_arrive_expect_tx(&full[s], 2 * GG_TILE);
+                // Rows past M or N and columns past K arrive as zeros: they add nothing.
+                tma_load_2d(atile(s), &q.x_map, kt * GG_BK, m0, &full[s]);
+                tma_load_2d(btile(s), &q.w_map, kt * GG_BK, n0, &full[s]);
+            }
+        }
+        __syncwarp();
+    } else {
+        for (int kt = 0; kt < steps; kt++) {
+            const int s = kt % STAGES;
+            mbar_wait(&full[s], (kt / STAGES) & 1);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < GG_BK / 16; kk++)
+                wgmma_m64n128k16_bf16_ss(acc, smem_desc_sw128(atile(s) + wg * 64 * 128 + 32 * kk), smem_desc_sw128(btile(s) + 32 * kk),
+                                         kt > 0 || kk > 0);
+            wgmma_commit();
+            // Step kt − 1's products are done (this step's stay in flight): its stage is free.
+            wgmma_wait<1>();
+            wgmma_fence_operands(acc);
+            if (kt > 0 && (tid & 127) == 0) mbar_arrive(&empty[(kt - 1) % STAGES]);
+        }
+        wgmma_wait<0>();
+        wgmma_fence_operands(acc);
+    }
+    // Every product is done and every copy has landed (each was waited for): the stages become
+    // the epilogue's. The epilogue writes them through the generic proxy after the async one.
+    fence_proxy_async_shared();
+    __syncthreads();
+    gemm_grn_epilogue(p, acc, tiles, tid, !producer);
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(GG_WS_THREADS, 2) gemm_gelu_grn_ws_bf16(const __grid_constant__ GemmGrnTmaParams p) {
+    pdl_enter();
+    gemm_gelu_grn_ws(p);
 }

@@ -131,6 +131,21 @@ typedef struct GemmGrnParams {
     int32_t rows;           // positions per sample, a multiple of 64
 } GemmGrnParams;
 
+// A TMA tensor map (the driver's CUtensorMap: 128 opaque bytes, 64-byte aligned), made on the
+// host by cuTensorMapEncodeTiled and read by the copy engine from the kernel's parameters.
+typedef struct __attribute__((aligned(64))) TensorMap {
+    uint64_t opaque[16];
+} TensorMap;
+
+// The fused GEMM's warp-specialised version (gemm_gelu_grn_ws_bf16): GemmGrnParams' operands
+// also as tensor maps, x's [M, K] and w's [N, K], boxes of 128 rows × 64 columns in the 128-byte
+// swizzle. Passed as a __grid_constant__ parameter, so the maps stay in parameter space.
+typedef struct GemmGrnTmaParams {
+    TensorMap x_map;
+    TensorMap w_map;
+    GemmGrnParams g;
+} GemmGrnTmaParams;
+
 // GlobalResponseNorm, second kernel: y[b,n,d] = x[b,n,d] * scale[b,d] + beta[d] (with GELU, x is
 // the GELU output grn_partial stored).
 typedef struct GrnApplyParams {

@@ -41,6 +41,10 @@ CASCADE_ATTENTION_WGMMA=0 cargo test --release --features cuda --test pipeline -
 # positions per sample are a multiple of 64.
 CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test pipeline -- --ignored "$@"
+# Its warp-specialised version (TMA copies onto transaction barriers; opt-in until measured)
+# likewise. The kernel test above already runs it beside the others.
+CASCADE_GEMM_WGMMA=ws cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+CASCADE_GEMM_WGMMA=ws cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # The split-key wgmma attention (opt-in until measured) in every unmasked attention, two ranges
 # each (=2 forces the split: the planned one never splits the tiny models' small grids): the
 # tiny models and the tiny pipeline against diffusers' seeded images.

@@ -19,6 +19,7 @@ device_repr!(
     GrnApplyParams,
     GrnResidentParams,
     GemmGrnParams,
+    GemmGrnTmaParams,
     ActParams,
     AddParams,
     ModulateParams,

@@ -294,14 +294,33 @@ pub enum FusedGrnKernel {
     /// while the next step's are issued, one block per SM (Auto takes it with
     /// `CASCADE_GEMM_WGMMA=deep`).
     WgmmaDeep,
+    /// `gemm_gelu_grn_ws_bf16`: the same tile and epilogue, warp-specialised: one warp brings
+    /// the operands in with TMA copies onto transaction barriers while the two multiplying
+    /// warpgroups keep one step's products in flight (Auto takes it with `CASCADE_GEMM_WGMMA=ws`).
+    WgmmaWs,
 }
 
-/// The fused kernels' dynamic shared memory: their stages of two 16 KiB tiles, and 1 KiB to
-/// align them to the 128-byte swizzle's 1024-byte period.
+impl FusedGrnKernel {
+    /// The fused kernel that Auto takes when asked for: `CASCADE_GEMM_WGMMA=deep` or `ws` name
+    /// a version, any other request the first (read once).
+    pub fn requested() -> FusedGrnKernel {
+        static K: std::sync::OnceLock<FusedGrnKernel> = std::sync::OnceLock::new();
+        *K.get_or_init(|| match std::env::var("CASCADE_GEMM_WGMMA").as_deref().map(str::trim) {
+            Ok("deep") => FusedGrnKernel::WgmmaDeep,
+            Ok("ws") => FusedGrnKernel::WgmmaWs,
+            _ => FusedGrnKernel::Wgmma,
+        })
+    }
+}
+
+/// The fused kernels' dynamic shared memory: their stages of two 16 KiB tiles, 1 KiB to align
+/// them to the 128-byte swizzle's 1024-byte period, and the warp-specialised kernel's two 8-byte
+/// barriers per stage.
 #[cfg(feature = "cuda")]
 fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
     let stages = if kernel == FusedGrnKernel::WgmmaDeep { 4 } else { 3 };
-    stages * 2 * 128 * 64 * 2 + 1024
+    let barriers = if kernel == FusedGrnKernel::WgmmaWs { 2 * stages * 8 } else { 0 };
+    stages * 2 * 128 * 64 * 2 + 1024 + barriers
 }
 
 /// `u = GELU(x · wᵀ + bias)` (u rounded to x's type before and after the GELU) and GRN's factor
@@ -336,9 +355,9 @@ pub fn linear_gelu_grn_factor_into(
         FusedGrnKernel::Auto => {
             // linear::check has matched w and the bias to x: what is left is the kernel's own.
             let on = fused_checked(x) && fused_operands(x, w, u, (m, k, n)).is_ok();
-            on.then(|| if fused_deep_requested() { FusedGrnKernel::WgmmaDeep } else { FusedGrnKernel::Wgmma })
+            on.then(FusedGrnKernel::requested)
         }
-        FusedGrnKernel::Wgmma | FusedGrnKernel::WgmmaDeep => {
+        FusedGrnKernel::Wgmma | FusedGrnKernel::WgmmaDeep | FusedGrnKernel::WgmmaWs => {
             fused_operands(x, w, u, (m, k, n))?;
             Some(kernel)
         }
@@ -372,24 +391,30 @@ pub fn linear_gelu_grn_factor_into(
             rows: rows as i32,
         };
         use crate::cuda::SharedMemoryOptIn;
+        let grid = (tiles.0 as u32, tiles.1 as u32, 1);
+        let smem = gemm_grn_smem(variant);
+        if variant == FusedGrnKernel::WgmmaWs {
+            // The operands as tensor maps, boxes of 128 rows × 64 columns (one 128-byte swizzle
+            // row each): made here, at launch (or capture), from the operands' addresses.
+            let q = crate::cuda::params::GemmGrnTmaParams {
+                x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, 128, 64)?,
+                w_map: crate::cuda::tensor_map_bf16(w.cuda_ptr()?, n, k, 128, 64)?,
+                g: p,
+            };
+            let f = &dev.kernels().gemm_gelu_grn_ws_bf16;
+            dev.opt_in_shared_memory(f, SharedMemoryOptIn::GemmGrnWs, smem)?;
+            return dev.launch(f, grid, (288, 1, 1), smem as u32, &q);
+        }
         let (f, which) = match variant {
             FusedGrnKernel::WgmmaDeep => (&dev.kernels().gemm_gelu_grn_deep_bf16, SharedMemoryOptIn::GemmGrnDeep),
             _ => (&dev.kernels().gemm_gelu_grn_bf16, SharedMemoryOptIn::GemmGrn),
         };
-        let smem = gemm_grn_smem(variant);
         dev.opt_in_shared_memory(f, which, smem)?;
-        return dev.launch(f, (tiles.0 as u32, tiles.1 as u32, 1), (256, 1, 1), smem as u32, &p);
+        return dev.launch(f, grid, (256, 1, 1), smem as u32, &p);
     }
     let _ = (fused, k);
     super::linear_into(x, w, bias, u)?;
     grn_impl(&u.view(u.shape())?, gamma, None, factor, GrnOutput::FactorOnly(u, true), GrnKernel::TwoPass)
-}
-
-/// Whether Auto's fused kernel is the deep one (`CASCADE_GEMM_WGMMA=deep`, read once), for a
-/// same-run comparison of the two until one is measured to win.
-fn fused_deep_requested() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| v.trim() == "deep"))
 }
 
 /// [`linear_gelu_grn_factor_into`] into new tensors: `(u, factor)`.

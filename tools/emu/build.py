@@ -14,9 +14,9 @@ OUT = os.path.join(ROOT, "target", "emu")
 KERNELS = os.path.join(ROOT, "kernels")
 CXX = os.environ.get("CXX", "g++")
 ALIGNMENT_CHECK = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
-FLAGS = ["-std=c++17", "-O2", "-g", "-fPIC", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unknown-pragmas"]
+FLAGS = ["-std=c++17", "-O2", "-g", "-fPIC", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unknown-pragmas", "-Wno-psabi"]
 
-ENTRY = re.compile(r'^extern "C" __global__ void (?:(?:__launch_bounds__|__maxnreg__)\([^)]*\) )?(\w+)\((\w+) \w+\)')
+ENTRY = re.compile(r'^extern "C" __global__ void (?:(?:__launch_bounds__|__maxnreg__)\([^)]*\) )?(\w+)\((?:const __grid_constant__ )?(\w+) \w+\)')
 DYN_SMEM = re.compile(r"extern __shared__ (\w+) (\w+)\[\];")
 
 

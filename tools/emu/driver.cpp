@@ -566,10 +566,14 @@ static CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned 
     if (cooperative && (unsigned long long)gx * gy * gz > 132ull * resident_blocks(bx * by * bz, smem)) return CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE;
     std::vector<char> copy((char*)params[0], (char*)params[0] + k->params_bytes);
     return enqueue(s, [=] {
-        std::vector<char> p = copy;  // a kernel may modify its by-value parameters
+        // A kernel may modify its by-value parameters: each run gets a copy, 64-byte aligned as
+        // parameter space is (a struct that holds tensor maps is aligned so).
+        std::vector<char> p(copy.size() + 64);
+        char* params_at = p.data() + ((64 - ((uintptr_t)p.data() & 63)) & 63);
+        memcpy(params_at, copy.data(), copy.size());
         running_kernel = k->name;
         emu::take_pdl_waits();
-        std::string err = emu::run_grid(k->body, p.data(), uint3{gx, gy, gz}, uint3{bx, by, bz}, smem, cooperative);
+        std::string err = emu::run_grid(k->body, params_at, uint3{gx, gy, gz}, uint3{bx, by, bz}, smem, cooperative);
         // A kernel that may start before the one it follows must wait for it (griddepcontrol.wait,
         // kernels/common.cuh pdl_enter) in every thread before it touches memory.
         const unsigned long long threads = (unsigned long long)gx * gy * gz * bx * by * bz;
@@ -582,6 +586,34 @@ static CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned 
         }
     }, k->name);
 }
+// cuTensorMapEncodeTiled, for the rank-2 tiled maps the engine makes (kernels/common.cuh
+// tma_load_2d): the hardware's rules on alignment, strides and box sizes are checked here too,
+// and the map's 128 bytes hold what the emulated copy needs (EmuTensorMap).
+CUresult cuTensorMapEncodeTiled(void* map, int dtype, unsigned rank, void* address, const uint64_t* dims, const uint64_t* strides,
+                                const uint32_t* box, const uint32_t* element_strides, int interleave, int swizzle, int, int) {
+    static const int elem_bytes[] = {1, 2, 4, 4, 8, 4, 8, 2, 4, 2, 4, 4, 4};  // CU_TENSOR_MAP_DATA_TYPE_*
+    if (!map || ((uintptr_t)map & 63) || rank != 2 || dtype < 0 || dtype > 12 || interleave != 0) return CUDA_ERROR_INVALID_VALUE;
+    if (((uintptr_t)address & 15) || (strides[0] & 15) || swizzle < 0 || swizzle > 3) return CUDA_ERROR_INVALID_VALUE;
+    const unsigned elem = (unsigned)elem_bytes[dtype];
+    for (int i = 0; i < 2; i++)
+        if (dims[i] == 0 || dims[i] > (1ull << 32) || box[i] == 0 || box[i] > 256 || element_strides[i] != 1) return CUDA_ERROR_INVALID_VALUE;
+    if ((box[0] * elem) % 16 != 0 || strides[0] < dims[0] * elem) return CUDA_ERROR_INVALID_VALUE;
+    if (swizzle == 3 && box[0] * elem > 128) return CUDA_ERROR_INVALID_VALUE;
+    EmuTensorMap m{};
+    m.base = (const unsigned char*)address;
+    m.dims[0] = dims[0];
+    m.dims[1] = dims[1];
+    m.stride = strides[0];
+    m.box[0] = box[0];
+    m.box[1] = box[1];
+    m.elem = elem;
+    m.swizzle = (uint32_t)swizzle;
+    m.magic = EMU_TENSOR_MAP_MAGIC;
+    memset(map, 0, 128);
+    memcpy(map, &m, sizeof m);
+    return CUDA_SUCCESS;
+}
+
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void* s,
                         void** params, void** extra) {
     return launch(f, gx, gy, gz, bx, by, bz, smem, s, params, extra, false);

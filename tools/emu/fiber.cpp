@@ -272,6 +272,12 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
     return "";
 }
 
+void spin_once() {
+    current->state = SPIN;
+    yield();
+}
+void spin_end() { current->state = READY; }
+
 void spin_until_at_least(const volatile unsigned* p, unsigned target) {
     while (*p < target) {
         current->state = SPIN;

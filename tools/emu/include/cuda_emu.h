@@ -54,6 +54,11 @@ void* dynamic_smem();
 // Yields until *p >= target (a block waiting at a grid barrier of a cooperative launch, whose
 // blocks the emulator runs at once).
 void spin_until_at_least(const volatile unsigned* p, unsigned target);
+// One turn of a spin-wait inside a block (an mbarrier's phase): the other fibers run before this
+// one is resumed; spin_end() when the wait is over. A block whose live threads all spin without
+// any getting past is reported as a deadlock.
+void spin_once();
+void spin_end();
 // 32 slots of 8 bytes for the current warp's shuffle exchange.
 uint64_t* warp_slots();
 // 32 slots of 64 bytes for the current warp's matrix-fragment exchange.
@@ -75,6 +80,7 @@ void note_pdl_wait();
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
+#define __grid_constant__
 #define __maxnreg__(...)
 #define __align__(n) __attribute__((aligned(n)))
 // One copy per OS thread; a block's fibers share it, blocks run one after another (in a
@@ -345,6 +351,96 @@ inline void emu_wgmma_wait(int n) {
     }
     memmove(q.ops, q.ops + done, (q.count - done) * sizeof(q.ops[0]));
     q.count -= done;
+}
+
+// ---- mbarrier and TMA (sm_90 transaction barriers and tensor copies), emulated ---------------
+// The 8 bytes of a barrier in shared memory: arrivals still pending in this phase (bits 0–14),
+// the arrivals a phase expects (15–29), the phase's parity (31); then the transaction bytes still
+// expected (signed). A phase completes when both its pending arrivals and bytes reach zero: the
+// parity flips and the arrivals are re-armed, as on the hardware.
+struct EmuMbar {
+    uint32_t w;
+    int32_t tx;
+};
+static_assert(sizeof(EmuMbar) == 8, "an mbarrier is 8 bytes");
+inline void emu_mbar_settle(EmuMbar* b) {
+    const uint32_t pending = b->w & 0x7fff, expected = (b->w >> 15) & 0x7fff;
+    if (pending == 0 && b->tx < 0) {
+        fprintf(stderr, "emulated mbarrier: more transaction bytes arrived than were expected\n");
+        abort();
+    }
+    if (pending == 0 && b->tx == 0) b->w = ((b->w ^ 0x80000000u) & 0x80000000u) | (expected << 15) | expected;
+}
+inline void emu_mbar_init(void* bar, unsigned count) {
+    if (count == 0 || count > 0x7fff || ((uintptr_t)bar & 7)) {
+        fprintf(stderr, "emulated mbarrier: init with count %u at a misaligned or bad address\n", count);
+        abort();
+    }
+    EmuMbar* b = (EmuMbar*)bar;
+    b->w = (count << 15) | count;
+    b->tx = 0;
+}
+// An arrival, after `tx` more transaction bytes were announced (arrive.expect_tx).
+inline void emu_mbar_arrive(void* bar, unsigned tx) {
+    EmuMbar* b = (EmuMbar*)bar;
+    if ((b->w & 0x7fff) == 0) {
+        fprintf(stderr, "emulated mbarrier: an arrival beyond the phase's expected count\n");
+        abort();
+    }
+    b->tx += (int32_t)tx;
+    b->w -= 1;
+    emu_mbar_settle(b);
+}
+inline void emu_mbar_complete_tx(void* bar, unsigned bytes) {
+    EmuMbar* b = (EmuMbar*)bar;
+    b->tx -= (int32_t)bytes;
+    emu_mbar_settle(b);
+}
+// try_wait.parity: true once the phase of this parity has completed (the current phase's parity
+// differs from it).
+inline bool emu_mbar_done(const void* bar, unsigned parity) { return (((const EmuMbar*)bar)->w >> 31) != (parity & 1); }
+inline void emu_mbar_wait(const void* bar, unsigned parity) {
+    while (!emu_mbar_done(bar, parity)) emu::spin_once();
+    emu::spin_end();
+}
+// What the emulated cuTensorMapEncodeTiled keeps in a tensor map's 128 bytes (rank 2).
+struct EmuTensorMap {
+    const unsigned char* base;
+    uint64_t dims[2];    // elements: inner, outer
+    uint64_t stride;     // bytes between outer rows
+    uint32_t box[2];     // elements: inner, outer
+    uint32_t elem;       // bytes per element
+    uint32_t swizzle;    // CU_TENSOR_MAP_SWIZZLE_*: 0 none, 3 128 bytes
+    uint32_t magic;
+};
+#define EMU_TENSOR_MAP_MAGIC 0x7e45a11u
+// cp.async.bulk.tensor.2d ... mbarrier::complete_tx: the box at (c0, c1) into shared memory at
+// once, elements outside the tensor as zeros (the whole box counts as transferred bytes), in the
+// 128-byte swizzle (address bits 4–6 XOR bits 7–9, as emu_wgmma_b reads it), then the bytes
+// completed on the barrier.
+inline void emu_tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
+    const EmuTensorMap* m = (const EmuTensorMap*)map;
+    if (m->magic != EMU_TENSOR_MAP_MAGIC) {
+        fprintf(stderr, "emulated TMA: the tensor map was not made by cuTensorMapEncodeTiled\n");
+        abort();
+    }
+    const uint32_t row_bytes = m->box[0] * m->elem;
+    if (((uintptr_t)dst & (m->swizzle == 3 ? 1023 : 127)) || (m->swizzle == 3 && row_bytes != 128)) {
+        fprintf(stderr, "emulated TMA: destination not aligned for the swizzle, or a box row that is not 128 bytes\n");
+        abort();
+    }
+    for (uint32_t r = 0; r < m->box[1]; r++) {
+        for (uint32_t e = 0; e < m->box[0]; e++) {
+            const int64_t x = (int64_t)c0 + e, y = (int64_t)c1 + r;
+            uintptr_t a = (uintptr_t)dst + r * row_bytes + e * m->elem;
+            if (m->swizzle == 3) a ^= ((a >> 7) & 7) << 4;
+            if (x >= 0 && y >= 0 && (uint64_t)x < m->dims[0] && (uint64_t)y < m->dims[1])
+                memcpy((void*)a, m->base + (uint64_t)y * m->stride + (uint64_t)x * m->elem, m->elem);
+            else
+                memset((void*)a, 0, m->elem);
+        }
+    }
+    emu_mbar_complete_tx(bar, row_bytes * m->box[1]);
 }
 
 // griddepcontrol.wait and .launch_dependents: launches run one after another here, so there is
