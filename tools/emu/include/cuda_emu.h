@@ -371,11 +371,14 @@ inline void emu_mbar_settle(EmuMbar* b) {
     }
     if (pending == 0 && b->tx == 0) b->w = ((b->w ^ 0x80000000u) & 0x80000000u) | (expected << 15) | expected;
 }
+inline bool emu_tma_land_one(void* bar);
+inline void emu_tma_forget(const void* bar);
 inline void emu_mbar_init(void* bar, unsigned count) {
     if (count == 0 || count > 0x7fff || ((uintptr_t)bar & 7)) {
         fprintf(stderr, "emulated mbarrier: init with count %u at a misaligned or bad address\n", count);
         abort();
     }
+    emu_tma_forget(bar);
     EmuMbar* b = (EmuMbar*)bar;
     b->w = (count << 15) | count;
     b->tx = 0;
@@ -399,8 +402,11 @@ inline void emu_mbar_complete_tx(void* bar, unsigned bytes) {
 // try_wait.parity: true once the phase of this parity has completed (the current phase's parity
 // differs from it).
 inline bool emu_mbar_done(const void* bar, unsigned parity) { return (((const EmuMbar*)bar)->w >> 31) != (parity & 1); }
-inline void emu_mbar_wait(const void* bar, unsigned parity) {
-    while (!emu_mbar_done(bar, parity)) emu::spin_once();
+// Queued copies on this barrier land one by one while the phase is incomplete; then the wait
+// yields to the block's other threads until it completes.
+inline void emu_mbar_wait(void* bar, unsigned parity) {
+    while (!emu_mbar_done(bar, parity))
+        if (!emu_tma_land_one(bar)) emu::spin_once();
     emu::spin_end();
 }
 // What the emulated cuTensorMapEncodeTiled keeps in a tensor map's 128 bytes (rank 2).
@@ -414,33 +420,84 @@ struct EmuTensorMap {
     uint32_t magic;
 };
 #define EMU_TENSOR_MAP_MAGIC 0x7e45a11u
-// cp.async.bulk.tensor.2d ... mbarrier::complete_tx: the box at (c0, c1) into shared memory at
-// once, elements outside the tensor as zeros (the whole box counts as transferred bytes), in the
+// cp.async.bulk.tensor.2d ... mbarrier::complete_tx: the box at (c0, c1) into shared memory,
+// elements outside the tensor as zeros (the whole box counts as transferred bytes), in the
 // 128-byte swizzle (address bits 4–6 XOR bits 7–9, as emu_wgmma_b reads it), then the bytes
 // completed on the barrier.
+inline void emu_tma_copy(void* dst, const EmuTensorMap& m, int c0, int c1, void* bar) {
+    const uint32_t row_bytes = m.box[0] * m.elem;
+    for (uint32_t r = 0; r < m.box[1]; r++) {
+        for (uint32_t e = 0; e < m.box[0]; e++) {
+            const int64_t x = (int64_t)c0 + e, y = (int64_t)c1 + r;
+            uintptr_t a = (uintptr_t)dst + r * row_bytes + e * m.elem;
+            if (m.swizzle == 3) a ^= ((a >> 7) & 7) << 4;
+            if (x >= 0 && y >= 0 && (uint64_t)x < m.dims[0] && (uint64_t)y < m.dims[1])
+                memcpy((void*)a, m.base + (uint64_t)y * m.stride + (uint64_t)x * m.elem, m.elem);
+            else
+                memset((void*)a, 0, m.elem);
+        }
+    }
+    emu_mbar_complete_tx(bar, row_bytes * m.box[1]);
+}
+// Copies issued but not yet landed, of the block that runs on this OS thread. At issue the box's
+// shared memory is filled with 0xff (the hardware may be writing it from then on); the data lands
+// only when a thread waits on the copy's barrier and the phase is not complete yet, the latest
+// moment the hardware could take. So whatever order the fibers run in, a thread that reads a tile
+// without waiting for the right phase, or a slot refilled while products still read it, gets NaN.
+struct EmuTmaCopy {
+    void* dst;
+    EmuTensorMap map;
+    int c0, c1;
+    void* bar;
+};
+struct EmuTmaQueue {
+    EmuTmaCopy copies[64];
+    int count;
+};
+inline EmuTmaQueue& emu_tma_queue() {
+    static thread_local EmuTmaQueue q;
+    return q;
+}
+// A barrier (re)initialised: copies still queued on its address belong to a block that ended.
+inline void emu_tma_forget(const void* bar) {
+    EmuTmaQueue& q = emu_tma_queue();
+    int kept = 0;
+    for (int i = 0; i < q.count; i++)
+        if (q.copies[i].bar != bar) q.copies[kept++] = q.copies[i];
+    q.count = kept;
+}
+// Lands the oldest queued copy on `bar`; false if there is none.
+inline bool emu_tma_land_one(void* bar) {
+    EmuTmaQueue& q = emu_tma_queue();
+    for (int i = 0; i < q.count; i++) {
+        if (q.copies[i].bar != bar) continue;
+        const EmuTmaCopy c = q.copies[i];
+        memmove(&q.copies[i], &q.copies[i + 1], (q.count - i - 1) * sizeof(EmuTmaCopy));
+        q.count--;
+        emu_tma_copy(c.dst, c.map, c.c0, c.c1, c.bar);
+        return true;
+    }
+    return false;
+}
 inline void emu_tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
     const EmuTensorMap* m = (const EmuTensorMap*)map;
     if (m->magic != EMU_TENSOR_MAP_MAGIC) {
         fprintf(stderr, "emulated TMA: the tensor map was not made by cuTensorMapEncodeTiled\n");
         abort();
     }
-    const uint32_t row_bytes = m->box[0] * m->elem;
-    if (((uintptr_t)dst & (m->swizzle == 3 ? 1023 : 127)) || (m->swizzle == 3 && row_bytes != 128)) {
+    if (((uintptr_t)dst & (m->swizzle == 3 ? 1023 : 127)) || (m->swizzle == 3 && m->box[0] * m->elem != 128)) {
         fprintf(stderr, "emulated TMA: destination not aligned for the swizzle, or a box row that is not 128 bytes\n");
         abort();
     }
-    for (uint32_t r = 0; r < m->box[1]; r++) {
-        for (uint32_t e = 0; e < m->box[0]; e++) {
-            const int64_t x = (int64_t)c0 + e, y = (int64_t)c1 + r;
-            uintptr_t a = (uintptr_t)dst + r * row_bytes + e * m->elem;
-            if (m->swizzle == 3) a ^= ((a >> 7) & 7) << 4;
-            if (x >= 0 && y >= 0 && (uint64_t)x < m->dims[0] && (uint64_t)y < m->dims[1])
-                memcpy((void*)a, m->base + (uint64_t)y * m->stride + (uint64_t)x * m->elem, m->elem);
-            else
-                memset((void*)a, 0, m->elem);
-        }
+    EmuTmaQueue& q = emu_tma_queue();
+    if (q.count == 64) {
+        fprintf(stderr, "emulated TMA: more than 64 copies in flight\n");
+        abort();
     }
-    emu_mbar_complete_tx(bar, row_bytes * m->box[1]);
+    // In flight, the box's bytes are undefined: 0xff (NaN in bf16 and f32) until the copy lands,
+    // so a product still reading the slot's previous tile (its slot freed too early) sees it.
+    memset(dst, 0xff, (size_t)m->box[0] * m->elem * m->box[1]);
+    q.copies[q.count++] = EmuTmaCopy{dst, *m, c0, c1, bar};
 }
 
 // griddepcontrol.wait and .launch_dependents: launches run one after another here, so there is
