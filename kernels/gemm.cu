@@ -140,6 +140,19 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
 
 #endif
 
+#ifdef CASCADE_WGMMA
+// One 64-deep step of K for one warpgroup: its four m64n128k16 products from a stage's tiles (its
+// 64 rows of x at `a`, the 128 rows of w at `b`), issued and committed as one group; the first
+// step's first product starts the accumulators (`accumulate` false).
+__device__ __forceinline__ void gemm_grn_step(float (&acc)[64], const unsigned char* a, const unsigned char* b, bool accumulate) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < GG_BK / 16; kk++)
+        wgmma_m64n128k16_bf16_ss(acc, smem_desc_sw128(a + 32 * kk), smem_desc_sw128(b + 32 * kk), accumulate || kk > 0);
+    wgmma_commit();
+}
+#endif
+
 // STAGES slots of tiles; INFLIGHT groups of products left in flight at the end of a step (0 or
 // 1). Step k + AHEAD is copied while step k's products run.
 template <int STAGES, int INFLIGHT> __device__ __forceinline__ void gemm_gelu_grn(const GemmGrnParams& p) {
@@ -191,12 +204,7 @@ template <int STAGES, int INFLIGHT> __device__ __forceinline__ void gemm_gelu_gr
         if (kt + AHEAD < steps) copy_step(kt + AHEAD, (kt + AHEAD) % STAGES);
         cp_async_commit();
         const int s = kt % STAGES;
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < GG_BK / 16; kk++)
-            wgmma_m64n128k16_bf16_ss(acc, smem_desc_sw128(atile(s) + wg * 64 * 128 + 32 * kk), smem_desc_sw128(btile(s) + 32 * kk),
-                                     kt > 0 || kk > 0);
-        wgmma_commit();
+        gemm_grn_step(acc, atile(s) + wg * 64 * 128, btile(s), kt > 0);
         wgmma_wait<INFLIGHT>();
         wgmma_fence_operands(acc);
     }
@@ -281,12 +289,7 @@ __device__ __forceinline__ void gemm_gelu_grn_ws(const GemmGrnTmaParams& q) {
         for (int kt = 0; kt < steps; kt++) {
             const int s = kt % STAGES;
             mbar_wait(&full[s], (kt / STAGES) & 1);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < GG_BK / 16; kk++)
-                wgmma_m64n128k16_bf16_ss(acc, smem_desc_sw128(atile(s) + wg * 64 * 128 + 32 * kk), smem_desc_sw128(btile(s) + 32 * kk),
-                                         kt > 0 || kk > 0);
-            wgmma_commit();
+            gemm_grn_step(acc, atile(s) + wg * 64 * 128, btile(s), kt > 0);
             // Step kt − 1's products are done (this step's stay in flight): its stage is free.
             wgmma_wait<1>();
             wgmma_fence_operands(acc);
