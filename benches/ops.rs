@@ -60,6 +60,7 @@ fn main() {
                 (ops::FusedGrnKernel::Wgmma, "wgmma"),
                 (ops::FusedGrnKernel::WgmmaDeep, "wgmma_deep"),
                 (ops::FusedGrnKernel::WgmmaWs, "wgmma_ws"),
+                (ops::FusedGrnKernel::WgmmaWsDeep, "wgmma_ws_deep"),
                 (ops::FusedGrnKernel::Separate, "separate"),
             ]
         } else {

@@ -239,13 +239,16 @@ extern "C" __global__ void __launch_bounds__(256, 1) gemm_gelu_grn_deep_bf16(Gem
 // step's products queued: what the cp.async version (one block-wide barrier and an empty
 // pipeline per step) lacks.
 //
-// Three stages (96 KiB) keep two blocks per SM (288 threads at most 112 registers each), so one
-// block's epilogue overlaps the other's products, as in the cp.async version.
-#define GG_WS_STAGES 3
+// Two versions, to be told apart by measurement:
+// - gemm_gelu_grn_ws_bf16: three stages (96 KiB), two blocks per SM (288 threads at 96
+//   registers: ptxas spills 8 bytes in the epilogue), so one block's epilogue overlaps the
+//   other's products, as in the cp.async version;
+// - gemm_gelu_grn_ws_deep_bf16: six stages (192 KiB), one block per SM, no register pressure;
+//   the copies of the next tile's first stages cannot start before this block ends, so the
+//   epilogue is exposed.
 #define GG_WS_THREADS 288
-__device__ __forceinline__ void gemm_gelu_grn_ws(const GemmGrnTmaParams& q) {
+template <int STAGES> __device__ __forceinline__ void gemm_gelu_grn_ws(const GemmGrnTmaParams& q) {
 #ifdef CASCADE_WGMMA
-    constexpr int STAGES = GG_WS_STAGES;
     const GemmGrnParams& p = q.g;
     extern __shared__ uint4 smem_words[];
     unsigned char* const tiles = align_1024((unsigned char*)smem_words);  // the launch asks for 1 KiB more
@@ -308,5 +311,9 @@ __device__ __forceinline__ void gemm_gelu_grn_ws(const GemmGrnTmaParams& q) {
 
 extern "C" __global__ void __launch_bounds__(GG_WS_THREADS, 2) gemm_gelu_grn_ws_bf16(const __grid_constant__ GemmGrnTmaParams p) {
     pdl_enter();
-    gemm_gelu_grn_ws(p);
+    gemm_gelu_grn_ws<3>(p);
+}
+extern "C" __global__ void __launch_bounds__(GG_WS_THREADS, 1) gemm_gelu_grn_ws_deep_bf16(const __grid_constant__ GemmGrnTmaParams p) {
+    pdl_enter();
+    gemm_gelu_grn_ws<6>(p);
 }

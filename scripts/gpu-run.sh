@@ -11,7 +11,7 @@
 #     profile, and the stages bench with cuBLASLt's untuned choice.
 #
 # Switches (1 runs, 0 skips): TESTS=1 VARIANT_TESTS=1 BENCH=1 FIDELITY=0 FIDELITY_WGMMA=0 FIDELITY_ATTENTION=0 SANITIZE=0 SIDE_BY_SIDE=0
-# PROFILE=0 GEMM_TUNE_AB=0 (FIDELITY_WGMMA=ws: with the fused GEMM's warp-specialised version); ALL=1 turns every one on (STAGE_VARIANTS, below, lists A/B environments). DEADLINE=seconds bounds the whole run: each step is
+# PROFILE=0 GEMM_TUNE_AB=0 (FIDELITY_WGMMA=ws or ws_deep: with a warp-specialised version of the fused GEMM); ALL=1 turns every one on (STAGE_VARIANTS, below, lists A/B environments). DEADLINE=seconds bounds the whole run: each step is
 # cut to what is left and a step that would start too late is reported as skipped, so the
 # summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT cap one step (300 s);
 # CASCADE_BENCH_STAGES narrows the stage bench; SANITIZE_STAGES picks the stages run once under
@@ -127,8 +127,8 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     tests+=(kernels-grnres)
     CASCADE_GRN_RESIDENT=1 step test-kernels-grnres "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture grn &
     pids+=($!)
-    # The fused fc1 + GRN-statistics wgmma GEMM (opt-in: CASCADE_GEMM_WGMMA=1), all three
-    # versions (the warp-specialised TMA one included), beside the separate path on the odd
+    # The fused fc1 + GRN-statistics wgmma GEMM (opt-in: CASCADE_GEMM_WGMMA=1), all four
+    # versions (the warp-specialised TMA ones included), beside the separate path on the odd
     # shapes and every real ResBlock's fc1, likewise alone.
     tests+=(kernels-gemmwg)
     CASCADE_GEMM_WGMMA=1 step test-kernels-gemmwg "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture linear_gelu_grn &
@@ -169,13 +169,13 @@ if on FIDELITY 0; then
     pids+=($!)
 fi
 # FIDELITY_WGMMA=1: full-size fidelity again with the fused fc1 + GRN wgmma GEMM (opt-in:
-# CASCADE_GEMM_WGMMA=1) in every stage, beside the first; FIDELITY_WGMMA=ws with its
-# warp-specialised TMA version instead (CASCADE_GEMM_WGMMA=ws).
+# CASCADE_GEMM_WGMMA=1) in every stage, beside the first; FIDELITY_WGMMA=ws (or ws_deep) with
+# a warp-specialised TMA version instead (CASCADE_GEMM_WGMMA=ws, ws_deep).
 fidelity_runs=()
-if on FIDELITY_WGMMA 0 || [ "${FIDELITY_WGMMA:-0}" = ws ]; then
-    if [ "${FIDELITY_WGMMA:-0}" = ws ]; then
-        fidelity_runs+=(fidelity-wgmma-ws)
-        CASCADE_GEMM_WGMMA=ws step fidelity-wgmma-ws "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
+if on FIDELITY_WGMMA 0 || [[ ${FIDELITY_WGMMA:-0} == ws* ]]; then
+    if [[ ${FIDELITY_WGMMA:-0} == ws* ]]; then
+        fidelity_runs+=("fidelity-wgmma-$FIDELITY_WGMMA")
+        CASCADE_GEMM_WGMMA=$FIDELITY_WGMMA step "fidelity-wgmma-$FIDELITY_WGMMA" "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     else
         fidelity_runs+=(fidelity-wgmma)
         CASCADE_GEMM_WGMMA=1 step fidelity-wgmma "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &

@@ -295,7 +295,7 @@ fn linear_gelu_grn_kernels() {
         // (and the last) on the large ones.
         let step = if b * rows * n > 1 << 20 { 61 } else { 1 };
         let sel: Vec<usize> = (0..b * rows).step_by(step).chain([b * rows - 1]).collect();
-        let kernels: &[K] = if fused { &[K::Wgmma, K::WgmmaDeep, K::WgmmaWs, K::Separate] } else { &[K::Separate] };
+        let kernels: &[K] = if fused { &[K::Wgmma, K::WgmmaDeep, K::WgmmaWs, K::WgmmaWsDeep, K::Separate] } else { &[K::Separate] };
         for &kernel in kernels {
             let (mut u, u_whole) = poisoned(&[b, rows, n], dtype, &dev).unwrap();
             let (mut factor, f_whole) = poisoned(&[b, n], DType::F32, &dev).unwrap();

@@ -94,6 +94,8 @@ pub(crate) enum SharedMemoryOptIn {
     GemmGrnDeep,
     /// `gemm_gelu_grn_ws_bf16`.
     GemmGrnWs,
+    /// `gemm_gelu_grn_ws_deep_bf16`.
+    GemmGrnWsDeep,
     /// `depthwise_bf16_swa`.
     DepthwiseAsync,
     /// `depthwise_f32_bf16_swa`.
@@ -101,7 +103,7 @@ pub(crate) enum SharedMemoryOptIn {
 }
 
 impl SharedMemoryOptIn {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 }
 
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.
@@ -1015,10 +1017,11 @@ fn attention_split_setting() -> usize {
 }
 
 /// Whether the fused fc1 + GRN-statistics GEMM on wgmma is asked for (`CASCADE_GEMM_WGMMA=1`, or
-/// `=deep` for its deep version): it is checked when a compute capability 9.0 device opens, and
-/// the ResBlocks then take it where its operands allow (`ops::linear_gelu_grn_factor`).
+/// `=deep`, `=ws`, `=ws_deep` for its other versions: `ops::FusedGrnKernel::requested`): it is
+/// checked when a compute capability 9.0 device opens, and the ResBlocks then take it where its
+/// operands allow (`ops::linear_gelu_grn_factor`).
 pub fn gemm_wgmma_requested() -> bool {
-    std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| matches!(v.trim(), "1" | "deep" | "ws"))
+    std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| matches!(v.trim(), "1" | "deep" | "ws" | "ws_deep"))
 }
 
 /// A TMA tensor map of a dense row-major bf16 matrix `[rows, cols]` at `ptr` (16-byte aligned,

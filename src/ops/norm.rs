@@ -298,16 +298,20 @@ pub enum FusedGrnKernel {
     /// the operands in with TMA copies onto transaction barriers while the two multiplying
     /// warpgroups keep one step's products in flight (Auto takes it with `CASCADE_GEMM_WGMMA=ws`).
     WgmmaWs,
+    /// `gemm_gelu_grn_ws_deep_bf16`: the same with six stages and one block per SM (Auto takes
+    /// it with `CASCADE_GEMM_WGMMA=ws_deep`).
+    WgmmaWsDeep,
 }
 
 impl FusedGrnKernel {
-    /// The fused kernel that Auto takes when asked for: `CASCADE_GEMM_WGMMA=deep` or `ws` name
-    /// a version, any other request the first (read once).
+    /// The fused kernel that Auto takes when asked for: `CASCADE_GEMM_WGMMA=deep`, `ws` or
+    /// `ws_deep` name a version, any other request the first (read once).
     pub fn requested() -> FusedGrnKernel {
         static K: std::sync::OnceLock<FusedGrnKernel> = std::sync::OnceLock::new();
         *K.get_or_init(|| match std::env::var("CASCADE_GEMM_WGMMA").as_deref().map(str::trim) {
             Ok("deep") => FusedGrnKernel::WgmmaDeep,
             Ok("ws") => FusedGrnKernel::WgmmaWs,
+            Ok("ws_deep") => FusedGrnKernel::WgmmaWsDeep,
             _ => FusedGrnKernel::Wgmma,
         })
     }
@@ -318,9 +322,13 @@ impl FusedGrnKernel {
 /// barriers per stage.
 #[cfg(feature = "cuda")]
 fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
-    let stages = if kernel == FusedGrnKernel::WgmmaDeep { 4 } else { 3 };
-    let barriers = if kernel == FusedGrnKernel::WgmmaWs { 2 * stages * 8 } else { 0 };
-    stages * 2 * 128 * 64 * 2 + 1024 + barriers
+    let (stages, barriers) = match kernel {
+        FusedGrnKernel::WgmmaDeep => (4, false),
+        FusedGrnKernel::WgmmaWs => (3, true),
+        FusedGrnKernel::WgmmaWsDeep => (6, true),
+        _ => (3, false),
+    };
+    stages * 2 * 128 * 64 * 2 + 1024 + if barriers { 2 * stages * 8 } else { 0 }
 }
 
 /// `u = GELU(x · wᵀ + bias)` (u rounded to x's type before and after the GELU) and GRN's factor
@@ -357,7 +365,7 @@ pub fn linear_gelu_grn_factor_into(
             let on = fused_checked(x) && fused_operands(x, w, u, (m, k, n)).is_ok();
             on.then(FusedGrnKernel::requested)
         }
-        FusedGrnKernel::Wgmma | FusedGrnKernel::WgmmaDeep | FusedGrnKernel::WgmmaWs => {
+        FusedGrnKernel::Wgmma | FusedGrnKernel::WgmmaDeep | FusedGrnKernel::WgmmaWs | FusedGrnKernel::WgmmaWsDeep => {
             fused_operands(x, w, u, (m, k, n))?;
             Some(kernel)
         }
@@ -393,7 +401,7 @@ pub fn linear_gelu_grn_factor_into(
         use crate::cuda::SharedMemoryOptIn;
         let grid = (tiles.0 as u32, tiles.1 as u32, 1);
         let smem = gemm_grn_smem(variant);
-        if variant == FusedGrnKernel::WgmmaWs {
+        if matches!(variant, FusedGrnKernel::WgmmaWs | FusedGrnKernel::WgmmaWsDeep) {
             // The operands as tensor maps, boxes of 128 rows × 64 columns (one 128-byte swizzle
             // row each): made here, at launch (or capture), from the operands' addresses.
             let q = crate::cuda::params::GemmGrnTmaParams {
@@ -401,8 +409,12 @@ pub fn linear_gelu_grn_factor_into(
                 w_map: crate::cuda::tensor_map_bf16(w.cuda_ptr()?, n, k, 128, 64)?,
                 g: p,
             };
-            let f = &dev.kernels().gemm_gelu_grn_ws_bf16;
-            dev.opt_in_shared_memory(f, SharedMemoryOptIn::GemmGrnWs, smem)?;
+            let (f, which) = if variant == FusedGrnKernel::WgmmaWsDeep {
+                (&dev.kernels().gemm_gelu_grn_ws_deep_bf16, SharedMemoryOptIn::GemmGrnWsDeep)
+            } else {
+                (&dev.kernels().gemm_gelu_grn_ws_bf16, SharedMemoryOptIn::GemmGrnWs)
+            };
+            dev.opt_in_shared_memory(f, which, smem)?;
             return dev.launch(f, grid, (288, 1, 1), smem as u32, &q);
         }
         let (f, which) = match variant {
