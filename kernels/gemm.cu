@@ -138,9 +138,6 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
     }
 }
 
-#endif
-
-#ifdef CASCADE_WGMMA
 // One 64-deep step of K for one warpgroup: its four m64n128k16 products from a stage's tiles (its
 // 64 rows of x at `a`, the 128 rows of w at `b`), issued and committed as one group; the first
 // step's first product starts the accumulators (`accumulate` false).

@@ -279,11 +279,8 @@ void spin_once() {
 void spin_end() { current->state = READY; }
 
 void spin_until_at_least(const volatile unsigned* p, unsigned target) {
-    while (*p < target) {
-        current->state = SPIN;
-        yield();
-    }
-    current->state = READY;
+    while (*p < target) spin_once();
+    spin_end();
 }
 
 }  // namespace emu
