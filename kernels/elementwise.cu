@@ -76,7 +76,9 @@ template <typename T> __device__ void add_impl(const AddParams& p) {
 extern "C" __global__ void add_f32(AddParams p) { pdl_enter(); add_impl<float>(p); }
 extern "C" __global__ void add_bf16(AddParams p) { pdl_enter(); add_impl<bf16>(p); }
 
-template <typename T> __device__ void modulate_impl(const ModulateParams& p) {
+// x and the terms are T; the result is stored as Y: T in place, or bf16 for an f32 x whose
+// modulated value is only read as bf16 (a level's last TimestepBlock before a repeat mapper).
+template <typename T, typename Y> __device__ void modulate_impl(const ModulateParams& p) {
     const T* x = (const T*)p.x;
     const T* ab = (const T*)p.ab;
     int64_t total = (int64_t)p.B * p.N * p.C;
@@ -89,18 +91,19 @@ template <typename T> __device__ void modulate_impl(const ModulateParams& p) {
             load8(ab + b * p.ab_stride + c, a);
             load8(ab + b * p.ab_stride + p.C + c, s);
             for (int j = 0; j < 8; j++) e[j] = e[j] * (1.f + a[j]) + s[j];
-            store8((T*)p.y + 8 * (int64_t)v, e);
+            store8((Y*)p.y + 8 * (int64_t)v, e);
         }
         return;
     }
     GRID_STRIDE(i, total) {
         int64_t c = i % p.C, b = i / ((int64_t)p.N * p.C);
         float a = to_f32(ab[b * p.ab_stride + c]), s = to_f32(ab[b * p.ab_stride + p.C + c]);
-        ((T*)p.y)[i] = from_f32<T>(to_f32(x[i]) * (1.f + a) + s);
+        ((Y*)p.y)[i] = from_f32<Y>(to_f32(x[i]) * (1.f + a) + s);
     }
 }
-extern "C" __global__ void modulate_f32(ModulateParams p) { pdl_enter(); modulate_impl<float>(p); }
-extern "C" __global__ void modulate_bf16(ModulateParams p) { pdl_enter(); modulate_impl<bf16>(p); }
+extern "C" __global__ void modulate_f32(ModulateParams p) { pdl_enter(); modulate_impl<float, float>(p); }
+extern "C" __global__ void modulate_bf16(ModulateParams p) { pdl_enter(); modulate_impl<bf16, bf16>(p); }
+extern "C" __global__ void modulate_f32_bf16(ModulateParams p) { pdl_enter(); modulate_impl<float, bf16>(p); }
 
 template <typename T> __device__ void cfg_impl(const CfgParams& p) {
     const T* e = (const T*)p.eps;

@@ -28,26 +28,37 @@ template <typename T> __device__ void resize_bilinear_impl(const ResizeParams& p
 extern "C" __global__ void resize_bilinear_f32(ResizeParams p) { pdl_enter(); resize_bilinear_impl<float>(p); }
 extern "C" __global__ void resize_bilinear_bf16(ResizeParams p) { pdl_enter(); resize_bilinear_impl<bf16>(p); }
 
-template <typename T> __device__ void concat_impl(const ConcatParams& p) {
+// a and y are T; b is B: T, or f32 for a bf16 concatenation whose second part is an f32
+// residual stream's skip (converted as it is copied).
+template <typename T, typename B> __device__ void concat_impl(const ConcatParams& p) {
     int Cy = p.Ca + p.Cb;
     if (p.Ca % 8 == 0 && p.Cb % 8 == 0 && p.rows * Cy / 8 < (1ll << 31) && aligned16(p.a) && aligned16(p.b) && aligned16(p.y)) {
-        // Eight channels per thread and step, copied as 16-byte pieces.
+        // Eight channels per thread and step, copied as 16-byte pieces (b's converted).
         const uint32_t av = p.Ca / 8, yv = Cy / 8;
         GRID_STRIDE32(v, p.rows * Cy / 8) {
             const uint32_t r = v / yv, c8 = v % yv;
-            const T* src = c8 < av ? (const T*)p.a + (int64_t)r * p.Ca + 8 * c8 : (const T*)p.b + (int64_t)r * p.Cb + 8 * (c8 - av);
-            copy8((T*)p.y + 8 * (int64_t)v, src);
+            T* dst = (T*)p.y + 8 * (int64_t)v;
+            if (c8 < av) {
+                copy8(dst, (const T*)p.a + (int64_t)r * p.Ca + 8 * c8);
+            } else if constexpr (sizeof(B) == sizeof(T)) {
+                copy8(dst, (const T*)p.b + (int64_t)r * p.Cb + 8 * (c8 - av));
+            } else {
+                float e[8];
+                load8((const B*)p.b + (int64_t)r * p.Cb + 8 * (c8 - av), e);
+                store8(dst, e);
+            }
         }
         return;
     }
     GRID_STRIDE(i, p.rows * Cy) {
         int64_t r = i / Cy;
         int c = i % Cy;
-        ((T*)p.y)[i] = c < p.Ca ? ((const T*)p.a)[r * p.Ca + c] : ((const T*)p.b)[r * p.Cb + c - p.Ca];
+        ((T*)p.y)[i] = c < p.Ca ? ((const T*)p.a)[r * p.Ca + c] : from_f32<T>(to_f32(((const B*)p.b)[r * p.Cb + c - p.Ca]));
     }
 }
-extern "C" __global__ void concat_f32(ConcatParams p) { pdl_enter(); concat_impl<float>(p); }
-extern "C" __global__ void concat_bf16(ConcatParams p) { pdl_enter(); concat_impl<bf16>(p); }
+extern "C" __global__ void concat_f32(ConcatParams p) { pdl_enter(); concat_impl<float, float>(p); }
+extern "C" __global__ void concat_bf16(ConcatParams p) { pdl_enter(); concat_impl<bf16, bf16>(p); }
+extern "C" __global__ void concat_bf16_f32(ConcatParams p) { pdl_enter(); concat_impl<bf16, float>(p); }
 
 template <typename T> __device__ void columns_impl(const ColumnsParams& p) {
     GRID_STRIDE(i, p.rows * p.width) {

@@ -509,6 +509,16 @@ fn shuffle_im2col_resize_concat_kernels() {
             // stride that differ).
             let cols = ops::columns(&y, s.ca, s.cb).unwrap();
             verify("columns", s.name, dtype, &cols.to_vec_f32().unwrap(), None, &bv);
+            // A bf16 concatenation whose second part is f32 (an f32 residual stream's skip),
+            // converted as it is copied: exactly a cast followed by the concatenation.
+            if dtype == DType::BF16 {
+                let (b32, b32v) = input(&mut rng, &[s.rows, s.cb], 1.0, DType::F32, &dev);
+                let (mut y, whole) = poisoned(&[s.rows, s.ca + s.cb], dtype, &dev).unwrap();
+                ops::concat_channels_into(&a, &b32, &mut y).unwrap();
+                let (got, want) = (y.to_vec_f32().unwrap(), cpu::concat_channels(&av, &round_to(&b32v, dtype), s.ca, s.cb));
+                verify("concat_channels bf16+f32", s.name, dtype, &got, Some(&whole), &want);
+                assert_eq!(got, want, "concat_channels bf16+f32 {}: not exact", s.name);
+            }
         }
     }
 }
@@ -844,6 +854,18 @@ fn elementwise_kernels() {
                 let got = n.to_vec_f32().unwrap();
                 verify("ln f32>bf16", s.name, DType::BF16, &got, None, &want);
                 assert!(rel_l2(&got, &want) < 5e-4, "ln f32>bf16 {}: {:.3e}", s.name, rel_l2(&got, &want));
+                // A level's last modulation read only in bf16 (by a repeat mapper): modulated in
+                // f32 and written as bf16 to another tensor, x left as it was. Terms at column 3
+                // (the one-element path) and at column 0 (eight channels per thread where C allows).
+                for (terms, col, want) in [(&ab_all, 3, &modulated), (&ab, 0, &cpu::modulate(&xv, &abv, s.b, s.n, s.c))] {
+                    ops::cast_into(&x, &mut y).unwrap();
+                    let (mut m, whole_m) = poisoned(&shape, DType::BF16, &dev).unwrap();
+                    ops::modulate_into(&y, terms, col, &mut m).unwrap();
+                    verify("modulate f32>bf16 x", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &xv);
+                    let (got, want) = (m.to_vec_f32().unwrap(), round_to(want, DType::BF16));
+                    verify(&format!("modulate{col} f32>bf16"), s.name, DType::BF16, &got, Some(&whole_m), &want);
+                    assert!(rel_l2(&got, &want) < 1e-5, "modulate{col} f32>bf16 {}: {:.3e}", s.name, rel_l2(&got, &want));
+                }
             }
 
             // CFG over x as [cond; uncond] halves (element count is even for b = 2).

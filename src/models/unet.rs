@@ -61,7 +61,8 @@ impl ResBlock {
         let wdt = self.dw_weight.dtype();
         let mut y = ops::stream_depthwise3x3_ln(x, modulation, &self.dw_weight, &self.dw_bias, Padding::Zero, EPS)?;
         if let Some(s) = skip {
-            y = if s.dtype() != wdt { ops::concat_channels(&y, &s.to_dtype(wdt)?)? } else { ops::concat_channels(&y, s)? };
+            // An f32 stream's skip is converted as it is copied.
+            y = ops::concat_channels(&y, s)?;
         }
         let (fc2_bias, fc2_bias_with_beta) = match (self.stream_biases.as_deref(), x.dtype() != wdt) {
             (Some((b, bb)), true) => (Some(b), bb),
@@ -135,7 +136,7 @@ impl TimestepWeights {
 /// like diffusers' pipelines, always conditions `sca` and `crp` on 0), so they are folded into
 /// the bias once, at load, in f64.
 struct TimestepMappers {
-    stacked: Linear,
+    stacked: StreamLinear,
 }
 
 impl TimestepMappers {
@@ -162,16 +163,17 @@ impl TimestepMappers {
             }
         }
         Ok(TimestepMappers {
-            stacked: Linear {
+            stacked: StreamLinear::new(Linear {
                 weight: Tensor::from_f32(&weight, &[total, c_r], dtype, device)?,
                 bias: Some(Tensor::from_f32(&bias, &[total], dtype, device)?),
-            },
+            }),
         })
     }
 
-    /// `[B, Σ 2C]`: every TimestepBlock's `[a, b]` for this step's timestep embedding.
-    fn forward(&self, r_emb: &Tensor) -> Result<Tensor> {
-        self.stacked.forward(r_emb)
+    /// `[B, Σ 2C]`: every TimestepBlock's `[a, b]` for this step's timestep embedding, in the
+    /// residual stream's dtype `out` (the modulations run in it).
+    fn forward(&self, r_emb: &Tensor, out: DType) -> Result<Tensor> {
+        self.stacked.forward(r_emb, out)
     }
 }
 
@@ -270,45 +272,106 @@ enum Block {
 enum Transition {
     Identity,
     /// Conv2d(k=2, s=2): weight viewed as `[C', 4C]`.
-    Down2x2(Linear),
+    Down2x2(StreamLinear),
     /// ConvTranspose2d(k=2, s=2): weight reordered by [`ops::prepare_conv_transpose2x2`].
-    Up2x2(Linear),
+    Up2x2(StreamLinear),
     /// UpDownBlock2d: 1×1 convolution, resampled by 2 (up: before, down: after) when enabled.
     Conv1x1 {
-        conv: Linear,
+        conv: StreamLinear,
         resample: bool,
         up: bool,
     },
 }
 
 impl Transition {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let n = match self {
-            Transition::Identity => return x.view(x.shape()),
-            _ => ops::layer_norm(x, None, None, EPS)?,
+    /// The transition of the residual stream `x`: LayerNorm in the weights' dtype `wdt` (from an
+    /// f32 stream in the same pass), the convolution's GEMM writing the stream's dtype. With
+    /// `modulation`, the level's last TimestepBlock is applied first, in the same pass as the
+    /// LayerNorm: `x` is modulated in place (it is also the level's output, the up path's skip).
+    fn forward(&self, x: &mut Tensor, modulation: Option<(&Tensor, usize)>, wdt: DType) -> Result<Tensor> {
+        if let Transition::Identity = self {
+            if let Some((ab, col)) = modulation {
+                ops::modulate_assign(x, ab, col)?;
+            }
+            return x.view(x.shape());
+        }
+        let stream = x.dtype();
+        let n = match modulation {
+            Some((ab, col)) => ops::modulate_layer_norm_as(x, ab, col, EPS, wdt)?,
+            None => {
+                let mut n = Tensor::empty(x.shape(), wdt, &x.device())?;
+                ops::layer_norm_into(x, None, None, EPS, &mut n)?;
+                n
+            }
         };
         match self {
             Transition::Identity => unreachable!(),
-            Transition::Down2x2(l) => ops::conv2x2_s2(&n, &l.weight, l.bias.as_ref().expect("conv bias")),
-            Transition::Up2x2(l) => ops::conv_transpose2x2(&n, &l.weight, l.bias.as_ref().expect("conv bias")),
+            Transition::Down2x2(l) => l.forward(&ops::stride2_patches(&n)?, stream),
+            Transition::Up2x2(l) => ops::pixel_shuffle(&l.forward(&n, stream)?, 2),
             Transition::Conv1x1 { conv, resample, up } => {
                 let (h, w) = (n.dim(1), n.dim(2));
                 if !resample {
-                    conv.forward(&n)
+                    conv.forward(&n, stream)
                 } else if *up {
-                    conv.forward(&ops::resize_bilinear(&n, h * 2, w * 2)?)
+                    conv.forward(&ops::resize_bilinear(&n, h * 2, w * 2)?, stream)
                 } else {
-                    let y = conv.forward(&n)?;
+                    let y = conv.forward(&n, stream)?;
                     ops::resize_bilinear(&y, h / 2, w / 2)
                 }
             }
         }
     }
+
+    fn set_stream(&mut self, on: bool) -> Result<()> {
+        match self {
+            Transition::Identity => Ok(()),
+            Transition::Down2x2(l) | Transition::Up2x2(l) | Transition::Conv1x1 { conv: l, .. } => l.set_stream(on),
+        }
+    }
+}
+
+/// A layer whose output is the residual stream: a level transition's convolution, a repeat
+/// mapper, the stem, the TimestepBlocks' terms. With the stream in f32 its bf16 GEMM writes f32
+/// itself, the bias added in f32: no bf16 rounding of the output and no cast after it.
+struct StreamLinear {
+    lin: Linear,
+    /// The bias in f32, while the stream is f32 ([`StableCascadeUNet::set_f32_residual`]).
+    bias_f32: Option<Tensor>,
+}
+
+impl StreamLinear {
+    fn new(lin: Linear) -> StreamLinear {
+        StreamLinear { lin, bias_f32: None }
+    }
+
+    fn set_stream(&mut self, on: bool) -> Result<()> {
+        self.bias_f32 = if on { self.lin.bias.as_ref().map(|b| b.to_dtype(DType::F32)).transpose()? } else { None };
+        Ok(())
+    }
+
+    /// `x·Wᵀ + b` for x in the weights' dtype, written as `out`: the weights' dtype, or f32.
+    fn forward(&self, x: &Tensor, out: DType) -> Result<Tensor> {
+        if out == self.lin.weight.dtype() {
+            return self.lin.forward(x);
+        }
+        let bias = match (&self.lin.bias, &self.bias_f32) {
+            (None, _) => None,
+            (Some(_), Some(b)) => Some(b),
+            (Some(_), None) => return Err(Error::Msg("UNet: an f32 residual stream needs set_f32_residual first".into())),
+        };
+        let mut shape = x.shape().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.lin.weight.dim(0);
+        }
+        let mut y = Tensor::empty(&shape, out, &x.device())?;
+        ops::linear_into(x, &self.lin.weight, bias, &mut y)?;
+        Ok(y)
+    }
 }
 
 struct Level {
     blocks: Vec<Block>,
-    repeat_mappers: Vec<Linear>,
+    repeat_mappers: Vec<StreamLinear>,
 }
 
 /// Conv1×1 → GELU → Conv1×1 → LayerNorm (Stage B's effnet and pixel mappers).
@@ -402,7 +465,7 @@ pub struct StableCascadeUNet {
     clip_txt_pooled_mapper: Linear,
     clip_txt_mapper: Option<Linear>,
     clip_img_mapper: Option<Linear>,
-    embedding: Linear,
+    embedding: StreamLinear,
     effnet_mapper: Option<Mapper>,
     pixels_mapper: Option<Mapper>,
     down_scalers: Vec<Transition>,
@@ -501,8 +564,8 @@ impl StableCascadeUNet {
                 other => Err(Error::Msg(format!("UNet config: unknown block type '{other}'"))),
             }
         };
-        let mappers = |vb: &VarBuilder, n: usize, c: usize| -> Result<Vec<Linear>> {
-            (0..n.saturating_sub(1)).map(|r| Linear::conv1x1(vb, &r.to_string(), c, c, true)).collect()
+        let mappers = |vb: &VarBuilder, n: usize, c: usize| -> Result<Vec<StreamLinear>> {
+            (0..n.saturating_sub(1)).map(|r| Ok(StreamLinear::new(Linear::conv1x1(vb, &r.to_string(), c, c, true)?))).collect()
         };
 
         let mut down_scalers = Vec::new();
@@ -512,14 +575,14 @@ impl StableCascadeUNet {
             down_scalers.push(if i == 0 {
                 Transition::Identity
             } else if let Some(sw) = &cfg.switch_level {
-                let conv = Linear::conv1x1(&ds.pp("1").pp("blocks"), "0", ch[i], ch[i - 1], true)?;
+                let conv = StreamLinear::new(Linear::conv1x1(&ds.pp("1").pp("blocks"), "0", ch[i], ch[i - 1], true)?);
                 Transition::Conv1x1 { conv, resample: sw.get(i - 1).copied().unwrap_or(false), up: false }
             } else {
                 let l = ds.pp("1");
-                Transition::Down2x2(Linear {
+                Transition::Down2x2(StreamLinear::new(Linear {
                     weight: l.get("weight", &[ch[i], ch[i - 1], 2, 2])?.reshape(&[ch[i], 4 * ch[i - 1]])?,
                     bias: Some(l.get("bias", &[ch[i]])?),
-                })
+                }))
             });
             let types = &cfg.block_types_per_layer[i];
             let mut blocks = Vec::new();
@@ -538,16 +601,16 @@ impl StableCascadeUNet {
             up_scalers.push(if i == 0 {
                 Transition::Identity
             } else if let Some(sw) = &cfg.switch_level {
-                let conv = Linear::conv1x1(&us.pp("1").pp("blocks"), "1", ch[i - 1], ch[i], true)?;
+                let conv = StreamLinear::new(Linear::conv1x1(&us.pp("1").pp("blocks"), "1", ch[i - 1], ch[i], true)?);
                 Transition::Conv1x1 { conv, resample: sw.get(i - 1).copied().unwrap_or(false), up: true }
             } else {
                 let l = us.pp("1");
                 let (w, b) = (l.get_as("weight", &[ch[i], ch[i - 1], 2, 2], DType::F32)?, l.get_as("bias", &[ch[i - 1]], DType::F32)?);
                 let (wp, bp) = ops::prepare_conv_transpose2x2(&w.to_vec_f32()?, &b.to_vec_f32()?, ch[i], ch[i - 1])?;
-                Transition::Up2x2(Linear {
+                Transition::Up2x2(StreamLinear::new(Linear {
                     weight: Tensor::from_f32(&wp, &[4 * ch[i - 1], ch[i]], vb.dtype(), vb.device())?,
                     bias: Some(Tensor::from_f32(&bp, &[4 * ch[i - 1]], vb.dtype(), vb.device())?),
-                })
+                }))
             });
             let types = &cfg.block_types_per_layer[i];
             let mut blocks = Vec::new();
@@ -566,7 +629,7 @@ impl StableCascadeUNet {
             clip_txt_pooled_mapper: Linear::load(vb, "clip_txt_pooled_mapper", c_cond * seq, cfg.clip_text_pooled_in_channels, true)?,
             clip_txt_mapper: cfg.clip_text_in_channels.map(|t| Linear::load(vb, "clip_txt_mapper", c_cond, t, true)).transpose()?,
             clip_img_mapper: cfg.clip_image_in_channels.map(|n| Linear::load(vb, "clip_img_mapper", c_cond * seq, n, true)).transpose()?,
-            embedding: Linear::conv1x1(&vb.pp("embedding"), "1", ch[0], cfg.in_channels * p * p, true)?,
+            embedding: StreamLinear::new(Linear::conv1x1(&vb.pp("embedding"), "1", ch[0], cfg.in_channels * p * p, true)?),
             effnet_mapper: cfg.effnet_in_channels.map(|e| Mapper::load(&vb.pp("effnet_mapper"), e, ch[0])).transpose()?,
             pixels_mapper: cfg.pixel_mapper_in_channels.map(|e| Mapper::load(&vb.pp("pixels_mapper"), e, ch[0])).transpose()?,
             clf: Linear::conv1x1(&vb.pp("clf"), "1", cfg.out_channels * p * p, ch[0], true)?,
@@ -618,7 +681,15 @@ impl StableCascadeUNet {
                     Block::Timestep(_) => {}
                 }
             }
+            for m in &mut level.repeat_mappers {
+                m.set_stream(on)?;
+            }
         }
+        for t in self.down_scalers.iter_mut().chain(self.up_scalers.iter_mut()) {
+            t.set_stream(on)?;
+        }
+        self.embedding.set_stream(on)?;
+        self.timestep_mappers.stacked.set_stream(on)?;
         self.f32_residual = on;
         Ok(())
     }
@@ -632,12 +703,20 @@ impl StableCascadeUNet {
         }
     }
 
-    /// `f(x)` on the stream `x`: in the weights' dtype, and back in the stream's.
-    fn in_weights_dtype(&self, x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
-        if x.dtype() == self.dtype {
-            return f(x);
-        }
-        f(&x.to_dtype(self.dtype)?)?.to_dtype(x.dtype())
+    /// A repeat mapper (a 1×1 convolution) on the stream `x`, the level's pending modulation
+    /// applied first: its input in the weights' dtype (modulated and converted in one pass), its
+    /// output in the stream's. `x` itself is not modulated: the mapper's output replaces it.
+    fn repeat_mapper(&self, m: &StreamLinear, x: &Tensor, modulation: Option<(&Tensor, usize)>) -> Result<Tensor> {
+        let input = match modulation {
+            Some((ab, col)) => {
+                let mut y = Tensor::empty(x.shape(), self.dtype, &self.device)?;
+                ops::modulate_into(x, ab, col, &mut y)?;
+                y
+            }
+            None if x.dtype() != self.dtype => x.to_dtype(self.dtype)?,
+            None => x.view(x.shape())?,
+        };
+        m.forward(&input, x.dtype())
     }
 
     /// The config.
@@ -796,19 +875,13 @@ impl StableCascadeUNet {
             _ => timestep_ratio.to_dtype(DType::F32)?,
         };
         ops::timestep_embedding_into(&ratio, c_r, 0, 10000.0, &mut r_emb)?;
-        let mut ab = self.timestep_mappers.forward(&r_emb)?;
+        // With an f32 stream, the modulations x·(1 + a) + b run in f32: the terms are made in f32.
         let stream = self.stream_dtype();
-        if stream != self.dtype {
-            // The modulation x·(1 + a) + b then runs in the stream's f32.
-            ab = ab.to_dtype(stream)?;
-        }
+        let ab = self.timestep_mappers.forward(&r_emb, stream)?;
 
-        // Stem.
+        // Stem: the embedding's GEMM and its LayerNorm in the stream's dtype.
         let x = if p > 1 { ops::pixel_unshuffle(sample, p)? } else { sample.view(sample.shape())? };
-        let mut x = ops::layer_norm(&self.embedding.forward(&x)?, None, None, EPS)?;
-        if stream != self.dtype {
-            x = x.to_dtype(stream)?;
-        }
+        let mut x = ops::layer_norm(&self.embedding.forward(&x, stream)?, None, None, EPS)?;
         if (x.dim(1), x.dim(2)) != prepared.stem_hw || b != prepared.batch {
             return Err(Error::Shape(format!(
                 "UNet: the run was prepared for {}×{:?} at the stem, the sample gives {b}×{:?}",
@@ -822,39 +895,62 @@ impl StableCascadeUNet {
         }
         let terms = StepTerms { ab: &ab, kv: &prepared.attn_kv };
 
-        // Down path; level_outputs[0] is the deepest.
+        // A level that ends with a TimestepBlock leaves its modulation (`pending`, its columns of
+        // ab) to whatever reads the level's output next: a repeat mapper, a transition's or the
+        // head's LayerNorm. Each applies it in its own first pass.
+        let modulation = |pending: Option<usize>| pending.map(|col| (&ab, col));
+
+        // Down path; level_outputs[0] is the deepest. The next level's transition runs at the end
+        // of each level, so that a pending modulation of the level's output (the skip) is
+        // applied by the transition's LayerNorm pass.
         let mut level_outputs: Vec<Tensor> = Vec::new();
-        for (li, (level, scaler)) in self.down.iter().zip(&self.down_scalers).enumerate() {
-            if !matches!(scaler, Transition::Identity) {
-                x = self.in_weights_dtype(&x, |x| scaler.forward(x))?;
-            }
+        for (li, level) in self.down.iter().enumerate() {
+            let mut pending = None;
             for rep in 0..=level.repeat_mappers.len() {
-                x = self.run_blocks(&level.blocks, x, None, &terms, &format!("down_blocks.{li}"), rep, &mut trace)?;
+                (x, pending) = self.run_blocks(&level.blocks, x, None, &terms, &format!("down_blocks.{li}"), rep, &mut trace)?;
                 if let Some(m) = level.repeat_mappers.get(rep) {
-                    x = self.in_weights_dtype(&x, |x| m.forward(x))?;
+                    x = self.repeat_mapper(m, &x, modulation(pending.take()))?;
                 }
             }
+            let next = match self.down_scalers.get(li + 1) {
+                Some(scaler) => Some(scaler.forward(&mut x, modulation(pending.take()), self.dtype)?),
+                None => None,
+            };
+            if let Some(col) = pending {
+                ops::modulate_assign(&mut x, &ab, col)?;
+            }
             level_outputs.insert(0, x.view(x.shape())?);
+            if let Some(next) = next {
+                x = next;
+            }
         }
 
         // Up path, deepest level first; the first ResBlock of every repetition takes the skip.
         let mut x = level_outputs[0].view(level_outputs[0].shape())?;
+        let mut pending = None;
         for (k, (level, scaler)) in self.up.iter().zip(&self.up_scalers).enumerate() {
             for rep in 0..=level.repeat_mappers.len() {
                 let skip = if k > 0 { Some(&level_outputs[k]) } else { None };
-                x = self.run_blocks(&level.blocks, x, skip, &terms, &format!("up_blocks.{k}"), rep, &mut trace)?;
+                (x, pending) = self.run_blocks(&level.blocks, x, skip, &terms, &format!("up_blocks.{k}"), rep, &mut trace)?;
                 if let Some(m) = level.repeat_mappers.get(rep) {
-                    x = self.in_weights_dtype(&x, |x| m.forward(x))?;
+                    x = self.repeat_mapper(m, &x, modulation(pending.take()))?;
                 }
             }
-            if !matches!(scaler, Transition::Identity) {
-                x = self.in_weights_dtype(&x, |x| scaler.forward(x))?;
+            if !matches!(scaler, Transition::Identity) || k + 1 < self.up.len() {
+                x = scaler.forward(&mut x, modulation(pending.take()), self.dtype)?;
             }
         }
 
-        // The head's LayerNorm, in the weights' dtype (from an f32 stream's bf16 copy).
-        let mut n = Tensor::empty(x.shape(), self.dtype, &self.device)?;
-        ops::layer_norm_into(&x, None, None, EPS, &mut n)?;
+        // The head's LayerNorm, in the weights' dtype (from an f32 stream in the same pass, and
+        // with the last level's pending modulation).
+        let n = match modulation(pending) {
+            Some((ab, col)) => ops::modulate_layer_norm_as(&mut x, ab, col, EPS, self.dtype)?,
+            None => {
+                let mut n = Tensor::empty(x.shape(), self.dtype, &self.device)?;
+                ops::layer_norm_into(&x, None, None, EPS, &mut n)?;
+                n
+            }
+        };
         let y = self.clf.forward(&n)?;
         if p > 1 {
             ops::pixel_shuffle(&y, p)
@@ -866,7 +962,9 @@ impl StableCascadeUNet {
     /// One level's blocks in order; `skip` goes to the first block when it is a ResBlock. A
     /// TimestepBlock is applied inside the next block's first pass: the attention block's
     /// LayerNorm (Stage C's levels and Stage B's deeper ones) or the ResBlock's depthwise
-    /// convolution (Stage B's first two levels); on its own only at a level's end.
+    /// convolution (Stage B's first two levels). At a level's end it is returned unapplied, as
+    /// its columns of the terms, for the next pass over the level's output to apply (when
+    /// tracing, where every block's output is wanted, it is applied here).
     #[allow(clippy::too_many_arguments)]
     fn run_blocks(
         &self,
@@ -877,7 +975,7 @@ impl StableCascadeUNet {
         at: &str,
         rep: usize,
         trace: &mut BlockTrace,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Option<usize>)> {
         let mut i = 0;
         while i < blocks.len() {
             match (&blocks[i], blocks.get(i + 1)) {
@@ -907,6 +1005,7 @@ impl StableCascadeUNet {
                     r.forward(&mut x, None, Some((terms.ab, t.col)))?;
                     i += 1;
                 }
+                (Block::Timestep(t), None) if trace.is_none() => return Ok((x, Some(t.col))),
                 (Block::Timestep(t), _) => ops::modulate_assign(&mut x, terms.ab, t.col)?,
                 (Block::Attn(a), _) => a.forward(&mut x, None, &terms.kv[a.id])?,
             }
@@ -916,7 +1015,7 @@ impl StableCascadeUNet {
             }
             i += 1;
         }
-        Ok(x)
+        Ok((x, None))
     }
 }
 

@@ -717,10 +717,16 @@ pub fn im2col3x3(x: &Tensor) -> Result<Tensor> {
 /// Conv2d(k=2, s=2, p=0) as pixel-unshuffle + GEMM. `w` is the PyTorch weight `[O, C, 2, 2]`
 /// viewed as `[O, 4C]` (its flattening order is pixel-unshuffle's channel order).
 pub fn conv2x2_s2(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    // Odd sizes lose their last row/column, as PyTorch's stride-2 convolution does.
+    linear(&stride2_patches(x)?, w, Some(bias))
+}
+
+/// The 2×2 patches of Conv2d(k=2, s=2) as channels: `[B, H, W, C]` → `[B, H/2, W/2, 4C]` in
+/// pixel-unshuffle's order, the GEMM input of [`conv2x2_s2`]. Odd sizes lose their last row or
+/// column, as PyTorch's stride-2 convolution does.
+pub fn stride2_patches(x: &Tensor) -> Result<Tensor> {
     let mut cols = Tensor::empty(&shuffle_shape(x, 2, true, true)?, x.dtype(), &x.device())?;
     shuffle_into(x, 2, true, true, &mut cols)?;
-    linear(&cols, w, Some(bias))
+    Ok(cols)
 }
 
 /// Reorders a ConvTranspose2d(k=2, s=2) weight `[Cin, Cout, 2, 2]` and bias `[Cout]` for

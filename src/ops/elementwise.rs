@@ -79,26 +79,48 @@ fn add_impl(a: Option<&Tensor>, b: &Tensor, y: &mut Tensor) -> Result<()> {
 /// `[col, col + C)` and `[col + C, col + 2C)` of `ab [B, S]`: a `[B, 2C]` tensor with `col` 0, or
 /// one block's range of every block's terms computed by one GEMM.
 pub fn modulate_assign(x: &mut Tensor, ab: &Tensor, col: usize) -> Result<()> {
+    let input = x.view(x.shape())?;
+    modulate_impl(&input, ab, col, x)
+}
+
+/// [`modulate_assign`] into another tensor `y` of x's shape, x left as it is: `y` has x's dtype,
+/// or is bf16 for an f32 x (an f32 residual stream's last TimestepBlock of a level whose result
+/// is only read in bf16, by a repeat mapper's GEMM: one pass instead of a modulation and a cast).
+pub fn modulate_into(x: &Tensor, ab: &Tensor, col: usize, y: &mut Tensor) -> Result<()> {
+    check_shape("modulate", "output", y, x.shape())?;
+    if !(y.dtype() == x.dtype() || (x.dtype() == DType::F32 && y.dtype() == DType::BF16)) {
+        return Err(Error::Shape(format!("modulate: {} input cannot give {}", x.dtype(), y.dtype())));
+    }
+    check_device("modulate", &x.device(), &[y])?;
+    modulate_impl(x, ab, col, y)
+}
+
+/// `y = x·(1 + a) + s`; `y` may share x's memory (then in place, element by element).
+fn modulate_impl(x: &Tensor, ab: &Tensor, col: usize, y: &mut Tensor) -> Result<()> {
     let (b, n, c) = modulation_shape("modulate", x, ab, col)?;
     match x.device() {
         Device::Cpu => {
             let v = cpu::modulate(&x.cpu_f32()?, &cpu::columns(&ab.cpu_f32()?, ab.dim(1), col, 2 * c), b, n, c);
-            x.set_cpu_f32(&v)
+            y.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
             let k = dev.kernels();
-            let ptr = x.cuda_ptr()?;
             let p = crate::cuda::params::ModulateParams {
-                x: ptr as *const _,
-                y: ptr as *mut _,
+                x: x.cuda_ptr()? as *const _,
+                y: y.cuda_ptr()? as *mut _,
                 ab: (ab.cuda_ptr()? + (col * ab.dtype().size()) as u64) as *const _,
                 B: b as i32,
                 N: n as i64,
                 C: c as i32,
                 ab_stride: ab.dim(1) as i64,
             };
-            dev.launch_vec8(super::kernel("modulate", x.dtype(), &k.modulate_f32, &k.modulate_bf16)?, x.numel(), &p)
+            let f = if x.dtype() != y.dtype() {
+                &k.modulate_f32_bf16
+            } else {
+                super::kernel("modulate", x.dtype(), &k.modulate_f32, &k.modulate_bf16)?
+            };
+            dev.launch_vec8(f, x.numel(), &p)
         }
     }
 }

@@ -26,10 +26,10 @@ pub use conv::{
     conv2x2_s2, conv_transpose2x2, conv_transpose4x4, depthwise3x3, depthwise3x3_accumulate_into, depthwise3x3_into,
     depthwise3x3_prenorm_residual, depthwise3x3_prenorm_residual_ln, im2col3x3, im2col3x3_into, modulate_depthwise3x3_ln, pixel_shuffle,
     pixel_shuffle_into, pixel_shuffle_phases, pixel_unshuffle, pixel_unshuffle_into, prepare_conv_transpose2x2, prepare_conv_transpose4x4,
-    stream_depthwise3x3_ln, Padding,
+    stream_depthwise3x3_ln, stride2_patches, Padding,
 };
 pub use elementwise::{
-    add, add_assign, affine_assign, cast_into, cfg_combine_into, ddpm_step_assign, fill_random, modulate_assign, to_rgb8,
+    add, add_assign, affine_assign, cast_into, cfg_combine_into, ddpm_step_assign, fill_random, modulate_assign, modulate_into, to_rgb8,
 };
 pub use embed::{timestep_embedding_into, token_embedding_into};
 pub use linear::{gelu_in_epilogue, linear, linear_accumulate_into, linear_columns_into, linear_gelu, linear_gelu_into, linear_into};

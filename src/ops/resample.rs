@@ -2,7 +2,7 @@
 //! [`super::cpu::resize_bilinear`], [`super::cpu::concat_channels`]; GPU: `kernels/resample.cu`.
 
 use super::{check_device, check_dtype, check_shape, cpu};
-use crate::{Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 
 /// Bilinear resize of `x [B, H, W, C]` into `y [B, Ho, Wo, C]`, align_corners=True, f32
 /// arithmetic.
@@ -56,11 +56,17 @@ fn concat_shape(a: &Tensor, b: &Tensor) -> Result<Vec<usize>> {
     Ok(shape)
 }
 
-/// `a [… , Ca]` and `b [… , Cb]` with equal leading dims → `y [… , Ca + Cb]` (a first).
+/// `a [… , Ca]` and `b [… , Cb]` with equal leading dims → `y [… , Ca + Cb]` (a first). All
+/// three share a dtype, except that b may be f32 where a and y are bf16 (an f32 residual
+/// stream's skip, converted as it is copied: a cast and a concatenation in one pass).
 pub fn concat_channels_into(a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
     let shape = concat_shape(a, b)?;
     check_shape("concat_channels", "output", y, &shape)?;
-    check_dtype("concat_channels", a.dtype(), &[b, y])?;
+    let mixed = a.dtype() == DType::BF16 && b.dtype() == DType::F32;
+    check_dtype("concat_channels", a.dtype(), &[y])?;
+    if !mixed {
+        check_dtype("concat_channels", a.dtype(), &[b])?;
+    }
     check_device("concat_channels", &a.device(), &[b, y])?;
     let (ca, cb) = (a.dim(-1), b.dim(-1));
     match a.device() {
@@ -76,7 +82,7 @@ pub fn concat_channels_into(a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()
                 Ca: ca as i32,
                 Cb: cb as i32,
             };
-            let f = super::kernel("concat_channels", a.dtype(), &k.concat_f32, &k.concat_bf16)?;
+            let f = if mixed { &k.concat_bf16_f32 } else { super::kernel("concat_channels", a.dtype(), &k.concat_f32, &k.concat_bf16)? };
             dev.launch_vec8(f, y.numel(), &p)
         }
     }
