@@ -25,6 +25,9 @@ for strips in wide async-all; do
     CASCADE_DW_STRIPS=$strips cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
     CASCADE_DW_STRIPS=$strips cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 done
+# The f32 residual stream's edges as separate casts and modulations (CASCADE_STREAM_EDGES=cast,
+# kept for the stages bench's A/B on a GPU): the tiny pipeline against diffusers' seeded images.
+CASCADE_STREAM_EDGES=cast cargo test --release --features cuda --test pipeline -- --ignored tiny_pipeline_on_the_gpu "$@"
 # The cooperative one-pass GRN kernel (opt-in: slower on an H200): the kernel test and the tiny
 # models, whose bf16 ResBlocks then take it.
 CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test kernels -- --ignored grn "$@"
