@@ -222,6 +222,14 @@ fn main() {
         r.run(&format!("columns/{}/{}x{}[{}..]/bf16", s.name, s.rows, s.ca + s.cb, s.ca), None, Some((4 * s.rows * s.cb) as f64), || {
             ops::columns(&y, s.ca, s.cb).map(drop).unwrap()
         });
+        // An f32 residual stream's skip as the second part, converted as it is copied.
+        let b32 = rnd(&[s.rows, s.cb], DType::F32);
+        r.run(
+            &format!("concat/{}/{}x({}+{})/bf16+f32", s.name, s.rows, s.ca, s.cb),
+            None,
+            Some((s.rows * (4 * s.ca + 6 * s.cb)) as f64),
+            || ops::concat_channels_into(&a, &b32, &mut y).unwrap(),
+        );
     }
     for cs in shapes::CONV2X2 {
         let s = cs.x;
@@ -433,6 +441,11 @@ fn main() {
         let (mut y32, ab32) = (rnd(&shape, DType::F32), rnd(&[s.b, 2 * s.c], DType::F32));
         r.run(&format!("modulate+ln/{}/{}x{}x{}/f32>bf16", s.name, s.b, s.n, s.c), None, Some((10 * n) as f64), || {
             ops::modulate_layer_norm_as(&mut y32, &ab32, 0, 1e-6, bf).map(drop).unwrap()
+        });
+        // A level's last modulation read only in bf16 (a repeat mapper's input): f32 in, bf16 out.
+        let mut m16 = empty(&shape, bf);
+        r.run(&format!("modulate/{}/{}x{}x{}/f32>bf16", s.name, s.b, s.n, s.c), None, Some((6 * n) as f64), || {
+            ops::modulate_into(&y32, &ab32, 0, &mut m16).unwrap()
         });
         r.run(&format!("affine/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.c), None, Some((4 * n) as f64), || {
             ops::affine_assign(&mut y, 1.0, 0.0).unwrap()
