@@ -302,7 +302,7 @@ impl Transition {
         let stream = x.dtype();
         let n = match modulation {
             Some((ab, col)) => ops::modulate_layer_norm_as(x, ab, col, EPS, wdt)?,
-            None if !stream_edges_fused() => ops::layer_norm(&x.to_dtype(wdt)?, None, None, EPS)?,
+            None if !stream_edges_fused() && stream != wdt => ops::layer_norm(&x.to_dtype(wdt)?, None, None, EPS)?,
             None => {
                 let mut n = Tensor::empty(x.shape(), wdt, &x.device())?;
                 ops::layer_norm_into(x, None, None, EPS, &mut n)?;
@@ -367,13 +367,7 @@ impl StreamLinear {
             (Some(_), Some(b)) => Some(b),
             (Some(_), None) => return Err(Error::Msg("UNet: an f32 residual stream needs set_f32_residual first".into())),
         };
-        let mut shape = x.shape().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = self.lin.weight.dim(0);
-        }
-        let mut y = Tensor::empty(&shape, out, &x.device())?;
-        ops::linear_into(x, &self.lin.weight, bias, &mut y)?;
-        Ok(y)
+        ops::linear_as(x, &self.lin.weight, bias, out)
     }
 }
 
@@ -924,10 +918,8 @@ impl StableCascadeUNet {
                     x = self.repeat_mapper(m, &x, modulation(pending.take()))?;
                 }
             }
-            let next = match self.down_scalers.get(li + 1) {
-                Some(scaler) => Some(scaler.forward(&mut x, modulation(pending.take()), self.dtype)?),
-                None => None,
-            };
+            let next =
+                self.down_scalers.get(li + 1).map(|scaler| scaler.forward(&mut x, modulation(pending.take()), self.dtype)).transpose()?;
             if let Some(col) = pending {
                 ops::modulate_assign(&mut x, &ab, col)?;
             }
@@ -948,6 +940,7 @@ impl StableCascadeUNet {
                     x = self.repeat_mapper(m, &x, modulation(pending.take()))?;
                 }
             }
+            // The last level's (Identity) leaves a pending modulation to the head's LayerNorm.
             if !matches!(scaler, Transition::Identity) || k + 1 < self.up.len() {
                 x = scaler.forward(&mut x, modulation(pending.take()), self.dtype)?;
             }

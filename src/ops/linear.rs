@@ -69,7 +69,7 @@ pub fn gelu_in_epilogue(x: &Tensor) -> bool {
 
 /// `gelu(x · wᵀ + bias)` as a new tensor of shape `[..., N]` (see [`linear_gelu_into`]).
 pub fn linear_gelu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let mut y = linear_output("linear_gelu", x, w)?;
+    let mut y = linear_output("linear_gelu", x, w, x.dtype())?;
     linear_gelu_into(x, w, bias, &mut y)?;
     Ok(y)
 }
@@ -201,18 +201,24 @@ pub fn linear_columns_into(
 }
 
 /// An uninitialised output for `x [..., K] · w[N, K]ᵀ`: `[..., N]`, x's dtype and device.
-pub(crate) fn linear_output(op: &str, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub(crate) fn linear_output(op: &str, x: &Tensor, w: &Tensor, dtype: DType) -> Result<Tensor> {
     if w.rank() != 2 {
         return Err(Error::Shape(format!("{op}: weight must be [N, K], got {:?}", w.shape())));
     }
     let mut shape = x.shape().to_vec();
     *shape.last_mut().ok_or_else(|| Error::Shape(format!("{op}: scalar input")))? = w.dim(0);
-    Tensor::empty(&shape, x.dtype(), &x.device())
+    Tensor::empty(&shape, dtype, &x.device())
 }
 
 /// `x · wᵀ + bias` as a new tensor of shape `[..., N]`.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let mut y = linear_output("linear", x, w)?;
+    linear_as(x, w, bias, x.dtype())
+}
+
+/// [`linear`] written as `dtype`: x's, or f32 for bf16 inputs (a product that goes to a residual
+/// stream held in f32; the bias then f32 too).
+pub fn linear_as(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
+    let mut y = linear_output("linear", x, w, dtype)?;
     linear_into(x, w, bias, &mut y)?;
     Ok(y)
 }

@@ -32,7 +32,9 @@ pub use elementwise::{
     add, add_assign, affine_assign, cast_into, cfg_combine_into, ddpm_step_assign, fill_random, modulate_assign, modulate_into, to_rgb8,
 };
 pub use embed::{timestep_embedding_into, token_embedding_into};
-pub use linear::{gelu_in_epilogue, linear, linear_accumulate_into, linear_columns_into, linear_gelu, linear_gelu_into, linear_into};
+pub use linear::{
+    gelu_in_epilogue, linear, linear_accumulate_into, linear_as, linear_columns_into, linear_gelu, linear_gelu_into, linear_into,
+};
 pub use norm::{
     gelu_grn_assign, gelu_grn_assign_with, gelu_grn_factor, gelu_grn_one_pass, grn, grn_apply_factor_assign, grn_assign, grn_factor,
     grn_into, grn_into_with, layer_norm, layer_norm_into, linear_gelu_grn_factor, linear_gelu_grn_factor_into, linear_gelu_grn_fused,
