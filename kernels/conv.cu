@@ -650,6 +650,308 @@ extern "C" __global__ void __launch_bounds__(256, 3) depthwise_tile_bf16(Depthwi
     }
 }
 
+// ---- The rolling tiled path (opt-in until measured: CASCADE_DW_TILE=roll) -------------------
+// The tiled kernel above copies, normalises and converts every halo pixel of its tile: on Stage
+// A's 256² × 384 launch a tile of 8 × 2 outputs takes 10 × 4 = 40 pixels (2.5 per output), and
+// the halo's statistics and transform are about half of its instructions (it is bound by
+// instructions, not memory). Here a block takes a column strip CASCADE_DW_ROLL_W = 16 pixels wide
+// and roll_steps steps of tile_h output rows down it. The halo rows live in a ring of
+// 2 · tile_h + 2 rows of shared memory (halo row rel of the block, image row hb − 1 + rel, in slot
+// rel % (2 · tile_h + 2)): each is copied, normalised and transformed once, and the next step's
+// tile_h rows are copied (cp.async) while the current step computes. Stage A's halo falls to
+// (18 / 16) · (1 + 2 / rows per block) pixels per output, about 1.2 to 1.3. The arithmetic is the
+// tiled kernel's, in the same order (the same sums, the same roundings), so the two agree bit for
+// bit; the taps and the transform's terms are parked as f32 (no unpacking in the loop).
+//
+// Thread t takes channel group g = t % G (8 channels; G = C / 8) and run t / G throughout: in the
+// convolution a run of 4 pixels of one row of the step (4 runs a row, 4 · tile_h · G threads), in
+// the copies and the transform halo pixels run, run + 4 · tile_h, … of the rows new to the step.
+// The input LayerNorm's statistics are taken by K lanes per pixel as in the tiled kernel. bf16
+// only, with the input statistics computed here (in_norm_here) or no input LayerNorm.
+//
+// Shared memory (dynamic): the ring [slots · 18][G] (16-byte chunks), the taps [9][G] and the
+// transform's two terms [2][G] as f32 (32 bytes a chunk), the ring's input statistics [slots · 18]
+// (float2), the output LayerNorm's sums [16 · tile_h][G] and its means and 1/σ [2][16 · tile_h].
+extern "C" __global__ void __launch_bounds__(192, 3) depthwise_roll_bf16(DepthwiseParams p) {
+    pdl_enter();
+    constexpr int TW = CASCADE_DW_ROLL_W, HW = TW + 2, RPR = TW / 4;
+    const int G = p.C >> 3, TH = p.tile_h, SLOTS = 2 * TH + 2, RUNS = RPR * TH, npix = TW * TH;
+    extern __shared__ uint4 dw_smem[];
+    uint4* ring = dw_smem;
+    float4* park = (float4*)(ring + SLOTS * HW * G);
+    float4* aff = park + 18 * G;
+    float2* stats = (float2*)(aff + 4 * G);
+    float* sums = (float*)(stats + SLOTS * HW);
+    float* mean_s = sums + npix * G;
+    float* rstd_s = mean_s + npix;
+    const int t = threadIdx.x, nt = blockDim.x, g = t % G, run = t / G;
+    const int w0 = blockIdx.x * TW, hb = blockIdx.y * TH * p.roll_steps;
+    const int steps = min(p.roll_steps, (p.H - hb + TH - 1) / TH);
+    const int64_t b = blockIdx.z, plane = (int64_t)p.H * p.W;
+    const bf16* x = (const bf16*)p.x + b * plane * p.C;
+    const bool norm_in = p.in_norm_here;
+    const bf16* ab = p.in_ab ? (const bf16*)p.in_ab + b * p.in_ab_stride : nullptr;
+    int K = 1;
+    while (2 * K <= G / 4 && K < 32) K *= 2;
+    const int lane_k = t & (K - 1), per_round = nt / K;
+    const unsigned mask = (t | 31) < nt ? 0xffffffffu : (1u << (nt & 31)) - 1u;
+    // Pixel q of the halo rows from rel0 on (slot0: rel0's slot; at most SLOTS rows): its ring
+    // cell, its image coordinates clamped into the image (replicate padding reads the nearest
+    // pixel), and whether it lies inside.
+    auto cell = [&](int slot0, int q) {
+        const int slot = slot0 + q / HW;
+        return (slot < SLOTS ? slot : slot - SLOTS) * HW + q % HW;
+    };
+    auto locate = [&](int rel0, int q, int& h, int& w) {
+        h = hb - 1 + rel0 + q / HW, w = w0 + q % HW - 1;
+        const bool inside = h >= 0 && h < p.H && w >= 0 && w < p.W;
+        h = min(max(h, 0), p.H - 1), w = min(max(w, 0), p.W - 1);
+        return inside;
+    };
+    // Halo rows rel0 .. rel0 + n − 1 into the ring, one group of copies.
+    auto copy_rows = [&](int rel0, int n) {
+        const int slot0 = rel0 % SLOTS;
+        for (int q = run; q < n * HW; q += RUNS) {
+            int h, w;
+            const bool inside = locate(rel0, q, h, w);
+            cp_async16(&ring[cell(slot0, q) * G + g], x + ((int64_t)h * p.W + w) * p.C + 8 * g, inside || p.replicate);
+        }
+        cp_async_commit();
+    };
+
+    copy_rows(0, TH + 2);
+    // The taps of channels 8g .. 8g + 7 ([C, 9]: 72 consecutive) as f32, tap by tap, and the
+    // input transform's terms.
+    if (run == 0) {
+        uint32_t raw[36];
+        #pragma unroll
+        for (int i = 0; i < 9; i++) {
+            const uint4 a = __ldg((const uint4*)((const bf16*)p.weight + (int64_t)g * 72 + 8 * i));
+            raw[4 * i] = a.x, raw[4 * i + 1] = a.y, raw[4 * i + 2] = a.z, raw[4 * i + 3] = a.w;
+        }
+        auto tap = [&](int e) { return __uint_as_float(((e & 1) ? raw[e >> 1] >> 16 : raw[e >> 1] & 0xffffu) << 16); };
+        #pragma unroll
+        for (int k = 0; k < 9; k++) {
+            park[2 * (k * G + g)] = make_float4(tap(k), tap(9 + k), tap(18 + k), tap(27 + k));
+            park[2 * (k * G + g) + 1] = make_float4(tap(36 + k), tap(45 + k), tap(54 + k), tap(63 + k));
+        }
+        if (norm_in || ab) {
+            float fa[8], fb[8];
+            ldg8(norm_in ? (const bf16*)p.in_weight + 8 * g : ab + 8 * g, fa);
+            ldg8(norm_in ? (const bf16*)p.in_bias + 8 * g : ab + p.C + 8 * g, fb);
+            if (!norm_in)
+                #pragma unroll
+                for (int j = 0; j < 8; j++) fa[j] += 1.f;
+            aff[2 * g] = make_float4(fa[0], fa[1], fa[2], fa[3]);
+            aff[2 * g + 1] = make_float4(fa[4], fa[5], fa[6], fa[7]);
+            aff[2 * (G + g)] = make_float4(fb[0], fb[1], fb[2], fb[3]);
+            aff[2 * (G + g) + 1] = make_float4(fb[4], fb[5], fb[6], fb[7]);
+        }
+    }
+    const int r = run / RPR, c0 = (run % RPR) * 4, px = r * TW + c0;
+
+    for (int step = 0; step < steps; step++) {
+        // The rows new to this step (all of its halo at first), and the next step's in flight.
+        const int new0 = step == 0 ? 0 : step * TH + 2, fresh = (step == 0 ? TH + 2 : TH) * HW;
+        const int slot0 = new0 % SLOTS, top = (step * TH + r) % SLOTS;  // top: the slot of row r's first row of taps
+        if (step + 1 < steps) {
+            copy_rows((step + 1) * TH + 2, TH);  // into the slots of rows only the last step read
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+
+        // 1. The new pixels' input statistics: mean and 1/sqrt(var + eps), two-pass.
+        if (norm_in) {
+            for (int base = 0; base < fresh; base += per_round) {
+                const int q = base + t / K;
+                const bool on = t / K < per_round && q < fresh;
+                const uint4* pix = ring + (on ? cell(slot0, q) : 0) * G;
+                float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+                if (on)
+                    for (int k = lane_k; k < G; k += K) {
+                        float v[8];
+                        unpack8(pix[k], v);
+                        #pragma unroll
+                        for (int j = 0; j < 8; j++) s[j] += v[j];
+                    }
+                const float m = lane_group_sum(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])), K, mask) / p.C;
+                #pragma unroll
+                for (int j = 0; j < 8; j++) s[j] = 0.f;
+                if (on)
+                    for (int k = lane_k; k < G; k += K) {
+                        float v[8];
+                        unpack8(pix[k], v);
+                        #pragma unroll
+                        for (int j = 0; j < 8; j++) s[j] += (v[j] - m) * (v[j] - m);
+                    }
+                const float d = lane_group_sum(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])), K, mask);
+                if (on && lane_k == 0) stats[cell(slot0, q)] = make_float2(m, rsqrtf(d / p.C + p.in_eps));
+            }
+            __syncthreads();
+        }
+
+        // 2. The input transform of the new pixels, in place (as the tiled kernel's); zero
+        // padding's pixels stay zero. A modulation's centre pixels of this block's own rows are
+        // also the modulated x_out.
+        if (norm_in || ab) {
+            float fa[8], fb[8];
+            {
+                const float4 a0 = aff[2 * g], a1 = aff[2 * g + 1], b0 = aff[2 * (G + g)], b1 = aff[2 * (G + g) + 1];
+                fa[0] = a0.x, fa[1] = a0.y, fa[2] = a0.z, fa[3] = a0.w, fa[4] = a1.x, fa[5] = a1.y, fa[6] = a1.z, fa[7] = a1.w;
+                fb[0] = b0.x, fb[1] = b0.y, fb[2] = b0.z, fb[3] = b0.w, fb[4] = b1.x, fb[5] = b1.y, fb[6] = b1.z, fb[7] = b1.w;
+            }
+            for (int q = run; q < fresh; q += RUNS) {
+                int h, w;
+                if (!locate(new0, q, h, w) && !p.replicate) continue;
+                const int at = cell(slot0, q);
+                float v[8];
+                unpack8(ring[at * G + g], v);
+                if (norm_in) {
+                    const float2 s = stats[at];
+                    #pragma unroll
+                    for (int j = 0; j < 8; j++) v[j] = (v[j] - s.x) * s.y * fa[j] + fb[j];
+                } else {
+                    #pragma unroll
+                    for (int j = 0; j < 8; j++) v[j] = v[j] * fa[j] + fb[j];
+                }
+                const uint4 packed = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+                ring[at * G + g] = packed;
+                const int rel = new0 + q / HW, col = q % HW;  // the block's own rows: rel 1 .. steps · TH
+                if (ab && col >= 1 && col <= TW && w0 + col - 1 < p.W && rel >= 1 && rel <= steps * TH && hb + rel - 1 < p.H)
+                    *(uint4*)((bf16*)p.x_out + (b * plane + (int64_t)h * p.W + w) * p.C + 8 * g) = packed;
+            }
+            __syncthreads();
+        }
+
+        // 3. The convolution: channels 8g .. 8g + 7 of pixels c0 .. c0 + 3 of the step's row r.
+        const int h = hb + step * TH + r;
+        bool valid[4];
+        #pragma unroll
+        for (int s = 0; s < 4; s++) valid[s] = h < p.H && w0 + c0 + s < p.W;
+        const int64_t pix0 = b * plane + (int64_t)h * p.W + w0 + c0;  // pixel of output s: pix0 + s
+        float acc[4][8];
+        {
+            float bv[8];
+            ldg8((const bf16*)p.bias + 8 * g, bv);
+            #pragma unroll
+            for (int s = 0; s < 4; s++)
+                #pragma unroll
+                for (int j = 0; j < 8; j++) acc[s][j] = bv[j];
+        }
+        #pragma unroll
+        for (int ky = 0; ky < 3; ky++) {
+            float wt[3][8];
+            #pragma unroll
+            for (int kx = 0; kx < 3; kx++) {
+                const float4 a = park[2 * ((ky * 3 + kx) * G + g)], c = park[2 * ((ky * 3 + kx) * G + g) + 1];
+                wt[kx][0] = a.x, wt[kx][1] = a.y, wt[kx][2] = a.z, wt[kx][3] = a.w;
+                wt[kx][4] = c.x, wt[kx][5] = c.y, wt[kx][6] = c.z, wt[kx][7] = c.w;
+            }
+            const int slot = top + ky < SLOTS ? top + ky : top + ky - SLOTS;
+            const uint4* row = ring + (slot * HW + c0) * G + g;
+            #pragma unroll
+            for (int i = 0; i < 6; i++) {  // input column c0 + i − 1 feeds outputs s = i − 2 .. i with tap i − s
+                float v[8];
+                unpack8(row[i * G], v);
+                #pragma unroll
+                for (int s = 0; s < 4; s++) {
+                    const int kx = i - s;
+                    if (kx < 0 || kx > 2) continue;
+                    #pragma unroll
+                    for (int j = 0; j < 8; j++) acc[s][j] += wt[kx][j] * v[j];
+                }
+            }
+        }
+        // The residual only now, as in the tiled kernel (L2 has it: for Stage A it is x).
+        Raw8<bf16> res[4];
+        if (p.residual)
+            #pragma unroll
+            for (int s = 0; s < 4; s++)
+                if (valid[s]) res[s].load((const bf16*)p.residual + (pix0 + s) * p.C + 8 * g);
+        #pragma unroll
+        for (int s = 0; s < 4; s++) {
+            if (p.residual) {
+                float rv[8];
+                res[s].unpack(rv);
+                #pragma unroll
+                for (int j = 0; j < 8; j++) acc[s][j] += rv[j];
+            }
+            if (!p.layer_norm) {
+                #pragma unroll
+                for (int j = 0; j < 8; j++) acc[s][j] = rounded<bf16>(acc[s][j]);  // y as stored (y_norm reads it)
+                if (valid[s]) store8((bf16*)p.y + (pix0 + s) * p.C + 8 * g, acc[s]);
+            }
+        }
+        if (!p.layer_norm && !p.y_norm) {  // the same for the whole block
+            __syncthreads();  // the ring's rows read before the next step's copies land in them
+            continue;
+        }
+
+        // 4. Each output pixel's mean and 1/sqrt(var + eps) over its channels, two-pass, as the
+        // tiled kernel's (its first barrier also ends every read of the ring in this step).
+        auto pixel_totals = [&](float* out, bool rstd) {
+            for (int base = 0; base < npix; base += per_round) {
+                const int q = base + t / K;
+                const bool on = t / K < per_round && q < npix;
+                float v = 0.f;
+                if (on)
+                    for (int k = lane_k; k < G; k += K) v += sums[q * G + k];
+                v = lane_group_sum(v, K, mask);
+                if (on && lane_k == 0) out[q] = rstd ? rsqrtf(v / p.C + p.eps) : v / p.C;
+            }
+        };
+        #pragma unroll
+        for (int s = 0; s < 4; s++) {
+            float m = 0.f;
+            #pragma unroll
+            for (int j = 0; j < 8; j++) m += acc[s][j];
+            sums[(px + s) * G + g] = m;
+        }
+        __syncthreads();
+        pixel_totals(mean_s, false);
+        __syncthreads();
+        #pragma unroll
+        for (int s = 0; s < 4; s++) {
+            const float m = mean_s[px + s];
+            float d = 0.f;
+            #pragma unroll
+            for (int j = 0; j < 8; j++) d += (acc[s][j] - m) * (acc[s][j] - m);
+            sums[(px + s) * G + g] = d;
+        }
+        __syncthreads();
+        pixel_totals(rstd_s, true);
+        __syncthreads();
+        // (Two branches: terms loaded in one branch and used after it would be carried over
+        // the steps in local memory.)
+        if (p.layer_norm) {
+            #pragma unroll
+            for (int s = 0; s < 4; s++) {
+                if (!valid[s]) continue;
+                const float m = mean_s[px + s], rs = rstd_s[px + s];
+                float o[8];
+                #pragma unroll
+                for (int j = 0; j < 8; j++) o[j] = (acc[s][j] - m) * rs;
+                store8((bf16*)p.y + (pix0 + s) * p.C + 8 * g, o);
+            }
+        } else {
+            float ow[8], ob[8];
+            ldg8((const bf16*)p.out_weight + 8 * g, ow);
+            ldg8((const bf16*)p.out_bias + 8 * g, ob);
+            #pragma unroll
+            for (int s = 0; s < 4; s++) {
+                if (!valid[s]) continue;
+                const float m = mean_s[px + s], rs = rstd_s[px + s];
+                float o[8];
+                #pragma unroll
+                for (int j = 0; j < 8; j++) o[j] = (acc[s][j] - m) * rs * ow[j] + ob[j];
+                store8((bf16*)p.y_norm + (pix0 + s) * p.C + 8 * g, o);
+            }
+        }
+    }
+}
+
 // One thread per element of the used high-resolution region [B, H*r, W*r, C].
 // Index arithmetic in I: 32-bit when the tensor has fewer than 2^31 elements (a division by a
 // run-time value costs several times more in 64 bits).

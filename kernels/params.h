@@ -223,6 +223,8 @@ typedef struct DdpmStepParams {
 // The tiled kernel (large images): tiles of CASCADE_DW_TILE_W columns, runs of 4 pixels per thread.
 #define CASCADE_DW_TILE_W 8
 #define CASCADE_DW_TILE_MAX_H 8
+// The rolling tiled kernel (depthwise_roll_bf16): column strips of CASCADE_DW_ROLL_W pixels.
+#define CASCADE_DW_ROLL_W 16
 
 typedef struct DepthwiseParams {
     const void* x;       // [B, H, W, C]; f32 with everything else bf16 in depthwise_f32_bf16(_sw) (an
@@ -262,10 +264,15 @@ typedef struct DepthwiseParams {
                              // kernels); 0: one channel, one pixel (grid (W, H, B))
     int32_t tile_h;          // depthwise_tile_bf16 only: output rows per tile, 2 .. CASCADE_DW_TILE_MAX_H
                              // (grid (ceil(W / CASCADE_DW_TILE_W), ceil(H / tile_h), B), 2 · tile_h · C / 8
-                             // threads); 0 for the other kernels
-    int32_t in_norm_here;    // depthwise_tile_bf16 only, at least 32 threads: 1 with in_stats NULL, the
-                             // input LayerNorm's (mean, rstd) are computed from the halo (eps: in_eps)
+                             // threads); depthwise_roll_bf16: output rows per step, 1 .. CASCADE_DW_TILE_MAX_H;
+                             // 0 for the other kernels
+    int32_t in_norm_here;    // depthwise_tile_bf16 and _roll_bf16 only, at least 32 threads: 1 with in_stats
+                             // NULL, the input LayerNorm's (mean, rstd) are computed from the halo (eps:
+                             // in_eps; depthwise_roll_bf16 never reads in_stats)
     float in_eps;
+    int32_t roll_steps;      // depthwise_roll_bf16 only: steps of tile_h rows per block (grid
+                             // (ceil(W / CASCADE_DW_ROLL_W), ceil(H / (tile_h · roll_steps)), B),
+                             // 4 · tile_h · C / 8 threads); 0 for the other kernels
 } DepthwiseParams;
 
 // Pixel shuffle (PyTorch order, channel c*r*r + i*r + j):

@@ -18,6 +18,9 @@ cargo test --release --features cuda -- --ignored "$@"
 # test and the tiny models.
 CASCADE_DW_TILE=force cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
 CASCADE_DW_TILE=force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The rolling depthwise kernel (opt-in) likewise, in short blocks so that its ring of rows wraps.
+CASCADE_DW_TILE=roll-force cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
+CASCADE_DW_TILE=roll-force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The wide-strip and the asynchronous depthwise kernels wherever the parked-weight kernels run
 # (by default the wide ones only where they save a wave, Stage C's images; the asynchronous ones
 # are opt-in, slower on an H200): the kernel test and the tiny models.

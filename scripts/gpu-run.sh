@@ -112,9 +112,13 @@ done
 # attention kernels still runs): for a short call after they have passed on the card.
 if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     # The tiled depthwise kernel wherever it can run (CASCADE_DW_TILE=force), on every shape of
-    # the depthwise test (the default takes it only for large images).
-    tests+=(kernels-dwtile)
+    # the depthwise test (the default takes it only for large images); then the rolling one
+    # (opt-in: CASCADE_DW_TILE=roll) in short blocks wherever it can run, and as its plan cuts
+    # Stage A's real launches (one wave of long blocks), in one process after the other.
+    tests+=(kernels-dwtile kernels-dwroll)
     CASCADE_DW_TILE=force step test-kernels-dwtile "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
+    pids+=($!)
+    step test-kernels-dwroll "${TEST_TIMEOUT:-300}" bash -c "CASCADE_DW_TILE=roll-force '$bundle/tests/kernels' --include-ignored --nocapture depthwise && CASCADE_DW_TILE=roll CASCADE_SHAPES=stage_a '$bundle/tests/kernels' --include-ignored --nocapture depthwise" &
     pids+=($!)
     # The wide-strip and the asynchronous depthwise kernels wherever the parked-weight ones run
     # (CASCADE_DW_STRIPS=wide, async-all; by default the wide ones run only where they save a
@@ -227,6 +231,12 @@ if on SANITIZE 0; then
             CASCADE_DW_TILE=force CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-dwtile" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored depthwise
         done
+        # The rolling depthwise kernel (its ring of rows refilled by cp.async while the last step's
+        # rows are read) likewise, in short blocks so that the ring wraps around.
+        for tool in memcheck racecheck; do
+            CASCADE_DW_TILE=roll-force CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-dwroll" "${SANITIZE_TIMEOUT:-240}" \
+                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored depthwise
+        done
         # The cooperative GRN kernel (grid-wide waits, shared memory held across them) likewise.
         for tool in memcheck racecheck; do
             CASCADE_GRN_RESIDENT=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-grnres" "${SANITIZE_TIMEOUT:-240}" \
@@ -241,7 +251,7 @@ if on SANITIZE 0; then
             compute-sanitizer --tool memcheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention) &
         pids+=($!)
         sanitize_runs+=(sanitize-memcheck-gemmwg sanitize-racecheck-gemmwg sanitize-memcheck-dwasync
-            sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention sanitize-memcheck-split)
+            sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-dwroll sanitize-racecheck-dwroll sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention sanitize-memcheck-split)
         # racecheck over the stage steps is not run by default: on an H200 it stops inside
         # cuBLASLt's GEMMs at these shapes ("Internal Sanitizer Error: The Sanitizer failed to
         # handle a hardware exception", then CUDA_ERROR_ILLEGAL_ADDRESS), also with the nvjet
@@ -291,10 +301,10 @@ if on BENCH 1; then
         [ -n "${BENCHES:-}" ] && [[ " $BENCHES " != *" $name "* ]] && continue
         benches+=("bench-$name")
         CASCADE_BENCH_QUICK=1 step "bench-$name" "${BENCH_TIMEOUT:-300}" "$b" --bench
-        # OPS_VARIANTS (default "gemmwg split wgmma2 dw") picks which of these opt-in variant
+        # OPS_VARIANTS (default "gemmwg split wgmma2 dw dwroll") picks which of these opt-in variant
         # steps run after the ops bench: each is a process of its own.
         if [ "$name" = ops ]; then
-            variants=" ${OPS_VARIANTS:-gemmwg split wgmma2 dw} "
+            variants=" ${OPS_VARIANTS:-gemmwg split wgmma2 dw dwroll} "
             # The ops bench's fc1 + GRN rows again with the fused wgmma GEMM's rows among them
             # (the separate path's rows give a same-run comparison).
             if [[ $variants == *" gemmwg "* ]]; then
@@ -321,6 +331,12 @@ if on BENCH 1; then
                     benches+=("bench-ops-dw-$strips")
                     CASCADE_DW_STRIPS=$strips CASCADE_SHAPES=depthwise CASCADE_BENCH_QUICK=1 step "bench-ops-dw-$strips" "${BENCH_TIMEOUT:-300}" "$b" --bench
                 done
+            fi
+            # Stage A's depthwise rows with the rolling kernel where the tiled one runs (opt-in:
+            # CASCADE_DW_TILE=roll), for a same-run comparison per launch.
+            if [[ $variants == *" dwroll "* ]]; then
+                benches+=("bench-ops-dwroll")
+                CASCADE_DW_TILE=roll CASCADE_SHAPES="depthwise/stage_a,depthwise+=/stage_a,depthwise+x/stage_a,depthwise+x+ln/stage_a" CASCADE_BENCH_QUICK=1 step bench-ops-dwroll "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
         fi
     done

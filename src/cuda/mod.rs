@@ -100,10 +100,12 @@ pub(crate) enum SharedMemoryOptIn {
     DepthwiseAsync,
     /// `depthwise_f32_bf16_swa`.
     DepthwiseAsyncF32,
+    /// `depthwise_roll_bf16`.
+    DepthwiseRoll,
 }
 
 impl SharedMemoryOptIn {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
 }
 
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.

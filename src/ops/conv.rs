@@ -277,6 +277,7 @@ fn depthwise3x3_impl(
                 tile_h: 0,
                 in_norm_here: 0,
                 in_eps: 0.0,
+                roll_steps: 0,
             };
             // Eight channels per thread when one block holds them all and every operand is
             // 16-byte aligned (then no shared-memory staging either).
@@ -305,8 +306,12 @@ fn depthwise3x3_impl(
             } else {
                 (w, super::row_block(c), if layer_norm.is_some() || output_norm.is_some() { c * 4 } else { 0 })
             };
-            let tile_h = depthwise_tile_rows(vec8 && parked && !mixed, b, h, w, c, dev.multiprocessors());
-            let threads = tile_h.map_or(0, |t| 2 * t * c / 8);
+            let plan = depthwise_tile_plan(&dev, vec8 && parked && !mixed, b, h, w, c);
+            let threads = match plan {
+                Some(TilePlan::Tile(rows)) => 2 * rows * c / 8,
+                Some(TilePlan::Roll { rows, .. }) => 4 * rows * c / 8,
+                None => 0,
+            };
             // The input LayerNorm's statistics: from the tile itself on the tiled kernel (with at
             // least one full warp), else from a row_stats pass (kept alive past the launch).
             let mut _stats = None;
@@ -321,11 +326,20 @@ fn depthwise3x3_impl(
                     _stats = Some(stats);
                 }
             }
-            if let Some(tile_h) = tile_h {
-                p.tile_h = tile_h as i32;
-                let tw = crate::cuda::params::CASCADE_DW_TILE_W as usize;
-                let grid = (w.div_ceil(tw) as u32, h.div_ceil(tile_h) as u32, b as u32);
-                return dev.launch(&k.depthwise_tile_bf16, grid, (threads as u32, 1, 1), depthwise_tile_smem(tile_h, c) as u32, &p);
+            match plan {
+                Some(TilePlan::Tile(tile_h)) => {
+                    p.tile_h = tile_h as i32;
+                    let tw = crate::cuda::params::CASCADE_DW_TILE_W as usize;
+                    let grid = (w.div_ceil(tw) as u32, h.div_ceil(tile_h) as u32, b as u32);
+                    return dev.launch(&k.depthwise_tile_bf16, grid, (threads as u32, 1, 1), depthwise_tile_smem(tile_h, c) as u32, &p);
+                }
+                Some(TilePlan::Roll { rows, steps }) => {
+                    (p.tile_h, p.roll_steps) = (rows as i32, steps as i32);
+                    let tw = crate::cuda::params::CASCADE_DW_ROLL_W as usize;
+                    let grid = (w.div_ceil(tw) as u32, h.div_ceil(rows * steps) as u32, b as u32);
+                    return dev.launch(&k.depthwise_roll_bf16, grid, (threads as u32, 1, 1), depthwise_roll_smem(rows, c) as u32, &p);
+                }
+                None => {}
             }
             if parked {
                 let (f, strip, smem) = depthwise_strip_kernel(&dev, mixed, !p.in_stats.is_null(), b * h, w, block, smem);
@@ -349,33 +363,63 @@ fn depthwise_tile_smem(tile_h: usize, c: usize) -> usize {
     16 * (c / 8) * (halo + 11) + 8 * halo
 }
 
-/// Whether the tiled depthwise kernel takes a launch, and with how many rows per tile.
-///
-/// `CASCADE_DW_TILE`: unset or `1` (the default), for launches of at least four tiles per
-/// multiprocessor (Stage A's large images, where the strip kernel's reads of each pixel 4.5
-/// times and its round trip to memory per row of taps left it at about a fifth of memory speed;
-/// on an H200 the tiled kernel with its own input statistics took Stage A from 8.19 to 7.50 ms);
-/// `0`, never (the strip kernel, for A/B measurements); `force`, wherever it can (the tests).
-/// `eligible`: bf16 input and weights on the eight-channel path. Rows per tile: the most (2 to
-/// 8) that keep a block within 256 threads and 48 KiB (80 registers: at least three blocks per
-/// SM), or `CASCADE_DW_TILE_ROWS` where that fits.
+/// Shared memory of the rolling depthwise kernel (kernels/conv.cu `depthwise_roll_bf16`) for
+/// steps of `rows` rows: the ring of 2 · rows + 2 halo rows (16-byte chunks), the taps and the
+/// input transform's terms as f32 (C / 8 chunks of 32 bytes each: 9 and 2), the ring's input
+/// statistics (8 bytes a pixel), the output LayerNorm's sums (4 bytes a chunk of an output) and
+/// its means and 1/σ.
 #[cfg(feature = "cuda")]
-fn depthwise_tile_rows(eligible: bool, b: usize, h: usize, w: usize, c: usize, multiprocessors: usize) -> Option<usize> {
+fn depthwise_roll_smem(rows: usize, c: usize) -> usize {
+    let (g, tw) = (c / 8, crate::cuda::params::CASCADE_DW_ROLL_W as usize);
+    let ring = (2 * rows + 2) * (tw + 2);
+    16 * g * ring + 32 * g * 11 + 8 * ring + 4 * tw * rows * g + 8 * tw * rows
+}
+
+/// Which tiled depthwise kernel takes a launch.
+#[cfg(feature = "cuda")]
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum TilePlan {
+    /// `depthwise_tile_bf16`, tiles of this many rows.
+    Tile(usize),
+    /// `depthwise_roll_bf16`: `rows` output rows a step, `steps` steps a block.
+    Roll { rows: usize, steps: usize },
+}
+
+/// Whether a tiled depthwise kernel takes a launch, which, and how it is cut.
+///
+/// `CASCADE_DW_TILE` (read once):
+/// - unset or `1` (the default): the tiled kernel for launches of at least four tiles per
+///   multiprocessor (Stage A's large images, where the strip kernel's reads of each pixel 4.5
+///   times and its round trip to memory per row of taps left it at about a fifth of memory speed;
+///   on an H200 the tiled kernel with its own input statistics took Stage A from 8.19 to 7.50 ms);
+/// - `0`: never (the strip kernel, for A/B measurements);
+/// - `force`: the tiled kernel wherever it can run (the tests);
+/// - `roll`: the rolling kernel where the tiled one would run (each halo pixel transformed once
+///   instead of 2.5 times on Stage A; opt-in until measured), the tiled one where it cannot;
+/// - `roll-force`: the rolling kernel wherever it can run, in short blocks (the tests).
+///
+/// `eligible`: bf16 input and weights on the eight-channel path. The tiled kernel's rows per
+/// tile: the most (2 to 8) that keep a block within 256 threads and 48 KiB (80 registers: at
+/// least three blocks per SM), or `CASCADE_DW_TILE_ROWS` where that fits.
+#[cfg(feature = "cuda")]
+fn depthwise_tile_plan(dev: &crate::cuda::CudaDevice, eligible: bool, b: usize, h: usize, w: usize, c: usize) -> Option<TilePlan> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mode {
         Off,
         Large,
         Force,
     }
-    static MODE: std::sync::OnceLock<(Mode, Option<usize>)> = std::sync::OnceLock::new();
-    let (mode, rows) = *MODE.get_or_init(|| {
-        let mode = match std::env::var("CASCADE_DW_TILE").ok().as_deref().map(str::trim) {
-            Some("0") => Mode::Off,
-            None | Some("1") => Mode::Large,
-            Some("force") => Mode::Force,
+    static MODE: std::sync::OnceLock<(Mode, bool, Option<usize>)> = std::sync::OnceLock::new();
+    let (mode, roll, rows) = *MODE.get_or_init(|| {
+        let (mode, roll) = match std::env::var("CASCADE_DW_TILE").ok().as_deref().map(str::trim) {
+            Some("0") => (Mode::Off, false),
+            None | Some("1") => (Mode::Large, false),
+            Some("force") => (Mode::Force, false),
+            Some("roll") => (Mode::Large, true),
+            Some("roll-force") => (Mode::Force, true),
             Some(v) => {
-                eprintln!("warning: CASCADE_DW_TILE must be 0, 1 or force, not {v:?}; using 1");
-                Mode::Large
+                eprintln!("warning: CASCADE_DW_TILE must be 0, 1, force, roll or roll-force, not {v:?}; using 1");
+                (Mode::Large, false)
             }
         };
         let rows = match std::env::var("CASCADE_DW_TILE_ROWS").ok().map(|v| v.trim().parse::<usize>()) {
@@ -386,7 +430,7 @@ fn depthwise_tile_rows(eligible: bool, b: usize, h: usize, w: usize, c: usize, m
                 None
             }
         };
-        (mode, rows)
+        (mode, roll, rows)
     });
     if !eligible || mode == Mode::Off {
         return None;
@@ -394,11 +438,49 @@ fn depthwise_tile_rows(eligible: bool, b: usize, h: usize, w: usize, c: usize, m
     const SMEM: usize = 48 * 1024;
     let fits = |r: usize| 2 * r * c / 8 <= 256 && depthwise_tile_smem(r, c) <= SMEM;
     let tile_h = match rows {
-        Some(r) if fits(r) => r,
-        _ => (2..=crate::cuda::params::CASCADE_DW_TILE_MAX_H as usize).rev().find(|&r| fits(r))?,
+        Some(r) if fits(r) => Some(r),
+        _ => (2..=crate::cuda::params::CASCADE_DW_TILE_MAX_H as usize).rev().find(|&r| fits(r)),
     };
-    let tiles = b * h.div_ceil(tile_h) * w.div_ceil(crate::cuda::params::CASCADE_DW_TILE_W as usize);
-    (mode == Mode::Force || tiles >= 4 * multiprocessors).then_some(tile_h)
+    let large = tile_h
+        .is_some_and(|t| b * h.div_ceil(t) * w.div_ceil(crate::cuda::params::CASCADE_DW_TILE_W as usize) >= 4 * dev.multiprocessors());
+    if mode == Mode::Large && !large {
+        return None;
+    }
+    let rolling = roll.then(|| depthwise_roll_plan(dev, b, h, w, c, mode == Mode::Force)).flatten();
+    rolling.map(|(rows, steps)| TilePlan::Roll { rows, steps }).or(tile_h.map(TilePlan::Tile))
+}
+
+/// Rows a step and steps a block of the rolling depthwise kernel for a [b, h, w, c] launch, or
+/// None where it cannot run: more than 192 threads for one row a step (C > 384), under one warp,
+/// its shared memory refused, no block resident per SM. The most rows a step within 192 threads
+/// (Stage A: 1 at 384 channels, 2 at 192), and as many steps a block as make one wave of blocks
+/// (Stage A: 384 blocks of 11 and 22 steps on an H200's 132 SMs at three a SM). `short` (the
+/// tests): at most a quarter of the image's rows a step (or the fewest that make a warp) and three
+/// steps a block, so that small images take several blocks a column and the ring wraps around.
+#[cfg(feature = "cuda")]
+fn depthwise_roll_plan(dev: &crate::cuda::CudaDevice, b: usize, h: usize, w: usize, c: usize, short: bool) -> Option<(usize, usize)> {
+    use crate::cuda::params::{CASCADE_DW_ROLL_W, CASCADE_DW_TILE_MAX_H};
+    let g = c / 8;
+    let most = (1..=CASCADE_DW_TILE_MAX_H as usize).rev().find(|&r| 4 * r * g <= 192)?;
+    let rows = if short { most.min((h / 4).max(32usize.div_ceil(4 * g))) } else { most };
+    let threads = 4 * rows * g;
+    if threads < 32 {
+        return None;
+    }
+    let smem = depthwise_roll_smem(rows, c);
+    let f = &dev.kernels().depthwise_roll_bf16;
+    dev.opt_in_shared_memory(f, crate::cuda::SharedMemoryOptIn::DepthwiseRoll, smem).ok()?;
+    let per_sm = dev.resident_blocks_per_sm(f, threads as u32, smem).ok().filter(|&n| n > 0)?;
+    let columns = b * w.div_ceil(CASCADE_DW_ROLL_W as usize);
+    Some((rows, if short { 3 } else { roll_steps(h.div_ceil(rows), columns, per_sm * dev.multiprocessors()) }))
+}
+
+/// Steps a block for `total` steps down each of `columns` column strips, so that the blocks fill
+/// `slots` (resident blocks on the whole GPU) at most once: each column cut into as many blocks
+/// as it gets slots, at least one.
+#[cfg(feature = "cuda")]
+fn roll_steps(total: usize, columns: usize, slots: usize) -> usize {
+    total.div_ceil((slots / columns.max(1)).clamp(1, total.max(1)))
 }
 
 /// The parked-weight strip kernels (kernels/conv.cu), in order of preference where they take the
@@ -813,6 +895,22 @@ mod tests {
     /// per SM that the parked-weight kernels' 128 registers a thread allow (2 blocks of 256 or 192
     /// threads, 3 of 160, 5 of 80, 8 of 40; on a GPU the driver answers) and, for the asynchronous
     /// kernel on the f32 stream, its 528 bytes of shared memory a thread.
+    /// The rolling depthwise kernel's cut of Stage A's launches on an H200 (132 SMs, three blocks
+    /// each): one wave of long blocks.
+    #[test]
+    fn roll_steps_fill_one_wave() {
+        let slots = 3 * 132;
+        // 256² × 384, one row a step, 16 strips: 24 blocks a strip of 11 steps, 384 blocks.
+        assert_eq!(super::roll_steps(256, 16, slots), 11);
+        assert_eq!(16 * 256usize.div_ceil(11), 384);
+        // 512² × 192, two rows a step, 32 strips: 12 blocks of 22 steps.
+        assert_eq!(super::roll_steps(256, 32, slots), 22);
+        assert_eq!(32 * 256usize.div_ceil(22), 384);
+        // More strips than slots: whole columns, however many waves; a short image: one step.
+        assert_eq!(super::roll_steps(10, 500, slots), 10);
+        assert_eq!(super::roll_steps(1, 4, slots), 1);
+    }
+
     #[test]
     fn strips_by_waves() {
         let pick = super::fewest_waves;

@@ -564,6 +564,10 @@ static CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned 
     if (smem > max_dynamic_smem(f)) return CUDA_ERROR_INVALID_VALUE;  // beyond 48 KiB needs the opt-in attribute
     // A cooperative grid must be resident all at once (132 SMs, as cuDeviceGetAttribute says).
     if (cooperative && (unsigned long long)gx * gy * gz > 132ull * resident_blocks(bx * by * bz, smem)) return CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE;
+    // CASCADE_EMU_LAUNCHES=1: every launch (captured ones included) named on stderr with its
+    // shape, to check which kernel a launcher picked.
+    static const bool trace = getenv("CASCADE_EMU_LAUNCHES") != nullptr;
+    if (trace) fprintf(stderr, "cuda emulator: launch %s grid (%u, %u, %u) block (%u, %u, %u) smem %u\n", k->name, gx, gy, gz, bx, by, bz, smem);
     std::vector<char> copy((char*)params[0], (char*)params[0] + k->params_bytes);
     return enqueue(s, [=] {
         // A kernel may modify its by-value parameters: each run gets a copy, 64-byte aligned as
