@@ -314,3 +314,123 @@ extern "C" __global__ void __launch_bounds__(GG_WS_THREADS, 1) gemm_gelu_grn_ws_
     pdl_enter();
     gemm_gelu_grn_ws<6>(p);
 }
+
+// ---- Skinny products: few rows of x, many of w (opt-in until measured: CASCADE_GEMM_SKINNY=1) --
+// CLIP's GEMMs multiply 154 tokens by weights of 1280 × 3840, 1280 × 1280, 1280 × 5120 and
+// 5120 × 1280: each reads far more weight than it has rows to use it on. cuBLASLt tiles them
+// along the 154 rows (128-row tiles: two, the second mostly empty) and runs them at 120–160
+// TFLOP/s on an H200, about a quarter of what reading the weights once allows.
+//
+// Here the roles are swapped: w's rows are wgmma's M (64 per block, one warpgroup) and x's rows
+// its N (all of them, up to 160: m64n160k16), so every block reads its slice of w once and all of
+// x's rows use it; x (at most 160 × K) is read from L2 by every block. K is cut into `splits`
+// ranges when N / 64 blocks would leave SMs idle; the last block of each column of the grid adds
+// the ranges' sums in order (deterministic) and applies the epilogue: bias, GELU, residual.
+// Stages: 4 of 8 KiB of w and 20 KiB of x (112 KiB and 1 KiB of alignment: up to two blocks per
+// SM; the launcher aims for one, CASCADE_SKINNY_BLOCKS_PER_SM=2 for two), copied with cp.async
+// two steps ahead of the products, one step's products left in flight (the deep schedule of
+// gemm_gelu_grn above). What bounds it: x read from L2 by every block (2.5 bytes for each byte of
+// w at 64 rows of w a block) and the ranges' f32 sums, written and read back once each.
+#define GS_BN 64
+#define GS_STAGES 4
+#define GS_ATILE (GS_BN * GG_BK * 2)
+#define GS_BTILE (CASCADE_SKINNY_ROWS * GG_BK * 2)
+extern "C" __global__ void __launch_bounds__(128, 2) gemm_skinny_bf16(GemmSkinnyParams p) {
+    pdl_enter();
+#ifdef CASCADE_WGMMA
+    constexpr int AHEAD = GS_STAGES - 2, ROWS = CASCADE_SKINNY_ROWS;
+    extern __shared__ uint4 gs_smem[];
+    unsigned char* const tiles = align_1024((unsigned char*)gs_smem);  // the launch asks for 1 KiB more
+    auto atile = [&](int s) { return tiles + s * (GS_ATILE + GS_BTILE); };
+    auto btile = [&](int s) { return tiles + s * (GS_ATILE + GS_BTILE) + GS_ATILE; };
+    const int tid = threadIdx.x, n0 = blockIdx.x * GS_BN, split = blockIdx.y;
+    const int kt0 = split * p.k_steps, steps = min(p.K / GG_BK - kt0, p.k_steps);  // ≥ 1 (the launcher)
+    const bf16* x = (const bf16*)p.x;
+    const bf16* w = (const bf16*)p.w;
+
+    // Thread i copies 16-byte chunk i % 8 of rows i / 8 + 16r into chunk (i % 8) ^ (row % 8) of
+    // the row (the 128-byte swizzle; row % 8 is the same for every r). x's rows past M are zeros.
+    const int lr = tid >> 3, lc = tid & 7, swz = (lc ^ (lr & 7)) << 4;
+    auto copy_step = [&](int kt, int s) {
+        const int k = kt * GG_BK + lc * 8;
+#pragma unroll
+        for (int r = 0; r < GS_BN / 16; r++) {
+            const int row = lr + 16 * r;
+            cp_async16(atile(s) + row * 128 + swz, w + (int64_t)(n0 + row) * p.K + k, true);
+        }
+#pragma unroll
+        for (int r = 0; r < ROWS / 16; r++) {
+            const int row = lr + 16 * r;
+            const bool in = row < p.M;
+            cp_async16(btile(s) + row * 128 + swz, in ? x + (int64_t)row * p.K + k : x, in);
+        }
+    };
+
+    float acc[80];
+#pragma unroll
+    for (int i = 0; i < 80; i++) acc[i] = 0.f;
+#pragma unroll
+    for (int s = 0; s < AHEAD; s++) {
+        if (s < steps) copy_step(kt0 + s, s);
+        cp_async_commit();  // empty groups too: the wait below counts groups
+    }
+    for (int i = 0; i < steps; i++) {
+        cp_async_wait<AHEAD - 1>();  // this thread's copies of step i have landed
+        fence_proxy_async_shared();  // ... visible to the tensor cores' reads
+        __syncthreads();             // ... every thread's; and step i − 2's products are done
+        if (i + AHEAD < steps) copy_step(kt0 + i + AHEAD, (i + AHEAD) % GS_STAGES);  // into step i − 2's slot
+        cp_async_commit();
+        const int s = i % GS_STAGES;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < GG_BK / 16; kk++)
+            wgmma_m64n160k16_bf16_ss(acc, smem_desc_sw128(atile(s) + 32 * kk), smem_desc_sw128(btile(s) + 32 * kk), i > 0 || kk > 0);
+        wgmma_commit();
+        wgmma_wait<1>();
+        wgmma_fence_operands(acc);
+    }
+    wgmma_wait<0>();
+    wgmma_fence_operands(acc);
+    cp_async_wait<0>();
+
+    // K in ranges: every block leaves its sums ([20][128] float4, a block's 128 threads writing
+    // consecutive ones), and the last one of the column adds all ranges in order.
+    if (gridDim.y > 1) {
+        __shared__ bool last;
+        float4* const part = (float4*)p.partials;
+        const int64_t tile = (int64_t)gridDim.x * 20 * 128, col = (int64_t)blockIdx.x * 20 * 128 + tid;
+#pragma unroll
+        for (int i = 0; i < 20; i++) part[split * tile + col + 128 * i] = make_float4(acc[4 * i], acc[4 * i + 1], acc[4 * i + 2], acc[4 * i + 3]);
+        if (!block_arrived_last(p.counters + blockIdx.x, gridDim.y, &last)) return;
+#pragma unroll
+        for (int i = 0; i < 80; i++) acc[i] = 0.f;
+        for (int r = 0; r < (int)gridDim.y; r++)
+#pragma unroll
+            for (int i = 0; i < 20; i++) {
+                const float4 v = __ldcg(&part[r * tile + col + 128 * i]);
+                acc[4 * i] += v.x, acc[4 * i + 1] += v.y, acc[4 * i + 2] += v.z, acc[4 * i + 3] += v.w;
+            }
+    }
+
+    // The epilogue: d[4j + i] is w's row n0 + 16·warp + g + 8·(i / 2) (y's column) and x's row
+    // 8j + 2t + i % 2 (y's row).
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const bf16* bias = (const bf16*)p.bias;
+    bf16* y = (bf16*)p.y;
+    float b[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) b[h] = bias ? to_f32(bias[n0 + 16 * warp + g + 8 * h]) : 0.f;
+#pragma unroll
+    for (int j = 0; j < 20; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int m = 8 * j + 2 * t + (i & 1), n = n0 + 16 * warp + g + 8 * (i >> 1);
+            if (m >= p.M) continue;
+            float v = acc[4 * j + i] + b[i >> 1];
+            if (p.gelu) v = gelu_bf16_out(v);
+            bf16* at = y + (int64_t)m * p.ldy + n;
+            if (p.accumulate) v += to_f32(*at);
+            *at = from_f32<bf16>(v);
+        }
+#endif
+}

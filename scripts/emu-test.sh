@@ -28,6 +28,11 @@ for strips in wide async-all; do
     CASCADE_DW_STRIPS=$strips cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
     CASCADE_DW_STRIPS=$strips cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 done
+# The skinny GEMM (opt-in, compute capability 9.0, which the emulator reports) on the linear
+# shapes it takes, and the tiny models, most of whose products it then computes.
+CASCADE_GEMM_SKINNY=1 cargo test --release --features cuda --test kernels -- --ignored linear_gelu "$@"
+CASCADE_GEMM_SKINNY=1 cargo test --release --features cuda --test linear -- --ignored gpu_ "$@"
+CASCADE_GEMM_SKINNY=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The f32 residual stream's edges as separate casts and modulations (CASCADE_STREAM_EDGES=cast,
 # kept for the stages bench's A/B on a GPU): the tiny pipeline against diffusers' seeded images.
 CASCADE_STREAM_EDGES=cast cargo test --release --features cuda --test pipeline -- --ignored tiny_pipeline_on_the_gpu "$@"

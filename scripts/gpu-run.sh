@@ -81,6 +81,33 @@ step() {
     echo "[$(($(date +%s) - start_ts))s] $name: rc $rc"
     return $rc
 }
+# vetting_test ENV: the phase-1 test step that vets the opt-in kernel ENV turns on, printed only
+# when that step ran and did not pass (a fault, wrong results, or a hang cut off at its cap).
+# Phase 2 skips such a variant: its timings would mean nothing, and a kernel that hangs would
+# hold the card until the step's cap, taking the rest of the call with it.
+vetting_test() {
+    local t=
+    case $1 in
+        *CASCADE_GEMM_WGMMA=*) t=kernels-gemmwg ;;
+        *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t=kernels-split ;;
+        *CASCADE_DW_TILE=roll*) t=kernels-dwroll ;;
+        *CASCADE_GEMM_SKINNY=*) t=kernels-skinny ;;
+        *CASCADE_DW_STRIPS=async*) t=kernels-dwstrips ;;
+        *CASCADE_GRN_RESIDENT=*) t=kernels-grnres ;;
+        *CASCADE_PDL=*) t=pipeline-pdl ;;
+    esac
+    [ -n "$t" ] && [ -f "$logs/test-$t.rc" ] && [ "$(cat "$logs/test-$t.rc")" != 0 ] && echo "test-$t"
+}
+# vetted NAME ENV: false (with NAME recorded as skipped) when vetting_test ENV names a failure.
+vetted() {
+    local bad
+    bad=$(vetting_test "$2")
+    [ -z "$bad" ] && return 0
+    echo 125 > "$logs/$1.rc"
+    echo "skipped: $bad did not pass" > "$logs/$1.log"
+    echo "[$(($(date +%s) - start_ts))s] $1: skipped ($bad did not pass)"
+    return 1
+}
 row() { # NAME [DETAIL]: one summary line from the step's files
     local name=$1 detail=${2:-} rc secs
     rc=$(cat "$logs/$name.rc" 2>/dev/null || echo "?")
@@ -142,6 +169,12 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     # pipeline tests with every unmasked attention split in two (CASCADE_ATTENTION_SPLIT=2: the
     # tiny models' grids are too small for the planned split) and with every attention on the
     # two-warpgroup kernel, its keys split in two where unmasked.
+    # The skinny GEMM (opt-in: CASCADE_GEMM_SKINNY=1) on every linear shape it takes (CLIP's,
+    # the odd ones), with its GELU and residual epilogues, then the pipeline tests, whose tiny
+    # models send most of their products through it.
+    tests+=(kernels-skinny)
+    step test-kernels-skinny "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_SKINNY=1; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu && '$bundle/tests/linear' --include-ignored --nocapture gpu_ && '$bundle/tests/pipeline' --include-ignored --nocapture" &
+    pids+=($!)
     tests+=(kernels-split)
     CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 step test-kernels-split "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
     pids+=($!)
@@ -231,6 +264,11 @@ if on SANITIZE 0; then
             CASCADE_DW_TILE=force CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-dwtile" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored depthwise
         done
+        # The skinny GEMM (its ranges' sums, the counters, the last block's epilogue).
+        for tool in memcheck racecheck; do
+            CASCADE_GEMM_SKINNY=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-skinny" "${SANITIZE_TIMEOUT:-240}" \
+                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/linear" --include-ignored gpu_linear_
+        done
         # The rolling depthwise kernel (its ring of rows refilled by cp.async while the last step's
         # rows are read) likewise, in short blocks so that the ring wraps around.
         for tool in memcheck racecheck; do
@@ -251,7 +289,7 @@ if on SANITIZE 0; then
             compute-sanitizer --tool memcheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention) &
         pids+=($!)
         sanitize_runs+=(sanitize-memcheck-gemmwg sanitize-racecheck-gemmwg sanitize-memcheck-dwasync
-            sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-dwroll sanitize-racecheck-dwroll sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention sanitize-memcheck-split)
+            sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-dwroll sanitize-racecheck-dwroll sanitize-memcheck-skinny sanitize-racecheck-skinny sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention sanitize-memcheck-split)
         # racecheck over the stage steps is not run by default: on an H200 it stops inside
         # cuBLASLt's GEMMs at these shapes ("Internal Sanitizer Error: The Sanitizer failed to
         # handle a hardware exception", then CUDA_ERROR_ILLEGAL_ADDRESS), also with the nvjet
@@ -301,27 +339,30 @@ if on BENCH 1; then
         [ -n "${BENCHES:-}" ] && [[ " $BENCHES " != *" $name "* ]] && continue
         benches+=("bench-$name")
         CASCADE_BENCH_QUICK=1 step "bench-$name" "${BENCH_TIMEOUT:-300}" "$b" --bench
-        # OPS_VARIANTS (default "gemmwg split wgmma2 dw dwroll") picks which of these opt-in variant
+        # OPS_VARIANTS (default "gemmwg split wgmma2 dw dwroll skinny") picks which of these opt-in variant
         # steps run after the ops bench: each is a process of its own.
         if [ "$name" = ops ]; then
-            variants=" ${OPS_VARIANTS:-gemmwg split wgmma2 dw dwroll} "
+            variants=" ${OPS_VARIANTS:-gemmwg split wgmma2 dw dwroll skinny} "
             # The ops bench's fc1 + GRN rows again with the fused wgmma GEMM's rows among them
             # (the separate path's rows give a same-run comparison).
             if [[ $variants == *" gemmwg "* ]]; then
                 benches+=("bench-ops-wgmma")
-                CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=linear_gelu_grn CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
+                vetted bench-ops-wgmma CASCADE_GEMM_WGMMA=1 &&
+                    CASCADE_GEMM_WGMMA=1 CASCADE_SHAPES=linear_gelu_grn CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # The wgmma attention rows again with the split-key kernels' rows among them
             # (opt-in: CASCADE_ATTENTION_SPLIT=1), for a same-run comparison per launch.
             if [[ $variants == *" split "* ]]; then
                 benches+=("bench-ops-split")
-                CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-split "${BENCH_TIMEOUT:-300}" "$b" --bench
+                vetted bench-ops-split CASCADE_ATTENTION_SPLIT=1 &&
+                    CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-split "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # ... and the two-warpgroup kernel's rows, whole and split (opt-in:
             # CASCADE_ATTENTION=wgmma2), in a process of their own.
             if [[ $variants == *" wgmma2 "* ]]; then
                 benches+=("bench-ops-wgmma2")
-                CASCADE_ATTENTION=wgmma2 CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma2 CASCADE_BENCH_QUICK=1 step bench-ops-wgmma2 "${BENCH_TIMEOUT:-300}" "$b" --bench
+                vetted bench-ops-wgmma2 CASCADE_ATTENTION=wgmma2 &&
+                    CASCADE_ATTENTION=wgmma2 CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma2 CASCADE_BENCH_QUICK=1 step bench-ops-wgmma2 "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # The depthwise rows with the narrow strips everywhere (the first run takes the wide
             # ones where they save a wave: the Stage C rows) and with the asynchronous kernel
@@ -332,11 +373,19 @@ if on BENCH 1; then
                     CASCADE_DW_STRIPS=$strips CASCADE_SHAPES=depthwise CASCADE_BENCH_QUICK=1 step "bench-ops-dw-$strips" "${BENCH_TIMEOUT:-300}" "$b" --bench
                 done
             fi
+            # CLIP's products and the odd skinny ones on the skinny GEMM (opt-in:
+            # CASCADE_GEMM_SKINNY=1), beside the first run's cuBLASLt rows.
+            if [[ $variants == *" skinny "* ]]; then
+                benches+=("bench-ops-skinny")
+                vetted bench-ops-skinny CASCADE_GEMM_SKINNY=1 &&
+                    CASCADE_GEMM_SKINNY=1 CASCADE_SHAPES="/clip.,/odd_skinny" CASCADE_BENCH_QUICK=1 step bench-ops-skinny "${BENCH_TIMEOUT:-300}" "$b" --bench
+            fi
             # Stage A's depthwise rows with the rolling kernel where the tiled one runs (opt-in:
             # CASCADE_DW_TILE=roll), for a same-run comparison per launch.
             if [[ $variants == *" dwroll "* ]]; then
                 benches+=("bench-ops-dwroll")
-                CASCADE_DW_TILE=roll CASCADE_SHAPES="depthwise/stage_a,depthwise+=/stage_a,depthwise+x/stage_a,depthwise+x+ln/stage_a" CASCADE_BENCH_QUICK=1 step bench-ops-dwroll "${BENCH_TIMEOUT:-300}" "$b" --bench
+                vetted bench-ops-dwroll CASCADE_DW_TILE=roll &&
+                    CASCADE_DW_TILE=roll CASCADE_SHAPES="depthwise/stage_a,depthwise+=/stage_a,depthwise+x/stage_a,depthwise+x+ln/stage_a" CASCADE_BENCH_QUICK=1 step bench-ops-dwroll "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
         fi
     done
@@ -404,6 +453,7 @@ variants=()
 for v in ${STAGE_VARIANTS:-}; do
     label=$(echo "$v" | tr -c 'A-Za-z0-9_=\n' _)
     variants+=("stages-$label")
+    vetted "stages-$label" "$v" || continue
     (IFS=,; for kv in $v; do export "$kv"; done; CASCADE_BENCH_QUICK=1 step "stages-$label" "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench)
     sed "s/^BENCH /BENCH [$v] /" "$logs/stages-$label.log" > "$logs/bench-stages-$label.txt" 2> /dev/null
 done

@@ -102,10 +102,12 @@ pub(crate) enum SharedMemoryOptIn {
     DepthwiseAsyncF32,
     /// `depthwise_roll_bf16`.
     DepthwiseRoll,
+    /// `gemm_skinny_bf16`.
+    GemmSkinny,
 }
 
 impl SharedMemoryOptIn {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
 }
 
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.
@@ -142,6 +144,8 @@ pub struct CudaDevice {
     wgmma2_attention: std::sync::atomic::AtomicBool,
     /// The fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16`) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
+    /// The skinny GEMM (`gemm_skinny_bf16`, `CASCADE_GEMM_SKINNY=1`) passed its start-up check.
+    skinny_gemm: std::sync::atomic::AtomicBool,
     /// The dynamic shared memory each kernel of [`SharedMemoryOptIn`] may use, as set so far (0:
     /// the default 48 KiB).
     smem_opt_in: [std::sync::atomic::AtomicUsize; SharedMemoryOptIn::COUNT],
@@ -317,6 +321,7 @@ impl CudaDevice {
             wgmma_split_sq_per_sm: 0.into(),
             wgmma2_attention: false.into(),
             wgmma_gemm: false.into(),
+            skinny_gemm: false.into(),
             smem_opt_in: Default::default(),
             completion_counters,
             captures: 0.into(),
@@ -391,6 +396,11 @@ impl CudaDevice {
         if dev.compute_capability == (9, 0) && gemm_wgmma_requested() {
             let ok = check_gemm_gelu_grn(&dev);
             dev.wgmma_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
+        }
+        // The same for the skinny GEMM (CASCADE_GEMM_SKINNY=1).
+        if dev.compute_capability == (9, 0) && std::env::var("CASCADE_GEMM_SKINNY").is_ok_and(|v| v.trim() == "1") {
+            let ok = check_gemm_skinny(&dev);
+            dev.skinny_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(dev)
     }
@@ -520,6 +530,13 @@ impl CudaDevice {
     /// separate path (cuBLASLt, then GRN's sums pass) when the device was opened.
     pub fn wgmma_gemm(&self) -> bool {
         self.wgmma_gemm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether products with at most `CASCADE_SKINNY_ROWS` rows of input (CLIP's) take the skinny
+    /// GEMM instead of cuBLASLt: asked for (`CASCADE_GEMM_SKINNY=1`), a compute capability 9.0
+    /// GPU, and it agreed with cuBLASLt when the device was opened.
+    pub fn skinny_gemm(&self) -> bool {
+        self.skinny_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lets `f` (the kernel `which` names) use `bytes` of dynamic shared memory per block: beyond
@@ -1098,6 +1115,49 @@ fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>) -> bool {
         Ok(crate::testing::rel_l2(&u1, &u0).max(10.0 * crate::testing::rel_l2(&f1, &f0)))
     };
     passed_check(dev, "the fused fc1 + GRN GEMM (wgmma)", "cuBLASLt and GRN's pass", run(), 1e-2)
+}
+
+/// Runs the skinny GEMM once beside cuBLASLt on a small problem whose K is cut into ranges, with
+/// a bias, then with the GELU, then added to an output; true when all three agree.
+fn check_gemm_skinny(dev: &Arc<CudaDevice>) -> bool {
+    use crate::{DType, Device, Tensor};
+    let device = Device::Cuda(dev.clone());
+    let run = || -> Result<f64> {
+        let (m, k, n) = (37, 192, 320);
+        let mut rng = crate::testing::TestRng::new(11);
+        let mut t = |shape: &[usize], scale: f32| Tensor::from_f32(&rng.normal(shape.iter().product(), scale), shape, DType::BF16, &device);
+        let (x, w, bias, r) = (t(&[m, k], 1.0)?, t(&[n, k], 0.1)?, t(&[n], 0.5)?, t(&[m, n], 1.0)?);
+        let mut worst = 0f64;
+        for (gelu, accumulate) in [(false, false), (true, false), (false, true)] {
+            let mut want = Tensor::empty(&[m, n], DType::BF16, &device)?;
+            let mut got = Tensor::empty(&[m, n], DType::BF16, &device)?;
+            crate::ops::cast_into(&r, &mut want)?;
+            crate::ops::cast_into(&r, &mut got)?;
+            // SAFETY: x, w, bias and both outputs are the [m, k], [n, k], [n] and [m, n] tensors above.
+            unsafe {
+                dev.blas().linear(
+                    x.cuda_ptr()?,
+                    w.cuda_ptr()?,
+                    Some(bias.cuda_ptr()?),
+                    want.cuda_ptr()?,
+                    (m, k, n),
+                    (k, n),
+                    (DType::BF16, DType::BF16),
+                    false,
+                    accumulate,
+                    gelu,
+                )?;
+            }
+            crate::ops::gemm_skinny(dev, &x, &w, Some(&bias), &mut got, (m, k, n), gelu, accumulate)?;
+            let (got, want) = (got.to_vec_f32()?, want.to_vec_f32()?);
+            if got.iter().any(|v| !v.is_finite()) {
+                return Err(Error::Msg("non-finite output".into()));
+            }
+            worst = worst.max(crate::testing::rel_l2(&got, &want));
+        }
+        Ok(worst)
+    };
+    passed_check(dev, "the skinny GEMM (wgmma)", "cuBLASLt", run(), 1e-2)
 }
 
 /// A start-up check's verdict: true when `result` (the relative error of `what` against

@@ -20,6 +20,7 @@ device_repr!(
     GrnResidentParams,
     GemmGrnParams,
     GemmGrnTmaParams,
+    GemmSkinnyParams,
     ActParams,
     AddParams,
     ModulateParams,

@@ -106,6 +106,9 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
+            if dev.skinny_gemm() && skinny_fits(x, w, bias, y, m, k, n)? {
+                return gemm_skinny(&dev, x, w, bias, y, (m, k, n), gelu, accumulate);
+            }
             let bias_ptr = bias.map(|b| b.cuda_ptr()).transpose()?;
             // SAFETY: `check` verified every buffer's element count against (m, k, n).
             unsafe {
@@ -124,6 +127,101 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
             }
         }
     }
+}
+
+/// Whether [`gemm_skinny`] can take a product `check` accepted: bf16 throughout, at most
+/// `CASCADE_SKINNY_ROWS` rows of x, N and K multiples of 64, x, w and y 16-byte aligned.
+#[cfg(feature = "cuda")]
+fn skinny_fits(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, m: usize, k: usize, n: usize) -> Result<bool> {
+    let rows = crate::cuda::params::CASCADE_SKINNY_ROWS as usize;
+    let bf16 = [Some(x), Some(w), bias, Some(y)].into_iter().flatten().all(|t| t.dtype() == DType::BF16);
+    Ok(bf16
+        && (1..=rows).contains(&m)
+        && n % 64 == 0
+        && k % 64 == 0
+        && n / 64 <= 65535
+        && [x.cuda_ptr()?, w.cuda_ptr()?, y.cuda_ptr()?].iter().all(|a| a % 16 == 0))
+}
+
+/// The skinny product (kernels/gemm.cu `gemm_skinny_bf16`, compute capability 9.0):
+/// `y (+)= act(x · wᵀ + bias)` for at most `CASCADE_SKINNY_ROWS` rows of x, w's rows 64 to a
+/// block, K cut into as many ranges as fill the SMs once at [`skinny_blocks_per_sm`] (CLIP on an
+/// H200's 132 SMs: 120, 100, 80 and 120 blocks for its four GEMMs), the ranges' sums added by the
+/// last block of each column in a fixed order. The caller checked the operands ([`skinny_fits`]).
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_skinny(
+    dev: &std::sync::Arc<crate::cuda::CudaDevice>,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &mut Tensor,
+    (m, k, n): (usize, usize, usize),
+    gelu: bool,
+    accumulate: bool,
+) -> Result<()> {
+    let (tiles, ksteps) = (n / 64, k / 64);
+    let (splits, k_steps) = skinny_splits(tiles, ksteps, skinny_blocks_per_sm() * dev.multiprocessors());
+    let (counters, capacity) = dev.completion_counters();
+    if tiles > capacity {
+        return Err(Error::Shape(format!("linear: {n} output columns are beyond the skinny kernel's counters")));
+    }
+    // Each range's sums, when K is cut: [splits, tiles, 64 · CASCADE_SKINNY_ROWS] f32.
+    let rows = crate::cuda::params::CASCADE_SKINNY_ROWS as usize;
+    let partials = (splits > 1).then(|| Tensor::empty(&[splits * tiles * 64 * rows], DType::F32, &x.device())).transpose()?;
+    let p = crate::cuda::params::GemmSkinnyParams {
+        x: x.cuda_ptr()? as *const _,
+        w: w.cuda_ptr()? as *const _,
+        bias: super::dptr(bias)?,
+        y: y.cuda_ptr()? as *mut _,
+        partials: partials.as_ref().map(|t| t.cuda_ptr()).transpose()?.unwrap_or(0) as *mut f32,
+        counters: counters as *mut u32,
+        M: m as i32,
+        N: n as i32,
+        K: k as i32,
+        ldy: n as i32,
+        k_steps: k_steps as i32,
+        gelu: gelu as i32,
+        accumulate: accumulate as i32,
+    };
+    let f = &dev.kernels().gemm_skinny_bf16;
+    let smem = skinny_smem();
+    dev.opt_in_shared_memory(f, crate::cuda::SharedMemoryOptIn::GemmSkinny, smem)?;
+    dev.launch(f, (tiles as u32, splits as u32, 1), (128, 1, 1), smem as u32, &p)
+}
+
+/// Blocks per SM the skinny kernel's cut of K aims for: `CASCADE_SKINNY_BLOCKS_PER_SM` (1 or 2,
+/// read once), 1 by default. One block with four stages in flight (112 KiB) can stream its share
+/// of the weights; a second halves each block's K but doubles the ranges' sums written and read
+/// back (the f32 partials, 40 KiB a block) and the copies of x from L2.
+#[cfg(feature = "cuda")]
+fn skinny_blocks_per_sm() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| match std::env::var("CASCADE_SKINNY_BLOCKS_PER_SM").ok().map(|v| v.trim().to_string()).as_deref() {
+        None | Some("1") => 1,
+        Some("2") => 2,
+        Some(v) => {
+            eprintln!("warning: CASCADE_SKINNY_BLOCKS_PER_SM must be 1 or 2, not {v:?}; using 1");
+            1
+        }
+    })
+}
+
+/// The skinny kernel's dynamic shared memory: four stages of 64 rows of w and
+/// `CASCADE_SKINNY_ROWS` of x, 128 bytes each, and 1 KiB to align them.
+#[cfg(feature = "cuda")]
+pub(crate) fn skinny_smem() -> usize {
+    4 * (64 + crate::cuda::params::CASCADE_SKINNY_ROWS as usize) * 128 + 1024
+}
+
+/// How the skinny kernel cuts K for `tiles` blocks of w's rows and `ksteps` 64-wide steps of K:
+/// (ranges, steps per range), as many ranges as keep `slots` blocks filled at most once, every
+/// range non-empty.
+#[cfg(feature = "cuda")]
+fn skinny_splits(tiles: usize, ksteps: usize, slots: usize) -> (usize, usize) {
+    let wanted = (slots / tiles.max(1)).clamp(1, ksteps.max(1));
+    let per = ksteps.div_ceil(wanted).max(1);
+    (ksteps.div_ceil(per).max(1), per)
 }
 
 /// `y[:, y_col..y_col + N] = x[:, x_col..x_col + K] · wᵀ + bias` (with `accumulate`, `+=`) on
@@ -221,4 +319,25 @@ pub fn linear_as(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, dtype: DType) ->
     let mut y = linear_output("linear", x, w, dtype)?;
     linear_into(x, w, bias, &mut y)?;
     Ok(y)
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    /// The skinny kernel's cut of CLIP's four GEMMs (154 × 1280 → 3840, 1280, 5120; 5120 → 1280)
+    /// on an H200's 132 SMs, one block each (the default) and two, and of small problems.
+    #[test]
+    fn skinny_splits_fill_the_card() {
+        let s = super::skinny_splits;
+        assert_eq!(s(60, 20, 132), (2, 10)); // q, k and v: 120 blocks
+        assert_eq!(s(20, 20, 132), (5, 4)); // out: 100 blocks
+        assert_eq!(s(80, 20, 132), (1, 20)); // fc1: 80 blocks, K whole
+        assert_eq!(s(20, 80, 132), (6, 14)); // fc2: 120 blocks, the last range 10 steps
+        assert_eq!(s(60, 20, 264), (4, 5)); // q, k and v: 240 blocks
+        assert_eq!(s(20, 20, 264), (10, 2)); // out: 200 blocks
+        assert_eq!(s(80, 20, 264), (3, 7)); // fc1: 240 blocks, the last range 6 steps
+        assert_eq!(s(20, 80, 264), (12, 7)); // fc2: 240 blocks
+        assert_eq!(s(500, 4, 264), (1, 4)); // more tiles than slots: K whole
+        assert_eq!(s(5, 3, 264), (3, 1)); // one step per range
+        assert_eq!(s(1, 1, 264), (1, 1));
+    }
 }

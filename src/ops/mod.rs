@@ -32,6 +32,8 @@ pub use elementwise::{
     add, add_assign, affine_assign, cast_into, cfg_combine_into, ddpm_step_assign, fill_random, modulate_assign, modulate_into, to_rgb8,
 };
 pub use embed::{timestep_embedding_into, token_embedding_into};
+#[cfg(feature = "cuda")]
+pub(crate) use linear::gemm_skinny;
 pub use linear::{
     gelu_in_epilogue, linear, linear_accumulate_into, linear_as, linear_columns_into, linear_gelu, linear_gelu_into, linear_into,
 };

@@ -44,8 +44,14 @@ pub const LINEAR: &[LinearShape] = &[
     LinearShape { name: "stage_a.l1.fc1", m: 262144, k: 192, n: 768 },
     LinearShape { name: "clip.fc1", m: 154, k: 1280, n: 5120 },
     LinearShape { name: "clip.qkv", m: 154, k: 1280, n: 3840 },
+    LinearShape { name: "clip.out", m: 154, k: 1280, n: 1280 },
+    LinearShape { name: "clip.fc2", m: 154, k: 5120, n: 1280 },
     LinearShape { name: "odd", m: 77, k: 33, n: 129 },
     LinearShape { name: "odd_small", m: 3, k: 5, n: 7 },
+    // The skinny GEMM's kind of product (N and K multiples of 64, at most 160 rows): K in three
+    // ranges of one step on an H200; all 160 rows, K in one range.
+    LinearShape { name: "odd_skinny", m: 37, k: 192, n: 320 },
+    LinearShape { name: "odd_skinny_full", m: 160, k: 64, n: 192 },
 ];
 
 /// A row-wise op over `rows × c` (LayerNorm, activations): `affine` selects CLIP's LayerNorm.

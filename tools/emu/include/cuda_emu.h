@@ -265,7 +265,7 @@ struct EmuWgmmaQueue {
         const uint32_t* a;  // null: A from shared memory (a_smem)
         EmuSmemDesc a_smem, b;
         bool trans, accumulate;
-        short n;  // columns: 64 or 128
+        short n;  // columns: 64, 128 or 160
         int group;
     };
     int count, committed;
@@ -284,7 +284,7 @@ inline void emu_wgmma_m64n64k16(float* d, const uint32_t* a, EmuSmemDesc b, bool
     }
     q.ops[q.count++] = EmuWgmmaQueue::Op{d, a, EmuSmemDesc{nullptr, 0}, b, trans, accumulate, 64, q.committed};
 }
-// m64nNk16 (N = 64 or 128) with A from shared memory (K-major, the layout of emu_wgmma_b's
+// m64nNk16 (N = 64, 128 or 160) with A from shared memory (K-major, the layout of emu_wgmma_b's
 // trans 0 with m for n).
 inline void emu_wgmma_ss(float* d, EmuSmemDesc a, EmuSmemDesc b, bool trans, bool accumulate, int n) {
     emu_wgmma_m64n64k16(d, nullptr, b, trans, accumulate);
@@ -315,7 +315,7 @@ inline void emu_wgmma_run(const EmuWgmmaQueue::Op& op) {
         fprintf(stderr, "emulated wgmma: lanes of one warp issued different products\n");
         abort();
     }
-    float A[16][16], B[16][128];
+    float A[16][16], B[16][160];
     for (int l = 0; l < 32 && op.a; l++) {
         const int g = l >> 2, t = l & 3;
         const uint32_t* a = x[l].a;
