@@ -410,6 +410,170 @@ __device__ __forceinline__ float lane_group_sum(float v, int K, unsigned mask) {
     return v;
 }
 
+
+// The pieces both tiled kernels share (the same arithmetic, so that they agree bit for bit).
+
+// A pixel's mean and 1/sqrt(var + eps) over its G chunks of 8 channels at `pix`, two-pass (as
+// row_stats), summed by the K lanes of an aligned group (lane_k: this lane's place in it). A lane
+// with `on` false adds nothing but still joins the shuffles: every lane of the block calls it.
+__device__ __forceinline__ float2 dw_chunk_stats(const uint4* pix, bool on, int G, int K, int lane_k, unsigned mask, int C, float eps) {
+    float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (on)
+        for (int k = lane_k; k < G; k += K) {
+            float v[8];
+            unpack8(pix[k], v);
+            #pragma unroll
+            for (int j = 0; j < 8; j++) s[j] += v[j];
+        }
+    const float m = lane_group_sum(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])), K, mask) / C;
+    #pragma unroll
+    for (int j = 0; j < 8; j++) s[j] = 0.f;
+    if (on)
+        for (int k = lane_k; k < G; k += K) {
+            float v[8];
+            unpack8(pix[k], v);
+            #pragma unroll
+            for (int j = 0; j < 8; j++) s[j] += (v[j] - m) * (v[j] - m);
+        }
+    const float d = lane_group_sum(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])), K, mask);
+    return make_float2(m, rsqrtf(d / C + eps));
+}
+
+// The input transform of one chunk: (x − mean) · rstd · a + b with `norm` (st: the pixel's mean
+// and rstd), else x · a + b (a modulation, a already 1 + its scale); rounded to bf16.
+__device__ __forceinline__ uint4 dw_transform(uint4 chunk, bool norm, float2 st, const float (&fa)[8], const float (&fb)[8]) {
+    float v[8];
+    unpack8(chunk, v);
+    if (norm) {
+        #pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = (v[j] - st.x) * st.y * fa[j] + fb[j];
+    } else {
+        #pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = v[j] * fa[j] + fb[j];
+    }
+    return make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+}
+
+// A run's 4 outputs of 8 channels started from their bias.
+__device__ __forceinline__ void dw_bias_init(float (&acc)[4][8], const bf16* bias) {
+    float bv[8];
+    ldg8(bias, bv);
+    #pragma unroll
+    for (int s = 0; s < 4; s++)
+        #pragma unroll
+        for (int j = 0; j < 8; j++) acc[s][j] = bv[j];
+}
+
+// One row of taps for a run of 4 outputs: input columns c0 − 1 .. c0 + 4 at `row` (chunks G
+// apart), column i feeding outputs s = i − 2 .. i with tap i − s.
+__device__ __forceinline__ void dw_taps_row(float (&acc)[4][8], const float (&wt)[3][8], const uint4* row, int G) {
+    #pragma unroll
+    for (int i = 0; i < 6; i++) {
+        float v[8];
+        unpack8(row[i * G], v);
+        #pragma unroll
+        for (int s = 0; s < 4; s++) {
+            const int kx = i - s;
+            if (kx < 0 || kx > 2) continue;
+            #pragma unroll
+            for (int j = 0; j < 8; j++) acc[s][j] += wt[kx][j] * v[j];
+        }
+    }
+}
+
+// A run's outputs after the taps: the residual added (loaded only now: held over the taps, its 16
+// registers would spill; L2 has it, for Stage A it is x), then y rounded and stored unless y is
+// the LayerNorm (`valid`: the outputs inside the image; pix0: output 0's pixel).
+__device__ __forceinline__ void dw_residual_and_store(float (&acc)[4][8], const DepthwiseParams& p, const bool (&valid)[4], int64_t pix0, int g) {
+    Raw8<bf16> res[4];
+    if (p.residual)
+        #pragma unroll
+        for (int s = 0; s < 4; s++)
+            if (valid[s]) res[s].load((const bf16*)p.residual + (pix0 + s) * p.C + 8 * g);
+    #pragma unroll
+    for (int s = 0; s < 4; s++) {
+        if (p.residual) {
+            float rv[8];
+            res[s].unpack(rv);
+            #pragma unroll
+            for (int j = 0; j < 8; j++) acc[s][j] += rv[j];
+        }
+        if (!p.layer_norm) {
+            #pragma unroll
+            for (int j = 0; j < 8; j++) acc[s][j] = rounded<bf16>(acc[s][j]);  // y as stored (y_norm reads it)
+            if (valid[s]) store8((bf16*)p.y + (pix0 + s) * p.C + 8 * g, acc[s]);
+        }
+    }
+}
+
+// Each output pixel's mean and 1/sqrt(var + eps) over its channels, two-pass: every thread's
+// sums of its 8 channels go to `sums` ([npix][G]), then K lanes per pixel add them; then the
+// LayerNorm written (y: no affine; else y_norm with out_weight, out_bias). px: the run's first
+// pixel among the block's npix. Four barriers, the first after the sums are written (a caller
+// whose sums overwrite what other threads still read waits before the call).
+__device__ __forceinline__ void dw_output_norm(const float (&acc)[4][8], const DepthwiseParams& p, const bool (&valid)[4], int64_t pix0, int g, int G,
+                                               float* sums, float* mean_s, float* rstd_s, int px, int npix, int K, int lane_k, int per_round, unsigned mask) {
+    const int t = threadIdx.x;
+    auto pixel_totals = [&](float* out, bool rstd) {
+        for (int base = 0; base < npix; base += per_round) {
+            const int q = base + t / K;
+            const bool on = t / K < per_round && q < npix;
+            float v = 0.f;
+            if (on)
+                for (int k = lane_k; k < G; k += K) v += sums[q * G + k];
+            v = lane_group_sum(v, K, mask);
+            if (on && lane_k == 0) out[q] = rstd ? rsqrtf(v / p.C + p.eps) : v / p.C;
+        }
+    };
+    #pragma unroll
+    for (int s = 0; s < 4; s++) {
+        float m = 0.f;
+        #pragma unroll
+        for (int j = 0; j < 8; j++) m += acc[s][j];
+        sums[(px + s) * G + g] = m;
+    }
+    __syncthreads();
+    pixel_totals(mean_s, false);
+    __syncthreads();
+    #pragma unroll
+    for (int s = 0; s < 4; s++) {
+        const float m = mean_s[px + s];
+        float d = 0.f;
+        #pragma unroll
+        for (int j = 0; j < 8; j++) d += (acc[s][j] - m) * (acc[s][j] - m);
+        sums[(px + s) * G + g] = d;
+    }
+    __syncthreads();
+    pixel_totals(rstd_s, true);
+    __syncthreads();
+    // Two branches: terms loaded in one branch and used after it were carried over the rolling
+    // kernel's steps in local memory.
+    if (p.layer_norm) {
+        #pragma unroll
+        for (int s = 0; s < 4; s++) {
+            if (!valid[s]) continue;
+            const float m = mean_s[px + s], rs = rstd_s[px + s];
+            float o[8];
+            #pragma unroll
+            for (int j = 0; j < 8; j++) o[j] = (acc[s][j] - m) * rs;
+            store8((bf16*)p.y + (pix0 + s) * p.C + 8 * g, o);
+        }
+    } else {
+        float ow[8], ob[8];
+        ldg8((const bf16*)p.out_weight + 8 * g, ow);
+        ldg8((const bf16*)p.out_bias + 8 * g, ob);
+        #pragma unroll
+        for (int s = 0; s < 4; s++) {
+            if (!valid[s]) continue;
+            const float m = mean_s[px + s], rs = rstd_s[px + s];
+            float o[8];
+            #pragma unroll
+            for (int j = 0; j < 8; j++) o[j] = (acc[s][j] - m) * rs * ow[j] + ob[j];
+            store8((bf16*)p.y_norm + (pix0 + s) * p.C + 8 * g, o);
+        }
+    }
+}
+
 // At most 85 registers (ptxas: 80, no spills) so that three blocks of 256 fit an SM; the
 // residual is loaded after the taps for that (held over them it spilled).
 extern "C" __global__ void __launch_bounds__(256, 3) depthwise_tile_bf16(DepthwiseParams p) {
@@ -483,26 +647,8 @@ extern "C" __global__ void __launch_bounds__(256, 3) depthwise_tile_bf16(Depthwi
         for (int base = 0; base < NP; base += per_round) {
             const int q = base + t / K;
             const bool on = t / K < per_round && q < NP;
-            float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-            if (on)
-                for (int k = lane_k; k < G; k += K) {
-                    float v[8];
-                    unpack8(tile[q * G + k], v);
-                    #pragma unroll
-                    for (int j = 0; j < 8; j++) s[j] += v[j];
-                }
-            const float m = lane_group_sum(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])), K, mask) / p.C;
-            #pragma unroll
-            for (int j = 0; j < 8; j++) s[j] = 0.f;
-            if (on)
-                for (int k = lane_k; k < G; k += K) {
-                    float v[8];
-                    unpack8(tile[q * G + k], v);
-                    #pragma unroll
-                    for (int j = 0; j < 8; j++) s[j] += (v[j] - m) * (v[j] - m);
-                }
-            const float d = lane_group_sum(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])), K, mask);
-            if (on && lane_k == 0) stats[q] = make_float2(m, rsqrtf(d / p.C + p.in_eps));
+            const float2 st = dw_chunk_stats(tile + (on ? q : 0) * G, on, G, K, lane_k, mask, p.C, p.in_eps);
+            if (on && lane_k == 0) stats[q] = st;
         }
         __syncthreads();
     }
@@ -520,17 +666,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) depthwise_tile_bf16(Depthwi
         for (int q = run; q < NP; q += RUNS) {
             int h, w;
             if (!halo(q, h, w) && !p.replicate) continue;
-            float v[8];
-            unpack8(tile[q * G + g], v);
-            if (norm_in) {
-                const float2 s = stats[q];
-                #pragma unroll
-                for (int j = 0; j < 8; j++) v[j] = (v[j] - s.x) * s.y * fa[j] + fb[j];
-            } else {
-                #pragma unroll
-                for (int j = 0; j < 8; j++) v[j] = v[j] * fa[j] + fb[j];
-            }
-            const uint4 packed = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+            const uint4 packed = dw_transform(tile[q * G + g], norm_in, norm_in ? stats[q] : make_float2(0.f, 0.f), fa, fb);
             tile[q * G + g] = packed;
             const int hy = q / HW, hx = q % HW;  // the tile's own pixels: rows 1 .. TH, columns 1 .. TW
             if (ab && hy >= 1 && hy <= TH && hx >= 1 && hx <= TW && h0 + hy - 1 < p.H && w0 + hx - 1 < p.W)
@@ -547,107 +683,20 @@ extern "C" __global__ void __launch_bounds__(256, 3) depthwise_tile_bf16(Depthwi
     for (int s = 0; s < 4; s++) valid[s] = h < p.H && w0 + c0 + s < p.W;
     const int64_t pix0 = b * plane + (int64_t)h * p.W + w0 + c0;  // pixel of output s: pix0 + s
     float acc[4][8];
-    {
-        float bv[8];
-        ldg8((const bf16*)p.bias + 8 * g, bv);
-        #pragma unroll
-        for (int s = 0; s < 4; s++)
-            #pragma unroll
-            for (int j = 0; j < 8; j++) acc[s][j] = bv[j];
-    }
+    dw_bias_init(acc, (const bf16*)p.bias + 8 * g);
     #pragma unroll
     for (int ky = 0; ky < 3; ky++) {
         float wt[3][8];
         #pragma unroll
         for (int kx = 0; kx < 3; kx++) unpack8(park[(ky * 3 + kx) * G + g], wt[kx]);
-        const uint4* row = tile + ((r + ky) * HW + c0) * G + g;
-        #pragma unroll
-        for (int i = 0; i < 6; i++) {  // input column c0 + i − 1 feeds outputs s = i − 2 .. i with tap i − s
-            float v[8];
-            unpack8(row[i * G], v);
-            #pragma unroll
-            for (int s = 0; s < 4; s++) {
-                const int kx = i - s;
-                if (kx < 0 || kx > 2) continue;
-                #pragma unroll
-                for (int j = 0; j < 8; j++) acc[s][j] += wt[kx][j] * v[j];
-            }
-        }
+        dw_taps_row(acc, wt, tile + ((r + ky) * HW + c0) * G + g, G);
     }
-    // The residual is loaded only now (L2 has it: for Stage A it is x, just read): held over the
-    // taps, its 16 registers would spill under three blocks per SM.
-    Raw8<bf16> res[4];
-    if (p.residual)
-        #pragma unroll
-        for (int s = 0; s < 4; s++)
-            if (valid[s]) res[s].load((const bf16*)p.residual + (pix0 + s) * p.C + 8 * g);
-    #pragma unroll
-    for (int s = 0; s < 4; s++) {
-        if (p.residual) {
-            float rv[8];
-            res[s].unpack(rv);
-            #pragma unroll
-            for (int j = 0; j < 8; j++) acc[s][j] += rv[j];
-        }
-        if (!p.layer_norm) {
-            #pragma unroll
-            for (int j = 0; j < 8; j++) acc[s][j] = rounded<bf16>(acc[s][j]);  // y as stored (y_norm reads it)
-            if (valid[s]) store8((bf16*)p.y + (pix0 + s) * p.C + 8 * g, acc[s]);
-        }
-    }
+    dw_residual_and_store(acc, p, valid, pix0, g);
     if (!p.layer_norm && !p.y_norm) return;  // the same for the whole block
 
-    // 4. Each output pixel's mean and 1/sqrt(var + eps) over its channels, two-pass: every
-    // thread's sums of its 8 channels go to shared memory, then K lanes per pixel add them.
-    __syncthreads();  // the halo is read: its space takes the sums
-    float* sums = (float*)dw_smem;  // [TW · TH][G]
-    const int npix = TW * TH, px = r * TW + c0;
-    auto pixel_totals = [&](float* out, bool rstd) {
-        for (int base = 0; base < npix; base += per_round) {
-            const int q = base + t / K;
-            const bool on = t / K < per_round && q < npix;
-            float v = 0.f;
-            if (on)
-                for (int k = lane_k; k < G; k += K) v += sums[q * G + k];
-            v = lane_group_sum(v, K, mask);
-            if (on && lane_k == 0) out[q] = rstd ? rsqrtf(v / p.C + p.eps) : v / p.C;
-        }
-    };
-    #pragma unroll
-    for (int s = 0; s < 4; s++) {
-        float m = 0.f;
-        #pragma unroll
-        for (int j = 0; j < 8; j++) m += acc[s][j];
-        sums[(px + s) * G + g] = m;
-    }
+    // 4. The output LayerNorm, its sums in the halo's space once every thread has read it.
     __syncthreads();
-    pixel_totals(mean_s, false);
-    __syncthreads();
-    #pragma unroll
-    for (int s = 0; s < 4; s++) {
-        const float m = mean_s[px + s];
-        float d = 0.f;
-        #pragma unroll
-        for (int j = 0; j < 8; j++) d += (acc[s][j] - m) * (acc[s][j] - m);
-        sums[(px + s) * G + g] = d;
-    }
-    __syncthreads();
-    pixel_totals(rstd_s, true);
-    __syncthreads();
-    float ow[8], ob[8];
-    if (!p.layer_norm) {
-        ldg8((const bf16*)p.out_weight + 8 * g, ow);
-        ldg8((const bf16*)p.out_bias + 8 * g, ob);
-    }
-    #pragma unroll
-    for (int s = 0; s < 4; s++) {
-        if (!valid[s]) continue;
-        const float m = mean_s[px + s], rs = rstd_s[px + s];
-        float o[8];
-        #pragma unroll
-        for (int j = 0; j < 8; j++) o[j] = p.layer_norm ? (acc[s][j] - m) * rs : (acc[s][j] - m) * rs * ow[j] + ob[j];
-        store8((bf16*)(p.layer_norm ? p.y : p.y_norm) + (pix0 + s) * p.C + 8 * g, o);
-    }
+    dw_output_norm(acc, p, valid, pix0, g, G, (float*)dw_smem, mean_s, rstd_s, r * TW + c0, TW * TH, K, lane_k, per_round, mask);
 }
 
 // ---- The rolling tiled path (opt-in until measured: CASCADE_DW_TILE=roll) -------------------
@@ -767,27 +816,8 @@ extern "C" __global__ void __launch_bounds__(192, 3) depthwise_roll_bf16(Depthwi
             for (int base = 0; base < fresh; base += per_round) {
                 const int q = base + t / K;
                 const bool on = t / K < per_round && q < fresh;
-                const uint4* pix = ring + (on ? cell(slot0, q) : 0) * G;
-                float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-                if (on)
-                    for (int k = lane_k; k < G; k += K) {
-                        float v[8];
-                        unpack8(pix[k], v);
-                        #pragma unroll
-                        for (int j = 0; j < 8; j++) s[j] += v[j];
-                    }
-                const float m = lane_group_sum(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])), K, mask) / p.C;
-                #pragma unroll
-                for (int j = 0; j < 8; j++) s[j] = 0.f;
-                if (on)
-                    for (int k = lane_k; k < G; k += K) {
-                        float v[8];
-                        unpack8(pix[k], v);
-                        #pragma unroll
-                        for (int j = 0; j < 8; j++) s[j] += (v[j] - m) * (v[j] - m);
-                    }
-                const float d = lane_group_sum(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])), K, mask);
-                if (on && lane_k == 0) stats[cell(slot0, q)] = make_float2(m, rsqrtf(d / p.C + p.in_eps));
+                const float2 st = dw_chunk_stats(ring + (on ? cell(slot0, q) : 0) * G, on, G, K, lane_k, mask, p.C, p.in_eps);
+                if (on && lane_k == 0) stats[cell(slot0, q)] = st;
             }
             __syncthreads();
         }
@@ -806,17 +836,7 @@ extern "C" __global__ void __launch_bounds__(192, 3) depthwise_roll_bf16(Depthwi
                 int h, w;
                 if (!locate(new0, q, h, w) && !p.replicate) continue;
                 const int at = cell(slot0, q);
-                float v[8];
-                unpack8(ring[at * G + g], v);
-                if (norm_in) {
-                    const float2 s = stats[at];
-                    #pragma unroll
-                    for (int j = 0; j < 8; j++) v[j] = (v[j] - s.x) * s.y * fa[j] + fb[j];
-                } else {
-                    #pragma unroll
-                    for (int j = 0; j < 8; j++) v[j] = v[j] * fa[j] + fb[j];
-                }
-                const uint4 packed = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+                const uint4 packed = dw_transform(ring[at * G + g], norm_in, norm_in ? stats[at] : make_float2(0.f, 0.f), fa, fb);
                 ring[at * G + g] = packed;
                 const int rel = new0 + q / HW, col = q % HW;  // the block's own rows: rel 1 .. steps · TH
                 if (ab && col >= 1 && col <= TW && w0 + col - 1 < p.W && rel >= 1 && rel <= steps * TH && hb + rel - 1 < p.H)
@@ -832,14 +852,7 @@ extern "C" __global__ void __launch_bounds__(192, 3) depthwise_roll_bf16(Depthwi
         for (int s = 0; s < 4; s++) valid[s] = h < p.H && w0 + c0 + s < p.W;
         const int64_t pix0 = b * plane + (int64_t)h * p.W + w0 + c0;  // pixel of output s: pix0 + s
         float acc[4][8];
-        {
-            float bv[8];
-            ldg8((const bf16*)p.bias + 8 * g, bv);
-            #pragma unroll
-            for (int s = 0; s < 4; s++)
-                #pragma unroll
-                for (int j = 0; j < 8; j++) acc[s][j] = bv[j];
-        }
+        dw_bias_init(acc, (const bf16*)p.bias + 8 * g);
         #pragma unroll
         for (int ky = 0; ky < 3; ky++) {
             float wt[3][8];
@@ -850,105 +863,15 @@ extern "C" __global__ void __launch_bounds__(192, 3) depthwise_roll_bf16(Depthwi
                 wt[kx][4] = c.x, wt[kx][5] = c.y, wt[kx][6] = c.z, wt[kx][7] = c.w;
             }
             const int slot = top + ky < SLOTS ? top + ky : top + ky - SLOTS;
-            const uint4* row = ring + (slot * HW + c0) * G + g;
-            #pragma unroll
-            for (int i = 0; i < 6; i++) {  // input column c0 + i − 1 feeds outputs s = i − 2 .. i with tap i − s
-                float v[8];
-                unpack8(row[i * G], v);
-                #pragma unroll
-                for (int s = 0; s < 4; s++) {
-                    const int kx = i - s;
-                    if (kx < 0 || kx > 2) continue;
-                    #pragma unroll
-                    for (int j = 0; j < 8; j++) acc[s][j] += wt[kx][j] * v[j];
-                }
-            }
+            dw_taps_row(acc, wt, ring + (slot * HW + c0) * G + g, G);
         }
-        // The residual only now, as in the tiled kernel (L2 has it: for Stage A it is x).
-        Raw8<bf16> res[4];
-        if (p.residual)
-            #pragma unroll
-            for (int s = 0; s < 4; s++)
-                if (valid[s]) res[s].load((const bf16*)p.residual + (pix0 + s) * p.C + 8 * g);
-        #pragma unroll
-        for (int s = 0; s < 4; s++) {
-            if (p.residual) {
-                float rv[8];
-                res[s].unpack(rv);
-                #pragma unroll
-                for (int j = 0; j < 8; j++) acc[s][j] += rv[j];
-            }
-            if (!p.layer_norm) {
-                #pragma unroll
-                for (int j = 0; j < 8; j++) acc[s][j] = rounded<bf16>(acc[s][j]);  // y as stored (y_norm reads it)
-                if (valid[s]) store8((bf16*)p.y + (pix0 + s) * p.C + 8 * g, acc[s]);
-            }
-        }
+        dw_residual_and_store(acc, p, valid, pix0, g);
         if (!p.layer_norm && !p.y_norm) {  // the same for the whole block
             __syncthreads();  // the ring's rows read before the next step's copies land in them
             continue;
         }
-
-        // 4. Each output pixel's mean and 1/sqrt(var + eps) over its channels, two-pass, as the
-        // tiled kernel's (its first barrier also ends every read of the ring in this step).
-        auto pixel_totals = [&](float* out, bool rstd) {
-            for (int base = 0; base < npix; base += per_round) {
-                const int q = base + t / K;
-                const bool on = t / K < per_round && q < npix;
-                float v = 0.f;
-                if (on)
-                    for (int k = lane_k; k < G; k += K) v += sums[q * G + k];
-                v = lane_group_sum(v, K, mask);
-                if (on && lane_k == 0) out[q] = rstd ? rsqrtf(v / p.C + p.eps) : v / p.C;
-            }
-        };
-        #pragma unroll
-        for (int s = 0; s < 4; s++) {
-            float m = 0.f;
-            #pragma unroll
-            for (int j = 0; j < 8; j++) m += acc[s][j];
-            sums[(px + s) * G + g] = m;
-        }
-        __syncthreads();
-        pixel_totals(mean_s, false);
-        __syncthreads();
-        #pragma unroll
-        for (int s = 0; s < 4; s++) {
-            const float m = mean_s[px + s];
-            float d = 0.f;
-            #pragma unroll
-            for (int j = 0; j < 8; j++) d += (acc[s][j] - m) * (acc[s][j] - m);
-            sums[(px + s) * G + g] = d;
-        }
-        __syncthreads();
-        pixel_totals(rstd_s, true);
-        __syncthreads();
-        // (Two branches: terms loaded in one branch and used after it would be carried over
-        // the steps in local memory.)
-        if (p.layer_norm) {
-            #pragma unroll
-            for (int s = 0; s < 4; s++) {
-                if (!valid[s]) continue;
-                const float m = mean_s[px + s], rs = rstd_s[px + s];
-                float o[8];
-                #pragma unroll
-                for (int j = 0; j < 8; j++) o[j] = (acc[s][j] - m) * rs;
-                store8((bf16*)p.y + (pix0 + s) * p.C + 8 * g, o);
-            }
-        } else {
-            float ow[8], ob[8];
-            ldg8((const bf16*)p.out_weight + 8 * g, ow);
-            ldg8((const bf16*)p.out_bias + 8 * g, ob);
-            #pragma unroll
-            for (int s = 0; s < 4; s++) {
-                if (!valid[s]) continue;
-                const float m = mean_s[px + s], rs = rstd_s[px + s];
-                float o[8];
-                #pragma unroll
-                for (int j = 0; j < 8; j++) o[j] = (acc[s][j] - m) * rs * ow[j] + ob[j];
-                store8((bf16*)p.y_norm + (pix0 + s) * p.C + 8 * g, o);
-            }
-        }
+        // 4. The output LayerNorm (its first barrier also ends every read of the ring in this step).
+        dw_output_norm(acc, p, valid, pix0, g, G, sums, mean_s, rstd_s, px, npix, K, lane_k, per_round, mask);
     }
 }
 
