@@ -428,7 +428,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) gemm_skinny_bf16(GemmSkinny
             if (m >= p.M) continue;
             float v = acc[4 * j + i] + b[i >> 1];
             if (p.gelu) v = gelu_bf16_out(v);
-            bf16* at = y + (int64_t)m * p.ldy + n;
+            bf16* at = y + (int64_t)m * p.N + n;
             if (p.accumulate) v += to_f32(*at);
             *at = from_f32<bf16>(v);
         }

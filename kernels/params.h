@@ -134,7 +134,7 @@ typedef struct GemmGrnParams {
 // A product with few rows of x and many of w (sm_90a, kernels/gemm.cu gemm_skinny_bf16; CLIP's
 // 154 tokens): y = x · wᵀ + bias, optionally GELU'd, optionally added to y (β = 1). x [M, K] with
 // M ≤ CASCADE_SKINNY_ROWS, w [N, K] (nn.Linear's layout) with N and K multiples of 64, bias [N] or
-// NULL, y [M, ldy], all bf16, rows dense, every pointer 16-byte aligned (the launcher checks).
+// NULL, y [M, N], all bf16, rows dense, every pointer 16-byte aligned (the launcher checks).
 // Grid (N / 64, splits): block (i, s) takes w's rows 64i .. 64i + 63 over K's 64-wide steps
 // s · k_steps .. (s + 1) · k_steps − 1; with splits > 1 each block leaves its sums in partials and
 // the last block of each column of the grid adds them, in order of s, and writes y.
@@ -149,7 +149,6 @@ typedef struct GemmSkinnyParams {
     int32_t M;
     int32_t N;
     int32_t K;
-    int32_t ldy;            // y's row stride in elements (N for a dense y)
     int32_t k_steps;        // 64-wide steps of K per split
     int32_t gelu;           // 1: GELU after the bias (the erf form, as stored in bf16)
     int32_t accumulate;     // 1: y += the result (a residual connection)

@@ -891,10 +891,6 @@ pub fn conv_transpose4x4(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor
 
 #[cfg(all(test, feature = "cuda"))]
 mod tests {
-    /// The wave counts behind the strip kernels' choice, with an H200's 132 SMs and the blocks
-    /// per SM that the parked-weight kernels' 128 registers a thread allow (2 blocks of 256 or 192
-    /// threads, 3 of 160, 5 of 80, 8 of 40; on a GPU the driver answers) and, for the asynchronous
-    /// kernel on the f32 stream, its 528 bytes of shared memory a thread.
     /// The rolling depthwise kernel's cut of Stage A's launches on an H200 (132 SMs, three blocks
     /// each): one wave of long blocks.
     #[test]
@@ -911,6 +907,10 @@ mod tests {
         assert_eq!(super::roll_steps(1, 4, slots), 1);
     }
 
+    /// The wave counts behind the strip kernels' choice, with an H200's 132 SMs and the blocks
+    /// per SM that the parked-weight kernels' 128 registers a thread allow (2 blocks of 256 or 192
+    /// threads, 3 of 160, 5 of 80, 8 of 40; on a GPU the driver answers) and, for the asynchronous
+    /// kernel on the f32 stream, its 528 bytes of shared memory a thread.
     #[test]
     fn strips_by_waves() {
         let pick = super::fewest_waves;

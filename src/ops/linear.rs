@@ -130,7 +130,8 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
 }
 
 /// Whether [`gemm_skinny`] can take a product `check` accepted: bf16 throughout, at most
-/// `CASCADE_SKINNY_ROWS` rows of x, N and K multiples of 64, x, w and y 16-byte aligned.
+/// `CASCADE_SKINNY_ROWS` rows of x, N and K multiples of 64, x, w and y 16-byte aligned, and at
+/// most 65535 blocks of w's rows (one completion counter each, within the device's 65536).
 #[cfg(feature = "cuda")]
 fn skinny_fits(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, m: usize, k: usize, n: usize) -> Result<bool> {
     let rows = crate::cuda::params::CASCADE_SKINNY_ROWS as usize;
@@ -179,7 +180,6 @@ pub(crate) fn gemm_skinny(
         M: m as i32,
         N: n as i32,
         K: k as i32,
-        ldy: n as i32,
         k_steps: k_steps as i32,
         gelu: gelu as i32,
         accumulate: accumulate as i32,
@@ -210,7 +210,7 @@ fn skinny_blocks_per_sm() -> usize {
 /// The skinny kernel's dynamic shared memory: four stages of 64 rows of w and
 /// `CASCADE_SKINNY_ROWS` of x, 128 bytes each, and 1 KiB to align them.
 #[cfg(feature = "cuda")]
-pub(crate) fn skinny_smem() -> usize {
+fn skinny_smem() -> usize {
     4 * (64 + crate::cuda::params::CASCADE_SKINNY_ROWS as usize) * 128 + 1024
 }
 
