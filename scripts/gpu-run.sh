@@ -13,7 +13,7 @@
 # Switches (1 runs, 0 skips): TESTS=1 VARIANT_TESTS=1 BENCH=1 FIDELITY=0 FIDELITY_WGMMA=0 FIDELITY_ATTENTION=0 SANITIZE=0 SIDE_BY_SIDE=0
 # PROFILE=0 GEMM_TUNE_AB=0 (FIDELITY_WGMMA=ws or ws_deep: with a warp-specialised version of the fused GEMM); ALL=1 turns every one on (STAGE_VARIANTS, below, lists A/B environments). DEADLINE=seconds bounds the whole run: each step is
 # cut to what is left and a step that would start too late is reported as skipped, so the
-# summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT cap one step (300 s);
+# summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT / SIDE_BY_SIDE_TIMEOUT cap one step (300 s);
 # CASCADE_BENCH_STAGES narrows the stage bench; SANITIZE_STAGES picks the stages run once under
 # the sanitizer; CASCADE_SHAPES=odd,clip narrows the kernel tests (and the stages bench too: leave
 # it unset when the stage timings matter); PROFILE_STAGES picks the
@@ -397,7 +397,9 @@ fi
 if on SIDE_BY_SIDE 0; then
     # The engine's figures from this run's stages bench when there is one (same card, same run).
     if [ -s "$logs/bench-stages.log" ]; then src=(--bench-log "$logs/bench-stages.log"); else src=(--bench "$bundle/benches/stages"); fi
-    step side_by_side "${BENCH_TIMEOUT:-300}" python3 tools/gpu/side_by_side.py "${src[@]}" ${SIDE_BY_SIDE_ARGS:-}
+    # torch.compile takes minutes per model: SIDE_BY_SIDE_ARGS="--compile --stages stage_c"
+    # narrows a call to one model, and SIDE_BY_SIDE_TIMEOUT gives its step more time.
+    step side_by_side "${SIDE_BY_SIDE_TIMEOUT:-${BENCH_TIMEOUT:-300}}" python3 tools/gpu/side_by_side.py "${src[@]}" ${SIDE_BY_SIDE_ARGS:-}
 fi
 profiled=()
 # PROFILE_ENV="CASCADE_DW_TILE=0,NAME=VALUE": the environment of the profiled runs (PROFILE and

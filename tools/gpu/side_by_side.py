@@ -6,6 +6,13 @@ Stage A), composed from the per-stage medians, and the engine's whole generate()
 end to end.
 
     python tools/gpu/side_by_side.py --bench gpu-bundle/benches/stages [--compile] [--compile-budget 300]
+        [--stages clip_bigg,stage_c,stage_b,stage_a]
+
+torch.compile takes minutes per model, so `--stages` narrows a run to some models: one call per
+model keeps each under the GPU machine's per-command limit, and inductor's cache in /tmp carries
+the compiled kernels to a later call on the same (still warm) machine. Stage A's compiled
+function is `PaellaVQModel.decode` itself (compiling the module would compile only its forward,
+the encoder and decoder together, which the decode call never runs).
 """
 import argparse
 import os
@@ -37,19 +44,28 @@ def cuda_time(fn, warmup=3, reps=10):
     return times[len(times) // 2]
 
 
-def diffusers_stages(compile_, budget):
+STAGES = ("clip_bigg", "stage_c", "stage_b", "stage_a")
+
+
+def diffusers_stages(compile_, budget, stages=STAGES):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
     from diffusers import StableCascadeUNet
     from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
 
     dev, dt = "cuda", torch.bfloat16
     out = {}
-    with torch.device(dev):
-        clip = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                                                          num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)).to(dt).eval()
-    ids = torch.randint(0, 49406, (2, 77), device=dev)
-    cases = {"clip_bigg": (clip, lambda m: m(ids, output_hidden_states=True))}
+    # Each case: the model (moved off the card after its turn) and the function to time and
+    # compile, called with the model or its compiled version.
+    cases = {}
+    if "clip_bigg" in stages:
+        with torch.device(dev):
+            clip = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                                                              num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)).to(dt).eval()
+        ids = torch.randint(0, 49406, (2, 77), device=dev)
+        cases["clip_bigg"] = (clip, lambda m: m, lambda f: f(ids, output_hidden_states=True))
     for name, kind in [("stage_c", "prior"), ("stage_b", "decoder")]:
+        if name not in stages:
+            continue
         with torch.device(dev):
             m = StableCascadeUNet(**unet_config(kind, False)).to(dt).eval()
         if kind == "prior":
@@ -59,21 +75,24 @@ def diffusers_stages(compile_, budget):
         else:
             args = dict(sample=torch.randn(1, 4, 256, 256, device=dev, dtype=dt), timestep_ratio=torch.full((1,), 0.5, device=dev, dtype=dt),
                         clip_text_pooled=torch.randn(1, 1, 1280, device=dev, dtype=dt), effnet=torch.randn(1, 16, 24, 24, device=dev, dtype=dt))
-        cases[name] = (m, lambda m, a=args: m(**a))
-    with torch.device(dev):
-        vq = PaellaVQModel().to(dt).eval()
-    lat = torch.randn(1, 4, 256, 256, device=dev, dtype=dt)
-    cases["stage_a"] = (vq, lambda m: m.decode(lat))
+        cases[name] = (m, lambda m: m, lambda f, a=args: f(**a))
+    if "stage_a" in stages:
+        with torch.device(dev):
+            vq = PaellaVQModel().to(dt).eval()
+        lat = torch.randn(1, 4, 256, 256, device=dev, dtype=dt)
+        cases["stage_a"] = (vq, lambda m: m.decode, lambda f: f(lat))
     with torch.no_grad():
-        for name, (m, call) in cases.items():
-            out[(name, "sdpa")] = cuda_time(lambda: call(m))
+        for name, (m, target, call) in cases.items():
+            out[(name, "sdpa")] = cuda_time(lambda: call(target(m)))
             if compile_:
                 t0 = time.time()
                 try:
-                    cm = torch.compile(m, mode="reduce-overhead")
-                    call(cm)
-                    if time.time() - t0 < budget:
-                        out[(name, "compile")] = cuda_time(lambda: call(cm))
+                    cf = torch.compile(target(m), mode="reduce-overhead")
+                    call(cf)
+                    took = time.time() - t0
+                    print(f"torch.compile {name}: compiled in {took:.0f} s", file=sys.stderr, flush=True)
+                    if took < budget:
+                        out[(name, "compile")] = cuda_time(lambda: call(cf))
                 except Exception as e:  # compile failures are reported, not fatal
                     print(f"torch.compile {name}: {e}", file=sys.stderr)
             m.to("cpu")
@@ -104,21 +123,33 @@ def main():
     ap.add_argument("--bench-log", help="the output of a stages bench run earlier on the same card, instead of running --bench")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--compile-budget", type=float, default=300)
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated, from " + ", ".join(STAGES))
     args = ap.parse_args()
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        ap.error(f"unknown stage(s) {', '.join(unknown)}: choose from {', '.join(STAGES)}")
     eng = engine_stages(args.bench, args.bench_log)
-    ref = diffusers_stages(args.compile, args.compile_budget)
+    ref = diffusers_stages(args.compile, args.compile_budget, stages)
     print(f"\n== side by side on {torch.cuda.get_device_name()} (bf16, ms per call) ==")
     print(f"{'stage':<12}{'engine':>10}{'SDPA':>10}{'ratio':>8}{'compile':>10}{'ratio':>8}")
     counts = {"clip_bigg": 2, "stage_c": 20, "stage_b": 10, "stage_a": 1}
     totals = {"engine": 0.0, "sdpa": 0.0, "compile": 0.0}
     for name, n in counts.items():
+        if name not in stages:
+            totals = {k: None for k in totals}  # a composed pipeline needs every stage
+            continue
         e, s, c = eng.get(name), ref.get((name, "sdpa")), ref.get((name, "compile"))
         fmt = lambda v: f"{v:10.2f}" if v is not None else f"{'-':>10}"
         ratio = lambda a, b: f"{b / a:7.2f}x" if a and b else f"{'-':>8}"
         print(f"{name:<12}{fmt(e)}{fmt(s)}{ratio(e, s)}{fmt(c)}{ratio(e, c)}")
         for k, v in (("engine", e), ("sdpa", s), ("compile", c)):
             totals[k] = totals[k] + n * v if v is not None and totals[k] is not None else None
-    print(f"{'pipeline':<12}{totals['engine'] or 0:10.1f}{totals['sdpa'] or 0:10.1f}   (composed: the counts above times the medians)")
+    if totals["engine"] is not None:
+        line = f"{'pipeline':<12}{totals['engine']:10.1f}{totals['sdpa'] or 0:10.1f}"
+        if totals["compile"] is not None:
+            line += f"{'':>8}{totals['compile']:10.1f}"
+        print(line + "   (composed: the counts above times the medians)")
     if "pipeline_measured" in eng:
         print(f"{'measured':<12}{eng['pipeline_measured']:10.1f}{'':>10}   (the engine's generate() end to end, graphs kept)")
 
