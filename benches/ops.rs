@@ -30,6 +30,8 @@ fn main() {
             ops::linear_into(&x, &w, None, &mut y).unwrap()
         });
     }
+    let ws_gelu =
+        cascade::testing::wgmma_testable(&dev, std::env::var("CASCADE_GEMM_WS_GELU").is_ok_and(|v| matches!(v.trim(), "1" | "force")));
     for s in shapes::LINEAR {
         for dtype in [bf, DType::F32] {
             let (x, w, b) = (rnd(&[s.m, s.k], dtype), rnd(&[s.n, s.k], dtype), rnd(&[s.n], dtype));
@@ -45,6 +47,13 @@ fn main() {
         r.run(&format!("linear_gelu/{}/{}x{}x{}/bf16", s.name, s.m, s.k, s.n), Some(s.flops()), None, || {
             ops::linear_gelu_into(&x, &w, Some(&b), &mut y).unwrap()
         });
+        // The same on the warp-specialised wgmma GEMM (compute capability 9.0; opt-in,
+        // CASCADE_GEMM_WS_GELU=1, or the emulator), where it runs.
+        if ws_gelu && s.k % 8 == 0 && s.n % 8 == 0 {
+            r.run(&format!("linear_gelu_ws/{}/{}x{}x{}/bf16", s.name, s.m, s.k, s.n), Some(s.flops()), None, || {
+                ops::linear_gelu_ws_into(&x, &w, Some(&b), &mut y).unwrap()
+            });
+        }
     }
     // A ResBlock's fc1 with GRN's statistics (u = GELU(fc1(y)) and the factor, not applied): the
     // fused wgmma GEMM (compute capability 9.0; opt-in, CASCADE_GEMM_WGMMA=1 or the emulator)

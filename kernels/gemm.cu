@@ -31,9 +31,10 @@
 #ifdef CASCADE_WGMMA
 // The fused GEMM's epilogue, from each consumer warpgroup's 64 × 128 accumulators (warpgroup w:
 // rows 64w .. 64w + 63 of the tile) and the block's stage memory, free once every product is
-// done: u, the chunks' sums of squares, and in the last blocks GRN's factor. Every thread of the
-// block calls it (it has barriers); only the 256 threads of the two consumer warpgroups (`worker`,
-// threads 0–255) hold accumulators and do the work.
+// done: u, the chunks' sums of squares, and in the last blocks GRN's factor (with p.part NULL, u
+// alone: an MLP's first layer and its GELU). Every thread of the block calls it (it has
+// barriers); only the 256 threads of the two consumer warpgroups (`worker`, threads 0–255) hold
+// accumulators and do the work.
 __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float (&acc)[64], unsigned char* const tiles, const int tid, const bool worker) {
     const int warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
     const int g = lane >> 2, t = lane & 3;
@@ -47,8 +48,9 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
     float* const wsum = halves + 2 * GG_BN;
     bool* const flag = (bool*)(wsum + 4);
     const bf16* bias = (const bf16*)p.bias;
-    // This thread's rows of the tile: row0 and row0 + 8. M is a multiple of 64, so a warpgroup's
-    // rows are all in the matrix or all past it (then its sums are not written).
+    const bool sums = p.part != nullptr;
+    // This thread's rows of the tile: row0 and row0 + 8. With sums, M is a multiple of 64, so a
+    // warpgroup's rows are all in the matrix or all past it (then its sums are not written).
     const int row0 = 64 * wg + 16 * (warp & 3) + g;
 #pragma unroll
     for (int j = 0; j < 16 && worker; j++) {
@@ -56,13 +58,18 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
         const bool cin = n0 + c < p.N;  // and c + 1: N is a multiple of 8
         float b0 = 0.f, b1 = 0.f;
         if (bias && cin) b0 = to_f32(bias[n0 + c]), b1 = to_f32(bias[n0 + c + 1]);
-        // u as the separate path stores it: the product plus bias rounded to bf16 (cuBLASLt's
-        // output), then its GELU rounded again (GRN's sums pass).
+        // With the sums, u as the separate path stores it: the product plus bias rounded to bf16
+        // (cuBLASLt's output), then its GELU rounded again (GRN's sums pass), so that the factor
+        // sums what that path sums. Alone, the GELU of the f32 sum, rounded once.
         float v[4];
 #pragma unroll
-        for (int i = 0; i < 4; i++) v[i] = rounded<bf16>(gelu_as<bf16>(rounded<bf16>(acc[4 * j + i] + (i & 1 ? b1 : b0))));
+        for (int i = 0; i < 4; i++) {
+            const float pre = acc[4 * j + i] + (i & 1 ? b1 : b0);
+            v[i] = rounded<bf16>(gelu_as<bf16>(sums ? rounded<bf16>(pre) : pre));
+        }
         *(uint32_t*)(out + row0 * GG_OUT_STRIDE + 2 * c) = pack_bf16x2(v[0], v[1]);
         *(uint32_t*)(out + (row0 + 8) * GG_OUT_STRIDE + 2 * c) = pack_bf16x2(v[2], v[3]);
+        if (!sums) continue;
         // Column sums over the warp's 16 rows, lanes of one t in a fixed butterfly order.
         float s0 = v[0] * v[0] + v[2] * v[2], s1 = v[1] * v[1] + v[3] * v[3];
 #pragma unroll
@@ -78,7 +85,7 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
         // warps added in order.
         const int c = tid & 127, h = tid >> 7;
         const float* r = red + 4 * h * GG_BN + c;
-        if (worker && m0 + 64 * h < p.M && n0 + c < p.N) p.part[(int64_t)(m0 / 64 + h) * p.N + n0 + c] = r[0] + r[GG_BN] + r[2 * GG_BN] + r[3 * GG_BN];
+        if (sums && worker && m0 + 64 * h < p.M && n0 + c < p.N) p.part[(int64_t)(m0 / 64 + h) * p.N + n0 + c] = r[0] + r[GG_BN] + r[2 * GG_BN] + r[3 * GG_BN];
     }
     // u: 16 bytes per thread and step, a row's 256 bytes by 16 consecutive threads.
     bf16* y = (bf16*)p.y;
@@ -87,6 +94,8 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
         const int q = tid + 256 * i, row = q >> 4, c8 = (q & 15) * 8;
         if (worker && m0 + row < p.M && n0 + c8 < p.N) *(uint4*)(y + (int64_t)(m0 + row) * p.N + n0 + c8) = *(const uint4*)(out + row * GG_OUT_STRIDE + 2 * c8);
     }
+
+    if (!sums) return;
 
     // The last block of this column tile to finish: every chunk sum of its columns is written.
     // Each sample's norms of these columns (the chunk sums added in a fixed order: even chunks by

@@ -33,6 +33,11 @@ done
 CASCADE_GEMM_SKINNY=1 cargo test --release --features cuda --test kernels -- --ignored linear_gelu "$@"
 CASCADE_GEMM_SKINNY=1 cargo test --release --features cuda --test linear -- --ignored gpu_ "$@"
 CASCADE_GEMM_SKINNY=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The warp-specialised GEMM as an MLP's first layer and its GELU (opt-in) on every product it can
+# take (=force; by default only from 4096 rows, Stage A's): the linear kernel test and the tiny
+# models, whose VQGAN and CLIP MLPs then take it.
+CASCADE_GEMM_WS_GELU=force cargo test --release --features cuda --test kernels -- --ignored linear_gelu_kernel "$@"
+CASCADE_GEMM_WS_GELU=force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The f32 residual stream's edges as separate casts and modulations (CASCADE_STREAM_EDGES=cast,
 # kept for the stages bench's A/B on a GPU): the tiny pipeline against diffusers' seeded images.
 CASCADE_STREAM_EDGES=cast cargo test --release --features cuda --test pipeline -- --ignored tiny_pipeline_on_the_gpu "$@"

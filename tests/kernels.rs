@@ -141,6 +141,7 @@ fn activation_kernels() {
 #[ignore = "needs a CUDA GPU"]
 fn linear_gelu_kernel() {
     let dev = gpu();
+    let ws = cascade::testing::wgmma_testable(&dev, std::env::var("CASCADE_GEMM_WS_GELU").is_ok_and(|v| matches!(v.trim(), "1" | "force")));
     for (i, s) in shapes::LINEAR.iter().enumerate() {
         if !wanted(s.name) {
             continue;
@@ -161,6 +162,20 @@ fn linear_gelu_kernel() {
                     want.extend(cpu::linear(&xv[r * s.k..(r + 1) * s.k], &wv, bias, 1, s.k, s.n).iter().map(|&v| cpu::gelu(v)));
                 }
                 verify(&format!("linear_gelu bias {with_bias}"), s.name, dtype, &g, None, &want);
+                // The warp-specialised GEMM by name where it can run (bf16, K and N multiples of
+                // 8), into poisoned memory: every element written, against the same reference.
+                if dtype == DType::BF16 && ws && s.k % 8 == 0 && s.n % 8 == 0 {
+                    let (mut y, whole) = poisoned(&[s.m, s.n], dtype, &dev).unwrap();
+                    ops::linear_gelu_ws_into(&x, &w, with_bias.then_some(&b), &mut y).unwrap();
+                    let got = y.to_vec_f32().unwrap();
+                    assert!(got.iter().all(|v| v.is_finite()), "linear_gelu_ws {}: an element was not written", s.name);
+                    let g: Vec<f32> = rows.iter().flat_map(|&r| got[r * s.n..(r + 1) * s.n].iter().copied()).collect();
+                    verify(&format!("linear_gelu_ws bias {with_bias}"), s.name, dtype, &g, Some(&whole), &want);
+                } else if dtype == DType::BF16 && ws {
+                    // What it cannot take is an error, not a launch.
+                    let err = ops::linear_gelu_ws_into(&x, &w, with_bias.then_some(&b), &mut y).unwrap_err();
+                    assert!(err.to_string().contains("multiples of 8"), "{err}");
+                }
             }
         }
     }

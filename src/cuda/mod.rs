@@ -146,6 +146,9 @@ pub struct CudaDevice {
     wgmma_gemm: std::sync::atomic::AtomicBool,
     /// The skinny GEMM (`gemm_skinny_bf16`, `CASCADE_GEMM_SKINNY=1`) passed its start-up check.
     skinny_gemm: std::sync::atomic::AtomicBool,
+    /// The warp-specialised GEMM as an MLP's first layer and its GELU (`CASCADE_GEMM_WS_GELU=1`
+    /// or `force`) passed its start-up check.
+    ws_gelu_gemm: std::sync::atomic::AtomicBool,
     /// The dynamic shared memory each kernel of [`SharedMemoryOptIn`] may use, as set so far (0:
     /// the default 48 KiB).
     smem_opt_in: [std::sync::atomic::AtomicUsize; SharedMemoryOptIn::COUNT],
@@ -322,6 +325,7 @@ impl CudaDevice {
             wgmma2_attention: false.into(),
             wgmma_gemm: false.into(),
             skinny_gemm: false.into(),
+            ws_gelu_gemm: false.into(),
             smem_opt_in: Default::default(),
             completion_counters,
             captures: 0.into(),
@@ -401,6 +405,11 @@ impl CudaDevice {
         if dev.compute_capability == (9, 0) && std::env::var("CASCADE_GEMM_SKINNY").is_ok_and(|v| v.trim() == "1") {
             let ok = check_gemm_skinny(&dev);
             dev.skinny_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
+        }
+        // The same for the warp-specialised GEMM as an MLP's first layer (CASCADE_GEMM_WS_GELU=1).
+        if dev.compute_capability == (9, 0) && std::env::var("CASCADE_GEMM_WS_GELU").is_ok_and(|v| matches!(v.trim(), "1" | "force")) {
+            let ok = check_gemm_ws_gelu(&dev);
+            dev.ws_gelu_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(dev)
     }
@@ -537,6 +546,14 @@ impl CudaDevice {
     /// GPU, and it agreed with cuBLASLt when the device was opened.
     pub fn skinny_gemm(&self) -> bool {
         self.skinny_gemm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether large bf16 products with a GELU (Stage A's MixBlocks) take the warp-specialised
+    /// wgmma GEMM instead of cuBLASLt's GELU epilogue: asked for (`CASCADE_GEMM_WS_GELU=1`), a
+    /// compute capability 9.0 GPU, and it agreed with cuBLASLt and the erf GELU pass when the
+    /// device was opened.
+    pub fn ws_gelu_gemm(&self) -> bool {
+        self.ws_gelu_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lets `f` (the kernel `which` names) use `bytes` of dynamic shared memory per block: beyond
@@ -1115,6 +1132,32 @@ fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>) -> bool {
         Ok(crate::testing::rel_l2(&u1, &u0).max(10.0 * crate::testing::rel_l2(&f1, &f0)))
     };
     passed_check(dev, "the fused fc1 + GRN GEMM (wgmma)", "cuBLASLt and GRN's pass", run(), 1e-2)
+}
+
+/// Runs the warp-specialised GEMM as an MLP's first layer (GELU, no GRN) once beside cuBLASLt and
+/// the erf GELU pass, on a problem with partial tiles in both directions and a wrapping ring of
+/// stages; true when they agree.
+fn check_gemm_ws_gelu(dev: &Arc<CudaDevice>) -> bool {
+    use crate::{DType, Device, Tensor};
+    let device = Device::Cuda(dev.clone());
+    let run = || -> Result<f64> {
+        let (m, k, n) = (200, 264, 136);
+        let mut rng = crate::testing::TestRng::new(13);
+        let mut t = |shape: &[usize], scale: f32| Tensor::from_f32(&rng.normal(shape.iter().product(), scale), shape, DType::BF16, &device);
+        let (x, w, bias) = (t(&[m, k], 1.0)?, t(&[n, k], 0.1)?, t(&[n], 0.5)?);
+        let mut want = Tensor::empty(&[m, n], DType::BF16, &device)?;
+        crate::ops::linear_into(&x, &w, Some(&bias), &mut want)?;
+        crate::ops::gelu_assign(&mut want)?;
+        let mut got = Tensor::empty(&[m, n], DType::BF16, &device)?;
+        got.fill(f32::NAN)?;
+        crate::ops::linear_gelu_ws_into(&x, &w, Some(&bias), &mut got)?;
+        let got = got.to_vec_f32()?;
+        if got.iter().any(|v| !v.is_finite()) {
+            return Ok(f64::INFINITY);
+        }
+        Ok(crate::testing::rel_l2(&got, &want.to_vec_f32()?))
+    };
+    passed_check(dev, "the warp-specialised GEMM with a GELU (wgmma)", "cuBLASLt and the GELU pass", run(), 1e-2)
 }
 
 /// Runs the skinny GEMM once beside cuBLASLt on a small problem whose K is cut into ranges, with

@@ -48,11 +48,110 @@ pub fn linear_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor
 /// at the outputs' scale). `CASCADE_GELU_EPILOGUE=0` takes the erf GELU as a separate pass
 /// instead.
 pub fn linear_gelu_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = x.device() {
+        let (m, k, n) = check(x, w, bias, y)?;
+        if dev.ws_gelu_gemm() && m >= ws_gelu_min_rows() && ws_gelu_unfit(x, w, bias, y, (m, k, n))?.is_none() {
+            return gemm_gelu_ws(&dev, x, w, bias, y, (m, k, n));
+        }
+    }
     if gelu_in_epilogue(x) && y.dtype() == DType::BF16 {
         return linear_impl(x, w, bias, y, false, true);
     }
     linear_impl(x, w, bias, y, false, false)?;
     super::gelu_assign(y)
+}
+
+/// Rows of x from which [`linear_gelu_into`] takes the warp-specialised GEMM once asked for:
+/// with `CASCADE_GEMM_WS_GELU=1`, 4096, which Stage A's MixBlocks have (65,536 and 262,144 rows;
+/// their GELU costs cuBLASLt's epilogue about 30 µs of a 165 µs launch on an H200,
+/// docs/performance.md, sixth session) and CLIP's 154 have not (two 128-row tiles, the second
+/// mostly empty); with `CASCADE_GEMM_WS_GELU=force`, every product it can take (the tests).
+#[cfg(feature = "cuda")]
+fn ws_gelu_min_rows() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| if std::env::var("CASCADE_GEMM_WS_GELU").is_ok_and(|v| v.trim() == "force") { 1 } else { 4096 })
+}
+
+/// `y = GELU(x · wᵀ + bias)` on the warp-specialised wgmma GEMM (kernels/gemm.cu
+/// `gemm_gelu_grn_ws_bf16` with GRN's sums left out): one warp brings the operands in with TMA
+/// copies while two warpgroups multiply, and two blocks per SM let one block's epilogue (the
+/// erf GELU and the stores) overlap the other's products. The erf GELU of the f32 product plus
+/// bias, rounded to bf16 once (cuBLASLt's epilogue takes the tanh form). bf16 throughout, K and N multiples of 8, x, w and y 16-byte aligned, compute capability 9.0: an
+/// error saying why otherwise. [`linear_gelu_into`] takes it by itself for large products when
+/// asked for (`CASCADE_GEMM_WS_GELU=1` or `force`, behind a start-up check).
+pub fn linear_gelu_ws_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
+    let (m, k, n) = check(x, w, bias, y)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = x.device() {
+        if let Some(why) = ws_gelu_unfit(x, w, bias, y, (m, k, n))? {
+            return Err(Error::Shape(format!("linear_gelu_ws: the warp-specialised GEMM cannot run this: {why}")));
+        }
+        return gemm_gelu_ws(&dev, x, w, bias, y, (m, k, n));
+    }
+    let _ = (m, k, n);
+    Err(Error::Shape("linear_gelu_ws: the warp-specialised GEMM runs on a GPU (a build with the cuda feature)".into()))
+}
+
+/// Why [`gemm_gelu_ws`] cannot take a product `check` accepted (None: it can).
+#[cfg(feature = "cuda")]
+fn ws_gelu_unfit(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, (m, k, n): (usize, usize, usize)) -> Result<Option<String>> {
+    let Device::Cuda(dev) = x.device() else { return Ok(Some("it runs on a GPU".into())) };
+    let why = if [Some(x), Some(w), bias, Some(y)].into_iter().flatten().any(|t| t.dtype() != DType::BF16) {
+        "it runs in bf16".to_string()
+    } else if k % 8 != 0 || n % 8 != 0 || k == 0 || n == 0 {
+        format!("K ({k}) and N ({n}) must be positive multiples of 8")
+    } else if m.div_ceil(128) > 65535 || m > i32::MAX as usize || n > i32::MAX as usize || k > i32::MAX as usize {
+        format!("{m}×{k}×{n} is beyond the kernel's grid")
+    } else if [x.cuda_ptr()?, w.cuda_ptr()?, y.cuda_ptr()?].iter().any(|a| a % 16 != 0) {
+        "x, w and y must start 16-byte aligned".to_string()
+    } else if dev.compute_capability() != (9, 0) {
+        let (major, minor) = dev.compute_capability();
+        format!("it uses Hopper's wgmma and TMA (compute capability 9.0); {} has {major}.{minor}", dev.name())
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(why))
+}
+
+/// The launch behind [`linear_gelu_ws_into`]: 128 × 128 output tiles, the fused GEMM's
+/// parameters with no GRN buffers (`part` NULL: GELU only), its operands as tensor maps.
+#[cfg(feature = "cuda")]
+fn gemm_gelu_ws(
+    dev: &std::sync::Arc<crate::cuda::CudaDevice>,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &mut Tensor,
+    (m, k, n): (usize, usize, usize),
+) -> Result<()> {
+    if m == 0 {
+        return Ok(());
+    }
+    let g = crate::cuda::params::GemmGrnParams {
+        x: x.cuda_ptr()? as *const _,
+        w: w.cuda_ptr()? as *const _,
+        bias: super::dptr(bias)?,
+        y: y.cuda_ptr()? as *mut _,
+        part: std::ptr::null_mut(),
+        scale: std::ptr::null_mut(),
+        group_sums: std::ptr::null_mut(),
+        gamma: std::ptr::null(),
+        counters: std::ptr::null_mut(),
+        M: m as i32,
+        N: n as i32,
+        K: k as i32,
+        rows: m as i32,
+    };
+    let q = crate::cuda::params::GemmGrnTmaParams {
+        x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, 128, 64)?,
+        w_map: crate::cuda::tensor_map_bf16(w.cuda_ptr()?, n, k, 128, 64)?,
+        g,
+    };
+    let f = &dev.kernels().gemm_gelu_grn_ws_bf16;
+    let smem = super::norm::gemm_grn_smem(super::FusedGrnKernel::WgmmaWs);
+    dev.opt_in_shared_memory(f, crate::cuda::SharedMemoryOptIn::GemmGrnWs, smem)?;
+    dev.launch(f, (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1), (288, 1, 1), smem as u32, &q)
 }
 
 /// Whether [`linear_gelu_into`] on input `x` takes the GELU in the GEMM's epilogue: bf16 on a GPU

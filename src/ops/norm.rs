@@ -321,7 +321,7 @@ impl FusedGrnKernel {
 /// them to the 128-byte swizzle's 1024-byte period, and the warp-specialised kernel's two 8-byte
 /// barriers per stage.
 #[cfg(feature = "cuda")]
-fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
+pub(crate) fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
     let (stages, barriers) = match kernel {
         FusedGrnKernel::WgmmaDeep => (4, false),
         FusedGrnKernel::WgmmaWs => (3, true),

@@ -52,6 +52,9 @@ pub const LINEAR: &[LinearShape] = &[
     // ranges of one step on an H200; all 160 rows, K in one range.
     LinearShape { name: "odd_skinny", m: 37, k: 192, n: 320 },
     LinearShape { name: "odd_skinny_full", m: 160, k: 64, n: 192 },
+    // The warp-specialised GEMM's partial tiles: two row tiles (the second 72 rows), three column
+    // tiles (the last 8 columns), nine steps of K (the last 8 deep) through a ring of three stages.
+    LinearShape { name: "odd_ws", m: 200, k: 520, n: 264 },
 ];
 
 /// A row-wise op over `rows × c` (LayerNorm, activations): `affine` selects CLIP's LayerNorm.
