@@ -81,6 +81,31 @@ fn main() {
             });
         }
     }
+    // A ResBlock's fc2 with GRN's factor on its input, added to the f32 residual stream: the
+    // stream-K wgmma kernel (compute capability 9.0; opt-in, CASCADE_GEMM_WS_FC2=1, or the
+    // emulator) against GRN's apply then cuBLASLt, and cuBLASLt's product alone (no factor: how
+    // the kernel's products compare with cuBLASLt's), on each real fc2 and the odd shapes.
+    let scaled = cascade::testing::wgmma_testable(&dev, std::env::var("CASCADE_GEMM_WS_FC2").is_ok_and(|v| v.trim() == "1"));
+    for sh in shapes::MLP_GRN {
+        let (name, b, rows, k, n) = (sh.name, sh.b, sh.rows, sh.n, sh.k);
+        let (u, w, bias) = (rnd(&[b, rows, k], bf), rnd(&[n, k], bf), rnd(&[n], DType::F32));
+        let f = rnd(&[b, k], DType::F32);
+        let (mut v, mut y) = (empty(&[b, rows, k], bf), empty(&[b, rows, n], DType::F32));
+        let flops = Some(2.0 * (b * rows * k * n) as f64);
+        let dims = format!("{name}/{b}x{rows}x{k}x{n}/bf16");
+        r.run(&format!("linear_scaled/separate/{dims}"), flops, None, || {
+            ops::scale_by_factor_into(&u, &f, &mut v).unwrap();
+            ops::linear_accumulate_into(&v, &w, Some(&bias), &mut y).unwrap()
+        });
+        r.run(&format!("linear_scaled/gemm_only/{dims}"), flops, None, || {
+            ops::linear_accumulate_into(&u, &w, Some(&bias), &mut y).unwrap()
+        });
+        if scaled {
+            r.run(&format!("linear_scaled/sk/{dims}"), flops, None, || {
+                ops::linear_scaled_sk_into(&u, Some(&f), &w, Some(&bias), &mut y, true, None).unwrap()
+            });
+        }
+    }
     for s in shapes::ROWS {
         let x = rnd(&[s.rows, s.c], bf);
         let mut y = empty(&[s.rows, s.c], bf);

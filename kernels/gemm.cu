@@ -443,3 +443,213 @@ extern "C" __global__ void __launch_bounds__(128, 2) gemm_skinny_bf16(GemmSkinny
         }
 #endif
 }
+
+// ---- A ResBlock's second layer with GRN's factor on its input, stream-K (opt-in until measured) --
+// fc2(GRN(u)) = (u ⊙ f) · w₂ᵀ + (b₂ + w₂ · β): GRN's β folds into the bias once, at load, and its
+// per-sample, per-channel factor f multiplies u's columns as the products read them, so GRN's
+// apply pass (a read and a write of u) goes. The factor cannot be an epilogue (it scales K, not
+// M or N), so A comes to the tensor cores through registers: each warp loads its 16 rows × 16
+// columns of the stage's u tile with ldmatrix, multiplies them by f (rounded to bf16, as the
+// apply pass stores u · f), and issues wgmma with A from registers and w₂ from shared memory.
+//
+// The outputs of these layers are narrow (N = C: 1280 or 2048 columns) and their products deep
+// (K = 4C): 128 × 128 tiles give Stage C 144 tiles and Stage B's level 2 80, for 132 SMs. So the
+// work is shared out stream-K: the grid is one block per SM, all resident at once (a cooperative
+// launch), and block b takes the 64-deep steps [b·T/G, (b+1)·T/G) of all T = tiles × steps in
+// order, tile by tile. A block whose range begins inside a tile leaves the sums of that piece in
+// `partials` and counts its warpgroups' 128 threads each into a counter; the block that holds the
+// tile's first step (which reaches it last, at the end of its range) waits for the counts, adds
+// the later pieces in order (the same order in every launch of the same shape: deterministic),
+// adds the bias and the residual and writes y. No block waits on one that waits: a piece that
+// begins inside a tile is the first thing its block does.
+//
+// Block: 288 threads, as the fused GEMM's warp-specialised version: warps 0–7 two consumer
+// warpgroups (rows 64w .. 64w + 63 of each tile), warp 8 the producer, one lane of which follows
+// the same steps with TMA copies of u's and w₂'s tiles into a ring of GK_STAGES stages. One block
+// per SM (about 150 registers: the accumulators, two sets of A fragments, the factors).
+#define GK_STAGES 5
+#define GK_THREADS 288
+extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_scaled_sk_bf16(const __grid_constant__ GemmScaledTmaParams q) {
+    pdl_enter();
+#ifdef CASCADE_WGMMA
+    const GemmScaledParams& p = q.g;
+    extern __shared__ uint4 smem_words[];
+    unsigned char* const tiles = align_1024((unsigned char*)smem_words);  // the launch asks for 1 KiB more
+    auto atile = [&](int s) { return tiles + s * 2 * GG_TILE; };
+    auto btile = [&](int s) { return tiles + s * 2 * GG_TILE + GG_TILE; };
+    uint64_t* const full = (uint64_t*)(tiles + GK_STAGES * 2 * GG_TILE);
+    uint64_t* const empty = full + GK_STAGES;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+    const int ks = (p.K + GG_BK - 1) / GG_BK, tiles_n = (p.N + GG_BN - 1) / GG_BN;
+    const int64_t total = (int64_t)ks * tiles_n * ((p.M + GG_BM - 1) / GG_BM);
+    const int grid = gridDim.x, b = blockIdx.x;
+    // Block c's first step (the launcher keeps the grid at most the steps: no range is empty).
+    auto start_of = [&](int c) { return (int64_t)c * total / grid; };
+    const int64_t start = start_of(b), end = start_of(b + 1);
+    if (tid == 256) {
+        for (int s = 0; s < GK_STAGES; s++) {
+            mbar_init(&full[s], 1);   // the producer's arrival, with the copies' bytes
+            mbar_init(&empty[s], 2);  // one arrival per consumer warpgroup
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();  // the last block-wide barrier: the producer warp leaves early
+
+    if (warp == 8) {
+        if (lane == 0) {
+            for (int64_t it = start; it < end; it++) {
+                const int i = (int)(it - start), s = i % GK_STAGES;
+                const int tile = (int)(it / ks), kt = (int)(it % ks);
+                mbar_wait(&empty[s], ((i / GK_STAGES) & 1) ^ 1);
+                mbar_arrive_expect_tx(&full[s], 2 * GG_TILE);
+                // Rows past M or N and columns past K arrive as zeros: they add nothing.
+                tma_load_2d(atile(s), &q.x_map, kt * GG_BK, (tile / tiles_n) * GG_BM, &full[s]);
+                tma_load_2d(btile(s), &q.w_map, kt * GG_BK, (tile % tiles_n) * GG_BN, &full[s]);
+            }
+        }
+        return;
+    }
+
+    const int g = lane >> 2, t = lane & 3, wt = tid & 127;
+    const int wrow = 64 * wg + 16 * (warp & 3);  // this warp's first row of the tile
+    // ldmatrix.x4 of a 16 × 16 A fragment: lane l gives row (l % 8) + 8·((l / 8) % 2) of the
+    // warp's 16, 16-byte chunk 2kk + l / 16 of the row (matrices: rows 0–7 and 8–15 of columns
+    // 0–7, then of columns 8–15: a0 … a3 in the mma.m16n8k16 order).
+    const int lrow = wrow + (lane & 7) + 8 * ((lane >> 3) & 1), lhi = lane >> 4;
+    const int samples = p.M / p.rows;
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc[i] = 0.f;
+    int pending = -1;  // the stage whose products are in flight and not yet handed back
+    int seg_kt0 = 0;   // the first step of the piece of a tile in hand
+
+    // The end of a piece of a tile: its sums left for the tile's first block, or (that block) the
+    // later pieces added in order, then bias, residual and the store.
+    auto finish_piece = [&](int tile, int kt_last) {
+        const int slot = 2 * b + wg;
+        if (seg_kt0 > 0) {
+            float4* const part = (float4*)p.partials + (int64_t)slot * 16 * 128 + wt;
+#pragma unroll
+            for (int j = 0; j < 16; j++) part[j * 128] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+            __threadfence();
+            atomicAdd(&p.counters[slot], 1u);
+            return;
+        }
+        if (kt_last < ks - 1) {
+            const int64_t tile_end = (int64_t)(tile + 1) * ks;
+            for (int c = b + 1; c < grid && start_of(c) < tile_end; c++) {
+                unsigned* const count = p.counters + 2 * c + wg;
+                if (lane == 0) spin_until_at_least(count, 128);  // all 128 threads of its warpgroup
+                __syncwarp();
+                const float4* const part = (const float4*)p.partials + (int64_t)(2 * c + wg) * 16 * 128 + wt;
+#pragma unroll
+                for (int j = 0; j < 16; j++) {
+                    const float4 v = __ldcg(&part[j * 128]);
+                    acc[4 * j] += v.x, acc[4 * j + 1] += v.y, acc[4 * j + 2] += v.z, acc[4 * j + 3] += v.w;
+                }
+                __syncwarp();
+                // The four warps count themselves out; the last resets the counter for the next launch.
+                if (lane == 0 && atomicAdd(count, 1u) == 128 + 3) *count = 0;
+            }
+        }
+        const int m0 = (tile / tiles_n) * GG_BM, n0 = (tile % tiles_n) * GG_BN;
+        const int r0 = m0 + wrow + g, r1 = r0 + 8;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int col = n0 + 8 * j + 2 * t;
+            if (col >= p.N) continue;  // N is a multiple of 8: col + 1 is in too
+            float b0 = 0.f, b1 = 0.f;
+            if (p.bias) {
+                if (p.out_f32) b0 = ((const float*)p.bias)[col], b1 = ((const float*)p.bias)[col + 1];
+                else b0 = to_f32(((const bf16*)p.bias)[col]), b1 = to_f32(((const bf16*)p.bias)[col + 1]);
+            }
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = h ? r1 : r0;
+                if (row >= p.M) continue;
+                float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
+                const int64_t at = (int64_t)row * p.N + col;
+                if (p.out_f32) {
+                    float2* const y = (float2*)((float*)p.y + at);
+                    if (p.accumulate) {
+                        const float2 r = *y;
+                        v0 += r.x, v1 += r.y;
+                    }
+                    *y = make_float2(v0, v1);
+                } else {
+                    uint32_t* const y = (uint32_t*)((bf16*)p.y + at);
+                    if (p.accumulate) {
+                        float r0f, r1f;
+                        unpack_bf16x2(*y, r0f, r1f);
+                        v0 += r0f, v1 += r1f;
+                    }
+                    *y = pack_bf16x2(v0, v1);
+                }
+            }
+        }
+    };
+
+    // One step: its factors (this warp's sample; columns 16kk + 2t, + 1, + 8 and + 9 of the
+    // step), its A fragments from the stage's u tile, scaled, and its four products.
+    auto step = [&](int64_t it, bool first, uint32_t (&a)[4][4]) {
+        const int i = (int)(it - start), s = i % GK_STAGES;
+        const int tile = (int)(it / ks), kt = (int)(it % ks);
+        // This warp's sample's factors (p.factor NULL: none), read per 16 columns as they are
+        // applied (the loads hit L1: every warp of the sample reads the same 256 bytes a step).
+        const float* const fr = p.factor ? p.factor + (int64_t)min(((tile / tiles_n) * GG_BM + wrow) / p.rows, samples - 1) * p.K : nullptr;
+        mbar_wait(&full[s], (i / GK_STAGES) & 1);
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            const int chunk = 2 * kk + lhi;
+            ldmatrix_x4<false>(a[kk], atile(s) + lrow * 128 + ((chunk ^ (lrow & 7)) << 4));
+            if (fr) {
+                // Columns k, k + 1 (a0, a1: rows g and g + 8) and k + 8, k + 9 (a2, a3). K is a
+                // multiple of 8, so each pair is in K or past it (where u is zero) together.
+                const int k = kt * GG_BK + 16 * kk + 2 * t;
+                const float2 lo = k < p.K ? __ldg((const float2*)(fr + k)) : make_float2(0.f, 0.f);
+                const float2 hi = k + 8 < p.K ? __ldg((const float2*)(fr + k + 8)) : make_float2(0.f, 0.f);
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    float x0, x1;
+                    unpack_bf16x2(a[kk][r], x0, x1);
+                    a[kk][r] = r < 2 ? pack_bf16x2(x0 * lo.x, x1 * lo.y) : pack_bf16x2(x0 * hi.x, x1 * hi.y);
+                }
+            }
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma_m64n128k16_bf16_rs(acc, a[kk], smem_desc_sw128(btile(s) + 32 * kk), !(first && kk == 0));
+        wgmma_commit();
+        // The previous step's products are done (this step's stay in flight): its stage is free.
+        wgmma_wait<1>();
+        wgmma_fence_operands(acc);
+        if (pending >= 0 && wt == 0) mbar_arrive(&empty[pending]);
+        pending = s;
+    };
+    // Piece by piece (the steps of one tile in this block's range), two sets of A fragments
+    // alternating: a step's fragments stay untouched while its products are in flight, through
+    // the next step's issue. Every wait for all products is outside a branch (ptxas serialises
+    // the products of a kernel whose waits it cannot prove uniform across the warpgroup).
+    uint32_t a0[4][4], a1[4][4];
+    for (int64_t it = start; it < end;) {
+        const int tile = (int)(it / ks);
+        const int64_t piece_end = min(end, (int64_t)(tile + 1) * ks);
+        seg_kt0 = (int)(it % ks);
+        const int64_t piece_start = it;
+        for (; it + 1 < piece_end; it += 2) {
+            step(it, it == piece_start, a0);
+            step(it + 1, false, a1);
+        }
+        if (it < piece_end) {
+            step(it, it == piece_start, a0);
+            it++;
+        }
+        wgmma_wait<0>();
+        wgmma_fence_operands(acc);
+        if (wt == 0) mbar_arrive(&empty[pending]);
+        pending = -1;
+        finish_piece(tile, (int)((piece_end - 1) % ks));
+    }
+#endif
+}

@@ -163,6 +163,30 @@ typedef struct __attribute__((aligned(64))) TensorMap {
     uint64_t opaque[16];
 } TensorMap;
 
+// A ResBlock's second MLP layer with GRN's factor applied to its input as the products read it
+// (sm_90a, kernels/gemm.cu gemm_scaled_sk_bf16): y (+)= (x ⊙ factor) · wᵀ + bias, where row m of x
+// belongs to sample m / rows and is multiplied column by column by that sample's factor (rounded
+// to bf16, as GRN's apply pass stores it). x [M, K] and w [N, K] bf16 (as tensor maps, below),
+// factor [M / rows, K] f32 or NULL (no scaling), bias [N] and y [M, N] of y's type (f32 or bf16),
+// K and N multiples of 8, rows a multiple of 16, every pointer 16-byte aligned (the launcher
+// checks). Stream-K: gridDim.x blocks, all resident at once (a cooperative launch), share the
+// 64-deep steps of every 128 × 128 output tile evenly; a block whose range begins inside a tile
+// leaves the sums of that first piece in partials and counts each of its consumer warpgroups
+// in; the block that holds the tile's first step adds them, in order, and writes y.
+typedef struct GemmScaledParams {
+    const float* factor;    // [M / rows, K] f32, or NULL
+    const void* bias;       // [N], y's type, or NULL
+    void* y;                // [M, N], f32 (out_f32) or bf16
+    float* partials;        // [2 · gridDim.x, 16, 128] float4: each consumer warpgroup's first piece
+    unsigned int* counters; // [2 · gridDim.x], zero before the launch and after it
+    int32_t M;
+    int32_t N;
+    int32_t K;
+    int32_t rows;           // rows of x per sample
+    int32_t out_f32;        // 1: y and bias f32 (a residual stream held in f32)
+    int32_t accumulate;     // 1: y += the product (a residual connection)
+} GemmScaledParams;
+
 // The fused GEMM's warp-specialised version (gemm_gelu_grn_ws_bf16): GemmGrnParams' operands
 // also as tensor maps, x's [M, K] and w's [N, K], boxes of 128 rows × 64 columns in the 128-byte
 // swizzle. Passed as a __grid_constant__ parameter, so the maps stay in parameter space.
@@ -171,6 +195,14 @@ typedef struct GemmGrnTmaParams {
     TensorMap w_map;
     GemmGrnParams g;
 } GemmGrnTmaParams;
+
+// gemm_scaled_sk_bf16's parameters: x's and w's tensor maps (boxes of 128 rows × 64 columns in the
+// 128-byte swizzle) and the rest.
+typedef struct GemmScaledTmaParams {
+    TensorMap x_map;
+    TensorMap w_map;
+    GemmScaledParams g;
+} GemmScaledTmaParams;
 
 // GlobalResponseNorm, second kernel: y[b,n,d] = x[b,n,d] * scale[b,d] + beta[d] (with GELU, x is
 // the GELU output grn_partial stored).

@@ -60,7 +60,12 @@ CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test pipeline -- --i
 # Its warp-specialised version (TMA copies onto transaction barriers; opt-in until measured)
 # likewise. The kernel test above already runs it beside the others.
 CASCADE_GEMM_WGMMA=ws cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
-CASCADE_GEMM_WGMMA=ws cargo test --release --features cuda --test pipeline -- --ignored "$@"
+# The ResBlocks' fc2 with GRN's factor on its input (the stream-K kernel, opt-in until measured;
+# its kernel test runs in the first run above): the tiny models with GRN's sums pass before it,
+# then the tiny pipeline with the warp-specialised fc1 + GRN GEMM before it (their MLPs then
+# make no pass over u at all).
+CASCADE_GEMM_WS_FC2=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+CASCADE_GEMM_WGMMA=ws CASCADE_GEMM_WS_FC2=1 cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # The split-key wgmma attention (opt-in until measured) in every unmasked attention, two ranges
 # each (=2 forces the split: the planned one never splits the tiny models' small grids): the
 # tiny models and the tiny pipeline against diffusers' seeded images.

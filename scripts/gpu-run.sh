@@ -88,7 +88,7 @@ step() {
 vetting_test() {
     local t=
     case $1 in
-        *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=*) t=kernels-gemmwg ;;
+        *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=* | *CASCADE_GEMM_WS_FC2=*) t=kernels-gemmwg ;;
         *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t=kernels-split ;;
         *CASCADE_DW_TILE=roll*) t=kernels-dwroll ;;
         *CASCADE_GEMM_SKINNY=*) t=kernels-skinny ;;
@@ -160,10 +160,12 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     pids+=($!)
     # The fused fc1 + GRN-statistics wgmma GEMM (opt-in: CASCADE_GEMM_WGMMA=1), all four
     # versions (the warp-specialised TMA ones included), beside the separate path on the odd
-    # shapes and every real ResBlock's fc1, likewise alone; and the warp-specialised one as an
-    # MLP's first layer and its GELU alone (opt-in: CASCADE_GEMM_WS_GELU=1) on every linear shape.
+    # shapes and every real ResBlock's fc1, likewise alone; the warp-specialised one as an MLP's
+    # first layer and its GELU alone (opt-in: CASCADE_GEMM_WS_GELU=1) on every linear shape; the
+    # stream-K fc2 with GRN's factor on its input (opt-in: CASCADE_GEMM_WS_FC2=1) on every real
+    # ResBlock's fc2 and the odd shapes; then the pipeline tests with all three TMA GEMMs on.
     tests+=(kernels-gemmwg)
-    CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 step test-kernels-gemmwg "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture linear_gelu &
+    step test-kernels-gemmwg "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu linear_scaled && CASCADE_GEMM_WGMMA=ws '$bundle/tests/pipeline' --include-ignored --nocapture" &
     pids+=($!)
     # The split-key and the two-warpgroup wgmma attention kernels (opt-in:
     # CASCADE_ATTENTION_SPLIT=1, CASCADE_ATTENTION=wgmma2) on every attention shape, then the
@@ -208,12 +210,14 @@ if on FIDELITY 0; then
 fi
 # FIDELITY_WGMMA=1: full-size fidelity again with the fused fc1 + GRN wgmma GEMM (opt-in:
 # CASCADE_GEMM_WGMMA=1) in every stage, beside the first; FIDELITY_WGMMA=ws (or ws_deep) with
-# a warp-specialised TMA version instead (CASCADE_GEMM_WGMMA=ws, ws_deep).
+# a warp-specialised TMA version instead (CASCADE_GEMM_WGMMA=ws, ws_deep), together with the
+# other TMA GEMMs: Stage A's fc1 and GELU (CASCADE_GEMM_WS_GELU=1) and the ResBlocks' fc2 with
+# GRN's factor on its input (CASCADE_GEMM_WS_FC2=1).
 fidelity_runs=()
 if on FIDELITY_WGMMA 0 || [[ ${FIDELITY_WGMMA:-0} == ws* ]]; then
     if [[ ${FIDELITY_WGMMA:-0} == ws* ]]; then
         fidelity_runs+=("fidelity-wgmma-$FIDELITY_WGMMA")
-        CASCADE_GEMM_WGMMA=$FIDELITY_WGMMA step "fidelity-wgmma-$FIDELITY_WGMMA" "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
+        CASCADE_GEMM_WGMMA=$FIDELITY_WGMMA CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1 step "fidelity-wgmma-$FIDELITY_WGMMA" "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     else
         fidelity_runs+=(fidelity-wgmma)
         CASCADE_GEMM_WGMMA=1 step fidelity-wgmma "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
@@ -253,8 +257,8 @@ if on SANITIZE 0; then
         # The opt-in kernels, each in a process of its own: the fused fc1 + GRN GEMM (shared
         # memory reused by its epilogue, the last blocks' statistics) ...
         for tool in memcheck racecheck; do
-            CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-gemmwg" "${SANITIZE_TIMEOUT:-240}" \
-                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored linear_gelu
+            CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-gemmwg" "${SANITIZE_TIMEOUT:-240}" \
+                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored linear_gelu linear_scaled
         done
         # ... and the asynchronous depthwise kernels (cp.async copies of clamped addresses).
         CASCADE_DW_STRIPS=async-all CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-memcheck-dwasync "${SANITIZE_TIMEOUT:-240}" \
@@ -345,12 +349,13 @@ if on BENCH 1; then
         if [ "$name" = ops ]; then
             variants=" ${OPS_VARIANTS:-gemmwg split wgmma2 dw dwroll skinny} "
             # The ops bench's fc1 + GRN rows again with the fused wgmma GEMM's rows among them
-            # (the separate path's rows give a same-run comparison), and Stage A's fc1 with its
-            # GELU on the warp-specialised GEMM beside cuBLASLt's GELU epilogue.
+            # (the separate path's rows give a same-run comparison), Stage A's fc1 with its GELU
+            # on the warp-specialised GEMM beside cuBLASLt's GELU epilogue, and the ResBlocks'
+            # fc2 on the stream-K kernel beside GRN's apply pass then cuBLASLt.
             if [[ $variants == *" gemmwg "* ]]; then
                 benches+=("bench-ops-wgmma")
                 vetted bench-ops-wgmma CASCADE_GEMM_WGMMA=1 &&
-                    CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_SHAPES="linear_gelu_grn,linear_gelu_ws/,linear_gelu/stage_a" CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
+                    CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1 CASCADE_SHAPES="linear_gelu_grn,linear_gelu_ws/,linear_gelu/stage_a,linear_scaled/" CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # The wgmma attention rows again with the split-key kernels' rows among them
             # (opt-in: CASCADE_ATTENTION_SPLIT=1), for a same-run comparison per launch.

@@ -341,6 +341,66 @@ fn linear_gelu_grn_kernels() {
     }
 }
 
+/// A ResBlock's second layer with GRN's factor on its input (`ops::linear_scaled_sk_into`, the
+/// stream-K wgmma kernel; compute capability 9.0, opt-in): every real ResBlock's fc2 and odd
+/// shapes (`shapes::MLP_GRN` with K and N swapped), into an f32 output it adds to (the residual
+/// stream) and a bf16 one it writes and one it adds to, on the default grid and, on the odd
+/// shapes, on grids that cut the tiles into pieces at odd places (one block: no pieces).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn linear_scaled_kernels() {
+    let dev = gpu();
+    if !cascade::testing::wgmma_testable(&dev, std::env::var("CASCADE_GEMM_WS_FC2").is_ok_and(|v| v.trim() == "1")) {
+        println!(
+            "linear_scaled: the stream-K kernel is not tested here (compute capability 9.0 and CASCADE_GEMM_WS_FC2=1, or the emulator)"
+        );
+        return;
+    }
+    for (i, sh) in shapes::MLP_GRN.iter().enumerate() {
+        let (name, b, rows, k, n) = (sh.name, sh.b, sh.rows, sh.n, sh.k);
+        if !wanted(name) {
+            continue;
+        }
+        let m = b * rows;
+        let mut rng = TestRng::new(3700 + i as u64);
+        let (x, xv) = input(&mut rng, &[b, rows, k], 1.0, DType::BF16, &dev);
+        let (w, wv) = input(&mut rng, &[n, k], 1.0 / (k as f32).sqrt(), DType::BF16, &dev);
+        // GRN's factors are 1 + γ·N/mean(N): around 1, some far from it.
+        let fv: Vec<f32> = rng.normal(b * k, 0.5).iter().map(|v| 1.0 + v).collect();
+        let factor = Tensor::from_f32(&fv, &[b, k], DType::F32, &dev).unwrap();
+        let sel: Vec<usize> = (0..m).step_by(if m * n > 1 << 20 { 61 } else { 1 }).chain([m - 1]).collect();
+        let grids: &[Option<usize>] = if name.starts_with("odd") { &[None, Some(1), Some(2), Some(5), Some(13)] } else { &[None] };
+        for (dtype, accumulate) in [(DType::F32, true), (DType::BF16, false), (DType::BF16, true)] {
+            let (bias, biasv) = input(&mut rng, &[n], 0.5, dtype, &dev);
+            let (y0, y0v) = input(&mut rng, &[b, rows, n], 1.0, dtype, &dev);
+            let mut want = Vec::new();
+            for &r in &sel {
+                // x ⊙ factor rounded to bf16, as the kernel (and GRN's apply pass) round it: an f32
+                // output then carries only the order of the sums.
+                let xs = round_to(&(0..k).map(|j| xv[r * k + j] * fv[(r / rows) * k + j]).collect::<Vec<f32>>(), DType::BF16);
+                let row = cpu::linear(&xs, &wv, Some(&biasv), 1, k, n);
+                want.extend(row.iter().enumerate().map(|(j, v)| v + if accumulate { y0v[r * n + j] } else { 0.0 }));
+            }
+            for &grid in grids {
+                let (mut y, whole) = poisoned(&[b, rows, n], dtype, &dev).unwrap();
+                ops::cast_into(&y0, &mut y).unwrap();
+                ops::linear_scaled_sk_into(&x, Some(&factor), &w, Some(&bias), &mut y, accumulate, grid).unwrap();
+                let got = y.to_vec_f32().unwrap();
+                assert!(got.iter().all(|v| v.is_finite()), "linear_scaled {name}: an element was not written");
+                let g: Vec<f32> = sel.iter().flat_map(|&r| got[r * n..(r + 1) * n].iter().copied()).collect();
+                let what = format!("linear_scaled {} grid {grid:?}", if accumulate { "+=" } else { "=" });
+                verify(&what, name, dtype, &g, Some(&whole), &want);
+            }
+        }
+        // What it cannot take is an error, not a launch: rows per sample not a multiple of 16.
+        let (x2, _) = input(&mut rng, &[2, 8, k], 1.0, DType::BF16, &dev);
+        let f2 = Tensor::from_f32(&vec![1.0; 2 * k], &[2, k], DType::F32, &dev).unwrap();
+        let mut y2 = Tensor::empty(&[2, 8, n], DType::BF16, &dev).unwrap();
+        let err = ops::linear_scaled_sk_into(&x2, Some(&f2), &w, None, &mut y2, false, None).unwrap_err();
+        assert!(err.to_string().contains("multiple of 16"), "{err}");
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn depthwise_kernels() {

@@ -104,10 +104,12 @@ pub(crate) enum SharedMemoryOptIn {
     DepthwiseRoll,
     /// `gemm_skinny_bf16`.
     GemmSkinny,
+    /// `gemm_scaled_sk_bf16`.
+    GemmScaled,
 }
 
 impl SharedMemoryOptIn {
-    const COUNT: usize = 8;
+    const COUNT: usize = 9;
 }
 
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.
@@ -149,6 +151,9 @@ pub struct CudaDevice {
     /// The warp-specialised GEMM as an MLP's first layer and its GELU (`CASCADE_GEMM_WS_GELU=1`
     /// or `force`) passed its start-up check.
     ws_gelu_gemm: std::sync::atomic::AtomicBool,
+    /// The stream-K GEMM with GRN's factor on its input (`CASCADE_GEMM_WS_FC2=1`) passed its
+    /// start-up check.
+    scaled_gemm: std::sync::atomic::AtomicBool,
     /// The dynamic shared memory each kernel of [`SharedMemoryOptIn`] may use, as set so far (0:
     /// the default 48 KiB).
     smem_opt_in: [std::sync::atomic::AtomicUsize; SharedMemoryOptIn::COUNT],
@@ -326,6 +331,7 @@ impl CudaDevice {
             wgmma_gemm: false.into(),
             skinny_gemm: false.into(),
             ws_gelu_gemm: false.into(),
+            scaled_gemm: false.into(),
             smem_opt_in: Default::default(),
             completion_counters,
             captures: 0.into(),
@@ -410,6 +416,11 @@ impl CudaDevice {
         if dev.compute_capability == (9, 0) && std::env::var("CASCADE_GEMM_WS_GELU").is_ok_and(|v| matches!(v.trim(), "1" | "force")) {
             let ok = check_gemm_ws_gelu(&dev);
             dev.ws_gelu_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
+        }
+        // The same for the stream-K GEMM with GRN's factor on its input (CASCADE_GEMM_WS_FC2=1).
+        if dev.compute_capability == (9, 0) && std::env::var("CASCADE_GEMM_WS_FC2").is_ok_and(|v| v.trim() == "1") {
+            let ok = check_gemm_scaled(&dev);
+            dev.scaled_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(dev)
     }
@@ -554,6 +565,14 @@ impl CudaDevice {
     /// device was opened.
     pub fn ws_gelu_gemm(&self) -> bool {
         self.ws_gelu_gemm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the ResBlocks' second MLP layer takes GRN's factor on its input in the stream-K
+    /// wgmma GEMM instead of GRN's apply pass (or the fold into the weight) and cuBLASLt: asked
+    /// for (`CASCADE_GEMM_WS_FC2=1`), a compute capability 9.0 GPU, and it agreed with that path
+    /// when the device was opened.
+    pub fn scaled_gemm(&self) -> bool {
+        self.scaled_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lets `f` (the kernel `which` names) use `bytes` of dynamic shared memory per block: beyond
@@ -1158,6 +1177,49 @@ fn check_gemm_ws_gelu(dev: &Arc<CudaDevice>) -> bool {
         Ok(crate::testing::rel_l2(&got, &want.to_vec_f32()?))
     };
     passed_check(dev, "the warp-specialised GEMM with a GELU (wgmma)", "cuBLASLt and the GELU pass", run(), 1e-2)
+}
+
+/// Runs the stream-K GEMM with GRN's factor on its input once beside the factor applied first and
+/// cuBLASLt, on two samples with partial tiles, into an f32 output it adds to and a bf16 one it
+/// writes, on a grid that cuts every tile into pieces; true when they agree.
+fn check_gemm_scaled(dev: &Arc<CudaDevice>) -> bool {
+    use crate::{DType, Device, Tensor};
+    let device = Device::Cuda(dev.clone());
+    let run = || -> Result<f64> {
+        let (b, rows, k, n) = (2, 48, 520, 264);
+        let mut rng = crate::testing::TestRng::new(17);
+        let mut t =
+            |shape: &[usize], scale: f32, dt: DType| Tensor::from_f32(&rng.normal(shape.iter().product(), scale), shape, dt, &device);
+        let (x, w) = (t(&[b, rows, k], 1.0, DType::BF16)?, t(&[n, k], 0.05, DType::BF16)?);
+        let factor = t(&[b, k], 1.0, DType::F32)?;
+        let xf = crate::ops::norm::scale_by_factor(&x, &factor)?;
+        let mut worst = 0f64;
+        for (dt, accumulate) in [(DType::F32, true), (DType::BF16, false)] {
+            let (bias, y0) = (t(&[n], 0.5, dt)?, t(&[b, rows, n], 1.0, dt)?);
+            let mut want = Tensor::empty(&[b, rows, n], dt, &device)?;
+            let mut got = Tensor::empty(&[b, rows, n], dt, &device)?;
+            crate::ops::cast_into(&y0, &mut want)?;
+            crate::ops::cast_into(&y0, &mut got)?;
+            linear_reference(&xf, &w, &bias, &mut want, accumulate)?;
+            crate::ops::linear_scaled_sk_into(&x, Some(&factor), &w, Some(&bias), &mut got, accumulate, Some(7))?;
+            let got = got.to_vec_f32()?;
+            if got.iter().any(|v| !v.is_finite()) {
+                return Ok(f64::INFINITY);
+            }
+            worst = worst.max(crate::testing::rel_l2(&got, &want.to_vec_f32()?));
+        }
+        Ok(worst)
+    };
+    passed_check(dev, "the stream-K GEMM with GRN's factor on its input (wgmma)", "the factor applied first and cuBLASLt", run(), 1e-2)
+}
+
+/// `y (+)= x · wᵀ + bias` through cuBLASLt (the start-up checks' reference).
+fn linear_reference(x: &crate::Tensor, w: &crate::Tensor, bias: &crate::Tensor, y: &mut crate::Tensor, accumulate: bool) -> Result<()> {
+    if accumulate {
+        crate::ops::linear_accumulate_into(x, w, Some(bias), y)
+    } else {
+        crate::ops::linear_into(x, w, Some(bias), y)
+    }
 }
 
 /// Runs the skinny GEMM once beside cuBLASLt on a small problem whose K is cut into ranges, with

@@ -20,6 +20,8 @@ device_repr!(
     GrnResidentParams,
     GemmGrnParams,
     GemmGrnTmaParams,
+    GemmScaledParams,
+    GemmScaledTmaParams,
     GemmSkinnyParams,
     ActParams,
     AddParams,

@@ -78,6 +78,9 @@ impl ResBlock {
         // channels, fc2's weight [C, 4C] is smaller than u [HW, 4C]: scale its columns by f
         // (W₂·(u⊙f + β) = (W₂⊙f)·u + W₂·β) instead of making a pass over u.
         let fold = b == 1 && h * w > c;
+        // With the stream-K kernel (CASCADE_GEMM_WS_FC2=1), fc2 applies the factor to u as its
+        // products read it (W₂·(u⊙f + β) = (u⊙f)·W₂ᵀ + W₂·β): no pass over u or W₂ for it.
+        let scaled = ops::linear_scaled_fused(&x.device(), h * w, 4 * c, c);
         let (mut u, factor) = if ops::linear_gelu_grn_fused(&y, &self.fc1.weight, self.fc1.bias.as_ref())? {
             // One GEMM gives u = GELU(fc1(y)) and f (kernels/gemm.cu): no pass over u for the sums.
             let (u, f) = ops::linear_gelu_grn_factor(&y, &self.fc1.weight, self.fc1.bias.as_ref(), &self.gamma, ops::FusedGrnKernel::Auto)?;
@@ -88,7 +91,7 @@ impl ResBlock {
             // session.) The one-pass kernel, where it runs, applies f with no pass of its own:
             // it goes before the fold.
             let mut u = self.fc1.forward(&y)?;
-            if fold && !ops::gelu_grn_one_pass(&u)? {
+            if (fold || scaled) && !ops::gelu_grn_one_pass(&u)? {
                 let f = ops::gelu_grn_factor(&mut u, &self.gamma)?;
                 (u, Some(f))
             } else {
@@ -97,6 +100,7 @@ impl ResBlock {
             }
         };
         match factor {
+            Some(f) if scaled => ops::linear_scaled_into(&u, Some(&f), &self.fc2.weight, Some(fc2_bias_with_beta), x, true),
             Some(f) if fold => {
                 let w2 = ops::scale_columns(&self.fc2.weight, &f)?;
                 ops::linear_accumulate_into(&u, &w2, Some(fc2_bias_with_beta), x)

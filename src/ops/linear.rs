@@ -154,6 +154,172 @@ fn gemm_gelu_ws(
     dev.launch(f, (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1), (288, 1, 1), smem as u32, &q)
 }
 
+/// `y = (x ⊙ factor) · wᵀ + bias` (with `accumulate`, `+=`): a ResBlock's second MLP layer with
+/// GRN's factor (`factor` f32 `[B, K]`, one row per sample of x `[B, …, K]`) applied to its input,
+/// GRN's β folded into `bias` by the caller. On a GPU of compute capability 9.0 that passed the
+/// kernel's start-up check (`CASCADE_GEMM_WS_FC2=1`) one stream-K wgmma GEMM
+/// ([`linear_scaled_sk_into`]) scales x as the products read it, so GRN's apply pass goes; elsewhere,
+/// and for operands it cannot take, x ⊙ factor is made first and multiplied as usual. Without a
+/// factor, a plain linear layer.
+pub fn linear_scaled_into(
+    x: &Tensor,
+    factor: Option<&Tensor>,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &mut Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    let (m, k, n) = check(x, w, bias, y)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = x.device() {
+        if dev.scaled_gemm() && scaled_unfit(x, factor, w, y, (m, k, n))?.is_none() {
+            return gemm_scaled_sk(&dev, x, factor, w, bias, y, (m, k, n), accumulate, None);
+        }
+    }
+    let _ = (m, k, n);
+    match factor {
+        Some(f) => linear_impl(&super::norm::scale_by_factor(x, f)?, w, bias, y, accumulate, false),
+        None => linear_impl(x, w, bias, y, accumulate, false),
+    }
+}
+
+/// Whether [`linear_scaled_into`] takes the stream-K kernel for a product of `rows` rows per
+/// sample, K and N on `device` (the caller's question before it decides to leave GRN's factor
+/// unapplied): the kernel passed its start-up check and the sizes are its kind. The operands'
+/// types and alignment are checked again at the call.
+pub fn linear_scaled_fused(device: &Device, rows: usize, k: usize, n: usize) -> bool {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => dev.scaled_gemm() && rows % 16 == 0 && rows > 0 && k % 8 == 0 && n % 8 == 0 && k > 0 && n > 0,
+        _ => {
+            let _ = (rows, k, n);
+            false
+        }
+    }
+}
+
+/// [`linear_scaled_into`] on the stream-K wgmma kernel by name (kernels/gemm.cu
+/// `gemm_scaled_sk_bf16`), on `blocks` blocks (None: one per SM, at most one per 64-deep step of
+/// the product; tests pass a few to cut tiles into pieces at odd places): an error where it
+/// cannot run (bf16 x and w, f32 factor, y and bias bf16 or f32, K and N multiples of 8, rows per
+/// sample a multiple of 16, 16-byte aligned operands, compute capability 9.0).
+pub fn linear_scaled_sk_into(
+    x: &Tensor,
+    factor: Option<&Tensor>,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &mut Tensor,
+    accumulate: bool,
+    blocks: Option<usize>,
+) -> Result<()> {
+    let (m, k, n) = check(x, w, bias, y)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = x.device() {
+        if let Some(why) = scaled_unfit(x, factor, w, y, (m, k, n))? {
+            return Err(Error::Shape(format!("linear_scaled: the stream-K kernel cannot run this: {why}")));
+        }
+        return gemm_scaled_sk(&dev, x, factor, w, bias, y, (m, k, n), accumulate, blocks);
+    }
+    let _ = (m, k, n, factor, accumulate, blocks);
+    Err(Error::Shape("linear_scaled: the stream-K kernel runs on a GPU (a build with the cuda feature)".into()))
+}
+
+/// Why [`gemm_scaled_sk`] cannot take these operands (None: it can); `check` has matched their
+/// shapes and types to one another.
+#[cfg(feature = "cuda")]
+fn scaled_unfit(x: &Tensor, factor: Option<&Tensor>, w: &Tensor, y: &Tensor, (m, k, n): (usize, usize, usize)) -> Result<Option<String>> {
+    let Device::Cuda(dev) = x.device() else { return Ok(Some("it runs on a GPU".into())) };
+    let b = if x.rank() >= 2 { x.dim(0) } else { 1 };
+    let rows = m / b.max(1);
+    let why = if x.dtype() != DType::BF16 || w.dtype() != DType::BF16 {
+        format!("x and w must be bf16, not {}", x.dtype())
+    } else if k % 8 != 0 || n % 8 != 0 || k == 0 || n == 0 || m == 0 {
+        format!("K ({k}) and N ({n}) must be positive multiples of 8, and M ({m}) positive")
+    } else if rows % 16 != 0 {
+        format!("rows per sample ({rows}) must be a multiple of 16")
+    } else if m > i32::MAX as usize || n > i32::MAX as usize || k > i32::MAX as usize {
+        format!("{m}×{k}×{n} is beyond 32-bit sizes")
+    } else if let Some(f) = factor.filter(|f| f.shape() != [b, k] || f.dtype() != DType::F32) {
+        format!("the factor must be f32 [{b}, {k}], not {} {:?}", f.dtype(), f.shape())
+    } else if [Some(x), Some(w), Some(y), factor]
+        .into_iter()
+        .flatten()
+        .map(|t| t.cuda_ptr())
+        .collect::<Result<Vec<_>>>()?
+        .iter()
+        .any(|a| a % 16 != 0)
+    {
+        "x, w, y and the factor must start 16-byte aligned".to_string()
+    } else if dev.compute_capability() != (9, 0) {
+        let (major, minor) = dev.compute_capability();
+        format!("it uses Hopper's wgmma and TMA (compute capability 9.0); {} has {major}.{minor}", dev.name())
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(why))
+}
+
+/// The stream-K kernel's dynamic shared memory: five stages of two 16 KiB tiles, 1 KiB to align
+/// them to the 128-byte swizzle's period, two 8-byte barriers per stage.
+#[cfg(feature = "cuda")]
+fn scaled_smem() -> usize {
+    5 * 2 * 128 * 64 * 2 + 1024 + 2 * 5 * 8
+}
+
+/// The launch behind [`linear_scaled_sk_into`]: a cooperative grid of at most one block per SM
+/// (all resident: a block may wait for another's piece of a tile), never more blocks than
+/// 64-deep steps.
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+fn gemm_scaled_sk(
+    dev: &std::sync::Arc<crate::cuda::CudaDevice>,
+    x: &Tensor,
+    factor: Option<&Tensor>,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &mut Tensor,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    blocks: Option<usize>,
+) -> Result<()> {
+    let b = if x.rank() >= 2 { x.dim(0) } else { 1 };
+    let f = &dev.kernels().gemm_scaled_sk_bf16;
+    let smem = scaled_smem();
+    dev.opt_in_shared_memory(f, crate::cuda::SharedMemoryOptIn::GemmScaled, smem)?;
+    let per_sm = dev.resident_blocks_per_sm(f, 288, smem)?;
+    let resident = per_sm * dev.multiprocessors();
+    if resident == 0 {
+        return Err(Error::Cuda(format!("linear_scaled: the stream-K kernel does not fit on an SM of {}", dev.name())));
+    }
+    let steps = k.div_ceil(64) * n.div_ceil(128) * m.div_ceil(128);
+    let grid = blocks.unwrap_or(dev.multiprocessors()).clamp(1, resident).min(steps);
+    let (counters, capacity) = dev.completion_counters();
+    if 2 * grid > capacity {
+        return Err(Error::Shape(format!("linear_scaled: {grid} blocks need more completion counters than the device keeps")));
+    }
+    let partials = Tensor::empty(&[2 * grid * 16 * 128 * 4], DType::F32, &x.device())?;
+    let g = crate::cuda::params::GemmScaledParams {
+        factor: factor.map(|t| t.cuda_ptr()).transpose()?.unwrap_or(0) as *const f32,
+        bias: super::dptr(bias)?,
+        y: y.cuda_ptr()? as *mut _,
+        partials: partials.cuda_ptr()? as *mut f32,
+        counters: counters as *mut u32,
+        M: m as i32,
+        N: n as i32,
+        K: k as i32,
+        rows: (m / b.max(1)) as i32,
+        out_f32: (y.dtype() == DType::F32) as i32,
+        accumulate: accumulate as i32,
+    };
+    let q = crate::cuda::params::GemmScaledTmaParams {
+        x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, 128, 64)?,
+        w_map: crate::cuda::tensor_map_bf16(w.cuda_ptr()?, n, k, 128, 64)?,
+        g,
+    };
+    let cfg = cudarc::driver::LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (288, 1, 1), shared_mem_bytes: smem as u32 };
+    dev.launch_cooperative(f, cfg, &q)
+}
+
 /// Whether [`linear_gelu_into`] on input `x` takes the GELU in the GEMM's epilogue: bf16 on a GPU
 /// unless `CASCADE_GELU_EPILOGUE=0`. Callers that would otherwise fuse the GELU into their next
 /// pass (the ResBlock's GRN) ask first.

@@ -36,12 +36,12 @@ pub use embed::{timestep_embedding_into, token_embedding_into};
 pub(crate) use linear::gemm_skinny;
 pub use linear::{
     gelu_in_epilogue, linear, linear_accumulate_into, linear_as, linear_columns_into, linear_gelu, linear_gelu_into, linear_gelu_ws_into,
-    linear_into,
+    linear_into, linear_scaled_fused, linear_scaled_into, linear_scaled_sk_into,
 };
 pub use norm::{
     gelu_grn_assign, gelu_grn_assign_with, gelu_grn_factor, gelu_grn_one_pass, grn, grn_apply_factor_assign, grn_assign, grn_factor,
     grn_into, grn_into_with, layer_norm, layer_norm_into, linear_gelu_grn_factor, linear_gelu_grn_factor_into, linear_gelu_grn_fused,
-    modulate_layer_norm, modulate_layer_norm_as, scale_columns, FusedGrnKernel, GrnKernel,
+    modulate_layer_norm, modulate_layer_norm_as, scale_by_factor_into, scale_columns, FusedGrnKernel, GrnKernel,
 };
 pub use resample::{columns, concat_channels, concat_channels_into, concat_tokens, resize_bilinear, resize_bilinear_into};
 

@@ -548,6 +548,37 @@ pub fn grn_apply_factor_assign(x: &mut Tensor, factor: &Tensor, beta: &Tensor) -
     }
 }
 
+/// `y = x ⊙ factor` per sample and channel (GRN's factor applied without β): x and y `[B, …, D]`
+/// of one type, factor f32 `[B, D]`.
+pub fn scale_by_factor_into(x: &Tensor, factor: &Tensor, y: &mut Tensor) -> Result<()> {
+    if x.rank() < 2 {
+        return Err(Error::Shape(format!("scale_by_factor: x must be [B, …, D], got {:?}", x.shape())));
+    }
+    let (b, d) = (x.dim(0), x.dim(-1));
+    let n = x.numel() / (b * d).max(1);
+    check_shape("scale_by_factor", "factor", factor, &[b, d])?;
+    check_dtype("scale_by_factor", DType::F32, &[factor])?;
+    check_shape("scale_by_factor", "y", y, x.shape())?;
+    check_dtype("scale_by_factor", x.dtype(), &[y])?;
+    check_device("scale_by_factor", &x.device(), &[factor, y])?;
+    match x.device() {
+        Device::Cpu => {
+            let f = factor.cpu_f32()?;
+            let v: Vec<f32> = x.cpu_f32()?.iter().enumerate().map(|(i, &v)| v * f[(i / (n * d)) * d + i % d]).collect();
+            y.set_cpu_f32(&v)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => launch_grn_apply(&dev, "scale_by_factor", x.dtype(), x.cuda_ptr()?, y.cuda_ptr()?, factor, None, (b, n, d)),
+    }
+}
+
+/// [`scale_by_factor_into`] into a new tensor.
+pub(crate) fn scale_by_factor(x: &Tensor, factor: &Tensor) -> Result<Tensor> {
+    let mut y = Tensor::empty(x.shape(), x.dtype(), &x.device())?;
+    scale_by_factor_into(x, factor, &mut y)?;
+    Ok(y)
+}
+
 /// `w [rows, cols]` with column j multiplied by `factor[0, j]` (f32 `[1, cols]`, e.g. from
 /// [`gelu_grn_factor`] for one sample): `x·(w⊙factor)ᵀ = (x⊙factor)·wᵀ`.
 pub fn scale_columns(w: &Tensor, factor: &Tensor) -> Result<Tensor> {

@@ -292,6 +292,11 @@ inline void emu_wgmma_ss(float* d, EmuSmemDesc a, EmuSmemDesc b, bool trans, boo
     op.a_smem = a;
     op.n = (short)n;
 }
+// m64nNk16 (N = 64 or 128) with A from registers.
+inline void emu_wgmma_rs(float* d, const uint32_t* a, EmuSmemDesc b, bool trans, bool accumulate, int n) {
+    emu_wgmma_m64n64k16(d, a, b, trans, accumulate);
+    emu_wgmma_queue().ops[emu_wgmma_queue().count - 1].n = (short)n;
+}
 inline void emu_wgmma_m64n64k16_ss(float* d, EmuSmemDesc a, EmuSmemDesc b, bool trans, bool accumulate) {
     emu_wgmma_ss(d, a, b, trans, accumulate, 64);
 }
