@@ -456,14 +456,23 @@ if on GEMM_TUNE_AB 0; then
 fi
 
 # STAGE_VARIANTS="CASCADE_GRN_CHUNK=32 CASCADE_GEMM_REDUCTION=any,CASCADE_GEMM_TUNE=0": the stages
-# bench again under each variant's environment (NAME=VALUE pairs joined by commas), its rows
-# labelled with the variant, for A/B measurements in the same run (CASCADE_BENCH_STAGES applies).
+# bench again under each variant's environment (NAME=VALUE pairs joined by commas; a part without
+# "=" continues the value before it, so CASCADE_BENCH_STAGES=stage_c,stage_b keeps its list), its
+# rows labelled with the variant, for A/B measurements in the same run (CASCADE_BENCH_STAGES
+# applies).
 variants=()
 for v in ${STAGE_VARIANTS:-}; do
     label=$(echo "$v" | tr -c 'A-Za-z0-9_=\n' _)
     variants+=("stages-$label")
     vetted "stages-$label" "$v" || continue
-    (IFS=,; for kv in $v; do export "$kv"; done; CASCADE_BENCH_QUICK=1 step "stages-$label" "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench)
+    (IFS=,; cur=; for kv in $v; do
+        if [[ $kv == *=* ]]; then
+            [ -n "$cur" ] && export "$cur"
+            cur=$kv
+        else
+            cur="$cur,$kv"
+        fi
+    done; [ -n "$cur" ] && export "$cur"; CASCADE_BENCH_QUICK=1 step "stages-$label" "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench)
     sed "s/^BENCH /BENCH [$v] /" "$logs/stages-$label.log" > "$logs/bench-stages-$label.txt" 2> /dev/null
 done
 
