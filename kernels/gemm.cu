@@ -31,10 +31,11 @@
 #ifdef CASCADE_WGMMA
 // The fused GEMM's epilogue, from each consumer warpgroup's 64 × 128 accumulators (warpgroup w:
 // rows 64w .. 64w + 63 of the tile) and the block's stage memory, free once every product is
-// done: u, the chunks' sums of squares, and in the last blocks GRN's factor (with p.part NULL, u
-// alone: an MLP's first layer and its GELU). Every thread of the block calls it (it has
-// barriers); only the 256 threads of the two consumer warpgroups (`worker`, threads 0–255) hold
-// accumulators and do the work.
+// done: u, the chunks' sums of squares, and in the last blocks GRN's factor (SUMS false: u alone,
+// an MLP's first layer and its GELU). Every thread of the block calls it (it has barriers); only
+// the 256 threads of the two consumer warpgroups (`worker`, threads 0–255) hold accumulators and
+// do the work.
+template <bool SUMS = true>
 __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float (&acc)[64], unsigned char* const tiles, const int tid, const bool worker) {
     const int warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
     const int g = lane >> 2, t = lane & 3;
@@ -48,7 +49,7 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
     float* const wsum = halves + 2 * GG_BN;
     bool* const flag = (bool*)(wsum + 4);
     const bf16* bias = (const bf16*)p.bias;
-    const bool sums = p.part != nullptr;
+    constexpr bool sums = SUMS;
     // This thread's rows of the tile: row0 and row0 + 8. With sums, M is a multiple of 64, so a
     // warpgroup's rows are all in the matrix or all past it (then its sums are not written).
     const int row0 = 64 * wg + 16 * (warp & 3) + g;
@@ -253,7 +254,20 @@ extern "C" __global__ void __launch_bounds__(256, 1) gemm_gelu_grn_deep_bf16(Gem
 //   the copies of the next tile's first stages cannot start before this block ends, so the
 //   epilogue is exposed.
 #define GG_WS_THREADS 288
-template <int STAGES> __device__ __forceinline__ void gemm_gelu_grn_ws(const GemmGrnTmaParams& q) {
+#ifdef CASCADE_WGMMA
+// The producer's copies of one stage: waits until the slot's previous use has been handed back
+// (the phase of `empty` before round `round`; the first round passes at once), announces the two
+// tiles' bytes on `full`, and copies the 128 × 64 boxes of x at (k, m0) and w at (k, n0). Rows past
+// M or N and columns past K arrive as zeros: they add nothing.
+__device__ __forceinline__ void ws_produce(uint64_t* full, uint64_t* empty, int round, unsigned char* a, unsigned char* b, const TensorMap* x_map,
+                                           const TensorMap* w_map, int k, int m0, int n0) {
+    mbar_wait(empty, (round & 1) ^ 1);
+    mbar_arrive_expect_tx(full, 2 * GG_TILE);
+    tma_load_2d(a, x_map, k, m0, full);
+    tma_load_2d(b, w_map, k, n0, full);
+}
+#endif
+template <int STAGES, bool SUMS = true> __device__ __forceinline__ void gemm_gelu_grn_ws(const GemmGrnTmaParams& q) {
 #ifdef CASCADE_WGMMA
     const GemmGrnParams& p = q.g;
     extern __shared__ uint4 smem_words[];
@@ -286,11 +300,7 @@ template <int STAGES> __device__ __forceinline__ void gemm_gelu_grn_ws(const Gem
                 const int s = kt % STAGES;
                 // The slot's previous use (step kt − STAGES) is done with: its round's phase of
                 // `empty` has completed (the first round passes at once).
-                mbar_wait(&empty[s], ((kt / STAGES) & 1) ^ 1);
-                mbar_arrive_expect_tx(&full[s], 2 * GG_TILE);
-                // Rows past M or N and columns past K arrive as zeros: they add nothing.
-                tma_load_2d(atile(s), &q.x_map, kt * GG_BK, m0, &full[s]);
-                tma_load_2d(btile(s), &q.w_map, kt * GG_BK, n0, &full[s]);
+                ws_produce(&full[s], &empty[s], kt / STAGES, atile(s), btile(s), &q.x_map, &q.w_map, kt * GG_BK, m0, n0);
             }
         }
         __syncwarp();
@@ -311,7 +321,7 @@ template <int STAGES> __device__ __forceinline__ void gemm_gelu_grn_ws(const Gem
     // the epilogue's. The epilogue writes them through the generic proxy after the async one.
     fence_proxy_async_shared();
     __syncthreads();
-    gemm_grn_epilogue(p, acc, tiles, tid, !producer);
+    gemm_grn_epilogue<SUMS>(p, acc, tiles, tid, !producer);
 #endif
 }
 
@@ -322,6 +332,14 @@ extern "C" __global__ void __launch_bounds__(GG_WS_THREADS, 2) gemm_gelu_grn_ws_
 extern "C" __global__ void __launch_bounds__(GG_WS_THREADS, 1) gemm_gelu_grn_ws_deep_bf16(const __grid_constant__ GemmGrnTmaParams p) {
     pdl_enter();
     gemm_gelu_grn_ws<6>(p);
+}
+// The first of them with GRN's sums left out: an MLP's first layer and its GELU (Stage A's
+// MixBlocks; opt-in until measured, CASCADE_GEMM_WS_GELU=1), the GELU's epilogue overlapping the
+// other block's products where cuBLASLt's GELU epilogue follows its own. p.g.part, scale,
+// group_sums, gamma, counters and rows are unused; M is any size.
+extern "C" __global__ void __launch_bounds__(GG_WS_THREADS, 2) gemm_gelu_ws_bf16(const __grid_constant__ GemmGrnTmaParams p) {
+    pdl_enter();
+    gemm_gelu_grn_ws<3, false>(p);
 }
 
 // ---- Skinny products: few rows of x, many of w (opt-in until measured: CASCADE_GEMM_SKINNY=1) --
@@ -466,7 +484,8 @@ extern "C" __global__ void __launch_bounds__(128, 2) gemm_skinny_bf16(GemmSkinny
 // Block: 288 threads, as the fused GEMM's warp-specialised version: warps 0–7 two consumer
 // warpgroups (rows 64w .. 64w + 63 of each tile), warp 8 the producer, one lane of which follows
 // the same steps with TMA copies of u's and w₂'s tiles into a ring of GK_STAGES stages. One block
-// per SM (about 150 registers: the accumulators, two sets of A fragments, the factors).
+// per SM (167 registers, of the 168 that 288 threads leave: the accumulators, two sets of A
+// fragments, the factors of the fragment in hand).
 #define GK_STAGES 5
 #define GK_THREADS 288
 extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_scaled_sk_bf16(const __grid_constant__ GemmScaledTmaParams q) {
@@ -501,11 +520,8 @@ extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_scaled_sk_bf16(
             for (int64_t it = start; it < end; it++) {
                 const int i = (int)(it - start), s = i % GK_STAGES;
                 const int tile = (int)(it / ks), kt = (int)(it % ks);
-                mbar_wait(&empty[s], ((i / GK_STAGES) & 1) ^ 1);
-                mbar_arrive_expect_tx(&full[s], 2 * GG_TILE);
-                // Rows past M or N and columns past K arrive as zeros: they add nothing.
-                tma_load_2d(atile(s), &q.x_map, kt * GG_BK, (tile / tiles_n) * GG_BM, &full[s]);
-                tma_load_2d(btile(s), &q.w_map, kt * GG_BK, (tile % tiles_n) * GG_BN, &full[s]);
+                ws_produce(&full[s], &empty[s], i / GK_STAGES, atile(s), btile(s), &q.x_map, &q.w_map, kt * GG_BK, (tile / tiles_n) * GG_BM,
+                           (tile % tiles_n) * GG_BN);
             }
         }
         return;

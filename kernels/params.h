@@ -115,15 +115,15 @@ typedef struct GrnResidentParams {
 // 1 + γ·N(y) per sample and column in scale. x [M, K], w [N, K] (nn.Linear's layout), bias [N]
 // or NULL, y [M, N], gamma [N], all bf16, rows dense, K and N multiples of 8, every pointer
 // 16-byte aligned; M = samples · rows with rows a multiple of 64 (the launcher checks).
-// With part NULL the kernel is an MLP's first layer alone, u = GELU(x · wᵀ + bias) (Stage A's
-// MixBlocks): no sums, no factor, and M any size (scale, group_sums, gamma, counters and rows
-// unused).
+// gemm_gelu_ws_bf16 takes the same parameters for an MLP's first layer alone, u = GELU(x · wᵀ +
+// bias) (Stage A's MixBlocks): no sums, no factor, and M any size (part, scale, group_sums, gamma,
+// counters and rows unused).
 typedef struct GemmGrnParams {
     const void* x;
     const void* w;
     const void* bias;
     void* y;
-    float* part;            // [M / 64, N], f32: each chunk's sums of squares (NULL: GELU only)
+    float* part;            // [M / 64, N], f32: each chunk's sums of squares
     float* scale;           // [M / rows, N], f32: the factor (the norms until the last tile)
     float* group_sums;      // [M / rows, ceil(N / 128)], f32: each column tile's sum of norms
     const void* gamma;      // [N]

@@ -66,6 +66,10 @@ CASCADE_GEMM_WGMMA=ws cargo test --release --features cuda --test models -- --ig
 # make no pass over u at all).
 CASCADE_GEMM_WS_FC2=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 CASCADE_GEMM_WGMMA=ws CASCADE_GEMM_WS_FC2=1 cargo test --release --features cuda --test pipeline -- --ignored "$@"
+# The same kernel without a factor for residual products with few output tiles (opt-in): the
+# linear tests (their bf16 products added to bf16 and f32 outputs take it) and the tiny models.
+CASCADE_GEMM_SK=1 cargo test --release --features cuda --test linear -- --ignored gpu_ "$@"
+CASCADE_GEMM_SK=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The split-key wgmma attention (opt-in until measured) in every unmasked attention, two ranges
 # each (=2 forces the split: the planned one never splits the tiny models' small grids): the
 # tiny models and the tiny pipeline against diffusers' seeded images.

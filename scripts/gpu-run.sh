@@ -88,7 +88,7 @@ step() {
 vetting_test() {
     local t=
     case $1 in
-        *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=* | *CASCADE_GEMM_WS_FC2=*) t=kernels-gemmwg ;;
+        *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=* | *CASCADE_GEMM_WS_FC2=* | *CASCADE_GEMM_SK=*) t=kernels-gemmwg ;;
         *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t=kernels-split ;;
         *CASCADE_DW_TILE=roll*) t=kernels-dwroll ;;
         *CASCADE_GEMM_SKINNY=*) t=kernels-skinny ;;
@@ -163,9 +163,10 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     # shapes and every real ResBlock's fc1, likewise alone; the warp-specialised one as an MLP's
     # first layer and its GELU alone (opt-in: CASCADE_GEMM_WS_GELU=1) on every linear shape; the
     # stream-K fc2 with GRN's factor on its input (opt-in: CASCADE_GEMM_WS_FC2=1) on every real
-    # ResBlock's fc2 and the odd shapes; then the pipeline tests with all three TMA GEMMs on.
+    # ResBlock's fc2 and the odd shapes (also without a factor: CASCADE_GEMM_SK=1, residual
+    # products with few tiles); then the linear tests and the pipeline tests with all of them on.
     tests+=(kernels-gemmwg)
-    step test-kernels-gemmwg "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu linear_scaled && CASCADE_GEMM_WGMMA=ws '$bundle/tests/pipeline' --include-ignored --nocapture" &
+    step test-kernels-gemmwg "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1 CASCADE_GEMM_SK=1; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu linear_scaled && '$bundle/tests/linear' --include-ignored --nocapture gpu_ && CASCADE_GEMM_WGMMA=ws '$bundle/tests/pipeline' --include-ignored --nocapture" &
     pids+=($!)
     # The split-key and the two-warpgroup wgmma attention kernels (opt-in:
     # CASCADE_ATTENTION_SPLIT=1, CASCADE_ATTENTION=wgmma2) on every attention shape, then the

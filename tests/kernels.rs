@@ -350,9 +350,10 @@ fn linear_gelu_grn_kernels() {
 #[ignore = "needs a CUDA GPU"]
 fn linear_scaled_kernels() {
     let dev = gpu();
-    if !cascade::testing::wgmma_testable(&dev, std::env::var("CASCADE_GEMM_WS_FC2").is_ok_and(|v| v.trim() == "1")) {
+    let asked = ["CASCADE_GEMM_WS_FC2", "CASCADE_GEMM_SK"].iter().any(|v| std::env::var(v).is_ok_and(|v| v.trim() == "1"));
+    if !cascade::testing::wgmma_testable(&dev, asked) {
         println!(
-            "linear_scaled: the stream-K kernel is not tested here (compute capability 9.0 and CASCADE_GEMM_WS_FC2=1, or the emulator)"
+            "linear_scaled: the stream-K kernel is not tested here (compute capability 9.0 and CASCADE_GEMM_WS_FC2=1 or CASCADE_GEMM_SK=1, or the emulator)"
         );
         return;
     }
@@ -370,25 +371,35 @@ fn linear_scaled_kernels() {
         let factor = Tensor::from_f32(&fv, &[b, k], DType::F32, &dev).unwrap();
         let sel: Vec<usize> = (0..m).step_by(if m * n > 1 << 20 { 61 } else { 1 }).chain([m - 1]).collect();
         let grids: &[Option<usize>] = if name.starts_with("odd") { &[None, Some(1), Some(2), Some(5), Some(13)] } else { &[None] };
-        for (dtype, accumulate) in [(DType::F32, true), (DType::BF16, false), (DType::BF16, true)] {
+        // The last case without a factor: the kernel as a plain residual product (CASCADE_GEMM_SK=1).
+        for (dtype, accumulate, scaled) in
+            [(DType::F32, true, true), (DType::BF16, false, true), (DType::BF16, true, true), (DType::F32, true, false)]
+        {
             let (bias, biasv) = input(&mut rng, &[n], 0.5, dtype, &dev);
             let (y0, y0v) = input(&mut rng, &[b, rows, n], 1.0, dtype, &dev);
             let mut want = Vec::new();
             for &r in &sel {
                 // x ⊙ factor rounded to bf16, as the kernel (and GRN's apply pass) round it: an f32
                 // output then carries only the order of the sums.
-                let xs = round_to(&(0..k).map(|j| xv[r * k + j] * fv[(r / rows) * k + j]).collect::<Vec<f32>>(), DType::BF16);
+                let xs = round_to(
+                    &(0..k).map(|j| xv[r * k + j] * if scaled { fv[(r / rows) * k + j] } else { 1.0 }).collect::<Vec<f32>>(),
+                    DType::BF16,
+                );
                 let row = cpu::linear(&xs, &wv, Some(&biasv), 1, k, n);
                 want.extend(row.iter().enumerate().map(|(j, v)| v + if accumulate { y0v[r * n + j] } else { 0.0 }));
             }
             for &grid in grids {
                 let (mut y, whole) = poisoned(&[b, rows, n], dtype, &dev).unwrap();
                 ops::cast_into(&y0, &mut y).unwrap();
-                ops::linear_scaled_sk_into(&x, Some(&factor), &w, Some(&bias), &mut y, accumulate, grid).unwrap();
+                ops::linear_scaled_sk_into(&x, scaled.then_some(&factor), &w, Some(&bias), &mut y, accumulate, grid).unwrap();
                 let got = y.to_vec_f32().unwrap();
                 assert!(got.iter().all(|v| v.is_finite()), "linear_scaled {name}: an element was not written");
                 let g: Vec<f32> = sel.iter().flat_map(|&r| got[r * n..(r + 1) * n].iter().copied()).collect();
-                let what = format!("linear_scaled {} grid {grid:?}", if accumulate { "+=" } else { "=" });
+                let what = format!(
+                    "linear_scaled {}{} grid {grid:?}",
+                    if accumulate { "+=" } else { "=" },
+                    if scaled { "" } else { " no factor" }
+                );
                 verify(&what, name, dtype, &g, Some(&whole), &want);
             }
         }

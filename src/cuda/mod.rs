@@ -106,10 +106,12 @@ pub(crate) enum SharedMemoryOptIn {
     GemmSkinny,
     /// `gemm_scaled_sk_bf16`.
     GemmScaled,
+    /// `gemm_gelu_ws_bf16`.
+    GemmGeluWs,
 }
 
 impl SharedMemoryOptIn {
-    const COUNT: usize = 9;
+    const COUNT: usize = 10;
 }
 
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.
@@ -154,6 +156,9 @@ pub struct CudaDevice {
     /// The stream-K GEMM with GRN's factor on its input (`CASCADE_GEMM_WS_FC2=1`) passed its
     /// start-up check.
     scaled_gemm: std::sync::atomic::AtomicBool,
+    /// The same kernel, without a factor, for residual products with few output tiles
+    /// (`CASCADE_GEMM_SK=1`), passed its start-up check.
+    sk_gemm: std::sync::atomic::AtomicBool,
     /// The dynamic shared memory each kernel of [`SharedMemoryOptIn`] may use, as set so far (0:
     /// the default 48 KiB).
     smem_opt_in: [std::sync::atomic::AtomicUsize; SharedMemoryOptIn::COUNT],
@@ -332,6 +337,7 @@ impl CudaDevice {
             skinny_gemm: false.into(),
             ws_gelu_gemm: false.into(),
             scaled_gemm: false.into(),
+            sk_gemm: false.into(),
             smem_opt_in: Default::default(),
             completion_counters,
             captures: 0.into(),
@@ -421,6 +427,11 @@ impl CudaDevice {
         if dev.compute_capability == (9, 0) && std::env::var("CASCADE_GEMM_WS_FC2").is_ok_and(|v| v.trim() == "1") {
             let ok = check_gemm_scaled(&dev);
             dev.scaled_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
+        }
+        // ... and without a factor for residual products with few tiles (CASCADE_GEMM_SK=1).
+        if dev.compute_capability == (9, 0) && std::env::var("CASCADE_GEMM_SK").is_ok_and(|v| v.trim() == "1") {
+            let ok = check_gemm_scaled(&dev);
+            dev.sk_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(dev)
     }
@@ -573,6 +584,14 @@ impl CudaDevice {
     /// when the device was opened.
     pub fn scaled_gemm(&self) -> bool {
         self.scaled_gemm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether bf16 residual products (`y += x·wᵀ + b`) with fewer 128 × 128 output tiles than two
+    /// waves take the stream-K wgmma kernel instead of cuBLASLt: asked for (`CASCADE_GEMM_SK=1`),
+    /// a compute capability 9.0 GPU, and the kernel agreed with cuBLASLt when the device was
+    /// opened.
+    pub fn sk_gemm(&self) -> bool {
+        self.sk_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lets `f` (the kernel `which` names) use `bytes` of dynamic shared memory per block: beyond
@@ -1181,7 +1200,8 @@ fn check_gemm_ws_gelu(dev: &Arc<CudaDevice>) -> bool {
 
 /// Runs the stream-K GEMM with GRN's factor on its input once beside the factor applied first and
 /// cuBLASLt, on two samples with partial tiles, into an f32 output it adds to and a bf16 one it
-/// writes, on a grid that cuts every tile into pieces; true when they agree.
+/// writes, then without a factor into a bf16 output it adds to, on a grid that cuts every tile
+/// into pieces; true when all three agree.
 fn check_gemm_scaled(dev: &Arc<CudaDevice>) -> bool {
     use crate::{DType, Device, Tensor};
     let device = Device::Cuda(dev.clone());
@@ -1194,14 +1214,14 @@ fn check_gemm_scaled(dev: &Arc<CudaDevice>) -> bool {
         let factor = t(&[b, k], 1.0, DType::F32)?;
         let xf = crate::ops::norm::scale_by_factor(&x, &factor)?;
         let mut worst = 0f64;
-        for (dt, accumulate) in [(DType::F32, true), (DType::BF16, false)] {
+        for (dt, accumulate, scaled) in [(DType::F32, true, true), (DType::BF16, false, true), (DType::BF16, true, false)] {
             let (bias, y0) = (t(&[n], 0.5, dt)?, t(&[b, rows, n], 1.0, dt)?);
             let mut want = Tensor::empty(&[b, rows, n], dt, &device)?;
             let mut got = Tensor::empty(&[b, rows, n], dt, &device)?;
             crate::ops::cast_into(&y0, &mut want)?;
             crate::ops::cast_into(&y0, &mut got)?;
-            linear_reference(&xf, &w, &bias, &mut want, accumulate)?;
-            crate::ops::linear_scaled_sk_into(&x, Some(&factor), &w, Some(&bias), &mut got, accumulate, Some(7))?;
+            linear_reference(if scaled { &xf } else { &x }, &w, &bias, &mut want, accumulate)?;
+            crate::ops::linear_scaled_sk_into(&x, scaled.then_some(&factor), &w, Some(&bias), &mut got, accumulate, Some(7))?;
             let got = got.to_vec_f32()?;
             if got.iter().any(|v| !v.is_finite()) {
                 return Ok(f64::INFINITY);

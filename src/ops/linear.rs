@@ -105,17 +105,24 @@ fn ws_gelu_unfit(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, (m, 
         format!("{m}×{k}×{n} is beyond the kernel's grid")
     } else if [x.cuda_ptr()?, w.cuda_ptr()?, y.cuda_ptr()?].iter().any(|a| a % 16 != 0) {
         "x, w and y must start 16-byte aligned".to_string()
-    } else if dev.compute_capability() != (9, 0) {
-        let (major, minor) = dev.compute_capability();
-        format!("it uses Hopper's wgmma and TMA (compute capability 9.0); {} has {major}.{minor}", dev.name())
+    } else if let Some(why) = not_hopper(&dev) {
+        why
     } else {
         return Ok(None);
     };
     Ok(Some(why))
 }
 
-/// The launch behind [`linear_gelu_ws_into`]: 128 × 128 output tiles, the fused GEMM's
-/// parameters with no GRN buffers (`part` NULL: GELU only), its operands as tensor maps.
+/// Why a kernel on Hopper's wgmma and TMA cannot run on `dev` (None: compute capability 9.0).
+#[cfg(feature = "cuda")]
+fn not_hopper(dev: &crate::cuda::CudaDevice) -> Option<String> {
+    let (major, minor) = dev.compute_capability();
+    ((major, minor) != (9, 0))
+        .then(|| format!("it uses Hopper's wgmma and TMA (compute capability 9.0); {} has {major}.{minor}", dev.name()))
+}
+
+/// The launch behind [`linear_gelu_ws_into`] (`gemm_gelu_ws_bf16`): 128 × 128 output tiles, the
+/// fused GEMM's parameters with no GRN buffers, its operands as tensor maps.
 #[cfg(feature = "cuda")]
 fn gemm_gelu_ws(
     dev: &std::sync::Arc<crate::cuda::CudaDevice>,
@@ -148,9 +155,9 @@ fn gemm_gelu_ws(
         w_map: crate::cuda::tensor_map_bf16(w.cuda_ptr()?, n, k, 128, 64)?,
         g,
     };
-    let f = &dev.kernels().gemm_gelu_grn_ws_bf16;
+    let f = &dev.kernels().gemm_gelu_ws_bf16;
     let smem = super::norm::gemm_grn_smem(super::FusedGrnKernel::WgmmaWs);
-    dev.opt_in_shared_memory(f, crate::cuda::SharedMemoryOptIn::GemmGrnWs, smem)?;
+    dev.opt_in_shared_memory(f, crate::cuda::SharedMemoryOptIn::GemmGeluWs, smem)?;
     dev.launch(f, (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1), (288, 1, 1), smem as u32, &q)
 }
 
@@ -235,7 +242,7 @@ fn scaled_unfit(x: &Tensor, factor: Option<&Tensor>, w: &Tensor, y: &Tensor, (m,
         format!("x and w must be bf16, not {}", x.dtype())
     } else if k % 8 != 0 || n % 8 != 0 || k == 0 || n == 0 || m == 0 {
         format!("K ({k}) and N ({n}) must be positive multiples of 8, and M ({m}) positive")
-    } else if rows % 16 != 0 {
+    } else if factor.is_some() && rows % 16 != 0 {
         format!("rows per sample ({rows}) must be a multiple of 16")
     } else if m > i32::MAX as usize || n > i32::MAX as usize || k > i32::MAX as usize {
         format!("{m}×{k}×{n} is beyond 32-bit sizes")
@@ -250,9 +257,8 @@ fn scaled_unfit(x: &Tensor, factor: Option<&Tensor>, w: &Tensor, y: &Tensor, (m,
         .any(|a| a % 16 != 0)
     {
         "x, w, y and the factor must start 16-byte aligned".to_string()
-    } else if dev.compute_capability() != (9, 0) {
-        let (major, minor) = dev.compute_capability();
-        format!("it uses Hopper's wgmma and TMA (compute capability 9.0); {} has {major}.{minor}", dev.name())
+    } else if let Some(why) = not_hopper(&dev) {
+        why
     } else {
         return Ok(None);
     };
@@ -374,6 +380,16 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
             if dev.skinny_gemm() && skinny_fits(x, w, bias, y, m, k, n)? {
                 return gemm_skinny(&dev, x, w, bias, y, (m, k, n), gelu, accumulate);
             }
+            // Residual products with few output tiles (the attention's output projections, fc2
+            // where GRN was applied in place): stream-K, when asked for (CASCADE_GEMM_SK=1).
+            if accumulate
+                && !gelu
+                && dev.sk_gemm()
+                && sk_few_tiles(m, n, dev.multiprocessors())
+                && scaled_unfit(x, None, w, y, (m, k, n))?.is_none()
+            {
+                return gemm_scaled_sk(&dev, x, None, w, bias, y, (m, k, n), true, None);
+            }
             let bias_ptr = bias.map(|b| b.cuda_ptr()).transpose()?;
             // SAFETY: `check` verified every buffer's element count against (m, k, n).
             unsafe {
@@ -392,6 +408,14 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
             }
         }
     }
+}
+
+/// Whether a residual product of `m × n` outputs has too few 128 × 128 tiles to fill two waves of
+/// `sms` SMs: where whole tiles leave SMs idle or a last wave nearly empty, and the stream-K
+/// kernel's even cut of K helps (Stage B's level-2 output projection: 80 tiles; Stage C's: 144).
+#[cfg(feature = "cuda")]
+fn sk_few_tiles(m: usize, n: usize, sms: usize) -> bool {
+    m.div_ceil(128) * n.div_ceil(128) < 2 * sms
 }
 
 /// Whether [`gemm_skinny`] can take a product `check` accepted: bf16 throughout, at most
