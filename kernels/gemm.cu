@@ -486,10 +486,12 @@ extern "C" __global__ void __launch_bounds__(128, 2) gemm_skinny_bf16(GemmSkinny
 // the same steps with TMA copies of u's and w₂'s tiles into a ring of GK_STAGES stages. One block
 // per SM (167 registers, of the 168 that 288 threads leave: the accumulators, two sets of A
 // fragments, the factors of the fragment in hand).
+//
+// SCALED false (gemm_sk_bf16, no factor: a plain residual product) reads A from shared memory in
+// the products themselves, as the fused GEMM does: no ldmatrix, no A registers.
 #define GK_STAGES 5
 #define GK_THREADS 288
-extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_scaled_sk_bf16(const __grid_constant__ GemmScaledTmaParams q) {
-    pdl_enter();
+template <bool SCALED> __device__ __forceinline__ void gemm_sk(const GemmScaledTmaParams& q) {
 #ifdef CASCADE_WGMMA
     const GemmScaledParams& p = q.g;
     extern __shared__ uint4 smem_words[];
@@ -611,15 +613,22 @@ extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_scaled_sk_bf16(
     auto step = [&](int64_t it, bool first, uint32_t (&a)[4][4]) {
         const int i = (int)(it - start), s = i % GK_STAGES;
         const int tile = (int)(it / ks), kt = (int)(it % ks);
-        // This warp's sample's factors (p.factor NULL: none), read per 16 columns as they are
-        // applied (the loads hit L1: every warp of the sample reads the same 256 bytes a step).
-        const float* const fr = p.factor ? p.factor + (int64_t)min(((tile / tiles_n) * GG_BM + wrow) / p.rows, samples - 1) * p.K : nullptr;
-        mbar_wait(&full[s], (i / GK_STAGES) & 1);
+        if constexpr (!SCALED) {
+            // A straight from the stage's tile, as the fused GEMM reads it.
+            mbar_wait(&full[s], (i / GK_STAGES) & 1);
+            gemm_grn_step(acc, atile(s) + wg * 64 * 128, btile(s), !first);
+        } else {
+            // This warp's sample's factors, read per 16 columns as they are applied (the loads hit
+            // L1: every warp of the sample reads the same 256 bytes a step). The launcher never
+            // passes a NULL factor here; the test keeps ptxas's schedule of the loads (without it
+            // the kernel spills 16 bytes).
+            const float* const fr = p.factor ? p.factor + (int64_t)min(((tile / tiles_n) * GG_BM + wrow) / p.rows, samples - 1) * p.K : nullptr;
+            mbar_wait(&full[s], (i / GK_STAGES) & 1);
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            const int chunk = 2 * kk + lhi;
-            ldmatrix_x4<false>(a[kk], atile(s) + lrow * 128 + ((chunk ^ (lrow & 7)) << 4));
-            if (fr) {
+            for (int kk = 0; kk < 4; kk++) {
+                const int chunk = 2 * kk + lhi;
+                ldmatrix_x4<false>(a[kk], atile(s) + lrow * 128 + ((chunk ^ (lrow & 7)) << 4));
+                if (!fr) continue;
                 // Columns k, k + 1 (a0, a1: rows g and g + 8) and k + 8, k + 9 (a2, a3). K is a
                 // multiple of 8, so each pair is in K or past it (where u is zero) together.
                 const int k = kt * GG_BK + 16 * kk + 2 * t;
@@ -632,11 +641,11 @@ extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_scaled_sk_bf16(
                     a[kk][r] = r < 2 ? pack_bf16x2(x0 * lo.x, x1 * lo.y) : pack_bf16x2(x0 * hi.x, x1 * hi.y);
                 }
             }
-        }
-        wgmma_fence();
+            wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_m64n128k16_bf16_rs(acc, a[kk], smem_desc_sw128(btile(s) + 32 * kk), !(first && kk == 0));
-        wgmma_commit();
+            for (int kk = 0; kk < 4; kk++) wgmma_m64n128k16_bf16_rs(acc, a[kk], smem_desc_sw128(btile(s) + 32 * kk), !(first && kk == 0));
+            wgmma_commit();
+        }
         // The previous step's products are done (this step's stay in flight): its stage is free.
         wgmma_wait<1>();
         wgmma_fence_operands(acc);
@@ -668,4 +677,15 @@ extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_scaled_sk_bf16(
         finish_piece(tile, (int)((piece_end - 1) % ks));
     }
 #endif
+}
+
+extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_scaled_sk_bf16(const __grid_constant__ GemmScaledTmaParams q) {
+    pdl_enter();
+    gemm_sk<true>(q);
+}
+// Without a factor (p.g.factor NULL): the residual products with few output tiles
+// (CASCADE_GEMM_SK=1; opt-in until measured).
+extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_sk_bf16(const __grid_constant__ GemmScaledTmaParams q) {
+    pdl_enter();
+    gemm_sk<false>(q);
 }

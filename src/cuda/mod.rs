@@ -108,10 +108,12 @@ pub(crate) enum SharedMemoryOptIn {
     GemmScaled,
     /// `gemm_gelu_ws_bf16`.
     GemmGeluWs,
+    /// `gemm_sk_bf16`.
+    GemmSk,
 }
 
 impl SharedMemoryOptIn {
-    const COUNT: usize = 10;
+    const COUNT: usize = 11;
 }
 
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.

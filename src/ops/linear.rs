@@ -206,7 +206,7 @@ pub fn linear_scaled_fused(device: &Device, rows: usize, k: usize, n: usize) -> 
 }
 
 /// [`linear_scaled_into`] on the stream-K wgmma kernel by name (kernels/gemm.cu
-/// `gemm_scaled_sk_bf16`), on `blocks` blocks (None: one per SM, at most one per 64-deep step of
+/// `gemm_scaled_sk_bf16`, or `gemm_sk_bf16` without a factor), on `blocks` blocks (None: one per SM, at most one per 64-deep step of
 /// the product; tests pass a few to cut tiles into pieces at odd places): an error where it
 /// cannot run (bf16 x and w, f32 factor, y and bias bf16 or f32, K and N multiples of 8, rows per
 /// sample a multiple of 16, 16-byte aligned operands, compute capability 9.0).
@@ -289,9 +289,13 @@ fn gemm_scaled_sk(
     blocks: Option<usize>,
 ) -> Result<()> {
     let b = if x.rank() >= 2 { x.dim(0) } else { 1 };
-    let f = &dev.kernels().gemm_scaled_sk_bf16;
+    // Without a factor, the version that reads A from shared memory in the products.
+    let (f, which) = match factor {
+        Some(_) => (&dev.kernels().gemm_scaled_sk_bf16, crate::cuda::SharedMemoryOptIn::GemmScaled),
+        None => (&dev.kernels().gemm_sk_bf16, crate::cuda::SharedMemoryOptIn::GemmSk),
+    };
     let smem = scaled_smem();
-    dev.opt_in_shared_memory(f, crate::cuda::SharedMemoryOptIn::GemmScaled, smem)?;
+    dev.opt_in_shared_memory(f, which, smem)?;
     let per_sm = dev.resident_blocks_per_sm(f, 288, smem)?;
     let resident = per_sm * dev.multiprocessors();
     if resident == 0 {
