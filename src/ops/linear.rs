@@ -633,4 +633,17 @@ mod tests {
         assert_eq!(s(5, 3, 264), (3, 1)); // one step per range
         assert_eq!(s(1, 1, 264), (1, 1));
     }
+
+    /// Which residual products the stream-K kernel takes with `CASCADE_GEMM_SK=1` on an H200's 132
+    /// SMs: the narrow ones, not those whose tiles fill two waves.
+    #[test]
+    fn stream_k_takes_the_narrow_residual_products() {
+        let few = |m, n| super::sk_few_tiles(m, n, 132);
+        assert!(few(1024, 1280)); // Stage B level 2's output projection and fc2: 80 tiles
+        assert!(few(256, 1280)); // level 3: 20
+        assert!(few(1152, 2048)); // Stage C's: 144
+        assert!(few(4096, 640)); // Stage B level 1's fc2: 160
+        assert!(!few(16384, 320)); // level 0's: 384
+        assert!(!few(65536, 384)); // Stage A's fc2: 1536
+    }
 }
