@@ -82,10 +82,14 @@ fn main() {
         }
     }
     // A ResBlock's fc2 with GRN's factor on its input, added to the f32 residual stream: the
-    // stream-K wgmma kernel (compute capability 9.0; opt-in, CASCADE_GEMM_WS_FC2=1, or the
-    // emulator) against GRN's apply then cuBLASLt, and cuBLASLt's product alone (no factor: how
-    // the kernel's products compare with cuBLASLt's), on each real fc2 and the odd shapes.
-    let scaled = cascade::testing::wgmma_testable(&dev, std::env::var("CASCADE_GEMM_WS_FC2").is_ok_and(|v| v.trim() == "1"));
+    // stream-K wgmma kernel (compute capability 9.0; opt-in, CASCADE_GEMM_WS_FC2=1 or
+    // CASCADE_GEMM_SK=1, or the emulator) against GRN's apply then cuBLASLt; and without the
+    // factor, cuBLASLt's product alone against the kernel's plain version (gemm_sk_bf16), on each
+    // real fc2 and the odd shapes.
+    let scaled = cascade::testing::wgmma_testable(
+        &dev,
+        ["CASCADE_GEMM_WS_FC2", "CASCADE_GEMM_SK"].iter().any(|v| std::env::var(v).is_ok_and(|v| v.trim() == "1")),
+    );
     for sh in shapes::MLP_GRN {
         let (name, b, rows, k, n) = (sh.name, sh.b, sh.rows, sh.n, sh.k);
         let (u, w, bias) = (rnd(&[b, rows, k], bf), rnd(&[n, k], bf), rnd(&[n], DType::F32));
@@ -103,6 +107,9 @@ fn main() {
         if scaled {
             r.run(&format!("linear_scaled/sk/{dims}"), flops, None, || {
                 ops::linear_scaled_sk_into(&u, Some(&f), &w, Some(&bias), &mut y, true, None).unwrap()
+            });
+            r.run(&format!("linear_scaled/sk_plain/{dims}"), flops, None, || {
+                ops::linear_scaled_sk_into(&u, None, &w, Some(&bias), &mut y, true, None).unwrap()
             });
         }
     }

@@ -352,7 +352,8 @@ if on BENCH 1; then
             # The ops bench's fc1 + GRN rows again with the fused wgmma GEMM's rows among them
             # (the separate path's rows give a same-run comparison), Stage A's fc1 with its GELU
             # on the warp-specialised GEMM beside cuBLASLt's GELU epilogue, and the ResBlocks'
-            # fc2 on the stream-K kernel beside GRN's apply pass then cuBLASLt.
+            # fc2 on the stream-K kernel beside GRN's apply pass then cuBLASLt (and its plain
+            # version, no factor, beside cuBLASLt's product alone).
             if [[ $variants == *" gemmwg "* ]]; then
                 benches+=("bench-ops-wgmma")
                 vetted bench-ops-wgmma CASCADE_GEMM_WGMMA=1 &&

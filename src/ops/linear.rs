@@ -74,11 +74,12 @@ fn ws_gelu_min_rows() -> usize {
 }
 
 /// `y = GELU(x · wᵀ + bias)` on the warp-specialised wgmma GEMM (kernels/gemm.cu
-/// `gemm_gelu_grn_ws_bf16` with GRN's sums left out): one warp brings the operands in with TMA
-/// copies while two warpgroups multiply, and two blocks per SM let one block's epilogue (the
-/// erf GELU and the stores) overlap the other's products. The erf GELU of the f32 product plus
-/// bias, rounded to bf16 once (cuBLASLt's epilogue takes the tanh form). bf16 throughout, K and N multiples of 8, x, w and y 16-byte aligned, compute capability 9.0: an
-/// error saying why otherwise. [`linear_gelu_into`] takes it by itself for large products when
+/// `gemm_gelu_ws_bf16`, the fused fc1 + GRN kernel with GRN's sums compiled out): one warp brings
+/// the operands in with TMA copies while two warpgroups multiply, and two blocks per SM let one
+/// block's epilogue (the erf GELU and the stores) overlap the other's products. The erf GELU of
+/// the f32 product plus bias, rounded to bf16 once (cuBLASLt's epilogue takes the tanh form).
+/// bf16 throughout, K and N multiples of 8, x, w and y 16-byte aligned, compute capability 9.0:
+/// an error saying why otherwise. [`linear_gelu_into`] takes it by itself for large products when
 /// asked for (`CASCADE_GEMM_WS_GELU=1` or `force`, behind a start-up check).
 pub fn linear_gelu_ws_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
     let (m, k, n) = check(x, w, bias, y)?;

@@ -563,11 +563,13 @@ pub fn scale_by_factor_into(x: &Tensor, factor: &Tensor, y: &mut Tensor) -> Resu
     check_device("scale_by_factor", &x.device(), &[factor, y])?;
     match x.device() {
         Device::Cpu => {
-            let f = factor.cpu_f32()?;
-            let v: Vec<f32> = x.cpu_f32()?.iter().enumerate().map(|(i, &v)| v * f[(i / (n * d)) * d + i % d]).collect();
+            let (f, xv) = (factor.cpu_f32()?, x.cpu_f32()?);
+            let v: Vec<f32> =
+                xv.chunks((n * d).max(1)).zip(f.chunks(d.max(1))).flat_map(|(xs, fs)| cpu::scale_columns(xs, d, fs)).collect();
             y.set_cpu_f32(&v)
         }
         #[cfg(feature = "cuda")]
+        // grn_apply without β.
         Device::Cuda(dev) => launch_grn_apply(&dev, "scale_by_factor", x.dtype(), x.cuda_ptr()?, y.cuda_ptr()?, factor, None, (b, n, d)),
     }
 }
@@ -582,22 +584,13 @@ pub(crate) fn scale_by_factor(x: &Tensor, factor: &Tensor) -> Result<Tensor> {
 /// `w [rows, cols]` with column j multiplied by `factor[0, j]` (f32 `[1, cols]`, e.g. from
 /// [`gelu_grn_factor`] for one sample): `x·(w⊙factor)ᵀ = (x⊙factor)·wᵀ`.
 pub fn scale_columns(w: &Tensor, factor: &Tensor) -> Result<Tensor> {
-    let &[_, cols] = w.shape() else {
+    let &[rows, cols] = w.shape() else {
         return Err(Error::Shape(format!("scale_columns: w must be [rows, cols], got {:?}", w.shape())));
     };
-    check_shape("scale_columns", "factor", factor, &[1, cols])?;
-    check_dtype("scale_columns", DType::F32, &[factor])?;
-    check_device("scale_columns", &w.device(), &[factor])?;
-    let mut y = Tensor::empty(w.shape(), w.dtype(), &w.device())?;
-    match w.device() {
-        Device::Cpu => y.set_cpu_f32(&cpu::scale_columns(&w.cpu_f32()?, cols, &factor.cpu_f32()?))?,
-        #[cfg(feature = "cuda")]
-        // grn_apply without β over one "sample" of `rows` positions.
-        Device::Cuda(dev) => {
-            launch_grn_apply(&dev, "scale_columns", w.dtype(), w.cuda_ptr()?, y.cuda_ptr()?, factor, None, (1, w.dim(0), cols))?
-        }
-    }
-    Ok(y)
+    // One "sample" of `rows` positions.
+    let mut y = Tensor::empty(&[1, rows, cols], w.dtype(), &w.device())?;
+    scale_by_factor_into(&w.view(&[1, rows, cols])?, factor, &mut y)?;
+    y.reshape(&[rows, cols])
 }
 
 enum GrnOutput<'a> {
