@@ -38,6 +38,13 @@ CASCADE_GEMM_SKINNY=1 cargo test --release --features cuda --test models -- --ig
 # models, whose VQGAN and CLIP MLPs then take it.
 CASCADE_GEMM_WS_GELU=force cargo test --release --features cuda --test kernels -- --ignored linear_gelu_kernel "$@"
 CASCADE_GEMM_WS_GELU=force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# Kernel choice by timing (CASCADE_KERNEL_TUNE=1): every kernel awaiting measurement is checked
+# at start-up and timed against the default per shape (on the emulator the defaults win almost
+# everywhere; what is checked is that the timing, its nested captures and the choices leave the
+# results within their bounds and graphs equal to direct launches): the tiny models and the
+# tiny pipeline.
+CASCADE_KERNEL_TUNE=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+CASCADE_KERNEL_TUNE=1 cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # The f32 residual stream's edges as separate casts and modulations (CASCADE_STREAM_EDGES=cast,
 # kept for the stages bench's A/B on a GPU): the tiny pipeline against diffusers' seeded images.
 CASCADE_STREAM_EDGES=cast cargo test --release --features cuda --test pipeline -- --ignored tiny_pipeline_on_the_gpu "$@"

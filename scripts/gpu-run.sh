@@ -86,8 +86,10 @@ step() {
 # Phase 2 skips such a variant: its timings would mean nothing, and a kernel that hangs would
 # hold the card until the step's cap, taking the rest of the call with it.
 vetting_test() {
-    local t=
+    local t= one
     case $1 in
+        # Kernel choice by timing may take any kernel awaiting measurement.
+        *CASCADE_KERNEL_TUNE=1* | *CASCADE_KERNEL_TUNE=log*) t="kernels-gemmwg kernels-split kernels-skinny pipeline-tuned" ;;
         *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=* | *CASCADE_GEMM_WS_FC2=* | *CASCADE_GEMM_SK=*) t=kernels-gemmwg ;;
         *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t=kernels-split ;;
         *CASCADE_DW_TILE=roll*) t=kernels-dwroll ;;
@@ -96,7 +98,12 @@ vetting_test() {
         *CASCADE_GRN_RESIDENT=*) t=kernels-grnres ;;
         *CASCADE_PDL=*) t=pipeline-pdl ;;
     esac
-    [ -n "$t" ] && [ -f "$logs/test-$t.rc" ] && [ "$(cat "$logs/test-$t.rc")" != 0 ] && echo "test-$t"
+    for one in $t; do
+        if [ -f "$logs/test-$one.rc" ] && [ "$(cat "$logs/test-$one.rc")" != 0 ]; then
+            echo "test-$one"
+            return
+        fi
+    done
 }
 # vetted NAME ENV: false (with NAME recorded as skipped) when vetting_test ENV names a failure.
 vetted() {
@@ -199,6 +206,12 @@ if on TESTS 1 && [ -x "$bundle/tests/pipeline" ]; then
         CASCADE_PDL=1 step test-pipeline-pdl "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
         pids+=($!)
     fi
+    # Kernel choice by timing (opt-in: CASCADE_KERNEL_TUNE=1): every kernel awaiting
+    # measurement checked at start-up and timed against the default per shape, the tiny
+    # pipeline's choices printed (log).
+    tests+=(pipeline-tuned)
+    CASCADE_KERNEL_TUNE=log step test-pipeline-tuned "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
+    pids+=($!)
     # On compute capability 9.0 the wgmma attention kernels run by default; the pipeline tests
     # again without them keep the mma.sync path that other cards take checked on this one.
     tests+=(pipeline-nowgmma)
@@ -511,6 +524,14 @@ fi
     for name in "${profiled[@]}"; do row "$name"; cat "$logs/$name.txt" 2> /dev/null; done
     [ -f "$logs/stages-untuned.rc" ] && row stages-untuned
     for name in "${variants[@]}"; do row "$name"; done
+    # The stages bench's kernel choices by timing (CASCADE_KERNEL_TUNE=log variants): all in
+    # kernel-choices.txt (with $OUT), here the ones where a kernel other than the default won.
+    grep -h "cascade: kernel choice" "$logs"/stages-*.log 2> /dev/null | sort -u > "$logs/kernel-choices.txt"
+    [ -n "${OUT:-}" ] && cp "$logs/kernel-choices.txt" "$OUT/kernel-choices.txt"
+    if [ -s "$logs/kernel-choices.txt" ]; then
+        echo "kernel choices: $(wc -l < "$logs/kernel-choices.txt") shapes timed; where another than the default won:"
+        grep -v "(the default)$" "$logs/kernel-choices.txt" | sed 's/^cascade: kernel choice //' | head -n 40
+    fi
     [ -f "$logs/sdpa.log" ] && sed -n '/== attention beside SDPA/,$p' "$logs/sdpa.log"
     cat "$logs"/bench-*.log "$logs"/bench-stages-untuned.txt "$logs"/bench-stages-*=*.txt "$logs"/sdpa.log 2> /dev/null | grep -E "^BENCH|^GRAPH|^PIPELINE|skipped" || true
     [ $failed -eq 0 ] && echo "ALL OK" || echo "FAILURES (logs in $logs and \$OUT/cascade-gpu-logs.tar.gz)"

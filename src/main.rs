@@ -500,14 +500,32 @@ fn device(name: &str) -> Result<()> {
         );
         let pdl = if c.programmatic_launches() { "on" } else { "off" };
         println!("programmatic dependent launches (CASCADE_PDL=1 on compute capability 9.0): {pdl}");
-        let deep = std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| v == "deep");
-        let fused = match (c.wgmma_gemm(), cascade::cuda::gemm_wgmma_requested()) {
-            (true, _) if deep => "on, the deep version (both passed their start-up check)",
-            (true, _) => "on (both versions passed their start-up check)",
-            (false, true) => "off (asked for, but this GPU is not compute capability 9.0 or the check failed)",
-            (false, false) => "off",
-        };
-        println!("fused fc1 + GRN GEMM on wgmma (CASCADE_GEMM_WGMMA=1 or deep): {fused}");
+        let tuning = cascade::cuda::KernelTuning::requested();
+        println!(
+            "kernel choice by timing (CASCADE_KERNEL_TUNE=1 or log): {}",
+            if tuning.on() { "on: the kernels below that passed their check are timed against the defaults per shape" } else { "off" }
+        );
+        // Each kernel awaiting measurement: its switch, whether it is asked for, whether it passed
+        // its start-up check (checked when asked for or under CASCADE_KERNEL_TUNE).
+        let pending = [
+            ("fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA)", cascade::cuda::gemm_wgmma_requested(), c.wgmma_gemm()),
+            ("stream-K fc2 with GRN's factor (CASCADE_GEMM_WS_FC2=1)", cascade::cuda::gemm_ws_fc2_requested(), c.scaled_gemm()),
+            ("stream-K residual products (CASCADE_GEMM_SK=1)", cascade::cuda::gemm_sk_requested(), c.sk_gemm()),
+            ("warp-specialised fc1 + GELU (CASCADE_GEMM_WS_GELU=1)", cascade::cuda::gemm_ws_gelu_requested(), c.ws_gelu_gemm()),
+            ("skinny GEMM (CASCADE_GEMM_SKINNY=1)", cascade::cuda::gemm_skinny_requested(), c.skinny_gemm()),
+            ("split-key attention (CASCADE_ATTENTION_SPLIT=1)", cascade::cuda::attention_split_requested(), c.wgmma_split_attention()),
+            ("two-warpgroup attention (CASCADE_ATTENTION=wgmma2)", cascade::cuda::wgmma2_requested(), c.wgmma2_attention()),
+        ];
+        for (what, asked, checked) in pending {
+            let state = match (asked, checked, tuning.on()) {
+                (true, true, _) => "on (asked for; passed its start-up check)",
+                (true, false, _) => "off (asked for, but this GPU is not compute capability 9.0 or the check failed)",
+                (false, true, _) => "a candidate (passed its start-up check; taken where it times faster)",
+                (false, false, true) => "off (not compute capability 9.0, or the check failed)",
+                (false, false, false) => "off",
+            };
+            println!("{what}: {state}");
+        }
     }
     Ok(())
 }

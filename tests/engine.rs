@@ -148,3 +148,52 @@ fn an_f32_residual_stream_gives_nearly_the_same_image() {
     assert!(mean_diff > 0.0, "the option changed nothing");
     assert!(mean_diff < 8.0, "mean |difference| {mean_diff:.3} per byte");
 }
+
+/// Three candidates of one elementwise pass: eight passes, an error, one pass. The fast one
+/// is kept, once per shape; inside a capture an unseen shape takes the static choice and is
+/// counted for `capture_tuned`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn kernel_choice_by_timing_keeps_the_fastest_candidate_once_per_shape() {
+    use cascade::cuda::KernelTuning;
+    use cascade::{DType, Device, Tensor};
+    let device = Device::cuda(0).expect("this test needs a CUDA GPU");
+    let Device::Cuda(dev) = &device else { unreachable!("a CUDA device") };
+    let n = 1 << 14;
+    let x = Tensor::from_f32(&vec![0.5; n], &[n], DType::F32, &device).unwrap();
+    let mut y = Tensor::empty(&[n], DType::F32, &device).unwrap();
+    let mut runs = [0usize; 3];
+    let mut run = |i: usize| -> cascade::Result<()> {
+        runs[i] += 1;
+        match i {
+            0 => (0..8).try_for_each(|_| cascade::ops::gelu_into(&x, &mut y)),
+            1 => Err(cascade::Error::Shape("this candidate cannot run".into())),
+            _ => cascade::ops::gelu_into(&x, &mut y),
+        }
+    };
+    let names = ["eight passes", "broken", "one pass"];
+    let on = KernelTuning::On;
+    assert_eq!(dev.choose_kernel_as(on, "test", &[1], &names, &mut run).unwrap(), 2);
+    assert_eq!(dev.choose_kernel_as(on, "test", &[1], &names, &mut run).unwrap(), 2);
+    assert_eq!(dev.choose_kernel_as(KernelTuning::Off, "test", &[3], &names, &mut run).unwrap(), 0);
+    let mut runs_after = [0usize; 3];
+    let untuned = dev.untuned_gemms_captured();
+    let mut in_capture = None;
+    let graph = dev.capture(|| {
+        in_capture = Some(dev.choose_kernel_as(on, "test", &[2], &names, &mut |i| {
+            runs_after[i] += 1;
+            Ok(())
+        })?);
+        cascade::ops::gelu_into(&x, &mut y)
+    });
+    graph.unwrap();
+    assert_eq!(in_capture, Some(0));
+    assert!(dev.untuned_gemms_captured() > untuned);
+    assert_eq!(runs_after, [0, 0, 0]);
+    // The first choice ran each candidate once directly and four times in a capture (the
+    // broken one once); the second and the untuned ones ran nothing.
+    assert_eq!(runs, [1 + 4, 1, 1 + 4]);
+    let tested: Vec<_> = dev.kernel_choices().into_iter().filter(|c| c.0 == "test").collect();
+    assert_eq!(tested, vec![("test", vec![1], 2)]);
+}

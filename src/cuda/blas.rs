@@ -51,8 +51,6 @@ fn candidates() -> usize {
 }
 /// Timed launches per candidate (after one untimed launch).
 const TIMED_LAUNCHES: usize = 5;
-/// Another candidate replaces the heuristic's first choice only when at least this much faster.
-const MIN_GAIN: f32 = 0.03;
 
 fn blas_err(what: &str, e: lt::CublasError) -> Error {
     Error::Cuda(format!("cuBLASLt {what}: {e}"))
@@ -185,16 +183,6 @@ pub(crate) struct Blas {
     tuning: Tuning,
     /// GEMMs recorded into a graph capture with a not-yet-timed plan (only ever grows).
     untuned_in_capture: AtomicUsize,
-}
-
-/// Which candidate to keep, from each one's time (None: it failed to launch). The first
-/// candidate (the heuristic's choice) stays unless another is at least [`MIN_GAIN`] faster.
-fn choose(times_ms: &[Option<f32>]) -> Option<usize> {
-    let best = times_ms.iter().enumerate().filter_map(|(i, t)| t.map(|t| (i, t))).min_by(|a, b| a.1.total_cmp(&b.1))?;
-    match times_ms.first().copied().flatten() {
-        Some(first) if best.1 > first * (1.0 - MIN_GAIN) => Some(0),
-        _ => Some(best.0),
-    }
 }
 
 fn data_type(d: DType) -> sys::cudaDataType {
@@ -380,7 +368,7 @@ impl Blas {
             times.push(launched.ok().map(|_| ms / TIMED_LAUNCHES as f32));
         }
         drop(scratch);
-        if let Some(i) = choose(&times) {
+        if let Some(i) = super::choice::keep(&times) {
             plan.chosen = i;
         }
         if self.tuning == Tuning::Log {
@@ -489,17 +477,5 @@ mod tests {
         assert_eq!(super::alignment(&[0x1000, 0x1002]), 2);
         assert_eq!(super::alignment(&[0x1080, 0]), 128);
         assert_eq!(super::alignment(&[]), 256);
-    }
-
-    #[test]
-    fn the_heuristic_choice_stays_unless_another_is_clearly_faster() {
-        use super::choose;
-        assert_eq!(choose(&[]), None);
-        assert_eq!(choose(&[None, None]), None);
-        assert_eq!(choose(&[Some(10.0), Some(9.8), Some(11.0)]), Some(0));
-        assert_eq!(choose(&[Some(10.0), Some(9.0), Some(8.0)]), Some(2));
-        assert_eq!(choose(&[None, Some(9.0), Some(8.0)]), Some(2));
-        assert_eq!(choose(&[Some(10.0), None, Some(9.6)]), Some(2));
-        assert_eq!(choose(&[Some(10.0), Some(f32::NAN)]), Some(0));
     }
 }

@@ -6,6 +6,7 @@
 //! synchronisation.
 
 pub mod blas;
+mod choice;
 pub mod params;
 mod pool;
 
@@ -16,6 +17,8 @@ use cudarc::driver::{
 };
 
 use crate::{Error, Result};
+
+pub use choice::KernelTuning;
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
@@ -168,6 +171,8 @@ pub struct CudaDevice {
     /// and every kernel that counts with them leaves them zero (one stream, so launches never
     /// overlap).
     completion_counters: CudaSlice<u32>,
+    /// The kernel choices made by timing (`CASCADE_KERNEL_TUNE`, [`choice`]).
+    choices: choice::Choices,
     /// Graphs captured so far (see [`CudaDevice::graphs_captured`]).
     captures: std::sync::atomic::AtomicUsize,
     /// The arena of the capture in progress, and the thread capturing: that thread's
@@ -342,6 +347,7 @@ impl CudaDevice {
             sk_gemm: false.into(),
             smem_opt_in: Default::default(),
             completion_counters,
+            choices: Default::default(),
             captures: 0.into(),
             capture_pool: Default::default(),
             mem_pool,
@@ -385,7 +391,7 @@ impl CudaDevice {
             }
             // The split-key kernels are not measured yet: checked, and then planned for, only
             // on request (CASCADE_ATTENTION_SPLIT=1, or =N to force N ranges).
-            if ok && attention_split_requested() {
+            if ok && considered(attention_split_requested()) {
                 let ok = check_attention_kernel(&dev, AttentionKernel::WgmmaSplit(2), "Hopper tensor-core (wgmma, split keys)")
                     && check_attention_kernel(
                         &dev,
@@ -399,7 +405,7 @@ impl CudaDevice {
                 dev.wgmma_split_sq_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
             }
             // The two-warpgroup kernel likewise, on request (CASCADE_ATTENTION=wgmma2).
-            if ok && wgmma2_requested() {
+            if ok && considered(wgmma2_requested()) {
                 let ok = check_attention_kernel(&dev, AttentionKernel::Wgmma2, "Hopper tensor-core (wgmma, two warpgroups)")
                     && (!attention_split_requested()
                         || check_attention_kernel(
@@ -411,27 +417,27 @@ impl CudaDevice {
             }
         }
         // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1).
-        if dev.compute_capability == (9, 0) && gemm_wgmma_requested() {
+        if dev.compute_capability == (9, 0) && considered(gemm_wgmma_requested()) {
             let ok = check_gemm_gelu_grn(&dev);
             dev.wgmma_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         // The same for the skinny GEMM (CASCADE_GEMM_SKINNY=1).
-        if dev.compute_capability == (9, 0) && std::env::var("CASCADE_GEMM_SKINNY").is_ok_and(|v| v.trim() == "1") {
+        if dev.compute_capability == (9, 0) && considered(gemm_skinny_requested()) {
             let ok = check_gemm_skinny(&dev);
             dev.skinny_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         // The same for the warp-specialised GEMM as an MLP's first layer (CASCADE_GEMM_WS_GELU=1).
-        if dev.compute_capability == (9, 0) && std::env::var("CASCADE_GEMM_WS_GELU").is_ok_and(|v| matches!(v.trim(), "1" | "force")) {
+        if dev.compute_capability == (9, 0) && considered(gemm_ws_gelu_requested()) {
             let ok = check_gemm_ws_gelu(&dev);
             dev.ws_gelu_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         // The same for the stream-K GEMM with GRN's factor on its input (CASCADE_GEMM_WS_FC2=1).
-        if dev.compute_capability == (9, 0) && std::env::var("CASCADE_GEMM_WS_FC2").is_ok_and(|v| v.trim() == "1") {
+        if dev.compute_capability == (9, 0) && considered(gemm_ws_fc2_requested()) {
             let ok = check_gemm_scaled(&dev);
             dev.scaled_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         // ... and without a factor for residual products with few tiles (CASCADE_GEMM_SK=1).
-        if dev.compute_capability == (9, 0) && std::env::var("CASCADE_GEMM_SK").is_ok_and(|v| v.trim() == "1") {
+        if dev.compute_capability == (9, 0) && considered(gemm_sk_requested()) {
             let ok = check_gemm_scaled(&dev);
             dev.sk_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
@@ -469,9 +475,10 @@ impl CudaDevice {
     }
 
     /// How many GEMMs so far were recorded into graph captures before their cuBLASLt algorithm
-    /// was tuned (see [`CudaDevice::capture_tuned`]); never decreases.
+    /// was tuned, and kernel choices made there before their shape was timed
+    /// (`CASCADE_KERNEL_TUNE`; see [`CudaDevice::capture_tuned`]); never decreases.
     pub fn untuned_gemms_captured(&self) -> usize {
-        self.blas.untuned_in_capture()
+        self.blas.untuned_in_capture() + self.choices.untuned_in_capture()
     }
 
     /// The completion counters' address and count (GRN's and the split-key attention's; see
@@ -897,12 +904,13 @@ impl CudaDevice {
     /// [`CudaDevice::capture`], with every GEMM in the graph on its tuned cuBLASLt algorithm.
     ///
     /// A GEMM shape met for the first time inside a capture cannot be timed there, so it is
-    /// recorded with the heuristic's first choice. When that happened, `warmup` runs directly
+    /// recorded with the heuristic's first choice (and a kernel choice with its static one, under
+    /// `CASCADE_KERNEL_TUNE`). When that happened, `warmup` runs directly
     /// (it must issue the same GEMMs as `body`, and its results are discarded), which times those
     /// shapes, before `body` is captured again (as it is anyway to size the arena).
     pub fn capture_tuned(self: &Arc<Self>, warmup: impl FnOnce() -> Result<()>, mut body: impl FnMut() -> Result<()>) -> Result<Graph> {
         let before = self.untuned_gemms_captured();
-        let (graph, pool) = self.capture_in(0, &mut body)?;
+        let (graph, pool) = self.capture_in(0, true, &mut body)?;
         let untuned = self.untuned_gemms_captured() != before;
         if !untuned && !pool.overflowed() {
             return Graph::ready(graph, pool);
@@ -920,7 +928,7 @@ impl CudaDevice {
     fn capture_sized(self: &Arc<Self>, mut capacity: usize, body: &mut dyn FnMut() -> Result<()>) -> Result<Graph> {
         let mut tries = 0;
         loop {
-            let (graph, pool) = self.capture_in(capacity, body)?;
+            let (graph, pool) = self.capture_in(capacity, true, body)?;
             tries += 1;
             if !pool.overflowed() || tries == 3 {
                 return Graph::ready(graph, pool);
@@ -929,15 +937,31 @@ impl CudaDevice {
         }
     }
 
-    /// One capture of `body` into a fresh arena of `capacity` bytes.
+    /// [`CudaDevice::capture`] for the kernel choices' timing: not counted in
+    /// [`CudaDevice::graphs_captured`] (which tells whether a step graph was captured again).
+    pub(crate) fn capture_uncounted(self: &Arc<Self>, body: &mut dyn FnMut() -> Result<()>) -> Result<Graph> {
+        let (graph, pool) = self.capture_in(0, false, body)?;
+        if !pool.overflowed() {
+            return Graph::ready(graph, pool);
+        }
+        drop(graph);
+        let (graph, pool) = self.capture_in(pool.high_water(), false, body)?;
+        Graph::ready(graph, pool)
+    }
+
+    /// One capture of `body` into a fresh arena of `capacity` bytes (`counted`: in
+    /// [`CudaDevice::graphs_captured`]).
     fn capture_in(
         self: &Arc<Self>,
         capacity: usize,
+        counted: bool,
         body: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(cudarc::driver::CudaGraph, Arc<pool::GraphPool>)> {
         let poison = self.poison_graph_memory.load(std::sync::atomic::Ordering::Relaxed);
         let pool = pool::GraphPool::new(self, capacity, poison)?;
-        self.captures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if counted {
+            self.captures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let shared = CaptureLock::take();
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
@@ -1067,6 +1091,37 @@ pub fn wgmma_attention_allowed() -> bool {
 /// Whether the overlapped wgmma attention kernel is asked for (`CASCADE_ATTENTION=wgmma_ov`).
 pub fn wgmma_overlap_requested() -> bool {
     wgmma_attention_allowed() && std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v == "wgmma_ov")
+}
+
+/// Whether a kernel awaiting measurement is checked at start-up and then considered: asked for by
+/// its own switch (`asked`), or every such kernel under `CASCADE_KERNEL_TUNE` (the sites then take
+/// it where it timed faster, [`choice`]).
+fn considered(asked: bool) -> bool {
+    asked || KernelTuning::requested().on()
+}
+
+/// Whether the skinny GEMM is asked for (`CASCADE_GEMM_SKINNY=1`): CLIP's products take it
+/// wherever it can run.
+pub fn gemm_skinny_requested() -> bool {
+    std::env::var("CASCADE_GEMM_SKINNY").is_ok_and(|v| v.trim() == "1")
+}
+
+/// Whether the warp-specialised GEMM as an MLP's first layer and its GELU is asked for
+/// (`CASCADE_GEMM_WS_GELU=1`, or `force` to take it for every product it can run).
+pub fn gemm_ws_gelu_requested() -> bool {
+    std::env::var("CASCADE_GEMM_WS_GELU").is_ok_and(|v| matches!(v.trim(), "1" | "force"))
+}
+
+/// Whether the stream-K GEMM with GRN's factor on its input is asked for
+/// (`CASCADE_GEMM_WS_FC2=1`): the ResBlocks' fc2 take it wherever it can run.
+pub fn gemm_ws_fc2_requested() -> bool {
+    std::env::var("CASCADE_GEMM_WS_FC2").is_ok_and(|v| v.trim() == "1")
+}
+
+/// Whether the stream-K GEMM for residual products with few output tiles is asked for
+/// (`CASCADE_GEMM_SK=1`).
+pub fn gemm_sk_requested() -> bool {
+    std::env::var("CASCADE_GEMM_SK").is_ok_and(|v| v.trim() == "1")
 }
 
 /// Whether the two-warpgroup wgmma attention kernel is asked for (`CASCADE_ATTENTION=wgmma2`).

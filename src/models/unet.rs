@@ -75,13 +75,14 @@ impl ResBlock {
         };
         let &[b, h, w, c] = x.shape() else { unreachable!("images are 4-D") };
         // GRN(u) = u·f + β with a per-channel factor f. With one sample and more positions than
-        // channels, fc2's weight [C, 4C] is smaller than u [HW, 4C]: scale its columns by f
-        // (W₂·(u⊙f + β) = (W₂⊙f)·u + W₂·β) instead of making a pass over u.
+        // channels, fc2's weight [C, 4C] is smaller than u [HW, 4C]: linear_scaled_into scales its
+        // columns by f (W₂·(u⊙f + β) = (W₂⊙f)·u + W₂·β) instead of making a pass over u.
         let fold = b == 1 && h * w > c;
-        // With the stream-K kernel (CASCADE_GEMM_WS_FC2=1), fc2 applies the factor to u as its
-        // products read it (W₂·(u⊙f + β) = (u⊙f)·W₂ᵀ + W₂·β): no pass over u or W₂ for it.
+        // With the stream-K kernel (CASCADE_GEMM_WS_FC2=1, or where it timed faster under
+        // CASCADE_KERNEL_TUNE), fc2 applies the factor to u as its products read it
+        // (W₂·(u⊙f + β) = (u⊙f)·W₂ᵀ + W₂·β): no pass over u or W₂ for it.
         let scaled = ops::linear_scaled_fused(&x.device(), h * w, 4 * c, c);
-        let (mut u, factor) = if ops::linear_gelu_grn_fused(&y, &self.fc1.weight, self.fc1.bias.as_ref())? {
+        let (mut u, factor) = if ops::linear_gelu_grn_fused(&y, &self.fc1.weight, self.fc1.bias.as_ref(), &self.gamma)? {
             // One GEMM gives u = GELU(fc1(y)) and f (kernels/gemm.cu): no pass over u for the sums.
             let (u, f) = ops::linear_gelu_grn_factor(&y, &self.fc1.weight, self.fc1.bias.as_ref(), &self.gamma, ops::FusedGrnKernel::Auto)?;
             (u, Some(f))
@@ -100,11 +101,7 @@ impl ResBlock {
             }
         };
         match factor {
-            Some(f) if scaled => ops::linear_scaled_into(&u, Some(&f), &self.fc2.weight, Some(fc2_bias_with_beta), x, true),
-            Some(f) if fold => {
-                let w2 = ops::scale_columns(&self.fc2.weight, &f)?;
-                ops::linear_accumulate_into(&u, &w2, Some(fc2_bias_with_beta), x)
-            }
+            Some(f) if scaled || fold => ops::linear_scaled_into(&u, Some(&f), &self.fc2.weight, Some(fc2_bias_with_beta), x, true),
             Some(f) => {
                 ops::grn_apply_factor_assign(&mut u, &f, &self.beta)?;
                 ops::linear_accumulate_into(&u, &self.fc2.weight, fc2_bias, x)

@@ -436,7 +436,7 @@ fn attention_impl(
                         Some(ranges) if !causal && dev.wgmma_split_attention() => AttentionKernel::Wgmma2Split(ranges),
                         _ => AttentionKernel::Wgmma2,
                     },
-                    _ if aligned && !causal && split.is_some() => split.expect("checked"),
+                    _ if aligned && !causal && split.is_some() && crate::cuda::attention_split_requested() => split.expect("checked"),
                     _ if aligned
                         && dev.wgmma_attention()
                         && wgmma_shared_q_preferred(lq, b * heads, dev.multiprocessors(), dev.wgmma_per_sm().0, dev.wgmma_per_sm().1) =>
@@ -475,6 +475,32 @@ fn attention_impl(
                     )));
                 }
                 other => other,
+            };
+            // Under CASCADE_KERNEL_TUNE, the wgmma kernels (and the split-key and two-warpgroup
+            // ones, where checked) are timed against one another per shape.
+            let chosen = match kernel {
+                AttentionKernel::Auto
+                    if crate::cuda::KernelTuning::requested().on() && forced.is_none() && aligned && chosen.is_wgmma() =>
+                {
+                    let mut candidates = vec![chosen, AttentionKernel::Wgmma, AttentionKernel::WgmmaSharedQ];
+                    candidates.extend(split.filter(|_| !causal));
+                    candidates.extend(dev.wgmma2_attention().then_some(AttentionKernel::Wgmma2));
+                    let mut unique = Vec::new();
+                    for c in candidates {
+                        if !unique.contains(&c) {
+                            unique.push(c);
+                        }
+                    }
+                    let names: Vec<String> = unique.iter().map(|c| format!("{c:?}")).collect();
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let lk2 = extra.map_or(0, |e| e.0.t.dim(1));
+                    let dims = [b, heads, lq, lk, lk2, causal as usize, q.stride(), k.stride(), second_stride];
+                    let i = super::tuned(&dev, "attention", &dims, &names, o, &mut |i, s| {
+                        attention_impl(q, k, v, extra, heads, scale, mask, unique[i], s)
+                    })?;
+                    unique[i]
+                }
+                _ => chosen,
             };
             if extra.is_some() && !chosen.is_mma() {
                 return concatenated(chosen, o);

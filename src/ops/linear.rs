@@ -51,10 +51,28 @@ pub fn linear_gelu_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut T
     #[cfg(feature = "cuda")]
     if let Device::Cuda(dev) = x.device() {
         let (m, k, n) = check(x, w, bias, y)?;
-        if dev.ws_gelu_gemm() && m >= ws_gelu_min_rows() && ws_gelu_unfit(x, w, bias, y, (m, k, n))?.is_none() {
-            return gemm_gelu_ws(&dev, x, w, bias, y, (m, k, n));
+        if dev.ws_gelu_gemm() && ws_gelu_unfit(x, w, bias, y, (m, k, n))?.is_none() {
+            // Asked for: from ws_gelu_min_rows rows; under CASCADE_KERNEL_TUNE: where it timed faster.
+            let ws = if crate::cuda::gemm_ws_gelu_requested() {
+                m >= ws_gelu_min_rows()
+            } else {
+                let dims = [m, k, n, bias.is_some() as usize];
+                super::tuned(&dev, "linear_gelu", &dims, &["cuBLASLt", "warp-specialised"], y, &mut |i, s| match i {
+                    0 => linear_gelu_static(x, w, bias, s),
+                    _ => gemm_gelu_ws(&dev, x, w, bias, s, (m, k, n)),
+                })? == 1
+            };
+            if ws {
+                return gemm_gelu_ws(&dev, x, w, bias, y, (m, k, n));
+            }
         }
     }
+    linear_gelu_static(x, w, bias, y)
+}
+
+/// [`linear_gelu_into`] without the warp-specialised GEMM: cuBLASLt's GELU epilogue, or the
+/// product and then the erf GELU pass.
+fn linear_gelu_static(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor) -> Result<()> {
     if gelu_in_epilogue(x) && y.dtype() == DType::BF16 {
         return linear_impl(x, w, bias, y, false, true);
     }
@@ -181,11 +199,43 @@ pub fn linear_scaled_into(
     #[cfg(feature = "cuda")]
     if let Device::Cuda(dev) = x.device() {
         if dev.scaled_gemm() && scaled_unfit(x, factor, w, y, (m, k, n))?.is_none() {
-            return gemm_scaled_sk(&dev, x, factor, w, bias, y, (m, k, n), accumulate, None);
+            // Asked for: always; under CASCADE_KERNEL_TUNE: where it timed faster.
+            let sk = crate::cuda::gemm_ws_fc2_requested() || {
+                let dims = [m, k, n, factor.map_or(0, |f| f.dim(0)), accumulate as usize, y.dtype() as usize];
+                let names = [if fold_factor(factor, m, n) { "fold + cuBLASLt" } else { "pass + cuBLASLt" }, "stream-K"];
+                super::tuned(&dev, "linear_scaled", &dims, &names, y, &mut |i, s| match i {
+                    0 => linear_scaled_static(x, factor, w, bias, s, accumulate, (m, n)),
+                    _ => gemm_scaled_sk(&dev, x, factor, w, bias, s, (m, k, n), accumulate, None),
+                })? == 1
+            };
+            if sk {
+                return gemm_scaled_sk(&dev, x, factor, w, bias, y, (m, k, n), accumulate, None);
+            }
         }
     }
-    let _ = (m, k, n);
+    let _ = k;
+    linear_scaled_static(x, factor, w, bias, y, accumulate, (m, n))
+}
+
+/// Whether [`linear_scaled_static`] scales w's columns rather than x: one sample with more rows
+/// than w has (Stage B's levels 0 and 1: W₂ [C, 4C] is smaller than u [HW, 4C]).
+fn fold_factor(factor: Option<&Tensor>, m: usize, n: usize) -> bool {
+    factor.is_some_and(|f| f.dim(0) == 1 && m > n)
+}
+
+/// [`linear_scaled_into`] without the stream-K kernel: `(x ⊙ f) · wᵀ` made as `x · (w ⊙ f)ᵀ` where
+/// w is the smaller ([`fold_factor`]), else x ⊙ f made first; then the GEMM.
+fn linear_scaled_static(
+    x: &Tensor,
+    factor: Option<&Tensor>,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &mut Tensor,
+    accumulate: bool,
+    (m, n): (usize, usize),
+) -> Result<()> {
     match factor {
+        Some(f) if fold_factor(factor, m, n) => linear_impl(x, &super::norm::scale_columns(w, f)?, bias, y, accumulate, false),
         Some(f) => linear_impl(&super::norm::scale_by_factor(x, f)?, w, bias, y, accumulate, false),
         None => linear_impl(x, w, bias, y, accumulate, false),
     }
@@ -382,36 +432,65 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
-            if dev.skinny_gemm() && skinny_fits(x, w, bias, y, m, k, n)? {
-                return gemm_skinny(&dev, x, w, bias, y, (m, k, n), gelu, accumulate);
-            }
+            // CLIP's few rows: the skinny kernel, when asked for (CASCADE_GEMM_SKINNY=1).
+            let skinny = dev.skinny_gemm() && skinny_fits(x, w, bias, y, m, k, n)?;
             // Residual products with few output tiles (the attention's output projections, fc2
             // where GRN was applied in place): stream-K, when asked for (CASCADE_GEMM_SK=1).
-            if accumulate
+            let sk = !skinny
+                && accumulate
                 && !gelu
                 && dev.sk_gemm()
                 && sk_few_tiles(m, n, dev.multiprocessors())
-                && scaled_unfit(x, None, w, y, (m, k, n))?.is_none()
-            {
-                return gemm_scaled_sk(&dev, x, None, w, bias, y, (m, k, n), true, None);
-            }
-            let bias_ptr = bias.map(|b| b.cuda_ptr()).transpose()?;
-            // SAFETY: `check` verified every buffer's element count against (m, k, n).
-            unsafe {
-                dev.blas().linear(
-                    x.cuda_ptr()?,
-                    w.cuda_ptr()?,
-                    bias_ptr,
-                    y.cuda_ptr()?,
-                    (m, k, n),
-                    (k, n),
-                    (x.dtype(), y.dtype()),
-                    dev.allow_tf32(),
-                    accumulate,
-                    gelu,
-                )
+                && scaled_unfit(x, None, w, y, (m, k, n))?.is_none();
+            // Under CASCADE_KERNEL_TUNE, either where it timed faster than cuBLASLt.
+            let take = (skinny && crate::cuda::gemm_skinny_requested())
+                || (sk && crate::cuda::gemm_sk_requested())
+                || ((skinny || sk) && {
+                    let dims = [m, k, n, accumulate as usize, gelu as usize, bias.is_some() as usize, y.dtype() as usize];
+                    let names = ["cuBLASLt", if skinny { "skinny" } else { "stream-K" }];
+                    super::tuned(&dev, "linear", &dims, &names, y, &mut |i, s| match i {
+                        0 => cublaslt_linear(&dev, x, w, bias, s, (m, k, n), accumulate, gelu),
+                        _ if skinny => gemm_skinny(&dev, x, w, bias, s, (m, k, n), gelu, accumulate),
+                        _ => gemm_scaled_sk(&dev, x, None, w, bias, s, (m, k, n), true, None),
+                    })? == 1
+                });
+            match (take, skinny) {
+                (true, true) => gemm_skinny(&dev, x, w, bias, y, (m, k, n), gelu, accumulate),
+                (true, false) => gemm_scaled_sk(&dev, x, None, w, bias, y, (m, k, n), true, None),
+                _ => cublaslt_linear(&dev, x, w, bias, y, (m, k, n), accumulate, gelu),
             }
         }
+    }
+}
+
+/// The product on cuBLASLt (src/cuda/blas.rs); `check` has matched the operands to (m, k, n).
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+fn cublaslt_linear(
+    dev: &std::sync::Arc<crate::cuda::CudaDevice>,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &mut Tensor,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    gelu: bool,
+) -> Result<()> {
+    let bias_ptr = bias.map(|b| b.cuda_ptr()).transpose()?;
+    // SAFETY: `check` verified every buffer's element count against (m, k, n).
+    unsafe {
+        dev.blas().linear(
+            x.cuda_ptr()?,
+            w.cuda_ptr()?,
+            bias_ptr,
+            y.cuda_ptr()?,
+            (m, k, n),
+            (k, n),
+            (x.dtype(), y.dtype()),
+            dev.allow_tf32(),
+            accumulate,
+            gelu,
+        )
     }
 }
 

@@ -99,6 +99,29 @@ pub(crate) fn kernel<'a>(
     }
 }
 
+/// A kernel choice by timing (`CASCADE_KERNEL_TUNE`, src/cuda/choice.rs) for a site whose
+/// candidates write one output like `like`: `run(i, scratch)` queues candidate i into a scratch
+/// tensor of its shape and type, made at the first run (none is made once the shape is decided, nor
+/// inside a capture). Returns the candidate to take (0, the static choice, without tuning).
+#[cfg(feature = "cuda")]
+pub(crate) fn tuned(
+    dev: &std::sync::Arc<crate::cuda::CudaDevice>,
+    site: &'static str,
+    dims: &[usize],
+    names: &[&str],
+    like: &Tensor,
+    run: &mut dyn FnMut(usize, &mut Tensor) -> Result<()>,
+) -> Result<usize> {
+    let mut scratch: Option<Tensor> = None;
+    dev.choose_kernel(site, dims, names, &mut |i| {
+        let s = match &mut scratch {
+            Some(s) => s,
+            None => scratch.insert(Tensor::empty(like.shape(), like.dtype(), &like.device())?),
+        };
+        run(i, s)
+    })
+}
+
 /// Device address of `t` as a kernel pointer argument (`None` → NULL).
 #[cfg(feature = "cuda")]
 pub(crate) fn dptr(t: Option<&Tensor>) -> Result<*const std::ffi::c_void> {

@@ -278,9 +278,9 @@ pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
 /// ([`linear_gelu_grn_factor_into`]); the CPU has one implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FusedGrnKernel {
-    /// The fused GEMM where the device passed its start-up check (asked for with
-    /// `CASCADE_GEMM_WGMMA=1` on compute capability 9.0) and the operands allow it
-    /// ([`linear_gelu_grn_fused`]); else Separate. Opt-in: measured on an H200 the fused kernel
+    /// The fused GEMM where [`linear_gelu_grn_fused`] says so (asked for with
+    /// `CASCADE_GEMM_WGMMA=1` on compute capability 9.0, or timed faster under
+    /// `CASCADE_KERNEL_TUNE`, and the operands allow it); else Separate. Opt-in: measured on an H200 the fused kernel
     /// reached 295 TFLOP/s on Stage C's MLP against cuBLASLt's 453 plus the sums pass, +2.9 ms
     /// per Stage C step (docs/performance.md, thirteenth session).
     Auto,
@@ -304,13 +304,14 @@ pub enum FusedGrnKernel {
 }
 
 impl FusedGrnKernel {
-    /// The fused kernel that Auto takes when asked for: `CASCADE_GEMM_WGMMA=deep`, `ws` or
-    /// `ws_deep` name a version, any other request the first (read once).
+    /// The fused kernel that Auto takes: `CASCADE_GEMM_WGMMA=deep`, `ws` or `ws_deep` name a
+    /// version, any other request the first; without a request (`CASCADE_KERNEL_TUNE`) the
+    /// warp-specialised one (read once).
     pub fn requested() -> FusedGrnKernel {
         static K: std::sync::OnceLock<FusedGrnKernel> = std::sync::OnceLock::new();
         *K.get_or_init(|| match std::env::var("CASCADE_GEMM_WGMMA").as_deref().map(str::trim) {
             Ok("deep") => FusedGrnKernel::WgmmaDeep,
-            Ok("ws") => FusedGrnKernel::WgmmaWs,
+            Ok("ws") | Err(_) => FusedGrnKernel::WgmmaWs,
             Ok("ws_deep") => FusedGrnKernel::WgmmaWsDeep,
             _ => FusedGrnKernel::Wgmma,
         })
@@ -361,8 +362,7 @@ pub fn linear_gelu_grn_factor_into(
     let fused = match kernel {
         FusedGrnKernel::Separate => None,
         FusedGrnKernel::Auto => {
-            // linear::check has matched w and the bias to x: what is left is the kernel's own.
-            let on = fused_checked(x) && fused_operands(x, w, u, (m, k, n)).is_ok();
+            let on = linear_gelu_grn_fused(x, w, bias, gamma)? && fused_operands(x, w, u, (m, k, n)).is_ok();
             on.then(FusedGrnKernel::requested)
         }
         FusedGrnKernel::Wgmma | FusedGrnKernel::WgmmaDeep | FusedGrnKernel::WgmmaWs | FusedGrnKernel::WgmmaWsDeep => {
@@ -448,11 +448,13 @@ pub fn linear_gelu_grn_factor(
 }
 
 /// Whether [`FusedGrnKernel::Auto`] takes the fused kernel for these operands: the device passed
-/// the kernel's start-up check (`CASCADE_GEMM_WGMMA=1` on compute capability 9.0) and the
-/// operands are what it takes. Never on the CPU.
-pub fn linear_gelu_grn_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<bool> {
+/// the kernel's start-up check (`CASCADE_GEMM_WGMMA` on compute capability 9.0, or
+/// `CASCADE_KERNEL_TUNE`), the operands are what it takes, and it was asked for or, under
+/// `CASCADE_KERNEL_TUNE`, timed faster on them than cuBLASLt and GRN's sums pass. Never on the
+/// CPU.
+pub fn linear_gelu_grn_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gamma: &Tensor) -> Result<bool> {
     if !fused_checked(x) || x.rank() < 2 || w.rank() != 2 {
-        let _ = bias;
+        let _ = (bias, gamma);
         return Ok(false);
     }
     #[cfg(feature = "cuda")]
@@ -460,9 +462,20 @@ pub fn linear_gelu_grn_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> R
         let (k, n) = (x.dim(-1), w.dim(0));
         let m = x.numel() / k.max(1);
         // u is the caller's: the launch checks its alignment.
-        Ok(w.dim(1) == k
+        let fits = w.dim(1) == k
             && bias.is_none_or(|b| b.numel() == n && b.dtype() == x.dtype())
-            && fused_operands_ok(x, w, x.dim(0), (m, k, n))?.is_none())
+            && fused_operands_ok(x, w, x.dim(0), (m, k, n))?.is_none();
+        if !fits || crate::cuda::gemm_wgmma_requested() {
+            return Ok(fits);
+        }
+        let Device::Cuda(dev) = x.device() else { return Ok(false) };
+        let dims = [m, k, n, x.dim(0), bias.is_some() as usize];
+        let names = ["cuBLASLt + sums pass", "fused"];
+        let choice = dev.choose_kernel("linear_gelu_grn", &dims, &names, &mut |i| {
+            let kernel = if i == 0 { FusedGrnKernel::Separate } else { FusedGrnKernel::requested() };
+            linear_gelu_grn_factor(x, w, bias, gamma, kernel).map(drop)
+        })?;
+        Ok(choice == 1)
     }
     #[cfg(not(feature = "cuda"))]
     Ok(false)
