@@ -42,8 +42,9 @@ CASCADE_GEMM_WS_GELU=force cargo test --release --features cuda --test models --
 # at start-up and timed against the default per shape (on the emulator the defaults win almost
 # everywhere; what is checked is that the timing, its nested captures and the choices leave the
 # results within their bounds and graphs equal to direct launches): the tiny models and the
-# tiny pipeline.
-CASCADE_KERNEL_TUNE=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# tiny pipeline (the models with the tiled depthwise kernel wherever it runs, so that the rolling
+# one is timed against it: the tiny images are too small for the default to tile them).
+CASCADE_KERNEL_TUNE=1 CASCADE_DW_TILE=force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 CASCADE_KERNEL_TUNE=1 cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # The f32 residual stream's edges as separate casts and modulations (CASCADE_STREAM_EDGES=cast,
 # kept for the stages bench's A/B on a GPU): the tiny pipeline against diffusers' seeded images.

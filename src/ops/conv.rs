@@ -326,20 +326,40 @@ fn depthwise3x3_impl(
                     _stats = Some(stats);
                 }
             }
-            match plan {
-                Some(TilePlan::Tile(tile_h)) => {
-                    p.tile_h = tile_h as i32;
-                    let tw = crate::cuda::params::CASCADE_DW_TILE_W as usize;
-                    let grid = (w.div_ceil(tw) as u32, h.div_ceil(tile_h) as u32, b as u32);
-                    return dev.launch(&k.depthwise_tile_bf16, grid, (threads as u32, 1, 1), depthwise_tile_smem(tile_h, c) as u32, &p);
+            // Under CASCADE_KERNEL_TUNE the rolling kernel is timed against the tiled one where
+            // the tiled one would run (both compute their input statistics in the tile).
+            let plan = match plan {
+                Some(TilePlan::Tile(tile_h)) if crate::cuda::KernelTuning::requested().on() && threads >= 32 => {
+                    match depthwise_roll_plan(&dev, b, h, w, c, false) {
+                        Some((rows, steps)) => {
+                            let candidates = [TilePlan::Tile(tile_h), TilePlan::Roll { rows, steps }];
+                            let flags = [p.layer_norm != 0, y_norm.is_null(), in_ab.is_null(), p.in_norm_here != 0, p.residual.is_null()];
+                            let dims = [b, h, w, c, flags.iter().fold(0, |acc, &f| 2 * acc + f as usize)];
+                            // Scratch for what the launch writes; the residual (maybe y) is only read.
+                            let mut scratch: Option<(Tensor, Option<Tensor>, Option<Tensor>)> = None;
+                            let i = dev.choose_kernel("depthwise", &dims, &["tiled", "rolling"], &mut |i| {
+                                if scratch.is_none() {
+                                    let like = |t: &Tensor| Tensor::empty(t.shape(), t.dtype(), &t.device());
+                                    let norm = output_norm.map(|o| like(o.0)).transpose()?;
+                                    let modulated = input_modulation.map(|m| like(m.2)).transpose()?;
+                                    scratch = Some((like(y)?, norm, modulated));
+                                }
+                                let (sy, snorm, smod) = scratch.as_ref().expect("made above");
+                                let mut q = p;
+                                q.y = sy.cuda_ptr()? as *mut _;
+                                q.y_norm = snorm.as_ref().map(|t| t.cuda_ptr()).transpose()?.map_or(std::ptr::null_mut(), |a| a as *mut _);
+                                q.x_out = smod.as_ref().map(|t| t.cuda_ptr()).transpose()?.map_or(std::ptr::null_mut(), |a| a as *mut _);
+                                launch_tiled(&dev, candidates[i], &mut q, (b, h, w, c))
+                            })?;
+                            Some(candidates[i])
+                        }
+                        None => plan,
+                    }
                 }
-                Some(TilePlan::Roll { rows, steps }) => {
-                    (p.tile_h, p.roll_steps) = (rows as i32, steps as i32);
-                    let tw = crate::cuda::params::CASCADE_DW_ROLL_W as usize;
-                    let grid = (w.div_ceil(tw) as u32, h.div_ceil(rows * steps) as u32, b as u32);
-                    return dev.launch(&k.depthwise_roll_bf16, grid, (threads as u32, 1, 1), depthwise_roll_smem(rows, c) as u32, &p);
-                }
-                None => {}
+                _ => plan,
+            };
+            if let Some(plan) = plan {
+                return launch_tiled(&dev, plan, &mut p, (b, h, w, c));
             }
             if parked {
                 let (f, strip, smem) = depthwise_strip_kernel(&dev, mixed, !p.in_stats.is_null(), b * h, w, block, smem);
@@ -350,6 +370,34 @@ fn depthwise3x3_impl(
                 false => super::kernel("depthwise3x3", x.dtype(), &k.depthwise_f32, &k.depthwise_bf16)?,
             };
             dev.launch(f, (columns as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p)
+        }
+    }
+}
+
+/// Launches the tiled or the rolling depthwise kernel by `plan` for a [b, h, w, c] image, with `p`
+/// otherwise complete.
+#[cfg(feature = "cuda")]
+fn launch_tiled(
+    dev: &crate::cuda::CudaDevice,
+    plan: TilePlan,
+    p: &mut crate::cuda::params::DepthwiseParams,
+    (b, h, w, c): (usize, usize, usize, usize),
+) -> Result<()> {
+    let k = dev.kernels();
+    match plan {
+        TilePlan::Tile(tile_h) => {
+            p.tile_h = tile_h as i32;
+            let tw = crate::cuda::params::CASCADE_DW_TILE_W as usize;
+            let grid = (w.div_ceil(tw) as u32, h.div_ceil(tile_h) as u32, b as u32);
+            let threads = 2 * tile_h * c / 8;
+            dev.launch(&k.depthwise_tile_bf16, grid, (threads as u32, 1, 1), depthwise_tile_smem(tile_h, c) as u32, &*p)
+        }
+        TilePlan::Roll { rows, steps } => {
+            (p.tile_h, p.roll_steps) = (rows as i32, steps as i32);
+            let tw = crate::cuda::params::CASCADE_DW_ROLL_W as usize;
+            let grid = (w.div_ceil(tw) as u32, h.div_ceil(rows * steps) as u32, b as u32);
+            let threads = 4 * rows * c / 8;
+            dev.launch(&k.depthwise_roll_bf16, grid, (threads as u32, 1, 1), depthwise_roll_smem(rows, c) as u32, &*p)
         }
     }
 }
