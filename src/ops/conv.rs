@@ -335,20 +335,9 @@ fn depthwise3x3_impl(
                             let candidates = [TilePlan::Tile(tile_h), TilePlan::Roll { rows, steps }];
                             let flags = [p.layer_norm != 0, y_norm.is_null(), in_ab.is_null(), p.in_norm_here != 0, p.residual.is_null()];
                             let dims = [b, h, w, c, flags.iter().fold(0, |acc, &f| 2 * acc + f as usize)];
-                            // Scratch for what the launch writes; the residual (maybe y) is only read.
-                            let mut scratch: Option<(Tensor, Option<Tensor>, Option<Tensor>)> = None;
+                            let mut scratch = None;
                             let i = dev.choose_kernel("depthwise", &dims, &["tiled", "rolling"], &mut |i| {
-                                if scratch.is_none() {
-                                    let like = |t: &Tensor| Tensor::empty(t.shape(), t.dtype(), &t.device());
-                                    let norm = output_norm.map(|o| like(o.0)).transpose()?;
-                                    let modulated = input_modulation.map(|m| like(m.2)).transpose()?;
-                                    scratch = Some((like(y)?, norm, modulated));
-                                }
-                                let (sy, snorm, smod) = scratch.as_ref().expect("made above");
-                                let mut q = p;
-                                q.y = sy.cuda_ptr()? as *mut _;
-                                q.y_norm = snorm.as_ref().map(|t| t.cuda_ptr()).transpose()?.map_or(std::ptr::null_mut(), |a| a as *mut _);
-                                q.x_out = smod.as_ref().map(|t| t.cuda_ptr()).transpose()?.map_or(std::ptr::null_mut(), |a| a as *mut _);
+                                let mut q = scratch_outputs(&p, &mut scratch, y, output_norm.map(|o| o.0), input_modulation.map(|m| m.2))?;
                                 launch_tiled(&dev, candidates[i], &mut q, (b, h, w, c))
                             })?;
                             Some(candidates[i])
@@ -362,7 +351,34 @@ fn depthwise3x3_impl(
                 return launch_tiled(&dev, plan, &mut p, (b, h, w, c));
             }
             if parked {
-                let (f, strip, smem) = depthwise_strip_kernel(&dev, mixed, !p.in_stats.is_null(), b * h, w, block, smem);
+                let input_norm = !p.in_stats.is_null();
+                let auto = depthwise_strips(&dev, mixed, input_norm, b * h, w, block, smem);
+                // Under CASCADE_KERNEL_TUNE (and CASCADE_DW_STRIPS unset or auto) the other strip
+                // kernels are timed against the waves rule's choice.
+                let chosen = match auto {
+                    Some(chosen) if crate::cuda::KernelTuning::requested().on() => {
+                        let mut candidates = vec![chosen];
+                        for s in [Strips::Narrow, Strips::Wide, Strips::Async] {
+                            if !candidates.contains(&s) && depthwise_strip_runnable(&dev, s, mixed, input_norm, block, smem) {
+                                candidates.push(s);
+                            }
+                        }
+                        let names: Vec<String> = candidates.iter().map(|s| format!("{s:?}")).collect();
+                        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                        let flags = [mixed, p.layer_norm != 0, y_norm.is_null(), in_ab.is_null(), input_norm, p.residual.is_null()];
+                        let dims = [b, h, w, c, flags.iter().fold(0, |acc, &f| 2 * acc + f as usize)];
+                        let mut scratch = None;
+                        let i = dev.choose_kernel("depthwise_strips", &dims, &names, &mut |i| {
+                            let q = scratch_outputs(&p, &mut scratch, y, output_norm.map(|o| o.0), input_modulation.map(|m| m.2))?;
+                            let (f, strip, smem) = depthwise_strip_kernel(&dev, candidates[i], mixed, input_norm, block, smem);
+                            dev.launch(f, (w.div_ceil(strip) as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &q)
+                        })?;
+                        candidates[i]
+                    }
+                    Some(chosen) => chosen,
+                    None => strips_only(),
+                };
+                let (f, strip, smem) = depthwise_strip_kernel(&dev, chosen, mixed, input_norm, block, smem);
                 return dev.launch(f, (w.div_ceil(strip) as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p);
             }
             let f = match mixed {
@@ -545,9 +561,16 @@ enum Strips {
     Wide,
 }
 
-/// The parked-weight kernel for a launch of `rows` = B·H rows of `w` pixels in blocks of `block`
-/// threads (`smem`: the parked weights' bytes), its strip width and its dynamic shared memory.
-///
+/// What `CASCADE_DW_STRIPS` asks for (read once).
+#[cfg(feature = "cuda")]
+#[derive(Clone, Copy, PartialEq)]
+enum StripsMode {
+    /// The fewest waves; the asynchronous kernel among the candidates or not.
+    Auto { with_async: bool },
+    /// One kernel wherever the parked-weight path runs.
+    Only(Strips),
+}
+
 /// `CASCADE_DW_STRIPS` (read once):
 /// - unset or `auto` (the default): the narrow or the wide strips, whichever takes fewer waves of
 ///   resident blocks by the driver's occupancy answers (the narrow ones on a tie). On an H200 that
@@ -561,7 +584,73 @@ enum Strips {
 /// - `narrow`, `wide`, `async-all`: that kernel wherever the parked-weight path runs (the tests,
 ///   A/B measurements; `async-all` falls back to the narrow strips where it cannot run).
 #[cfg(feature = "cuda")]
-fn depthwise_strip_kernel(
+fn strips_mode() -> StripsMode {
+    static MODE: std::sync::OnceLock<StripsMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("CASCADE_DW_STRIPS").ok().as_deref().map(str::trim) {
+        None | Some("auto") => StripsMode::Auto { with_async: false },
+        Some("async") => StripsMode::Auto { with_async: true },
+        Some("narrow") => StripsMode::Only(Strips::Narrow),
+        Some("wide") => StripsMode::Only(Strips::Wide),
+        Some("async-all") => StripsMode::Only(Strips::Async),
+        Some(v) => {
+            eprintln!("warning: CASCADE_DW_STRIPS must be auto, async, narrow, wide or async-all, not {v:?}; using auto");
+            StripsMode::Auto { with_async: false }
+        }
+    })
+}
+
+/// The kernel `CASCADE_DW_STRIPS` names (`narrow`, `wide`, `async-all`), where it names one.
+#[cfg(feature = "cuda")]
+fn strips_only() -> Strips {
+    match strips_mode() {
+        StripsMode::Only(s) => s,
+        StripsMode::Auto { .. } => Strips::Narrow,
+    }
+}
+
+/// The parked-weight strip kernel `s` for `mixed` (f32 input) or bf16 input (`smem`: the parked
+/// weights' bytes): the kernel, its strip width and its dynamic shared memory.
+#[cfg(feature = "cuda")]
+fn strip_kernel(
+    dev: &crate::cuda::CudaDevice,
+    s: Strips,
+    mixed: bool,
+    block: u32,
+    smem: usize,
+) -> (&cudarc::driver::CudaFunction, usize, usize) {
+    use crate::cuda::params::{CASCADE_DW_STRIP, CASCADE_DW_WIDE_STRIP};
+    let k = dev.kernels();
+    // Rows 1 and 2 of taps, S + 2 columns, 16 bytes per 8 channels of bf16 (32 of f32), per thread.
+    let async_smem = smem + 2 * (CASCADE_DW_STRIP as usize + 2) * if mixed { 32 } else { 16 } * block as usize;
+    match (s, mixed) {
+        (Strips::Async, false) => (&k.depthwise_bf16_swa, CASCADE_DW_STRIP as usize, async_smem),
+        (Strips::Async, true) => (&k.depthwise_f32_bf16_swa, CASCADE_DW_STRIP as usize, async_smem),
+        (Strips::Narrow, false) => (&k.depthwise_bf16_sw, CASCADE_DW_STRIP as usize, smem),
+        (Strips::Narrow, true) => (&k.depthwise_f32_bf16_sw, CASCADE_DW_STRIP as usize, smem),
+        (Strips::Wide, false) => (&k.depthwise_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize, smem),
+        (Strips::Wide, true) => (&k.depthwise_f32_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize, smem),
+    }
+}
+
+/// Whether strip kernel `s` can run here: the asynchronous one takes no input LayerNorm, and its
+/// shared memory may pass 48 KiB, which it must be allowed first; a card that allows less per
+/// block (sm_86 and sm_89: 99 KiB) refuses the larger sizes.
+#[cfg(feature = "cuda")]
+fn depthwise_strip_runnable(dev: &crate::cuda::CudaDevice, s: Strips, mixed: bool, input_norm: bool, block: u32, smem: usize) -> bool {
+    use crate::cuda::SharedMemoryOptIn;
+    if s != Strips::Async {
+        return true;
+    }
+    let (f, _, bytes) = strip_kernel(dev, s, mixed, block, smem);
+    let which = if mixed { SharedMemoryOptIn::DepthwiseAsyncF32 } else { SharedMemoryOptIn::DepthwiseAsync };
+    !input_norm && dev.opt_in_shared_memory(f, which, bytes).is_ok()
+}
+
+/// The strip kernel the waves rule takes for a launch of `rows` = B·H rows of `w` pixels in
+/// blocks of `block` threads, where `CASCADE_DW_STRIPS` leaves the choice to it (None where it
+/// names a kernel: [`strips_only`]).
+#[cfg(feature = "cuda")]
+fn depthwise_strips(
     dev: &crate::cuda::CudaDevice,
     mixed: bool,
     input_norm: bool,
@@ -569,65 +658,61 @@ fn depthwise_strip_kernel(
     w: usize,
     block: u32,
     smem: usize,
-) -> (&cudarc::driver::CudaFunction, usize, usize) {
-    use crate::cuda::params::{CASCADE_DW_STRIP, CASCADE_DW_WIDE_STRIP};
-    use crate::cuda::SharedMemoryOptIn;
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mode {
-        Auto { with_async: bool },
-        Only(Strips),
+) -> Option<Strips> {
+    let StripsMode::Auto { with_async } = strips_mode() else { return None };
+    let mut candidates = Vec::with_capacity(3);
+    if with_async && !input_norm {
+        candidates.push(Strips::Async);
     }
-    static MODE: std::sync::OnceLock<Mode> = std::sync::OnceLock::new();
-    let mode = *MODE.get_or_init(|| match std::env::var("CASCADE_DW_STRIPS").ok().as_deref().map(str::trim) {
-        None | Some("auto") => Mode::Auto { with_async: false },
-        Some("async") => Mode::Auto { with_async: true },
-        Some("narrow") => Mode::Only(Strips::Narrow),
-        Some("wide") => Mode::Only(Strips::Wide),
-        Some("async-all") => Mode::Only(Strips::Async),
-        Some(v) => {
-            eprintln!("warning: CASCADE_DW_STRIPS must be auto, async, narrow, wide or async-all, not {v:?}; using auto");
-            Mode::Auto { with_async: false }
-        }
-    });
-    let k = dev.kernels();
-    // Rows 1 and 2 of taps, S + 2 columns, 16 bytes per 8 channels of bf16 (32 of f32), per thread.
-    let async_smem = smem + 2 * (CASCADE_DW_STRIP as usize + 2) * if mixed { 32 } else { 16 } * block as usize;
-    let kernel = |s: Strips| match (s, mixed) {
-        (Strips::Async, false) => (&k.depthwise_bf16_swa, CASCADE_DW_STRIP as usize, async_smem),
-        (Strips::Async, true) => (&k.depthwise_f32_bf16_swa, CASCADE_DW_STRIP as usize, async_smem),
-        (Strips::Narrow, false) => (&k.depthwise_bf16_sw, CASCADE_DW_STRIP as usize, smem),
-        (Strips::Narrow, true) => (&k.depthwise_f32_bf16_sw, CASCADE_DW_STRIP as usize, smem),
-        (Strips::Wide, false) => (&k.depthwise_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize, smem),
-        (Strips::Wide, true) => (&k.depthwise_f32_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize, smem),
-    };
-    // Whether kernel `s` can run here. The asynchronous one's shared memory may pass 48 KiB, which
-    // it must be allowed first (an occupancy query for it too); a card that allows less per block
-    // (sm_86 and sm_89: 99 KiB) refuses the larger sizes, and the launch takes another kernel.
-    let runnable = |s: Strips| {
-        let (f, _, bytes) = kernel(s);
-        let which = if mixed { SharedMemoryOptIn::DepthwiseAsyncF32 } else { SharedMemoryOptIn::DepthwiseAsync };
-        s != Strips::Async || dev.opt_in_shared_memory(f, which, bytes).is_ok()
-    };
-    let chosen = match mode {
-        Mode::Only(Strips::Async) if input_norm || !runnable(Strips::Async) => Strips::Narrow,
-        Mode::Only(s) => s,
-        Mode::Auto { with_async } => {
-            let mut candidates = Vec::with_capacity(3);
-            if with_async && !input_norm {
-                candidates.push(Strips::Async);
-            }
-            candidates.extend([Strips::Narrow, Strips::Wide]);
-            let options: Vec<(usize, usize)> = candidates
-                .iter()
-                .map(|&s| {
-                    let (f, strip, bytes) = kernel(s);
-                    (strip, if runnable(s) { dev.resident_blocks_per_sm(f, block, bytes).unwrap_or(0) } else { 0 })
-                })
-                .collect();
-            fewest_waves(rows, w, dev.multiprocessors(), &options).map_or(Strips::Narrow, |i| candidates[i])
-        }
-    };
-    kernel(chosen)
+    candidates.extend([Strips::Narrow, Strips::Wide]);
+    let options: Vec<(usize, usize)> = candidates
+        .iter()
+        .map(|&s| {
+            let (f, strip, bytes) = strip_kernel(dev, s, mixed, block, smem);
+            let runnable = depthwise_strip_runnable(dev, s, mixed, input_norm, block, smem);
+            (strip, if runnable { dev.resident_blocks_per_sm(f, block, bytes).unwrap_or(0) } else { 0 })
+        })
+        .collect();
+    Some(fewest_waves(rows, w, dev.multiprocessors(), &options).map_or(Strips::Narrow, |i| candidates[i]))
+}
+
+/// Strip kernel `s` where it can run here ([`depthwise_strip_runnable`]), else the narrow one:
+/// the kernel, its strip width and its dynamic shared memory.
+#[cfg(feature = "cuda")]
+fn depthwise_strip_kernel(
+    dev: &crate::cuda::CudaDevice,
+    s: Strips,
+    mixed: bool,
+    input_norm: bool,
+    block: u32,
+    smem: usize,
+) -> (&cudarc::driver::CudaFunction, usize, usize) {
+    let s = if depthwise_strip_runnable(dev, s, mixed, input_norm, block, smem) { s } else { Strips::Narrow };
+    strip_kernel(dev, s, mixed, block, smem)
+}
+
+/// A copy of `p` writing to scratch tensors shaped like what it writes (`y`, the normalised
+/// output, the modulated input), made at the first call: for timing a launch (kernel choice by
+/// timing) without touching the real outputs. The residual, which may be y, is only read.
+#[cfg(feature = "cuda")]
+fn scratch_outputs(
+    p: &crate::cuda::params::DepthwiseParams,
+    scratch: &mut Option<(Tensor, Option<Tensor>, Option<Tensor>)>,
+    y: &Tensor,
+    norm: Option<&Tensor>,
+    modulated: Option<&Tensor>,
+) -> Result<crate::cuda::params::DepthwiseParams> {
+    if scratch.is_none() {
+        let like = |t: &Tensor| Tensor::empty(t.shape(), t.dtype(), &t.device());
+        *scratch = Some((like(y)?, norm.map(like).transpose()?, modulated.map(like).transpose()?));
+    }
+    let (sy, snorm, smod) = scratch.as_ref().expect("made above");
+    let addr = |t: &Option<Tensor>| t.as_ref().map(|t| t.cuda_ptr()).transpose();
+    let mut q = *p;
+    q.y = sy.cuda_ptr()? as *mut _;
+    q.y_norm = addr(snorm)?.map_or(std::ptr::null_mut(), |a| a as *mut _);
+    q.x_out = addr(smod)?.map_or(std::ptr::null_mut(), |a| a as *mut _);
+    Ok(q)
 }
 
 /// Which of `options` (strip width, resident blocks per SM; 0: no answer, never) takes the fewest
