@@ -10,7 +10,7 @@
 #     mode, PyTorch's SDPA and the card's ceilings, diffusers side by side, the Nsight Compute
 #     profile, and the stages bench with cuBLASLt's untuned choice.
 #
-# Switches (1 runs, 0 skips): TESTS=1 VARIANT_TESTS=1 BENCH=1 FIDELITY=0 FIDELITY_WGMMA=0 FIDELITY_ATTENTION=0 SANITIZE=0 SIDE_BY_SIDE=0
+# Switches (1 runs, 0 skips): TESTS=1 VARIANT_TESTS=1 BENCH=1 FIDELITY=0 FIDELITY_WGMMA=0 FIDELITY_TUNE=0 FIDELITY_ATTENTION=0 SANITIZE=0 SIDE_BY_SIDE=0
 # PROFILE=0 GEMM_TUNE_AB=0 (FIDELITY_WGMMA=ws or ws_deep: with a warp-specialised version of the fused GEMM); ALL=1 turns every one on (STAGE_VARIANTS, below, lists A/B environments). DEADLINE=seconds bounds the whole run: each step is
 # cut to what is left and a step that would start too late is reported as skipped, so the
 # summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT / SIDE_BY_SIDE_TIMEOUT cap one step (300 s);
@@ -236,6 +236,13 @@ if on FIDELITY_WGMMA 0 || [[ ${FIDELITY_WGMMA:-0} == ws* ]]; then
         fidelity_runs+=(fidelity-wgmma)
         CASCADE_GEMM_WGMMA=1 step fidelity-wgmma "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     fi
+    pids+=($!)
+fi
+# FIDELITY_TUNE=1: likewise with kernel choice by timing (CASCADE_KERNEL_TUNE=1): the kernels
+# awaiting measurement wherever they timed faster, as the engine would ship them tuned.
+if on FIDELITY_TUNE 0; then
+    fidelity_runs+=(fidelity-tuned)
+    CASCADE_KERNEL_TUNE=1 step fidelity-tuned "${FIDELITY_TIMEOUT:-420}" python3 tools/gpu/fidelity.py --engine "$bundle/bin/cascade" ${FIDELITY_ARGS:-} &
     pids+=($!)
 fi
 # FIDELITY_ATTENTION=1: likewise with the split-key attention where it is planned (opt-in:
