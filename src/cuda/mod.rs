@@ -432,14 +432,13 @@ impl CudaDevice {
             dev.ws_gelu_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         // The same for the stream-K GEMM with GRN's factor on its input (CASCADE_GEMM_WS_FC2=1).
-        if dev.compute_capability == (9, 0) && considered(gemm_ws_fc2_requested()) {
+        // ... and without a factor for residual products with few tiles (CASCADE_GEMM_SK=1): one
+        // check covers both (the same template; the check runs it with and without a factor).
+        let (fc2, sk) = (considered(gemm_ws_fc2_requested()), considered(gemm_sk_requested()));
+        if dev.compute_capability == (9, 0) && (fc2 || sk) {
             let ok = check_gemm_scaled(&dev);
-            dev.scaled_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
-        }
-        // ... and without a factor for residual products with few tiles (CASCADE_GEMM_SK=1).
-        if dev.compute_capability == (9, 0) && considered(gemm_sk_requested()) {
-            let ok = check_gemm_scaled(&dev);
-            dev.sk_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
+            dev.scaled_gemm.store(ok && fc2, std::sync::atomic::Ordering::Relaxed);
+            dev.sk_gemm.store(ok && sk, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(dev)
     }
