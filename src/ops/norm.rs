@@ -722,57 +722,85 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             }
             // The samples are independent: as many per launch as the completion counters cover.
             let per_launch = capacity / (groups + 1);
+            // grn_partial over every sample with chunks of `chunk_rows` positions, GELU(x) written
+            // to `y_out` (when asked) and the factor to `scale` (device addresses).
+            let partials = |chunk_rows: usize, y_out: u64, scale: u64| -> Result<()> {
+                let chunks = n.div_ceil(chunk_rows).max(1);
+                if chunks > 65535 {
+                    return Err(Error::Shape(format!("grn: {n} positions are more than the kernels' grid takes (65535 × {chunk_rows})")));
+                }
+                // The chunks' sums [samples, chunks, D], then the groups' sums of norms [samples,
+                // groups]: one buffer (a buffer is a node of a captured graph when tests poison them).
+                let samples = b.min(per_launch);
+                let part = Tensor::empty(&[samples * chunks * d + samples * groups], DType::F32, &x.device())?;
+                let group_sums = part.cuda_ptr()? + (samples * chunks * d * 4) as u64;
+                let elt = dt.size() as u64;
+                for first in (0..b).step_by(per_launch) {
+                    let bs = per_launch.min(b - first);
+                    let pp = GrnPartialParams {
+                        x: (x0 + (first * n * d) as u64 * elt) as *const _,
+                        // GELU's output is written here (in place: x is a view of y), so the apply
+                        // pass only streams: recomputing the erf there cost more than this write
+                        // (0.36 ms per Stage C step on an H200, docs/performance.md).
+                        y: if gelu { (y_out + (first * n * d) as u64 * elt) as *mut _ } else { std::ptr::null_mut() },
+                        part: part.cuda_ptr()? as *mut f32,
+                        scale: (scale + (first * d * 4) as u64) as *mut f32,
+                        gamma: gamma.cuda_ptr()? as *const _,
+                        counters: counters as *mut u32,
+                        B: bs as i32,
+                        N: n as i32,
+                        D: d as i32,
+                        chunk_rows: chunk_rows as i32,
+                        chunks: chunks as i32,
+                        gelu: gelu as i32,
+                        vec8: vec8 as i32,
+                        group_sums: group_sums as *mut f32,
+                        short_tail: grn_short_tail() as i32,
+                        batched_remainder: grn_batched_remainder() as i32,
+                    };
+                    dev.launch(
+                        super::kernel("grn", dt, &k.grn_partial_f32, &k.grn_partial_bf16)?,
+                        (groups as u32, chunks as u32, bs as u32),
+                        (32, 8, 1),
+                        0,
+                        &pp,
+                    )?;
+                }
+                Ok(())
+            };
             let chunk_rows = match grn_chunk_rows() {
                 Some(rows) => rows,
                 None => {
                     // Blocks per SM: the bf16 kernel's launch bound (80 registers) gives three;
                     // the f32 kernel is not tuned.
                     let per_sm = if dt == DType::BF16 { 3 } else { 2 };
-                    grn_wave_chunk_rows(n, groups * b.min(per_launch), dev.multiprocessors() * per_sm)
+                    let wave =
+                        |slots_per_sm: usize| grn_wave_chunk_rows(n, groups * b.min(per_launch), dev.multiprocessors() * slots_per_sm);
+                    let sized = wave(per_sm);
+                    // Under CASCADE_KERNEL_TUNE, chunks for two waves and for a wave at one block
+                    // per SM fewer are timed against the one-wave chunks.
+                    let mut candidates = vec![sized];
+                    if crate::cuda::KernelTuning::requested().on() {
+                        for rows in [wave(2 * per_sm), wave(per_sm - 1)] {
+                            if !candidates.contains(&rows) && n.div_ceil(rows) <= 65535 {
+                                candidates.push(rows);
+                            }
+                        }
+                    }
+                    let names: Vec<String> = candidates.iter().map(|r| format!("{r} rows")).collect();
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let mut scratch: Option<(Tensor, Tensor)> = None;
+                    let i = dev.choose_kernel("grn_partial", &[b, n, d, gelu as usize, dt as usize], &names, &mut |i| {
+                        if scratch.is_none() {
+                            scratch = Some((Tensor::empty(x.shape(), dt, &x.device())?, Tensor::empty(&[b, d], DType::F32, &x.device())?));
+                        }
+                        let (sy, ss) = scratch.as_ref().expect("made above");
+                        partials(candidates[i], sy.cuda_ptr()?, ss.cuda_ptr()?)
+                    })?;
+                    candidates[i]
                 }
             };
-            let chunks = n.div_ceil(chunk_rows).max(1);
-            if chunks > 65535 {
-                return Err(Error::Shape(format!("grn: {n} positions are more than the kernels' grid takes (65535 × {chunk_rows})")));
-            }
-            // The chunks' sums [samples, chunks, D], then the groups' sums of norms [samples,
-            // groups]: one buffer (a buffer is a node of a captured graph when tests poison them).
-            let samples = b.min(per_launch);
-            let part = Tensor::empty(&[samples * chunks * d + samples * groups], DType::F32, &x.device())?;
-            let group_sums = part.cuda_ptr()? + (samples * chunks * d * 4) as u64;
-            let elt = dt.size() as u64;
-            let s0 = stats.cuda_ptr()?;
-            for first in (0..b).step_by(per_launch) {
-                let bs = per_launch.min(b - first);
-                let pp = GrnPartialParams {
-                    x: (x0 + (first * n * d) as u64 * elt) as *const _,
-                    // GELU's output is written here (in place: x is a view of y), so the apply
-                    // pass only streams: recomputing the erf there cost more than this write
-                    // (0.36 ms per Stage C step on an H200, docs/performance.md).
-                    y: if gelu { (y0 + (first * n * d) as u64 * elt) as *mut _ } else { std::ptr::null_mut() },
-                    part: part.cuda_ptr()? as *mut f32,
-                    scale: (s0 + (first * d * 4) as u64) as *mut f32,
-                    gamma: gamma.cuda_ptr()? as *const _,
-                    counters: counters as *mut u32,
-                    B: bs as i32,
-                    N: n as i32,
-                    D: d as i32,
-                    chunk_rows: chunk_rows as i32,
-                    chunks: chunks as i32,
-                    gelu: gelu as i32,
-                    vec8: vec8 as i32,
-                    group_sums: group_sums as *mut f32,
-                    short_tail: grn_short_tail() as i32,
-                    batched_remainder: grn_batched_remainder() as i32,
-                };
-                dev.launch(
-                    super::kernel("grn", dt, &k.grn_partial_f32, &k.grn_partial_bf16)?,
-                    (groups as u32, chunks as u32, bs as u32),
-                    (32, 8, 1),
-                    0,
-                    &pp,
-                )?;
-            }
+            partials(chunk_rows, y0, stats.cuda_ptr()?)?;
             let Some(beta) = beta else { return Ok(()) };
             // From y, which holds GELU(x) when GELU was asked (grn_partial wrote it), else from x.
             let from = if gelu { y.cuda_ptr()? } else { x.cuda_ptr()? };
