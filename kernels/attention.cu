@@ -513,10 +513,16 @@ __device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[
         t0 = fmaxf(t0, __shfl_xor_sync(0xffffffff, t0, off));
         t1 = fmaxf(t1, __shfl_xor_sync(0xffffffff, t1, off));
     }
-    const float n0 = fmaxf(r.m0, t0), n1 = fmaxf(r.m1, t1);
+    float n0 = fmaxf(r.m0, t0), n1 = fmaxf(r.m1, t1);
+    // Lazy: a row keeps its base while this tile's maximum stays within 2^8 of it (a row that
+    // has seen no visible key yet compares as NaN: rebased), and then needs no rescale (c = 1).
+    const bool keep0 = p.lazy_rescale && (n0 - r.m0) * scale <= CASCADE_LAZY_RESCALE_LOG2;
+    const bool keep1 = p.lazy_rescale && (n1 - r.m1) * scale <= CASCADE_LAZY_RESCALE_LOG2;
+    if (keep0) n0 = r.m0;
+    if (keep1) n1 = r.m1;
     const float b0 = n0 == -INFINITY ? 0.f : n0 * scale, b1 = n1 == -INFINITY ? 0.f : n1 * scale;
-    c0 = ex2_approx(fmaf(r.m0, scale, -b0));
-    c1 = ex2_approx(fmaf(r.m1, scale, -b1));
+    c0 = keep0 ? 1.f : ex2_approx(fmaf(r.m0, scale, -b0));
+    c1 = keep1 ? 1.f : ex2_approx(fmaf(r.m1, scale, -b1));
     r.m0 = n0;
     r.m1 = n1;
     r.l0 *= c0;
@@ -537,7 +543,9 @@ __device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[
         pa[kc][3] = pack_bf16x2(e[6], e[7]);
     }
 }
-__device__ __forceinline__ void wg_rescale(float (&o)[32], float c0, float c1) {
+// With lazy rescaling, a warp none of whose rows changed its base skips the multiplies.
+__device__ __forceinline__ void wg_rescale(const AttentionParams& p, float (&o)[32], float c0, float c1) {
+    if (p.lazy_rescale && !__any_sync(0xffffffff, c0 != 1.f || c1 != 1.f)) return;
 #pragma unroll
     for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
         o[4 * nd] *= c0;
@@ -701,7 +709,7 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
             wgmma_fence_operands(s);
             uint32_t pa[WG_KT / 16][4];
             wg_softmax(p, s, k0, q0 + g, key_mask, scale, rows, c0, c1, pa);
-            wg_rescale(o, c0, c1);
+            wg_rescale(p, o, c0, c1);
             wgmma_fence_operands(o);
             wgmma_fence();
             issue_pv(pa, slot);
@@ -733,7 +741,7 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
             wg_softmax(p, s, j * WG_KT, q0 + g, key_mask, scale, rows, c0, c1, p_new);
             wgmma_wait<0>();  // Pⱼ₋₁·Vⱼ₋₁
             wgmma_fence_operands(o);
-            wg_rescale(o, c0, c1);
+            wg_rescale(p, o, c0, c1);
         };
         uint32_t pa0[WG_KT / 16][4], pa1[WG_KT / 16][4];
         for (int j = 0; j < tiles_n; j += 2) {

@@ -431,7 +431,13 @@ typedef struct AttentionParams {
     int32_t split_tiles;
     float* partial;
     unsigned int* counters;
+    // The wgmma kernels only (0 elsewhere): 1 keeps a row's running maximum, the exponents'
+    // base, until a tile's maximum passes it by more than 2^CASCADE_LAZY_RESCALE_LOG2 (then
+    // probabilities reach at most that), so O and the sums are rescaled only then, and a warp
+    // skips the rescale when none of its rows needs it; 0 rescales at every new maximum.
+    int32_t lazy_rescale;
 } AttentionParams;
+#define CASCADE_LAZY_RESCALE_LOG2 8.0f
 
 // ---- embeddings ----------------------------------------------------------------------------
 

@@ -683,6 +683,61 @@ fn strided_and_transposed_convolutions() {
     }
 }
 
+/// The wgmma kernels' lazy rescaling (a row's base kept until a tile's maximum passes it by more
+/// than 2^8) against the CPU, beside the eager rescaling, on keys whose scale grows along the
+/// sequence (σ of the scores from 1 to about 75): later tiles keep passing the base by far more
+/// than 2^8, so rows rebase again and again (a missed rebase overflows to inf, a wrong factor or a
+/// skipped rescale shows as a large error), while within a tile most rows keep theirs. Unmasked,
+/// and causal with padding; one sample's queries end inside a tile.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_lazy_rescale_kernel() {
+    let dev = gpu();
+    if !cascade::testing::wgmma_testable(&dev, cascade::cuda::wgmma_attention_allowed()) {
+        return;
+    }
+    let (b, heads, lq, lk) = (2, 2, 70, 300);
+    let c = heads * 64;
+    let mut rng = TestRng::new(7400);
+    let (q, qv) = input(&mut rng, &[b, lq, c], 1.0, DType::BF16, &dev);
+    let (v, vv) = input(&mut rng, &[b, lk, c], 1.0, DType::BF16, &dev);
+    let mut kv = rng.normal(b * lk * c, 1.0);
+    for (i, x) in kv.iter_mut().enumerate() {
+        *x *= 1.0 + ((i / c) % lk) as f32 / 4.0;
+    }
+    let kv = round_to(&kv, DType::BF16);
+    let k = Tensor::from_f32(&kv, &[b, lk, c], DType::BF16, &dev).unwrap();
+    let valid = |s: usize| lk - 40 * (s + 1);
+    let mv: Vec<f32> = (0..b * lk).map(|j| if j % lk < valid(j / lk) { 1.0 } else { 0.0 }).collect();
+    let mask = Tensor::from_f32(&mv, &[b, lk], DType::F32, &dev).unwrap();
+    let mut kernels = vec![
+        (ops::AttentionKernel::Wgmma, "attention_wgmma"),
+        (ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq"),
+        (ops::AttentionKernel::WgmmaOverlap, "attention_wgmma_ov"),
+    ];
+    if cascade::testing::wgmma_testable(&dev, cascade::cuda::attention_split_requested()) {
+        kernels.push((ops::AttentionKernel::WgmmaSplit(2), "attention_wgmma_split2"));
+    }
+    if cascade::testing::wgmma_testable(&dev, cascade::cuda::wgmma2_requested()) {
+        kernels.push((ops::AttentionKernel::Wgmma2, "attention_wgmma2"));
+    }
+    for masked in [false, true] {
+        let m = if masked { AttentionMask::CausalPadding(&mask) } else { AttentionMask::None };
+        let want = cpu::attention(&qv, &kv, &vv, b, heads, lq, lk, 64, 0.125, masked, masked.then_some(&mv[..]));
+        for &(kernel, label) in &kernels {
+            if masked && matches!(kernel, ops::AttentionKernel::WgmmaSplit(_)) {
+                continue;
+            }
+            for lazy in [false, true] {
+                let (mut o, whole) = poisoned(&[b, lq, c], DType::BF16, &dev).unwrap();
+                ops::attention_into_with_rescale(&q, &k, &v, heads, 0.125, m, kernel, lazy, &mut o).unwrap();
+                let name = format!("ramp{}{}", if masked { " masked" } else { "" }, if lazy { " lazy" } else { "" });
+                verify(label, &name, DType::BF16, &o.to_vec_f32().unwrap(), Some(&whole), &want);
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_kernel() {

@@ -218,7 +218,27 @@ pub fn attention_into_with(
     kernel: AttentionKernel,
     o: &mut Tensor,
 ) -> Result<()> {
-    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, o)
+    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, None, o)
+}
+
+/// [`attention_into_with`] with the wgmma kernels' lazy rescaling on or off (`lazy`), whatever
+/// `CASCADE_ATTENTION_RESCALE` says (tests and benches compare the two): with it, a row's running
+/// maximum (the exponents' base) is kept until a tile's maximum passes it by more than 2^8, so O
+/// and the sums are rescaled only then and a warp whose rows all keep theirs skips the
+/// multiplies. The other kernels ignore it.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_into_with_rescale(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    mask: AttentionMask,
+    kernel: AttentionKernel,
+    lazy: bool,
+    o: &mut Tensor,
+) -> Result<()> {
+    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, Some(lazy), o)
 }
 
 /// Attention over the keys of `k`/`v` followed by those of `k2`/`v2` (`[B, Lk2, C]`): the
@@ -235,7 +255,7 @@ pub fn attention_two_sources_into(
     o: &mut Tensor,
 ) -> Result<()> {
     let second = Some((Part::whole(k2), Part::whole(v2)));
-    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), second, heads, scale, AttentionMask::None, kernel, o)
+    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), second, heads, scale, AttentionMask::None, kernel, None, o)
 }
 
 /// Attention on packed projections: `qkv [B, L, 3C]` holds q, k and v side by side (one GEMM
@@ -255,7 +275,7 @@ pub fn attention_packed_into(
     let c = heads * HEAD_DIM;
     let part = |t, i: usize| Part { t, col: i * c, parts: 3 };
     let second = second.map(|s| (part(s, 1), part(s, 2)));
-    attention_impl(part(qkv, 0), part(qkv, 1), part(qkv, 2), second, heads, scale, mask, kernel, o)
+    attention_impl(part(qkv, 0), part(qkv, 1), part(qkv, 2), second, heads, scale, mask, kernel, None, o)
 }
 
 /// One attention operand: columns `[col, col + C)` of the rows of `t [B, L, parts·C]` (one part
@@ -302,7 +322,28 @@ impl<'a> Part<'a> {
     }
 }
 
-/// Keys `k`/`v`, then those of `extra` when given; checks every shape, picks the kernel.
+/// `CASCADE_ATTENTION_RESCALE` (read once): `lazy` turns the wgmma kernels' lazy rescaling on
+/// (a row's running maximum kept until a tile passes it by more than 2^8, so that O and the sums
+/// are rescaled only then, and a warp whose rows all keep theirs skips the multiplies: about a
+/// sixth of the softmax's instructions; opt-in until measured), `always` off; unset: None (off,
+/// or timed under `CASCADE_KERNEL_TUNE`).
+#[cfg(feature = "cuda")]
+fn lazy_rescale_requested() -> Option<bool> {
+    static LAZY: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *LAZY.get_or_init(|| match std::env::var("CASCADE_ATTENTION_RESCALE").ok().as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some("lazy") => Some(true),
+        Some("always") => Some(false),
+        Some(v) => {
+            eprintln!("warning: CASCADE_ATTENTION_RESCALE must be lazy or always, not {v:?}; ignored");
+            None
+        }
+    })
+}
+
+/// Keys `k`/`v`, then those of `extra` when given; checks every shape, picks the kernel. `lazy`:
+/// the wgmma kernels' lazy rescaling on or off (None: `CASCADE_ATTENTION_RESCALE`, or timed under
+/// `CASCADE_KERNEL_TUNE`, else off).
 #[allow(clippy::too_many_arguments)]
 fn attention_impl(
     q: Part,
@@ -313,6 +354,7 @@ fn attention_impl(
     scale: f32,
     mask: AttentionMask,
     kernel: AttentionKernel,
+    lazy: Option<bool>,
     o: &mut Tensor,
 ) -> Result<()> {
     let &[b, lq, c] = o.shape() else {
@@ -340,7 +382,7 @@ fn attention_impl(
     let concatenated = |kernel, o: &mut Tensor| -> Result<()> {
         let (k2, v2) = extra.expect("only called with second keys");
         let (kc, vc) = (super::concat_tokens(&k.dense(c)?, &k2.dense(c)?)?, super::concat_tokens(&v.dense(c)?, &v2.dense(c)?)?);
-        attention_impl(q, Part::whole(&kc), Part::whole(&vc), None, heads, scale, mask, kernel, o)
+        attention_impl(q, Part::whole(&kc), Part::whole(&vc), None, heads, scale, mask, kernel, lazy, o)
     };
     let key_mask = match mask {
         AttentionMask::None => None,
@@ -358,7 +400,7 @@ fn attention_impl(
     match q.t.device() {
         Device::Cpu if extra.is_some() => concatenated(kernel, o),
         Device::Cpu => {
-            let _ = kernel;
+            let _ = (kernel, lazy);
             let m = key_mask.map(|m| m.cpu_f32()).transpose()?;
             let (qd, kd, vd) = (q.dense(c)?.to_vec_f32()?, k.dense(c)?.to_vec_f32()?, v.dense(c)?.to_vec_f32()?);
             let out = cpu::attention(&qd, &kd, &vd, b, heads, lq, lk, HEAD_DIM, scale, causal, m.as_deref());
@@ -394,6 +436,7 @@ fn attention_impl(
                 split_tiles: 0,
                 partial: std::ptr::null_mut(),
                 counters: std::ptr::null_mut(),
+                lazy_rescale: 0,
             };
             // Both tensor-core kernels take bf16; only the mma one takes masks.
             let bf16 = q.t.dtype() == DType::BF16;
@@ -476,32 +519,37 @@ fn attention_impl(
                 }
                 other => other,
             };
+            let lazy = lazy.or_else(lazy_rescale_requested);
             // Under CASCADE_KERNEL_TUNE, the wgmma kernels (and the split-key and two-warpgroup
-            // ones, where checked) are timed against one another per shape.
-            let chosen = match kernel {
+            // ones, where checked), each with and without lazy rescaling (unless
+            // CASCADE_ATTENTION_RESCALE decides), are timed against one another per shape.
+            let (chosen, lazy) = match kernel {
                 AttentionKernel::Auto
                     if crate::cuda::KernelTuning::requested().on() && forced.is_none() && aligned && chosen.is_wgmma() =>
                 {
-                    let mut candidates = vec![chosen, AttentionKernel::Wgmma, AttentionKernel::WgmmaSharedQ];
-                    candidates.extend(split.filter(|_| !causal));
-                    candidates.extend(dev.wgmma2_attention().then_some(AttentionKernel::Wgmma2));
-                    let mut unique = Vec::new();
-                    for c in candidates {
-                        if !unique.contains(&c) {
-                            unique.push(c);
+                    let mut kernels = vec![chosen, AttentionKernel::Wgmma, AttentionKernel::WgmmaSharedQ];
+                    kernels.extend(split.filter(|_| !causal));
+                    kernels.extend(dev.wgmma2_attention().then_some(AttentionKernel::Wgmma2));
+                    let mut unique: Vec<(AttentionKernel, bool)> = Vec::new();
+                    for rescale in [false, true] {
+                        for &c in &kernels {
+                            if !unique.contains(&(c, rescale)) && lazy.is_none_or(|l| l == rescale) {
+                                unique.push((c, rescale));
+                            }
                         }
                     }
-                    let names: Vec<String> = unique.iter().map(|c| format!("{c:?}")).collect();
+                    let names: Vec<String> = unique.iter().map(|(c, l)| format!("{c:?}{}", if *l { " lazy" } else { "" })).collect();
                     let names: Vec<&str> = names.iter().map(String::as_str).collect();
                     let lk2 = extra.map_or(0, |e| e.0.t.dim(1));
                     let dims = [b, heads, lq, lk, lk2, causal as usize, q.stride(), k.stride(), second_stride];
                     let i = super::tuned(&dev, "attention", &dims, &names, o, &mut |i, s| {
-                        attention_impl(q, k, v, extra, heads, scale, mask, unique[i], s)
+                        attention_impl(q, k, v, extra, heads, scale, mask, unique[i].0, Some(unique[i].1), s)
                     })?;
-                    unique[i]
+                    (unique[i].0, Some(unique[i].1))
                 }
-                _ => chosen,
+                _ => (chosen, lazy),
             };
+            p.lazy_rescale = (chosen.is_wgmma() && lazy == Some(true)) as i32;
             if extra.is_some() && !chosen.is_mma() {
                 return concatenated(chosen, o);
             }

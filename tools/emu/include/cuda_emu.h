@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -117,6 +118,22 @@ template <typename T> inline T __shfl_down_sync(unsigned, T v, unsigned d, int w
     if (src / width != lane / width || src > 31) src = lane;
     return emu_shfl(v, src);
 }
+
+// Warp votes over the lanes the warp has (a block's last warp may be partial); the mask is
+// taken as every lane, as the kernels pass it.
+inline unsigned __ballot_sync(unsigned, int pred) {
+    uint64_t* slots = emu::warp_slots();
+    const int lane = emu::lane_id();
+    const int threads = (int)(blockDim.x * blockDim.y * blockDim.z);
+    const int lanes = std::min(32, threads - 32 * emu::warp_id());
+    slots[lane] = pred ? 1u : 0u;
+    emu::sync_warp();
+    unsigned r = 0;
+    for (int i = 0; i < lanes; i++) r |= (unsigned)slots[i] << i;
+    emu::sync_warp();  // nobody overwrites a slot before every lane has read
+    return r;
+}
+inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
 
 // Mixed-type min/max follow the usual arithmetic conversions, as CUDA's overloads do.
 template <typename A, typename B> inline typename std::common_type<A, B>::type min(A a, B b) {
