@@ -379,10 +379,10 @@ fn main() {
                         ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, kernel, &mut o).unwrap()
                     });
                 }
-                // The same two default kernels with lazy rescaling (CASCADE_ATTENTION_RESCALE=lazy).
+                // The same two default kernels with the lean softmax (CASCADE_ATTENTION_SOFTMAX=lean).
                 for &(kernel, label) in wgmma_kernels.iter().take(2) {
-                    r.run(&format!("{label}_lazy/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
-                        ops::attention_into_with_rescale(&q, &k, &v, s.heads, 0.125, m, kernel, true, &mut o).unwrap()
+                    r.run(&format!("{label}_lean/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {
+                        ops::attention_into_with_softmax(&q, &k, &v, s.heads, 0.125, m, kernel, true, &mut o).unwrap()
                     });
                 }
             }

@@ -492,7 +492,7 @@ struct WgRows {
 // what was accumulated before this tile, updates the maxima and sums (sums rescaled, this tile's
 // added), and writes P as four bf16 A fragments (keys 16kc .. + 15: n-blocks 2kc and 2kc + 1).
 __device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[32], int k0, int row0, const float* key_mask, float scale,
-                                           WgRows& r, float& c0, float& c1, uint32_t (&pa)[WG_KT / 16][4]) {
+                                           WgRows& r, float& c0, float& c1, uint32_t (&pa)[WG_KT / 16][4], bool tc_sums) {
     const int t = threadIdx.x & 3, total = p.Lk + p.Lk2;
     if (k0 + WG_KT > total || p.causal || key_mask) {
 #pragma unroll
@@ -514,10 +514,10 @@ __device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[
         t1 = fmaxf(t1, __shfl_xor_sync(0xffffffff, t1, off));
     }
     float n0 = fmaxf(r.m0, t0), n1 = fmaxf(r.m1, t1);
-    // Lazy: a row keeps its base while this tile's maximum stays within 2^8 of it (a row that
+    // Lean: a row keeps its base while this tile's maximum stays within 2^8 of it (a row that
     // has seen no visible key yet compares as NaN: rebased), and then needs no rescale (c = 1).
-    const bool keep0 = p.lazy_rescale && (n0 - r.m0) * scale <= CASCADE_LAZY_RESCALE_LOG2;
-    const bool keep1 = p.lazy_rescale && (n1 - r.m1) * scale <= CASCADE_LAZY_RESCALE_LOG2;
+    const bool keep0 = p.lean_softmax && (n0 - r.m0) * scale <= CASCADE_LAZY_RESCALE_LOG2;
+    const bool keep1 = p.lean_softmax && (n1 - r.m1) * scale <= CASCADE_LAZY_RESCALE_LOG2;
     if (keep0) n0 = r.m0;
     if (keep1) n1 = r.m1;
     const float b0 = n0 == -INFINITY ? 0.f : n0 * scale, b1 = n1 == -INFINITY ? 0.f : n1 * scale;
@@ -525,8 +525,12 @@ __device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[
     c1 = keep1 ? 1.f : ex2_approx(fmaf(r.m1, scale, -b1));
     r.m0 = n0;
     r.m1 = n1;
-    r.l0 *= c0;
-    r.l1 *= c1;
+    // tc_sums: the sums come from the tensor cores (wg_rescale scales them).
+    const bool sums = !tc_sums;
+    if (sums) {
+        r.l0 *= c0;
+        r.l1 *= c1;
+    }
 #pragma unroll
     for (int kc = 0; kc < WG_KT / 16; kc++) {
         float e[8];
@@ -535,17 +539,27 @@ __device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[
             e[i] = ex2_approx(fmaf(s[8 * kc + i], scale, -(i < 2 ? b0 : b1)));
             e[4 + i] = ex2_approx(fmaf(s[8 * kc + 4 + i], scale, -(i < 2 ? b0 : b1)));
         }
-        r.l0 += (e[0] + e[1]) + (e[4] + e[5]);
-        r.l1 += (e[2] + e[3]) + (e[6] + e[7]);
+        if (sums) {
+            r.l0 += (e[0] + e[1]) + (e[4] + e[5]);
+            r.l1 += (e[2] + e[3]) + (e[6] + e[7]);
+        }
         pa[kc][0] = pack_bf16x2(e[0], e[1]);
         pa[kc][1] = pack_bf16x2(e[2], e[3]);
         pa[kc][2] = pack_bf16x2(e[4], e[5]);
         pa[kc][3] = pack_bf16x2(e[6], e[7]);
     }
 }
-// With lazy rescaling, a warp none of whose rows changed its base skips the multiplies.
-__device__ __forceinline__ void wg_rescale(const AttentionParams& p, float (&o)[32], float c0, float c1) {
-    if (p.lazy_rescale && !__any_sync(0xffffffff, c0 != 1.f || c1 != 1.f)) return;
+// With the lean softmax, a warp none of whose rows changed its base skips the multiplies; the
+// tensor cores' row sums (tc_sums; lsum: rows g and g + 8, two equal columns each) are rescaled
+// with O.
+__device__ __forceinline__ void wg_rescale(const AttentionParams& p, float (&o)[32], float (&lsum)[4], bool tc_sums, float c0, float c1) {
+    if (p.lean_softmax && !__any_sync(0xffffffff, c0 != 1.f || c1 != 1.f)) return;
+    if (tc_sums) {
+        lsum[0] *= c0;
+        lsum[1] *= c0;
+        lsum[2] *= c1;
+        lsum[3] *= c1;
+    }
 #pragma unroll
     for (int nd = 0; nd < HEAD_DIM / 8; nd++) {
         o[4 * nd] *= c0;
@@ -575,9 +589,17 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
     static_assert(!(OV && SPLIT), "split keys take the plain schedule");
     static_assert(WG == 1 || (WG == 2 && !QS), "one or two warpgroups; two hold Q in registers");
     constexpr int THREADS = 128 * WG;
-    // K and V of two slots each (then Q), on a 1024-byte boundary (the swizzle pattern's period).
-    __shared__ __align__(1024) unsigned char smem_raw[(QS ? 5 : 4) * WG_TILE + 1024];
+    // K and V of two slots each (then Q), then 1 KiB of bf16 ones (the lean softmax's row sums:
+    // one swizzle atom, so the descriptor reads ones wherever it points), on a 1024-byte boundary
+    // (the swizzle pattern's period).
+    __shared__ __align__(1024) unsigned char smem_raw[(QS ? 5 : 4) * WG_TILE + (QS ? 1024 : 2048)];
     unsigned char* const tiles = align_1024(smem_raw);
+    unsigned char* const ones = tiles + 4 * WG_TILE;  // (not with QS)
+    // The lean softmax's sums on the tensor cores: not with Q in shared memory, whose kernels
+    // run five blocks per SM (at most 102 registers), where four more spill.
+    const bool tc_sums = !QS && p.lean_softmax;
+    if (!QS)  // made visible to the tensor cores by the fence and barrier before the first products
+        for (int i = threadIdx.x; i < 256; i += THREADS) ((uint32_t*)ones)[i] = 0x3f803f80u;
     auto ktile = [&](int slot) { return tiles + slot * 2 * WG_TILE; };
     auto vtile = [&](int slot) { return tiles + slot * 2 * WG_TILE + WG_TILE; };
 
@@ -659,7 +681,7 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
             qa[kc][3] = r1 < p.Lq ? *(const uint32_t*)(q + (int64_t)r1 * p.q_stride + d1) : 0u;
         }
     }
-    float o[32];
+    float o[32], lsum[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < 32; i++) o[i] = 0.f;
     WgRows rows = {-INFINITY, -INFINITY, 0.f, 0.f};
@@ -675,9 +697,14 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
         wgmma_commit();
     };
     // O += P·V for the tile in V slot `slot`: 16 keys per product.
+    // Lean: the rows' sums too, P times ones, in the same group.
     auto issue_pv = [&](uint32_t (&pa)[WG_KT / 16][4], int slot) {
 #pragma unroll
         for (int kc = 0; kc < WG_KT / 16; kc++) wgmma_m64n64k16_bf16<1>(o, pa[kc], vdesc(slot, kc), true);
+        if (tc_sums) {
+#pragma unroll
+            for (int kc = 0; kc < WG_KT / 16; kc++) wgmma_m64n8k16_bf16(lsum, pa[kc], smem_desc_sw128(ones), true);
+        }
         wgmma_commit();
     };
     // Every thread's copies so far, to the tensor cores' reads.
@@ -708,13 +735,15 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
             wgmma_wait<0>();
             wgmma_fence_operands(s);
             uint32_t pa[WG_KT / 16][4];
-            wg_softmax(p, s, k0, q0 + g, key_mask, scale, rows, c0, c1, pa);
-            wg_rescale(p, o, c0, c1);
+            wg_softmax(p, s, k0, q0 + g, key_mask, scale, rows, c0, c1, pa, tc_sums);
+            wg_rescale(p, o, lsum, tc_sums, c0, c1);
             wgmma_fence_operands(o);
+            wgmma_fence_operands(lsum);
             wgmma_fence();
             issue_pv(pa, slot);
             wgmma_wait<0>();
             wgmma_fence_operands(o);
+            wgmma_fence_operands(lsum);
             __syncthreads();  // this slot is read: the next tile may refill it
         }
     } else {
@@ -738,10 +767,11 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
                 wgmma_wait<0>();
             }
             wgmma_fence_operands(s);
-            wg_softmax(p, s, j * WG_KT, q0 + g, key_mask, scale, rows, c0, c1, p_new);
+            wg_softmax(p, s, j * WG_KT, q0 + g, key_mask, scale, rows, c0, c1, p_new, tc_sums);
             wgmma_wait<0>();  // Pⱼ₋₁·Vⱼ₋₁
             wgmma_fence_operands(o);
-            wg_rescale(p, o, c0, c1);
+            wgmma_fence_operands(lsum);
+            wg_rescale(p, o, lsum, tc_sums, c0, c1);
         };
         uint32_t pa0[WG_KT / 16][4], pa1[WG_KT / 16][4];
         for (int j = 0; j < tiles_n; j += 2) {
@@ -752,6 +782,7 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
         if (tiles_n > 0) {
             tiles_landed();
             wgmma_fence_operands(o);
+            wgmma_fence_operands(lsum);
             wgmma_fence();
             if ((tiles_n - 1) & 1)
                 issue_pv(pa1, (tiles_n - 1) & 1);
@@ -759,15 +790,21 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
                 issue_pv(pa0, (tiles_n - 1) & 1);
             wgmma_wait<0>();
             wgmma_fence_operands(o);
+            wgmma_fence_operands(lsum);
         }
     }
 
     if (tile_begin == tile_end) cp_async_wait<0>();  // no keys at all: nothing was waited for (the output is zeros)
 
-    // The rows' sums over their four lanes, then O / l as bf16 pairs.
-    for (int off = 1; off < 4; off <<= 1) {
-        rows.l0 += __shfl_xor_sync(0xffffffff, rows.l0, off);
-        rows.l1 += __shfl_xor_sync(0xffffffff, rows.l1, off);
+    // The rows' sums over their four lanes (lean: whole on every lane), then O / l as bf16 pairs.
+    if (tc_sums) {
+        rows.l0 = lsum[0];
+        rows.l1 = lsum[2];
+    } else {
+        for (int off = 1; off < 4; off <<= 1) {
+            rows.l0 += __shfl_xor_sync(0xffffffff, rows.l0, off);
+            rows.l1 += __shfl_xor_sync(0xffffffff, rows.l1, off);
+        }
     }
     if (SPLIT && splits > 1) {
         // This range's O, maxima and sums, as 9 float4 per thread (coalesced: j · THREADS +

@@ -393,6 +393,21 @@ __device__ __forceinline__ void wgmma_m64n128k16_bf16_rs(float (&d)[64], const u
         : "memory");
 #endif
 }
+// D (64 × 8, f32) = A·B (+ D) with A (64 × 16 bf16) from registers as wgmma_m64n64k16_bf16's and
+// B K-major from shared memory: the attention's row sums, P times a tile of ones.
+__device__ __forceinline__ void wgmma_m64n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], SmemDesc b, bool accumulate) {
+#ifdef CASCADE_EMU
+    emu_wgmma_rs(d, a, b, 0, accumulate, 8);
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"((int)accumulate)
+        : "memory");
+#endif
+}
 // D (64 × 160, f32) = A·B (+ D): as wgmma_m64n128k16_bf16_ss with B 160 rows wide (the skinny
 // GEMM: A a 64-row slice of nn.Linear's weight, B up to 160 rows of the input, both K-major).
 // Twenty m16n8 C fragments side by side: d[4j + i] row g + 8·(i / 2), column 8j + 2t + i % 2.

@@ -431,11 +431,13 @@ typedef struct AttentionParams {
     int32_t split_tiles;
     float* partial;
     unsigned int* counters;
-    // The wgmma kernels only (0 elsewhere): 1 keeps a row's running maximum, the exponents'
-    // base, until a tile's maximum passes it by more than 2^CASCADE_LAZY_RESCALE_LOG2 (then
-    // probabilities reach at most that), so O and the sums are rescaled only then, and a warp
-    // skips the rescale when none of its rows needs it; 0 rescales at every new maximum.
-    int32_t lazy_rescale;
+    // The wgmma kernels only (0 elsewhere): 1 is the lean softmax. A row keeps its running
+    // maximum, the exponents' base, until a tile's maximum passes it by more than
+    // 2^CASCADE_LAZY_RESCALE_LOG2 (then probabilities reach at most that), so O and the sums are
+    // rescaled only then, and a warp skips the rescale when none of its rows needs it; and the
+    // rows' sums are P times a tile of ones on the tensor cores, not adds. 0: rescales at every
+    // new maximum, sums added by each thread.
+    int32_t lean_softmax;
 } AttentionParams;
 #define CASCADE_LAZY_RESCALE_LOG2 8.0f
 

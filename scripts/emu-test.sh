@@ -38,9 +38,9 @@ CASCADE_GEMM_SKINNY=1 cargo test --release --features cuda --test models -- --ig
 # models, whose VQGAN and CLIP MLPs then take it.
 CASCADE_GEMM_WS_GELU=force cargo test --release --features cuda --test kernels -- --ignored linear_gelu_kernel "$@"
 CASCADE_GEMM_WS_GELU=force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
-# The wgmma attention's lazy rescaling (opt-in until measured; its kernel test runs it in the
+# The wgmma attention's lean softmax (opt-in until measured; its kernel test runs it in the
 # first run above): the tiny models with it in every wgmma attention.
-CASCADE_ATTENTION_RESCALE=lazy cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+CASCADE_ATTENTION_SOFTMAX=lean cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # Kernel choice by timing (CASCADE_KERNEL_TUNE=1): every kernel awaiting measurement is checked
 # at start-up and timed against the default per shape (on the emulator the defaults win almost
 # everywhere; what is checked is that the timing, its nested captures and the choices leave the

@@ -90,7 +90,7 @@ vetting_test() {
     case $1 in
         # Kernel choice by timing may take any kernel awaiting measurement.
         *CASCADE_KERNEL_TUNE=1* | *CASCADE_KERNEL_TUNE=log*) t="kernels kernels-gemmwg kernels-split kernels-skinny pipeline-tuned" ;;
-        *CASCADE_ATTENTION_RESCALE=lazy*) t=kernels ;;
+        *CASCADE_ATTENTION_SOFTMAX=lean*) t=kernels ;;
         *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=* | *CASCADE_GEMM_WS_FC2=* | *CASCADE_GEMM_SK=*) t=kernels-gemmwg ;;
         *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t=kernels-split ;;
         *CASCADE_DW_TILE=roll*) t=kernels-dwroll ;;

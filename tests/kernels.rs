@@ -683,15 +683,16 @@ fn strided_and_transposed_convolutions() {
     }
 }
 
-/// The wgmma kernels' lazy rescaling (a row's base kept until a tile's maximum passes it by more
-/// than 2^8) against the CPU, beside the eager rescaling, on keys whose scale grows along the
-/// sequence (σ of the scores from 1 to about 75): later tiles keep passing the base by far more
-/// than 2^8, so rows rebase again and again (a missed rebase overflows to inf, a wrong factor or a
-/// skipped rescale shows as a large error), while within a tile most rows keep theirs. Unmasked,
-/// and causal with padding; one sample's queries end inside a tile.
+/// The wgmma kernels' lean softmax (a row's base kept until a tile's maximum passes it by more
+/// than 2^8; the rows' sums on the tensor cores where Q is in registers) against the CPU, beside
+/// the full one, on keys whose scale grows along the sequence (σ of the scores from 1 to about
+/// 75): later tiles keep passing the base by far more than 2^8, so rows rebase again and again (a
+/// missed rebase overflows to inf, a wrong factor or a skipped rescale of O or of the sums shows
+/// as a large error), while within a tile most rows keep theirs. Unmasked, and causal with
+/// padding; one sample's queries end inside a tile.
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn attention_lazy_rescale_kernel() {
+fn attention_lean_softmax_kernel() {
     let dev = gpu();
     if !cascade::testing::wgmma_testable(&dev, cascade::cuda::wgmma_attention_allowed()) {
         return;
@@ -728,10 +729,10 @@ fn attention_lazy_rescale_kernel() {
             if masked && matches!(kernel, ops::AttentionKernel::WgmmaSplit(_)) {
                 continue;
             }
-            for lazy in [false, true] {
+            for lean in [false, true] {
                 let (mut o, whole) = poisoned(&[b, lq, c], DType::BF16, &dev).unwrap();
-                ops::attention_into_with_rescale(&q, &k, &v, heads, 0.125, m, kernel, lazy, &mut o).unwrap();
-                let name = format!("ramp{}{}", if masked { " masked" } else { "" }, if lazy { " lazy" } else { "" });
+                ops::attention_into_with_softmax(&q, &k, &v, heads, 0.125, m, kernel, lean, &mut o).unwrap();
+                let name = format!("ramp{}{}", if masked { " masked" } else { "" }, if lean { " lean" } else { "" });
                 verify(label, &name, DType::BF16, &o.to_vec_f32().unwrap(), Some(&whole), &want);
             }
         }

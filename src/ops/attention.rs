@@ -221,13 +221,14 @@ pub fn attention_into_with(
     attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, None, o)
 }
 
-/// [`attention_into_with`] with the wgmma kernels' lazy rescaling on or off (`lazy`), whatever
-/// `CASCADE_ATTENTION_RESCALE` says (tests and benches compare the two): with it, a row's running
-/// maximum (the exponents' base) is kept until a tile's maximum passes it by more than 2^8, so O
-/// and the sums are rescaled only then and a warp whose rows all keep theirs skips the
-/// multiplies. The other kernels ignore it.
+/// [`attention_into_with`] with the wgmma kernels' lean softmax on or off (`lean`), whatever
+/// `CASCADE_ATTENTION_SOFTMAX` says (tests and benches compare the two): a row's running maximum
+/// (the exponents' base) kept until a tile's maximum passes it by more than 2^8, so that O and the
+/// sums are rescaled only then and a warp whose rows all keep theirs skips the multiplies; and
+/// (the kernels with Q in registers) the rows' sums taken on the tensor cores, P times a tile of
+/// ones, instead of added by each thread. The other kernels ignore it.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_into_with_rescale(
+pub fn attention_into_with_softmax(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -235,10 +236,10 @@ pub fn attention_into_with_rescale(
     scale: f32,
     mask: AttentionMask,
     kernel: AttentionKernel,
-    lazy: bool,
+    lean: bool,
     o: &mut Tensor,
 ) -> Result<()> {
-    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, Some(lazy), o)
+    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, Some(lean), o)
 }
 
 /// Attention over the keys of `k`/`v` followed by those of `k2`/`v2` (`[B, Lk2, C]`): the
@@ -322,27 +323,26 @@ impl<'a> Part<'a> {
     }
 }
 
-/// `CASCADE_ATTENTION_RESCALE` (read once): `lazy` turns the wgmma kernels' lazy rescaling on
-/// (a row's running maximum kept until a tile passes it by more than 2^8, so that O and the sums
-/// are rescaled only then, and a warp whose rows all keep theirs skips the multiplies: about a
-/// sixth of the softmax's instructions; opt-in until measured), `always` off; unset: None (off,
-/// or timed under `CASCADE_KERNEL_TUNE`).
+/// `CASCADE_ATTENTION_SOFTMAX` (read once): `lean` turns the wgmma kernels' lean softmax on
+/// (lazy rescaling and, with Q in registers, the rows' sums on the tensor cores: about a quarter
+/// of the softmax's instructions; opt-in until measured), `full` off; unset: None (off, or timed
+/// under `CASCADE_KERNEL_TUNE`).
 #[cfg(feature = "cuda")]
-fn lazy_rescale_requested() -> Option<bool> {
-    static LAZY: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    *LAZY.get_or_init(|| match std::env::var("CASCADE_ATTENTION_RESCALE").ok().as_deref().map(str::trim) {
+fn lean_softmax_requested() -> Option<bool> {
+    static LEAN: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *LEAN.get_or_init(|| match std::env::var("CASCADE_ATTENTION_SOFTMAX").ok().as_deref().map(str::trim) {
         None | Some("") => None,
-        Some("lazy") => Some(true),
-        Some("always") => Some(false),
+        Some("lean") => Some(true),
+        Some("full") => Some(false),
         Some(v) => {
-            eprintln!("warning: CASCADE_ATTENTION_RESCALE must be lazy or always, not {v:?}; ignored");
+            eprintln!("warning: CASCADE_ATTENTION_SOFTMAX must be lean or full, not {v:?}; ignored");
             None
         }
     })
 }
 
-/// Keys `k`/`v`, then those of `extra` when given; checks every shape, picks the kernel. `lazy`:
-/// the wgmma kernels' lazy rescaling on or off (None: `CASCADE_ATTENTION_RESCALE`, or timed under
+/// Keys `k`/`v`, then those of `extra` when given; checks every shape, picks the kernel. `lean`:
+/// the wgmma kernels' lean softmax on or off (None: `CASCADE_ATTENTION_SOFTMAX`, or timed under
 /// `CASCADE_KERNEL_TUNE`, else off).
 #[allow(clippy::too_many_arguments)]
 fn attention_impl(
@@ -354,7 +354,7 @@ fn attention_impl(
     scale: f32,
     mask: AttentionMask,
     kernel: AttentionKernel,
-    lazy: Option<bool>,
+    lean: Option<bool>,
     o: &mut Tensor,
 ) -> Result<()> {
     let &[b, lq, c] = o.shape() else {
@@ -382,7 +382,7 @@ fn attention_impl(
     let concatenated = |kernel, o: &mut Tensor| -> Result<()> {
         let (k2, v2) = extra.expect("only called with second keys");
         let (kc, vc) = (super::concat_tokens(&k.dense(c)?, &k2.dense(c)?)?, super::concat_tokens(&v.dense(c)?, &v2.dense(c)?)?);
-        attention_impl(q, Part::whole(&kc), Part::whole(&vc), None, heads, scale, mask, kernel, lazy, o)
+        attention_impl(q, Part::whole(&kc), Part::whole(&vc), None, heads, scale, mask, kernel, lean, o)
     };
     let key_mask = match mask {
         AttentionMask::None => None,
@@ -400,7 +400,7 @@ fn attention_impl(
     match q.t.device() {
         Device::Cpu if extra.is_some() => concatenated(kernel, o),
         Device::Cpu => {
-            let _ = (kernel, lazy);
+            let _ = (kernel, lean);
             let m = key_mask.map(|m| m.cpu_f32()).transpose()?;
             let (qd, kd, vd) = (q.dense(c)?.to_vec_f32()?, k.dense(c)?.to_vec_f32()?, v.dense(c)?.to_vec_f32()?);
             let out = cpu::attention(&qd, &kd, &vd, b, heads, lq, lk, HEAD_DIM, scale, causal, m.as_deref());
@@ -436,7 +436,7 @@ fn attention_impl(
                 split_tiles: 0,
                 partial: std::ptr::null_mut(),
                 counters: std::ptr::null_mut(),
-                lazy_rescale: 0,
+                lean_softmax: 0,
             };
             // Both tensor-core kernels take bf16; only the mma one takes masks.
             let bf16 = q.t.dtype() == DType::BF16;
@@ -519,11 +519,11 @@ fn attention_impl(
                 }
                 other => other,
             };
-            let lazy = lazy.or_else(lazy_rescale_requested);
+            let lean = lean.or_else(lean_softmax_requested);
             // Under CASCADE_KERNEL_TUNE, the wgmma kernels (and the split-key and two-warpgroup
-            // ones, where checked), each with and without lazy rescaling (unless
-            // CASCADE_ATTENTION_RESCALE decides), are timed against one another per shape.
-            let (chosen, lazy) = match kernel {
+            // ones, where checked), each with and without the lean softmax (unless
+            // CASCADE_ATTENTION_SOFTMAX decides), are timed against one another per shape.
+            let (chosen, lean) = match kernel {
                 AttentionKernel::Auto
                     if crate::cuda::KernelTuning::requested().on() && forced.is_none() && aligned && chosen.is_wgmma() =>
                 {
@@ -531,14 +531,14 @@ fn attention_impl(
                     kernels.extend(split.filter(|_| !causal));
                     kernels.extend(dev.wgmma2_attention().then_some(AttentionKernel::Wgmma2));
                     let mut unique: Vec<(AttentionKernel, bool)> = Vec::new();
-                    for rescale in [false, true] {
+                    for softmax in [false, true] {
                         for &c in &kernels {
-                            if !unique.contains(&(c, rescale)) && lazy.is_none_or(|l| l == rescale) {
-                                unique.push((c, rescale));
+                            if !unique.contains(&(c, softmax)) && lean.is_none_or(|l| l == softmax) {
+                                unique.push((c, softmax));
                             }
                         }
                     }
-                    let names: Vec<String> = unique.iter().map(|(c, l)| format!("{c:?}{}", if *l { " lazy" } else { "" })).collect();
+                    let names: Vec<String> = unique.iter().map(|(c, l)| format!("{c:?}{}", if *l { " lean" } else { "" })).collect();
                     let names: Vec<&str> = names.iter().map(String::as_str).collect();
                     let lk2 = extra.map_or(0, |e| e.0.t.dim(1));
                     let dims = [b, heads, lq, lk, lk2, causal as usize, q.stride(), k.stride(), second_stride];
@@ -547,9 +547,9 @@ fn attention_impl(
                     })?;
                     (unique[i].0, Some(unique[i].1))
                 }
-                _ => (chosen, lazy),
+                _ => (chosen, lean),
             };
-            p.lazy_rescale = (chosen.is_wgmma() && lazy == Some(true)) as i32;
+            p.lean_softmax = (chosen.is_wgmma() && lean == Some(true)) as i32;
             if extra.is_some() && !chosen.is_mma() {
                 return concatenated(chosen, o);
             }

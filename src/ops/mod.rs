@@ -19,7 +19,7 @@ pub mod shapes;
 
 pub use activation::{bias_gelu_into, gelu, gelu_assign, gelu_into, silu, silu_into};
 pub use attention::{
-    attention, attention_into, attention_into_with, attention_into_with_rescale, attention_packed_into, attention_two_sources_into,
+    attention, attention_into, attention_into_with, attention_into_with_softmax, attention_packed_into, attention_two_sources_into,
     mma32_preferred, wgmma_shared_q_preferred, wgmma_split_plan, AttentionKernel, AttentionMask, SplitPlan,
 };
 pub use conv::{
