@@ -515,6 +515,11 @@ fn device(name: &str) -> Result<()> {
             ("skinny GEMM (CASCADE_GEMM_SKINNY=1)", cascade::cuda::gemm_skinny_requested(), c.skinny_gemm()),
             ("split-key attention (CASCADE_ATTENTION_SPLIT=1)", cascade::cuda::attention_split_requested(), c.wgmma_split_attention()),
             ("two-warpgroup attention (CASCADE_ATTENTION=wgmma2)", cascade::cuda::wgmma2_requested(), c.wgmma2_attention()),
+            (
+                "lean softmax in the wgmma attention (CASCADE_ATTENTION_SOFTMAX=lean)",
+                cascade::cuda::attention_softmax_requested() == Some(true),
+                c.lean_softmax(),
+            ),
         ];
         for (what, asked, checked) in pending {
             let state = match (asked, checked, tuning.on()) {

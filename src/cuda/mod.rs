@@ -151,6 +151,8 @@ pub struct CudaDevice {
     wgmma_split_sq_per_sm: std::sync::atomic::AtomicUsize,
     /// The two-warpgroup wgmma kernel (`CASCADE_ATTENTION=wgmma2`) passed its start-up check.
     wgmma2_attention: std::sync::atomic::AtomicBool,
+    /// The wgmma kernels' lean softmax (`CASCADE_ATTENTION_SOFTMAX=lean`) passed its start-up check.
+    lean_softmax: std::sync::atomic::AtomicBool,
     /// The fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16`) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
     /// The skinny GEMM (`gemm_skinny_bf16`, `CASCADE_GEMM_SKINNY=1`) passed its start-up check.
@@ -340,6 +342,7 @@ impl CudaDevice {
             wgmma_split_per_sm: 0.into(),
             wgmma_split_sq_per_sm: 0.into(),
             wgmma2_attention: false.into(),
+            lean_softmax: false.into(),
             wgmma_gemm: false.into(),
             skinny_gemm: false.into(),
             ws_gelu_gemm: false.into(),
@@ -414,6 +417,18 @@ impl CudaDevice {
                             "Hopper tensor-core (wgmma, two warpgroups, split keys)",
                         ));
                 dev.wgmma2_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+            }
+            // The lean softmax likewise (CASCADE_ATTENTION_SOFTMAX=lean), in the kernel with Q in
+            // registers (the rows' sums on the tensor cores) and the one with Q in shared memory.
+            if ok && considered(attention_softmax_requested() == Some(true)) {
+                let ok = check_attention_softmax(&dev, AttentionKernel::Wgmma, true, "Hopper tensor-core (wgmma, lean softmax)")
+                    && check_attention_softmax(
+                        &dev,
+                        AttentionKernel::WgmmaSharedQ,
+                        true,
+                        "Hopper tensor-core (wgmma, Q in shared memory, lean softmax)",
+                    );
+                dev.lean_softmax.store(ok, std::sync::atomic::Ordering::Relaxed);
             }
         }
         // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1).
@@ -555,6 +570,13 @@ impl CudaDevice {
     /// agreed with the CUDA-core kernel when the device was opened (see `AttentionKernel::Wgmma2`).
     pub fn wgmma2_attention(&self) -> bool {
         self.wgmma2_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the wgmma kernels' lean softmax was asked for (`CASCADE_ATTENTION_SOFTMAX=lean`, or
+    /// under `CASCADE_KERNEL_TUNE`) and agreed with the CUDA-core kernel when the device was
+    /// opened.
+    pub fn lean_softmax(&self) -> bool {
+        self.lean_softmax.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many blocks of the two split-key wgmma kernels (Q in registers, Q in shared memory)
@@ -1092,6 +1114,22 @@ pub fn wgmma_overlap_requested() -> bool {
     wgmma_attention_allowed() && std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v == "wgmma_ov")
 }
 
+/// `CASCADE_ATTENTION_SOFTMAX` (read once): `lean` asks for the wgmma attention's lean softmax
+/// (lazy rescaling and, with Q in registers, the rows' sums on the tensor cores; opt-in until
+/// measured), `full` for the full one; unset: None (full, or timed under `CASCADE_KERNEL_TUNE`).
+pub fn attention_softmax_requested() -> Option<bool> {
+    static LEAN: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *LEAN.get_or_init(|| match std::env::var("CASCADE_ATTENTION_SOFTMAX").ok().as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some("lean") => Some(true),
+        Some("full") => Some(false),
+        Some(v) => {
+            eprintln!("warning: CASCADE_ATTENTION_SOFTMAX must be lean or full, not {v:?}; ignored");
+            None
+        }
+    })
+}
+
 /// Whether a kernel awaiting measurement is checked at start-up and then considered: asked for by
 /// its own switch (`asked`), or every such kernel under `CASCADE_KERNEL_TUNE` (the sites then take
 /// it where it timed faster, [`choice`]).
@@ -1360,7 +1398,12 @@ fn passed_check(dev: &CudaDevice, what: &str, reference: &str, result: Result<f6
 /// Runs a tensor-core attention kernel once beside the CUDA-core kernel on a small problem with
 /// odd sizes; a disagreement disables it with a warning rather than giving wrong images.
 fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKernel, what: &str) -> bool {
-    use crate::ops::{attention_into_with, AttentionKernel, AttentionMask};
+    check_attention_softmax(dev, kernel, false, what)
+}
+
+/// [`check_attention_kernel`] with the wgmma kernels' lean softmax on or off (`lean`).
+fn check_attention_softmax(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKernel, lean: bool, what: &str) -> bool {
+    use crate::ops::{attention_into_with, attention_into_with_softmax, AttentionKernel, AttentionMask};
     use crate::{DType, Device, Tensor};
     let device = Device::Cuda(dev.clone());
     // Unmasked (Stage B and C's use), and for the mma kernel also causal with padding (CLIP's):
@@ -1383,7 +1426,7 @@ fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKe
             let mut simple = Tensor::empty(&[b, lq, heads * 64], DType::BF16, &device)?;
             let mut fast = Tensor::empty(&[b, lq, heads * 64], DType::BF16, &device)?;
             attention_into_with(&q, &k, &v, heads, 0.125, mask, AttentionKernel::Simple, &mut simple)?;
-            attention_into_with(&q, &k, &v, heads, 0.125, mask, kernel, &mut fast)?;
+            attention_into_with_softmax(&q, &k, &v, heads, 0.125, mask, kernel, lean, &mut fast)?;
             let (a, f) = (simple.to_vec_f32()?, fast.to_vec_f32()?);
             if f.iter().any(|x| !x.is_finite()) {
                 return Ok(f64::INFINITY);

@@ -323,24 +323,6 @@ impl<'a> Part<'a> {
     }
 }
 
-/// `CASCADE_ATTENTION_SOFTMAX` (read once): `lean` turns the wgmma kernels' lean softmax on
-/// (lazy rescaling and, with Q in registers, the rows' sums on the tensor cores: about a quarter
-/// of the softmax's instructions; opt-in until measured), `full` off; unset: None (off, or timed
-/// under `CASCADE_KERNEL_TUNE`).
-#[cfg(feature = "cuda")]
-fn lean_softmax_requested() -> Option<bool> {
-    static LEAN: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    *LEAN.get_or_init(|| match std::env::var("CASCADE_ATTENTION_SOFTMAX").ok().as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some("lean") => Some(true),
-        Some("full") => Some(false),
-        Some(v) => {
-            eprintln!("warning: CASCADE_ATTENTION_SOFTMAX must be lean or full, not {v:?}; ignored");
-            None
-        }
-    })
-}
-
 /// Keys `k`/`v`, then those of `extra` when given; checks every shape, picks the kernel. `lean`:
 /// the wgmma kernels' lean softmax on or off (None: `CASCADE_ATTENTION_SOFTMAX`, or timed under
 /// `CASCADE_KERNEL_TUNE`, else off).
@@ -519,7 +501,8 @@ fn attention_impl(
                 }
                 other => other,
             };
-            let lean = lean.or_else(lean_softmax_requested);
+            // Asked for: where it passed its start-up check.
+            let lean = lean.or_else(|| crate::cuda::attention_softmax_requested().filter(|&l| !l || dev.lean_softmax()));
             // Under CASCADE_KERNEL_TUNE, the wgmma kernels (and the split-key and two-warpgroup
             // ones, where checked), each with and without the lean softmax (unless
             // CASCADE_ATTENTION_SOFTMAX decides), are timed against one another per shape.
@@ -533,7 +516,7 @@ fn attention_impl(
                     let mut unique: Vec<(AttentionKernel, bool)> = Vec::new();
                     for softmax in [false, true] {
                         for &c in &kernels {
-                            if !unique.contains(&(c, softmax)) && lean.is_none_or(|l| l == softmax) {
+                            if !unique.contains(&(c, softmax)) && lean.is_none_or(|l| l == softmax) && (!softmax || dev.lean_softmax()) {
                                 unique.push((c, softmax));
                             }
                         }
