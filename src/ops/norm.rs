@@ -787,17 +787,22 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
                             }
                         }
                     }
-                    let names: Vec<String> = candidates.iter().map(|r| format!("{r} rows")).collect();
-                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                    let mut scratch: Option<(Tensor, Tensor)> = None;
-                    let i = dev.choose_kernel("grn_partial", &[b, n, d, gelu as usize, dt as usize], &names, &mut |i| {
-                        if scratch.is_none() {
-                            scratch = Some((Tensor::empty(x.shape(), dt, &x.device())?, Tensor::empty(&[b, d], DType::F32, &x.device())?));
-                        }
-                        let (sy, ss) = scratch.as_ref().expect("made above");
-                        partials(candidates[i], sy.cuda_ptr()?, ss.cuda_ptr()?)
-                    })?;
-                    candidates[i]
+                    if candidates.len() == 1 {
+                        sized
+                    } else {
+                        let names: Vec<String> = candidates.iter().map(|r| format!("{r} rows")).collect();
+                        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                        let mut scratch: Option<(Tensor, Tensor)> = None;
+                        let i = dev.choose_kernel("grn_partial", &[b, n, d, gelu as usize, dt as usize], &names, &mut |i| {
+                            if scratch.is_none() {
+                                scratch =
+                                    Some((Tensor::empty(x.shape(), dt, &x.device())?, Tensor::empty(&[b, d], DType::F32, &x.device())?));
+                            }
+                            let (sy, ss) = scratch.as_ref().expect("made above");
+                            partials(candidates[i], sy.cuda_ptr()?, ss.cuda_ptr()?)
+                        })?;
+                        candidates[i]
+                    }
                 }
             };
             partials(chunk_rows, y0, stats.cuda_ptr()?)?;
