@@ -385,6 +385,17 @@ fn main() {
                         ops::attention_into_with_softmax(&q, &k, &v, s.heads, 0.125, m, kernel, true, &mut o).unwrap()
                     });
                 }
+                // ... and with the last tile of keys kept 64 wide (CASCADE_ATTENTION_TAIL=full):
+                // against the rows above, what the narrow last tile saves per launch.
+                for &(kernel, label) in wgmma_kernels.iter().take(2) {
+                    let full = ops::WgmmaOptions { lean_softmax: None, narrow_tail: Some(false) };
+                    r.run(
+                        &format!("{label}_fulltail/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
+                        Some(s.flops()),
+                        None,
+                        || ops::attention_into_with_options(&q, &k, &v, s.heads, 0.125, m, kernel, full, &mut o).unwrap(),
+                    );
+                }
             }
             if dtype == bf && !s.masked {
                 r.run(&format!("attention_tc/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk), Some(s.flops()), None, || {

@@ -485,18 +485,21 @@ extern "C" __global__ void __maxnreg__(200) attention_mma32_w5_bf16(AttentionPar
 struct WgRows {
     float m0, m1, l0, l1;
 };
-// The softmax of one 64-key tile of S (s[4nc + i]: row g (i < 2) or g + 8, key k0 + 8nc + 2t +
-// i % 2), as in the mma kernel: keys past the last, later than the row (causal) or padded out
+// The softmax of one tile of S, 64 keys or (NS = 16, 8: the narrow last tile) 32 or 16 (s[4nc +
+// i]: row g (i < 2) or g + 8, key k0 + 8nc + 2t + i % 2), as in the mma kernel: keys past the last, later than the row (causal) or padded out
 // become −∞ (only on tiles that can hold such keys), base-2 exponents against the scaled running
 // maxima (0 for a row that has seen no visible key yet). Returns the factors c0, c1 that rescale
 // what was accumulated before this tile, updates the maxima and sums (sums rescaled, this tile's
-// added), and writes P as four bf16 A fragments (keys 16kc .. + 15: n-blocks 2kc and 2kc + 1).
-__device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[32], int k0, int row0, const float* key_mask, float scale,
-                                           WgRows& r, float& c0, float& c1, uint32_t (&pa)[WG_KT / 16][4], bool tc_sums) {
+// added), and writes P as bf16 A fragments, one per 16 keys (keys 16kc .. + 15: n-blocks 2kc and
+// 2kc + 1).
+template <int NS>
+__device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[NS], int k0, int row0, const float* key_mask, float scale,
+                                           WgRows& r, float& c0, float& c1, uint32_t (&pa)[NS / 8][4], bool tc_sums) {
+    constexpr int KW = 2 * NS;  // keys in the tile
     const int t = threadIdx.x & 3, total = p.Lk + p.Lk2;
-    if (k0 + WG_KT > total || p.causal || key_mask) {
+    if (k0 + KW > total || p.causal || key_mask) {
 #pragma unroll
-        for (int nc = 0; nc < WG_KT / 8; nc++)
+        for (int nc = 0; nc < KW / 8; nc++)
             for (int i = 0; i < 4; i++) {
                 const int key = k0 + nc * 8 + 2 * t + (i & 1), row = row0 + (i < 2 ? 0 : 8);
                 const bool visible = key < total && !(p.causal && key > row) && !(key_mask && key < p.Lk && key_mask[key] == 0.f);
@@ -505,7 +508,7 @@ __device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[
     }
     float t0 = -INFINITY, t1 = -INFINITY;
 #pragma unroll
-    for (int nc = 0; nc < WG_KT / 8; nc++) {
+    for (int nc = 0; nc < KW / 8; nc++) {
         t0 = fmaxf(t0, fmaxf(s[4 * nc], s[4 * nc + 1]));
         t1 = fmaxf(t1, fmaxf(s[4 * nc + 2], s[4 * nc + 3]));
     }
@@ -532,7 +535,7 @@ __device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[
         r.l1 *= c1;
     }
 #pragma unroll
-    for (int kc = 0; kc < WG_KT / 16; kc++) {
+    for (int kc = 0; kc < KW / 16; kc++) {
         float e[8];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -549,6 +552,14 @@ __device__ __forceinline__ void wg_softmax(const AttentionParams& p, float (&s)[
         pa[kc][3] = pack_bf16x2(e[6], e[7]);
     }
 }
+// S = Q·Kᵀ, one 16-dim product, for a tile of 64 keys or the narrow last tile's 32 or 16 (s's size
+// says which): Q from registers or (QS) from its shared-memory tile.
+__device__ __forceinline__ void wg_s_product(float (&s)[32], const uint32_t (&q)[4], SmemDesc k, bool acc) { wgmma_m64n64k16_bf16<0>(s, q, k, acc); }
+__device__ __forceinline__ void wg_s_product(float (&s)[16], const uint32_t (&q)[4], SmemDesc k, bool acc) { wgmma_m64n32k16_bf16(s, q, k, acc); }
+__device__ __forceinline__ void wg_s_product(float (&s)[8], const uint32_t (&q)[4], SmemDesc k, bool acc) { wgmma_m64n16k16_bf16(s, q, k, acc); }
+__device__ __forceinline__ void wg_s_product(float (&s)[32], SmemDesc q, SmemDesc k, bool acc) { wgmma_m64n64k16_bf16_ss<0>(s, q, k, acc); }
+__device__ __forceinline__ void wg_s_product(float (&s)[16], SmemDesc q, SmemDesc k, bool acc) { wgmma_m64n32k16_bf16_ss(s, q, k, acc); }
+__device__ __forceinline__ void wg_s_product(float (&s)[8], SmemDesc q, SmemDesc k, bool acc) { wgmma_m64n16k16_bf16_ss(s, q, k, acc); }
 // With the lean softmax, a warp none of whose rows changed its base skips the multiplies; the
 // tensor cores' row sums (tc_sums; lsum: rows g and g + 8, two equal columns each) are rescaled
 // with O.
@@ -685,25 +696,27 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
 #pragma unroll
     for (int i = 0; i < 32; i++) o[i] = 0.f;
     WgRows rows = {-INFINITY, -INFINITY, 0.f, 0.f};
-    // S = Q·Kᵀ for the tile in K slot `slot`: 64 queries × 64 keys, 16 dims per product.
-    auto issue_s = [&](float (&s)[32], int slot) {
+    // S = Q·Kᵀ for the tile in K slot `slot`: 64 queries × 64 keys (s[32]) or the narrow last
+    // tile's 32 or 16 (s[16], s[8]), 16 dims per product.
+    auto issue_s = [&](auto& s, int slot) {
 #pragma unroll
         for (int kc = 0; kc < HEAD_DIM / 16; kc++) {
             if (QS)
-                wgmma_m64n64k16_bf16_ss<0>(s, qdesc(kc), kdesc(slot, kc), kc > 0);
+                wg_s_product(s, qdesc(kc), kdesc(slot, kc), kc > 0);
             else
-                wgmma_m64n64k16_bf16<0>(s, qa[kc], kdesc(slot, kc), kc > 0);
+                wg_s_product(s, qa[kc], kdesc(slot, kc), kc > 0);
         }
         wgmma_commit();
     };
-    // O += P·V for the tile in V slot `slot`: 16 keys per product.
+    // O += P·V for the tile in V slot `slot`: 16 keys per product, one per fragment of P.
     // Lean: the rows' sums too, P times ones, in the same group.
-    auto issue_pv = [&](uint32_t (&pa)[WG_KT / 16][4], int slot) {
+    auto issue_pv = [&](auto& pa, int slot) {
+        constexpr int KC = sizeof(pa) / sizeof(pa[0]);
 #pragma unroll
-        for (int kc = 0; kc < WG_KT / 16; kc++) wgmma_m64n64k16_bf16<1>(o, pa[kc], vdesc(slot, kc), true);
+        for (int kc = 0; kc < KC; kc++) wgmma_m64n64k16_bf16<1>(o, pa[kc], vdesc(slot, kc), true);
         if (tc_sums) {
 #pragma unroll
-            for (int kc = 0; kc < WG_KT / 16; kc++) wgmma_m64n8k16_bf16(lsum, pa[kc], smem_desc_sw128(ones), true);
+            for (int kc = 0; kc < KC; kc++) wgmma_m64n8k16_bf16(lsum, pa[kc], smem_desc_sw128(ones), true);
         }
         wgmma_commit();
     };
@@ -716,6 +729,11 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
 
     const float* key_mask = p.key_mask ? p.key_mask + (int64_t)b * p.Lk : nullptr;
     float c0, c1;
+    // Keys in the last tile (1 to 64): with p.narrow_tail, that tile's products and softmax are
+    // 32 or 16 keys wide when its keys fit (Stage C's 661 keys end in 21, Stage B's 1028 and 260
+    // in 4, CLIP's 77 in 13), instead of 64 with the rest masked; 32 at least with Q in shared
+    // memory. Not in the overlapped schedule.
+    const int tail_keys = p.narrow_tail && !OV ? last_key - (tiles_n - 1) * WG_KT : WG_KT;
     if (!OV) {
         for (int tile = tile_begin; tile < tile_end; tile++) {
             const int slot = (tile - tile_begin) & 1, k0 = tile * WG_KT;
@@ -729,21 +747,35 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
             }
             fence_proxy_async_shared();
             __syncthreads();
-            float s[32];
-            wgmma_fence();
-            issue_s(s, slot);
-            wgmma_wait<0>();
-            wgmma_fence_operands(s);
-            uint32_t pa[WG_KT / 16][4];
-            wg_softmax(p, s, k0, q0 + g, key_mask, scale, rows, c0, c1, pa, tc_sums);
-            wg_rescale(p, o, lsum, tc_sums, c0, c1);
-            wgmma_fence_operands(o);
-            wgmma_fence_operands(lsum);
-            wgmma_fence();
-            issue_pv(pa, slot);
-            wgmma_wait<0>();
-            wgmma_fence_operands(o);
-            wgmma_fence_operands(lsum);
+            // The tile's products and softmax, S and P sized for its keys.
+            auto work = [&](auto& s, auto& pa) {
+                wgmma_fence();
+                issue_s(s, slot);
+                wgmma_wait<0>();
+                wgmma_fence_operands(s);
+                wg_softmax(p, s, k0, q0 + g, key_mask, scale, rows, c0, c1, pa, tc_sums);
+                wg_rescale(p, o, lsum, tc_sums, c0, c1);
+                wgmma_fence_operands(o);
+                wgmma_fence_operands(lsum);
+                wgmma_fence();
+                issue_pv(pa, slot);
+                wgmma_wait<0>();
+                wgmma_fence_operands(o);
+                wgmma_fence_operands(lsum);
+            };
+            if (tile + 1 < tiles_n || tail_keys > 32) {
+                float s[32];
+                uint32_t pa[4][4];
+                work(s, pa);
+            } else if (tail_keys > 16 || QS) {  // QS: a third variant spills at its 96-register cap
+                float s[16];
+                uint32_t pa[2][4];
+                work(s, pa);
+            } else {
+                float s[8];
+                uint32_t pa[1][4];
+                work(s, pa);
+            }
             __syncthreads();  // this slot is read: the next tile may refill it
         }
     } else {

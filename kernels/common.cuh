@@ -393,6 +393,63 @@ __device__ __forceinline__ void wgmma_m64n128k16_bf16_rs(float (&d)[64], const u
         : "memory");
 #endif
 }
+// D (64 × N, f32) = A·B (+ D) for N = 32 and 16, B K-major from shared memory (only its first N
+// rows are read), A from registers as wgmma_m64n64k16_bf16's or (_ss) from a K-major tile as
+// wgmma_m64n64k16_bf16_ss's: the attention's narrow last tile of keys, S = Q·Kᵀ over 32 or 16 keys.
+// The accumulators are the first N / 2 of the 64-wide layout: d[4j + i] row g + 8·(i / 2), column
+// 8j + 2t + i % 2.
+__device__ __forceinline__ void wgmma_m64n32k16_bf16(float (&d)[16], const uint32_t (&a)[4], SmemDesc b, bool accumulate) {
+#ifdef CASCADE_EMU
+    emu_wgmma_rs(d, a, b, 0, accumulate, 32);
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"((int)accumulate)
+        : "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_m64n32k16_bf16_ss(float (&d)[16], SmemDesc a, SmemDesc b, bool accumulate) {
+#ifdef CASCADE_EMU
+    emu_wgmma_ss(d, a, b, 0, accumulate, 32);
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(a), "l"(b), "r"((int)accumulate)
+        : "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_m64n16k16_bf16(float (&d)[8], const uint32_t (&a)[4], SmemDesc b, bool accumulate) {
+#ifdef CASCADE_EMU
+    emu_wgmma_rs(d, a, b, 0, accumulate, 16);
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"((int)accumulate)
+        : "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_m64n16k16_bf16_ss(float (&d)[8], SmemDesc a, SmemDesc b, bool accumulate) {
+#ifdef CASCADE_EMU
+    emu_wgmma_ss(d, a, b, 0, accumulate, 16);
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "l"(a), "l"(b), "r"((int)accumulate)
+        : "memory");
+#endif
+}
 // D (64 × 8, f32) = A·B (+ D) with A (64 × 16 bf16) from registers as wgmma_m64n64k16_bf16's and
 // B K-major from shared memory: the attention's row sums, P times a tile of ones.
 __device__ __forceinline__ void wgmma_m64n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], SmemDesc b, bool accumulate) {

@@ -438,6 +438,9 @@ typedef struct AttentionParams {
     // rows' sums are P times a tile of ones on the tensor cores, not adds. 0: rescales at every
     // new maximum, sums added by each thread.
     int32_t lean_softmax;
+    // The wgmma kernels only (0 elsewhere; not the overlapped one): 1 narrows the last tile of
+    // keys to 32 or 16 keys when its keys fit, so its products and softmax skip the padding.
+    int32_t narrow_tail;
 } AttentionParams;
 #define CASCADE_LAZY_RESCALE_LOG2 8.0f
 

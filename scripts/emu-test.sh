@@ -41,6 +41,9 @@ CASCADE_GEMM_WS_GELU=force cargo test --release --features cuda --test models --
 # The wgmma attention's lean softmax (opt-in until measured; its kernel test runs it in the
 # first run above): the tiny models with it in every wgmma attention.
 CASCADE_ATTENTION_SOFTMAX=lean cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The wgmma attention's last tile of keys kept 64 wide (CASCADE_ATTENTION_TAIL=full; narrowed by
+# default): the tiny models with the full tiles.
+CASCADE_ATTENTION_TAIL=full cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # Kernel choice by timing (CASCADE_KERNEL_TUNE=1): every kernel awaiting measurement is checked
 # at start-up and timed against the default per shape (on the emulator the defaults win almost
 # everywhere; what is checked is that the timing, its nested captures and the choices leave the

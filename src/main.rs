@@ -498,6 +498,12 @@ fn device(name: &str) -> Result<()> {
             "tensor-core attention kernels checked at start-up: {}",
             if kernels.is_empty() { "none".into() } else { kernels.join(", ") }
         );
+        let narrow = match (cascade::cuda::attention_tail_requested(), c.narrow_tail()) {
+            (false, _) => "off (CASCADE_ATTENTION_TAIL=full)",
+            (true, true) => "on (passed its start-up check)",
+            (true, false) => "off (no wgmma attention here, or its check failed)",
+        };
+        println!("wgmma attention's last tile of keys narrowed to 32 or 16 keys: {narrow}");
         let pdl = if c.programmatic_launches() { "on" } else { "off" };
         println!("programmatic dependent launches (CASCADE_PDL=1 on compute capability 9.0): {pdl}");
         let tuning = cascade::cuda::KernelTuning::requested();

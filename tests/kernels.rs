@@ -739,6 +739,121 @@ fn attention_lean_softmax_kernel() {
     }
 }
 
+/// The wgmma kernels' narrow last tile of keys (32 or 16 keys wide where the last tile's keys
+/// fit) against the CPU and against the same kernel with a full last tile, on key counts whose
+/// last tile holds 1, 8, 16, 17, 21, 32, 33 and 64 keys, a single tile, two key sources whose
+/// last tile lies in the second (Stage B's 4 condition keys) or spans both, and causal with
+/// padding (CLIP's 77). The last tile's keys are scaled up so that their scores dominate many
+/// rows: a key dropped, masked wrongly or weighted wrongly there shows as a large error. Dropping
+/// the padding changes no value the products or sums add (zeros), so narrow and full agree
+/// bit for bit on the emulator.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_narrow_tail_kernel() {
+    let dev = gpu();
+    if !cascade::testing::wgmma_testable(&dev, cascade::cuda::wgmma_attention_allowed()) {
+        return;
+    }
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = &dev {
+        assert!(
+            d.narrow_tail() || !cascade::cuda::attention_tail_requested(),
+            "the narrow last tile failed its start-up check (see the warning above)"
+        );
+    }
+    let emulated = std::env::var_os("CASCADE_EMU").is_some();
+    let (b, heads, lq) = (1, 2, 70);
+    let c = heads * 64;
+    let mut kernels = vec![(ops::AttentionKernel::Wgmma, "attention_wgmma"), (ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq")];
+    if cascade::testing::wgmma_testable(&dev, cascade::cuda::attention_split_requested()) {
+        kernels.push((ops::AttentionKernel::WgmmaSplit(2), "attention_wgmma_split2"));
+        kernels.push((ops::AttentionKernel::WgmmaSharedQSplit(3), "attention_wgmma_sq_split3"));
+    }
+    if cascade::testing::wgmma_testable(&dev, cascade::cuda::wgmma2_requested()) {
+        kernels.push((ops::AttentionKernel::Wgmma2, "attention_wgmma2"));
+    }
+    // Keys: one source of lk, or lk then lk2 in a second; causal with padding when masked.
+    for (i, &(lk, lk2, masked)) in [
+        (65, 0, false),
+        (72, 0, false),
+        (80, 0, false),
+        (81, 0, false),
+        (85, 0, false),
+        (96, 0, false),
+        (97, 0, false),
+        (128, 0, false),
+        (21, 0, false),
+        (64, 4, false),
+        (60, 13, false),
+        (77, 0, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let total = lk + lk2;
+        let last = (total - 1) / 64 * 64; // the last tile's first key
+        let mut rng = TestRng::new(7600 + i as u64);
+        let lq = if masked { total } else { lq };
+        let (q, qv) = input(&mut rng, &[b, lq, c], 1.0, DType::BF16, &dev);
+        let vv = round_to(&rng.normal(b * total * c, 1.0), DType::BF16);
+        let mut kv = rng.normal(b * total * c, 1.0);
+        for (j, x) in kv.iter_mut().enumerate() {
+            if (j / c) % total >= last {
+                *x *= 3.0;
+            }
+        }
+        let kv = round_to(&kv, DType::BF16);
+        // The sources: rows [0, lk) and [lk, total) of each sample.
+        let part = |x: &[f32], from: usize, to: usize| -> Tensor {
+            let rows: Vec<f32> = (0..b).flat_map(|s| x[(s * total + from) * c..(s * total + to) * c].to_vec()).collect();
+            Tensor::from_f32(&rows, &[b, to - from, c], DType::BF16, &dev).unwrap()
+        };
+        let (k1, v1) = (part(&kv, 0, lk), part(&vv, 0, lk));
+        let second = (lk2 > 0).then(|| (part(&kv, lk, total), part(&vv, lk, total)));
+        let mv: Vec<f32> = (0..b * total).map(|j| if j % total < total - 3 { 1.0 } else { 0.0 }).collect();
+        let mask = Tensor::from_f32(&mv, &[b, total], DType::F32, &dev).unwrap();
+        let m = if masked { AttentionMask::CausalPadding(&mask) } else { AttentionMask::None };
+        let want = cpu::attention(&qv, &kv, &vv, b, heads, lq, total, 64, 0.125, masked, masked.then_some(&mv[..]));
+        let name = format!(
+            "{}{}{} keys{}",
+            lk,
+            if lk2 > 0 { "+" } else { "" },
+            if lk2 > 0 { lk2.to_string() } else { String::new() },
+            if masked { " causal" } else { "" }
+        );
+        for &(kernel, label) in &kernels {
+            if masked && matches!(kernel, ops::AttentionKernel::WgmmaSplit(_) | ops::AttentionKernel::WgmmaSharedQSplit(_)) {
+                continue;
+            }
+            if let Some((k2, v2)) = &second {
+                // Two sources take the device's default: narrow, as asserted above.
+                let (mut o, whole) = poisoned(&[b, lq, c], DType::BF16, &dev).unwrap();
+                ops::attention_two_sources_into(&q, (&k1, &v1), (k2, v2), heads, 0.125, kernel, &mut o).unwrap();
+                verify(label, &name, DType::BF16, &o.to_vec_f32().unwrap(), Some(&whole), &want);
+                continue;
+            }
+            for lean in [false, true] {
+                let mut outputs = Vec::new();
+                for narrow in [false, true] {
+                    let (mut o, whole) = poisoned(&[b, lq, c], DType::BF16, &dev).unwrap();
+                    let options = ops::WgmmaOptions { lean_softmax: Some(lean), narrow_tail: Some(narrow) };
+                    ops::attention_into_with_options(&q, &k1, &v1, heads, 0.125, m, kernel, options, &mut o).unwrap();
+                    let got = o.to_vec_f32().unwrap();
+                    let variant = format!("{name}{}{}", if lean { " lean" } else { "" }, if narrow { " narrow" } else { "" });
+                    verify(label, &variant, DType::BF16, &got, Some(&whole), &want);
+                    outputs.push(got);
+                }
+                let diff = rel_l2(&outputs[1], &outputs[0]);
+                if emulated {
+                    assert!(outputs[0] == outputs[1], "{label} {name}: narrow and full last tiles differ (rel_l2 {diff:.2e})");
+                } else {
+                    assert!(diff <= 1e-3, "{label} {name}: narrow and full last tiles differ: rel_l2 {diff:.2e}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_kernel() {

@@ -16,6 +16,7 @@ use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
 };
 
+use crate::ops::WgmmaOptions;
 use crate::{Error, Result};
 
 pub use choice::KernelTuning;
@@ -153,6 +154,9 @@ pub struct CudaDevice {
     wgmma2_attention: std::sync::atomic::AtomicBool,
     /// The wgmma kernels' lean softmax (`CASCADE_ATTENTION_SOFTMAX=lean`) passed its start-up check.
     lean_softmax: std::sync::atomic::AtomicBool,
+    /// The wgmma kernels' narrow last tile of keys passed its start-up check (and
+    /// `CASCADE_ATTENTION_TAIL=full` did not turn it off).
+    narrow_tail: std::sync::atomic::AtomicBool,
     /// The fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16`) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
     /// The skinny GEMM (`gemm_skinny_bf16`, `CASCADE_GEMM_SKINNY=1`) passed its start-up check.
@@ -343,6 +347,7 @@ impl CudaDevice {
             wgmma_split_sq_per_sm: 0.into(),
             wgmma2_attention: false.into(),
             lean_softmax: false.into(),
+            narrow_tail: false.into(),
             wgmma_gemm: false.into(),
             skinny_gemm: false.into(),
             ws_gelu_gemm: false.into(),
@@ -429,6 +434,20 @@ impl CudaDevice {
                         "Hopper tensor-core (wgmma, Q in shared memory, lean softmax)",
                     );
                 dev.lean_softmax.store(ok, std::sync::atomic::Ordering::Relaxed);
+            }
+            // The narrow last tile (on unless CASCADE_ATTENTION_TAIL=full): checked on its own,
+            // after the kernels passed theirs with full tiles, so that a fault in it only turns it
+            // off; with both key-tail widths, Q in registers and in shared memory.
+            if ok && attention_tail_requested() {
+                let narrow = WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(true) };
+                let ok = check_attention_options(&dev, AttentionKernel::Wgmma, narrow, "Hopper tensor-core (wgmma, narrow last tile)")
+                    && check_attention_options(
+                        &dev,
+                        AttentionKernel::WgmmaSharedQ,
+                        narrow,
+                        "Hopper tensor-core (wgmma, Q in shared memory, narrow last tile)",
+                    );
+                dev.narrow_tail.store(ok, std::sync::atomic::Ordering::Relaxed);
             }
         }
         // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1).
@@ -577,6 +596,13 @@ impl CudaDevice {
     /// opened.
     pub fn lean_softmax(&self) -> bool {
         self.lean_softmax.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the wgmma kernels narrow their last tile of keys to the 32 or 16 keys it holds
+    /// (on unless `CASCADE_ATTENTION_TAIL=full`, once it agreed with the CUDA-core kernel when the
+    /// device was opened).
+    pub fn narrow_tail(&self) -> bool {
+        self.narrow_tail.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many blocks of the two split-key wgmma kernels (Q in registers, Q in shared memory)
@@ -1130,6 +1156,21 @@ pub fn attention_softmax_requested() -> Option<bool> {
     })
 }
 
+/// `CASCADE_ATTENTION_TAIL` (read once): `full` keeps the wgmma attention's last tile of keys 64
+/// wide (for A/B measurements); unset or `narrow`: narrowed to the 32 or 16 keys it holds where
+/// they fit (the default, behind its start-up check).
+pub fn attention_tail_requested() -> bool {
+    static NARROW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NARROW.get_or_init(|| match std::env::var("CASCADE_ATTENTION_TAIL").ok().as_deref().map(str::trim) {
+        None | Some("") | Some("narrow") => true,
+        Some("full") => false,
+        Some(v) => {
+            eprintln!("warning: CASCADE_ATTENTION_TAIL must be narrow or full, not {v:?}; ignored");
+            true
+        }
+    })
+}
+
 /// Whether a kernel awaiting measurement is checked at start-up and then considered: asked for by
 /// its own switch (`asked`), or every such kernel under `CASCADE_KERNEL_TUNE` (the sites then take
 /// it where it timed faster, [`choice`]).
@@ -1398,12 +1439,19 @@ fn passed_check(dev: &CudaDevice, what: &str, reference: &str, result: Result<f6
 /// Runs a tensor-core attention kernel once beside the CUDA-core kernel on a small problem with
 /// odd sizes; a disagreement disables it with a warning rather than giving wrong images.
 fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKernel, what: &str) -> bool {
-    check_attention_softmax(dev, kernel, false, what)
+    check_attention_options(dev, kernel, WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(false) }, what)
 }
 
 /// [`check_attention_kernel`] with the wgmma kernels' lean softmax on or off (`lean`).
 fn check_attention_softmax(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKernel, lean: bool, what: &str) -> bool {
-    use crate::ops::{attention_into_with, attention_into_with_softmax, AttentionKernel, AttentionMask};
+    check_attention_options(dev, kernel, WgmmaOptions { lean_softmax: Some(lean), narrow_tail: Some(false) }, what)
+}
+
+/// [`check_attention_kernel`] with the wgmma kernels' options as given. The key counts end
+/// their last tile in 27 and 8 keys (and CLIP's causal 77 in 13), so a narrow last tile is
+/// taken at both widths.
+fn check_attention_options(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKernel, options: WgmmaOptions, what: &str) -> bool {
+    use crate::ops::{attention_into_with, attention_into_with_options, AttentionKernel, AttentionMask};
     use crate::{DType, Device, Tensor};
     let device = Device::Cuda(dev.clone());
     // Unmasked (Stage B and C's use), and for the mma kernel also causal with padding (CLIP's):
@@ -1414,7 +1462,7 @@ fn check_attention_softmax(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionK
         let mut t = |l: usize| Tensor::from_f32(&rng.normal(b * l * heads * 64, 1.0), &[b, l, heads * 64], DType::BF16, &device);
         let mut worst = 0f64;
         let masked = kernel.is_mma();
-        for (lq, lk, causal) in [(70, 91, false), (77, 77, true)] {
+        for (lq, lk, causal) in [(70, 91, false), (70, 72, false), (77, 77, true)] {
             if causal && !masked {
                 continue;
             }
@@ -1426,7 +1474,7 @@ fn check_attention_softmax(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionK
             let mut simple = Tensor::empty(&[b, lq, heads * 64], DType::BF16, &device)?;
             let mut fast = Tensor::empty(&[b, lq, heads * 64], DType::BF16, &device)?;
             attention_into_with(&q, &k, &v, heads, 0.125, mask, AttentionKernel::Simple, &mut simple)?;
-            attention_into_with_softmax(&q, &k, &v, heads, 0.125, mask, kernel, lean, &mut fast)?;
+            attention_into_with_options(&q, &k, &v, heads, 0.125, mask, kernel, options, &mut fast)?;
             let (a, f) = (simple.to_vec_f32()?, fast.to_vec_f32()?);
             if f.iter().any(|x| !x.is_finite()) {
                 return Ok(f64::INFINITY);

@@ -218,7 +218,38 @@ pub fn attention_into_with(
     kernel: AttentionKernel,
     o: &mut Tensor,
 ) -> Result<()> {
-    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, None, o)
+    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, WgmmaOptions::default(), o)
+}
+
+/// Options of the wgmma attention kernels (the other kernels ignore them). `None` leaves each to
+/// the device: its environment switch, its start-up check and, under `CASCADE_KERNEL_TUNE`, the
+/// timing per shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WgmmaOptions {
+    /// The lean softmax (see [`attention_into_with_softmax`]); by default off unless
+    /// `CASCADE_ATTENTION_SOFTMAX=lean` or timed faster under `CASCADE_KERNEL_TUNE`.
+    pub lean_softmax: Option<bool>,
+    /// The last tile of keys narrowed to 32 or 16 keys where its keys fit, so that its products
+    /// and softmax skip the padding (Stage C's 661 keys end in 21, Stage B's 1028 in 4); by
+    /// default on once it passed its start-up check, unless `CASCADE_ATTENTION_TAIL=full`. Not in
+    /// the overlapped kernel.
+    pub narrow_tail: Option<bool>,
+}
+
+/// [`attention_into_with`] with the wgmma kernels' options given (tests and benches compare them).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_into_with_options(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    mask: AttentionMask,
+    kernel: AttentionKernel,
+    options: WgmmaOptions,
+    o: &mut Tensor,
+) -> Result<()> {
+    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, options, o)
 }
 
 /// [`attention_into_with`] with the wgmma kernels' lean softmax on or off (`lean`), whatever
@@ -239,7 +270,8 @@ pub fn attention_into_with_softmax(
     lean: bool,
     o: &mut Tensor,
 ) -> Result<()> {
-    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, Some(lean), o)
+    let options = WgmmaOptions { lean_softmax: Some(lean), narrow_tail: None };
+    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, options, o)
 }
 
 /// Attention over the keys of `k`/`v` followed by those of `k2`/`v2` (`[B, Lk2, C]`): the
@@ -256,7 +288,18 @@ pub fn attention_two_sources_into(
     o: &mut Tensor,
 ) -> Result<()> {
     let second = Some((Part::whole(k2), Part::whole(v2)));
-    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), second, heads, scale, AttentionMask::None, kernel, None, o)
+    attention_impl(
+        Part::whole(q),
+        Part::whole(k),
+        Part::whole(v),
+        second,
+        heads,
+        scale,
+        AttentionMask::None,
+        kernel,
+        WgmmaOptions::default(),
+        o,
+    )
 }
 
 /// Attention on packed projections: `qkv [B, L, 3C]` holds q, k and v side by side (one GEMM
@@ -276,7 +319,7 @@ pub fn attention_packed_into(
     let c = heads * HEAD_DIM;
     let part = |t, i: usize| Part { t, col: i * c, parts: 3 };
     let second = second.map(|s| (part(s, 1), part(s, 2)));
-    attention_impl(part(qkv, 0), part(qkv, 1), part(qkv, 2), second, heads, scale, mask, kernel, None, o)
+    attention_impl(part(qkv, 0), part(qkv, 1), part(qkv, 2), second, heads, scale, mask, kernel, WgmmaOptions::default(), o)
 }
 
 /// One attention operand: columns `[col, col + C)` of the rows of `t [B, L, parts·C]` (one part
@@ -323,9 +366,8 @@ impl<'a> Part<'a> {
     }
 }
 
-/// Keys `k`/`v`, then those of `extra` when given; checks every shape, picks the kernel. `lean`:
-/// the wgmma kernels' lean softmax on or off (None: `CASCADE_ATTENTION_SOFTMAX`, or timed under
-/// `CASCADE_KERNEL_TUNE`, else off).
+/// Keys `k`/`v`, then those of `extra` when given; checks every shape, picks the kernel.
+/// `options`: the wgmma kernels' (see [`WgmmaOptions`]).
 #[allow(clippy::too_many_arguments)]
 fn attention_impl(
     q: Part,
@@ -336,7 +378,7 @@ fn attention_impl(
     scale: f32,
     mask: AttentionMask,
     kernel: AttentionKernel,
-    lean: Option<bool>,
+    options: WgmmaOptions,
     o: &mut Tensor,
 ) -> Result<()> {
     let &[b, lq, c] = o.shape() else {
@@ -364,7 +406,7 @@ fn attention_impl(
     let concatenated = |kernel, o: &mut Tensor| -> Result<()> {
         let (k2, v2) = extra.expect("only called with second keys");
         let (kc, vc) = (super::concat_tokens(&k.dense(c)?, &k2.dense(c)?)?, super::concat_tokens(&v.dense(c)?, &v2.dense(c)?)?);
-        attention_impl(q, Part::whole(&kc), Part::whole(&vc), None, heads, scale, mask, kernel, lean, o)
+        attention_impl(q, Part::whole(&kc), Part::whole(&vc), None, heads, scale, mask, kernel, options, o)
     };
     let key_mask = match mask {
         AttentionMask::None => None,
@@ -382,7 +424,7 @@ fn attention_impl(
     match q.t.device() {
         Device::Cpu if extra.is_some() => concatenated(kernel, o),
         Device::Cpu => {
-            let _ = (kernel, lean);
+            let _ = (kernel, options);
             let m = key_mask.map(|m| m.cpu_f32()).transpose()?;
             let (qd, kd, vd) = (q.dense(c)?.to_vec_f32()?, k.dense(c)?.to_vec_f32()?, v.dense(c)?.to_vec_f32()?);
             let out = cpu::attention(&qd, &kd, &vd, b, heads, lq, lk, HEAD_DIM, scale, causal, m.as_deref());
@@ -419,6 +461,7 @@ fn attention_impl(
                 partial: std::ptr::null_mut(),
                 counters: std::ptr::null_mut(),
                 lean_softmax: 0,
+                narrow_tail: 0,
             };
             // Both tensor-core kernels take bf16; only the mma one takes masks.
             let bf16 = q.t.dtype() == DType::BF16;
@@ -502,7 +545,7 @@ fn attention_impl(
                 other => other,
             };
             // Asked for: where it passed its start-up check.
-            let lean = lean.or_else(|| crate::cuda::attention_softmax_requested().filter(|&l| !l || dev.lean_softmax()));
+            let lean = options.lean_softmax.or_else(|| crate::cuda::attention_softmax_requested().filter(|&l| !l || dev.lean_softmax()));
             // Under CASCADE_KERNEL_TUNE, the wgmma kernels (and the split-key and two-warpgroup
             // ones, where checked), each with and without the lean softmax (unless
             // CASCADE_ATTENTION_SOFTMAX decides), are timed against one another per shape.
@@ -526,13 +569,15 @@ fn attention_impl(
                     let lk2 = extra.map_or(0, |e| e.0.t.dim(1));
                     let dims = [b, heads, lq, lk, lk2, causal as usize, q.stride(), k.stride(), second_stride];
                     let i = super::tuned(&dev, "attention", &dims, &names, o, &mut |i, s| {
-                        attention_impl(q, k, v, extra, heads, scale, mask, unique[i].0, Some(unique[i].1), s)
+                        let options = WgmmaOptions { lean_softmax: Some(unique[i].1), ..options };
+                        attention_impl(q, k, v, extra, heads, scale, mask, unique[i].0, options, s)
                     })?;
                     (unique[i].0, Some(unique[i].1))
                 }
                 _ => (chosen, lean),
             };
             p.lean_softmax = (chosen.is_wgmma() && lean == Some(true)) as i32;
+            p.narrow_tail = (chosen.is_wgmma() && options.narrow_tail.unwrap_or_else(|| dev.narrow_tail())) as i32;
             if extra.is_some() && !chosen.is_mma() {
                 return concatenated(chosen, o);
             }
