@@ -388,13 +388,34 @@ fn main() {
                 // ... and with the last tile of keys kept 64 wide (CASCADE_ATTENTION_TAIL=full):
                 // against the rows above, what the narrow last tile saves per launch.
                 for &(kernel, label) in wgmma_kernels.iter().take(2) {
-                    let full = ops::WgmmaOptions { lean_softmax: None, narrow_tail: Some(false) };
+                    let full = ops::WgmmaOptions { narrow_tail: Some(false), ..Default::default() };
                     r.run(
                         &format!("{label}_fulltail/{}/{}x{}x{}x{}/{dtype}", s.name, s.b, s.heads, s.lq, s.lk),
                         Some(s.flops()),
                         None,
                         || ops::attention_into_with_options(&q, &k, &v, s.heads, 0.125, m, kernel, full, &mut o).unwrap(),
                     );
+                }
+                // ... and with K and V copied by TMA (CASCADE_ATTENTION_COPY=tma, where it passed
+                // its start-up check), full and lean softmax.
+                if matches!(&dev, cascade::Device::Cuda(d) if d.tma_attention()) {
+                    for &(kernel, label) in wgmma_kernels.iter().take(2) {
+                        for lean in [false, true] {
+                            let tma = ops::WgmmaOptions { tma_copies: Some(true), lean_softmax: Some(lean), ..Default::default() };
+                            let row = format!(
+                                "{label}_tma{}/{}/{}x{}x{}x{}/{dtype}",
+                                if lean { "_lean" } else { "" },
+                                s.name,
+                                s.b,
+                                s.heads,
+                                s.lq,
+                                s.lk
+                            );
+                            r.run(&row, Some(s.flops()), None, || {
+                                ops::attention_into_with_options(&q, &k, &v, s.heads, 0.125, m, kernel, tma, &mut o).unwrap()
+                            });
+                        }
+                    }
                 }
             }
             if dtype == bf && !s.masked {

@@ -595,16 +595,24 @@ __device__ __forceinline__ void wg_rescale(const AttentionParams& p, float (&o)[
 // WG (Q in registers only): warpgroups per block, each with its own 64 queries (blockDim.x =
 // 128 · WG), all of them reading the same K and V tiles: each tile is copied from L2 once per
 // 64 · WG queries instead of once per 64.
-template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p) {
+// TMA (not with OV; tq its parameters): each K and V tile copied by the copy engine, two copies
+// issued by one thread as the previous tile's products start, completing on the slot's mbarrier,
+// instead of eight cp.async per thread with their addresses, a wait and a block barrier: fewer
+// instructions per tile in a kernel whose issue slots bound it, and one block barrier per tile
+// instead of two.
+template <bool QS, bool OV, bool SPLIT, int WG = 1, bool TMA = false>
+__device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, const AttentionTmaParams* tq = nullptr) {
     static_assert(QS || !OV, "the overlapped schedule reads Q from shared memory");
     static_assert(!(OV && SPLIT), "split keys take the plain schedule");
+    static_assert(!(OV && TMA), "the overlapped schedule copies with cp.async");
     static_assert(WG == 1 || (WG == 2 && !QS), "one or two warpgroups; two hold Q in registers");
     constexpr int THREADS = 128 * WG;
     // K and V of two slots each (then Q), then 1 KiB of bf16 ones (the lean softmax's row sums:
     // one swizzle atom, so the descriptor reads ones wherever it points), on a 1024-byte boundary
-    // (the swizzle pattern's period).
-    __shared__ __align__(1024) unsigned char smem_raw[(QS ? 5 : 4) * WG_TILE + (QS ? 1024 : 2048)];
+    // (the swizzle pattern's period); with TMA, the two slots' mbarriers in the last 16 bytes.
+    __shared__ __align__(1024) unsigned char smem_raw[(QS ? 5 : 4) * WG_TILE + (QS ? 1024 : 2048) + (TMA ? 16 : 0)];
     unsigned char* const tiles = align_1024(smem_raw);
+    uint64_t* const kv_full = (uint64_t*)(smem_raw + sizeof(smem_raw) - 16);  // (TMA only)
     unsigned char* const ones = tiles + 4 * WG_TILE;  // (not with QS)
     // The lean softmax's sums on the tensor cores: not with Q in shared memory, whose kernels
     // run five blocks per SM (at most 102 registers), where four more spill.
@@ -676,8 +684,25 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
     // last key: its O is zeros, its maxima −∞).
     const int tile_begin = SPLIT ? min(tiles_n, range * p.split_tiles) : 0;
     const int tile_end = SPLIT ? min(tiles_n, tile_begin + p.split_tiles) : tiles_n;
-    copy_tile(ktile(0), kbase, kbase2, tile_begin * WG_KT);
-    if (!OV) copy_tile(vtile(0), vbase, vbase2, tile_begin * WG_KT);
+    // TMA: keys [k0, k0 + 64) of K and V into a slot, from the key source that holds them (a
+    // second source starts on a tile), announced on the slot's barrier. One thread.
+    auto tma_tile = [&](int slot, int k0) {
+        mbar_arrive_expect_tx(&kv_full[slot], 2 * WG_TILE);
+        const bool first = k0 < p.Lk;
+        const int row = first ? k0 : k0 - p.Lk;
+        tma_load_3d(ktile(slot), first ? &tq->k_map : &tq->k2_map, (first ? tq->k_col : tq->k2_col) + h * HEAD_DIM, row, b, &kv_full[slot]);
+        tma_load_3d(vtile(slot), first ? &tq->v_map : &tq->v2_map, (first ? tq->v_col : tq->v2_col) + h * HEAD_DIM, row, b, &kv_full[slot]);
+    };
+    if (TMA) {
+        if (threadIdx.x == 0) {
+            mbar_init(&kv_full[0], 1);
+            mbar_init(&kv_full[1], 1);
+            mbar_init_fence();
+        }
+    } else {
+        copy_tile(ktile(0), kbase, kbase2, tile_begin * WG_KT);
+        if (!OV) copy_tile(vtile(0), vbase, vbase2, tile_begin * WG_KT);
+    }
     cp_async_commit();
     uint32_t qa[HEAD_DIM / 16][4];
     if (!QS) {
@@ -734,10 +759,23 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
     // in 4, CLIP's 77 in 13), instead of 64 with the rest masked; 32 at least with Q in shared
     // memory. Not in the overlapped schedule.
     const int tail_keys = p.narrow_tail && !OV ? last_key - (tiles_n - 1) * WG_KT : WG_KT;
+    if (TMA) {
+        // Q (with QS) and the ones, to the tensor cores; the barriers' initialisation, to every
+        // thread; then the first tile's copies.
+        cp_async_wait<0>();
+        fence_proxy_async_shared();
+        __syncthreads();
+        if (threadIdx.x == 0 && tile_begin < tile_end) tma_tile(0, tile_begin * WG_KT);
+    }
     if (!OV) {
         for (int tile = tile_begin; tile < tile_end; tile++) {
             const int slot = (tile - tile_begin) & 1, k0 = tile * WG_KT;
-            if (tile + 1 < tile_end) {
+            if (TMA) {
+                // The other slot was freed by the barrier that ended the previous tile: the next
+                // tile's copies go now, under this tile's products and softmax.
+                if (threadIdx.x == 0 && tile + 1 < tile_end) tma_tile(slot ^ 1, k0 + WG_KT);
+                mbar_wait(&kv_full[slot], ((tile - tile_begin) >> 1) & 1);
+            } else if (tile + 1 < tile_end) {
                 copy_tile(ktile(slot ^ 1), kbase, kbase2, k0 + WG_KT);
                 copy_tile(vtile(slot ^ 1), vbase, vbase2, k0 + WG_KT);
                 cp_async_commit();
@@ -745,8 +783,10 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
             } else {
                 cp_async_wait<0>();
             }
-            fence_proxy_async_shared();
-            __syncthreads();
+            if (!TMA) {
+                fence_proxy_async_shared();
+                __syncthreads();
+            }
             // The tile's products and softmax, S and P sized for its keys.
             auto work = [&](auto& s, auto& pa) {
                 wgmma_fence();
@@ -909,6 +949,20 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
 // out). Measured on an H200: 218–222 TFLOP/s on Stage C's and Stage B's level-2 shapes, against
 // 155–159 for the mma.sync kernel.
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) { attention_wgmma_entry<false, false, false>(p); }
+// The same two with K and V copied by TMA (AttentionTmaParams; opt-in until measured:
+// CASCADE_ATTENTION_COPY=tma, or timed under CASCADE_KERNEL_TUNE).
+template <bool QS> __device__ __forceinline__ void attention_wgmma_tma_entry(const AttentionTmaParams& q) {
+    pdl_enter();
+#ifdef CASCADE_WGMMA
+    attention_wgmma_body<QS, false, false, 1, true>(q.p, &q);
+#endif
+}
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
+    attention_wgmma_tma_entry<false>(q);
+}
+extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
+    attention_wgmma_tma_entry<true>(q);
+}
 // Q from shared memory as well: five blocks per SM (at most 96 registers and 41 KiB of shared
 // memory each), so that Stage C's 576 blocks are one wave of 660 places instead of 1.09 waves of
 // 528. The launcher's one-wave rule picks between the two; measured on an H200, Stage C 26.2

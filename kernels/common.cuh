@@ -584,6 +584,18 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, int
         : "memory");
 #endif
 }
+// The same for a rank-3 map: the box at (c0 inner, c1, c2 outer), e.g. 64 rows of one sample.
+__device__ __forceinline__ void tma_load_3d(void* dst, const TensorMap* map, int c0, int c1, int c2, uint64_t* bar) {
+#ifdef CASCADE_EMU
+    emu_tma_load_3d(dst, map, c0, c1, c2, bar);
+#else
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+            (unsigned)__cvta_generic_to_shared(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"((unsigned)__cvta_generic_to_shared(bar))
+        : "memory");
+#endif
+}
 #endif  // wgmma
 
 // ---- Last block to finish --------------------------------------------------------------------

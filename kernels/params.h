@@ -444,6 +444,25 @@ typedef struct AttentionParams {
 } AttentionParams;
 #define CASCADE_LAZY_RESCALE_LOG2 8.0f
 
+// The wgmma attention kernels that copy each K and V tile with TMA (attention_wgmma_tma_bf16,
+// attention_wgmma_qs_tma_bf16: one thread issues two copies a tile instead of every thread eight
+// cp.async and their addresses): rank-3 tensor maps [B][rows][cols] of each key source's keys and
+// values (boxes of 64 columns × 64 rows × 1 sample in the 128-byte swizzle, so rows past a
+// sample's last arrive as zeros), the column of head 0's keys (values) in each, and the rest.
+// A second key source starts on a tile (p.Lk a multiple of 64). Passed as a __grid_constant__
+// parameter, so the maps stay in parameter space.
+typedef struct AttentionTmaParams {
+    TensorMap k_map;
+    TensorMap v_map;
+    TensorMap k2_map;  // the second key source's (a copy of k_map's without one)
+    TensorMap v2_map;
+    int32_t k_col;
+    int32_t v_col;
+    int32_t k2_col;
+    int32_t v2_col;
+    AttentionParams p;
+} AttentionTmaParams;
+
 // ---- embeddings ----------------------------------------------------------------------------
 
 // Timestep-ratio embedding (spec §3.7): y[b] = [sin(r f_0..f_{h-1}), cos(...)] with r = t[b]*max_positions,

@@ -41,6 +41,11 @@ CASCADE_GEMM_WS_GELU=force cargo test --release --features cuda --test models --
 # The wgmma attention's lean softmax (opt-in until measured; its kernel test runs it in the
 # first run above): the tiny models with it in every wgmma attention.
 CASCADE_ATTENTION_SOFTMAX=lean cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The wgmma attention's K and V tiles copied by TMA (CASCADE_ATTENTION_COPY=tma, opt-in until
+# measured): the attention kernel tests (the explicit wgmma kernels then take the copies; the
+# TMA test compares them with cp.async's) and the tiny models.
+CASCADE_ATTENTION_COPY=tma cargo test --release --features cuda --test kernels -- --ignored attention "$@"
+CASCADE_ATTENTION_COPY=tma cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The wgmma attention's last tile of keys kept 64 wide (CASCADE_ATTENTION_TAIL=full; narrowed by
 # default): the tiny models with the full tiles.
 CASCADE_ATTENTION_TAIL=full cargo test --release --features cuda --test models -- --ignored tiny_components "$@"

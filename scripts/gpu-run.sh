@@ -89,8 +89,9 @@ vetting_test() {
     local t= one
     case $1 in
         # Kernel choice by timing may take any kernel awaiting measurement.
-        *CASCADE_KERNEL_TUNE=1* | *CASCADE_KERNEL_TUNE=log*) t="kernels kernels-gemmwg kernels-split kernels-skinny pipeline-tuned" ;;
+        *CASCADE_KERNEL_TUNE=1* | *CASCADE_KERNEL_TUNE=log*) t="kernels kernels-gemmwg kernels-split kernels-skinny kernels-tma pipeline-tuned" ;;
         *CASCADE_ATTENTION_SOFTMAX=lean*) t=kernels ;;
+        *CASCADE_ATTENTION_COPY=tma*) t=kernels-tma ;;
         *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=* | *CASCADE_GEMM_WS_FC2=* | *CASCADE_GEMM_SK=*) t=kernels-gemmwg ;;
         *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t=kernels-split ;;
         *CASCADE_DW_TILE=roll*) t=kernels-dwroll ;;
@@ -189,6 +190,12 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     pids+=($!)
     tests+=(kernels-split)
     CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 step test-kernels-split "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
+    pids+=($!)
+    # The wgmma attention kernels whose K and V tiles TMA copies (opt-in:
+    # CASCADE_ATTENTION_COPY=tma) against the cp.async ones and the CPU, then on every attention
+    # shape (the explicit wgmma kernels take the copies), then the pipeline tests with them.
+    tests+=(kernels-tma)
+    step test-kernels-tma "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_ATTENTION_COPY=tma; '$bundle/tests/kernels' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture" &
     pids+=($!)
     if [ -x "$bundle/tests/pipeline" ]; then
         tests+=(pipeline-split pipeline-wgmma2)

@@ -526,6 +526,11 @@ fn device(name: &str) -> Result<()> {
                 cascade::cuda::attention_softmax_requested() == Some(true),
                 c.lean_softmax(),
             ),
+            (
+                "TMA copies of K and V in the wgmma attention (CASCADE_ATTENTION_COPY=tma)",
+                cascade::cuda::attention_copy_requested() == Some(true),
+                c.tma_attention(),
+            ),
         ];
         for (what, asked, checked) in pending {
             let state = match (asked, checked, tuning.on()) {

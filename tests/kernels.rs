@@ -836,7 +836,7 @@ fn attention_narrow_tail_kernel() {
                 let mut outputs = Vec::new();
                 for narrow in [false, true] {
                     let (mut o, whole) = poisoned(&[b, lq, c], DType::BF16, &dev).unwrap();
-                    let options = ops::WgmmaOptions { lean_softmax: Some(lean), narrow_tail: Some(narrow) };
+                    let options = ops::WgmmaOptions { lean_softmax: Some(lean), narrow_tail: Some(narrow), tma_copies: Some(false) };
                     ops::attention_into_with_options(&q, &k1, &v1, heads, 0.125, m, kernel, options, &mut o).unwrap();
                     let got = o.to_vec_f32().unwrap();
                     let variant = format!("{name}{}{}", if lean { " lean" } else { "" }, if narrow { " narrow" } else { "" });
@@ -852,6 +852,105 @@ fn attention_narrow_tail_kernel() {
             }
         }
     }
+}
+
+/// The wgmma kernels whose K and V tiles TMA copies, against the CPU and against the same kernels
+/// copying with cp.async (the same tiles, so the same bits on the emulator): two samples (each a
+/// plane of the maps, rows past its last keys zeros), one key source with its last tile partial,
+/// a single tile, causal with padding; and as the UNets pass them, q, k and v packed in one
+/// projection's rows (the head's columns by coordinate), with a second packed source of condition
+/// keys starting on a tile. A second source that does not start on a tile is refused.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_tma_copies_kernel() {
+    let dev = gpu();
+    if !cascade::testing::wgmma_testable(&dev, cascade::cuda::attention_copy_requested() == Some(true)) {
+        return;
+    }
+    let emulated = std::env::var_os("CASCADE_EMU").is_some();
+    let (b, heads) = (2, 2);
+    let c = heads * 64;
+    let kernels = [(ops::AttentionKernel::Wgmma, "attention_wgmma"), (ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq")];
+    let options = |tma: bool, lean: bool| ops::WgmmaOptions { lean_softmax: Some(lean), tma_copies: Some(tma), ..Default::default() };
+    // Runs `run` with and without TMA copies (full and lean softmax), each against `want`, and
+    // the two copies against each other.
+    let compare = |label: &str, name: &str, lq: usize, want: &[f32], run: &dyn Fn(ops::WgmmaOptions, &mut Tensor)| {
+        for lean in [false, true] {
+            let mut outputs = Vec::new();
+            for tma in [false, true] {
+                let (mut o, whole) = poisoned(&[b, lq, c], DType::BF16, &dev).unwrap();
+                run(options(tma, lean), &mut o);
+                let got = o.to_vec_f32().unwrap();
+                let variant = format!("{name}{}{}", if lean { " lean" } else { "" }, if tma { " tma" } else { "" });
+                verify(label, &variant, DType::BF16, &got, Some(&whole), want);
+                outputs.push(got);
+            }
+            let diff = rel_l2(&outputs[1], &outputs[0]);
+            if emulated {
+                assert!(outputs[0] == outputs[1], "{label} {name}: TMA and cp.async copies differ (rel_l2 {diff:.2e})");
+            } else {
+                assert!(diff <= 1e-3, "{label} {name}: TMA and cp.async copies differ: rel_l2 {diff:.2e}");
+            }
+        }
+    };
+    // Separate q, k and v tensors.
+    for (i, &(lq, lk, masked)) in [(70, 85, false), (70, 300, false), (70, 21, false), (77, 77, true)].iter().enumerate() {
+        let mut rng = TestRng::new(7700 + i as u64);
+        let (q, qv) = input(&mut rng, &[b, lq, c], 1.0, DType::BF16, &dev);
+        let (k, kv) = input(&mut rng, &[b, lk, c], 1.0, DType::BF16, &dev);
+        let (v, vv) = input(&mut rng, &[b, lk, c], 1.0, DType::BF16, &dev);
+        let mv: Vec<f32> = (0..b * lk).map(|j| if j % lk < lk - 5 * (j / lk) { 1.0 } else { 0.0 }).collect();
+        let mask = Tensor::from_f32(&mv, &[b, lk], DType::F32, &dev).unwrap();
+        let m = if masked { AttentionMask::CausalPadding(&mask) } else { AttentionMask::None };
+        let want = cpu::attention(&qv, &kv, &vv, b, heads, lq, lk, 64, 0.125, masked, masked.then_some(&mv[..]));
+        let name = format!("{lq}x{lk}{}", if masked { " causal" } else { "" });
+        for &(kernel, label) in &kernels {
+            compare(label, &name, lq, &want, &|o, out| {
+                ops::attention_into_with_options(&q, &k, &v, heads, 0.125, m, kernel, o, out).unwrap()
+            });
+        }
+    }
+    // Packed projections [B, L, 3C] (q, k, v side by side), condition keys from a second.
+    for (i, &(l, l2)) in [(128, 13), (64, 4), (70, 0)].iter().enumerate() {
+        let mut rng = TestRng::new(7800 + i as u64);
+        let (qkv, pv) = input(&mut rng, &[b, l, 3 * c], 1.0, DType::BF16, &dev);
+        let (second, sv) = input(&mut rng, &[b, l2.max(1), 3 * c], 1.0, DType::BF16, &dev);
+        // The reference's operands: columns [i·C, (i + 1)·C) of each row, the second source's
+        // keys and values after the first's.
+        let cols = |x: &[f32], rows: usize, part: usize, s: usize, r: usize| x[((s * rows) + r) * 3 * c + part * c..][..c].to_vec();
+        let qv: Vec<f32> = (0..b).flat_map(|s| (0..l).map(move |r| (s, r))).flat_map(|(s, r)| cols(&pv, l, 0, s, r)).collect();
+        let keys = |part: usize| -> Vec<f32> {
+            (0..b)
+                .flat_map(|s| (0..l).map(move |r| (s, r, false)).chain((0..l2).map(move |r| (s, r, true))))
+                .flat_map(|(s, r, two)| if two { cols(&sv, l2.max(1), part, s, r) } else { cols(&pv, l, part, s, r) })
+                .collect()
+        };
+        let want = cpu::attention(&qv, &keys(1), &keys(2), b, heads, l, l + l2, 64, 0.125, false, None);
+        let second = (l2 > 0).then_some(&second);
+        let name = format!("packed {l}+{l2}");
+        for &(kernel, label) in &kernels {
+            compare(label, &name, l, &want, &|o, out| {
+                ops::attention_packed_into_with_options(&qkv, second, heads, 0.125, AttentionMask::None, kernel, o, out).unwrap()
+            });
+        }
+    }
+    // A second source that does not start on a tile: refused with TMA copies.
+    let mut rng = TestRng::new(7900);
+    let (qkv, _) = input(&mut rng, &[b, 70, 3 * c], 1.0, DType::BF16, &dev);
+    let (second, _) = input(&mut rng, &[b, 8, 3 * c], 1.0, DType::BF16, &dev);
+    let mut o = Tensor::empty(&[b, 70, c], DType::BF16, &dev).unwrap();
+    let err = ops::attention_packed_into_with_options(
+        &qkv,
+        Some(&second),
+        heads,
+        0.125,
+        AttentionMask::None,
+        ops::AttentionKernel::Wgmma,
+        options(true, false),
+        &mut o,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("64-key tile"), "{err}");
 }
 
 #[test]

@@ -157,6 +157,9 @@ pub struct CudaDevice {
     /// The wgmma kernels' narrow last tile of keys passed its start-up check (and
     /// `CASCADE_ATTENTION_TAIL=full` did not turn it off).
     narrow_tail: std::sync::atomic::AtomicBool,
+    /// The wgmma kernels that copy K and V with TMA (`CASCADE_ATTENTION_COPY=tma`) passed their
+    /// start-up check.
+    tma_attention: std::sync::atomic::AtomicBool,
     /// The fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16`) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
     /// The skinny GEMM (`gemm_skinny_bf16`, `CASCADE_GEMM_SKINNY=1`) passed its start-up check.
@@ -348,6 +351,7 @@ impl CudaDevice {
             wgmma2_attention: false.into(),
             lean_softmax: false.into(),
             narrow_tail: false.into(),
+            tma_attention: false.into(),
             wgmma_gemm: false.into(),
             skinny_gemm: false.into(),
             ws_gelu_gemm: false.into(),
@@ -439,7 +443,7 @@ impl CudaDevice {
             // after the kernels passed theirs with full tiles, so that a fault in it only turns it
             // off; with both key-tail widths, Q in registers and in shared memory.
             if ok && attention_tail_requested() {
-                let narrow = WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(true) };
+                let narrow = WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(true), tma_copies: Some(false) };
                 let ok = check_attention_options(&dev, AttentionKernel::Wgmma, narrow, "Hopper tensor-core (wgmma, narrow last tile)")
                     && check_attention_options(
                         &dev,
@@ -448,6 +452,20 @@ impl CudaDevice {
                         "Hopper tensor-core (wgmma, Q in shared memory, narrow last tile)",
                     );
                 dev.narrow_tail.store(ok, std::sync::atomic::Ordering::Relaxed);
+            }
+            // The kernels whose K and V tiles TMA copies (CASCADE_ATTENTION_COPY=tma), likewise
+            // on request: Q in registers and in shared memory, each with the narrow last tile
+            // where that passed.
+            if ok && considered(attention_copy_requested() == Some(true)) {
+                let tma = WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(dev.narrow_tail()), tma_copies: Some(true) };
+                let ok = check_attention_options(&dev, AttentionKernel::Wgmma, tma, "Hopper tensor-core (wgmma, TMA copies)")
+                    && check_attention_options(
+                        &dev,
+                        AttentionKernel::WgmmaSharedQ,
+                        tma,
+                        "Hopper tensor-core (wgmma, Q in shared memory, TMA copies)",
+                    );
+                dev.tma_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
             }
         }
         // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1).
@@ -603,6 +621,13 @@ impl CudaDevice {
     /// device was opened).
     pub fn narrow_tail(&self) -> bool {
         self.narrow_tail.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the wgmma kernels that copy K and V with TMA were asked for
+    /// (`CASCADE_ATTENTION_COPY=tma`, or under `CASCADE_KERNEL_TUNE`) and agreed with the
+    /// CUDA-core kernel when the device was opened.
+    pub fn tma_attention(&self) -> bool {
+        self.tma_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many blocks of the two split-key wgmma kernels (Q in registers, Q in shared memory)
@@ -1156,6 +1181,22 @@ pub fn attention_softmax_requested() -> Option<bool> {
     })
 }
 
+/// `CASCADE_ATTENTION_COPY` (read once): `tma` asks for the wgmma attention kernels that copy K
+/// and V with TMA (opt-in until measured), `cp` for the cp.async ones; unset: None (cp.async, or
+/// timed under `CASCADE_KERNEL_TUNE`).
+pub fn attention_copy_requested() -> Option<bool> {
+    static TMA: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *TMA.get_or_init(|| match std::env::var("CASCADE_ATTENTION_COPY").ok().as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some("tma") => Some(true),
+        Some("cp") => Some(false),
+        Some(v) => {
+            eprintln!("warning: CASCADE_ATTENTION_COPY must be tma or cp, not {v:?}; ignored");
+            None
+        }
+    })
+}
+
 /// `CASCADE_ATTENTION_TAIL` (read once): `full` keeps the wgmma attention's last tile of keys 64
 /// wide (for A/B measurements); unset or `narrow`: narrowed to the 32 or 16 keys it holds where
 /// they fit (the default, behind its start-up check).
@@ -1256,6 +1297,53 @@ pub(crate) fn tensor_map_bf16(ptr: u64, rows: usize, cols: usize, box_rows: u32,
             &mut map,
             CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
             2,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            element_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    }
+    .result()
+    .map_err(|e| driver_err("encoding a TMA tensor map", e))?;
+    Ok(params::TensorMap { opaque: map.opaque })
+}
+
+/// A rank-3 TMA tensor map of `planes` row-major bf16 matrices `[rows, cols]` at `ptr`, rows
+/// `row_stride` elements apart and planes `rows · row_stride` (16-byte aligned, `row_stride` a
+/// multiple of 8, `cols` at most `row_stride`), read in boxes of `box_rows × box_cols` of one plane
+/// in the 128-byte swizzle; elements outside a plane (rows past its last) read as zeros. For the
+/// attention's K and V tiles: a sample's keys, their packed projection's columns.
+pub(crate) fn tensor_map_bf16_3d(
+    ptr: u64,
+    (planes, rows, cols): (usize, usize, usize),
+    row_stride: usize,
+    box_rows: u32,
+    box_cols: u32,
+) -> Result<params::TensorMap> {
+    use sys::{CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle};
+    let big = |n: usize| n == 0 || n as u64 > 1 << 32;
+    if ptr % 16 != 0 || row_stride % 8 != 0 || cols > row_stride || big(planes) || big(rows) || big(cols) {
+        return Err(Error::Shape(format!(
+            "a TMA tensor map needs 16-byte aligned [{planes}, {rows}, {cols}] bf16 matrices with a row stride ({row_stride}) that is a multiple of 8"
+        )));
+    }
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    let dims = [cols as u64, rows as u64, planes as u64];
+    let strides = [row_stride as u64 * 2, (rows * row_stride) as u64 * 2];
+    let boxes = [box_cols, box_rows, 1];
+    let element_strides = [1u32, 1, 1];
+    // SAFETY: every pointer is to a local array of the rank's length (strides: rank − 1), `map`
+    // is the 64-byte aligned CUtensorMap the call fills; the driver only encodes the arguments.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            3,
             ptr as *mut std::ffi::c_void,
             dims.as_ptr(),
             strides.as_ptr(),
@@ -1439,12 +1527,17 @@ fn passed_check(dev: &CudaDevice, what: &str, reference: &str, result: Result<f6
 /// Runs a tensor-core attention kernel once beside the CUDA-core kernel on a small problem with
 /// odd sizes; a disagreement disables it with a warning rather than giving wrong images.
 fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKernel, what: &str) -> bool {
-    check_attention_options(dev, kernel, WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(false) }, what)
+    check_attention_options(
+        dev,
+        kernel,
+        WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(false), tma_copies: Some(false) },
+        what,
+    )
 }
 
 /// [`check_attention_kernel`] with the wgmma kernels' lean softmax on or off (`lean`).
 fn check_attention_softmax(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKernel, lean: bool, what: &str) -> bool {
-    check_attention_options(dev, kernel, WgmmaOptions { lean_softmax: Some(lean), narrow_tail: Some(false) }, what)
+    check_attention_options(dev, kernel, WgmmaOptions { lean_softmax: Some(lean), narrow_tail: Some(false), tma_copies: Some(false) }, what)
 }
 
 /// [`check_attention_kernel`] with the wgmma kernels' options as given. The key counts end

@@ -35,6 +35,7 @@ device_repr!(
     ConcatParams,
     ColumnsParams,
     AttentionParams,
+    AttentionTmaParams,
     TimestepEmbedParams,
     EmbedParams,
     AffineParams,

@@ -234,6 +234,11 @@ pub struct WgmmaOptions {
     /// default on once it passed its start-up check, unless `CASCADE_ATTENTION_TAIL=full`. Not in
     /// the overlapped kernel.
     pub narrow_tail: Option<bool>,
+    /// K and V tiles copied by TMA, two copies a tile issued by one thread (the `Wgmma` and
+    /// `WgmmaSharedQ` kernels, where the operands allow: 16-byte aligned rows, a second key
+    /// source starting on a 64-key tile); by default off unless `CASCADE_ATTENTION_COPY=tma` or
+    /// timed faster under `CASCADE_KERNEL_TUNE`.
+    pub tma_copies: Option<bool>,
 }
 
 /// [`attention_into_with`] with the wgmma kernels' options given (tests and benches compare them).
@@ -270,7 +275,7 @@ pub fn attention_into_with_softmax(
     lean: bool,
     o: &mut Tensor,
 ) -> Result<()> {
-    let options = WgmmaOptions { lean_softmax: Some(lean), narrow_tail: None };
+    let options = WgmmaOptions { lean_softmax: Some(lean), ..WgmmaOptions::default() };
     attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, options, o)
 }
 
@@ -320,6 +325,25 @@ pub fn attention_packed_into(
     let part = |t, i: usize| Part { t, col: i * c, parts: 3 };
     let second = second.map(|s| (part(s, 1), part(s, 2)));
     attention_impl(part(qkv, 0), part(qkv, 1), part(qkv, 2), second, heads, scale, mask, kernel, WgmmaOptions::default(), o)
+}
+
+/// [`attention_packed_into`] with the wgmma kernels' options given (tests and benches compare
+/// them on the operands the UNets pass).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_packed_into_with_options(
+    qkv: &Tensor,
+    second: Option<&Tensor>,
+    heads: usize,
+    scale: f32,
+    mask: AttentionMask,
+    kernel: AttentionKernel,
+    options: WgmmaOptions,
+    o: &mut Tensor,
+) -> Result<()> {
+    let c = heads * HEAD_DIM;
+    let part = |t, i: usize| Part { t, col: i * c, parts: 3 };
+    let second = second.map(|s| (part(s, 1), part(s, 2)));
+    attention_impl(part(qkv, 0), part(qkv, 1), part(qkv, 2), second, heads, scale, mask, kernel, options, o)
 }
 
 /// One attention operand: columns `[col, col + C)` of the rows of `t [B, L, parts·C]` (one part
@@ -549,35 +573,88 @@ fn attention_impl(
             // Under CASCADE_KERNEL_TUNE, the wgmma kernels (and the split-key and two-warpgroup
             // ones, where checked), each with and without the lean softmax (unless
             // CASCADE_ATTENTION_SOFTMAX decides), are timed against one another per shape.
-            let (chosen, lean) = match kernel {
+            // K and V copied by TMA: asked for (or, by CASCADE_ATTENTION_COPY, where it passed its
+            // start-up check), in the plain wgmma kernels, where the operands allow.
+            let tma = options.tma_copies.or_else(|| crate::cuda::attention_copy_requested().filter(|&t| !t || dev.tma_attention()));
+            let tma_fit = tma_fits(k, v, extra, lk)?;
+            let plain = |c: AttentionKernel| matches!(c, AttentionKernel::Wgmma | AttentionKernel::WgmmaSharedQ);
+            // Under CASCADE_KERNEL_TUNE, the wgmma kernels (and the split-key and two-warpgroup
+            // ones, where checked), each with and without the lean softmax (unless
+            // CASCADE_ATTENTION_SOFTMAX decides), the plain ones also with TMA copies (where
+            // checked, unless CASCADE_ATTENTION_COPY decides), are timed against one another per
+            // shape.
+            let (chosen, lean, tma) = match kernel {
                 AttentionKernel::Auto
                     if crate::cuda::KernelTuning::requested().on() && forced.is_none() && aligned && chosen.is_wgmma() =>
                 {
                     let mut kernels = vec![chosen, AttentionKernel::Wgmma, AttentionKernel::WgmmaSharedQ];
                     kernels.extend(split.filter(|_| !causal));
                     kernels.extend(dev.wgmma2_attention().then_some(AttentionKernel::Wgmma2));
-                    let mut unique: Vec<(AttentionKernel, bool)> = Vec::new();
-                    for softmax in [false, true] {
-                        for &c in &kernels {
-                            if !unique.contains(&(c, softmax)) && lean.is_none_or(|l| l == softmax) && (!softmax || dev.lean_softmax()) {
-                                unique.push((c, softmax));
+                    let mut unique: Vec<(AttentionKernel, bool, bool)> = Vec::new();
+                    for copies in [false, true] {
+                        for softmax in [false, true] {
+                            for &c in &kernels {
+                                let candidate = (c, softmax, copies);
+                                if !unique.contains(&candidate)
+                                    && lean.is_none_or(|l| l == softmax)
+                                    && (!softmax || dev.lean_softmax())
+                                    && tma.is_none_or(|t| t == copies)
+                                    && (!copies || (dev.tma_attention() && tma_fit && plain(c)))
+                                {
+                                    unique.push(candidate);
+                                }
                             }
                         }
                     }
-                    let names: Vec<String> = unique.iter().map(|(c, l)| format!("{c:?}{}", if *l { " lean" } else { "" })).collect();
+                    let names: Vec<String> = unique
+                        .iter()
+                        .map(|(c, l, t)| format!("{c:?}{}{}", if *l { " lean" } else { "" }, if *t { " tma" } else { "" }))
+                        .collect();
                     let names: Vec<&str> = names.iter().map(String::as_str).collect();
                     let lk2 = extra.map_or(0, |e| e.0.t.dim(1));
                     let dims = [b, heads, lq, lk, lk2, causal as usize, q.stride(), k.stride(), second_stride];
                     let i = super::tuned(&dev, "attention", &dims, &names, o, &mut |i, s| {
-                        let options = WgmmaOptions { lean_softmax: Some(unique[i].1), ..options };
+                        let options = WgmmaOptions { lean_softmax: Some(unique[i].1), tma_copies: Some(unique[i].2), ..options };
                         attention_impl(q, k, v, extra, heads, scale, mask, unique[i].0, options, s)
                     })?;
-                    (unique[i].0, Some(unique[i].1))
+                    (unique[i].0, Some(unique[i].1), Some(unique[i].2))
                 }
-                _ => (chosen, lean),
+                _ => (chosen, lean, tma),
             };
             p.lean_softmax = (chosen.is_wgmma() && lean == Some(true)) as i32;
             p.narrow_tail = (chosen.is_wgmma() && options.narrow_tail.unwrap_or_else(|| dev.narrow_tail())) as i32;
+            // Asked for by the caller on operands it cannot take: an error; by CASCADE_ATTENTION_COPY
+            // (or tuning, which only offers it where they fit): cp.async there.
+            if plain(chosen) && tma == Some(true) && (tma_fit || options.tma_copies == Some(true)) {
+                if !tma_fit {
+                    return Err(Error::Shape(
+                        "attention: TMA copies need 16-byte aligned operands with rows a multiple of 8 elements apart, and a second key source starting on a 64-key tile".into(),
+                    ));
+                }
+                // Each key source's K and V as [B][keys][row] maps, the head's columns by coordinate.
+                let map = |part: Part, len: usize| {
+                    crate::cuda::tensor_map_bf16_3d(part.t.cuda_ptr()?, (b, len, part.stride()), part.stride(), 64, 64)
+                };
+                let (k_map, v_map) = (map(k, lk)?, map(v, lk)?);
+                let (k2_map, v2_map, k2_col, v2_col) = match extra {
+                    Some((k2, v2)) => (map(k2, k2.t.dim(1))?, map(v2, k2.t.dim(1))?, k2.col, v2.col),
+                    None => (k_map, v_map, k.col, v.col),
+                };
+                let tq = crate::cuda::params::AttentionTmaParams {
+                    k_map,
+                    v_map,
+                    k2_map,
+                    v2_map,
+                    k_col: k.col as i32,
+                    v_col: v.col as i32,
+                    k2_col: k2_col as i32,
+                    v2_col: v2_col as i32,
+                    p,
+                };
+                let f =
+                    if chosen == AttentionKernel::WgmmaSharedQ { &kt.attention_wgmma_qs_tma_bf16 } else { &kt.attention_wgmma_tma_bf16 };
+                return dev.launch(f, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &tq);
+            }
             if extra.is_some() && !chosen.is_mma() {
                 return concatenated(chosen, o);
             }
@@ -628,6 +705,20 @@ fn attention_impl(
             dev.launch(f, ((lq.div_ceil(rows) * ranges) as u32, heads as u32, b as u32), (threads, 1, 1), 0, &p)
         }
     }
+}
+
+/// Whether the TMA copies can take these keys and values: every source's rows 16-byte aligned (its
+/// base, and a stride that is a multiple of 8 elements), and a second source starting on a 64-key
+/// tile (a tile never spans the two).
+#[cfg(feature = "cuda")]
+fn tma_fits(k: Part, v: Part, extra: Option<(Part, Part)>, lk: usize) -> Result<bool> {
+    let fits = |p: Part| -> Result<bool> { Ok(p.t.cuda_ptr()? % 16 == 0 && p.stride() % 8 == 0) };
+    Ok(fits(k)?
+        && fits(v)?
+        && match extra {
+            None => true,
+            Some((k2, v2)) => lk % 64 == 0 && fits(k2)? && fits(v2)?,
+        })
 }
 
 /// [`attention_into`] as a new tensor.

@@ -20,8 +20,8 @@ pub mod shapes;
 pub use activation::{bias_gelu_into, gelu, gelu_assign, gelu_into, silu, silu_into};
 pub use attention::{
     attention, attention_into, attention_into_with, attention_into_with_options, attention_into_with_softmax, attention_packed_into,
-    attention_two_sources_into, mma32_preferred, wgmma_shared_q_preferred, wgmma_split_plan, AttentionKernel, AttentionMask, SplitPlan,
-    WgmmaOptions,
+    attention_packed_into_with_options, attention_two_sources_into, mma32_preferred, wgmma_shared_q_preferred, wgmma_split_plan,
+    AttentionKernel, AttentionMask, SplitPlan, WgmmaOptions,
 };
 pub use conv::{
     conv2x2_s2, conv_transpose2x2, conv_transpose4x4, depthwise3x3, depthwise3x3_accumulate_into, depthwise3x3_into,

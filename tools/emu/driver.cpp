@@ -590,26 +590,32 @@ static CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned 
         }
     }, k->name);
 }
-// cuTensorMapEncodeTiled, for the rank-2 tiled maps the engine makes (kernels/common.cuh
-// tma_load_2d): the hardware's rules on alignment, strides and box sizes are checked here too,
-// and the map's 128 bytes hold what the emulated copy needs (EmuTensorMap).
+// cuTensorMapEncodeTiled, for the rank-2 and rank-3 tiled maps the engine makes
+// (kernels/common.cuh tma_load_2d, tma_load_3d): the hardware's rules on alignment, strides and
+// box sizes are checked here too, and the map's 128 bytes hold what the emulated copy needs
+// (EmuTensorMap; a rank-2 map keeps 0 planes, so that a copy of the other rank is caught).
 CUresult cuTensorMapEncodeTiled(void* map, int dtype, unsigned rank, void* address, const uint64_t* dims, const uint64_t* strides,
                                 const uint32_t* box, const uint32_t* element_strides, int interleave, int swizzle, int, int) {
     static const int elem_bytes[] = {1, 2, 4, 4, 8, 4, 8, 2, 4, 2, 4, 4, 4};  // CU_TENSOR_MAP_DATA_TYPE_*
-    if (!map || ((uintptr_t)map & 63) || rank != 2 || dtype < 0 || dtype > 12 || interleave != 0) return CUDA_ERROR_INVALID_VALUE;
-    if (((uintptr_t)address & 15) || (strides[0] & 15) || swizzle < 0 || swizzle > 3) return CUDA_ERROR_INVALID_VALUE;
+    if (!map || ((uintptr_t)map & 63) || rank < 2 || rank > 3 || dtype < 0 || dtype > 12 || interleave != 0) return CUDA_ERROR_INVALID_VALUE;
+    if (((uintptr_t)address & 15) || swizzle < 0 || swizzle > 3) return CUDA_ERROR_INVALID_VALUE;
     const unsigned elem = (unsigned)elem_bytes[dtype];
-    for (int i = 0; i < 2; i++)
+    for (unsigned i = 0; i < rank; i++)
         if (dims[i] == 0 || dims[i] > (1ull << 32) || box[i] == 0 || box[i] > 256 || element_strides[i] != 1) return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned i = 0; i + 1 < rank; i++)
+        if ((strides[i] & 15) || strides[i] >= (1ull << 40)) return CUDA_ERROR_INVALID_VALUE;
     if ((box[0] * elem) % 16 != 0 || strides[0] < dims[0] * elem) return CUDA_ERROR_INVALID_VALUE;
     if (swizzle == 3 && box[0] * elem > 128) return CUDA_ERROR_INVALID_VALUE;
     EmuTensorMap m{};
     m.base = (const unsigned char*)address;
     m.dims[0] = dims[0];
     m.dims[1] = dims[1];
-    m.stride = strides[0];
+    m.dims[2] = rank == 3 ? dims[2] : 0;
+    m.stride[0] = strides[0];
+    m.stride[1] = rank == 3 ? strides[1] : 0;
     m.box[0] = box[0];
     m.box[1] = box[1];
+    m.box[2] = rank == 3 ? box[2] : 1;
     m.elem = elem;
     m.swizzle = (uint32_t)swizzle;
     m.magic = EMU_TENSOR_MAP_MAGIC;

@@ -431,35 +431,39 @@ inline void emu_mbar_wait(void* bar, unsigned parity) {
         if (!emu_tma_land_one(bar)) emu::spin_once();
     emu::spin_end();
 }
-// What the emulated cuTensorMapEncodeTiled keeps in a tensor map's 128 bytes (rank 2).
+// What the emulated cuTensorMapEncodeTiled keeps in a tensor map's 128 bytes (rank 2 or 3; a
+// rank-2 map has one plane).
 struct EmuTensorMap {
     const unsigned char* base;
-    uint64_t dims[2];    // elements: inner, outer
-    uint64_t stride;     // bytes between outer rows
-    uint32_t box[2];     // elements: inner, outer
+    uint64_t dims[3];    // elements: inner, rows, planes
+    uint64_t stride[2];  // bytes between rows, between planes
+    uint32_t box[3];     // elements: inner, rows, planes
     uint32_t elem;       // bytes per element
     uint32_t swizzle;    // CU_TENSOR_MAP_SWIZZLE_*: 0 none, 3 128 bytes
     uint32_t magic;
 };
+static_assert(sizeof(EmuTensorMap) <= 128, "a tensor map is 128 bytes");
 #define EMU_TENSOR_MAP_MAGIC 0x7e45a11u
-// cp.async.bulk.tensor.2d ... mbarrier::complete_tx: the box at (c0, c1) into shared memory,
-// elements outside the tensor as zeros (the whole box counts as transferred bytes), in the
-// 128-byte swizzle (address bits 4–6 XOR bits 7–9, as emu_wgmma_b reads it), then the bytes
-// completed on the barrier.
-inline void emu_tma_copy(void* dst, const EmuTensorMap& m, int c0, int c1, void* bar) {
+// cp.async.bulk.tensor.2d/.3d ... mbarrier::complete_tx: the box at (c0, c1, c2) into shared
+// memory (planes of box rows one after another), elements outside the tensor as zeros (the whole
+// box counts as transferred bytes), in the 128-byte swizzle (address bits 4–6 XOR bits 7–9, as
+// emu_wgmma_b reads it), then the bytes completed on the barrier.
+inline void emu_tma_copy(void* dst, const EmuTensorMap& m, int c0, int c1, int c2, void* bar) {
     const uint32_t row_bytes = m.box[0] * m.elem;
-    for (uint32_t r = 0; r < m.box[1]; r++) {
-        for (uint32_t e = 0; e < m.box[0]; e++) {
-            const int64_t x = (int64_t)c0 + e, y = (int64_t)c1 + r;
-            uintptr_t a = (uintptr_t)dst + r * row_bytes + e * m.elem;
-            if (m.swizzle == 3) a ^= ((a >> 7) & 7) << 4;
-            if (x >= 0 && y >= 0 && (uint64_t)x < m.dims[0] && (uint64_t)y < m.dims[1])
-                memcpy((void*)a, m.base + (uint64_t)y * m.stride + (uint64_t)x * m.elem, m.elem);
-            else
-                memset((void*)a, 0, m.elem);
+    for (uint32_t pl = 0; pl < m.box[2]; pl++) {
+        for (uint32_t r = 0; r < m.box[1]; r++) {
+            for (uint32_t e = 0; e < m.box[0]; e++) {
+                const int64_t x = (int64_t)c0 + e, y = (int64_t)c1 + r, z = (int64_t)c2 + pl;
+                uintptr_t a = (uintptr_t)dst + (pl * m.box[1] + r) * row_bytes + e * m.elem;
+                if (m.swizzle == 3) a ^= ((a >> 7) & 7) << 4;
+                if (x >= 0 && y >= 0 && z >= 0 && (uint64_t)x < m.dims[0] && (uint64_t)y < m.dims[1] && (uint64_t)z < m.dims[2])
+                    memcpy((void*)a, m.base + (uint64_t)z * m.stride[1] + (uint64_t)y * m.stride[0] + (uint64_t)x * m.elem, m.elem);
+                else
+                    memset((void*)a, 0, m.elem);
+            }
         }
     }
-    emu_mbar_complete_tx(bar, row_bytes * m.box[1]);
+    emu_mbar_complete_tx(bar, row_bytes * m.box[1] * m.box[2]);
 }
 // Copies issued but not yet landed, of the block that runs on this OS thread. At issue the box's
 // shared memory is filled with 0xff (the hardware may be writing it from then on); the data lands
@@ -469,7 +473,7 @@ inline void emu_tma_copy(void* dst, const EmuTensorMap& m, int c0, int c1, void*
 struct EmuTmaCopy {
     void* dst;
     EmuTensorMap map;
-    int c0, c1;
+    int c0, c1, c2;
     void* bar;
 };
 struct EmuTmaQueue {
@@ -496,13 +500,17 @@ inline bool emu_tma_land_one(void* bar) {
         const EmuTmaCopy c = q.copies[i];
         memmove(&q.copies[i], &q.copies[i + 1], (q.count - i - 1) * sizeof(EmuTmaCopy));
         q.count--;
-        emu_tma_copy(c.dst, c.map, c.c0, c.c1, c.bar);
+        emu_tma_copy(c.dst, c.map, c.c0, c.c1, c.c2, c.bar);
         return true;
     }
     return false;
 }
-inline void emu_tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
+inline void emu_tma_load(void* dst, const void* map, int rank, int c0, int c1, int c2, void* bar) {
     const EmuTensorMap* m = (const EmuTensorMap*)map;
+    if (m->magic == EMU_TENSOR_MAP_MAGIC && (rank == 2) != (m->dims[2] == 0)) {
+        fprintf(stderr, "emulated TMA: a rank-%d copy from a map of the other rank\n", rank);
+        abort();
+    }
     if (m->magic != EMU_TENSOR_MAP_MAGIC) {
         fprintf(stderr, "emulated TMA: the tensor map was not made by cuTensorMapEncodeTiled\n");
         abort();
@@ -518,9 +526,13 @@ inline void emu_tma_load_2d(void* dst, const void* map, int c0, int c1, void* ba
     }
     // In flight, the box's bytes are undefined: 0xff (NaN in bf16 and f32) until the copy lands,
     // so a product still reading the slot's previous tile (its slot freed too early) sees it.
-    memset(dst, 0xff, (size_t)m->box[0] * m->elem * m->box[1]);
-    q.copies[q.count++] = EmuTmaCopy{dst, *m, c0, c1, bar};
+    EmuTensorMap one = *m;
+    if (rank == 2) one.dims[2] = one.box[2] = 1;  // one plane
+    memset(dst, 0xff, (size_t)one.box[0] * one.elem * one.box[1] * one.box[2]);
+    q.copies[q.count++] = EmuTmaCopy{dst, one, c0, c1, rank == 2 ? 0 : c2, bar};
 }
+inline void emu_tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) { emu_tma_load(dst, map, 2, c0, c1, 0, bar); }
+inline void emu_tma_load_3d(void* dst, const void* map, int c0, int c1, int c2, void* bar) { emu_tma_load(dst, map, 3, c0, c1, c2, bar); }
 
 // griddepcontrol.wait and .launch_dependents: launches run one after another here, so there is
 // nothing to wait for; the driver checks that every thread of a launch made with programmatic
