@@ -373,10 +373,10 @@ if on BENCH 1; then
         [ -n "${BENCHES:-}" ] && [[ " $BENCHES " != *" $name "* ]] && continue
         benches+=("bench-$name")
         CASCADE_BENCH_QUICK=1 step "bench-$name" "${BENCH_TIMEOUT:-300}" "$b" --bench
-        # OPS_VARIANTS (default "gemmwg split wgmma2 dw dwroll skinny") picks which of these opt-in variant
+        # OPS_VARIANTS (default "gemmwg split wgmma2 tma dw dwroll skinny") picks which of these opt-in variant
         # steps run after the ops bench: each is a process of its own.
         if [ "$name" = ops ]; then
-            variants=" ${OPS_VARIANTS:-gemmwg split wgmma2 dw dwroll skinny} "
+            variants=" ${OPS_VARIANTS:-gemmwg split wgmma2 tma dw dwroll skinny} "
             # The ops bench's fc1 + GRN rows again with the fused wgmma GEMM's rows among them
             # (the separate path's rows give a same-run comparison), Stage A's fc1 with its GELU
             # on the warp-specialised GEMM beside cuBLASLt's GELU epilogue, and the ResBlocks'
@@ -400,6 +400,14 @@ if on BENCH 1; then
                 benches+=("bench-ops-wgmma2")
                 vetted bench-ops-wgmma2 CASCADE_ATTENTION=wgmma2 &&
                     CASCADE_ATTENTION=wgmma2 CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma2 CASCADE_BENCH_QUICK=1 step bench-ops-wgmma2 "${BENCH_TIMEOUT:-300}" "$b" --bench
+            fi
+            # The wgmma attention rows with those of the kernels whose K and V tiles TMA copies
+            # (opt-in: CASCADE_ATTENTION_COPY=tma) among them, and the lean and full-tail rows,
+            # in one process: a same-run comparison per launch.
+            if [[ $variants == *" tma "* ]]; then
+                benches+=("bench-ops-tma")
+                vetted bench-ops-tma CASCADE_ATTENTION_COPY=tma &&
+                    CASCADE_ATTENTION_COPY=tma CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-tma "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # The depthwise rows with the narrow strips everywhere (the first run takes the wide
             # ones where they save a wave: the Stage C rows) and with the asynchronous kernel
