@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::models::clip::ClipTextModel;
+use crate::models::clip::{ClipOutput, ClipTextModel};
 use crate::models::config::{ClipTextConfig, UNetConfig, VqganConfig};
 use crate::models::unet::{Conditioning, StableCascadeUNet};
 use crate::models::vqgan::Vqgan;
@@ -528,6 +528,9 @@ pub struct Pipeline {
     /// The captured denoising steps of resident networks, one per stage, kept for the next call
     /// with the same shapes (see [`StepGraph`]).
     step_graphs: std::sync::Mutex<Vec<StepGraph>>,
+    /// The resident text encoder captured as a CUDA graph, kept for the next call with the same
+    /// batch and length (see [`TextGraph`]).
+    text_graph: std::sync::Mutex<Option<TextGraph>>,
     /// Highest device memory in use seen during the current call (the engine serialises calls).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     device_peak: std::sync::atomic::AtomicUsize,
@@ -667,6 +670,7 @@ impl Pipeline {
             f32_residual: options.f32_residual,
             keep_tensors: true,
             step_graphs: Default::default(),
+            text_graph: Default::default(),
             device_peak: 0.into(),
         })
     }
@@ -686,6 +690,7 @@ impl Pipeline {
     pub fn set_cuda_graphs(&mut self, on: bool) {
         self.cuda_graphs = on;
         self.step_graphs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.text_graph.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Keeps the UNets' residual stream in f32 (`on`) or in the compute dtype (see
@@ -743,6 +748,7 @@ impl Pipeline {
             f32_residual: crate::models::unet::f32_residual_default(),
             keep_tensors: true,
             step_graphs: Default::default(),
+            text_graph: Default::default(),
             device_peak: 0.into(),
         })
     }
@@ -888,7 +894,7 @@ impl Pipeline {
         }
         let ids: Vec<Vec<u32>> = prompts.iter().map(|t| t.input_ids.clone()).collect();
         let masks: Vec<Vec<u32>> = prompts.iter().map(|t| t.attention_mask.clone()).collect();
-        let encoded = text_encoder.forward(&ids, Some(&masks))?;
+        let encoded = self.encode_text(&text_encoder, &ids, &masks)?;
         let (len, width, proj) =
             (encoded.hidden_states_last.dim(1), encoded.hidden_states_last.dim(2), text_encoder.config().projection_dim);
         let row = |i: usize| -> Result<(Tensor, Tensor)> {
@@ -1061,6 +1067,58 @@ impl Pipeline {
             timings.peak_device_used_bytes = Some(self.device_peak.load(std::sync::atomic::Ordering::Relaxed));
         }
         Ok(Output { images: rgb, timings, warnings, tensors })
+    }
+
+    /// The text encoder's outputs for a batch of token ids and masks. A resident encoder on a GPU
+    /// runs as a CUDA graph captured once per batch and length (a prompt's ids and mask are
+    /// written into the graph's input buffers; the end-of-text rows are pooled and projected
+    /// after the replay, so the graph does not depend on the prompt) and kept for the next call:
+    /// the step graphs' saving for the encoder's 230 or so launches, whose host cost exceeds their
+    /// device time. Elsewhere, or if the capture fails (with a warning), kernel by kernel.
+    fn encode_text(&self, model: &Loaded<'_, ClipTextModel>, ids: &[Vec<u32>], masks: &[Vec<u32>]) -> Result<ClipOutput> {
+        #[cfg(feature = "cuda")]
+        if let (Device::Cuda(d), true) = (&self.device, self.cuda_graphs && model.is_resident()) {
+            let (idf, mf, eos) = model.host_inputs(ids, Some(masks))?;
+            let (b, l, dim) = (ids.len(), ids[0].len(), model.config().hidden_size);
+            // Taken out while in use: a call beside this one captures its own.
+            let kept = self.text_graph.lock().unwrap_or_else(|e| e.into_inner()).take().filter(|g| g.key == (b, l));
+            let mut g = match kept {
+                Some(g) => g,
+                None => {
+                    let zeros = |shape: &[usize], dtype| Tensor::zeros(shape, dtype, &self.device);
+                    let (ids_t, mask_t) = (zeros(&[b, l], DType::F32)?, zeros(&[b, l], DType::F32)?);
+                    let (mut h, mut last) = (zeros(&[b, l, dim], model.dtype())?, zeros(&[b, l, dim], model.dtype())?);
+                    // The warm-up (only when the capture met new GEMM shapes) runs on buffers of
+                    // its own.
+                    let warmup = || -> Result<()> {
+                        let (mut h, mut last) = (zeros(&[b, l, dim], model.dtype())?, zeros(&[b, l, dim], model.dtype())?);
+                        model.encode_states_into(&ids_t, &mask_t, &mut h, &mut last)
+                    };
+                    match d.capture_tuned(warmup, || model.encode_states_into(&ids_t, &mask_t, &mut h, &mut last)) {
+                        Ok(graph) => TextGraph { key: (b, l), ids: ids_t, mask: mask_t, h, last, graph },
+                        Err(e @ Error::OutOfMemory(_)) => return Err(e),
+                        Err(e) => {
+                            eprintln!("warning: capturing the text encoder as a CUDA graph failed ({e}); launching kernels directly");
+                            return model.forward(ids, Some(masks));
+                        }
+                    }
+                }
+            };
+            g.ids.write_f32(&idf)?;
+            g.mask.write_f32(&mf)?;
+            g.graph.replay()?;
+            // The outputs as copies: the buffers are the next call's.
+            let copy = |t: &Tensor| -> Result<Tensor> {
+                let mut c = Tensor::empty(t.shape(), t.dtype(), &self.device)?;
+                ops::cast_into(t, &mut c)?;
+                Ok(c)
+            };
+            let (h, last) = (copy(&g.h)?, copy(&g.last)?);
+            *self.text_graph.lock().unwrap_or_else(|e| e.into_inner()) = Some(g);
+            let text_embeds = model.pool(&last, &eos)?;
+            return Ok(ClipOutput { hidden_states_last: h, last_hidden_state: last, text_embeds });
+        }
+        model.forward(ids, Some(masks))
     }
 
     /// The stage's kept step graph if it was captured for `key`. A graph kept for other shapes
@@ -1301,8 +1359,6 @@ type CapturedStep = crate::cuda::Graph;
 #[cfg(not(feature = "cuda"))]
 type CapturedStep = std::convert::Infallible;
 
-/// A resident network's denoising step, captured as a CUDA graph, with the buffers it reads and
-/// writes. The pipeline keeps one per stage, so repeated calls at the same size capture once.
 /// What [`Pipeline::stage_run`] calls once a stage's last step is queued: given the final latent
 /// (still being computed) and the noise source, it queues the next stage's setup.
 type QueueNext<'a> = dyn FnMut(&Tensor, &mut dyn NoiseSource) -> Result<()> + 'a;
@@ -1322,9 +1378,24 @@ struct StageRun<'m> {
     setup_start: Instant,
 }
 
+/// A resident network's denoising step, captured as a CUDA graph, with the buffers it reads and
+/// writes. The pipeline keeps one per stage, so repeated calls at the same size capture once.
 struct StepGraph {
     key: StepKey,
     bufs: StepBuffers,
+    graph: CapturedStep,
+}
+
+/// The resident text encoder captured as a CUDA graph ([`ClipTextModel::encode_states_into`])
+/// for one batch and length (`key`), with the buffers it reads (ids, mask: f32 `[B, L]`) and
+/// writes (the last layer's output and the final LayerNorm's, `[B, L, D]`).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct TextGraph {
+    key: (usize, usize),
+    ids: Tensor,
+    mask: Tensor,
+    h: Tensor,
+    last: Tensor,
     graph: CapturedStep,
 }
 

@@ -72,9 +72,9 @@ fn cuda_graph_steps_equal_direct_launches() {
     assert_eq!(graphs, direct, "graph replay and direct launches differ");
 }
 
-/// A resident pipeline keeps each stage's captured step: a second call at the same size captures
-/// nothing and computes exactly what direct launches compute for its own prompt, guidance and
-/// noise; a call at another size captures again, and so does the return to the first size (one
+/// A resident pipeline keeps each stage's captured step (and the text encoder's graph): a second
+/// call at the same size captures nothing and computes exactly what direct launches compute for
+/// its own prompt, guidance and noise; a call at another size captures again, and so does the return to the first size (one
 /// graph is kept per stage).
 #[cfg(feature = "cuda")]
 #[test]

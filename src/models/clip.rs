@@ -108,6 +108,17 @@ impl ClipTextModel {
     /// Encodes `ids` (`B` sequences of equal length ≤ the context) with their attention masks
     /// (1 = token, 0 = padding; None = all tokens).
     pub fn forward(&self, ids: &[Vec<u32>], mask: Option<&[Vec<u32>]>) -> Result<ClipOutput> {
+        let (idf, m, eos) = self.host_inputs(ids, mask)?;
+        let (b, l) = (ids.len(), ids[0].len());
+        let id_t = Tensor::from_f32(&idf, &[b, l], DType::F32, &self.device)?;
+        let mask_t = Tensor::from_f32(&m, &[b, l], DType::F32, &self.device)?;
+        self.encode(&id_t, &mask_t, &eos)
+    }
+
+    /// Checks `ids` and `mask` as [`Self::forward`] takes them; returns the ids and the mask as
+    /// f32 `[B, L]` values (what the encoder reads on the device) and each sequence's pooling
+    /// position.
+    pub fn host_inputs(&self, ids: &[Vec<u32>], mask: Option<&[Vec<u32>]>) -> Result<(Vec<f32>, Vec<f32>, Vec<usize>)> {
         let b = ids.len();
         let l = ids.first().map_or(0, |s| s.len());
         if b == 0 || l == 0 || ids.iter().any(|s| s.len() != l) || l > self.cfg.max_position_embeddings {
@@ -122,8 +133,6 @@ impl ClipTextModel {
             None => vec![1.0; b * l],
         };
         let idf: Vec<f32> = ids.iter().flatten().map(|&i| i as f32).collect();
-        let id_t = Tensor::from_f32(&idf, &[b, l], DType::F32, &self.device)?;
-        let mask_t = Tensor::from_f32(&m, &[b, l], DType::F32, &self.device)?;
         // Pooling: the first end-of-text token (transformers' rule; the legacy argmax rule when
         // the config's eos id is 2).
         let eos: Vec<usize> = ids
@@ -136,39 +145,75 @@ impl ClipTextModel {
                 }
             })
             .collect();
-        self.encode(&id_t, &mask_t, &eos)
+        Ok((idf, m, eos))
+    }
+
+    /// The type of the hidden states (the weights').
+    pub fn dtype(&self) -> DType {
+        self.token_embedding.dtype()
     }
 
     /// The encoder on ids and mask already on the device (f32 `[B, L]`, ids validated) with the
-    /// pooling positions given: nothing here touches the host, so it can be captured as a
-    /// CUDA graph.
+    /// pooling positions given.
     pub fn encode(&self, id_t: &Tensor, mask_t: &Tensor, eos: &[usize]) -> Result<ClipOutput> {
         let &[b, l] = id_t.shape() else {
             return Err(Error::Shape(format!("text encoder: ids must be [B, L], got {:?}", id_t.shape())));
         };
-        if eos.len() != b || eos.iter().any(|&p| p >= l) {
-            return Err(Error::Shape(format!("text encoder: {} pooling positions for {b} sequences of {l}", eos.len())));
-        }
         let d = self.cfg.hidden_size;
+        let mut h = Tensor::empty(&[b, l, d], self.dtype(), &self.device)?;
+        let mut last = Tensor::empty(&[b, l, d], self.dtype(), &self.device)?;
+        self.encode_states_into(id_t, mask_t, &mut h, &mut last)?;
+        let text_embeds = self.pool(&last, eos)?;
+        Ok(ClipOutput { hidden_states_last: h, last_hidden_state: last, text_embeds })
+    }
+
+    /// The layers into `h` (`[B, L, D]`: the residual stream, the last layer's output) and the
+    /// final LayerNorm into `last`, from ids and mask on the device (f32 `[B, L]`, ids
+    /// validated). Nothing here touches the host, so it can be captured as a CUDA graph.
+    pub fn encode_states_into(&self, id_t: &Tensor, mask_t: &Tensor, h: &mut Tensor, last: &mut Tensor) -> Result<()> {
+        let &[b, l] = id_t.shape() else {
+            return Err(Error::Shape(format!("text encoder: ids must be [B, L], got {:?}", id_t.shape())));
+        };
+        let d = self.cfg.hidden_size;
+        for (what, t) in [("hidden states", &*h), ("last hidden state", &*last)] {
+            if t.shape() != [b, l, d] || t.dtype() != self.dtype() {
+                return Err(Error::Shape(format!(
+                    "text encoder: the {what} must be [{b}, {l}, {d}] {}, got {:?} {}",
+                    self.dtype(),
+                    t.shape(),
+                    t.dtype()
+                )));
+            }
+        }
         let heads = self.cfg.num_attention_heads;
         let eps = self.cfg.layer_norm_eps as f32;
         let scale = ((d / heads) as f32).powf(-0.5);
-        let mut h = Tensor::empty(&[b, l, d], self.token_embedding.dtype(), &self.device)?;
-        ops::token_embedding_into(id_t, &self.token_embedding, &self.position_embedding, &mut h)?;
+        ops::token_embedding_into(id_t, &self.token_embedding, &self.position_embedding, h)?;
         for layer in &self.layers {
-            let x = layer.ln1.forward(&h, eps)?;
+            let x = layer.ln1.forward(h, eps)?;
             // q, k and v from one GEMM, read in place by the attention kernel.
             let qkv = layer.qkv.forward(&x)?;
             let mut o = Tensor::empty(&[b, l, d], qkv.dtype(), &self.device)?;
             let mask = AttentionMask::CausalPadding(mask_t);
             ops::attention_packed_into(&qkv, None, heads, scale, mask, ops::AttentionKernel::Auto, &mut o)?;
             // Both residuals are added by the GEMMs (β = 1), not by separate passes.
-            layer.out.forward_accumulate(&o, &mut h)?;
-            let x = layer.ln2.forward(&h, eps)?;
+            layer.out.forward_accumulate(&o, h)?;
+            let x = layer.ln2.forward(h, eps)?;
             let x = ops::linear_gelu(&x, &layer.fc1.weight, layer.fc1.bias.as_ref())?;
-            layer.fc2.forward_accumulate(&x, &mut h)?;
+            layer.fc2.forward_accumulate(&x, h)?;
         }
-        let last = self.final_norm.forward(&h, eps)?;
+        ops::layer_norm_into(h, Some(&self.final_norm.weight), Some(&self.final_norm.bias), eps, last)
+    }
+
+    /// The projected end-of-text states `[B, P]` (`clip_text_pooled`): row `eos[s]` of each
+    /// sequence `s` of the final LayerNorm's output `last`.
+    pub fn pool(&self, last: &Tensor, eos: &[usize]) -> Result<Tensor> {
+        let &[b, l, d] = last.shape() else {
+            return Err(Error::Shape(format!("text encoder: the last hidden state must be [B, L, D], got {:?}", last.shape())));
+        };
+        if eos.len() != b || eos.iter().any(|&p| p >= l) {
+            return Err(Error::Shape(format!("text encoder: {} pooling positions for {b} sequences of {l}", eos.len())));
+        }
         let mut pooled: Option<Tensor> = None;
         for (s, &pos) in eos.iter().enumerate() {
             let row = last.alias((s * l + pos) * d, &[1, d])?;
@@ -177,7 +222,6 @@ impl ClipTextModel {
                 Some(p) => concat_batch(&p, &row)?,
             });
         }
-        let text_embeds = self.projection.forward(&pooled.expect("b ≥ 1"))?;
-        Ok(ClipOutput { hidden_states_last: h, last_hidden_state: last, text_embeds })
+        self.projection.forward(&pooled.expect("b ≥ 1"))
     }
 }
