@@ -260,12 +260,15 @@ impl NoiseSource for TorchNoise {
 /// Where the time of one [`Pipeline::generate`] went.
 #[derive(Clone, Debug, Default)]
 pub struct Timings {
-    /// Tokenizing and encoding the prompt (and the negative prompt).
+    /// Tokenizing and encoding the prompt (and the negative prompt). With a resident text encoder
+    /// on a GPU, until its work is queued: its graph runs on the device while the host queues
+    /// Stage C's setup, and what remains of it is in [`Timings::prior_setup`].
     pub text_encode: Duration,
     /// Each Stage C step (model call with guidance, and the sampler update).
     pub prior_steps: Vec<Duration>,
     /// Stage C's work before its first step: the initial noise, the run's constants (condition
-    /// K/V rows), the step buffers, and on a first call the step graph's capture.
+    /// K/V rows), the step buffers, and on a first call the step graph's capture (and the end of
+    /// a resident text encoder's device work, which runs meanwhile).
     pub prior_setup: Duration,
     /// Each Stage B step.
     pub decoder_steps: Vec<Duration>,
@@ -919,8 +922,14 @@ impl Pipeline {
             None
         };
 
+        // A resident encoder's graph may still be running: Stage C's setup is queued behind it
+        // (the host's launches overlap its kernels, and the setup's device work waits for it in
+        // stream order). An encoder loaded for this call is waited for before its weights go.
+        let resident_encoder = text_encoder.is_resident();
         drop(text_encoder);
-        self.device.synchronize()?;
+        if !resident_encoder {
+            self.device.synchronize()?;
+        }
         timings.text_encode = start.elapsed();
         hooks.step_done(Phase::TextEncode, 1, 1)?;
 
