@@ -610,14 +610,16 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
     // K and V of two slots each (then Q), then 1 KiB of bf16 ones (the lean softmax's row sums:
     // one swizzle atom, so the descriptor reads ones wherever it points), on a 1024-byte boundary
     // (the swizzle pattern's period); with TMA, the two slots' mbarriers in the last 16 bytes.
-    __shared__ __align__(1024) unsigned char smem_raw[(QS ? 5 : 4) * WG_TILE + (QS ? 1024 : 2048) + (TMA ? 16 : 0)];
+    // The lean softmax's sums on the tensor cores (ONES): not with Q in shared memory and
+    // cp.async copies, whose kernels run five blocks per SM (at most 102 registers), where four
+    // more spill; with TMA copies they fit (the copies' addresses are gone: 94 registers).
+    constexpr bool ONES = !QS || TMA;
+    __shared__ __align__(1024) unsigned char smem_raw[(QS ? 5 : 4) * WG_TILE + (ONES ? 2048 : 1024) + (TMA ? 16 : 0)];
     unsigned char* const tiles = align_1024(smem_raw);
     uint64_t* const kv_full = (uint64_t*)(smem_raw + sizeof(smem_raw) - 16);  // (TMA only)
-    unsigned char* const ones = tiles + 4 * WG_TILE;  // (not with QS)
-    // The lean softmax's sums on the tensor cores: not with Q in shared memory, whose kernels
-    // run five blocks per SM (at most 102 registers), where four more spill.
-    const bool tc_sums = !QS && p.lean_softmax;
-    if (!QS)  // made visible to the tensor cores by the fence and barrier before the first products
+    unsigned char* const ones = tiles + (QS ? 5 : 4) * WG_TILE;
+    const bool tc_sums = ONES && p.lean_softmax;
+    if (ONES)  // made visible to the tensor cores by the fence and barrier before the first products
         for (int i = threadIdx.x; i < 256; i += THREADS) ((uint32_t*)ones)[i] = 0x3f803f80u;
     auto ktile = [&](int slot) { return tiles + slot * 2 * WG_TILE; };
     auto vtile = [&](int slot) { return tiles + slot * 2 * WG_TILE + WG_TILE; };
@@ -757,7 +759,8 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
     // Keys in the last tile (1 to 64): with p.narrow_tail, that tile's products and softmax are
     // 32 or 16 keys wide when its keys fit (Stage C's 661 keys end in 21, Stage B's 1028 and 260
     // in 4, CLIP's 77 in 13), instead of 64 with the rest masked; 32 at least with Q in shared
-    // memory. Not in the overlapped schedule.
+    // memory and cp.async copies (a third version of the tile's work spills there). Not in the
+    // overlapped schedule.
     const int tail_keys = p.narrow_tail && !OV ? last_key - (tiles_n - 1) * WG_KT : WG_KT;
     if (TMA) {
         // Q (with QS) and the ones, to the tensor cores; the barriers' initialisation, to every
@@ -807,7 +810,7 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
                 float s[32];
                 uint32_t pa[4][4];
                 work(s, pa);
-            } else if (tail_keys > 16 || QS) {  // QS: a third variant spills at its 96-register cap
+            } else if (tail_keys > 16 || (QS && !TMA)) {
                 float s[16];
                 uint32_t pa[2][4];
                 work(s, pa);

@@ -855,7 +855,9 @@ fn attention_narrow_tail_kernel() {
 }
 
 /// The wgmma kernels whose K and V tiles TMA copies, against the CPU and against the same kernels
-/// copying with cp.async (the same tiles, so the same bits on the emulator): two samples (each a
+/// copying with cp.async (the same tiles, so the same bits on the emulator; except with Q in
+/// shared memory and the lean softmax, whose TMA kernel takes the rows' sums on the tensor cores,
+/// from the rounded probabilities, where the cp.async one adds the f32 ones): two samples (each a
 /// plane of the maps, rows past its last keys zeros), one key source with its last tile partial,
 /// a single tile, causal with padding; and as the UNets pass them, q, k and v packed in one
 /// projection's rows (the head's columns by coordinate), with a second packed source of condition
@@ -875,6 +877,7 @@ fn attention_tma_copies_kernel() {
     // Runs `run` with and without TMA copies (full and lean softmax), each against `want`, and
     // the two copies against each other.
     let compare = |label: &str, name: &str, lq: usize, want: &[f32], run: &dyn Fn(ops::WgmmaOptions, &mut Tensor)| {
+        let same_sums = |lean: bool| !(lean && label == "attention_wgmma_sq");
         for lean in [false, true] {
             let mut outputs = Vec::new();
             for tma in [false, true] {
@@ -886,10 +889,11 @@ fn attention_tma_copies_kernel() {
                 outputs.push(got);
             }
             let diff = rel_l2(&outputs[1], &outputs[0]);
-            if emulated {
+            if emulated && same_sums(lean) {
                 assert!(outputs[0] == outputs[1], "{label} {name}: TMA and cp.async copies differ (rel_l2 {diff:.2e})");
             } else {
-                assert!(diff <= 1e-3, "{label} {name}: TMA and cp.async copies differ: rel_l2 {diff:.2e}");
+                let bound = if same_sums(lean) { 1e-3 } else { 3e-3 };
+                assert!(diff <= bound, "{label} {name}: TMA and cp.async copies differ: rel_l2 {diff:.2e}");
             }
         }
     };
