@@ -87,19 +87,20 @@ step() {
 # hold the card until the step's cap, taking the rest of the call with it.
 vetting_test() {
     local t= one
+    # Every switch in ENV adds its step (a variant may combine several).
     case $1 in
         # Kernel choice by timing may take any kernel awaiting measurement.
         *CASCADE_KERNEL_TUNE=1* | *CASCADE_KERNEL_TUNE=log*) t="kernels kernels-gemmwg kernels-split kernels-skinny kernels-tma pipeline-tuned" ;;
-        *CASCADE_ATTENTION_SOFTMAX=lean*) t=kernels ;;
-        *CASCADE_ATTENTION_COPY=tma*) t=kernels-tma ;;
-        *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=* | *CASCADE_GEMM_WS_FC2=* | *CASCADE_GEMM_SK=*) t=kernels-gemmwg ;;
-        *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t=kernels-split ;;
-        *CASCADE_DW_TILE=roll*) t=kernels-dwroll ;;
-        *CASCADE_GEMM_SKINNY=*) t=kernels-skinny ;;
-        *CASCADE_DW_STRIPS=async*) t=kernels-dwstrips ;;
-        *CASCADE_GRN_RESIDENT=*) t=kernels-grnres ;;
-        *CASCADE_PDL=*) t=pipeline-pdl ;;
     esac
+    case $1 in *CASCADE_ATTENTION_SOFTMAX=lean*) t="$t kernels" ;; esac
+    case $1 in *CASCADE_ATTENTION_COPY=tma*) t="$t kernels-tma" ;; esac
+    case $1 in *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=* | *CASCADE_GEMM_WS_FC2=* | *CASCADE_GEMM_SK=*) t="$t kernels-gemmwg" ;; esac
+    case $1 in *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t="$t kernels-split" ;; esac
+    case $1 in *CASCADE_DW_TILE=roll*) t="$t kernels-dwroll" ;; esac
+    case $1 in *CASCADE_GEMM_SKINNY=*) t="$t kernels-skinny" ;; esac
+    case $1 in *CASCADE_DW_STRIPS=async*) t="$t kernels-dwstrips" ;; esac
+    case $1 in *CASCADE_GRN_RESIDENT=*) t="$t kernels-grnres" ;; esac
+    case $1 in *CASCADE_PDL=*) t="$t pipeline-pdl" ;; esac
     for one in $t; do
         if [ -f "$logs/test-$one.rc" ] && [ "$(cat "$logs/test-$one.rc")" != 0 ]; then
             echo "test-$one"
