@@ -1279,38 +1279,12 @@ pub fn gemm_wgmma_requested() -> bool {
 /// bytes) laid out in the 128-byte swizzle that wgmma's operands use; elements outside the matrix
 /// read as zeros. For kernels that copy with `tma_load_2d` (kernels/common.cuh).
 pub(crate) fn tensor_map_bf16(ptr: u64, rows: usize, cols: usize, box_rows: u32, box_cols: u32) -> Result<params::TensorMap> {
-    use sys::{CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle};
     if ptr % 16 != 0 || cols % 8 != 0 || rows == 0 || cols == 0 || rows as u64 > 1 << 32 || cols as u64 > 1 << 32 {
         return Err(Error::Shape(format!(
             "a TMA tensor map needs a 16-byte aligned [{rows}, {cols}] bf16 matrix with cols a multiple of 8"
         )));
     }
-    let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    let dims = [cols as u64, rows as u64];
-    let strides = [cols as u64 * 2];
-    let boxes = [box_cols, box_rows];
-    let element_strides = [1u32, 1];
-    // SAFETY: every pointer is to a local array of the rank's length (strides: rank − 1), `map`
-    // is the 64-byte aligned CUtensorMap the call fills; the driver only encodes the arguments.
-    unsafe {
-        sys::cuTensorMapEncodeTiled(
-            &mut map,
-            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-            2,
-            ptr as *mut std::ffi::c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            element_strides.as_ptr(),
-            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    }
-    .result()
-    .map_err(|e| driver_err("encoding a TMA tensor map", e))?;
-    Ok(params::TensorMap { opaque: map.opaque })
+    encode_tensor_map_bf16(ptr, &[cols as u64, rows as u64], &[cols as u64 * 2], &[box_cols, box_rows])
 }
 
 /// A rank-3 TMA tensor map of `planes` row-major bf16 matrices `[rows, cols]` at `ptr`, rows
@@ -1325,25 +1299,31 @@ pub(crate) fn tensor_map_bf16_3d(
     box_rows: u32,
     box_cols: u32,
 ) -> Result<params::TensorMap> {
-    use sys::{CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle};
     let big = |n: usize| n == 0 || n as u64 > 1 << 32;
     if ptr % 16 != 0 || row_stride % 8 != 0 || cols > row_stride || big(planes) || big(rows) || big(cols) {
         return Err(Error::Shape(format!(
             "a TMA tensor map needs 16-byte aligned [{planes}, {rows}, {cols}] bf16 matrices with a row stride ({row_stride}) that is a multiple of 8"
         )));
     }
-    let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    let dims = [cols as u64, rows as u64, planes as u64];
     let strides = [row_stride as u64 * 2, (rows * row_stride) as u64 * 2];
-    let boxes = [box_cols, box_rows, 1];
-    let element_strides = [1u32, 1, 1];
-    // SAFETY: every pointer is to a local array of the rank's length (strides: rank − 1), `map`
-    // is the 64-byte aligned CUtensorMap the call fills; the driver only encodes the arguments.
+    encode_tensor_map_bf16(ptr, &[cols as u64, rows as u64, planes as u64], &strides, &[box_cols, box_rows, 1])
+}
+
+/// cuTensorMapEncodeTiled for bf16 elements of the given extents (innermost first), byte strides
+/// of the outer dimensions and box, in the 128-byte swizzle, elements outside read as zeros.
+fn encode_tensor_map_bf16(ptr: u64, dims: &[u64], strides: &[u64], boxes: &[u32]) -> Result<params::TensorMap> {
+    use sys::{CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle};
+    assert!(dims.len() == boxes.len() && strides.len() + 1 == dims.len(), "a tensor map's extents, strides and box agree in rank");
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    let element_strides = vec![1u32; dims.len()];
+    // SAFETY: every pointer is to a slice of the rank's length (strides: rank − 1, checked above),
+    // `map` is the 64-byte aligned CUtensorMap the call fills; the driver only encodes the
+    // arguments.
     unsafe {
         sys::cuTensorMapEncodeTiled(
             &mut map,
             CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-            3,
+            dims.len() as u32,
             ptr as *mut std::ffi::c_void,
             dims.as_ptr(),
             strides.as_ptr(),

@@ -321,10 +321,7 @@ pub fn attention_packed_into(
     kernel: AttentionKernel,
     o: &mut Tensor,
 ) -> Result<()> {
-    let c = heads * HEAD_DIM;
-    let part = |t, i: usize| Part { t, col: i * c, parts: 3 };
-    let second = second.map(|s| (part(s, 1), part(s, 2)));
-    attention_impl(part(qkv, 0), part(qkv, 1), part(qkv, 2), second, heads, scale, mask, kernel, WgmmaOptions::default(), o)
+    attention_packed_into_with_options(qkv, second, heads, scale, mask, kernel, WgmmaOptions::default(), o)
 }
 
 /// [`attention_packed_into`] with the wgmma kernels' options given (tests and benches compare
