@@ -218,7 +218,7 @@ pub fn attention_into_with(
     kernel: AttentionKernel,
     o: &mut Tensor,
 ) -> Result<()> {
-    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, WgmmaOptions::default(), o)
+    attention_into_with_options(q, k, v, heads, scale, mask, kernel, WgmmaOptions::default(), o)
 }
 
 /// Options of the wgmma attention kernels (the other kernels ignore them). `None` leaves each to
@@ -276,7 +276,7 @@ pub fn attention_into_with_softmax(
     o: &mut Tensor,
 ) -> Result<()> {
     let options = WgmmaOptions { lean_softmax: Some(lean), ..WgmmaOptions::default() };
-    attention_impl(Part::whole(q), Part::whole(k), Part::whole(v), None, heads, scale, mask, kernel, options, o)
+    attention_into_with_options(q, k, v, heads, scale, mask, kernel, options, o)
 }
 
 /// Attention over the keys of `k`/`v` followed by those of `k2`/`v2` (`[B, Lk2, C]`): the
