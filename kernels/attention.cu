@@ -954,10 +954,10 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) { attention_wgmma_entry<false, false, false>(p); }
 // The same two with K and V copied by TMA (AttentionTmaParams; opt-in until measured:
 // CASCADE_ATTENTION_COPY=tma, or timed under CASCADE_KERNEL_TUNE).
-template <bool QS> __device__ __forceinline__ void attention_wgmma_tma_entry(const AttentionTmaParams& q) {
+template <bool QS, bool SPLIT = false> __device__ __forceinline__ void attention_wgmma_tma_entry(const AttentionTmaParams& q) {
     pdl_enter();
 #ifdef CASCADE_WGMMA
-    attention_wgmma_body<QS, false, false, 1, true>(q.p, &q);
+    attention_wgmma_body<QS, false, SPLIT, 1, true>(q.p, &q);
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
@@ -965,6 +965,13 @@ extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_tma_bf16(co
 }
 extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
     attention_wgmma_tma_entry<true>(q);
+}
+// ... and the split-key versions (both switches, or timed under CASCADE_KERNEL_TUNE).
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_split_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
+    attention_wgmma_tma_entry<false, true>(q);
+}
+extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_split_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
+    attention_wgmma_tma_entry<true, true>(q);
 }
 // Q from shared memory as well: five blocks per SM (at most 96 registers and 41 KiB of shared
 // memory each), so that Stage C's 576 blocks are one wave of 660 places instead of 1.09 waves of

@@ -854,7 +854,8 @@ fn attention_narrow_tail_kernel() {
     }
 }
 
-/// The wgmma kernels whose K and V tiles TMA copies, against the CPU and against the same kernels
+/// The wgmma kernels whose K and V tiles TMA copies (one warpgroup per block, keys split into
+/// ranges or not), against the CPU and against the same kernels
 /// copying with cp.async (the same tiles, so the same bits on the emulator; except with Q in
 /// shared memory and the lean softmax, whose TMA kernel takes the rows' sums on the tensor cores,
 /// from the rounded probabilities, where the cp.async one adds the f32 ones): two samples (each a
@@ -872,12 +873,18 @@ fn attention_tma_copies_kernel() {
     let emulated = std::env::var_os("CASCADE_EMU").is_some();
     let (b, heads) = (2, 2);
     let c = heads * 64;
-    let kernels = [(ops::AttentionKernel::Wgmma, "attention_wgmma"), (ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq")];
+    let mut kernels = vec![(ops::AttentionKernel::Wgmma, "attention_wgmma"), (ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq")];
+    // The split-key versions (keys in two or three ranges merged by the last block): always on
+    // the emulator, on a GPU when asked for too.
+    if cascade::testing::wgmma_testable(&dev, cascade::cuda::attention_split_requested()) {
+        kernels.push((ops::AttentionKernel::WgmmaSplit(2), "attention_wgmma_split2"));
+        kernels.push((ops::AttentionKernel::WgmmaSharedQSplit(3), "attention_wgmma_sq_split3"));
+    }
     let options = |tma: bool, lean: bool| ops::WgmmaOptions { lean_softmax: Some(lean), tma_copies: Some(tma), ..Default::default() };
     // Runs `run` with and without TMA copies (full and lean softmax), each against `want`, and
     // the two copies against each other.
     let compare = |label: &str, name: &str, lq: usize, want: &[f32], run: &dyn Fn(ops::WgmmaOptions, &mut Tensor)| {
-        let same_sums = |lean: bool| !(lean && label == "attention_wgmma_sq");
+        let same_sums = |lean: bool| !(lean && label.starts_with("attention_wgmma_sq"));
         for lean in [false, true] {
             let mut outputs = Vec::new();
             for tma in [false, true] {
@@ -909,6 +916,9 @@ fn attention_tma_copies_kernel() {
         let want = cpu::attention(&qv, &kv, &vv, b, heads, lq, lk, 64, 0.125, masked, masked.then_some(&mv[..]));
         let name = format!("{lq}x{lk}{}", if masked { " causal" } else { "" });
         for &(kernel, label) in &kernels {
+            if masked && matches!(kernel, ops::AttentionKernel::WgmmaSplit(_) | ops::AttentionKernel::WgmmaSharedQSplit(_)) {
+                continue; // the split kernels take unmasked attention only
+            }
             compare(label, &name, lq, &want, &|o, out| {
                 ops::attention_into_with_options(&q, &k, &v, heads, 0.125, m, kernel, o, out).unwrap()
             });

@@ -235,7 +235,7 @@ pub struct WgmmaOptions {
     /// the overlapped kernel.
     pub narrow_tail: Option<bool>,
     /// K and V tiles copied by TMA, two copies a tile issued by one thread (the `Wgmma` and
-    /// `WgmmaSharedQ` kernels, where the operands allow: 16-byte aligned rows, a second key
+    /// `WgmmaSharedQ` kernels and their split-key versions, where the operands allow: 16-byte aligned rows, a second key
     /// source starting on a 64-key tile); by default off unless `CASCADE_ATTENTION_COPY=tma` or
     /// timed faster under `CASCADE_KERNEL_TUNE`.
     pub tma_copies: Option<bool>,
@@ -574,7 +574,17 @@ fn attention_impl(
             // start-up check), in the plain wgmma kernels, where the operands allow.
             let tma = options.tma_copies.or_else(|| crate::cuda::attention_copy_requested().filter(|&t| !t || dev.tma_attention()));
             let tma_fit = tma_fits(k, v, extra, lk)?;
-            let plain = |c: AttentionKernel| matches!(c, AttentionKernel::Wgmma | AttentionKernel::WgmmaSharedQ);
+            // The wgmma kernels with a TMA version: one warpgroup per block, with or without a
+            // split of the keys.
+            let plain = |c: AttentionKernel| {
+                matches!(
+                    c,
+                    AttentionKernel::Wgmma
+                        | AttentionKernel::WgmmaSharedQ
+                        | AttentionKernel::WgmmaSplit(_)
+                        | AttentionKernel::WgmmaSharedQSplit(_)
+                )
+            };
             // Under CASCADE_KERNEL_TUNE, the wgmma kernels (and the split-key and two-warpgroup
             // ones, where checked), each with and without the lean softmax (unless
             // CASCADE_ATTENTION_SOFTMAX decides), the plain ones also with TMA copies (where
@@ -622,35 +632,11 @@ fn attention_impl(
             p.narrow_tail = (chosen.is_wgmma() && options.narrow_tail.unwrap_or_else(|| dev.narrow_tail())) as i32;
             // Asked for by the caller on operands it cannot take: an error; by CASCADE_ATTENTION_COPY
             // (or tuning, which only offers it where they fit): cp.async there.
-            if plain(chosen) && tma == Some(true) && (tma_fit || options.tma_copies == Some(true)) {
-                if !tma_fit {
-                    return Err(Error::Shape(
-                        "attention: TMA copies need 16-byte aligned operands with rows a multiple of 8 elements apart, and a second key source starting on a 64-key tile".into(),
-                    ));
-                }
-                // Each key source's K and V as [B][keys][row] maps, the head's columns by coordinate.
-                let map = |part: Part, len: usize| {
-                    crate::cuda::tensor_map_bf16_3d(part.t.cuda_ptr()?, (b, len, part.stride()), part.stride(), 64, 64)
-                };
-                let (k_map, v_map) = (map(k, lk)?, map(v, lk)?);
-                let (k2_map, v2_map, k2_col, v2_col) = match extra {
-                    Some((k2, v2)) => (map(k2, k2.t.dim(1))?, map(v2, k2.t.dim(1))?, k2.col, v2.col),
-                    None => (k_map, v_map, k.col, v.col),
-                };
-                let tq = crate::cuda::params::AttentionTmaParams {
-                    k_map,
-                    v_map,
-                    k2_map,
-                    v2_map,
-                    k_col: k.col as i32,
-                    v_col: v.col as i32,
-                    k2_col: k2_col as i32,
-                    v2_col: v2_col as i32,
-                    p,
-                };
-                let f =
-                    if chosen == AttentionKernel::WgmmaSharedQ { &kt.attention_wgmma_qs_tma_bf16 } else { &kt.attention_wgmma_tma_bf16 };
-                return dev.launch(f, (lq.div_ceil(64) as u32, heads as u32, b as u32), (128, 1, 1), 0, &tq);
+            let use_tma = plain(chosen) && tma == Some(true) && (tma_fit || options.tma_copies == Some(true));
+            if use_tma && !tma_fit {
+                return Err(Error::Shape(
+                    "attention: TMA copies need 16-byte aligned operands with rows a multiple of 8 elements apart, and a second key source starting on a 64-key tile".into(),
+                ));
             }
             if extra.is_some() && !chosen.is_mma() {
                 return concatenated(chosen, o);
@@ -699,7 +685,37 @@ fn attention_impl(
                     _partial = Some(partial);
                 }
             }
-            dev.launch(f, ((lq.div_ceil(rows) * ranges) as u32, heads as u32, b as u32), (threads, 1, 1), 0, &p)
+            let grid = ((lq.div_ceil(rows) * ranges) as u32, heads as u32, b as u32);
+            if use_tma {
+                // Each key source's K and V as [B][keys][row] maps, the head's columns by coordinate.
+                let map = |part: Part, len: usize| {
+                    crate::cuda::tensor_map_bf16_3d(part.t.cuda_ptr()?, (b, len, part.stride()), part.stride(), 64, 64)
+                };
+                let (k_map, v_map) = (map(k, lk)?, map(v, lk)?);
+                let (k2_map, v2_map, k2_col, v2_col) = match extra {
+                    Some((k2, v2)) => (map(k2, k2.t.dim(1))?, map(v2, k2.t.dim(1))?, k2.col, v2.col),
+                    None => (k_map, v_map, k.col, v.col),
+                };
+                let tq = crate::cuda::params::AttentionTmaParams {
+                    k_map,
+                    v_map,
+                    k2_map,
+                    v2_map,
+                    k_col: k.col as i32,
+                    v_col: v.col as i32,
+                    k2_col: k2_col as i32,
+                    v2_col: v2_col as i32,
+                    p,
+                };
+                let f = match chosen {
+                    AttentionKernel::WgmmaSharedQ => &kt.attention_wgmma_qs_tma_bf16,
+                    AttentionKernel::WgmmaSplit(_) => &kt.attention_wgmma_split_tma_bf16,
+                    AttentionKernel::WgmmaSharedQSplit(_) => &kt.attention_wgmma_qs_split_tma_bf16,
+                    _ => &kt.attention_wgmma_tma_bf16,
+                };
+                return dev.launch(f, grid, (threads, 1, 1), 0, &tq);
+            }
+            dev.launch(f, grid, (threads, 1, 1), 0, &p)
         }
     }
 }
