@@ -193,10 +193,11 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 step test-kernels-split "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
     pids+=($!)
     # The wgmma attention kernels whose K and V tiles TMA copies (opt-in:
-    # CASCADE_ATTENTION_COPY=tma) against the cp.async ones and the CPU, then on every attention
-    # shape (the explicit wgmma kernels take the copies), then the pipeline tests with them.
+    # CASCADE_ATTENTION_COPY=tma), the split-key ones included (CASCADE_ATTENTION_SPLIT=1),
+    # against the cp.async ones and the CPU, then on every attention shape (the explicit wgmma
+    # kernels take the copies), then the pipeline tests with them.
     tests+=(kernels-tma)
-    step test-kernels-tma "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_ATTENTION_COPY=tma; '$bundle/tests/kernels' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture" &
+    step test-kernels-tma "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SPLIT=1; '$bundle/tests/kernels' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture" &
     pids+=($!)
     if [ -x "$bundle/tests/pipeline" ]; then
         tests+=(pipeline-split pipeline-wgmma2)

@@ -464,7 +464,14 @@ impl CudaDevice {
                         AttentionKernel::WgmmaSharedQ,
                         tma,
                         "Hopper tensor-core (wgmma, Q in shared memory, TMA copies)",
-                    );
+                    )
+                    && (!dev.wgmma_split_attention()
+                        || check_attention_options(
+                            &dev,
+                            AttentionKernel::WgmmaSplit(2),
+                            tma,
+                            "Hopper tensor-core (wgmma, split keys, TMA copies)",
+                        ));
                 dev.tma_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
             }
         }
