@@ -398,8 +398,13 @@ fn main() {
                 }
                 // ... and with K and V copied by TMA (CASCADE_ATTENTION_COPY=tma, where it passed
                 // its start-up check), full and lean softmax.
+                // The split-key kernels' rows too, where they were asked for (their TMA versions).
                 if matches!(&dev, cascade::Device::Cuda(d) if d.tma_attention()) {
-                    for &(kernel, label) in wgmma_kernels.iter().take(2) {
+                    let with_tma = |k: &ops::AttentionKernel| {
+                        use ops::AttentionKernel::*;
+                        matches!(k, Wgmma | WgmmaSharedQ | WgmmaSplit(_) | WgmmaSharedQSplit(_))
+                    };
+                    for &(kernel, label) in wgmma_kernels.iter().filter(|(k, _)| with_tma(k)) {
                         for lean in [false, true] {
                             let tma = ops::WgmmaOptions { tma_copies: Some(true), lean_softmax: Some(lean), ..Default::default() };
                             let row = format!(

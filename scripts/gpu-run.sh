@@ -404,12 +404,13 @@ if on BENCH 1; then
                     CASCADE_ATTENTION=wgmma2 CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma2 CASCADE_BENCH_QUICK=1 step bench-ops-wgmma2 "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # The wgmma attention rows with those of the kernels whose K and V tiles TMA copies
-            # (opt-in: CASCADE_ATTENTION_COPY=tma) among them, and the lean and full-tail rows,
-            # in one process: a same-run comparison per launch.
+            # (opt-in: CASCADE_ATTENTION_COPY=tma; the split-key ones too, CASCADE_ATTENTION_SPLIT=1)
+            # among them, and the lean and full-tail rows, in one process: a same-run comparison
+            # per launch.
             if [[ $variants == *" tma "* ]]; then
                 benches+=("bench-ops-tma")
                 vetted bench-ops-tma CASCADE_ATTENTION_COPY=tma &&
-                    CASCADE_ATTENTION_COPY=tma CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-tma "${BENCH_TIMEOUT:-300}" "$b" --bench
+                    CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-tma "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # The depthwise rows with the narrow strips everywhere (the first run takes the wide
             # ones where they save a wave: the Stage C rows) and with the asynchronous kernel

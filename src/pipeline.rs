@@ -1117,12 +1117,7 @@ impl Pipeline {
             g.mask.write_f32(&mf)?;
             g.graph.replay()?;
             // The outputs as copies: the buffers are the next call's.
-            let copy = |t: &Tensor| -> Result<Tensor> {
-                let mut c = Tensor::empty(t.shape(), t.dtype(), &self.device)?;
-                ops::cast_into(t, &mut c)?;
-                Ok(c)
-            };
-            let (h, last) = (copy(&g.h)?, copy(&g.last)?);
+            let (h, last) = (g.h.to_dtype(g.h.dtype())?, g.last.to_dtype(g.last.dtype())?);
             *self.text_graph.lock().unwrap_or_else(|e| e.into_inner()) = Some(g);
             let text_embeds = model.pool(&last, &eos)?;
             return Ok(ClipOutput { hidden_states_last: h, last_hidden_state: last, text_embeds });

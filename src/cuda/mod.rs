@@ -1177,15 +1177,21 @@ pub fn wgmma_overlap_requested() -> bool {
 /// measured), `full` for the full one; unset: None (full, or timed under `CASCADE_KERNEL_TUNE`).
 pub fn attention_softmax_requested() -> Option<bool> {
     static LEAN: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    *LEAN.get_or_init(|| match std::env::var("CASCADE_ATTENTION_SOFTMAX").ok().as_deref().map(str::trim) {
+    *LEAN.get_or_init(|| env_either("CASCADE_ATTENTION_SOFTMAX", "lean", "full"))
+}
+
+/// A switch of two values read from the environment: Some(true) for `on`, Some(false) for `off`,
+/// None when unset or empty; any other value is warned about and ignored (None).
+fn env_either(name: &str, on: &str, off: &str) -> Option<bool> {
+    match std::env::var(name).ok().as_deref().map(str::trim) {
         None | Some("") => None,
-        Some("lean") => Some(true),
-        Some("full") => Some(false),
+        Some(v) if v == on => Some(true),
+        Some(v) if v == off => Some(false),
         Some(v) => {
-            eprintln!("warning: CASCADE_ATTENTION_SOFTMAX must be lean or full, not {v:?}; ignored");
+            eprintln!("warning: {name} must be {on} or {off}, not {v:?}; ignored");
             None
         }
-    })
+    }
 }
 
 /// `CASCADE_ATTENTION_COPY` (read once): `tma` asks for the wgmma attention kernels that copy K
@@ -1193,15 +1199,7 @@ pub fn attention_softmax_requested() -> Option<bool> {
 /// timed under `CASCADE_KERNEL_TUNE`).
 pub fn attention_copy_requested() -> Option<bool> {
     static TMA: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    *TMA.get_or_init(|| match std::env::var("CASCADE_ATTENTION_COPY").ok().as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some("tma") => Some(true),
-        Some("cp") => Some(false),
-        Some(v) => {
-            eprintln!("warning: CASCADE_ATTENTION_COPY must be tma or cp, not {v:?}; ignored");
-            None
-        }
-    })
+    *TMA.get_or_init(|| env_either("CASCADE_ATTENTION_COPY", "tma", "cp"))
 }
 
 /// `CASCADE_ATTENTION_TAIL` (read once): `full` keeps the wgmma attention's last tile of keys 64
@@ -1209,14 +1207,7 @@ pub fn attention_copy_requested() -> Option<bool> {
 /// they fit (the default, behind its start-up check).
 pub fn attention_tail_requested() -> bool {
     static NARROW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *NARROW.get_or_init(|| match std::env::var("CASCADE_ATTENTION_TAIL").ok().as_deref().map(str::trim) {
-        None | Some("") | Some("narrow") => true,
-        Some("full") => false,
-        Some(v) => {
-            eprintln!("warning: CASCADE_ATTENTION_TAIL must be narrow or full, not {v:?}; ignored");
-            true
-        }
-    })
+    *NARROW.get_or_init(|| env_either("CASCADE_ATTENTION_TAIL", "narrow", "full").unwrap_or(true))
 }
 
 /// Whether a kernel awaiting measurement is checked at start-up and then considered: asked for by
