@@ -13,6 +13,11 @@ export CASCADE_EMU=1 CASCADE_SHAPES="${CASCADE_SHAPES:-odd}" CASCADE_EMU_MEMORY_
 # Graph buffers are filled with 0xff where each replay first gets them (as the emulator does for
 # memory nodes): a captured step that reads memory it never wrote gives NaN.
 export CASCADE_POISON_GRAPH_MEMORY=1
+# Every kernel a test launches is logged (once per process), so that the end of a full run can
+# check that no kernel in kernels/ goes untested. A run narrowed by arguments skips the check.
+launch_log="$PWD/target/emu/launched.txt"
+rm -f "$launch_log"
+[ $# -eq 0 ] && export CASCADE_EMU_LAUNCH_LOG="$launch_log"
 cargo test --release --features cuda -- --ignored "$@"
 # The tiled depthwise kernel wherever it can run (by default only on large images): the kernel
 # test and the tiny models.
@@ -101,6 +106,18 @@ CASCADE_ATTENTION_SPLIT=2 cargo test --release --features cuda --test pipeline -
 # keys split in two as well.
 CASCADE_ATTENTION=wgmma2 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 CASCADE_ATTENTION=wgmma2 CASCADE_ATTENTION_SPLIT=2 cargo test --release --features cuda --test pipeline -- --ignored "$@"
+# Every kernel must be launched by some test above, where a CPU reference checks it (the
+# device's start-up self-checks, which run in every process, count as launches too).
+if [ $# -eq 0 ]; then
+    untested=$(LC_ALL=C sort -u "$launch_log" | LC_ALL=C comm -23 target/emu/kernels.txt -)
+    if [ -n "$untested" ]; then
+        echo "error: no emulated test launches these kernels (add a test case that reaches each):" >&2
+        echo "$untested" >&2
+        exit 1
+    fi
+    echo "every kernel in kernels/ ($(wc -l < target/emu/kernels.txt)) was launched by a test"
+fi
+unset CASCADE_EMU_LAUNCH_LOG
 # The per-op bench's code paths, each odd-shaped case once (its numbers mean nothing here), the
 # opt-in split-key and two-warpgroup attention kernels' rows included.
 CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 CASCADE_BENCH_ONCE=1 cargo bench --features cuda --bench ops

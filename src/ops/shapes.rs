@@ -365,4 +365,7 @@ pub const ELEMENTWISE: &[ElementwiseShape] = &[
     ElementwiseShape { name: "stage_c.latent", b: 2, n: 576, c: 16 },
     ElementwiseShape { name: "odd", b: 3, n: 7, c: 5 },
     ElementwiseShape { name: "odd_vec", b: 3, n: 11, c: 24 },
+    // Rows of 1025 to 2048 channels, a multiple of 8: the row ops' warp-per-row kernels (Stage
+    // C's 2048 channels take them; among them the f32 stream's LayerNorm written as bf16).
+    ElementwiseShape { name: "odd_vec_wide", b: 2, n: 3, c: 1032 },
 ];

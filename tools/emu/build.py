@@ -63,6 +63,9 @@ def main():
         obj = os.path.join(OUT, "src", os.path.basename(src)[:-4] + ".o")
         run([CXX, *FLAGS, "-I", KERNELS, "-I", EMU, "-c", src, "-o", obj])
         objects.append(obj)
+    # Every entry point's name: scripts/emu-test.sh checks that the tests launch each one.
+    with open(os.path.join(OUT, "kernels.txt"), "w") as f:
+        f.write("".join(f"{k}\n" for k, _ in sorted(entries)))
     lib = os.path.join(OUT, "libcascade_emu.so")
     run([CXX, "-shared", *ALIGNMENT_CHECK, "-o", lib, *objects, "-lpthread"])
     for alias in ["libcuda.so", "libcuda.so.1", "libcublasLt.so", "libcublasLt.so.13"]:

@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -553,6 +554,24 @@ CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void* f, int thread
     return cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(n, f, threads, smem, 0);
 }
 
+// CASCADE_EMU_LAUNCH_LOG=path: each kernel's name appended to the file at its first launch in
+// the process (scripts/emu-test.sh checks that the tests launch every kernel in kernels/).
+static void note_launched(const char* name) {
+    static const char* path = getenv("CASCADE_EMU_LAUNCH_LOG");
+    if (!path || !*path) return;
+    static std::mutex m;
+    static std::set<std::string> seen;
+    std::lock_guard<std::mutex> g(m);
+    if (!seen.insert(name).second) return;
+    FILE* f = fopen(path, "a");
+    if (!f) {
+        fprintf(stderr, "cuda emulator: cannot append to CASCADE_EMU_LAUNCH_LOG=%s\n", path);
+        abort();
+    }
+    fprintf(f, "%s\n", name);
+    fclose(f);
+}
+
 static CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void* s,
                        void** params, void** extra, bool cooperative, bool programmatic = false) {
     const KernelEntry* k = (const KernelEntry*)f;
@@ -568,6 +587,7 @@ static CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned 
     // shape, to check which kernel a launcher picked.
     static const bool trace = getenv("CASCADE_EMU_LAUNCHES") != nullptr;
     if (trace) fprintf(stderr, "cuda emulator: launch %s grid (%u, %u, %u) block (%u, %u, %u) smem %u\n", k->name, gx, gy, gz, bx, by, bz, smem);
+    note_launched(k->name);
     std::vector<char> copy((char*)params[0], (char*)params[0] + k->params_bytes);
     return enqueue(s, [=] {
         // A kernel may modify its by-value parameters: each run gets a copy, 64-byte aligned as
