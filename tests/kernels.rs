@@ -1234,7 +1234,10 @@ fn elementwise_kernels() {
                     verify("modulate f32>bf16 x", s.name, dtype, &y.to_vec_f32().unwrap(), Some(&whole), &xv);
                     let (got, want) = (m.to_vec_f32().unwrap(), round_to(want, DType::BF16));
                     verify(&format!("modulate{col} f32>bf16"), s.name, DType::BF16, &got, Some(&whole_m), &want);
-                    assert!(rel_l2(&got, &want) < 1e-5, "modulate{col} f32>bf16 {}: {:.3e}", s.name, rel_l2(&got, &want));
+                    // A GPU contracts x·(1 + a) + b into one FMA, which moves a few f32 results by an
+                    // ulp and so flips a few bf16 roundings (an H200: 1.4e-5 on Stage C's shape);
+                    // rounding twice, or the wrong terms, is 1e-3 or more.
+                    assert!(rel_l2(&got, &want) < 1e-4, "modulate{col} f32>bf16 {}: {:.3e}", s.name, rel_l2(&got, &want));
                 }
             }
 
