@@ -127,7 +127,8 @@ row() { # NAME [DETAIL]: one summary line from the step's files
 }
 
 # ---- phase 1: correctness ----
-if on FIDELITY 0 || on SIDE_BY_SIDE 0; then
+# Every fidelity run and the side by side need diffusers from the bundle's wheels.
+if on FIDELITY 0 || on SIDE_BY_SIDE 0 || on FIDELITY_TUNE 0 || on FIDELITY_ATTENTION 0 || [ "${FIDELITY_WGMMA:-0}" != 0 ]; then
     pydeps=/tmp/cascade-pydeps
     python3 -m pip install --quiet --no-index --no-deps --target "$pydeps" "$packed"/wheels/*.whl > "$logs/pip.log" 2>&1
     export PYTHONPATH="$pydeps${PYTHONPATH:+:$PYTHONPATH}"
