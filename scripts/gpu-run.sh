@@ -368,6 +368,11 @@ phase_end=$deadline
 # The tests' poisoning of graph memory (one memset node per buffer at every replay) is not part of
 # what a user runs: until this line was added, every bench of a run with TESTS=1 timed it too.
 unset CASCADE_POISON_GRAPH_MEMORY
+# Every timing process shares one tuning file: the first to meet a GEMM shape (or, under
+# CASCADE_KERNEL_TUNE, a kernel site) times its candidates, and every later process runs that
+# choice. Without it, near-ties fell differently in different processes (Stage B's graph had 1416
+# to 1532 nodes), and A/B variants compared different cuBLASLt algorithms as well as the change.
+export CASCADE_TUNING_FILE=${CASCADE_TUNING_FILE:-$logs/tuning.txt}
 benches=()
 if on BENCH 1; then
     for b in "$bundle"/benches/*; do
@@ -555,6 +560,7 @@ fi
     # kernel-choices.txt (with $OUT), here the ones where a kernel other than the default won.
     grep -h "cascade: kernel choice" "$logs"/stages-*.log 2> /dev/null | sort -u > "$logs/kernel-choices.txt"
     [ -n "${OUT:-}" ] && cp "$logs/kernel-choices.txt" "$OUT/kernel-choices.txt"
+    [ -n "${OUT:-}" ] && [ -s "$CASCADE_TUNING_FILE" ] && cp "$CASCADE_TUNING_FILE" "$OUT/tuning.txt"
     if [ -s "$logs/kernel-choices.txt" ]; then
         echo "kernel choices: $(wc -l < "$logs/kernel-choices.txt") shapes timed; where another than the default won:"
         grep -v "(the default)$" "$logs/kernel-choices.txt" | sed 's/^cascade: kernel choice //' | head -n 40

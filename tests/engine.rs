@@ -197,3 +197,49 @@ fn kernel_choice_by_timing_keeps_the_fastest_candidate_once_per_shape() {
     let tested: Vec<_> = dev.kernel_choices().into_iter().filter(|c| c.0 == "test").collect();
     assert_eq!(tested, vec![("test", vec![1], 2)]);
 }
+
+/// Kernel choices kept in a tuning file by name: a second device takes them without running
+/// any candidate, follows an edited entry, and times a shape whose entry names no candidate.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn kernel_choices_are_kept_in_the_tuning_file() {
+    use cascade::cuda::KernelTuning;
+    use cascade::{DType, Device, Tensor};
+    let path = std::env::temp_dir().join(format!("cascade-kernel-tuning-{}.txt", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let names = ["eight passes", "broken", "one pass"];
+    // Chooses for shape [7] on a new device using the file; returns the choice and the runs
+    // of each candidate.
+    let choose = |dims: &[usize]| {
+        let device = Device::cuda(0).expect("this test needs a CUDA GPU");
+        let Device::Cuda(dev) = &device else { unreachable!("a CUDA device") };
+        dev.set_tuning_file(Some(&path)).unwrap();
+        let n = 1 << 14;
+        let x = Tensor::from_f32(&vec![0.5; n], &[n], DType::F32, &device).unwrap();
+        let mut y = Tensor::empty(&[n], DType::F32, &device).unwrap();
+        let mut runs = [0usize; 3];
+        let mut run = |i: usize| -> cascade::Result<()> {
+            runs[i] += 1;
+            match i {
+                0 => (0..8).try_for_each(|_| cascade::ops::gelu_into(&x, &mut y)),
+                1 => Err(cascade::Error::Shape("this candidate cannot run".into())),
+                _ => cascade::ops::gelu_into(&x, &mut y),
+            }
+        };
+        let c = dev.choose_kernel_as(KernelTuning::On, "test-file", dims, &names, &mut run).unwrap();
+        (c, runs)
+    };
+    let (c, runs) = choose(&[7]);
+    assert_eq!(c, 2);
+    assert_eq!(runs, [5, 1, 5], "timed");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("kernel test-file [7] = one pass\n"), "{text}");
+    assert_eq!(choose(&[7]), (2, [0, 0, 0]), "taken from the file");
+    std::fs::write(&path, text.replace("= one pass", "= eight passes")).unwrap();
+    assert_eq!(choose(&[7]), (0, [0, 0, 0]), "an edited entry is followed");
+    std::fs::write(&path, text.replace("= one pass", "= a kernel since removed")).unwrap();
+    assert_eq!(choose(&[7]), (2, [5, 1, 5]), "an unknown name is timed again");
+    assert!(std::fs::read_to_string(&path).unwrap().contains("kernel test-file [7] = one pass\n"));
+    let _ = std::fs::remove_file(&path);
+}

@@ -467,4 +467,91 @@ mod gpu {
         println!("{captures} captures while another thread opened and dropped {opened} devices");
         assert!(opened >= 8 && captures >= 20, "too little overlap: {captures} captures, {opened} devices");
     }
+
+    /// A tuning file keeps each GEMM shape's timed cuBLASLt algorithm. A second device (as a
+    /// later process would) takes it from the file: the shape met first inside a capture needs
+    /// no warm-up, and the same candidate runs. An entry naming an algorithm the heuristic does
+    /// not offer, or a file made for another card, is timed again and rewritten.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_linear_tuning_file_keeps_the_algorithm_choices() {
+        if std::env::var("CASCADE_GEMM_TUNE").is_ok_and(|v| v == "0" || v == "off") {
+            println!("skipped: CASCADE_GEMM_TUNE=0 times nothing");
+            return;
+        }
+        let path = std::env::temp_dir().join(format!("cascade-linear-tuning-{}.txt", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        // A shape no other test uses.
+        let (m, k, n) = (29, 40, 24);
+        let xv = round_to(&TestRng::new(21).normal(m * k, 1.0), DType::BF16);
+        let wv = round_to(&TestRng::new(22).normal(n * k, 0.1), DType::BF16);
+        let want = ops::cpu::linear(&xv, &wv, None, m, k, n);
+        let shape_key = format!("gemm {m}x{k}x{n} bf16>bf16 ");
+        // Captures the GEMM on a new device using the file; returns the warm-ups it needed,
+        // the candidate it ran and the product's error.
+        let run = |file: &std::path::Path| {
+            let dev = gpu();
+            let cuda = dev.as_cuda("test").unwrap().clone();
+            cuda.set_tuning_file(Some(file)).unwrap();
+            assert_eq!(cuda.tuning_file().as_deref(), Some(file));
+            let x = Tensor::from_f32(&xv, &[m, k], DType::BF16, &dev).unwrap();
+            let w = Tensor::from_f32(&wv, &[n, k], DType::BF16, &dev).unwrap();
+            let mut y = Tensor::empty(&[m, n], DType::BF16, &dev).unwrap();
+            let mut y_read = y.view(&[m, n]).unwrap();
+            let mut warmups = 0;
+            let graph = cuda
+                .capture_tuned(
+                    || {
+                        warmups += 1;
+                        ops::linear(&x, &w, None).map(drop)
+                    },
+                    || ops::linear_into(&x, &w, None, &mut y),
+                )
+                .unwrap();
+            y_read.fill(f32::NAN).unwrap();
+            graph.replay().unwrap();
+            let err = rel_l2(&y_read.to_vec_f32().unwrap(), &want);
+            let chosen = cuda.gemm_choices().into_iter().find(|(key, _)| key.starts_with(&shape_key)).map(|c| c.1);
+            (warmups, chosen.expect("the shape's choice is listed"), err)
+        };
+        let (warmups, first, err) = run(&path);
+        assert_eq!(warmups, 1, "a new shape is timed");
+        assert!(err < 1e-2, "{err}");
+        let text = std::fs::read_to_string(&path).expect("the choice was written");
+        assert!(text.contains(&shape_key), "{text}");
+        // Read back by a second device: no timing, the same candidate.
+        let (warmups, again, err) = run(&path);
+        assert_eq!((warmups, again), (0, first), "taken from the file");
+        assert!(err < 1e-2, "{err}");
+        // An algorithm the heuristic does not offer: timed again, and the file corrected.
+        let forged: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with(&shape_key) {
+                    format!("{} = {}", l.split(" = ").next().unwrap(), ["ffffffffffffffff"; 8].join(" "))
+                } else {
+                    l.into()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&path, forged).unwrap();
+        let (warmups, _, err) = run(&path);
+        assert_eq!(warmups, 1, "an unknown algorithm is timed again");
+        assert!(err < 1e-2, "{err}");
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("ffffffffffffffff"));
+        // A file made for another card: not used, rewritten for this one.
+        let foreign: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| if l.starts_with("for = ") { "for = some other card".into() } else { l.to_string() })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&path, foreign).unwrap();
+        let (warmups, _, _) = run(&path);
+        assert_eq!(warmups, 1, "another card's file is not used");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("some other card") && text.contains(&shape_key), "{text}");
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -12,7 +12,9 @@
 //! fastest is kept for the rest of the process; the heuristic's first choice stays unless another
 //! is clearly faster, so near-ties do not flip between runs. A shape first met inside a capture
 //! uses the first choice there and is timed at its next direct use: [`super::CudaDevice::capture_tuned`]
-//! arranges that before a graph is kept. `CASCADE_GEMM_TUNE=0` keeps the heuristic's first choice
+//! arranges that before a graph is kept. With a tuning file ([`super::CudaDevice::set_tuning_file`],
+//! `CASCADE_TUNING_FILE`) each choice is kept, and a later process on the same card and
+//! libraries takes it without timing, so that its graphs run the same algorithms. `CASCADE_GEMM_TUNE=0` keeps the heuristic's first choice
 //! everywhere (bitwise repeatable across processes); `CASCADE_GEMM_TUNE=log` prints each choice.
 //!
 //! Split-K reductions: only algorithms that add their partial sums in f32 (or do not split K) are
@@ -30,6 +32,7 @@ use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
+use super::tuning_file::{algo_hex, parse_algo_hex, TuningFile};
 use crate::{DType, Error, Result};
 
 const WORKSPACE_BYTES: usize = 32 << 20;
@@ -76,6 +79,26 @@ struct Key {
     /// Row strides (elements) of x (≥ k) and y (≥ n): column ranges of wider tensors.
     ldx: u64,
     ldy: u64,
+}
+
+impl Key {
+    /// The key's line in a tuning file.
+    fn file_key(&self) -> String {
+        format!(
+            "gemm {}x{}x{} {}>{} bias={} gelu={} tf32={} align={} ldx={} ldy={}",
+            self.m,
+            self.k,
+            self.n,
+            self.dtype,
+            self.out,
+            u8::from(self.bias),
+            u8::from(self.gelu),
+            u8::from(self.tf32),
+            self.align,
+            self.ldx,
+            self.ldy
+        )
+    }
 }
 
 /// The largest power of two ≤ 256 dividing every address.
@@ -183,6 +206,8 @@ pub(crate) struct Blas {
     tuning: Tuning,
     /// GEMMs recorded into a graph capture with a not-yet-timed plan (only ever grows).
     untuned_in_capture: AtomicUsize,
+    /// Where timed choices are kept between processes (shared with the device's kernel choices).
+    file: Arc<TuningFile>,
 }
 
 fn data_type(d: DType) -> sys::cudaDataType {
@@ -194,7 +219,7 @@ fn data_type(d: DType) -> sys::cudaDataType {
 }
 
 impl Blas {
-    pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Self> {
+    pub(crate) fn new(stream: &Arc<CudaStream>, file: Arc<TuningFile>) -> Result<Self> {
         // SAFETY: only tries to dlopen the library.
         if !unsafe { sys::is_culib_present() } {
             return Err(Error::NoCuda("cuBLASLt (libcublasLt.so) is not on the loader path; install the CUDA runtime libraries".into()));
@@ -209,6 +234,7 @@ impl Blas {
             stream: stream.clone(),
             tuning: Tuning::from_env(),
             untuned_in_capture: AtomicUsize::new(0),
+            file,
         })
     }
 
@@ -370,6 +396,7 @@ impl Blas {
         drop(scratch);
         if let Some(i) = super::choice::keep(&times) {
             plan.chosen = i;
+            self.file.set(key.file_key(), algo_hex(&plan.candidates[i].data));
         }
         if self.tuning == Tuning::Log {
             let us: Vec<String> = times
@@ -389,6 +416,34 @@ impl Blas {
             );
         }
         Ok(())
+    }
+
+    /// Takes the tuning file's algorithm for `key` when the heuristic offers it among the
+    /// candidates (the plan then needs no timing).
+    fn choose_from_file(&self, plan: &mut Plan, key: Key) {
+        let Some(algo) = self.file.get(&key.file_key()).and_then(|v| parse_algo_hex(&v)) else { return };
+        let Some(i) = plan.candidates.iter().position(|c| c.data == algo) else { return };
+        plan.chosen = i;
+        plan.tuned = true;
+        if self.tuning == Tuning::Log {
+            eprintln!(
+                "cascade: GEMM {}x{}x{} {}: kept #{i} ({}) from the tuning file",
+                key.m,
+                key.k,
+                key.n,
+                key.dtype,
+                split_k_of(&plan.candidates[i])
+            );
+        }
+    }
+
+    /// The GEMM shapes met so far and the candidate each runs (its index in the heuristic's
+    /// order, 0 its first choice), as tuning-file keys, sorted.
+    pub(crate) fn choices(&self) -> Vec<(String, usize)> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = inner.plans.iter().map(|(k, p)| (k.file_key(), p.chosen)).collect();
+        v.sort();
+        v
     }
 
     /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`, all row-major, x and w of `dtype`, y and the bias
@@ -442,6 +497,9 @@ impl Blas {
             std::collections::hash_map::Entry::Vacant(e) => {
                 let mut plan = Self::plan(handle, key)?;
                 plan.tuned = self.tuning == Tuning::Off || plan.candidates.len() == 1;
+                if !plan.tuned {
+                    self.choose_from_file(&mut plan, key);
+                }
                 e.insert(plan)
             }
         };

@@ -19,6 +19,9 @@
 //! its next direct run, which [`super::CudaDevice::capture_tuned`] arranges, as for cuBLASLt's
 //! algorithms.
 //!
+//! With a tuning file (`CASCADE_TUNING_FILE`, [`super::CudaDevice::set_tuning_file`]) each choice
+//! is kept there by the candidate's name, and a later process takes it without timing.
+//!
 //! Off by default: a kernel that has never run on a GPU is not started by default.
 
 use std::collections::HashMap;
@@ -139,6 +142,15 @@ impl super::CudaDevice {
         if let Some(c) = self.choices.get(&key) {
             return Ok(c);
         }
+        // A choice kept in the tuning file (by name: candidates may have been added since).
+        let file_key = format!("kernel {site} {dims:?}");
+        if let Some(c) = self.tuning_file.get(&file_key).and_then(|name| names.iter().position(|n| *n == name)) {
+            self.choices.set(key, c);
+            if tuning == KernelTuning::Log {
+                eprintln!("cascade: kernel choice {site} {dims:?}: kept {} from the tuning file", names[c]);
+            }
+            return Ok(c);
+        }
         if super::capturing(self.stream())? {
             self.choices.untuned_in_capture.fetch_add(1, Ordering::Relaxed);
             return Ok(0);
@@ -150,6 +162,9 @@ impl super::CudaDevice {
         }
         let choice = keep(&times).unwrap_or(0);
         self.choices.set(key, choice);
+        if times.iter().any(Option::is_some) {
+            self.tuning_file.set(file_key, names[choice].to_string());
+        }
         if tuning == KernelTuning::Log {
             let each: Vec<String> = names
                 .iter()

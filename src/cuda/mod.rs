@@ -9,6 +9,7 @@ pub mod blas;
 mod choice;
 pub mod params;
 mod pool;
+mod tuning_file;
 
 use std::sync::Arc;
 
@@ -132,6 +133,8 @@ pub struct CudaDevice {
     kernels: std::mem::ManuallyDrop<Kernels>,
     /// Dropped in `Drop`, under [`SETUP`] (destroys the cuBLASLt handle).
     blas: std::mem::ManuallyDrop<blas::Blas>,
+    /// Where cuBLASLt's and the kernels' timed choices are kept between processes.
+    tuning_file: Arc<tuning_file::TuningFile>,
     allow_tf32: std::sync::atomic::AtomicBool,
     memory: Arc<MemStats>,
     tensor_core_attention: std::sync::atomic::AtomicBool,
@@ -279,6 +282,17 @@ impl Drop for CudaDevice {
     }
 }
 
+/// What a tuning file's choices are valid for: the card, the driver, cuBLASLt and the engine.
+fn tuning_fingerprint(name: &str, (major, minor): (i32, i32), multiprocessors: usize) -> String {
+    let mut driver = 0;
+    // SAFETY: writes one int.
+    let _ = unsafe { sys::cuDriverGetVersion(&mut driver) };
+    // SAFETY: a plain query; Blas::new checked the library first, and so does this.
+    let cublaslt =
+        if unsafe { cudarc::cublaslt::sys::is_culib_present() } { unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() } } else { 0 };
+    format!("{name}, sm_{major}{minor}, {multiprocessors} SMs, driver {driver}, cuBLASLt {cublaslt}, cascade {}", env!("CARGO_PKG_VERSION"))
+}
+
 impl CudaDevice {
     /// Opens GPU `ordinal`. Returns [`Error::NoCuda`] when the driver library is absent, no
     /// GPU is visible, or the ordinal is out of range; never panics.
@@ -318,7 +332,13 @@ impl CudaDevice {
             .map_err(|e| driver_err("reading the multiprocessor count", e))?
             .max(1) as usize;
         let kernels = Kernels::load(&ctx)?;
-        let blas = blas::Blas::new(&stream)?;
+        let tuning_file = Arc::new(tuning_file::TuningFile::new(tuning_fingerprint(&name, compute_capability, multiprocessors)));
+        if let Some(path) = std::env::var_os("CASCADE_TUNING_FILE").filter(|p| !p.is_empty()) {
+            if let Err(e) = tuning_file.open(Some(std::path::Path::new(&path))) {
+                eprintln!("warning: CASCADE_TUNING_FILE not used: {e}");
+            }
+        }
+        let blas = blas::Blas::new(&stream, tuning_file.clone())?;
         let completion_counters =
             stream.alloc_zeros::<u32>(COMPLETION_COUNTERS).map_err(|e| driver_err("allocating the completion counters", e))?;
         let dev = Arc::new(Self {
@@ -330,6 +350,7 @@ impl CudaDevice {
             stream,
             kernels: std::mem::ManuallyDrop::new(kernels),
             blas: std::mem::ManuallyDrop::new(blas),
+            tuning_file,
             allow_tf32: false.into(),
             memory: Arc::default(),
             tensor_core_attention: false.into(),
@@ -547,6 +568,29 @@ impl CudaDevice {
 
     pub(crate) fn blas(&self) -> &blas::Blas {
         &self.blas
+    }
+
+    /// Keeps the choices this device makes by timing (cuBLASLt's algorithm per GEMM shape, and
+    /// under `CASCADE_KERNEL_TUNE` the kernel per site and shape) in the file at `path`, and
+    /// takes the ones it already holds instead of timing them again: a later process starts
+    /// faster and runs the same algorithms. The file is used only by the same card, driver,
+    /// cuBLASLt and engine version (a file made for others is rewritten) and is created at the
+    /// first choice if absent. Affects shapes met from now on: set it before the first run.
+    /// None stops using a file. `CASCADE_TUNING_FILE=path` sets it for every device a process
+    /// opens. An unreadable or malformed file is an error, and the previous setting stays.
+    pub fn set_tuning_file(&self, path: Option<&std::path::Path>) -> Result<()> {
+        self.tuning_file.open(path)
+    }
+
+    /// The tuning file in use (see [`CudaDevice::set_tuning_file`]).
+    pub fn tuning_file(&self) -> Option<std::path::PathBuf> {
+        self.tuning_file.path()
+    }
+
+    /// The GEMM shapes met so far, as tuning-file keys, and the cuBLASLt candidate each runs
+    /// (its index in the heuristic's order; 0 is the heuristic's first choice), sorted.
+    pub fn gemm_choices(&self) -> Vec<(String, usize)> {
+        self.blas.choices()
     }
 
     /// Lets f32 GEMMs use TF32 tensor cores (about 1e-3 relative error per product). Off by

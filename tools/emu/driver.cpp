@@ -748,6 +748,8 @@ cublasStatus_t cublasLtMatmulPreferenceDestroy(void* p) {
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(void*, int, const void*, size_t) { return CUBLAS_STATUS_SUCCESS; }
+// Reported as cuBLASLt 13.0.0 (the engine's tuning-file fingerprint reads it).
+size_t cublasLtGetVersion() { return 130000; }
 // The emulator's one algorithm has no configuration to report (the engine then prints "?").
 cublasStatus_t cublasLtMatmulAlgoConfigGetAttribute(const void*, int, void*, size_t, size_t*) { return CUBLAS_STATUS_NOT_SUPPORTED; }
 
