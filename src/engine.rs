@@ -48,6 +48,11 @@ pub struct EngineConfig {
     /// [`crate::pipeline::LoadOptions::f32_residual`]). `false` keeps it in bf16, as diffusers
     /// does: a little faster, about three times the error.
     pub f32_residual: bool,
+    /// Keep the GPU's choices made by timing (cuBLASLt's algorithm per GEMM shape) in this
+    /// file, and reuse the ones it holds: a later load on the same card, driver and version
+    /// starts sooner and runs the same algorithms (see
+    /// [`crate::cuda::CudaDevice::set_tuning_file`]). None: `CASCADE_TUNING_FILE` if set.
+    pub tuning_file: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +67,7 @@ impl Default for EngineConfig {
             cuda_graphs: true,
             check_weights: false,
             f32_residual: crate::models::unet::f32_residual_default(),
+            tuning_file: None,
         }
     }
 }
@@ -120,6 +126,9 @@ impl Engine {
             "auto" => Device::cuda(0).unwrap_or(Device::Cpu),
             other => Device::parse(other)?,
         };
+        if let Some(path) = &config.tuning_file {
+            device.set_tuning_file(Some(path))?;
+        }
         let dtype = config.dtype.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
         let builtin = config.model_dirs.is_empty();
         let mut pipeline = if builtin {

@@ -25,7 +25,7 @@ usage:
                    [--decoder-guidance G2] [--seed S] [--noise NOISE.safetensors]
                    [--dump-tensors OUT.safetensors] [--output IMAGE.png] [--lite-prior] [--lite-decoder]
                    [--device auto|cpu|cuda|cuda:N] [--dtype f32|bf16] [--one-stage-resident] [--no-cuda-graphs] [--force]
-                   [--check-weights] [--bf16-residual]
+                   [--check-weights] [--bf16-residual] [--tuning-file FILE]
       text to image. --model-dir: one folder holding every component, or the two snapshots
       (stable-cascade-prior, stable-cascade); without it, a built-in tiny model with random
       weights (the picture is noise). Images get their parameters as PNG text chunks; several
@@ -35,6 +35,9 @@ usage:
       --one-stage-resident keeps one network in GPU memory at a time (smaller cards).
       --bf16-residual keeps the UNets' residual stream in bf16 with bf16 weights, as diffusers
       does (by default it is f32: about three times less error, 2–5 % slower per step).
+      --tuning-file keeps the GPU's choices made by timing (cuBLASLt's algorithm per GEMM
+      shape) in FILE and reuses them in later runs on the same card: faster start-up, the same
+      algorithms every run (default: $CASCADE_TUNING_FILE, if set).
   cascade forward [--model-dir DIR]... --component {text_encoder,prior,prior_lite,decoder,decoder_lite,vqgan}
                   --inputs IN.safetensors --output OUT.safetensors [--device ..] [--dtype ..]
                   [--trace-blocks BLOCKS.safetensors] [--bf16-residual]
@@ -75,6 +78,21 @@ impl Args {
         }
         Ok(a)
     }
+    /// An error for any option `cmd` does not take (a misspelt one would otherwise be
+    /// ignored without a word), suggesting the nearest one it does take.
+    fn only(&self, cmd: &str, flags: &[&str], switches: &[&str]) -> Result<()> {
+        let given = self.flags.keys().map(String::as_str).chain(self.switches.iter().map(String::as_str));
+        for x in given {
+            if flags.contains(&x) || switches.contains(&x) {
+                continue;
+            }
+            let nearest = flags.iter().chain(switches).map(|k| (edit_distance(x, k), k)).min().filter(|(d, _)| *d <= 3);
+            let hint = nearest.map_or(String::new(), |(_, k)| format!(" (did you mean {k}?)"));
+            let takes = if SWITCHES.contains(&x) { "does not take" } else { "has no option" };
+            return Err(Error::Msg(format!("`cascade {cmd}` {takes} {x}{hint}; see `cascade help`")));
+        }
+        Ok(())
+    }
     fn one(&self, name: &str) -> Option<&str> {
         self.flags.get(name).and_then(|v| v.last()).map(String::as_str)
     }
@@ -114,6 +132,44 @@ impl Args {
     }
 }
 
+/// Levenshtein distance (characters), for suggesting an option.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+const GENERATE_FLAGS: &[&str] = &[
+    "--model-dir",
+    "--prompt",
+    "--negative-prompt",
+    "--width",
+    "--height",
+    "--num-images",
+    "--images",
+    "--prior-steps",
+    "--prior-guidance",
+    "--decoder-steps",
+    "--decoder-guidance",
+    "--seed",
+    "--noise",
+    "--dump-tensors",
+    "--output",
+    "--device",
+    "--dtype",
+    "--tuning-file",
+];
+const FORWARD_FLAGS: &[&str] = &["--model-dir", "--component", "--inputs", "--output", "--device", "--dtype", "--trace-blocks"];
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = argv.first().map(String::as_str) else {
@@ -122,11 +178,11 @@ fn main() -> ExitCode {
     };
     let rest = &argv[1..];
     let result = Args::parse(rest).and_then(|a| match cmd {
-        "generate" => generate(&a),
-        "forward" => forward(&a),
-        "tokenize" => tokenize(&a),
-        "info" if !a.positional.is_empty() => info(&a.positional),
-        "device" => device(a.positional.first().map(String::as_str).unwrap_or("cuda")),
+        "generate" => a.only(cmd, GENERATE_FLAGS, SWITCHES).and_then(|_| generate(&a)),
+        "forward" => a.only(cmd, FORWARD_FLAGS, &["--bf16-residual"]).and_then(|_| forward(&a)),
+        "tokenize" => a.only(cmd, &["--model-dir"], &[]).and_then(|_| tokenize(&a)),
+        "info" if !a.positional.is_empty() => a.only(cmd, &[], &[]).and_then(|_| info(&a.positional)),
+        "device" => a.only(cmd, &[], &[]).and_then(|_| device(a.positional.first().map(String::as_str).unwrap_or("cuda"))),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
@@ -147,6 +203,9 @@ fn generate(a: &Args) -> Result<()> {
         None | Some("auto") => Device::cuda(0).unwrap_or(Device::Cpu),
         Some(d) => Device::parse(d)?,
     };
+    if let Some(path) = a.one("--tuning-file") {
+        device.set_tuning_file(Some(Path::new(path)))?;
+    }
     let dtype = a.dtype(&device)?;
     let builtin = !a.flags.contains_key("--model-dir");
     let mut pipe = if builtin {

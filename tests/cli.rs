@@ -109,6 +109,14 @@ fn errors_are_messages_not_panics() {
     assert!(err.starts_with("error: ") && err.contains("nonexistent.safetensors"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_cascade")).args(["generate", "--prompt", "x", "--device", "tpu"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device"));
+    // A misspelt option is an error naming it, with the nearest one the command takes.
+    let out = Command::new(env!("CARGO_BIN_EXE_cascade")).args(["generate", "--prompt", "x", "--prior-step", "5"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--prior-step ") && err.contains("did you mean --prior-steps?"), "{err}");
+    // A switch of another command.
+    let out = Command::new(env!("CARGO_BIN_EXE_cascade")).args(["tokenize", "--force", "a fox"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`cascade tokenize` does not take --force"), "{err}");
 }
 
 #[test]

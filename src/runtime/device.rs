@@ -87,6 +87,20 @@ impl Device {
         }
     }
 
+    /// Keeps the GPU's choices made by timing in the file at `path` and reuses the ones it
+    /// holds (see [`crate::cuda::CudaDevice::set_tuning_file`]); None stops using a file. The
+    /// CPU times nothing: there it does nothing.
+    pub fn set_tuning_file(&self, path: Option<&std::path::Path>) -> Result<()> {
+        match self {
+            Device::Cpu => {
+                let _ = path;
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => d.set_tuning_file(path),
+        }
+    }
+
     /// Same physical device.
     pub fn same(&self, other: &Device) -> bool {
         match (self, other) {
