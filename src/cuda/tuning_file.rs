@@ -21,7 +21,7 @@
 //!   reordering candidates cannot misread it.
 //!
 //! The file is rewritten (through a temporary file and a rename, so a reader never sees half of
-//! it) after each new choice; choices happen at start-up and on new shapes, never in a steady
+//! it) after each new choice, with the entries other users of the file wrote meanwhile merged in; choices happen at start-up and on new shapes, never in a steady
 //! step loop. Failing to write it costs nothing but the saving: one warning, and the engine
 //! goes on.
 
@@ -105,6 +105,15 @@ impl TuningFile {
             return;
         }
         state.entries.insert(key, value);
+        // Entries another process (or another device of this one) wrote since this file was
+        // read are kept: merged in, this process's own winning where both chose.
+        if let Ok((Some(fingerprint), theirs)) = std::fs::read_to_string(&state.path).map_err(|_| String::new()).and_then(|t| parse(&t)) {
+            if fingerprint == self.fingerprint {
+                for (k, v) in theirs {
+                    state.entries.entry(k).or_insert(v);
+                }
+            }
+        }
         if let Err(e) = write(&state.path, &self.fingerprint, &state.entries) {
             if !state.write_failed {
                 eprintln!("warning: cannot write the tuning file {}: {e}; its choices will not be kept", state.path.display());
@@ -143,8 +152,11 @@ fn write(path: &Path, fingerprint: &str, entries: &BTreeMap<String, String>) -> 
     for (k, v) in entries {
         text.push_str(&format!("{k} = {v}\n"));
     }
+    // A name of its own per write: two devices of one process may share the file.
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
+    tmp.push(format!(".tmp-{}-{n}", std::process::id()));
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
@@ -193,6 +205,18 @@ mod tests {
         c.set("gemm 7x8x9".into(), algo_hex(&[0; 8]));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with(HEADER) && text.contains("for = card B\n") && !text.contains("1x2x3"), "{text}");
+        // Two users of one file (two processes, or two devices of one): neither loses the
+        // other's choices.
+        let (d, e) = (TuningFile::new("card B".into()), TuningFile::new("card B".into()));
+        d.open(Some(&path)).unwrap();
+        e.open(Some(&path)).unwrap();
+        d.set("gemm d".into(), "1".into());
+        e.set("gemm e".into(), "2".into());
+        d.set("gemm d2".into(), "3".into());
+        let text = std::fs::read_to_string(&path).unwrap();
+        for k in ["gemm 7x8x9", "gemm d =", "gemm e =", "gemm d2 ="] {
+            assert!(text.contains(k), "{k} in {text}");
+        }
         // Without a file nothing is kept.
         c.open(None).unwrap();
         c.set("gemm 1x1x1".into(), "0".into());
