@@ -520,7 +520,7 @@ for v in ${STAGE_VARIANTS:-}; do
             cur="$cur,$kv"
         fi
     done; [ -n "$cur" ] && export "$cur"; CASCADE_BENCH_QUICK=1 step "stages-$label" "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench)
-    sed "s/^BENCH /BENCH [$v] /" "$logs/stages-$label.log" > "$logs/bench-stages-$label.txt" 2> /dev/null
+    sed -E "s/^(BENCH|GRAPH) /\1 [$v] /" "$logs/stages-$label.log" > "$logs/bench-stages-$label.txt" 2> /dev/null
 done
 
 # ---- summary ----
