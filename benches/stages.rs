@@ -37,13 +37,39 @@ fn main() {
     // CASCADE_BENCH_CAPTURE_ONLY=1 prints each graph's node count and times nothing (with
     // CASCADE_GEMM_TUNE=0 nothing runs but the weight fill: the CUDA emulator can count nodes).
     let capture_only = std::env::var("CASCADE_BENCH_CAPTURE_ONLY").is_ok_and(|v| v == "1");
-    let mut bench = |name: &str, flops: f64, graph: cascade::cuda::Graph| {
+    let graph_line = |name: &str, graph: &cascade::cuda::Graph| {
         println!(
             "GRAPH {name} {} nodes, arena {:.1} MiB{}",
             graph.node_count().unwrap(),
             graph.arena_bytes() as f64 / (1u64 << 20) as f64,
             if graph.has_memory_nodes() { " (plus memory nodes)" } else { "" }
-        );
+        )
+    };
+    // CASCADE_BENCH_AB="tma,lean,tma+lean": Stage C's and B's steps captured once per setting of
+    // the wgmma attention's options and timed in turns in this one process, so that the
+    // comparison shares its GEMM algorithms, memory and clocks (common::summary_interleaved).
+    // The first graph has every listed feature off; each item then turns its features on.
+    let ab = if profile { Vec::new() } else { ab_settings(&cuda) };
+    let unet_step = |name: &str, flops: f64, step: &dyn Fn() -> cascade::Result<()>| {
+        let mut graphs = Vec::new();
+        for (label, options) in &ab {
+            cuda.set_attention_defaults(*options);
+            graphs.push((format!("{name}@{label}"), cuda.capture_tuned(step, step).unwrap()));
+        }
+        cuda.set_attention_defaults(Default::default());
+        for (n, g) in &graphs {
+            graph_line(n, g);
+        }
+        if !capture_only && cascade::testing::shape_wanted(name) {
+            let names: Vec<String> = graphs.iter().map(|g| g.0.clone()).collect();
+            let mut replays: Vec<Box<dyn FnMut() + '_>> =
+                graphs.iter().map(|(_, g)| Box::new(move || g.replay().unwrap()) as Box<dyn FnMut()>).collect();
+            let mut fs: Vec<&mut dyn FnMut()> = replays.iter_mut().map(|f| &mut **f as &mut dyn FnMut()).collect();
+            common::summary_interleaved(&dev, &names, Some(flops), &mut fs);
+        }
+    };
+    let mut bench = |name: &str, flops: f64, graph: cascade::cuda::Graph| {
+        graph_line(name, &graph);
         if profile {
             cuda.profile(|| graph.replay()).unwrap();
             println!("PROFILED {name}");
@@ -84,8 +110,12 @@ fn main() {
         let t = Tensor::from_f32(&[0.5, 0.5], &[2], DType::F32, &dev).unwrap();
         let prepared = prior.prepare(&cond, None, None, 2, 24, 24).unwrap();
         let step = || prior.forward_prepared(&x, &t, &prepared).map(|_| ());
-        let graph = cuda.capture_tuned(step, step).unwrap();
-        bench(&format!("stage/{name}/step/batch2_24x24"), flops, graph);
+        if ab.is_empty() {
+            let graph = cuda.capture_tuned(step, step).unwrap();
+            bench(&format!("stage/{name}/step/batch2_24x24"), flops, graph);
+        } else {
+            unet_step(&format!("stage/{name}/step/batch2_24x24"), flops, &step);
+        }
     }
     for (name, cfg, flops) in [("stage_b", UNetConfig::stage_b(), 6174.1e9), ("stage_b_lite", UNetConfig::stage_b_lite(), 2223.5e9)] {
         if !wanted(name) {
@@ -97,8 +127,12 @@ fn main() {
         let t = Tensor::from_f32(&[0.5], &[1], DType::F32, &dev).unwrap();
         let prepared = decoder.prepare(&cond, Some(&effnet), None, 1, 256, 256).unwrap();
         let step = || decoder.forward_prepared(&x, &t, &prepared).map(|_| ());
-        let graph = cuda.capture_tuned(step, step).unwrap();
-        bench(&format!("stage/{name}/step/batch1_256x256"), flops, graph);
+        if ab.is_empty() {
+            let graph = cuda.capture_tuned(step, step).unwrap();
+            bench(&format!("stage/{name}/step/batch1_256x256"), flops, graph);
+        } else {
+            unet_step(&format!("stage/{name}/step/batch1_256x256"), flops, &step);
+        }
     }
     if wanted("stage_a") {
         let vqgan = Vqgan::new(VqganConfig::default(), &vb).unwrap();
@@ -113,6 +147,42 @@ fn main() {
             end_to_end(name, lite, &dev);
         }
     }
+}
+
+/// The settings `CASCADE_BENCH_AB` lists (see main), the all-off one first, labelled; empty
+/// when unset, or after saying why not (an unknown feature, or one whose kernels did not pass
+/// their start-up check: its environment switch asks for that check).
+#[cfg(feature = "cuda")]
+fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<(String, cascade::ops::WgmmaOptions)> {
+    let Ok(spec) = std::env::var("CASCADE_BENCH_AB") else { return Vec::new() };
+    let items: Vec<Vec<&str>> = spec.split(',').map(|i| i.split('+').map(str::trim).collect()).collect();
+    let features = ["tma", "lean", "tail"];
+    for f in items.iter().flatten() {
+        if !features.contains(f) {
+            println!("AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, lean, tail)");
+            return Vec::new();
+        }
+    }
+    let used = |f: &str| items.iter().flatten().any(|x| *x == f);
+    for (f, ok, switch) in [
+        ("tma", cuda.tma_attention(), "CASCADE_ATTENTION_COPY=tma"),
+        ("lean", cuda.lean_softmax(), "CASCADE_ATTENTION_SOFTMAX=lean"),
+        ("tail", cuda.narrow_tail(), "CASCADE_ATTENTION_TAIL unset"),
+    ] {
+        if used(f) && !ok {
+            println!(
+                "AB skipped: the {f} kernels are not available (their start-up check needs {switch}, and a GPU of compute capability 9.0)"
+            );
+            return Vec::new();
+        }
+    }
+    let setting = |on: &[&str]| {
+        let pick = |f: &str| used(f).then(|| on.contains(&f));
+        cascade::ops::WgmmaOptions { tma_copies: pick("tma"), lean_softmax: pick("lean"), narrow_tail: pick("tail") }
+    };
+    let mut v = vec![("base".to_string(), setting(&[]))];
+    v.extend(items.iter().map(|i| (i.join("+"), setting(i))));
+    v
 }
 
 /// The whole default 1024² pipeline (prompt and negative prompt through CLIP, 20 Stage C steps

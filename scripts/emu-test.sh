@@ -51,6 +51,9 @@ CASCADE_ATTENTION_SOFTMAX=lean cargo test --release --features cuda --test model
 # TMA test compares them with cp.async's) and the tiny models.
 CASCADE_ATTENTION_COPY=tma cargo test --release --features cuda --test kernels -- --ignored attention "$@"
 CASCADE_ATTENTION_COPY=tma cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The device's defaults of the attention options (the stages bench's in-process A/B) with every
+# option's kernels checked at start-up, so that each default has something to decide.
+CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SOFTMAX=lean cargo test --release --features cuda --test kernels -- --ignored attention_device_defaults "$@"
 # The wgmma attention's last tile of keys kept 64 wide (CASCADE_ATTENTION_TAIL=full; narrowed by
 # default): the tiny models with the full tiles.
 CASCADE_ATTENTION_TAIL=full cargo test --release --features cuda --test models -- --ignored tiny_components "$@"

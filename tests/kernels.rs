@@ -967,6 +967,62 @@ fn attention_tma_copies_kernel() {
     assert!(err.to_string().contains("64-key tile"), "{err}");
 }
 
+/// The device's defaults of the wgmma attention's options (what the stages bench's
+/// `CASCADE_BENCH_AB` sets between captures) decide a launch that leaves them unset: bit for bit
+/// the output of asking for the resolved options, where a kernel that did not pass its start-up
+/// check resolves to off. The lean softmax, where available, changes the output, so a default
+/// that did nothing would fail here.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_device_defaults_decide_unset_options() {
+    let dev = gpu();
+    let Device::Cuda(cuda) = &dev else { unreachable!("a CUDA device") };
+    if !cuda.wgmma_attention() {
+        println!("skipped: no wgmma attention on this device");
+        return;
+    }
+    let (b, heads, lq, lk) = (2, 2, 100, 130);
+    let c = heads * 64;
+    let mut rng = TestRng::new(8100);
+    let (q, _) = input(&mut rng, &[b, lq, c], 1.0, DType::BF16, &dev);
+    let (k, _) = input(&mut rng, &[b, lk, c], 1.0, DType::BF16, &dev);
+    let (v, _) = input(&mut rng, &[b, lk, c], 1.0, DType::BF16, &dev);
+    let run = |options: ops::WgmmaOptions| {
+        let (mut o, _) = poisoned(&[b, lq, c], DType::BF16, &dev).unwrap();
+        ops::attention_into_with_options(&q, &k, &v, heads, 0.125, AttentionMask::None, ops::AttentionKernel::Auto, options, &mut o)
+            .unwrap();
+        o.to_vec_f32().unwrap()
+    };
+    let before = cuda.attention_defaults();
+    let mut outputs = Vec::new();
+    for lean in [false, true] {
+        for tma in [false, true] {
+            for tail in [false, true] {
+                let set = ops::WgmmaOptions { lean_softmax: Some(lean), tma_copies: Some(tma), narrow_tail: Some(tail) };
+                let resolved = ops::WgmmaOptions {
+                    lean_softmax: Some(lean && cuda.lean_softmax()),
+                    tma_copies: Some(tma && cuda.tma_attention()),
+                    narrow_tail: Some(tail && cuda.narrow_tail()),
+                };
+                cuda.set_attention_defaults(set);
+                assert_eq!(cuda.attention_defaults(), set);
+                let got = run(ops::WgmmaOptions::default());
+                cuda.set_attention_defaults(ops::WgmmaOptions::default());
+                let want = run(resolved);
+                assert!(got.iter().all(|x| x.is_finite()), "{set:?}: poison left");
+                assert!(got == want, "{set:?}: differs from {resolved:?} (rel_l2 {:.2e})", rel_l2(&got, &want));
+                outputs.push((lean, got));
+            }
+        }
+    }
+    cuda.set_attention_defaults(before);
+    if cuda.lean_softmax() {
+        let (full, lean): (Vec<_>, Vec<_>) = outputs.iter().partition(|(l, _)| !l);
+        assert!(full[0].1 != lean[0].1, "the lean softmax default changed nothing");
+    }
+    println!("checked: lean softmax {}, TMA copies {}, narrow tail {}", cuda.lean_softmax(), cuda.tma_attention(), cuda.narrow_tail());
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_kernel() {

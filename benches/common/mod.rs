@@ -82,6 +82,45 @@ pub fn time_iters(dev: &Device, iters: u64, mut f: impl FnMut()) -> Duration {
     t.elapsed()
 }
 
+/// Several launch sequences timed in turns, for A/B comparisons within one process: a warm-up
+/// batch of each, then 7 rounds of one batch of 20 calls of each in order, so that drift (clocks,
+/// temperature, other tenants) falls on all of them alike. Prints each one's median as a BENCH
+/// line, then an `AB` line per sequence after the first: its median difference from the first,
+/// and the range of the per-round differences.
+pub fn summary_interleaved(dev: &Device, names: &[String], flops: Option<f64>, fs: &mut [&mut dyn FnMut()]) {
+    let (rounds, per_batch) = (7, 20u32);
+    for f in fs.iter_mut() {
+        time_iters(dev, 3, &mut **f);
+    }
+    let mut times = vec![Vec::with_capacity(rounds); fs.len()];
+    for _ in 0..rounds {
+        for (i, f) in fs.iter_mut().enumerate() {
+            times[i].push(time_iters(dev, per_batch as u64, &mut **f).as_secs_f64() / per_batch as f64);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (name, t) in names.iter().zip(&times) {
+        let s = median(t);
+        let rate = flops.map_or(String::new(), |fl| format!("{:8.1} TFLOP/s", fl / s / 1e12));
+        println!("BENCH {name:<56} {:>10.4} ms  {rate}", s * 1e3);
+    }
+    for (name, t) in names.iter().zip(&times).skip(1) {
+        let diffs: Vec<f64> = t.iter().zip(&times[0]).map(|(b, a)| (b - a) * 1e3).collect();
+        let (lo, hi) = diffs.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &d| (lo.min(d), hi.max(d)));
+        let (a, b) = (median(&times[0]), median(t));
+        println!(
+            "AB {name:<56} {:+.4} ms ({:+.2} %) against {}; per round {lo:+.4} to {hi:+.4} ms",
+            (b - a) * 1e3,
+            (b / a - 1.0) * 100.0,
+            names[0]
+        );
+    }
+}
+
 /// Median over 7 timed batches of 20 calls after a warm-up batch, printed as one line.
 fn summary(dev: &Device, name: &str, flops: Option<f64>, bytes: Option<f64>, mut f: impl FnMut()) {
     let (reps, per_batch) = (7, 20u32);

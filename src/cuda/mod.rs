@@ -135,6 +135,9 @@ pub struct CudaDevice {
     blas: std::mem::ManuallyDrop<blas::Blas>,
     /// Where cuBLASLt's and the kernels' timed choices are kept between processes.
     tuning_file: Arc<tuning_file::TuningFile>,
+    /// What the wgmma attention's options resolve to when a caller leaves them unset, before
+    /// the environment ([`CudaDevice::set_attention_defaults`]).
+    attention_defaults: std::sync::Mutex<WgmmaOptions>,
     allow_tf32: std::sync::atomic::AtomicBool,
     memory: Arc<MemStats>,
     tensor_core_attention: std::sync::atomic::AtomicBool,
@@ -351,6 +354,7 @@ impl CudaDevice {
             kernels: std::mem::ManuallyDrop::new(kernels),
             blas: std::mem::ManuallyDrop::new(blas),
             tuning_file,
+            attention_defaults: Default::default(),
             allow_tf32: false.into(),
             memory: Arc::default(),
             tensor_core_attention: false.into(),
@@ -580,6 +584,22 @@ impl CudaDevice {
     /// opens. An unreadable or malformed file is an error, and the previous setting stays.
     pub fn set_tuning_file(&self, path: Option<&std::path::Path>) -> Result<()> {
         self.tuning_file.open(path)
+    }
+
+    /// Sets what the wgmma attention kernels' options (lean softmax, narrow last tile, TMA
+    /// copies) resolve to for launches that leave them unset, ahead of their environment
+    /// switches: for comparing them within one process (the stages bench's `CASCADE_BENCH_AB`
+    /// captures one step graph per setting and times them in turns). A kernel that did not pass
+    /// its start-up check (which runs when its switch or `CASCADE_KERNEL_TUNE` asks for it) is
+    /// not taken whatever is set here. Graphs already captured keep what they were captured
+    /// with. `WgmmaOptions::default()` (all unset) restores the environment's choices.
+    pub fn set_attention_defaults(&self, options: WgmmaOptions) {
+        *self.attention_defaults.lock().unwrap_or_else(|e| e.into_inner()) = options;
+    }
+
+    /// See [`CudaDevice::set_attention_defaults`].
+    pub fn attention_defaults(&self) -> WgmmaOptions {
+        *self.attention_defaults.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The tuning file in use (see [`CudaDevice::set_tuning_file`]).

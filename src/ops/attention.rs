@@ -566,13 +566,20 @@ fn attention_impl(
                 other => other,
             };
             // Asked for: where it passed its start-up check.
-            let lean = options.lean_softmax.or_else(|| crate::cuda::attention_softmax_requested().filter(|&l| !l || dev.lean_softmax()));
+            // Unset by the caller: the device's defaults (set_attention_defaults), then the
+            // environment; either only where the kernel passed its start-up check.
+            let defaults = dev.attention_defaults();
+            let lean = options
+                .lean_softmax
+                .or_else(|| defaults.lean_softmax.or_else(crate::cuda::attention_softmax_requested).filter(|&l| !l || dev.lean_softmax()));
             // Under CASCADE_KERNEL_TUNE, the wgmma kernels (and the split-key and two-warpgroup
             // ones, where checked), each with and without the lean softmax (unless
             // CASCADE_ATTENTION_SOFTMAX decides), are timed against one another per shape.
             // K and V copied by TMA: asked for (or, by CASCADE_ATTENTION_COPY, where it passed its
             // start-up check), in the plain wgmma kernels, where the operands allow.
-            let tma = options.tma_copies.or_else(|| crate::cuda::attention_copy_requested().filter(|&t| !t || dev.tma_attention()));
+            let tma = options
+                .tma_copies
+                .or_else(|| defaults.tma_copies.or_else(crate::cuda::attention_copy_requested).filter(|&t| !t || dev.tma_attention()));
             let tma_fit = tma_fits(k, v, extra, lk)?;
             // The wgmma kernels with a TMA version: one warpgroup per block, with or without a
             // split of the keys.
@@ -619,7 +626,10 @@ fn attention_impl(
                         .collect();
                     let names: Vec<&str> = names.iter().map(String::as_str).collect();
                     let lk2 = extra.map_or(0, |e| e.0.t.dim(1));
-                    let dims = [b, heads, lq, lk, lk2, causal as usize, q.stride(), k.stride(), second_stride];
+                    // The restrictions on the candidates are part of the shape: a choice is an
+                    // index into this list.
+                    let fixed = |o: Option<bool>| o.map_or(2, usize::from);
+                    let dims = [b, heads, lq, lk, lk2, causal as usize, q.stride(), k.stride(), second_stride, fixed(lean), fixed(tma)];
                     let i = super::tuned(&dev, "attention", &dims, &names, o, &mut |i, s| {
                         let options = WgmmaOptions { lean_softmax: Some(unique[i].1), tma_copies: Some(unique[i].2), ..options };
                         attention_impl(q, k, v, extra, heads, scale, mask, unique[i].0, options, s)
@@ -629,7 +639,8 @@ fn attention_impl(
                 _ => (chosen, lean, tma),
             };
             p.lean_softmax = (chosen.is_wgmma() && lean == Some(true)) as i32;
-            p.narrow_tail = (chosen.is_wgmma() && options.narrow_tail.unwrap_or_else(|| dev.narrow_tail())) as i32;
+            let narrow = options.narrow_tail.unwrap_or_else(|| defaults.narrow_tail.unwrap_or(true) && dev.narrow_tail());
+            p.narrow_tail = (chosen.is_wgmma() && narrow) as i32;
             // Asked for by the caller on operands it cannot take: an error; by CASCADE_ATTENTION_COPY
             // (or tuning, which only offers it where they fit): cp.async there.
             let use_tma = plain(chosen) && tma == Some(true) && (tma_fit || options.tma_copies == Some(true));
