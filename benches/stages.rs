@@ -45,18 +45,22 @@ fn main() {
             if graph.has_memory_nodes() { " (plus memory nodes)" } else { "" }
         )
     };
-    // CASCADE_BENCH_AB="tma,lean,tma+lean": Stage C's and B's steps captured once per setting of
-    // the wgmma attention's options and timed in turns in this one process, so that the
-    // comparison shares its GEMM algorithms, memory and clocks (common::summary_interleaved).
-    // The first graph has every listed feature off; each item then turns its features on.
+    // CASCADE_BENCH_AB="tma,lean,tma+lean" (or the GEMMs' "fc1,fc2,sk"; see ab_settings): Stage
+    // C's and B's steps captured once per setting and timed in turns in this one process, so that
+    // the comparison shares its cuBLASLt algorithms, memory and clocks
+    // (common::summary_interleaved). The first graph has every listed feature off; each item
+    // then turns its features on. The features' environment switches must be set too (they ask
+    // for the kernels' start-up checks).
     let ab = if profile { Vec::new() } else { ab_settings(&cuda) };
     let unet_step = |name: &str, flops: f64, step: &dyn Fn() -> cascade::Result<()>| {
         let mut graphs = Vec::new();
-        for (label, options) in &ab {
-            cuda.set_attention_defaults(*options);
+        for (label, attention, gemm) in &ab {
+            cuda.set_attention_defaults(*attention);
+            cuda.set_gemm_defaults(*gemm);
             graphs.push((format!("{name}@{label}"), cuda.capture_tuned(step, step).unwrap()));
         }
         cuda.set_attention_defaults(Default::default());
+        cuda.set_gemm_defaults(Default::default());
         for (n, g) in &graphs {
             graph_line(n, g);
         }
@@ -149,39 +153,54 @@ fn main() {
     }
 }
 
-/// The settings `CASCADE_BENCH_AB` lists (see main), the all-off one first, labelled; empty
-/// when unset, or after saying why not (an unknown feature, or one whose kernels did not pass
-/// their start-up check: its environment switch asks for that check).
+/// One setting of an A/B comparison: its label, the attention's and the GEMMs' options.
 #[cfg(feature = "cuda")]
-fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<(String, cascade::ops::WgmmaOptions)> {
+type AbSetting = (String, cascade::ops::WgmmaOptions, cascade::ops::GemmOptions);
+
+/// The settings `CASCADE_BENCH_AB` lists (see main), the all-off one first; empty when unset,
+/// or after saying why not (an unknown feature, or one whose kernels did not pass their start-up
+/// check: its environment switch asks for that check). Features: the attention's `tma` copies,
+/// `lean` softmax and narrow `tail`; the GEMMs' fused `fc1` + GRN statistics, stream-K `fc2` and
+/// stream-K residual products `sk`.
+#[cfg(feature = "cuda")]
+fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
     let Ok(spec) = std::env::var("CASCADE_BENCH_AB") else { return Vec::new() };
     let items: Vec<Vec<&str>> = spec.split(',').map(|i| i.split('+').map(str::trim).collect()).collect();
-    let features = ["tma", "lean", "tail"];
-    for f in items.iter().flatten() {
-        if !features.contains(f) {
-            println!("AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, lean, tail)");
-            return Vec::new();
-        }
-    }
-    let used = |f: &str| items.iter().flatten().any(|x| *x == f);
-    for (f, ok, switch) in [
+    let features = [
         ("tma", cuda.tma_attention(), "CASCADE_ATTENTION_COPY=tma"),
         ("lean", cuda.lean_softmax(), "CASCADE_ATTENTION_SOFTMAX=lean"),
         ("tail", cuda.narrow_tail(), "CASCADE_ATTENTION_TAIL unset"),
-    ] {
-        if used(f) && !ok {
-            println!(
-                "AB skipped: the {f} kernels are not available (their start-up check needs {switch}, and a GPU of compute capability 9.0)"
-            );
-            return Vec::new();
+        ("fc1", cuda.wgmma_gemm(), "CASCADE_GEMM_WGMMA=ws (or 1, deep, ws_deep)"),
+        ("fc2", cuda.scaled_gemm(), "CASCADE_GEMM_WS_FC2=1"),
+        ("sk", cuda.sk_gemm(), "CASCADE_GEMM_SK=1"),
+    ];
+    for f in items.iter().flatten() {
+        match features.iter().find(|x| x.0 == *f) {
+            None => {
+                println!("AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, lean, tail, fc1, fc2, sk)");
+                return Vec::new();
+            }
+            Some((_, false, switch)) => {
+                println!("AB skipped: the {f} kernels are not available (their start-up check needs {switch}, and a GPU of compute capability 9.0)");
+                return Vec::new();
+            }
+            Some(_) => {}
         }
     }
+    let used = |f: &str| items.iter().flatten().any(|x| *x == f);
     let setting = |on: &[&str]| {
         let pick = |f: &str| used(f).then(|| on.contains(&f));
-        cascade::ops::WgmmaOptions { tma_copies: pick("tma"), lean_softmax: pick("lean"), narrow_tail: pick("tail") }
+        (
+            cascade::ops::WgmmaOptions { tma_copies: pick("tma"), lean_softmax: pick("lean"), narrow_tail: pick("tail") },
+            cascade::ops::GemmOptions { fused_fc1: pick("fc1"), stream_k_fc2: pick("fc2"), stream_k: pick("sk") },
+        )
     };
-    let mut v = vec![("base".to_string(), setting(&[]))];
-    v.extend(items.iter().map(|i| (i.join("+"), setting(i))));
+    let (a, g) = setting(&[]);
+    let mut v = vec![("base".to_string(), a, g)];
+    v.extend(items.iter().map(|i| {
+        let (a, g) = setting(i);
+        (i.join("+"), a, g)
+    }));
     v
 }
 

@@ -99,6 +99,9 @@ CASCADE_GEMM_WGMMA=ws CASCADE_GEMM_WS_FC2=1 cargo test --release --features cuda
 # linear tests (their bf16 products added to bf16 and f32 outputs take it) and the tiny models.
 CASCADE_GEMM_SK=1 cargo test --release --features cuda --test linear -- --ignored gpu_ "$@"
 CASCADE_GEMM_SK=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The device's GEMM defaults (the stages bench's in-process A/B) with every GEMM kernel they
+# decide checked at start-up.
+CASCADE_GEMM_WGMMA=ws CASCADE_GEMM_WS_FC2=1 CASCADE_GEMM_SK=1 cargo test --release --features cuda --test linear -- --ignored gpu_gemm_defaults "$@"
 # The split-key wgmma attention (opt-in until measured) in every unmasked attention, two ranges
 # each (=2 forces the split: the planned one never splits the tiny models' small grids): the
 # tiny models and the tiny pipeline against diffusers' seeded images.

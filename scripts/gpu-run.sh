@@ -520,7 +520,7 @@ for v in ${STAGE_VARIANTS:-}; do
             cur="$cur,$kv"
         fi
     done; [ -n "$cur" ] && export "$cur"; CASCADE_BENCH_QUICK=1 step "stages-$label" "${BENCH_TIMEOUT:-300}" "$bundle/benches/stages" --bench)
-    sed -E "s/^(BENCH|GRAPH) /\1 [$v] /" "$logs/stages-$label.log" > "$logs/bench-stages-$label.txt" 2> /dev/null
+    sed -E "s/^(BENCH|GRAPH|AB) /\1 [$v] /" "$logs/stages-$label.log" > "$logs/bench-stages-$label.txt" 2> /dev/null
 done
 
 # ---- summary ----
@@ -566,7 +566,7 @@ fi
         grep -v "(the default)$" "$logs/kernel-choices.txt" | sed 's/^cascade: kernel choice //' | head -n 40
     fi
     [ -f "$logs/sdpa.log" ] && sed -n '/== attention beside SDPA/,$p' "$logs/sdpa.log"
-    cat "$logs"/bench-*.log "$logs"/bench-stages-untuned.txt "$logs"/bench-stages-*=*.txt "$logs"/sdpa.log 2> /dev/null | grep -E "^BENCH|^GRAPH|^PIPELINE|skipped" || true
+    cat "$logs"/bench-*.log "$logs"/bench-stages-untuned.txt "$logs"/bench-stages-*=*.txt "$logs"/sdpa.log 2> /dev/null | grep -E "^BENCH|^GRAPH|^AB|^PIPELINE|skipped" || true
     [ $failed -eq 0 ] && echo "ALL OK" || echo "FAILURES (logs in $logs and \$OUT/cascade-gpu-logs.tar.gz)"
 } | tee "$logs/summary.txt"
 [ -n "${OUT:-}" ] && cp "$logs/summary.txt" "$OUT/summary.txt"

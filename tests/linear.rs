@@ -554,4 +554,74 @@ mod gpu {
         assert!(!text.contains("some other card") && text.contains(&shape_key), "{text}");
         let _ = std::fs::remove_file(&path);
     }
+
+    /// The device's GEMM defaults (what the stages bench's `CASCADE_BENCH_AB` sets between
+    /// captures) decide which kernel a product takes, ahead of the switches: the fused fc1's and
+    /// the stream-K fc2's decisions follow them, a product set to stream-K gives the explicit
+    /// stream-K kernel's output bit for bit, and one set off stays near the reference. A kernel
+    /// that did not pass its start-up check is never taken.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_gemm_defaults_decide_the_kernel() {
+        use cascade::ops::GemmOptions;
+        let dev = gpu();
+        let cuda = dev.as_cuda("test").unwrap().clone();
+        let (m, k, n) = (128, 256, 192);
+        let bf = |v: Vec<f32>, shape: &[usize]| Tensor::from_f32(&round_to(&v, DType::BF16), shape, DType::BF16, &dev).unwrap();
+        let xv = round_to(&TestRng::new(31).normal(m * k, 1.0), DType::BF16);
+        let wv = round_to(&TestRng::new(32).normal(n * k, 0.05), DType::BF16);
+        let bv = round_to(&TestRng::new(33).normal(n, 0.1), DType::BF16);
+        let fv: Vec<f32> = TestRng::new(34).normal(k, 0.3).iter().map(|v| 1.0 + v).collect();
+        let (x, w, bias) = (bf(xv.clone(), &[1, m, k]), bf(wv.clone(), &[n, k]), bf(bv.clone(), &[n]));
+        let factor = Tensor::from_f32(&fv, &[1, k], DType::F32, &dev).unwrap();
+        let gamma = bf(TestRng::new(35).normal(n, 0.1), &[n]);
+        let scaled_x: Vec<f32> = xv.iter().enumerate().map(|(i, v)| v * fv[i % k]).collect();
+        let want = ops::cpu::linear(&scaled_x, &wv, Some(&bv), m, k, n);
+        let product = |accumulate: bool, with_factor: bool| {
+            let (mut y, _) = cascade::testing::poisoned(&[1, m, n], DType::BF16, &dev).unwrap();
+            if accumulate {
+                y.fill(0.0).unwrap();
+                ops::linear_accumulate_into(&x, &w, Some(&bias), &mut y).unwrap();
+            } else {
+                ops::linear_scaled_into(&x, with_factor.then_some(&factor), &w, Some(&bias), &mut y, false).unwrap();
+            }
+            y.to_vec_f32().unwrap()
+        };
+        let explicit = |accumulate: bool| {
+            let mut y = Tensor::zeros(&[1, m, n], DType::BF16, &dev).unwrap();
+            let f = (!accumulate).then_some(&factor);
+            ops::linear_scaled_sk_into(&x, f, &w, Some(&bias), &mut y, accumulate, None).map(|_| y.to_vec_f32().unwrap())
+        };
+        let before = cuda.gemm_defaults();
+        cuda.set_gemm_defaults(GemmOptions::default());
+        let fused_by_switch = ops::linear_gelu_grn_fused(&x, &w, None, &gamma).unwrap();
+        println!("fused fc1 by the switch alone: {fused_by_switch}");
+        for on in [false, true] {
+            let set = GemmOptions { fused_fc1: Some(on), stream_k_fc2: Some(on), stream_k: Some(on) };
+            cuda.set_gemm_defaults(set);
+            assert_eq!(cuda.gemm_defaults(), set);
+            // The fused fc1: off never; on wherever the switch alone would (it asks for the check).
+            let fused = ops::linear_gelu_grn_fused(&x, &w, None, &gamma).unwrap();
+            assert!(!fused || on, "fused fc1 taken while set off");
+            if on && cascade::cuda::gemm_wgmma_requested() {
+                assert_eq!(fused, fused_by_switch, "fused fc1 not taken while set on");
+            }
+            assert_eq!(ops::linear_scaled_fused(&dev, m, k, n), on && cuda.scaled_gemm(), "stream-K fc2's decision");
+            let fc2 = product(false, true);
+            let residual = product(true, false);
+            cuda.set_gemm_defaults(GemmOptions::default());
+            let err = rel_l2(&fc2, &want);
+            println!("stream-K fc2 set {on} (available {}): rel_l2 {err:.2e}", cuda.scaled_gemm());
+            assert!(err < 1e-2, "{err}");
+            if on && cuda.scaled_gemm() {
+                assert!(fc2 == explicit(false).unwrap(), "set on, but not the stream-K kernel's output");
+            }
+            let plain_want = ops::cpu::linear(&xv, &wv, Some(&bv), m, k, n);
+            assert!(rel_l2(&residual, &plain_want) < 1e-2);
+            if on && cuda.sk_gemm() {
+                assert!(residual == explicit(true).unwrap(), "set on, but not the stream-K kernel's output");
+            }
+        }
+        cuda.set_gemm_defaults(before);
+    }
 }

@@ -138,6 +138,8 @@ pub struct CudaDevice {
     /// What the wgmma attention's options resolve to when a caller leaves them unset, before
     /// the environment ([`CudaDevice::set_attention_defaults`]).
     attention_defaults: std::sync::Mutex<WgmmaOptions>,
+    /// Which opt-in GEMM kernels products take when set ([`CudaDevice::set_gemm_defaults`]).
+    gemm_defaults: std::sync::Mutex<crate::ops::GemmOptions>,
     allow_tf32: std::sync::atomic::AtomicBool,
     memory: Arc<MemStats>,
     tensor_core_attention: std::sync::atomic::AtomicBool,
@@ -355,6 +357,7 @@ impl CudaDevice {
             blas: std::mem::ManuallyDrop::new(blas),
             tuning_file,
             attention_defaults: Default::default(),
+            gemm_defaults: Default::default(),
             allow_tf32: false.into(),
             memory: Arc::default(),
             tensor_core_attention: false.into(),
@@ -600,6 +603,21 @@ impl CudaDevice {
     /// See [`CudaDevice::set_attention_defaults`].
     pub fn attention_defaults(&self) -> WgmmaOptions {
         *self.attention_defaults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets which opt-in GEMM kernels (the fused fc1 + GRN statistics, the stream-K fc2, the
+    /// stream-K residual products) products take, ahead of their environment switches and of
+    /// timing: for comparing them within one process, as [`CudaDevice::set_attention_defaults`]
+    /// does for the attention. A kernel that did not pass its start-up check is never taken.
+    /// Graphs already captured keep what they were captured with; `GemmOptions::default()`
+    /// restores the environment's choices.
+    pub fn set_gemm_defaults(&self, options: crate::ops::GemmOptions) {
+        *self.gemm_defaults.lock().unwrap_or_else(|e| e.into_inner()) = options;
+    }
+
+    /// See [`CudaDevice::set_gemm_defaults`].
+    pub fn gemm_defaults(&self) -> crate::ops::GemmOptions {
+        *self.gemm_defaults.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The tuning file in use (see [`CudaDevice::set_tuning_file`]).

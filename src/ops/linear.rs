@@ -180,6 +180,23 @@ fn gemm_gelu_ws(
     dev.launch(f, (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1), (288, 1, 1), smem as u32, &q)
 }
 
+/// Which opt-in GEMM kernels the products take, as a device's defaults
+/// ([`crate::cuda::CudaDevice::set_gemm_defaults`]) decide ahead of the environment switches and
+/// of timing under `CASCADE_KERNEL_TUNE`. None leaves each to those. A kernel that did not pass
+/// its start-up check (which runs when its switch or `CASCADE_KERNEL_TUNE` asks for it) is never
+/// taken, whatever is set here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GemmOptions {
+    /// A ResBlock's fc1, GELU and GRN's statistics as one GEMM (`CASCADE_GEMM_WGMMA`:
+    /// [`crate::ops::linear_gelu_grn_fused`]).
+    pub fused_fc1: Option<bool>,
+    /// A ResBlock's fc2 with GRN's factor applied by the stream-K kernel
+    /// (`CASCADE_GEMM_WS_FC2=1`: [`linear_scaled_into`]).
+    pub stream_k_fc2: Option<bool>,
+    /// Residual products with few output tiles on the stream-K kernel (`CASCADE_GEMM_SK=1`).
+    pub stream_k: Option<bool>,
+}
+
 /// `y = (x ⊙ factor) · wᵀ + bias` (with `accumulate`, `+=`): a ResBlock's second MLP layer with
 /// GRN's factor (`factor` f32 `[B, K]`, one row per sample of x `[B, …, K]`) applied to its input,
 /// GRN's β folded into `bias` by the caller. On a GPU of compute capability 9.0 that passed the
@@ -198,9 +215,11 @@ pub fn linear_scaled_into(
     let (m, k, n) = check(x, w, bias, y)?;
     #[cfg(feature = "cuda")]
     if let Device::Cuda(dev) = x.device() {
-        if dev.scaled_gemm() && scaled_unfit(x, factor, w, y, (m, k, n))?.is_none() {
-            // Asked for: always; under CASCADE_KERNEL_TUNE: where it timed faster.
-            let sk = crate::cuda::gemm_ws_fc2_requested() || {
+        let chosen = dev.gemm_defaults().stream_k_fc2;
+        if dev.scaled_gemm() && chosen != Some(false) && scaled_unfit(x, factor, w, y, (m, k, n))?.is_none() {
+            // Asked for (the device's defaults, or the switch): always; under
+            // CASCADE_KERNEL_TUNE: where it timed faster.
+            let sk = chosen == Some(true) || crate::cuda::gemm_ws_fc2_requested() || {
                 let dims = [m, k, n, factor.map_or(0, |f| f.dim(0)), accumulate as usize, y.dtype() as usize];
                 let names = [if fold_factor(factor, m, n) { "fold + cuBLASLt" } else { "pass + cuBLASLt" }, "stream-K"];
                 super::tuned(&dev, "linear_scaled", &dims, &names, y, &mut |i, s| match i {
@@ -248,7 +267,16 @@ fn linear_scaled_static(
 pub fn linear_scaled_fused(device: &Device, rows: usize, k: usize, n: usize) -> bool {
     match device {
         #[cfg(feature = "cuda")]
-        Device::Cuda(dev) => dev.scaled_gemm() && rows % 16 == 0 && rows > 0 && k % 8 == 0 && n % 8 == 0 && k > 0 && n > 0,
+        Device::Cuda(dev) => {
+            dev.scaled_gemm()
+                && dev.gemm_defaults().stream_k_fc2 != Some(false)
+                && rows % 16 == 0
+                && rows > 0
+                && k % 8 == 0
+                && n % 8 == 0
+                && k > 0
+                && n > 0
+        }
         _ => {
             let _ = (rows, k, n);
             false
@@ -436,7 +464,9 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
             let skinny = dev.skinny_gemm() && skinny_fits(x, w, bias, y, m, k, n)?;
             // Residual products with few output tiles (the attention's output projections, fc2
             // where GRN was applied in place): stream-K, when asked for (CASCADE_GEMM_SK=1).
+            let chosen = dev.gemm_defaults().stream_k;
             let sk = !skinny
+                && chosen != Some(false)
                 && accumulate
                 && !gelu
                 && dev.sk_gemm()
@@ -444,7 +474,7 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
                 && scaled_unfit(x, None, w, y, (m, k, n))?.is_none();
             // Under CASCADE_KERNEL_TUNE, either where it timed faster than cuBLASLt.
             let take = (skinny && crate::cuda::gemm_skinny_requested())
-                || (sk && crate::cuda::gemm_sk_requested())
+                || (sk && (chosen == Some(true) || crate::cuda::gemm_sk_requested()))
                 || ((skinny || sk) && {
                     let dims = [m, k, n, accumulate as usize, gelu as usize, bias.is_some() as usize, y.dtype() as usize];
                     let names = ["cuBLASLt", if skinny { "skinny" } else { "stream-K" }];

@@ -37,7 +37,7 @@ pub use embed::{timestep_embedding_into, token_embedding_into};
 pub(crate) use linear::gemm_skinny;
 pub use linear::{
     gelu_in_epilogue, linear, linear_accumulate_into, linear_as, linear_columns_into, linear_gelu, linear_gelu_into, linear_gelu_ws_into,
-    linear_into, linear_scaled_fused, linear_scaled_into, linear_scaled_sk_into,
+    linear_into, linear_scaled_fused, linear_scaled_into, linear_scaled_sk_into, GemmOptions,
 };
 pub use norm::{
     gelu_grn_assign, gelu_grn_assign_with, gelu_grn_factor, gelu_grn_one_pass, grn, grn_apply_factor_assign, grn_assign, grn_factor,

@@ -465,10 +465,14 @@ pub fn linear_gelu_grn_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gamm
         let fits = w.dim(1) == k
             && bias.is_none_or(|b| b.numel() == n && b.dtype() == x.dtype())
             && fused_operands_ok(x, w, x.dim(0), (m, k, n))?.is_none();
+        let Device::Cuda(dev) = x.device() else { return Ok(false) };
+        // The device's defaults decide first, then the switch, then timing.
+        if let Some(on) = dev.gemm_defaults().fused_fc1 {
+            return Ok(fits && on);
+        }
         if !fits || crate::cuda::gemm_wgmma_requested() {
             return Ok(fits);
         }
-        let Device::Cuda(dev) = x.device() else { return Ok(false) };
         let dims = [m, k, n, x.dim(0), bias.is_some() as usize];
         let names = ["cuBLASLt + sums pass", "fused"];
         let choice = dev.choose_kernel("linear_gelu_grn", &dims, &names, &mut |i| {
