@@ -45,14 +45,14 @@ fn main() {
             if graph.has_memory_nodes() { " (plus memory nodes)" } else { "" }
         )
     };
-    // CASCADE_BENCH_AB="tma,lean,tma+lean" (or the GEMMs' "fc1,fc2,sk"; see ab_settings): Stage
-    // C's and B's steps captured once per setting and timed in turns in this one process, so that
+    // CASCADE_BENCH_AB="tma,lean,tma+lean" (or the GEMMs' "fc1,fc2,sk"; see ab_settings): each
+    // selected stage captured once per setting and timed in turns in this one process, so that
     // the comparison shares its cuBLASLt algorithms, memory and clocks
     // (common::summary_interleaved). The first graph has every listed feature off; each item
     // then turns its features on. The features' environment switches must be set too (they ask
     // for the kernels' start-up checks).
     let ab = if profile { Vec::new() } else { ab_settings(&cuda) };
-    let unet_step = |name: &str, flops: f64, step: &dyn Fn() -> cascade::Result<()>| {
+    let ab_step = |name: &str, flops: f64, step: &dyn Fn() -> cascade::Result<()>| {
         let mut graphs = Vec::new();
         for (label, attention, gemm) in &ab {
             cuda.set_attention_defaults(*attention);
@@ -99,8 +99,12 @@ fn main() {
         let mask: Vec<f32> = (0..154).map(|i| if i % 77 <= 12 { 1.0 } else { 0.0 }).collect();
         let mask_t = Tensor::from_f32(&mask, &[2, 77], DType::F32, &dev).unwrap();
         let encode = || clip.encode(&id_t, &mask_t, &[12, 12]).map(|_| ());
-        let graph = cuda.capture_tuned(encode, encode).unwrap();
-        bench("stage/clip_bigg/encode/batch2", 195.8e9, graph);
+        if ab.is_empty() {
+            let graph = cuda.capture_tuned(encode, encode).unwrap();
+            bench("stage/clip_bigg/encode/batch2", 195.8e9, graph);
+        } else {
+            ab_step("stage/clip_bigg/encode/batch2", 195.8e9, &encode);
+        }
     }
     for (name, cfg, flops) in [("stage_c", UNetConfig::stage_c(), 8156.7e9), ("stage_c_lite", UNetConfig::stage_c_lite(), 2348.6e9)] {
         if !wanted(name) {
@@ -118,7 +122,7 @@ fn main() {
             let graph = cuda.capture_tuned(step, step).unwrap();
             bench(&format!("stage/{name}/step/batch2_24x24"), flops, graph);
         } else {
-            unet_step(&format!("stage/{name}/step/batch2_24x24"), flops, &step);
+            ab_step(&format!("stage/{name}/step/batch2_24x24"), flops, &step);
         }
     }
     for (name, cfg, flops) in [("stage_b", UNetConfig::stage_b(), 6174.1e9), ("stage_b_lite", UNetConfig::stage_b_lite(), 2223.5e9)] {
@@ -135,15 +139,19 @@ fn main() {
             let graph = cuda.capture_tuned(step, step).unwrap();
             bench(&format!("stage/{name}/step/batch1_256x256"), flops, graph);
         } else {
-            unet_step(&format!("stage/{name}/step/batch1_256x256"), flops, &step);
+            ab_step(&format!("stage/{name}/step/batch1_256x256"), flops, &step);
         }
     }
     if wanted("stage_a") {
         let vqgan = Vqgan::new(VqganConfig::default(), &vb).unwrap();
         let latents = rnd(&[1, 256, 256, 4], 7);
         let decode = || vqgan.decode(&latents).map(|_| ());
-        let graph = cuda.capture_tuned(decode, decode).unwrap();
-        bench("stage/stage_a/decode/1024x1024", 2172.4e9, graph);
+        if ab.is_empty() {
+            let graph = cuda.capture_tuned(decode, decode).unwrap();
+            bench("stage/stage_a/decode/1024x1024", 2172.4e9, graph);
+        } else {
+            ab_step("stage/stage_a/decode/1024x1024", 2172.4e9, &decode);
+        }
     }
     r.finish();
     for (name, lite) in [("pipeline_full", false), ("pipeline_lite", true)] {
@@ -160,8 +168,9 @@ type AbSetting = (String, cascade::ops::WgmmaOptions, cascade::ops::GemmOptions)
 /// The settings `CASCADE_BENCH_AB` lists (see main), the all-off one first; empty when unset,
 /// or after saying why not (an unknown feature, or one whose kernels did not pass their start-up
 /// check: its environment switch asks for that check). Features: the attention's `tma` copies,
-/// `lean` softmax and narrow `tail`; the GEMMs' fused `fc1` + GRN statistics, stream-K `fc2` and
-/// stream-K residual products `sk`.
+/// `lean` softmax and narrow `tail`; the GEMMs' fused `fc1` + GRN statistics, stream-K `fc2`,
+/// stream-K residual products `sk`, CLIP's `skinny` GEMM and Stage A's `wsgelu` (fc1 and GELU on
+/// the warp-specialised GEMM).
 #[cfg(feature = "cuda")]
 fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
     let Ok(spec) = std::env::var("CASCADE_BENCH_AB") else { return Vec::new() };
@@ -173,11 +182,13 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
         ("fc1", cuda.wgmma_gemm(), "CASCADE_GEMM_WGMMA=ws (or 1, deep, ws_deep)"),
         ("fc2", cuda.scaled_gemm(), "CASCADE_GEMM_WS_FC2=1"),
         ("sk", cuda.sk_gemm(), "CASCADE_GEMM_SK=1"),
+        ("skinny", cuda.skinny_gemm(), "CASCADE_GEMM_SKINNY=1"),
+        ("wsgelu", cuda.ws_gelu_gemm(), "CASCADE_GEMM_WS_GELU=1"),
     ];
     for f in items.iter().flatten() {
         match features.iter().find(|x| x.0 == *f) {
             None => {
-                println!("AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, lean, tail, fc1, fc2, sk)");
+                println!("AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, lean, tail, fc1, fc2, sk, skinny, wsgelu)");
                 return Vec::new();
             }
             Some((_, false, switch)) => {
@@ -192,7 +203,13 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
         let pick = |f: &str| used(f).then(|| on.contains(&f));
         (
             cascade::ops::WgmmaOptions { tma_copies: pick("tma"), lean_softmax: pick("lean"), narrow_tail: pick("tail") },
-            cascade::ops::GemmOptions { fused_fc1: pick("fc1"), stream_k_fc2: pick("fc2"), stream_k: pick("sk") },
+            cascade::ops::GemmOptions {
+                fused_fc1: pick("fc1"),
+                stream_k_fc2: pick("fc2"),
+                stream_k: pick("sk"),
+                skinny: pick("skinny"),
+                ws_gelu: pick("wsgelu"),
+            },
         )
     };
     let (a, g) = setting(&[]);

@@ -606,7 +606,7 @@ impl CudaDevice {
     }
 
     /// Sets which opt-in GEMM kernels (the fused fc1 + GRN statistics, the stream-K fc2, the
-    /// stream-K residual products) products take, ahead of their environment switches and of
+    /// stream-K residual products, the skinny GEMM, the warp-specialised GELU GEMM) products take, ahead of their environment switches and of
     /// timing: for comparing them within one process, as [`CudaDevice::set_attention_defaults`]
     /// does for the attention. A kernel that did not pass its start-up check is never taken.
     /// Graphs already captured keep what they were captured with; `GemmOptions::default()`

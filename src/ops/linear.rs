@@ -51,9 +51,11 @@ pub fn linear_gelu_into(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut T
     #[cfg(feature = "cuda")]
     if let Device::Cuda(dev) = x.device() {
         let (m, k, n) = check(x, w, bias, y)?;
-        if dev.ws_gelu_gemm() && ws_gelu_unfit(x, w, bias, y, (m, k, n))?.is_none() {
-            // Asked for: from ws_gelu_min_rows rows; under CASCADE_KERNEL_TUNE: where it timed faster.
-            let ws = if crate::cuda::gemm_ws_gelu_requested() {
+        let chosen = dev.gemm_defaults().ws_gelu;
+        if dev.ws_gelu_gemm() && chosen != Some(false) && ws_gelu_unfit(x, w, bias, y, (m, k, n))?.is_none() {
+            // Asked for (the device's defaults, or the switch): from ws_gelu_min_rows rows; under
+            // CASCADE_KERNEL_TUNE: where it timed faster.
+            let ws = if chosen == Some(true) || crate::cuda::gemm_ws_gelu_requested() {
                 m >= ws_gelu_min_rows()
             } else {
                 let dims = [m, k, n, bias.is_some() as usize];
@@ -195,6 +197,11 @@ pub struct GemmOptions {
     pub stream_k_fc2: Option<bool>,
     /// Residual products with few output tiles on the stream-K kernel (`CASCADE_GEMM_SK=1`).
     pub stream_k: Option<bool>,
+    /// Products of at most 160 rows (CLIP's) on the skinny kernel (`CASCADE_GEMM_SKINNY=1`).
+    pub skinny: Option<bool>,
+    /// An MLP's first layer and its GELU on the warp-specialised GEMM (`CASCADE_GEMM_WS_GELU`),
+    /// from as many rows as the switch's default (Stage A's).
+    pub ws_gelu: Option<bool>,
 }
 
 /// `y = (x ⊙ factor) · wᵀ + bias` (with `accumulate`, `+=`): a ResBlock's second MLP layer with
@@ -461,10 +468,11 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
         #[cfg(feature = "cuda")]
         Device::Cuda(dev) => {
             // CLIP's few rows: the skinny kernel, when asked for (CASCADE_GEMM_SKINNY=1).
-            let skinny = dev.skinny_gemm() && skinny_fits(x, w, bias, y, m, k, n)?;
+            let defaults = dev.gemm_defaults();
+            let skinny = dev.skinny_gemm() && defaults.skinny != Some(false) && skinny_fits(x, w, bias, y, m, k, n)?;
             // Residual products with few output tiles (the attention's output projections, fc2
             // where GRN was applied in place): stream-K, when asked for (CASCADE_GEMM_SK=1).
-            let chosen = dev.gemm_defaults().stream_k;
+            let chosen = defaults.stream_k;
             let sk = !skinny
                 && chosen != Some(false)
                 && accumulate
@@ -473,7 +481,7 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
                 && sk_few_tiles(m, n, dev.multiprocessors())
                 && scaled_unfit(x, None, w, y, (m, k, n))?.is_none();
             // Under CASCADE_KERNEL_TUNE, either where it timed faster than cuBLASLt.
-            let take = (skinny && crate::cuda::gemm_skinny_requested())
+            let take = (skinny && (defaults.skinny == Some(true) || crate::cuda::gemm_skinny_requested()))
                 || (sk && (chosen == Some(true) || crate::cuda::gemm_sk_requested()))
                 || ((skinny || sk) && {
                     let dims = [m, k, n, accumulate as usize, gelu as usize, bias.is_some() as usize, y.dtype() as usize];
