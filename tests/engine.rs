@@ -149,6 +149,28 @@ fn an_f32_residual_stream_gives_nearly_the_same_image() {
     assert!(mean_diff < 8.0, "mean |difference| {mean_diff:.3} per byte");
 }
 
+/// The names of [`three_candidates`]' candidates.
+#[cfg(feature = "cuda")]
+const CANDIDATE_NAMES: [&str; 3] = ["eight passes", "broken", "one pass"];
+
+/// Three candidates of one kernel choice, counted in `runs`: the GELU of `x` into `y` as eight
+/// passes, an error, and one pass.
+#[cfg(feature = "cuda")]
+fn three_candidates<'a>(
+    x: &'a cascade::Tensor,
+    y: &'a mut cascade::Tensor,
+    runs: &'a mut [usize; 3],
+) -> impl FnMut(usize) -> cascade::Result<()> + 'a {
+    move |i: usize| {
+        runs[i] += 1;
+        match i {
+            0 => (0..8).try_for_each(|_| cascade::ops::gelu_into(x, y)),
+            1 => Err(cascade::Error::Shape("this candidate cannot run".into())),
+            _ => cascade::ops::gelu_into(x, y),
+        }
+    }
+}
+
 /// Three candidates of one elementwise pass: eight passes, an error, one pass. The fast one
 /// is kept, once per shape; inside a capture an unseen shape takes the static choice and is
 /// counted for `capture_tuned`.
@@ -164,19 +186,13 @@ fn kernel_choice_by_timing_keeps_the_fastest_candidate_once_per_shape() {
     let x = Tensor::from_f32(&vec![0.5; n], &[n], DType::F32, &device).unwrap();
     let mut y = Tensor::empty(&[n], DType::F32, &device).unwrap();
     let mut runs = [0usize; 3];
-    let mut run = |i: usize| -> cascade::Result<()> {
-        runs[i] += 1;
-        match i {
-            0 => (0..8).try_for_each(|_| cascade::ops::gelu_into(&x, &mut y)),
-            1 => Err(cascade::Error::Shape("this candidate cannot run".into())),
-            _ => cascade::ops::gelu_into(&x, &mut y),
-        }
-    };
-    let names = ["eight passes", "broken", "one pass"];
+    let mut run = three_candidates(&x, &mut y, &mut runs);
+    let names = CANDIDATE_NAMES;
     let on = KernelTuning::On;
     assert_eq!(dev.choose_kernel_as(on, "test", &[1], &names, &mut run).unwrap(), 2);
     assert_eq!(dev.choose_kernel_as(on, "test", &[1], &names, &mut run).unwrap(), 2);
     assert_eq!(dev.choose_kernel_as(KernelTuning::Off, "test", &[3], &names, &mut run).unwrap(), 0);
+    drop(run);
     let mut runs_after = [0usize; 3];
     let untuned = dev.untuned_gemms_captured();
     let mut in_capture = None;
@@ -208,8 +224,7 @@ fn kernel_choices_are_kept_in_the_tuning_file() {
     use cascade::{DType, Device, Tensor};
     let path = std::env::temp_dir().join(format!("cascade-kernel-tuning-{}.txt", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let names = ["eight passes", "broken", "one pass"];
-    // Chooses for shape [7] on a new device using the file; returns the choice and the runs
+    // Chooses for shape `dims` on a new device using the file; returns the choice and the runs
     // of each candidate.
     let choose = |dims: &[usize]| {
         let device = Device::cuda(0).expect("this test needs a CUDA GPU");
@@ -219,15 +234,9 @@ fn kernel_choices_are_kept_in_the_tuning_file() {
         let x = Tensor::from_f32(&vec![0.5; n], &[n], DType::F32, &device).unwrap();
         let mut y = Tensor::empty(&[n], DType::F32, &device).unwrap();
         let mut runs = [0usize; 3];
-        let mut run = |i: usize| -> cascade::Result<()> {
-            runs[i] += 1;
-            match i {
-                0 => (0..8).try_for_each(|_| cascade::ops::gelu_into(&x, &mut y)),
-                1 => Err(cascade::Error::Shape("this candidate cannot run".into())),
-                _ => cascade::ops::gelu_into(&x, &mut y),
-            }
-        };
-        let c = dev.choose_kernel_as(KernelTuning::On, "test-file", dims, &names, &mut run).unwrap();
+        let mut run = three_candidates(&x, &mut y, &mut runs);
+        let c = dev.choose_kernel_as(KernelTuning::On, "test-file", dims, &CANDIDATE_NAMES, &mut run).unwrap();
+        drop(run);
         (c, runs)
     };
     let (c, runs) = choose(&[7]);

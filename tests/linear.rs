@@ -148,6 +148,27 @@ mod gpu {
         Device::cuda(0).expect("this test needs a CUDA GPU")
     }
 
+    /// `y = x·wᵀ` captured by `capture_tuned`, and how many warm-ups it ran first (one when the
+    /// shape's cuBLASLt algorithm had not been chosen yet, else none).
+    fn capture_product(
+        cuda: &std::sync::Arc<cascade::cuda::CudaDevice>,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+    ) -> (cascade::cuda::Graph, usize) {
+        let mut warmups = 0;
+        let graph = cuda
+            .capture_tuned(
+                || {
+                    warmups += 1;
+                    ops::linear(x, w, None).map(drop)
+                },
+                || ops::linear_into(x, w, None, y),
+            )
+            .unwrap();
+        (graph, warmups)
+    }
+
     /// Every shape of the table, f32 (strict, no TF32) and bf16, against the CPU reference
     /// computed from the same (rounded) inputs.
     #[test]
@@ -314,16 +335,7 @@ mod gpu {
         let mut y_read = y.view(&[m, n]).unwrap();
         let mut y = y;
         let before = cuda.untuned_gemms_captured();
-        let mut warmups = 0;
-        let graph = cuda
-            .capture_tuned(
-                || {
-                    warmups += 1;
-                    ops::linear(&x, &w, None).map(drop)
-                },
-                || ops::linear_into(&x, &w, None, &mut y),
-            )
-            .unwrap();
+        let (graph, warmups) = capture_product(&cuda, &x, &w, &mut y);
         // Only the first capture met the shape untuned; the kept one did not.
         assert_eq!(cuda.untuned_gemms_captured() - before, usize::from(tuning));
         assert_eq!(warmups, usize::from(tuning));
@@ -498,16 +510,7 @@ mod gpu {
             let w = Tensor::from_f32(&wv, &[n, k], DType::BF16, &dev).unwrap();
             let mut y = Tensor::empty(&[m, n], DType::BF16, &dev).unwrap();
             let mut y_read = y.view(&[m, n]).unwrap();
-            let mut warmups = 0;
-            let graph = cuda
-                .capture_tuned(
-                    || {
-                        warmups += 1;
-                        ops::linear(&x, &w, None).map(drop)
-                    },
-                    || ops::linear_into(&x, &w, None, &mut y),
-                )
-                .unwrap();
+            let (graph, warmups) = capture_product(&cuda, &x, &w, &mut y);
             y_read.fill(f32::NAN).unwrap();
             graph.replay().unwrap();
             let err = rel_l2(&y_read.to_vec_f32().unwrap(), &want);
