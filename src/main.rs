@@ -563,6 +563,10 @@ fn device(name: &str) -> Result<()> {
             (true, false) => "off (no wgmma attention here, or its check failed)",
         };
         println!("wgmma attention's last tile of keys narrowed to 32 or 16 keys: {narrow}");
+        match c.tuning_file() {
+            Some(f) => println!("tuning file (CASCADE_TUNING_FILE): {}", f.display()),
+            None => println!("tuning file: none (CASCADE_TUNING_FILE or --tuning-file keep timed choices for later runs)"),
+        }
         let pdl = if c.programmatic_launches() { "on" } else { "off" };
         println!("programmatic dependent launches (CASCADE_PDL=1 on compute capability 9.0): {pdl}");
         let tuning = cascade::cuda::KernelTuning::requested();
