@@ -13,7 +13,8 @@
 # Switches (1 runs, 0 skips): TESTS=1 VARIANT_TESTS=1 BENCH=1 FIDELITY=0 FIDELITY_WGMMA=0 FIDELITY_TUNE=0 FIDELITY_ATTENTION=0 SANITIZE=0 SIDE_BY_SIDE=0
 # PROFILE=0 GEMM_TUNE_AB=0 (FIDELITY_WGMMA=ws or ws_deep: with a warp-specialised version of the fused GEMM); ALL=1 turns every one on (STAGE_VARIANTS, below, lists A/B environments). DEADLINE=seconds bounds the whole run: each step is
 # cut to what is left and a step that would start too late is reported as skipped, so the
-# summary is always printed. TEST_TIMEOUT / BENCH_TIMEOUT / SIDE_BY_SIDE_TIMEOUT cap one step (300 s);
+# summary is always printed. Phase 2's processes share one tuning file (CASCADE_TUNING_FILE),
+# seeded from tools/gpu/tuning.txt unless TUNING_SEED=0. TEST_TIMEOUT / BENCH_TIMEOUT / SIDE_BY_SIDE_TIMEOUT cap one step (300 s);
 # CASCADE_BENCH_STAGES narrows the stage bench; SANITIZE_STAGES picks the stages run once under
 # the sanitizer; CASCADE_SHAPES=odd,clip narrows the kernel tests (and the stages bench too: leave
 # it unset when the stage timings matter); PROFILE_STAGES picks the
@@ -372,7 +373,17 @@ unset CASCADE_POISON_GRAPH_MEMORY
 # CASCADE_KERNEL_TUNE, a kernel site) times its candidates, and every later process runs that
 # choice. Without it, near-ties fell differently in different processes (Stage B's graph had 1416
 # to 1532 nodes), and A/B variants compared different cuBLASLt algorithms as well as the change.
-export CASCADE_TUNING_FILE=${CASCADE_TUNING_FILE:-$logs/tuning.txt}
+# The file kept in the repository from an earlier run (tools/gpu/tuning.txt, copied from that
+# run's $OUT/tuning.txt) seeds it, so that runs in different sessions take the same algorithms
+# too (TUNING_SEED=0 starts from nothing); one made for another card, driver or version is
+# rewritten by the first process.
+if [ -z "${CASCADE_TUNING_FILE:-}" ]; then
+    export CASCADE_TUNING_FILE=$logs/tuning.txt
+    if [ "${TUNING_SEED:-1}" = 1 ] && [ -s tools/gpu/tuning.txt ]; then
+        cp tools/gpu/tuning.txt "$CASCADE_TUNING_FILE"
+        echo "tuning file seeded from tools/gpu/tuning.txt ($(grep -c '^gemm ' tools/gpu/tuning.txt) GEMM shapes)"
+    fi
+fi
 benches=()
 if on BENCH 1; then
     for b in "$bundle"/benches/*; do
