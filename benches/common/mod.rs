@@ -83,7 +83,8 @@ pub fn time_iters(dev: &Device, iters: u64, mut f: impl FnMut()) -> Duration {
 }
 
 /// Several launch sequences timed in turns, for A/B comparisons within one process: a warm-up
-/// batch of each, then 7 rounds of one batch of 20 calls of each in order, so that drift (clocks,
+/// batch of each, then 7 rounds of one batch of 20 calls of each (in an order rotated every
+/// round), so that drift (clocks,
 /// temperature, other tenants) falls on all of them alike. Prints each one's median as a BENCH
 /// line, then an `AB` line per sequence after the first: its median difference from the first,
 /// and the range of the per-round differences.
@@ -93,9 +94,12 @@ pub fn summary_interleaved(dev: &Device, names: &[String], flops: Option<f64>, f
         time_iters(dev, 3, &mut **f);
     }
     let mut times = vec![Vec::with_capacity(rounds); fs.len()];
-    for _ in 0..rounds {
-        for (i, f) in fs.iter_mut().enumerate() {
-            times[i].push(time_iters(dev, per_batch as u64, &mut **f).as_secs_f64() / per_batch as f64);
+    // Each round starts one sequence further on, so that no sequence always follows the same
+    // one (whose leftovers in L2, or whose clocks, it would otherwise inherit every time).
+    let count = fs.len();
+    for r in 0..rounds {
+        for i in (0..count).map(|j| (j + r) % count) {
+            times[i].push(time_iters(dev, per_batch as u64, &mut *fs[i]).as_secs_f64() / per_batch as f64);
         }
     }
     let median = |v: &[f64]| {
