@@ -37,12 +37,20 @@ fn main() {
     // CASCADE_BENCH_CAPTURE_ONLY=1 prints each graph's node count and times nothing (with
     // CASCADE_GEMM_TUNE=0 nothing runs but the weight fill: the CUDA emulator can count nodes).
     let capture_only = std::env::var("CASCADE_BENCH_CAPTURE_ONLY").is_ok_and(|v| v == "1");
-    let graph_line = |name: &str, graph: &cascade::cuda::Graph| {
+    // A step's graph, and how long its capture took with the GEMM tuning it ran first (none for
+    // shapes a tuning file already held: CASCADE_TUNING_FILE).
+    let capture = |step: &dyn Fn() -> cascade::Result<()>| {
+        let t = std::time::Instant::now();
+        let graph = cuda.capture_tuned(step, step).unwrap();
+        (graph, t.elapsed())
+    };
+    let graph_line = |name: &str, (graph, took): &(cascade::cuda::Graph, std::time::Duration)| {
         println!(
-            "GRAPH {name} {} nodes, arena {:.1} MiB{}",
+            "GRAPH {name} {} nodes, arena {:.1} MiB{}, captured in {:.0} ms",
             graph.node_count().unwrap(),
             graph.arena_bytes() as f64 / (1u64 << 20) as f64,
-            if graph.has_memory_nodes() { " (plus memory nodes)" } else { "" }
+            if graph.has_memory_nodes() { " (plus memory nodes)" } else { "" },
+            took.as_secs_f64() * 1e3
         )
     };
     // CASCADE_BENCH_AB="tma,lean,tma+lean" (or the GEMMs' "fc1,fc2,sk"; see ab_settings): each
@@ -57,7 +65,7 @@ fn main() {
         for (label, attention, gemm) in &ab {
             cuda.set_attention_defaults(*attention);
             cuda.set_gemm_defaults(*gemm);
-            graphs.push((format!("{name}@{label}"), cuda.capture_tuned(step, step).unwrap()));
+            graphs.push((format!("{name}@{label}"), capture(step)));
         }
         cuda.set_attention_defaults(Default::default());
         cuda.set_gemm_defaults(Default::default());
@@ -67,13 +75,14 @@ fn main() {
         if !capture_only && cascade::testing::shape_wanted(name) {
             let names: Vec<String> = graphs.iter().map(|g| g.0.clone()).collect();
             let mut replays: Vec<Box<dyn FnMut() + '_>> =
-                graphs.iter().map(|(_, g)| Box::new(move || g.replay().unwrap()) as Box<dyn FnMut()>).collect();
+                graphs.iter().map(|(_, (g, _))| Box::new(move || g.replay().unwrap()) as Box<dyn FnMut()>).collect();
             let mut fs: Vec<&mut dyn FnMut()> = replays.iter_mut().map(|f| &mut **f as &mut dyn FnMut()).collect();
             common::summary_interleaved(&dev, &names, Some(flops), &mut fs);
         }
     };
-    let mut bench = |name: &str, flops: f64, graph: cascade::cuda::Graph| {
-        graph_line(name, &graph);
+    let mut bench = |name: &str, flops: f64, captured: (cascade::cuda::Graph, std::time::Duration)| {
+        graph_line(name, &captured);
+        let graph = captured.0;
         if profile {
             cuda.profile(|| graph.replay()).unwrap();
             println!("PROFILED {name}");
@@ -100,8 +109,7 @@ fn main() {
         let mask_t = Tensor::from_f32(&mask, &[2, 77], DType::F32, &dev).unwrap();
         let encode = || clip.encode(&id_t, &mask_t, &[12, 12]).map(|_| ());
         if ab.is_empty() {
-            let graph = cuda.capture_tuned(encode, encode).unwrap();
-            bench("stage/clip_bigg/encode/batch2", 195.8e9, graph);
+            bench("stage/clip_bigg/encode/batch2", 195.8e9, capture(&encode));
         } else {
             ab_step("stage/clip_bigg/encode/batch2", 195.8e9, &encode);
         }
@@ -119,8 +127,7 @@ fn main() {
         let prepared = prior.prepare(&cond, None, None, 2, 24, 24).unwrap();
         let step = || prior.forward_prepared(&x, &t, &prepared).map(|_| ());
         if ab.is_empty() {
-            let graph = cuda.capture_tuned(step, step).unwrap();
-            bench(&format!("stage/{name}/step/batch2_24x24"), flops, graph);
+            bench(&format!("stage/{name}/step/batch2_24x24"), flops, capture(&step));
         } else {
             ab_step(&format!("stage/{name}/step/batch2_24x24"), flops, &step);
         }
@@ -136,8 +143,7 @@ fn main() {
         let prepared = decoder.prepare(&cond, Some(&effnet), None, 1, 256, 256).unwrap();
         let step = || decoder.forward_prepared(&x, &t, &prepared).map(|_| ());
         if ab.is_empty() {
-            let graph = cuda.capture_tuned(step, step).unwrap();
-            bench(&format!("stage/{name}/step/batch1_256x256"), flops, graph);
+            bench(&format!("stage/{name}/step/batch1_256x256"), flops, capture(&step));
         } else {
             ab_step(&format!("stage/{name}/step/batch1_256x256"), flops, &step);
         }
@@ -147,8 +153,7 @@ fn main() {
         let latents = rnd(&[1, 256, 256, 4], 7);
         let decode = || vqgan.decode(&latents).map(|_| ());
         if ab.is_empty() {
-            let graph = cuda.capture_tuned(decode, decode).unwrap();
-            bench("stage/stage_a/decode/1024x1024", 2172.4e9, graph);
+            bench("stage/stage_a/decode/1024x1024", 2172.4e9, capture(&decode));
         } else {
             ab_step("stage/stage_a/decode/1024x1024", 2172.4e9, &decode);
         }
