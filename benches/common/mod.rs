@@ -84,10 +84,9 @@ pub fn time_iters(dev: &Device, iters: u64, mut f: impl FnMut()) -> Duration {
 
 /// Several launch sequences timed in turns, for A/B comparisons within one process: a warm-up
 /// batch of each, then 7 rounds of one batch of 20 calls of each (in an order rotated every
-/// round), so that drift (clocks,
-/// temperature, other tenants) falls on all of them alike. Prints each one's median as a BENCH
-/// line, then an `AB` line per sequence after the first: its median difference from the first,
-/// and the range of the per-round differences.
+/// round), so that drift (clocks, temperature, other tenants) falls on all of them alike. Prints
+/// each one's median as a BENCH line, then an `AB` line per sequence after the first: its median
+/// difference from the first, and the range of the per-round differences.
 pub fn summary_interleaved(dev: &Device, names: &[String], flops: Option<f64>, fs: &mut [&mut dyn FnMut()]) {
     let (rounds, per_batch) = (7, 20u32);
     for f in fs.iter_mut() {
@@ -108,9 +107,7 @@ pub fn summary_interleaved(dev: &Device, names: &[String], flops: Option<f64>, f
         v[v.len() / 2]
     };
     for (name, t) in names.iter().zip(&times) {
-        let s = median(t);
-        let rate = flops.map_or(String::new(), |fl| format!("{:8.1} TFLOP/s", fl / s / 1e12));
-        println!("BENCH {name:<56} {:>10.4} ms  {rate}", s * 1e3);
+        bench_line(name, median(t), flops, None);
     }
     for (name, t) in names.iter().zip(&times).skip(1) {
         let diffs: Vec<f64> = t.iter().zip(&times[0]).map(|(b, a)| (b - a) * 1e3).collect();
@@ -131,11 +128,15 @@ fn summary(dev: &Device, name: &str, flops: Option<f64>, bytes: Option<f64>, mut
     time_iters(dev, 3, &mut f);
     let mut times: Vec<Duration> = (0..reps).map(|_| time_iters(dev, per_batch as u64, &mut f) / per_batch).collect();
     times.sort();
-    let s = times[reps / 2].as_secs_f64();
+    bench_line(name, times[reps / 2].as_secs_f64(), flops, bytes);
+}
+
+/// One BENCH line: `secs` per call, and the rate `flops` or `bytes` give.
+fn bench_line(name: &str, secs: f64, flops: Option<f64>, bytes: Option<f64>) {
     let rate = match (flops, bytes) {
-        (Some(fl), _) => format!("{:8.1} TFLOP/s", fl / s / 1e12),
-        (None, Some(b)) => format!("{:8.0} GB/s", b / s / 1e9),
+        (Some(fl), _) => format!("{:8.1} TFLOP/s", fl / secs / 1e12),
+        (None, Some(b)) => format!("{:8.0} GB/s", b / secs / 1e9),
         _ => String::new(),
     };
-    println!("BENCH {name:<56} {:>10.4} ms  {rate}", s * 1e3);
+    println!("BENCH {name:<56} {:>10.4} ms  {rate}", secs * 1e3);
 }

@@ -12,10 +12,11 @@
 //! fastest is kept for the rest of the process; the heuristic's first choice stays unless another
 //! is clearly faster, so near-ties do not flip between runs. A shape first met inside a capture
 //! uses the first choice there and is timed at its next direct use: [`super::CudaDevice::capture_tuned`]
-//! arranges that before a graph is kept. With a tuning file ([`super::CudaDevice::set_tuning_file`],
-//! `CASCADE_TUNING_FILE`) each choice is kept, and a later process on the same card and
-//! libraries takes it without timing, so that its graphs run the same algorithms. `CASCADE_GEMM_TUNE=0` keeps the heuristic's first choice
-//! everywhere (bitwise repeatable across processes); `CASCADE_GEMM_TUNE=log` prints each choice.
+//! arranges that before a graph is kept. With a tuning file
+//! ([`super::CudaDevice::set_tuning_file`], `CASCADE_TUNING_FILE`) each choice is kept, and a
+//! later process on the same card and libraries takes it without timing, so that its graphs run
+//! the same algorithms. `CASCADE_GEMM_TUNE=0` keeps the heuristic's first choice everywhere
+//! (bitwise repeatable across processes); `CASCADE_GEMM_TUNE=log` prints each choice.
 //!
 //! Split-K reductions: only algorithms that add their partial sums in f32 (or do not split K) are
 //! asked for. cuBLASLt's other schemes add the partial products in the output type: in bf16, an

@@ -292,7 +292,8 @@ fn tuning_fingerprint(name: &str, (major, minor): (i32, i32), multiprocessors: u
     let mut driver = 0;
     // SAFETY: writes one int.
     let _ = unsafe { sys::cuDriverGetVersion(&mut driver) };
-    // SAFETY: a plain query; Blas::new checked the library first, and so does this.
+    // SAFETY: a plain query, made only where the library loads (Blas::new, next, refuses to go
+    // on without it).
     let cublaslt =
         if unsafe { cudarc::cublaslt::sys::is_culib_present() } { unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() } } else { 0 };
     format!("{name}, sm_{major}{minor}, {multiprocessors} SMs, driver {driver}, cuBLASLt {cublaslt}, cascade {}", env!("CARGO_PKG_VERSION"))
@@ -606,9 +607,9 @@ impl CudaDevice {
     }
 
     /// Sets which opt-in GEMM kernels (the fused fc1 + GRN statistics, the stream-K fc2, the
-    /// stream-K residual products, the skinny GEMM, the warp-specialised GELU GEMM) products take, ahead of their environment switches and of
-    /// timing: for comparing them within one process, as [`CudaDevice::set_attention_defaults`]
-    /// does for the attention. A kernel that did not pass its start-up check is never taken.
+    /// stream-K residual products, the skinny GEMM, the warp-specialised GELU GEMM) products
+    /// take, ahead of their environment switches and of timing: for comparing them within one
+    /// process, as [`CudaDevice::set_attention_defaults`] does for the attention. A kernel that did not pass its start-up check is never taken.
     /// Graphs already captured keep what they were captured with; `GemmOptions::default()`
     /// restores the environment's choices.
     pub fn set_gemm_defaults(&self, options: crate::ops::GemmOptions) {

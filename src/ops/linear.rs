@@ -472,9 +472,8 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
             let skinny = dev.skinny_gemm() && defaults.skinny != Some(false) && skinny_fits(x, w, bias, y, m, k, n)?;
             // Residual products with few output tiles (the attention's output projections, fc2
             // where GRN was applied in place): stream-K, when asked for (CASCADE_GEMM_SK=1).
-            let chosen = defaults.stream_k;
             let sk = !skinny
-                && chosen != Some(false)
+                && defaults.stream_k != Some(false)
                 && accumulate
                 && !gelu
                 && dev.sk_gemm()
@@ -482,7 +481,7 @@ fn linear_impl(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &mut Tensor, ac
                 && scaled_unfit(x, None, w, y, (m, k, n))?.is_none();
             // Under CASCADE_KERNEL_TUNE, either where it timed faster than cuBLASLt.
             let take = (skinny && (defaults.skinny == Some(true) || crate::cuda::gemm_skinny_requested()))
-                || (sk && (chosen == Some(true) || crate::cuda::gemm_sk_requested()))
+                || (sk && (defaults.stream_k == Some(true) || crate::cuda::gemm_sk_requested()))
                 || ((skinny || sk) && {
                     let dims = [m, k, n, accumulate as usize, gelu as usize, bias.is_some() as usize, y.dtype() as usize];
                     let names = ["cuBLASLt", if skinny { "skinny" } else { "stream-K" }];
