@@ -70,6 +70,7 @@ fn main() {
                 (ops::FusedGrnKernel::WgmmaDeep, "wgmma_deep"),
                 (ops::FusedGrnKernel::WgmmaWs, "wgmma_ws"),
                 (ops::FusedGrnKernel::WgmmaWsDeep, "wgmma_ws_deep"),
+                (ops::FusedGrnKernel::WgmmaSk, "wgmma_sk"),
                 (ops::FusedGrnKernel::Separate, "separate"),
             ]
         } else {

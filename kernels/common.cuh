@@ -612,6 +612,19 @@ __device__ __forceinline__ bool block_arrived_last(unsigned int* count, unsigned
     return true;
 }
 
+// ---- Named barriers ---------------------------------------------------------------------------
+// bar.sync id, count: the `count` threads (whole warps) that reach barrier `id` wait for one
+// another. For the threads of a block that go on working after others have ended (the consumer
+// warpgroups of a warp-specialised kernel whose producer warp has returned), where __syncthreads
+// would count the ended threads. Id 0 is __syncthreads' own.
+__device__ __forceinline__ void named_barrier_sync(unsigned id, unsigned count) {
+#ifdef CASCADE_EMU
+    emu::sync_named(id, count);
+#else
+    asm volatile("bar.sync %0, %1;\n" : : "r"(id), "r"(count) : "memory");
+#endif
+}
+
 // ---- Grid-wide waits (cooperative launches only) -------------------------------------------
 // Returns once *p >= target, read with acquire semantics at device scope. Only a launch whose
 // blocks are all resident at once (cuLaunchCooperativeKernel, which fails rather than start a

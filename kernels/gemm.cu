@@ -29,27 +29,60 @@
 #define GG_OUT_STRIDE (GG_BN * 2 + 16)
 
 #ifdef CASCADE_WGMMA
+// Where an output tile of the fused GEMM lies: its first row and column, its column of tiles
+// among `tiles_n`, and how many tiles each column has (the blocks that report to its counter).
+struct GrnTile {
+    int m0, n0, tile_n, tiles_n, tiles_m;
+};
+// The tile of a block of the grid (tiles_n × tiles_m), one tile per block.
+__device__ __forceinline__ GrnTile grid_tile() {
+    return GrnTile{(int)blockIdx.y * GG_BM, (int)blockIdx.x * GG_BN, (int)blockIdx.x, (int)gridDim.x, (int)gridDim.y};
+}
+// The bytes of scratch the epilogue uses (below): the staged output tile, the warps' column sums,
+// the halves, the warp sums and the flag.
+#define GG_EPILOGUE_BYTES (GG_BM * GG_OUT_STRIDE + 8 * GG_BN * 4 + 2 * GG_BN * 4 + 4 * 4 + 16)
+
 // The fused GEMM's epilogue, from each consumer warpgroup's 64 × 128 accumulators (warpgroup w:
-// rows 64w .. 64w + 63 of the tile) and the block's stage memory, free once every product is
-// done: u, the chunks' sums of squares, and in the last blocks GRN's factor (SUMS false: u alone,
-// an MLP's first layer and its GELU). Every thread of the block calls it (it has barriers); only
-// the 256 threads of the two consumer warpgroups (`worker`, threads 0–255) hold accumulators and
-// do the work.
-template <bool SUMS = true>
-__device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float (&acc)[64], unsigned char* const tiles, const int tid, const bool worker) {
+// rows 64w .. 64w + 63 of tile `at`) and GG_EPILOGUE_BYTES of shared memory at `scratch`: u, the
+// chunks' sums of squares, and in the last blocks GRN's factor (SUMS false: u alone, an MLP's
+// first layer and its GELU). Every thread that waits at the block's barriers calls it: with NAMED
+// false every thread of the block (__syncthreads), of which only the 256 threads of the two
+// consumer warpgroups (`worker`, threads 0–255) hold accumulators and do the work; with NAMED
+// the 256 consumer threads alone (named barrier 1: the stream-K kernel, whose producer warp has
+// ended), every one a worker.
+template <bool SUMS = true, bool NAMED = false>
+__device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float (&acc)[64], unsigned char* const scratch, const int tid, const bool worker,
+                                                  const GrnTile at) {
     const int warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
     const int g = lane >> 2, t = lane & 3;
-    const int m0 = blockIdx.y * GG_BM, n0 = blockIdx.x * GG_BN;
-    // Epilogue. The stages' memory: the output tile [128][GG_OUT_STRIDE], then the warps' column
-    // sums [8][128] f32, the halves of the last block's chunk sums [2][128], four warp sums and a
-    // flag.
-    unsigned char* const out = tiles;
-    float* const red = (float*)(tiles + GG_BM * GG_OUT_STRIDE);
+    const int m0 = at.m0, n0 = at.n0;
+    auto sync = [] {
+        if (NAMED) named_barrier_sync(1, 256);
+        else __syncthreads();
+    };
+    // Counts this block's tile in `count` once its writes are fenced: true in every thread of the
+    // block that arrives last of `expected`, which also resets the counter for the next launch.
+    auto arrived_last = [&](unsigned* count, unsigned expected, bool* flag) {
+        __threadfence();
+        sync();
+        if (tid == 0) *flag = atomicAdd(count, 1u) == expected - 1;
+        sync();
+        if (!*flag) return false;
+        __threadfence();
+        if (tid == 0) *count = 0;
+        return true;
+    };
+    // The scratch: the output tile [128][GG_OUT_STRIDE], then the warps' column sums [8][128]
+    // f32, the halves of the last block's chunk sums [2][128], four warp sums and a flag.
+    unsigned char* const out = scratch;
+    float* const red = (float*)(scratch + GG_BM * GG_OUT_STRIDE);
     float* const halves = red + 8 * GG_BN;
     float* const wsum = halves + 2 * GG_BN;
     bool* const flag = (bool*)(wsum + 4);
     const bf16* bias = (const bf16*)p.bias;
     constexpr bool sums = SUMS;
+    // A block that runs several tiles: the previous tile's readers of the scratch are done.
+    if (NAMED) sync();
     // This thread's rows of the tile: row0 and row0 + 8. With sums, M is a multiple of 64, so a
     // warpgroup's rows are all in the matrix or all past it (then its sums are not written).
     const int row0 = 64 * wg + 16 * (warp & 3) + g;
@@ -80,7 +113,7 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
         }
         if (g == 0) red[warp * GG_BN + c] = s0, red[warp * GG_BN + c + 1] = s1;
     }
-    __syncthreads();
+    sync();
     {
         // The chunk sums: thread i takes column i % 128 of warpgroup i / 128's 64 rows, its four
         // warps added in order.
@@ -101,8 +134,8 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
     // The last block of this column tile to finish: every chunk sum of its columns is written.
     // Each sample's norms of these columns (the chunk sums added in a fixed order: even chunks by
     // one half of the block, odd by the other), and their sum over the tile.
-    const int tiles_n = gridDim.x, samples = p.M / p.rows, chunks = p.rows / 64;
-    if (!block_arrived_last(p.counters + blockIdx.x, gridDim.y, flag)) return;
+    const int tiles_n = at.tiles_n, samples = p.M / p.rows, chunks = p.rows / 64;
+    if (!arrived_last(p.counters + at.tile_n, at.tiles_m, flag)) return;
     {
         const int c = tid & 127, h = tid >> 7, col = n0 + c;
         const bool cin = worker && col < p.N;
@@ -121,7 +154,7 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
                 for (; ch < chunks; ch += 2) s += __ldcg(pb + (int64_t)ch * p.N);
             }
             if (worker) halves[h * GG_BN + c] = s;
-            __syncthreads();
+            sync();
             if (h == 0) {
                 const float norm = cin ? sqrtf(halves[c] + halves[GG_BN + c]) : 0.f;
                 if (cin) p.scale[(int64_t)b * p.N + col] = norm;
@@ -129,15 +162,15 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
                 for (int o = 16; o > 0; o >>= 1) gs += __shfl_xor_sync(0xffffffff, gs, o);
                 if (lane == 0) wsum[warp] = gs;
             }
-            __syncthreads();
-            if (tid == 0) p.group_sums[(int64_t)b * tiles_n + blockIdx.x] = wsum[0] + wsum[1] + wsum[2] + wsum[3];
-            __syncthreads();  // halves and wsum are rewritten for the next sample
+            sync();
+            if (tid == 0) p.group_sums[(int64_t)b * tiles_n + at.tile_n] = wsum[0] + wsum[1] + wsum[2] + wsum[3];
+            sync();  // halves and wsum are rewritten for the next sample
         }
     }
 
     // The last column tile: each sample's mean norm, then the factor 1 + γ·norm / (mean + 1e-6)
     // (GRN's, as grn_partial computes it).
-    if (!block_arrived_last(p.counters + tiles_n, tiles_n, flag)) return;
+    if (!arrived_last(p.counters + tiles_n, tiles_n, flag)) return;
     const bf16* gamma = (const bf16*)p.gamma;
     for (int b = 0; b < samples; b++) {
         float sum = 0.f;
@@ -220,7 +253,7 @@ template <int STAGES, int INFLIGHT> __device__ __forceinline__ void gemm_gelu_gr
     cp_async_wait<0>();
     __syncthreads();  // every warpgroup's products are done: the stages become the epilogue's
 
-    gemm_grn_epilogue(p, acc, tiles, tid, true);
+    gemm_grn_epilogue(p, acc, tiles, tid, true, grid_tile());
 #endif
 }
 
@@ -321,7 +354,7 @@ template <int STAGES, bool SUMS = true> __device__ __forceinline__ void gemm_gel
     // the epilogue's. The epilogue writes them through the generic proxy after the async one.
     fence_proxy_async_shared();
     __syncthreads();
-    gemm_grn_epilogue<SUMS>(p, acc, tiles, tid, !producer);
+    gemm_grn_epilogue<SUMS>(p, acc, tiles, tid, !producer, grid_tile());
 #endif
 }
 
@@ -487,13 +520,31 @@ extern "C" __global__ void __launch_bounds__(128, 2) gemm_skinny_bf16(GemmSkinny
 // per SM (167 registers, of the 168 that 288 threads leave: the accumulators, two sets of A
 // fragments, the factors of the fragment in hand).
 //
-// SCALED false (gemm_sk_bf16, no factor: a plain residual product) reads A from shared memory in
-// the products themselves, as the fused GEMM does: no ldmatrix, no A registers.
+// Three modes of the same loop:
+// - SK_SCALED (gemm_scaled_sk_bf16): as above.
+// - SK_PLAIN (gemm_sk_bf16, no factor: a plain residual product) reads A from shared memory in
+//   the products themselves, as the fused GEMM does: no ldmatrix, no A registers.
+// - SK_GRN (gemm_gelu_grn_sk_bf16): a ResBlock's fc1 with the fused GEMM's epilogue (u = GELU,
+//   the chunks' sums of squares, the last tiles' GRN factor), A as SK_PLAIN reads it. The fused
+//   GEMM's grid of one tile per block leaves SMs idle where the tiles are few or a last wave
+//   nearly empty (Stage B's level 3: 80 tiles, level 2: 320 tiles on 132 SMs, 2 per SM); shared
+//   out stream-K, every SM has the same number of steps. The tile's first block writes it, both
+//   consumer warpgroups together: they meet at named barrier 1 (the producer warp has ended),
+//   and the epilogue's scratch lies past the stages (the producer is already filling them with
+//   the next tile's steps).
 #define GK_STAGES 5
 #define GK_THREADS 288
-template <bool SCALED> __device__ __forceinline__ void gemm_sk(const GemmScaledTmaParams& q) {
+enum SkMode { SK_PLAIN, SK_SCALED, SK_GRN };
+__device__ __forceinline__ float* sk_partials(const GemmScaledTmaParams& q) { return q.g.partials; }
+__device__ __forceinline__ float* sk_partials(const GemmGrnSkParams& q) { return q.partials; }
+__device__ __forceinline__ unsigned* sk_counters(const GemmScaledTmaParams& q) { return q.g.counters; }
+__device__ __forceinline__ unsigned* sk_counters(const GemmGrnSkParams& q) { return q.counters; }
+template <SkMode MODE, class Q> __device__ __forceinline__ void gemm_sk(const Q& q) {
 #ifdef CASCADE_WGMMA
-    const GemmScaledParams& p = q.g;
+    constexpr bool SCALED = MODE == SK_SCALED;
+    const auto& p = q.g;
+    float* const partials = sk_partials(q);
+    unsigned* const counters = sk_counters(q);
     extern __shared__ uint4 smem_words[];
     unsigned char* const tiles = align_1024((unsigned char*)smem_words);  // the launch asks for 1 KiB more
     auto atile = [&](int s) { return tiles + s * 2 * GG_TILE; };
@@ -547,20 +598,20 @@ template <bool SCALED> __device__ __forceinline__ void gemm_sk(const GemmScaledT
     auto finish_piece = [&](int tile, int kt_last) {
         const int slot = 2 * b + wg;
         if (seg_kt0 > 0) {
-            float4* const part = (float4*)p.partials + (int64_t)slot * 16 * 128 + wt;
+            float4* const part = (float4*)partials + (int64_t)slot * 16 * 128 + wt;
 #pragma unroll
             for (int j = 0; j < 16; j++) part[j * 128] = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
             __threadfence();
-            atomicAdd(&p.counters[slot], 1u);
+            atomicAdd(&counters[slot], 1u);
             return;
         }
         if (kt_last < ks - 1) {
             const int64_t tile_end = (int64_t)(tile + 1) * ks;
             for (int c = b + 1; c < grid && start_of(c) < tile_end; c++) {
-                unsigned* const count = p.counters + 2 * c + wg;
+                unsigned* const count = counters + 2 * c + wg;
                 if (lane == 0) spin_until_at_least(count, 128);  // all 128 threads of its warpgroup
                 __syncwarp();
-                const float4* const part = (const float4*)p.partials + (int64_t)(2 * c + wg) * 16 * 128 + wt;
+                const float4* const part = (const float4*)partials + (int64_t)(2 * c + wg) * 16 * 128 + wt;
 #pragma unroll
                 for (int j = 0; j < 16; j++) {
                     const float4 v = __ldcg(&part[j * 128]);
@@ -572,6 +623,11 @@ template <bool SCALED> __device__ __forceinline__ void gemm_sk(const GemmScaledT
             }
         }
         const int m0 = (tile / tiles_n) * GG_BM, n0 = (tile % tiles_n) * GG_BN;
+        if constexpr (MODE == SK_GRN) {
+            const GrnTile at{m0, n0, tile % tiles_n, tiles_n, (p.M + GG_BM - 1) / GG_BM};
+            gemm_grn_epilogue<true, true>(p, acc, (unsigned char*)(empty + GK_STAGES), tid, true, at);
+            return;
+        } else {
         const int r0 = m0 + wrow + g, r1 = r0 + 8;
 #pragma unroll
         for (int j = 0; j < 16; j++) {
@@ -605,6 +661,7 @@ template <bool SCALED> __device__ __forceinline__ void gemm_sk(const GemmScaledT
                     *y = pack_bf16x2(v0, v1);
                 }
             }
+        }
         }
     };
 
@@ -681,11 +738,18 @@ template <bool SCALED> __device__ __forceinline__ void gemm_sk(const GemmScaledT
 
 extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_scaled_sk_bf16(const __grid_constant__ GemmScaledTmaParams q) {
     pdl_enter();
-    gemm_sk<true>(q);
+    gemm_sk<SK_SCALED>(q);
 }
 // Without a factor (p.g.factor NULL): the residual products with few output tiles
 // (CASCADE_GEMM_SK=1; opt-in until measured).
 extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_sk_bf16(const __grid_constant__ GemmScaledTmaParams q) {
     pdl_enter();
-    gemm_sk<false>(q);
+    gemm_sk<SK_PLAIN>(q);
+}
+// A ResBlock's fc1, GELU and GRN's statistics, stream-K (opt-in until measured:
+// CASCADE_GEMM_WGMMA=sk, or timed faster under CASCADE_KERNEL_TUNE). Shared memory: the five
+// stages, their barriers, then GG_EPILOGUE_BYTES of scratch.
+extern "C" __global__ void __launch_bounds__(GK_THREADS, 1) gemm_gelu_grn_sk_bf16(const __grid_constant__ GemmGrnSkParams q) {
+    pdl_enter();
+    gemm_sk<SK_GRN>(q);
 }

@@ -204,6 +204,20 @@ typedef struct GemmScaledTmaParams {
     GemmScaledParams g;
 } GemmScaledTmaParams;
 
+// The fused fc1 + GELU + GRN statistics GEMM shared out stream-K (sm_90a, kernels/gemm.cu
+// gemm_gelu_grn_sk_bf16): what gemm_gelu_grn_ws_bf16 computes (GemmGrnParams, the operands also as
+// tensor maps, boxes of 128 rows × 64 columns in the 128-byte swizzle), on a cooperative grid of
+// at most one block per SM whose blocks share the 64-deep steps of every 128 × 128 output tile
+// as gemm_scaled_sk_bf16's do. g.counters: [ceil(N / 128) + 1] as in GemmGrnParams; counters:
+// the pieces' [2 · gridDim.x]; all zero before the launch and after it.
+typedef struct GemmGrnSkParams {
+    TensorMap x_map;
+    TensorMap w_map;
+    GemmGrnParams g;
+    float* partials;        // [2 · gridDim.x, 16, 128] float4: each consumer warpgroup's first piece
+    unsigned int* counters; // [2 · gridDim.x]
+} GemmGrnSkParams;
+
 // GlobalResponseNorm, second kernel: y[b,n,d] = x[b,n,d] * scale[b,d] + beta[d] (with GELU, x is
 // the GELU output grn_partial stored).
 typedef struct GrnApplyParams {

@@ -89,6 +89,11 @@ CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test pipeline -- --i
 # Its warp-specialised version (TMA copies onto transaction barriers; opt-in until measured)
 # likewise. The kernel test above already runs it beside the others.
 CASCADE_GEMM_WGMMA=ws cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# Its stream-K version (opt-in until measured) likewise, then in the tiny pipeline with the
+# stream-K fc2 after it (no pass over u at all). The kernel test above runs it too, on a few
+# blocks as well.
+CASCADE_GEMM_WGMMA=sk cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+CASCADE_GEMM_WGMMA=sk CASCADE_GEMM_WS_FC2=1 cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # The ResBlocks' fc2 with GRN's factor on its input (the stream-K kernel, opt-in until measured;
 # its kernel test runs in the first run above): the tiny models with GRN's sums pass before it,
 # then the tiny pipeline with the warp-specialised fc1 + GRN GEMM before it (their MLPs then

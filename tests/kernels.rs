@@ -310,13 +310,34 @@ fn linear_gelu_grn_kernels() {
         // (and the last) on the large ones.
         let step = if b * rows * n > 1 << 20 { 61 } else { 1 };
         let sel: Vec<usize> = (0..b * rows).step_by(step).chain([b * rows - 1]).collect();
-        let kernels: &[K] = if fused { &[K::Wgmma, K::WgmmaDeep, K::WgmmaWs, K::WgmmaWsDeep, K::Separate] } else { &[K::Separate] };
-        for &kernel in kernels {
+        // The stream-K version also on a few blocks (5 and 7): blocks then take several tiles,
+        // and tiles are cut into pieces at places the one-per-SM grid does not reach.
+        let kernels: &[(K, Option<usize>)] = if fused {
+            &[
+                (K::Wgmma, None),
+                (K::WgmmaDeep, None),
+                (K::WgmmaWs, None),
+                (K::WgmmaWsDeep, None),
+                (K::WgmmaSk, None),
+                (K::WgmmaSk, Some(5)),
+                (K::WgmmaSk, Some(7)),
+                (K::Separate, None),
+            ]
+        } else {
+            &[(K::Separate, None)]
+        };
+        for &(kernel, blocks) in kernels {
             let (mut u, u_whole) = poisoned(&[b, rows, n], dtype, &dev).unwrap();
             let (mut factor, f_whole) = poisoned(&[b, n], DType::F32, &dev).unwrap();
-            ops::linear_gelu_grn_factor_into(&x, &w, Some(&bias), &g, kernel, &mut u, &mut factor).unwrap();
+            match blocks {
+                Some(_) => ops::norm::linear_gelu_grn_sk_into(&x, &w, Some(&bias), &g, &mut u, &mut factor, blocks).unwrap(),
+                None => ops::linear_gelu_grn_factor_into(&x, &w, Some(&bias), &g, kernel, &mut u, &mut factor).unwrap(),
+            }
             let uv = u.to_vec_f32().unwrap();
-            let what = format!("{kernel:?}");
+            let what = match blocks {
+                Some(n) => format!("{kernel:?} on {n} blocks"),
+                None => format!("{kernel:?}"),
+            };
             assert!(uv.iter().all(|v| v.is_finite()), "linear_gelu_grn u {what} {name}: an element was not written");
             let (mut got, mut want) = (Vec::new(), Vec::new());
             for &r in &sel {

@@ -603,7 +603,14 @@ mod gpu {
         println!("fused fc1 by the switch alone: {fused_by_switch}");
         for on in [false, true] {
             // (Skinny stays unset: where it is checked it would take the residual product.)
-            let set = GemmOptions { fused_fc1: Some(on), stream_k_fc2: Some(on), stream_k: Some(on), skinny: None, ws_gelu: Some(on) };
+            let set = GemmOptions {
+                fused_fc1: Some(on),
+                fc1_stream_k: None,
+                stream_k_fc2: Some(on),
+                stream_k: Some(on),
+                skinny: None,
+                ws_gelu: Some(on),
+            };
             cuda.set_gemm_defaults(set);
             assert_eq!(cuda.gemm_defaults(), set);
             // The fused fc1: off never; on wherever the switch alone would (it asks for the check).
@@ -611,6 +618,23 @@ mod gpu {
             assert!(!fused || on, "fused fc1 taken while set off");
             if on && cascade::cuda::gemm_wgmma_requested() {
                 assert_eq!(fused, fused_by_switch, "fused fc1 not taken while set on");
+            }
+            // Set on, its version: the stream-K one where fc1_stream_k says so (and it passed its
+            // check), the requested one where it says not.
+            if on {
+                use ops::FusedGrnKernel as K;
+                for sk in [true, false] {
+                    cuda.set_gemm_defaults(GemmOptions { fc1_stream_k: Some(sk), ..set });
+                    let kernel = ops::linear_gelu_grn_kernel(&x, &w, None, &gamma).unwrap();
+                    println!("fused fc1 with fc1_stream_k {sk}: {kernel:?}");
+                    if sk {
+                        assert_eq!(kernel, cuda.grn_sk_gemm().then_some(K::WgmmaSk), "fc1_stream_k set on");
+                    } else {
+                        assert!(kernel != Some(K::WgmmaSk), "fc1_stream_k set off, but the stream-K version taken");
+                        assert_eq!(kernel.is_some(), cuda.wgmma_gemm() && K::requested() != K::WgmmaSk);
+                    }
+                }
+                cuda.set_gemm_defaults(set);
             }
             assert_eq!(ops::linear_scaled_fused(&dev, m, k, n), on && cuda.scaled_gemm(), "stream-K fc2's decision");
             let fc2 = product(false, true);

@@ -115,10 +115,12 @@ pub(crate) enum SharedMemoryOptIn {
     GemmGeluWs,
     /// `gemm_sk_bf16`.
     GemmSk,
+    /// `gemm_gelu_grn_sk_bf16`.
+    GemmGrnSk,
 }
 
 impl SharedMemoryOptIn {
-    const COUNT: usize = 11;
+    const COUNT: usize = 12;
 }
 
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.
@@ -168,8 +170,11 @@ pub struct CudaDevice {
     /// The wgmma kernels that copy K and V with TMA (`CASCADE_ATTENTION_COPY=tma`) passed their
     /// start-up check.
     tma_attention: std::sync::atomic::AtomicBool,
-    /// The fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16`) passed its start-up check.
+    /// The requested version of the fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16` and
+    /// the rest) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
+    /// Its stream-K version (`gemm_gelu_grn_sk_bf16`) passed its start-up check.
+    grn_sk_gemm: std::sync::atomic::AtomicBool,
     /// The skinny GEMM (`gemm_skinny_bf16`, `CASCADE_GEMM_SKINNY=1`) passed its start-up check.
     skinny_gemm: std::sync::atomic::AtomicBool,
     /// The warp-specialised GEMM as an MLP's first layer and its GELU (`CASCADE_GEMM_WS_GELU=1`
@@ -382,6 +387,7 @@ impl CudaDevice {
             narrow_tail: false.into(),
             tma_attention: false.into(),
             wgmma_gemm: false.into(),
+            grn_sk_gemm: false.into(),
             skinny_gemm: false.into(),
             ws_gelu_gemm: false.into(),
             scaled_gemm: false.into(),
@@ -504,10 +510,20 @@ impl CudaDevice {
                 dev.tma_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1).
+        // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1): the requested version,
+        // and beside the warp-specialised one (`ws`, or timing's) its stream-K version, so that
+        // timing or an A/B can choose between the two.
         if dev.compute_capability == (9, 0) && considered(gemm_wgmma_requested()) {
-            let ok = check_gemm_gelu_grn(&dev);
-            dev.wgmma_gemm.store(ok, std::sync::atomic::Ordering::Relaxed);
+            use crate::ops::FusedGrnKernel;
+            use std::sync::atomic::Ordering::Relaxed;
+            let requested = FusedGrnKernel::requested();
+            let ok = check_gemm_gelu_grn(&dev, requested);
+            dev.wgmma_gemm.store(ok, Relaxed);
+            match requested {
+                FusedGrnKernel::WgmmaSk => dev.grn_sk_gemm.store(ok, Relaxed),
+                FusedGrnKernel::WgmmaWs => dev.grn_sk_gemm.store(check_gemm_gelu_grn(&dev, FusedGrnKernel::WgmmaSk), Relaxed),
+                _ => {}
+            }
         }
         // The same for the skinny GEMM (CASCADE_GEMM_SKINNY=1).
         if dev.compute_capability == (9, 0) && considered(gemm_skinny_requested()) {
@@ -732,6 +748,13 @@ impl CudaDevice {
     /// separate path (cuBLASLt, then GRN's sums pass) when the device was opened.
     pub fn wgmma_gemm(&self) -> bool {
         self.wgmma_gemm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the stream-K version of the fused fc1 + GRN-statistics GEMM agreed with the
+    /// separate path when the device was opened: checked where `CASCADE_GEMM_WGMMA=sk` or `ws`
+    /// asks for it, or under `CASCADE_KERNEL_TUNE` (a compute capability 9.0 GPU).
+    pub fn grn_sk_gemm(&self) -> bool {
+        self.grn_sk_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether products with at most `CASCADE_SKINNY_ROWS` rows of input (CLIP's) take the skinny
@@ -1348,11 +1371,11 @@ fn attention_split_setting() -> usize {
 }
 
 /// Whether the fused fc1 + GRN-statistics GEMM on wgmma is asked for (`CASCADE_GEMM_WGMMA=1`, or
-/// `=deep`, `=ws`, `=ws_deep` for its other versions: `ops::FusedGrnKernel::requested`): it is
+/// `=deep`, `=ws`, `=ws_deep`, `=sk` for its other versions: `ops::FusedGrnKernel::requested`): it is
 /// checked when a compute capability 9.0 device opens, and the ResBlocks then take it where its
 /// operands allow (`ops::linear_gelu_grn_factor`).
 pub fn gemm_wgmma_requested() -> bool {
-    std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| matches!(v.trim(), "1" | "deep" | "ws" | "ws_deep"))
+    std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| matches!(v.trim(), "1" | "deep" | "ws" | "ws_deep" | "sk"))
 }
 
 /// A TMA tensor map of a dense row-major bf16 matrix `[rows, cols]` at `ptr` (16-byte aligned,
@@ -1428,11 +1451,11 @@ pub fn is_available() -> bool {
     present && CudaContext::device_count().is_ok_and(|n| n > 0)
 }
 
-/// Runs the requested version of the fused fc1 + GRN-statistics GEMM once beside the separate path (cuBLASLt, then GRN's
+/// Runs one version of the fused fc1 + GRN-statistics GEMM once beside the separate path (cuBLASLt, then GRN's
 /// sums pass) on a small problem with partial tiles, two samples and a K that is not a multiple
 /// of the kernel's step; true when u and the factor agree. A failure is reported and the kernel
 /// is not used.
-fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>) -> bool {
+fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>, version: crate::ops::FusedGrnKernel) -> bool {
     use crate::ops::{linear_gelu_grn_factor, FusedGrnKernel};
     use crate::{DType, Device, Tensor};
     let device = Device::Cuda(dev.clone());
@@ -1443,8 +1466,8 @@ fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>) -> bool {
         let (x, w, bias, gamma) = (t(&[b, rows, k], 1.0)?, t(&[n, k], 0.1)?, t(&[n], 0.5)?, t(&[n], 0.5)?);
         let (u0, f0) = linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, FusedGrnKernel::Separate)?;
         let (u0, f0) = (u0.to_vec_f32()?, f0.to_vec_f32()?);
-        // Only the version Auto will take: a fault in another would end the context for nothing.
-        let (u1, f1) = linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, FusedGrnKernel::requested())?;
+        // Only the versions Auto may take: a fault in another would end the context for nothing.
+        let (u1, f1) = linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, version)?;
         let (u1, f1) = (u1.to_vec_f32()?, f1.to_vec_f32()?);
         if u1.iter().chain(&f1).any(|v| !v.is_finite()) {
             return Ok(f64::INFINITY);
@@ -1453,7 +1476,9 @@ fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>) -> bool {
         // factor, a sum over many positions, only in its last bits: held 10× tighter.
         Ok(crate::testing::rel_l2(&u1, &u0).max(10.0 * crate::testing::rel_l2(&f1, &f0)))
     };
-    passed_check(dev, "the fused fc1 + GRN GEMM (wgmma)", "cuBLASLt and GRN's pass", run(), 1e-2)
+    let what =
+        if version == FusedGrnKernel::WgmmaSk { "the fused fc1 + GRN GEMM (wgmma, stream-K)" } else { "the fused fc1 + GRN GEMM (wgmma)" };
+    passed_check(dev, what, "cuBLASLt and GRN's pass", run(), 1e-2)
 }
 
 /// Runs the warp-specialised GEMM as an MLP's first layer (GELU, no GRN) once beside cuBLASLt and

@@ -22,6 +22,7 @@ device_repr!(
     GemmGrnTmaParams,
     GemmScaledParams,
     GemmScaledTmaParams,
+    GemmGrnSkParams,
     GemmSkinnyParams,
     ActParams,
     AddParams,

@@ -192,6 +192,9 @@ pub struct GemmOptions {
     /// A ResBlock's fc1, GELU and GRN's statistics as one GEMM (`CASCADE_GEMM_WGMMA`:
     /// [`crate::ops::linear_gelu_grn_fused`]).
     pub fused_fc1: Option<bool>,
+    /// Where fc1 is fused, the stream-K version (`CASCADE_GEMM_WGMMA=sk`) rather than the
+    /// requested one ([`crate::ops::FusedGrnKernel`]); None: the switch's.
+    pub fc1_stream_k: Option<bool>,
     /// A ResBlock's fc2 with GRN's factor applied by the stream-K kernel
     /// (`CASCADE_GEMM_WS_FC2=1`: [`linear_scaled_into`]).
     pub stream_k_fc2: Option<bool>,

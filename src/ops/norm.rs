@@ -301,35 +301,46 @@ pub enum FusedGrnKernel {
     /// `gemm_gelu_grn_ws_deep_bf16`: the same with six stages and one block per SM (Auto takes
     /// it with `CASCADE_GEMM_WGMMA=ws_deep`).
     WgmmaWsDeep,
+    /// `gemm_gelu_grn_sk_bf16`: the warp-specialised mainloop and the same epilogue, shared out
+    /// stream-K on one block per SM: every SM gets the same number of 64-deep steps, where a
+    /// grid of one tile per block leaves SMs idle (Stage B's level 3: 80 tiles for 132 SMs).
+    /// Auto takes it with `CASCADE_GEMM_WGMMA=sk`, or where it timed fastest under
+    /// `CASCADE_KERNEL_TUNE`.
+    WgmmaSk,
 }
 
 impl FusedGrnKernel {
-    /// The fused kernel that Auto takes: `CASCADE_GEMM_WGMMA=deep`, `ws` or `ws_deep` name a
-    /// version, any other request the first; without a request (`CASCADE_KERNEL_TUNE`) the
-    /// warp-specialised one (read once).
+    /// The fused kernel that Auto takes: `CASCADE_GEMM_WGMMA=deep`, `ws`, `ws_deep` or `sk` name
+    /// a version, any other request the first; without a request (`CASCADE_KERNEL_TUNE`) the
+    /// warp-specialised one (read once). Beside `ws` (or no request), the stream-K version is
+    /// checked too, and timing or the device's defaults may take it instead.
     pub fn requested() -> FusedGrnKernel {
         static K: std::sync::OnceLock<FusedGrnKernel> = std::sync::OnceLock::new();
         *K.get_or_init(|| match std::env::var("CASCADE_GEMM_WGMMA").as_deref().map(str::trim) {
             Ok("deep") => FusedGrnKernel::WgmmaDeep,
             Ok("ws") | Err(_) => FusedGrnKernel::WgmmaWs,
             Ok("ws_deep") => FusedGrnKernel::WgmmaWsDeep,
+            Ok("sk") => FusedGrnKernel::WgmmaSk,
             _ => FusedGrnKernel::Wgmma,
         })
     }
 }
 
 /// The fused kernels' dynamic shared memory: their stages of two 16 KiB tiles, 1 KiB to align
-/// them to the 128-byte swizzle's 1024-byte period, and the warp-specialised kernel's two 8-byte
-/// barriers per stage.
+/// them to the 128-byte swizzle's 1024-byte period, and the warp-specialised kernels' two 8-byte
+/// barriers per stage; the stream-K kernel's epilogue has scratch of its own past them
+/// (kernels/gemm.cu `GG_EPILOGUE_BYTES`: the others' epilogues reuse the stages).
 #[cfg(feature = "cuda")]
 pub(crate) fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
-    let (stages, barriers) = match kernel {
-        FusedGrnKernel::WgmmaDeep => (4, false),
-        FusedGrnKernel::WgmmaWs => (3, true),
-        FusedGrnKernel::WgmmaWsDeep => (6, true),
-        _ => (3, false),
+    const EPILOGUE_BYTES: usize = 128 * (128 * 2 + 16) + 8 * 128 * 4 + 2 * 128 * 4 + 4 * 4 + 16;
+    let (stages, barriers, scratch) = match kernel {
+        FusedGrnKernel::WgmmaDeep => (4, false, 0),
+        FusedGrnKernel::WgmmaWs => (3, true, 0),
+        FusedGrnKernel::WgmmaWsDeep => (6, true, 0),
+        FusedGrnKernel::WgmmaSk => (5, true, EPILOGUE_BYTES),
+        _ => (3, false, 0),
     };
-    stages * 2 * 128 * 64 * 2 + 1024 + if barriers { 2 * stages * 8 } else { 0 }
+    stages * 2 * 128 * 64 * 2 + 1024 + if barriers { 2 * stages * 8 } else { 0 } + scratch
 }
 
 /// `u = GELU(x · wᵀ + bias)` (u rounded to x's type before and after the GELU) and GRN's factor
@@ -361,11 +372,8 @@ pub fn linear_gelu_grn_factor_into(
     check_device("linear_gelu_grn", &x.device(), &[gamma, factor])?;
     let fused = match kernel {
         FusedGrnKernel::Separate => None,
-        FusedGrnKernel::Auto => {
-            let on = linear_gelu_grn_fused(x, w, bias, gamma)? && fused_operands(x, w, u, (m, k, n)).is_ok();
-            on.then(FusedGrnKernel::requested)
-        }
-        FusedGrnKernel::Wgmma | FusedGrnKernel::WgmmaDeep | FusedGrnKernel::WgmmaWs | FusedGrnKernel::WgmmaWsDeep => {
+        FusedGrnKernel::Auto => linear_gelu_grn_kernel(x, w, bias, gamma)?.filter(|_| fused_operands(x, w, u, (m, k, n)).is_ok()),
+        _ => {
             fused_operands(x, w, u, (m, k, n))?;
             Some(kernel)
         }
@@ -374,6 +382,9 @@ pub fn linear_gelu_grn_factor_into(
     if let (Some(variant), Device::Cuda(dev)) = (fused, x.device()) {
         if m == 0 {
             return Ok(());
+        }
+        if variant == FusedGrnKernel::WgmmaSk {
+            return gemm_gelu_grn_sk(&dev, x, w, bias, gamma, u, factor, (m, k, n), None);
         }
         let rows = m / b;
         let tiles = (n.div_ceil(128), m.div_ceil(128));
@@ -429,6 +440,111 @@ pub fn linear_gelu_grn_factor_into(
     grn_impl(&u.view(u.shape())?, gamma, None, factor, GrnOutput::FactorOnly(u, true), GrnKernel::TwoPass)
 }
 
+/// [`linear_gelu_grn_factor_into`] on the stream-K kernel ([`FusedGrnKernel::WgmmaSk`]) on
+/// `blocks` blocks (None: one per SM, at most one per 64-deep step of the product; tests pass a
+/// few, so that blocks take several tiles and tiles are cut into pieces at odd places): an error
+/// where it cannot run (what [`FusedGrnKernel::Wgmma`] takes).
+pub fn linear_gelu_grn_sk_into(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    u: &mut Tensor,
+    factor: &mut Tensor,
+    blocks: Option<usize>,
+) -> Result<()> {
+    if x.rank() < 2 || w.rank() != 2 {
+        return Err(Error::Shape(format!("linear_gelu_grn: x must be [B, …, K] and w [N, K], got {:?} and {:?}", x.shape(), w.shape())));
+    }
+    let (m, k, n) = super::linear::check(x, w, bias, u)?;
+    if u.shape()[..u.rank() - 1] != x.shape()[..x.rank() - 1] {
+        return Err(Error::Shape(format!("linear_gelu_grn: u {:?} does not match x {:?}", u.shape(), x.shape())));
+    }
+    check_numel("linear_gelu_grn", "gamma", gamma, n)?;
+    check_dtype("linear_gelu_grn", x.dtype(), &[gamma, u])?;
+    check_shape("linear_gelu_grn", "factor", factor, &[x.dim(0), n])?;
+    check_dtype("linear_gelu_grn", DType::F32, &[factor])?;
+    check_device("linear_gelu_grn", &x.device(), &[gamma, factor])?;
+    fused_operands(x, w, u, (m, k, n))?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = x.device() {
+        return gemm_gelu_grn_sk(&dev, x, w, bias, gamma, u, factor, (m, k, n), blocks);
+    }
+    let _ = blocks;
+    unreachable!("fused_operands accepts GPU tensors only")
+}
+
+/// The launch behind [`FusedGrnKernel::WgmmaSk`]: a cooperative grid of at most one block per SM
+/// (all resident: a block may wait for another's piece of a tile), never more blocks than 64-deep
+/// steps; the operands were checked ([`fused_operands`]).
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+fn gemm_gelu_grn_sk(
+    dev: &std::sync::Arc<crate::cuda::CudaDevice>,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    u: &mut Tensor,
+    factor: &mut Tensor,
+    (m, k, n): (usize, usize, usize),
+    blocks: Option<usize>,
+) -> Result<()> {
+    use crate::cuda::SharedMemoryOptIn;
+    if m == 0 {
+        return Ok(());
+    }
+    let b = x.dim(0);
+    let f = &dev.kernels().gemm_gelu_grn_sk_bf16;
+    let smem = gemm_grn_smem(FusedGrnKernel::WgmmaSk);
+    dev.opt_in_shared_memory(f, SharedMemoryOptIn::GemmGrnSk, smem)?;
+    let resident = dev.resident_blocks_per_sm(f, 288, smem)? * dev.multiprocessors();
+    if resident == 0 {
+        return Err(Error::Cuda(format!("linear_gelu_grn: the stream-K kernel does not fit on an SM of {}", dev.name())));
+    }
+    let tiles_n = n.div_ceil(128);
+    let steps = k.div_ceil(64) * tiles_n * m.div_ceil(128);
+    let grid = blocks.unwrap_or(dev.multiprocessors()).clamp(1, resident).min(steps);
+    // The pieces' counters first, then the column tiles' and the last one's.
+    let (counters, capacity) = dev.completion_counters();
+    if 2 * grid + tiles_n + 1 > capacity {
+        return Err(Error::Shape(format!(
+            "linear_gelu_grn: {m}×{n} on {grid} blocks needs more completion counters than the device keeps"
+        )));
+    }
+    // The chunks' sums [M / 64, N], the column tiles' sums of norms [B, tiles_n], then the
+    // warpgroups' first pieces [2 · grid, 16, 128] float4: one buffer.
+    // The pieces start 16-byte aligned: at sums + groups rounded up to a multiple of 4.
+    let (sums, groups) = (m / 64 * n, b * tiles_n);
+    let pieces = (sums + groups).div_ceil(4) * 4;
+    let part = Tensor::empty(&[pieces + 2 * grid * 16 * 128 * 4], DType::F32, &x.device())?;
+    let base = part.cuda_ptr()?;
+    let g = crate::cuda::params::GemmGrnParams {
+        x: x.cuda_ptr()? as *const _,
+        w: w.cuda_ptr()? as *const _,
+        bias: super::dptr(bias)?,
+        y: u.cuda_ptr()? as *mut _,
+        part: base as *mut f32,
+        scale: factor.cuda_ptr()? as *mut f32,
+        group_sums: (base + (sums * 4) as u64) as *mut f32,
+        gamma: gamma.cuda_ptr()? as *const _,
+        counters: (counters + (2 * grid * 4) as u64) as *mut u32,
+        M: m as i32,
+        N: n as i32,
+        K: k as i32,
+        rows: (m / b) as i32,
+    };
+    let q = crate::cuda::params::GemmGrnSkParams {
+        x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, 128, 64)?,
+        w_map: crate::cuda::tensor_map_bf16(w.cuda_ptr()?, n, k, 128, 64)?,
+        g,
+        partials: (base + (pieces * 4) as u64) as *mut f32,
+        counters: counters as *mut u32,
+    };
+    let cfg = cudarc::driver::LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (288, 1, 1), shared_mem_bytes: smem as u32 };
+    dev.launch_cooperative(f, cfg, &q)
+}
+
 /// [`linear_gelu_grn_factor_into`] into new tensors: `(u, factor)`.
 pub fn linear_gelu_grn_factor(
     x: &Tensor,
@@ -447,52 +563,68 @@ pub fn linear_gelu_grn_factor(
     Ok((u, factor))
 }
 
-/// Whether [`FusedGrnKernel::Auto`] takes the fused kernel for these operands: the device passed
-/// the kernel's start-up check (`CASCADE_GEMM_WGMMA` on compute capability 9.0, or
-/// `CASCADE_KERNEL_TUNE`), the operands are what it takes, and it was asked for or, under
-/// `CASCADE_KERNEL_TUNE`, timed faster on them than cuBLASLt and GRN's sums pass. Never on the
-/// CPU.
+/// Whether [`FusedGrnKernel::Auto`] takes a fused kernel for these operands
+/// ([`linear_gelu_grn_kernel`] says which). Never on the CPU.
 pub fn linear_gelu_grn_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gamma: &Tensor) -> Result<bool> {
-    if !fused_checked(x) || x.rank() < 2 || w.rank() != 2 {
-        let _ = (bias, gamma);
-        return Ok(false);
-    }
+    Ok(linear_gelu_grn_kernel(x, w, bias, gamma)?.is_some())
+}
+
+/// The fused kernel [`FusedGrnKernel::Auto`] takes for these operands, if any: one that passed
+/// its start-up check (`CASCADE_GEMM_WGMMA` on compute capability 9.0, or `CASCADE_KERNEL_TUNE`),
+/// for operands it takes, as the device's defaults decide ([`super::GemmOptions`]: `fused_fc1`,
+/// then `fc1_stream_k` for the version), else as the switch asks (its version), else, under
+/// `CASCADE_KERNEL_TUNE`, where it timed faster than cuBLASLt and GRN's sums pass (the requested
+/// version and the stream-K one both timed). None: cuBLASLt, then the sums pass.
+pub fn linear_gelu_grn_kernel(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gamma: &Tensor) -> Result<Option<FusedGrnKernel>> {
+    let _ = gamma;
     #[cfg(feature = "cuda")]
-    {
+    if let (Device::Cuda(dev), true) = (x.device(), x.rank() >= 2 && w.rank() == 2) {
+        // The versions that passed their start-up checks: the requested one, and the stream-K
+        // one (checked beside the warp-specialised one).
+        let requested = FusedGrnKernel::requested();
+        let req = dev.wgmma_gemm().then_some(requested);
+        let sk = dev.grn_sk_gemm().then_some(FusedGrnKernel::WgmmaSk);
+        if req.is_none() && sk.is_none() {
+            return Ok(None);
+        }
         let (k, n) = (x.dim(-1), w.dim(0));
         let m = x.numel() / k.max(1);
         // u is the caller's: the launch checks its alignment.
         let fits = w.dim(1) == k
             && bias.is_none_or(|b| b.numel() == n && b.dtype() == x.dtype())
             && fused_operands_ok(x, w, x.dim(0), (m, k, n))?.is_none();
-        let Device::Cuda(dev) = x.device() else { return Ok(false) };
-        // The device's defaults decide first, then the switch, then timing.
-        if let Some(on) = dev.gemm_defaults().fused_fc1 {
-            return Ok(fits && on);
+        if !fits {
+            return Ok(None);
         }
-        if !fits || crate::cuda::gemm_wgmma_requested() {
-            return Ok(fits);
+        // The device's defaults decide first, then the switch, then timing.
+        let defaults = dev.gemm_defaults();
+        if let Some(on) = defaults.fused_fc1 {
+            return Ok(match (on, defaults.fc1_stream_k) {
+                (false, _) => None,
+                (true, Some(true)) => sk,
+                (true, Some(false)) => req.filter(|&v| v != FusedGrnKernel::WgmmaSk),
+                (true, None) => req.or(sk),
+            });
+        }
+        if crate::cuda::gemm_wgmma_requested() {
+            return Ok(req.or(sk));
+        }
+        let mut candidates = vec![(FusedGrnKernel::Separate, "cuBLASLt + sums pass")];
+        if let Some(v) = req.filter(|&v| v != FusedGrnKernel::WgmmaSk) {
+            candidates.push((v, "fused"));
+        }
+        if let Some(v) = sk {
+            candidates.push((v, "fused stream-K"));
         }
         let dims = [m, k, n, x.dim(0), bias.is_some() as usize];
-        let names = ["cuBLASLt + sums pass", "fused"];
+        let names: Vec<&str> = candidates.iter().map(|c| c.1).collect();
         let choice = dev.choose_kernel("linear_gelu_grn", &dims, &names, &mut |i| {
-            let kernel = if i == 0 { FusedGrnKernel::Separate } else { FusedGrnKernel::requested() };
-            linear_gelu_grn_factor(x, w, bias, gamma, kernel).map(drop)
+            linear_gelu_grn_factor(x, w, bias, gamma, candidates[i].0).map(drop)
         })?;
-        Ok(choice == 1)
+        return Ok(Some(candidates[choice].0).filter(|&v| v != FusedGrnKernel::Separate));
     }
-    #[cfg(not(feature = "cuda"))]
-    Ok(false)
-}
-
-/// Whether x's device passed the fused kernel's start-up check (asked for with
-/// `CASCADE_GEMM_WGMMA`); never on the CPU.
-fn fused_checked(x: &Tensor) -> bool {
-    match x.device() {
-        Device::Cpu => false,
-        #[cfg(feature = "cuda")]
-        Device::Cuda(dev) => dev.wgmma_gemm(),
-    }
+    let _ = (x, w, bias);
+    Ok(None)
 }
 
 /// Why the fused kernel cannot take these operands (None: it can).

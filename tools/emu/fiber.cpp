@@ -53,7 +53,7 @@ emu_switch:
 
 namespace emu {
 
-enum State { READY, WAIT_BLOCK, WAIT_WARP, SPIN, DONE };
+enum State { READY, WAIT_BLOCK, WAIT_WARP, WAIT_NAMED, SPIN, DONE };
 
 struct Fiber {
 #if EMU_ASM_SWITCH
@@ -67,6 +67,7 @@ struct Fiber {
     size_t warp_base;  // its block's first warp among the running blocks'
     int linear;
     State state;
+    unsigned bar_id, bar_count;  // the named barrier it waits at (WAIT_NAMED)
     char* stack;
     alignas(16) char scratch[1024];  // per-thread state of the emulated instructions (wgmma's queue)
 };
@@ -140,6 +141,16 @@ void sync_block() {
 }
 void sync_warp() {
     current->state = WAIT_WARP;
+    yield();
+}
+void sync_named(unsigned id, unsigned count) {
+    if (id > 15 || count == 0 || count % 32 != 0) {
+        fprintf(stderr, "emulated bar.sync: barrier %u with a count of %u threads (ids 0-15, whole warps)\n", id, count);
+        abort();
+    }
+    current->bar_id = id;
+    current->bar_count = count;
+    current->state = WAIT_NAMED;
     yield();
 }
 void* dynamic_smem() { return current->smem; }
@@ -239,6 +250,23 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
                     opened = true;
                 }
             }
+            // A named barrier opens when as many threads as its count wait at it (threads of
+            // one barrier that disagree on the count are a bug: reported as a deadlock).
+            for (unsigned id = 0; id < 16 && live; id++) {
+                unsigned waiting = 0, count = 0;
+                bool agree = true;
+                for (size_t i = 0; i < n; i++)
+                    if (bf[i].state == WAIT_NAMED && bf[i].bar_id == id) {
+                        if (waiting && bf[i].bar_count != count) agree = false;
+                        count = bf[i].bar_count;
+                        waiting++;
+                    }
+                if (waiting && agree && waiting == count) {
+                    for (size_t i = 0; i < n; i++)
+                        if (bf[i].state == WAIT_NAMED && bf[i].bar_id == id) bf[i].state = READY;
+                    opened = true;
+                }
+            }
             if (live && !opened && all_block) {
                 for (size_t i = 0; i < n; i++)
                     if (bf[i].state == WAIT_BLOCK) bf[i].state = READY;
@@ -250,7 +278,7 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
             }
             if (live && !spinning) {
                 char msg[200];
-                snprintf(msg, sizeof msg, "barrier deadlock in block (%u, %u, %u): some threads wait at __syncthreads, others at a warp barrier",
+                snprintf(msg, sizeof msg, "barrier deadlock in block (%u, %u, %u): threads wait at barriers (__syncthreads, a warp's or a named one) that cannot open",
                          bf[0].block.x, bf[0].block.y, bf[0].block.z);
                 return msg;
             }

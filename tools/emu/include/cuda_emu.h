@@ -51,6 +51,8 @@ int lane_id();
 int warp_id();
 void sync_block();
 void sync_warp();
+// bar.sync id, count: waits until `count` threads of the block (whole warps) wait at barrier `id`.
+void sync_named(unsigned id, unsigned count);
 void* dynamic_smem();
 // Yields until *p >= target (a block waiting at a grid barrier of a cooperative launch, whose
 // blocks the emulator runs at once).
