@@ -357,19 +357,7 @@ pub fn linear_gelu_grn_factor_into(
     u: &mut Tensor,
     factor: &mut Tensor,
 ) -> Result<()> {
-    if x.rank() < 2 || w.rank() != 2 {
-        return Err(Error::Shape(format!("linear_gelu_grn: x must be [B, …, K] and w [N, K], got {:?} and {:?}", x.shape(), w.shape())));
-    }
-    let (m, k, n) = super::linear::check(x, w, bias, u)?;
-    let b = x.dim(0);
-    if u.shape()[..u.rank() - 1] != x.shape()[..x.rank() - 1] {
-        return Err(Error::Shape(format!("linear_gelu_grn: u {:?} does not match x {:?}", u.shape(), x.shape())));
-    }
-    check_numel("linear_gelu_grn", "gamma", gamma, n)?;
-    check_dtype("linear_gelu_grn", x.dtype(), &[gamma, u])?;
-    check_shape("linear_gelu_grn", "factor", factor, &[b, n])?;
-    check_dtype("linear_gelu_grn", DType::F32, &[factor])?;
-    check_device("linear_gelu_grn", &x.device(), &[gamma, factor])?;
+    let (m, k, n) = check_fc1_operands(x, w, bias, gamma, u, factor)?;
     let fused = match kernel {
         FusedGrnKernel::Separate => None,
         FusedGrnKernel::Auto => linear_gelu_grn_kernel(x, w, bias, gamma)?.filter(|_| fused_operands(x, w, u, (m, k, n)).is_ok()),
@@ -386,6 +374,7 @@ pub fn linear_gelu_grn_factor_into(
         if variant == FusedGrnKernel::WgmmaSk {
             return gemm_gelu_grn_sk(&dev, x, w, bias, gamma, u, factor, (m, k, n), None);
         }
+        let b = x.dim(0);
         let rows = m / b;
         let tiles = (n.div_ceil(128), m.div_ceil(128));
         let (counters, capacity) = dev.completion_counters();
@@ -453,6 +442,26 @@ pub fn linear_gelu_grn_sk_into(
     factor: &mut Tensor,
     blocks: Option<usize>,
 ) -> Result<()> {
+    let (m, k, n) = check_fc1_operands(x, w, bias, gamma, u, factor)?;
+    fused_operands(x, w, u, (m, k, n))?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = x.device() {
+        return gemm_gelu_grn_sk(&dev, x, w, bias, gamma, u, factor, (m, k, n), blocks);
+    }
+    let _ = blocks;
+    Err(Error::Shape("linear_gelu_grn: the stream-K kernel runs on a GPU".into()))
+}
+
+/// The operands of a ResBlock's fc1 with GRN's statistics, checked against one another:
+/// (M, K, N).
+fn check_fc1_operands(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    gamma: &Tensor,
+    u: &Tensor,
+    factor: &Tensor,
+) -> Result<(usize, usize, usize)> {
     if x.rank() < 2 || w.rank() != 2 {
         return Err(Error::Shape(format!("linear_gelu_grn: x must be [B, …, K] and w [N, K], got {:?} and {:?}", x.shape(), w.shape())));
     }
@@ -465,13 +474,7 @@ pub fn linear_gelu_grn_sk_into(
     check_shape("linear_gelu_grn", "factor", factor, &[x.dim(0), n])?;
     check_dtype("linear_gelu_grn", DType::F32, &[factor])?;
     check_device("linear_gelu_grn", &x.device(), &[gamma, factor])?;
-    fused_operands(x, w, u, (m, k, n))?;
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(dev) = x.device() {
-        return gemm_gelu_grn_sk(&dev, x, w, bias, gamma, u, factor, (m, k, n), blocks);
-    }
-    let _ = blocks;
-    unreachable!("fused_operands accepts GPU tensors only")
+    Ok((m, k, n))
 }
 
 /// The launch behind [`FusedGrnKernel::WgmmaSk`]: a cooperative grid of at most one block per SM
