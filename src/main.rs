@@ -578,6 +578,11 @@ fn device(name: &str) -> Result<()> {
         // its start-up check (checked when asked for or under CASCADE_KERNEL_TUNE).
         let pending = [
             ("fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA)", cascade::cuda::gemm_wgmma_requested(), c.wgmma_gemm()),
+            (
+                "its stream-K version (CASCADE_GEMM_WGMMA=sk; checked beside =ws)",
+                cascade::cuda::gemm_wgmma_requested() && cascade::ops::FusedGrnKernel::requested() == cascade::ops::FusedGrnKernel::WgmmaSk,
+                c.grn_sk_gemm(),
+            ),
             ("stream-K fc2 with GRN's factor (CASCADE_GEMM_WS_FC2=1)", cascade::cuda::gemm_ws_fc2_requested(), c.scaled_gemm()),
             ("stream-K residual products (CASCADE_GEMM_SK=1)", cascade::cuda::gemm_sk_requested(), c.sk_gemm()),
             ("warp-specialised fc1 + GELU (CASCADE_GEMM_WS_GELU=1)", cascade::cuda::gemm_ws_gelu_requested(), c.ws_gelu_gemm()),
@@ -599,7 +604,9 @@ fn device(name: &str) -> Result<()> {
             let state = match (asked, checked, tuning.on()) {
                 (true, true, _) => "on (asked for; passed its start-up check)",
                 (true, false, _) => "off (asked for, but this GPU is not compute capability 9.0 or the check failed)",
-                (false, true, _) => "a candidate (passed its start-up check; taken where it times faster)",
+                (false, true, _) => {
+                    "a candidate (passed its start-up check; taken where it times faster, or where the device's defaults set it)"
+                }
                 (false, false, true) => "off (not compute capability 9.0, or the check failed)",
                 (false, false, false) => "off",
             };
