@@ -160,6 +160,9 @@ pub const MLP_GRN: &[MlpGrnShape] = &[
     MlpGrnShape { name: "odd_grn_one", b: 1, rows: 128, k: 264, n: 8 },
     // Nine steps of K: the stages' ring wraps more than once.
     MlpGrnShape { name: "odd_grn_long", b: 2, rows: 128, k: 520, n: 264 },
+    // 17 chunks of 64 positions in one sample: the fused kernels' last blocks sum them in
+    // batches of eight loads, then four, then one; half a tile of rows at the end.
+    MlpGrnShape { name: "odd_grn_tall", b: 1, rows: 1088, k: 40, n: 136 },
 ];
 
 /// A token-major image `[b, h, w, c]`.
