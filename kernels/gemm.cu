@@ -42,6 +42,16 @@ __device__ __forceinline__ GrnTile grid_tile() {
 // the halves, the warp sums and the flag.
 #define GG_EPILOGUE_BYTES (GG_BM * GG_OUT_STRIDE + 8 * GG_BN * 4 + 2 * GG_BN * 4 + 4 * 4 + 16)
 
+// Adds B chunk sums to s in order: rows ch, ch + 2, … of `pb` (rows `stride` floats apart), read
+// through L2 (other blocks wrote them), every load issued before the first add.
+template <int B> __device__ __forceinline__ void add_every_second(float& s, const float* pb, const int ch, const int stride) {
+    float u[B];
+#pragma unroll
+    for (int i = 0; i < B; i++) u[i] = __ldcg(pb + (int64_t)(ch + 2 * i) * stride);
+#pragma unroll
+    for (int i = 0; i < B; i++) s += u[i];
+}
+
 // The fused GEMM's epilogue, from each consumer warpgroup's 64 × 128 accumulators (warpgroup w:
 // rows 64w .. 64w + 63 of tile `at`) and GG_EPILOGUE_BYTES of shared memory at `scratch`: u, the
 // chunks' sums of squares, and in the last blocks GRN's factor (SUMS false: u alone, an MLP's
@@ -147,21 +157,9 @@ __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float 
                 // trip to L2 on the launch's critical path (Stage B's level 0: 128 chunks per
                 // thread, 16 round trips instead of 32). The chunks are added in order either way.
                 int ch = h;
-                for (; ch + 14 < chunks; ch += 16) {
-                    float u[8];
-#pragma unroll
-                    for (int i = 0; i < 8; i++) u[i] = __ldcg(pb + (int64_t)(ch + 2 * i) * p.N);
-#pragma unroll
-                    for (int i = 0; i < 8; i++) s += u[i];
-                }
-                for (; ch + 6 < chunks; ch += 8) {
-                    float u[4];
-#pragma unroll
-                    for (int i = 0; i < 4; i++) u[i] = __ldcg(pb + (int64_t)(ch + 2 * i) * p.N);
-#pragma unroll
-                    for (int i = 0; i < 4; i++) s += u[i];
-                }
-                for (; ch < chunks; ch += 2) s += __ldcg(pb + (int64_t)ch * p.N);
+                for (; ch + 14 < chunks; ch += 16) add_every_second<8>(s, pb, ch, p.N);
+                for (; ch + 6 < chunks; ch += 8) add_every_second<4>(s, pb, ch, p.N);
+                for (; ch < chunks; ch += 2) add_every_second<1>(s, pb, ch, p.N);
             }
             if (worker) halves[h * GG_BN + c] = s;
             sync();
@@ -549,6 +547,46 @@ __device__ __forceinline__ float* sk_partials(const GemmScaledTmaParams& q) { re
 __device__ __forceinline__ float* sk_partials(const GemmGrnSkParams& q) { return q.partials; }
 __device__ __forceinline__ unsigned* sk_counters(const GemmScaledTmaParams& q) { return q.g.counters; }
 __device__ __forceinline__ unsigned* sk_counters(const GemmGrnSkParams& q) { return q.counters; }
+#ifdef CASCADE_WGMMA
+// The stream-K residual modes' epilogue: one warp's 16 rows (r0 and r0 + 8 per thread, `t` its
+// lane's column pair in each 8) of a 128-column tile at n0, plus the bias, added to y or written.
+__device__ __forceinline__ void sk_residual_epilogue(const GemmScaledParams& p, const float (&acc)[64], const int r0, const int n0, const int t) {
+    const int r1 = r0 + 8;
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const int col = n0 + 8 * j + 2 * t;
+        if (col >= p.N) continue;  // N is a multiple of 8: col + 1 is in too
+        float b0 = 0.f, b1 = 0.f;
+        if (p.bias) {
+            if (p.out_f32) b0 = ((const float*)p.bias)[col], b1 = ((const float*)p.bias)[col + 1];
+            else b0 = to_f32(((const bf16*)p.bias)[col]), b1 = to_f32(((const bf16*)p.bias)[col + 1]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = h ? r1 : r0;
+            if (row >= p.M) continue;
+            float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
+            const int64_t at = (int64_t)row * p.N + col;
+            if (p.out_f32) {
+                float2* const y = (float2*)((float*)p.y + at);
+                if (p.accumulate) {
+                    const float2 r = *y;
+                    v0 += r.x, v1 += r.y;
+                }
+                *y = make_float2(v0, v1);
+            } else {
+                uint32_t* const y = (uint32_t*)((bf16*)p.y + at);
+                if (p.accumulate) {
+                    float r0f, r1f;
+                    unpack_bf16x2(*y, r0f, r1f);
+                    v0 += r0f, v1 += r1f;
+                }
+                *y = pack_bf16x2(v0, v1);
+            }
+        }
+    }
+}
+#endif
 template <SkMode MODE, class Q> __device__ __forceinline__ void gemm_sk(const Q& q) {
 #ifdef CASCADE_WGMMA
     constexpr bool SCALED = MODE == SK_SCALED;
@@ -604,7 +642,7 @@ template <SkMode MODE, class Q> __device__ __forceinline__ void gemm_sk(const Q&
     int seg_kt0 = 0;   // the first step of the piece of a tile in hand
 
     // The end of a piece of a tile: its sums left for the tile's first block, or (that block) the
-    // later pieces added in order, then bias, residual and the store.
+    // later pieces added in order, then the epilogue (bias and residual, or u and GRN's sums).
     auto finish_piece = [&](int tile, int kt_last) {
         const int slot = 2 * b + wg;
         if (seg_kt0 > 0) {
@@ -636,42 +674,8 @@ template <SkMode MODE, class Q> __device__ __forceinline__ void gemm_sk(const Q&
         if constexpr (MODE == SK_GRN) {
             const GrnTile at{m0, n0, tile % tiles_n, tiles_n, (p.M + GG_BM - 1) / GG_BM};
             gemm_grn_epilogue<true, true>(p, acc, (unsigned char*)(empty + GK_STAGES), tid, true, at);
-            return;
         } else {
-        const int r0 = m0 + wrow + g, r1 = r0 + 8;
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const int col = n0 + 8 * j + 2 * t;
-            if (col >= p.N) continue;  // N is a multiple of 8: col + 1 is in too
-            float b0 = 0.f, b1 = 0.f;
-            if (p.bias) {
-                if (p.out_f32) b0 = ((const float*)p.bias)[col], b1 = ((const float*)p.bias)[col + 1];
-                else b0 = to_f32(((const bf16*)p.bias)[col]), b1 = to_f32(((const bf16*)p.bias)[col + 1]);
-            }
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int row = h ? r1 : r0;
-                if (row >= p.M) continue;
-                float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
-                const int64_t at = (int64_t)row * p.N + col;
-                if (p.out_f32) {
-                    float2* const y = (float2*)((float*)p.y + at);
-                    if (p.accumulate) {
-                        const float2 r = *y;
-                        v0 += r.x, v1 += r.y;
-                    }
-                    *y = make_float2(v0, v1);
-                } else {
-                    uint32_t* const y = (uint32_t*)((bf16*)p.y + at);
-                    if (p.accumulate) {
-                        float r0f, r1f;
-                        unpack_bf16x2(*y, r0f, r1f);
-                        v0 += r0f, v1 += r1f;
-                    }
-                    *y = pack_bf16x2(v0, v1);
-                }
-            }
-        }
+            sk_residual_epilogue(p, acc, m0 + wrow + g, n0, t);
         }
     };
 

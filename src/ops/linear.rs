@@ -385,13 +385,7 @@ fn gemm_scaled_sk(
     };
     let smem = scaled_smem();
     dev.opt_in_shared_memory(f, which, smem)?;
-    let per_sm = dev.resident_blocks_per_sm(f, 288, smem)?;
-    let resident = per_sm * dev.multiprocessors();
-    if resident == 0 {
-        return Err(Error::Cuda(format!("linear_scaled: the stream-K kernel does not fit on an SM of {}", dev.name())));
-    }
-    let steps = k.div_ceil(64) * n.div_ceil(128) * m.div_ceil(128);
-    let grid = blocks.unwrap_or(dev.multiprocessors()).clamp(1, resident).min(steps);
+    let grid = stream_k_grid(dev, "linear_scaled", f, smem, (m, k, n), blocks)?;
     let (counters, capacity) = dev.completion_counters();
     if 2 * grid > capacity {
         return Err(Error::Shape(format!("linear_scaled: {grid} blocks need more completion counters than the device keeps")));
@@ -417,6 +411,27 @@ fn gemm_scaled_sk(
     };
     let cfg = cudarc::driver::LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (288, 1, 1), shared_mem_bytes: smem as u32 };
     dev.launch_cooperative(f, cfg, &q)
+}
+
+/// The grid of a stream-K wgmma kernel (`f`, 288 threads, `smem` bytes of shared memory) for an
+/// (m, k, n) product: `blocks` (None: one per SM), at most as many as are resident at once (a
+/// block may wait for another's piece of a tile) and never more than the 64-deep steps of its
+/// 128 × 128 tiles; an error naming `op` where not one block fits on an SM.
+#[cfg(feature = "cuda")]
+pub(crate) fn stream_k_grid(
+    dev: &crate::cuda::CudaDevice,
+    op: &str,
+    f: &cudarc::driver::CudaFunction,
+    smem: usize,
+    (m, k, n): (usize, usize, usize),
+    blocks: Option<usize>,
+) -> Result<usize> {
+    let resident = dev.resident_blocks_per_sm(f, 288, smem)? * dev.multiprocessors();
+    if resident == 0 {
+        return Err(Error::Cuda(format!("{op}: the stream-K kernel does not fit on an SM of {}", dev.name())));
+    }
+    let steps = k.div_ceil(64) * n.div_ceil(128) * m.div_ceil(128);
+    Ok(blocks.unwrap_or(dev.multiprocessors()).clamp(1, resident).min(steps))
 }
 
 /// Whether [`linear_gelu_into`] on input `x` takes the GELU in the GEMM's epilogue: bf16 on a GPU

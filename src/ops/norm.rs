@@ -501,13 +501,8 @@ fn gemm_gelu_grn_sk(
     let f = &dev.kernels().gemm_gelu_grn_sk_bf16;
     let smem = gemm_grn_smem(FusedGrnKernel::WgmmaSk);
     dev.opt_in_shared_memory(f, SharedMemoryOptIn::GemmGrnSk, smem)?;
-    let resident = dev.resident_blocks_per_sm(f, 288, smem)? * dev.multiprocessors();
-    if resident == 0 {
-        return Err(Error::Cuda(format!("linear_gelu_grn: the stream-K kernel does not fit on an SM of {}", dev.name())));
-    }
+    let grid = super::linear::stream_k_grid(dev, "linear_gelu_grn", f, smem, (m, k, n), blocks)?;
     let tiles_n = n.div_ceil(128);
-    let steps = k.div_ceil(64) * tiles_n * m.div_ceil(128);
-    let grid = blocks.unwrap_or(dev.multiprocessors()).clamp(1, resident).min(steps);
     // The pieces' counters first, then the column tiles' and the last one's.
     let (counters, capacity) = dev.completion_counters();
     if 2 * grid + tiles_n + 1 > capacity {
