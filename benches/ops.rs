@@ -71,6 +71,7 @@ fn main() {
                 (ops::FusedGrnKernel::WgmmaWs, "wgmma_ws"),
                 (ops::FusedGrnKernel::WgmmaWsDeep, "wgmma_ws_deep"),
                 (ops::FusedGrnKernel::WgmmaSk, "wgmma_sk"),
+                (ops::FusedGrnKernel::WgmmaWsTall, "wgmma_ws_tall"),
                 (ops::FusedGrnKernel::Separate, "separate"),
             ]
         } else {

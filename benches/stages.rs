@@ -174,7 +174,7 @@ type AbSetting = (String, cascade::ops::WgmmaOptions, cascade::ops::GemmOptions)
 /// or after saying why not (an unknown feature, or one whose kernels did not pass their start-up
 /// check: its environment switch asks for that check). Features: the attention's `tma` copies,
 /// `lean` softmax and narrow `tail`; the GEMMs' fused `fc1` + GRN statistics (`fc1sk`: its
-/// stream-K version), stream-K `fc2`,
+/// stream-K version, `fc1tall`: its version on 256-row tiles), stream-K `fc2`,
 /// stream-K residual products `sk`, CLIP's `skinny` GEMM and Stage A's `wsgelu` (fc1 and GELU on
 /// the warp-specialised GEMM).
 #[cfg(feature = "cuda")]
@@ -187,6 +187,7 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
         ("tail", cuda.narrow_tail(), "CASCADE_ATTENTION_TAIL unset"),
         ("fc1", cuda.wgmma_gemm(), "CASCADE_GEMM_WGMMA=ws (or 1, deep, ws_deep)"),
         ("fc1sk", cuda.grn_sk_gemm(), "CASCADE_GEMM_WGMMA=ws (or sk)"),
+        ("fc1tall", cuda.grn_tall_gemm(), "CASCADE_GEMM_WGMMA=ws (or ws_tall)"),
         ("fc2", cuda.scaled_gemm(), "CASCADE_GEMM_WS_FC2=1"),
         ("sk", cuda.sk_gemm(), "CASCADE_GEMM_SK=1"),
         ("skinny", cuda.skinny_gemm(), "CASCADE_GEMM_SKINNY=1"),
@@ -195,7 +196,9 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
     for f in items.iter().flatten() {
         match features.iter().find(|x| x.0 == *f) {
             None => {
-                println!("AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, lean, tail, fc1, fc1sk, fc2, sk, skinny, wsgelu)");
+                println!(
+                    "AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, lean, tail, fc1, fc1sk, fc1tall, fc2, sk, skinny, wsgelu)"
+                );
                 return Vec::new();
             }
             Some((_, false, switch)) => {
@@ -211,9 +214,13 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
         (
             cascade::ops::WgmmaOptions { tma_copies: pick("tma"), lean_softmax: pick("lean"), narrow_tail: pick("tail") },
             cascade::ops::GemmOptions {
-                // fc1 and fc1sk: the fused fc1 in its requested and its stream-K version.
-                fused_fc1: (used("fc1") || used("fc1sk")).then(|| on.contains(&"fc1") || on.contains(&"fc1sk")),
+                // fc1, fc1sk and fc1tall: the fused fc1 in its requested, stream-K and tall versions.
+                fused_fc1: ["fc1", "fc1sk", "fc1tall"]
+                    .iter()
+                    .any(|f| used(f))
+                    .then(|| ["fc1", "fc1sk", "fc1tall"].iter().any(|f| on.contains(f))),
                 fc1_stream_k: pick("fc1sk"),
+                fc1_tall: pick("fc1tall"),
                 stream_k_fc2: pick("fc2"),
                 stream_k: pick("sk"),
                 skinny: pick("skinny"),

@@ -298,35 +298,40 @@ extern "C" __global__ void __launch_bounds__(256, 1) gemm_gelu_grn_deep_bf16(Gem
 #ifdef CASCADE_WGMMA
 // The producer's copies of one stage: waits until the slot's previous use has been handed back
 // (the phase of `empty` before round `round`; the first round passes at once), announces the two
-// tiles' bytes on `full`, and copies the 128 × 64 boxes of x at (k, m0) and w at (k, n0). Rows past
-// M or N and columns past K arrive as zeros: they add nothing.
+// tiles' `bytes` on `full`, and copies the boxes of x at (k, m0) and w at (k, n0) (128 × 64, or
+// 256 rows of x for the tall version). Rows past M or N and columns past K arrive as zeros: they
+// add nothing.
 __device__ __forceinline__ void ws_produce(uint64_t* full, uint64_t* empty, int round, unsigned char* a, unsigned char* b, const TensorMap* x_map,
-                                           const TensorMap* w_map, int k, int m0, int n0) {
+                                           const TensorMap* w_map, int k, int m0, int n0, unsigned bytes = 2 * GG_TILE) {
     mbar_wait(empty, (round & 1) ^ 1);
-    mbar_arrive_expect_tx(full, 2 * GG_TILE);
+    mbar_arrive_expect_tx(full, bytes);
     tma_load_2d(a, x_map, k, m0, full);
     tma_load_2d(b, w_map, k, n0, full);
 }
 #endif
-template <int STAGES, bool SUMS = true> __device__ __forceinline__ void gemm_gelu_grn_ws(const GemmGrnTmaParams& q) {
+// WGS consumer warpgroups (2, or 4 for the tall version): the block's tile is WGS · 64 rows of x
+// by 128 columns of w, and its producer warp is warp 4 · WGS.
+template <int STAGES, bool SUMS = true, int WGS = 2> __device__ __forceinline__ void gemm_gelu_grn_ws(const GemmGrnTmaParams& q) {
 #ifdef CASCADE_WGMMA
+    static_assert(WGS == 2 || WGS == 4, "two or four consumer warpgroups");
+    constexpr int A_BYTES = WGS * 64 * GG_BK * 2, STAGE = A_BYTES + GG_TILE;  // x's rows, then w's 128
     const GemmGrnParams& p = q.g;
     extern __shared__ uint4 smem_words[];
     unsigned char* const tiles = align_1024((unsigned char*)smem_words);  // the launch asks for 1 KiB more
-    auto atile = [&](int s) { return tiles + s * 2 * GG_TILE; };
-    auto btile = [&](int s) { return tiles + s * 2 * GG_TILE + GG_TILE; };
+    auto atile = [&](int s) { return tiles + s * STAGE; };
+    auto btile = [&](int s) { return tiles + s * STAGE + A_BYTES; };
     // The barriers lie past the stages, out of the epilogue's way.
-    uint64_t* const full = (uint64_t*)(tiles + STAGES * 2 * GG_TILE);
+    uint64_t* const full = (uint64_t*)(tiles + STAGES * STAGE);
     uint64_t* const empty = full + STAGES;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
-    const bool producer = warp == 8;
-    const int m0 = blockIdx.y * GG_BM, n0 = blockIdx.x * GG_BN;
+    const bool producer = warp == 4 * WGS;
+    const int m0 = blockIdx.y * (64 * WGS), n0 = blockIdx.x * GG_BN;
     const int steps = (p.K + GG_BK - 1) / GG_BK;
-    if (tid == 256) {
+    if (tid == 128 * WGS) {
         for (int s = 0; s < STAGES; s++) {
-            mbar_init(&full[s], 1);   // the producer's arrival, with the copies' bytes
-            mbar_init(&empty[s], 2);  // one arrival per consumer warpgroup
+            mbar_init(&full[s], 1);     // the producer's arrival, with the copies' bytes
+            mbar_init(&empty[s], WGS);  // one arrival per consumer warpgroup
         }
         mbar_init_fence();
     }
@@ -341,7 +346,7 @@ template <int STAGES, bool SUMS = true> __device__ __forceinline__ void gemm_gel
                 const int s = kt % STAGES;
                 // The slot's previous use (step kt − STAGES) is done with: its round's phase of
                 // `empty` has completed (the first round passes at once).
-                ws_produce(&full[s], &empty[s], kt / STAGES, atile(s), btile(s), &q.x_map, &q.w_map, kt * GG_BK, m0, n0);
+                ws_produce(&full[s], &empty[s], kt / STAGES, atile(s), btile(s), &q.x_map, &q.w_map, kt * GG_BK, m0, n0, STAGE);
             }
         }
         __syncwarp();
@@ -349,6 +354,8 @@ template <int STAGES, bool SUMS = true> __device__ __forceinline__ void gemm_gel
         for (int kt = 0; kt < steps; kt++) {
             const int s = kt % STAGES;
             mbar_wait(&full[s], (kt / STAGES) & 1);
+            // (A warpgroup whose rows are all past M multiplies the zeros TMA brought: its
+            // products are the same instructions as the others', so every wait stays uniform.)
             gemm_grn_step(acc, atile(s) + wg * 64 * 128, btile(s), kt > 0);
             // Step kt − 1's products are done (this step's stay in flight): its stage is free.
             wgmma_wait<1>();
@@ -362,7 +369,23 @@ template <int STAGES, bool SUMS = true> __device__ __forceinline__ void gemm_gel
     // the epilogue's. The epilogue writes them through the generic proxy after the async one.
     fence_proxy_async_shared();
     __syncthreads();
-    gemm_grn_epilogue<SUMS>(p, acc, tiles, tid, !producer, grid_tile());
+    if (WGS == 2) {
+        gemm_grn_epilogue<SUMS>(p, acc, tiles, tid, !producer, grid_tile());
+    } else {
+        // The tall tile's epilogue in two rounds of 128 rows, warpgroups 2r and 2r + 1 the workers
+        // of round r (as threads 0–255 of the 128-row epilogue); every other thread takes part
+        // in the barriers with a number of 256 or more (no work, none of the workers' roles). A
+        // round whose rows are all past M is not counted: its column counters expect ⌈M / 128⌉.
+#pragma unroll
+        for (int r = 0; r < WGS / 2; r++) {
+            if (m0 + 128 * r >= p.M) break;  // uniform across the block
+            if (r > 0) __syncthreads();      // the previous round's readers of the scratch are done
+            const int local = tid - 256 * r;
+            const bool worker = !producer && local >= 0 && local < 256;
+            const GrnTile at{m0 + 128 * r, n0, (int)blockIdx.x, (int)gridDim.x, (p.M + GG_BM - 1) / GG_BM};
+            gemm_grn_epilogue<SUMS>(p, acc, tiles, worker ? local : 256 + tid, worker, at);
+        }
+    }
 #endif
 }
 
@@ -373,6 +396,18 @@ extern "C" __global__ void __launch_bounds__(GG_WS_THREADS, 2) gemm_gelu_grn_ws_
 extern "C" __global__ void __launch_bounds__(GG_WS_THREADS, 1) gemm_gelu_grn_ws_deep_bf16(const __grid_constant__ GemmGrnTmaParams p) {
     pdl_enter();
     gemm_gelu_grn_ws<6>(p);
+}
+// The tall version (opt-in until measured: CASCADE_GEMM_WGMMA=ws_tall, and timed beside the others
+// under CASCADE_KERNEL_TUNE): tiles of 256 rows of x by 128 columns of w, four consumer
+// warpgroups (rows 64w .. 64w + 63) and the producer warp (544 threads), four stages of 48 KiB,
+// one block per SM. Each 16 KiB tile of w copied from L2 now serves 256 rows instead of 128: a
+// 64-deep step brings 48 KiB for 4.2 MFLOP where the 128 × 128 tile brings 32 KiB for 2.1
+// (cuBLASLt's 128 × 256 tiles in pairs of blocks sharing one operand bring 32 KiB for 4.2). What
+// it gives up: a second block on the SM whose products hide this block's epilogue.
+#define GG_WS_TALL_THREADS (4 * 128 + 32)
+extern "C" __global__ void __launch_bounds__(GG_WS_TALL_THREADS, 1) gemm_gelu_grn_ws_tall_bf16(const __grid_constant__ GemmGrnTmaParams p) {
+    pdl_enter();
+    gemm_gelu_grn_ws<4, true, 4>(p);
 }
 // The first of them with GRN's sums left out: an MLP's first layer and its GELU (Stage A's
 // MixBlocks; opt-in until measured, CASCADE_GEMM_WS_GELU=1), the GELU's epilogue overlapping the

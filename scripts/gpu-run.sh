@@ -170,9 +170,9 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     tests+=(kernels-grnres)
     CASCADE_GRN_RESIDENT=1 step test-kernels-grnres "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture grn &
     pids+=($!)
-    # The fused fc1 + GRN-statistics wgmma GEMM (opt-in: CASCADE_GEMM_WGMMA=1), all five
-    # versions (the warp-specialised TMA ones and the stream-K one included, the last also on a
-    # few blocks), beside the separate path on the odd
+    # The fused fc1 + GRN-statistics wgmma GEMM (opt-in: CASCADE_GEMM_WGMMA=1), all six
+    # versions (the warp-specialised TMA ones, the stream-K one, also on a few blocks, and the
+    # one on 256-row tiles included), beside the separate path on the odd
     # shapes and every real ResBlock's fc1, likewise alone; the warp-specialised one as an MLP's
     # first layer and its GELU alone (opt-in: CASCADE_GEMM_WS_GELU=1) on every linear shape; the
     # stream-K fc2 with GRN's factor on its input (opt-in: CASCADE_GEMM_WS_FC2=1) on every real

@@ -321,6 +321,7 @@ fn linear_gelu_grn_kernels() {
                 (K::WgmmaSk, None),
                 (K::WgmmaSk, Some(5)),
                 (K::WgmmaSk, Some(7)),
+                (K::WgmmaWsTall, None),
                 (K::Separate, None),
             ]
         } else {

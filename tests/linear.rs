@@ -606,6 +606,7 @@ mod gpu {
             let set = GemmOptions {
                 fused_fc1: Some(on),
                 fc1_stream_k: None,
+                fc1_tall: None,
                 stream_k_fc2: Some(on),
                 stream_k: Some(on),
                 skinny: None,
@@ -632,6 +633,18 @@ mod gpu {
                     } else {
                         assert!(kernel != Some(K::WgmmaSk), "fc1_stream_k set off, but the stream-K version taken");
                         assert_eq!(kernel.is_some(), cuda.wgmma_gemm() && K::requested() != K::WgmmaSk);
+                    }
+                }
+                // Likewise the tall version (stream-K set off: set on, it comes first).
+                for tall in [true, false] {
+                    cuda.set_gemm_defaults(GemmOptions { fc1_stream_k: Some(false), fc1_tall: Some(tall), ..set });
+                    let kernel = ops::linear_gelu_grn_kernel(&x, &w, None, &gamma).unwrap();
+                    println!("fused fc1 with fc1_tall {tall}: {kernel:?}");
+                    if tall {
+                        assert_eq!(kernel, cuda.grn_tall_gemm().then_some(K::WgmmaWsTall), "fc1_tall set on");
+                    } else {
+                        assert!(kernel != Some(K::WgmmaWsTall), "fc1_tall set off, but the tall version taken");
+                        assert_eq!(kernel.is_some(), cuda.wgmma_gemm() && !matches!(K::requested(), K::WgmmaSk | K::WgmmaWsTall));
                     }
                 }
                 cuda.set_gemm_defaults(set);

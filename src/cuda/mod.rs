@@ -117,10 +117,12 @@ pub(crate) enum SharedMemoryOptIn {
     GemmSk,
     /// `gemm_gelu_grn_sk_bf16`.
     GemmGrnSk,
+    /// `gemm_gelu_grn_ws_tall_bf16`.
+    GemmGrnWsTall,
 }
 
 impl SharedMemoryOptIn {
-    const COUNT: usize = 12;
+    const COUNT: usize = 13;
 }
 
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.
@@ -175,6 +177,8 @@ pub struct CudaDevice {
     wgmma_gemm: std::sync::atomic::AtomicBool,
     /// Its stream-K version (`gemm_gelu_grn_sk_bf16`) passed its start-up check.
     grn_sk_gemm: std::sync::atomic::AtomicBool,
+    /// Its tall version (`gemm_gelu_grn_ws_tall_bf16`, 256-row tiles) passed its start-up check.
+    grn_tall_gemm: std::sync::atomic::AtomicBool,
     /// The skinny GEMM (`gemm_skinny_bf16`, `CASCADE_GEMM_SKINNY=1`) passed its start-up check.
     skinny_gemm: std::sync::atomic::AtomicBool,
     /// The warp-specialised GEMM as an MLP's first layer and its GELU (`CASCADE_GEMM_WS_GELU=1`
@@ -388,6 +392,7 @@ impl CudaDevice {
             tma_attention: false.into(),
             wgmma_gemm: false.into(),
             grn_sk_gemm: false.into(),
+            grn_tall_gemm: false.into(),
             skinny_gemm: false.into(),
             ws_gelu_gemm: false.into(),
             scaled_gemm: false.into(),
@@ -511,8 +516,8 @@ impl CudaDevice {
             }
         }
         // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1): the requested version,
-        // and beside the warp-specialised one (`ws`, or timing's) its stream-K version, so that
-        // timing or an A/B can choose between the two.
+        // and beside the warp-specialised one (`ws`, or timing's) its stream-K and tall versions,
+        // so that timing or an A/B can choose among the three.
         if dev.compute_capability == (9, 0) && considered(gemm_wgmma_requested()) {
             use crate::ops::FusedGrnKernel;
             use std::sync::atomic::Ordering::Relaxed;
@@ -521,7 +526,11 @@ impl CudaDevice {
             dev.wgmma_gemm.store(ok, Relaxed);
             match requested {
                 FusedGrnKernel::WgmmaSk => dev.grn_sk_gemm.store(ok, Relaxed),
-                FusedGrnKernel::WgmmaWs => dev.grn_sk_gemm.store(check_gemm_gelu_grn(&dev, FusedGrnKernel::WgmmaSk), Relaxed),
+                FusedGrnKernel::WgmmaWsTall => dev.grn_tall_gemm.store(ok, Relaxed),
+                FusedGrnKernel::WgmmaWs => {
+                    dev.grn_sk_gemm.store(check_gemm_gelu_grn(&dev, FusedGrnKernel::WgmmaSk), Relaxed);
+                    dev.grn_tall_gemm.store(check_gemm_gelu_grn(&dev, FusedGrnKernel::WgmmaWsTall), Relaxed);
+                }
                 _ => {}
             }
         }
@@ -755,6 +764,13 @@ impl CudaDevice {
     /// asks for it, or under `CASCADE_KERNEL_TUNE` (a compute capability 9.0 GPU).
     pub fn grn_sk_gemm(&self) -> bool {
         self.grn_sk_gemm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the tall version of the fused fc1 + GRN-statistics GEMM (256-row tiles, four
+    /// consumer warpgroups) agreed with the separate path when the device was opened: checked
+    /// where `CASCADE_GEMM_WGMMA=ws_tall` or `ws` asks for it, or under `CASCADE_KERNEL_TUNE`.
+    pub fn grn_tall_gemm(&self) -> bool {
+        self.grn_tall_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether products with at most `CASCADE_SKINNY_ROWS` rows of input (CLIP's) take the skinny
@@ -1371,11 +1387,11 @@ fn attention_split_setting() -> usize {
 }
 
 /// Whether the fused fc1 + GRN-statistics GEMM on wgmma is asked for (`CASCADE_GEMM_WGMMA=1`, or
-/// `=deep`, `=ws`, `=ws_deep`, `=sk` for its other versions: `ops::FusedGrnKernel::requested`): it is
+/// `=deep`, `=ws`, `=ws_deep`, `=sk`, `=ws_tall` for its other versions: `ops::FusedGrnKernel::requested`): it is
 /// checked when a compute capability 9.0 device opens, and the ResBlocks then take it where its
 /// operands allow (`ops::linear_gelu_grn_factor`).
 pub fn gemm_wgmma_requested() -> bool {
-    std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| matches!(v.trim(), "1" | "deep" | "ws" | "ws_deep" | "sk"))
+    std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| matches!(v.trim(), "1" | "deep" | "ws" | "ws_deep" | "sk" | "ws_tall"))
 }
 
 /// A TMA tensor map of a dense row-major bf16 matrix `[rows, cols]` at `ptr` (16-byte aligned,
@@ -1476,8 +1492,11 @@ fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>, version: crate::ops::FusedGrnKerne
         // factor, a sum over many positions, only in its last bits: held 10× tighter.
         Ok(crate::testing::rel_l2(&u1, &u0).max(10.0 * crate::testing::rel_l2(&f1, &f0)))
     };
-    let what =
-        if version == FusedGrnKernel::WgmmaSk { "the fused fc1 + GRN GEMM (wgmma, stream-K)" } else { "the fused fc1 + GRN GEMM (wgmma)" };
+    let what = match version {
+        FusedGrnKernel::WgmmaSk => "the fused fc1 + GRN GEMM (wgmma, stream-K)",
+        FusedGrnKernel::WgmmaWsTall => "the fused fc1 + GRN GEMM (wgmma, 256-row tiles)",
+        _ => "the fused fc1 + GRN GEMM (wgmma)",
+    };
     passed_check(dev, what, "cuBLASLt and GRN's pass", run(), 1e-2)
 }
 

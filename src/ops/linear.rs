@@ -195,6 +195,9 @@ pub struct GemmOptions {
     /// Where fc1 is fused, the stream-K version (`CASCADE_GEMM_WGMMA=sk`) rather than the
     /// requested one ([`crate::ops::FusedGrnKernel`]); None: the switch's.
     pub fc1_stream_k: Option<bool>,
+    /// Where fc1 is fused and not on the stream-K version, the tall one (256-row tiles,
+    /// `CASCADE_GEMM_WGMMA=ws_tall`) rather than the requested one; None: the switch's.
+    pub fc1_tall: Option<bool>,
     /// A ResBlock's fc2 with GRN's factor applied by the stream-K kernel
     /// (`CASCADE_GEMM_WS_FC2=1`: [`linear_scaled_into`]).
     pub stream_k_fc2: Option<bool>,

@@ -307,13 +307,19 @@ pub enum FusedGrnKernel {
     /// Auto takes it with `CASCADE_GEMM_WGMMA=sk`, or where it timed fastest under
     /// `CASCADE_KERNEL_TUNE`.
     WgmmaSk,
+    /// `gemm_gelu_grn_ws_tall_bf16`: the warp-specialised version on tiles of 256 rows of x by
+    /// 128 columns of w (four consumer warpgroups, one block per SM), so that each tile of w
+    /// copied from L2 serves twice the rows. Auto takes it with `CASCADE_GEMM_WGMMA=ws_tall`, or
+    /// where it timed fastest under `CASCADE_KERNEL_TUNE`.
+    WgmmaWsTall,
 }
 
 impl FusedGrnKernel {
-    /// The fused kernel that Auto takes: `CASCADE_GEMM_WGMMA=deep`, `ws`, `ws_deep` or `sk` name
-    /// a version, any other request the first; without a request (`CASCADE_KERNEL_TUNE`) the
-    /// warp-specialised one (read once). Beside `ws` (or no request), the stream-K version is
-    /// checked too, and timing or the device's defaults may take it instead.
+    /// The fused kernel that Auto takes: `CASCADE_GEMM_WGMMA=deep`, `ws`, `ws_deep`, `sk` or
+    /// `ws_tall` name a version, any other request the first; without a request
+    /// (`CASCADE_KERNEL_TUNE`) the warp-specialised one (read once). Beside `ws` (or no request),
+    /// the stream-K and tall versions are checked too, and timing or the device's defaults may
+    /// take one of them instead.
     pub fn requested() -> FusedGrnKernel {
         static K: std::sync::OnceLock<FusedGrnKernel> = std::sync::OnceLock::new();
         *K.get_or_init(|| match std::env::var("CASCADE_GEMM_WGMMA").as_deref().map(str::trim) {
@@ -321,15 +327,17 @@ impl FusedGrnKernel {
             Ok("ws") | Err(_) => FusedGrnKernel::WgmmaWs,
             Ok("ws_deep") => FusedGrnKernel::WgmmaWsDeep,
             Ok("sk") => FusedGrnKernel::WgmmaSk,
+            Ok("ws_tall") => FusedGrnKernel::WgmmaWsTall,
             _ => FusedGrnKernel::Wgmma,
         })
     }
 }
 
-/// The fused kernels' dynamic shared memory: their stages of two 16 KiB tiles, 1 KiB to align
-/// them to the 128-byte swizzle's 1024-byte period, and the warp-specialised kernels' two 8-byte
-/// barriers per stage; the stream-K kernel's epilogue has scratch of its own past them
-/// (kernels/gemm.cu `GG_EPILOGUE_BYTES`: the others' epilogues reuse the stages).
+/// The fused kernels' dynamic shared memory: their stages of two 16 KiB tiles (the tall
+/// version's x tile is 32 KiB: 256 rows), 1 KiB to align them to the 128-byte swizzle's
+/// 1024-byte period, and the warp-specialised kernels' two 8-byte barriers per stage; the
+/// stream-K kernel's epilogue has scratch of its own past them (kernels/gemm.cu
+/// `GG_EPILOGUE_BYTES`: the others' epilogues reuse the stages).
 #[cfg(feature = "cuda")]
 pub(crate) fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
     const EPILOGUE_BYTES: usize = 128 * (128 * 2 + 16) + 8 * 128 * 4 + 2 * 128 * 4 + 4 * 4 + 16;
@@ -338,9 +346,11 @@ pub(crate) fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
         FusedGrnKernel::WgmmaWs => (3, true, 0),
         FusedGrnKernel::WgmmaWsDeep => (6, true, 0),
         FusedGrnKernel::WgmmaSk => (5, true, EPILOGUE_BYTES),
+        FusedGrnKernel::WgmmaWsTall => (4, true, 0),
         _ => (3, false, 0),
     };
-    stages * 2 * 128 * 64 * 2 + 1024 + if barriers { 2 * stages * 8 } else { 0 } + scratch
+    let x_rows = if kernel == FusedGrnKernel::WgmmaWsTall { 256 } else { 128 };
+    stages * (x_rows + 128) * 64 * 2 + 1024 + if barriers { 2 * stages * 8 } else { 0 } + scratch
 }
 
 /// `u = GELU(x · wᵀ + bias)` (u rounded to x's type before and after the GELU) and GRN's factor
@@ -376,7 +386,11 @@ pub fn linear_gelu_grn_factor_into(
         }
         let b = x.dim(0);
         let rows = m / b;
+        // Blocks: column tiles of 128 by row tiles of 128 (the tall version: 256, two of the
+        // epilogue's 128-row tiles each).
+        let tall = variant == FusedGrnKernel::WgmmaWsTall;
         let tiles = (n.div_ceil(128), m.div_ceil(128));
+        let grid = (tiles.0 as u32, m.div_ceil(if tall { 256 } else { 128 }) as u32, 1);
         let (counters, capacity) = dev.completion_counters();
         if tiles.0 + 1 > capacity || tiles.1 > 65535 {
             return Err(Error::Shape(format!("linear_gelu_grn: {m}×{n} is beyond the fused kernel's grid")));
@@ -399,23 +413,24 @@ pub fn linear_gelu_grn_factor_into(
             rows: rows as i32,
         };
         use crate::cuda::SharedMemoryOptIn;
-        let grid = (tiles.0 as u32, tiles.1 as u32, 1);
         let smem = gemm_grn_smem(variant);
-        if matches!(variant, FusedGrnKernel::WgmmaWs | FusedGrnKernel::WgmmaWsDeep) {
-            // The operands as tensor maps, boxes of 128 rows × 64 columns (one 128-byte swizzle
-            // row each): made here, at launch (or capture), from the operands' addresses.
+        if matches!(variant, FusedGrnKernel::WgmmaWs | FusedGrnKernel::WgmmaWsDeep | FusedGrnKernel::WgmmaWsTall) {
+            // The operands as tensor maps, boxes of 128 (x: the tall version's 256) rows × 64
+            // columns (one 128-byte swizzle row each): made here, at launch (or capture), from
+            // the operands' addresses.
             let q = crate::cuda::params::GemmGrnTmaParams {
-                x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, 128, 64)?,
+                x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, if tall { 256 } else { 128 }, 64)?,
                 w_map: crate::cuda::tensor_map_bf16(w.cuda_ptr()?, n, k, 128, 64)?,
                 g: p,
             };
-            let (f, which) = if variant == FusedGrnKernel::WgmmaWsDeep {
-                (&dev.kernels().gemm_gelu_grn_ws_deep_bf16, SharedMemoryOptIn::GemmGrnWsDeep)
-            } else {
-                (&dev.kernels().gemm_gelu_grn_ws_bf16, SharedMemoryOptIn::GemmGrnWs)
+            // Two consumer warpgroups and the producer warp (the tall version: four).
+            let (f, which, threads) = match variant {
+                FusedGrnKernel::WgmmaWsDeep => (&dev.kernels().gemm_gelu_grn_ws_deep_bf16, SharedMemoryOptIn::GemmGrnWsDeep, 288),
+                FusedGrnKernel::WgmmaWsTall => (&dev.kernels().gemm_gelu_grn_ws_tall_bf16, SharedMemoryOptIn::GemmGrnWsTall, 544),
+                _ => (&dev.kernels().gemm_gelu_grn_ws_bf16, SharedMemoryOptIn::GemmGrnWs, 288),
             };
             dev.opt_in_shared_memory(f, which, smem)?;
-            return dev.launch(f, grid, (288, 1, 1), smem as u32, &q);
+            return dev.launch(f, grid, (threads, 1, 1), smem as u32, &q);
         }
         let (f, which) = match variant {
             FusedGrnKernel::WgmmaDeep => (&dev.kernels().gemm_gelu_grn_deep_bf16, SharedMemoryOptIn::GemmGrnDeep),
@@ -570,19 +585,21 @@ pub fn linear_gelu_grn_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gamm
 /// The fused kernel [`FusedGrnKernel::Auto`] takes for these operands, if any: one that passed
 /// its start-up check (`CASCADE_GEMM_WGMMA` on compute capability 9.0, or `CASCADE_KERNEL_TUNE`),
 /// for operands it takes, as the device's defaults decide ([`super::GemmOptions`]: `fused_fc1`,
-/// then `fc1_stream_k` for the version), else as the switch asks (its version), else, under
-/// `CASCADE_KERNEL_TUNE`, where it timed faster than cuBLASLt and GRN's sums pass (the requested
-/// version and the stream-K one both timed). None: cuBLASLt, then the sums pass.
+/// then `fc1_stream_k` and `fc1_tall` for the version), else as the switch asks (its version),
+/// else, under `CASCADE_KERNEL_TUNE`, where it timed faster than cuBLASLt and GRN's sums pass
+/// (the requested version, the stream-K one and the tall one all timed). None: cuBLASLt, then
+/// the sums pass.
 pub fn linear_gelu_grn_kernel(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gamma: &Tensor) -> Result<Option<FusedGrnKernel>> {
     let _ = gamma;
     #[cfg(feature = "cuda")]
     if let (Device::Cuda(dev), true) = (x.device(), x.rank() >= 2 && w.rank() == 2) {
         // The versions that passed their start-up checks: the requested one, and the stream-K
-        // one (checked beside the warp-specialised one).
+        // and tall ones (checked beside the warp-specialised one).
         let requested = FusedGrnKernel::requested();
         let req = dev.wgmma_gemm().then_some(requested);
         let sk = dev.grn_sk_gemm().then_some(FusedGrnKernel::WgmmaSk);
-        if req.is_none() && sk.is_none() {
+        let tall = dev.grn_tall_gemm().then_some(FusedGrnKernel::WgmmaWsTall);
+        if req.is_none() && sk.is_none() && tall.is_none() {
             return Ok(None);
         }
         let (k, n) = (x.dim(-1), w.dim(0));
@@ -597,22 +614,31 @@ pub fn linear_gelu_grn_kernel(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gam
         // The device's defaults decide first, then the switch, then timing.
         let defaults = dev.gemm_defaults();
         if let Some(on) = defaults.fused_fc1 {
-            return Ok(match (on, defaults.fc1_stream_k) {
-                (false, _) => None,
-                (true, Some(true)) => sk,
-                (true, Some(false)) => req.filter(|&v| v != FusedGrnKernel::WgmmaSk),
-                (true, None) => req.or(sk),
+            // A version set on is taken (stream-K first); one set off is not, even if requested.
+            let off = |v: &FusedGrnKernel| {
+                (*v == FusedGrnKernel::WgmmaSk && defaults.fc1_stream_k == Some(false))
+                    || (*v == FusedGrnKernel::WgmmaWsTall && defaults.fc1_tall == Some(false))
+            };
+            return Ok(match (on, defaults.fc1_stream_k, defaults.fc1_tall) {
+                (false, _, _) => None,
+                (true, Some(true), _) => sk,
+                (true, _, Some(true)) => tall,
+                (true, None, None) => req.or(sk),
+                (true, _, _) => req.filter(|v| !off(v)),
             });
         }
         if crate::cuda::gemm_wgmma_requested() {
             return Ok(req.or(sk));
         }
         let mut candidates = vec![(FusedGrnKernel::Separate, "cuBLASLt + sums pass")];
-        if let Some(v) = req.filter(|&v| v != FusedGrnKernel::WgmmaSk) {
+        if let Some(v) = req.filter(|&v| v != FusedGrnKernel::WgmmaSk && v != FusedGrnKernel::WgmmaWsTall) {
             candidates.push((v, "fused"));
         }
         if let Some(v) = sk {
             candidates.push((v, "fused stream-K"));
+        }
+        if let Some(v) = tall {
+            candidates.push((v, "fused tall"));
         }
         let dims = [m, k, n, x.dim(0), bias.is_some() as usize];
         let names: Vec<&str> = candidates.iter().map(|c| c.1).collect();
