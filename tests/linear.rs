@@ -621,30 +621,22 @@ mod gpu {
                 assert_eq!(fused, fused_by_switch, "fused fc1 not taken while set on");
             }
             // Set on, its version: the stream-K one where fc1_stream_k says so (and it passed its
-            // check), the requested one where it says not.
+            // check), the tall one where fc1_tall does, the requested one where both say not.
             if on {
                 use ops::FusedGrnKernel as K;
-                for sk in [true, false] {
-                    cuda.set_gemm_defaults(GemmOptions { fc1_stream_k: Some(sk), ..set });
-                    let kernel = ops::linear_gelu_grn_kernel(&x, &w, None, &gamma).unwrap();
-                    println!("fused fc1 with fc1_stream_k {sk}: {kernel:?}");
-                    if sk {
-                        assert_eq!(kernel, cuda.grn_sk_gemm().then_some(K::WgmmaSk), "fc1_stream_k set on");
-                    } else {
-                        assert!(kernel != Some(K::WgmmaSk), "fc1_stream_k set off, but the stream-K version taken");
-                        assert_eq!(kernel.is_some(), cuda.wgmma_gemm() && K::requested() != K::WgmmaSk);
-                    }
-                }
-                // Likewise the tall version (stream-K set off: set on, it comes first).
-                for tall in [true, false] {
-                    cuda.set_gemm_defaults(GemmOptions { fc1_stream_k: Some(false), fc1_tall: Some(tall), ..set });
-                    let kernel = ops::linear_gelu_grn_kernel(&x, &w, None, &gamma).unwrap();
-                    println!("fused fc1 with fc1_tall {tall}: {kernel:?}");
-                    if tall {
-                        assert_eq!(kernel, cuda.grn_tall_gemm().then_some(K::WgmmaWsTall), "fc1_tall set on");
-                    } else {
-                        assert!(kernel != Some(K::WgmmaWsTall), "fc1_tall set off, but the tall version taken");
-                        assert_eq!(kernel.is_some(), cuda.wgmma_gemm() && !matches!(K::requested(), K::WgmmaSk | K::WgmmaWsTall));
+                for (version, available) in [(K::WgmmaSk, cuda.grn_sk_gemm()), (K::WgmmaWsTall, cuda.grn_tall_gemm())] {
+                    for chosen in [true, false] {
+                        let sk = version == K::WgmmaSk && chosen;
+                        let tall = version == K::WgmmaWsTall && chosen;
+                        cuda.set_gemm_defaults(GemmOptions { fc1_stream_k: Some(sk), fc1_tall: Some(tall), ..set });
+                        let kernel = ops::linear_gelu_grn_kernel(&x, &w, None, &gamma).unwrap();
+                        println!("fused fc1 with fc1_stream_k {sk}, fc1_tall {tall}: {kernel:?}");
+                        if chosen {
+                            assert_eq!(kernel, available.then_some(version), "{version:?} set on");
+                        } else {
+                            assert!(kernel != Some(version), "{version:?} set off, but taken");
+                            assert_eq!(kernel.is_some(), cuda.wgmma_gemm() && !matches!(K::requested(), K::WgmmaSk | K::WgmmaWsTall));
+                        }
                     }
                 }
                 cuda.set_gemm_defaults(set);
