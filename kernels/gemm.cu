@@ -58,16 +58,17 @@ template <int B> __device__ __forceinline__ void add_every_second(float& s, cons
 // first layer and its GELU). Every thread that waits at the block's barriers calls it: with NAMED
 // false every thread of the block (__syncthreads), of which only the 256 threads of the two
 // consumer warpgroups (`worker`, threads 0–255) hold accumulators and do the work; with NAMED
-// the 256 consumer threads alone (named barrier 1: the stream-K kernel, whose producer warp has
-// ended), every one a worker.
-template <bool SUMS = true, bool NAMED = false>
+// the 256 consumer threads alone (named barrier BAR: the stream-K kernel, whose producer warp
+// has ended, and each half of the tall kernel's tile), every one a worker, `tid` counted from
+// the first of them.
+template <bool SUMS = true, bool NAMED = false, int BAR = 1>
 __device__ __forceinline__ void gemm_grn_epilogue(const GemmGrnParams& p, float (&acc)[64], unsigned char* const scratch, const int tid, const bool worker,
                                                   const GrnTile at) {
     const int warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
     const int g = lane >> 2, t = lane & 3;
     const int m0 = at.m0, n0 = at.n0;
     auto sync = [] {
-        if (NAMED) named_barrier_sync(1, 256);
+        if (NAMED) named_barrier_sync(BAR, 256);
         else __syncthreads();
     };
     // Counts this block's tile in `count` once its writes are fenced: true in every thread of the
@@ -371,19 +372,19 @@ template <int STAGES, bool SUMS = true, int WGS = 2> __device__ __forceinline__ 
     __syncthreads();
     if (WGS == 2) {
         gemm_grn_epilogue<SUMS>(p, acc, tiles, tid, !producer, grid_tile());
-    } else {
-        // The tall tile's epilogue in two rounds of 128 rows, warpgroups 2r and 2r + 1 the workers
-        // of round r (as threads 0–255 of the 128-row epilogue); every other thread takes part
-        // in the barriers with a number of 256 or more (no work, none of the workers' roles). A
-        // round whose rows are all past M is not counted: its column counters expect ⌈M / 128⌉.
-#pragma unroll
-        for (int r = 0; r < WGS / 2; r++) {
-            if (m0 + 128 * r >= p.M) break;  // uniform across the block
-            if (r > 0) __syncthreads();      // the previous round's readers of the scratch are done
-            const int local = tid - 256 * r;
-            const bool worker = !producer && local >= 0 && local < 256;
-            const GrnTile at{m0 + 128 * r, n0, (int)blockIdx.x, (int)gridDim.x, (p.M + GG_BM - 1) / GG_BM};
-            gemm_grn_epilogue<SUMS>(p, acc, tiles, worker ? local : 256 + tid, worker, at);
+    } else if (!producer) {
+        // The tall tile's two halves of 128 rows at once: warpgroups 2h and 2h + 1 write half h
+        // as threads 0–255 of the 128-row epilogue, meeting at named barrier 1 + h, in scratch of
+        // their own (the stages hold both). The producer warp has no part. A half whose rows are
+        // all past M is not counted: the column counters expect ⌈M / 128⌉ arrivals.
+        static_assert(2 * GG_EPILOGUE_BYTES <= STAGES * STAGE, "both halves' scratch in the stages");
+        const int h = wg >> 1;
+        const GrnTile at{m0 + 128 * h, n0, (int)blockIdx.x, (int)gridDim.x, (p.M + GG_BM - 1) / GG_BM};
+        if (at.m0 < p.M) {  // uniform across the half's 256 threads
+            if (h == 0)
+                gemm_grn_epilogue<SUMS, true, 1>(p, acc, tiles, tid, true, at);
+            else
+                gemm_grn_epilogue<SUMS, true, 2>(p, acc, tiles + GG_EPILOGUE_BYTES, tid - 256, true, at);
         }
     }
 #endif

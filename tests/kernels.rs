@@ -339,6 +339,9 @@ fn linear_gelu_grn_kernels() {
                 Some(n) => format!("{kernel:?} on {n} blocks"),
                 None => format!("{kernel:?}"),
             };
+            // Every counter the launch counted with is back at zero for the next one.
+            let set = dev.as_cuda("linear_gelu_grn").unwrap().completion_counters_set().unwrap();
+            assert_eq!(set, 0, "linear_gelu_grn {what} {name}: {set} completion counters left set");
             assert!(uv.iter().all(|v| v.is_finite()), "linear_gelu_grn u {what} {name}: an element was not written");
             let (mut got, mut want) = (Vec::new(), Vec::new());
             for &r in &sel {

@@ -599,6 +599,15 @@ impl CudaDevice {
         (self.completion_counters.device_ptr(&self.stream).0, COMPLETION_COUNTERS)
     }
 
+    /// How many completion counters are not zero once the queued work is done: 0, since every
+    /// kernel that counts with them leaves them zero for the next launch (what a test checks
+    /// after the kernels that use them). Waits for the stream.
+    pub fn completion_counters_set(&self) -> Result<usize> {
+        let mut bytes = vec![0u8; COMPLETION_COUNTERS * 4];
+        self.dtoh(self.completion_counters().0, &mut bytes)?;
+        Ok(bytes.chunks_exact(4).filter(|c| c.iter().any(|&b| b != 0)).count())
+    }
+
     pub(crate) fn blas(&self) -> &blas::Blas {
         &self.blas
     }
