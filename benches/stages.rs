@@ -209,16 +209,15 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
         }
     }
     let used = |f: &str| items.iter().flatten().any(|x| *x == f);
+    // The features that set the fused fc1 on, each in one of its versions.
+    const FC1: [&str; 3] = ["fc1", "fc1sk", "fc1tall"];
     let setting = |on: &[&str]| {
         let pick = |f: &str| used(f).then(|| on.contains(&f));
         (
             cascade::ops::WgmmaOptions { tma_copies: pick("tma"), lean_softmax: pick("lean"), narrow_tail: pick("tail") },
             cascade::ops::GemmOptions {
                 // fc1, fc1sk and fc1tall: the fused fc1 in its requested, stream-K and tall versions.
-                fused_fc1: ["fc1", "fc1sk", "fc1tall"]
-                    .iter()
-                    .any(|f| used(f))
-                    .then(|| ["fc1", "fc1sk", "fc1tall"].iter().any(|f| on.contains(f))),
+                fused_fc1: FC1.iter().any(|f| used(f)).then(|| FC1.iter().any(|f| on.contains(f))),
                 fc1_stream_k: pick("fc1sk"),
                 fc1_tall: pick("fc1tall"),
                 stream_k_fc2: pick("fc2"),

@@ -1400,7 +1400,7 @@ fn attention_split_setting() -> usize {
 /// checked when a compute capability 9.0 device opens, and the ResBlocks then take it where its
 /// operands allow (`ops::linear_gelu_grn_factor`).
 pub fn gemm_wgmma_requested() -> bool {
-    std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| matches!(v.trim(), "1" | "deep" | "ws" | "ws_deep" | "sk" | "ws_tall"))
+    std::env::var("CASCADE_GEMM_WGMMA").is_ok_and(|v| crate::ops::FusedGrnKernel::named(&v).is_some())
 }
 
 /// A TMA tensor map of a dense row-major bf16 matrix `[rows, cols]` at `ptr` (16-byte aligned,

@@ -322,13 +322,23 @@ impl FusedGrnKernel {
     /// take one of them instead.
     pub fn requested() -> FusedGrnKernel {
         static K: std::sync::OnceLock<FusedGrnKernel> = std::sync::OnceLock::new();
-        *K.get_or_init(|| match std::env::var("CASCADE_GEMM_WGMMA").as_deref().map(str::trim) {
-            Ok("deep") => FusedGrnKernel::WgmmaDeep,
-            Ok("ws") | Err(_) => FusedGrnKernel::WgmmaWs,
-            Ok("ws_deep") => FusedGrnKernel::WgmmaWsDeep,
-            Ok("sk") => FusedGrnKernel::WgmmaSk,
-            Ok("ws_tall") => FusedGrnKernel::WgmmaWsTall,
-            _ => FusedGrnKernel::Wgmma,
+        *K.get_or_init(|| match std::env::var("CASCADE_GEMM_WGMMA") {
+            Ok(v) => FusedGrnKernel::named(&v).unwrap_or(FusedGrnKernel::Wgmma),
+            Err(_) => FusedGrnKernel::WgmmaWs,
+        })
+    }
+
+    /// The version a `CASCADE_GEMM_WGMMA` value asks for (`1`, `deep`, `ws`, `ws_deep`, `sk`,
+    /// `ws_tall`); None: a value that asks for none. The one list of the switch's values.
+    pub fn named(value: &str) -> Option<FusedGrnKernel> {
+        Some(match value.trim() {
+            "1" => FusedGrnKernel::Wgmma,
+            "deep" => FusedGrnKernel::WgmmaDeep,
+            "ws" => FusedGrnKernel::WgmmaWs,
+            "ws_deep" => FusedGrnKernel::WgmmaWsDeep,
+            "sk" => FusedGrnKernel::WgmmaSk,
+            "ws_tall" => FusedGrnKernel::WgmmaWsTall,
+            _ => return None,
         })
     }
 }
@@ -388,9 +398,9 @@ pub fn linear_gelu_grn_factor_into(
         let rows = m / b;
         // Blocks: column tiles of 128 by row tiles of 128 (the tall version: 256, two of the
         // epilogue's 128-row tiles each).
-        let tall = variant == FusedGrnKernel::WgmmaWsTall;
+        let x_rows = if variant == FusedGrnKernel::WgmmaWsTall { 256 } else { 128 };
         let tiles = (n.div_ceil(128), m.div_ceil(128));
-        let grid = (tiles.0 as u32, m.div_ceil(if tall { 256 } else { 128 }) as u32, 1);
+        let grid = (tiles.0 as u32, m.div_ceil(x_rows) as u32, 1);
         let (counters, capacity) = dev.completion_counters();
         if tiles.0 + 1 > capacity || tiles.1 > 65535 {
             return Err(Error::Shape(format!("linear_gelu_grn: {m}×{n} is beyond the fused kernel's grid")));
@@ -419,7 +429,7 @@ pub fn linear_gelu_grn_factor_into(
             // columns (one 128-byte swizzle row each): made here, at launch (or capture), from
             // the operands' addresses.
             let q = crate::cuda::params::GemmGrnTmaParams {
-                x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, if tall { 256 } else { 128 }, 64)?,
+                x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, x_rows as u32, 64)?,
                 w_map: crate::cuda::tensor_map_bf16(w.cuda_ptr()?, n, k, 128, 64)?,
                 g: p,
             };
