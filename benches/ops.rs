@@ -72,6 +72,7 @@ fn main() {
                 (ops::FusedGrnKernel::WgmmaWsDeep, "wgmma_ws_deep"),
                 (ops::FusedGrnKernel::WgmmaSk, "wgmma_sk"),
                 (ops::FusedGrnKernel::WgmmaWsTall, "wgmma_ws_tall"),
+                (ops::FusedGrnKernel::WgmmaWsPair, "wgmma_ws_pair"),
                 (ops::FusedGrnKernel::Separate, "separate"),
             ]
         } else {

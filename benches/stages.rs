@@ -174,7 +174,8 @@ type AbSetting = (String, cascade::ops::WgmmaOptions, cascade::ops::GemmOptions)
 /// or after saying why not (an unknown feature, or one whose kernels did not pass their start-up
 /// check: its environment switch asks for that check). Features: the attention's `tma` copies,
 /// `lean` softmax and narrow `tail`; the GEMMs' fused `fc1` + GRN statistics (`fc1sk`: its
-/// stream-K version, `fc1tall`: its version on 256-row tiles), stream-K `fc2`,
+/// stream-K version, `fc1tall`: its version on 256-row tiles, `fc1pair`: those tiles in pairs
+/// sharing x's copy), stream-K `fc2`,
 /// stream-K residual products `sk`, CLIP's `skinny` GEMM and Stage A's `wsgelu` (fc1 and GELU on
 /// the warp-specialised GEMM).
 #[cfg(feature = "cuda")]
@@ -188,6 +189,7 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
         ("fc1", cuda.wgmma_gemm(), "CASCADE_GEMM_WGMMA=ws (or 1, deep, ws_deep)"),
         ("fc1sk", cuda.grn_sk_gemm(), "CASCADE_GEMM_WGMMA=ws (or sk)"),
         ("fc1tall", cuda.grn_tall_gemm(), "CASCADE_GEMM_WGMMA=ws (or ws_tall)"),
+        ("fc1pair", cuda.grn_pair_gemm(), "CASCADE_GEMM_WGMMA=ws (or ws_pair)"),
         ("fc2", cuda.scaled_gemm(), "CASCADE_GEMM_WS_FC2=1"),
         ("sk", cuda.sk_gemm(), "CASCADE_GEMM_SK=1"),
         ("skinny", cuda.skinny_gemm(), "CASCADE_GEMM_SKINNY=1"),
@@ -197,7 +199,7 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
         match features.iter().find(|x| x.0 == *f) {
             None => {
                 println!(
-                    "AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, lean, tail, fc1, fc1sk, fc1tall, fc2, sk, skinny, wsgelu)"
+                    "AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, lean, tail, fc1, fc1sk, fc1tall, fc1pair, fc2, sk, skinny, wsgelu)"
                 );
                 return Vec::new();
             }
@@ -210,16 +212,18 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
     }
     let used = |f: &str| items.iter().flatten().any(|x| *x == f);
     // The features that set the fused fc1 on, each in one of its versions.
-    const FC1: [&str; 3] = ["fc1", "fc1sk", "fc1tall"];
+    const FC1: [&str; 4] = ["fc1", "fc1sk", "fc1tall", "fc1pair"];
     let setting = |on: &[&str]| {
         let pick = |f: &str| used(f).then(|| on.contains(&f));
         (
             cascade::ops::WgmmaOptions { tma_copies: pick("tma"), lean_softmax: pick("lean"), narrow_tail: pick("tail") },
             cascade::ops::GemmOptions {
-                // fc1, fc1sk and fc1tall: the fused fc1 in its requested, stream-K and tall versions.
+                // fc1, fc1sk, fc1tall and fc1pair: the fused fc1 in its requested, stream-K, tall
+                // and paired versions.
                 fused_fc1: FC1.iter().any(|f| used(f)).then(|| FC1.iter().any(|f| on.contains(f))),
                 fc1_stream_k: pick("fc1sk"),
                 fc1_tall: pick("fc1tall"),
+                fc1_pair: pick("fc1pair"),
                 stream_k_fc2: pick("fc2"),
                 stream_k: pick("sk"),
                 skinny: pick("skinny"),

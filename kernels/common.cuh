@@ -596,6 +596,65 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const TensorMap* map, int
         : "memory");
 #endif
 }
+
+// ---- Clusters (sm_90) ---------------------------------------------------------------------------
+// The blocks of a cluster launch (cuLaunchKernelEx with a cluster dimension) run at once on SMs of
+// one GPC, and each may write the others' shared memory (a TMA multicast) and arrive on their
+// barriers. A block must not end while another may still do either: the kernel's last cluster
+// wait covers that.
+__device__ __forceinline__ unsigned cluster_ctarank() {
+#ifdef CASCADE_EMU
+    return emu::cluster_rank();
+#else
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+#endif
+}
+// barrier.cluster in its two halves, each executed by every thread of the cluster, whole warps
+// together: the arrival releases this thread's earlier writes and remote arrivals, the wait
+// returns once every thread of the cluster has arrived.
+__device__ __forceinline__ void cluster_arrive() {
+#ifdef CASCADE_EMU
+    emu::cluster_arrive();
+#else
+    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#ifdef CASCADE_EMU
+    emu::cluster_wait();
+#else
+    asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+// One arrival on the barrier at bar's offset in the shared memory of the cluster's block `rank`
+// (release semantics, the default: this thread's reads of the slot it frees come first).
+__device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, unsigned rank) {
+#ifdef CASCADE_EMU
+    emu_mbar_arrive(emu::cluster_map(bar, rank), 0);
+#else
+    asm volatile(
+        "{\n .reg .b32 remote;\n mapa.shared::cluster.u32 remote, %0, %1;\n"
+        " mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)),
+        "r"(rank)
+        : "memory");
+#endif
+}
+// tma_load_2d into every block of the cluster whose rank's bit is set in `mask`: the box lands at
+// dst's offset in each one's shared memory, its bytes completed on each one's barrier at bar's
+// offset. One read from L2 serves them all.
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const TensorMap* map, int c0, int c1, uint64_t* bar, uint16_t mask) {
+#ifdef CASCADE_EMU
+    emu_tma_load_2d_multicast(dst, map, c0, c1, bar, mask);
+#else
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(
+            (unsigned)__cvta_generic_to_shared(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"((unsigned)__cvta_generic_to_shared(bar)), "h"(mask)
+        : "memory");
+#endif
+}
 #endif  // wgmma
 
 // ---- Last block to finish --------------------------------------------------------------------

@@ -311,10 +311,15 @@ __device__ __forceinline__ void ws_produce(uint64_t* full, uint64_t* empty, int 
 }
 #endif
 // WGS consumer warpgroups (2, or 4 for the tall version): the block's tile is WGS · 64 rows of x
-// by 128 columns of w, and its producer warp is warp 4 · WGS.
-template <int STAGES, bool SUMS = true, int WGS = 2> __device__ __forceinline__ void gemm_gelu_grn_ws(const GemmGrnTmaParams& q) {
+// by 128 columns of w, and its producer warp is warp 4 · WGS. PAIR (tall only): the block is one
+// of a cluster of two, neighbours along the columns with the same 256 rows of x; each producer
+// copies its half of those rows (128 × 64) into both blocks' stage with one multicast, and its
+// own w. A slot is then written by both producers, so each block's `empty` counts the consumer
+// warpgroups of both blocks, and each consumer frees a slot in both.
+template <int STAGES, bool SUMS = true, int WGS = 2, bool PAIR = false> __device__ __forceinline__ void gemm_gelu_grn_ws(const GemmGrnTmaParams& q) {
 #ifdef CASCADE_WGMMA
     static_assert(WGS == 2 || WGS == 4, "two or four consumer warpgroups");
+    static_assert(!PAIR || WGS == 4, "pairs of tall tiles");
     constexpr int A_BYTES = WGS * 64 * GG_BK * 2, STAGE = A_BYTES + GG_TILE;  // x's rows, then w's 128
     const GemmGrnParams& p = q.g;
     extern __shared__ uint4 smem_words[];
@@ -329,14 +334,22 @@ template <int STAGES, bool SUMS = true, int WGS = 2> __device__ __forceinline__ 
     const bool producer = warp == 4 * WGS;
     const int m0 = blockIdx.y * (64 * WGS), n0 = blockIdx.x * GG_BN;
     const int steps = (p.K + GG_BK - 1) / GG_BK;
+    const unsigned rank = PAIR ? cluster_ctarank() : 0;  // of the pair: which half of x it copies
     if (tid == 128 * WGS) {
         for (int s = 0; s < STAGES; s++) {
-            mbar_init(&full[s], 1);     // the producer's arrival, with the copies' bytes
-            mbar_init(&empty[s], WGS);  // one arrival per consumer warpgroup
+            mbar_init(&full[s], 1);                     // the producer's arrival, with the copies' bytes
+            mbar_init(&empty[s], PAIR ? 2 * WGS : WGS);  // one arrival per consumer warpgroup
         }
         mbar_init_fence();
     }
-    __syncthreads();
+    // A pair: neither block copies into the other's stages or arrives on its barriers before
+    // they are initialised.
+    if (PAIR) {
+        cluster_arrive();
+        cluster_wait();
+    } else {
+        __syncthreads();
+    }
 
     float acc[64];
 #pragma unroll
@@ -347,7 +360,16 @@ template <int STAGES, bool SUMS = true, int WGS = 2> __device__ __forceinline__ 
                 const int s = kt % STAGES;
                 // The slot's previous use (step kt − STAGES) is done with: its round's phase of
                 // `empty` has completed (the first round passes at once).
-                ws_produce(&full[s], &empty[s], kt / STAGES, atile(s), btile(s), &q.x_map, &q.w_map, kt * GG_BK, m0, n0, STAGE);
+                if (PAIR) {
+                    // Both blocks' slot s is free (empty counts both blocks' consumers): this
+                    // block's 128 rows of x into both, its w into its own; 48 KiB land here.
+                    mbar_wait(&empty[s], ((kt / STAGES) & 1) ^ 1);
+                    mbar_arrive_expect_tx(&full[s], STAGE);
+                    tma_load_2d_multicast(atile(s) + rank * GG_TILE, &q.x_map, kt * GG_BK, m0 + GG_BM * rank, &full[s], 0x3);
+                    tma_load_2d(btile(s), &q.w_map, kt * GG_BK, n0, &full[s]);
+                } else {
+                    ws_produce(&full[s], &empty[s], kt / STAGES, atile(s), btile(s), &q.x_map, &q.w_map, kt * GG_BK, m0, n0, STAGE);
+                }
             }
         }
         __syncwarp();
@@ -361,11 +383,17 @@ template <int STAGES, bool SUMS = true, int WGS = 2> __device__ __forceinline__ 
             // Step kt − 1's products are done (this step's stay in flight): its stage is free.
             wgmma_wait<1>();
             wgmma_fence_operands(acc);
-            if (kt > 0 && (tid & 127) == 0) mbar_arrive(&empty[(kt - 1) % STAGES]);
+            if (kt > 0 && (tid & 127) == 0) {
+                mbar_arrive(&empty[(kt - 1) % STAGES]);
+                if (PAIR) mbar_arrive_cluster(&empty[(kt - 1) % STAGES], rank ^ 1);
+            }
         }
         wgmma_wait<0>();
         wgmma_fence_operands(acc);
     }
+    // A pair: this block's last remote arrivals are made; the other may end once it has waited
+    // for them (the kernel's end), and nothing lands in this block's stages any more.
+    if (PAIR) cluster_arrive();
     // Every product is done and every copy has landed (each was waited for): the stages become
     // the epilogue's. The epilogue writes them through the generic proxy after the async one.
     fence_proxy_async_shared();
@@ -379,14 +407,18 @@ template <int STAGES, bool SUMS = true, int WGS = 2> __device__ __forceinline__ 
         // all past M is not counted: the column counters expect ⌈M / 128⌉ arrivals.
         static_assert(2 * GG_EPILOGUE_BYTES <= STAGES * STAGE, "both halves' scratch in the stages");
         const int h = wg >> 1;
-        const GrnTile at{m0 + 128 * h, n0, (int)blockIdx.x, (int)gridDim.x, (p.M + GG_BM - 1) / GG_BM};
-        if (at.m0 < p.M) {  // uniform across the half's 256 threads
+        // A pair's grid has an even number of column tiles: its last block may lie past N (it
+        // copies its half of x for the other, and writes nothing).
+        const int tiles_n = PAIR ? (p.N + GG_BN - 1) / GG_BN : (int)gridDim.x;
+        const GrnTile at{m0 + 128 * h, n0, (int)blockIdx.x, tiles_n, (p.M + GG_BM - 1) / GG_BM};
+        if (at.m0 < p.M && (!PAIR || n0 < p.N)) {  // uniform across the half's 256 threads
             if (h == 0)
                 gemm_grn_epilogue<SUMS, true, 1>(p, acc, tiles, tid, true, at);
             else
                 gemm_grn_epilogue<SUMS, true, 2>(p, acc, tiles + GG_EPILOGUE_BYTES, tid - 256, true, at);
         }
     }
+    if (PAIR) cluster_wait();
 #endif
 }
 
@@ -409,6 +441,16 @@ extern "C" __global__ void __launch_bounds__(GG_WS_THREADS, 1) gemm_gelu_grn_ws_
 extern "C" __global__ void __launch_bounds__(GG_WS_TALL_THREADS, 1) gemm_gelu_grn_ws_tall_bf16(const __grid_constant__ GemmGrnTmaParams p) {
     pdl_enter();
     gemm_gelu_grn_ws<4, true, 4>(p);
+}
+// The tall version in clusters of two blocks (opt-in until measured: CASCADE_GEMM_WGMMA=ws_pair,
+// and timed beside the others under CASCADE_KERNEL_TUNE): neighbouring column tiles share the
+// copy of their 256 rows of x, each block bringing 128 of them to both by TMA multicast. A 64-deep
+// step then reads 32 KiB from L2 per block for 4.2 MFLOP, as cuBLASLt's kernels for these shapes
+// do. Launched with a cluster dimension of (2, 1, 1) on a grid of an even number of column
+// tiles, its x map's box 128 rows.
+extern "C" __global__ void __launch_bounds__(GG_WS_TALL_THREADS, 1) gemm_gelu_grn_ws_pair_bf16(const __grid_constant__ GemmGrnTmaParams p) {
+    pdl_enter();
+    gemm_gelu_grn_ws<4, true, 4, true>(p);
 }
 // The first of them with GRN's sums left out: an MLP's first layer and its GELU (Stage A's
 // MixBlocks; opt-in until measured, CASCADE_GEMM_WS_GELU=1), the GELU's epilogue overlapping the

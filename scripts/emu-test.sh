@@ -97,6 +97,10 @@ CASCADE_GEMM_WGMMA=sk CASCADE_GEMM_WS_FC2=1 cargo test --release --features cuda
 # Its version on 256-row tiles (four consumer warpgroups; opt-in until measured) likewise: the
 # tiny models, whose ResBlocks' row counts leave the second half of a tile empty or partial.
 CASCADE_GEMM_WGMMA=ws_tall cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+# The same tiles in clusters of two blocks sharing x's copy by TMA multicast (opt-in until
+# measured) likewise: the tiny models' odd numbers of column tiles leave the pair's second
+# block past N.
+CASCADE_GEMM_WGMMA=ws_pair cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The ResBlocks' fc2 with GRN's factor on its input (the stream-K kernel, opt-in until measured;
 # its kernel test runs in the first run above): the tiny models with GRN's sums pass before it,
 # then the tiny pipeline with the warp-specialised fc1 + GRN GEMM before it (their MLPs then

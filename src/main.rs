@@ -589,6 +589,12 @@ fn device(name: &str) -> Result<()> {
                     && cascade::ops::FusedGrnKernel::requested() == cascade::ops::FusedGrnKernel::WgmmaWsTall,
                 c.grn_tall_gemm(),
             ),
+            (
+                "its 256-row tiles in pairs sharing x (CASCADE_GEMM_WGMMA=ws_pair; checked beside =ws)",
+                cascade::cuda::gemm_wgmma_requested()
+                    && cascade::ops::FusedGrnKernel::requested() == cascade::ops::FusedGrnKernel::WgmmaWsPair,
+                c.grn_pair_gemm(),
+            ),
             ("stream-K fc2 with GRN's factor (CASCADE_GEMM_WS_FC2=1)", cascade::cuda::gemm_ws_fc2_requested(), c.scaled_gemm()),
             ("stream-K residual products (CASCADE_GEMM_SK=1)", cascade::cuda::gemm_sk_requested(), c.sk_gemm()),
             ("warp-specialised fc1 + GELU (CASCADE_GEMM_WS_GELU=1)", cascade::cuda::gemm_ws_gelu_requested(), c.ws_gelu_gemm()),

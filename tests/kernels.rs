@@ -322,6 +322,7 @@ fn linear_gelu_grn_kernels() {
                 (K::WgmmaSk, Some(5)),
                 (K::WgmmaSk, Some(7)),
                 (K::WgmmaWsTall, None),
+                (K::WgmmaWsPair, None),
                 (K::Separate, None),
             ]
         } else {

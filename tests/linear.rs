@@ -607,6 +607,7 @@ mod gpu {
                 fused_fc1: Some(on),
                 fc1_stream_k: None,
                 fc1_tall: None,
+                fc1_pair: None,
                 stream_k_fc2: Some(on),
                 stream_k: Some(on),
                 skinny: None,
@@ -621,21 +622,26 @@ mod gpu {
                 assert_eq!(fused, fused_by_switch, "fused fc1 not taken while set on");
             }
             // Set on, its version: the stream-K one where fc1_stream_k says so (and it passed its
-            // check), the tall one where fc1_tall does, the requested one where both say not.
+            // check), the tall one where fc1_tall does, the paired one where fc1_pair does, the
+            // requested one where all say not.
             if on {
                 use ops::FusedGrnKernel as K;
-                for (version, available) in [(K::WgmmaSk, cuda.grn_sk_gemm()), (K::WgmmaWsTall, cuda.grn_tall_gemm())] {
+                let versions =
+                    [(K::WgmmaSk, cuda.grn_sk_gemm()), (K::WgmmaWsTall, cuda.grn_tall_gemm()), (K::WgmmaWsPair, cuda.grn_pair_gemm())];
+                for (version, available) in versions {
                     for chosen in [true, false] {
                         let sk = version == K::WgmmaSk && chosen;
                         let tall = version == K::WgmmaWsTall && chosen;
-                        cuda.set_gemm_defaults(GemmOptions { fc1_stream_k: Some(sk), fc1_tall: Some(tall), ..set });
+                        let pair = version == K::WgmmaWsPair && chosen;
+                        cuda.set_gemm_defaults(GemmOptions { fc1_stream_k: Some(sk), fc1_tall: Some(tall), fc1_pair: Some(pair), ..set });
                         let kernel = ops::linear_gelu_grn_kernel(&x, &w, None, &gamma).unwrap();
-                        println!("fused fc1 with fc1_stream_k {sk}, fc1_tall {tall}: {kernel:?}");
+                        println!("fused fc1 with fc1_stream_k {sk}, fc1_tall {tall}, fc1_pair {pair}: {kernel:?}");
                         if chosen {
                             assert_eq!(kernel, available.then_some(version), "{version:?} set on");
                         } else {
                             assert!(kernel != Some(version), "{version:?} set off, but taken");
-                            assert_eq!(kernel.is_some(), cuda.wgmma_gemm() && !matches!(K::requested(), K::WgmmaSk | K::WgmmaWsTall));
+                            let others = matches!(K::requested(), K::WgmmaSk | K::WgmmaWsTall | K::WgmmaWsPair);
+                            assert_eq!(kernel.is_some(), cuda.wgmma_gemm() && !others);
                         }
                     }
                 }

@@ -119,10 +119,12 @@ pub(crate) enum SharedMemoryOptIn {
     GemmGrnSk,
     /// `gemm_gelu_grn_ws_tall_bf16`.
     GemmGrnWsTall,
+    /// `gemm_gelu_grn_ws_pair_bf16`.
+    GemmGrnWsPair,
 }
 
 impl SharedMemoryOptIn {
-    const COUNT: usize = 13;
+    const COUNT: usize = 14;
 }
 
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.
@@ -179,6 +181,9 @@ pub struct CudaDevice {
     grn_sk_gemm: std::sync::atomic::AtomicBool,
     /// Its tall version (`gemm_gelu_grn_ws_tall_bf16`, 256-row tiles) passed its start-up check.
     grn_tall_gemm: std::sync::atomic::AtomicBool,
+    /// Its tall version in clusters of two blocks sharing x's copy (`gemm_gelu_grn_ws_pair_bf16`)
+    /// passed its start-up check.
+    grn_pair_gemm: std::sync::atomic::AtomicBool,
     /// The skinny GEMM (`gemm_skinny_bf16`, `CASCADE_GEMM_SKINNY=1`) passed its start-up check.
     skinny_gemm: std::sync::atomic::AtomicBool,
     /// The warp-specialised GEMM as an MLP's first layer and its GELU (`CASCADE_GEMM_WS_GELU=1`
@@ -393,6 +398,7 @@ impl CudaDevice {
             wgmma_gemm: false.into(),
             grn_sk_gemm: false.into(),
             grn_tall_gemm: false.into(),
+            grn_pair_gemm: false.into(),
             skinny_gemm: false.into(),
             ws_gelu_gemm: false.into(),
             scaled_gemm: false.into(),
@@ -516,8 +522,8 @@ impl CudaDevice {
             }
         }
         // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1): the requested version,
-        // and beside the warp-specialised one (`ws`, or timing's) its stream-K and tall versions,
-        // so that timing or an A/B can choose among the three.
+        // and beside the warp-specialised one (`ws`, or timing's) its stream-K, tall and paired
+        // versions, so that timing or an A/B can choose among them.
         if dev.compute_capability == (9, 0) && considered(gemm_wgmma_requested()) {
             use crate::ops::FusedGrnKernel;
             use std::sync::atomic::Ordering::Relaxed;
@@ -527,9 +533,11 @@ impl CudaDevice {
             match requested {
                 FusedGrnKernel::WgmmaSk => dev.grn_sk_gemm.store(ok, Relaxed),
                 FusedGrnKernel::WgmmaWsTall => dev.grn_tall_gemm.store(ok, Relaxed),
+                FusedGrnKernel::WgmmaWsPair => dev.grn_pair_gemm.store(ok, Relaxed),
                 FusedGrnKernel::WgmmaWs => {
                     dev.grn_sk_gemm.store(check_gemm_gelu_grn(&dev, FusedGrnKernel::WgmmaSk), Relaxed);
                     dev.grn_tall_gemm.store(check_gemm_gelu_grn(&dev, FusedGrnKernel::WgmmaWsTall), Relaxed);
+                    dev.grn_pair_gemm.store(check_gemm_gelu_grn(&dev, FusedGrnKernel::WgmmaWsPair), Relaxed);
                 }
                 _ => {}
             }
@@ -782,6 +790,14 @@ impl CudaDevice {
         self.grn_tall_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether the paired tall version of the fused fc1 + GRN-statistics GEMM (clusters of two
+    /// blocks sharing the copy of x by TMA multicast) agreed with the separate path when the
+    /// device was opened: checked where `CASCADE_GEMM_WGMMA=ws_pair` or `ws` asks for it, or
+    /// under `CASCADE_KERNEL_TUNE`.
+    pub fn grn_pair_gemm(&self) -> bool {
+        self.grn_pair_gemm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether products with at most `CASCADE_SKINNY_ROWS` rows of input (CLIP's) take the skinny
     /// GEMM instead of cuBLASLt: asked for (`CASCADE_GEMM_SKINNY=1`), a compute capability 9.0
     /// GPU, and it agreed with cuBLASLt when the device was opened.
@@ -991,6 +1007,22 @@ impl CudaDevice {
         self.launch_as(f, LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem }, params, false)
     }
 
+    /// Launches `f` on a grid of clusters of `cluster` blocks (its dimensions divide the grid's):
+    /// a cluster's blocks run at once on SMs of one GPC and may use one another's shared memory.
+    /// With programmatic stream serialization where that is on.
+    pub(crate) fn launch_cluster<P: cudarc::driver::DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        cluster: (u32, u32, u32),
+        params: &P,
+    ) -> Result<()> {
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
+        self.launch_ex(f, cfg, Some(cluster), self.programmatic_launches(), params)
+    }
+
     /// Launches `f` as a cooperative kernel: the driver starts it only if every block of the
     /// grid can be resident at once (else an error), so its blocks may wait for one another.
     pub(crate) fn launch_cooperative<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, cfg: LaunchConfig, params: &P) -> Result<()> {
@@ -1020,11 +1052,34 @@ impl CudaDevice {
     /// kernels/common.cuh), so the launch gap between dependent kernels overlaps the tail of the
     /// one before. Inside a capture the edge becomes a programmatic one.
     fn launch_programmatic<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, cfg: LaunchConfig, params: &P) -> Result<()> {
+        self.launch_ex(f, cfg, None, true, params)
+    }
+
+    /// cuLaunchKernelEx with a cluster dimension and/or programmatic stream serialization.
+    fn launch_ex<P: cudarc::driver::DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        cluster: Option<(u32, u32, u32)>,
+        programmatic: bool,
+        params: &P,
+    ) -> Result<()> {
         self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
-        // SAFETY: an all-zero attribute is a valid "ignore" entry; the id and value are then set.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        // SAFETY: an all-zero attribute is a valid "ignore" entry; ids and values are then set.
+        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let mut count = 0;
+        if programmatic {
+            attrs[count].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[count].value.programmaticStreamSerializationAllowed = 1;
+            count += 1;
+        }
+        if let Some((x, y, z)) = cluster {
+            attrs[count].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attrs[count].value.clusterDim.x = x;
+            attrs[count].value.clusterDim.y = y;
+            attrs[count].value.clusterDim.z = z;
+            count += 1;
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -1034,18 +1089,24 @@ impl CudaDevice {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: count as u32,
         };
         // One kernel parameter: the params struct, passed by the address of its value (as
         // cudarc's launch builder passes it).
         let mut args = [params as *const P as *mut std::ffi::c_void];
         // SAFETY: as in `launch_as`: the struct's layout is the kernel's (bindgen from
-        // kernels/params.h) and the launchers checked every buffer; `config`, `attr` and `args`
+        // kernels/params.h) and the launchers checked every buffer; `config`, `attrs` and `args`
         // outlive the call, which copies them.
-        unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
-            .result()
-            .map_err(|e| driver_err("kernel launch (programmatic)", e))
+        unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }.result().map_err(|e| {
+            driver_err(
+                match (cluster.is_some(), programmatic) {
+                    (true, _) => "kernel launch (clusters)",
+                    _ => "kernel launch (programmatic)",
+                },
+                e,
+            )
+        })
     }
 
     /// Whether kernels are launched with programmatic stream serialization (`CASCADE_PDL=1` on a
@@ -1396,7 +1457,7 @@ fn attention_split_setting() -> usize {
 }
 
 /// Whether the fused fc1 + GRN-statistics GEMM on wgmma is asked for (`CASCADE_GEMM_WGMMA=1`, or
-/// `=deep`, `=ws`, `=ws_deep`, `=sk`, `=ws_tall` for its other versions: `ops::FusedGrnKernel::requested`): it is
+/// `=deep`, `=ws`, `=ws_deep`, `=sk`, `=ws_tall`, `=ws_pair` for its other versions: `ops::FusedGrnKernel::requested`): it is
 /// checked when a compute capability 9.0 device opens, and the ResBlocks then take it where its
 /// operands allow (`ops::linear_gelu_grn_factor`).
 pub fn gemm_wgmma_requested() -> bool {
@@ -1504,6 +1565,7 @@ fn check_gemm_gelu_grn(dev: &Arc<CudaDevice>, version: crate::ops::FusedGrnKerne
     let what = match version {
         FusedGrnKernel::WgmmaSk => "the fused fc1 + GRN GEMM (wgmma, stream-K)",
         FusedGrnKernel::WgmmaWsTall => "the fused fc1 + GRN GEMM (wgmma, 256-row tiles)",
+        FusedGrnKernel::WgmmaWsPair => "the fused fc1 + GRN GEMM (wgmma, 256-row tiles in pairs)",
         _ => "the fused fc1 + GRN GEMM (wgmma)",
     };
     passed_check(dev, what, "cuBLASLt and GRN's pass", run(), 1e-2)

@@ -198,6 +198,10 @@ pub struct GemmOptions {
     /// Where fc1 is fused and not on the stream-K version, the tall one (256-row tiles,
     /// `CASCADE_GEMM_WGMMA=ws_tall`) rather than the requested one; None: the switch's.
     pub fc1_tall: Option<bool>,
+    /// Where fc1 is fused and on neither the stream-K nor the tall version, the paired tall one
+    /// (clusters of two blocks sharing x's copy, `CASCADE_GEMM_WGMMA=ws_pair`) rather than the
+    /// requested one; None: the switch's.
+    pub fc1_pair: Option<bool>,
     /// A ResBlock's fc2 with GRN's factor applied by the stream-K kernel
     /// (`CASCADE_GEMM_WS_FC2=1`: [`linear_scaled_into`]).
     pub stream_k_fc2: Option<bool>,

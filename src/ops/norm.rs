@@ -312,14 +312,20 @@ pub enum FusedGrnKernel {
     /// copied from L2 serves twice the rows. Auto takes it with `CASCADE_GEMM_WGMMA=ws_tall`, or
     /// where it timed fastest under `CASCADE_KERNEL_TUNE`.
     WgmmaWsTall,
+    /// `gemm_gelu_grn_ws_pair_bf16`: the tall version in clusters of two blocks, neighbours along
+    /// the columns, each copying half of their shared 256 rows of x into both by TMA multicast:
+    /// a 64-deep step reads 32 KiB from L2 per block where the tall version reads 48. Auto takes
+    /// it with `CASCADE_GEMM_WGMMA=ws_pair`, or where it timed fastest under
+    /// `CASCADE_KERNEL_TUNE`.
+    WgmmaWsPair,
 }
 
 impl FusedGrnKernel {
-    /// The fused kernel that Auto takes: `CASCADE_GEMM_WGMMA=deep`, `ws`, `ws_deep`, `sk` or
-    /// `ws_tall` name a version, any other request the first; without a request
+    /// The fused kernel that Auto takes: `CASCADE_GEMM_WGMMA=deep`, `ws`, `ws_deep`, `sk`,
+    /// `ws_tall` or `ws_pair` name a version, any other request the first; without a request
     /// (`CASCADE_KERNEL_TUNE`) the warp-specialised one (read once). Beside `ws` (or no request),
-    /// the stream-K and tall versions are checked too, and timing or the device's defaults may
-    /// take one of them instead.
+    /// the stream-K, tall and paired versions are checked too, and timing or the device's
+    /// defaults may take one of them instead.
     pub fn requested() -> FusedGrnKernel {
         static K: std::sync::OnceLock<FusedGrnKernel> = std::sync::OnceLock::new();
         *K.get_or_init(|| match std::env::var("CASCADE_GEMM_WGMMA") {
@@ -329,7 +335,8 @@ impl FusedGrnKernel {
     }
 
     /// The version a `CASCADE_GEMM_WGMMA` value asks for (`1`, `deep`, `ws`, `ws_deep`, `sk`,
-    /// `ws_tall`); None: a value that asks for none. The one list of the switch's values.
+    /// `ws_tall`, `ws_pair`); None: a value that asks for none. The one list of the switch's
+    /// values.
     pub fn named(value: &str) -> Option<FusedGrnKernel> {
         Some(match value.trim() {
             "1" => FusedGrnKernel::Wgmma,
@@ -338,13 +345,14 @@ impl FusedGrnKernel {
             "ws_deep" => FusedGrnKernel::WgmmaWsDeep,
             "sk" => FusedGrnKernel::WgmmaSk,
             "ws_tall" => FusedGrnKernel::WgmmaWsTall,
+            "ws_pair" => FusedGrnKernel::WgmmaWsPair,
             _ => return None,
         })
     }
 }
 
-/// The fused kernels' dynamic shared memory: their stages of two 16 KiB tiles (the tall
-/// version's x tile is 32 KiB: 256 rows), 1 KiB to align them to the 128-byte swizzle's
+/// The fused kernels' dynamic shared memory: their stages of two 16 KiB tiles (the tall and
+/// paired versions' x tile is 32 KiB: 256 rows), 1 KiB to align them to the 128-byte swizzle's
 /// 1024-byte period, and the warp-specialised kernels' two 8-byte barriers per stage; the
 /// stream-K kernel's epilogue has scratch of its own past them (kernels/gemm.cu
 /// `GG_EPILOGUE_BYTES`: the others' epilogues reuse the stages).
@@ -356,10 +364,10 @@ pub(crate) fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
         FusedGrnKernel::WgmmaWs => (3, true, 0),
         FusedGrnKernel::WgmmaWsDeep => (6, true, 0),
         FusedGrnKernel::WgmmaSk => (5, true, EPILOGUE_BYTES),
-        FusedGrnKernel::WgmmaWsTall => (4, true, 0),
+        FusedGrnKernel::WgmmaWsTall | FusedGrnKernel::WgmmaWsPair => (4, true, 0),
         _ => (3, false, 0),
     };
-    let x_rows = if kernel == FusedGrnKernel::WgmmaWsTall { 256 } else { 128 };
+    let x_rows = if matches!(kernel, FusedGrnKernel::WgmmaWsTall | FusedGrnKernel::WgmmaWsPair) { 256 } else { 128 };
     stages * (x_rows + 128) * 64 * 2 + 1024 + if barriers { 2 * stages * 8 } else { 0 } + scratch
 }
 
@@ -396,11 +404,13 @@ pub fn linear_gelu_grn_factor_into(
         }
         let b = x.dim(0);
         let rows = m / b;
-        // Blocks: column tiles of 128 by row tiles of 128 (the tall version: 256, two of the
-        // epilogue's 128-row tiles each).
-        let x_rows = if variant == FusedGrnKernel::WgmmaWsTall { 256 } else { 128 };
+        // Blocks: column tiles of 128 by row tiles of 128 (the tall and paired versions: 256, two
+        // of the epilogue's 128-row tiles each; the paired one in clusters of two column tiles,
+        // the last past N where their number is odd).
+        let pair = variant == FusedGrnKernel::WgmmaWsPair;
+        let x_rows = if pair || variant == FusedGrnKernel::WgmmaWsTall { 256 } else { 128 };
         let tiles = (n.div_ceil(128), m.div_ceil(128));
-        let grid = (tiles.0 as u32, m.div_ceil(x_rows) as u32, 1);
+        let grid = (if pair { tiles.0.next_multiple_of(2) } else { tiles.0 } as u32, m.div_ceil(x_rows) as u32, 1);
         let (counters, capacity) = dev.completion_counters();
         if tiles.0 + 1 > capacity || tiles.1 > 65535 {
             return Err(Error::Shape(format!("linear_gelu_grn: {m}×{n} is beyond the fused kernel's grid")));
@@ -424,22 +434,29 @@ pub fn linear_gelu_grn_factor_into(
         };
         use crate::cuda::SharedMemoryOptIn;
         let smem = gemm_grn_smem(variant);
-        if matches!(variant, FusedGrnKernel::WgmmaWs | FusedGrnKernel::WgmmaWsDeep | FusedGrnKernel::WgmmaWsTall) {
+        if matches!(
+            variant,
+            FusedGrnKernel::WgmmaWs | FusedGrnKernel::WgmmaWsDeep | FusedGrnKernel::WgmmaWsTall | FusedGrnKernel::WgmmaWsPair
+        ) {
             // The operands as tensor maps, boxes of 128 (x: the tall version's 256) rows × 64
             // columns (one 128-byte swizzle row each): made here, at launch (or capture), from
-            // the operands' addresses.
+            // the operands' addresses. The paired version copies 128 of its 256 rows per block.
             let q = crate::cuda::params::GemmGrnTmaParams {
-                x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, x_rows as u32, 64)?,
+                x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, if pair { 128 } else { x_rows as u32 }, 64)?,
                 w_map: crate::cuda::tensor_map_bf16(w.cuda_ptr()?, n, k, 128, 64)?,
                 g: p,
             };
-            // Two consumer warpgroups and the producer warp (the tall version: four).
+            // Two consumer warpgroups and the producer warp (the tall and paired versions: four).
             let (f, which, threads) = match variant {
                 FusedGrnKernel::WgmmaWsDeep => (&dev.kernels().gemm_gelu_grn_ws_deep_bf16, SharedMemoryOptIn::GemmGrnWsDeep, 288),
                 FusedGrnKernel::WgmmaWsTall => (&dev.kernels().gemm_gelu_grn_ws_tall_bf16, SharedMemoryOptIn::GemmGrnWsTall, 544),
+                FusedGrnKernel::WgmmaWsPair => (&dev.kernels().gemm_gelu_grn_ws_pair_bf16, SharedMemoryOptIn::GemmGrnWsPair, 544),
                 _ => (&dev.kernels().gemm_gelu_grn_ws_bf16, SharedMemoryOptIn::GemmGrnWs, 288),
             };
             dev.opt_in_shared_memory(f, which, smem)?;
+            if pair {
+                return dev.launch_cluster(f, grid, (threads, 1, 1), smem as u32, (2, 1, 1), &q);
+            }
             return dev.launch(f, grid, (threads, 1, 1), smem as u32, &q);
         }
         let (f, which) = match variant {
@@ -595,21 +612,22 @@ pub fn linear_gelu_grn_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gamm
 /// The fused kernel [`FusedGrnKernel::Auto`] takes for these operands, if any: one that passed
 /// its start-up check (`CASCADE_GEMM_WGMMA` on compute capability 9.0, or `CASCADE_KERNEL_TUNE`),
 /// for operands it takes, as the device's defaults decide ([`super::GemmOptions`]: `fused_fc1`,
-/// then `fc1_stream_k` and `fc1_tall` for the version), else as the switch asks (its version),
-/// else, under `CASCADE_KERNEL_TUNE`, where it timed faster than cuBLASLt and GRN's sums pass
-/// (the requested version, the stream-K one and the tall one all timed). None: cuBLASLt, then
+/// then `fc1_stream_k`, `fc1_tall` and `fc1_pair` for the version), else as the switch asks (its
+/// version), else, under `CASCADE_KERNEL_TUNE`, where it timed faster than cuBLASLt and GRN's
+/// sums pass (the requested version, the stream-K, tall and paired ones all timed). None: cuBLASLt, then
 /// the sums pass.
 pub fn linear_gelu_grn_kernel(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gamma: &Tensor) -> Result<Option<FusedGrnKernel>> {
     let _ = gamma;
     #[cfg(feature = "cuda")]
     if let (Device::Cuda(dev), true) = (x.device(), x.rank() >= 2 && w.rank() == 2) {
-        // The versions that passed their start-up checks: the requested one, and the stream-K
-        // and tall ones (checked beside the warp-specialised one).
+        // The versions that passed their start-up checks: the requested one, and the stream-K,
+        // tall and paired ones (checked beside the warp-specialised one).
         let requested = FusedGrnKernel::requested();
         let req = dev.wgmma_gemm().then_some(requested);
         let sk = dev.grn_sk_gemm().then_some(FusedGrnKernel::WgmmaSk);
         let tall = dev.grn_tall_gemm().then_some(FusedGrnKernel::WgmmaWsTall);
-        if req.is_none() && sk.is_none() && tall.is_none() {
+        let pair = dev.grn_pair_gemm().then_some(FusedGrnKernel::WgmmaWsPair);
+        if req.is_none() && sk.is_none() && tall.is_none() && pair.is_none() {
             return Ok(None);
         }
         let (k, n) = (x.dim(-1), w.dim(0));
@@ -628,20 +646,22 @@ pub fn linear_gelu_grn_kernel(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gam
             let off = |v: &FusedGrnKernel| {
                 (*v == FusedGrnKernel::WgmmaSk && defaults.fc1_stream_k == Some(false))
                     || (*v == FusedGrnKernel::WgmmaWsTall && defaults.fc1_tall == Some(false))
+                    || (*v == FusedGrnKernel::WgmmaWsPair && defaults.fc1_pair == Some(false))
             };
-            return Ok(match (on, defaults.fc1_stream_k, defaults.fc1_tall) {
-                (false, _, _) => None,
-                (true, Some(true), _) => sk,
-                (true, _, Some(true)) => tall,
-                (true, None, None) => req.or(sk),
-                (true, _, _) => req.filter(|v| !off(v)),
+            return Ok(match (on, defaults.fc1_stream_k, defaults.fc1_tall, defaults.fc1_pair) {
+                (false, ..) => None,
+                (true, Some(true), _, _) => sk,
+                (true, _, Some(true), _) => tall,
+                (true, _, _, Some(true)) => pair,
+                (true, None, None, None) => req.or(sk),
+                (true, ..) => req.filter(|v| !off(v)),
             });
         }
         if crate::cuda::gemm_wgmma_requested() {
             return Ok(req.or(sk));
         }
         let mut candidates = vec![(FusedGrnKernel::Separate, "cuBLASLt + sums pass")];
-        if let Some(v) = req.filter(|&v| v != FusedGrnKernel::WgmmaSk && v != FusedGrnKernel::WgmmaWsTall) {
+        if let Some(v) = req.filter(|v| !matches!(v, FusedGrnKernel::WgmmaSk | FusedGrnKernel::WgmmaWsTall | FusedGrnKernel::WgmmaWsPair)) {
             candidates.push((v, "fused"));
         }
         if let Some(v) = sk {
@@ -649,6 +669,9 @@ pub fn linear_gelu_grn_kernel(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gam
         }
         if let Some(v) = tall {
             candidates.push((v, "fused tall"));
+        }
+        if let Some(v) = pair {
+            candidates.push((v, "fused pair"));
         }
         let dims = [m, k, n, x.dim(0), bias.is_some() as usize];
         let names: Vec<&str> = candidates.iter().map(|c| c.1).collect();

@@ -68,6 +68,8 @@ struct Fiber {
     int linear;
     State state;
     unsigned bar_id, bar_count;  // the named barrier it waits at (WAIT_NAMED)
+    unsigned cluster_rank;       // its block's rank in its cluster (0 outside cluster launches)
+    unsigned cluster_phase;      // the cluster barrier's phase it last arrived in
     char* stack;
     alignas(16) char scratch[1024];  // per-thread state of the emulated instructions (wgmma's queue)
 };
@@ -89,6 +91,10 @@ struct Runner {
     std::vector<uint64_t> slots;  // 32 per warp
     std::vector<char> fragments;  // 32 × 64 bytes per warp
     std::vector<char> smem;
+    size_t smem_bytes = 0, smem_stride = 0;
+    // The running cluster (a cluster launch's blocks run together, rank r's shared memory at
+    // smem + r · smem_stride): its size, and its barrier's arrivals and phase.
+    unsigned cluster_blocks = 1, cluster_threads = 0, cluster_arrived = 0, cluster_phase = 0;
     void (*body)(void*) = nullptr;
     void* params = nullptr;
     ~Runner() {
@@ -154,6 +160,29 @@ void sync_named(unsigned id, unsigned count) {
     yield();
 }
 void* dynamic_smem() { return current->smem; }
+unsigned cluster_rank() { return current->cluster_rank; }
+unsigned cluster_size() { return runner.cluster_blocks; }
+void* cluster_map(const void* p, unsigned rank) {
+    const char* c = (const char*)p;
+    if (c < current->smem || c >= current->smem + runner.smem_bytes || rank >= runner.cluster_blocks) {
+        fprintf(stderr, "emulated mapa: %s (rank %u of a cluster of %u)\n",
+                rank >= runner.cluster_blocks ? "a rank beyond the cluster" : "an address outside the block's dynamic shared memory", rank,
+                runner.cluster_blocks);
+        abort();
+    }
+    return runner.smem.data() + rank * runner.smem_stride + (c - current->smem);
+}
+void cluster_arrive() {
+    current->cluster_phase = runner.cluster_phase;
+    if (++runner.cluster_arrived == runner.cluster_threads) {
+        runner.cluster_arrived = 0;
+        runner.cluster_phase++;
+    }
+}
+void cluster_wait() {
+    while (runner.cluster_phase == current->cluster_phase) spin_once();
+    spin_end();
+}
 void* thread_scratch() { return current->scratch; }
 thread_local unsigned long long pdl_waits;  // threads of the running launch past pdl_enter
 void note_pdl_wait() { pdl_waits++; }
@@ -165,15 +194,25 @@ unsigned long long take_pdl_waits() {
 uint64_t* warp_slots() { return &runner.slots[(current->warp_base + warp_id()) * 32]; }
 void* warp_fragments() { return &runner.fragments[(current->warp_base + warp_id()) * 32 * 64]; }
 
-std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block, size_t smem_bytes, bool cooperative) {
+std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block, size_t smem_bytes, bool cooperative, uint3 cluster) {
     Runner& r = runner;
     const size_t n = (size_t)block.x * block.y * block.z;
     const size_t warps = (n + 31) / 32;
     const size_t blocks = (size_t)grid.x * grid.y * grid.z;
+    const size_t per_cluster = (size_t)cluster.x * cluster.y * cluster.z;
     // A cooperative launch starts all its blocks together, so a block may wait for others (a
-    // grid-wide wait); otherwise blocks run one after another.
-    const size_t at_once = cooperative ? blocks : 1;
-    const size_t smem_stride = (smem_bytes + 16 + 15) & ~(size_t)15;
+    // grid-wide wait); a cluster launch starts each cluster's blocks together (they may wait for
+    // one another and use one another's shared memory); otherwise blocks run one after another.
+    const size_t at_once = cooperative ? blocks : per_cluster;
+    // A cluster's blocks' shared memory a multiple of 1 KiB apart: an address mapped into
+    // another block (mapa) keeps its alignment to the 128-byte swizzle's period, as on a GPU,
+    // where every block's shared memory has the same layout.
+    const size_t align = per_cluster > 1 ? 1024 : 16;
+    const size_t smem_stride = (smem_bytes + 16 + align - 1) & ~(align - 1);
+    r.smem_bytes = smem_bytes;
+    r.smem_stride = smem_stride;
+    r.cluster_blocks = (unsigned)per_cluster;
+    r.cluster_threads = (unsigned)(per_cluster * n);
     while (r.stacks.size() < at_once * n) {
         char* s = (char*)malloc(STACK_BYTES);
         if (!s) return "out of host memory for fiber stacks";
@@ -191,14 +230,25 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
         // Fresh shared memory per block, filled with a pattern (reading shared memory before
         // writing it is a bug; NaN-like bytes make it show).
         r.smem.assign(count * smem_stride, (char)0xff);
+        r.cluster_arrived = 0;
+        // Copies the blocks before left in flight (never waited for) can no longer land.
+        emu_tma_queue().count = 0;
         for (size_t j = 0; j < count; j++) {
             const size_t id = first + j;
-            const uint3 blk{(unsigned)(id % grid.x), (unsigned)((id / grid.x) % grid.y), (unsigned)(id / ((size_t)grid.x * grid.y))};
+            uint3 blk{(unsigned)(id % grid.x), (unsigned)((id / grid.x) % grid.y), (unsigned)(id / ((size_t)grid.x * grid.y))};
+            if (per_cluster > 1) {
+                // Cluster id / per_cluster, rank j: x fastest within the cluster, as %cluster_ctarank.
+                const size_t c = id / per_cluster, cgx = grid.x / cluster.x, cgy = grid.y / cluster.y;
+                blk = uint3{(unsigned)((c % cgx) * cluster.x + j % cluster.x), (unsigned)(((c / cgx) % cgy) * cluster.y + (j / cluster.x) % cluster.y),
+                            (unsigned)((c / (cgx * cgy)) * cluster.z + j / ((size_t)cluster.x * cluster.y))};
+            }
             for (size_t i = 0; i < n; i++) {
                 Fiber& f = r.fibers[j * n + i];
                 f.linear = (int)i;
                 f.tid = uint3{(unsigned)(i % block.x), (unsigned)((i / block.x) % block.y), (unsigned)(i / ((size_t)block.x * block.y))};
                 f.block = blk;
+                f.cluster_rank = per_cluster > 1 ? (unsigned)j : 0;
+                f.cluster_phase = 0;
                 f.smem = r.smem.data() + j * smem_stride;
                 f.warp_base = j * warps;
                 f.state = READY;
@@ -214,6 +264,7 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
         // grid-wide wait to the next (kernels keep nothing there across a wait); dynamic shared
         // memory is the block's own.
         size_t active = 0, stalled = 0;  // stalled: blocks in a row that could not move
+        const bool rotate = per_cluster > 1 && !cooperative && (first / per_cluster) % 2 == 1;
         for (;;) {
             Fiber* bf = &r.fibers[active * n];
             // A fiber spinning at a grid-wide wait re-reads its condition; it counts as progress
@@ -272,18 +323,26 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
                     if (bf[i].state == WAIT_BLOCK) bf[i].state = READY;
                 opened = true;
             }
-            if (live && (opened || progressed)) {
+            const bool moved = live && (opened || progressed);
+            if (moved) {
                 stalled = 0;
-                continue;
+                // Every second cluster's blocks take turns after every round, so that one
+                // block's copies into another's shared memory and its remote arrivals fall
+                // between that block's steps; the other clusters' blocks (and all others) run
+                // until they end or can only wait, as far ahead of one another as they can get.
+                // A GPU may do either.
+                if (!rotate) continue;
+            } else {
+                if (live && !spinning) {
+                    char msg[200];
+                    snprintf(msg, sizeof msg,
+                             "barrier deadlock in block (%u, %u, %u): threads wait at barriers (__syncthreads, a warp's or a named one) that cannot open",
+                             bf[0].block.x, bf[0].block.y, bf[0].block.z);
+                    return msg;
+                }
+                // The block ended, or waits for others: the next block with live threads.
+                if (live && ++stalled > count) return "grid barrier deadlock: every live block waits at a grid-wide or cluster-wide wait that never opens";
             }
-            if (live && !spinning) {
-                char msg[200];
-                snprintf(msg, sizeof msg, "barrier deadlock in block (%u, %u, %u): threads wait at barriers (__syncthreads, a warp's or a named one) that cannot open",
-                         bf[0].block.x, bf[0].block.y, bf[0].block.z);
-                return msg;
-            }
-            // The block ended, or waits for others: the next block with live threads.
-            if (live && ++stalled > count) return "grid barrier deadlock: every live block waits at a grid-wide wait that never opens";
             size_t next = count;
             for (size_t k = 1; k <= count && next == count; k++) {
                 size_t j = (active + k) % count;

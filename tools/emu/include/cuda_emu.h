@@ -54,6 +54,16 @@ void sync_warp();
 // bar.sync id, count: waits until `count` threads of the block (whole warps) wait at barrier `id`.
 void sync_named(unsigned id, unsigned count);
 void* dynamic_smem();
+// Clusters (sm_90): the block's rank in its cluster (%cluster_ctarank; 0 outside cluster
+// launches) and the cluster's blocks; mapa: the address in rank `rank`'s shared memory that
+// corresponds to p in this block's (dynamic shared memory only: the static arrays are shared
+// by the blocks that run on one OS thread); barrier.cluster.arrive and .wait over every thread
+// of the cluster.
+unsigned cluster_rank();
+unsigned cluster_size();
+void* cluster_map(const void* p, unsigned rank);
+void cluster_arrive();
+void cluster_wait();
 // Yields until *p >= target (a block waiting at a grid barrier of a cooperative launch, whose
 // blocks the emulator runs at once).
 void spin_until_at_least(const volatile unsigned* p, unsigned target);
@@ -526,14 +536,36 @@ inline void emu_tma_load(void* dst, const void* map, int rank, int c0, int c1, i
         fprintf(stderr, "emulated TMA: more than 64 copies in flight\n");
         abort();
     }
-    // In flight, the box's bytes are undefined: 0xff (NaN in bf16 and f32) until the copy lands,
-    // so a product still reading the slot's previous tile (its slot freed too early) sees it.
     EmuTensorMap one = *m;
     if (rank == 2) one.dims[2] = one.box[2] = 1;  // one plane
-    memset(dst, 0xff, (size_t)one.box[0] * one.elem * one.box[1] * one.box[2]);
+    const size_t bytes = (size_t)one.box[0] * one.elem * one.box[1] * one.box[2];
+    // A copy into shared memory that another copy still in flight fills: the slot was refilled
+    // before anyone waited for (and consumed) its previous tile. On a GPU the two race.
+    for (int i = 0; i < q.count; i++) {
+        const EmuTmaCopy& c = q.copies[i];
+        const size_t other = (size_t)c.map.box[0] * c.map.elem * c.map.box[1] * c.map.box[2];
+        if ((char*)dst < (char*)c.dst + other && (char*)c.dst < (char*)dst + bytes) {
+            fprintf(stderr, "emulated TMA: a copy into shared memory that an earlier copy, not yet waited for, still fills (a slot refilled too early)\n");
+            abort();
+        }
+    }
+    // In flight, the box's bytes are undefined: 0xff (NaN in bf16 and f32) until the copy lands,
+    // so a product still reading the slot's previous tile (its slot freed too early) sees it.
+    memset(dst, 0xff, bytes);
     q.copies[q.count++] = EmuTmaCopy{dst, one, c0, c1, rank == 2 ? 0 : c2, bar};
 }
 inline void emu_tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) { emu_tma_load(dst, map, 2, c0, c1, 0, bar); }
+// .multicast::cluster: the same box into dst of every block of the cluster whose rank is set in
+// `mask`, each copy's bytes completed on that block's barrier at bar's offset (one queued copy
+// per block, landing when that block waits on its barrier).
+inline void emu_tma_load_2d_multicast(void* dst, const void* map, int c0, int c1, void* bar, uint16_t mask) {
+    if (mask == 0 || (mask >> emu::cluster_size()) != 0) {
+        fprintf(stderr, "emulated TMA: multicast mask 0x%x for a cluster of %u blocks\n", mask, emu::cluster_size());
+        abort();
+    }
+    for (unsigned r = 0; r < emu::cluster_size(); r++)
+        if (mask >> r & 1) emu_tma_load(emu::cluster_map(dst, r), map, 2, c0, c1, 0, emu::cluster_map(bar, r));
+}
 inline void emu_tma_load_3d(void* dst, const void* map, int c0, int c1, int c2, void* bar) { emu_tma_load(dst, map, 3, c0, c1, c2, bar); }
 
 // griddepcontrol.wait and .launch_dependents: launches run one after another here, so there is
