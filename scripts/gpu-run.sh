@@ -96,6 +96,7 @@ vetting_test() {
     case $1 in *CASCADE_ATTENTION_SOFTMAX=lean*) t="$t kernels" ;; esac
     case $1 in *CASCADE_ATTENTION_COPY=tma*) t="$t kernels-tma" ;; esac
     case $1 in *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=* | *CASCADE_GEMM_WS_FC2=* | *CASCADE_GEMM_SK=*) t="$t kernels-gemmwg" ;; esac
+    case $1 in *CASCADE_GEMM_WGMMA=ws_pair*) t="$t kernels-pair" ;; esac
     case $1 in *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t="$t kernels-split" ;; esac
     case $1 in *CASCADE_DW_TILE=roll*) t="$t kernels-dwroll" ;; esac
     case $1 in *CASCADE_GEMM_SKINNY=*) t="$t kernels-skinny" ;; esac
@@ -180,6 +181,14 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     # products with few tiles); then the linear tests and the pipeline tests with all of them on.
     tests+=(kernels-gemmwg)
     step test-kernels-gemmwg "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1 CASCADE_GEMM_SK=1; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu linear_scaled && '$bundle/tests/linear' --include-ignored --nocapture gpu_ && CASCADE_GEMM_WGMMA=ws '$bundle/tests/pipeline' --include-ignored --nocapture" &
+    pids+=($!)
+    # The fused GEMM's paired version (clusters of two blocks sharing x's copy by TMA multicast;
+    # opt-in: CASCADE_GEMM_WGMMA=ws_pair, the only switch that checks or runs it until it has run
+    # on a GPU) beside the others on the odd shapes and every real ResBlock's fc1, then the
+    # pipeline tests with it: a step of its own, so that a cluster kernel that hangs takes only
+    # its own variants with it.
+    tests+=(kernels-pair)
+    step test-kernels-pair "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=ws_pair; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu_grn && '$bundle/tests/pipeline' --include-ignored --nocapture" &
     pids+=($!)
     # The split-key and the two-warpgroup wgmma attention kernels (opt-in:
     # CASCADE_ATTENTION_SPLIT=1, CASCADE_ATTENTION=wgmma2) on every attention shape, then the
@@ -393,10 +402,10 @@ if on BENCH 1; then
         [ -n "${BENCHES:-}" ] && [[ " $BENCHES " != *" $name "* ]] && continue
         benches+=("bench-$name")
         CASCADE_BENCH_QUICK=1 step "bench-$name" "${BENCH_TIMEOUT:-300}" "$b" --bench
-        # OPS_VARIANTS (default "gemmwg split wgmma2 tma dw dwroll skinny") picks which of these opt-in variant
+        # OPS_VARIANTS (default "gemmwg pair split wgmma2 tma dw dwroll skinny") picks which of these opt-in variant
         # steps run after the ops bench: each is a process of its own.
         if [ "$name" = ops ]; then
-            variants=" ${OPS_VARIANTS:-gemmwg split wgmma2 tma dw dwroll skinny} "
+            variants=" ${OPS_VARIANTS:-gemmwg pair split wgmma2 tma dw dwroll skinny} "
             # The ops bench's fc1 + GRN rows again with the fused wgmma GEMM's rows among them
             # (the separate path's rows give a same-run comparison), Stage A's fc1 with its GELU
             # on the warp-specialised GEMM beside cuBLASLt's GELU epilogue, and the ResBlocks'
@@ -406,6 +415,15 @@ if on BENCH 1; then
                 benches+=("bench-ops-wgmma")
                 vetted bench-ops-wgmma CASCADE_GEMM_WGMMA=1 &&
                     CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1 CASCADE_SHAPES="linear_gelu_grn,linear_gelu_ws/,linear_gelu/stage_a,linear_scaled/" CASCADE_BENCH_QUICK=1 step bench-ops-wgmma "${BENCH_TIMEOUT:-300}" "$b" --bench
+            fi
+            # The fc1 + GRN rows with every fused version's among them, the paired one (clusters
+            # of two blocks sharing x's copy; opt-in: CASCADE_GEMM_WGMMA=ws_pair, the only switch
+            # that runs it until it has run on a GPU) included: per launch, in one process, the
+            # times of the same mainloop at 15.6, 11.7 and 7.8 bytes of L2 traffic per kFLOP.
+            if [[ $variants == *" pair "* ]]; then
+                benches+=("bench-ops-pair")
+                vetted bench-ops-pair CASCADE_GEMM_WGMMA=ws_pair &&
+                    CASCADE_GEMM_WGMMA=ws_pair CASCADE_SHAPES="linear_gelu_grn" CASCADE_BENCH_QUICK=1 step bench-ops-pair "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # The wgmma attention rows again with the split-key kernels' rows among them
             # (opt-in: CASCADE_ATTENTION_SPLIT=1), for a same-run comparison per launch.

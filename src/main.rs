@@ -590,7 +590,7 @@ fn device(name: &str) -> Result<()> {
                 c.grn_tall_gemm(),
             ),
             (
-                "its 256-row tiles in pairs sharing x (CASCADE_GEMM_WGMMA=ws_pair; checked beside =ws)",
+                "its 256-row tiles in pairs sharing x (CASCADE_GEMM_WGMMA=ws_pair; checked only where asked for)",
                 cascade::cuda::gemm_wgmma_requested()
                     && cascade::ops::FusedGrnKernel::requested() == cascade::ops::FusedGrnKernel::WgmmaWsPair,
                 c.grn_pair_gemm(),

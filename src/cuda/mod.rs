@@ -522,8 +522,10 @@ impl CudaDevice {
             }
         }
         // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1): the requested version,
-        // and beside the warp-specialised one (`ws`, or timing's) its stream-K, tall and paired
-        // versions, so that timing or an A/B can choose among them.
+        // and beside the warp-specialised one (`ws`, or timing's) its stream-K and tall
+        // versions, so that timing or an A/B can choose among the three; beside the paired
+        // version (only where `ws_pair` asks for it until it has run on a GPU: a cluster kernel
+        // that hangs there would take every check of its process with it) the tall one.
         if dev.compute_capability == (9, 0) && considered(gemm_wgmma_requested()) {
             use crate::ops::FusedGrnKernel;
             use std::sync::atomic::Ordering::Relaxed;
@@ -533,11 +535,13 @@ impl CudaDevice {
             match requested {
                 FusedGrnKernel::WgmmaSk => dev.grn_sk_gemm.store(ok, Relaxed),
                 FusedGrnKernel::WgmmaWsTall => dev.grn_tall_gemm.store(ok, Relaxed),
-                FusedGrnKernel::WgmmaWsPair => dev.grn_pair_gemm.store(ok, Relaxed),
+                FusedGrnKernel::WgmmaWsPair => {
+                    dev.grn_pair_gemm.store(ok, Relaxed);
+                    dev.grn_tall_gemm.store(check_gemm_gelu_grn(&dev, FusedGrnKernel::WgmmaWsTall), Relaxed);
+                }
                 FusedGrnKernel::WgmmaWs => {
                     dev.grn_sk_gemm.store(check_gemm_gelu_grn(&dev, FusedGrnKernel::WgmmaSk), Relaxed);
                     dev.grn_tall_gemm.store(check_gemm_gelu_grn(&dev, FusedGrnKernel::WgmmaWsTall), Relaxed);
-                    dev.grn_pair_gemm.store(check_gemm_gelu_grn(&dev, FusedGrnKernel::WgmmaWsPair), Relaxed);
                 }
                 _ => {}
             }
@@ -785,15 +789,16 @@ impl CudaDevice {
 
     /// Whether the tall version of the fused fc1 + GRN-statistics GEMM (256-row tiles, four
     /// consumer warpgroups) agreed with the separate path when the device was opened: checked
-    /// where `CASCADE_GEMM_WGMMA=ws_tall` or `ws` asks for it, or under `CASCADE_KERNEL_TUNE`.
+    /// where `CASCADE_GEMM_WGMMA=ws_tall`, `ws` or `ws_pair` asks for it, or under
+    /// `CASCADE_KERNEL_TUNE`.
     pub fn grn_tall_gemm(&self) -> bool {
         self.grn_tall_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the paired tall version of the fused fc1 + GRN-statistics GEMM (clusters of two
     /// blocks sharing the copy of x by TMA multicast) agreed with the separate path when the
-    /// device was opened: checked where `CASCADE_GEMM_WGMMA=ws_pair` or `ws` asks for it, or
-    /// under `CASCADE_KERNEL_TUNE`.
+    /// device was opened: checked only where `CASCADE_GEMM_WGMMA=ws_pair` asks for it (the
+    /// tall version beside it), until it has run on a GPU.
     pub fn grn_pair_gemm(&self) -> bool {
         self.grn_pair_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }

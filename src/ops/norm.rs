@@ -315,8 +315,8 @@ pub enum FusedGrnKernel {
     /// `gemm_gelu_grn_ws_pair_bf16`: the tall version in clusters of two blocks, neighbours along
     /// the columns, each copying half of their shared 256 rows of x into both by TMA multicast:
     /// a 64-deep step reads 32 KiB from L2 per block where the tall version reads 48. Auto takes
-    /// it with `CASCADE_GEMM_WGMMA=ws_pair`, or where it timed fastest under
-    /// `CASCADE_KERNEL_TUNE`.
+    /// it with `CASCADE_GEMM_WGMMA=ws_pair` (and only then is it checked and timed: not beside
+    /// `ws` until it has run on a GPU).
     WgmmaWsPair,
 }
 
@@ -324,8 +324,8 @@ impl FusedGrnKernel {
     /// The fused kernel that Auto takes: `CASCADE_GEMM_WGMMA=deep`, `ws`, `ws_deep`, `sk`,
     /// `ws_tall` or `ws_pair` name a version, any other request the first; without a request
     /// (`CASCADE_KERNEL_TUNE`) the warp-specialised one (read once). Beside `ws` (or no request),
-    /// the stream-K, tall and paired versions are checked too, and timing or the device's
-    /// defaults may take one of them instead.
+    /// the stream-K and tall versions are checked too, beside `ws_pair` the tall one, and timing
+    /// or the device's defaults may take one of them instead.
     pub fn requested() -> FusedGrnKernel {
         static K: std::sync::OnceLock<FusedGrnKernel> = std::sync::OnceLock::new();
         *K.get_or_init(|| match std::env::var("CASCADE_GEMM_WGMMA") {

@@ -68,6 +68,7 @@ struct Fiber {
     int linear;
     State state;
     unsigned bar_id, bar_count;  // the named barrier it waits at (WAIT_NAMED)
+    size_t group;                // its block's index among the blocks running together
     unsigned cluster_rank;       // its block's rank in its cluster (0 outside cluster launches)
     unsigned cluster_phase;      // the cluster barrier's phase it last arrived in
     char* stack;
@@ -95,6 +96,7 @@ struct Runner {
     // The running cluster (a cluster launch's blocks run together, rank r's shared memory at
     // smem + r · smem_stride): its size, and its barrier's arrivals and phase.
     unsigned cluster_blocks = 1, cluster_threads = 0, cluster_arrived = 0, cluster_phase = 0;
+    std::vector<unsigned> live;  // per running block: its threads that have not ended
     void (*body)(void*) = nullptr;
     void* params = nullptr;
     ~Runner() {
@@ -124,6 +126,7 @@ void trampoline() {
     Fiber* f = current;
     runner.body(runner.params);
     f->state = DONE;
+    runner.live[f->group]--;
     // uc_link returns to the scheduler.
 }
 void yield() { swapcontext(&current->ctx, &runner.sched); }
@@ -168,6 +171,12 @@ void* cluster_map(const void* p, unsigned rank) {
         fprintf(stderr, "emulated mapa: %s (rank %u of a cluster of %u)\n",
                 rank >= runner.cluster_blocks ? "a rank beyond the cluster" : "an address outside the block's dynamic shared memory", rank,
                 runner.cluster_blocks);
+        abort();
+    }
+    // A block's shared memory is gone once all its threads have ended: a copy into it or an
+    // arrival on its barriers then is undefined on a GPU (a cluster wait before the end prevents it).
+    if (runner.live[rank] == 0) {
+        fprintf(stderr, "emulated mapa: rank %u of the cluster has ended, its shared memory with it\n", rank);
         abort();
     }
     return runner.smem.data() + rank * runner.smem_stride + (c - current->smem);
@@ -225,6 +234,7 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
     for (size_t first = 0; first < blocks; first += at_once) {
         const size_t count = blocks - first < at_once ? blocks - first : at_once;
         r.fibers.assign(count * n, Fiber());
+        r.live.assign(count, (unsigned)n);
         r.slots.assign(count * warps * 32, 0);
         r.fragments.assign(count * warps * 32 * 64, 0);
         // Fresh shared memory per block, filled with a pattern (reading shared memory before
@@ -247,6 +257,7 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
                 f.linear = (int)i;
                 f.tid = uint3{(unsigned)(i % block.x), (unsigned)((i / block.x) % block.y), (unsigned)(i / ((size_t)block.x * block.y))};
                 f.block = blk;
+                f.group = j;
                 f.cluster_rank = per_cluster > 1 ? (unsigned)j : 0;
                 f.cluster_phase = 0;
                 f.smem = r.smem.data() + j * smem_stride;
@@ -378,6 +389,7 @@ extern "C" void emu_fiber_entry() {
     emu::Fiber* f = emu::current;
     emu::runner.body(emu::runner.params);
     f->state = emu::DONE;
+    emu::runner.live[f->group]--;
     emu_switch(&f->sp, emu::runner.sched_sp);
     __builtin_unreachable();
 }
