@@ -188,7 +188,8 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     # pipeline tests with it: a step of its own, so that a cluster kernel that hangs takes only
     # its own variants with it.
     tests+=(kernels-pair)
-    step test-kernels-pair "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=ws_pair; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu_grn && '$bundle/tests/pipeline' --include-ignored --nocapture" &
+    # Last, how many pairs the card holds at once (its GPCs may leave SMs out), for the summary.
+    step test-kernels-pair "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=ws_pair; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu_grn && '$bundle/tests/pipeline' --include-ignored --nocapture && '$bundle/bin/cascade' device | grep 'pairs resident'" &
     pids+=($!)
     # The split-key and the two-warpgroup wgmma attention kernels (opt-in:
     # CASCADE_ATTENTION_SPLIT=1, CASCADE_ATTENTION=wgmma2) on every attention shape, then the
@@ -569,6 +570,7 @@ fi
         row "test-$name" "$(grep -E '^test result:' "$logs/test-$name.log" 2> /dev/null | tail -n 1 | sed 's/^test result: //; s/; finished.*//')"
         [ "$(cat "$logs/test-$name.rc" 2> /dev/null)" = 0 ] || grep -E "panicked|FAILED|^error" "$logs/test-$name.log" 2> /dev/null | head -n 8
     done
+    grep -h "pairs resident" "$logs/test-kernels-pair.log" 2> /dev/null
     for name in "${sanitize_runs[@]}"; do
         row "$name" "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/$name.log" 2> /dev/null | tail -n 1)"
     done

@@ -624,6 +624,10 @@ fn device(name: &str) -> Result<()> {
             };
             println!("{what}: {state}");
         }
+        if c.grn_pair_gemm() {
+            let pairs = cascade::ops::norm::fc1_pairs_resident(c)?;
+            println!("the paired fc1 kernel's pairs resident at once: {pairs} ({} of {} SMs)", 2 * pairs, c.multiprocessors());
+        }
     }
     Ok(())
 }

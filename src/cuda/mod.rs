@@ -1028,6 +1028,38 @@ impl CudaDevice {
         self.launch_ex(f, cfg, Some(cluster), self.programmatic_launches(), params)
     }
 
+    /// How many clusters of `cluster` blocks of `f` (`block` threads, `smem` bytes of dynamic
+    /// shared memory each, opted in already) the GPU holds at once: its SMs divided among
+    /// clusters whose blocks share a GPC, so at most the SM count over the cluster's size, less
+    /// where a GPC's SMs do not divide evenly.
+    pub(crate) fn max_active_clusters(&self, f: &CudaFunction, block: u32, smem: u32, cluster: u32) -> Result<usize> {
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
+        // SAFETY: as in `launch_ex`: an all-zero attribute is an "ignore" entry, then set.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attr.value.clusterDim.x = cluster;
+        attr.value.clusterDim.y = 1;
+        attr.value.clusterDim.z = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cluster,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: `n`, `config` and `attr` outlive the call, which only reads the last two.
+        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &config) }
+            .result()
+            .map_err(|e| driver_err("cuOccupancyMaxActiveClusters", e))?;
+        Ok(n.max(0) as usize)
+    }
+
     /// Launches `f` as a cooperative kernel: the driver starts it only if every block of the
     /// grid can be resident at once (else an error), so its blocks may wait for one another.
     pub(crate) fn launch_cooperative<P: cudarc::driver::DeviceRepr>(&self, f: &CudaFunction, cfg: LaunchConfig, params: &P) -> Result<()> {

@@ -371,6 +371,17 @@ pub(crate) fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
     stages * (x_rows + 128) * 64 * 2 + 1024 + if barriers { 2 * stages * 8 } else { 0 } + scratch
 }
 
+/// How many pairs of blocks of the paired fused kernel ([`FusedGrnKernel::WgmmaWsPair`]) the
+/// GPU runs at once: twice this below the SM count leaves SMs idle in every full wave (a GPC
+/// whose SMs do not divide into pairs).
+#[cfg(feature = "cuda")]
+pub fn fc1_pairs_resident(dev: &crate::cuda::CudaDevice) -> Result<usize> {
+    let f = &dev.kernels().gemm_gelu_grn_ws_pair_bf16;
+    let smem = gemm_grn_smem(FusedGrnKernel::WgmmaWsPair);
+    dev.opt_in_shared_memory(f, crate::cuda::SharedMemoryOptIn::GemmGrnWsPair, smem)?;
+    dev.max_active_clusters(f, 544, smem as u32, 2)
+}
+
 /// `u = GELU(x · wᵀ + bias)` (u rounded to x's type before and after the GELU) and GRN's factor
 /// `1 + γ·N(u)` per sample and channel (`factor` f32 `[B, N]`), nothing applied: what
 /// [`super::linear_into`] then [`gelu_grn_factor`] compute. x `[B, …, K]`, w `[N, K]`, u

@@ -551,6 +551,11 @@ CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n, void* f, i
     *n = resident_blocks((unsigned)threads, smem);
     return CUDA_SUCCESS;
 }
+struct EmuLaunchConfig;
+static uint3 cluster_of(const EmuLaunchConfig* c);
+// Clusters resident at once: the 132 SMs' resident blocks divided into clusters (the emulator's
+// SMs form one pool; a GPU's GPCs may leave some out).
+CUresult cuOccupancyMaxActiveClusters(int* n, void* f, const EmuLaunchConfig* c);
 CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void* f, int threads, size_t smem) {
     return cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(n, f, threads, smem, 0);
 }
@@ -677,6 +682,20 @@ struct EmuLaunchConfig {
     EmuLaunchAttribute* attrs;
     unsigned num_attrs;
 };
+static uint3 cluster_of(const EmuLaunchConfig* c) {
+    uint3 cluster{1, 1, 1};
+    for (unsigned i = 0; i < c->num_attrs; i++)
+        if (c->attrs[i].id == 4) cluster = uint3{c->attrs[i].dims[0], c->attrs[i].dims[1], c->attrs[i].dims[2]};
+    return cluster;
+}
+CUresult cuOccupancyMaxActiveClusters(int* n, void* f, const EmuLaunchConfig* c) {
+    if (!n || !f || !c) return CUDA_ERROR_INVALID_VALUE;
+    const uint3 cl = cluster_of(c);
+    const unsigned per_cluster = cl.x * cl.y * cl.z;
+    if (per_cluster == 0 || per_cluster > 8) return CUDA_ERROR_INVALID_CLUSTER_SIZE;
+    *n = 132 * resident_blocks(c->bx * c->by * c->bz, c->smem) / (int)per_cluster;
+    return CUDA_SUCCESS;
+}
 CUresult cuLaunchKernelEx(const EmuLaunchConfig* c, void* f, void** params, void** extra) {
     if (!c) return CUDA_ERROR_INVALID_VALUE;
     bool cooperative = false, programmatic = false;

@@ -97,7 +97,9 @@ void note_pdl_wait();
 #define __maxnreg__(...)
 #define __align__(n) __attribute__((aligned(n)))
 // One copy per OS thread; a block's fibers share it, blocks run one after another (in a
-// cooperative launch, one at a time from one grid-wide wait to the next).
+// cooperative launch, one at a time from one grid-wide wait to the next; a cluster's blocks
+// interleave, so cluster kernels keep their shared data in dynamic shared memory, the only
+// kind mapa maps).
 #define __shared__ static thread_local
 
 inline void __syncthreads() { emu::sync_block(); }
