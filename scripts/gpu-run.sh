@@ -184,9 +184,9 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     pids+=($!)
     # The fused GEMM's paired version (clusters of two blocks sharing x's copy by TMA multicast;
     # opt-in: CASCADE_GEMM_WGMMA=ws_pair, the only switch that checks or runs it until it has run
-    # on a GPU) beside the others on the odd shapes and every real ResBlock's fc1, then the
-    # pipeline tests with it: a step of its own, so that a cluster kernel that hangs takes only
-    # its own variants with it.
+    # on a GPU) alone on the odd shapes and every real ResBlock's fc1, then the pipeline tests
+    # with it: a step of its own, so that a cluster kernel that hangs takes only its own
+    # variants with it, and a light one beside test-kernels-gemmwg.
     tests+=(kernels-pair)
     # Last, how many pairs the card holds at once (its GPCs may leave SMs out), for the summary.
     step test-kernels-pair "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=ws_pair; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu_grn && '$bundle/tests/pipeline' --include-ignored --nocapture && '$bundle/bin/cascade' device | grep 'pairs resident'" &

@@ -312,10 +312,14 @@ fn linear_gelu_grn_kernels() {
         let sel: Vec<usize> = (0..b * rows).step_by(step).chain([b * rows - 1]).collect();
         // The stream-K version also on a few blocks (5 and 7): blocks then take several tiles,
         // and tiles are cut into pieces at places the one-per-SM grid does not reach. The paired
-        // version (a cluster launch) on the emulator, and on a GPU only where it is asked for
-        // (CASCADE_GEMM_WGMMA=ws_pair) until it has run on one: a hang would take the process.
-        let pair_tested = std::env::var_os("CASCADE_EMU").is_some() || K::requested() == K::WgmmaWsPair;
-        let kernels: &[(K, Option<usize>)] = if fused {
+        // version (a cluster launch) on the emulator beside the others; on a GPU only where it
+        // is asked for (CASCADE_GEMM_WGMMA=ws_pair), and then alone, until it has run on one: a
+        // hang would take the process, and its test step runs beside the others' there.
+        let emulated = std::env::var_os("CASCADE_EMU").is_some();
+        let pair_tested = emulated || K::requested() == K::WgmmaWsPair;
+        let kernels: &[(K, Option<usize>)] = if fused && pair_tested && !emulated {
+            &[(K::WgmmaWsPair, None)]
+        } else if fused {
             &[
                 (K::Wgmma, None),
                 (K::WgmmaDeep, None),
