@@ -93,9 +93,12 @@ struct Runner {
     std::vector<char> fragments;  // 32 × 64 bytes per warp
     std::vector<char> smem;
     size_t smem_bytes = 0, smem_stride = 0;
-    // The running cluster (a cluster launch's blocks run together, rank r's shared memory at
-    // smem + r · smem_stride): its size, and its barrier's arrivals and phase.
-    unsigned cluster_blocks = 1, cluster_threads = 0, cluster_arrived = 0, cluster_phase = 0;
+    // Clusters (a cluster launch's blocks run together; the blocks of a cooperative launch are
+    // clusters of one): their size, and per running block (the first of each cluster's entries
+    // serving the cluster) the cluster barrier's arrivals and phase. Rank r of the cluster whose
+    // first block is running block f has its shared memory at smem + (f + r) · smem_stride.
+    unsigned cluster_blocks = 1, cluster_threads = 0;
+    std::vector<unsigned> cluster_arrived, cluster_phase;
     std::vector<unsigned> live;  // per running block: its threads that have not ended
     void (*body)(void*) = nullptr;
     void* params = nullptr;
@@ -175,21 +178,24 @@ void* cluster_map(const void* p, unsigned rank) {
     }
     // A block's shared memory is gone once all its threads have ended: a copy into it or an
     // arrival on its barriers then is undefined on a GPU (a cluster wait before the end prevents it).
-    if (runner.live[rank] == 0) {
+    const size_t block = current->group - current->cluster_rank + rank;
+    if (runner.live[block] == 0) {
         fprintf(stderr, "emulated mapa: rank %u of the cluster has ended, its shared memory with it\n", rank);
         abort();
     }
-    return runner.smem.data() + rank * runner.smem_stride + (c - current->smem);
+    return runner.smem.data() + block * runner.smem_stride + (c - current->smem);
 }
 void cluster_arrive() {
-    current->cluster_phase = runner.cluster_phase;
-    if (++runner.cluster_arrived == runner.cluster_threads) {
-        runner.cluster_arrived = 0;
-        runner.cluster_phase++;
+    const size_t first = current->group - current->cluster_rank;
+    current->cluster_phase = runner.cluster_phase[first];
+    if (++runner.cluster_arrived[first] == runner.cluster_threads) {
+        runner.cluster_arrived[first] = 0;
+        runner.cluster_phase[first]++;
     }
 }
 void cluster_wait() {
-    while (runner.cluster_phase == current->cluster_phase) spin_once();
+    const size_t first = current->group - current->cluster_rank;
+    while (runner.cluster_phase[first] == current->cluster_phase) spin_once();
     spin_end();
 }
 void* thread_scratch() { return current->scratch; }
@@ -240,7 +246,8 @@ std::string run_grid(void (*body)(void*), void* params, uint3 grid, uint3 block,
         // Fresh shared memory per block, filled with a pattern (reading shared memory before
         // writing it is a bug; NaN-like bytes make it show).
         r.smem.assign(count * smem_stride, (char)0xff);
-        r.cluster_arrived = 0;
+        r.cluster_arrived.assign(count, 0);
+        r.cluster_phase.assign(count, 0);
         // Copies the blocks before left in flight (never waited for) can no longer land.
         emu_tma_queue().count = 0;
         for (size_t j = 0; j < count; j++) {
