@@ -443,7 +443,7 @@ extern "C" __global__ void __launch_bounds__(GG_WS_TALL_THREADS, 1) gemm_gelu_gr
     gemm_gelu_grn_ws<4, true, 4>(p);
 }
 // The tall version in clusters of two blocks (opt-in until measured: CASCADE_GEMM_WGMMA=ws_pair,
-// and timed beside the others under CASCADE_KERNEL_TUNE): neighbouring column tiles share the
+// the only switch that checks, times or takes it until it has run on a GPU): neighbouring column tiles share the
 // copy of their 256 rows of x, each block bringing 128 of them to both by TMA multicast. A 64-deep
 // step then reads 32 KiB from L2 per block for 4.2 MFLOP, as cuBLASLt's kernels for these shapes
 // do. Launched with a cluster dimension of (2, 1, 1) on a grid of an even number of column

@@ -40,6 +40,18 @@ pub(crate) fn capturing(stream: &CudaStream) -> Result<bool> {
     Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
 }
 
+/// A launch attribute that makes clusters of `dims` blocks (cuLaunchKernelEx,
+/// cuOccupancyMaxActiveClusters).
+fn cluster_attribute((x, y, z): (u32, u32, u32)) -> sys::CUlaunchAttribute {
+    // SAFETY: an all-zero attribute is a valid "ignore" entry; the id and value are then set.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = x;
+    attr.value.clusterDim.y = y;
+    attr.value.clusterDim.z = z;
+    attr
+}
+
 /// Maps a driver error to the engine's error, keeping out-of-memory distinct.
 pub(crate) fn driver_err(what: &str, e: DriverError) -> Error {
     if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
@@ -1034,12 +1046,7 @@ impl CudaDevice {
     /// where a GPC's SMs do not divide evenly.
     pub(crate) fn max_active_clusters(&self, f: &CudaFunction, block: u32, smem: u32, cluster: u32) -> Result<usize> {
         self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))?;
-        // SAFETY: as in `launch_ex`: an all-zero attribute is an "ignore" entry, then set.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attr.value.clusterDim.x = cluster;
-        attr.value.clusterDim.y = 1;
-        attr.value.clusterDim.z = 1;
+        let mut attr = cluster_attribute((cluster, 1, 1));
         let config = sys::CUlaunchConfig {
             gridDimX: cluster,
             gridDimY: 1,
@@ -1110,11 +1117,8 @@ impl CudaDevice {
             attrs[count].value.programmaticStreamSerializationAllowed = 1;
             count += 1;
         }
-        if let Some((x, y, z)) = cluster {
-            attrs[count].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-            attrs[count].value.clusterDim.x = x;
-            attrs[count].value.clusterDim.y = y;
-            attrs[count].value.clusterDim.z = z;
+        if let Some(dims) = cluster {
+            attrs[count] = cluster_attribute(dims);
             count += 1;
         }
         let config = sys::CUlaunchConfig {
@@ -1135,15 +1139,10 @@ impl CudaDevice {
         // SAFETY: as in `launch_as`: the struct's layout is the kernel's (bindgen from
         // kernels/params.h) and the launchers checked every buffer; `config`, `attrs` and `args`
         // outlive the call, which copies them.
-        unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }.result().map_err(|e| {
-            driver_err(
-                match (cluster.is_some(), programmatic) {
-                    (true, _) => "kernel launch (clusters)",
-                    _ => "kernel launch (programmatic)",
-                },
-                e,
-            )
-        })
+        let what = if cluster.is_some() { "kernel launch (clusters)" } else { "kernel launch (programmatic)" };
+        unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
+            .result()
+            .map_err(|e| driver_err(what, e))
     }
 
     /// Whether kernels are launched with programmatic stream serialization (`CASCADE_PDL=1` on a

@@ -367,8 +367,18 @@ pub(crate) fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
         FusedGrnKernel::WgmmaWsTall | FusedGrnKernel::WgmmaWsPair => (4, true, 0),
         _ => (3, false, 0),
     };
-    let x_rows = if matches!(kernel, FusedGrnKernel::WgmmaWsTall | FusedGrnKernel::WgmmaWsPair) { 256 } else { 128 };
-    stages * (x_rows + 128) * 64 * 2 + 1024 + if barriers { 2 * stages * 8 } else { 0 } + scratch
+    stages * (tile_rows(kernel) + 128) * 64 * 2 + 1024 + if barriers { 2 * stages * 8 } else { 0 } + scratch
+}
+
+/// The rows of x in a fused kernel's tile: 128, or 256 for the tall and paired versions (two of
+/// the epilogue's 128-row tiles).
+#[cfg(feature = "cuda")]
+fn tile_rows(kernel: FusedGrnKernel) -> usize {
+    if matches!(kernel, FusedGrnKernel::WgmmaWsTall | FusedGrnKernel::WgmmaWsPair) {
+        256
+    } else {
+        128
+    }
 }
 
 /// How many pairs of blocks of the paired fused kernel ([`FusedGrnKernel::WgmmaWsPair`]) the
@@ -419,7 +429,7 @@ pub fn linear_gelu_grn_factor_into(
         // of the epilogue's 128-row tiles each; the paired one in clusters of two column tiles,
         // the last past N where their number is odd).
         let pair = variant == FusedGrnKernel::WgmmaWsPair;
-        let x_rows = if pair || variant == FusedGrnKernel::WgmmaWsTall { 256 } else { 128 };
+        let x_rows = tile_rows(variant);
         let tiles = (n.div_ceil(128), m.div_ceil(128));
         let grid = (if pair { tiles.0.next_multiple_of(2) } else { tiles.0 } as u32, m.div_ceil(x_rows) as u32, 1);
         let (counters, capacity) = dev.completion_counters();
@@ -625,14 +635,14 @@ pub fn linear_gelu_grn_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gamm
 /// for operands it takes, as the device's defaults decide ([`super::GemmOptions`]: `fused_fc1`,
 /// then `fc1_stream_k`, `fc1_tall` and `fc1_pair` for the version), else as the switch asks (its
 /// version), else, under `CASCADE_KERNEL_TUNE`, where it timed faster than cuBLASLt and GRN's
-/// sums pass (the requested version, the stream-K, tall and paired ones all timed). None: cuBLASLt, then
-/// the sums pass.
+/// sums pass (the requested version and those checked beside it all timed). None: cuBLASLt,
+/// then the sums pass.
 pub fn linear_gelu_grn_kernel(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gamma: &Tensor) -> Result<Option<FusedGrnKernel>> {
     let _ = gamma;
     #[cfg(feature = "cuda")]
     if let (Device::Cuda(dev), true) = (x.device(), x.rank() >= 2 && w.rank() == 2) {
-        // The versions that passed their start-up checks: the requested one, and the stream-K,
-        // tall and paired ones (checked beside the warp-specialised one).
+        // The versions that passed their start-up checks: the requested one, and those checked
+        // beside it (the stream-K and tall ones beside `ws`, the tall one beside `ws_pair`).
         let requested = FusedGrnKernel::requested();
         let req = dev.wgmma_gemm().then_some(requested);
         let sk = dev.grn_sk_gemm().then_some(FusedGrnKernel::WgmmaSk);
