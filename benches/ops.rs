@@ -69,15 +69,13 @@ fn main() {
         let pair_timed = ops::FusedGrnKernel::requested() == ops::FusedGrnKernel::WgmmaWsPair;
         let kernels: &[(ops::FusedGrnKernel, &str)] = if fused_grn {
             &[
-                (ops::FusedGrnKernel::Wgmma, "wgmma"),
-                (ops::FusedGrnKernel::WgmmaDeep, "wgmma_deep"),
                 (ops::FusedGrnKernel::WgmmaWs, "wgmma_ws"),
                 (ops::FusedGrnKernel::WgmmaWsDeep, "wgmma_ws_deep"),
                 (ops::FusedGrnKernel::WgmmaSk, "wgmma_sk"),
                 (ops::FusedGrnKernel::WgmmaWsTall, "wgmma_ws_tall"),
                 (ops::FusedGrnKernel::Separate, "separate"),
                 (ops::FusedGrnKernel::WgmmaWsPair, "wgmma_ws_pair"),
-            ][..if pair_timed { 8 } else { 7 }]
+            ][..if pair_timed { 6 } else { 5 }]
         } else {
             &[(ops::FusedGrnKernel::Separate, "separate")]
         };
@@ -138,23 +136,10 @@ fn main() {
         });
         // x copied into y first (so every call sees the same values), then the sums of squares of
         // GELU (a read), then the apply pass recomputing GELU (a read and a write): 4 + 2 + 4 bytes.
-        // Each path by name: two passes, and the one-pass cooperative kernel (reads u once and
-        // writes once: 4 + 4 bytes), where it fits.
         r.run(&format!("copy+gelu+grn/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.d), None, Some((10 * s.b * s.n * s.d) as f64), || {
             ops::cast_into(&x, &mut y).unwrap();
-            ops::gelu_grn_assign_with(&mut y, &g, &be, ops::GrnKernel::TwoPass).unwrap()
+            ops::gelu_grn_assign(&mut y, &g, &be).unwrap()
         });
-        if ops::gelu_grn_assign_with(&mut y, &g, &be, ops::GrnKernel::Resident).is_ok() {
-            r.run(
-                &format!("copy+gelu+grn_resident/{}/{}x{}x{}/bf16", s.name, s.b, s.n, s.d),
-                None,
-                Some((8 * s.b * s.n * s.d) as f64),
-                || {
-                    ops::cast_into(&x, &mut y).unwrap();
-                    ops::gelu_grn_assign_with(&mut y, &g, &be, ops::GrnKernel::Resident).unwrap()
-                },
-            );
-        }
         // The weight path (one sample): copy, GELU + the factor only, then fc2's [D/4, D]
         // weight scaled by it. Bytes: the copy and the GELU pass (8 per element) and the weight.
         let w = rnd(&[s.d / 4, s.d], bf);
@@ -323,11 +308,7 @@ fn main() {
     // The wgmma kernel only where it was asked for and passed its start-up check (see
     // `AttentionKernel::Wgmma`).
     let wgmma_kernels: &[(ops::AttentionKernel, &str)] = if matches!(&dev, cascade::Device::Cuda(d) if d.wgmma_attention()) {
-        &[
-            (ops::AttentionKernel::Wgmma, "attention_wgmma"),
-            (ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq"),
-            (ops::AttentionKernel::WgmmaOverlap, "attention_wgmma_ov"),
-        ]
+        &[(ops::AttentionKernel::Wgmma, "attention_wgmma"), (ops::AttentionKernel::WgmmaSharedQ, "attention_wgmma_sq")]
     } else {
         &[]
     };

@@ -186,7 +186,7 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
         ("tma", cuda.tma_attention(), "CASCADE_ATTENTION_COPY=tma"),
         ("lean", cuda.lean_softmax(), "CASCADE_ATTENTION_SOFTMAX=lean"),
         ("tail", cuda.narrow_tail(), "CASCADE_ATTENTION_TAIL unset"),
-        ("fc1", cuda.wgmma_gemm(), "CASCADE_GEMM_WGMMA=ws (or 1, deep, ws_deep)"),
+        ("fc1", cuda.wgmma_gemm(), "CASCADE_GEMM_WGMMA=ws (or 1, ws_deep)"),
         ("fc1sk", cuda.grn_sk_gemm(), "CASCADE_GEMM_WGMMA=ws (or sk)"),
         ("fc1tall", cuda.grn_tall_gemm(), "CASCADE_GEMM_WGMMA=ws (or ws_tall, ws_pair)"),
         ("fc1pair", cuda.grn_pair_gemm(), "CASCADE_GEMM_WGMMA=ws_pair"),

@@ -581,12 +581,11 @@ __device__ __forceinline__ void wg_rescale(const AttentionParams& p, float (&o)[
 }
 
 // QS: Q read by the tensor cores from a shared-memory tile too, instead of from registers (16
-// registers fewer per thread). OV (with QS): the products of one tile overlap the softmax of the
-// next, as FlashAttention-3 does inside a warpgroup: tile j's S = Q·Kⱼᵀ and tile j − 1's
-// O += Pⱼ₋₁·Vⱼ₋₁ are issued together, the block waits for S only, and tile j's softmax runs while
-// the tensor cores still work on P·V (two P buffers; O is rescaled once P·V has landed). K and V
-// then load on staggered schedules: the copies issued in tile j are Kⱼ₊₁ and Vⱼ.
-// SPLIT (not with OV): the keys are split into p.splits ranges of p.split_tiles tiles, one block
+// registers fewer per thread). (A version that overlapped one tile's products with the next
+// tile's softmax inside the warpgroup, as FlashAttention-3 does, was no faster on an H200 with
+// four or five blocks per SM hiding one another's latency, and was removed: docs/performance.md,
+// thirteenth session.)
+// SPLIT: the keys are split into p.splits ranges of p.split_tiles tiles, one block
 // each (blockIdx.x = query block · splits + range), so that a grid too small for the card (Stage
 // B: 320 blocks on 132 SMs holding up to 3 each) has more, shorter blocks. Each block writes its
 // unnormalised O with its rows' maxima and sums to p.partial; the last block of a query block to
@@ -595,16 +594,13 @@ __device__ __forceinline__ void wg_rescale(const AttentionParams& p, float (&o)[
 // WG (Q in registers only): warpgroups per block, each with its own 64 queries (blockDim.x =
 // 128 · WG), all of them reading the same K and V tiles: each tile is copied from L2 once per
 // 64 · WG queries instead of once per 64.
-// TMA (not with OV; tq its parameters): each K and V tile copied by the copy engine, two copies
+// TMA (tq its parameters): each K and V tile copied by the copy engine, two copies
 // issued by one thread as the previous tile's products start, completing on the slot's mbarrier,
 // instead of eight cp.async per thread with their addresses, a wait and a block barrier: fewer
 // instructions per tile in a kernel whose issue slots bound it, and one block barrier per tile
 // instead of two.
-template <bool QS, bool OV, bool SPLIT, int WG = 1, bool TMA = false>
+template <bool QS, bool SPLIT, int WG = 1, bool TMA = false>
 __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, const AttentionTmaParams* tq = nullptr) {
-    static_assert(QS || !OV, "the overlapped schedule reads Q from shared memory");
-    static_assert(!(OV && SPLIT), "split keys take the plain schedule");
-    static_assert(!(OV && TMA), "the overlapped schedule copies with cp.async");
     static_assert(WG == 1 || (WG == 2 && !QS), "one or two warpgroups; two hold Q in registers");
     constexpr int THREADS = 128 * WG;
     // K and V of two slots each (then Q), then 1 KiB of bf16 ones (the lean softmax's row sums:
@@ -703,7 +699,7 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
         }
     } else {
         copy_tile(ktile(0), kbase, kbase2, tile_begin * WG_KT);
-        if (!OV) copy_tile(vtile(0), vbase, vbase2, tile_begin * WG_KT);
+        copy_tile(vtile(0), vbase, vbase2, tile_begin * WG_KT);
     }
     cp_async_commit();
     uint32_t qa[HEAD_DIM / 16][4];
@@ -747,21 +743,14 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
         }
         wgmma_commit();
     };
-    // Every thread's copies so far, to the tensor cores' reads.
-    auto tiles_landed = [&]() {
-        cp_async_wait<0>();
-        fence_proxy_async_shared();  // this thread's copies, to the async proxy
-        __syncthreads();              // ... and every other thread's
-    };
 
     const float* key_mask = p.key_mask ? p.key_mask + (int64_t)b * p.Lk : nullptr;
     float c0, c1;
     // Keys in the last tile (1 to 64): with p.narrow_tail, that tile's products and softmax are
     // 32 or 16 keys wide when its keys fit (Stage C's 661 keys end in 21, Stage B's 1028 and 260
     // in 4, CLIP's 77 in 13), instead of 64 with the rest masked; 32 at least with Q in shared
-    // memory and cp.async copies (a third version of the tile's work spills there). Not in the
-    // overlapped schedule.
-    const int tail_keys = p.narrow_tail && !OV ? last_key - (tiles_n - 1) * WG_KT : WG_KT;
+    // memory and cp.async copies (a third version of the tile's work spills there).
+    const int tail_keys = p.narrow_tail ? last_key - (tiles_n - 1) * WG_KT : WG_KT;
     if (TMA) {
         // Q (with QS) and the ones, to the tensor cores; the barriers' initialisation, to every
         // thread; then the first tile's copies.
@@ -770,103 +759,55 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
         __syncthreads();
         if (threadIdx.x == 0 && tile_begin < tile_end) tma_tile(0, tile_begin * WG_KT);
     }
-    if (!OV) {
-        for (int tile = tile_begin; tile < tile_end; tile++) {
-            const int slot = (tile - tile_begin) & 1, k0 = tile * WG_KT;
-            if (TMA) {
-                // The other slot was freed by the barrier that ended the previous tile: the next
-                // tile's copies go now, under this tile's products and softmax.
-                if (threadIdx.x == 0 && tile + 1 < tile_end) tma_tile(slot ^ 1, k0 + WG_KT);
-                mbar_wait(&kv_full[slot], ((tile - tile_begin) >> 1) & 1);
-            } else if (tile + 1 < tile_end) {
-                copy_tile(ktile(slot ^ 1), kbase, kbase2, k0 + WG_KT);
-                copy_tile(vtile(slot ^ 1), vbase, vbase2, k0 + WG_KT);
-                cp_async_commit();
-                cp_async_wait<1>();  // this tile's group has landed
-            } else {
-                cp_async_wait<0>();
-            }
-            if (!TMA) {
-                fence_proxy_async_shared();
-                __syncthreads();
-            }
-            // The tile's products and softmax, S and P sized for its keys.
-            auto work = [&](auto& s, auto& pa) {
-                wgmma_fence();
-                issue_s(s, slot);
-                wgmma_wait<0>();
-                wgmma_fence_operands(s);
-                wg_softmax(p, s, k0, q0 + g, key_mask, scale, rows, c0, c1, pa, tc_sums);
-                wg_rescale(p, o, lsum, tc_sums, c0, c1);
-                wgmma_fence_operands(o);
-                wgmma_fence_operands(lsum);
-                wgmma_fence();
-                issue_pv(pa, slot);
-                wgmma_wait<0>();
-                wgmma_fence_operands(o);
-                wgmma_fence_operands(lsum);
-            };
-            if (tile + 1 < tiles_n || tail_keys > 32) {
-                float s[32];
-                uint32_t pa[4][4];
-                work(s, pa);
-            } else if (tail_keys > 16 || (QS && !TMA)) {
-                float s[16];
-                uint32_t pa[2][4];
-                work(s, pa);
-            } else {
-                float s[8];
-                uint32_t pa[1][4];
-                work(s, pa);
-            }
-            __syncthreads();  // this slot is read: the next tile may refill it
-        }
-    } else {
-        // Tile j: its K (copied in tile j − 1) and tile j − 1's V have landed; copy Kⱼ₊₁ into
-        // the other K slot (Kⱼ₋₁'s, read by Sⱼ₋₁, which has landed) and Vⱼ into V slot j % 2
-        // (Vⱼ₋₂'s, read by the P·V waited for in tile j − 1); issue Sⱼ and Pⱼ₋₁·Vⱼ₋₁, wait for
-        // Sⱼ, softmax into the other P buffer, wait for P·V, rescale O.
-        auto step = [&](int j, uint32_t (&p_prev)[WG_KT / 16][4], uint32_t (&p_new)[WG_KT / 16][4]) {
-            const int slot = j & 1;
-            tiles_landed();
-            if (j + 1 < tiles_n) copy_tile(ktile(slot ^ 1), kbase, kbase2, (j + 1) * WG_KT);
-            copy_tile(vtile(slot), vbase, vbase2, j * WG_KT);
+    for (int tile = tile_begin; tile < tile_end; tile++) {
+        const int slot = (tile - tile_begin) & 1, k0 = tile * WG_KT;
+        if (TMA) {
+            // The other slot was freed by the barrier that ended the previous tile: the next
+            // tile's copies go now, under this tile's products and softmax.
+            if (threadIdx.x == 0 && tile + 1 < tile_end) tma_tile(slot ^ 1, k0 + WG_KT);
+            mbar_wait(&kv_full[slot], ((tile - tile_begin) >> 1) & 1);
+        } else if (tile + 1 < tile_end) {
+            copy_tile(ktile(slot ^ 1), kbase, kbase2, k0 + WG_KT);
+            copy_tile(vtile(slot ^ 1), vbase, vbase2, k0 + WG_KT);
             cp_async_commit();
-            float s[32];
+            cp_async_wait<1>();  // this tile's group has landed
+        } else {
+            cp_async_wait<0>();
+        }
+        if (!TMA) {
+            fence_proxy_async_shared();
+            __syncthreads();
+        }
+        // The tile's products and softmax, S and P sized for its keys.
+        auto work = [&](auto& s, auto& pa) {
             wgmma_fence();
             issue_s(s, slot);
-            if (j > 0) {
-                issue_pv(p_prev, slot ^ 1);
-                wgmma_wait<1>();  // Sⱼ (groups complete in order)
-            } else {
-                wgmma_wait<0>();
-            }
+            wgmma_wait<0>();
             wgmma_fence_operands(s);
-            wg_softmax(p, s, j * WG_KT, q0 + g, key_mask, scale, rows, c0, c1, p_new, tc_sums);
-            wgmma_wait<0>();  // Pⱼ₋₁·Vⱼ₋₁
-            wgmma_fence_operands(o);
-            wgmma_fence_operands(lsum);
+            wg_softmax(p, s, k0, q0 + g, key_mask, scale, rows, c0, c1, pa, tc_sums);
             wg_rescale(p, o, lsum, tc_sums, c0, c1);
-        };
-        uint32_t pa0[WG_KT / 16][4], pa1[WG_KT / 16][4];
-        for (int j = 0; j < tiles_n; j += 2) {
-            step(j, pa1, pa0);
-            if (j + 1 < tiles_n) step(j + 1, pa0, pa1);
-        }
-        // The last tile's P·V (its V was copied in its own step).
-        if (tiles_n > 0) {
-            tiles_landed();
             wgmma_fence_operands(o);
             wgmma_fence_operands(lsum);
             wgmma_fence();
-            if ((tiles_n - 1) & 1)
-                issue_pv(pa1, (tiles_n - 1) & 1);
-            else
-                issue_pv(pa0, (tiles_n - 1) & 1);
+            issue_pv(pa, slot);
             wgmma_wait<0>();
             wgmma_fence_operands(o);
             wgmma_fence_operands(lsum);
+        };
+        if (tile + 1 < tiles_n || tail_keys > 32) {
+            float s[32];
+            uint32_t pa[4][4];
+            work(s, pa);
+        } else if (tail_keys > 16 || (QS && !TMA)) {
+            float s[16];
+            uint32_t pa[2][4];
+            work(s, pa);
+        } else {
+            float s[8];
+            uint32_t pa[1][4];
+            work(s, pa);
         }
+        __syncthreads();  // this slot is read: the next tile may refill it
     }
 
     if (tile_begin == tile_end) cp_async_wait<0>();  // no keys at all: nothing was waited for (the output is zeros)
@@ -939,10 +880,10 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
 #endif
 
 // Every wgmma entry point below: only the sm_90a image (and the emulator) has a body.
-template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ void attention_wgmma_entry(const AttentionParams& p) {
+template <bool QS, bool SPLIT, int WG = 1> __device__ __forceinline__ void attention_wgmma_entry(const AttentionParams& p) {
     pdl_enter();
 #ifdef CASCADE_WGMMA
-    attention_wgmma_body<QS, OV, SPLIT, WG>(p);
+    attention_wgmma_body<QS, SPLIT, WG>(p);
 #endif
 }
 
@@ -951,13 +892,13 @@ template <bool QS, bool OV, bool SPLIT, int WG = 1> __device__ __forceinline__ v
 // capability 9.0 only, after its start-up check, by default (CASCADE_ATTENTION_WGMMA=0 leaves it
 // out). Measured on an H200: 218–222 TFLOP/s on Stage C's and Stage B's level-2 shapes, against
 // 155–159 for the mma.sync kernel.
-extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) { attention_wgmma_entry<false, false, false>(p); }
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) { attention_wgmma_entry<false, false>(p); }
 // The same two with K and V copied by TMA (AttentionTmaParams; opt-in until measured:
 // CASCADE_ATTENTION_COPY=tma, or timed under CASCADE_KERNEL_TUNE).
 template <bool QS, bool SPLIT = false> __device__ __forceinline__ void attention_wgmma_tma_entry(const AttentionTmaParams& q) {
     pdl_enter();
 #ifdef CASCADE_WGMMA
-    attention_wgmma_body<QS, false, SPLIT, 1, true>(q.p, &q);
+    attention_wgmma_body<QS, SPLIT, 1, true>(q.p, &q);
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
@@ -977,23 +918,18 @@ extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_split_tm
 // memory each), so that Stage C's 576 blocks are one wave of 660 places instead of 1.09 waves of
 // 528. The launcher's one-wave rule picks between the two; measured on an H200, Stage C 26.2
 // against 28.7 µs, and the two tie where both fit one wave.
-extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_bf16(AttentionParams p) { attention_wgmma_entry<true, false, false>(p); }
-// Q from shared memory, and the products of each tile overlapping the next tile's softmax (two
-// P buffers): four blocks per SM. Measured on an H200 no faster than the shared-Q kernel (Stage
-// C 28.5 against 26.2 µs): chosen only by CASCADE_ATTENTION=wgmma_ov (and in the kernel test and
-// the ops bench).
-extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_ov_bf16(AttentionParams p) { attention_wgmma_entry<true, true, false>(p); }
+extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_bf16(AttentionParams p) { attention_wgmma_entry<true, false>(p); }
 // The first two kernels above with the keys split into ranges (p.splits, p.split_tiles), each range a
 // block of its own, merged by the last to finish (src/ops/attention.rs picks the split where a
 // grid would leave SMs short of blocks). Not measured yet: chosen only with
 // CASCADE_ATTENTION_SPLIT=1 (docs/performance.md, fourteenth session).
-extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_split_bf16(AttentionParams p) { attention_wgmma_entry<false, false, true>(p); }
-extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_split_bf16(AttentionParams p) { attention_wgmma_entry<true, false, true>(p); }
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_split_bf16(AttentionParams p) { attention_wgmma_entry<false, true>(p); }
+extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_split_bf16(AttentionParams p) { attention_wgmma_entry<true, true>(p); }
 // Two warpgroups per block (128 queries, 256 threads), both reading each K and V tile: half the
 // copies from L2 per query. At most 128 registers, two blocks per SM. Not measured yet: chosen
 // only with CASCADE_ATTENTION=wgmma2 (docs/performance.md, fourteenth session).
-extern "C" __global__ void __launch_bounds__(256, 2) attention_wgmma2_bf16(AttentionParams p) { attention_wgmma_entry<false, false, false, 2>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) attention_wgmma2_bf16(AttentionParams p) { attention_wgmma_entry<false, false, 2>(p); }
 // The same with the keys split into ranges as in attention_wgmma_split_bf16 (per block of 128
 // queries). Not measured yet: chosen only with CASCADE_ATTENTION=wgmma2 and
 // CASCADE_ATTENTION_SPLIT=N.
-extern "C" __global__ void __launch_bounds__(256, 2) attention_wgmma2_split_bf16(AttentionParams p) { attention_wgmma_entry<false, false, true, 2>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) attention_wgmma2_split_bf16(AttentionParams p) { attention_wgmma_entry<false, true, 2>(p); }

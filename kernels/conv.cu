@@ -40,17 +40,9 @@ template <int N> __device__ __forceinline__ void block_sums(float v[N], float* s
 // frees about 60 registers, which the parked-weight kernels spend on loads in flight (BATCH,
 // below).
 //
-// ASYNC (with SW and BATCH): every input of the strip in flight at once. The rows of taps 1 and 2
-// are copied with cp.async into the thread's own slots of dynamic shared memory (after the parked
-// weights: [2 rows][S + 2 columns][16-byte words][blockDim.x]; no other thread reads them, so no
-// barrier), then row 0's loads are issued into registers, and only then the weights' loads and
-// their parking: the launch waits on one round trip to memory instead of four (weights, then
-// each row of taps in turn), which is what a one-wave launch of a few warps per SM costs. No
-// input LayerNorm (the launcher's choice).
-template <typename T, typename TI, bool SW, bool BATCH, int S, bool ASYNC = false>
+template <typename T, typename TI, bool SW, bool BATCH, int S>
 __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
     static_assert(!SW || sizeof(T) == 2, "weights parked in shared memory are bf16");
-    static_assert(!ASYNC || (SW && BATCH), "the asynchronous rows go with parked weights and batched loads");
     const int w0 = blockIdx.x * S, h0 = blockIdx.y;
     const int64_t b = blockIdx.z, row0 = ((int64_t)b * p.H + h0) * p.W;  // pixel index of (h0, 0)
     const int c = 8 * threadIdx.x;
@@ -59,7 +51,7 @@ __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
     // An f32 stream (TI f32, T bf16) takes no input LayerNorm, residual or second output (the
     // launcher refuses them): known here, so its registers go to the loads in flight.
     constexpr bool MIXED = sizeof(TI) != sizeof(T);
-    const float* st = !MIXED && !ASYNC && p.in_stats ? p.in_stats + 2 * b * p.H * p.W : nullptr;
+    const float* st = !MIXED && p.in_stats ? p.in_stats + 2 * b * p.H * p.W : nullptr;
     const TI* ab = p.in_ab ? (const TI*)p.in_ab + b * p.in_ab_stride : nullptr;
     const void* residual = MIXED ? nullptr : p.residual;
     void* y_norm = MIXED ? nullptr : p.y_norm;
@@ -74,32 +66,11 @@ __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
     // Column i (0 .. S + 1) of the strip's window, clamped into the row: its loads need no branch
     // and unused columns are dropped after.
     auto tap_column = [&](int i) { return min(max(w0 + i - 1, 0), p.W - 1); };
-    constexpr int NC = S + 2, WPP = sizeof(TI) / 2;  // columns of the window; 16-byte words per 8 channels
+    constexpr int NC = S + 2;  // columns of the window
     if (active) {
         // The 9 taps of 8 channels: 72 consecutive weights ([C, 9]), nine 16-byte loads.
         float wv[SW ? 1 : 72];
         extern __shared__ uint4 parked[];  // SW: [9 taps][blockDim.x threads], 8 channels each
-        uint4* const rows = parked + 9 * blockDim.x;  // ASYNC: rows 1 and 2 of taps (above)
-        auto row_slot = [&](int ky, int i, int k) { return &rows[(((ky - 1) * NC + i) * WPP + k) * blockDim.x + threadIdx.x]; };
-        Raw8<TI> early[ASYNC ? NC : 1];  // ASYNC: row 0 of taps, loaded before the weights
-        if (ASYNC) {
-            #pragma unroll
-            for (int ky = 1; ky < 3; ky++) {
-                int h;
-                if (!tap_row(ky, h)) continue;
-                #pragma unroll
-                for (int i = 0; i < NC; i++) {
-                    const TI* src = x + ((int64_t)h * p.W + tap_column(i)) * p.C + c;
-                    #pragma unroll
-                    for (int k = 0; k < WPP; k++) cp_async16(row_slot(ky, i, k), (const uint4*)src + k, true);
-                }
-            }
-            cp_async_commit();
-            int h;
-            if (tap_row(0, h))
-                #pragma unroll
-                for (int i = 0; i < NC; i++) early[i].load(x + ((int64_t)h * p.W + tap_column(i)) * p.C + c);
-        }
         if (!SW) {
             #pragma unroll
             for (int i = 0; i < 9; i++) load8((const T*)p.weight + (int64_t)c * 9 + 8 * i, &wv[8 * i]);
@@ -184,18 +155,13 @@ __device__ void depthwise_vec8(const DepthwiseParams& p, float* scratch) {
                 // row of taps instead of one per tap (with each load behind its own bounds branch,
                 // ptxas cannot hoist it, and the launch waits on 18 loads in a row). Addresses are
                 // clamped into the row, so the loads need no branch; unused columns are dropped
-                // after. ASYNC: row 0 is in registers already, rows 1 and 2 in shared memory.
-                if (ASYNC && ky == 1) cp_async_wait<0>();
+                // after.
                 Raw8<TI> raw[NC];
                 float2 stats[NC];
                 #pragma unroll
                 for (int i = 0; i < NC; i++) {
                     const int64_t q = (int64_t)h * p.W + tap_column(i);
-                    if (ASYNC && ky == 0) raw[i] = early[ASYNC ? i : 0];
-                    else if (ASYNC)
-                        #pragma unroll
-                        for (int k = 0; k < WPP; k++) raw[i].w[k] = *row_slot(ky, i, k);
-                    else raw[i].load(x + q * p.C + c);
+                    raw[i].load(x + q * p.C + c);
                     stats[i] = st ? *(const float2*)(st + 2 * q) : make_float2(0.f, 0.f);
                 }
                 #pragma unroll
@@ -353,9 +319,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw(Depth
 
 // The parked-weight kernels' other two versions, picked by the launcher by waves of resident
 // blocks (src/ops/conv.rs, depthwise_strip_kernel); always the eight-channel path (p.vec8 set).
-template <typename TI, int S, bool ASYNC> __device__ void depthwise_parked(const DepthwiseParams& p) {
+template <typename TI, int S> __device__ void depthwise_parked(const DepthwiseParams& p) {
     __shared__ float scratch[32 * S];
-    depthwise_vec8<bf16, TI, true, true, S, ASYNC>(p, scratch);
+    depthwise_vec8<bf16, TI, true, true, S>(p, scratch);
 }
 // Strips of CASCADE_DW_WIDE_STRIP (5) pixels: fewer blocks for the same image, where that takes
 // fewer waves (Stage C's 24 × 24 × 2 images: 240 blocks instead of 288, one wave of two blocks per
@@ -364,26 +330,12 @@ template <typename TI, int S, bool ASYNC> __device__ void depthwise_parked(const
 // for the last 24 blocks was about half the launch.
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_sw5(DepthwiseParams p) {
     pdl_enter();
-    depthwise_parked<bf16, CASCADE_DW_WIDE_STRIP, false>(p);
+    depthwise_parked<bf16, CASCADE_DW_WIDE_STRIP>(p);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_sw5(DepthwiseParams p) {
     pdl_enter();
-    depthwise_parked<float, CASCADE_DW_WIDE_STRIP, false>(p);
+    depthwise_parked<float, CASCADE_DW_WIDE_STRIP>(p);
 }
-// Every input of the strip in flight at once (ASYNC above): rows 1 and 2 of taps in
-// 2 · (CASCADE_DW_STRIP + 2) · 16 bytes of dynamic shared memory per thread and 16-byte word of
-// the input (bf16: 1, f32: 2) beyond the 144 of parked weights, where that takes no more waves
-// than the others (opt-in: on an H200 it lost, +0.9 ms per Stage B step; the shared memory
-// leaves fewer blocks per SM).
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_bf16_swa(DepthwiseParams p) {
-    pdl_enter();
-    depthwise_parked<bf16, CASCADE_DW_STRIP, true>(p);
-}
-extern "C" __global__ void __launch_bounds__(256, 2) depthwise_f32_bf16_swa(DepthwiseParams p) {
-    pdl_enter();
-    depthwise_parked<float, CASCADE_DW_STRIP, true>(p);
-}
-
 // ---- The tiled path: large images (Stage A) -------------------------------------------------
 // The strip kernel above reads each input pixel 4.5 times (three rows of taps for each of its
 // one-row strips, 6 columns for 4 outputs) and waits on a round trip to memory for each row of

@@ -7,18 +7,13 @@
 // This kernel writes u and each 64-row chunk's sums of squares from the accumulators, and the
 // last block to finish turns them into GRN's factor: the sums pass goes.
 //
-// Block: 256 threads, two warpgroups, a 128 × 128 output tile (warpgroup w: rows 64w .. 64w + 63),
-// K in steps of 64. Both operands are K-major tiles of 128 rows × 128 bytes in the 128-byte
-// swizzle, copied with cp.async two steps ahead of the products and read by wgmma.m64n128k16
-// from shared memory. Two versions, to be told apart by measurement:
-// - gemm_gelu_grn_bf16: three stages (96 KiB), each step's products waited for before the next
-//   step's barrier; two blocks per SM, so one block's epilogue (the GELU's erf, the sums, the
-//   stores) and barriers overlap the other's products.
-// - gemm_gelu_grn_deep_bf16: four stages (128 KiB), one step's products still in flight while
-//   the next step's are issued; one block per SM.
-// Both are opt-in (CASCADE_GEMM_WGMMA=1 or deep). Measured on an H200, the first reached 295
-// TFLOP/s on Stage C's MLP (131 µs) against cuBLASLt's GEMM alone at about 57 µs plus GRN's sums
-// pass at about 28: without TMA and warp specialisation the mainloop is far from cuBLASLt's.
+// Tiles: 128 × 128 outputs (two consumer warpgroups of 64 rows; the tall and paired versions 256
+// rows, four), K in steps of 64, both operands K-major tiles of 128 bytes a row in the 128-byte
+// swizzle, read by wgmma.m64n128k16 from shared memory. A first version copied the operands with
+// cp.async by the threads that multiply (no warp specialisation, no TMA): on an H200 it reached
+// 295 TFLOP/s on Stage C's MLP (131 µs) against cuBLASLt's GEMM alone at about 57 µs plus GRN's
+// sums pass at about 28 (docs/performance.md, thirteenth session), and was removed. The versions
+// below bring the operands in with TMA from a producer warp.
 #include "common.cuh"
 
 #define GG_BM 128     // rows per block: two warpgroups of 64
@@ -202,96 +197,23 @@ __device__ __forceinline__ void gemm_grn_step(float (&acc)[64], const unsigned c
 }
 #endif
 
-// STAGES slots of tiles; INFLIGHT groups of products left in flight at the end of a step (0 or
-// 1). Step k + AHEAD is copied while step k's products run.
-template <int STAGES, int INFLIGHT> __device__ __forceinline__ void gemm_gelu_grn(const GemmGrnParams& p) {
-#ifdef CASCADE_WGMMA
-    constexpr int AHEAD = STAGES - 1 - INFLIGHT;
-    static_assert(AHEAD >= 1 && (INFLIGHT == 0 || INFLIGHT == 1), "stages");
-    extern __shared__ uint4 smem_words[];
-    unsigned char* const tiles = align_1024((unsigned char*)smem_words);  // the launch asks for 1 KiB more
-    auto atile = [&](int s) { return tiles + s * 2 * GG_TILE; };
-    auto btile = [&](int s) { return tiles + s * 2 * GG_TILE + GG_TILE; };
-
-    const int tid = threadIdx.x, wg = tid >> 7;
-    const int m0 = blockIdx.y * GG_BM, n0 = blockIdx.x * GG_BN;
-    const bf16* x = (const bf16*)p.x;
-    const bf16* w = (const bf16*)p.w;
-
-    // Thread i copies 16-byte chunk i % 8 of rows i / 8 + 32r (r < 4) of both tiles into chunk
-    // (i % 8) ^ (row % 8) of the row (row % 8 is the same for the four). Rows past M or N and
-    // columns past K are zero-filled: they add nothing to the products.
-    const int lr = tid >> 3, lc = tid & 7;
-    const int swz = (lc ^ (lr & 7)) << 4;
-    const int steps = (p.K + GG_BK - 1) / GG_BK;
-    auto copy_step = [&](int kt, int s) {
-        const int k = kt * GG_BK + lc * 8;
-        const bool kin = k < p.K;
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int row = lr + 32 * r;
-            const bool ain = kin && m0 + row < p.M, bin = kin && n0 + row < p.N;
-            cp_async16(atile(s) + row * 128 + swz, ain ? x + (int64_t)(m0 + row) * p.K + k : x, ain);
-            cp_async16(btile(s) + row * 128 + swz, bin ? w + (int64_t)(n0 + row) * p.K + k : w, bin);
-        }
-    };
-
-    float acc[64];
-#pragma unroll
-    for (int i = 0; i < 64; i++) acc[i] = 0.f;
-#pragma unroll
-    for (int s = 0; s < AHEAD; s++) {
-        if (s < steps) copy_step(s, s);
-        cp_async_commit();  // empty groups too: the wait below counts groups
-    }
-    for (int kt = 0; kt < steps; kt++) {
-        cp_async_wait<AHEAD - 1>();  // this thread's copies of step kt have landed
-        fence_proxy_async_shared();  // ... visible to the tensor cores' reads
-        __syncthreads();             // ... every thread's; and step kt − 1 − INFLIGHT's products are done
-        // Into the slot of step kt − 1 − INFLIGHT, whose products every warpgroup waited for
-        // before the barrier.
-        if (kt + AHEAD < steps) copy_step(kt + AHEAD, (kt + AHEAD) % STAGES);
-        cp_async_commit();
-        const int s = kt % STAGES;
-        gemm_grn_step(acc, atile(s) + wg * 64 * 128, btile(s), kt > 0);
-        wgmma_wait<INFLIGHT>();
-        wgmma_fence_operands(acc);
-    }
-    wgmma_wait<0>();
-    wgmma_fence_operands(acc);
-    cp_async_wait<0>();
-    __syncthreads();  // every warpgroup's products are done: the stages become the epilogue's
-
-    gemm_grn_epilogue(p, acc, tiles, tid, true, grid_tile());
-#endif
-}
-
-extern "C" __global__ void __launch_bounds__(256, 2) gemm_gelu_grn_bf16(GemmGrnParams p) {
-    pdl_enter();
-    gemm_gelu_grn<3, 0>(p);
-}
-extern "C" __global__ void __launch_bounds__(256, 1) gemm_gelu_grn_deep_bf16(GemmGrnParams p) {
-    pdl_enter();
-    gemm_gelu_grn<4, 1>(p);
-}
-
-// The warp-specialised version: the same tile and epilogue, with the operands brought in by the
-// copy engine (TMA) instead of by the threads that multiply.
+// The warp-specialised version: the operands brought in by the copy engine (TMA), not by the
+// threads that multiply.
 //
 // Block: 288 threads. Warps 0–7 are the two consumer warpgroups (rows 64w .. 64w + 63 of the
-// 128 × 128 tile, as above); warp 8 is the producer, one lane of which issues each stage's two
+// 128 × 128 tile); warp 8 is the producer, one lane of which issues each stage's two
 // TMA copies (a 128 × 64 box of x and of w, 16 KiB each, in the 128-byte swizzle) onto the
 // stage's `full` barrier. A consumer warpgroup waits on `full`, issues its four products and
 // leaves them in flight while it waits for the previous step's, then frees that step's stage on
 // its `empty` barrier (one arrival per warpgroup). So no thread that multiplies ever copies or
 // waits at a block-wide barrier inside the K loop, and the tensor cores always have the next
-// step's products queued: what the cp.async version (one block-wide barrier and an empty
-// pipeline per step) lacks.
+// step's products queued: what the removed cp.async version (one block-wide barrier and an empty
+// pipeline per step) lacked.
 //
 // Two versions, to be told apart by measurement:
 // - gemm_gelu_grn_ws_bf16: three stages (96 KiB), two blocks per SM (288 threads at 96
 //   registers: ptxas spills 8 bytes in the epilogue), so one block's epilogue overlaps the
-//   other's products, as in the cp.async version;
+//   other's products;
 // - gemm_gelu_grn_ws_deep_bf16: six stages (192 KiB), one block per SM, no register pressure;
 //   the copies of the next tile's first stages cannot start before this block ends, so the
 //   epilogue is exposed.

@@ -87,28 +87,6 @@ typedef struct GrnPartialParams {
                          // (the earlier schedule, kept for A/B measurements)
 } GrnPartialParams;
 
-// GlobalResponseNorm in one cooperative launch (bf16, D % 8 == 0, x and y 16-byte aligned):
-// grid (ceil(D / 256), chunks, B), block (32, 8), chunk_rows × 512 bytes of dynamic shared
-// memory. Each block keeps its chunk of rows on chip from the first read to the write of the
-// result, so u is read once and GRN(u) written once; the blocks of a sample meet at two
-// grid-wide waits (their sums, then their groups' sums of norms).
-typedef struct GrnResidentParams {
-    const void* x;          // [B, N, D]
-    void* y;                // [B, N, D] (may be x)
-    float* part;            // [B, chunks, D], f32: each chunk's sums of squares
-    float* scale;           // [B, D], f32: the factor 1 + γ·N (written for the caller)
-    float* group_sums;      // [B, groups], f32: each channel group's sum of norms
-    const void* gamma;      // [D]
-    const void* beta;       // [D]
-    unsigned int* counters; // [B], zero before the launch and after it
-    int32_t B;
-    int32_t N;
-    int32_t D;
-    int32_t chunk_rows;     // positions per block, a multiple of 8
-    int32_t chunks;         // ceil(N / chunk_rows)
-    int32_t gelu;           // 1: GRN(GELU(x)), the GELU output rounded to bf16 as stored
-} GrnResidentParams;
-
 // A ResBlock's first MLP layer with GlobalResponseNorm's statistics in its epilogue (sm_90a,
 // kernels/gemm.cu): y = GELU(x · wᵀ + bias), each 64-row chunk's sums of squares of the stored
 // (bf16-rounded) y per column in part, and, once every tile has written its sums, GRN's factor

@@ -26,13 +26,10 @@ CASCADE_DW_TILE=force cargo test --release --features cuda --test models -- --ig
 # The rolling depthwise kernel (opt-in) likewise, in short blocks so that its ring of rows wraps.
 CASCADE_DW_TILE=roll-force cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
 CASCADE_DW_TILE=roll-force cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
-# The wide-strip and the asynchronous depthwise kernels wherever the parked-weight kernels run
-# (by default the wide ones only where they save a wave, Stage C's images; the asynchronous ones
-# are opt-in, slower on an H200): the kernel test and the tiny models.
-for strips in wide async-all; do
-    CASCADE_DW_STRIPS=$strips cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
-    CASCADE_DW_STRIPS=$strips cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
-done
+# The wide-strip depthwise kernels wherever the parked-weight kernels run (by default only where
+# they save a wave, Stage C's images): the kernel test and the tiny models.
+CASCADE_DW_STRIPS=wide cargo test --release --features cuda --test kernels -- --ignored depthwise "$@"
+CASCADE_DW_STRIPS=wide cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The skinny GEMM (opt-in, compute capability 9.0, which the emulator reports) on the linear
 # shapes it takes, and the tiny models, most of whose products it then computes.
 CASCADE_GEMM_SKINNY=1 cargo test --release --features cuda --test kernels -- --ignored linear_gelu "$@"
@@ -67,13 +64,6 @@ CASCADE_KERNEL_TUNE=1 CASCADE_DW_TILE=force cargo test --release --features cuda
 CASCADE_KERNEL_TUNE=1 cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # ... and GRN's kernel test, whose odd shapes are large enough for its chunk sizes to differ.
 CASCADE_KERNEL_TUNE=1 cargo test --release --features cuda --test kernels -- --ignored grn "$@"
-# The f32 residual stream's edges as separate casts and modulations (CASCADE_STREAM_EDGES=cast,
-# kept for the stages bench's A/B on a GPU): the tiny pipeline against diffusers' seeded images.
-CASCADE_STREAM_EDGES=cast cargo test --release --features cuda --test pipeline -- --ignored tiny_pipeline_on_the_gpu "$@"
-# The cooperative one-pass GRN kernel (opt-in: slower on an H200): the kernel test and the tiny
-# models, whose bf16 ResBlocks then take it.
-CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test kernels -- --ignored grn "$@"
-CASCADE_GRN_RESIDENT=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 # The 32-query mma attention kernel for every shape (by default only where its grid fills one
 # wave, which the tiny models' shapes never do): the tiny models, whose attention then takes it.
 CASCADE_ATTENTION=mma32 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
@@ -81,14 +71,12 @@ CASCADE_ATTENTION=mma32 cargo test --release --features cuda --test models -- --
 # reports 9.0, so by default the wgmma kernels run): the tiny models and the tiny pipeline.
 CASCADE_ATTENTION_WGMMA=0 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 CASCADE_ATTENTION_WGMMA=0 cargo test --release --features cuda --test pipeline -- --ignored "$@"
-# The fused fc1 + GRN-statistics wgmma GEMM (opt-in: slower than cuBLASLt on an H200): the tiny models and the
-# tiny pipeline against diffusers' seeded images, their ResBlocks taking it wherever the
-# positions per sample are a multiple of 64.
-CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
-CASCADE_GEMM_WGMMA=1 cargo test --release --features cuda --test pipeline -- --ignored "$@"
-# Its warp-specialised version (TMA copies onto transaction barriers; opt-in until measured)
-# likewise. The kernel test above already runs it beside the others.
+# The fused fc1 + GRN-statistics wgmma GEMM, warp-specialised (TMA copies onto transaction
+# barriers; opt-in until measured): the tiny models and the tiny pipeline against diffusers'
+# seeded images, their ResBlocks taking it wherever the positions per sample are a multiple of
+# 64. The kernel test above already runs it beside the others.
 CASCADE_GEMM_WGMMA=ws cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
+CASCADE_GEMM_WGMMA=ws cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # Its stream-K version (opt-in until measured) likewise, then in the tiny pipeline with the
 # stream-K fc2 after it (no pass over u at all). The kernel test above runs it too, on a few
 # blocks as well.

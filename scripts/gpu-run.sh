@@ -100,8 +100,7 @@ vetting_test() {
     case $1 in *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t="$t kernels-split" ;; esac
     case $1 in *CASCADE_DW_TILE=roll*) t="$t kernels-dwroll" ;; esac
     case $1 in *CASCADE_GEMM_SKINNY=*) t="$t kernels-skinny" ;; esac
-    case $1 in *CASCADE_DW_STRIPS=async*) t="$t kernels-dwstrips" ;; esac
-    case $1 in *CASCADE_GRN_RESIDENT=*) t="$t kernels-grnres" ;; esac
+    case $1 in *CASCADE_DW_STRIPS=*) t="$t kernels-dwstrips" ;; esac
     case $1 in *CASCADE_PDL=*) t="$t pipeline-pdl" ;; esac
     for one in $t; do
         if [ -f "$logs/test-$one.rc" ] && [ "$(cat "$logs/test-$one.rc")" != 0 ]; then
@@ -160,18 +159,12 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     pids+=($!)
     step test-kernels-dwroll "${TEST_TIMEOUT:-300}" bash -c "CASCADE_DW_TILE=roll-force '$bundle/tests/kernels' --include-ignored --nocapture depthwise && CASCADE_DW_TILE=roll CASCADE_SHAPES=stage_a '$bundle/tests/kernels' --include-ignored --nocapture depthwise" &
     pids+=($!)
-    # The wide-strip and the asynchronous depthwise kernels wherever the parked-weight ones run
-    # (CASCADE_DW_STRIPS=wide, async-all; by default the wide ones run only where they save a
-    # wave, Stage C's shape, and the asynchronous ones are opt-in), one process for both.
+    # The wide-strip depthwise kernels wherever the parked-weight ones run (CASCADE_DW_STRIPS=wide;
+    # by default they run only where they save a wave, Stage C's shape).
     tests+=(kernels-dwstrips)
-    step test-kernels-dwstrips "${TEST_TIMEOUT:-300}" bash -c "CASCADE_DW_STRIPS=wide '$bundle/tests/kernels' --include-ignored --nocapture depthwise && CASCADE_DW_STRIPS=async-all '$bundle/tests/kernels' --include-ignored --nocapture depthwise" &
+    CASCADE_DW_STRIPS=wide step test-kernels-dwstrips "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
     pids+=($!)
-    # The cooperative one-pass GRN kernel (opt-in: CASCADE_GRN_RESIDENT=1) on every GRN shape,
-    # the real levels' included.
-    tests+=(kernels-grnres)
-    CASCADE_GRN_RESIDENT=1 step test-kernels-grnres "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture grn &
-    pids+=($!)
-    # The fused fc1 + GRN-statistics wgmma GEMM (opt-in: CASCADE_GEMM_WGMMA=1), all six
+    # The fused fc1 + GRN-statistics wgmma GEMM (opt-in: CASCADE_GEMM_WGMMA=ws), all five
     # versions (the warp-specialised TMA ones, the stream-K one, also on a few blocks, and the
     # one on 256-row tiles included), beside the separate path on the odd
     # shapes and every real ResBlock's fc1, likewise alone; the warp-specialised one as an MLP's
@@ -246,8 +239,8 @@ if on FIDELITY 0; then
     pids+=($!)
 fi
 # FIDELITY_WGMMA=1: full-size fidelity again with the fused fc1 + GRN wgmma GEMM (opt-in:
-# CASCADE_GEMM_WGMMA=1) in every stage, beside the first; FIDELITY_WGMMA=ws (or ws_deep) with
-# a warp-specialised TMA version instead (CASCADE_GEMM_WGMMA=ws, ws_deep), together with the
+# CASCADE_GEMM_WGMMA=1, its warp-specialised version) in every stage, beside the first;
+# FIDELITY_WGMMA=ws (or ws_deep, ws_tall, ws_pair) with that version, together with the
 # other TMA GEMMs: Stage A's fc1 and GELU (CASCADE_GEMM_WS_GELU=1) and the ResBlocks' fc2 with
 # GRN's factor on its input (CASCADE_GEMM_WS_FC2=1).
 fidelity_runs=()
@@ -304,9 +297,6 @@ if on SANITIZE 0; then
             CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-gemmwg" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored linear_gelu linear_scaled
         done
-        # ... and the asynchronous depthwise kernels (cp.async copies of clamped addresses).
-        CASCADE_DW_STRIPS=async-all CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-memcheck-dwasync "${SANITIZE_TIMEOUT:-240}" \
-            compute-sanitizer --tool memcheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored depthwise
         # Then the ones that ran clean before: the tiled depthwise kernel (shared memory reused
         # between its phases) under memcheck and racecheck, forced onto the small shapes.
         for tool in memcheck racecheck; do
@@ -324,11 +314,6 @@ if on SANITIZE 0; then
             CASCADE_DW_TILE=roll-force CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-dwroll" "${SANITIZE_TIMEOUT:-240}" \
                 compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored depthwise
         done
-        # The cooperative GRN kernel (grid-wide waits, shared memory held across them) likewise.
-        for tool in memcheck racecheck; do
-            CASCADE_GRN_RESIDENT=1 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step "sanitize-$tool-grnres" "${SANITIZE_TIMEOUT:-240}" \
-                compute-sanitizer --tool "$tool" --error-exitcode 9 "$bundle/tests/kernels" --include-ignored grn
-        done
         # The attention kernels (the 32-query ones with every block size, and the wgmma ones on
         # compute capability 9.0, the opt-in split-key and two-warpgroup ones included) under
         # racecheck, and the opt-in ones (the split's scratch and counters) under memcheck.
@@ -337,8 +322,8 @@ if on SANITIZE 0; then
         CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 CASCADE_SHAPES=${SANITIZE_SHAPES:-odd} step sanitize-memcheck-split "${SANITIZE_TIMEOUT:-240}" \
             compute-sanitizer --tool memcheck --error-exitcode 9 "$bundle/tests/kernels" --include-ignored attention) &
         pids+=($!)
-        sanitize_runs+=(sanitize-memcheck-gemmwg sanitize-racecheck-gemmwg sanitize-memcheck-dwasync
-            sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-dwroll sanitize-racecheck-dwroll sanitize-memcheck-skinny sanitize-racecheck-skinny sanitize-memcheck-grnres sanitize-racecheck-grnres sanitize-racecheck-attention sanitize-memcheck-split)
+        sanitize_runs+=(sanitize-memcheck-gemmwg sanitize-racecheck-gemmwg
+            sanitize-memcheck-dwtile sanitize-racecheck-dwtile sanitize-memcheck-dwroll sanitize-racecheck-dwroll sanitize-memcheck-skinny sanitize-racecheck-skinny sanitize-racecheck-attention sanitize-memcheck-split)
         # racecheck over the stage steps is not run by default: on an H200 it stops inside
         # cuBLASLt's GEMMs at these shapes ("Internal Sanitizer Error: The Sanitizer failed to
         # handle a hardware exception", then CUDA_ERROR_ILLEGAL_ADDRESS), also with the nvjet
@@ -450,13 +435,10 @@ if on BENCH 1; then
                     CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-tma "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # The depthwise rows with the narrow strips everywhere (the first run takes the wide
-            # ones where they save a wave: the Stage C rows) and with the asynchronous kernel
-            # everywhere it runs, for a same-run comparison per launch.
+            # ones where they save a wave: the Stage C rows), for a same-run comparison per launch.
             if [[ $variants == *" dw "* ]]; then
-                for strips in narrow async-all; do
-                    benches+=("bench-ops-dw-$strips")
-                    CASCADE_DW_STRIPS=$strips CASCADE_SHAPES=depthwise CASCADE_BENCH_QUICK=1 step "bench-ops-dw-$strips" "${BENCH_TIMEOUT:-300}" "$b" --bench
-                done
+                benches+=("bench-ops-dw-narrow")
+                CASCADE_DW_STRIPS=narrow CASCADE_SHAPES=depthwise CASCADE_BENCH_QUICK=1 step bench-ops-dw-narrow "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # CLIP's products and the odd skinny ones on the skinny GEMM (opt-in:
             # CASCADE_GEMM_SKINNY=1), beside the first run's cuBLASLt rows.

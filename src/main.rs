@@ -548,7 +548,6 @@ fn device(name: &str) -> Result<()> {
             (c.mma32_attention(), "mma32"),
             (c.mma32_wide_attention(), "mma32_w5"),
             (c.wgmma_attention(), "wgmma, wgmma_sq"),
-            (c.wgmma_overlap_attention(), "wgmma_ov"),
         ]
         .iter()
         .filter_map(|&(ok, n)| ok.then_some(n))

@@ -72,7 +72,7 @@ fn linear_gelu_grn_factor_is_the_composition() {
     let want = ops::grn(&ops::gelu(&ops::linear(&x, &w, Some(&bias)).unwrap()).unwrap(), &gamma, &beta).unwrap();
     close("linear_gelu_grn_factor", &u, &want.to_vec_f32().unwrap(), 1e-6);
     // The fused kernel is a GPU kernel: asked for on the CPU, an error that says so.
-    let err = ops::linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, ops::FusedGrnKernel::Wgmma).map(|_| ()).unwrap_err();
+    let err = ops::linear_gelu_grn_factor(&x, &w, Some(&bias), &gamma, ops::FusedGrnKernel::WgmmaWs).map(|_| ()).unwrap_err();
     assert!(err.to_string().contains("GPU"), "{err}");
 }
 

@@ -105,18 +105,10 @@ fn setup_alone() -> Option<std::sync::RwLockWriteGuard<'static, ()>> {
 /// ([`CudaDevice::opt_in_shared_memory`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SharedMemoryOptIn {
-    /// `gemm_gelu_grn_bf16`.
-    GemmGrn,
-    /// `gemm_gelu_grn_deep_bf16`.
-    GemmGrnDeep,
     /// `gemm_gelu_grn_ws_bf16`.
     GemmGrnWs,
     /// `gemm_gelu_grn_ws_deep_bf16`.
     GemmGrnWsDeep,
-    /// `depthwise_bf16_swa`.
-    DepthwiseAsync,
-    /// `depthwise_f32_bf16_swa`.
-    DepthwiseAsyncF32,
     /// `depthwise_roll_bf16`.
     DepthwiseRoll,
     /// `gemm_skinny_bf16`.
@@ -136,7 +128,7 @@ pub(crate) enum SharedMemoryOptIn {
 }
 
 impl SharedMemoryOptIn {
-    const COUNT: usize = 14;
+    const COUNT: usize = 10;
 }
 
 /// One GPU: its context, its stream, its kernels and its cuBLASLt handle.
@@ -169,7 +161,6 @@ pub struct CudaDevice {
     wgmma_attention: std::sync::atomic::AtomicBool,
     /// Launches with programmatic stream serialization (`CASCADE_PDL=1` on compute capability 9.0).
     programmatic: std::sync::atomic::AtomicBool,
-    wgmma_overlap_attention: std::sync::atomic::AtomicBool,
     wgmma_per_sm: std::sync::atomic::AtomicUsize,
     wgmma_sq_per_sm: std::sync::atomic::AtomicUsize,
     /// The split-key wgmma kernels (`CASCADE_ATTENTION_SPLIT=1`) passed their start-up checks.
@@ -186,7 +177,7 @@ pub struct CudaDevice {
     /// The wgmma kernels that copy K and V with TMA (`CASCADE_ATTENTION_COPY=tma`) passed their
     /// start-up check.
     tma_attention: std::sync::atomic::AtomicBool,
-    /// The requested version of the fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_bf16` and
+    /// The requested version of the fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_ws_bf16` and
     /// the rest) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
     /// Its stream-K version (`gemm_gelu_grn_sk_bf16`) passed its start-up check.
@@ -397,7 +388,6 @@ impl CudaDevice {
             // Only the sm_90a image has the kernels' griddepcontrol.wait (kernels/common.cuh
             // pdl_enter): other architectures run PTX without it and must not start early.
             programmatic: (compute_capability == (9, 0) && std::env::var("CASCADE_PDL").is_ok_and(|v| v == "1")).into(),
-            wgmma_overlap_attention: false.into(),
             wgmma_per_sm: 0.into(),
             wgmma_sq_per_sm: 0.into(),
             wgmma_split_attention: false.into(),
@@ -453,12 +443,6 @@ impl CudaDevice {
             dev.wgmma_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
             let per_sm = dev.resident_blocks_per_sm(&dev.kernels().attention_wgmma_qs_bf16, 128, 0).unwrap_or(0);
             dev.wgmma_sq_per_sm.store(per_sm, std::sync::atomic::Ordering::Relaxed);
-            // The overlapped kernel measured no faster (Stage C 28.5 against 26.2 µs for the
-            // shared-Q one): checked only when CASCADE_ATTENTION=wgmma_ov asks for it.
-            if wgmma_overlap_requested() {
-                let ok = check_attention_kernel(&dev, AttentionKernel::WgmmaOverlap, "Hopper tensor-core (wgmma, overlapped)");
-                dev.wgmma_overlap_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
-            }
             // The split-key kernels are not measured yet: checked, and then planned for, only
             // on request (CASCADE_ATTENTION_SPLIT=1, or =N to force N ranges).
             if ok && considered(attention_split_requested()) {
@@ -737,12 +721,6 @@ impl CudaDevice {
     /// device was opened.
     pub fn wgmma_attention(&self) -> bool {
         self.wgmma_attention.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Whether the overlapped wgmma kernel was asked for (`CASCADE_ATTENTION=wgmma_ov`) and (see
-    /// `AttentionKernel::WgmmaOverlap`) agreed with the CUDA-core kernel when the device was opened.
-    pub fn wgmma_overlap_attention(&self) -> bool {
-        self.wgmma_overlap_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the split-key wgmma kernels were asked for (`CASCADE_ATTENTION_SPLIT=1`) and agreed
@@ -1395,11 +1373,6 @@ pub fn wgmma_attention_allowed() -> bool {
     !std::env::var("CASCADE_ATTENTION_WGMMA").is_ok_and(|v| v == "0")
 }
 
-/// Whether the overlapped wgmma attention kernel is asked for (`CASCADE_ATTENTION=wgmma_ov`).
-pub fn wgmma_overlap_requested() -> bool {
-    wgmma_attention_allowed() && std::env::var("CASCADE_ATTENTION").is_ok_and(|v| v == "wgmma_ov")
-}
-
 /// `CASCADE_ATTENTION_SOFTMAX` (read once): `lean` asks for the wgmma attention's lean softmax
 /// (lazy rescaling and, with Q in registers, the rows' sums on the tensor cores; opt-in until
 /// measured), `full` for the full one; unset: None (full, or timed under `CASCADE_KERNEL_TUNE`).
@@ -1492,8 +1465,8 @@ fn attention_split_setting() -> usize {
     std::env::var("CASCADE_ATTENTION_SPLIT").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
-/// Whether the fused fc1 + GRN-statistics GEMM on wgmma is asked for (`CASCADE_GEMM_WGMMA=1`, or
-/// `=deep`, `=ws`, `=ws_deep`, `=sk`, `=ws_tall`, `=ws_pair` for its other versions: `ops::FusedGrnKernel::requested`): it is
+/// Whether the fused fc1 + GRN-statistics GEMM on wgmma is asked for (`CASCADE_GEMM_WGMMA=ws` or
+/// `1`, or `=ws_deep`, `=sk`, `=ws_tall`, `=ws_pair` for its other versions: `ops::FusedGrnKernel::requested`): it is
 /// checked when a compute capability 9.0 device opens, and the ResBlocks then take it where its
 /// operands allow (`ops::linear_gelu_grn_factor`).
 pub fn gemm_wgmma_requested() -> bool {

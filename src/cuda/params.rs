@@ -17,7 +17,6 @@ device_repr!(
     LayerNormParams,
     GrnPartialParams,
     GrnApplyParams,
-    GrnResidentParams,
     GemmGrnParams,
     GemmGrnTmaParams,
     GemmScaledParams,

@@ -62,11 +62,7 @@ impl ResBlock {
         let mut y = ops::stream_depthwise3x3_ln(x, modulation, &self.dw_weight, &self.dw_bias, Padding::Zero, EPS)?;
         if let Some(s) = skip {
             // An f32 stream's skip is converted as it is copied.
-            y = if s.dtype() != wdt && !stream_edges_fused() {
-                ops::concat_channels(&y, &s.to_dtype(wdt)?)?
-            } else {
-                ops::concat_channels(&y, s)?
-            };
+            y = ops::concat_channels(&y, s)?;
         }
         let (fc2_bias, fc2_bias_with_beta) = match (self.stream_biases.as_deref(), x.dtype() != wdt) {
             (Some((b, bb)), true) => (Some(b), bb),
@@ -89,10 +85,9 @@ impl ResBlock {
         } else {
             // u = fc1(y); GRN's sums pass applies the exact GELU as it reads u. (cuBLASLt's GELU
             // epilogue here instead measured no gain on an H200: docs/performance.md, seventh
-            // session.) The one-pass kernel, where it runs, applies f with no pass of its own:
-            // it goes before the fold.
+            // session.)
             let mut u = self.fc1.forward(&y)?;
-            if (fold || scaled) && !ops::gelu_grn_one_pass(&u)? {
+            if fold || scaled {
                 let f = ops::gelu_grn_factor(&mut u, &self.gamma)?;
                 (u, Some(f))
             } else {
@@ -303,7 +298,6 @@ impl Transition {
         let stream = x.dtype();
         let n = match modulation {
             Some((ab, col)) => ops::modulate_layer_norm_as(x, ab, col, EPS, wdt)?,
-            None if !stream_edges_fused() && stream != wdt => ops::layer_norm(&x.to_dtype(wdt)?, None, None, EPS)?,
             None => {
                 let mut n = Tensor::empty(x.shape(), wdt, &x.device())?;
                 ops::layer_norm_into(x, None, None, EPS, &mut n)?;
@@ -359,9 +353,6 @@ impl StreamLinear {
     fn forward(&self, x: &Tensor, out: DType) -> Result<Tensor> {
         if out == self.lin.weight.dtype() {
             return self.lin.forward(x);
-        }
-        if !stream_edges_fused() {
-            return self.lin.forward(x)?.to_dtype(out);
         }
         let bias = match (&self.lin.bias, &self.bias_f32) {
             (None, _) => None,
@@ -884,11 +875,7 @@ impl StableCascadeUNet {
 
         // Stem: the embedding's GEMM and its LayerNorm in the stream's dtype.
         let x = if p > 1 { ops::pixel_unshuffle(sample, p)? } else { sample.view(sample.shape())? };
-        let mut x = if stream_edges_fused() {
-            ops::layer_norm(&self.embedding.forward(&x, stream)?, None, None, EPS)?
-        } else {
-            ops::layer_norm(&self.embedding.forward(&x, self.dtype)?, None, None, EPS)?.to_dtype(stream)?
-        };
+        let mut x = ops::layer_norm(&self.embedding.forward(&x, stream)?, None, None, EPS)?;
         if (x.dim(1), x.dim(2)) != prepared.stem_hw || b != prepared.batch {
             return Err(Error::Shape(format!(
                 "UNet: the run was prepared for {}×{:?} at the stem, the sample gives {b}×{:?}",
@@ -1011,7 +998,7 @@ impl StableCascadeUNet {
                     r.forward(&mut x, None, Some((terms.ab, t.col)))?;
                     i += 1;
                 }
-                (Block::Timestep(t), None) if trace.is_none() && stream_edges_fused() => return Ok((x, Some(t.col))),
+                (Block::Timestep(t), None) if trace.is_none() => return Ok((x, Some(t.col))),
                 (Block::Timestep(t), _) => ops::modulate_assign(&mut x, terms.ab, t.col)?,
                 (Block::Attn(a), _) => a.forward(&mut x, None, &terms.kv[a.id])?,
             }
@@ -1069,17 +1056,6 @@ impl UNetInputTensors {
             pixels: self.pixels.as_ref(),
         }
     }
-}
-
-/// Whether the f32 residual stream's edges are fused (the default): the GEMMs of the transitions,
-/// repeat mappers, stem and TimestepBlock terms write f32 themselves; the transitions' LayerNorm
-/// reads the stream; a level's last TimestepBlock is applied by the next pass over its output;
-/// the skip is converted inside the concatenation. `CASCADE_STREAM_EDGES=cast` (read once) keeps
-/// the earlier separate casts and modulations, for A/B measurements (docs/performance.md,
-/// sixteenth session).
-fn stream_edges_fused() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CASCADE_STREAM_EDGES").map_or(true, |v| v.trim() != "cast"))
 }
 
 /// Whether a bf16 UNet keeps its residual stream in f32 unless told otherwise: yes, unless

@@ -25,8 +25,8 @@ pub enum AttentionKernel {
     /// so), elsewhere an mma.sync kernel (the 32-query one where [`mma32_preferred`] says so);
     /// else the WMMA kernel without a mask; the CUDA-core kernel otherwise. A tensor-core kernel
     /// that failed its start-up check on this device is skipped. `CASCADE_ATTENTION=simple|wmma|
-    /// mma|mma32|wgmma_sq|wgmma_ov|wgmma2` in the environment picks one (`mma`, `mma32`, `wgmma_sq`,
-    /// `wgmma_ov`, `wgmma2`: that kernel for every shape); `CASCADE_ATTENTION_WGMMA=0` leaves the wgmma
+    /// mma|mma32|wgmma_sq|wgmma2` in the environment picks one (`mma`, `mma32`, `wgmma_sq`,
+    /// `wgmma2`: that kernel for every shape); `CASCADE_ATTENTION_WGMMA=0` leaves the wgmma
     /// kernels out.
     Auto,
     /// The CUDA-core kernel (one thread per query; any dtype, masks).
@@ -57,12 +57,6 @@ pub enum AttentionKernel {
     /// blocks fit an SM instead of four. `Auto` takes it where
     /// [`wgmma_shared_q_preferred`] says so; `CASCADE_ATTENTION=wgmma_sq` everywhere.
     WgmmaSharedQ,
-    /// The shared-Q wgmma kernel with each tile's products overlapping the next tile's softmax
-    /// (FlashAttention-3's schedule inside a warpgroup; two P buffers, four blocks per SM).
-    /// Measured no faster than `WgmmaSharedQ` on an H200 (Stage C 28.5 against 26.2 µs), so
-    /// `Auto` never takes it; `CASCADE_ATTENTION=wgmma_ov` checks it at start-up and runs it
-    /// everywhere.
-    WgmmaOverlap,
     /// `Wgmma` with the keys split into (at most) this many ranges of whole 64-key tiles, each
     /// range a block of its own: more and shorter blocks where a grid leaves SMs short of work
     /// (Stage B: 320 blocks of 17 tiles on an H200's 132 SMs, so some hold three and others
@@ -178,13 +172,7 @@ impl AttentionKernel {
     pub fn is_wgmma(self) -> bool {
         matches!(
             self,
-            Self::Wgmma
-                | Self::WgmmaSharedQ
-                | Self::WgmmaOverlap
-                | Self::WgmmaSplit(_)
-                | Self::WgmmaSharedQSplit(_)
-                | Self::Wgmma2
-                | Self::Wgmma2Split(_)
+            Self::Wgmma | Self::WgmmaSharedQ | Self::WgmmaSplit(_) | Self::WgmmaSharedQSplit(_) | Self::Wgmma2 | Self::Wgmma2Split(_)
         )
     }
 }
@@ -231,8 +219,7 @@ pub struct WgmmaOptions {
     pub lean_softmax: Option<bool>,
     /// The last tile of keys narrowed to 32 or 16 keys where its keys fit, so that its products
     /// and softmax skip the padding (Stage C's 661 keys end in 21, Stage B's 1028 in 4); by
-    /// default on once it passed its start-up check, unless `CASCADE_ATTENTION_TAIL=full`. Not in
-    /// the overlapped kernel.
+    /// default on once it passed its start-up check, unless `CASCADE_ATTENTION_TAIL=full`.
     pub narrow_tail: Option<bool>,
     /// K and V tiles copied by TMA, two copies a tile issued by one thread (the `Wgmma` and
     /// `WgmmaSharedQ` kernels and their split-key versions, where the operands allow: 16-byte aligned rows, a second key
@@ -520,7 +507,6 @@ fn attention_impl(
                     Some("mma32") if aligned && dev.mma32_attention() => AttentionKernel::Mma32,
                     Some("mma") if aligned => AttentionKernel::Mma,
                     Some("wgmma_sq") if aligned && dev.wgmma_attention() => AttentionKernel::WgmmaSharedQ,
-                    Some("wgmma_ov") if aligned && dev.wgmma_overlap_attention() => AttentionKernel::WgmmaOverlap,
                     Some("wgmma2") if aligned && dev.wgmma2_attention() => match crate::cuda::attention_split_forced() {
                         Some(ranges) if !causal && dev.wgmma_split_attention() => AttentionKernel::Wgmma2Split(ranges),
                         _ => AttentionKernel::Wgmma2,
@@ -659,7 +645,6 @@ fn attention_impl(
                 AttentionKernel::Mma32Wide => (&kt.attention_mma32_w5_bf16, 160, 160),
                 AttentionKernel::Wgmma => (&kt.attention_wgmma_bf16, 64, 128),
                 AttentionKernel::WgmmaSharedQ => (&kt.attention_wgmma_qs_bf16, 64, 128),
-                AttentionKernel::WgmmaOverlap => (&kt.attention_wgmma_ov_bf16, 64, 128),
                 AttentionKernel::WgmmaSplit(_) => (&kt.attention_wgmma_split_bf16, 64, 128),
                 AttentionKernel::WgmmaSharedQSplit(_) => (&kt.attention_wgmma_qs_split_bf16, 64, 128),
                 AttentionKernel::Wgmma2 => (&kt.attention_wgmma2_bf16, 128, 256),

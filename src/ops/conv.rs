@@ -352,14 +352,14 @@ fn depthwise3x3_impl(
             }
             if parked {
                 let input_norm = !p.in_stats.is_null();
-                let auto = depthwise_strips(&dev, mixed, input_norm, b * h, w, block, smem);
+                let auto = depthwise_strips(&dev, mixed, b * h, w, block, smem);
                 // Under CASCADE_KERNEL_TUNE (and CASCADE_DW_STRIPS unset or auto) the other strip
                 // kernels are timed against the waves rule's choice.
                 let chosen = match auto {
                     Some(chosen) if crate::cuda::KernelTuning::requested().on() => {
                         let mut candidates = vec![chosen];
-                        for s in [Strips::Narrow, Strips::Wide, Strips::Async] {
-                            if !candidates.contains(&s) && depthwise_strip_runnable(&dev, s, mixed, input_norm, block, smem) {
+                        for s in [Strips::Narrow, Strips::Wide] {
+                            if !candidates.contains(&s) {
                                 candidates.push(s);
                             }
                         }
@@ -370,7 +370,7 @@ fn depthwise3x3_impl(
                         let mut scratch = None;
                         let i = dev.choose_kernel("depthwise_strips", &dims, &names, &mut |i| {
                             let q = scratch_outputs(&p, &mut scratch, y, output_norm.map(|o| o.0), input_modulation.map(|m| m.2))?;
-                            let (f, strip, smem) = depthwise_strip_kernel(&dev, candidates[i], mixed, input_norm, block, smem);
+                            let (f, strip, smem) = strip_kernel(&dev, candidates[i], mixed, smem);
                             dev.launch(f, (w.div_ceil(strip) as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &q)
                         })?;
                         candidates[i]
@@ -378,7 +378,7 @@ fn depthwise3x3_impl(
                     Some(chosen) => chosen,
                     None => strips_only(),
                 };
-                let (f, strip, smem) = depthwise_strip_kernel(&dev, chosen, mixed, input_norm, block, smem);
+                let (f, strip, smem) = strip_kernel(&dev, chosen, mixed, smem);
                 return dev.launch(f, (w.div_ceil(strip) as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p);
             }
             let f = match mixed {
@@ -552,9 +552,6 @@ fn roll_steps(total: usize, columns: usize, slots: usize) -> usize {
 #[cfg(feature = "cuda")]
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Strips {
-    /// Every input of a strip of CASCADE_DW_STRIP pixels in flight at once (`depthwise_*_swa`:
-    /// rows of taps through shared memory).
-    Async,
     /// CASCADE_DW_STRIP pixels per block (`depthwise_*_sw`), a round trip to memory per row of taps.
     Narrow,
     /// CASCADE_DW_WIDE_STRIP pixels per block (`depthwise_*_sw5`): fewer blocks.
@@ -565,8 +562,8 @@ enum Strips {
 #[cfg(feature = "cuda")]
 #[derive(Clone, Copy, PartialEq)]
 enum StripsMode {
-    /// The fewest waves; the asynchronous kernel among the candidates or not.
-    Auto { with_async: bool },
+    /// The fewest waves.
+    Auto,
     /// One kernel wherever the parked-weight path runs.
     Only(Strips),
 }
@@ -578,53 +575,38 @@ enum StripsMode {
 ///   blocks instead of 1.09 waves of 288, whose second wave was about half of the launch's time in
 ///   the profile) and the narrow ones elsewhere. Measured on an H200 (docs/performance.md,
 ///   thirteenth session): Stage C's launch 17.5 → 13.3 µs, −0.2 ms per step.
-/// - `async`: the same with the asynchronous kernel among them, first on a tie (it takes no input
-///   LayerNorm). Opt-in: measured on an H200 it lost, +0.9 ms per Stage B step (its shared memory
-///   leaves fewer blocks per SM).
-/// - `narrow`, `wide`, `async-all`: that kernel wherever the parked-weight path runs (the tests,
-///   A/B measurements; `async-all` falls back to the narrow strips where it cannot run).
+/// - `narrow`, `wide`: that kernel wherever the parked-weight path runs (the tests, A/B
+///   measurements).
 #[cfg(feature = "cuda")]
 fn strips_mode() -> StripsMode {
     static MODE: std::sync::OnceLock<StripsMode> = std::sync::OnceLock::new();
     *MODE.get_or_init(|| match std::env::var("CASCADE_DW_STRIPS").ok().as_deref().map(str::trim) {
-        None | Some("auto") => StripsMode::Auto { with_async: false },
-        Some("async") => StripsMode::Auto { with_async: true },
+        None | Some("auto") => StripsMode::Auto,
         Some("narrow") => StripsMode::Only(Strips::Narrow),
         Some("wide") => StripsMode::Only(Strips::Wide),
-        Some("async-all") => StripsMode::Only(Strips::Async),
         Some(v) => {
-            eprintln!("warning: CASCADE_DW_STRIPS must be auto, async, narrow, wide or async-all, not {v:?}; using auto");
-            StripsMode::Auto { with_async: false }
+            eprintln!("warning: CASCADE_DW_STRIPS must be auto, narrow or wide, not {v:?}; using auto");
+            StripsMode::Auto
         }
     })
 }
 
-/// The kernel `CASCADE_DW_STRIPS` names (`narrow`, `wide`, `async-all`), where it names one.
+/// The kernel `CASCADE_DW_STRIPS` names (`narrow`, `wide`), where it names one.
 #[cfg(feature = "cuda")]
 fn strips_only() -> Strips {
     match strips_mode() {
         StripsMode::Only(s) => s,
-        StripsMode::Auto { .. } => Strips::Narrow,
+        StripsMode::Auto => Strips::Narrow,
     }
 }
 
 /// The parked-weight strip kernel `s` for `mixed` (f32 input) or bf16 input (`smem`: the parked
 /// weights' bytes): the kernel, its strip width and its dynamic shared memory.
 #[cfg(feature = "cuda")]
-fn strip_kernel(
-    dev: &crate::cuda::CudaDevice,
-    s: Strips,
-    mixed: bool,
-    block: u32,
-    smem: usize,
-) -> (&cudarc::driver::CudaFunction, usize, usize) {
+fn strip_kernel(dev: &crate::cuda::CudaDevice, s: Strips, mixed: bool, smem: usize) -> (&cudarc::driver::CudaFunction, usize, usize) {
     use crate::cuda::params::{CASCADE_DW_STRIP, CASCADE_DW_WIDE_STRIP};
     let k = dev.kernels();
-    // Rows 1 and 2 of taps, S + 2 columns, 16 bytes per 8 channels of bf16 (32 of f32), per thread.
-    let async_smem = smem + 2 * (CASCADE_DW_STRIP as usize + 2) * if mixed { 32 } else { 16 } * block as usize;
     match (s, mixed) {
-        (Strips::Async, false) => (&k.depthwise_bf16_swa, CASCADE_DW_STRIP as usize, async_smem),
-        (Strips::Async, true) => (&k.depthwise_f32_bf16_swa, CASCADE_DW_STRIP as usize, async_smem),
         (Strips::Narrow, false) => (&k.depthwise_bf16_sw, CASCADE_DW_STRIP as usize, smem),
         (Strips::Narrow, true) => (&k.depthwise_f32_bf16_sw, CASCADE_DW_STRIP as usize, smem),
         (Strips::Wide, false) => (&k.depthwise_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize, smem),
@@ -632,63 +614,23 @@ fn strip_kernel(
     }
 }
 
-/// Whether strip kernel `s` can run here: the asynchronous one takes no input LayerNorm, and its
-/// shared memory may pass 48 KiB, which it must be allowed first; a card that allows less per
-/// block (sm_86 and sm_89: 99 KiB) refuses the larger sizes.
-#[cfg(feature = "cuda")]
-fn depthwise_strip_runnable(dev: &crate::cuda::CudaDevice, s: Strips, mixed: bool, input_norm: bool, block: u32, smem: usize) -> bool {
-    use crate::cuda::SharedMemoryOptIn;
-    if s != Strips::Async {
-        return true;
-    }
-    let (f, _, bytes) = strip_kernel(dev, s, mixed, block, smem);
-    let which = if mixed { SharedMemoryOptIn::DepthwiseAsyncF32 } else { SharedMemoryOptIn::DepthwiseAsync };
-    !input_norm && dev.opt_in_shared_memory(f, which, bytes).is_ok()
-}
-
 /// The strip kernel the waves rule takes for a launch of `rows` = B·H rows of `w` pixels in
 /// blocks of `block` threads, where `CASCADE_DW_STRIPS` leaves the choice to it (None where it
 /// names a kernel: [`strips_only`]).
 #[cfg(feature = "cuda")]
-fn depthwise_strips(
-    dev: &crate::cuda::CudaDevice,
-    mixed: bool,
-    input_norm: bool,
-    rows: usize,
-    w: usize,
-    block: u32,
-    smem: usize,
-) -> Option<Strips> {
-    let StripsMode::Auto { with_async } = strips_mode() else { return None };
-    let mut candidates = Vec::with_capacity(3);
-    if with_async && !input_norm {
-        candidates.push(Strips::Async);
+fn depthwise_strips(dev: &crate::cuda::CudaDevice, mixed: bool, rows: usize, w: usize, block: u32, smem: usize) -> Option<Strips> {
+    if strips_mode() != StripsMode::Auto {
+        return None;
     }
-    candidates.extend([Strips::Narrow, Strips::Wide]);
+    let candidates = [Strips::Narrow, Strips::Wide];
     let options: Vec<(usize, usize)> = candidates
         .iter()
         .map(|&s| {
-            let (f, strip, bytes) = strip_kernel(dev, s, mixed, block, smem);
-            let runnable = depthwise_strip_runnable(dev, s, mixed, input_norm, block, smem);
-            (strip, if runnable { dev.resident_blocks_per_sm(f, block, bytes).unwrap_or(0) } else { 0 })
+            let (f, strip, bytes) = strip_kernel(dev, s, mixed, smem);
+            (strip, dev.resident_blocks_per_sm(f, block, bytes).unwrap_or(0))
         })
         .collect();
     Some(fewest_waves(rows, w, dev.multiprocessors(), &options).map_or(Strips::Narrow, |i| candidates[i]))
-}
-
-/// Strip kernel `s` where it can run here ([`depthwise_strip_runnable`]), else the narrow one:
-/// the kernel, its strip width and its dynamic shared memory.
-#[cfg(feature = "cuda")]
-fn depthwise_strip_kernel(
-    dev: &crate::cuda::CudaDevice,
-    s: Strips,
-    mixed: bool,
-    input_norm: bool,
-    block: u32,
-    smem: usize,
-) -> (&cudarc::driver::CudaFunction, usize, usize) {
-    let s = if depthwise_strip_runnable(dev, s, mixed, input_norm, block, smem) { s } else { Strips::Narrow };
-    strip_kernel(dev, s, mixed, block, smem)
 }
 
 /// A copy of `p` writing to scratch tensors shaped like what it writes (`y`, the normalised
@@ -1042,27 +984,19 @@ mod tests {
 
     /// The wave counts behind the strip kernels' choice, with an H200's 132 SMs and the blocks
     /// per SM that the parked-weight kernels' 128 registers a thread allow (2 blocks of 256 or 192
-    /// threads, 3 of 160, 5 of 80, 8 of 40; on a GPU the driver answers) and, for the asynchronous
-    /// kernel on the f32 stream, its 528 bytes of shared memory a thread.
+    /// threads, 3 of 160, 5 of 80, 8 of 40; on a GPU the driver answers).
     #[test]
     fn strips_by_waves() {
         let pick = super::fewest_waves;
         let (n, wide) = (4, 5);
         // Stage C and C lite (B·H = 48 rows of 24): 288 blocks in 1.09 waves, or 240 in one.
         assert_eq!(pick(48, 24, 132, &[(n, 2), (wide, 2)]), Some(1));
-        // With the asynchronous kernel (one 135 KiB block per SM: three waves) first.
-        assert_eq!(pick(48, 24, 132, &[(n, 1), (n, 2), (wide, 2)]), Some(2));
         // Stage B's levels (128², 64², 32², 16²): the same number of waves either way, so the
-        // first: the narrow strips, or with `async` the asynchronous kernel (10, 5, 2 and 2
-        // blocks per SM).
+        // first: the narrow strips.
         assert_eq!(pick(128, 128, 132, &[(n, 8), (wide, 8)]), Some(0));
         assert_eq!(pick(64, 64, 132, &[(n, 5), (wide, 5)]), Some(0));
         assert_eq!(pick(32, 32, 132, &[(n, 3), (wide, 3)]), Some(0));
         assert_eq!(pick(16, 16, 132, &[(n, 3), (wide, 3)]), Some(0));
-        assert_eq!(pick(128, 128, 132, &[(n, 10), (n, 8), (wide, 8)]), Some(0));
-        assert_eq!(pick(64, 64, 132, &[(n, 5), (n, 5), (wide, 5)]), Some(0));
-        assert_eq!(pick(32, 32, 132, &[(n, 2), (n, 3), (wide, 3)]), Some(0));
-        assert_eq!(pick(16, 16, 132, &[(n, 2), (n, 3), (wide, 3)]), Some(0));
         // No occupancy answer: skipped; none at all (or no SM count): None.
         assert_eq!(pick(48, 24, 132, &[(n, 2), (wide, 0)]), Some(0));
         assert_eq!(pick(48, 24, 132, &[(n, 0), (wide, 0)]), None);

@@ -40,9 +40,9 @@ pub use linear::{
     linear_into, linear_scaled_fused, linear_scaled_into, linear_scaled_sk_into, GemmOptions,
 };
 pub use norm::{
-    gelu_grn_assign, gelu_grn_assign_with, gelu_grn_factor, gelu_grn_one_pass, grn, grn_apply_factor_assign, grn_assign, grn_factor,
-    grn_into, grn_into_with, layer_norm, layer_norm_into, linear_gelu_grn_factor, linear_gelu_grn_factor_into, linear_gelu_grn_fused,
-    linear_gelu_grn_kernel, modulate_layer_norm, modulate_layer_norm_as, scale_by_factor_into, scale_columns, FusedGrnKernel, GrnKernel,
+    gelu_grn_assign, gelu_grn_factor, grn, grn_apply_factor_assign, grn_assign, grn_factor, grn_into, layer_norm, layer_norm_into,
+    linear_gelu_grn_factor, linear_gelu_grn_factor_into, linear_gelu_grn_fused, linear_gelu_grn_kernel, modulate_layer_norm,
+    modulate_layer_norm_as, scale_by_factor_into, scale_columns, FusedGrnKernel,
 };
 pub use resample::{columns, concat_channels, concat_channels_into, concat_tokens, resize_bilinear, resize_bilinear_into};
 

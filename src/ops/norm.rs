@@ -198,69 +198,29 @@ struct RowLaunch {
 /// GlobalResponseNorm (spec §3.3) of `x [B, …, D]` into `y`; `stats [B, D]` (f32) is scratch
 /// that ends up holding the per-channel scale `1 + γ·N`.
 pub fn grn_into(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, y: &mut Tensor) -> Result<()> {
-    grn_into_with(x, gamma, beta, stats, y, GrnKernel::Auto)
-}
-
-/// [`grn_into`] on the given kernels.
-pub fn grn_into_with(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &mut Tensor, y: &mut Tensor, kernel: GrnKernel) -> Result<()> {
     check_shape("grn", "output", y, x.shape())?;
-    grn_impl(x, gamma, Some(beta), stats, GrnOutput::Separate(y), kernel)
-}
-
-/// Which GPU kernels compute GRN where β is applied (the CPU has one implementation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GrnKernel {
-    /// The one-pass kernel where `CASCADE_GRN_RESIDENT=1` is set and it can run, else two passes.
-    Auto,
-    /// `grn_partial` (sums of squares, the factor) then `grn_apply`: any dtype, layout and size.
-    TwoPass,
-    /// `grn_resident_bf16`, one cooperative pass that reads x once: bf16, D a multiple of 8, x,
-    /// y and stats 16-byte aligned, chunks of at most 96 positions with the whole grid resident at
-    /// once. An error where it cannot run.
-    Resident,
+    grn_impl(x, gamma, Some(beta), stats, GrnOutput::Separate(y))
 }
 
 /// `x ← GRN(GELU(x))` in place (the ResBlock's middle): one pass turns x into GELU(x) (rounded to
 /// x's type) and sums its squares, then one pass applies the factor and β.
 pub fn gelu_grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
-    gelu_grn_assign_with(x, gamma, beta, GrnKernel::Auto)
-}
-
-/// [`gelu_grn_assign`] on the given kernels.
-pub fn gelu_grn_assign_with(x: &mut Tensor, gamma: &Tensor, beta: &Tensor, kernel: GrnKernel) -> Result<()> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
-    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, true), kernel)
+    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, true))
 }
 
 /// `x ← GRN(x)` in place: one pass sums the squares, one applies the factor and β (for an input
 /// whose GELU is already applied, e.g. by [`super::linear_gelu_into`]).
 pub fn grn_assign(x: &mut Tensor, gamma: &Tensor, beta: &Tensor) -> Result<()> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
-    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, false), GrnKernel::Auto)
-}
-
-/// Whether [`gelu_grn_assign`] on `x` takes the one-pass kernel (`CASCADE_GRN_RESIDENT=1`, bf16
-/// on a GPU, D a multiple of 8, 16-byte aligned, and a grid that fits): then it reads x once and
-/// writes it once, which no other way of applying GRN beats (see the ResBlock).
-pub fn gelu_grn_one_pass(x: &Tensor) -> Result<bool> {
-    match x.device() {
-        Device::Cpu => Ok(false),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(dev) => {
-            if !grn_resident() || x.rank() < 2 || x.numel() == 0 {
-                return Ok(false);
-            }
-            let (b, d) = (x.dim(0), x.dim(-1));
-            Ok(grn_resident_plan(&dev, x.dtype(), &[x.cuda_ptr()?], b, x.numel() / (b * d), d)?.is_some())
-        }
-    }
+    grn_impl(&x.view(x.shape())?, gamma, Some(beta), &mut stats, GrnOutput::InPlace(x, false))
 }
 
 /// GRN's factor `1 + γ·N(x)` (f32 `[B, D]`) without applying it, x unchanged: one pass that only
 /// reads x. See [`gelu_grn_factor`].
 pub fn grn_factor(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
-    grn_impl(x, gamma, None, &mut stats, GrnOutput::FactorOnly(&mut x.view(x.shape())?, false), GrnKernel::TwoPass)?;
+    grn_impl(x, gamma, None, &mut stats, GrnOutput::FactorOnly(&mut x.view(x.shape())?, false))?;
     Ok(stats)
 }
 
@@ -270,7 +230,7 @@ pub fn grn_factor(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
 /// (see [`scale_columns`]), when the weight is the smaller of the two.
 pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
     let mut stats = Tensor::empty(&[x.dim(0), x.dim(-1)], DType::F32, &x.device())?;
-    grn_impl(&x.view(x.shape())?, gamma, None, &mut stats, GrnOutput::FactorOnly(x, true), GrnKernel::TwoPass)?;
+    grn_impl(&x.view(x.shape())?, gamma, None, &mut stats, GrnOutput::FactorOnly(x, true))?;
     Ok(stats)
 }
 
@@ -279,24 +239,20 @@ pub fn gelu_grn_factor(x: &mut Tensor, gamma: &Tensor) -> Result<Tensor> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FusedGrnKernel {
     /// The fused GEMM where [`linear_gelu_grn_fused`] says so (asked for with
-    /// `CASCADE_GEMM_WGMMA=1` on compute capability 9.0, or timed faster under
-    /// `CASCADE_KERNEL_TUNE`, and the operands allow it); else Separate. Opt-in: measured on an H200 the fused kernel
-    /// reached 295 TFLOP/s on Stage C's MLP against cuBLASLt's 453 plus the sums pass, +2.9 ms
-    /// per Stage C step (docs/performance.md, thirteenth session).
+    /// `CASCADE_GEMM_WGMMA` on compute capability 9.0, or timed faster under
+    /// `CASCADE_KERNEL_TUNE`, and the operands allow it); else Separate. Opt-in until measured
+    /// (its first version, without TMA or warp specialisation, lost on an H200: 295 TFLOP/s on
+    /// Stage C's MLP against cuBLASLt's 453 plus the sums pass; docs/performance.md, thirteenth
+    /// session).
     Auto,
     /// cuBLASLt's GEMM, then GRN's sums pass (which applies the GELU in place).
     Separate,
-    /// `gemm_gelu_grn_bf16` (kernels/gemm.cu, sm_90a): one launch writes u, each 64-position
-    /// chunk's sums of squares, and the factor. bf16, K and N multiples of 8, positions per
-    /// sample a multiple of 64, 16-byte aligned x, w and u; an error where it cannot run.
-    Wgmma,
-    /// `gemm_gelu_grn_deep_bf16`: the same with four stages and one step's products in flight
-    /// while the next step's are issued, one block per SM (Auto takes it with
-    /// `CASCADE_GEMM_WGMMA=deep`).
-    WgmmaDeep,
-    /// `gemm_gelu_grn_ws_bf16`: the same tile and epilogue, warp-specialised: one warp brings
-    /// the operands in with TMA copies onto transaction barriers while the two multiplying
-    /// warpgroups keep one step's products in flight (Auto takes it with `CASCADE_GEMM_WGMMA=ws`).
+    /// `gemm_gelu_grn_ws_bf16` (kernels/gemm.cu, sm_90a): one launch writes u, each
+    /// 64-position chunk's sums of squares, and the factor, on 128 × 128 tiles. Warp-specialised:
+    /// one warp brings the operands in with TMA copies onto transaction barriers while the two
+    /// multiplying warpgroups keep one step's products in flight (Auto takes it with
+    /// `CASCADE_GEMM_WGMMA=ws` or `1`). bf16, K and N multiples of 8, positions per sample a
+    /// multiple of 64, 16-byte aligned x, w and u; an error where it cannot run.
     WgmmaWs,
     /// `gemm_gelu_grn_ws_deep_bf16`: the same with six stages and one block per SM (Auto takes
     /// it with `CASCADE_GEMM_WGMMA=ws_deep`).
@@ -321,7 +277,7 @@ pub enum FusedGrnKernel {
 }
 
 impl FusedGrnKernel {
-    /// The fused kernel that Auto takes: `CASCADE_GEMM_WGMMA=deep`, `ws`, `ws_deep`, `sk`,
+    /// The fused kernel that Auto takes: `CASCADE_GEMM_WGMMA=ws` (or `1`), `ws_deep`, `sk`,
     /// `ws_tall` or `ws_pair` name a version, any other request the first; without a request
     /// (`CASCADE_KERNEL_TUNE`) the warp-specialised one (read once). Beside `ws` (or no request),
     /// the stream-K and tall versions are checked too, beside `ws_pair` the tall one, and timing
@@ -329,19 +285,17 @@ impl FusedGrnKernel {
     pub fn requested() -> FusedGrnKernel {
         static K: std::sync::OnceLock<FusedGrnKernel> = std::sync::OnceLock::new();
         *K.get_or_init(|| match std::env::var("CASCADE_GEMM_WGMMA") {
-            Ok(v) => FusedGrnKernel::named(&v).unwrap_or(FusedGrnKernel::Wgmma),
+            Ok(v) => FusedGrnKernel::named(&v).unwrap_or(FusedGrnKernel::WgmmaWs),
             Err(_) => FusedGrnKernel::WgmmaWs,
         })
     }
 
-    /// The version a `CASCADE_GEMM_WGMMA` value asks for (`1`, `deep`, `ws`, `ws_deep`, `sk`,
+    /// The version a `CASCADE_GEMM_WGMMA` value asks for (`1` or `ws`, `ws_deep`, `sk`,
     /// `ws_tall`, `ws_pair`); None: a value that asks for none. The one list of the switch's
     /// values.
     pub fn named(value: &str) -> Option<FusedGrnKernel> {
         Some(match value.trim() {
-            "1" => FusedGrnKernel::Wgmma,
-            "deep" => FusedGrnKernel::WgmmaDeep,
-            "ws" => FusedGrnKernel::WgmmaWs,
+            "1" | "ws" => FusedGrnKernel::WgmmaWs,
             "ws_deep" => FusedGrnKernel::WgmmaWsDeep,
             "sk" => FusedGrnKernel::WgmmaSk,
             "ws_tall" => FusedGrnKernel::WgmmaWsTall,
@@ -359,15 +313,13 @@ impl FusedGrnKernel {
 #[cfg(feature = "cuda")]
 pub(crate) fn gemm_grn_smem(kernel: FusedGrnKernel) -> usize {
     const EPILOGUE_BYTES: usize = 128 * (128 * 2 + 16) + 8 * 128 * 4 + 2 * 128 * 4 + 4 * 4 + 16;
-    let (stages, barriers, scratch) = match kernel {
-        FusedGrnKernel::WgmmaDeep => (4, false, 0),
-        FusedGrnKernel::WgmmaWs => (3, true, 0),
-        FusedGrnKernel::WgmmaWsDeep => (6, true, 0),
-        FusedGrnKernel::WgmmaSk => (5, true, EPILOGUE_BYTES),
-        FusedGrnKernel::WgmmaWsTall | FusedGrnKernel::WgmmaWsPair => (4, true, 0),
-        _ => (3, false, 0),
+    let (stages, scratch) = match kernel {
+        FusedGrnKernel::WgmmaWsDeep => (6, 0),
+        FusedGrnKernel::WgmmaSk => (5, EPILOGUE_BYTES),
+        FusedGrnKernel::WgmmaWsTall | FusedGrnKernel::WgmmaWsPair => (4, 0),
+        _ => (3, 0),
     };
-    stages * (tile_rows(kernel) + 128) * 64 * 2 + 1024 + if barriers { 2 * stages * 8 } else { 0 } + scratch
+    stages * (tile_rows(kernel) + 128) * 64 * 2 + 1024 + 2 * stages * 8 + scratch
 }
 
 /// The rows of x in a fused kernel's tile: 128, or 256 for the tall and paired versions (two of
@@ -455,47 +407,36 @@ pub fn linear_gelu_grn_factor_into(
         };
         use crate::cuda::SharedMemoryOptIn;
         let smem = gemm_grn_smem(variant);
-        if matches!(
-            variant,
-            FusedGrnKernel::WgmmaWs | FusedGrnKernel::WgmmaWsDeep | FusedGrnKernel::WgmmaWsTall | FusedGrnKernel::WgmmaWsPair
-        ) {
-            // The operands as tensor maps, boxes of 128 (x: the tall version's 256) rows × 64
-            // columns (one 128-byte swizzle row each): made here, at launch (or capture), from
-            // the operands' addresses. The paired version copies 128 of its 256 rows per block.
-            let q = crate::cuda::params::GemmGrnTmaParams {
-                x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, if pair { 128 } else { x_rows as u32 }, 64)?,
-                w_map: crate::cuda::tensor_map_bf16(w.cuda_ptr()?, n, k, 128, 64)?,
-                g: p,
-            };
-            // Two consumer warpgroups and the producer warp (the tall and paired versions: four).
-            let (f, which, threads) = match variant {
-                FusedGrnKernel::WgmmaWsDeep => (&dev.kernels().gemm_gelu_grn_ws_deep_bf16, SharedMemoryOptIn::GemmGrnWsDeep, 288),
-                FusedGrnKernel::WgmmaWsTall => (&dev.kernels().gemm_gelu_grn_ws_tall_bf16, SharedMemoryOptIn::GemmGrnWsTall, 544),
-                FusedGrnKernel::WgmmaWsPair => (&dev.kernels().gemm_gelu_grn_ws_pair_bf16, SharedMemoryOptIn::GemmGrnWsPair, 544),
-                _ => (&dev.kernels().gemm_gelu_grn_ws_bf16, SharedMemoryOptIn::GemmGrnWs, 288),
-            };
-            dev.opt_in_shared_memory(f, which, smem)?;
-            if pair {
-                return dev.launch_cluster(f, grid, (threads, 1, 1), smem as u32, (2, 1, 1), &q);
-            }
-            return dev.launch(f, grid, (threads, 1, 1), smem as u32, &q);
-        }
-        let (f, which) = match variant {
-            FusedGrnKernel::WgmmaDeep => (&dev.kernels().gemm_gelu_grn_deep_bf16, SharedMemoryOptIn::GemmGrnDeep),
-            _ => (&dev.kernels().gemm_gelu_grn_bf16, SharedMemoryOptIn::GemmGrn),
+        // The operands as tensor maps, boxes of 128 (x: the tall version's 256) rows × 64
+        // columns (one 128-byte swizzle row each): made here, at launch (or capture), from
+        // the operands' addresses. The paired version copies 128 of its 256 rows per block.
+        let q = crate::cuda::params::GemmGrnTmaParams {
+            x_map: crate::cuda::tensor_map_bf16(x.cuda_ptr()?, m, k, if pair { 128 } else { x_rows as u32 }, 64)?,
+            w_map: crate::cuda::tensor_map_bf16(w.cuda_ptr()?, n, k, 128, 64)?,
+            g: p,
+        };
+        // Two consumer warpgroups and the producer warp (the tall and paired versions: four).
+        let (f, which, threads) = match variant {
+            FusedGrnKernel::WgmmaWsDeep => (&dev.kernels().gemm_gelu_grn_ws_deep_bf16, SharedMemoryOptIn::GemmGrnWsDeep, 288),
+            FusedGrnKernel::WgmmaWsTall => (&dev.kernels().gemm_gelu_grn_ws_tall_bf16, SharedMemoryOptIn::GemmGrnWsTall, 544),
+            FusedGrnKernel::WgmmaWsPair => (&dev.kernels().gemm_gelu_grn_ws_pair_bf16, SharedMemoryOptIn::GemmGrnWsPair, 544),
+            _ => (&dev.kernels().gemm_gelu_grn_ws_bf16, SharedMemoryOptIn::GemmGrnWs, 288),
         };
         dev.opt_in_shared_memory(f, which, smem)?;
-        return dev.launch(f, grid, (256, 1, 1), smem as u32, &p);
+        if pair {
+            return dev.launch_cluster(f, grid, (threads, 1, 1), smem as u32, (2, 1, 1), &q);
+        }
+        return dev.launch(f, grid, (threads, 1, 1), smem as u32, &q);
     }
     let _ = (fused, k);
     super::linear_into(x, w, bias, u)?;
-    grn_impl(&u.view(u.shape())?, gamma, None, factor, GrnOutput::FactorOnly(u, true), GrnKernel::TwoPass)
+    grn_impl(&u.view(u.shape())?, gamma, None, factor, GrnOutput::FactorOnly(u, true))
 }
 
 /// [`linear_gelu_grn_factor_into`] on the stream-K kernel ([`FusedGrnKernel::WgmmaSk`]) on
 /// `blocks` blocks (None: one per SM, at most one per 64-deep step of the product; tests pass a
 /// few, so that blocks take several tiles and tiles are cut into pieces at odd places): an error
-/// where it cannot run (what [`FusedGrnKernel::Wgmma`] takes).
+/// where it cannot run (what [`FusedGrnKernel::WgmmaWs`] takes).
 pub fn linear_gelu_grn_sk_into(
     x: &Tensor,
     w: &Tensor,
@@ -830,7 +771,7 @@ enum GrnOutput<'a> {
     FactorOnly(&'a mut Tensor, bool),
 }
 
-fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tensor, out: GrnOutput, kernel: GrnKernel) -> Result<()> {
+fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tensor, out: GrnOutput) -> Result<()> {
     if x.rank() < 2 {
         return Err(Error::Shape(format!("grn: x must be [B, …, D], got {:?}", x.shape())));
     }
@@ -860,7 +801,6 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
     check_device("grn", &x.device(), &[y])?;
     match x.device() {
         Device::Cpu => {
-            let _ = kernel; // one implementation on the CPU
             let mut v = x.cpu_f32()?.into_owned();
             if gelu {
                 v = crate::testing::round_to(&v.iter().map(|&a| cpu::gelu(a)).collect::<Vec<_>>(), x.dtype());
@@ -892,47 +832,6 @@ fn grn_impl(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, stats: &mut Tenso
             let (counters, capacity) = dev.completion_counters();
             if groups + 1 > capacity {
                 return Err(Error::Shape(format!("grn: {d} channels need more completion counters than the device keeps")));
-            }
-            // With β to apply (u read once, GRN(u) written once), the cooperative kernel where
-            // it is asked for and its grid fits on the card at once.
-            let resident = match (kernel, beta) {
-                (GrnKernel::TwoPass, _) => None,
-                (GrnKernel::Auto, _) if !grn_resident() => None,
-                (_, Some(beta)) => grn_resident_plan(&dev, dt, &[x0, y0, stats.cuda_ptr()?], b, n, d)?.map(|plan| (beta, plan)),
-                _ => None,
-            };
-            if kernel == GrnKernel::Resident && resident.is_none() {
-                return Err(Error::Shape(format!(
-                    "grn: the one-pass kernel cannot run {b}×{n}×{d} {dt:?} (it needs β, bf16, D % 8 == 0, 16-byte alignment, and a grid of chunks of at most 96 positions resident at once)"
-                )));
-            }
-            if let Some((beta, (chunk_rows, chunks))) = resident {
-                if b > capacity {
-                    return Err(Error::Shape(format!("grn: {b} samples need more completion counters than the device keeps")));
-                }
-                let part = Tensor::empty(&[b * chunks * d + b * groups], DType::F32, &x.device())?;
-                let rp = crate::cuda::params::GrnResidentParams {
-                    x: x0 as *const _,
-                    y: y0 as *mut _,
-                    part: part.cuda_ptr()? as *mut f32,
-                    scale: stats.cuda_ptr()? as *mut f32,
-                    group_sums: (part.cuda_ptr()? + (b * chunks * d * 4) as u64) as *mut f32,
-                    gamma: gamma.cuda_ptr()? as *const _,
-                    beta: beta.cuda_ptr()? as *const _,
-                    counters: counters as *mut u32,
-                    B: b as i32,
-                    N: n as i32,
-                    D: d as i32,
-                    chunk_rows: chunk_rows as i32,
-                    chunks: chunks as i32,
-                    gelu: gelu as i32,
-                };
-                let cfg = cudarc::driver::LaunchConfig {
-                    grid_dim: (groups as u32, chunks as u32, b as u32),
-                    block_dim: (32, 8, 1),
-                    shared_mem_bytes: (chunk_rows * 512) as u32,
-                };
-                return dev.launch_cooperative(&k.grn_resident_bf16, cfg, &rp);
             }
             // The samples are independent: as many per launch as the completion counters cover.
             let per_launch = capacity / (groups + 1);
@@ -1082,50 +981,6 @@ fn grn_short_tail() -> bool {
 fn grn_batched_remainder() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("CASCADE_GRN_REMAINDER").map_or(true, |v| v.trim() != "serial"))
-}
-
-/// Whether GRN with β to apply takes the cooperative one-pass kernel (`grn_resident_bf16`) where
-/// its grid fits: `CASCADE_GRN_RESIDENT=1` (read once). Off by default: measured on an H200 it
-/// lost, +0.2 ms per Stage C step and +0.9 ms per Stage B step (docs/performance.md, ninth
-/// session).
-#[cfg(feature = "cuda")]
-fn grn_resident() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CASCADE_GRN_RESIDENT").is_ok_and(|v| v.trim() == "1"))
-}
-
-/// The cooperative GRN kernel's chunks for `b` samples of `n` positions and `d` channels of type
-/// `dt` whose buffers start at `ptrs` (`(chunk_rows, chunks)`), or None where it cannot run: it
-/// takes bf16 with D a multiple of 8 and every buffer 16-byte aligned; every block holds its
-/// chunk_rows × 256 channels in shared memory (at most 48 KiB, 96 rows) and the whole grid must be
-/// resident at once. Sized like grn_partial's chunks (one wave), for the most blocks per SM (up to
-/// the kernel's launch bound of four) that the driver says fit.
-#[cfg(feature = "cuda")]
-fn grn_resident_plan(
-    dev: &crate::cuda::CudaDevice,
-    dt: DType,
-    ptrs: &[u64],
-    b: usize,
-    n: usize,
-    d: usize,
-) -> Result<Option<(usize, usize)>> {
-    if dt != DType::BF16 || d % 8 != 0 || b == 0 || ptrs.iter().any(|p| p % 16 != 0) {
-        return Ok(None);
-    }
-    let columns = d.div_ceil(256) * b;
-    for per_sm in (1..=4usize).rev() {
-        let slots = dev.multiprocessors() * per_sm;
-        let rows = grn_chunk_rows().unwrap_or_else(|| grn_wave_chunk_rows(n, columns, slots));
-        let smem = rows * 512;
-        if smem > 48 << 10 {
-            return Ok(None); // fewer blocks per SM only take more rows each
-        }
-        let chunks = n.div_ceil(rows).max(1);
-        if columns * chunks <= slots && dev.resident_blocks_per_sm(&dev.kernels().grn_resident_bf16, 256, smem)? >= per_sm {
-            return Ok(Some((rows, chunks)));
-        }
-    }
-    Ok(None)
 }
 
 /// Positions per chunk of grn_partial when `CASCADE_GRN_CHUNK` in the environment fixes them (a
