@@ -10,6 +10,7 @@
 #     mode, PyTorch's SDPA and the card's ceilings, diffusers side by side, the Nsight Compute
 #     profile, and the stages bench with cuBLASLt's untuned choice.
 #
+# DRY=1 prints what each step would run (its CASCADE_* environment and command) and runs none.
 # Switches (1 runs, 0 skips): TESTS=1 VARIANT_TESTS=1 BENCH=1 FIDELITY=0 FIDELITY_WGMMA=0 FIDELITY_TUNE=0 FIDELITY_ATTENTION=0 SANITIZE=0 SIDE_BY_SIDE=0
 # PROFILE=0 GEMM_TUNE_AB=0 (FIDELITY_WGMMA=ws or ws_deep: with a warp-specialised version of the fused GEMM); ALL=1 turns every one on (STAGE_VARIANTS, below, lists A/B environments). DEADLINE=seconds bounds the whole run: each step is
 # cut to what is left and a step that would start too late is reported as skipped, so the
@@ -75,6 +76,14 @@ step() {
     fi
     local t0=$(date +%s)
     echo "[$((t0 - start_ts))s] $name: start (cap ${cap}s)"
+    if [ "${DRY:-0}" = 1 ]; then
+        # DRY=1: what each step would run (its CASCADE_* environment and command), nothing run.
+        echo "    $(env | grep -E '^CASCADE_' | grep -v '^CASCADE_ROOT=' | sort | tr '\n' ' ')$*"
+        echo 0 > "$logs/$name.rc"
+        echo 0 > "$logs/$name.secs"
+        : > "$logs/$name.log"
+        return 0
+    fi
     timeout -k 10 "$cap" "$@" > "$logs/$name.log" 2>&1
     local rc=$?
     echo $rc > "$logs/$name.rc"
@@ -82,12 +91,10 @@ step() {
     echo "[$(($(date +%s) - start_ts))s] $name: rc $rc"
     return $rc
 }
-# vetting_test ENV: the phase-1 test step that vets the opt-in kernel ENV turns on, printed only
-# when that step ran and did not pass (a fault, wrong results, or a hang cut off at its cap).
-# Phase 2 skips such a variant: its timings would mean nothing, and a kernel that hangs would
-# hold the card until the step's cap, taking the rest of the call with it.
-vetting_test() {
-    local t= one
+# vetting_steps ENV: the phase-1 test steps (without "test-") that vet the opt-in kernels ENV
+# turns on.
+vetting_steps() {
+    local t=
     # Every switch in ENV adds its step (a variant may combine several).
     case $1 in
         # Kernel choice by timing may take any kernel awaiting measurement.
@@ -102,7 +109,15 @@ vetting_test() {
     case $1 in *CASCADE_GEMM_SKINNY=*) t="$t kernels-skinny" ;; esac
     case $1 in *CASCADE_DW_STRIPS=*) t="$t kernels-dwstrips" ;; esac
     case $1 in *CASCADE_PDL=*) t="$t pipeline-pdl" ;; esac
-    for one in $t; do
+    echo "$t"
+}
+# vetting_test ENV: the phase-1 test step that vets the opt-in kernel ENV turns on, printed only
+# when that step ran and did not pass (a fault, wrong results, or a hang cut off at its cap).
+# Phase 2 skips such a variant: its timings would mean nothing, and a kernel that hangs would
+# hold the card until the step's cap, taking the rest of the call with it.
+vetting_test() {
+    local one
+    for one in $(vetting_steps "$1"); do
         if [ -f "$logs/test-$one.rc" ] && [ "$(cat "$logs/test-$one.rc")" != 0 ]; then
             echo "test-$one"
             return
@@ -127,6 +142,34 @@ row() { # NAME [DETAIL]: one summary line from the step's files
     printf '%-30s %-7s %5ss  %s\n' "$name" "$status" "$secs" "$detail"
 }
 
+# VARIANT_TESTS=needed runs only the opt-in kernels' test steps that vet this call's timing
+# variants (STAGE_VARIANTS, the ops bench's OPS_VARIANTS when BENCHES has ops, FIDELITY_WGMMA,
+# FIDELITY_TUNE): fewer processes beside the ones that matter, for a call that measures a few
+# variants whose kernels are the only ones changed since the others passed on a GPU.
+needed=" "
+if [ "${VARIANT_TESTS:-1}" = needed ]; then
+    envs=(${STAGE_VARIANTS:-})
+    [ "${FIDELITY_WGMMA:-0}" != 0 ] && envs+=("CASCADE_GEMM_WGMMA=$FIDELITY_WGMMA")
+    on FIDELITY_TUNE 0 && envs+=(CASCADE_KERNEL_TUNE=1)
+    if [[ " ${BENCHES:-ops stages} " == *" ops "* ]]; then
+        for v in ${OPS_VARIANTS:-gemmwg pair split wgmma2 tma dw dwroll skinny}; do
+            case $v in
+                gemmwg) envs+=(CASCADE_GEMM_WGMMA=ws) ;;
+                pair) envs+=(CASCADE_GEMM_WGMMA=ws_pair) ;;
+                split | wgmma2) envs+=(CASCADE_ATTENTION_SPLIT=1) ;;
+                tma) envs+=(CASCADE_ATTENTION_COPY=tma) ;;
+                dw) envs+=(CASCADE_DW_STRIPS=narrow) ;;
+                dwroll) envs+=(CASCADE_DW_TILE=roll) ;;
+                skinny) envs+=(CASCADE_GEMM_SKINNY=1) ;;
+            esac
+        done
+    fi
+    for e in ${envs[@]+"${envs[@]}"}; do needed="$needed$(vetting_steps "$e") "; done
+    echo "variant test steps needed:" $(printf '%s\n' $needed | sort -u)
+fi
+# variant_test NAME: whether the opt-in kernels' test step test-NAME runs.
+variant_test() { [ "${VARIANT_TESTS:-1}" = 1 ] || [[ $needed == *" $1 "* ]]; }
+
 # ---- phase 1: correctness ----
 # Every fidelity run and the side by side need diffusers from the bundle's wheels.
 if on FIDELITY 0 || on SIDE_BY_SIDE 0 || on FIDELITY_TUNE 0 || on FIDELITY_ATTENTION 0 || [ "${FIDELITY_WGMMA:-0}" != 0 ]; then
@@ -148,22 +191,30 @@ for name in "${tests[@]}"; do
     pids+=($!)
 done
 # VARIANT_TESTS=0 skips the opt-in kernels' test steps below (the pipeline without the wgmma
-# attention kernels still runs): for a short call after they have passed on the card.
-if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
+# attention kernels still runs): for a short call after they have passed on the card; =needed
+# runs only those this call's variants need (above).
+if on TESTS 1 && [ "${VARIANT_TESTS:-1}" != 0 ] && [ -x "$bundle/tests/kernels" ]; then
     # The tiled depthwise kernel wherever it can run (CASCADE_DW_TILE=force), on every shape of
     # the depthwise test (the default takes it only for large images); then the rolling one
     # (opt-in: CASCADE_DW_TILE=roll) in short blocks wherever it can run, and as its plan cuts
     # Stage A's real launches (one wave of long blocks), in one process after the other.
-    tests+=(kernels-dwtile kernels-dwroll)
-    CASCADE_DW_TILE=force step test-kernels-dwtile "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
-    pids+=($!)
-    step test-kernels-dwroll "${TEST_TIMEOUT:-300}" bash -c "CASCADE_DW_TILE=roll-force '$bundle/tests/kernels' --include-ignored --nocapture depthwise && CASCADE_DW_TILE=roll CASCADE_SHAPES=stage_a '$bundle/tests/kernels' --include-ignored --nocapture depthwise" &
-    pids+=($!)
+    if variant_test kernels-dwtile; then
+        tests+=(kernels-dwtile)
+        CASCADE_DW_TILE=force step test-kernels-dwtile "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
+        pids+=($!)
+    fi
+    if variant_test kernels-dwroll; then
+        tests+=(kernels-dwroll)
+        step test-kernels-dwroll "${TEST_TIMEOUT:-300}" bash -c "CASCADE_DW_TILE=roll-force '$bundle/tests/kernels' --include-ignored --nocapture depthwise && CASCADE_DW_TILE=roll CASCADE_SHAPES=stage_a '$bundle/tests/kernels' --include-ignored --nocapture depthwise" &
+        pids+=($!)
+    fi
     # The wide-strip depthwise kernels wherever the parked-weight ones run (CASCADE_DW_STRIPS=wide;
     # by default they run only where they save a wave, Stage C's shape).
-    tests+=(kernels-dwstrips)
-    CASCADE_DW_STRIPS=wide step test-kernels-dwstrips "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
-    pids+=($!)
+    if variant_test kernels-dwstrips; then
+        tests+=(kernels-dwstrips)
+        CASCADE_DW_STRIPS=wide step test-kernels-dwstrips "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture depthwise &
+        pids+=($!)
+    fi
     # The fused fc1 + GRN-statistics wgmma GEMM (opt-in: CASCADE_GEMM_WGMMA=ws), all five
     # versions (the warp-specialised TMA ones, the stream-K one, also on a few blocks, and the
     # one on 256-row tiles included), beside the separate path on the odd
@@ -172,18 +223,22 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     # stream-K fc2 with GRN's factor on its input (opt-in: CASCADE_GEMM_WS_FC2=1) on every real
     # ResBlock's fc2 and the odd shapes (also without a factor: CASCADE_GEMM_SK=1, residual
     # products with few tiles); then the linear tests and the pipeline tests with all of them on.
-    tests+=(kernels-gemmwg)
-    step test-kernels-gemmwg "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1 CASCADE_GEMM_SK=1; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu linear_scaled && '$bundle/tests/linear' --include-ignored --nocapture gpu_ && CASCADE_GEMM_WGMMA=ws '$bundle/tests/pipeline' --include-ignored --nocapture" &
-    pids+=($!)
+    if variant_test kernels-gemmwg; then
+        tests+=(kernels-gemmwg)
+        step test-kernels-gemmwg "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1 CASCADE_GEMM_SK=1; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu linear_scaled && '$bundle/tests/linear' --include-ignored --nocapture gpu_ && CASCADE_GEMM_WGMMA=ws '$bundle/tests/pipeline' --include-ignored --nocapture" &
+        pids+=($!)
+    fi
     # The fused GEMM's paired version (clusters of two blocks sharing x's copy by TMA multicast;
     # opt-in: CASCADE_GEMM_WGMMA=ws_pair, the only switch that checks or runs it until it has run
     # on a GPU) alone on the odd shapes and every real ResBlock's fc1, then the pipeline tests
     # with it: a step of its own, so that a cluster kernel that hangs takes only its own
     # variants with it, and a light one beside test-kernels-gemmwg.
-    tests+=(kernels-pair)
     # Last, how many pairs the card holds at once (its GPCs may leave SMs out), for the summary.
-    step test-kernels-pair "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=ws_pair; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu_grn && '$bundle/tests/pipeline' --include-ignored --nocapture && '$bundle/bin/cascade' device | grep 'pairs resident'" &
-    pids+=($!)
+    if variant_test kernels-pair; then
+        tests+=(kernels-pair)
+        step test-kernels-pair "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_WGMMA=ws_pair; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu_grn && '$bundle/tests/pipeline' --include-ignored --nocapture && '$bundle/bin/cascade' device | grep 'pairs resident'" &
+        pids+=($!)
+    fi
     # The split-key and the two-warpgroup wgmma attention kernels (opt-in:
     # CASCADE_ATTENTION_SPLIT=1, CASCADE_ATTENTION=wgmma2) on every attention shape, then the
     # pipeline tests with every unmasked attention split in two (CASCADE_ATTENTION_SPLIT=2: the
@@ -192,20 +247,26 @@ if on TESTS 1 && on VARIANT_TESTS 1 && [ -x "$bundle/tests/kernels" ]; then
     # The skinny GEMM (opt-in: CASCADE_GEMM_SKINNY=1) on every linear shape it takes (CLIP's,
     # the odd ones), with its GELU and residual epilogues, then the pipeline tests, whose tiny
     # models send most of their products through it.
-    tests+=(kernels-skinny)
-    step test-kernels-skinny "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_SKINNY=1; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu && '$bundle/tests/linear' --include-ignored --nocapture gpu_ && '$bundle/tests/pipeline' --include-ignored --nocapture" &
-    pids+=($!)
-    tests+=(kernels-split)
-    CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 step test-kernels-split "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
-    pids+=($!)
+    if variant_test kernels-skinny; then
+        tests+=(kernels-skinny)
+        step test-kernels-skinny "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_GEMM_SKINNY=1; '$bundle/tests/kernels' --include-ignored --nocapture linear_gelu && '$bundle/tests/linear' --include-ignored --nocapture gpu_ && '$bundle/tests/pipeline' --include-ignored --nocapture" &
+        pids+=($!)
+    fi
+    if variant_test kernels-split; then
+        tests+=(kernels-split)
+        CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 step test-kernels-split "${TEST_TIMEOUT:-300}" "$bundle/tests/kernels" --include-ignored --nocapture attention &
+        pids+=($!)
+    fi
     # The wgmma attention kernels whose K and V tiles TMA copies (opt-in:
     # CASCADE_ATTENTION_COPY=tma), the split-key ones included (CASCADE_ATTENTION_SPLIT=1),
     # against the cp.async ones and the CPU, then on every attention shape (the explicit wgmma
     # kernels take the copies), then the pipeline tests with them.
-    tests+=(kernels-tma)
-    step test-kernels-tma "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SPLIT=1; '$bundle/tests/kernels' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture" &
-    pids+=($!)
-    if [ -x "$bundle/tests/pipeline" ]; then
+    if variant_test kernels-tma; then
+        tests+=(kernels-tma)
+        step test-kernels-tma "${TEST_TIMEOUT:-300}" bash -c "export CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SPLIT=1; '$bundle/tests/kernels' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture" &
+        pids+=($!)
+    fi
+    if [ -x "$bundle/tests/pipeline" ] && variant_test kernels-split; then
         tests+=(pipeline-split pipeline-wgmma2)
         CASCADE_ATTENTION_SPLIT=2 step test-pipeline-split "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
         pids+=($!)
@@ -217,7 +278,7 @@ fi
 # configurations.
 if on TESTS 1 && [ -x "$bundle/tests/pipeline" ]; then
     # Programmatic dependent launches (opt-in: CASCADE_PDL=1), every kernel launched that way.
-    if on VARIANT_TESTS 1; then
+    if [ "${VARIANT_TESTS:-1}" != 0 ] && variant_test pipeline-pdl; then
         tests+=(pipeline-pdl)
         CASCADE_PDL=1 step test-pipeline-pdl "${TEST_TIMEOUT:-300}" "$bundle/tests/pipeline" --include-ignored --nocapture &
         pids+=($!)
