@@ -117,7 +117,7 @@ pub const GRN: &[GrnShape] = &[
     // Wide rows: the last block's factor pass takes several steps of 1024 channels, the last partial.
     GrnShape { name: "odd_vec_wide", b: 2, n: 24, d: 4616 },
     // Three samples, a partial third group, five chunks with the last 13 positions: the
-    // one-pass kernel's grid-wide waits per sample.
+    // completion counters per sample.
     GrnShape { name: "odd_vec_three", b: 3, n: 77, d: 520 },
 ];
 
