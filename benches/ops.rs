@@ -391,11 +391,24 @@ fn main() {
                         use ops::AttentionKernel::*;
                         matches!(k, Wgmma | WgmmaSharedQ | WgmmaSplit(_) | WgmmaSharedQSplit(_))
                     };
+                    // ... and, where asked for (CASCADE_ATTENTION_COPY=pair), with the copies shared by
+                    // clusters of two blocks (the unsplit kernels, unmasked shapes), in the same process.
+                    let paired = matches!(&dev, cascade::Device::Cuda(d) if d.pair_attention()) && !s.masked;
                     for &(kernel, label) in wgmma_kernels.iter().filter(|(k, _)| with_tma(k)) {
-                        for lean in [false, true] {
-                            let tma = ops::WgmmaOptions { tma_copies: Some(true), lean_softmax: Some(lean), ..Default::default() };
+                        let pairs = paired && matches!(kernel, ops::AttentionKernel::Wgmma | ops::AttentionKernel::WgmmaSharedQ);
+                        for (pair, lean) in [(false, false), (false, true), (true, false), (true, true)] {
+                            if pair && !pairs {
+                                continue;
+                            }
+                            let tma = ops::WgmmaOptions {
+                                tma_copies: Some(true),
+                                pair_copies: Some(pair),
+                                lean_softmax: Some(lean),
+                                ..Default::default()
+                            };
                             let row = format!(
-                                "{label}_tma{}/{}/{}x{}x{}x{}/{dtype}",
+                                "{label}_tma{}{}/{}/{}x{}x{}x{}/{dtype}",
+                                if pair { "_pair" } else { "" },
                                 if lean { "_lean" } else { "" },
                                 s.name,
                                 s.b,

@@ -172,8 +172,9 @@ type AbSetting = (String, cascade::ops::WgmmaOptions, cascade::ops::GemmOptions)
 
 /// The settings `CASCADE_BENCH_AB` lists (see main), the all-off one first; empty when unset,
 /// or after saying why not (an unknown feature, or one whose kernels did not pass their start-up
-/// check: its environment switch asks for that check). Features: the attention's `tma` copies,
-/// `lean` softmax and narrow `tail`; the GEMMs' fused `fc1` + GRN statistics (`fc1sk`: its
+/// check: its environment switch asks for that check). Features: the attention's `tma` copies
+/// (`pair`: in clusters of two blocks sharing each tile's copy; under `CASCADE_ATTENTION_COPY=pair`
+/// the base setting has the unpaired copies), `lean` softmax and narrow `tail`; the GEMMs' fused `fc1` + GRN statistics (`fc1sk`: its
 /// stream-K version, `fc1tall`: its version on 256-row tiles, `fc1pair`: those tiles in pairs
 /// sharing x's copy), stream-K `fc2`,
 /// stream-K residual products `sk`, CLIP's `skinny` GEMM and Stage A's `wsgelu` (fc1 and GELU on
@@ -184,6 +185,7 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
     let items: Vec<Vec<&str>> = spec.split(',').map(|i| i.split('+').map(str::trim).collect()).collect();
     let features = [
         ("tma", cuda.tma_attention(), "CASCADE_ATTENTION_COPY=tma"),
+        ("pair", cuda.pair_attention(), "CASCADE_ATTENTION_COPY=pair"),
         ("lean", cuda.lean_softmax(), "CASCADE_ATTENTION_SOFTMAX=lean"),
         ("tail", cuda.narrow_tail(), "CASCADE_ATTENTION_TAIL unset"),
         ("fc1", cuda.wgmma_gemm(), "CASCADE_GEMM_WGMMA=ws (or 1, ws_deep)"),
@@ -199,7 +201,7 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
         match features.iter().find(|x| x.0 == *f) {
             None => {
                 println!(
-                    "AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, lean, tail, fc1, fc1sk, fc1tall, fc1pair, fc2, sk, skinny, wsgelu)"
+                    "AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, pair, lean, tail, fc1, fc1sk, fc1tall, fc1pair, fc2, sk, skinny, wsgelu)"
                 );
                 return Vec::new();
             }
@@ -216,7 +218,12 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
     let setting = |on: &[&str]| {
         let pick = |f: &str| used(f).then(|| on.contains(&f));
         (
-            cascade::ops::WgmmaOptions { tma_copies: pick("tma"), lean_softmax: pick("lean"), narrow_tail: pick("tail") },
+            cascade::ops::WgmmaOptions {
+                tma_copies: pick("tma"),
+                pair_copies: pick("pair"),
+                lean_softmax: pick("lean"),
+                narrow_tail: pick("tail"),
+            },
             cascade::ops::GemmOptions {
                 // fc1, fc1sk, fc1tall and fc1pair: the fused fc1 in its requested, stream-K, tall
                 // and paired versions.

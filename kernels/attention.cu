@@ -479,6 +479,13 @@ extern "C" __global__ void __maxnreg__(200) attention_mma32_w5_bf16(AttentionPar
 // the four lanes of a row at the end.
 #define WG_KT 64          // keys per tile
 #define WG_TILE 8192      // bytes of one 64 × 64 bf16 tile
+// A wgmma attention block's shared memory: K's and V's two slots (and Q's tile with qs), the
+// lean softmax's ones and 1 KiB to align the tiles (or the alignment alone), TMA's `full`
+// barriers, and the paired kernels' `empty` ones. Those take it as dynamic shared memory
+// (src/ops/attention.rs, PAIR_SMEM, gives the same figures).
+__host__ __device__ constexpr int attention_smem_bytes(bool qs, bool ones, bool tma, bool pair) {
+    return (qs ? 5 : 4) * WG_TILE + (ones ? 2048 : 1024) + (tma ? 16 : 0) + (pair ? 16 : 0);
+}
 #ifdef CASCADE_WGMMA
 // This thread's two rows (g and g + 8 of its warp's 16): running maxima of the unscaled scores
 // and this thread's part of the row sums.
@@ -599,9 +606,19 @@ __device__ __forceinline__ void wg_rescale(const AttentionParams& p, float (&o)[
 // instead of eight cp.async per thread with their addresses, a wait and a block barrier: fewer
 // instructions per tile in a kernel whose issue slots bound it, and one block barrier per tile
 // instead of two.
-template <bool QS, bool SPLIT, int WG = 1, bool TMA = false>
+// PAIR (with TMA, one warpgroup, no split, no causal mask: the launcher's conditions): blocks in
+// clusters of two along x, two neighbouring query blocks of one head, which read the same K and V
+// tiles. Each block copies one of a tile's two operands (rank 0 K, rank 1 V) into both blocks'
+// slot by TMA multicast, so a tile is read from L2 once per 128 queries instead of once per 64:
+// 8 KiB a block and tile instead of 16. A slot is refilled only when both blocks have read it:
+// each block's `empty` barrier of the slot expects an arrival from its own thread 0 and one
+// from the other block's. A block past the last query (the grid's x rounded up to even) copies
+// and waits like the other but computes nothing. Dynamic shared memory (the launch gives
+// attention_smem_bytes), so that the emulator can map it between the blocks.
+template <bool QS, bool SPLIT, int WG = 1, bool TMA = false, bool PAIR = false>
 __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, const AttentionTmaParams* tq = nullptr) {
     static_assert(WG == 1 || (WG == 2 && !QS), "one or two warpgroups; two hold Q in registers");
+    static_assert(!PAIR || (TMA && !SPLIT && WG == 1), "pairs copy by TMA, one warpgroup a block, all keys");
     constexpr int THREADS = 128 * WG;
     // K and V of two slots each (then Q), then 1 KiB of bf16 ones (the lean softmax's row sums:
     // one swizzle atom, so the descriptor reads ones wherever it points), on a 1024-byte boundary
@@ -610,9 +627,15 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
     // cp.async copies, whose kernels run five blocks per SM (at most 102 registers), where four
     // more spill; with TMA copies they fit (the copies' addresses are gone: 94 registers).
     constexpr bool ONES = !QS || TMA;
-    __shared__ __align__(1024) unsigned char smem_raw[(QS ? 5 : 4) * WG_TILE + (ONES ? 2048 : 1024) + (TMA ? 16 : 0)];
+    constexpr int SMEM = attention_smem_bytes(QS, ONES, TMA, PAIR);
+    __shared__ __align__(1024) unsigned char smem_static[PAIR ? 16 : SMEM];
+    extern __shared__ uint4 attention_dynamic_smem[];  // (PAIR only: SMEM bytes)
+    unsigned char* const smem_raw = PAIR ? (unsigned char*)attention_dynamic_smem : smem_static;
     unsigned char* const tiles = align_1024(smem_raw);
-    uint64_t* const kv_full = (uint64_t*)(smem_raw + sizeof(smem_raw) - 16);  // (TMA only)
+    // TMA: the two slots' `full` barriers in the last 16 bytes; PAIR: their `empty` barriers
+    // in the 16 before.
+    uint64_t* const kv_full = (uint64_t*)(smem_raw + SMEM - 16);
+    uint64_t* const kv_empty = kv_full - 2;
     unsigned char* const ones = tiles + (QS ? 5 : 4) * WG_TILE;
     const bool tc_sums = ONES && p.lean_softmax;
     if (ONES)  // made visible to the tensor cores by the fence and barrier before the first products
@@ -684,10 +707,19 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
     const int tile_end = SPLIT ? min(tiles_n, tile_begin + p.split_tiles) : tiles_n;
     // TMA: keys [k0, k0 + 64) of K and V into a slot, from the key source that holds them (a
     // second source starts on a tile), announced on the slot's barrier. One thread.
+    // PAIR: this block's operand only, into both blocks (the barrier still expects both tiles).
+    const unsigned rank = PAIR ? cluster_ctarank() : 0;
     auto tma_tile = [&](int slot, int k0) {
         mbar_arrive_expect_tx(&kv_full[slot], 2 * WG_TILE);
         const bool first = k0 < p.Lk;
         const int row = first ? k0 : k0 - p.Lk;
+        if (PAIR) {
+            const bool k = rank == 0;
+            const TensorMap* map = k ? (first ? &tq->k_map : &tq->k2_map) : (first ? &tq->v_map : &tq->v2_map);
+            const int col = k ? (first ? tq->k_col : tq->k2_col) : (first ? tq->v_col : tq->v2_col);
+            tma_load_3d_multicast(k ? ktile(slot) : vtile(slot), map, col + h * HEAD_DIM, row, b, &kv_full[slot], 0x3);
+            return;
+        }
         tma_load_3d(ktile(slot), first ? &tq->k_map : &tq->k2_map, (first ? tq->k_col : tq->k2_col) + h * HEAD_DIM, row, b, &kv_full[slot]);
         tma_load_3d(vtile(slot), first ? &tq->v_map : &tq->v2_map, (first ? tq->v_col : tq->v2_col) + h * HEAD_DIM, row, b, &kv_full[slot]);
     };
@@ -695,6 +727,10 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
         if (threadIdx.x == 0) {
             mbar_init(&kv_full[0], 1);
             mbar_init(&kv_full[1], 1);
+            if (PAIR) {
+                mbar_init(&kv_empty[0], 2);
+                mbar_init(&kv_empty[1], 2);
+            }
             mbar_init_fence();
         }
     } else {
@@ -757,14 +793,25 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
         cp_async_wait<0>();
         fence_proxy_async_shared();
         __syncthreads();
+        if (PAIR) {
+            // The other block's barriers are initialised before this block's copies reach them.
+            cluster_arrive();
+            cluster_wait();
+        }
         if (threadIdx.x == 0 && tile_begin < tile_end) tma_tile(0, tile_begin * WG_KT);
     }
+    // PAIR: the block past the last query copies and waits, and computes nothing.
+    const bool idle = PAIR && qblk * 64 >= p.Lq;
     for (int tile = tile_begin; tile < tile_end; tile++) {
         const int slot = (tile - tile_begin) & 1, k0 = tile * WG_KT;
         if (TMA) {
-            // The other slot was freed by the barrier that ended the previous tile: the next
-            // tile's copies go now, under this tile's products and softmax.
-            if (threadIdx.x == 0 && tile + 1 < tile_end) tma_tile(slot ^ 1, k0 + WG_KT);
+            // The other slot was freed by the barrier that ended the previous tile (PAIR: in both
+            // blocks, its `empty` phase of that tile): the next tile's copies go now, under this
+            // tile's products and softmax.
+            if (threadIdx.x == 0 && tile + 1 < tile_end) {
+                if (PAIR && tile > tile_begin) mbar_wait(&kv_empty[slot ^ 1], ((tile - 1 - tile_begin) >> 1) & 1);
+                tma_tile(slot ^ 1, k0 + WG_KT);
+            }
             mbar_wait(&kv_full[slot], ((tile - tile_begin) >> 1) & 1);
         } else if (tile + 1 < tile_end) {
             copy_tile(ktile(slot ^ 1), kbase, kbase2, k0 + WG_KT);
@@ -794,7 +841,8 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
             wgmma_fence_operands(o);
             wgmma_fence_operands(lsum);
         };
-        if (tile + 1 < tiles_n || tail_keys > 32) {
+        if (idle) {
+        } else if (tile + 1 < tiles_n || tail_keys > 32) {
             float s[32];
             uint32_t pa[4][4];
             work(s, pa);
@@ -808,6 +856,16 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
             work(s, pa);
         }
         __syncthreads();  // this slot is read: the next tile may refill it
+        if (PAIR && threadIdx.x == 0) {
+            // ... in both blocks: this block's reads of it come before these arrivals.
+            mbar_arrive(&kv_empty[slot]);
+            mbar_arrive_cluster(&kv_empty[slot], rank ^ 1);
+        }
+    }
+    if (PAIR) {
+        // Neither block ends while the other may still copy into it or arrive on its barriers.
+        cluster_arrive();
+        cluster_wait();
     }
 
     if (tile_begin == tile_end) cp_async_wait<0>();  // no keys at all: nothing was waited for (the output is zeros)
@@ -895,10 +953,10 @@ template <bool QS, bool SPLIT, int WG = 1> __device__ __forceinline__ void atten
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) { attention_wgmma_entry<false, false>(p); }
 // The same two with K and V copied by TMA (AttentionTmaParams; opt-in until measured:
 // CASCADE_ATTENTION_COPY=tma, or timed under CASCADE_KERNEL_TUNE).
-template <bool QS, bool SPLIT = false> __device__ __forceinline__ void attention_wgmma_tma_entry(const AttentionTmaParams& q) {
+template <bool QS, bool SPLIT = false, bool PAIR = false> __device__ __forceinline__ void attention_wgmma_tma_entry(const AttentionTmaParams& q) {
     pdl_enter();
 #ifdef CASCADE_WGMMA
-    attention_wgmma_body<QS, SPLIT, 1, true>(q.p, &q);
+    attention_wgmma_body<QS, SPLIT, 1, true, PAIR>(q.p, &q);
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
@@ -906,6 +964,15 @@ extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_tma_bf16(co
 }
 extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
     attention_wgmma_tma_entry<true>(q);
+}
+// ... in clusters of two neighbouring query blocks of one head, each block copying one of a
+// tile's two operands into both (PAIR above; opt-in until measured: CASCADE_ATTENTION_COPY=pair).
+// Half the K and V traffic from L2 of the two above: whether that traffic bounds the kernel.
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_pair_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
+    attention_wgmma_tma_entry<false, false, true>(q);
+}
+extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_pair_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
+    attention_wgmma_tma_entry<true, false, true>(q);
 }
 // ... and the split-key versions (both switches, or timed under CASCADE_KERNEL_TUNE).
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_split_tma_bf16(const __grid_constant__ AttentionTmaParams q) {

@@ -655,6 +655,18 @@ __device__ __forceinline__ void tma_load_2d_multicast(void* dst, const TensorMap
         : "memory");
 #endif
 }
+// The same for a rank-3 map (tma_load_3d's box) into every block of the cluster in `mask`.
+__device__ __forceinline__ void tma_load_3d_multicast(void* dst, const TensorMap* map, int c0, int c1, int c2, uint64_t* bar, uint16_t mask) {
+#ifdef CASCADE_EMU
+    emu_tma_load_3d_multicast(dst, map, c0, c1, c2, bar, mask);
+#else
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(
+            (unsigned)__cvta_generic_to_shared(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"((unsigned)__cvta_generic_to_shared(bar)), "h"(mask)
+        : "memory");
+#endif
+}
 #endif  // wgmma
 
 // ---- Last block to finish --------------------------------------------------------------------

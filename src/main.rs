@@ -610,6 +610,11 @@ fn device(name: &str) -> Result<()> {
                 cascade::cuda::attention_copy_requested() == Some(true),
                 c.tma_attention(),
             ),
+            (
+                "those copies shared by pairs of blocks (CASCADE_ATTENTION_COPY=pair; checked only where asked for)",
+                cascade::cuda::attention_pair_requested(),
+                c.pair_attention(),
+            ),
         ];
         for (what, asked, checked) in pending {
             let state = match (asked, checked, tuning.on()) {

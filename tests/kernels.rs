@@ -836,7 +836,12 @@ fn attention_narrow_tail_kernel() {
                 let mut outputs = Vec::new();
                 for narrow in [false, true] {
                     let (mut o, whole) = poisoned(&[b, lq, c], DType::BF16, &dev).unwrap();
-                    let options = ops::WgmmaOptions { lean_softmax: Some(lean), narrow_tail: Some(narrow), tma_copies: Some(false) };
+                    let options = ops::WgmmaOptions {
+                        lean_softmax: Some(lean),
+                        narrow_tail: Some(narrow),
+                        tma_copies: Some(false),
+                        pair_copies: Some(false),
+                    };
                     ops::attention_into_with_options(&q, &k1, &v1, heads, 0.125, m, kernel, options, &mut o).unwrap();
                     let got = o.to_vec_f32().unwrap();
                     let variant = format!("{name}{}{}", if lean { " lean" } else { "" }, if narrow { " narrow" } else { "" });
@@ -862,7 +867,10 @@ fn attention_narrow_tail_kernel() {
 /// plane of the maps, rows past its last keys zeros), one key source with its last tile partial,
 /// a single tile, causal with padding; and as the UNets pass them, q, k and v packed in one
 /// projection's rows (the head's columns by coordinate), with a second packed source of condition
-/// keys starting on a tile. A second source that does not start on a tile is refused.
+/// keys starting on a tile. A second source that does not start on a tile is refused. Where the
+/// paired copies passed their start-up check (`CASCADE_ATTENTION_COPY=pair`), also with them
+/// (clusters of two query blocks sharing each tile's copy; an odd number of query blocks leaves a
+/// block past the queries, and so does a single one), against the same references.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_tma_copies_kernel() {
@@ -880,32 +888,48 @@ fn attention_tma_copies_kernel() {
         kernels.push((ops::AttentionKernel::WgmmaSplit(2), "attention_wgmma_split2"));
         kernels.push((ops::AttentionKernel::WgmmaSharedQSplit(3), "attention_wgmma_sq_split3"));
     }
-    let options = |tma: bool, lean: bool| ops::WgmmaOptions { lean_softmax: Some(lean), tma_copies: Some(tma), ..Default::default() };
-    // Runs `run` with and without TMA copies (full and lean softmax), each against `want`, and
-    // the two copies against each other.
+    let paired = dev.as_cuda("attention").unwrap().pair_attention();
+    // cp.async copies, TMA copies, and (where they passed their check) TMA copies in pairs.
+    let copies: &[(bool, bool, &str)] = if paired {
+        &[(false, false, ""), (true, false, " tma"), (true, true, " tma pair")]
+    } else {
+        &[(false, false, ""), (true, false, " tma")]
+    };
+    let options = |tma: bool, pair: bool, lean: bool| ops::WgmmaOptions {
+        lean_softmax: Some(lean),
+        tma_copies: Some(tma),
+        pair_copies: Some(pair),
+        ..Default::default()
+    };
+    // Runs `run` with each way of copying (full and lean softmax), each against `want`, and the
+    // TMA ones against the cp.async one.
     let compare = |label: &str, name: &str, lq: usize, want: &[f32], run: &dyn Fn(ops::WgmmaOptions, &mut Tensor)| {
         let same_sums = |lean: bool| !(lean && label.starts_with("attention_wgmma_sq"));
         for lean in [false, true] {
             let mut outputs = Vec::new();
-            for tma in [false, true] {
+            for &(tma, pair, what) in copies {
                 let (mut o, whole) = poisoned(&[b, lq, c], DType::BF16, &dev).unwrap();
-                run(options(tma, lean), &mut o);
+                run(options(tma, pair, lean), &mut o);
                 let got = o.to_vec_f32().unwrap();
-                let variant = format!("{name}{}{}", if lean { " lean" } else { "" }, if tma { " tma" } else { "" });
+                let variant = format!("{name}{}{what}", if lean { " lean" } else { "" });
                 verify(label, &variant, DType::BF16, &got, Some(&whole), want);
                 outputs.push(got);
             }
-            let diff = rel_l2(&outputs[1], &outputs[0]);
-            if emulated && same_sums(lean) {
-                assert!(outputs[0] == outputs[1], "{label} {name}: TMA and cp.async copies differ (rel_l2 {diff:.2e})");
-            } else {
-                let bound = if same_sums(lean) { 1e-3 } else { 3e-3 };
-                assert!(diff <= bound, "{label} {name}: TMA and cp.async copies differ: rel_l2 {diff:.2e}");
+            for (got, &(_, _, what)) in outputs.iter().zip(copies).skip(1) {
+                let diff = rel_l2(got, &outputs[0]);
+                if emulated && same_sums(lean) {
+                    assert!(*got == outputs[0], "{label} {name}:{what} and cp.async copies differ (rel_l2 {diff:.2e})");
+                } else {
+                    let bound = if same_sums(lean) { 1e-3 } else { 3e-3 };
+                    assert!(diff <= bound, "{label} {name}:{what} and cp.async copies differ: rel_l2 {diff:.2e}");
+                }
             }
         }
     };
     // Separate q, k and v tensors.
-    for (i, &(lq, lk, masked)) in [(70, 85, false), (70, 300, false), (70, 21, false), (77, 77, true)].iter().enumerate() {
+    // 150 queries: three query blocks, so the paired kernels' grid has a block past them.
+    for (i, &(lq, lk, masked)) in [(70, 85, false), (70, 300, false), (70, 21, false), (77, 77, true), (150, 85, false)].iter().enumerate()
+    {
         let mut rng = TestRng::new(7700 + i as u64);
         let (q, qv) = input(&mut rng, &[b, lq, c], 1.0, DType::BF16, &dev);
         let (k, kv) = input(&mut rng, &[b, lk, c], 1.0, DType::BF16, &dev);
@@ -960,7 +984,7 @@ fn attention_tma_copies_kernel() {
         0.125,
         AttentionMask::None,
         ops::AttentionKernel::Wgmma,
-        options(true, false),
+        options(true, false, false),
         &mut o,
     )
     .unwrap_err();
@@ -998,11 +1022,13 @@ fn attention_device_defaults_decide_unset_options() {
     for lean in [false, true] {
         for tma in [false, true] {
             for tail in [false, true] {
-                let set = ops::WgmmaOptions { lean_softmax: Some(lean), tma_copies: Some(tma), narrow_tail: Some(tail) };
+                let set =
+                    ops::WgmmaOptions { lean_softmax: Some(lean), tma_copies: Some(tma), narrow_tail: Some(tail), pair_copies: Some(tma) };
                 let resolved = ops::WgmmaOptions {
                     lean_softmax: Some(lean && cuda.lean_softmax()),
                     tma_copies: Some(tma && cuda.tma_attention()),
                     narrow_tail: Some(tail && cuda.narrow_tail()),
+                    pair_copies: Some(tma && cuda.pair_attention()),
                 };
                 cuda.set_attention_defaults(set);
                 assert_eq!(cuda.attention_defaults(), set);

@@ -177,6 +177,8 @@ pub struct CudaDevice {
     /// The wgmma kernels that copy K and V with TMA (`CASCADE_ATTENTION_COPY=tma`) passed their
     /// start-up check.
     tma_attention: std::sync::atomic::AtomicBool,
+    /// The paired TMA kernels (`CASCADE_ATTENTION_COPY=pair`) passed their start-up check.
+    pair_attention: std::sync::atomic::AtomicBool,
     /// The requested version of the fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_ws_bf16` and
     /// the rest) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
@@ -397,6 +399,7 @@ impl CudaDevice {
             lean_softmax: false.into(),
             narrow_tail: false.into(),
             tma_attention: false.into(),
+            pair_attention: false.into(),
             wgmma_gemm: false.into(),
             grn_sk_gemm: false.into(),
             grn_tall_gemm: false.into(),
@@ -485,7 +488,8 @@ impl CudaDevice {
             // after the kernels passed theirs with full tiles, so that a fault in it only turns it
             // off; with both key-tail widths, Q in registers and in shared memory.
             if ok && attention_tail_requested() {
-                let narrow = WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(true), tma_copies: Some(false) };
+                let narrow =
+                    WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(true), tma_copies: Some(false), pair_copies: Some(false) };
                 let ok = check_attention_options(&dev, AttentionKernel::Wgmma, narrow, "Hopper tensor-core (wgmma, narrow last tile)")
                     && check_attention_options(
                         &dev,
@@ -499,7 +503,12 @@ impl CudaDevice {
             // on request: Q in registers and in shared memory, each with the narrow last tile
             // where that passed.
             if ok && considered(attention_copy_requested() == Some(true)) {
-                let tma = WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(dev.narrow_tail()), tma_copies: Some(true) };
+                let tma = WgmmaOptions {
+                    lean_softmax: Some(false),
+                    narrow_tail: Some(dev.narrow_tail()),
+                    tma_copies: Some(true),
+                    pair_copies: Some(false),
+                };
                 let ok = check_attention_options(&dev, AttentionKernel::Wgmma, tma, "Hopper tensor-core (wgmma, TMA copies)")
                     && check_attention_options(
                         &dev,
@@ -515,6 +524,21 @@ impl CudaDevice {
                             "Hopper tensor-core (wgmma, split keys, TMA copies)",
                         ));
                 dev.tma_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+                // The paired ones (clusters of two blocks sharing each tile's copy), only where
+                // CASCADE_ATTENTION_COPY=pair asks for them until they have run on a GPU: a
+                // cluster kernel that hangs would take every check of its process with it.
+                if ok && attention_pair_requested() {
+                    dev.pair_attention.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let pair = WgmmaOptions { pair_copies: Some(true), ..tma };
+                    let ok = check_attention_options(&dev, AttentionKernel::Wgmma, pair, "Hopper tensor-core (wgmma, TMA copies in pairs)")
+                        && check_attention_options(
+                            &dev,
+                            AttentionKernel::WgmmaSharedQ,
+                            pair,
+                            "Hopper tensor-core (wgmma, Q in shared memory, TMA copies in pairs)",
+                        );
+                    dev.pair_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
         // The same for the fused fc1 + GRN GEMM (CASCADE_GEMM_WGMMA=1): the requested version,
@@ -754,6 +778,13 @@ impl CudaDevice {
     /// CUDA-core kernel when the device was opened.
     pub fn tma_attention(&self) -> bool {
         self.tma_attention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the wgmma attention's TMA copies in clusters of two blocks were asked for
+    /// (`CASCADE_ATTENTION_COPY=pair`) and agreed with the CUDA-core kernel when the device was
+    /// opened (see `WgmmaOptions::pair_copies`).
+    pub fn pair_attention(&self) -> bool {
+        self.pair_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many blocks of the two split-key wgmma kernels (Q in registers, Q in shared memory)
@@ -1396,11 +1427,19 @@ fn env_either(name: &str, on: &str, off: &str) -> Option<bool> {
 }
 
 /// `CASCADE_ATTENTION_COPY` (read once): `tma` asks for the wgmma attention kernels that copy K
-/// and V with TMA (opt-in until measured), `cp` for the cp.async ones; unset: None (cp.async, or
-/// timed under `CASCADE_KERNEL_TUNE`).
+/// and V with TMA (opt-in until measured), `pair` for the same in clusters of two blocks that
+/// share each tile's copy (where a launch allows them: [`attention_pair_requested`]), `cp` for
+/// the cp.async ones; unset: None (cp.async, or timed under `CASCADE_KERNEL_TUNE`).
 pub fn attention_copy_requested() -> Option<bool> {
     static TMA: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    *TMA.get_or_init(|| env_either("CASCADE_ATTENTION_COPY", "tma", "cp"))
+    *TMA.get_or_init(|| if attention_pair_requested() { Some(true) } else { env_either("CASCADE_ATTENTION_COPY", "tma", "cp") })
+}
+
+/// Whether `CASCADE_ATTENTION_COPY=pair` asks for the TMA copies in clusters of two blocks (read
+/// once; checked at start-up and taken only on that request until they have run on a GPU).
+pub fn attention_pair_requested() -> bool {
+    static PAIR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PAIR.get_or_init(|| std::env::var("CASCADE_ATTENTION_COPY").is_ok_and(|v| v.trim() == "pair"))
 }
 
 /// `CASCADE_ATTENTION_TAIL` (read once): `full` keeps the wgmma attention's last tile of keys 64
@@ -1715,14 +1754,19 @@ fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKe
     check_attention_options(
         dev,
         kernel,
-        WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(false), tma_copies: Some(false) },
+        WgmmaOptions { lean_softmax: Some(false), narrow_tail: Some(false), tma_copies: Some(false), pair_copies: Some(false) },
         what,
     )
 }
 
 /// [`check_attention_kernel`] with the wgmma kernels' lean softmax on or off (`lean`).
 fn check_attention_softmax(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKernel, lean: bool, what: &str) -> bool {
-    check_attention_options(dev, kernel, WgmmaOptions { lean_softmax: Some(lean), narrow_tail: Some(false), tma_copies: Some(false) }, what)
+    check_attention_options(
+        dev,
+        kernel,
+        WgmmaOptions { lean_softmax: Some(lean), narrow_tail: Some(false), tma_copies: Some(false), pair_copies: Some(false) },
+        what,
+    )
 }
 
 /// [`check_attention_kernel`] with the wgmma kernels' options as given. The key counts end

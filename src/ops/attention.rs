@@ -226,7 +226,18 @@ pub struct WgmmaOptions {
     /// source starting on a 64-key tile); by default off unless `CASCADE_ATTENTION_COPY=tma` or
     /// timed faster under `CASCADE_KERNEL_TUNE`.
     pub tma_copies: Option<bool>,
+    /// With TMA copies, the blocks in clusters of two neighbouring query blocks of a head, each
+    /// copying one of a tile's two operands into both by TMA multicast: half the K and V traffic
+    /// from L2 (the `Wgmma` and `WgmmaSharedQ` kernels, unmasked or with a key mask, not causal;
+    /// elsewhere the unpaired copies). By default off unless `CASCADE_ATTENTION_COPY=pair`; not
+    /// timed under `CASCADE_KERNEL_TUNE` until it has run on a GPU.
+    pub pair_copies: Option<bool>,
 }
+
+/// The dynamic shared memory of the paired TMA kernels, Q in registers and in shared memory
+/// (kernels/attention.cu, `attention_smem_bytes`).
+#[cfg(feature = "cuda")]
+const PAIR_SMEM: [u32; 2] = [4 * 8192 + 2048 + 32, 5 * 8192 + 2048 + 32];
 
 /// [`attention_into_with`] with the wgmma kernels' options given (tests and benches compare them).
 #[allow(clippy::too_many_arguments)]
@@ -630,6 +641,14 @@ fn attention_impl(
             // Asked for by the caller on operands it cannot take: an error; by CASCADE_ATTENTION_COPY
             // (or tuning, which only offers it where they fit): cp.async there.
             let use_tma = plain(chosen) && tma == Some(true) && (tma_fit || options.tma_copies == Some(true));
+            // Paired copies: asked for (by the caller, the device's defaults, then
+            // CASCADE_ATTENTION_COPY=pair) where they passed their start-up check, on the TMA
+            // kernels with all keys for every query (no split, no causal mask).
+            let pair = use_tma
+                && !causal
+                && matches!(chosen, AttentionKernel::Wgmma | AttentionKernel::WgmmaSharedQ)
+                && options.pair_copies.or(defaults.pair_copies).unwrap_or_else(crate::cuda::attention_pair_requested)
+                && dev.pair_attention();
             if use_tma && !tma_fit {
                 return Err(Error::Shape(
                     "attention: TMA copies need 16-byte aligned operands with rows a multiple of 8 elements apart, and a second key source starting on a 64-key tile".into(),
@@ -703,6 +722,14 @@ fn attention_impl(
                     v2_col: v2_col as i32,
                     p,
                 };
+                if pair {
+                    // Clusters of two along the query blocks: the grid's x rounded up to even (a
+                    // last block past the queries copies for its neighbour and computes nothing).
+                    let qs = chosen == AttentionKernel::WgmmaSharedQ;
+                    let f = if qs { &kt.attention_wgmma_qs_pair_tma_bf16 } else { &kt.attention_wgmma_pair_tma_bf16 };
+                    let grid = (grid.0.next_multiple_of(2), grid.1, grid.2);
+                    return dev.launch_cluster(f, grid, (threads, 1, 1), PAIR_SMEM[qs as usize], (2, 1, 1), &tq);
+                }
                 let f = match chosen {
                     AttentionKernel::WgmmaSharedQ => &kt.attention_wgmma_qs_tma_bf16,
                     AttentionKernel::WgmmaSplit(_) => &kt.attention_wgmma_split_tma_bf16,

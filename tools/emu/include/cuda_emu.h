@@ -569,6 +569,14 @@ inline void emu_tma_load_2d_multicast(void* dst, const void* map, int c0, int c1
         if (mask >> r & 1) emu_tma_load(emu::cluster_map(dst, r), map, 2, c0, c1, 0, emu::cluster_map(bar, r));
 }
 inline void emu_tma_load_3d(void* dst, const void* map, int c0, int c1, int c2, void* bar) { emu_tma_load(dst, map, 3, c0, c1, c2, bar); }
+inline void emu_tma_load_3d_multicast(void* dst, const void* map, int c0, int c1, int c2, void* bar, uint16_t mask) {
+    if (mask == 0 || (mask >> emu::cluster_size()) != 0) {
+        fprintf(stderr, "emulated TMA: multicast mask 0x%x for a cluster of %u blocks\n", mask, emu::cluster_size());
+        abort();
+    }
+    for (unsigned r = 0; r < emu::cluster_size(); r++)
+        if (mask >> r & 1) emu_tma_load(emu::cluster_map(dst, r), map, 3, c0, c1, c2, emu::cluster_map(bar, r));
+}
 
 // griddepcontrol.wait and .launch_dependents: launches run one after another here, so there is
 // nothing to wait for; the driver checks that every thread of a launch made with programmatic
