@@ -205,17 +205,17 @@ variant_step() {
     step "test-$name" "${TEST_TIMEOUT:-300}" "$@" &
     pids+=($!)
 }
-K="$bundle/tests/kernels"
-if on TESTS 1 && [ "${VARIANT_TESTS:-1}" != 0 ] && [ -x "$K" ]; then
+kernels_test="$bundle/tests/kernels"
+if on TESTS 1 && [ "${VARIANT_TESTS:-1}" != 0 ] && [ -x "$kernels_test" ]; then
     # The tiled depthwise kernel wherever it can run (CASCADE_DW_TILE=force), on every shape of
     # the depthwise test (the default takes it only for large images); then the rolling one
     # (opt-in: CASCADE_DW_TILE=roll) in short blocks wherever it can run, and as its plan cuts
     # Stage A's real launches (one wave of long blocks), in one process after the other.
-    CASCADE_DW_TILE=force variant_step kernels-dwtile kernels-dwtile "$K" --include-ignored --nocapture depthwise
-    variant_step kernels-dwroll kernels-dwroll bash -c "CASCADE_DW_TILE=roll-force '$K' --include-ignored --nocapture depthwise && CASCADE_DW_TILE=roll CASCADE_SHAPES=stage_a '$K' --include-ignored --nocapture depthwise"
+    CASCADE_DW_TILE=force variant_step kernels-dwtile kernels-dwtile "$kernels_test" --include-ignored --nocapture depthwise
+    variant_step kernels-dwroll kernels-dwroll bash -c "CASCADE_DW_TILE=roll-force '$kernels_test' --include-ignored --nocapture depthwise && CASCADE_DW_TILE=roll CASCADE_SHAPES=stage_a '$kernels_test' --include-ignored --nocapture depthwise"
     # The wide-strip depthwise kernels wherever the parked-weight ones run (CASCADE_DW_STRIPS=wide;
     # by default they run only where they save a wave, Stage C's shape).
-    CASCADE_DW_STRIPS=wide variant_step kernels-dwstrips kernels-dwstrips "$K" --include-ignored --nocapture depthwise
+    CASCADE_DW_STRIPS=wide variant_step kernels-dwstrips kernels-dwstrips "$kernels_test" --include-ignored --nocapture depthwise
     # The fused fc1 + GRN-statistics wgmma GEMM (opt-in: CASCADE_GEMM_WGMMA=ws), all five
     # versions (the warp-specialised TMA ones, the stream-K one, also on a few blocks, and the
     # one on 256-row tiles included), beside the separate path on the odd
@@ -224,24 +224,24 @@ if on TESTS 1 && [ "${VARIANT_TESTS:-1}" != 0 ] && [ -x "$K" ]; then
     # stream-K fc2 with GRN's factor on its input (opt-in: CASCADE_GEMM_WS_FC2=1) on every real
     # ResBlock's fc2 and the odd shapes (also without a factor: CASCADE_GEMM_SK=1, residual
     # products with few tiles); then the linear tests and the pipeline tests with all of them on.
-    variant_step kernels-gemmwg kernels-gemmwg bash -c "export CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1 CASCADE_GEMM_SK=1; '$K' --include-ignored --nocapture linear_gelu linear_scaled && '$bundle/tests/linear' --include-ignored --nocapture gpu_ && CASCADE_GEMM_WGMMA=ws '$bundle/tests/pipeline' --include-ignored --nocapture"
+    variant_step kernels-gemmwg kernels-gemmwg bash -c "export CASCADE_GEMM_WGMMA=1 CASCADE_GEMM_WS_GELU=1 CASCADE_GEMM_WS_FC2=1 CASCADE_GEMM_SK=1; '$kernels_test' --include-ignored --nocapture linear_gelu linear_scaled && '$bundle/tests/linear' --include-ignored --nocapture gpu_ && CASCADE_GEMM_WGMMA=ws '$bundle/tests/pipeline' --include-ignored --nocapture"
     # The fused GEMM's paired version (clusters of two blocks sharing x's copy by TMA multicast;
     # opt-in: CASCADE_GEMM_WGMMA=ws_pair, the only switch that checks or runs it until it has run
     # on a GPU) alone on the odd shapes and every real ResBlock's fc1, then the pipeline tests
     # with it: a step of its own, so that a cluster kernel that hangs takes only its own
     # variants with it, and a light one beside test-kernels-gemmwg.
     # Last, how many pairs the card holds at once (its GPCs may leave SMs out), for the summary.
-    variant_step kernels-pair kernels-pair bash -c "export CASCADE_GEMM_WGMMA=ws_pair; '$K' --include-ignored --nocapture linear_gelu_grn && '$bundle/tests/pipeline' --include-ignored --nocapture && '$bundle/bin/cascade' device | grep 'pairs resident'"
+    variant_step kernels-pair kernels-pair bash -c "export CASCADE_GEMM_WGMMA=ws_pair; '$kernels_test' --include-ignored --nocapture linear_gelu_grn && '$bundle/tests/pipeline' --include-ignored --nocapture && '$bundle/bin/cascade' device | grep 'pairs resident'"
     # The skinny GEMM (opt-in: CASCADE_GEMM_SKINNY=1) on every linear shape it takes (CLIP's,
     # the odd ones), with its GELU and residual epilogues, then the pipeline tests, whose tiny
     # models send most of their products through it.
-    variant_step kernels-skinny kernels-skinny bash -c "export CASCADE_GEMM_SKINNY=1; '$K' --include-ignored --nocapture linear_gelu && '$bundle/tests/linear' --include-ignored --nocapture gpu_ && '$bundle/tests/pipeline' --include-ignored --nocapture"
+    variant_step kernels-skinny kernels-skinny bash -c "export CASCADE_GEMM_SKINNY=1; '$kernels_test' --include-ignored --nocapture linear_gelu && '$bundle/tests/linear' --include-ignored --nocapture gpu_ && '$bundle/tests/pipeline' --include-ignored --nocapture"
     # The split-key and the two-warpgroup wgmma attention kernels (opt-in:
     # CASCADE_ATTENTION_SPLIT=1, CASCADE_ATTENTION=wgmma2) on every attention shape, then the
     # pipeline tests with every unmasked attention split in two (CASCADE_ATTENTION_SPLIT=2: the
     # tiny models' grids are too small for the planned split) and with every attention on the
     # two-warpgroup kernel, its keys split in two where unmasked.
-    CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 variant_step kernels-split kernels-split "$K" --include-ignored --nocapture attention
+    CASCADE_ATTENTION_SPLIT=1 CASCADE_ATTENTION=wgmma2 variant_step kernels-split kernels-split "$kernels_test" --include-ignored --nocapture attention
     if [ -x "$bundle/tests/pipeline" ]; then
         CASCADE_ATTENTION_SPLIT=2 variant_step kernels-split pipeline-split "$bundle/tests/pipeline" --include-ignored --nocapture
         CASCADE_ATTENTION=wgmma2 CASCADE_ATTENTION_SPLIT=2 variant_step kernels-split pipeline-wgmma2 "$bundle/tests/pipeline" --include-ignored --nocapture
@@ -250,19 +250,19 @@ if on TESTS 1 && [ "${VARIANT_TESTS:-1}" != 0 ] && [ -x "$K" ]; then
     # CASCADE_ATTENTION_COPY=tma), the split-key ones included (CASCADE_ATTENTION_SPLIT=1),
     # against the cp.async ones and the CPU, then on every attention shape (the explicit wgmma
     # kernels take the copies), then the pipeline tests with them.
-    variant_step kernels-tma kernels-tma bash -c "export CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SPLIT=1; '$K' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture"
+    variant_step kernels-tma kernels-tma bash -c "export CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SPLIT=1; '$kernels_test' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture"
     # The same copies shared by clusters of two blocks (opt-in: CASCADE_ATTENTION_COPY=pair, the
     # only switch that checks or runs them until they have run on a GPU): the attention tests
     # (the TMA test runs them beside the unpaired copies and cp.async; the real shapes' explicit
     # wgmma kernels take them), then the pipeline tests. A step of its own: a cluster kernel that
     # hangs takes only its own variants with it.
-    variant_step kernels-tmapair kernels-tmapair bash -c "export CASCADE_ATTENTION_COPY=pair; '$K' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture"
+    variant_step kernels-tmapair kernels-tmapair bash -c "export CASCADE_ATTENTION_COPY=pair; '$kernels_test' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture"
 fi
 # The pipeline tests (graphs, every stage, against diffusers' seeded images) again in two
 # configurations.
 if on TESTS 1 && [ -x "$bundle/tests/pipeline" ]; then
     # Programmatic dependent launches (opt-in: CASCADE_PDL=1), every kernel launched that way.
-    [ "${VARIANT_TESTS:-1}" != 0 ] && CASCADE_PDL=1 variant_step pipeline-pdl pipeline-pdl "$bundle/tests/pipeline" --include-ignored --nocapture
+    CASCADE_PDL=1 variant_step pipeline-pdl pipeline-pdl "$bundle/tests/pipeline" --include-ignored --nocapture
     # Kernel choice by timing (opt-in: CASCADE_KERNEL_TUNE=1): every kernel awaiting
     # measurement checked at start-up and timed against the default per shape, the tiny
     # pipeline's choices printed (log).

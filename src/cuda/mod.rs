@@ -528,6 +528,8 @@ impl CudaDevice {
                 // CASCADE_ATTENTION_COPY=pair asks for them until they have run on a GPU: a
                 // cluster kernel that hangs would take every check of its process with it.
                 if ok && attention_pair_requested() {
+                    // On for the check's own launches (the launcher takes the pairs only where
+                    // this says they passed), then its result.
                     dev.pair_attention.store(true, std::sync::atomic::Ordering::Relaxed);
                     let pair = WgmmaOptions { pair_copies: Some(true), ..tma };
                     let ok = check_attention_options(&dev, AttentionKernel::Wgmma, pair, "Hopper tensor-core (wgmma, TMA copies in pairs)")

@@ -370,7 +370,7 @@ fn depthwise3x3_impl(
                         let mut scratch = None;
                         let i = dev.choose_kernel("depthwise_strips", &dims, &names, &mut |i| {
                             let q = scratch_outputs(&p, &mut scratch, y, output_norm.map(|o| o.0), input_modulation.map(|m| m.2))?;
-                            let (f, strip, smem) = strip_kernel(&dev, candidates[i], mixed, smem);
+                            let (f, strip) = strip_kernel(&dev, candidates[i], mixed);
                             dev.launch(f, (w.div_ceil(strip) as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &q)
                         })?;
                         candidates[i]
@@ -378,7 +378,7 @@ fn depthwise3x3_impl(
                     Some(chosen) => chosen,
                     None => strips_only(),
                 };
-                let (f, strip, smem) = strip_kernel(&dev, chosen, mixed, smem);
+                let (f, strip) = strip_kernel(&dev, chosen, mixed);
                 return dev.launch(f, (w.div_ceil(strip) as u32, h as u32, b as u32), (block, 1, 1), smem as u32, &p);
             }
             let f = match mixed {
@@ -600,17 +600,17 @@ fn strips_only() -> Strips {
     }
 }
 
-/// The parked-weight strip kernel `s` for `mixed` (f32 input) or bf16 input (`smem`: the parked
-/// weights' bytes): the kernel, its strip width and its dynamic shared memory.
+/// The parked-weight strip kernel `s` for `mixed` (f32 input) or bf16 input: the kernel and its
+/// strip width (both take the parked weights' shared memory).
 #[cfg(feature = "cuda")]
-fn strip_kernel(dev: &crate::cuda::CudaDevice, s: Strips, mixed: bool, smem: usize) -> (&cudarc::driver::CudaFunction, usize, usize) {
+fn strip_kernel(dev: &crate::cuda::CudaDevice, s: Strips, mixed: bool) -> (&cudarc::driver::CudaFunction, usize) {
     use crate::cuda::params::{CASCADE_DW_STRIP, CASCADE_DW_WIDE_STRIP};
     let k = dev.kernels();
     match (s, mixed) {
-        (Strips::Narrow, false) => (&k.depthwise_bf16_sw, CASCADE_DW_STRIP as usize, smem),
-        (Strips::Narrow, true) => (&k.depthwise_f32_bf16_sw, CASCADE_DW_STRIP as usize, smem),
-        (Strips::Wide, false) => (&k.depthwise_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize, smem),
-        (Strips::Wide, true) => (&k.depthwise_f32_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize, smem),
+        (Strips::Narrow, false) => (&k.depthwise_bf16_sw, CASCADE_DW_STRIP as usize),
+        (Strips::Narrow, true) => (&k.depthwise_f32_bf16_sw, CASCADE_DW_STRIP as usize),
+        (Strips::Wide, false) => (&k.depthwise_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize),
+        (Strips::Wide, true) => (&k.depthwise_f32_bf16_sw5, CASCADE_DW_WIDE_STRIP as usize),
     }
 }
 
@@ -626,8 +626,8 @@ fn depthwise_strips(dev: &crate::cuda::CudaDevice, mixed: bool, rows: usize, w: 
     let options: Vec<(usize, usize)> = candidates
         .iter()
         .map(|&s| {
-            let (f, strip, bytes) = strip_kernel(dev, s, mixed, smem);
-            (strip, dev.resident_blocks_per_sm(f, block, bytes).unwrap_or(0))
+            let (f, strip) = strip_kernel(dev, s, mixed);
+            (strip, dev.resident_blocks_per_sm(f, block, smem).unwrap_or(0))
         })
         .collect();
     Some(fewest_waves(rows, w, dev.multiprocessors(), &options).map_or(Strips::Narrow, |i| candidates[i]))

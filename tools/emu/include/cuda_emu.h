@@ -560,22 +560,20 @@ inline void emu_tma_load_2d(void* dst, const void* map, int c0, int c1, void* ba
 // .multicast::cluster: the same box into dst of every block of the cluster whose rank is set in
 // `mask`, each copy's bytes completed on that block's barrier at bar's offset (one queued copy
 // per block, landing when that block waits on its barrier).
-inline void emu_tma_load_2d_multicast(void* dst, const void* map, int c0, int c1, void* bar, uint16_t mask) {
+inline void emu_tma_load_multicast(void* dst, const void* map, int rank, int c0, int c1, int c2, void* bar, uint16_t mask) {
     if (mask == 0 || (mask >> emu::cluster_size()) != 0) {
         fprintf(stderr, "emulated TMA: multicast mask 0x%x for a cluster of %u blocks\n", mask, emu::cluster_size());
         abort();
     }
     for (unsigned r = 0; r < emu::cluster_size(); r++)
-        if (mask >> r & 1) emu_tma_load(emu::cluster_map(dst, r), map, 2, c0, c1, 0, emu::cluster_map(bar, r));
+        if (mask >> r & 1) emu_tma_load(emu::cluster_map(dst, r), map, rank, c0, c1, c2, emu::cluster_map(bar, r));
+}
+inline void emu_tma_load_2d_multicast(void* dst, const void* map, int c0, int c1, void* bar, uint16_t mask) {
+    emu_tma_load_multicast(dst, map, 2, c0, c1, 0, bar, mask);
 }
 inline void emu_tma_load_3d(void* dst, const void* map, int c0, int c1, int c2, void* bar) { emu_tma_load(dst, map, 3, c0, c1, c2, bar); }
 inline void emu_tma_load_3d_multicast(void* dst, const void* map, int c0, int c1, int c2, void* bar, uint16_t mask) {
-    if (mask == 0 || (mask >> emu::cluster_size()) != 0) {
-        fprintf(stderr, "emulated TMA: multicast mask 0x%x for a cluster of %u blocks\n", mask, emu::cluster_size());
-        abort();
-    }
-    for (unsigned r = 0; r < emu::cluster_size(); r++)
-        if (mask >> r & 1) emu_tma_load(emu::cluster_map(dst, r), map, 3, c0, c1, c2, emu::cluster_map(bar, r));
+    emu_tma_load_multicast(dst, map, 3, c0, c1, c2, bar, mask);
 }
 
 // griddepcontrol.wait and .launch_dependents: launches run one after another here, so there is
