@@ -228,8 +228,8 @@ pub struct WgmmaOptions {
     pub tma_copies: Option<bool>,
     /// With TMA copies, the blocks in clusters of two neighbouring query blocks of a head, each
     /// copying one of a tile's two operands into both by TMA multicast: half the K and V traffic
-    /// from L2 (the `Wgmma` and `WgmmaSharedQ` kernels, unmasked or with a key mask, not causal;
-    /// elsewhere the unpaired copies). By default off unless `CASCADE_ATTENTION_COPY=pair`; not
+    /// from L2 (the `Wgmma` and `WgmmaSharedQ` kernels, unmasked launches: the blocks of a pair
+    /// must read the same tiles; elsewhere the unpaired copies). By default off unless `CASCADE_ATTENTION_COPY=pair`; not
     /// timed under `CASCADE_KERNEL_TUNE` until it has run on a GPU.
     pub pair_copies: Option<bool>,
 }
