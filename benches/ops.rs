@@ -391,24 +391,29 @@ fn main() {
                         use ops::AttentionKernel::*;
                         matches!(k, Wgmma | WgmmaSharedQ | WgmmaSplit(_) | WgmmaSharedQSplit(_))
                     };
-                    // ... and, where asked for (CASCADE_ATTENTION_COPY=pair), with the copies shared by
-                    // clusters of two blocks (the unsplit kernels, unmasked shapes), in the same process.
-                    let paired = matches!(&dev, cascade::Device::Cuda(d) if d.pair_attention()) && !s.masked;
+                    // ... and, where asked for (CASCADE_ATTENTION_COPY=pair, or quad), with the copies
+                    // shared by clusters of two blocks, or of four where a head's query blocks fill
+                    // them (the unsplit kernels, unmasked shapes), in the same process.
+                    let (paired, quads) = match &dev {
+                        cascade::Device::Cuda(d) => (d.pair_attention() && !s.masked, d.quad_attention() && !s.masked),
+                        _ => (false, false),
+                    };
                     for &(kernel, label) in wgmma_kernels.iter().filter(|(k, _)| with_tma(k)) {
-                        let pairs = paired && matches!(kernel, ops::AttentionKernel::Wgmma | ops::AttentionKernel::WgmmaSharedQ);
-                        for (pair, lean) in [(false, false), (false, true), (true, false), (true, true)] {
-                            if pair && !pairs {
+                        let clustered = matches!(kernel, ops::AttentionKernel::Wgmma | ops::AttentionKernel::WgmmaSharedQ);
+                        for (cluster, lean) in [(1, false), (1, true), (2, false), (2, true), (4, false), (4, true)] {
+                            if (cluster == 2 && !(paired && clustered)) || (cluster == 4 && !(quads && clustered)) {
                                 continue;
                             }
                             let tma = ops::WgmmaOptions {
                                 tma_copies: Some(true),
-                                pair_copies: Some(pair),
+                                pair_copies: Some(cluster > 1),
+                                quad_copies: Some(cluster == 4),
                                 lean_softmax: Some(lean),
                                 ..Default::default()
                             };
                             let row = format!(
                                 "{label}_tma{}{}/{}/{}x{}x{}x{}/{dtype}",
-                                if pair { "_pair" } else { "" },
+                                ["", "", "_pair", "", "_quad"][cluster],
                                 if lean { "_lean" } else { "" },
                                 s.name,
                                 s.b,

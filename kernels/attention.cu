@@ -481,10 +481,10 @@ extern "C" __global__ void __maxnreg__(200) attention_mma32_w5_bf16(AttentionPar
 #define WG_TILE 8192      // bytes of one 64 × 64 bf16 tile
 // A wgmma attention block's shared memory: K's and V's two slots (and Q's tile with qs), the
 // lean softmax's ones and 1 KiB to align the tiles (or the alignment alone), TMA's `full`
-// barriers, and the paired kernels' `empty` ones. Those take it as dynamic shared memory
-// (src/ops/attention.rs, PAIR_SMEM, gives the same figures).
-__host__ __device__ constexpr int attention_smem_bytes(bool qs, bool ones, bool tma, bool pair) {
-    return (qs ? 5 : 4) * WG_TILE + (ones ? 2048 : 1024) + (tma ? 16 : 0) + (pair ? 16 : 0);
+// barriers, and the clustered kernels' `empty` ones. Those take it as dynamic shared memory
+// (src/ops/attention.rs, CLUSTER_SMEM, gives the same figures).
+__host__ __device__ constexpr int attention_smem_bytes(bool qs, bool ones, bool tma, bool clustered) {
+    return (qs ? 5 : 4) * WG_TILE + (ones ? 2048 : 1024) + (tma ? 16 : 0) + (clustered ? 16 : 0);
 }
 #ifdef CASCADE_WGMMA
 // This thread's two rows (g and g + 8 of its warp's 16): running maxima of the unscaled scores
@@ -606,19 +606,24 @@ __device__ __forceinline__ void wg_rescale(const AttentionParams& p, float (&o)[
 // instead of eight cp.async per thread with their addresses, a wait and a block barrier: fewer
 // instructions per tile in a kernel whose issue slots bound it, and one block barrier per tile
 // instead of two.
-// PAIR (with TMA, one warpgroup, no split, no causal mask: the launcher's conditions): blocks in
-// clusters of two along x, two neighbouring query blocks of one head, which read the same K and V
-// tiles. Each block copies one of a tile's two operands (rank 0 K, rank 1 V) into both blocks'
-// slot by TMA multicast, so a tile is read from L2 once per 128 queries instead of once per 64:
-// 8 KiB a block and tile instead of 16. A slot is refilled only when both blocks have read it:
-// each block's `empty` barrier of the slot expects an arrival from its own thread 0 and one
-// from the other block's. A block past the last query (the grid's x rounded up to even) copies
-// and waits like the other but computes nothing. Dynamic shared memory (the launch gives
-// attention_smem_bytes), so that the emulator can map it between the blocks.
-template <bool QS, bool SPLIT, int WG = 1, bool TMA = false, bool PAIR = false>
+// CL > 1 (with TMA, one warpgroup, no split, no causal mask: the launcher's conditions): blocks
+// in clusters of CL along x, CL neighbouring query blocks of one head, which read the same K and
+// V tiles. Each block copies a CL-th of every tile into all the cluster's blocks by TMA
+// multicast, so a tile is read from L2 once per 64 · CL queries instead of once per 64: 16 / CL
+// KiB a block and tile instead of 16. Pairs (CL = 2): rank 0 copies K, rank 1 V. Quads (CL =
+// 4): ranks 0 and 1 the first and second 32 keys of K, ranks 2 and 3 those of V (the maps' boxes
+// are 32 keys; a half tile lands 4 KiB into the tile, where the 128-byte swizzle's 1 KiB period
+// puts it in the same pattern). A slot is refilled only when every block of the cluster has
+// read it: each block's `empty` barrier of the slot expects an arrival from its own thread 0 and
+// one from each other block's. A block past the last query (the grid's x rounded up to a
+// multiple of CL) copies and waits like the others but computes nothing. Dynamic shared memory
+// (the launch gives attention_smem_bytes), so that the emulator can map it between the blocks.
+template <bool QS, bool SPLIT, int WG = 1, bool TMA = false, int CL = 1>
 __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, const AttentionTmaParams* tq = nullptr) {
     static_assert(WG == 1 || (WG == 2 && !QS), "one or two warpgroups; two hold Q in registers");
-    static_assert(!PAIR || (TMA && !SPLIT && WG == 1), "pairs copy by TMA, one warpgroup a block, all keys");
+    static_assert(CL == 1 || CL == 2 || CL == 4, "clusters of one, two or four blocks");
+    constexpr bool CLUSTERED = CL > 1;  // pairs or quads: the cluster's blocks share each tile's copies
+    static_assert(!CLUSTERED || (TMA && !SPLIT && WG == 1), "clusters copy by TMA, one warpgroup a block, all keys");
     constexpr int THREADS = 128 * WG;
     // K and V of two slots each (then Q), then 1 KiB of bf16 ones (the lean softmax's row sums:
     // one swizzle atom, so the descriptor reads ones wherever it points), on a 1024-byte boundary
@@ -627,12 +632,12 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
     // cp.async copies, whose kernels run five blocks per SM (at most 102 registers), where four
     // more spill; with TMA copies they fit (the copies' addresses are gone: 94 registers).
     constexpr bool ONES = !QS || TMA;
-    constexpr int SMEM = attention_smem_bytes(QS, ONES, TMA, PAIR);
-    __shared__ __align__(1024) unsigned char smem_static[PAIR ? 16 : SMEM];
-    extern __shared__ uint4 attention_dynamic_smem[];  // (PAIR only: SMEM bytes)
-    unsigned char* const smem_raw = PAIR ? (unsigned char*)attention_dynamic_smem : smem_static;
+    constexpr int SMEM = attention_smem_bytes(QS, ONES, TMA, CLUSTERED);
+    __shared__ __align__(1024) unsigned char smem_static[CLUSTERED ? 16 : SMEM];
+    extern __shared__ uint4 attention_dynamic_smem[];  // (CLUSTERED only: SMEM bytes)
+    unsigned char* const smem_raw = CLUSTERED ? (unsigned char*)attention_dynamic_smem : smem_static;
     unsigned char* const tiles = align_1024(smem_raw);
-    // TMA: the two slots' `full` barriers in the last 16 bytes; PAIR: their `empty` barriers
+    // TMA: the two slots' `full` barriers in the last 16 bytes; CLUSTERED: their `empty` barriers
     // in the 16 before.
     uint64_t* const kv_full = (uint64_t*)(smem_raw + SMEM - 16);
     uint64_t* const kv_empty = kv_full - 2;
@@ -707,17 +712,20 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
     const int tile_end = SPLIT ? min(tiles_n, tile_begin + p.split_tiles) : tiles_n;
     // TMA: keys [k0, k0 + 64) of K and V into a slot, from the key source that holds them (a
     // second source starts on a tile), announced on the slot's barrier. One thread.
-    // PAIR: this block's operand only, into both blocks (the barrier still expects both tiles).
-    const unsigned rank = PAIR ? cluster_ctarank() : 0;
+    // CLUSTERED: this block's share only (its operand, or its half of one), into every block of
+    // the cluster (the barrier still expects both whole tiles).
+    const unsigned rank = CLUSTERED ? cluster_ctarank() : 0;
     auto tma_tile = [&](int slot, int k0) {
         mbar_arrive_expect_tx(&kv_full[slot], 2 * WG_TILE);
         const bool first = k0 < p.Lk;
         const int row = first ? k0 : k0 - p.Lk;
-        if (PAIR) {
-            const bool k = rank == 0;
+        if (CLUSTERED) {
+            const bool k = rank < CL / 2;
+            const int half = CL == 4 ? rank & 1 : 0;  // (quads: which 32 keys of the operand)
             const TensorMap* map = k ? (first ? &tq->k_map : &tq->k2_map) : (first ? &tq->v_map : &tq->v2_map);
             const int col = k ? (first ? tq->k_col : tq->k2_col) : (first ? tq->v_col : tq->v2_col);
-            tma_load_3d_multicast(k ? ktile(slot) : vtile(slot), map, col + h * HEAD_DIM, row, b, &kv_full[slot], 0x3);
+            tma_load_3d_multicast((k ? ktile(slot) : vtile(slot)) + half * (WG_TILE / 2), map, col + h * HEAD_DIM, row + half * (WG_KT / 2), b,
+                                  &kv_full[slot], (1u << CL) - 1);
             return;
         }
         tma_load_3d(ktile(slot), first ? &tq->k_map : &tq->k2_map, (first ? tq->k_col : tq->k2_col) + h * HEAD_DIM, row, b, &kv_full[slot]);
@@ -727,9 +735,9 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
         if (threadIdx.x == 0) {
             mbar_init(&kv_full[0], 1);
             mbar_init(&kv_full[1], 1);
-            if (PAIR) {
-                mbar_init(&kv_empty[0], 2);
-                mbar_init(&kv_empty[1], 2);
+            if (CLUSTERED) {
+                mbar_init(&kv_empty[0], CL);
+                mbar_init(&kv_empty[1], CL);
             }
             mbar_init_fence();
         }
@@ -793,23 +801,23 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
         cp_async_wait<0>();
         fence_proxy_async_shared();
         __syncthreads();
-        if (PAIR) {
-            // The other block's barriers are initialised before this block's copies reach them.
+        if (CLUSTERED) {
+            // The other blocks' barriers are initialised before this block's copies reach them.
             cluster_arrive();
             cluster_wait();
         }
         if (threadIdx.x == 0 && tile_begin < tile_end) tma_tile(0, tile_begin * WG_KT);
     }
-    // PAIR: the block past the last query copies and waits, and computes nothing.
-    const bool idle = PAIR && qblk * 64 >= p.Lq;
+    // CLUSTERED: the block past the last query copies and waits, and computes nothing.
+    const bool idle = CLUSTERED && qblk * 64 >= p.Lq;
     for (int tile = tile_begin; tile < tile_end; tile++) {
         const int slot = (tile - tile_begin) & 1, k0 = tile * WG_KT;
         if (TMA) {
-            // The other slot was freed by the barrier that ended the previous tile (PAIR: in both
-            // blocks, its `empty` phase of that tile): the next tile's copies go now, under this
-            // tile's products and softmax.
+            // The other slot was freed by the barrier that ended the previous tile (CLUSTERED: in
+            // every block, its `empty` phase of that tile): the next tile's copies go now, under
+            // this tile's products and softmax.
             if (threadIdx.x == 0 && tile + 1 < tile_end) {
-                if (PAIR && tile > tile_begin) mbar_wait(&kv_empty[slot ^ 1], ((tile - 1 - tile_begin) >> 1) & 1);
+                if (CLUSTERED && tile > tile_begin) mbar_wait(&kv_empty[slot ^ 1], ((tile - 1 - tile_begin) >> 1) & 1);
                 tma_tile(slot ^ 1, k0 + WG_KT);
             }
             mbar_wait(&kv_full[slot], ((tile - tile_begin) >> 1) & 1);
@@ -856,14 +864,15 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
             work(s, pa);
         }
         __syncthreads();  // this slot is read: the next tile may refill it
-        if (PAIR && threadIdx.x == 0) {
-            // ... in both blocks: this block's reads of it come before these arrivals.
+        if (CLUSTERED && threadIdx.x == 0) {
+            // ... in every block: this block's reads of it come before these arrivals.
             mbar_arrive(&kv_empty[slot]);
-            mbar_arrive_cluster(&kv_empty[slot], rank ^ 1);
+#pragma unroll
+            for (unsigned r = 1; r < CL; r++) mbar_arrive_cluster(&kv_empty[slot], (rank + r) % CL);
         }
     }
-    if (PAIR) {
-        // Neither block ends while the other may still copy into it or arrive on its barriers.
+    if (CLUSTERED) {
+        // No block ends while another may still copy into it or arrive on its barriers.
         cluster_arrive();
         cluster_wait();
     }
@@ -953,10 +962,10 @@ template <bool QS, bool SPLIT, int WG = 1> __device__ __forceinline__ void atten
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_bf16(AttentionParams p) { attention_wgmma_entry<false, false>(p); }
 // The same two with K and V copied by TMA (AttentionTmaParams; opt-in until measured:
 // CASCADE_ATTENTION_COPY=tma, or timed under CASCADE_KERNEL_TUNE).
-template <bool QS, bool SPLIT = false, bool PAIR = false> __device__ __forceinline__ void attention_wgmma_tma_entry(const AttentionTmaParams& q) {
+template <bool QS, bool SPLIT = false, int CL = 1> __device__ __forceinline__ void attention_wgmma_tma_entry(const AttentionTmaParams& q) {
     pdl_enter();
 #ifdef CASCADE_WGMMA
-    attention_wgmma_body<QS, SPLIT, 1, true, PAIR>(q.p, &q);
+    attention_wgmma_body<QS, SPLIT, 1, true, CL>(q.p, &q);
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
@@ -966,13 +975,22 @@ extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_tma_bf16
     attention_wgmma_tma_entry<true>(q);
 }
 // ... in clusters of two neighbouring query blocks of one head, each block copying one of a
-// tile's two operands into both (PAIR above; opt-in until measured: CASCADE_ATTENTION_COPY=pair).
+// tile's two operands into both (CL above; opt-in until measured: CASCADE_ATTENTION_COPY=pair).
 // Half the K and V traffic from L2 of the two above: whether that traffic bounds the kernel.
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_pair_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
-    attention_wgmma_tma_entry<false, false, true>(q);
+    attention_wgmma_tma_entry<false, false, 2>(q);
 }
 extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_pair_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
-    attention_wgmma_tma_entry<true, false, true>(q);
+    attention_wgmma_tma_entry<true, false, 2>(q);
+}
+// ... and in clusters of four, each block copying half of one operand (32 keys) into all four
+// (opt-in until measured: CASCADE_ATTENTION_COPY=quad, where a head's query blocks fill the
+// clusters as well as pairs would). A quarter of the traffic: how far the pairs' gain goes.
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_quad_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
+    attention_wgmma_tma_entry<false, false, 4>(q);
+}
+extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_quad_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
+    attention_wgmma_tma_entry<true, false, 4>(q);
 }
 // ... and the split-key versions (both switches, or timed under CASCADE_KERNEL_TUNE).
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_split_tma_bf16(const __grid_constant__ AttentionTmaParams q) {

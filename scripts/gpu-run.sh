@@ -102,7 +102,7 @@ vetting_steps() {
     esac
     case $1 in *CASCADE_ATTENTION_SOFTMAX=lean*) t="$t kernels" ;; esac
     case $1 in *CASCADE_ATTENTION_COPY=tma*) t="$t kernels-tma" ;; esac
-    case $1 in *CASCADE_ATTENTION_COPY=pair*) t="$t kernels-tmapair" ;; esac
+    case $1 in *CASCADE_ATTENTION_COPY=pair* | *CASCADE_ATTENTION_COPY=quad*) t="$t kernels-tmacluster" ;; esac
     case $1 in *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=* | *CASCADE_GEMM_WS_FC2=* | *CASCADE_GEMM_SK=*) t="$t kernels-gemmwg" ;; esac
     case $1 in *CASCADE_GEMM_WGMMA=ws_pair*) t="$t kernels-pair" ;; esac
     case $1 in *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t="$t kernels-split" ;; esac
@@ -153,13 +153,13 @@ if [ "${VARIANT_TESTS:-1}" = needed ]; then
     [ "${FIDELITY_WGMMA:-0}" != 0 ] && envs+=("CASCADE_GEMM_WGMMA=$FIDELITY_WGMMA")
     on FIDELITY_TUNE 0 && envs+=(CASCADE_KERNEL_TUNE=1)
     if [[ " ${BENCHES:-ops stages} " == *" ops "* ]]; then
-        for v in ${OPS_VARIANTS:-gemmwg pair split wgmma2 tma tmapair dw dwroll skinny}; do
+        for v in ${OPS_VARIANTS:-gemmwg pair split wgmma2 tma tmacluster dw dwroll skinny}; do
             case $v in
                 gemmwg) envs+=(CASCADE_GEMM_WGMMA=ws) ;;
                 pair) envs+=(CASCADE_GEMM_WGMMA=ws_pair) ;;
                 split | wgmma2) envs+=(CASCADE_ATTENTION_SPLIT=1) ;;
                 tma) envs+=(CASCADE_ATTENTION_COPY=tma) ;;
-                tmapair) envs+=(CASCADE_ATTENTION_COPY=pair) ;;
+                tmacluster) envs+=(CASCADE_ATTENTION_COPY=quad) ;;
                 dw) envs+=(CASCADE_DW_STRIPS=narrow) ;;
                 dwroll) envs+=(CASCADE_DW_TILE=roll) ;;
                 skinny) envs+=(CASCADE_GEMM_SKINNY=1) ;;
@@ -251,12 +251,13 @@ if on TESTS 1 && [ "${VARIANT_TESTS:-1}" != 0 ] && [ -x "$kernels_test" ]; then
     # against the cp.async ones and the CPU, then on every attention shape (the explicit wgmma
     # kernels take the copies), then the pipeline tests with them.
     variant_step kernels-tma kernels-tma bash -c "export CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SPLIT=1; '$kernels_test' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture"
-    # The same copies shared by clusters of two blocks (opt-in: CASCADE_ATTENTION_COPY=pair, the
-    # only switch that checks or runs them until they have run on a GPU): the attention tests
-    # (the TMA test runs them beside the unpaired copies and cp.async; the real shapes' explicit
-    # wgmma kernels take them), then the pipeline tests. A step of its own: a cluster kernel that
-    # hangs takes only its own variants with it.
-    variant_step kernels-tmapair kernels-tmapair bash -c "export CASCADE_ATTENTION_COPY=pair; '$kernels_test' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture"
+    # The same copies shared by clusters of two blocks, and of four where a head's query blocks
+    # fill them (opt-in: CASCADE_ATTENTION_COPY=pair, or quad for both, the only switches that
+    # check or run them until they have run on a GPU): the attention tests (the TMA test runs
+    # pairs and quads beside the unshared copies and cp.async; the real shapes' explicit wgmma
+    # kernels take them, quads on Stage B's levels 2 and 3), then the pipeline tests. A step of
+    # its own: a cluster kernel that hangs takes only its own variants with it.
+    variant_step kernels-tmacluster kernels-tmacluster bash -c "export CASCADE_ATTENTION_COPY=quad; '$kernels_test' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture"
 fi
 # The pipeline tests (graphs, every stage, against diffusers' seeded images) again in two
 # configurations.
@@ -429,10 +430,10 @@ if on BENCH 1; then
         [ -n "${BENCHES:-}" ] && [[ " $BENCHES " != *" $name "* ]] && continue
         benches+=("bench-$name")
         CASCADE_BENCH_QUICK=1 step "bench-$name" "${BENCH_TIMEOUT:-300}" "$b" --bench
-        # OPS_VARIANTS (default "gemmwg pair split wgmma2 tma tmapair dw dwroll skinny") picks which of these opt-in variant
+        # OPS_VARIANTS (default "gemmwg pair split wgmma2 tma tmacluster dw dwroll skinny") picks which of these opt-in variant
         # steps run after the ops bench: each is a process of its own.
         if [ "$name" = ops ]; then
-            variants=" ${OPS_VARIANTS:-gemmwg pair split wgmma2 tma tmapair dw dwroll skinny} "
+            variants=" ${OPS_VARIANTS:-gemmwg pair split wgmma2 tma tmacluster dw dwroll skinny} "
             # The ops bench's fc1 + GRN rows again with the fused wgmma GEMM's rows among them
             # (the separate path's rows give a same-run comparison), Stage A's fc1 with its GELU
             # on the warp-specialised GEMM beside cuBLASLt's GELU epilogue, and the ResBlocks'
@@ -475,12 +476,13 @@ if on BENCH 1; then
                 vetted bench-ops-tma CASCADE_ATTENTION_COPY=tma &&
                     CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-tma "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
-            # The TMA copies shared by pairs of blocks (opt-in: CASCADE_ATTENTION_COPY=pair) beside
-            # the unpaired ones, full and lean softmax, in one process.
-            if [[ $variants == *" tmapair "* ]]; then
-                benches+=("bench-ops-tmapair")
-                vetted bench-ops-tmapair CASCADE_ATTENTION_COPY=pair &&
-                    CASCADE_ATTENTION_COPY=pair CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-tmapair "${BENCH_TIMEOUT:-300}" "$b" --bench
+            # The TMA copies shared by clusters of two and of four blocks (opt-in:
+            # CASCADE_ATTENTION_COPY=quad asks for both) beside the unshared ones, full and lean
+            # softmax, in one process.
+            if [[ $variants == *" tmacluster "* ]]; then
+                benches+=("bench-ops-tmacluster")
+                vetted bench-ops-tmacluster CASCADE_ATTENTION_COPY=quad &&
+                    CASCADE_ATTENTION_COPY=quad CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-tmacluster "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # The depthwise rows with the narrow strips everywhere (the first run takes the wide
             # ones where they save a wave: the Stage C rows), for a same-run comparison per launch.

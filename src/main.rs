@@ -615,6 +615,11 @@ fn device(name: &str) -> Result<()> {
                 cascade::cuda::attention_pair_requested(),
                 c.pair_attention(),
             ),
+            (
+                "those copies shared by clusters of four blocks where a head's query blocks fill them (CASCADE_ATTENTION_COPY=quad; checked only where asked for)",
+                cascade::cuda::attention_quad_requested(),
+                c.quad_attention(),
+            ),
         ];
         for (what, asked, checked) in pending {
             let state = match (asked, checked, tuning.on()) {

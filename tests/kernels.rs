@@ -841,6 +841,7 @@ fn attention_narrow_tail_kernel() {
                         narrow_tail: Some(narrow),
                         tma_copies: Some(false),
                         pair_copies: Some(false),
+                        quad_copies: Some(false),
                     };
                     ops::attention_into_with_options(&q, &k1, &v1, heads, 0.125, m, kernel, options, &mut o).unwrap();
                     let got = o.to_vec_f32().unwrap();
@@ -888,17 +889,22 @@ fn attention_tma_copies_kernel() {
         kernels.push((ops::AttentionKernel::WgmmaSplit(2), "attention_wgmma_split2"));
         kernels.push((ops::AttentionKernel::WgmmaSharedQSplit(3), "attention_wgmma_sq_split3"));
     }
-    let paired = dev.as_cuda("attention").unwrap().pair_attention();
-    // cp.async copies, TMA copies, and (where they passed their check) TMA copies in pairs.
-    let copies: &[(bool, bool, &str)] = if paired {
-        &[(false, false, ""), (true, false, " tma"), (true, true, " tma pair")]
-    } else {
-        &[(false, false, ""), (true, false, " tma")]
-    };
-    let options = |tma: bool, pair: bool, lean: bool| ops::WgmmaOptions {
+    let cuda = dev.as_cuda("attention").unwrap();
+    // cp.async copies, TMA copies, and (where they passed their check) TMA copies in pairs and in
+    // quads (where a head's query blocks fill them: the shapes of three query blocks; pairs on
+    // the others).
+    let mut copies: Vec<(bool, bool, bool, &str)> = vec![(false, false, false, ""), (true, false, false, " tma")];
+    if cuda.pair_attention() {
+        copies.push((true, true, false, " tma pair"));
+    }
+    if cuda.quad_attention() {
+        copies.push((true, true, true, " tma quad"));
+    }
+    let options = |tma: bool, pair: bool, quad: bool, lean: bool| ops::WgmmaOptions {
         lean_softmax: Some(lean),
         tma_copies: Some(tma),
         pair_copies: Some(pair),
+        quad_copies: Some(quad),
         ..Default::default()
     };
     // Runs `run` with each way of copying (full and lean softmax), each against `want`, and the
@@ -907,15 +913,15 @@ fn attention_tma_copies_kernel() {
         let same_sums = |lean: bool| !(lean && label.starts_with("attention_wgmma_sq"));
         for lean in [false, true] {
             let mut outputs = Vec::new();
-            for &(tma, pair, what) in copies {
+            for &(tma, pair, quad, what) in &copies {
                 let (mut o, whole) = poisoned(&[b, lq, c], DType::BF16, &dev).unwrap();
-                run(options(tma, pair, lean), &mut o);
+                run(options(tma, pair, quad, lean), &mut o);
                 let got = o.to_vec_f32().unwrap();
                 let variant = format!("{name}{}{what}", if lean { " lean" } else { "" });
                 verify(label, &variant, DType::BF16, &got, Some(&whole), want);
                 outputs.push(got);
             }
-            for (got, &(_, _, what)) in outputs.iter().zip(copies).skip(1) {
+            for (got, &(_, _, _, what)) in outputs.iter().zip(&copies).skip(1) {
                 let diff = rel_l2(got, &outputs[0]);
                 if emulated && same_sums(lean) {
                     assert!(*got == outputs[0], "{label} {name}:{what} and cp.async copies differ (rel_l2 {diff:.2e})");
@@ -927,7 +933,8 @@ fn attention_tma_copies_kernel() {
         }
     };
     // Separate q, k and v tensors.
-    // 150 queries: three query blocks, so the paired kernels' grid has a block past them.
+    // 150 queries: three query blocks, so the paired kernels' grid has a block past them, and
+    // quads take them (with one block past them too).
     for (i, &(lq, lk, masked)) in [(70, 85, false), (70, 300, false), (70, 21, false), (77, 77, true), (150, 85, false)].iter().enumerate()
     {
         let mut rng = TestRng::new(7700 + i as u64);
@@ -948,8 +955,9 @@ fn attention_tma_copies_kernel() {
             });
         }
     }
-    // Packed projections [B, L, 3C] (q, k, v side by side), condition keys from a second.
-    for (i, &(l, l2)) in [(128, 13), (64, 4), (70, 0)].iter().enumerate() {
+    // Packed projections [B, L, 3C] (q, k, v side by side), condition keys from a second. 256 + 4
+    // is Stage B's level 3: four query blocks, a cluster of four without a block past them.
+    for (i, &(l, l2)) in [(128, 13), (64, 4), (70, 0), (256, 4)].iter().enumerate() {
         let mut rng = TestRng::new(7800 + i as u64);
         let (qkv, pv) = input(&mut rng, &[b, l, 3 * c], 1.0, DType::BF16, &dev);
         let (second, sv) = input(&mut rng, &[b, l2.max(1), 3 * c], 1.0, DType::BF16, &dev);
@@ -984,7 +992,7 @@ fn attention_tma_copies_kernel() {
         0.125,
         AttentionMask::None,
         ops::AttentionKernel::Wgmma,
-        options(true, false, false),
+        options(true, false, false, false),
         &mut o,
     )
     .unwrap_err();
@@ -1022,13 +1030,19 @@ fn attention_device_defaults_decide_unset_options() {
     for lean in [false, true] {
         for tma in [false, true] {
             for tail in [false, true] {
-                let set =
-                    ops::WgmmaOptions { lean_softmax: Some(lean), tma_copies: Some(tma), narrow_tail: Some(tail), pair_copies: Some(tma) };
+                let set = ops::WgmmaOptions {
+                    lean_softmax: Some(lean),
+                    tma_copies: Some(tma),
+                    narrow_tail: Some(tail),
+                    pair_copies: Some(tma),
+                    quad_copies: Some(tma),
+                };
                 let resolved = ops::WgmmaOptions {
                     lean_softmax: Some(lean && cuda.lean_softmax()),
                     tma_copies: Some(tma && cuda.tma_attention()),
                     narrow_tail: Some(tail && cuda.narrow_tail()),
                     pair_copies: Some(tma && cuda.pair_attention()),
+                    quad_copies: Some(tma && cuda.quad_attention()),
                 };
                 cuda.set_attention_defaults(set);
                 assert_eq!(cuda.attention_defaults(), set);

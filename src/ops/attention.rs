@@ -232,12 +232,29 @@ pub struct WgmmaOptions {
     /// must read the same tiles; elsewhere the unpaired copies). By default off unless `CASCADE_ATTENTION_COPY=pair`; not
     /// timed under `CASCADE_KERNEL_TUNE` until it has run on a GPU.
     pub pair_copies: Option<bool>,
+    /// With paired copies, clusters of four neighbouring query blocks instead of two where a
+    /// head's query blocks fill them as well as pairs do (a count that is a multiple of four, or
+    /// one less), each block copying half of one operand into all four: a quarter of the K and V
+    /// traffic from L2 (how far the pairs' gain goes). By default off unless
+    /// `CASCADE_ATTENTION_COPY=quad`; not timed under `CASCADE_KERNEL_TUNE`.
+    pub quad_copies: Option<bool>,
 }
 
-/// The dynamic shared memory of the paired TMA kernels, Q in registers and in shared memory
-/// (kernels/attention.cu, `attention_smem_bytes`).
+/// The dynamic shared memory of the clustered TMA kernels (pairs and quads), Q in registers and
+/// in shared memory (kernels/attention.cu, `attention_smem_bytes`).
 #[cfg(feature = "cuda")]
-const PAIR_SMEM: [u32; 2] = [4 * 8192 + 2048 + 32, 5 * 8192 + 2048 + 32];
+const CLUSTER_SMEM: [u32; 2] = [4 * 8192 + 2048 + 32, 5 * 8192 + 2048 + 32];
+
+/// The blocks of a cluster sharing each tile's copies for `query_blocks` blocks of a head: 4
+/// where quads are allowed and the head's blocks fill them as well as pairs (rounded up to a
+/// multiple of four, no more blocks than rounded up to even), else 2.
+pub fn copy_cluster(query_blocks: usize, quads: bool) -> usize {
+    if quads && query_blocks.next_multiple_of(4) == query_blocks.next_multiple_of(2) {
+        4
+    } else {
+        2
+    }
+}
 
 /// [`attention_into_with`] with the wgmma kernels' options given (tests and benches compare them).
 #[allow(clippy::too_many_arguments)]
@@ -649,6 +666,10 @@ fn attention_impl(
                 && matches!(chosen, AttentionKernel::Wgmma | AttentionKernel::WgmmaSharedQ)
                 && options.pair_copies.or(defaults.pair_copies).unwrap_or_else(crate::cuda::attention_pair_requested)
                 && dev.pair_attention();
+            // Quads where they are asked for likewise, passed their check, and fill as pairs do.
+            let quads = pair
+                && options.quad_copies.or(defaults.quad_copies).unwrap_or_else(crate::cuda::attention_quad_requested)
+                && dev.quad_attention();
             if use_tma && !tma_fit {
                 return Err(Error::Shape(
                     "attention: TMA copies need 16-byte aligned operands with rows a multiple of 8 elements apart, and a second key source starting on a 64-key tile".into(),
@@ -702,9 +723,13 @@ fn attention_impl(
             }
             let grid = ((lq.div_ceil(rows) * ranges) as u32, heads as u32, b as u32);
             if use_tma {
+                // The blocks of a cluster sharing copies (1: none), and the keys each copy brings:
+                // a tile of 64, or quads' half tile.
+                let cluster = if pair { copy_cluster(grid.0 as usize, quads) } else { 1 };
+                let box_keys = if cluster == 4 { 32 } else { 64 };
                 // Each key source's K and V as [B][keys][row] maps, the head's columns by coordinate.
                 let map = |part: Part, len: usize| {
-                    crate::cuda::tensor_map_bf16_3d(part.t.cuda_ptr()?, (b, len, part.stride()), part.stride(), 64, 64)
+                    crate::cuda::tensor_map_bf16_3d(part.t.cuda_ptr()?, (b, len, part.stride()), part.stride(), box_keys, 64)
                 };
                 let (k_map, v_map) = (map(k, lk)?, map(v, lk)?);
                 let (k2_map, v2_map, k2_col, v2_col) = match extra {
@@ -722,13 +747,19 @@ fn attention_impl(
                     v2_col: v2_col as i32,
                     p,
                 };
-                if pair {
-                    // Clusters of two along the query blocks: the grid's x rounded up to even (a
-                    // last block past the queries copies for its neighbour and computes nothing).
+                if cluster > 1 {
+                    // Clusters along the query blocks: the grid's x rounded up to a multiple of
+                    // the cluster (blocks past the queries copy for their neighbours and compute
+                    // nothing).
                     let qs = chosen == AttentionKernel::WgmmaSharedQ;
-                    let f = if qs { &kt.attention_wgmma_qs_pair_tma_bf16 } else { &kt.attention_wgmma_pair_tma_bf16 };
-                    let grid = (grid.0.next_multiple_of(2), grid.1, grid.2);
-                    return dev.launch_cluster(f, grid, (threads, 1, 1), PAIR_SMEM[qs as usize], (2, 1, 1), &tq);
+                    let f = match (cluster, qs) {
+                        (2, false) => &kt.attention_wgmma_pair_tma_bf16,
+                        (2, true) => &kt.attention_wgmma_qs_pair_tma_bf16,
+                        (_, false) => &kt.attention_wgmma_quad_tma_bf16,
+                        (_, true) => &kt.attention_wgmma_qs_quad_tma_bf16,
+                    };
+                    let grid = (grid.0.next_multiple_of(cluster as u32), grid.1, grid.2);
+                    return dev.launch_cluster(f, grid, (threads, 1, 1), CLUSTER_SMEM[qs as usize], (cluster as u32, 1, 1), &tq);
                 }
                 let f = match chosen {
                     AttentionKernel::WgmmaSharedQ => &kt.attention_wgmma_qs_tma_bf16,
@@ -766,7 +797,24 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32, m
 
 #[cfg(test)]
 mod tests {
-    use super::{mma32_preferred, wgmma_shared_q_preferred, wgmma_split_plan, SplitPlan};
+    use super::{copy_cluster, mma32_preferred, wgmma_shared_q_preferred, wgmma_split_plan, SplitPlan};
+
+    #[test]
+    fn quads_where_they_fill_as_pairs_do() {
+        // Stage B's level 2 (16 query blocks a head) and level 3 (4): quads. Stage C and C lite
+        // (9): pairs (10 blocks), as quads would take 12.
+        assert_eq!(copy_cluster(16, true), 4);
+        assert_eq!(copy_cluster(4, true), 4);
+        assert_eq!(copy_cluster(9, true), 2);
+        // Three blocks: four either way (one past the queries); one, two, five: pairs.
+        assert_eq!(copy_cluster(3, true), 4);
+        assert_eq!(copy_cluster(7, true), 4);
+        for n in [1, 2, 5, 6, 10] {
+            assert_eq!(copy_cluster(n, true), 2, "{n} query blocks");
+        }
+        // Not asked for: pairs.
+        assert_eq!(copy_cluster(16, false), 2);
+    }
 
     #[test]
     fn keys_split_where_the_grid_leaves_sms_short() {
