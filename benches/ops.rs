@@ -391,29 +391,30 @@ fn main() {
                         use ops::AttentionKernel::*;
                         matches!(k, Wgmma | WgmmaSharedQ | WgmmaSplit(_) | WgmmaSharedQSplit(_))
                     };
-                    // ... and, where asked for (CASCADE_ATTENTION_COPY=pair, or quad), with the copies
-                    // shared by clusters of two blocks, or of four where a head's query blocks fill
-                    // them (the unsplit kernels, unmasked shapes), in the same process.
-                    let (paired, quads) = match &dev {
-                        cascade::Device::Cuda(d) => (d.pair_attention() && !s.masked, d.quad_attention() && !s.masked),
+                    // ... and, where asked for (CASCADE_ATTENTION_COPY=pair, or cluster), with the
+                    // copies shared by clusters of two blocks, or of the size that fits a head's
+                    // query blocks best (the unsplit kernels, unmasked shapes), in the same process.
+                    let (paired, wider) = match &dev {
+                        cascade::Device::Cuda(d) => (d.pair_attention() && !s.masked, d.cluster_attention() && !s.masked),
                         _ => (false, false),
                     };
                     for &(kernel, label) in wgmma_kernels.iter().filter(|(k, _)| with_tma(k)) {
                         let clustered = matches!(kernel, ops::AttentionKernel::Wgmma | ops::AttentionKernel::WgmmaSharedQ);
-                        for (cluster, lean) in [(1, false), (1, true), (2, false), (2, true), (4, false), (4, true)] {
-                            if (cluster == 2 && !(paired && clustered)) || (cluster == 4 && !(quads && clustered)) {
+                        // 1: unshared, 2: pairs, 3: the best fitting cluster.
+                        for (cluster, lean) in [(1, false), (1, true), (2, false), (2, true), (3, false), (3, true)] {
+                            if (cluster == 2 && !(paired && clustered)) || (cluster == 3 && !(wider && clustered)) {
                                 continue;
                             }
                             let tma = ops::WgmmaOptions {
                                 tma_copies: Some(true),
                                 pair_copies: Some(cluster > 1),
-                                quad_copies: Some(cluster == 4),
+                                cluster_copies: Some(cluster == 3),
                                 lean_softmax: Some(lean),
                                 ..Default::default()
                             };
                             let row = format!(
                                 "{label}_tma{}{}/{}/{}x{}x{}x{}/{dtype}",
-                                ["", "", "_pair", "", "_quad"][cluster],
+                                ["", "", "_pair", "_cluster"][cluster],
                                 if lean { "_lean" } else { "" },
                                 s.name,
                                 s.b,

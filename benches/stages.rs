@@ -173,9 +173,9 @@ type AbSetting = (String, cascade::ops::WgmmaOptions, cascade::ops::GemmOptions)
 /// The settings `CASCADE_BENCH_AB` lists (see main), the all-off one first; empty when unset,
 /// or after saying why not (an unknown feature, or one whose kernels did not pass their start-up
 /// check: its environment switch asks for that check). Features: the attention's `tma` copies
-/// (`pair`: in clusters of two blocks sharing each tile's copy, `quad`: of four where a head's
-/// query blocks fill them; under `CASCADE_ATTENTION_COPY=pair` or `quad` the base setting has the
-/// unshared copies), `lean` softmax and narrow `tail`; the GEMMs' fused `fc1` + GRN statistics (`fc1sk`: its
+/// (`pair`: in clusters of two blocks sharing each tile's copy, `cluster`: of two, three or four,
+/// whichever fits a head's query blocks best; under `CASCADE_ATTENTION_COPY=pair` or `cluster` the
+/// base setting has the unshared copies), `lean` softmax and narrow `tail`; the GEMMs' fused `fc1` + GRN statistics (`fc1sk`: its
 /// stream-K version, `fc1tall`: its version on 256-row tiles, `fc1pair`: those tiles in pairs
 /// sharing x's copy), stream-K `fc2`,
 /// stream-K residual products `sk`, CLIP's `skinny` GEMM and Stage A's `wsgelu` (fc1 and GELU on
@@ -187,7 +187,7 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
     let features = [
         ("tma", cuda.tma_attention(), "CASCADE_ATTENTION_COPY=tma"),
         ("pair", cuda.pair_attention(), "CASCADE_ATTENTION_COPY=pair"),
-        ("quad", cuda.quad_attention(), "CASCADE_ATTENTION_COPY=quad"),
+        ("cluster", cuda.cluster_attention(), "CASCADE_ATTENTION_COPY=cluster"),
         ("lean", cuda.lean_softmax(), "CASCADE_ATTENTION_SOFTMAX=lean"),
         ("tail", cuda.narrow_tail(), "CASCADE_ATTENTION_TAIL unset"),
         ("fc1", cuda.wgmma_gemm(), "CASCADE_GEMM_WGMMA=ws (or 1, ws_deep)"),
@@ -203,7 +203,7 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
         match features.iter().find(|x| x.0 == *f) {
             None => {
                 println!(
-                    "AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, pair, quad, lean, tail, fc1, fc1sk, fc1tall, fc1pair, fc2, sk, skinny, wsgelu)"
+                    "AB skipped: unknown feature {f:?} in CASCADE_BENCH_AB (tma, pair, cluster, lean, tail, fc1, fc1sk, fc1tall, fc1pair, fc2, sk, skinny, wsgelu)"
                 );
                 return Vec::new();
             }
@@ -222,11 +222,11 @@ fn ab_settings(cuda: &cascade::cuda::CudaDevice) -> Vec<AbSetting> {
         (
             cascade::ops::WgmmaOptions {
                 tma_copies: pick("tma"),
-                // Quads are clustered copies too ("tma+quad"); quads only in the settings that
-                // name them, also where the environment asks for them (CASCADE_ATTENTION_COPY=quad
-                // turns pairs on too).
-                pair_copies: (used("pair") || used("quad")).then(|| on.contains(&"pair") || on.contains(&"quad")),
-                quad_copies: (used("quad") || used("pair")).then(|| on.contains(&"quad")),
+                // Wider clusters are shared copies too ("tma+cluster"), and only in the settings
+                // that name them, also where the environment asks for them
+                // (CASCADE_ATTENTION_COPY=cluster turns pairs on too).
+                pair_copies: (used("pair") || used("cluster")).then(|| on.contains(&"pair") || on.contains(&"cluster")),
+                cluster_copies: (used("cluster") || used("pair")).then(|| on.contains(&"cluster")),
                 lean_softmax: pick("lean"),
                 narrow_tail: pick("tail"),
             },

@@ -608,21 +608,22 @@ __device__ __forceinline__ void wg_rescale(const AttentionParams& p, float (&o)[
 // instead of two.
 // CL > 1 (with TMA, one warpgroup, no split, no causal mask: the launcher's conditions): blocks
 // in clusters of CL along x, CL neighbouring query blocks of one head, which read the same K and
-// V tiles. Each block copies a CL-th of every tile into all the cluster's blocks by TMA
+// V tiles. Each block copies its share of every tile into all the cluster's blocks by TMA
 // multicast, so a tile is read from L2 once per 64 · CL queries instead of once per 64: 16 / CL
-// KiB a block and tile instead of 16. Pairs (CL = 2): rank 0 copies K, rank 1 V. Quads (CL =
-// 4): ranks 0 and 1 the first and second 32 keys of K, ranks 2 and 3 those of V (the maps' boxes
-// are 32 keys; a half tile lands 4 KiB into the tile, where the 128-byte swizzle's 1 KiB period
-// puts it in the same pattern). A slot is refilled only when every block of the cluster has
-// read it: each block's `empty` barrier of the slot expects an arrival from its own thread 0 and
-// one from each other block's. A block past the last query (the grid's x rounded up to a
+// KiB a block and tile on average instead of 16. Pairs (CL = 2): rank 0 copies K, rank 1 V.
+// Trios and quads (CL = 3, 4): the tile's four halves (the first and second 32 keys of K, then
+// of V), half q by rank q % CL (a trio's rank 0 copies two); the maps' boxes are 32 keys, and a
+// half tile lands 4 KiB into the tile, where the 128-byte swizzle's 1 KiB period puts it in the
+// same pattern. A slot is refilled only when every block of the cluster has read it: each
+// block's `empty` barrier of the slot expects an arrival from its own thread 0 and one from each
+// other block's. A block past the last query (the grid's x rounded up to a
 // multiple of CL) copies and waits like the others but computes nothing. Dynamic shared memory
 // (the launch gives attention_smem_bytes), so that the emulator can map it between the blocks.
 template <bool QS, bool SPLIT, int WG = 1, bool TMA = false, int CL = 1>
 __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, const AttentionTmaParams* tq = nullptr) {
     static_assert(WG == 1 || (WG == 2 && !QS), "one or two warpgroups; two hold Q in registers");
-    static_assert(CL == 1 || CL == 2 || CL == 4, "clusters of one, two or four blocks");
-    constexpr bool CLUSTERED = CL > 1;  // pairs or quads: the cluster's blocks share each tile's copies
+    static_assert(CL >= 1 && CL <= 4, "clusters of one to four blocks");
+    constexpr bool CLUSTERED = CL > 1;  // the cluster's blocks share each tile's copies
     static_assert(!CLUSTERED || (TMA && !SPLIT && WG == 1), "clusters copy by TMA, one warpgroup a block, all keys");
     constexpr int THREADS = 128 * WG;
     // K and V of two slots each (then Q), then 1 KiB of bf16 ones (the lean softmax's row sums:
@@ -720,12 +721,19 @@ __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, c
         const bool first = k0 < p.Lk;
         const int row = first ? k0 : k0 - p.Lk;
         if (CLUSTERED) {
-            const bool k = rank < CL / 2;
-            const int half = CL == 4 ? rank & 1 : 0;  // (quads: which 32 keys of the operand)
-            const TensorMap* map = k ? (first ? &tq->k_map : &tq->k2_map) : (first ? &tq->v_map : &tq->v2_map);
-            const int col = k ? (first ? tq->k_col : tq->k2_col) : (first ? tq->v_col : tq->v2_col);
-            tma_load_3d_multicast((k ? ktile(slot) : vtile(slot)) + half * (WG_TILE / 2), map, col + h * HEAD_DIM, row + half * (WG_KT / 2), b,
-                                  &kv_full[slot], (1u << CL) - 1);
+            // Pairs: rank 0 K, rank 1 V, whole. Trios and quads: the tile's four halves (K's first
+            // and second 32 keys, then V's), half q copied by rank q % CL.
+            constexpr int PARTS = CL == 2 ? 2 : 4;
+            auto copy_part = [&](unsigned part) {
+                const bool k = part < PARTS / 2u;
+                const int half = PARTS == 4 ? part & 1 : 0;
+                const TensorMap* map = k ? (first ? &tq->k_map : &tq->k2_map) : (first ? &tq->v_map : &tq->v2_map);
+                const int col = k ? (first ? tq->k_col : tq->k2_col) : (first ? tq->v_col : tq->v2_col);
+                tma_load_3d_multicast((k ? ktile(slot) : vtile(slot)) + half * (WG_TILE / 2), map, col + h * HEAD_DIM, row + half * (WG_KT / 2),
+                                      b, &kv_full[slot], (1u << CL) - 1);
+            };
+            copy_part(rank);
+            if (CL == 3 && rank == 0) copy_part(3);
             return;
         }
         tma_load_3d(ktile(slot), first ? &tq->k_map : &tq->k2_map, (first ? tq->k_col : tq->k2_col) + h * HEAD_DIM, row, b, &kv_full[slot]);
@@ -983,9 +991,17 @@ extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_pair_tma_bf
 extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_pair_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
     attention_wgmma_tma_entry<true, false, 2>(q);
 }
-// ... and in clusters of four, each block copying half of one operand (32 keys) into all four
-// (opt-in until measured: CASCADE_ATTENTION_COPY=quad, where a head's query blocks fill the
-// clusters as well as pairs would). A quarter of the traffic: how far the pairs' gain goes.
+// ... and in clusters of three and of four, the blocks sharing out a tile's four half operands
+// (32 keys each) into all of them (opt-in until measured: CASCADE_ATTENTION_COPY=cluster takes
+// the size that fits a head's query blocks best: trios for Stage C's 9, quads for Stage B's 16
+// and 4). A third and a quarter of the traffic: how far the pairs' gain goes, and for Stage C
+// without the pairs' block past the queries.
+extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_trio_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
+    attention_wgmma_tma_entry<false, false, 3>(q);
+}
+extern "C" __global__ void __launch_bounds__(128, 5) attention_wgmma_qs_trio_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
+    attention_wgmma_tma_entry<true, false, 3>(q);
+}
 extern "C" __global__ void __launch_bounds__(128, 4) attention_wgmma_quad_tma_bf16(const __grid_constant__ AttentionTmaParams q) {
     attention_wgmma_tma_entry<false, false, 4>(q);
 }

@@ -51,13 +51,14 @@ CASCADE_ATTENTION_COPY=tma cargo test --release --features cuda --test models --
 # The device's defaults of the attention options (the stages bench's in-process A/B) with every
 # option's kernels checked at start-up, so that each default has something to decide.
 CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SOFTMAX=lean cargo test --release --features cuda --test kernels -- --ignored attention_device_defaults "$@"
-# The same copies shared by clusters of two blocks, and of four where a head's query blocks fill
-# them (CASCADE_ATTENTION_COPY=pair, or quad for both; opt-in until measured, checked only where
-# asked for): the attention kernel tests (the TMA test runs pairs and quads beside the others,
-# with a block past the queries where their count is odd; quads on three and four query
-# blocks, a second key source among them), the device's defaults, the tiny models and the tiny
-# pipeline (pairs: their heads have too few query blocks for quads).
-CASCADE_ATTENTION_COPY=quad CASCADE_ATTENTION_SOFTMAX=lean cargo test --release --features cuda --test kernels -- --ignored attention "$@"
+# The same copies shared by clusters of two blocks, and of three or four where those fit a
+# head's query blocks better (CASCADE_ATTENTION_COPY=pair, or cluster for all three; opt-in until
+# measured, checked only where asked for): the attention kernel tests (the TMA test runs pairs
+# and the wider clusters beside the others, with blocks past the queries where their count asks
+# for them: trios on three and five query blocks, quads on four with a second key source), the
+# device's defaults, the tiny models and the tiny pipeline (pairs: their heads have one or two
+# query blocks).
+CASCADE_ATTENTION_COPY=cluster CASCADE_ATTENTION_SOFTMAX=lean cargo test --release --features cuda --test kernels -- --ignored attention "$@"
 CASCADE_ATTENTION_COPY=pair cargo test --release --features cuda --test models -- --ignored tiny_components "$@"
 CASCADE_ATTENTION_COPY=pair cargo test --release --features cuda --test pipeline -- --ignored "$@"
 # The wgmma attention's last tile of keys kept 64 wide (CASCADE_ATTENTION_TAIL=full; narrowed by

@@ -102,7 +102,7 @@ vetting_steps() {
     esac
     case $1 in *CASCADE_ATTENTION_SOFTMAX=lean*) t="$t kernels" ;; esac
     case $1 in *CASCADE_ATTENTION_COPY=tma*) t="$t kernels-tma" ;; esac
-    case $1 in *CASCADE_ATTENTION_COPY=pair* | *CASCADE_ATTENTION_COPY=quad*) t="$t kernels-tmacluster" ;; esac
+    case $1 in *CASCADE_ATTENTION_COPY=pair* | *CASCADE_ATTENTION_COPY=cluster*) t="$t kernels-tmacluster" ;; esac
     case $1 in *CASCADE_GEMM_WGMMA=* | *CASCADE_GEMM_WS_GELU=* | *CASCADE_GEMM_WS_FC2=* | *CASCADE_GEMM_SK=*) t="$t kernels-gemmwg" ;; esac
     case $1 in *CASCADE_GEMM_WGMMA=ws_pair*) t="$t kernels-pair" ;; esac
     case $1 in *CASCADE_ATTENTION_SPLIT=* | *CASCADE_ATTENTION=wgmma2*) t="$t kernels-split" ;; esac
@@ -159,7 +159,7 @@ if [ "${VARIANT_TESTS:-1}" = needed ]; then
                 pair) envs+=(CASCADE_GEMM_WGMMA=ws_pair) ;;
                 split | wgmma2) envs+=(CASCADE_ATTENTION_SPLIT=1) ;;
                 tma) envs+=(CASCADE_ATTENTION_COPY=tma) ;;
-                tmacluster) envs+=(CASCADE_ATTENTION_COPY=quad) ;;
+                tmacluster) envs+=(CASCADE_ATTENTION_COPY=cluster) ;;
                 dw) envs+=(CASCADE_DW_STRIPS=narrow) ;;
                 dwroll) envs+=(CASCADE_DW_TILE=roll) ;;
                 skinny) envs+=(CASCADE_GEMM_SKINNY=1) ;;
@@ -251,13 +251,14 @@ if on TESTS 1 && [ "${VARIANT_TESTS:-1}" != 0 ] && [ -x "$kernels_test" ]; then
     # against the cp.async ones and the CPU, then on every attention shape (the explicit wgmma
     # kernels take the copies), then the pipeline tests with them.
     variant_step kernels-tma kernels-tma bash -c "export CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SPLIT=1; '$kernels_test' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture"
-    # The same copies shared by clusters of two blocks, and of four where a head's query blocks
-    # fill them (opt-in: CASCADE_ATTENTION_COPY=pair, or quad for both, the only switches that
-    # check or run them until they have run on a GPU): the attention tests (the TMA test runs
-    # pairs and quads beside the unshared copies and cp.async; the real shapes' explicit wgmma
-    # kernels take them, quads on Stage B's levels 2 and 3), then the pipeline tests. A step of
-    # its own: a cluster kernel that hangs takes only its own variants with it.
-    variant_step kernels-tmacluster kernels-tmacluster bash -c "export CASCADE_ATTENTION_COPY=quad; '$kernels_test' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture"
+    # The same copies shared by clusters of two blocks, and of three or four where those fit a
+    # head's query blocks better (opt-in: CASCADE_ATTENTION_COPY=pair, or cluster for all three,
+    # the only switches that check or run them until they have run on a GPU): the attention tests
+    # (the TMA test runs pairs and the wider clusters beside the unshared copies and cp.async; the
+    # real shapes' explicit wgmma kernels take them: trios on Stage C, quads on Stage B's levels
+    # 2 and 3), then the pipeline tests. A step of its own: a cluster kernel that hangs takes only
+    # its own variants with it.
+    variant_step kernels-tmacluster kernels-tmacluster bash -c "export CASCADE_ATTENTION_COPY=cluster; '$kernels_test' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture"
 fi
 # The pipeline tests (graphs, every stage, against diffusers' seeded images) again in two
 # configurations.
@@ -476,13 +477,13 @@ if on BENCH 1; then
                 vetted bench-ops-tma CASCADE_ATTENTION_COPY=tma &&
                     CASCADE_ATTENTION_COPY=tma CASCADE_ATTENTION_SPLIT=1 CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-tma "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
-            # The TMA copies shared by clusters of two and of four blocks (opt-in:
-            # CASCADE_ATTENTION_COPY=quad asks for both) beside the unshared ones, full and lean
-            # softmax, in one process.
+            # The TMA copies shared by clusters of two blocks and by the cluster that fits a head's
+            # query blocks best (opt-in: CASCADE_ATTENTION_COPY=cluster asks for both) beside the
+            # unshared ones, full and lean softmax, in one process.
             if [[ $variants == *" tmacluster "* ]]; then
                 benches+=("bench-ops-tmacluster")
-                vetted bench-ops-tmacluster CASCADE_ATTENTION_COPY=quad &&
-                    CASCADE_ATTENTION_COPY=quad CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-tmacluster "${BENCH_TIMEOUT:-300}" "$b" --bench
+                vetted bench-ops-tmacluster CASCADE_ATTENTION_COPY=cluster &&
+                    CASCADE_ATTENTION_COPY=cluster CASCADE_SHAPES=attention_wgmma CASCADE_BENCH_QUICK=1 step bench-ops-tmacluster "${BENCH_TIMEOUT:-300}" "$b" --bench
             fi
             # The depthwise rows with the narrow strips everywhere (the first run takes the wide
             # ones where they save a wave: the Stage C rows), for a same-run comparison per launch.

@@ -616,9 +616,9 @@ fn device(name: &str) -> Result<()> {
                 c.pair_attention(),
             ),
             (
-                "those copies shared by clusters of four blocks where a head's query blocks fill them (CASCADE_ATTENTION_COPY=quad; checked only where asked for)",
-                cascade::cuda::attention_quad_requested(),
-                c.quad_attention(),
+                "those copies shared by clusters of three or four blocks where they fit a head's query blocks better (CASCADE_ATTENTION_COPY=cluster; checked only where asked for)",
+                cascade::cuda::attention_cluster_requested(),
+                c.cluster_attention(),
             ),
         ];
         for (what, asked, checked) in pending {

@@ -841,7 +841,7 @@ fn attention_narrow_tail_kernel() {
                         narrow_tail: Some(narrow),
                         tma_copies: Some(false),
                         pair_copies: Some(false),
-                        quad_copies: Some(false),
+                        cluster_copies: Some(false),
                     };
                     ops::attention_into_with_options(&q, &k1, &v1, heads, 0.125, m, kernel, options, &mut o).unwrap();
                     let got = o.to_vec_f32().unwrap();
@@ -891,20 +891,20 @@ fn attention_tma_copies_kernel() {
     }
     let cuda = dev.as_cuda("attention").unwrap();
     // cp.async copies, TMA copies, and (where they passed their check) TMA copies in pairs and in
-    // quads (where a head's query blocks fill them: the shapes of three query blocks; pairs on
-    // the others).
+    // the cluster that fits a head's query blocks best (trios on three query blocks, quads on
+    // four, pairs on one or two).
     let mut copies: Vec<(bool, bool, bool, &str)> = vec![(false, false, false, ""), (true, false, false, " tma")];
     if cuda.pair_attention() {
         copies.push((true, true, false, " tma pair"));
     }
-    if cuda.quad_attention() {
-        copies.push((true, true, true, " tma quad"));
+    if cuda.cluster_attention() {
+        copies.push((true, true, true, " tma cluster"));
     }
-    let options = |tma: bool, pair: bool, quad: bool, lean: bool| ops::WgmmaOptions {
+    let options = |tma: bool, pair: bool, wider: bool, lean: bool| ops::WgmmaOptions {
         lean_softmax: Some(lean),
         tma_copies: Some(tma),
         pair_copies: Some(pair),
-        quad_copies: Some(quad),
+        cluster_copies: Some(wider),
         ..Default::default()
     };
     // Runs `run` with each way of copying (full and lean softmax), each against `want`, and the
@@ -913,9 +913,9 @@ fn attention_tma_copies_kernel() {
         let same_sums = |lean: bool| !(lean && label.starts_with("attention_wgmma_sq"));
         for lean in [false, true] {
             let mut outputs = Vec::new();
-            for &(tma, pair, quad, what) in &copies {
+            for &(tma, pair, wider, what) in &copies {
                 let (mut o, whole) = poisoned(&[b, lq, c], DType::BF16, &dev).unwrap();
-                run(options(tma, pair, quad, lean), &mut o);
+                run(options(tma, pair, wider, lean), &mut o);
                 let got = o.to_vec_f32().unwrap();
                 let variant = format!("{name}{}{what}", if lean { " lean" } else { "" });
                 verify(label, &variant, DType::BF16, &got, Some(&whole), want);
@@ -933,10 +933,10 @@ fn attention_tma_copies_kernel() {
         }
     };
     // Separate q, k and v tensors.
-    // 150 queries: three query blocks, so the paired kernels' grid has a block past them, and
-    // quads take them (with one block past them too).
-    for (i, &(lq, lk, masked)) in [(70, 85, false), (70, 300, false), (70, 21, false), (77, 77, true), (150, 85, false)].iter().enumerate()
-    {
+    // 150 queries: three query blocks, so the paired kernels' grid has a block past them, and a
+    // trio takes them without one; 300 queries: five, trios with one past them.
+    let shapes = [(70, 85, false), (70, 300, false), (70, 21, false), (77, 77, true), (150, 85, false), (300, 85, false)];
+    for (i, &(lq, lk, masked)) in shapes.iter().enumerate() {
         let mut rng = TestRng::new(7700 + i as u64);
         let (q, qv) = input(&mut rng, &[b, lq, c], 1.0, DType::BF16, &dev);
         let (k, kv) = input(&mut rng, &[b, lk, c], 1.0, DType::BF16, &dev);
@@ -1035,14 +1035,14 @@ fn attention_device_defaults_decide_unset_options() {
                     tma_copies: Some(tma),
                     narrow_tail: Some(tail),
                     pair_copies: Some(tma),
-                    quad_copies: Some(tma),
+                    cluster_copies: Some(tma),
                 };
                 let resolved = ops::WgmmaOptions {
                     lean_softmax: Some(lean && cuda.lean_softmax()),
                     tma_copies: Some(tma && cuda.tma_attention()),
                     narrow_tail: Some(tail && cuda.narrow_tail()),
                     pair_copies: Some(tma && cuda.pair_attention()),
-                    quad_copies: Some(tma && cuda.quad_attention()),
+                    cluster_copies: Some(tma && cuda.cluster_attention()),
                 };
                 cuda.set_attention_defaults(set);
                 assert_eq!(cuda.attention_defaults(), set);

@@ -179,8 +179,9 @@ pub struct CudaDevice {
     tma_attention: std::sync::atomic::AtomicBool,
     /// The paired TMA kernels (`CASCADE_ATTENTION_COPY=pair`) passed their start-up check.
     pair_attention: std::sync::atomic::AtomicBool,
-    /// The TMA kernels in clusters of four (`CASCADE_ATTENTION_COPY=quad`) passed theirs.
-    quad_attention: std::sync::atomic::AtomicBool,
+    /// The TMA kernels in clusters of three and four (`CASCADE_ATTENTION_COPY=cluster`) passed
+    /// theirs.
+    cluster_attention: std::sync::atomic::AtomicBool,
     /// The requested version of the fused fc1 + GRN-statistics GEMM (`gemm_gelu_grn_ws_bf16` and
     /// the rest) passed its start-up check.
     wgmma_gemm: std::sync::atomic::AtomicBool,
@@ -402,7 +403,7 @@ impl CudaDevice {
             narrow_tail: false.into(),
             tma_attention: false.into(),
             pair_attention: false.into(),
-            quad_attention: false.into(),
+            cluster_attention: false.into(),
             wgmma_gemm: false.into(),
             grn_sk_gemm: false.into(),
             grn_tall_gemm: false.into(),
@@ -496,7 +497,7 @@ impl CudaDevice {
                     narrow_tail: Some(true),
                     tma_copies: Some(false),
                     pair_copies: Some(false),
-                    quad_copies: Some(false),
+                    cluster_copies: Some(false),
                 };
                 let ok = check_attention_options(&dev, AttentionKernel::Wgmma, narrow, "Hopper tensor-core (wgmma, narrow last tile)")
                     && check_attention_options(
@@ -516,7 +517,7 @@ impl CudaDevice {
                     narrow_tail: Some(dev.narrow_tail()),
                     tma_copies: Some(true),
                     pair_copies: Some(false),
-                    quad_copies: Some(false),
+                    cluster_copies: Some(false),
                 };
                 let ok = check_attention_options(&dev, AttentionKernel::Wgmma, tma, "Hopper tensor-core (wgmma, TMA copies)")
                     && check_attention_options(
@@ -549,20 +550,23 @@ impl CudaDevice {
                             "Hopper tensor-core (wgmma, Q in shared memory, TMA copies in pairs)",
                         );
                     dev.pair_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
-                    // Quads likewise (CASCADE_ATTENTION_COPY=quad), once pairs passed: the check's
-                    // shapes include one whose query blocks fill a cluster of four.
-                    if ok && attention_quad_requested() {
-                        dev.quad_attention.store(true, std::sync::atomic::Ordering::Relaxed);
-                        let quad = WgmmaOptions { quad_copies: Some(true), ..pair };
-                        let ok =
-                            check_attention_options(&dev, AttentionKernel::Wgmma, quad, "Hopper tensor-core (wgmma, TMA copies in quads)")
-                                && check_attention_options(
-                                    &dev,
-                                    AttentionKernel::WgmmaSharedQ,
-                                    quad,
-                                    "Hopper tensor-core (wgmma, Q in shared memory, TMA copies in quads)",
-                                );
-                        dev.quad_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
+                    // Trios and quads likewise (CASCADE_ATTENTION_COPY=cluster), once pairs passed:
+                    // the check's shapes include three and four query blocks a head.
+                    if ok && attention_cluster_requested() {
+                        dev.cluster_attention.store(true, std::sync::atomic::Ordering::Relaxed);
+                        let wider = WgmmaOptions { cluster_copies: Some(true), ..pair };
+                        let ok = check_attention_options(
+                            &dev,
+                            AttentionKernel::Wgmma,
+                            wider,
+                            "Hopper tensor-core (wgmma, TMA copies in trios and quads)",
+                        ) && check_attention_options(
+                            &dev,
+                            AttentionKernel::WgmmaSharedQ,
+                            wider,
+                            "Hopper tensor-core (wgmma, Q in shared memory, TMA copies in trios and quads)",
+                        );
+                        dev.cluster_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
@@ -813,11 +817,11 @@ impl CudaDevice {
         self.pair_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether the same copies in clusters of four blocks were asked for
-    /// (`CASCADE_ATTENTION_COPY=quad`) and agreed with the CUDA-core kernel when the device was
-    /// opened (see `WgmmaOptions::quad_copies`).
-    pub fn quad_attention(&self) -> bool {
-        self.quad_attention.load(std::sync::atomic::Ordering::Relaxed)
+    /// Whether the same copies in clusters of three and four blocks were asked for
+    /// (`CASCADE_ATTENTION_COPY=cluster`) and agreed with the CUDA-core kernel when the device was
+    /// opened (see `WgmmaOptions::cluster_copies`).
+    pub fn cluster_attention(&self) -> bool {
+        self.cluster_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many blocks of the two split-key wgmma kernels (Q in registers, Q in shared memory)
@@ -1461,29 +1465,29 @@ fn env_either(name: &str, on: &str, off: &str) -> Option<bool> {
 
 /// `CASCADE_ATTENTION_COPY` (read once): `tma` asks for the wgmma attention kernels that copy K
 /// and V with TMA (opt-in until measured), `pair` for the same in clusters of two blocks that
-/// share each tile's copy (where a launch allows them: [`attention_pair_requested`]), `quad` for
-/// clusters of four where a head's query blocks fill them, else pairs
-/// ([`attention_quad_requested`]), `cp` for the cp.async ones; unset: None (cp.async, or timed
+/// share each tile's copy (where a launch allows them: [`attention_pair_requested`]), `cluster`
+/// for clusters of two, three or four, whichever fits a head's query blocks best
+/// ([`attention_cluster_requested`]), `cp` for the cp.async ones; unset: None (cp.async, or timed
 /// under `CASCADE_KERNEL_TUNE`).
 pub fn attention_copy_requested() -> Option<bool> {
     static TMA: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     *TMA.get_or_init(|| if attention_pair_requested() { Some(true) } else { env_either("CASCADE_ATTENTION_COPY", "tma", "cp") })
 }
 
-/// Whether `CASCADE_ATTENTION_COPY=pair` (or `quad`) asks for the TMA copies in clusters of two
+/// Whether `CASCADE_ATTENTION_COPY=pair` (or `cluster`) asks for the TMA copies in clusters of two
 /// blocks (read once; checked at start-up and taken only on that request until they have run on
 /// a GPU).
 pub fn attention_pair_requested() -> bool {
     static PAIR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PAIR.get_or_init(|| attention_quad_requested() || std::env::var("CASCADE_ATTENTION_COPY").is_ok_and(|v| v.trim() == "pair"))
+    *PAIR.get_or_init(|| attention_cluster_requested() || std::env::var("CASCADE_ATTENTION_COPY").is_ok_and(|v| v.trim() == "pair"))
 }
 
-/// Whether `CASCADE_ATTENTION_COPY=quad` asks for those copies in clusters of four blocks where
-/// a head's query blocks fill them, pairs elsewhere (read once; checked at start-up and taken
+/// Whether `CASCADE_ATTENTION_COPY=cluster` asks for those copies in clusters of three or four
+/// blocks where they fit a head's query blocks better than pairs (read once; checked at start-up and taken
 /// only on that request until they have run on a GPU).
-pub fn attention_quad_requested() -> bool {
-    static QUAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *QUAD.get_or_init(|| std::env::var("CASCADE_ATTENTION_COPY").is_ok_and(|v| v.trim() == "quad"))
+pub fn attention_cluster_requested() -> bool {
+    static CLUSTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CLUSTER.get_or_init(|| std::env::var("CASCADE_ATTENTION_COPY").is_ok_and(|v| v.trim() == "cluster"))
 }
 
 /// `CASCADE_ATTENTION_TAIL` (read once): `full` keeps the wgmma attention's last tile of keys 64
@@ -1803,7 +1807,7 @@ fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKe
             narrow_tail: Some(false),
             tma_copies: Some(false),
             pair_copies: Some(false),
-            quad_copies: Some(false),
+            cluster_copies: Some(false),
         },
         what,
     )
@@ -1819,7 +1823,7 @@ fn check_attention_softmax(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionK
             narrow_tail: Some(false),
             tma_copies: Some(false),
             pair_copies: Some(false),
-            quad_copies: Some(false),
+            cluster_copies: Some(false),
         },
         what,
     )
@@ -1840,11 +1844,11 @@ fn check_attention_options(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionK
         let mut t = |l: usize| Tensor::from_f32(&rng.normal(b * l * heads * 64, 1.0), &[b, l, heads * 64], DType::BF16, &device);
         let mut worst = 0f64;
         let masked = kernel.is_mma();
-        // Quads also on 150 queries: three query blocks of a head, a cluster of four with one
-        // block past them (70 queries pair their two blocks).
-        let quads = options.quad_copies == Some(true);
-        let shapes = [(70, 91, false), (70, 72, false), (77, 77, true), (150, 91, false)];
-        for (lq, lk, causal) in shapes.into_iter().take(if quads { 4 } else { 3 }) {
+        // Trios and quads also on 150 and 250 queries: three and four query blocks of a head (70
+        // queries pair their two blocks).
+        let wider = options.cluster_copies == Some(true);
+        let shapes = [(70, 91, false), (70, 72, false), (77, 77, true), (150, 91, false), (250, 91, false)];
+        for (lq, lk, causal) in shapes.into_iter().take(if wider { 5 } else { 3 }) {
             if causal && !masked {
                 continue;
             }

@@ -232,28 +232,32 @@ pub struct WgmmaOptions {
     /// must read the same tiles; elsewhere the unpaired copies). By default off unless `CASCADE_ATTENTION_COPY=pair`; not
     /// timed under `CASCADE_KERNEL_TUNE` until it has run on a GPU.
     pub pair_copies: Option<bool>,
-    /// With paired copies, clusters of four neighbouring query blocks instead of two where a
-    /// head's query blocks fill them as well as pairs do (a count that is a multiple of four, or
-    /// one less), each block copying half of one operand into all four: a quarter of the K and V
-    /// traffic from L2 (how far the pairs' gain goes). By default off unless
-    /// `CASCADE_ATTENTION_COPY=quad`; not timed under `CASCADE_KERNEL_TUNE`.
-    pub quad_copies: Option<bool>,
+    /// With paired copies, clusters of three or four neighbouring query blocks where those fit
+    /// a head's query blocks better than pairs ([`copy_cluster`]: trios for Stage C's 9, with no
+    /// block past the queries, quads for Stage B's 16 and 4), the blocks sharing out each tile's
+    /// four half operands: a third or a quarter of the K and V traffic from L2 (how far the
+    /// pairs' gain goes). By default off unless `CASCADE_ATTENTION_COPY=cluster`; not timed under
+    /// `CASCADE_KERNEL_TUNE`.
+    pub cluster_copies: Option<bool>,
 }
 
-/// The dynamic shared memory of the clustered TMA kernels (pairs and quads), Q in registers and
-/// in shared memory (kernels/attention.cu, `attention_smem_bytes`).
+/// The dynamic shared memory of the clustered TMA kernels (pairs, trios, quads), Q in registers
+/// and in shared memory (kernels/attention.cu, `attention_smem_bytes`).
 #[cfg(feature = "cuda")]
 const CLUSTER_SMEM: [u32; 2] = [4 * 8192 + 2048 + 32, 5 * 8192 + 2048 + 32];
 
-/// The blocks of a cluster sharing each tile's copies for `query_blocks` blocks of a head: 4
-/// where quads are allowed and the head's blocks fill them as well as pairs (rounded up to a
-/// multiple of four, no more blocks than rounded up to even), else 2.
-pub fn copy_cluster(query_blocks: usize, quads: bool) -> usize {
-    if quads && query_blocks.next_multiple_of(4) == query_blocks.next_multiple_of(2) {
-        4
-    } else {
-        2
+/// The blocks of a cluster sharing each tile's copies for `query_blocks` blocks of a head (the
+/// grid's x is rounded up to a multiple of it): pairs, or where `wider` allows, the size among
+/// four, three and two that needs the fewest blocks, the larger of a tie (the less traffic).
+pub fn copy_cluster(query_blocks: usize, wider: bool) -> usize {
+    let sizes: &[usize] = if wider { &[4, 3, 2] } else { &[2] };
+    let mut best = sizes[0];
+    for &c in sizes {
+        if query_blocks.next_multiple_of(c) < query_blocks.next_multiple_of(best) {
+            best = c;
+        }
     }
+    best
 }
 
 /// [`attention_into_with`] with the wgmma kernels' options given (tests and benches compare them).
@@ -666,10 +670,10 @@ fn attention_impl(
                 && matches!(chosen, AttentionKernel::Wgmma | AttentionKernel::WgmmaSharedQ)
                 && options.pair_copies.or(defaults.pair_copies).unwrap_or_else(crate::cuda::attention_pair_requested)
                 && dev.pair_attention();
-            // Quads where they are asked for likewise, passed their check, and fill as pairs do.
-            let quads = pair
-                && options.quad_copies.or(defaults.quad_copies).unwrap_or_else(crate::cuda::attention_quad_requested)
-                && dev.quad_attention();
+            // Trios and quads where they are asked for likewise and passed their check.
+            let wider = pair
+                && options.cluster_copies.or(defaults.cluster_copies).unwrap_or_else(crate::cuda::attention_cluster_requested)
+                && dev.cluster_attention();
             if use_tma && !tma_fit {
                 return Err(Error::Shape(
                     "attention: TMA copies need 16-byte aligned operands with rows a multiple of 8 elements apart, and a second key source starting on a 64-key tile".into(),
@@ -724,9 +728,9 @@ fn attention_impl(
             let grid = ((lq.div_ceil(rows) * ranges) as u32, heads as u32, b as u32);
             if use_tma {
                 // The blocks of a cluster sharing copies (1: none), and the keys each copy brings:
-                // a tile of 64, or quads' half tile.
-                let cluster = if pair { copy_cluster(grid.0 as usize, quads) } else { 1 };
-                let box_keys = if cluster == 4 { 32 } else { 64 };
+                // a tile of 64, or the half tile of trios and quads.
+                let cluster = if pair { copy_cluster(grid.0 as usize, wider) } else { 1 };
+                let box_keys = if cluster > 2 { 32 } else { 64 };
                 // Each key source's K and V as [B][keys][row] maps, the head's columns by coordinate.
                 let map = |part: Part, len: usize| {
                     crate::cuda::tensor_map_bf16_3d(part.t.cuda_ptr()?, (b, len, part.stride()), part.stride(), box_keys, 64)
@@ -755,6 +759,8 @@ fn attention_impl(
                     let f = match (cluster, qs) {
                         (2, false) => &kt.attention_wgmma_pair_tma_bf16,
                         (2, true) => &kt.attention_wgmma_qs_pair_tma_bf16,
+                        (3, false) => &kt.attention_wgmma_trio_tma_bf16,
+                        (3, true) => &kt.attention_wgmma_qs_trio_tma_bf16,
                         (_, false) => &kt.attention_wgmma_quad_tma_bf16,
                         (_, true) => &kt.attention_wgmma_qs_quad_tma_bf16,
                     };
@@ -800,19 +806,23 @@ mod tests {
     use super::{copy_cluster, mma32_preferred, wgmma_shared_q_preferred, wgmma_split_plan, SplitPlan};
 
     #[test]
-    fn quads_where_they_fill_as_pairs_do() {
-        // Stage B's level 2 (16 query blocks a head) and level 3 (4): quads. Stage C and C lite
-        // (9): pairs (10 blocks), as quads would take 12.
+    fn clusters_sized_to_a_heads_query_blocks() {
+        // Stage C and C lite (9 query blocks a head): trios, no block past the queries (pairs 10,
+        // quads 12). Stage B's level 2 (16) and level 3 (4): quads (pairs as few blocks, more
+        // traffic).
+        assert_eq!(copy_cluster(9, true), 3);
         assert_eq!(copy_cluster(16, true), 4);
         assert_eq!(copy_cluster(4, true), 4);
-        assert_eq!(copy_cluster(9, true), 2);
-        // Three blocks: four either way (one past the queries); one, two, five: pairs.
-        assert_eq!(copy_cluster(3, true), 4);
+        // Three query blocks take a trio; one and two pairs (anything wider has blocks past the
+        // queries); five and six trios (six blocks, as pairs); seven a quad (eight, as pairs).
+        assert_eq!(copy_cluster(3, true), 3);
+        assert_eq!(copy_cluster(1, true), 2);
+        assert_eq!(copy_cluster(2, true), 2);
+        assert_eq!(copy_cluster(5, true), 3);
+        assert_eq!(copy_cluster(6, true), 3);
         assert_eq!(copy_cluster(7, true), 4);
-        for n in [1, 2, 5, 6, 10] {
-            assert_eq!(copy_cluster(n, true), 2, "{n} query blocks");
-        }
         // Not asked for: pairs.
+        assert_eq!(copy_cluster(9, false), 2);
         assert_eq!(copy_cluster(16, false), 2);
     }
 
