@@ -256,9 +256,9 @@ if on TESTS 1 && [ "${VARIANT_TESTS:-1}" != 0 ] && [ -x "$kernels_test" ]; then
     # the only switches that check or run them until they have run on a GPU): the attention tests
     # (the TMA test runs pairs and the wider clusters beside the unshared copies and cp.async; the
     # real shapes' explicit wgmma kernels take them: trios on Stage C, quads on Stage B's levels
-    # 2 and 3), then the pipeline tests. A step of its own: a cluster kernel that hangs takes only
-    # its own variants with it.
-    variant_step kernels-tmacluster kernels-tmacluster bash -c "export CASCADE_ATTENTION_COPY=cluster; '$kernels_test' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture"
+    # 2 and 3), then the pipeline tests, then how many clusters of each the card holds at once.
+    # A step of its own: a cluster kernel that hangs takes only its own variants with it.
+    variant_step kernels-tmacluster kernels-tmacluster bash -c "export CASCADE_ATTENTION_COPY=cluster; '$kernels_test' --include-ignored --nocapture attention && '$bundle/tests/pipeline' --include-ignored --nocapture && '$bundle/bin/cascade' device | grep 'clusters resident'"
 fi
 # The pipeline tests (graphs, every stage, against diffusers' seeded images) again in two
 # configurations.
@@ -604,6 +604,7 @@ fi
         [ "$(cat "$logs/test-$name.rc" 2> /dev/null)" = 0 ] || grep -E "panicked|FAILED|^error" "$logs/test-$name.log" 2> /dev/null | head -n 8
     done
     grep -h "pairs resident" "$logs/test-kernels-pair.log" 2> /dev/null
+    grep -h "clusters resident" "$logs/test-kernels-tmacluster.log" 2> /dev/null
     for name in "${sanitize_runs[@]}"; do
         row "$name" "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$logs/$name.log" 2> /dev/null | tail -n 1)"
     done

@@ -633,6 +633,15 @@ fn device(name: &str) -> Result<()> {
             };
             println!("{what}: {state}");
         }
+        if c.pair_attention() {
+            for (name, blocks, clusters) in cascade::ops::attention::clusters_resident(c)? {
+                println!(
+                    "the clustered attention's clusters resident at once ({name}): {clusters} ({} blocks; {} SMs)",
+                    blocks * clusters,
+                    c.multiprocessors()
+                );
+            }
+        }
         if c.grn_pair_gemm() {
             let pairs = cascade::ops::norm::fc1_pairs_resident(c)?;
             println!("the paired fc1 kernel's pairs resident at once: {pairs} ({} of {} SMs)", 2 * pairs, c.multiprocessors());

@@ -246,6 +246,28 @@ pub struct WgmmaOptions {
 #[cfg(feature = "cuda")]
 const CLUSTER_SMEM: [u32; 2] = [4 * 8192 + 2048 + 32, 5 * 8192 + 2048 + 32];
 
+/// How many clusters of each clustered attention kernel one device holds at once (the driver's
+/// occupancy answer, which counts how clusters pack into the GPU's processing clusters): its
+/// name, the cluster's blocks and that count. A grid of more blocks than `blocks × count` takes
+/// a second wave; the unclustered kernels hold four (Q in registers) and five (Q in shared
+/// memory) blocks an SM.
+#[cfg(feature = "cuda")]
+pub fn clusters_resident(dev: &crate::cuda::CudaDevice) -> Result<Vec<(&'static str, usize, usize)>> {
+    let kt = dev.kernels();
+    let kernels = [
+        ("pair", &kt.attention_wgmma_pair_tma_bf16, 2, false),
+        ("pair, Q in shared memory", &kt.attention_wgmma_qs_pair_tma_bf16, 2, true),
+        ("trio", &kt.attention_wgmma_trio_tma_bf16, 3, false),
+        ("trio, Q in shared memory", &kt.attention_wgmma_qs_trio_tma_bf16, 3, true),
+        ("quad", &kt.attention_wgmma_quad_tma_bf16, 4, false),
+        ("quad, Q in shared memory", &kt.attention_wgmma_qs_quad_tma_bf16, 4, true),
+    ];
+    kernels
+        .into_iter()
+        .map(|(name, f, cluster, qs)| Ok((name, cluster, dev.max_active_clusters(f, 128, CLUSTER_SMEM[qs as usize], cluster as u32)?)))
+        .collect()
+}
+
 /// The blocks of a cluster sharing each tile's copies for `query_blocks` blocks of a head (the
 /// grid's x is rounded up to a multiple of it): pairs, or where `wider` allows, the size among
 /// four, three and two that needs the fewest blocks, the larger of a tie (the less traffic).
