@@ -499,13 +499,7 @@ impl CudaDevice {
                     pair_copies: Some(false),
                     cluster_copies: Some(false),
                 };
-                let ok = check_attention_options(&dev, AttentionKernel::Wgmma, narrow, "Hopper tensor-core (wgmma, narrow last tile)")
-                    && check_attention_options(
-                        &dev,
-                        AttentionKernel::WgmmaSharedQ,
-                        narrow,
-                        "Hopper tensor-core (wgmma, Q in shared memory, narrow last tile)",
-                    );
+                let ok = check_wgmma_attention_options(&dev, narrow, "narrow last tile");
                 dev.narrow_tail.store(ok, std::sync::atomic::Ordering::Relaxed);
             }
             // The kernels whose K and V tiles TMA copies (CASCADE_ATTENTION_COPY=tma), likewise
@@ -519,13 +513,7 @@ impl CudaDevice {
                     pair_copies: Some(false),
                     cluster_copies: Some(false),
                 };
-                let ok = check_attention_options(&dev, AttentionKernel::Wgmma, tma, "Hopper tensor-core (wgmma, TMA copies)")
-                    && check_attention_options(
-                        &dev,
-                        AttentionKernel::WgmmaSharedQ,
-                        tma,
-                        "Hopper tensor-core (wgmma, Q in shared memory, TMA copies)",
-                    )
+                let ok = check_wgmma_attention_options(&dev, tma, "TMA copies")
                     && (!dev.wgmma_split_attention()
                         || check_attention_options(
                             &dev,
@@ -542,30 +530,14 @@ impl CudaDevice {
                     // this says they passed), then its result.
                     dev.pair_attention.store(true, std::sync::atomic::Ordering::Relaxed);
                     let pair = WgmmaOptions { pair_copies: Some(true), ..tma };
-                    let ok = check_attention_options(&dev, AttentionKernel::Wgmma, pair, "Hopper tensor-core (wgmma, TMA copies in pairs)")
-                        && check_attention_options(
-                            &dev,
-                            AttentionKernel::WgmmaSharedQ,
-                            pair,
-                            "Hopper tensor-core (wgmma, Q in shared memory, TMA copies in pairs)",
-                        );
+                    let ok = check_wgmma_attention_options(&dev, pair, "TMA copies in pairs");
                     dev.pair_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
                     // Trios and quads likewise (CASCADE_ATTENTION_COPY=cluster), once pairs passed:
                     // the check's shapes include three and four query blocks a head.
                     if ok && attention_cluster_requested() {
                         dev.cluster_attention.store(true, std::sync::atomic::Ordering::Relaxed);
                         let wider = WgmmaOptions { cluster_copies: Some(true), ..pair };
-                        let ok = check_attention_options(
-                            &dev,
-                            AttentionKernel::Wgmma,
-                            wider,
-                            "Hopper tensor-core (wgmma, TMA copies in trios and quads)",
-                        ) && check_attention_options(
-                            &dev,
-                            AttentionKernel::WgmmaSharedQ,
-                            wider,
-                            "Hopper tensor-core (wgmma, Q in shared memory, TMA copies in trios and quads)",
-                        );
+                        let ok = check_wgmma_attention_options(&dev, wider, "TMA copies in trios and quads");
                         dev.cluster_attention.store(ok, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
@@ -1811,6 +1783,19 @@ fn check_attention_kernel(dev: &Arc<CudaDevice>, kernel: crate::ops::AttentionKe
         },
         what,
     )
+}
+
+/// [`check_attention_options`] on both one-warpgroup wgmma kernels, Q in registers and in shared
+/// memory; `what` names the options in the warning.
+fn check_wgmma_attention_options(dev: &Arc<CudaDevice>, options: WgmmaOptions, what: &str) -> bool {
+    use crate::ops::AttentionKernel;
+    check_attention_options(dev, AttentionKernel::Wgmma, options, &format!("Hopper tensor-core (wgmma, {what})"))
+        && check_attention_options(
+            dev,
+            AttentionKernel::WgmmaSharedQ,
+            options,
+            &format!("Hopper tensor-core (wgmma, Q in shared memory, {what})"),
+        )
 }
 
 /// [`check_attention_kernel`] with the wgmma kernels' lean softmax on or off (`lean`).
