@@ -150,17 +150,15 @@ fn linear_gelu_kernel() {
             let mut rng = TestRng::new(500 + i as u64);
             let [(x, xv), (w, wv), (b, bv)] = linear_operands(&mut rng, (s.m, s.k, s.n), dtype, &dev).unwrap();
             let rows: Vec<usize> = (0..s.m).step_by((s.m / 256).max(1)).chain([s.m - 1]).collect();
+            let xs: Vec<f32> = rows.iter().flat_map(|&r| xv[r * s.k..(r + 1) * s.k].iter().copied()).collect();
             for with_bias in [true, false] {
                 let (mut y, whole) = poisoned(&[s.m, s.n], dtype, &dev).unwrap();
                 ops::linear_gelu_into(&x, &w, with_bias.then_some(&b), &mut y).unwrap();
                 let got = y.to_vec_f32().unwrap();
                 check_guard(&whole, s.name).unwrap();
-                let (mut g, mut want) = (Vec::new(), Vec::new());
-                for &r in &rows {
-                    g.extend_from_slice(&got[r * s.n..(r + 1) * s.n]);
-                    let bias = with_bias.then_some(&bv[..]);
-                    want.extend(cpu::linear(&xv[r * s.k..(r + 1) * s.k], &wv, bias, 1, s.k, s.n).iter().map(|&v| cpu::gelu(v)));
-                }
+                let g: Vec<f32> = rows.iter().flat_map(|&r| got[r * s.n..(r + 1) * s.n].iter().copied()).collect();
+                let want: Vec<f32> =
+                    cpu::linear(&xs, &wv, with_bias.then_some(&bv[..]), rows.len(), s.k, s.n).iter().map(|&v| cpu::gelu(v)).collect();
                 verify(&format!("linear_gelu bias {with_bias}"), s.name, dtype, &g, None, &want);
                 // The warp-specialised GEMM by name where it can run (bf16, K and N multiples of
                 // 8), into poisoned memory: every element written, against the same reference.
@@ -306,6 +304,9 @@ fn linear_gelu_grn_kernels() {
         } else {
             &[(K::Separate, None)]
         };
+        // u's reference on the checked rows, for every kernel.
+        let xs: Vec<f32> = sel.iter().flat_map(|&r| xv[r * k..(r + 1) * k].iter().copied()).collect();
+        let want: Vec<f32> = cpu::linear(&xs, &wv, Some(&biasv), sel.len(), k, n).iter().map(|&v| cpu::gelu(v)).collect();
         for &(kernel, blocks) in kernels {
             let (mut u, u_whole) = poisoned(&[b, rows, n], dtype, &dev).unwrap();
             let (mut factor, f_whole) = poisoned(&[b, n], DType::F32, &dev).unwrap();
@@ -322,12 +323,7 @@ fn linear_gelu_grn_kernels() {
             let set = dev.as_cuda("linear_gelu_grn").unwrap().completion_counters_set().unwrap();
             assert_eq!(set, 0, "linear_gelu_grn {what} {name}: {set} completion counters left set");
             assert!(uv.iter().all(|v| v.is_finite()), "linear_gelu_grn u {what} {name}: an element was not written");
-            let (mut got, mut want) = (Vec::new(), Vec::new());
-            for &r in &sel {
-                got.extend_from_slice(&uv[r * n..(r + 1) * n]);
-                let row = cpu::linear(&xv[r * k..(r + 1) * k], &wv, Some(&biasv), 1, k, n);
-                want.extend(row.iter().map(|&v| cpu::gelu(v)));
-            }
+            let got: Vec<f32> = sel.iter().flat_map(|&r| uv[r * n..(r + 1) * n].iter().copied()).collect();
             verify(&format!("linear_gelu_grn u {what}"), name, dtype, &got, Some(&u_whole), &want);
             let want_f = cpu::grn_scale(&uv, b, rows, n, &gv);
             verify(&format!("linear_gelu_grn factor {what}"), name, DType::F32, &factor.to_vec_f32().unwrap(), Some(&f_whole), &want_f);
@@ -381,17 +377,16 @@ fn linear_scaled_kernels() {
         {
             let (bias, biasv) = input(&mut rng, &[n], 0.5, dtype, &dev);
             let (y0, y0v) = input(&mut rng, &[b, rows, n], 1.0, dtype, &dev);
-            let mut want = Vec::new();
-            for &r in &sel {
-                // x ⊙ factor rounded to bf16, as the kernel (and GRN's apply pass) round it: an f32
-                // output then carries only the order of the sums.
-                let xs = round_to(
-                    &(0..k).map(|j| xv[r * k + j] * if scaled { fv[(r / rows) * k + j] } else { 1.0 }).collect::<Vec<f32>>(),
-                    DType::BF16,
-                );
-                let row = cpu::linear(&xs, &wv, Some(&biasv), 1, k, n);
-                want.extend(row.iter().enumerate().map(|(j, v)| v + if accumulate { y0v[r * n + j] } else { 0.0 }));
-            }
+            // x ⊙ factor rounded to bf16, as the kernel (and GRN's apply pass) round it: an f32
+            // output then carries only the order of the sums.
+            let xs: Vec<f32> = sel
+                .iter()
+                .flat_map(|&r| (0..k).map(move |j| (r, j)))
+                .map(|(r, j)| xv[r * k + j] * if scaled { fv[(r / rows) * k + j] } else { 1.0 })
+                .collect();
+            let products = cpu::linear(&round_to(&xs, DType::BF16), &wv, Some(&biasv), sel.len(), k, n);
+            let want: Vec<f32> =
+                products.iter().enumerate().map(|(i, v)| v + if accumulate { y0v[sel[i / n] * n + i % n] } else { 0.0 }).collect();
             for &grid in grids {
                 let (mut y, whole) = poisoned(&[b, rows, n], dtype, &dev).unwrap();
                 ops::cast_into(&y0, &mut y).unwrap();
@@ -1129,6 +1124,15 @@ fn attention_kernel() {
                     kernels.push((ops::AttentionKernel::Wgmma2Split(8), "attention_wgmma2_split8"));
                 }
             }
+            // Unmasked queries are independent: every 8th on the big shapes, against one
+            // reference for all the kernels.
+            let step = if s.masked || s.lq < 300 { 1 } else { 8 };
+            let picked: Vec<usize> = (0..s.lq).step_by(step).collect();
+            let qs: Vec<f32> = (0..s.b)
+                .flat_map(|b| picked.iter().map(move |&r| (b, r)))
+                .flat_map(|(b, r)| qv[(b * s.lq + r) * c..][..c].to_vec())
+                .collect();
+            let want = cpu::attention(&qs, &kv, &vv, s.b, s.heads, picked.len(), s.lk, 64, 0.125, s.masked, s.masked.then_some(&mv[..]));
             for &(kernel, label) in &kernels {
                 let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
                 ops::attention_into_with(&q, &k, &v, s.heads, 0.125, m, kernel, &mut o).unwrap();
@@ -1145,19 +1149,10 @@ fn attention_kernel() {
                     let again = again.to_vec_f32().unwrap();
                     assert!(got.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "{label} {}: two launches differ", s.name);
                 }
-                // Unmasked queries are independent: check every 8th on the big shapes.
-                let step = if s.masked || s.lq < 300 { 1 } else { 8 };
-                let picked: Vec<usize> = (0..s.lq).step_by(step).collect();
-                let mut qs = Vec::new();
-                let mut gs = Vec::new();
-                for b in 0..s.b {
-                    for &r in &picked {
-                        qs.extend_from_slice(&qv[(b * s.lq + r) * c..][..c]);
-                        gs.extend_from_slice(&got[(b * s.lq + r) * c..][..c]);
-                    }
-                }
-                let want =
-                    cpu::attention(&qs, &kv, &vv, s.b, s.heads, picked.len(), s.lk, 64, 0.125, s.masked, s.masked.then_some(&mv[..]));
+                let gs: Vec<f32> = (0..s.b)
+                    .flat_map(|b| picked.iter().map(move |&r| (b, r)))
+                    .flat_map(|(b, r)| got[(b * s.lq + r) * c..][..c].to_vec())
+                    .collect();
                 verify(label, s.name, dtype, &gs, Some(&whole), &want);
             }
             if s.masked && s.lk > 64 {
@@ -1172,11 +1167,13 @@ fn attention_kernel() {
                     verify(&format!("{label} lead pad"), s.name, dtype, &o.to_vec_f32().unwrap(), Some(&whole), &want);
                 }
             }
-            if !s.masked {
+            if !s.masked && s.lq < 300 {
                 // Image keys plus L2 condition keys from a second pair of tensors (the UNets'
                 // layout): read in place by the mma kernel, concatenated for the others. L2 = 130
                 // puts at least one whole 64-key tile inside the second source for every shape
-                // (the mma kernel's one-source fast path), and a tile straddling the two.
+                // (the mma kernel's one-source fast path), and a tile straddling the two. Only on
+                // the shapes under 300 queries: on the big ones the full CPU reference is slow, and
+                // the two sources' paths are those of the smaller shapes.
                 let (k2, k2v) = input(&mut rng, &[s.b, L2, c], 1.0, dtype, &dev);
                 let (v2, v2v) = input(&mut rng, &[s.b, L2, c], 1.0, dtype, &dev);
                 let cat = |a: &[f32], b2: &[f32]| -> Vec<f32> {
@@ -1211,9 +1208,6 @@ fn attention_kernel() {
                     }
                 }
                 for &(kernel, label) in &two {
-                    if s.lq >= 300 {
-                        continue; // the full CPU reference is slow on the big shapes; covered above
-                    }
                     let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
                     ops::attention_two_sources_into(&q, (&k, &v), (&k2, &v2), s.heads, 0.125, kernel, &mut o).unwrap();
                     verify(label, s.name, dtype, &o.to_vec_f32().unwrap(), Some(&whole), &want);

@@ -188,12 +188,9 @@ mod gpu {
                 let got = y.to_vec_f32().unwrap();
                 check_guard(&whole, s.name).unwrap();
                 let rows: Vec<usize> = (0..s.m).step_by((s.m / 256).max(1)).collect();
-                let mut g = Vec::new();
-                let mut want = Vec::new();
-                for &r in &rows {
-                    g.extend_from_slice(&got[r * s.n..(r + 1) * s.n]);
-                    want.extend(ops::cpu::linear(&xv[r * s.k..(r + 1) * s.k], &wv, Some(&bv), 1, s.k, s.n));
-                }
+                let g: Vec<f32> = rows.iter().flat_map(|&r| got[r * s.n..(r + 1) * s.n].iter().copied()).collect();
+                let xs: Vec<f32> = rows.iter().flat_map(|&r| xv[r * s.k..(r + 1) * s.k].iter().copied()).collect();
+                let want = ops::cpu::linear(&xs, &wv, Some(&bv), rows.len(), s.k, s.n);
                 let err = rel_l2(&g, &want);
                 let (at, worst) = max_abs_diff(&g, &want);
                 let bound = if dtype == DType::F32 { 1e-5 } else { 1e-2 };

@@ -221,3 +221,71 @@ fn random_normal_is_deterministic_and_standard() {
     let want: Vec<f32> = a[..1000].iter().map(|x| 1.0 + 0.5 * x).collect();
     close("fill_random", &t, &want, 1e-6);
 }
+
+/// The CPU product and attention keep several sums in flight and share their rows among threads
+/// (above a few million multiply-adds): each output row is the same however the rows are cut
+/// (one call against a call per row, bit for bit), and within 1e-6 of one f64 sum in order.
+#[test]
+fn products_and_attention_shared_among_threads() {
+    let mut rng = cascade::testing::TestRng::new(91);
+    // 67 × 322 × 401: enough work for two threads, K and M not multiples of four.
+    let (m, k, n) = (67, 322, 401);
+    let (x, w, b) = (rng.normal(m * k, 1.0), rng.normal(n * k, 1.0), rng.normal(n, 1.0));
+    let y = ops::cpu::linear(&x, &w, Some(&b), m, k, n);
+    for r in 0..m {
+        let row = ops::cpu::linear(&x[r * k..(r + 1) * k], &w, Some(&b), 1, k, n);
+        assert!(row.iter().zip(&y[r * n..]).all(|(a, b)| a.to_bits() == b.to_bits()), "linear row {r}: one call and a call per row differ");
+        for j in 0..n {
+            let want = (0..k).fold(b[j] as f64, |acc, i| acc + x[r * k + i] as f64 * w[j * k + i] as f64) as f32;
+            let got = y[r * n + j];
+            assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "linear [{r}, {j}]: {got} against {want}");
+        }
+    }
+    // Two sequences of 131 queries, 2 heads, 700 keys with padding.
+    let (bs, heads, lq, lk, c) = (2, 2, 131, 700, 128);
+    let (q, kk, v) = (rng.normal(bs * lq * c, 1.0), rng.normal(bs * lk * c, 1.0), rng.normal(bs * lk * c, 1.0));
+    let mask: Vec<f32> = (0..bs * lk).map(|j| if j % lk < lk - 9 * (j / lk + 1) { 1.0 } else { 0.0 }).collect();
+    let o = ops::cpu::attention(&q, &kk, &v, bs, heads, lq, lk, 64, 0.125, false, Some(&mask));
+    for s in 0..bs {
+        for i in 0..lq {
+            let row = (s * lq + i) * c;
+            let one = ops::cpu::attention(
+                &q[row..row + c],
+                &kk[s * lk * c..(s + 1) * lk * c],
+                &v[s * lk * c..(s + 1) * lk * c],
+                1,
+                heads,
+                1,
+                lk,
+                64,
+                0.125,
+                false,
+                Some(&mask[s * lk..(s + 1) * lk]),
+            );
+            assert!(
+                one.iter().zip(&o[row..]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "attention query {s}.{i}: one call and a call per query differ"
+            );
+            for h in 0..heads {
+                let scores: Vec<f64> = (0..lk)
+                    .map(|j| {
+                        let dot = (0..64).fold(0f64, |acc, d| acc + q[row + h * 64 + d] as f64 * kk[(s * lk + j) * c + h * 64 + d] as f64);
+                        if mask[s * lk + j] != 0.0 {
+                            dot * 0.125
+                        } else {
+                            f64::NEG_INFINITY
+                        }
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let den: f64 = p.iter().sum();
+                for d in 0..64 {
+                    let want = ((0..lk).fold(0f64, |acc, j| acc + p[j] * v[(s * lk + j) * c + h * 64 + d] as f64) / den) as f32;
+                    let got = o[row + h * 64 + d];
+                    assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "attention [{s}, {i}, {h}, {d}]: {got} against {want}");
+                }
+            }
+        }
+    }
+}
