@@ -222,9 +222,10 @@ fn random_normal_is_deterministic_and_standard() {
     close("fill_random", &t, &want, 1e-6);
 }
 
-/// The CPU product and attention keep several sums in flight and share their rows among threads
-/// (above a few million multiply-adds): each output row is the same however the rows are cut
-/// (one call against a call per row, bit for bit), and within 1e-6 of one f64 sum in order.
+/// The CPU product and attention keep several sums in flight, and they and the convolutions share
+/// their output rows among threads (above a few million multiply-adds): each output row is the
+/// same however the rows are cut (one call against a call per row, bit for bit; the convolution
+/// against its sums in order), and within 1e-6 of one f64 sum in order.
 #[test]
 fn products_and_attention_shared_among_threads() {
     let mut rng = cascade::testing::TestRng::new(91);
@@ -239,6 +240,26 @@ fn products_and_attention_shared_among_threads() {
             let want = (0..k).fold(b[j] as f64, |acc, i| acc + x[r * k + i] as f64 * w[j * k + i] as f64) as f32;
             let got = y[r * n + j];
             assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "linear [{r}, {j}]: {got} against {want}");
+        }
+    }
+    // A depthwise 3×3 convolution over 64 × 64 × 256 (its output pixels on two threads) against
+    // the same sums in the same order, one pixel at a time.
+    let (h, w, c) = (64, 64, 256);
+    let (img, wt, bias) = (rng.normal(h * w * c, 1.0), rng.normal(c * 9, 1.0), rng.normal(c, 1.0));
+    let conv = ops::cpu::conv2d(&img, 1, h, w, c, &wt, Some(&bias), c, 3, 3, 1, 1, c);
+    for (p, got) in conv.chunks_exact(c).enumerate() {
+        let (y, x) = (p / w, p % w);
+        for (o, &g) in got.iter().enumerate() {
+            let mut acc = bias[o] as f64;
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let (iy, ix) = (y as isize + ky as isize - 1, x as isize + kx as isize - 1);
+                    if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                        acc += img[(iy as usize * w + ix as usize) * c + o] as f64 * wt[o * 9 + ky * 3 + kx] as f64;
+                    }
+                }
+            }
+            assert_eq!(g.to_bits(), (acc as f32).to_bits(), "depthwise pixel {p} channel {o}");
         }
     }
     // Two sequences of 131 queries, 2 heads, 700 keys with padding.

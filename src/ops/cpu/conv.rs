@@ -24,33 +24,36 @@ pub fn conv2d(
     let wo = (w + 2 * pad - kw) / stride + 1;
     let (cig, cog) = (cin / groups, cout / groups);
     let mut y = vec![0f32; b * ho * wo * cout];
-    for s in 0..b {
-        for oy in 0..ho {
-            for ox in 0..wo {
-                for o in 0..cout {
-                    let g = o / cog;
-                    let mut acc = bias.map_or(0.0, |bb| bb[o] as f64);
-                    for ky in 0..kh {
-                        let iy = (oy * stride + ky) as isize - pad as isize;
-                        if iy < 0 || iy >= h as isize {
+    if cout == 0 {
+        return y;
+    }
+    // Output pixels shared among threads (each computed alone, so the same however they are cut).
+    super::for_row_runs(&mut y, cout, cout * cig * kh * kw, |first, rows| {
+        for (r, yr) in rows.chunks_exact_mut(cout).enumerate() {
+            let (s, oy, ox) = ((first + r) / (ho * wo), (first + r) / wo % ho, (first + r) % wo);
+            for (o, yo) in yr.iter_mut().enumerate() {
+                let g = o / cog;
+                let mut acc = bias.map_or(0.0, |bb| bb[o] as f64);
+                for ky in 0..kh {
+                    let iy = (oy * stride + ky) as isize - pad as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..kw {
+                        let ix = (ox * stride + kx) as isize - pad as isize;
+                        if ix < 0 || ix >= w as isize {
                             continue;
                         }
-                        for kx in 0..kw {
-                            let ix = (ox * stride + kx) as isize - pad as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            for ci in 0..cig {
-                                let xv = x[((s * h + iy as usize) * w + ix as usize) * cin + g * cig + ci] as f64;
-                                acc += xv * weight[((o * cig + ci) * kh + ky) * kw + kx] as f64;
-                            }
+                        for ci in 0..cig {
+                            let xv = x[((s * h + iy as usize) * w + ix as usize) * cin + g * cig + ci] as f64;
+                            acc += xv * weight[((o * cig + ci) * kh + ky) * kw + kx] as f64;
                         }
                     }
-                    y[((s * ho + oy) * wo + ox) * cout + o] = acc as f32;
                 }
+                *yo = acc as f32;
             }
         }
-    }
+    });
     y
 }
 
