@@ -1,4 +1,4 @@
-//! Fused multi-head attention with head_dim 64. CPU: [`super::cpu::attention`] (naive, f64);
+//! Fused multi-head attention with head_dim 64. CPU: [`super::cpu::attention`] (the whole softmax, in f64);
 //! GPU: `kernels/attention.cu` (flash-style, online softmax in f32).
 
 use super::{check_device, check_dtype, check_shape, cpu};

@@ -1,6 +1,6 @@
-/// Multi-head attention, naive, in f64: for each batch `b` and head `h` (columns
-/// `[h·dh, (h+1)·dh)` of `q [b, lq, heads·dh]`, `k`/`v [b, lk, heads·dh]`),
-/// `o = softmax(q·kᵀ·scale)·v`. `causal`: query i sees keys j ≤ i; `key_mask [b, lk]`: keys with
+/// Multi-head attention from its definition (each query's whole row of scores, then its
+/// softmax), in f64: for each batch `b` and head `h` (columns `[h·dh, (h+1)·dh)` of
+/// `q [b, lq, heads·dh]`, `k`/`v [b, lk, heads·dh]`), `o = softmax(q·kᵀ·scale)·v`. `causal`: query i sees keys j ≤ i; `key_mask [b, lk]`: keys with
 /// 0 are ignored. A row with no visible key gives zeros.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
