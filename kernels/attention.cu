@@ -616,9 +616,9 @@ __device__ __forceinline__ void wg_rescale(const AttentionParams& p, float (&o)[
 // half tile lands 4 KiB into the tile, where the 128-byte swizzle's 1 KiB period puts it in the
 // same pattern. A slot is refilled only when every block of the cluster has read it: each
 // block's `empty` barrier of the slot expects an arrival from its own thread 0 and one from each
-// other block's. A block past the last query (the grid's x rounded up to a
-// multiple of CL) copies and waits like the others but computes nothing. Dynamic shared memory
-// (the launch gives attention_smem_bytes), so that the emulator can map it between the blocks.
+// other block's. A block past the last query (the grid's x rounded up to a multiple of CL)
+// copies and waits like the others but computes nothing. Dynamic shared memory (the launch gives
+// attention_smem_bytes), so that the emulator can map it between the blocks.
 template <bool QS, bool SPLIT, int WG = 1, bool TMA = false, int CL = 1>
 __device__ __forceinline__ void attention_wgmma_body(const AttentionParams& p, const AttentionTmaParams* tq = nullptr) {
     static_assert(WG == 1 || (WG == 2 && !QS), "one or two warpgroups; two hold Q in registers");

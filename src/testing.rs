@@ -49,6 +49,12 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     (num / den.max(1e-300)).sqrt()
 }
 
+/// The rows `picked` (in that order) of a row-major matrix `v` of `width` columns: the rows a
+/// test checks against its CPU reference.
+pub fn pick_rows(v: &[f32], width: usize, picked: &[usize]) -> Vec<f32> {
+    picked.iter().flat_map(|&r| v[r * width..(r + 1) * width].iter().copied()).collect()
+}
+
 /// Index and size of the worst absolute difference.
 pub fn max_abs_diff(got: &[f32], want: &[f32]) -> (usize, f32) {
     got.iter().zip(want).map(|(g, w)| (g - w).abs()).enumerate().fold((0, 0.0), |a, (i, d)| if d > a.1 || d.is_nan() { (i, d) } else { a })

@@ -9,7 +9,7 @@
 #![cfg(feature = "cuda")]
 
 use cascade::ops::{self, cpu, shapes, AttentionMask, Padding};
-use cascade::testing::{check_guard, linear_operands, max_abs_diff, poisoned, rel_l2, round_to, TestRng};
+use cascade::testing::{check_guard, linear_operands, max_abs_diff, pick_rows, poisoned, rel_l2, round_to, TestRng};
 use cascade::{DType, Device, Tensor};
 
 const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
@@ -150,13 +150,13 @@ fn linear_gelu_kernel() {
             let mut rng = TestRng::new(500 + i as u64);
             let [(x, xv), (w, wv), (b, bv)] = linear_operands(&mut rng, (s.m, s.k, s.n), dtype, &dev).unwrap();
             let rows: Vec<usize> = (0..s.m).step_by((s.m / 256).max(1)).chain([s.m - 1]).collect();
-            let xs: Vec<f32> = rows.iter().flat_map(|&r| xv[r * s.k..(r + 1) * s.k].iter().copied()).collect();
+            let xs = pick_rows(&xv, s.k, &rows);
             for with_bias in [true, false] {
                 let (mut y, whole) = poisoned(&[s.m, s.n], dtype, &dev).unwrap();
                 ops::linear_gelu_into(&x, &w, with_bias.then_some(&b), &mut y).unwrap();
                 let got = y.to_vec_f32().unwrap();
                 check_guard(&whole, s.name).unwrap();
-                let g: Vec<f32> = rows.iter().flat_map(|&r| got[r * s.n..(r + 1) * s.n].iter().copied()).collect();
+                let g = pick_rows(&got, s.n, &rows);
                 let want: Vec<f32> =
                     cpu::linear(&xs, &wv, with_bias.then_some(&bv[..]), rows.len(), s.k, s.n).iter().map(|&v| cpu::gelu(v)).collect();
                 verify(&format!("linear_gelu bias {with_bias}"), s.name, dtype, &g, None, &want);
@@ -167,7 +167,7 @@ fn linear_gelu_kernel() {
                     ops::linear_gelu_ws_into(&x, &w, with_bias.then_some(&b), &mut y).unwrap();
                     let got = y.to_vec_f32().unwrap();
                     assert!(got.iter().all(|v| v.is_finite()), "linear_gelu_ws {}: an element was not written", s.name);
-                    let g: Vec<f32> = rows.iter().flat_map(|&r| got[r * s.n..(r + 1) * s.n].iter().copied()).collect();
+                    let g = pick_rows(&got, s.n, &rows);
                     verify(&format!("linear_gelu_ws bias {with_bias}"), s.name, dtype, &g, Some(&whole), &want);
                 } else if dtype == DType::BF16 && ws {
                     // What it cannot take is an error, not a launch.
@@ -305,7 +305,7 @@ fn linear_gelu_grn_kernels() {
             &[(K::Separate, None)]
         };
         // u's reference on the checked rows, for every kernel.
-        let xs: Vec<f32> = sel.iter().flat_map(|&r| xv[r * k..(r + 1) * k].iter().copied()).collect();
+        let xs = pick_rows(&xv, k, &sel);
         let want: Vec<f32> = cpu::linear(&xs, &wv, Some(&biasv), sel.len(), k, n).iter().map(|&v| cpu::gelu(v)).collect();
         for &(kernel, blocks) in kernels {
             let (mut u, u_whole) = poisoned(&[b, rows, n], dtype, &dev).unwrap();
@@ -323,7 +323,7 @@ fn linear_gelu_grn_kernels() {
             let set = dev.as_cuda("linear_gelu_grn").unwrap().completion_counters_set().unwrap();
             assert_eq!(set, 0, "linear_gelu_grn {what} {name}: {set} completion counters left set");
             assert!(uv.iter().all(|v| v.is_finite()), "linear_gelu_grn u {what} {name}: an element was not written");
-            let got: Vec<f32> = sel.iter().flat_map(|&r| uv[r * n..(r + 1) * n].iter().copied()).collect();
+            let got = pick_rows(&uv, n, &sel);
             verify(&format!("linear_gelu_grn u {what}"), name, dtype, &got, Some(&u_whole), &want);
             let want_f = cpu::grn_scale(&uv, b, rows, n, &gv);
             verify(&format!("linear_gelu_grn factor {what}"), name, DType::F32, &factor.to_vec_f32().unwrap(), Some(&f_whole), &want_f);
@@ -393,7 +393,7 @@ fn linear_scaled_kernels() {
                 ops::linear_scaled_sk_into(&x, scaled.then_some(&factor), &w, Some(&bias), &mut y, accumulate, grid).unwrap();
                 let got = y.to_vec_f32().unwrap();
                 assert!(got.iter().all(|v| v.is_finite()), "linear_scaled {name}: an element was not written");
-                let g: Vec<f32> = sel.iter().flat_map(|&r| got[r * n..(r + 1) * n].iter().copied()).collect();
+                let g = pick_rows(&got, n, &sel);
                 let what = format!(
                     "linear_scaled {}{} grid {grid:?}",
                     if accumulate { "+=" } else { "=" },
@@ -1128,10 +1128,9 @@ fn attention_kernel() {
             // reference for all the kernels.
             let step = if s.masked || s.lq < 300 { 1 } else { 8 };
             let picked: Vec<usize> = (0..s.lq).step_by(step).collect();
-            let qs: Vec<f32> = (0..s.b)
-                .flat_map(|b| picked.iter().map(move |&r| (b, r)))
-                .flat_map(|(b, r)| qv[(b * s.lq + r) * c..][..c].to_vec())
-                .collect();
+            // Those queries' rows of every sequence.
+            let rows: Vec<usize> = (0..s.b).flat_map(|b| picked.iter().map(move |&r| b * s.lq + r)).collect();
+            let qs = pick_rows(&qv, c, &rows);
             let want = cpu::attention(&qs, &kv, &vv, s.b, s.heads, picked.len(), s.lk, 64, 0.125, s.masked, s.masked.then_some(&mv[..]));
             for &(kernel, label) in &kernels {
                 let (mut o, whole) = poisoned(&[s.b, s.lq, c], dtype, &dev).unwrap();
@@ -1149,11 +1148,7 @@ fn attention_kernel() {
                     let again = again.to_vec_f32().unwrap();
                     assert!(got.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "{label} {}: two launches differ", s.name);
                 }
-                let gs: Vec<f32> = (0..s.b)
-                    .flat_map(|b| picked.iter().map(move |&r| (b, r)))
-                    .flat_map(|(b, r)| got[(b * s.lq + r) * c..][..c].to_vec())
-                    .collect();
-                verify(label, s.name, dtype, &gs, Some(&whole), &want);
+                verify(label, s.name, dtype, &pick_rows(&got, c, &rows), Some(&whole), &want);
             }
             if s.masked && s.lk > 64 {
                 // Leading padding over the whole first key tile: rows before key 64 see no key

@@ -188,8 +188,8 @@ mod gpu {
                 let got = y.to_vec_f32().unwrap();
                 check_guard(&whole, s.name).unwrap();
                 let rows: Vec<usize> = (0..s.m).step_by((s.m / 256).max(1)).collect();
-                let g: Vec<f32> = rows.iter().flat_map(|&r| got[r * s.n..(r + 1) * s.n].iter().copied()).collect();
-                let xs: Vec<f32> = rows.iter().flat_map(|&r| xv[r * s.k..(r + 1) * s.k].iter().copied()).collect();
+                let g = cascade::testing::pick_rows(&got, s.n, &rows);
+                let xs = cascade::testing::pick_rows(&xv, s.k, &rows);
                 let want = ops::cpu::linear(&xs, &wv, Some(&bv), rows.len(), s.k, s.n);
                 let err = rel_l2(&g, &want);
                 let (at, worst) = max_abs_diff(&g, &want);

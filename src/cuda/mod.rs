@@ -1455,8 +1455,8 @@ pub fn attention_pair_requested() -> bool {
 }
 
 /// Whether `CASCADE_ATTENTION_COPY=cluster` asks for those copies in clusters of three or four
-/// blocks where they fit a head's query blocks better than pairs (read once; checked at start-up and taken
-/// only on that request until they have run on a GPU).
+/// blocks where they fit a head's query blocks better than pairs (read once; checked at start-up
+/// and taken only on that request until they have run on a GPU).
 pub fn attention_cluster_requested() -> bool {
     static CLUSTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CLUSTER.get_or_init(|| std::env::var("CASCADE_ATTENTION_COPY").is_ok_and(|v| v.trim() == "cluster"))

@@ -1,5 +1,5 @@
-//! Fused multi-head attention with head_dim 64. CPU: [`super::cpu::attention`] (the whole softmax, in f64);
-//! GPU: `kernels/attention.cu` (flash-style, online softmax in f32).
+//! Fused multi-head attention with head_dim 64. CPU: [`super::cpu::attention`] (the whole
+//! softmax, in f64); GPU: `kernels/attention.cu` (flash-style, online softmax in f32).
 
 use super::{check_device, check_dtype, check_shape, cpu};
 use crate::{DType, Device, Error, Result, Tensor};
